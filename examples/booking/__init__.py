@@ -1,0 +1,1 @@
+"""The booking app the library grew out of: stations, customers with encrypted PII, bookings."""

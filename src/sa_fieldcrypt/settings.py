@@ -1,0 +1,54 @@
+"""Settings read from the environment, with the ``FIELDCRYPT_`` prefix.
+
+Every key-bearing field is a ``SecretStr``, so printing the settings shows ``'**********'``.
+Settings are read when keys are first needed, never at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sa_fieldcrypt.errors import ConfigurationError
+
+__all__ = ["FieldCryptSettings", "load_settings"]
+
+
+class FieldCryptSettings(BaseSettings):
+    """Configuration of sa-fieldcrypt, from ``FIELDCRYPT_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="FIELDCRYPT_", extra="ignore")
+
+    provider: Literal["env"] = Field(
+        default="env",
+        description="Where keys come from: `env` reads them from the variables below.",
+    )
+    keys: SecretStr | None = Field(
+        default=None,
+        description="The keyring as `id:key,id:key`; the first entry encrypts "
+        "unless FIELDCRYPT_PRIMARY_KEY_ID names another.",
+    )
+    primary_key_id: str | None = Field(
+        default=None, description="Id of the key in FIELDCRYPT_KEYS that encrypts new values."
+    )
+    legacy_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="FIELD_ENCRYPTION_KEY",
+        description="A single bare Fernet key (FIELD_ENCRYPTION_KEY, no prefix), added as the "
+        "decrypt-only key `legacy`, or the only key when FIELDCRYPT_KEYS is unset.",
+    )
+
+
+def load_settings() -> FieldCryptSettings:
+    """Read the settings now; malformed values raise :class:`ConfigurationError`."""
+    try:
+        return FieldCryptSettings()
+    except ValidationError as exc:
+        # pydantic's own text quotes the offending input; ours names the setting only.
+        problems = "; ".join(
+            f"FIELDCRYPT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None

@@ -1,0 +1,86 @@
+"""Shared fixtures: keyrings, and engines for SQLite, PostgreSQL and MariaDB.
+
+PostgreSQL and MariaDB tests skip with a visible reason when the server is unreachable, except
+under CI (``CI=true``), where an unreachable server fails the run. Override the servers with
+``FIELDCRYPT_TEST_POSTGRES_URL`` and ``FIELDCRYPT_TEST_MARIADB_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+import sa_fieldcrypt
+from sa_fieldcrypt import Keyring, generate_key
+from sa_fieldcrypt.config import _swap
+
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "FIELDCRYPT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    ),
+    "mariadb": os.environ.get(
+        "FIELDCRYPT_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+    ),
+}
+# Bounded, so an unreachable server is reported in seconds, not after a TCP timeout.
+CONNECT_ARGS = {"connect_timeout": 5}
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_reachability: dict[str, str | None] = {}
+
+
+def server_url(name: str) -> str:
+    """Return the URL of a reachable server, or skip (fail under CI) with the reason."""
+    url = SERVER_URLS[name]
+    if name not in _reachability:
+        try:
+            probe = create_engine(url, connect_args=CONNECT_ARGS)
+            with probe.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            probe.dispose()
+            _reachability[name] = None
+        except (SQLAlchemyError, OSError) as exc:
+            _reachability[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    reason = _reachability[name]
+    if reason is not None:
+        message = f"{name} server not reachable at {url} ({reason})"
+        if IN_CI:
+            pytest.fail(f"{message}; CI requires it", pytrace=False)
+        pytest.skip(f"{message}; start it or set FIELDCRYPT_TEST_{name.upper()}_URL")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An engine on each database; the test owns the tables it creates there."""
+    if request.param == "sqlite":
+        eng = create_engine(f"sqlite:///{tmp_path / 'test.sqlite3'}")
+    else:
+        eng = create_engine(server_url(request.param), connect_args=CONNECT_ARGS)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def keyring() -> Iterator[Keyring]:
+    """A fresh two-key keyring installed as the process default for one test."""
+    ring = Keyring({"k2": generate_key(), "k1": generate_key()})
+    previous = _swap(None)
+    sa_fieldcrypt.configure(keyring=ring)
+    yield ring
+    _swap(previous)
+
+
+@pytest.fixture
+def no_default_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No configured keys and no key variables in the environment."""
+    for name in list(os.environ):
+        if name.startswith("FIELDCRYPT_") or name == "FIELD_ENCRYPTION_KEY":
+            monkeypatch.delenv(name)
+    previous = _swap(None)
+    yield
+    _swap(previous)

@@ -1,0 +1,111 @@
+"""Keys from settings: FIELDCRYPT_KEYS, FIELDCRYPT_PRIMARY_KEY_ID and FIELD_ENCRYPTION_KEY."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.fernet import Fernet
+
+import sa_fieldcrypt
+from sa_fieldcrypt import ConfigurationError, FieldCryptSettings, decrypt, encrypt, generate_key
+from sa_fieldcrypt.providers import EnvKeyProvider
+from sa_fieldcrypt.settings import load_settings
+
+
+def test_keys_variable_builds_the_keyring(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_KEYS gives the keys; the first is primary."""
+    k2, k1 = generate_key(), generate_key()
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"k2:{k2},k1:{k1}")
+    ring = EnvKeyProvider().load()
+    assert ("k2", "k1") == ring.ids
+    assert "k2" == ring.primary.id
+
+
+def test_primary_key_id_variable(no_default_keys: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FIELDCRYPT_PRIMARY_KEY_ID picks the encrypting key."""
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"k2:{generate_key()},k1:{generate_key()}")
+    monkeypatch.setenv("FIELDCRYPT_PRIMARY_KEY_ID", "k1")
+    assert "k1" == EnvKeyProvider().load().primary.id
+
+
+def test_legacy_key_is_added_decrypt_only(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELD_ENCRYPTION_KEY joins as 'legacy', so old bare tokens read while new ones use k1."""
+    old = generate_key()
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"k1:{generate_key()}")
+    monkeypatch.setenv("FIELD_ENCRYPTION_KEY", old)
+    ring = EnvKeyProvider().load()
+    assert ("k1", "legacy") == ring.ids
+    assert "k1" == ring.primary.id
+    assert b"seed data" == decrypt(ring, Fernet(old).encrypt(b"seed data").decode())
+
+
+def test_legacy_key_alone_is_primary(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only FIELD_ENCRYPTION_KEY set, it is the one key, and it encrypts."""
+    monkeypatch.setenv("FIELD_ENCRYPTION_KEY", generate_key())
+    ring = EnvKeyProvider().load()
+    assert "legacy" == ring.primary.id
+    assert encrypt(ring, b"x").startswith("fc1:legacy:")
+
+
+def test_default_keys_come_from_settings_at_first_use(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without configure(), the first use reads the environment."""
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"env1:{generate_key()}")
+    assert "env1" == sa_fieldcrypt.current_keyring().primary.id
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "no encryption keys configured: set FIELDCRYPT_KEYS"),
+        ({"FIELDCRYPT_KEYS": ""}, "FIELDCRYPT_KEYS is empty"),
+        ({"FIELDCRYPT_KEYS": "k1:bm90IGEga2V5"}, "FIELDCRYPT_KEYS: entry 1 \\(id 'k1'\\)"),
+        ({"FIELDCRYPT_KEYS": "k1:{k},k1:{k}"}, "'k1' appears more than once"),
+        ({"FIELDCRYPT_KEYS": "k1:{k}", "FIELDCRYPT_PRIMARY_KEY_ID": "k7"}, "'k7' is not in"),
+        ({"FIELD_ENCRYPTION_KEY": "short"}, "FIELD_ENCRYPTION_KEY is not a Fernet key"),
+        ({"FIELD_ENCRYPTION_KEY": "{k}", "FIELDCRYPT_PRIMARY_KEY_ID": "k7"}, "FIELDCRYPT_KEYS"),
+        ({"FIELDCRYPT_KEYS": "legacy:{k}", "FIELD_ENCRYPTION_KEY": "{k}"}, "'legacy'"),
+        ({"FIELDCRYPT_PROVIDER": "vault", "FIELDCRYPT_KEYS": "k1:{k}"}, "FIELDCRYPT_PROVIDER"),
+    ],
+    ids=[
+        "nothing",
+        "empty",
+        "bad-key",
+        "duplicate",
+        "primary-absent",
+        "bad-legacy",
+        "primary-without-keys",
+        "legacy-id-clash",
+        "bad-provider",
+    ],
+)
+def test_bad_settings_fail_clearly_at_first_use(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    """Each malformed setting gives one ConfigurationError line that never shows a key."""
+    key = generate_key()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(k=key))
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        sa_fieldcrypt.current_keyring()
+    message = str(info.value)
+    assert "\n" not in message
+    assert key not in message
+    assert "bm90IGEga2V5" not in message
+
+
+def test_settings_repr_hides_keys(no_default_keys: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Printing the settings never shows a key."""
+    key = generate_key()
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"k1:{key}")
+    monkeypatch.setenv("FIELD_ENCRYPTION_KEY", key)
+    settings = load_settings()
+    assert key not in repr(settings)
+    assert key not in str(settings)
+    assert isinstance(settings, FieldCryptSettings)

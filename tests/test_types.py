@@ -1,0 +1,294 @@
+"""Encrypted column types, through real databases and through the type's processors."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from sa_fieldcrypt import (
+    ConfigurationError,
+    DecryptionError,
+    EncryptedBytes,
+    EncryptedJSON,
+    EncryptedText,
+    Keyring,
+    UnknownKeyError,
+    UnsupportedComparisonError,
+    encrypt,
+    generate_key,
+    inspect_token,
+)
+from sa_fieldcrypt.types import EncryptedType
+
+DIALECT = sqlite.dialect()
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
+
+
+RING = Keyring({"k1": generate_key()})
+
+
+def _round_trip(column_type: EncryptedType, value: Any) -> Any:
+    stored = column_type.process_bind_param(value, DIALECT)
+    return column_type.process_result_value(stored, DIALECT)
+
+
+@given(st.text(alphabet=st.characters(codec=None)))
+def test_text_round_trip_any_string(value: str) -> None:
+    """Any str, NUL, astral and lone surrogates included, comes back equal."""
+    assert value == _round_trip(EncryptedText(keyring=RING), value)
+
+
+@given(st.binary())
+def test_bytes_round_trip(value: bytes) -> None:
+    """Any bytes come back equal."""
+    assert value == _round_trip(EncryptedBytes(keyring=RING), value)
+
+
+@given(json_values.filter(lambda v: v is not None))
+def test_json_round_trip(value: Any) -> None:
+    """Any JSON value (None aside, which is SQL NULL) comes back equal."""
+    assert value == _round_trip(EncryptedJSON(keyring=RING), value)
+
+
+@pytest.mark.parametrize(
+    ("column_type", "value", "type_name"),
+    [
+        (EncryptedText(), 42, "int"),
+        (EncryptedText(), b"bytes", "bytes"),
+        (EncryptedBytes(), "text", "str"),
+        (EncryptedJSON(), {1, 2}, "set"),
+        (EncryptedJSON(), math.nan, "float"),
+    ],
+)
+def test_wrong_python_type_is_a_type_error(
+    keyring: Keyring, column_type: EncryptedType, value: Any, type_name: str
+) -> None:
+    """A value of the wrong type raises TypeError naming its type, not its content."""
+    with pytest.raises(TypeError, match=type_name) as info:
+        column_type.process_bind_param(value, DIALECT)
+    assert repr(value) not in str(info.value) or type_name == "float"
+
+
+def test_bytes_accepts_bytes_like() -> None:
+    """bytearray and memoryview are stored as bytes."""
+    assert b"ab" == _round_trip(EncryptedBytes(keyring=RING), bytearray(b"ab"))
+    assert b"cd" == _round_trip(EncryptedBytes(keyring=RING), memoryview(b"cd"))
+
+
+# -- through real databases ---------------------------------------------------------------
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    __tablename__ = "fc_type_customers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    email: Mapped[str | None] = mapped_column("email_encrypted", EncryptedText())
+    avatar: Mapped[bytes | None] = mapped_column(EncryptedBytes())
+    prefs: Mapped[Any] = mapped_column(EncryptedJSON(), nullable=True)
+    name: Mapped[str | None] = mapped_column(String(50))
+
+
+@pytest.fixture
+def db(engine: Engine, keyring: Keyring) -> Any:
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    yield engine
+    Base.metadata.drop_all(engine)
+
+
+SAMPLES = [
+    ("ada@example.com", b"\x00\xff", {"lang": "en", "n": [1, 2.5, None, True]}),
+    ("", b"", []),
+    ("ünïcödé \U0001f600 \x00 nul", b"x" * 70_000, "a JSON string"),
+    (None, None, None),
+]
+
+
+def test_orm_round_trip(db: Engine) -> None:
+    """Values written through the ORM come back equal; NULL stays NULL; "" round-trips."""
+    with Session(db) as session:
+        for i, (email, avatar, prefs) in enumerate(SAMPLES):
+            session.add(Customer(id=i, email=email, avatar=avatar, prefs=prefs))
+        session.commit()
+    with Session(db) as session:
+        for i, (email, avatar, prefs) in enumerate(SAMPLES):
+            row = session.get_one(Customer, i)
+            assert (email, avatar, prefs) == (row.email, row.avatar, row.prefs)
+
+
+def test_database_holds_tokens_not_plaintext(db: Engine, keyring: Keyring) -> None:
+    """The stored column holds an fc1 token that plain Fernet decrypts; NULL is stored as NULL."""
+    with Session(db) as session:
+        session.add_all([Customer(id=1, email="ada@example.com"), Customer(id=2, email=None)])
+        session.commit()
+    with db.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, email_encrypted FROM fc_type_customers ORDER BY id")
+        ).all()
+    stored = rows[0][1]
+    assert "ada@example.com" not in stored
+    assert "k2" == inspect_token(stored).key_id
+    fernet_part = stored.split(":", 2)[2]
+    assert b"ada@example.com" == Fernet(keyring.primary.export()).decrypt(fernet_part)
+    assert rows[1][1] is None
+
+
+def test_plain_fernet_legacy_values_are_read(db: Engine, keyring: Keyring) -> None:
+    """Rows written by a hand-rolled encrypt_field() (bare Fernet tokens) load as plaintext."""
+    legacy = Fernet(keyring.get("k1").export()).encrypt(b"old@example.com").decode()
+    with db.begin() as conn:
+        conn.execute(
+            text("INSERT INTO fc_type_customers (id, email_encrypted) VALUES (1, :v)"),
+            {"v": legacy},
+        )
+    with Session(db) as session:
+        assert "old@example.com" == session.get_one(Customer, 1).email
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=st.text(alphabet=st.characters(codec="utf-8")))
+def test_database_round_trip_property(db: Engine, value: str) -> None:
+    """For any text, a Core insert then select through the database gives it back."""
+    table = Customer.__table__
+    with db.begin() as conn:
+        conn.execute(table.delete())
+        conn.execute(insert(table).values(id=1, email_encrypted=value))
+    with db.connect() as conn:
+        assert value == conn.execute(select(table.c.email_encrypted)).scalar_one()
+
+
+def test_is_none_works_and_comparisons_refuse(db: Engine) -> None:
+    """is_(None) filters in SQL; ==, in_, like and ordering raise our error naming the column."""
+    with Session(db) as session:
+        session.add_all([Customer(id=1, email="a@b.c"), Customer(id=2, email=None)])
+        session.commit()
+        assert [2] == session.scalars(select(Customer.id).where(Customer.email.is_(None))).all()
+        assert [1] == session.scalars(select(Customer.id).where(Customer.email.is_not(None))).all()
+    for make in (
+        lambda: Customer.email == "a@b.c",
+        lambda: Customer.email != "a@b.c",
+        lambda: "a@b.c" == Customer.email,
+        lambda: Customer.email.in_(["a@b.c"]),
+        lambda: Customer.email.like("a%"),
+        lambda: Customer.email < "m",
+        lambda: Customer.email.desc(),
+        lambda: Customer.prefs == {"a": 1},
+    ):
+        with pytest.raises(UnsupportedComparisonError, match="blind index") as info:
+            make()
+        assert "fc_type_customers." in str(info.value)
+
+
+def test_decryption_failure_names_column_and_key(db: Engine, keyring: Keyring) -> None:
+    """A tampered value raises DecryptionError naming table.column and key id, not the value."""
+    token = encrypt(keyring, b"ada@example.com")
+    tampered = token[:-6] + ("AAAAAA" if not token.endswith("AAAAAA") else "BBBBBB")
+    with db.begin() as conn:
+        conn.execute(
+            text("INSERT INTO fc_type_customers (id, email_encrypted) VALUES (1, :v)"),
+            {"v": tampered},
+        )
+    with Session(db) as session, pytest.raises(DecryptionError) as info:
+        session.get(Customer, 1)
+    message = str(info.value)
+    assert "fc_type_customers.email_encrypted" in message
+    assert "'k2'" in message
+    assert tampered not in message
+    assert "ada@example.com" not in message
+
+
+def test_unknown_key_names_the_missing_id(db: Engine) -> None:
+    """A value under a key the keyring lacks raises UnknownKeyError naming that id."""
+    stray = encrypt(Keyring({"retired": generate_key()}), b"x")
+    with db.begin() as conn:
+        conn.execute(
+            text("INSERT INTO fc_type_customers (id, email_encrypted) VALUES (1, :v)"),
+            {"v": stray},
+        )
+    with Session(db) as session, pytest.raises(UnknownKeyError, match="'retired'") as info:
+        session.get(Customer, 1)
+    assert "fc_type_customers.email_encrypted" in str(info.value)
+
+
+def test_wrong_type_raises_at_flush(db: Engine) -> None:
+    """Assigning an int to an EncryptedText attribute raises TypeError at flush."""
+    with Session(db) as session:
+        session.add(Customer(id=1, email=12345))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="int") as info:
+            session.flush()
+    assert "12345" not in str(info.value)
+    assert "fc_type_customers.email_encrypted" in str(info.value)
+
+
+def test_per_column_keyring_overrides_default(engine: Engine, keyring: Keyring) -> None:
+    """EncryptedText(keyring=...) encrypts with its own keys, not the default."""
+    own = Keyring({"own": generate_key()})
+    metadata = MetaData()
+    table = Table(
+        "fc_type_own_keys",
+        metadata,
+        mapped_column("id", Integer, primary_key=True, autoincrement=False).column,
+        mapped_column("secret", EncryptedText(keyring=own)).column,
+    )
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table).values(id=1, secret="mine"))
+        with engine.connect() as conn:
+            raw = conn.execute(text("SELECT secret FROM fc_type_own_keys")).scalar_one()
+            assert "own" == inspect_token(raw).key_id
+            assert "mine" == conn.execute(select(table.c.secret)).scalar_one()
+    finally:
+        metadata.drop_all(engine)
+
+
+def test_models_import_without_keys_and_fail_clearly_at_first_use(
+    no_default_keys: None,
+) -> None:
+    """Mapping needs no keys; the first encryption says which variables to set."""
+
+    class Local(DeclarativeBase):
+        pass
+
+    class Thing(Local):
+        __tablename__ = "things"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        secret: Mapped[str] = mapped_column(EncryptedText())
+
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()
+    with pytest.raises(ConfigurationError, match="FIELDCRYPT_KEYS") as info:
+        Thing.__table__.c.secret.type.process_bind_param("x", DIALECT)
+    assert "FIELD_ENCRYPTION_KEY" in str(info.value)
+
+
+def test_types_are_cacheable_and_repr_has_no_secrets() -> None:
+    """Types declare cache_ok and their repr shows no key, even with a per-column keyring."""
+    secret = generate_key()
+    column_type = EncryptedText(keyring=Keyring({"k1": secret}))
+    assert column_type.cache_ok is True
+    assert secret not in repr(column_type)
+    assert column_type._static_cache_key is not None
