@@ -45,7 +45,8 @@ def main() -> None:
     bind = column.bind_processor(dialect)
     result = column.result_processor(dialect, None)
     result20 = EncryptedText(keyring=twenty).result_processor(dialect, None)
-    assert bind is not None and result is not None and result20 is not None
+    if bind is None or result is None or result20 is None:
+        raise RuntimeError("EncryptedText must have bind and result processors")
     stored = bind(EMAIL)
     multi = MultiFernet([Fernet(k) for k in old_keys[::-1]] + [fernet])
 
