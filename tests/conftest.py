@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-import sa_fieldcrypt
-from sa_fieldcrypt import Keyring, generate_key
 from sa_fieldcrypt.config import _swap
+
+pytest_plugins = ["pytester"]
 
 SERVER_URLS = {
     "postgresql": os.environ.get(
@@ -63,16 +63,6 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         eng = create_engine(server_url(request.param), connect_args=CONNECT_ARGS)
     yield eng
     eng.dispose()
-
-
-@pytest.fixture
-def keyring() -> Iterator[Keyring]:
-    """A fresh two-key keyring installed as the process default for one test."""
-    ring = Keyring({"k2": generate_key(), "k1": generate_key()})
-    previous = _swap(None)
-    sa_fieldcrypt.configure(keyring=ring)
-    yield ring
-    _swap(previous)
 
 
 @pytest.fixture

@@ -99,9 +99,10 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
     # -- SQLAlchemy hooks ---------------------------------------------------------------
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        # Not dialect.type_descriptor(): PostgreSQL adapts Text to its String, i.e. VARCHAR.
         if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.LONGTEXT())
-        return dialect.type_descriptor(Text())
+            return mysql.LONGTEXT()
+        return self.impl_instance
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:

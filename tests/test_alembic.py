@@ -1,0 +1,134 @@
+"""Alembic autogenerate, run for real: rendering with imports, and no drift afterwards."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import types as sa_types
+from sqlalchemy.dialects import mysql
+
+from conftest import CONNECT_ARGS, server_url
+from sa_fieldcrypt import EncryptedText
+from sa_fieldcrypt.alembic import compare_type
+
+MODELS = """
+from typing import Any
+from sqlalchemy import MetaData, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sa_fieldcrypt import EncryptedBytes, EncryptedJSON, EncryptedText
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Customer(Base):
+    __tablename__ = "fc_alembic_customers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    email: Mapped[str] = mapped_column("email_encrypted", EncryptedText())
+    avatar: Mapped[bytes | None] = mapped_column(EncryptedBytes())
+    prefs: Mapped[Any] = mapped_column(EncryptedJSON(), nullable=True)
+"""
+
+ENV = """
+from alembic import context
+from sqlalchemy import create_engine
+
+from fc_alembic_models import Base
+from sa_fieldcrypt.alembic import compare_type, render_item
+
+url = context.config.get_main_option("sqlalchemy.url")
+engine = create_engine(url)
+with engine.connect() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_item=render_item,
+        compare_type=compare_type,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+"""
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def alembic_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Config, Engine]]:
+    """A migration environment over a real server, with models using every encrypted type."""
+    url = server_url(request.param)
+    engine = create_engine(url, connect_args=CONNECT_ARGS)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS fc_alembic_customers")
+        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    (tmp_path / "fc_alembic_models.py").write_text(MODELS)
+    config = Config(str(tmp_path / "alembic.ini"))
+    command.init(config, str(tmp_path / "migrations"), template="generic")
+    config = Config(str(tmp_path / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", url)
+    (tmp_path / "migrations" / "env.py").write_text(textwrap.dedent(ENV))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield config, engine
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("fc_alembic_models", None)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS fc_alembic_customers")
+            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+        engine.dispose()
+
+
+def _revision_text(config: Config, message: str) -> str:
+    script = command.revision(config, message=message, autogenerate=True)
+    assert script is not None
+    return Path(script.path).read_text()  # type: ignore[union-attr]
+
+
+def test_autogenerate_renders_types_with_import_then_no_drift(
+    alembic_env: tuple[Config, Engine],
+) -> None:
+    """The first migration imports sa_fieldcrypt and creates the table; the next one is empty."""
+    config, engine = alembic_env
+    first = _revision_text(config, "create customers")
+    assert "import sa_fieldcrypt" in first
+    assert "sa_fieldcrypt.EncryptedText()" in first
+    assert "sa_fieldcrypt.EncryptedBytes()" in first
+    assert "sa_fieldcrypt.EncryptedJSON()" in first
+
+    command.upgrade(config, "head")
+    assert "fc_alembic_customers" in inspect(engine).get_table_names()
+
+    second = _revision_text(config, "nothing changed")
+    upgrade_body = second.split("def upgrade()", 1)[1].split("def downgrade()", 1)[0]
+    assert "op." not in upgrade_body
+    assert "pass" in upgrade_body
+
+
+@pytest.mark.parametrize(
+    ("inspected", "expected"),
+    [
+        (sa_types.Text(), False),
+        (mysql.LONGTEXT(), False),
+        (sa_types.String(), False),
+        (sa_types.String(255), True),
+        (sa_types.Integer(), True),
+    ],
+)
+def test_compare_type_accepts_only_unbounded_text(
+    inspected: sa_types.TypeEngine[object], expected: bool
+) -> None:
+    """An encrypted column over TEXT is unchanged; over VARCHAR(255) it must be widened."""
+    assert expected is compare_type(None, None, None, inspected, EncryptedText())
+
+
+def test_compare_type_defers_other_types() -> None:
+    """Columns that are not ours are left to Alembic's own comparison."""
+    assert compare_type(None, None, None, sa_types.Text(), sa_types.Text()) is None

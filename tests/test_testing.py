@@ -1,0 +1,97 @@
+"""The helpers users test with: fixtures, at-rest assertions and strategies."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from sqlalchemy import Engine, Integer, String, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import sa_fieldcrypt
+from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, encrypt, generate_key
+from sa_fieldcrypt.testing import assert_encrypted_at_rest, keyrings, temporary_keys
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Patient(Base):
+    __tablename__ = "fc_testing_patients"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str | None] = mapped_column(String(50))
+    diagnosis: Mapped[str | None] = mapped_column(EncryptedText())
+
+
+@pytest.fixture
+def db(engine: Engine, fieldcrypt_keyring: Keyring) -> Engine:
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def test_at_rest_assertion_passes_for_tokens(db: Engine) -> None:
+    """Rows written through the model pass, NULLs are skipped, and the count is returned."""
+    with Session(db) as session:
+        session.add_all([Patient(id=1, diagnosis="flu"), Patient(id=2, diagnosis=None)])
+        session.commit()
+        assert 1 == assert_encrypted_at_rest(session, Patient)
+
+
+def test_at_rest_assertion_catches_plaintext_without_quoting_it(db: Engine) -> None:
+    """A plaintext value fails the assertion, naming column and primary key but not the value."""
+    with db.begin() as conn:
+        conn.execute(text("INSERT INTO fc_testing_patients (id, diagnosis) VALUES (7, 'measles')"))
+    with db.connect() as conn, pytest.raises(AssertionError) as info:
+        assert_encrypted_at_rest(conn, Patient)
+    assert "fc_testing_patients.diagnosis at primary key (7,)" in str(info.value)
+    assert "measles" not in str(info.value)
+
+
+def test_at_rest_assertion_catches_foreign_tokens(db: Engine) -> None:
+    """A token the configured keys cannot open fails with DecryptionError."""
+    stray = encrypt(Keyring({"k2": generate_key()}), b"x")
+    with db.begin() as conn:
+        conn.execute(
+            text("INSERT INTO fc_testing_patients (id, diagnosis) VALUES (1, :v)"), {"v": stray}
+        )
+    with db.connect() as conn, pytest.raises(DecryptionError):
+        assert_encrypted_at_rest(conn, Patient)
+
+
+def test_at_rest_assertion_rejects_unknown_columns(db: Engine) -> None:
+    """Naming a column that is not encrypted is an error, not a silent pass."""
+    with Session(db) as session, pytest.raises(AssertionError, match="name"):
+        assert_encrypted_at_rest(session, Patient, columns=["name"])
+
+
+def test_temporary_keys_restores_the_previous_configuration() -> None:
+    """Inside the block the given keys are the default; afterwards the previous ones are back."""
+    outer = Keyring({"outer": generate_key()})
+    inner = Keyring({"inner": generate_key()})
+    with temporary_keys(outer):
+        with temporary_keys(inner):
+            assert "inner" == sa_fieldcrypt.current_keyring().primary.id
+        assert "outer" == sa_fieldcrypt.current_keyring().primary.id
+
+
+@given(keyrings())
+def test_keyrings_strategy_builds_working_keyrings(keyring: Keyring) -> None:
+    """Every generated keyring encrypts under its primary and decrypts with itself."""
+    token = encrypt(keyring, b"probe")
+    assert token.startswith(f"fc1:{keyring.primary.id}:")
+    assert b"probe" == sa_fieldcrypt.decrypt(keyring, token)
+
+
+def test_plugin_fixture_is_available_to_user_suites(pytester: pytest.Pytester) -> None:
+    """A user's suite gets fieldcrypt_keyring without importing anything."""
+    pytester.makepyfile(
+        """
+        import sa_fieldcrypt
+
+        def test_uses_fixture(fieldcrypt_keyring):
+            assert sa_fieldcrypt.current_keyring() is fieldcrypt_keyring
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
