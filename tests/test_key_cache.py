@@ -101,3 +101,15 @@ def test_provider_returning_garbage() -> None:
     cache = KeyCache(ScriptedProvider("not a keyring"))  # type: ignore[arg-type]
     with pytest.raises(KeyProviderError, match="not a Keyring"):
         cache.get()
+
+
+def test_provider_error_text_is_not_repeated() -> None:
+    """A provider's own exception text (which may quote what it read) stays out of our message."""
+    secret = generate_key()
+    cache = KeyCache(ScriptedProvider(ValueError(f"cannot parse {secret}")))
+    with pytest.raises(KeyProviderError) as info:
+        cache.get()
+    message = str(info.value)
+    assert secret not in message
+    assert "\n" not in message
+    assert "ValueError" in message
