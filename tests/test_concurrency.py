@@ -47,11 +47,10 @@ def test_threads_encrypt_and_decrypt_correctly_across_a_refresh(engine: Engine) 
     def worker(thread: int) -> list[tuple[int, str]]:
         written = []
         for i in range(PER_THREAD):
-            if i == PER_THREAD // 2:
-                # All threads meet here; one of them brings in the new key meanwhile.
-                if halfway.wait() == 0:
-                    provider.switched.set()
-                    cache.refresh()
+            # Halfway, all threads meet; one of them brings in the new key meanwhile.
+            if i == PER_THREAD // 2 and halfway.wait() == 0:
+                provider.switched.set()
+                cache.refresh()
             row_id = thread * 1000 + i
             body = f"thread {thread} message {i} \U0001f512"
             with Session(engine) as session:
