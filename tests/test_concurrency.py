@@ -69,9 +69,7 @@ def test_threads_encrypt_and_decrypt_correctly_across_a_refresh(engine: Engine) 
             results = [row for rows in pool.map(worker, range(THREADS)) for row in rows]
         with Session(engine) as session:
             stored = dict(session.execute(select(Message.id, Message.body)).all())
-            raw = session.connection().exec_driver_sql(
-                "SELECT body FROM fc_concurrency_messages"
-            )
+            raw = session.connection().exec_driver_sql("SELECT body FROM fc_concurrency_messages")
             key_ids = {value.split(":")[1] for (value,) in raw}
     assert dict(results) == stored
     assert THREADS * PER_THREAD == len(stored)
