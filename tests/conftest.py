@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from sa_fieldcrypt import Keyring
 from sa_fieldcrypt.config import _swap
 
 pytest_plugins = ["pytester"]
@@ -74,3 +75,9 @@ def no_default_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     previous = _swap(None)
     yield
     _swap(previous)
+
+
+@pytest.fixture
+def keyring(fieldcrypt_keyring: Keyring) -> Keyring:
+    """The plugin's ephemeral default keyring, under a shorter name."""
+    return fieldcrypt_keyring

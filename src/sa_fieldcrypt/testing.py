@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import Column, Text, select, type_coerce
+from sqlalchemy import Text, select, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -28,11 +28,10 @@ from sa_fieldcrypt import config
 from sa_fieldcrypt.cipher import inspect_token
 from sa_fieldcrypt.config import as_key_cache
 from sa_fieldcrypt.keys import Keyring, generate_key
-from sa_fieldcrypt.types import EncryptedType
+from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedType, encrypted_columns
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
-    from sqlalchemy import Table
 
     from sa_fieldcrypt.providers.base import KeyProvider
 
@@ -46,11 +45,6 @@ __all__ = [
     "temporary_keys",
     "text_plaintexts",
 ]
-
-#: Key of ``Column.info`` under which a plain ``Text`` column that holds tokens (hybrid style)
-#: records the :class:`EncryptedType` that reads and writes it.
-COLUMN_INFO_KEY = "sa_fieldcrypt.type"
-
 
 # -- configuration ---------------------------------------------------------------------------
 
@@ -74,16 +68,6 @@ def fieldcrypt_keyring() -> Iterator[Keyring]:
 
 
 # -- assertions ------------------------------------------------------------------------------
-
-
-def encrypted_columns(model_or_table: Any) -> list[Column[Any]]:
-    """Every column of a mapped class or table that holds sa-fieldcrypt tokens."""
-    table: Table = getattr(model_or_table, "__table__", model_or_table)
-    return [
-        column
-        for column in table.columns
-        if isinstance(column.type, EncryptedType) or COLUMN_INFO_KEY in column.info
-    ]
 
 
 def assert_encrypted_at_rest(

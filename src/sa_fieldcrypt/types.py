@@ -42,11 +42,23 @@ from sa_fieldcrypt.keys import Keyring
 from sa_fieldcrypt.providers.base import KeyCache, KeyProvider
 
 if TYPE_CHECKING:
+    from sqlalchemy import Column
     from sqlalchemy.engine import Dialect
     from sqlalchemy.sql.operators import OperatorType
     from sqlalchemy.types import TypeEngine
 
-__all__ = ["EncryptedBytes", "EncryptedJSON", "EncryptedText", "EncryptedType"]
+__all__ = [
+    "COLUMN_INFO_KEY",
+    "EncryptedBytes",
+    "EncryptedJSON",
+    "EncryptedText",
+    "EncryptedType",
+    "encrypted_columns",
+]
+
+#: Key of ``Column.info`` under which a plain ``Text`` column that holds tokens (the
+#: hybrid-property style) records the :class:`EncryptedType` that reads and writes it.
+COLUMN_INFO_KEY = "sa_fieldcrypt.type"
 
 # Operators that do not look at the stored value's content.
 _ALLOWED_OPERATORS = frozenset({operators.is_, operators.is_not})
@@ -258,3 +270,17 @@ class EncryptedJSON(EncryptedType):
             raise DecryptionError(
                 "the value decrypted but is not JSON", column=self._column_label
             ) from None
+
+
+def encrypted_columns(model_or_table: Any) -> list[Column[Any]]:
+    """Every column of a mapped class or ``Table`` that holds sa-fieldcrypt tokens.
+
+    That is, columns typed with an :class:`EncryptedType`, and plain text columns that a
+    hybrid helper marked with :data:`COLUMN_INFO_KEY`.
+    """
+    table = getattr(model_or_table, "__table__", model_or_table)
+    return [
+        column
+        for column in table.columns
+        if isinstance(column.type, EncryptedType) or COLUMN_INFO_KEY in column.info
+    ]
