@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -84,3 +85,11 @@ def no_default_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     previous = _swap(None)
     yield
     _swap(previous)
+
+
+@pytest.fixture
+def fake_secret_manager() -> Iterator[Any]:
+    """A fake Google Cloud Secret Manager on a local port (the gcp extra must be installed)."""
+    gcp_fake = pytest.importorskip("sa_fieldcrypt.gcp_fake", reason="needs the gcp extra")
+    with gcp_fake.FakeSecretManager() as fake:
+        yield fake

@@ -67,6 +67,11 @@ def provider_from_settings(settings: FieldCryptSettings) -> KeyProvider:
     """Return the provider that ``FIELDCRYPT_PROVIDER`` selects."""
     if settings.provider == "env":
         return EnvKeyProvider(settings)
+    if settings.provider == "gcp":
+        # Imported here: the module needs the optional Google packages.
+        from sa_fieldcrypt.providers.gcp import GoogleSecretManagerKeyProvider
+
+        return GoogleSecretManagerKeyProvider.from_settings(settings)
     raise ConfigurationError(f"FIELDCRYPT_PROVIDER {settings.provider!r} is not supported")
 
 
