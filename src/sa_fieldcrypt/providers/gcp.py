@@ -414,7 +414,7 @@ class GoogleSecretManagerKeyProvider:
                         f"version {version} was added {age:.0f} s ago; instances that have not "
                         f"refreshed since cannot decrypt what it would encrypt: wait "
                         f"{min_age - age:.0f} s more (FIELDCRYPT_GCP_CACHE_TTL is {min_age:g} s), "
-                        "or force it"
+                        "or force it (`fieldcrypt keys promote --force`, or min_age=0)"
                     )
             self._set_alias(client, aliases, version, deadline)
         logger.info("sa_fieldcrypt: key v%d of %s now encrypts", version, self.secret)
