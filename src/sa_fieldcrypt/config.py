@@ -16,7 +16,7 @@ from sa_fieldcrypt.providers.env import EnvKeyProvider
 from sa_fieldcrypt.providers.static import StaticKeyProvider
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
-__all__ = ["configure", "current_keyring", "provider_from_settings"]
+__all__ = ["configure", "current_keyring", "default_key_cache", "provider_from_settings"]
 
 _lock = threading.Lock()
 _default: KeyCache | None = None
