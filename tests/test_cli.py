@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -129,3 +130,15 @@ def test_keys_secret_comes_from_settings(
     result = CliRunner().invoke(cli, ["keys", "add"], obj=gcp)
     assert 0 == result.exit_code, result.output
     assert 1 == gcp["fake"].call_count("AddSecretVersion")
+
+
+def test_keys_without_the_gcp_extra_say_how_to_install_it(
+    gcp: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the Google packages, keys commands print the install command, no traceback."""
+    monkeypatch.delitem(sys.modules, "sa_fieldcrypt.providers.gcp", raising=False)
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)
+    result = _keys(gcp, "list")
+    assert 1 == result.exit_code
+    assert "pip install 'sa-fieldcrypt[gcp]'" in result.stderr
+    assert "Traceback" not in result.output

@@ -74,7 +74,10 @@ _secret_option = click.option(
 
 def _gcp_provider(ctx: click.Context, secret: str | None) -> Any:
     # Imported here: `fieldcrypt keygen` must work without the optional Google packages.
-    from sa_fieldcrypt.providers.gcp import GoogleSecretManagerKeyProvider
+    try:
+        from sa_fieldcrypt.providers.gcp import GoogleSecretManagerKeyProvider
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from exc
 
     # Programs that embed the command line may pass obj={"gcp_client": client}.
     client = ctx.obj.get("gcp_client") if isinstance(ctx.obj, dict) else None

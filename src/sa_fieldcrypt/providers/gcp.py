@@ -280,13 +280,13 @@ class GoogleSecretManagerKeyProvider:
         with self._errors("read the keys", _READ_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
-            keys: list[Key] = []
+            keys: dict[int, Key] = {}
             for number in self._enabled(client, deadline):
                 data = self._access(client, number, deadline)
                 if data is None:
                     continue
                 try:
-                    keys.append(key_from_payload(data, f"v{number}"))
+                    keys[number] = key_from_payload(data, f"v{number}")
                 except ConfigurationError as exc:
                     raise KeyProviderError(
                         f"Secret Manager secret {self.secret!r}: {exc}"
@@ -296,8 +296,8 @@ class GoogleSecretManagerKeyProvider:
                 f"Secret Manager secret {self.secret!r} has no enabled version, so there is no "
                 "key: add one with `fieldcrypt keys add`"
             )
-        primary = self._choose_primary(aliases, [int(key.id[1:]) for key in keys])
-        return Keyring(keys, primary=f"v{primary}")
+        primary = self._choose_primary(aliases, list(keys))
+        return Keyring(keys.values(), primary=keys[primary].id)
 
     def versions(self) -> list[KeyVersion]:
         """Describe every version of the secret, newest first, and which one encrypts.
@@ -341,7 +341,7 @@ class GoogleSecretManagerKeyProvider:
         with self._errors("add a key", _WRITE_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
-            enabled = [number for number, _, _ in self._list(client, deadline)]
+            enabled = self._enabled(client, deadline)
             if enabled:
                 current = self._choose_primary(aliases, enabled, warn=False)
                 if aliases.get(self.primary_alias) != current:
@@ -386,7 +386,7 @@ class GoogleSecretManagerKeyProvider:
             client = self._get_client()
             aliases = self._aliases(client, deadline)
             if version is None:
-                enabled = [number for number, _, _ in self._list(client, deadline)]
+                enabled = self._enabled(client, deadline)
                 if not enabled:
                     raise ConfigurationError(
                         f"Secret Manager secret {self.secret!r} has no enabled version to "
