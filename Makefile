@@ -18,7 +18,7 @@ $(VENV)/.installed-demo: $(VENV)/.created pyproject.toml
 
 # Everything the tests, linters and benchmarks need.
 $(VENV)/.installed-dev: $(VENV)/.created pyproject.toml
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,gcp]'
 	touch $@ $(VENV)/.installed-demo
 
 demo: $(VENV)/.installed-demo

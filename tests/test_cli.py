@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from sa_fieldcrypt import ConfigurationError, Keyring, __version__
 from sa_fieldcrypt.cli import cli
@@ -54,3 +57,88 @@ def test_debug_shows_the_exception() -> None:
     assert isinstance(result.exception, ConfigurationError)
     with pytest.raises(ConfigurationError):
         raise result.exception
+
+
+# -- keys in Google Cloud Secret Manager ---------------------------------------------------
+
+GCP_SECRET = "projects/test/secrets/fieldcrypt-keys"
+
+
+@pytest.fixture
+def gcp(fake_secret_manager: Any, no_default_keys: None) -> dict[str, Any]:
+    """The command line's context object, with a client connected to a fake Secret Manager."""
+    fake_secret_manager.create_secret(GCP_SECRET)
+    return {"fake": fake_secret_manager, "gcp_client": fake_secret_manager.client()}
+
+
+def _keys(gcp: dict[str, Any], *args: str) -> Result:
+    return CliRunner().invoke(cli, ["keys", *args, "--secret", GCP_SECRET], obj=gcp)
+
+
+def test_keys_add_then_promote(gcp: dict[str, Any]) -> None:
+    """keys add adds a decrypt-only version; keys promote --force makes it encrypt."""
+    first = _keys(gcp, "add")
+    assert 0 == first.exit_code, first.output
+    assert "Added version 1 (key id v1), the secret's first key: it encrypts.\n" == first.output
+    second = _keys(gcp, "add")
+    assert 0 == second.exit_code, second.output
+    assert "fieldcrypt keys promote 2" in second.output
+    assert {"fieldcrypt-primary": 1} == gcp["fake"].aliases(GCP_SECRET)
+    promoted = _keys(gcp, "promote", "--force")
+    assert 0 == promoted.exit_code, promoted.output
+    assert promoted.output.startswith("Version 2 (key id v2) now encrypts")
+    assert {"fieldcrypt-primary": 2} == gcp["fake"].aliases(GCP_SECRET)
+
+
+def test_keys_promote_waits_for_the_cache_ttl(
+    gcp: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --force, a version younger than FIELDCRYPT_GCP_CACHE_TTL is refused cleanly."""
+    monkeypatch.setenv("FIELDCRYPT_GCP_CACHE_TTL", "120")
+    _keys(gcp, "add")
+    _keys(gcp, "add")
+    result = _keys(gcp, "promote", "2")
+    assert 1 == result.exit_code
+    assert result.stderr.startswith("Error: version 2 was added ")
+    assert "FIELDCRYPT_GCP_CACHE_TTL is 120 s" in result.stderr
+    assert 1 == result.stderr.count("\n")
+    assert {"fieldcrypt-primary": 1} == gcp["fake"].aliases(GCP_SECRET)
+
+
+def test_keys_list(gcp: dict[str, Any]) -> None:
+    """keys list shows each version's key id and state, and marks the one that encrypts."""
+    _keys(gcp, "add")
+    _keys(gcp, "add")
+    gcp["fake"].set_state(GCP_SECRET, 2, "DISABLED")
+    result = _keys(gcp, "list")
+    assert 0 == result.exit_code, result.output
+    lines = result.output.splitlines()
+    assert ["VERSION", "KEY", "ID", "STATE", "CREATED", "ENCRYPTS"] == lines[0].split()
+    assert ["2", "v2", "DISABLED"] == lines[1].split()[:3]
+    assert ["1", "v1", "ENABLED"] == lines[2].split()[:3]
+    assert lines[2].endswith("yes (alias fieldcrypt-primary)")
+
+
+def test_keys_secret_comes_from_settings(
+    gcp: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --secret, FIELDCRYPT_GCP_SECRET names the secret; with neither, an error says so."""
+    missing = CliRunner().invoke(cli, ["keys", "add"], obj=gcp)
+    assert 1 == missing.exit_code
+    assert "set FIELDCRYPT_GCP_SECRET" in missing.stderr
+    monkeypatch.setenv("FIELDCRYPT_GCP_SECRET", GCP_SECRET)
+    result = CliRunner().invoke(cli, ["keys", "add"], obj=gcp)
+    assert 0 == result.exit_code, result.output
+    assert 1 == gcp["fake"].call_count("AddSecretVersion")
+
+
+def test_keys_without_the_gcp_extra_say_how_to_install_it(
+    gcp: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the Google packages, keys commands print the install command, no traceback."""
+    monkeypatch.delitem(sys.modules, "sa_fieldcrypt.providers.gcp", raising=False)
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)
+    result = _keys(gcp, "list")
+    assert 1 == result.exit_code
+    assert "pip install 'sa-fieldcrypt[gcp]'" in result.stderr
+    assert "Traceback" not in result.output

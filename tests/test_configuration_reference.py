@@ -43,3 +43,9 @@ def test_every_setting_has_a_description() -> None:
     """No setting reaches users without an explanation."""
     undocumented = [n for n, f in FieldCryptSettings.model_fields.items() if not f.description]
     assert [] == undocumented
+
+
+if __name__ == "__main__":
+    # Regenerate the table in place: python tests/test_configuration_reference.py
+    head, rest = DOC.read_text().split(BEGIN, 1)
+    DOC.write_text(f"{head}{BEGIN}\n{settings_table()}\n{END}{rest.split(END, 1)[1]}")

@@ -56,6 +56,91 @@ def keygen(key_id: str | None) -> None:
     click.echo(f"{key_id}:{key}" if key_id else key)
 
 
+@cli.group()
+def keys() -> None:
+    """Manage the keys held in a Google Cloud Secret Manager secret (the gcp extra).
+
+    Each enabled version of the secret is a key. Rotate in two phases: `keys add`, wait until
+    every instance has refreshed (FIELDCRYPT_GCP_CACHE_TTL), then `keys promote`.
+    """
+
+
+_secret_option = click.option(
+    "--secret",
+    metavar="projects/P/secrets/S",
+    help="The secret; by default FIELDCRYPT_GCP_SECRET.",
+)
+
+
+def _gcp_provider(ctx: click.Context, secret: str | None) -> Any:
+    # Imported here: `fieldcrypt keygen` must work without the optional Google packages.
+    try:
+        from sa_fieldcrypt.providers.gcp import GoogleSecretManagerKeyProvider
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    # Programs that embed the command line may pass obj={"gcp_client": client}.
+    client = ctx.obj.get("gcp_client") if isinstance(ctx.obj, dict) else None
+    return GoogleSecretManagerKeyProvider.from_settings(secret=secret, client=client)
+
+
+@keys.command("list")
+@_secret_option
+@click.pass_context
+def keys_list(ctx: click.Context, secret: str | None) -> None:
+    """Show the secret's versions, their state, and which one encrypts."""
+    provider = _gcp_provider(ctx, secret)
+    click.echo(f"{'VERSION':<9}{'KEY ID':<9}{'STATE':<11}{'CREATED':<27}ENCRYPTS")
+    for version in provider.versions():
+        created = version.created.isoformat(timespec="seconds") if version.created else "-"
+        mark = f"yes (alias {provider.primary_alias})" if version.primary else ""
+        click.echo(
+            f"{version.number:<9}{version.key_id:<9}{version.state:<11}{created:<27}{mark}".rstrip()
+        )
+
+
+@keys.command("add")
+@_secret_option
+@click.pass_context
+def keys_add(ctx: click.Context, secret: str | None) -> None:
+    """Add a new random key as a new version; it decrypts at once but does not encrypt yet."""
+    provider = _gcp_provider(ctx, secret)
+    added = provider.add_key()
+    if added.primary:
+        click.echo(
+            f"Added version {added.number} (key id {added.key_id}), the secret's first key: "
+            "it encrypts."
+        )
+        return
+    ttl = provider.cache_ttl
+    click.echo(
+        f"Added version {added.number} (key id {added.key_id}). Every instance can decrypt with "
+        f"it after its next refresh (within {ttl:g} s); then make it encrypt with:\n"
+        f"  fieldcrypt keys promote {added.number}"
+    )
+
+
+@keys.command("promote")
+@click.argument("version", type=click.IntRange(min=1), required=False)
+@_secret_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Promote even if instances may not have refreshed since the version was added.",
+)
+@click.pass_context
+def keys_promote(ctx: click.Context, version: int | None, secret: str | None, force: bool) -> None:
+    """Make VERSION (by default the newest enabled one) the key that encrypts."""
+    provider = _gcp_provider(ctx, secret)
+    min_age = 0.0 if force or provider.cache_ttl is None else provider.cache_ttl
+    promoted = provider.promote(version, min_age=min_age)
+    click.echo(
+        f"Version {promoted.number} (key id {promoted.key_id}) now encrypts, on each instance "
+        "from its next refresh. Values under older keys stay readable while their versions "
+        "stay enabled."
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the command line (the ``fieldcrypt`` entry point)."""
     cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="fieldcrypt")

@@ -16,7 +16,7 @@ from sa_fieldcrypt.providers.env import EnvKeyProvider
 from sa_fieldcrypt.providers.static import StaticKeyProvider
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
-__all__ = ["configure", "current_keyring", "provider_from_settings"]
+__all__ = ["configure", "current_keyring", "default_key_cache", "provider_from_settings"]
 
 _lock = threading.Lock()
 _default: KeyCache | None = None
@@ -67,6 +67,11 @@ def provider_from_settings(settings: FieldCryptSettings) -> KeyProvider:
     """Return the provider that ``FIELDCRYPT_PROVIDER`` selects."""
     if settings.provider == "env":
         return EnvKeyProvider(settings)
+    if settings.provider == "gcp":
+        # Imported here: the module needs the optional Google packages.
+        from sa_fieldcrypt.providers.gcp import GoogleSecretManagerKeyProvider
+
+        return GoogleSecretManagerKeyProvider.from_settings(settings)
     raise ConfigurationError(f"FIELDCRYPT_PROVIDER {settings.provider!r} is not supported")
 
 

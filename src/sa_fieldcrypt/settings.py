@@ -21,9 +21,10 @@ class FieldCryptSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FIELDCRYPT_", extra="ignore")
 
-    provider: Literal["env"] = Field(
+    provider: Literal["env", "gcp"] = Field(
         default="env",
-        description="Where keys come from: `env` reads them from the variables below.",
+        description="Where keys come from: `env` reads them from the variables below; "
+        "`gcp` from the Google Cloud Secret Manager secret FIELDCRYPT_GCP_SECRET.",
     )
     keys: SecretStr | None = Field(
         default=None,
@@ -38,6 +39,26 @@ class FieldCryptSettings(BaseSettings):
         validation_alias="FIELD_ENCRYPTION_KEY",
         description="A single bare Fernet key (FIELD_ENCRYPTION_KEY, no prefix), added as the "
         "decrypt-only key `legacy`, or the only key when FIELDCRYPT_KEYS is unset.",
+    )
+    gcp_secret: str | None = Field(
+        default=None,
+        description="The Secret Manager secret that holds the keys, `projects/P/secrets/S` "
+        "(or `projects/P/locations/L/secrets/S`); read when FIELDCRYPT_PROVIDER=gcp.",
+    )
+    gcp_cache_ttl: float = Field(
+        default=300.0,
+        ge=1,
+        description="Seconds a keyring read from Secret Manager is used before it is read again.",
+    )
+    gcp_primary_alias: str = Field(
+        default="fieldcrypt-primary",
+        description="The version alias that names the encrypting version of the secret.",
+    )
+    gcp_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Seconds one read of the secret may take, retries included, before it fails.",
     )
 
 

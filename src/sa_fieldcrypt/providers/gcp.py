@@ -1,0 +1,620 @@
+"""Keys from Google Cloud Secret Manager: one secret, one key per enabled version.
+
+Needs the ``gcp`` extra: ``pip install 'sa-fieldcrypt[gcp]'``.
+
+Every ENABLED version of the secret holds one key, whose id is ``v<N>`` (N the version
+number); DISABLED and DESTROYED versions are ignored. The newest enabled version encrypts,
+unless the secret's version alias ``fieldcrypt-primary`` (configurable) points at an enabled
+version: then that one does. A rotation therefore has two phases: add a version (every
+instance can decrypt with it after its next refresh), then move the alias (now it encrypts).
+:meth:`GoogleSecretManagerKeyProvider.add_key` and
+:meth:`~GoogleSecretManagerKeyProvider.promote` do the two steps, as do the commands
+``fieldcrypt keys add`` and ``fieldcrypt keys promote``.
+
+A version's payload is the key itself (what ``fieldcrypt keygen`` prints), or
+``<kind>:<key>``, where ``fernet`` is the only kind so far.
+
+Typical usage::
+
+    import sa_fieldcrypt
+    from sa_fieldcrypt.providers.gcp import GoogleSecretManagerKeyProvider
+
+    sa_fieldcrypt.configure(
+        provider=GoogleSecretManagerKeyProvider("projects/my-project/secrets/fieldcrypt-keys")
+    )
+
+or, from settings, ``FIELDCRYPT_PROVIDER=gcp`` and
+``FIELDCRYPT_GCP_SECRET=projects/my-project/secrets/fieldcrypt-keys``.
+
+One load makes one ``GetSecret`` call (the aliases), one ``ListSecretVersions`` call per page
+of enabled versions, and one ``AccessSecretVersion`` call per enabled version. It blocks; the
+cache in front of every provider makes it once per ``cache_ttl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+
+try:
+    import google_crc32c
+    from google.api_core import exceptions as api_exceptions
+    from google.api_core import retry as api_retry
+    from google.auth import exceptions as auth_exceptions
+    from google.cloud import secretmanager_v1
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
+    raise ImportError(
+        "the Google Cloud Secret Manager key provider needs the gcp extra: "
+        "pip install 'sa-fieldcrypt[gcp]'"
+    ) from exc
+
+from sa_fieldcrypt.errors import ConfigurationError, KeyProviderError
+from sa_fieldcrypt.keys import Key, Keyring, generate_key
+from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
+
+__all__ = [
+    "DEFAULT_PRIMARY_ALIAS",
+    "GoogleSecretManagerKeyProvider",
+    "KeyVersion",
+    "key_from_payload",
+]
+
+logger = logging.getLogger("sa_fieldcrypt")
+
+#: The version alias that names the encrypting version unless another name is configured.
+DEFAULT_PRIMARY_ALIAS = "fieldcrypt-primary"
+
+_SECRET_NAME = re.compile(
+    r"projects/(?P<project>[^/\s]+)(?:/locations/(?P<location>[^/\s]+))?"
+    r"/secrets/(?P<secret>[A-Za-z0-9_-]{1,255})\Z"
+)
+# Secret Manager's own rule for alias names.
+_ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}\Z")
+_RESERVED_ALIASES = frozenset({"latest", "NEW"})
+_KIND = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
+# What each key kind a payload may name is built with; more kinds join this table.
+_KEY_KINDS: dict[str, Callable[[str, str], Key]] = {"fernet": Key}
+_ENABLED = secretmanager_v1.SecretVersion.State.ENABLED
+_PAGE_SIZE = 250
+# Transient failures worth another attempt inside the load's deadline. Writes are never
+# retried: a retried AddSecretVersion could add the same key twice.
+_TRANSIENT = api_retry.if_exception_type(
+    api_exceptions.ServiceUnavailable, api_exceptions.ResourceExhausted
+)
+
+_READ_HINTS = {
+    "PERMISSION_DENIED": "the caller may not read it: grant the application's service account "
+    "roles/secretmanager.secretAccessor and roles/secretmanager.viewer on the secret",
+    "NOT_FOUND": "the secret does not exist: check FIELDCRYPT_GCP_SECRET "
+    "(projects/PROJECT/secrets/NAME)",
+}
+_WRITE_HINTS = {
+    "PERMISSION_DENIED": "the caller may not change it: adding versions needs "
+    "roles/secretmanager.secretVersionManager, moving the alias needs "
+    "secretmanager.secrets.update (in roles/secretmanager.admin)",
+    "NOT_FOUND": "the secret does not exist: create it first "
+    "(gcloud secrets create NAME --replication-policy=automatic)",
+}
+_COMMON_HINTS = {
+    "UNAUTHENTICATED": "the credentials were refused: check the application default credentials",
+    "UNAVAILABLE": "Secret Manager could not be reached: check the network path to it",
+    "DEADLINE_EXCEEDED": "Secret Manager did not answer within {timeout:g} s "
+    "(FIELDCRYPT_GCP_TIMEOUT)",
+    "RESOURCE_EXHAUSTED": "the project's Secret Manager quota is used up: refresh less often "
+    "(FIELDCRYPT_GCP_CACHE_TTL) or raise the quota",
+}
+_NO_CREDENTIALS = (
+    "no Google credentials were found: run `gcloud auth application-default login`, or run "
+    "with a service account (GOOGLE_APPLICATION_CREDENTIALS, or the metadata server)"
+)
+
+
+def key_from_payload(data: bytes, key_id: str) -> Key:
+    """Build the key that a version's payload holds.
+
+    The payload is the key text (surrounding whitespace ignored, so a trailing newline from
+    ``echo`` is fine), or ``<kind>:<key>`` with a kind this library knows (``fernet``).
+
+    Raises:
+        ConfigurationError: the payload is not a key. The message never quotes the payload.
+    """
+    try:
+        text = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        text = ""
+    kind, sep, secret = text.partition(":")
+    if not sep:
+        kind, secret = "fernet", text
+    factory = _KEY_KINDS.get(kind)
+    if factory is None:
+        named = f"kind {kind!r}" if _KIND.match(kind) else "a kind"
+        raise ConfigurationError(
+            f"key {key_id!r}: the payload names {named} this version of sa-fieldcrypt does not "
+            f"know (known: {', '.join(sorted(_KEY_KINDS))}); a version holds one key: the key "
+            "itself, or '<kind>:<key>'"
+        )
+    try:
+        return factory(key_id, secret)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"key {key_id!r}: the payload is not a {kind} key (a Fernet key is 32 bytes in "
+            "url-safe base64, as `fieldcrypt keygen` prints)"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    """One version of the secret, described without its key.
+
+    Attributes:
+        number: the version number, from 1.
+        state: ``"ENABLED"``, ``"DISABLED"`` or ``"DESTROYED"``.
+        created: when the version was added, if the service said.
+        primary: whether this version encrypts new values.
+    """
+
+    number: int
+    state: str
+    created: datetime | None
+    primary: bool
+
+    @property
+    def key_id(self) -> str:
+        """The key id of this version's key in the keyring and in tokens: ``v<number>``."""
+        return f"v{self.number}"
+
+
+class _Deadline:
+    """One time budget shared by every call of one operation."""
+
+    def __init__(self, seconds: float):
+        self._end = time.monotonic() + seconds
+
+    def read(self) -> dict[str, Any]:
+        """Explicit timeout and retry for an idempotent call, within what is left."""
+        left = self._left()
+        retry = api_retry.Retry(
+            predicate=_TRANSIENT, initial=0.1, maximum=1.0, multiplier=2.0, timeout=left
+        )
+        return {"timeout": left, "retry": retry}
+
+    def write(self) -> dict[str, Any]:
+        """Explicit timeout and no retry, for a call that must not run twice."""
+        return {"timeout": self._left(), "retry": None}
+
+    def _left(self) -> float:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise api_exceptions.DeadlineExceeded(  # type: ignore[no-untyped-call]
+                "the time allowed for the operation ran out"
+            )
+        return left
+
+
+class GoogleSecretManagerKeyProvider:
+    """Load a keyring from the enabled versions of one Secret Manager secret.
+
+    Typical usage::
+
+        provider = GoogleSecretManagerKeyProvider("projects/my-project/secrets/fieldcrypt-keys")
+        sa_fieldcrypt.configure(provider=provider)
+
+    Args:
+        secret: the secret, ``projects/PROJECT/secrets/NAME`` or, for a regional secret,
+            ``projects/PROJECT/locations/LOCATION/secrets/NAME``.
+        client: a ``SecretManagerServiceClient`` to use; by default one is made at the first
+            load, with the application default credentials (and the regional endpoint for a
+            regional secret).
+        primary_alias: the version alias that names the encrypting version.
+        cache_ttl: seconds a loaded keyring stays fresh; None loads once.
+        timeout: seconds one load (or one ``add_key``/``promote``) may take, retries
+            included, before it fails.
+
+    Raises:
+        ConfigurationError: a malformed secret name, alias name or timeout.
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        client: secretmanager_v1.SecretManagerServiceClient | None = None,
+        primary_alias: str = DEFAULT_PRIMARY_ALIAS,
+        cache_ttl: float | None = 300.0,
+        timeout: float = 5.0,
+    ):
+        self.secret = _check_secret_name(secret, "GoogleSecretManagerKeyProvider")
+        self.primary_alias = _check_alias(primary_alias, "GoogleSecretManagerKeyProvider")
+        if not timeout > 0:
+            raise ConfigurationError("GoogleSecretManagerKeyProvider: timeout must be > 0")
+        self.cache_ttl = cache_ttl
+        self.timeout = float(timeout)
+        self._client = client
+        self._client_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: FieldCryptSettings | None = None,
+        *,
+        secret: str | None = None,
+        client: secretmanager_v1.SecretManagerServiceClient | None = None,
+    ) -> Self:
+        """Build the provider that the ``FIELDCRYPT_GCP_*`` settings describe.
+
+        Args:
+            settings: the settings; read from the environment when omitted.
+            secret: a secret name that overrides ``FIELDCRYPT_GCP_SECRET``.
+            client: a client to use instead of the default one.
+        """
+        settings = settings or load_settings()
+        name = secret or settings.gcp_secret
+        if not name:
+            raise ConfigurationError(
+                "no Secret Manager secret configured: set FIELDCRYPT_GCP_SECRET to "
+                "projects/PROJECT/secrets/NAME"
+            )
+        return cls(
+            _check_secret_name(name, "FIELDCRYPT_GCP_SECRET"),
+            client=client,
+            primary_alias=_check_alias(settings.gcp_primary_alias, "FIELDCRYPT_GCP_PRIMARY_ALIAS"),
+            cache_ttl=settings.gcp_cache_ttl,
+            timeout=settings.gcp_timeout,
+        )
+
+    def load(self) -> Keyring:
+        """Read every enabled version and return the keyring; blocks, at most ``timeout`` s.
+
+        Raises:
+            KeyProviderError: the secret could not be read, a payload failed its checksum or
+                is not a key, or no version is enabled. The message names the secret.
+        """
+        deadline = _Deadline(self.timeout)
+        with self._errors("read the keys", _READ_HINTS):
+            client = self._get_client()
+            aliases = self._aliases(client, deadline)
+            keys: dict[int, Key] = {}
+            for number in self._enabled(client, deadline):
+                data = self._access(client, number, deadline)
+                if data is None:
+                    continue
+                try:
+                    keys[number] = key_from_payload(data, f"v{number}")
+                except ConfigurationError as exc:
+                    raise KeyProviderError(
+                        f"Secret Manager secret {self.secret!r}: {exc}"
+                    ) from None
+        if not keys:
+            raise KeyProviderError(
+                f"Secret Manager secret {self.secret!r} has no enabled version, so there is no "
+                "key: add one with `fieldcrypt keys add`"
+            )
+        primary = self._choose_primary(aliases, list(keys))
+        return Keyring(keys.values(), primary=keys[primary].id)
+
+    def versions(self) -> list[KeyVersion]:
+        """Describe every version of the secret, newest first, and which one encrypts.
+
+        Raises:
+            KeyProviderError: the secret could not be read.
+        """
+        deadline = _Deadline(self.timeout)
+        with self._errors("list its versions", _READ_HINTS):
+            client = self._get_client()
+            aliases = self._aliases(client, deadline)
+            found = self._list(client, deadline, state_filter="")
+        enabled = [number for number, state, _ in found if state == _ENABLED]
+        primary = self._choose_primary(aliases, enabled, warn=False) if enabled else None
+        return [
+            KeyVersion(number, state.name, created, number == primary)
+            for number, state, created in found
+        ]
+
+    def add_key(self, key: str | None = None) -> KeyVersion:
+        """Add a version holding a new key; it decrypts everywhere, but does not encrypt yet.
+
+        The first phase of a rotation. If the alias does not name an enabled version, it is
+        first pointed at the version that encrypts now, so adding a version never changes
+        which key encrypts; only the very first version of an empty secret becomes primary.
+
+        Args:
+            key: the key text to store; a new random Fernet key by default.
+
+        Returns:
+            The new version.
+
+        Raises:
+            ConfigurationError: ``key`` is not a key.
+            KeyProviderError: Secret Manager refused or could not be reached.
+        """
+        text = generate_key() if key is None else key
+        key_from_payload(text.encode("ascii", "replace"), "new")
+        data = text.strip().encode("ascii")
+        deadline = _Deadline(self.timeout)
+        with self._errors("add a key", _WRITE_HINTS):
+            client = self._get_client()
+            aliases = self._aliases(client, deadline)
+            enabled = self._enabled(client, deadline)
+            if enabled:
+                current = self._choose_primary(aliases, enabled, warn=False)
+                if aliases.get(self.primary_alias) != current:
+                    self._set_alias(client, aliases, current, deadline)
+            added = client.add_secret_version(
+                request={
+                    "parent": self.secret,
+                    "payload": {"data": data, "data_crc32c": google_crc32c.value(data)},
+                },
+                **deadline.write(),
+            )
+            number = _version_number(added.name)
+            if not enabled:
+                self._set_alias(client, aliases, number, deadline)
+        logger.info(
+            "sa_fieldcrypt: added key v%d to %s (%s)",
+            number,
+            self.secret,
+            "primary: the secret had no enabled version" if not enabled else "decrypt-only",
+        )
+        return KeyVersion(number, "ENABLED", _as_datetime(added.create_time), not enabled)
+
+    def promote(self, version: int | None = None, *, min_age: float = 0.0) -> KeyVersion:
+        """Point the alias at ``version``, so its key encrypts from each instance's next refresh.
+
+        The second phase of a rotation; also how to roll back to an older enabled version.
+
+        Args:
+            version: the version number; the newest enabled version by default.
+            min_age: refuse a version added less than this many seconds ago, so that every
+                instance has refreshed (and can decrypt with it) before any encrypts with it.
+
+        Returns:
+            The promoted version.
+
+        Raises:
+            ConfigurationError: no such version, it is not enabled, or it is too young.
+            KeyProviderError: Secret Manager refused or could not be reached.
+        """
+        deadline = _Deadline(self.timeout)
+        with self._errors("promote a key", _WRITE_HINTS):
+            client = self._get_client()
+            aliases = self._aliases(client, deadline)
+            if version is None:
+                enabled = self._enabled(client, deadline)
+                if not enabled:
+                    raise ConfigurationError(
+                        f"Secret Manager secret {self.secret!r} has no enabled version to "
+                        "promote: add one with `fieldcrypt keys add`"
+                    )
+                version = enabled[0]
+            try:
+                found = client.get_secret_version(
+                    request={"name": f"{self.secret}/versions/{version}"}, **deadline.read()
+                )
+            except api_exceptions.NotFound:
+                raise ConfigurationError(
+                    f"Secret Manager secret {self.secret!r} has no version {version}"
+                ) from None
+            if found.state != _ENABLED:
+                raise ConfigurationError(
+                    f"version {version} of {self.secret!r} is {found.state.name}; only an "
+                    "enabled version can encrypt"
+                )
+            created = _as_datetime(found.create_time)
+            if min_age > 0 and created is not None:
+                age = (datetime.now(UTC) - created).total_seconds()
+                if age < min_age:
+                    raise ConfigurationError(
+                        f"version {version} was added {age:.0f} s ago; instances that have not "
+                        f"refreshed since cannot decrypt what it would encrypt: wait "
+                        f"{min_age - age:.0f} s more (FIELDCRYPT_GCP_CACHE_TTL is {min_age:g} s), "
+                        "or force it (`fieldcrypt keys promote --force`, or min_age=0)"
+                    )
+            self._set_alias(client, aliases, version, deadline)
+        logger.info("sa_fieldcrypt: key v%d of %s now encrypts", version, self.secret)
+        return KeyVersion(version, "ENABLED", created, True)
+
+    def _get_client(self) -> secretmanager_v1.SecretManagerServiceClient:
+        with self._client_lock:
+            if self._client is None:
+                match = _SECRET_NAME.match(self.secret)
+                location = match.group("location") if match else None
+                # A regional secret is served only by its region's endpoint.
+                options = (
+                    {"api_endpoint": f"secretmanager.{location}.rep.googleapis.com"}
+                    if location
+                    else None
+                )
+                self._client = secretmanager_v1.SecretManagerServiceClient(client_options=options)
+            return self._client
+
+    def _aliases(
+        self, client: secretmanager_v1.SecretManagerServiceClient, deadline: _Deadline
+    ) -> dict[str, int]:
+        found = client.get_secret(request={"name": self.secret}, **deadline.read())
+        return dict(found.version_aliases)
+
+    def _list(
+        self,
+        client: secretmanager_v1.SecretManagerServiceClient,
+        deadline: _Deadline,
+        *,
+        state_filter: str = "state:ENABLED",
+    ) -> list[tuple[int, secretmanager_v1.SecretVersion.State, datetime | None]]:
+        """Versions, newest first; pages are fetched here so each gets the remaining time."""
+        found = []
+        token = ""
+        while True:
+            page = client.list_secret_versions(
+                request={
+                    "parent": self.secret,
+                    "filter": state_filter,
+                    "page_size": _PAGE_SIZE,
+                    "page_token": token,
+                },
+                **deadline.read(),
+            )
+            for version in page.versions:
+                # Checked again here: a server (or an emulator) that ignored the filter must
+                # not turn a disabled version into a key.
+                if state_filter and version.state != _ENABLED:
+                    continue
+                found.append(
+                    (
+                        _version_number(version.name),
+                        version.state,
+                        _as_datetime(version.create_time),
+                    )
+                )
+            token = page.next_page_token
+            if not token:
+                break
+        found.sort(key=lambda item: item[0], reverse=True)
+        return found
+
+    def _enabled(
+        self, client: secretmanager_v1.SecretManagerServiceClient, deadline: _Deadline
+    ) -> list[int]:
+        return [number for number, _, _ in self._list(client, deadline)]
+
+    def _access(
+        self,
+        client: secretmanager_v1.SecretManagerServiceClient,
+        number: int,
+        deadline: _Deadline,
+    ) -> bytes | None:
+        # By number, never `latest` or an alias: `latest` is the newest version whatever its
+        # state, and the versions to read are exactly the enabled ones just listed.
+        try:
+            response = client.access_secret_version(
+                request={"name": f"{self.secret}/versions/{number}"}, **deadline.read()
+            )
+        except api_exceptions.FailedPrecondition:
+            logger.warning(
+                "sa_fieldcrypt: version %d of %s was listed as enabled but could not be read "
+                "(FAILED_PRECONDITION: disabled or destroyed since); its key is left out",
+                number,
+                self.secret,
+            )
+            return None
+        payload = response.payload
+        data = bytes(payload.data)
+        if "data_crc32c" not in payload or google_crc32c.value(data) != payload.data_crc32c:
+            raise KeyProviderError(
+                f"Secret Manager secret {self.secret!r}: the payload of version {number} does "
+                "not match its CRC32C checksum (data_crc32c), so it was corrupted on the way; "
+                "no key was loaded from it. Try again; if it persists, the stored version is "
+                "damaged: add a new key and disable this version"
+            )
+        return data
+
+    def _choose_primary(
+        self, aliases: Mapping[str, int], enabled: Sequence[int], *, warn: bool = True
+    ) -> int:
+        target = aliases.get(self.primary_alias)
+        if target is not None and target in enabled:
+            return target
+        newest = max(enabled)
+        if target is not None and warn:
+            logger.warning(
+                "sa_fieldcrypt: alias %r of %s points at version %d, which is not enabled; "
+                "the newest enabled version v%d encrypts instead. Run `fieldcrypt keys promote` "
+                "to name the version that should encrypt",
+                self.primary_alias,
+                self.secret,
+                target,
+                newest,
+            )
+        return newest
+
+    def _set_alias(
+        self,
+        client: secretmanager_v1.SecretManagerServiceClient,
+        aliases: dict[str, int],
+        number: int,
+        deadline: _Deadline,
+    ) -> None:
+        aliases[self.primary_alias] = number
+        # The update mask names the whole map: Secret Manager replaces it, so the other
+        # aliases of the secret are sent back unchanged.
+        client.update_secret(
+            request={
+                "secret": {"name": self.secret, "version_aliases": aliases},
+                "update_mask": {"paths": ["version_aliases"]},
+            },
+            **deadline.read(),
+        )
+
+    @contextmanager
+    def _errors(self, action: str, hints: Mapping[str, str]) -> Iterator[None]:
+        try:
+            yield
+        except auth_exceptions.GoogleAuthError as exc:
+            raise KeyProviderError(
+                f"Secret Manager secret {self.secret!r}: could not {action}: {_NO_CREDENTIALS}"
+            ) from exc
+        except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as exc:
+            code = _status_name(exc)
+            hint = hints.get(code) or _COMMON_HINTS.get(code) or "see the chained exception"
+            # Only the status name and our own hint: a service message is not ours to vouch for.
+            raise KeyProviderError(
+                f"Secret Manager secret {self.secret!r}: could not {action} ({code}); "
+                + hint.format(timeout=self.timeout)
+            ) from exc
+
+    def __repr__(self) -> str:
+        return (
+            f"GoogleSecretManagerKeyProvider(secret={self.secret!r}, "
+            f"primary_alias={self.primary_alias!r}, cache_ttl={self.cache_ttl!r})"
+        )
+
+
+def _status_name(exc: Exception) -> str:
+    if isinstance(exc, api_exceptions.RetryError):
+        # The retry budget ran out: the last attempt's error says why.
+        cause = exc.cause
+        if isinstance(cause, api_exceptions.GoogleAPICallError):
+            exc = cause
+        else:
+            return "DEADLINE_EXCEEDED"
+    status = getattr(exc, "grpc_status_code", None)
+    if status is not None:
+        return str(status.name)
+    return type(exc).__name__
+
+
+def _check_secret_name(name: str, source: str) -> str:
+    if not isinstance(name, str) or not _SECRET_NAME.match(name):
+        shown = repr(name) if isinstance(name, str) and len(name) <= 300 else "the value"
+        extra = " (name the secret, not one of its versions)" if "/versions/" in str(name) else ""
+        raise ConfigurationError(
+            f"{source}: {shown} is not a secret name{extra}; expected "
+            "projects/PROJECT/secrets/NAME or projects/PROJECT/locations/LOCATION/secrets/NAME"
+        )
+    return name
+
+
+def _check_alias(alias: str, source: str) -> str:
+    if not isinstance(alias, str) or not _ALIAS_NAME.match(alias) or alias in _RESERVED_ALIASES:
+        shown = repr(alias) if isinstance(alias, str) and len(alias) <= 100 else "the value"
+        raise ConfigurationError(
+            f"{source}: {shown} is not a usable version alias; an alias is 1 to 63 characters "
+            "from A-Z, a-z, 0-9, '-' and '_', starts with a letter, and is not 'latest' or 'NEW'"
+        )
+    return alias
+
+
+def _version_number(name: str) -> int:
+    # Names come back with the project number where the request had its id, so only the
+    # last segment is read.
+    return int(name.rsplit("/", 1)[-1])
+
+
+def _as_datetime(value: object) -> datetime | None:
+    return value if isinstance(value, datetime) else None

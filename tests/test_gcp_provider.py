@@ -1,0 +1,804 @@
+"""The Google Cloud Secret Manager key provider, against the fake through the real client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, Integer, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import sa_fieldcrypt
+from sa_fieldcrypt import (
+    ConfigurationError,
+    EncryptedText,
+    KeyProviderError,
+    decrypt,
+    encrypt,
+    generate_key,
+)
+from sa_fieldcrypt.config import provider_from_settings
+from sa_fieldcrypt.providers import KeyCache
+from sa_fieldcrypt.settings import load_settings
+
+gcp = pytest.importorskip("sa_fieldcrypt.providers.gcp", reason="needs the gcp extra")
+gcp_fake = pytest.importorskip("sa_fieldcrypt.gcp_fake", reason="needs the gcp extra")
+
+import grpc  # noqa: E402
+from google.cloud import secretmanager_v1  # noqa: E402
+from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (  # noqa: E402
+    SecretManagerServiceGrpcTransport,
+)
+
+GoogleSecretManagerKeyProvider = gcp.GoogleSecretManagerKeyProvider
+FakeSecretManager = gcp_fake.FakeSecretManager
+key_from_payload = gcp.key_from_payload
+SECRET = "projects/test/secrets/fieldcrypt-keys"
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake(fake_secret_manager: FakeSecretManager) -> FakeSecretManager:
+    """A fresh fake per test, with the secret created and empty."""
+    fake_secret_manager.create_secret(SECRET)
+    return fake_secret_manager
+
+
+def _provider(fake: FakeSecretManager, **kwargs: Any) -> Any:
+    return GoogleSecretManagerKeyProvider(SECRET, client=fake.client(), **kwargs)
+
+
+def _add_keys(fake: FakeSecretManager, count: int) -> list[str]:
+    keys = [generate_key() for _ in range(count)]
+    for key in keys:
+        fake.add_version(SECRET, key.encode())
+    return keys
+
+
+# -- which versions are keys, and which one encrypts -------------------------------------
+
+
+def test_every_enabled_version_is_a_key_and_the_newest_encrypts(fake: FakeSecretManager) -> None:
+    """Each enabled version N is the key vN with its payload; without alias the newest encrypts."""
+    keys = _add_keys(fake, 3)
+    ring = _provider(fake).load()
+    assert ("v3", "v2", "v1") == ring.ids
+    assert "v3" == ring.primary.id
+    for number, key in enumerate(keys, start=1):
+        assert key == ring.get(f"v{number}").export()
+
+
+def test_disabled_and_destroyed_versions_are_ignored(fake: FakeSecretManager) -> None:
+    """Disabled and destroyed versions give no key, even when they are the newest."""
+    _add_keys(fake, 4)
+    fake.set_state(SECRET, 2, "DISABLED")
+    fake.set_state(SECRET, 4, "DESTROYED")
+    ring = _provider(fake).load()
+    assert ("v3", "v1") == ring.ids
+    assert "v3" == ring.primary.id
+
+
+def test_version_numbers_sort_as_integers(fake: FakeSecretManager) -> None:
+    """Version 10 is newer than version 9 (no string ordering)."""
+    _add_keys(fake, 10)
+    ring = _provider(fake).load()
+    assert "v10" == ring.primary.id
+    assert tuple(f"v{n}" for n in range(10, 0, -1)) == ring.ids
+
+
+def test_alias_names_the_primary(fake: FakeSecretManager) -> None:
+    """When the alias points at an enabled version, that version encrypts."""
+    _add_keys(fake, 3)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 2)
+    ring = _provider(fake).load()
+    assert "v2" == ring.primary.id
+    assert ("v3", "v2", "v1") == tuple(sorted(ring.ids, reverse=True))
+
+
+def test_alias_name_is_configurable(fake: FakeSecretManager) -> None:
+    """primary_alias selects which alias names the primary; others are ignored."""
+    _add_keys(fake, 3)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 2)
+    fake.set_alias(SECRET, "billing-primary", 1)
+    assert "v1" == _provider(fake, primary_alias="billing-primary").load().primary.id
+
+
+def test_alias_on_a_disabled_version_falls_back_with_a_warning(
+    fake: FakeSecretManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An alias naming a version that is not enabled is ignored, loudly."""
+    _add_keys(fake, 3)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 2)
+    fake.set_state(SECRET, 2, "DISABLED")
+    with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
+        ring = _provider(fake).load()
+    assert "v3" == ring.primary.id
+    assert "points at version 2, which is not enabled" in caplog.text
+
+
+# -- the rollout in two phases -----------------------------------------------------------
+
+
+def test_two_phase_rollout(fake: FakeSecretManager) -> None:
+    """An added key decrypts everywhere before it encrypts anywhere; promotion then switches."""
+    operator = _provider(fake)
+    operator.add_key()
+    clock_a, clock_b = FakeClock(), FakeClock()
+    app_a = KeyCache(_provider(fake, cache_ttl=300), clock=clock_a)
+    app_b = KeyCache(_provider(fake, cache_ttl=300), clock=clock_b)
+    assert "v1" == app_a.get().primary.id
+    assert "v1" == app_b.get().primary.id
+
+    # Phase 1: the new version decrypts after each instance's refresh, but does not encrypt.
+    added = operator.add_key()
+    assert (2, False) == (added.number, added.primary)
+    clock_a.now += 301
+    clock_b.now += 301
+    for app in (app_a, app_b):
+        assert "v1" == app.get().primary.id
+        assert "v2" in app.get()
+
+    # Phase 2: after the alias moves, each instance encrypts with v2 from its next refresh,
+    # and the others read those values without any call to Secret Manager.
+    operator.promote(2)
+    clock_b.now += 301
+    token = encrypt(app_b.get(), b"ada@example.com")
+    assert token.startswith("fc1:v2:")
+    calls = len(fake.calls)
+    assert b"ada@example.com" == decrypt(app_a.get(), token)
+    assert calls == len(fake.calls)
+    clock_a.now += 301
+    assert "v2" == app_a.get().primary.id
+
+
+def test_add_key_pins_the_alias_first(fake: FakeSecretManager) -> None:
+    """On a secret without the alias, adding a key leaves the current primary encrypting."""
+    _add_keys(fake, 2)  # versions added by hand, e.g. with gcloud
+    provider = _provider(fake)
+    assert "v2" == provider.load().primary.id
+    added = provider.add_key()
+    assert 3 == added.number
+    assert {"fieldcrypt-primary": 2} == fake.aliases(SECRET)
+    assert "v2" == provider.load().primary.id
+
+
+def test_add_key_moves_an_alias_left_on_a_disabled_version(fake: FakeSecretManager) -> None:
+    """An alias on a disabled version is re-pointed at the key that encrypts now before adding."""
+    _add_keys(fake, 2)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 1)
+    fake.set_state(SECRET, 1, "DISABLED")
+    provider = _provider(fake)
+    provider.add_key()
+    assert {"fieldcrypt-primary": 2} == fake.aliases(SECRET)
+    assert "v2" == provider.load().primary.id
+
+
+def test_first_key_of_an_empty_secret_is_primary(fake: FakeSecretManager) -> None:
+    """The first version added to an empty secret encrypts, and the alias names it."""
+    added = _provider(fake).add_key()
+    assert (1, True, "v1") == (added.number, added.primary, added.key_id)
+    assert {"fieldcrypt-primary": 1} == fake.aliases(SECRET)
+
+
+def test_add_key_stores_a_given_key(fake: FakeSecretManager) -> None:
+    """add_key(key) stores that key, which then decrypts what it encrypted elsewhere."""
+    key = generate_key()
+    _provider(fake).add_key(key + "\n")
+    token = Fernet(key).encrypt(b"x").decode()
+    assert b"x" == _provider(fake).load().get("v1").decrypt(token)
+    assert key.encode() == fake.payload(SECRET, 1)
+
+
+def test_add_key_refuses_what_is_not_a_key(fake: FakeSecretManager) -> None:
+    """A malformed key is refused before anything is written."""
+    with pytest.raises(ConfigurationError, match="not a fernet key") as info:
+        _provider(fake).add_key("hunter2hunter2hunter2")
+    assert "hunter2" not in str(info.value)
+    assert 0 == fake.call_count("AddSecretVersion")
+
+
+def test_add_key_is_never_retried(fake: FakeSecretManager) -> None:
+    """A failed AddSecretVersion is reported, not retried (a retry could add the key twice)."""
+    _provider(fake).add_key()
+    fake.fail_next("AddSecretVersion", grpc.StatusCode.UNAVAILABLE)
+    with pytest.raises(KeyProviderError, match="could not add a key \\(UNAVAILABLE\\)"):
+        _provider(fake).add_key()
+    assert 2 == fake.call_count("AddSecretVersion")
+
+
+def test_promote_defaults_to_the_newest_enabled_version(fake: FakeSecretManager) -> None:
+    """promote() without a number promotes the newest enabled version."""
+    provider = _provider(fake)
+    provider.add_key()
+    provider.add_key()
+    provider.add_key()
+    fake.set_state(SECRET, 3, "DISABLED")
+    assert 2 == provider.promote().number
+    assert "v2" == provider.load().primary.id
+
+
+def test_promote_rolls_back_to_an_older_version(fake: FakeSecretManager) -> None:
+    """Promoting an older enabled version makes it encrypt again."""
+    provider = _provider(fake)
+    provider.add_key()
+    provider.add_key()
+    provider.promote(2)
+    provider.promote(1)
+    assert "v1" == provider.load().primary.id
+
+
+@pytest.mark.parametrize(
+    ("state", "number", "message"),
+    [
+        ("DISABLED", 2, "is DISABLED"),
+        ("DESTROYED", 2, "is DESTROYED"),
+        ("ENABLED", 9, "no version 9"),
+    ],
+)
+def test_promote_refuses_versions_that_cannot_encrypt(
+    fake: FakeSecretManager, state: str, number: int, message: str
+) -> None:
+    """Only an existing, enabled version can be promoted; the alias stays where it was."""
+    provider = _provider(fake)
+    provider.add_key()
+    provider.add_key()
+    if state != "ENABLED":
+        fake.set_state(SECRET, 2, state)
+    with pytest.raises(ConfigurationError, match=message):
+        provider.promote(number)
+    assert {"fieldcrypt-primary": 1} == fake.aliases(SECRET)
+
+
+def test_promote_waits_for_instances_to_refresh(fake_secret_manager: FakeSecretManager) -> None:
+    """A version younger than min_age is refused; an older one is promoted."""
+    now = datetime.now(UTC)
+    clock = [now - timedelta(seconds=1000)]
+    fake_secret_manager.clock = lambda: clock[0]
+    fake_secret_manager.create_secret(SECRET)
+    provider = _provider(fake_secret_manager)
+    provider.add_key()
+    provider.add_key()  # v2, 1000 s old
+    clock[0] = now
+    provider.add_key()  # v3, just added
+    with pytest.raises(ConfigurationError, match=r"version 3 was added 0 s ago.*wait 300 s more"):
+        provider.promote(3, min_age=300)
+    assert 2 == provider.promote(2, min_age=300).number
+    assert 3 == provider.promote(3).number
+
+
+def test_versions_describe_states_and_primary(fake: FakeSecretManager) -> None:
+    """versions() lists every version newest first, with its state and whether it encrypts."""
+    provider = _provider(fake)
+    for _ in range(3):
+        provider.add_key()
+    fake.set_state(SECRET, 2, "DISABLED")
+    described = [(v.key_id, v.state, v.primary) for v in provider.versions()]
+    expected = [("v3", "ENABLED", False), ("v2", "DISABLED", False), ("v1", "ENABLED", True)]
+    assert expected == described
+    provider.promote(3)
+    assert [True, False, False] == [v.primary for v in provider.versions()]
+
+
+# -- cost and caching --------------------------------------------------------------------
+
+
+def test_one_access_call_per_enabled_version_per_refresh(fake: FakeSecretManager) -> None:
+    """A refresh costs one GetSecret, one list and one access per enabled version, no more."""
+    _add_keys(fake, 4)
+    fake.set_state(SECRET, 1, "DISABLED")
+    clock = FakeClock()
+    cache = KeyCache(_provider(fake, cache_ttl=300), clock=clock)
+    for _ in range(50):
+        cache.get()
+    assert (1, 1, 3) == (
+        fake.call_count("GetSecret"),
+        fake.call_count("ListSecretVersions"),
+        fake.call_count("AccessSecretVersion"),
+    )
+    clock.now += 301
+    cache.get()
+    assert 6 == fake.call_count("AccessSecretVersion")
+
+
+def test_every_page_of_versions_is_read(fake: FakeSecretManager) -> None:
+    """When the service pages the listing, every page is followed."""
+    _add_keys(fake, 5)
+    fake.max_page_size = 2
+    assert 5 == len(_provider(fake).load())
+    assert 3 == fake.call_count("ListSecretVersions")
+
+
+def test_app_decrypts_a_new_versions_token_after_one_refresh(
+    fake: FakeSecretManager, engine: Engine, no_default_keys: None
+) -> None:
+    """An app whose cache predates a new key reads a row written with it, after one refresh."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Customer(Base):
+        __tablename__ = "fc_gcp_customers"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+        email: Mapped[str] = mapped_column("email_encrypted", EncryptedText())
+
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    try:
+        operator = _provider(fake)
+        operator.add_key()
+        sa_fieldcrypt.configure(provider=_provider(fake, cache_ttl=3600))
+        with Session(engine) as session:
+            session.add(Customer(id=1, email="old@example.com"))
+            session.commit()
+        assert ("v1",) == sa_fieldcrypt.current_keyring().ids
+
+        # Another instance, already on the new key, writes a row.
+        operator.add_key()
+        operator.promote(2)
+        writer = KeyCache(_provider(fake))
+        token = encrypt(writer.get(), b"new@example.com")
+        assert token.startswith("fc1:v2:")
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO fc_gcp_customers (id, email_encrypted) VALUES (2, :t)"),
+                {"t": token},
+            )
+
+        accesses = fake.call_count("AccessSecretVersion")
+        with Session(engine) as session:
+            assert "new@example.com" == session.get_one(Customer, 2).email
+            assert "old@example.com" == session.get_one(Customer, 1).email
+        assert accesses + 2 == fake.call_count("AccessSecretVersion")
+        assert "v2" == sa_fieldcrypt.current_keyring().primary.id
+    finally:
+        Base.metadata.drop_all(engine)
+
+
+def test_async_app_loads_keys_off_the_event_loop(
+    fake: FakeSecretManager, no_default_keys: None
+) -> None:
+    """Warmed in a worker thread, the keys then serve the event loop without blocking calls."""
+    operator = _provider(fake)
+    operator.add_key()
+    sa_fieldcrypt.configure(provider=_provider(fake))
+
+    async def app() -> bytes:
+        await asyncio.to_thread(sa_fieldcrypt.current_keyring)
+        calls = len(fake.calls)
+        ring = sa_fieldcrypt.current_keyring()
+        plaintext = decrypt(ring, encrypt(ring, b"in the loop"))
+        assert calls == len(fake.calls)
+        return plaintext
+
+    assert b"in the loop" == asyncio.run(app())
+
+
+# -- failures ----------------------------------------------------------------------------
+
+
+def test_outage_after_first_load_keeps_serving(
+    fake: FakeSecretManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the server down, a refresh keeps the loaded keys and warns; it recovers later."""
+    _add_keys(fake, 1)
+    clock = FakeClock()
+    cache = KeyCache(_provider(fake, cache_ttl=60, timeout=2), clock=clock)
+    first = cache.get()
+    fake.stop()
+    fake.add_version(SECRET, generate_key().encode())  # lands while the server is down
+    clock.now += 61
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
+        assert first is cache.get()
+    assert time.monotonic() - started < 10
+    assert "still serving the previously loaded keys" in caplog.text
+    assert SECRET in caplog.text
+    assert "UNAVAILABLE" in caplog.text
+
+    fake.start()
+    clock.now += 61
+    assert ("v2", "v1") == cache.get().ids
+
+
+def test_outage_at_first_load_is_a_clear_error(fake: FakeSecretManager) -> None:
+    """With the server down at the first load, the error names the secret and the cause."""
+    _add_keys(fake, 1)
+    provider = _provider(fake, timeout=1)
+    fake.stop()
+    with pytest.raises(KeyProviderError) as info:
+        KeyCache(provider).get()
+    message = str(info.value)
+    assert f"Secret Manager secret {SECRET!r}: could not read the keys (UNAVAILABLE)" in message
+    assert "could not be reached" in message
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP port that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+@pytest.fixture
+def closed_port() -> str:
+    """A local port nothing listens on."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("endpoint", ["silent_server", "closed_port"])
+def test_unreachable_endpoint_fails_within_the_timeout(
+    request: pytest.FixtureRequest, endpoint: str
+) -> None:
+    """An endpoint that never answers, or refuses, fails in about `timeout`, not in 60 s."""
+    channel = grpc.insecure_channel(request.getfixturevalue(endpoint))
+    client = secretmanager_v1.SecretManagerServiceClient(
+        transport=SecretManagerServiceGrpcTransport(channel=channel)
+    )
+    provider = GoogleSecretManagerKeyProvider(SECRET, client=client, timeout=1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyProviderError, match=r"\((DEADLINE_EXCEEDED|UNAVAILABLE)\)"):
+            provider.load()
+    finally:
+        channel.close()
+    # Generous against a loaded machine; the client's own defaults would take 60 s.
+    assert time.monotonic() - started < 8
+
+
+def test_checksum_mismatch_is_refused(fake: FakeSecretManager) -> None:
+    """A payload whose data_crc32c does not match is never used as a key."""
+    _add_keys(fake, 2)
+    fake.corrupt_checksum(SECRET, 2)
+    with pytest.raises(KeyProviderError, match="payload of version 2 does not match its CRC32C"):
+        _provider(fake).load()
+
+
+def test_missing_checksum_is_refused(fake: FakeSecretManager) -> None:
+    """A payload that arrives without data_crc32c is refused like a mismatch."""
+    _add_keys(fake, 1)
+    fake.corrupt_checksum(SECRET, 1, missing=True)
+    with pytest.raises(KeyProviderError, match="CRC32C"):
+        _provider(fake).load()
+
+
+def test_checksum_mismatch_at_refresh_keeps_the_good_keys(fake: FakeSecretManager) -> None:
+    """A corrupted payload at a refresh leaves the previously loaded keys in service."""
+    _add_keys(fake, 1)
+    clock = FakeClock()
+    cache = KeyCache(_provider(fake, cache_ttl=60), clock=clock)
+    first = cache.get()
+    fake.add_version(SECRET, generate_key().encode())
+    fake.corrupt_checksum(SECRET, 2)
+    clock.now += 61
+    assert first is cache.get()
+
+
+def test_version_disabled_while_loading_is_left_out(
+    fake: FakeSecretManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listed version that fails access with FAILED_PRECONDITION is skipped with a warning."""
+    _add_keys(fake, 2)
+    fake.fail_next("AccessSecretVersion", grpc.StatusCode.FAILED_PRECONDITION)
+    with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
+        ring = _provider(fake).load()
+    assert ("v1",) == ring.ids
+    assert "version 2" in caplog.text
+
+
+def test_transient_unavailability_is_retried(fake: FakeSecretManager) -> None:
+    """UNAVAILABLE answers are retried within the load's time budget."""
+    _add_keys(fake, 1)
+    fake.fail_next("AccessSecretVersion", grpc.StatusCode.UNAVAILABLE, times=2)
+    assert ("v1",) == _provider(fake).load().ids
+    assert 3 == fake.call_count("AccessSecretVersion")
+
+
+@pytest.mark.parametrize(
+    ("method", "code", "expected"),
+    [
+        ("GetSecret", grpc.StatusCode.PERMISSION_DENIED, "roles/secretmanager.secretAccessor"),
+        ("AccessSecretVersion", grpc.StatusCode.PERMISSION_DENIED, "roles/secretmanager.viewer"),
+        ("GetSecret", grpc.StatusCode.NOT_FOUND, "check FIELDCRYPT_GCP_SECRET"),
+        ("ListSecretVersions", grpc.StatusCode.UNAUTHENTICATED, "application default credentials"),
+    ],
+)
+def test_refusals_say_what_to_do(
+    fake: FakeSecretManager, method: str, code: grpc.StatusCode, expected: str
+) -> None:
+    """Permission, existence and credential failures are reported once, with the fix."""
+    _add_keys(fake, 1)
+    fake.fail_next(method, code, details="some service text")
+    with pytest.raises(KeyProviderError, match=f"\\({code.name}\\)") as info:
+        _provider(fake).load()
+    assert expected in str(info.value)
+    assert "some service text" not in str(info.value)
+    assert 1 == fake.call_count(method)
+
+
+def test_no_enabled_version_is_a_clear_error(fake: FakeSecretManager) -> None:
+    """A secret with no enabled version says so and how to add a key."""
+    _add_keys(fake, 1)
+    fake.set_state(SECRET, 1, "DISABLED")
+    with pytest.raises(KeyProviderError, match=r"no enabled version.*fieldcrypt keys add"):
+        _provider(fake).load()
+
+
+def test_a_version_that_is_not_a_key_fails_the_load(fake: FakeSecretManager) -> None:
+    """A payload that is not a key fails the load, naming the version, never quoting it."""
+    _add_keys(fake, 1)
+    fake.add_version(SECRET, b"password=hunter2hunter2")
+    with pytest.raises(KeyProviderError, match="key 'v2'") as info:
+        _provider(fake).load()
+    assert "hunter2" not in str(info.value)
+
+
+def test_missing_credentials_are_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Without application default credentials, the load says how to provide them."""
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
+    with pytest.raises(KeyProviderError, match="no Google credentials were found"):
+        GoogleSecretManagerKeyProvider(SECRET).load()
+
+
+def test_regional_secrets_use_the_regional_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A secret under projects/P/locations/L is read from L's regional endpoint."""
+    from google.auth import credentials as google_credentials
+
+    monkeypatch.setattr(
+        "google.auth.default",
+        lambda *args, **kwargs: (google_credentials.AnonymousCredentials(), "p"),
+    )
+    provider = GoogleSecretManagerKeyProvider("projects/p/locations/europe-west1/secrets/k")
+    assert "secretmanager.europe-west1.rep.googleapis.com" == provider._get_client().api_endpoint
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def test_settings_select_and_configure_the_provider(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_PROVIDER=gcp builds the provider from the FIELDCRYPT_GCP_* settings."""
+    monkeypatch.setenv("FIELDCRYPT_PROVIDER", "gcp")
+    monkeypatch.setenv("FIELDCRYPT_GCP_SECRET", SECRET)
+    monkeypatch.setenv("FIELDCRYPT_GCP_CACHE_TTL", "60")
+    monkeypatch.setenv("FIELDCRYPT_GCP_PRIMARY_ALIAS", "billing-primary")
+    monkeypatch.setenv("FIELDCRYPT_GCP_TIMEOUT", "2.5")
+    provider = provider_from_settings(load_settings())
+    assert isinstance(provider, GoogleSecretManagerKeyProvider)
+    assert (SECRET, 60.0, "billing-primary", 2.5) == (
+        provider.secret,
+        provider.cache_ttl,
+        provider.primary_alias,
+        provider.timeout,
+    )
+
+
+def test_settings_defaults(no_default_keys: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default keys are cached 300 s, the alias is fieldcrypt-primary, loads take <= 5 s."""
+    monkeypatch.setenv("FIELDCRYPT_GCP_SECRET", SECRET)
+    provider = GoogleSecretManagerKeyProvider.from_settings()
+    assert (300.0, "fieldcrypt-primary", 5.0) == (
+        provider.cache_ttl,
+        provider.primary_alias,
+        provider.timeout,
+    )
+
+
+def test_settings_feed_a_working_provider(
+    fake: FakeSecretManager, no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider built from settings with an injected client loads the secret's keys."""
+    _add_keys(fake, 2)
+    monkeypatch.setenv("FIELDCRYPT_GCP_SECRET", SECRET)
+    provider = GoogleSecretManagerKeyProvider.from_settings(client=fake.client())
+    sa_fieldcrypt.configure(provider=provider)
+    assert "v2" == sa_fieldcrypt.current_keyring().primary.id
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "set FIELDCRYPT_GCP_SECRET to projects/PROJECT/secrets/NAME"),
+        ({"FIELDCRYPT_GCP_SECRET": "fieldcrypt-keys"}, "'fieldcrypt-keys' is not a secret name"),
+        ({"FIELDCRYPT_GCP_SECRET": f"{SECRET}/versions/3"}, "not one of its versions"),
+        ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_TIMEOUT": "0"}, "GCP_TIMEOUT"),
+        ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_TIMEOUT": "600"}, "GCP_TIMEOUT"),
+        ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_CACHE_TTL": "0"}, "GCP_CACHE_TTL"),
+        ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_PRIMARY_ALIAS": "latest"}, "'latest'"),
+        ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_PRIMARY_ALIAS": "1st"}, "'1st'"),
+    ],
+    ids=[
+        "no-secret",
+        "bare-name",
+        "version",
+        "zero-timeout",
+        "long-timeout",
+        "zero-ttl",
+        "reserved-alias",
+        "bad-alias",
+    ],
+)
+def test_bad_settings_fail_at_first_use(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    """Each malformed FIELDCRYPT_GCP_* setting is one ConfigurationError naming it."""
+    monkeypatch.setenv("FIELDCRYPT_PROVIDER", "gcp")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=expected):
+        sa_fieldcrypt.current_keyring()
+
+
+def test_repr_names_the_secret_only(fake: FakeSecretManager) -> None:
+    """The provider's repr names the secret and alias; loaded keys never appear in it."""
+    keys = _add_keys(fake, 1)
+    provider = _provider(fake)
+    provider.load()
+    shown = repr(provider) + repr(provider.versions())
+    assert SECRET in shown
+    assert keys[0] not in shown
+
+
+# -- payloads ----------------------------------------------------------------------------
+
+_PADDING = st.text(alphabet=" \t\r\n", max_size=3)
+
+
+@settings(max_examples=50, deadline=None)
+@given(prefix=st.sampled_from(["", "fernet:"]), before=_PADDING, after=_PADDING)
+def test_payload_is_a_key_or_kind_and_key(prefix: str, before: str, after: str) -> None:
+    """A payload `<key>` or `fernet:<key>`, with surrounding whitespace, is that Fernet key."""
+    key = generate_key()
+    token = Fernet(key).encrypt(b"secret").decode()
+    loaded = key_from_payload(f"{before}{prefix}{key}{after}".encode(), "v7")
+    assert ("v7", "fernet", key) == (loaded.id, loaded.kind, loaded.export())
+    assert b"secret" == loaded.decrypt(token)
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.binary(min_size=12, max_size=200))
+def test_payload_that_is_not_a_key_is_refused_without_echo(payload: bytes) -> None:
+    """Anything that is not a key is a ConfigurationError that never quotes the payload."""
+    with pytest.raises(ConfigurationError) as info:
+        key_from_payload(payload, "v1")
+    message = str(info.value)
+    as_text = payload.decode("latin-1")
+    assert as_text not in message
+    secret_part = as_text.partition(":")[2].strip()
+    assert len(secret_part) < 8 or secret_part not in message
+
+
+def test_unknown_key_kind_is_named() -> None:
+    """A payload for a kind this version does not know names the kind and the known ones."""
+    with pytest.raises(ConfigurationError, match=r"kind 'aes-gcm-siv'.*known: fernet"):
+        key_from_payload(b"aes-gcm-siv:" + generate_key().encode(), "v3")
+
+
+def test_keyring_entry_syntax_is_explained() -> None:
+    """An `id:key` entry stored as a payload is refused with a hint: one key per version."""
+    with pytest.raises(ConfigurationError, match="a version holds one key"):
+        key_from_payload(f"k1:{generate_key()}".encode(), "v1")
+
+
+# -- optional dependency -----------------------------------------------------------------
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    # The interpreter running the tests, on code written here.
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_importing_the_library_does_not_import_google() -> None:
+    """`import sa_fieldcrypt` (with columns and providers) loads no google or grpc module."""
+    result = _run(
+        """
+        import sys
+        import sa_fieldcrypt, sa_fieldcrypt.providers, sa_fieldcrypt.types, sa_fieldcrypt.config
+        loaded = [m for m in sys.modules if m.split(".")[0] in ("google", "grpc")]
+        print(loaded)
+        """
+    )
+    assert "[]" == result.stdout.strip(), result.stderr
+
+
+_BLOCK_GOOGLE = """
+    import sys
+
+    class Blocker:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("google", "google_crc32c", "grpc"):
+                raise ImportError(f"No module named {name!r}")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+"""
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import sa_fieldcrypt.providers.gcp",
+        "import sa_fieldcrypt.gcp_fake",
+        "import os; os.environ.update(FIELDCRYPT_PROVIDER='gcp', FIELDCRYPT_GCP_SECRET="
+        f"'{SECRET}'); import sa_fieldcrypt; sa_fieldcrypt.current_keyring()",
+    ],
+    ids=["provider", "fake", "settings"],
+)
+def test_missing_extra_says_how_to_install_it(statement: str) -> None:
+    """Without the Google packages, using the gcp provider raises ImportError with the fix."""
+    result = _run(
+        _BLOCK_GOOGLE
+        + f"""
+    try:
+        {statement}
+    except ImportError as exc:
+        print(exc)
+    """
+    )
+    assert "pip install 'sa-fieldcrypt[gcp]'" in result.stdout, result.stderr
+
+
+# -- the guide ---------------------------------------------------------------------------
+
+GUIDE = Path(__file__).parent.parent / "docs" / "secret-manager.md"
+
+
+def test_the_guide_examples_run(fake: FakeSecretManager, no_default_keys: None) -> None:
+    """Every Python example of docs/secret-manager.md runs, and its async helpers work."""
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.DOTALL)
+    assert 4 <= len(blocks)
+    namespace: dict[str, Any] = {}
+    for block in blocks:
+        exec(compile(block, str(GUIDE), "exec"), namespace)  # noqa: S102 - our own guide
+
+    _add_keys(fake, 1)
+    sa_fieldcrypt.configure(provider=_provider(fake))
+
+    async def run_app() -> None:
+        await namespace["warm_keys"]()
+        refresher = asyncio.create_task(namespace["keep_keys_fresh"](every=0.01))
+        try:
+            async with asyncio.timeout(10):
+                while fake.call_count("GetSecret") < 3:
+                    await asyncio.sleep(0.01)
+        finally:
+            refresher.cancel()
+
+    asyncio.run(run_app())
+    assert ("v1",) == sa_fieldcrypt.current_keyring().ids
