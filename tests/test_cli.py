@@ -142,3 +142,11 @@ def test_keys_without_the_gcp_extra_say_how_to_install_it(
     assert 1 == result.exit_code
     assert "pip install 'sa-fieldcrypt[gcp]'" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_keys_blame_the_secret_option_not_the_setting(gcp: dict[str, Any]) -> None:
+    """A malformed --secret is reported as such, not as a bad FIELDCRYPT_GCP_SECRET."""
+    result = CliRunner().invoke(cli, ["keys", "list", "--secret", "fieldcrypt-keys"], obj=gcp)
+    assert 1 == result.exit_code
+    assert result.stderr.startswith("Error: secret: 'fieldcrypt-keys' is not a secret name")
+    assert "FIELDCRYPT_GCP_SECRET" not in result.stderr

@@ -262,7 +262,7 @@ class GoogleSecretManagerKeyProvider:
                 "projects/PROJECT/secrets/NAME"
             )
         return cls(
-            _check_secret_name(name, "FIELDCRYPT_GCP_SECRET"),
+            _check_secret_name(name, "secret" if secret else "FIELDCRYPT_GCP_SECRET"),
             client=client,
             primary_alias=_check_alias(settings.gcp_primary_alias, "FIELDCRYPT_GCP_PRIMARY_ALIAS"),
             cache_ttl=settings.gcp_cache_ttl,
