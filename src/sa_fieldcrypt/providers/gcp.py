@@ -309,7 +309,7 @@ class GoogleSecretManagerKeyProvider:
         with self._errors("list its versions", _READ_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
-            found = self._list(client, deadline, state_filter="")
+            found = self._list(client, deadline, enabled_only=False)
         enabled = [number for number, state, _ in found if state == _ENABLED]
         primary = self._choose_primary(aliases, enabled, warn=False) if enabled else None
         return [
@@ -445,7 +445,7 @@ class GoogleSecretManagerKeyProvider:
         client: secretmanager_v1.SecretManagerServiceClient,
         deadline: _Deadline,
         *,
-        state_filter: str = "state:ENABLED",
+        enabled_only: bool = True,
     ) -> list[tuple[int, secretmanager_v1.SecretVersion.State, datetime | None]]:
         """Versions, newest first; pages are fetched here so each gets the remaining time."""
         found = []
@@ -454,7 +454,7 @@ class GoogleSecretManagerKeyProvider:
             page = client.list_secret_versions(
                 request={
                     "parent": self.secret,
-                    "filter": state_filter,
+                    "filter": "state:ENABLED" if enabled_only else "",
                     "page_size": _PAGE_SIZE,
                     "page_token": token,
                 },
@@ -463,7 +463,7 @@ class GoogleSecretManagerKeyProvider:
             for version in page.versions:
                 # Checked again here: a server (or an emulator) that ignored the filter must
                 # not turn a disabled version into a key.
-                if state_filter and version.state != _ENABLED:
+                if enabled_only and version.state != _ENABLED:
                     continue
                 found.append(
                     (
