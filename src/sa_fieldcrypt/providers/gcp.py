@@ -78,7 +78,6 @@ _SECRET_NAME = re.compile(
 # Secret Manager's own rule for alias names.
 _ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}\Z")
 _RESERVED_ALIASES = frozenset({"latest", "NEW"})
-_KIND = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
 # What each key kind a payload may name is built with; more kinds join this table.
 _KEY_KINDS: dict[str, Callable[[str, str], Key]] = {"fernet": Key}
 _ENABLED = secretmanager_v1.SecretVersion.State.ENABLED
@@ -134,9 +133,10 @@ def key_from_payload(data: bytes, key_id: str) -> Key:
         kind, secret = "fernet", text
     factory = _KEY_KINDS.get(kind)
     if factory is None:
-        named = f"kind {kind!r}" if _KIND.match(kind) else "a kind"
+        # The text before the colon is part of the payload, so it is not quoted either: in a
+        # secret that holds something else (`user:password`) it may be a credential.
         raise ConfigurationError(
-            f"key {key_id!r}: the payload names {named} this version of sa-fieldcrypt does not "
+            f"key {key_id!r}: the payload names a kind this version of sa-fieldcrypt does not "
             f"know (known: {', '.join(sorted(_KEY_KINDS))}); a version holds one key: the key "
             "itself, or '<kind>:<key>'"
         )
