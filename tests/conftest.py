@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -82,11 +81,3 @@ def no_default_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def keyring(fieldcrypt_keyring: Keyring) -> Keyring:
     """The plugin's ephemeral default keyring, under a shorter name."""
     return fieldcrypt_keyring
-
-
-@pytest.fixture
-def fake_secret_manager() -> Iterator[Any]:
-    """A fake Google Cloud Secret Manager on a local port (the gcp extra must be installed)."""
-    gcp_fake = pytest.importorskip("sa_fieldcrypt.gcp_fake", reason="needs the gcp extra")
-    with gcp_fake.FakeSecretManager() as fake:
-        yield fake

@@ -65,10 +65,12 @@ GCP_SECRET = "projects/test/secrets/fieldcrypt-keys"
 
 
 @pytest.fixture
-def gcp(fake_secret_manager: Any, no_default_keys: None) -> dict[str, Any]:
+def gcp(request: pytest.FixtureRequest, no_default_keys: None) -> dict[str, Any]:
     """The command line's context object, with a client connected to a fake Secret Manager."""
-    fake_secret_manager.create_secret(GCP_SECRET)
-    return {"fake": fake_secret_manager, "gcp_client": fake_secret_manager.client()}
+    pytest.importorskip("sa_fieldcrypt.gcp_fake", reason="needs the gcp extra")
+    fake = request.getfixturevalue("fake_secret_manager")
+    fake.create_secret(GCP_SECRET)
+    return {"fake": fake, "gcp_client": fake.client()}
 
 
 def _keys(gcp: dict[str, Any], *args: str) -> Result:
@@ -142,3 +144,11 @@ def test_keys_without_the_gcp_extra_say_how_to_install_it(
     assert 1 == result.exit_code
     assert "pip install 'sa-fieldcrypt[gcp]'" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_keys_blame_the_secret_option_not_the_setting(gcp: dict[str, Any]) -> None:
+    """A malformed --secret is reported as such, not as a bad FIELDCRYPT_GCP_SECRET."""
+    result = CliRunner().invoke(cli, ["keys", "list", "--secret", "fieldcrypt-keys"], obj=gcp)
+    assert 1 == result.exit_code
+    assert result.stderr.startswith("Error: secret: 'fieldcrypt-keys' is not a secret name")
+    assert "FIELDCRYPT_GCP_SECRET" not in result.stderr

@@ -129,13 +129,17 @@ def test_access_to_a_version_not_enabled_is_failed_precondition(
 def test_destroyed_is_final(
     client: secretmanager_v1.SecretManagerServiceClient, fake: FakeSecretManager
 ) -> None:
-    """A destroyed version cannot be enabled or disabled again, and its data is gone."""
+    """A destroyed version cannot be enabled, disabled or destroyed again; its data is gone."""
     secret = _new_secret(client, "keys")
     _add(client, secret, b"one")
     destroyed = client.destroy_secret_version(request={"name": f"{secret}/versions/1"}, **FAST)
     assert State.DESTROYED == destroyed.state
     assert destroyed.destroy_time is not None
-    for method in (client.enable_secret_version, client.disable_secret_version):
+    for method in (
+        client.enable_secret_version,
+        client.disable_secret_version,
+        client.destroy_secret_version,
+    ):
         with pytest.raises(api_exceptions.FailedPrecondition):
             method(request={"name": f"{secret}/versions/1"}, **FAST)
     assert fake.payload(secret, 1) is None

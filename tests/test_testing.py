@@ -95,3 +95,15 @@ def test_plugin_fixture_is_available_to_user_suites(pytester: pytest.Pytester) -
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_fake_secret_manager_fixture_serves_the_real_client(request: pytest.FixtureRequest) -> None:
+    """The plugin's fake_secret_manager fixture answers the real Secret Manager client."""
+    pytest.importorskip("sa_fieldcrypt.gcp_fake", reason="needs the gcp extra")
+    fake = request.getfixturevalue("fake_secret_manager")
+    secret = fake.create_secret("projects/test/secrets/app")
+    fake.add_version(secret, b"payload")
+    response = fake.client().access_secret_version(
+        name=f"{secret}/versions/1", timeout=5.0, retry=None
+    )
+    assert b"payload" == response.payload.data

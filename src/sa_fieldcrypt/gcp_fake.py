@@ -21,7 +21,8 @@ What it imitates, as the v1 API documents it:
 - ``latest`` (the most recently created version, whatever its state) and version aliases
   resolve on ``GetSecretVersion`` and ``AccessSecretVersion`` only; other methods take numbers;
 - ``AccessSecretVersion`` of a version that is not ENABLED fails with FAILED_PRECONDITION;
-- DESTROYED is final (enable and disable then fail with FAILED_PRECONDITION), and drops the data;
+- DESTROYED is final (enable, disable and destroy then fail with FAILED_PRECONDITION), and
+  drops the data;
 - ``ListSecretVersions`` returns newest first, honours ``state:X`` filters (``OR`` and
   ``AND`` between them; any other filter is INVALID_ARGUMENT, never silently ignored) and
   pages with ``page_size`` and ``page_token``;
@@ -522,8 +523,7 @@ class FakeSecretManager:
     def _set_state(self, secret_name: str, ref: str, state: str) -> _Version:
         version = self._version(self._secret(secret_name), ref, symbolic=False)
         if version.state == "DESTROYED":
-            if state == "DESTROYED":
-                return version
+            # The service refuses even a second destroy (HTTP 400 / FAILED_PRECONDITION).
             raise FakeStatusError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{secret_name}/versions/{version.number} is DESTROYED, which is final",

@@ -8,6 +8,9 @@ sa-fieldcrypt is installed:
         session.commit()
         assert_encrypted_at_rest(session, Customer)
 
+With the ``gcp`` extra, the ``fake_secret_manager`` fixture serves an in-process Google Cloud
+Secret Manager (:class:`sa_fieldcrypt.gcp_fake.FakeSecretManager`) for the test.
+
 Hypothesis strategies (:func:`text_plaintexts`, :func:`bytes_plaintexts`,
 :func:`json_plaintexts`, :func:`keyrings`) need ``hypothesis`` installed; it is imported only
 when a strategy is built.
@@ -33,12 +36,14 @@ from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedType, encrypted_column
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
+    from sa_fieldcrypt.gcp_fake import FakeSecretManager
     from sa_fieldcrypt.providers.base import KeyProvider
 
 __all__ = [
     "assert_encrypted_at_rest",
     "bytes_plaintexts",
     "encrypted_columns",
+    "fake_secret_manager",
     "fieldcrypt_keyring",
     "json_plaintexts",
     "keyrings",
@@ -65,6 +70,20 @@ def fieldcrypt_keyring() -> Iterator[Keyring]:
     keyring = Keyring({"k2": generate_key(), "k1": generate_key()})
     with temporary_keys(keyring):
         yield keyring
+
+
+@pytest.fixture
+def fake_secret_manager() -> Iterator[FakeSecretManager]:
+    """A fake Google Cloud Secret Manager on a local port, for this test only (the gcp extra).
+
+    Raises:
+        ImportError: the gcp extra is not installed; the message says how to install it.
+    """
+    # Imported here: the plugin loads in every pytest run, with or without the Google packages.
+    from sa_fieldcrypt.gcp_fake import FakeSecretManager
+
+    with FakeSecretManager() as fake:
+        yield fake
 
 
 # -- assertions ------------------------------------------------------------------------------

@@ -78,7 +78,6 @@ _SECRET_NAME = re.compile(
 # Secret Manager's own rule for alias names.
 _ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}\Z")
 _RESERVED_ALIASES = frozenset({"latest", "NEW"})
-_KIND = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
 # What each key kind a payload may name is built with; more kinds join this table.
 _KEY_KINDS: dict[str, Callable[[str, str], Key]] = {"fernet": Key}
 _ENABLED = secretmanager_v1.SecretVersion.State.ENABLED
@@ -134,9 +133,10 @@ def key_from_payload(data: bytes, key_id: str) -> Key:
         kind, secret = "fernet", text
     factory = _KEY_KINDS.get(kind)
     if factory is None:
-        named = f"kind {kind!r}" if _KIND.match(kind) else "a kind"
+        # The text before the colon is part of the payload, so it is not quoted either: in a
+        # secret that holds something else (`user:password`) it may be a credential.
         raise ConfigurationError(
-            f"key {key_id!r}: the payload names {named} this version of sa-fieldcrypt does not "
+            f"key {key_id!r}: the payload names a kind this version of sa-fieldcrypt does not "
             f"know (known: {', '.join(sorted(_KEY_KINDS))}); a version holds one key: the key "
             "itself, or '<kind>:<key>'"
         )
@@ -262,7 +262,7 @@ class GoogleSecretManagerKeyProvider:
                 "projects/PROJECT/secrets/NAME"
             )
         return cls(
-            _check_secret_name(name, "FIELDCRYPT_GCP_SECRET"),
+            _check_secret_name(name, "secret" if secret else "FIELDCRYPT_GCP_SECRET"),
             client=client,
             primary_alias=_check_alias(settings.gcp_primary_alias, "FIELDCRYPT_GCP_PRIMARY_ALIAS"),
             cache_ttl=settings.gcp_cache_ttl,
@@ -309,7 +309,7 @@ class GoogleSecretManagerKeyProvider:
         with self._errors("list its versions", _READ_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
-            found = self._list(client, deadline, state_filter="")
+            found = self._list(client, deadline, enabled_only=False)
         enabled = [number for number, state, _ in found if state == _ENABLED]
         primary = self._choose_primary(aliases, enabled, warn=False) if enabled else None
         return [
@@ -445,7 +445,7 @@ class GoogleSecretManagerKeyProvider:
         client: secretmanager_v1.SecretManagerServiceClient,
         deadline: _Deadline,
         *,
-        state_filter: str = "state:ENABLED",
+        enabled_only: bool = True,
     ) -> list[tuple[int, secretmanager_v1.SecretVersion.State, datetime | None]]:
         """Versions, newest first; pages are fetched here so each gets the remaining time."""
         found = []
@@ -454,7 +454,7 @@ class GoogleSecretManagerKeyProvider:
             page = client.list_secret_versions(
                 request={
                     "parent": self.secret,
-                    "filter": state_filter,
+                    "filter": "state:ENABLED" if enabled_only else "",
                     "page_size": _PAGE_SIZE,
                     "page_token": token,
                 },
@@ -463,7 +463,7 @@ class GoogleSecretManagerKeyProvider:
             for version in page.versions:
                 # Checked again here: a server (or an emulator) that ignored the filter must
                 # not turn a disabled version into a key.
-                if state_filter and version.state != _ENABLED:
+                if enabled_only and version.state != _ENABLED:
                     continue
                 found.append(
                     (
