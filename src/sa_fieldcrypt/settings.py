@@ -39,6 +39,16 @@ class FieldCryptSettings(BaseSettings):
         description="A single bare Fernet key (FIELD_ENCRYPTION_KEY, no prefix), added as the "
         "decrypt-only key `legacy`, or the only key when FIELDCRYPT_KEYS is unset.",
     )
+    blind_index_keys: SecretStr | None = Field(
+        default=None,
+        description="Blind-index keys as `id:key,id:key`, separate from the encryption keys; "
+        "the first entry computes new index values, every entry matches in lookups.",
+    )
+    blind_index_key: SecretStr | None = Field(
+        default=None,
+        description="A single blind-index key (its id is `b0`), when no rotation is under way; "
+        "set this or FIELDCRYPT_BLIND_INDEX_KEYS, not both.",
+    )
 
 
 def load_settings() -> FieldCryptSettings:
