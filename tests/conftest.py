@@ -16,7 +16,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 import sa_fieldcrypt
-from sa_fieldcrypt import Keyring, generate_key
+from sa_fieldcrypt import BlindIndexKeyring, Keyring, generate_blind_index_key, generate_key
+from sa_fieldcrypt.blind_index import _swap as _swap_blind_index_keys
 from sa_fieldcrypt.config import _swap
 
 SERVER_URLS = {
@@ -82,5 +83,17 @@ def no_default_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if name.startswith("FIELDCRYPT_") or name == "FIELD_ENCRYPTION_KEY":
             monkeypatch.delenv(name)
     previous = _swap(None)
+    previous_index_keys = _swap_blind_index_keys(None)
     yield
     _swap(previous)
+    _swap_blind_index_keys(previous_index_keys)
+
+
+@pytest.fixture
+def index_keys() -> Iterator[BlindIndexKeyring]:
+    """A fresh one-key blind-index keyring installed as the process default for one test."""
+    ring = BlindIndexKeyring({"b1": generate_blind_index_key()})
+    previous = _swap_blind_index_keys(None)
+    sa_fieldcrypt.configure_blind_index(keys=ring)
+    yield ring
+    _swap_blind_index_keys(previous)
