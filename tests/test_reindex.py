@@ -40,7 +40,13 @@ from sa_fieldcrypt import (
     normalize_email,
     normalize_phone,
 )
-from sa_fieldcrypt.reindex import BatchReport, blind_index_columns, blind_index_status, reindex
+from sa_fieldcrypt.reindex import (
+    BatchReport,
+    blind_index_columns,
+    blind_index_status,
+    load_metadata,
+    reindex,
+)
 
 
 class Base(DeclarativeBase):
@@ -394,3 +400,30 @@ def test_bad_arguments_are_configuration_errors(
     """A batch size below one or a table without blind index is refused before any work."""
     with pytest.raises(ConfigurationError, match=expected):
         reindex(db, Base.metadata, **kwargs)
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_load_metadata_by_attribute_or_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """module:Base and a bare module both give the models' one MetaData."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    (by_attribute,) = load_metadata("booking.models:Base")
+    (by_module,) = load_metadata("booking.models")
+    assert by_attribute is by_module
+    assert "core.customers" in by_module.tables
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("booking.models:Nope", "has no attribute 'Nope'"),
+        ("json", "no SQLAlchemy MetaData found in 'json'"),
+        ("no_such_module_here", "cannot import models module"),
+    ],
+)
+def test_load_metadata_errors(monkeypatch: pytest.MonkeyPatch, spec: str, expected: str) -> None:
+    """A missing module, attribute or MetaData is a ConfigurationError saying which."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    with pytest.raises(ConfigurationError, match=expected):
+        load_metadata(spec)
