@@ -38,7 +38,7 @@ from sa_fieldcrypt.errors import (
     UnsupportedComparisonError,
     ValueTypeError,
 )
-from sa_fieldcrypt.hybrid import EncryptedHybrid, encrypted_hybrid
+from sa_fieldcrypt.hybrid import EncryptedHybrid, encrypted_hybrid, encrypted_values
 from sa_fieldcrypt.keys import Key, Keyring, generate_key
 from sa_fieldcrypt.settings import FieldCryptSettings
 from sa_fieldcrypt.types import EncryptedBytes, EncryptedJSON, EncryptedText, EncryptedType
@@ -75,6 +75,7 @@ __all__ = [
     "decrypt",
     "encrypt",
     "encrypted_hybrid",
+    "encrypted_values",
     "generate_blind_index_key",
     "generate_key",
     "inspect_token",

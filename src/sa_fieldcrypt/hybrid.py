@@ -49,6 +49,7 @@ __all__ = [
     "INFO_TYPE",
     "EncryptedHybrid",
     "encrypted_hybrid",
+    "encrypted_values",
 ]
 
 #: ``column.info`` key of a plain column that holds ciphertext behind an
@@ -349,7 +350,9 @@ class EncryptedHybrid(hybrid_property[Any]):
             index = _mapped_column(mapper, index_key, label, "blind-index column")
             index_label = f"{index.table.fullname}.{index.name}"
             length = getattr(index.type, "length", None)
-            if not isinstance(index.type, String) or (length is not None and length < 66):
+            if not isinstance(index.type, String) or (
+                length is not None and length < BLIND_INDEX_LENGTH
+            ):
                 raise ConfigurationError(
                     f"{label}: the blind-index column {index_label} must be a string column "
                     "of at least BLIND_INDEX_LENGTH characters: "
@@ -434,6 +437,29 @@ def encrypted_hybrid(
         The descriptor; assign it to a class attribute of a mapped class.
     """
     return EncryptedHybrid(source, blind_index=blind_index, column_type=column_type)
+
+
+def encrypted_values(cls: type, **values: Any) -> dict[str, Any]:
+    """Turn plaintext keyword values into what a mapped class's columns store.
+
+    Every key that names an :func:`encrypted_hybrid` of ``cls`` becomes its ciphertext
+    attribute (encrypted unless the column type encrypts it) and its blind-index attribute;
+    other keys pass through. Use it for ORM bulk inserts on SQLAlchemy 2.0, which ignores
+    hybrid keys there (2.1 handles ``insert(Customer)`` with ``email=...`` by itself)::
+
+        session.execute(insert(Customer), [encrypted_values(Customer, id=1, email="a@b.c")])
+
+    Raises:
+        ValueTypeError: a value is of the wrong type for its column or normalizer.
+    """
+    stored: dict[str, Any] = {}
+    for key, value in values.items():
+        attribute = next((k.__dict__[key] for k in cls.__mro__ if key in k.__dict__), None)
+        if isinstance(attribute, EncryptedHybrid):
+            stored.update(attribute._binding_for(cls).column_values(value))
+        else:
+            stored[key] = value
+    return stored
 
 
 def _on_mapper_constructed(mapper: Mapper[Any], class_: type) -> None:
