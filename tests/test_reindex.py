@@ -296,6 +296,19 @@ def test_concurrent_change_is_not_overwritten(db: Engine, index_keys: BlindIndex
         ).all()
 
 
+def test_drivers_without_batch_row_counts_write_row_by_row(
+    db: Engine, index_keys: BlindIndexKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where executemany row counts are unreliable, rows are written one by one, same result."""
+    monkeypatch.setattr(db.dialect, "supports_sane_multi_rowcount", False)
+    _add_customers(db, 5)
+    keys = _rotate(index_keys)
+    report = reindex(db, Base.metadata, tables=["fc_rx_customers"], batch_size=2)
+    assert (5, 5, 0) == (report.scanned, report.updated, report.skipped)
+    _retire(keys)
+    assert 5 == _found(db, 5)
+
+
 def test_rows_written_without_the_hybrid_get_indexed(db: Engine, keyring: Keyring) -> None:
     """Rows inserted with ciphertext but no index (raw SQL, an old app) are indexed by reindex."""
     with db.begin() as conn:

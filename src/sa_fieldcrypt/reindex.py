@@ -28,6 +28,7 @@ How it runs, so it is safe on a live database:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -46,6 +47,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     case,
     func,
     or_,
@@ -389,35 +391,60 @@ def _write(
     *,
     savepoints: bool,
 ) -> tuple[int, int]:
-    updated = skipped = 0
-    width = len(pk)
+    width, count = len(pk), len(columns)
+    changed: list[dict[str, Any]] = []
     for row in rows:
         key = tuple(row[:width])
-        changes: dict[str, str | None] = {}
-        guards: list[ColumnElement[bool]] = [c == v for c, v in zip(pk, key, strict=True)]
-        for i, column in enumerate(columns):
-            stored, old = row[width + i], row[width + len(columns) + i]
-            plaintext = _decrypt(column, stored, pk, key)
-            new = column.blind_index.compute(plaintext)
-            if new == old:
-                continue
-            changes[column.index.key] = new
-            guards.append(type_coerce(column.source, String()).is_not_distinct_from(stored))
-            guards.append(type_coerce(column.index, String()).is_not_distinct_from(old))
-        if not changes:
+        stored, old = row[width : width + count], row[width + count :]
+        new = [
+            column.blind_index.compute(_decrypt(column, stored[i], pk, key))
+            for i, column in enumerate(columns)
+        ]
+        if list(old) == new:
             continue
-        statement = update(table).where(*guards).values(changes)
-        if not savepoints:
-            count = conn.execute(statement).rowcount
-        else:
+        # Every index column of the row is written (unchanged ones with their own value), so
+        # one statement serves every row and the batch goes out as a single executemany.
+        params: dict[str, Any] = {f"rx_pk_{i}": v for i, v in enumerate(key)}
+        for i in range(count):
+            params |= {f"rx_src_{i}": stored[i], f"rx_old_{i}": old[i], f"rx_new_{i}": new[i]}
+        changed.append(params)
+    if not changed:
+        return 0, 0
+    statement = _compare_and_swap(table, columns, pk)
+    if savepoints or not conn.dialect.supports_sane_multi_rowcount:
+        updated = 0
+        for params, row in zip(changed, _changed_rows(rows, changed, width), strict=True):
             try:
-                with conn.begin_nested():
-                    count = conn.execute(statement).rowcount
+                with conn.begin_nested() if savepoints else contextlib.nullcontext():
+                    updated += conn.execute(statement, params).rowcount
             except IntegrityError as exc:
-                raise _collision(conn, table, columns, pk, key, row) from exc
-        updated += count
-        skipped += 1 - count
-    return updated, skipped
+                raise _collision(conn, table, columns, pk, tuple(row[:width]), row) from exc
+    else:
+        updated = conn.execute(statement, changed).rowcount
+    return updated, len(changed) - updated
+
+
+def _compare_and_swap(
+    table: Table, columns: Sequence[IndexedColumn], pk: Sequence[Column[Any]]
+) -> Any:
+    """``UPDATE`` of the index columns, only where the row still holds what was read."""
+    guards: list[ColumnElement[bool]] = [
+        c == bindparam(f"rx_pk_{i}", type_=c.type) for i, c in enumerate(pk)
+    ]
+    values: dict[str, Any] = {}
+    for i, column in enumerate(columns):
+        source, index = type_coerce(column.source, String()), type_coerce(column.index, String())
+        guards.append(source.is_not_distinct_from(bindparam(f"rx_src_{i}", type_=String())))
+        guards.append(index.is_not_distinct_from(bindparam(f"rx_old_{i}", type_=String())))
+        values[column.index.key] = bindparam(f"rx_new_{i}", type_=String())
+    return update(table).where(*guards).values(values)
+
+
+def _changed_rows(
+    rows: Sequence[Row[Any]], changed: Sequence[dict[str, Any]], width: int
+) -> list[Row[Any]]:
+    by_key = {tuple(row[:width]): row for row in rows}
+    return [by_key[tuple(p[f"rx_pk_{i}"] for i in range(width))] for p in changed]
 
 
 def _decrypt(
