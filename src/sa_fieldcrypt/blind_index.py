@@ -250,12 +250,20 @@ class BlindIndexKeyring:
         else:
             built = list(keys)
         by_id: dict[str, BlindIndexKey] = {}
+        folded: dict[str, str] = {}
         for position, key in enumerate(built, start=1):
             if not isinstance(key, BlindIndexKey):
                 raise ConfigurationError(f"BlindIndexKeyring: entry {position} is not a key")
             if key.id in by_id:
                 raise ConfigurationError(
                     f"BlindIndexKeyring: key id {key.id!r} appears more than once"
+                )
+            # MySQL and MariaDB compare text case-insensitively by default, so such ids
+            # could not be told apart in stored index values.
+            twin = folded.setdefault(key.id.lower(), key.id)
+            if twin != key.id:
+                raise ConfigurationError(
+                    f"BlindIndexKeyring: key ids {twin!r} and {key.id!r} differ only in case"
                 )
             by_id[key.id] = key
         if not by_id:
