@@ -98,17 +98,13 @@ class _Binding:
 
     def assign(self, instance: Any, value: Any) -> None:
         """Store ``value``: encrypt it (if needed) and compute its index, then set both."""
-        stored = value
-        if self.encrypted_type is not None and value is not None:
-            stored = self.encrypted_type.process_bind_param(value, _DIALECT)
         # Everything that can fail runs before the first attribute changes, so a failed
         # assignment never leaves a value without its matching index.
-        index = self.blind_index.compute(value) if self.blind_index is not None else None
-        setattr(instance, self.source_key, stored)
+        pairs = self.column_values(value)
+        for key, stored in pairs:
+            setattr(instance, key, stored)
         if self.encrypted_type is not None:
-            self._remember(instance, stored, value)
-        if self.index_key is not None:
-            setattr(instance, self.index_key, index)
+            self._remember(instance, pairs[0][1], value)
 
     def column_values(self, value: Any) -> list[tuple[str, Any]]:
         """``(attribute key, value)`` pairs that store ``value``, for UPDATE and bulk INSERT."""
@@ -120,7 +116,7 @@ class _Binding:
             pairs.append((self.index_key, self.blind_index.compute(value)))
         return pairs
 
-    def before_flush(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    def sync_index(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         """Recompute the index when the source attribute changed by any path.
 
         The setter already sets both; this catches direct writes to the source attribute
@@ -181,7 +177,7 @@ class _EncryptedComparator(ExprComparator[Any]):
             self._require_value(op, other)
             values = binding.blind_index.candidates(other)
         else:
-            if isinstance(other, (str, bytes)) or not _is_collection(other):
+            if not _is_collection(other):
                 raise UnsupportedComparisonError(
                     f"{binding.label}: {_op_name(op)} needs a list of plaintext values; a "
                     "blind index cannot be computed inside SQL (subqueries, bound parameters)"
@@ -381,8 +377,8 @@ class EncryptedHybrid(hybrid_property[Any]):
         )
         self._bindings[cls] = binding
         if index_key is not None:
-            event.listen(mapper, "before_insert", binding.before_flush)
-            event.listen(mapper, "before_update", binding.before_flush)
+            event.listen(mapper, "before_insert", binding.sync_index)
+            event.listen(mapper, "before_update", binding.sync_index)
         return binding
 
     def _ciphertext_type(self, source: Column[Any], label: str) -> EncryptedType:
