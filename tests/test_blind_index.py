@@ -253,13 +253,17 @@ def test_parse_of_any_text_raises_only_configuration_errors(text: str) -> None:
         ("b1:{k},b1:{k}", "'b1' appears more than once"),
         ("bad id:{k}", "'bad id' is not valid"),
         ("b1:{k},B1:{k}", "'b1' and 'B1' differ only in case"),
+        ("b1:{k}x", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
+        ("b1:{k_unpadded}", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
     ],
 )
 def test_parse_errors_name_the_entry_not_the_key(text: str, expected: str) -> None:
     """Malformed key text raises ConfigurationError pointing at the entry, never the key."""
     key = generate_blind_index_key()
     with pytest.raises(ConfigurationError, match=expected) as info:
-        BlindIndexKeyring.parse(text.format(k=key), source="FIELDCRYPT_BLIND_INDEX_KEYS")
+        BlindIndexKeyring.parse(
+            text.format(k=key, k_unpadded=key.rstrip("=")), source="FIELDCRYPT_BLIND_INDEX_KEYS"
+        )
     assert key not in str(info.value)
 
 

@@ -164,7 +164,9 @@ def _decode_secret(secret: str | bytes, where: str) -> bytes:
         raw = base64.urlsafe_b64decode(secret)
     except (binascii.Error, ValueError):
         raw = b""
-    if len(raw) != 32:
+    # Only the canonical spelling, as for encryption keys: lenient base64 would take a key
+    # with a stray character appended (a copy-paste slip) for the key itself.
+    if len(raw) != 32 or base64.urlsafe_b64encode(raw) != secret:
         raise ConfigurationError(
             f"{where}: the key is not 32 bytes in url-safe base64; "
             "generate one with `fieldcrypt keygen`"
