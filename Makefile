@@ -38,6 +38,7 @@ test: lint typecheck pytest
 
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/blind_index.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

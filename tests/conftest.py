@@ -15,7 +15,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from sa_fieldcrypt import Keyring
+import sa_fieldcrypt
+from sa_fieldcrypt import BlindIndexKeyring, Keyring, generate_blind_index_key
+from sa_fieldcrypt.blind_index import _swap as _swap_blind_index_keys
 from sa_fieldcrypt.config import _swap
 
 pytest_plugins = ["pytester"]
@@ -73,11 +75,23 @@ def no_default_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if name.startswith("FIELDCRYPT_") or name == "FIELD_ENCRYPTION_KEY":
             monkeypatch.delenv(name)
     previous = _swap(None)
+    previous_index_keys = _swap_blind_index_keys(None)
     yield
     _swap(previous)
+    _swap_blind_index_keys(previous_index_keys)
 
 
 @pytest.fixture
 def keyring(fieldcrypt_keyring: Keyring) -> Keyring:
     """The plugin's ephemeral default keyring, under a shorter name."""
     return fieldcrypt_keyring
+
+
+@pytest.fixture
+def index_keys() -> Iterator[BlindIndexKeyring]:
+    """A fresh one-key blind-index keyring installed as the process default for one test."""
+    ring = BlindIndexKeyring({"b1": generate_blind_index_key()})
+    previous = _swap_blind_index_keys(None)
+    sa_fieldcrypt.configure_blind_index(keys=ring)
+    yield ring
+    _swap_blind_index_keys(previous)

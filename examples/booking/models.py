@@ -1,9 +1,13 @@
 """The booking app's models, as the database has them: schemas ``identity`` and ``core``.
 
 ``core.customers`` keeps email and phone encrypted (columns ``email_encrypted`` and
-``phone_encrypted``); the model reads and writes plaintext through :class:`EncryptedText`.
+``phone_encrypted``, read and written as plaintext through :class:`EncryptedText`), each with
+a blind index (``email_bidx``, ``phone_bidx``) so customers can be looked up by email or phone
+and an email is unique per station. ``email`` and ``phone`` are the plaintext attributes.
+
 On SQLite, which has no schemas, run with ``SQLITE_SCHEMA_MAP`` as the connection's
-``schema_translate_map``.
+``schema_translate_map`` (MariaDB too, where a schema is a separate database). MariaDB has no
+partial indexes, so there the one-active-booking-per-slot index is not created.
 """
 
 from __future__ import annotations
@@ -31,7 +35,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from sa_fieldcrypt import EncryptedText
+from sa_fieldcrypt import (
+    BLIND_INDEX_LENGTH,
+    BlindIndex,
+    EncryptedText,
+    encrypted_hybrid,
+    normalize_email,
+    normalize_phone,
+)
 
 #: Schema translation for SQLite, which has a single namespace.
 SQLITE_SCHEMA_MAP: dict[str | None, str | None] = {"core": None, "identity": None}
@@ -78,7 +89,13 @@ class Station(Base):
 
 class Customer(Base):
     __tablename__ = "customers"
-    __table_args__ = ({"schema": "core"},)
+    __table_args__ = (
+        # The seed declared this on (station_id, email_encrypted), which randomized encryption
+        # makes meaningless; the blind index makes it enforce one email per station.
+        Index("idx_customer_station_email", "station_id", "email_bidx", unique=True),
+        Index("idx_customer_phone_bidx", "phone_bidx"),
+        {"schema": "core"},
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     station_id: Mapped[uuid.UUID] = mapped_column(
@@ -86,9 +103,18 @@ class Customer(Base):
     )
     first_name: Mapped[str] = mapped_column(String(100))
     last_name: Mapped[str] = mapped_column(String(100))
-    # The plaintext attribute names; the columns keep the database's names.
-    email: Mapped[str] = mapped_column("email_encrypted", EncryptedText())
-    phone: Mapped[str | None] = mapped_column("phone_encrypted", EncryptedText())
+    # The columns keep the database's names; `email` and `phone` are the plaintext attributes,
+    # and `Customer.email == "..."` in a query compares the blind index.
+    _email: Mapped[str] = mapped_column("email_encrypted", EncryptedText())
+    email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email = encrypted_hybrid(
+        "_email", blind_index=BlindIndex("email_bidx", normalizer=normalize_email)
+    )
+    _phone: Mapped[str | None] = mapped_column("phone_encrypted", EncryptedText())
+    phone_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone = encrypted_hybrid(
+        "_phone", blind_index=BlindIndex("phone_bidx", normalizer=normalize_phone)
+    )
     consent_sms: Mapped[bool] = mapped_column(Boolean, default=False)
     consent_email: Mapped[bool] = mapped_column(Boolean, default=False)
     consent_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -114,7 +140,8 @@ class Booking(Base):
         CheckConstraint("party_adults > 0", name="check_party_adults_positive"),
         CheckConstraint("party_kids >= 0", name="check_party_kids_non_negative"),
         CheckConstraint("total_due_cents >= deposit_due_cents", name="check_total_gte_deposit"),
-        # One active booking per slot; cancelled and finished ones do not hold it.
+        # One active booking per slot; cancelled and finished ones do not hold it. Only where
+        # partial indexes exist: elsewhere it would wrongly forbid rebooking a cancelled slot.
         Index(
             "idx_booking_date_slot_active",
             "date",
@@ -122,7 +149,7 @@ class Booking(Base):
             unique=True,
             postgresql_where=text("status IN ('new', 'deposit_pending', 'confirmed')"),
             sqlite_where=text("status IN ('new', 'deposit_pending', 'confirmed')"),
-        ),
+        ).ddl_if(dialect=("postgresql", "sqlite")),
         {"schema": "core"},
     )
 

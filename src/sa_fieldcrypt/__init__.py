@@ -14,6 +14,18 @@ Typical usage::
 """
 
 from sa_fieldcrypt._version import __version__
+from sa_fieldcrypt.blind_index import (
+    BLIND_INDEX_LENGTH,
+    BlindIndex,
+    BlindIndexKey,
+    BlindIndexKeyProvider,
+    BlindIndexKeyring,
+    configure_blind_index,
+    current_blind_index_keys,
+    generate_blind_index_key,
+    normalize_email,
+    normalize_phone,
+)
 from sa_fieldcrypt.cipher import TOKEN_PREFIX, TokenInfo, decrypt, encrypt, inspect_token
 from sa_fieldcrypt.config import configure, current_keyring
 from sa_fieldcrypt.errors import (
@@ -26,15 +38,22 @@ from sa_fieldcrypt.errors import (
     UnsupportedComparisonError,
     ValueTypeError,
 )
+from sa_fieldcrypt.hybrid import EncryptedHybrid, encrypted_hybrid, encrypted_values
 from sa_fieldcrypt.keys import Key, Keyring, generate_key
 from sa_fieldcrypt.settings import FieldCryptSettings
 from sa_fieldcrypt.types import EncryptedBytes, EncryptedJSON, EncryptedText, EncryptedType
 
 __all__ = [
+    "BLIND_INDEX_LENGTH",
     "TOKEN_PREFIX",
+    "BlindIndex",
+    "BlindIndexKey",
+    "BlindIndexKeyProvider",
+    "BlindIndexKeyring",
     "ConfigurationError",
     "DecryptionError",
     "EncryptedBytes",
+    "EncryptedHybrid",
     "EncryptedJSON",
     "EncryptedText",
     "EncryptedType",
@@ -50,9 +69,16 @@ __all__ = [
     "ValueTypeError",
     "__version__",
     "configure",
+    "configure_blind_index",
+    "current_blind_index_keys",
     "current_keyring",
     "decrypt",
     "encrypt",
+    "encrypted_hybrid",
+    "encrypted_values",
+    "generate_blind_index_key",
     "generate_key",
     "inspect_token",
+    "normalize_email",
+    "normalize_phone",
 ]

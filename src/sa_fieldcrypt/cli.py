@@ -141,6 +141,93 @@ def keys_promote(ctx: click.Context, version: int | None, secret: str | None, fo
     )
 
 
+def _schema_map(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str | None, str | None]:
+    mapping: dict[str | None, str | None] = {}
+    for item in value:
+        old, sep, new = item.partition("=")
+        if not sep or not old:
+            raise click.BadParameter(f"{item!r} is not SCHEMA=NEW (NEW may be empty)")
+        mapping[old] = new or None
+    return mapping
+
+
+@cli.command("reindex")
+@click.argument("models")
+@click.option(
+    "--db", "url", envvar="FIELDCRYPT_DATABASE_URL", required=True, help="SQLAlchemy URL."
+)
+@click.option("--table", "tables", multiple=True, help="Only this table; repeatable.")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--state",
+    type=click.Path(dir_okay=False),
+    help="Progress file: a run stopped for any reason resumes from it.",
+)
+@click.option(
+    "--schema-translate",
+    "schema_map",
+    multiple=True,
+    metavar="SCHEMA=NEW",
+    callback=_schema_map,
+    help="Map a model schema to another (empty: none, as on SQLite); repeatable.",
+)
+@click.option("--check", is_flag=True, help="Only count rows per index key; exit 1 if stale.")
+def reindex_command(
+    models: str,
+    url: str,
+    tables: tuple[str, ...],
+    batch_size: int,
+    state: str | None,
+    schema_map: dict[str | None, str | None],
+    check: bool,
+) -> None:
+    """Recompute blind indexes of MODELS (module:Base) under the newest index key."""
+    from sqlalchemy import create_engine
+
+    from sa_fieldcrypt.reindex import BatchReport, blind_index_status, load_metadata, reindex
+
+    metadata = load_metadata(models)
+    target = [table for m in metadata for table in m.sorted_tables]
+    engine = create_engine(url, hide_parameters=True)
+    if schema_map:
+        engine = engine.execution_options(schema_translate_map=schema_map)
+    try:
+        if not check:
+
+            def progress(batch: BatchReport) -> None:
+                click.echo(
+                    f"{batch.table}: {batch.scanned} rows read, {batch.updated} rewritten, "
+                    f"{batch.skipped} changed meanwhile (up to {batch.last_key})",
+                    err=True,
+                )
+
+            report = reindex(
+                engine,
+                target,
+                tables=tables or None,
+                batch_size=batch_size,
+                state=state,
+                on_batch=progress,
+            )
+            click.echo(
+                f"reindexed {len(report.columns)} column(s): {report.scanned} rows read, "
+                f"{report.updated} rewritten, {report.skipped} changed meanwhile"
+            )
+        statuses = blind_index_status(engine, target, tables=tables or None)
+    finally:
+        engine.dispose()
+    for status in statuses:
+        keys = " ".join(f"{kid}={count}" for kid, count in status.by_key.items())
+        click.echo(
+            f"{status.label}: {keys} retired-keys={status.other_keys} "
+            f"no-index={status.no_index} stale={status.stale}"
+        )
+    if check and any(status.stale for status in statuses):
+        raise click.exceptions.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the command line (the ``fieldcrypt`` entry point)."""
     cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="fieldcrypt")

@@ -19,7 +19,7 @@ from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 __all__ = ["configure", "current_keyring", "default_key_cache", "provider_from_settings"]
 
 _lock = threading.Lock()
-_default: KeyCache | None = None
+_default: KeyCache[Keyring] | None = None
 
 
 def configure(*, keyring: Keyring | None = None, provider: KeyProvider | None = None) -> None:
@@ -35,7 +35,7 @@ def configure(*, keyring: Keyring | None = None, provider: KeyProvider | None = 
     _default = None if keyring is None and provider is None else as_key_cache(keyring or provider)
 
 
-def as_key_cache(source: Keyring | KeyProvider | None) -> KeyCache:
+def as_key_cache(source: Keyring | KeyProvider | None) -> KeyCache[Keyring]:
     """Wrap a keyring or provider in the cache columns read from."""
     if isinstance(source, Keyring):
         return KeyCache(StaticKeyProvider(source))
@@ -46,7 +46,7 @@ def as_key_cache(source: Keyring | KeyProvider | None) -> KeyCache:
     )
 
 
-def default_key_cache() -> KeyCache:
+def default_key_cache() -> KeyCache[Keyring]:
     """Return the process default, creating it from settings on first use."""
     global _default
     cache = _default
@@ -75,7 +75,7 @@ def provider_from_settings(settings: FieldCryptSettings) -> KeyProvider:
     raise ConfigurationError(f"FIELDCRYPT_PROVIDER {settings.provider!r} is not supported")
 
 
-def _swap(cache: KeyCache | None) -> KeyCache | None:
+def _swap(cache: KeyCache[Keyring] | None) -> KeyCache[Keyring] | None:
     """Install ``cache`` as the default and return the previous one (for test fixtures)."""
     global _default
     previous, _default = _default, cache

@@ -60,6 +60,16 @@ class FieldCryptSettings(BaseSettings):
         le=60,
         description="Seconds one read of the secret may take, retries included, before it fails.",
     )
+    blind_index_keys: SecretStr | None = Field(
+        default=None,
+        description="Blind-index keys as `id:key,id:key`, separate from the encryption keys; "
+        "the first entry computes new index values, every entry matches in lookups.",
+    )
+    blind_index_key: SecretStr | None = Field(
+        default=None,
+        description="A single blind-index key (its id is `b0`), when no rotation is under way; "
+        "set this or FIELDCRYPT_BLIND_INDEX_KEYS, not both.",
+    )
 
 
 def load_settings() -> FieldCryptSettings:

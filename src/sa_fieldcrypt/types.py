@@ -97,7 +97,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         super().__init__()
         # Part of the statement-cache key: compared by identity, and free of secrets in repr.
         self.keyring = keyring
-        self._keys: KeyCache | None = None if keyring is None else as_key_cache(keyring)
+        self._keys: KeyCache[Keyring] | None = None if keyring is None else as_key_cache(keyring)
         self._column_label: str | None = None
 
     # -- conversions subclasses provide -------------------------------------------------

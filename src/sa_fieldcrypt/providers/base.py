@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from sa_fieldcrypt.errors import FieldCryptError, KeyProviderError
 from sa_fieldcrypt.keys import Keyring
@@ -21,6 +21,9 @@ from sa_fieldcrypt.keys import Keyring
 __all__ = ["KeyCache", "KeyProvider"]
 
 logger = logging.getLogger("sa_fieldcrypt")
+
+#: What a cache serves: a Keyring, or the blind-index keyring.
+K = TypeVar("K")
 
 
 @runtime_checkable
@@ -36,7 +39,7 @@ class KeyProvider(Protocol):
         ...
 
 
-class KeyCache:
+class KeyCache(Generic[K]):
     """Serve a provider's keyring from memory, refreshing it as configured.
 
     Thread-safe: one thread loads while the others keep serving the previous keyring (or
@@ -45,39 +48,46 @@ class KeyCache:
     Args:
         provider: where keys come from.
         min_refresh_interval: the least time, in seconds, between two refreshes triggered by
-            unknown key ids, so a stream of bad tokens cannot hammer the provider.
+            unknown key ids, and the wait before retrying a failed refresh, so neither a
+            stream of bad tokens nor an outage can hammer the provider.
         clock: a monotonic clock in seconds; tests inject their own.
+        kind: the type ``load()`` must return (the blind-index keys use their own).
+        label: what the provider is called in messages.
     """
 
     def __init__(
         self,
-        provider: KeyProvider,
+        provider: Any,
         *,
         min_refresh_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        kind: type[K] = Keyring,  # type: ignore[assignment]
+        label: str = "key provider",
     ):
         self.provider = provider
+        self._kind = kind
+        self._label = label
         ttl = getattr(provider, "cache_ttl", None)
         self._ttl: float | None = None if ttl is None else float(ttl)
         self._min_refresh_interval = min_refresh_interval
         self._clock = clock
         self._lock = threading.Lock()
-        self._keyring: Keyring | None = None
+        self._keyring: K | None = None
         self._fresh_until = float("-inf")
         self._last_miss_refresh = float("-inf")
 
-    def get(self) -> Keyring:
+    def get(self) -> K:
         """Return the cached keyring, loading or refreshing it when due."""
         keyring = self._keyring
         if keyring is not None and (self._ttl is None or self._clock() < self._fresh_until):
             return keyring
         return self._reload(force=False)
 
-    def refresh(self) -> Keyring:
+    def refresh(self) -> K:
         """Load the keyring now, whatever its age."""
         return self._reload(force=True)
 
-    def refresh_for_key(self, key_id: str) -> Keyring | None:
+    def refresh_for_key(self, key_id: str) -> K | None:
         """Refresh because a token named ``key_id``; return the new keyring if it has it.
 
         Returns None, without calling the provider, when the last such refresh was less than
@@ -87,12 +97,12 @@ class KeyCache:
             now = self._clock()
             if now - self._last_miss_refresh < self._min_refresh_interval:
                 keyring = self._keyring
-                return keyring if keyring is not None and key_id in keyring else None
+                return keyring if keyring is not None and key_id in keyring else None  # type: ignore[operator]
             self._last_miss_refresh = now
         keyring = self._reload(force=True)
-        return keyring if key_id in keyring else None
+        return keyring if key_id in keyring else None  # type: ignore[operator]
 
-    def _reload(self, *, force: bool) -> Keyring:
+    def _reload(self, *, force: bool) -> K:
         with self._lock:
             stale = self._keyring
             if (
@@ -102,15 +112,16 @@ class KeyCache:
             ):
                 return stale  # another thread refreshed while this one waited
             try:
-                keyring = _load(self.provider)
+                keyring = self._load()
             except FieldCryptError as exc:
                 if stale is None:
                     raise
                 # Serving the previous keys keeps the application up through a provider
                 # outage; the next attempt waits a full interval so the outage is not hammered.
                 logger.warning(
-                    "sa_fieldcrypt: key provider %s failed to refresh (%s); "
+                    "sa_fieldcrypt: %s %s failed to refresh (%s); "
                     "still serving the previously loaded keys",
+                    self._label,
                     type(self.provider).__name__,
                     exc,
                 )
@@ -121,22 +132,22 @@ class KeyCache:
                 self._fresh_until = self._clock() + self._ttl
             return keyring
 
-
-def _load(provider: KeyProvider) -> Keyring:
-    try:
-        keyring = provider.load()
-    except FieldCryptError:
-        raise
-    except Exception as exc:
-        # The foreign message may quote what the provider read; only its type is shown here,
-        # the full exception stays chained for a debugger.
-        raise KeyProviderError(
-            f"key provider {type(provider).__name__} failed to load keys "
-            f"({type(exc).__name__}); see the chained exception for details"
-        ) from exc
-    if not isinstance(keyring, Keyring):
-        raise KeyProviderError(
-            f"key provider {type(provider).__name__}.load() returned "
-            f"{type(keyring).__name__}, not a Keyring"
-        )
-    return keyring
+    def _load(self) -> K:
+        name = type(self.provider).__name__
+        try:
+            loaded = self.provider.load()
+        except FieldCryptError:
+            raise
+        except Exception as exc:
+            # The foreign message may quote what the provider read; only its type is shown
+            # here, the full exception stays chained for a debugger.
+            raise KeyProviderError(
+                f"{self._label} {name} failed to load keys "
+                f"({type(exc).__name__}); see the chained exception for details"
+            ) from exc
+        if not isinstance(loaded, self._kind):
+            raise KeyProviderError(
+                f"{self._label} {name}.load() returned {type(loaded).__name__}, "
+                f"not a {self._kind.__name__}"
+            )
+        return loaded

@@ -1,0 +1,474 @@
+"""Hybrid-property helpers: a plaintext attribute over an encrypted column and its blind index.
+
+Typical usage, with the model as ``sqlacodegen`` generates it (the column holds ciphertext in
+a plain ``Text`` column)::
+
+    from sa_fieldcrypt import BLIND_INDEX_LENGTH, BlindIndex, encrypted_hybrid, normalize_email
+
+    class Customer(Base):
+        __tablename__ = "customers"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        email_encrypted: Mapped[str] = mapped_column(Text)
+        email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        email = encrypted_hybrid(
+            "email_encrypted", blind_index=BlindIndex("email_bidx", normalizer=normalize_email)
+        )
+
+or over an :class:`~sa_fieldcrypt.EncryptedText` column, which already reads plaintext::
+
+        _email: Mapped[str] = mapped_column("email_encrypted", EncryptedText())
+        email = encrypted_hybrid("_email", blind_index=BlindIndex("email_bidx", ...))
+
+Then ``Customer(email="ada@example.com")``, ``customer.email`` (plaintext),
+``customer.email = ...`` (encrypts and sets ``email_bidx``), and in queries
+``Customer.email == " Ada@Example.com"`` or ``Customer.email.in_([...])``, which compare
+``email_bidx`` with the value's index under every active index key.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, String, event, false, inspect, type_coerce
+from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.ext.hybrid import ExprComparator, hybrid_property
+from sqlalchemy.orm import Mapper
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.sql import ClauseElement, operators
+from sqlalchemy.sql.operators import OperatorType
+
+from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex
+from sa_fieldcrypt.errors import ConfigurationError, UnsupportedComparisonError
+from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType
+
+__all__ = [
+    "INFO_BLIND_INDEX",
+    "INFO_TYPE",
+    "EncryptedHybrid",
+    "encrypted_hybrid",
+    "encrypted_values",
+]
+
+#: ``column.info`` key of a plain column that holds ciphertext behind an
+#: :func:`encrypted_hybrid`: the :class:`~sa_fieldcrypt.EncryptedType` that reads and writes
+#: it. Rotation and reindexing find every encrypted column through it (and the column type).
+INFO_TYPE = COLUMN_INFO_KEY
+#: ``column.info`` key of a blind-index column: its bound :class:`~sa_fieldcrypt.BlindIndex`.
+INFO_BLIND_INDEX = "sa_fieldcrypt.blind_index"
+
+# The types' processors ignore the dialect; the attribute setter has no connection at hand.
+_DIALECT = DefaultDialect()
+
+_EQUALITY = (operators.eq, operators.ne, operators.in_op, operators.not_in_op)
+_NULL_TESTS = (operators.is_, operators.is_not)
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    """What one mapped class's use of an :class:`EncryptedHybrid` resolved to."""
+
+    label: str  # "Customer.email", for messages
+    source_key: str
+    source_label: str  # "core.customers.email_encrypted"
+    encrypted_type: EncryptedType | None  # None: the source attribute already reads plaintext
+    index_key: str | None
+    index_label: str | None
+    blind_index: BlindIndex | None
+    cache_key: str
+
+    def plaintext(self, instance: Any) -> Any:
+        """The attribute's plaintext, decrypting (once per stored value) if needed."""
+        stored = getattr(instance, self.source_key)
+        if stored is None or self.encrypted_type is None:
+            return stored
+        cached = instance.__dict__.get(self.cache_key)
+        if cached is not None and cached[0] == stored:
+            return cached[1]
+        value = self.encrypted_type.process_result_value(stored, _DIALECT)
+        self._remember(instance, stored, value)
+        return value
+
+    def _remember(self, instance: Any, stored: Any, value: Any) -> None:
+        # Only immutable values: a cached dict could be mutated without being re-encrypted.
+        if isinstance(value, (str, bytes)):
+            instance.__dict__[self.cache_key] = (stored, value)
+
+    def assign(self, instance: Any, value: Any) -> None:
+        """Store ``value``: encrypt it (if needed) and compute its index, then set both."""
+        # Everything that can fail runs before the first attribute changes, so a failed
+        # assignment never leaves a value without its matching index.
+        pairs = self.column_values(value)
+        for key, stored in pairs:
+            setattr(instance, key, stored)
+        if self.encrypted_type is not None:
+            self._remember(instance, pairs[0][1], value)
+
+    def column_values(self, value: Any) -> list[tuple[str, Any]]:
+        """``(attribute key, value)`` pairs that store ``value``, for UPDATE and bulk INSERT."""
+        stored = value
+        if self.encrypted_type is not None and value is not None:
+            stored = self.encrypted_type.process_bind_param(value, _DIALECT)
+        pairs = [(self.source_key, stored)]
+        if self.index_key is not None and self.blind_index is not None:
+            pairs.append((self.index_key, self.blind_index.compute(value)))
+        return pairs
+
+    def sync_index(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        """Recompute the index when the source attribute changed by any path.
+
+        The setter already sets both; this catches direct writes to the source attribute
+        (``customer._email = ...``, a copied token) so an index never disagrees with its value.
+        """
+        if self.index_key is None or self.blind_index is None:
+            return
+        state = instance_state(target)
+        if state.key is not None and not state.attrs[self.source_key].history.has_changes():
+            return
+        index = self.blind_index.compute(self.plaintext(target))
+        if state.dict.get(self.index_key) != index:
+            setattr(target, self.index_key, index)
+
+
+class _EncryptedComparator(ExprComparator[Any]):
+    """Class-level behaviour: equality goes to the blind index, everything else refuses."""
+
+    def __init__(self, cls: Any, hybrid: EncryptedHybrid, binding: _Binding):
+        source = getattr(cls, binding.source_key)
+        if binding.encrypted_type is None:
+            expression = source.__clause_element__()
+        else:
+            # Selecting the hybrid then decrypts, exactly as an EncryptedText column would.
+            expression = type_coerce(source, binding.encrypted_type)
+        super().__init__(cls, expression, hybrid)
+        self._binding = binding
+        self._source = source
+        self._index = getattr(cls, binding.index_key) if binding.index_key else None
+
+    def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
+        if op in _NULL_TESTS:
+            return op(self._source, *other, **kwargs)
+        if op in (operators.eq, operators.ne) and other and other[0] is None:
+            return (self._source.is_ if op is operators.eq else self._source.is_not)(None)
+        if op in _EQUALITY:
+            return self._equality(op, other[0] if other else None)
+        raise self._refusal(op)
+
+    def reverse_operate(self, op: OperatorType, other: Any, **kwargs: Any) -> Any:
+        if op in (operators.eq, operators.ne):
+            return self.operate(op, other, **kwargs)
+        raise self._refusal(op)
+
+    def _equality(self, op: OperatorType, other: Any) -> Any:
+        binding = self._binding
+        if self._index is None or binding.blind_index is None:
+            raise UnsupportedComparisonError(
+                f"{binding.label} has no blind index, so {_op_name(op)} cannot run in SQL: "
+                f"{binding.source_label} is encrypted with randomized encryption. Add an index "
+                f"column, e.g. {_attr(binding.label)}_bidx = "
+                "mapped_column(String(BLIND_INDEX_LENGTH)), and pass "
+                f"blind_index=BlindIndex('{_attr(binding.label)}_bidx', ...) to "
+                "encrypted_hybrid()"
+            )
+        index = self._index
+        if op in (operators.eq, operators.ne):
+            self._require_value(op, other)
+            values = binding.blind_index.candidates(other)
+        else:
+            if not _is_collection(other):
+                raise UnsupportedComparisonError(
+                    f"{binding.label}: {_op_name(op)} needs a list of plaintext values; a "
+                    "blind index cannot be computed inside SQL (subqueries, bound parameters)"
+                )
+            found: dict[str, None] = {}
+            for item in other:
+                if item is None:
+                    continue  # as in SQL, NULL in an IN list matches nothing
+                self._require_value(op, item)
+                found.update(dict.fromkeys(binding.blind_index.candidates(item)))
+            values = tuple(found)
+        negated = op in (operators.ne, operators.not_in_op)
+        if not values:
+            # Not indexed (e.g. an empty email): it matches no row, like SQL NULL.
+            return index.is_not(None) if negated else false()
+        if len(values) == 1:
+            return index != values[0] if negated else index == values[0]
+        return index.not_in(values) if negated else index.in_(values)
+
+    def _require_value(self, op: OperatorType, value: Any) -> None:
+        if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
+            raise UnsupportedComparisonError(
+                f"{self._binding.label}: {_op_name(op)} needs a plaintext Python value; a "
+                "blind index cannot be computed from an SQL expression or another column"
+            )
+
+    def _refusal(self, op: OperatorType) -> UnsupportedComparisonError:
+        binding = self._binding
+        if binding.index_key is None:
+            reason = (
+                f"{binding.source_label} is encrypted with randomized encryption, so the "
+                "database cannot compare, order or search its values; only is_(None) and "
+                "is_not(None) work"
+            )
+        else:
+            reason = (
+                f"{binding.source_label} is encrypted, and its blind index "
+                f"{binding.index_label} holds keyed hashes of whole normalized values, which "
+                "support only ==, !=, in_() and not_in() with Python values (no ordering, "
+                "pattern matching or arithmetic)"
+            )
+        return UnsupportedComparisonError(
+            f"{binding.label}: cannot apply {_op_name(op)} in SQL: {reason}"
+        )
+
+
+def _op_name(op: OperatorType) -> str:
+    return {
+        operators.eq: "==",
+        operators.ne: "!=",
+        operators.in_op: "in_()",
+        operators.not_in_op: "not_in()",
+    }.get(op, getattr(op, "__name__", str(op)))
+
+
+def _attr(label: str) -> str:
+    return label.rpartition(".")[2]
+
+
+def _is_collection(value: Any) -> bool:
+    return isinstance(value, (list, tuple, set, frozenset))
+
+
+class EncryptedHybrid(hybrid_property[Any]):
+    """A hybrid property over an encrypted column and, optionally, its blind index.
+
+    Create it with :func:`encrypted_hybrid`. The descriptor binds to each mapped class when
+    the class is mapped: that is when the columns are checked and, for a ciphertext column of a
+    plain type, its ``column.info[INFO_TYPE]`` is set.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        blind_index: BlindIndex | str | None = None,
+        column_type: EncryptedType | None = None,
+    ):
+        if not isinstance(source, str) or not source:
+            raise ConfigurationError(
+                "encrypted_hybrid(): source must name the mapped attribute of the encrypted column"
+            )
+        if isinstance(blind_index, str):
+            blind_index = BlindIndex(blind_index)
+        if blind_index is not None and not isinstance(blind_index, BlindIndex):
+            raise ConfigurationError("encrypted_hybrid(): blind_index must be a BlindIndex or str")
+        if column_type is not None and not isinstance(column_type, EncryptedType):
+            raise ConfigurationError(
+                "encrypted_hybrid(): column_type must be an EncryptedType such as EncryptedText()"
+            )
+        self._source = source
+        self._blind_index = blind_index
+        self._column_type = column_type
+        self._bindings: weakref.WeakKeyDictionary[type, _Binding] = weakref.WeakKeyDictionary()
+
+        def fget(instance: Any) -> Any:
+            return self._binding_for(type(instance)).plaintext(instance)
+
+        def fset(instance: Any, value: Any) -> None:
+            self._binding_for(type(instance)).assign(instance, value)
+
+        def comparator(cls: Any) -> _EncryptedComparator:
+            return _EncryptedComparator(cls, self, self._binding_for(cls))
+
+        def update_expr(cls: Any, value: Any) -> Sequence[tuple[Any, Any]]:
+            pairs = self._binding_for(cls).column_values(value)
+            return [(getattr(cls, key), stored) for key, stored in pairs]
+
+        def bulk_dml(cls: Any, mapping: MutableMapping[str, Any], value: Any) -> None:
+            mapping.update(self._binding_for(cls).column_values(value))
+
+        super().__init__(fget, fset, custom_comparator=comparator, update_expr=update_expr)  # type: ignore[arg-type]
+        # SQLAlchemy 2.1 reads this for ORM bulk INSERT with the plaintext key; 2.0 ignores it.
+        self.bulk_dml_setter = bulk_dml
+        self.__name__ = source
+        self.__doc__ = f"Plaintext of the encrypted column {source!r}."
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.__name__ = name
+        self.__qualname__ = f"{owner.__qualname__}.{name}"
+
+    def _copy(self, **kw: Any) -> hybrid_property[Any]:
+        raise ConfigurationError(
+            f"{self.__name__}: an encrypted_hybrid cannot be extended with .setter(), "
+            ".expression() or similar; declare a plain hybrid_property that uses it instead"
+        )
+
+    # -- binding to mapped classes -------------------------------------------------------
+
+    def _binding_for(self, cls: Any) -> _Binding:
+        if not isinstance(cls, type):  # an AliasedClass
+            cls = inspect(cls).class_
+        binding = self._bindings.get(cls)
+        if binding is not None:
+            return binding
+        mapper = inspect(cls, raiseerr=False)
+        if not isinstance(mapper, Mapper):
+            raise ConfigurationError(
+                f"{cls.__name__}.{self.__name__}: encrypted_hybrid works on mapped classes only"
+            )
+        return self._bind(mapper)
+
+    def _bind(self, mapper: Mapper[Any]) -> _Binding:
+        cls = mapper.class_
+        known = self._bindings.get(cls)
+        if known is not None:
+            return known
+        label = f"{cls.__name__}.{self.__name__}"
+        source = _mapped_column(mapper, self._source, label, "encrypted column")
+        source_label = f"{source.table.fullname}.{source.name}"
+        encrypted_type: EncryptedType | None
+        if isinstance(source.type, EncryptedType):
+            if self._column_type is not None:
+                raise ConfigurationError(
+                    f"{label}: {source_label} is already an {type(source.type).__name__} column; "
+                    "drop column_type=, which is for columns of a plain type holding ciphertext"
+                )
+            encrypted_type = None
+        else:
+            encrypted_type = self._ciphertext_type(source, label)
+
+        index_key = index_label = None
+        blind_index = None
+        if self._blind_index is not None:
+            index_key = self._blind_index.column
+            index = _mapped_column(mapper, index_key, label, "blind-index column")
+            index_label = f"{index.table.fullname}.{index.name}"
+            length = getattr(index.type, "length", None)
+            if not isinstance(index.type, String) or (
+                length is not None and length < BLIND_INDEX_LENGTH
+            ):
+                raise ConfigurationError(
+                    f"{label}: the blind-index column {index_label} must be a string column "
+                    "of at least BLIND_INDEX_LENGTH characters: "
+                    f"mapped_column(String({BLIND_INDEX_LENGTH}))"
+                )
+            existing = index.info.get(INFO_BLIND_INDEX)
+            if existing is not None and existing.source_column != source.name:
+                raise ConfigurationError(
+                    f"{label}: {index_label} is already the blind index of "
+                    f"{existing.source_column!r}; every encrypted column needs its own"
+                )
+            blind_index = existing or self._blind_index.bind(
+                f"{index.table.name}.{index.name}", source.name
+            )
+            index.info[INFO_BLIND_INDEX] = blind_index
+
+        binding = _Binding(
+            label=label,
+            source_key=self._source,
+            source_label=source_label,
+            encrypted_type=encrypted_type,
+            index_key=index_key,
+            index_label=index_label,
+            blind_index=blind_index,
+            cache_key=f"_sa_fieldcrypt_{self.__name__}",
+        )
+        self._bindings[cls] = binding
+        if index_key is not None:
+            event.listen(mapper, "before_insert", binding.sync_index)
+            event.listen(mapper, "before_update", binding.sync_index)
+        return binding
+
+    def _ciphertext_type(self, source: Column[Any], label: str) -> EncryptedType:
+        existing = source.info.get(INFO_TYPE)
+        if existing is not None:  # bound already, through another class on the same table
+            return existing  # type: ignore[no-any-return]
+        if not isinstance(source.type, String):
+            raise ConfigurationError(
+                f"{label}: {source.table.fullname}.{source.name} must be a string column "
+                f"holding ciphertext (Text), or an EncryptedType column; it is {source.type!r}"
+            )
+        template = self._column_type or EncryptedText()
+        in_use = any(b.encrypted_type is template for b in self._bindings.values())
+        encrypted_type = template.copy() if in_use else template
+        # SQLAlchemy's own way of telling a type which column it serves: errors then name it.
+        encrypted_type._set_parent(source)
+        source.info[INFO_TYPE] = encrypted_type
+        return encrypted_type
+
+
+def _mapped_column(mapper: Mapper[Any], key: str, label: str, what: str) -> Column[Any]:
+    column = mapper.columns.get(key) if key in mapper.columns else None
+    if not isinstance(column, Column):
+        raise ConfigurationError(
+            f"{label}: {mapper.class_.__name__} has no mapped column attribute {key!r} "
+            f"(the {what}); declare it, e.g. {key}: Mapped[str] = mapped_column(...)"
+        )
+    return column
+
+
+def encrypted_hybrid(
+    source: str,
+    *,
+    blind_index: BlindIndex | str | None = None,
+    column_type: EncryptedType | None = None,
+) -> EncryptedHybrid:
+    """Declare a plaintext attribute over an encrypted column, optionally with a blind index.
+
+    Args:
+        source: attribute name of the column that stores the value. Either an
+            :class:`~sa_fieldcrypt.EncryptedType` column (it reads plaintext already), or a
+            plain string column holding ciphertext, as ``sqlacodegen`` generates
+            (``email_encrypted: Mapped[str] = mapped_column(Text)``).
+        blind_index: a :class:`~sa_fieldcrypt.BlindIndex` (or just the index column's
+            attribute name) that makes ``==`` and ``in_()`` work in queries and keeps a unique
+            index meaningful.
+        column_type: for a plain ciphertext column, the type that encrypts and decrypts it
+            (default ``EncryptedText()``; ``EncryptedJSON()``, or any type with a keyring of
+            its own, also work). Not allowed over an ``EncryptedType`` column.
+
+    Returns:
+        The descriptor; assign it to a class attribute of a mapped class.
+    """
+    return EncryptedHybrid(source, blind_index=blind_index, column_type=column_type)
+
+
+def encrypted_values(cls: type, **values: Any) -> dict[str, Any]:
+    """Turn plaintext keyword values into what a mapped class's columns store.
+
+    Every key that names an :func:`encrypted_hybrid` of ``cls`` becomes its ciphertext
+    attribute (encrypted unless the column type encrypts it) and its blind-index attribute;
+    other keys pass through. Use it for ORM bulk inserts on SQLAlchemy 2.0, which ignores
+    hybrid keys there (2.1 handles ``insert(Customer)`` with ``email=...`` by itself)::
+
+        session.execute(insert(Customer), [encrypted_values(Customer, id=1, email="a@b.c")])
+
+    Raises:
+        ValueTypeError: a value is of the wrong type for its column or normalizer.
+    """
+    stored: dict[str, Any] = {}
+    for key, value in values.items():
+        attribute = next((k.__dict__[key] for k in cls.__mro__ if key in k.__dict__), None)
+        if isinstance(attribute, EncryptedHybrid):
+            stored.update(attribute._binding_for(cls).column_values(value))
+        else:
+            stored[key] = value
+    return stored
+
+
+def _on_mapper_constructed(mapper: Mapper[Any], class_: type) -> None:
+    seen: set[str] = set()
+    for klass in class_.__mro__:
+        for name, attr in vars(klass).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            if isinstance(attr, EncryptedHybrid):
+                attr._bind(mapper)
+
+
+# Bind at mapping time, not at first use: column.info must be set before anything (rotation,
+# reindexing) scans the metadata, and a misdeclared column should fail at import.
+event.listen(Mapper, "after_mapper_constructed", _on_mapper_constructed)

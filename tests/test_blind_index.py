@@ -1,0 +1,422 @@
+"""Blind indexes: normalizers, keys, settings and the index values themselves."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import pickle
+import re
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.hmac import HMAC
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import given
+from hypothesis import strategies as st
+
+import sa_fieldcrypt
+from sa_fieldcrypt import (
+    BLIND_INDEX_LENGTH,
+    BlindIndex,
+    BlindIndexKey,
+    BlindIndexKeyring,
+    ConfigurationError,
+    KeyProviderError,
+    ValueTypeError,
+    generate_blind_index_key,
+    generate_key,
+    normalize_email,
+    normalize_phone,
+)
+
+INDEX_VALUE = re.compile(r"(?P<id>[A-Za-z0-9_-]{1,32}):(?P<mac>[0-9a-f]{64})\Z")
+RING = BlindIndexKeyring({"b1": generate_blind_index_key()})
+key_ids = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
+
+
+def _index(name: str = "customers.email_bidx", **kwargs: Any) -> BlindIndex:
+    kwargs.setdefault("keys", RING)
+    return BlindIndex("email_bidx", name=name, **kwargs)
+
+
+# -- normalizers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ada@example.com", " Ada@Example.COM", "ADA@EXAMPLE.COM\n", "\tada@example.com  "],
+)
+def test_normalize_email_trims_and_lowercases(value: str) -> None:
+    """Surrounding whitespace and letter case do not change a normalized email."""
+    assert "ada@example.com" == normalize_email(value)
+
+
+def test_normalize_email_composes_unicode() -> None:
+    """A decomposed accent and its precomposed form normalize alike (NFC)."""
+    assert normalize_email("jose\u0301@example.com") == normalize_email("JOS\u00c9@example.com")
+
+
+def test_normalize_email_keeps_dots_and_tags() -> None:
+    """Dots and +tags are significant at some providers, so they are kept."""
+    assert "a.b+news@example.com" == normalize_email("A.B+news@example.com")
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\n"])
+def test_normalize_email_of_blank_is_none(value: str) -> None:
+    """A blank email is not indexed."""
+    assert normalize_email(value) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "+1 (555) 010-0000",
+        "+15550100000",
+        " +1.555.010.0000 ",
+        "+1 555 010 0000",
+        "\uff0b\uff11 555 010 0000",  # full-width plus and digit, as some keyboards type them
+    ],
+)
+def test_normalize_phone_keeps_digits_and_leading_plus(value: str) -> None:
+    """Formatting characters go; the digits and a leading plus stay."""
+    assert "+15550100000" == normalize_phone(value)
+
+
+def test_normalize_phone_infers_no_country() -> None:
+    """Without a leading plus the number stays national: no country code is guessed."""
+    assert "5550100000" == normalize_phone("(555) 010-0000")
+    assert normalize_phone("(555) 010-0000") != normalize_phone("+1 555 010 0000")
+
+
+@pytest.mark.parametrize("value", ["", "n/a", "+", "call me"])
+def test_normalize_phone_without_digits_is_none(value: str) -> None:
+    """A phone value without digits is not indexed."""
+    assert normalize_phone(value) is None
+
+
+@pytest.mark.parametrize("normalizer", [normalize_email, normalize_phone])
+def test_normalizers_refuse_non_text(normalizer: Any) -> None:
+    """A non-str value is a ValueTypeError naming its type, not its content."""
+    with pytest.raises(ValueTypeError, match="got int") as info:
+        normalizer(5550100)
+    assert "5550100" not in str(info.value)
+
+
+@pytest.mark.parametrize("normalizer", [normalize_email, normalize_phone])
+@given(value=st.text())
+def test_normalizers_are_idempotent(normalizer: Any, value: str) -> None:
+    """Normalizing a normalized value changes nothing, for any text."""
+    once = normalizer(value)
+    assert once == (None if once is None else normalizer(once))
+
+
+# -- index values --------------------------------------------------------------------------
+
+
+def test_index_value_format_and_length() -> None:
+    """A value is '<key id>:<64 lowercase hex>', never longer than BLIND_INDEX_LENGTH."""
+    long_id = "k" * 32
+    ring = BlindIndexKeyring({long_id: generate_blind_index_key()})
+    value = _index(keys=ring).compute("ada@example.com")
+    assert value is not None
+    match = INDEX_VALUE.match(value)
+    assert match is not None
+    assert long_id == match["id"]
+    assert BLIND_INDEX_LENGTH == len(value)
+
+
+def test_index_value_matches_the_documented_construction() -> None:
+    """The value is HMAC-SHA256 keyed by HKDF-SHA256(key, info=prefix + name), as documented."""
+    secret = bytes(range(32))
+    ring = BlindIndexKeyring({"b1": base64.urlsafe_b64encode(secret)})
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"sa-fieldcrypt blind index v1\x00customers.email_bidx",
+    )
+    mac = HMAC(hkdf.derive(secret), hashes.SHA256())
+    mac.update(b"ada@example.com")
+    expected = "b1:" + mac.finalize().hex()
+    index = _index(keys=ring, normalizer=normalize_email)
+    assert expected == index.compute(" Ada@Example.com ")
+
+
+@given(value=st.text(), data=st.data())
+def test_equal_normalized_values_give_equal_index_values(value: str, data: st.DataObject) -> None:
+    """For any text, a reformatting the normalizer accepts gives the same index value."""
+    variant = data.draw(_email_variants(value))
+    index = _index(normalizer=normalize_email)
+    assert normalize_email(value) == normalize_email(variant)
+    assert index.compute(value) == index.compute(variant)
+
+
+@given(value=st.text(min_size=1))
+def test_other_columns_never_share_index_values(value: str) -> None:
+    """The same plaintext gets unrelated index values in different columns and tables."""
+    names = ["customers.email_bidx", "customers.phone_bidx", "users.email_bidx"]
+    values = {_index(name).compute(value) for name in names}
+    assert len(names) == len(values)
+
+
+@given(a=st.text(), b=st.text())
+def test_different_values_give_different_index_values(a: str, b: str) -> None:
+    """Index values differ whenever the exact (unnormalized) values differ."""
+    index = _index()
+    assert (a == b) == (index.compute(a) == index.compute(b))
+
+
+def test_candidates_cover_every_active_key_newest_first() -> None:
+    """compute() uses the first key; candidates() gives one value per active key, in order."""
+    old = BlindIndexKeyring({"b1": generate_blind_index_key()})
+    both = BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *old])
+    before = _index(keys=old).compute("x")
+    candidates = _index(keys=both).candidates("x")
+    assert ["b2", "b1"] == [c.partition(":")[0] for c in candidates]
+    assert before == candidates[1]
+    assert candidates[0] == _index(keys=both).compute("x")
+
+
+def test_unindexed_values() -> None:
+    """None, and values the normalizer maps to None, have no index value and no candidates."""
+    index = _index(normalizer=normalize_phone)
+    assert index.compute(None) is None
+    assert index.compute("n/a") is None
+    assert () == index.candidates("n/a")
+
+
+def test_bytes_are_indexed_like_their_utf8_text() -> None:
+    """Without a normalizer, bytes are hashed as they are, str as UTF-8."""
+    assert _index().compute("é") == _index().compute("é".encode())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "value", "expected"),
+    [
+        ({}, 42, "hashes str or bytes, got int"),
+        ({"normalizer": lambda v: 7}, "x", "the normalizer returned int"),
+    ],
+)
+def test_wrong_types_are_value_type_errors(kwargs: Any, value: Any, expected: str) -> None:
+    """A value or normalizer result of the wrong type raises ValueTypeError saying which."""
+    with pytest.raises(ValueTypeError, match=expected):
+        _index(**kwargs).compute(value)
+
+
+def test_unnamed_index_cannot_compute() -> None:
+    """A BlindIndex used outside encrypted_hybrid() needs an explicit name."""
+    with pytest.raises(ConfigurationError, match="has no name"):
+        BlindIndex("email_bidx", keys=RING).compute("x")
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def test_keys_are_redacted() -> None:
+    """No repr or str of a key, keyring or index shows the secret."""
+    secret = generate_blind_index_key()
+    key = BlindIndexKey("b1", secret)
+    ring = BlindIndexKeyring([key])
+    shown = [repr(key), str(key), repr(ring), str(ring), repr(_index(keys=ring))]
+    assert all(secret not in s and secret[:12] not in s for s in shown)
+
+
+def test_fernet_keys_from_keygen_are_accepted() -> None:
+    """`fieldcrypt keygen` output (32 bytes, url-safe base64) is a valid blind-index key."""
+    assert ("b1",) == BlindIndexKeyring.parse(f"b1:{generate_key()}").ids
+
+
+@given(ids=st.lists(key_ids, min_size=1, max_size=5, unique=True))
+def test_export_then_parse_round_trips(ids: list[str]) -> None:
+    """parse(export()) keeps the ids, their order and the secrets, for any valid keyring."""
+    ring = BlindIndexKeyring({kid: generate_blind_index_key() for kid in ids})
+    again = BlindIndexKeyring.parse(ring.export())
+    assert ring.ids == again.ids
+    assert [k.export() for k in ring] == [k.export() for k in again]
+
+
+@given(st.text())
+def test_parse_of_any_text_raises_only_configuration_errors(text: str) -> None:
+    """Arbitrary text either parses or raises ConfigurationError, never another error."""
+    with contextlib.suppress(ConfigurationError):
+        BlindIndexKeyring.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "is empty"),
+        ("b1", "entry 1 is not of the form"),
+        ("b1:c2hvcnQ=", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
+        ("b1:{k},b1:{k}", "'b1' appears more than once"),
+        ("bad id:{k}", "'bad id' is not valid"),
+        ("b1:{k},B1:{k}", "'b1' and 'B1' differ only in case"),
+        ("b1:{k}x", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
+        ("b1:{k_unpadded}", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
+    ],
+)
+def test_parse_errors_name_the_entry_not_the_key(text: str, expected: str) -> None:
+    """Malformed key text raises ConfigurationError pointing at the entry, never the key."""
+    key = generate_blind_index_key()
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        BlindIndexKeyring.parse(
+            text.format(k=key, k_unpadded=key.rstrip("=")), source="FIELDCRYPT_BLIND_INDEX_KEYS"
+        )
+    assert key not in str(info.value)
+
+
+def test_keys_survive_pickling() -> None:
+    """A pickled keyring (sent to a worker process) computes the same index values."""
+    clone = pickle.loads(pickle.dumps(RING))
+    assert _index().compute("x") == _index(keys=clone).compute("x")
+
+
+# -- settings and providers ----------------------------------------------------------------
+
+
+def test_keys_setting_first_entry_writes(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_BLIND_INDEX_KEYS gives the keys; the first computes, all match."""
+    monkeypatch.setenv(
+        "FIELDCRYPT_BLIND_INDEX_KEYS",
+        f"b2:{generate_blind_index_key()},b1:{generate_blind_index_key()}",
+    )
+    index = BlindIndex("email_bidx", name="t.email_bidx")
+    assert ("b2", "b1") == sa_fieldcrypt.current_blind_index_keys().ids
+    assert (index.compute("x") or "").startswith("b2:")
+    assert 2 == len(index.candidates("x"))
+
+
+def test_single_key_setting_is_id_b0(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_BLIND_INDEX_KEY alone is the one key, with id b0."""
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_blind_index_key())
+    assert ("b0",) == sa_fieldcrypt.current_blind_index_keys().ids
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "no blind-index key configured: set FIELDCRYPT_BLIND_INDEX_KEYS"),
+        ({"FIELDCRYPT_BLIND_INDEX_KEYS": ""}, "FIELDCRYPT_BLIND_INDEX_KEYS is empty"),
+        ({"FIELDCRYPT_BLIND_INDEX_KEY": "short"}, "FIELDCRYPT_BLIND_INDEX_KEY is not 32 bytes"),
+        (
+            {"FIELDCRYPT_BLIND_INDEX_KEY": "{k}", "FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}"},
+            "both FIELDCRYPT_BLIND_INDEX_KEYS and FIELDCRYPT_BLIND_INDEX_KEY",
+        ),
+        (
+            {"FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}", "FIELDCRYPT_KEYS": "k1:{k}"},
+            "blind-index key 'b1' is also an encryption key",
+        ),
+        (
+            {"FIELDCRYPT_BLIND_INDEX_KEY": "{k}", "FIELD_ENCRYPTION_KEY": "{k}"},
+            "blind-index key 'b0' is also an encryption key",
+        ),
+    ],
+    ids=["nothing", "empty", "malformed", "both", "reused-key", "reused-legacy-key"],
+)
+def test_bad_settings_fail_clearly_at_first_use(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    """Each bad setting is one ConfigurationError at the first index computation, keyless."""
+    key = generate_key()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(k=key))
+    index = BlindIndex("email_bidx", name="t.email_bidx")  # constructing needs no key
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        index.compute("x")
+    assert key not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_settings_repr_hides_index_keys(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Printing the settings never shows a blind-index key."""
+    key = generate_blind_index_key()
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEYS", f"b1:{key}")
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", key)
+    settings = sa_fieldcrypt.FieldCryptSettings()
+    assert key not in repr(settings)
+
+
+def test_configure_blind_index_overrides_settings(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configure_blind_index(keys=...) wins over the settings until it is reset."""
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_blind_index_key())
+    sa_fieldcrypt.configure_blind_index(keys=RING)
+    assert ("b1",) == sa_fieldcrypt.current_blind_index_keys().ids
+    sa_fieldcrypt.configure_blind_index()
+    assert ("b0",) == sa_fieldcrypt.current_blind_index_keys().ids
+    with pytest.raises(ConfigurationError, match="not both"):
+        sa_fieldcrypt.configure_blind_index(keys=RING, provider=_Provider(RING))
+
+
+class _Provider:
+    """Serves the keyrings it holds in turn; an exception item is raised instead."""
+
+    def __init__(self, *results: BlindIndexKeyring | Exception, cache_ttl: float | None = None):
+        self.results = list(results)
+        self.cache_ttl = cache_ttl
+
+    def load(self) -> BlindIndexKeyring:
+        result = self.results[0] if len(self.results) == 1 else self.results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def test_provider_keys_refresh_after_ttl() -> None:
+    """A provider with cache_ttl is reloaded once it expires, so a new key is picked up."""
+    newer = BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *RING])
+    index = BlindIndex("e", name="t.e", keys=_Provider(RING, newer, cache_ttl=0))
+    assert ("b1",) == index.keyring().ids
+    assert ("b2", "b1") == index.keyring().ids
+
+
+def test_provider_outage_serves_previous_keys(caplog: pytest.LogCaptureFixture) -> None:
+    """A failing refresh keeps the loaded keys and logs a warning without key material."""
+    index = BlindIndex("e", name="t.e", keys=_Provider(RING, OSError("down"), cache_ttl=0))
+    first = index.compute("x")
+    with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
+        assert first == index.compute("x")
+    assert "failed to refresh" in caplog.text
+    assert RING.newest.export() not in caplog.text
+
+
+def test_provider_failure_without_keys_is_a_provider_error() -> None:
+    """A provider failing on the first load raises KeyProviderError naming the provider."""
+    index = BlindIndex("e", name="t.e", keys=_Provider(OSError("secret detail")))
+    with pytest.raises(KeyProviderError, match="_Provider failed to load keys") as info:
+        index.compute("x")
+    assert "secret detail" not in str(info.value)
+
+
+def test_provider_returning_the_wrong_type_is_refused() -> None:
+    """A provider must return a BlindIndexKeyring (not, say, an encryption Keyring)."""
+    index = BlindIndex(
+        "e", name="t.e", keys=_Provider(sa_fieldcrypt.Keyring({"k": generate_key()}))
+    )  # type: ignore[arg-type]
+    with pytest.raises(KeyProviderError, match="not a BlindIndexKeyring"):
+        index.compute("x")
+
+
+# -- strategies ------------------------------------------------------------------------------
+
+
+def _email_variants(value: str) -> st.SearchStrategy[str]:
+    """Reformattings normalize_email accepts: outer whitespace and a case change."""
+    stripped = value.strip()
+    cased = st.sampled_from([stripped, stripped.upper(), stripped.lower(), stripped.title()])
+    space = st.sampled_from(["", " ", "\t", "\n ", "\u00a0"])
+    # A case change is only an accepted reformatting when it lowercases back to the same text.
+    return (
+        st.tuples(space, cased, space)
+        .map(lambda p: "".join(p))
+        .filter(lambda v: normalize_email(v) == normalize_email(value))
+    )

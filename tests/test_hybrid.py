@@ -1,0 +1,657 @@
+"""encrypted_hybrid: plaintext attributes, blind-index lookups and unique constraints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import (
+    Engine,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.hybrid import hybrid_property
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
+
+import sa_fieldcrypt
+from sa_fieldcrypt import (
+    BLIND_INDEX_LENGTH,
+    BlindIndex,
+    BlindIndexKey,
+    BlindIndexKeyring,
+    ConfigurationError,
+    DecryptionError,
+    EncryptedJSON,
+    EncryptedText,
+    Keyring,
+    UnsupportedComparisonError,
+    ValueTypeError,
+    encrypted_hybrid,
+    encrypted_values,
+    generate_blind_index_key,
+    generate_key,
+    inspect_token,
+    normalize_email,
+    normalize_phone,
+)
+from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX, INFO_TYPE
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    __tablename__ = "fc_hyb_customers"
+    __table_args__ = (UniqueConstraint("station_id", "email_bidx", name="uq_fc_hyb_station_email"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    station_id: Mapped[int] = mapped_column(Integer)
+    # As sqlacodegen generates it: the attribute holds ciphertext in a plain column.
+    email_encrypted: Mapped[str | None] = mapped_column(Text)
+    email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email = encrypted_hybrid(
+        "email_encrypted", blind_index=BlindIndex("email_bidx", normalizer=normalize_email)
+    )
+    # A second email column, to compare index values of equal plaintexts across columns.
+    alt_email_encrypted: Mapped[str | None] = mapped_column(Text)
+    alt_email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    alt_email = encrypted_hybrid(
+        "alt_email_encrypted",
+        blind_index=BlindIndex("alt_email_bidx", normalizer=normalize_email),
+    )
+    # The EncryptedText style: the column attribute already reads plaintext.
+    _phone: Mapped[str | None] = mapped_column("phone_encrypted", EncryptedText())
+    phone_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone = encrypted_hybrid(
+        "_phone", blind_index=BlindIndex("phone_bidx", normalizer=normalize_phone)
+    )
+    # No blind index at all.
+    notes_encrypted: Mapped[str | None] = mapped_column(Text)
+    notes = encrypted_hybrid("notes_encrypted")
+    prefs_encrypted: Mapped[str | None] = mapped_column(Text)
+    prefs = encrypted_hybrid("prefs_encrypted", column_type=EncryptedJSON())
+
+
+@pytest.fixture
+def db(engine: Engine, keyring: Keyring, index_keys: BlindIndexKeyring) -> Iterator[Engine]:
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    yield engine
+    Base.metadata.drop_all(engine)
+
+
+def _ids(session: Session, condition: Any) -> list[int]:
+    return list(session.scalars(select(Customer.id).where(condition).order_by(Customer.id)))
+
+
+def _customer(id: int, station_id: int = 1, **values: Any) -> Customer:
+    return Customer(id=id, station_id=station_id, **values)
+
+
+# -- instance level ------------------------------------------------------------------------
+
+
+def test_constructor_reads_back_plaintext_and_stores_tokens(db: Engine) -> None:
+    """Customer(email=..., phone=...) stores tokens and index values, and reads plaintext."""
+    with Session(db) as session:
+        session.add(_customer(1, email="Ada@Example.com", phone="+1 (555) 010-0000", notes="n"))
+        session.commit()
+    with Session(db) as session:
+        customer = session.get_one(Customer, 1)
+        assert ("Ada@Example.com", "+1 (555) 010-0000", "n") == (
+            customer.email,
+            customer.phone,
+            customer.notes,
+        )
+    with db.connect() as conn:
+        row = conn.execute(text("SELECT * FROM fc_hyb_customers")).mappings().one()
+    for column in ("email_encrypted", "phone_encrypted", "notes_encrypted"):
+        assert "fc1" == inspect_token(row[column]).kind
+    assert "Ada" not in row["email_encrypted"]
+    assert row["email_bidx"].startswith("b1:")
+    assert row["phone_bidx"].startswith("b1:")
+
+
+def test_assignment_sets_value_and_index_in_one_update(db: Engine) -> None:
+    """Assigning encrypts at once and the flush writes the token and the index in one UPDATE."""
+    with Session(db) as session:
+        session.add(_customer(1, email="old@example.com"))
+        session.commit()
+        customer = session.get_one(Customer, 1)
+        old_index = customer.email_bidx
+        customer.email = "new@example.com"
+        assert "fc1" == inspect_token(customer.email_encrypted or "").kind
+        assert old_index != customer.email_bidx
+        statements: list[str] = []
+        event.listen(db, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        session.commit()
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
+    assert 1 == len(updates)
+    assert "email_encrypted" in updates[0]
+    assert "email_bidx" in updates[0]
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"), [("email", 42), ("phone", 5550100), ("email", b"bytes")]
+)
+def test_failed_assignment_changes_nothing(db: Engine, attribute: str, value: Any) -> None:
+    """A value of the wrong type raises ValueTypeError and leaves value and index as they were."""
+    customer = _customer(1, email="ada@example.com", phone="+15550100000")
+    before = (customer.email_encrypted, customer.email_bidx, customer._phone, customer.phone_bidx)
+    with pytest.raises(ValueTypeError) as info:
+        setattr(customer, attribute, value)
+    assert str(value) not in str(info.value)
+    after = (customer.email_encrypted, customer.email_bidx, customer._phone, customer.phone_bidx)
+    assert before == after
+
+
+def test_none_clears_value_and_index(db: Engine) -> None:
+    """Assigning None stores SQL NULL in both the value and its index."""
+    with Session(db) as session:
+        session.add(_customer(1, email="ada@example.com", phone="+15550100000"))
+        session.commit()
+        customer = session.get_one(Customer, 1)
+        customer.email = None
+        customer.phone = None
+        session.commit()
+    with db.connect() as conn:
+        row = conn.execute(text("SELECT * FROM fc_hyb_customers")).mappings().one()
+    assert (None, None, None, None) == (
+        row["email_encrypted"],
+        row["email_bidx"],
+        row["phone_encrypted"],
+        row["phone_bidx"],
+    )
+
+
+def test_direct_writes_to_the_source_column_keep_the_index_in_step(db: Engine) -> None:
+    """Writing the column attribute itself (plaintext or a copied token) updates the index."""
+    with Session(db) as session:
+        session.add_all([_customer(1, email="a@example.com"), _customer(2, station_id=2)])
+        session.commit()
+        first, second = session.get_one(Customer, 1), session.get_one(Customer, 2)
+        second.email_encrypted = first.email_encrypted  # a token copied between rows
+        second._phone = "+44 20 7946 0000"  # the EncryptedText column, not the hybrid
+        session.commit()
+        assert [1, 2] == _ids(session, Customer.email == "A@example.com")
+        assert [2] == _ids(session, Customer.phone == "+442079460000")
+
+
+def test_reading_a_detached_instance_needs_no_database(db: Engine) -> None:
+    """Loaded attributes read plaintext with no SQL (so nothing lazy breaks async sessions)."""
+    with Session(db, expire_on_commit=False) as session:
+        session.add(_customer(1, email="ada@example.com", phone="+15550100000"))
+        session.commit()
+        customer = session.get_one(Customer, 1)
+    statements: list[str] = []
+    event.listen(db, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    assert ("ada@example.com", "+15550100000") == (customer.email, customer.phone)
+    assert [] == statements
+
+
+def test_json_column_type_round_trips(db: Engine) -> None:
+    """column_type=EncryptedJSON() stores any JSON value in a plain Text column."""
+    prefs = {"lang": "en", "sms": [True, None, 2.5]}
+    with Session(db) as session:
+        session.add(_customer(1, prefs=prefs))
+        session.commit()
+    with Session(db) as session:
+        assert prefs == session.get_one(Customer, 1).prefs
+
+
+def test_tampered_token_names_the_column(db: Engine) -> None:
+    """A tampered ciphertext raises DecryptionError naming table.column, not the value."""
+    with Session(db) as session:
+        session.add(_customer(1, email="ada@example.com"))
+        session.commit()
+    with db.begin() as conn:
+        token = conn.execute(text("SELECT email_encrypted FROM fc_hyb_customers")).scalar_one()
+        conn.execute(
+            text("UPDATE fc_hyb_customers SET email_encrypted = :v"), {"v": token[:-8] + "A" * 8}
+        )
+    with Session(db) as session, pytest.raises(DecryptionError) as info:
+        _ = session.get_one(Customer, 1).email
+    assert "fc_hyb_customers.email_encrypted" in str(info.value)
+    assert "ada@" not in str(info.value)
+
+
+def test_ciphertext_column_records_its_type(keyring: Keyring, index_keys: Any) -> None:
+    """A plain ciphertext column carries info[INFO_TYPE], the type that decrypts what it holds."""
+    column_type = Customer.__table__.c.email_encrypted.info[INFO_TYPE]
+    assert isinstance(column_type, EncryptedText)
+    token = _customer(1, email="ada@example.com").email_encrypted
+    assert "ada@example.com" == column_type.process_result_value(token, postgresql.dialect())
+    assert isinstance(Customer.__table__.c.prefs_encrypted.info[INFO_TYPE], EncryptedJSON)
+    assert INFO_TYPE not in Customer.__table__.c.phone_encrypted.info  # typed column already
+    bound = Customer.__table__.c.email_bidx.info[INFO_BLIND_INDEX]
+    assert ("email_encrypted", "fc_hyb_customers.email_bidx") == (bound.source_column, bound.name)
+
+
+# -- queries -------------------------------------------------------------------------------
+
+EMAIL_FORMS = ["ada@example.com", "ADA@EXAMPLE.COM", "  Ada@Example.com\n", "\tada@Example.COM "]
+PHONE_FORMS = ["+1 (555) 010-0000", "+15550100000", "+1.555.010.0000", " +1 555 0100000 "]
+
+
+@pytest.mark.parametrize("stored", [EMAIL_FORMS[0], EMAIL_FORMS[2]])
+def test_lookup_by_email_in_any_formatting(db: Engine, stored: str) -> None:
+    """A stored email is found by == and in_() in every formatting normalize_email accepts."""
+    with Session(db) as session:
+        session.add_all([_customer(1, email=stored), _customer(2, email="grace@example.com")])
+        session.commit()
+        for form in EMAIL_FORMS:
+            assert [1] == _ids(session, Customer.email == form)
+            assert [1] == _ids(session, form == Customer.email)
+            assert [1] == _ids(session, Customer.email.in_([form, "nobody@example.com"]))
+        assert [2] == _ids(session, Customer.email != "ADA@example.com")
+        assert [2] == _ids(session, Customer.email.not_in(["ada@example.com"]))
+        assert [1, 2] == _ids(session, Customer.email.in_(["ada@example.com", "GRACE@example.com"]))
+
+
+@pytest.mark.parametrize("stored", [PHONE_FORMS[0], PHONE_FORMS[1]])
+def test_lookup_by_phone_in_any_formatting(db: Engine, stored: str) -> None:
+    """A stored phone number is found in every formatting normalize_phone accepts."""
+    with Session(db) as session:
+        session.add_all([_customer(1, phone=stored), _customer(2, phone="+442079460000")])
+        session.commit()
+        for form in PHONE_FORMS:
+            assert [1] == _ids(session, Customer.phone == form)
+        assert [] == _ids(session, Customer.phone == "5550100000")  # no country code: no match
+
+
+def test_unique_index_rejects_duplicates_per_station(db: Engine) -> None:
+    """(station_id, email_bidx) rejects the same email in one station, in any formatting."""
+    with Session(db) as session:
+        session.add_all(
+            [
+                _customer(1, station_id=1, email="ada@example.com"),
+                _customer(2, station_id=2, email=" ADA@example.com"),  # another station: fine
+                _customer(3, station_id=1),  # no email: NULL index values do not collide
+                _customer(4, station_id=1),
+            ]
+        )
+        session.commit()
+        session.add(_customer(5, station_id=1, email="Ada@Example.COM\n"))
+        with pytest.raises(IntegrityError):
+            session.commit()
+        session.rollback()
+        assert [1, 2] == _ids(session, Customer.email == "ada@example.com")
+
+
+def test_unindexed_values_match_nothing(db: Engine) -> None:
+    """A value the normalizer does not index (a blank email) matches no row, as SQL NULL would."""
+    with Session(db) as session:
+        session.add_all([_customer(1, email="  "), _customer(2, email="ada@example.com")])
+        session.commit()
+        assert [] == _ids(session, Customer.email == "  ")
+        assert [2] == _ids(session, Customer.email != "")
+        assert [] == _ids(session, Customer.email.in_([]))
+        assert [2] == _ids(session, Customer.email.in_([None, "ada@example.com"]))
+        assert [1, 2] == _ids(session, Customer.email.is_not(None))
+
+
+def test_null_tests_use_the_encrypted_column(db: Engine) -> None:
+    """== None, is_(None) and is_not(None) test the stored value, indexed or not."""
+    with Session(db) as session:
+        session.add_all([_customer(1, email="a@example.com", notes="n"), _customer(2)])
+        session.commit()
+        assert [2] == _ids(session, Customer.email == None)  # noqa: E711
+        assert [1] == _ids(session, Customer.email != None)  # noqa: E711
+        assert [2] == _ids(session, Customer.notes.is_(None))
+        assert [1] == _ids(session, Customer.phone.is_(None) & Customer.notes.is_not(None))
+
+
+def test_selecting_the_hybrid_returns_plaintext(db: Engine) -> None:
+    """select(Customer.email) decrypts in SQLAlchemy's result processing, for both styles."""
+    with Session(db) as session:
+        session.add(_customer(1, email="ada@example.com", phone="+15550100000"))
+        session.commit()
+        assert ("ada@example.com", "+15550100000") == tuple(
+            session.execute(select(Customer.email, Customer.phone)).one()
+        )
+
+
+BULK_PLAINTEXT_KEYS = pytest.mark.skipif(
+    not hasattr(hybrid_property, "bulk_dml"),
+    reason="SQLAlchemy 2.0 ignores hybrid keys in ORM bulk INSERT; encrypted_values() covers it",
+)
+
+
+@BULK_PLAINTEXT_KEYS
+def test_bulk_insert_with_plaintext_keys(db: Engine) -> None:
+    """ORM bulk insert() with the plaintext keys encrypts and indexes the values."""
+    with Session(db) as session:
+        session.execute(
+            insert(Customer),
+            [{"id": 1, "station_id": 1, "email": "bulk@example.com", "phone": "+1 555 0100000"}],
+        )
+        session.commit()
+        assert [1] == _ids(session, Customer.email == "BULK@example.com")
+        assert [1] == _ids(session, Customer.phone == "+15550100000")
+    with db.connect() as conn:
+        stored = conn.execute(text("SELECT email_encrypted, phone_encrypted FROM fc_hyb_customers"))
+        assert all(inspect_token(v).kind == "fc1" for v in stored.one())
+
+
+def test_update_statement_keeps_the_index(db: Engine) -> None:
+    """ORM update() with the plaintext attribute encrypts the value and rewrites its index."""
+    with Session(db) as session:
+        session.add(_customer(1, email="old@example.com"))
+        session.commit()
+        session.execute(
+            update(Customer).where(Customer.id == 1).values({Customer.notes: "updated"})
+        )
+        session.execute(update(Customer).values(email="moved@example.com"))
+        session.commit()
+        assert [1] == _ids(session, Customer.email == "moved@example.com")
+        assert [] == _ids(session, Customer.email == "old@example.com")
+        assert "updated" == session.get_one(Customer, 1).notes
+    with db.connect() as conn:
+        stored = conn.execute(text("SELECT email_encrypted, notes_encrypted FROM fc_hyb_customers"))
+        assert all(inspect_token(v).kind == "fc1" for v in stored.one())
+
+
+def test_encrypted_values_prepare_bulk_inserts(db: Engine) -> None:
+    """encrypted_values() maps plaintext keys to stored attributes, for any bulk insert."""
+    rows = [
+        encrypted_values(Customer, id=i, station_id=1, email=f"u{i}@example.com", phone=None)
+        for i in (1, 2)
+    ]
+    assert {"id", "station_id", "email_encrypted", "email_bidx", "_phone", "phone_bidx"} == set(
+        rows[0]
+    )
+    with Session(db) as session:
+        session.execute(insert(Customer), rows)
+        session.commit()
+        assert [2] == _ids(session, Customer.email == "U2@example.com")
+        assert "u1@example.com" == session.get_one(Customer, 1).email
+
+
+def test_lookups_work_through_aliases(db: Engine) -> None:
+    """aliased(Customer).email == x compares the alias's own index column."""
+    with Session(db) as session:
+        session.add_all([_customer(1, email="a@example.com"), _customer(2, email="b@example.com")])
+        session.commit()
+        other = aliased(Customer)
+        pairs = session.execute(
+            select(Customer.id, other.id)
+            .join(other, other.station_id == Customer.station_id)
+            .where(Customer.email == "A@example.com", other.email == "B@example.com")
+        ).all()
+    assert [(1, 2)] == [tuple(p) for p in pairs]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=st.text(min_size=1), data=st.data())
+def test_lookup_finds_the_row_for_any_equivalent_text(
+    db: Engine, value: str, data: st.DataObject
+) -> None:
+    """For any text, an equivalent form finds the row, and another column's index never matches."""
+    variant = data.draw(
+        st.tuples(st.sampled_from(["", " ", "\n"]), st.sampled_from([str.upper, str.lower]))
+        .map(lambda p: p[0] + p[1](value) + p[0])
+        .filter(lambda v: normalize_email(v) == normalize_email(value))
+    )
+    with Session(db) as session:
+        session.execute(Customer.__table__.delete())
+        session.add_all(
+            [_customer(1, email=value, alt_email=value), _customer(2, email=value + "x")]
+        )
+        session.commit()
+        indexed = normalize_email(value) is not None
+        expected = [1] if indexed else []
+        assert expected == _ids(session, Customer.email == variant)
+        assert expected == _ids(session, Customer.alt_email == variant)
+        stored = session.get_one(Customer, 1)
+        assert (stored.email_bidx is None) == (not indexed)
+        if indexed:
+            assert stored.email_bidx != stored.alt_email_bidx
+            assert [] == _ids(session, Customer.email_bidx == stored.alt_email_bidx)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    plus=st.booleans(),
+    digits=st.lists(st.text("0123456789", min_size=1, max_size=4), min_size=1, max_size=5),
+    separators=st.lists(st.sampled_from(["", " ", "-", ".", "(", ") "]), min_size=5, max_size=5),
+)
+def test_lookup_finds_any_formatting_of_a_phone_number(
+    db: Engine, plus: bool, digits: list[str], separators: list[str]
+) -> None:
+    """Digits grouped and punctuated in any way find the number stored in compact form."""
+    compact = ("+" if plus else "") + "".join(digits)
+    formatted = ("+" if plus else "") + "".join(
+        group + separators[i] for i, group in enumerate(digits)
+    )
+    with Session(db) as session:
+        session.execute(Customer.__table__.delete())
+        session.add(_customer(1, phone=compact))
+        session.commit()
+        assert [1] == _ids(session, Customer.phone == formatted)
+
+
+def test_rotating_index_keys_matches_old_and_new_values(db: Engine) -> None:
+    """With a new key first, writes use it and lookups still find rows under the old key."""
+    old = sa_fieldcrypt.current_blind_index_keys()
+    with Session(db) as session:
+        session.add(_customer(1, email="old@example.com"))
+        session.commit()
+        sa_fieldcrypt.configure_blind_index(
+            keys=BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *old])
+        )
+        session.add(_customer(2, email="new@example.com"))
+        session.commit()
+        assert [1] == _ids(session, Customer.email == "OLD@example.com")
+        assert [2] == _ids(session, Customer.email == "NEW@example.com")
+        assert [1, 2] == _ids(session, Customer.email.in_(["old@example.com", "new@example.com"]))
+        assert "b2" == (session.get_one(Customer, 2).email_bidx or "").partition(":")[0]
+
+
+# -- compiled SQL --------------------------------------------------------------------------
+
+
+def test_equality_compiles_to_the_index_column(keyring: Keyring, index_keys: Any) -> None:
+    """Customer.email == "A@B.com " is email_bidx = <the index of a@b.com>, nothing else."""
+    compiled = select(Customer.id).where(Customer.email == "A@B.com ").compile()
+    assert "WHERE fc_hyb_customers.email_bidx = :email_bidx_1" == str(compiled).splitlines()[-1]
+    expected = _customer(1, email="a@b.com").email_bidx
+    assert [expected] == list(compiled.params.values())
+
+
+def test_two_active_keys_compile_to_in(keyring: Keyring, index_keys: BlindIndexKeyring) -> None:
+    """With two active index keys, == becomes IN over the value's index under each key."""
+    sa_fieldcrypt.configure_blind_index(
+        keys=BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *index_keys])
+    )
+    compiled = (
+        select(Customer.id)
+        .where(Customer.email.in_(["a@b.com", "c@d.com"]))
+        .compile(dialect=postgresql.dialect(), compile_kwargs={"render_postcompile": True})
+    )
+    where = str(compiled).splitlines()[-1]
+    assert where.startswith("WHERE fc_hyb_customers.email_bidx IN (")
+    params = list(compiled.params.values())
+    assert 4 == len(params)
+    assert ["b2", "b2", "b1", "b1"] == sorted((p.partition(":")[0] for p in params), reverse=True)
+
+
+def test_null_comparison_compiles_to_is_null_on_the_value() -> None:
+    """== None compiles to IS NULL on the encrypted column and needs no key."""
+    compiled = str(select(Customer.id).where(Customer.email == None)).splitlines()[-1]  # noqa: E711
+    assert "WHERE fc_hyb_customers.email_encrypted IS NULL" == compiled
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: Customer.email.like("a%"), "only ==, !=, in_\\(\\) and not_in\\(\\)"),
+        (lambda: Customer.email.contains("@"), "no ordering, pattern matching"),
+        (lambda: Customer.email < "m", "cannot apply lt"),
+        (lambda: Customer.email.desc(), "cannot apply desc_op"),
+        (lambda: Customer.phone.between("1", "2"), "phone_bidx"),
+        (lambda: Customer.email + "x", "cannot apply add"),
+        (lambda: Customer.email == Customer.notes_encrypted, "needs a plaintext Python value"),
+        (lambda: Customer.email.in_(select(Customer.email_bidx)), "needs a list"),
+        (lambda: Customer.notes.like("x"), "only is_\\(None\\) and is_not\\(None\\) work"),
+    ],
+)
+def test_other_operators_refuse_and_say_why(make: Any, expected: str) -> None:
+    """Operators a blind index cannot answer raise UnsupportedComparisonError explaining why."""
+    with pytest.raises(UnsupportedComparisonError, match=expected) as info:
+        make()
+    assert str(info.value).startswith("Customer.")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: Customer.notes == "x", lambda: Customer.notes.in_(["x"])],
+)
+def test_comparison_without_index_names_the_missing_index(make: Any) -> None:
+    """== or in_() on a hybrid without blind index says which index column to add."""
+    with pytest.raises(
+        UnsupportedComparisonError, match=r"Customer\.notes has no blind index"
+    ) as i:
+        make()
+    assert "notes_bidx" in str(i.value)
+
+
+def test_lookup_without_index_key_fails_naming_the_variable(
+    keyring: Keyring, no_default_keys: None
+) -> None:
+    """Building a lookup with no index key configured says which variable to set."""
+    with pytest.raises(ConfigurationError, match="FIELDCRYPT_BLIND_INDEX_KEYS"):
+        _ = Customer.email == "a@b.com"
+
+
+# -- declaration errors ----------------------------------------------------------------------
+
+
+def _declare(**attributes: Any) -> None:
+    class Local(DeclarativeBase):
+        pass
+
+    namespace: dict[str, Any] = {
+        "__tablename__": "things",
+        "id": mapped_column(Integer, primary_key=True),
+        "__annotations__": {},
+        **attributes,
+    }
+    type("Thing", (Local,), namespace)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [
+        ({"email": encrypted_hybrid("email_encrypted")}, "no mapped column attribute"),
+        (
+            {
+                "email_encrypted": mapped_column(Text),
+                "email": encrypted_hybrid("email_encrypted", blind_index="email_bidx"),
+            },
+            "'email_bidx' \\(the blind-index column\\)",
+        ),
+        (
+            {
+                "email_encrypted": mapped_column(Text),
+                "email_bidx": mapped_column(String(64)),
+                "email": encrypted_hybrid("email_encrypted", blind_index="email_bidx"),
+            },
+            "String\\(97\\)",
+        ),
+        (
+            {
+                "_email": mapped_column(EncryptedText()),
+                "email": encrypted_hybrid("_email", column_type=EncryptedText()),
+            },
+            "drop column_type=",
+        ),
+        (
+            {"n": mapped_column(Integer), "number": encrypted_hybrid("n")},
+            "must be a string column holding ciphertext",
+        ),
+        (
+            {
+                "a": mapped_column(Text),
+                "b": mapped_column(Text),
+                "bidx": mapped_column(String(BLIND_INDEX_LENGTH)),
+                "x": encrypted_hybrid("a", blind_index="bidx"),
+                "y": encrypted_hybrid("b", blind_index="bidx"),
+            },
+            "already the blind index of 'a'",
+        ),
+    ],
+    ids=["no-source", "no-index", "short-index", "double-type", "not-text", "shared-index"],
+)
+def test_misdeclarations_fail_when_the_class_is_mapped(
+    attributes: dict[str, Any], expected: str
+) -> None:
+    """A hybrid over missing or unsuitable columns fails at class definition, naming them."""
+    with pytest.raises(ConfigurationError, match=expected):
+        _declare(**attributes)
+
+
+def test_hybrid_cannot_be_extended_in_place() -> None:
+    """.setter() and friends refuse instead of silently dropping the encryption."""
+    with pytest.raises(ConfigurationError, match="cannot be extended"):
+        Customer.__dict__["email"].setter(lambda self, value: None)
+
+
+def test_mixin_tables_get_unrelated_index_values(
+    keyring: Keyring, index_keys: BlindIndexKeyring
+) -> None:
+    """A hybrid declared once on a mixin indexes each table with its own derived key."""
+
+    class Local(DeclarativeBase):
+        pass
+
+    class Contact:
+        email_encrypted: Mapped[str | None] = mapped_column(Text)
+        email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        email = encrypted_hybrid("email_encrypted", blind_index="email_bidx")
+
+    class Lead(Contact, Local):
+        __tablename__ = "leads"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Vendor(Contact, Local):
+        __tablename__ = "vendors"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    lead, vendor = Lead(email="a@b.c"), Vendor(email="a@b.c")
+    assert ("a@b.c", "a@b.c") == (lead.email, vendor.email)
+    assert lead.email_bidx != vendor.email_bidx
+    lead_type = Lead.__table__.c.email_encrypted.info[INFO_TYPE]
+    assert lead_type is not Vendor.__table__.c.email_encrypted.info[INFO_TYPE]
+
+
+def test_per_column_keyring_through_column_type(
+    keyring: Keyring, index_keys: BlindIndexKeyring
+) -> None:
+    """column_type=EncryptedText(keyring=...) encrypts that column with its own keys."""
+    own = Keyring({"own": generate_key()})
+
+    class Local(DeclarativeBase):
+        pass
+
+    class Thing(Local):
+        __tablename__ = "things"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        secret_encrypted: Mapped[str | None] = mapped_column(Text)
+        secret = encrypted_hybrid("secret_encrypted", column_type=EncryptedText(keyring=own))
+
+    thing = Thing(secret="mine")
+    assert "own" == inspect_token(thing.secret_encrypted or "").key_id
+    assert "mine" == thing.secret

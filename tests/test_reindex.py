@@ -1,0 +1,442 @@
+"""Reindexing: blind-index columns recomputed in resumable, compare-and-swap batches."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    Engine,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import sa_fieldcrypt
+from sa_fieldcrypt import (
+    BLIND_INDEX_LENGTH,
+    BlindIndex,
+    BlindIndexKey,
+    BlindIndexKeyring,
+    ConfigurationError,
+    EncryptedText,
+    Keyring,
+    RotationError,
+    encrypt,
+    encrypted_hybrid,
+    generate_blind_index_key,
+    normalize_email,
+    normalize_phone,
+)
+from sa_fieldcrypt.reindex import (
+    BatchReport,
+    blind_index_columns,
+    blind_index_status,
+    load_metadata,
+    reindex,
+)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    __tablename__ = "fc_rx_customers"
+    __table_args__ = (UniqueConstraint("station_id", "email_bidx", name="uq_fc_rx_email"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    station_id: Mapped[int] = mapped_column(Integer, default=1)
+    email_encrypted: Mapped[str | None] = mapped_column(Text)
+    email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email = encrypted_hybrid(
+        "email_encrypted", blind_index=BlindIndex("email_bidx", normalizer=normalize_email)
+    )
+    _phone: Mapped[str | None] = mapped_column("phone_encrypted", EncryptedText())
+    phone_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone = encrypted_hybrid(
+        "_phone", blind_index=BlindIndex("phone_bidx", normalizer=normalize_phone)
+    )
+
+
+class Member(Base):
+    """Composite primary key with a UUID part, to page through keyset tuples."""
+
+    __tablename__ = "fc_rx_members"
+
+    tenant: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    email_encrypted: Mapped[str | None] = mapped_column(Text)
+    email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email = encrypted_hybrid("email_encrypted", blind_index="email_bidx")
+
+
+class Interrupted(Exception):
+    """Stands for the process being stopped between two batches."""
+
+
+@pytest.fixture
+def db(engine: Engine, keyring: Keyring, index_keys: BlindIndexKeyring) -> Iterator[Engine]:
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    yield engine
+    Base.metadata.drop_all(engine)
+
+
+def _rotate(old: BlindIndexKeyring) -> BlindIndexKeyring:
+    """Install a new writing key in front of ``old`` and return the new keyring."""
+    keys = BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *old])
+    sa_fieldcrypt.configure_blind_index(keys=keys)
+    return keys
+
+
+def _retire(keys: BlindIndexKeyring) -> None:
+    sa_fieldcrypt.configure_blind_index(keys=BlindIndexKeyring([keys.newest]))
+
+
+def _add_customers(engine: Engine, count: int, start: int = 1) -> None:
+    with Session(engine) as session:
+        session.add_all(
+            Customer(id=i, email=f"user{i}@example.com", phone=f"+1 555 010 {i:04d}")
+            for i in range(start, start + count)
+        )
+        session.commit()
+
+
+def _key_ids(engine: Engine, column: str) -> list[str | None]:
+    with engine.connect() as conn:
+        table = Customer.__table__
+        values = conn.execute(select(table.c[column]).order_by(table.c.id))
+        return [None if v is None else v.partition(":")[0] for v in values.scalars()]
+
+
+def _found(engine: Engine, count: int) -> int:
+    with Session(engine) as session:
+        return sum(
+            len(
+                session.scalars(
+                    select(Customer.id).where(Customer.email == f"USER{i}@example.com")
+                ).all()
+            )
+            for i in range(1, count + 1)
+        )
+
+
+def test_rotation_moves_every_row_to_the_new_key(db: Engine, index_keys: BlindIndexKeyring) -> None:
+    """After reindex under a new key, the old key can retire and every lookup still finds it."""
+    _add_customers(db, 7)
+    keys = _rotate(index_keys)
+    report = reindex(db, Base.metadata, batch_size=3)
+    assert (7, 7, 0) == (report.scanned, report.updated, report.skipped)
+    assert ["b2"] * 7 == _key_ids(db, "email_bidx")
+    assert ["b2"] * 7 == _key_ids(db, "phone_bidx")
+    assert [0, 0] == [
+        s.stale for s in blind_index_status(db, Base.metadata, tables=["fc_rx_customers"])
+    ]
+    _retire(keys)
+    assert 7 == _found(db, 7)
+    with Session(db) as session:
+        assert [3] == session.scalars(
+            select(Customer.id).where(Customer.phone == "+15550100003")
+        ).all()
+
+
+def test_rerun_rewrites_nothing(db: Engine, index_keys: BlindIndexKeyring) -> None:
+    """A second run finds every index right and writes no row (reruns are always safe)."""
+    _add_customers(db, 4)
+    _rotate(index_keys)
+    reindex(db, Base.metadata)
+    statements: list[str] = []
+    event.listen(db, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    report = reindex(db, Base.metadata)
+    assert (4, 0) == (report.scanned, report.updated)
+    assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
+
+
+def test_batches_commit_one_by_one_in_key_order(db: Engine, index_keys: BlindIndexKeyring) -> None:
+    """Each batch reports after committing; batches follow the primary key without overlap."""
+    _add_customers(db, 10)
+    _rotate(index_keys)
+    seen: list[BatchReport] = []
+
+    def check(batch: BatchReport) -> None:
+        seen.append(batch)
+        # Committed already: a separate connection sees the batch's rows under the new key.
+        assert ["b2"] * batch.last_key[0] == _key_ids(db, "email_bidx")[: batch.last_key[0]]
+
+    reindex(db, Base.metadata, tables=["fc_rx_customers"], batch_size=4, on_batch=check)
+    assert [(4, (4,)), (4, (8,)), (2, (10,))] == [(b.scanned, b.last_key) for b in seen]
+
+
+def test_interrupted_run_resumes_from_its_state_file(
+    db: Engine, index_keys: BlindIndexKeyring, tmp_path: Path
+) -> None:
+    """A run stopped after two batches resumes after the last committed row with the same state."""
+    state = tmp_path / "reindex.json"
+    _add_customers(db, 9)
+    _rotate(index_keys)
+    batches: list[BatchReport] = []
+
+    def stop_after_two(batch: BatchReport) -> None:
+        batches.append(batch)
+        if len(batches) == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        reindex(
+            db,
+            Base.metadata,
+            tables=["fc_rx_customers"],
+            batch_size=3,
+            state=state,
+            on_batch=stop_after_two,
+        )
+    assert ["b2"] * 6 + ["b1"] * 3 == _key_ids(db, "email_bidx")
+    report = reindex(db, Base.metadata, tables=["fc_rx_customers"], batch_size=3, state=state)
+    assert {"fc_rx_customers": (6,)} == report.resumed
+    assert 3 == report.scanned
+    assert ["b2"] * 9 == _key_ids(db, "email_bidx")
+    done = reindex(db, Base.metadata, tables=["fc_rx_customers"], state=state)
+    assert 0 == done.scanned  # finished tables are not read again
+
+
+def test_state_of_another_rotation_is_ignored(
+    db: Engine, index_keys: BlindIndexKeyring, tmp_path: Path
+) -> None:
+    """A state file written for an earlier writing key does not skip rows of a new rotation."""
+    state = tmp_path / "reindex.json"
+    _add_customers(db, 3)
+    keys = _rotate(index_keys)
+    reindex(db, Base.metadata, state=state)
+    sa_fieldcrypt.configure_blind_index(
+        keys=BlindIndexKeyring([BlindIndexKey("b3", generate_blind_index_key()), *keys])
+    )
+    report = reindex(db, Base.metadata, state=state)
+    assert (3, 3) == (report.scanned, report.updated)
+    assert ["b3"] * 3 == _key_ids(db, "email_bidx")
+
+
+def test_composite_uuid_keys_page_and_resume(
+    db: Engine, index_keys: BlindIndexKeyring, tmp_path: Path
+) -> None:
+    """Composite primary keys with UUIDs page correctly and survive the state file."""
+    with Session(db) as session:
+        session.add_all(
+            Member(tenant=t, id=uuid.uuid4(), email=f"m{t}{i}@example.com")
+            for t in (1, 2)
+            for i in range(4)
+        )
+        session.commit()
+    keys = _rotate(index_keys)
+    state = tmp_path / "reindex.json"
+    calls = 0
+
+    def stop_once(batch: BatchReport) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        reindex(
+            db,
+            Base.metadata,
+            tables=["fc_rx_members"],
+            batch_size=3,
+            state=state,
+            on_batch=stop_once,
+        )
+    saved = json.loads(state.read_text())["tables"]["fc_rx_members"]["after"]
+    assert isinstance(uuid.UUID(saved[1]), uuid.UUID)
+    report = reindex(db, Base.metadata, tables=["fc_rx_members"], batch_size=3, state=state)
+    assert 2 == report.scanned
+    _retire(keys)
+    with Session(db) as session:
+        matches = session.scalars(
+            select(Member.tenant).where(Member.email.in_(["m13@example.com", "m20@example.com"]))
+        )
+        assert [1, 2] == sorted(matches)
+
+
+def test_concurrent_change_is_not_overwritten(db: Engine, index_keys: BlindIndexKeyring) -> None:
+    """A row the application rewrites between read and write keeps the application's value."""
+    _add_customers(db, 3)
+    _rotate(index_keys)
+    done = False
+
+    def app_writes_meanwhile(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        nonlocal done
+        if done or not statement.lstrip().upper().startswith("UPDATE"):
+            return
+        done = True
+        with Session(db) as session:  # another connection: the live application
+            session.get_one(Customer, 1).email = "changed@example.com"
+            session.commit()
+
+    event.listen(db, "before_cursor_execute", app_writes_meanwhile)
+    report = reindex(db, Base.metadata, tables=["fc_rx_customers"])
+    event.remove(db, "before_cursor_execute", app_writes_meanwhile)
+    assert (3, 2, 1) == (report.scanned, report.updated, report.skipped)
+    with Session(db) as session:
+        assert "changed@example.com" == session.get_one(Customer, 1).email
+        assert [1] == session.scalars(
+            select(Customer.id).where(Customer.email == "CHANGED@example.com")
+        ).all()
+
+
+def test_drivers_without_batch_row_counts_write_row_by_row(
+    db: Engine, index_keys: BlindIndexKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where executemany row counts are unreliable, rows are written one by one, same result."""
+    monkeypatch.setattr(db.dialect, "supports_sane_multi_rowcount", False)
+    _add_customers(db, 5)
+    keys = _rotate(index_keys)
+    report = reindex(db, Base.metadata, tables=["fc_rx_customers"], batch_size=2)
+    assert (5, 5, 0) == (report.scanned, report.updated, report.skipped)
+    _retire(keys)
+    assert 5 == _found(db, 5)
+
+
+def test_rows_written_without_the_hybrid_get_indexed(db: Engine, keyring: Keyring) -> None:
+    """Rows inserted with ciphertext but no index (raw SQL, an old app) are indexed by reindex."""
+    with db.begin() as conn:
+        conn.execute(
+            insert(Customer.__table__),
+            [{"id": 1, "station_id": 1, "email_encrypted": encrypt(keyring, b"Raw@Example.com")}],
+        )
+    assert 1 == blind_index_status(db, Base.metadata, tables=["fc_rx_customers"])[0].no_index
+    report = reindex(db, Base.metadata)
+    assert 1 == report.updated
+    with Session(db) as session:
+        assert [1] == session.scalars(
+            select(Customer.id).where(Customer.email == "raw@example.com")
+        ).all()
+
+
+def test_undecryptable_row_stops_the_run_keeping_earlier_batches(
+    db: Engine, index_keys: BlindIndexKeyring
+) -> None:
+    """A value that does not decrypt raises RotationError naming the row; prior batches stay."""
+    _add_customers(db, 6)
+    with db.begin() as conn:
+        token = conn.execute(
+            text("SELECT email_encrypted FROM fc_rx_customers WHERE id = 5")
+        ).scalar_one()
+        conn.execute(
+            update(Customer.__table__)
+            .where(Customer.__table__.c.id == 5)
+            .values(email_encrypted=token[:-6] + "AAAAAA")
+        )
+    _rotate(index_keys)
+    with pytest.raises(
+        RotationError, match="fc_rx_customers row id=5: cannot recompute email_bidx"
+    ) as info:
+        reindex(db, Base.metadata, tables=["fc_rx_customers"], batch_size=3)
+    message = str(info.value)
+    assert "user5" not in message
+    assert token[-20:] not in message
+    assert ["b2"] * 3 + ["b1"] * 3 == _key_ids(db, "email_bidx")
+
+
+def test_duplicate_written_during_rotation_is_reported_with_both_rows(
+    db: Engine, index_keys: BlindIndexKeyring
+) -> None:
+    """Two rows with one email, under different keys, stop the run naming both primary keys."""
+    with Session(db) as session:
+        session.add(Customer(id=1, station_id=7, email="twin@example.com"))
+        session.commit()
+        _rotate(index_keys)
+        # The unique index compares index values, so while two keys write or linger it
+        # cannot see that these are the same email: this is the rotation window.
+        session.add(Customer(id=2, station_id=7, email="TWIN@example.com"))
+        session.commit()
+    with pytest.raises(RotationError, match="row id=1: its new index value collides") as info:
+        reindex(db, Base.metadata, tables=["fc_rx_customers"])
+    assert "id=2" in str(info.value)
+    assert "twin" not in str(info.value)
+    assert ["b1", "b2"] == _key_ids(db, "email_bidx")
+
+
+def test_status_counts_rows_per_key(db: Engine, index_keys: BlindIndexKeyring) -> None:
+    """blind_index_status counts rows per active key, under retired keys, and without index."""
+    _add_customers(db, 2)
+    keys = _rotate(index_keys)
+    _add_customers(db, 1, start=3)
+    with Session(db) as session:
+        session.add(Customer(id=4, email="  "))  # not indexed: blank
+        session.commit()
+    (email, _phone) = blind_index_status(db, Base.metadata, tables=["fc_rx_customers"])
+    assert ("fc_rx_customers.email_bidx", {"b2": 1, "b1": 2}, 0, 1, 2) == (
+        email.label,
+        email.by_key,
+        email.other_keys,
+        email.no_index,
+        email.stale,
+    )
+    _retire(keys)
+    (email, _phone) = blind_index_status(db, Base.metadata, tables=["fc_rx_customers"])
+    assert ({"b2": 1}, 2, 2) == (email.by_key, email.other_keys, email.stale)
+
+
+def test_finds_index_columns_of_both_model_styles() -> None:
+    """Both the Text-with-hybrid and the EncryptedText style are found, with their decryptors."""
+    found = {
+        c.label: (c.source.name, type(c.encrypted_type).__name__)
+        for c in blind_index_columns(Base.metadata)
+    }
+    assert {
+        "fc_rx_customers.email_bidx": ("email_encrypted", "EncryptedText"),
+        "fc_rx_customers.phone_bidx": ("phone_encrypted", "EncryptedText"),
+        "fc_rx_members.email_bidx": ("email_encrypted", "EncryptedText"),
+    } == found
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [({"batch_size": 0}, "batch_size"), ({"tables": ["nope"]}, "no blind-index columns in table")],
+)
+def test_bad_arguments_are_configuration_errors(
+    db: Engine, kwargs: dict[str, Any], expected: str
+) -> None:
+    """A batch size below one or a table without blind index is refused before any work."""
+    with pytest.raises(ConfigurationError, match=expected):
+        reindex(db, Base.metadata, **kwargs)
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_load_metadata_by_attribute_or_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """module:Base and a bare module both give the models' one MetaData."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    (by_attribute,) = load_metadata("booking.models:Base")
+    (by_module,) = load_metadata("booking.models")
+    assert by_attribute is by_module
+    assert "core.customers" in by_module.tables
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("booking.models:Nope", "has no attribute 'Nope'"),
+        ("json", "no SQLAlchemy MetaData found in 'json'"),
+        ("no_such_module_here", "cannot import models module"),
+    ],
+)
+def test_load_metadata_errors(monkeypatch: pytest.MonkeyPatch, spec: str, expected: str) -> None:
+    """A missing module, attribute or MetaData is a ConfigurationError saying which."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    with pytest.raises(ConfigurationError, match=expected):
+        load_metadata(spec)
