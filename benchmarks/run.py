@@ -523,7 +523,7 @@ def bench_sqlite(report: Report, rows: int, repeats: int) -> None:
     figures (insert about 9x, load about 4x plain Text) were taken.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        engine = create_engine(f"sqlite:///{tmp}/bench.sqlite3")
+        engine = create_engine(f"sqlite:///{tmp}/bench.sqlite3", hide_parameters=True)
         try:
             summary = bench_bulk(report, "SQLite", engine, "orm", rows, repeats)
             bench_bulk(report, "SQLite", engine, "core", rows, repeats)
@@ -539,7 +539,7 @@ def bench_sqlite(report: Report, rows: int, repeats: int) -> None:
 
 def bench_postgres(report: Report, url: str, rows: int, repeats: int) -> None:
     """Bulk benchmark on PostgreSQL, skipped with a note when the server is unreachable."""
-    engine = create_engine(url, connect_args={"connect_timeout": 5})
+    engine = create_engine(url, connect_args={"connect_timeout": 5}, hide_parameters=True)
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))

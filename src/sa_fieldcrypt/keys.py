@@ -129,8 +129,9 @@ def _parse_secret(secret: object, kind: str | None) -> tuple[KeyKind, bytes]:
     elif kind not in KEY_KINDS:
         raise ConfigurationError(f"kind must be one of {', '.join(KEY_KINDS)}")
     try:
-        raw = _urlsafe_b64decode(secret.strip())
-    except ValueError:
+        # Lenient, as cryptography's Fernet() is, so every key it accepts is accepted here.
+        raw = base64.urlsafe_b64decode(secret.strip())
+    except ValueError:  # binascii.Error and non-ASCII text are both ValueErrors
         raw = b""
     if len(raw) != 32:
         raise ConfigurationError(_KEY_HELP[kind])
