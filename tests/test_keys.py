@@ -47,6 +47,8 @@ def test_primary_can_be_named() -> None:
         (lambda k: Keyring({"k1": k[:-4]}), "'k1'"),
         (lambda k: Keyring({"k1": "not base64 at all!"}), "'k1'"),
         (lambda k: Keyring({"k1": base64.urlsafe_b64encode(b"short").decode()}), "'k1'"),
+        (lambda k: Keyring({"k1": k + "x"}), "'k1'"),
+        (lambda k: Keyring({"k1": f"aes-gcm-siv:{k}x"}), "'k1'"),
     ],
     ids=[
         "empty",
@@ -57,6 +59,8 @@ def test_primary_can_be_named() -> None:
         "truncated",
         "garbage",
         "wrong-length",
+        "trailing-garbage",
+        "aead-trailing-garbage",
     ],
 )
 def test_bad_keyrings_name_the_problem_not_the_key(build: object, expected: str) -> None:

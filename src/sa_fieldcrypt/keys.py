@@ -128,12 +128,14 @@ def _parse_secret(secret: object, kind: str | None) -> tuple[KeyKind, bytes]:
         kind = "fernet"
     elif kind not in KEY_KINDS:
         raise ConfigurationError(f"kind must be one of {', '.join(KEY_KINDS)}")
+    secret = secret.strip()
     try:
-        # Lenient, as cryptography's Fernet() is, so every key it accepts is accepted here.
-        raw = base64.urlsafe_b64decode(secret.strip())
+        raw = base64.urlsafe_b64decode(secret)
     except ValueError:  # binascii.Error and non-ASCII text are both ValueErrors
         raw = b""
-    if len(raw) != 32:
+    # Only the canonical spelling is accepted: lenient base64 would take a key with a stray
+    # character appended (a copy-paste slip) for the key itself.
+    if len(raw) != 32 or base64.urlsafe_b64encode(raw).decode("ascii") != secret:
         raise ConfigurationError(_KEY_HELP[kind])
     return kind, raw  # type: ignore[return-value]  # kind is one of KEY_KINDS, checked above
 
