@@ -41,7 +41,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev
 	$(PIP) install --quiet -e '.[dev,bench]'
 	touch $@
 
-# Not part of `make test`: about ten minutes, and the figures are ratios, not pass/fail.
+# Not part of `make test`: several minutes, and the figures are ratios, not pass/fail.
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 

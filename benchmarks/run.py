@@ -130,13 +130,11 @@ class Report:
         return row
 
     def target(self, name: str, measured: float, limit: float, *, at_least: bool = False) -> None:
-        # Compared as printed, to two decimals: 1.104x meets "<= 1.10".
-        shown = round(measured, 2)
-        met = shown >= limit if at_least else shown <= limit
+        met = measured >= limit if at_least else measured <= limit
         self.targets.append(
             {
                 "target": name,
-                "measured": round(measured, 3),
+                "measured": round(measured, 4),
                 "limit": f"{'>=' if at_least else '<='} {limit:.2f}",
                 "met": met,
             }
@@ -179,7 +177,7 @@ class Report:
         width = max(len(t["target"]) for t in self.targets)
         for t in self.targets:
             verdict = "met" if t["met"] else "MISSED"
-            print(f"  {t['target']:<{width}}  {t['measured']:6.2f}x  ({t['limit']:<7})  {verdict}")
+            print(f"  {t['target']:<{width}}  {t['measured']:6.3f}x  ({t['limit']:<7})  {verdict}")
         for note in self.notes:
             print(f"  note: {note}")
         elapsed = (datetime.now(UTC) - self.started).total_seconds()
