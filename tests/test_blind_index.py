@@ -228,7 +228,7 @@ def test_fernet_keys_from_keygen_are_accepted() -> None:
     assert ("b1",) == BlindIndexKeyring.parse(f"b1:{generate_key()}").ids
 
 
-@given(ids=st.lists(key_ids, min_size=1, max_size=5, unique=True))
+@given(ids=st.lists(key_ids, min_size=1, max_size=5, unique_by=str.lower))
 def test_export_then_parse_round_trips(ids: list[str]) -> None:
     """parse(export()) keeps the ids, their order and the secrets, for any valid keyring."""
     ring = BlindIndexKeyring({kid: generate_blind_index_key() for kid in ids})
@@ -316,8 +316,20 @@ def test_single_key_setting_is_id_b0(
             {"FIELDCRYPT_BLIND_INDEX_KEY": "{k}", "FIELD_ENCRYPTION_KEY": "{k}"},
             "blind-index key 'b0' is also an encryption key",
         ),
+        (
+            {"FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}", "FIELDCRYPT_KEYS": "k1:aes-gcm-siv:{k}"},
+            "blind-index key 'b1' is also an encryption key",
+        ),
     ],
-    ids=["nothing", "empty", "malformed", "both", "reused-key", "reused-legacy-key"],
+    ids=[
+        "nothing",
+        "empty",
+        "malformed",
+        "both",
+        "reused-key",
+        "reused-legacy-key",
+        "reused-aead-key",
+    ],
 )
 def test_bad_settings_fail_clearly_at_first_use(
     no_default_keys: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str

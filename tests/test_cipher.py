@@ -1,14 +1,18 @@
-"""The token format: spec conformance, round trips, key-id lookup and legacy tokens."""
+"""The token format: spec vectors, round trips, key lookup, key kinds and context binding."""
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,7 +26,7 @@ from sa_fieldcrypt import (
     generate_key,
     inspect_token,
 )
-from sa_fieldcrypt.cipher import _encrypt_from_parts
+from sa_fieldcrypt.cipher import _encrypt_aead_from_parts, _encrypt_from_parts
 
 VECTORS = Path(__file__).parent / "vectors" / "fernet"
 # Cases of invalid.json that fail only because of a TTL and a clock; stored data has no TTL.
@@ -136,4 +140,223 @@ def test_non_tokens_raise_decryption_error(value: str) -> None:
 )
 def test_inspect_token(value: str, expected: TokenInfo) -> None:
     """inspect_token classifies values by header without decrypting."""
+    assert expected == inspect_token(value)
+
+
+# -- aes-gcm-siv keys ------------------------------------------------------------------------
+
+AEAD_VECTORS = Path(__file__).parent / "vectors" / "aes-gcm-siv" / "rfc8452-c2.json"
+CONTEXTS = st.text(min_size=1).filter(
+    lambda s: s.encode("utf-8", "ignore") == s.encode("utf-8", "surrogatepass")
+)
+kinds = st.sampled_from(["fernet", "aes-gcm-siv"])
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode()
+
+
+@pytest.mark.parametrize(
+    "case", json.loads(AEAD_VECTORS.read_text()), ids=lambda c: f"{c['plaintext']}/{c['aad']}"
+)
+def test_rfc8452_vectors(case: dict[str, str]) -> None:
+    """With the RFC's key and nonce, the payload is base64(nonce || RFC result), AAD = context."""
+    ring = Keyring({"spec": "aes-gcm-siv:" + _b64(bytes.fromhex(case["key"]))})
+    nonce, plaintext = bytes.fromhex(case["nonce"]), bytes.fromhex(case["plaintext"])
+    context = bytes.fromhex(case["aad"]).decode() or None
+    token = _encrypt_aead_from_parts(ring, plaintext, nonce, context=context)
+    header = "fc1:spec:c:" if context else "fc1:spec:"
+    assert header + _b64(nonce + bytes.fromhex(case["result"])) == token
+    assert plaintext == decrypt(ring, token, context=context)
+
+
+@given(data=st.binary(), context=st.none() | CONTEXTS)
+def test_aead_round_trip_any_bytes(data: bytes, context: str | None) -> None:
+    """decrypt(encrypt(x)) == x under an aes-gcm-siv key, bound to a context or not."""
+    ring = Keyring({"k3": generate_key(kind="aes-gcm-siv")})
+    token = encrypt(ring, data, context=context)
+    assert data == decrypt(ring, token, context=context)
+
+
+@given(data=st.binary(), context=CONTEXTS, kind=kinds)
+def test_bound_round_trip_any_context(data: bytes, context: str, kind: str) -> None:
+    """A token bound to any context decrypts with that context, for either key kind."""
+    ring = Keyring({"k1": generate_key(kind=kind)})  # type: ignore[arg-type]
+    token = encrypt(ring, data, context=context)
+    assert TokenInfo("fc1", "k1", bound=True) == inspect_token(token)
+    assert data == decrypt(ring, token, context=context)
+
+
+def test_aead_payload_layout_reads_without_the_library() -> None:
+    """The payload is url-safe base64 of nonce(12) || ciphertext || tag(16), AD = context."""
+    secret = generate_key(kind="aes-gcm-siv")
+    ring = Keyring({"k3": secret})
+    aead = AESGCMSIV(base64.urlsafe_b64decode(secret.partition(":")[2]))
+    for context in (None, "core.customers.email"):
+        token = encrypt(ring, b"ada@example.com", context=context)
+        raw = base64.urlsafe_b64decode(token.rpartition(":")[2])
+        assert 12 + len(b"ada@example.com") + 16 == len(raw)
+        associated = context.encode() if context else None
+        assert b"ada@example.com" == aead.decrypt(raw[:12], raw[12:], associated)
+
+
+def test_bound_fernet_token_uses_the_documented_hkdf_key() -> None:
+    """A bound Fernet token is a Fernet token under HKDF-SHA256(key, info=prefix + context)."""
+    secret = generate_key()
+    token = encrypt(Keyring({"k1": secret}), b"ada@example.com", context="core.customers.email")
+    derived = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"sa-fieldcrypt/fc1/fernet-context:core.customers.email",
+    ).derive(base64.urlsafe_b64decode(secret))
+    assert token.startswith("fc1:k1:c:gAAAAA")
+    payload = token.rpartition(":")[2]
+    assert b"ada@example.com" == Fernet(base64.urlsafe_b64encode(derived)).decrypt(payload)
+    with pytest.raises(InvalidToken):
+        Fernet(secret).decrypt(payload)
+
+
+@given(data=st.binary(max_size=64), position=st.integers(min_value=0), bit=st.integers(0, 7))
+def test_tampered_aead_tokens_raise_decryption_error(data: bytes, position: int, bit: int) -> None:
+    """Flipping any bit of an AEAD payload makes decryption fail with DecryptionError."""
+    ring = Keyring({"k3": generate_key(kind="aes-gcm-siv")})
+    token = encrypt(ring, data)
+    raw = bytearray(base64.urlsafe_b64decode(token[len("fc1:k3:") :]))
+    raw[position % len(raw)] ^= 1 << bit
+    with pytest.raises(DecryptionError) as info:
+        decrypt(ring, "fc1:k3:" + _b64(bytes(raw)))
+    assert "k3" == info.value.key_id
+
+
+@given(data=st.binary(max_size=64), cut=st.integers(min_value=0))
+def test_truncated_aead_tokens_raise_decryption_error(data: bytes, cut: int) -> None:
+    """An AEAD token cut short anywhere in its payload raises DecryptionError."""
+    ring = Keyring({"k3": generate_key(kind="aes-gcm-siv")})
+    token = encrypt(ring, data)
+    short = token[: len("fc1:k3:") + cut % (len(token) - len("fc1:k3:"))]
+    with pytest.raises(DecryptionError):
+        decrypt(ring, short)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "",
+        "AAAA",
+        base64.urlsafe_b64encode(bytes(27)).decode(),
+        base64.urlsafe_b64encode(bytes(40)).decode().rstrip("="),
+        base64.b64encode(b"\xfb\xff" * 20).decode(),
+        "ünïcode",
+        "!!!!" * 10,
+        "gAAAAABn" + "A" * 80,
+    ],
+    ids=[
+        "empty",
+        "short",
+        "27-bytes",
+        "no-padding",
+        "standard-alphabet",
+        "non-ascii",
+        "punct",
+        "a-fernet-token",
+    ],
+)
+def test_malformed_aead_tokens_raise_decryption_error(payload: str) -> None:
+    """Malformed AEAD payloads raise DecryptionError, never a foreign exception."""
+    ring = Keyring({"k3": generate_key(kind="aes-gcm-siv")})
+    for token in (f"fc1:k3:{payload}", f"fc1:k3:c:{payload}"):
+        with pytest.raises(DecryptionError) as info:
+            decrypt(ring, token, context="ctx" if ":c:" in token else None)
+        if payload:
+            assert payload not in str(info.value)
+
+
+@given(st.data())
+def test_mixed_keyring_reads_every_kind(data: st.DataObject) -> None:
+    """In a keyring that mixes kinds, a token under any of its keys decrypts: AEAD is a rotation."""
+    ring = Keyring(
+        {"k3": generate_key(kind="aes-gcm-siv"), "k2": generate_key(), "k1": generate_key()}
+    )
+    key_id = data.draw(st.sampled_from(ring.ids))
+    value = data.draw(st.binary())
+    token = encrypt(ring.with_primary(key_id), value)
+    assert key_id == inspect_token(token).key_id
+    assert value == decrypt(ring, token)
+
+
+def test_legacy_tokens_ignore_aead_keys() -> None:
+    """A bare Fernet token still decrypts when the primary key is an AEAD key."""
+    old = generate_key()
+    ring = Keyring({"k3": generate_key(kind="aes-gcm-siv"), "legacy": old})
+    assert b"old" == decrypt(ring, Fernet(old).encrypt(b"old").decode())
+
+
+# -- context binding -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fernet", "aes-gcm-siv"])
+def test_token_bound_to_one_context_fails_under_another(kind: str) -> None:
+    """A token copied to another context does not decrypt, with the uniform failure message."""
+    ring = Keyring({"k1": generate_key(kind=kind)})  # type: ignore[arg-type]
+    token = encrypt(ring, b"ada@example.com", context="core.customers.email")
+    with pytest.raises(DecryptionError) as info:
+        decrypt(ring, token, context="core.customers.notes")
+    assert "does not decrypt" in str(info.value)
+    assert "ada@example.com" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["fernet", "aes-gcm-siv"])
+def test_moving_the_flag_does_not_help(kind: str) -> None:
+    """Stripping the bound flag, or adding it to an unbound token, makes decryption fail."""
+    ring = Keyring({"k1": generate_key(kind=kind)})  # type: ignore[arg-type]
+    bound = encrypt(ring, b"x", context="a.b.c")
+    unbound = encrypt(ring, b"x")
+    stripped = bound.replace("fc1:k1:c:", "fc1:k1:", 1)
+    flagged = unbound.replace("fc1:k1:", "fc1:k1:c:", 1)
+    for token, context in ((stripped, None), (stripped, "a.b.c"), (flagged, "a.b.c")):
+        with pytest.raises(DecryptionError):
+            decrypt(ring, token, context=context)
+
+
+@pytest.mark.parametrize("kind", ["fernet", "aes-gcm-siv"])
+def test_unbound_tokens_read_in_a_bound_context_until_strict(kind: str) -> None:
+    """With a context, unbound and legacy tokens decrypt unless allow_unbound=False."""
+    secret = generate_key()
+    ring = Keyring({"k1": generate_key(kind=kind), "old": secret})  # type: ignore[arg-type]
+    unbound = encrypt(ring, b"before binding")
+    legacy = Fernet(secret).encrypt(b"legacy").decode()
+    assert b"before binding" == decrypt(ring, unbound, context="a.b.c")
+    assert b"legacy" == decrypt(ring, legacy, context="a.b.c")
+    for token in (unbound, legacy):
+        with pytest.raises(DecryptionError, match="allow_unbound=False"):
+            decrypt(ring, token, context="a.b.c", allow_unbound=False)
+
+
+def test_bound_token_read_without_context_says_so() -> None:
+    """A bound token read with no context fails with a message that says a context is needed."""
+    ring = Keyring({"k1": generate_key()})
+    token = encrypt(ring, b"x", context="a.b.c")
+    with pytest.raises(DecryptionError, match="bound to a context") as info:
+        decrypt(ring, token)
+    assert "k1" == info.value.key_id
+
+
+def test_bound_token_under_unknown_key_names_the_key() -> None:
+    """A bound token naming an absent key id raises UnknownKeyError with that id."""
+    token = encrypt(Keyring({"gone": generate_key()}), b"x", context="a.b.c")
+    with pytest.raises(UnknownKeyError, match="'gone'"):
+        decrypt(Keyring({"k1": generate_key()}), token, context="a.b.c")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("fc1:k9:c:AAAA", TokenInfo("fc1", "k9", bound=True)),
+        ("fc1:k9:cAAAA", TokenInfo("fc1", "k9")),
+        ("fc1:k9:AAAA", TokenInfo("fc1", "k9")),
+    ],
+)
+def test_inspect_token_reports_binding(value: str, expected: TokenInfo) -> None:
+    """inspect_token tells bound tokens by their flag field, without decrypting."""
     assert expected == inspect_token(value)

@@ -230,3 +230,27 @@ def test_reindex_rejects_a_malformed_schema_translation() -> None:
         cli, ["reindex", "m:Base", "--db", "sqlite://", "--schema-translate", "core"]
     )
     assert 2 == result.exit_code
+
+
+@pytest.mark.parametrize("kind", ["fernet", "aes-gcm-siv"])
+def test_keygen_kind_prints_an_entry_of_that_kind(kind: str) -> None:
+    """keygen --kind K --id k3 prints an entry that parses as a key of kind K."""
+    result = CliRunner().invoke(cli, ["keygen", "--kind", kind, "--id", "k3"])
+    assert 0 == result.exit_code
+    key = Keyring.parse(result.output.strip()).get("k3")
+    assert kind == key.kind
+    assert b"x" == key.decrypt(key.encrypt(b"x"))
+
+
+def test_keygen_aead_key_alone_carries_its_kind() -> None:
+    """keygen --kind aes-gcm-siv without --id prints 'aes-gcm-siv:<key>', usable as key text."""
+    result = CliRunner().invoke(cli, ["keygen", "--kind", "aes-gcm-siv"])
+    assert 0 == result.exit_code
+    assert result.output.startswith("aes-gcm-siv:")
+    assert "aes-gcm-siv" == Keyring({"k": result.output.strip()}).primary.kind
+
+
+def test_keygen_rejects_unknown_kinds() -> None:
+    """An unknown --kind is a usage error."""
+    result = CliRunner().invoke(cli, ["keygen", "--kind", "des"])
+    assert 2 == result.exit_code

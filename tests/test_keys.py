@@ -48,6 +48,7 @@ def test_primary_can_be_named() -> None:
         (lambda k: Keyring({"k1": "not base64 at all!"}), "'k1'"),
         (lambda k: Keyring({"k1": base64.urlsafe_b64encode(b"short").decode()}), "'k1'"),
         (lambda k: Keyring({"k1": k + "x"}), "'k1'"),
+        (lambda k: Keyring({"k1": f"aes-gcm-siv:{k}x"}), "'k1'"),
     ],
     ids=[
         "empty",
@@ -59,6 +60,7 @@ def test_primary_can_be_named() -> None:
         "garbage",
         "wrong-length",
         "trailing-garbage",
+        "aead-trailing-garbage",
     ],
 )
 def test_bad_keyrings_name_the_problem_not_the_key(build: object, expected: str) -> None:
@@ -157,3 +159,141 @@ def test_keys_survive_pickling() -> None:
     clone = pickle.loads(pickle.dumps(ring))
     token = ring.primary.encrypt(b"x")
     assert b"x" == clone.get("k1").decrypt(token)
+
+
+# -- key kinds -----------------------------------------------------------------------------
+
+kinds = st.sampled_from(["fernet", "aes-gcm-siv"])
+
+
+def test_generate_aead_key_says_its_kind() -> None:
+    """generate_key(kind='aes-gcm-siv') gives 'aes-gcm-siv:<32 random bytes>', new each call."""
+    text = generate_key(kind="aes-gcm-siv")
+    kind, _, encoded = text.partition(":")
+    assert "aes-gcm-siv" == kind
+    assert 32 == len(base64.urlsafe_b64decode(encoded))
+    assert text != generate_key(kind="aes-gcm-siv")
+    assert "aes-gcm-siv" == Key("k3", text).kind
+
+
+def test_generate_key_refuses_unknown_kinds() -> None:
+    """An unknown kind is a ConfigurationError listing the known ones."""
+    with pytest.raises(ConfigurationError, match="fernet, aes-gcm-siv"):
+        generate_key(kind="rot13")  # type: ignore[arg-type]
+
+
+def test_key_kind_comes_from_text_or_argument() -> None:
+    """A bare key is Fernet unless kind= says otherwise; a prefix names the kind itself."""
+    bare = base64.urlsafe_b64encode(bytes(range(32))).decode()
+    assert "fernet" == Key("a", bare).kind
+    assert "fernet" == Key("a", f"fernet:{bare}").kind
+    assert "aes-gcm-siv" == Key("a", bare, kind="aes-gcm-siv").kind
+    assert "aes-gcm-siv" == Key("a", f"aes-gcm-siv:{bare}".encode()).kind
+    with pytest.raises(ConfigurationError, match="says 'fernet' but kind='aes-gcm-siv'"):
+        Key("a", f"fernet:{bare}", kind="aes-gcm-siv")
+
+
+def test_export_keeps_the_kind_and_fernet_keys_stay_bare() -> None:
+    """An AEAD key exports with its kind prefix; a Fernet key exports as plain Fernet text."""
+    aead = generate_key(kind="aes-gcm-siv")
+    fernet = generate_key()
+    assert aead == Key("a", aead).export()
+    assert fernet == Key("f", fernet).export()
+
+
+def test_parse_reads_mixed_kinds() -> None:
+    """'id:key', 'id:fernet:key' and 'id:aes-gcm-siv:key' entries mix in one keyring."""
+    aead = generate_key(kind="aes-gcm-siv")
+    k2, k1 = generate_key(), generate_key()
+    ring = Keyring.parse(f"k3:{aead}, k2:{k2} ,k1:fernet:{k1}")
+    assert ("k3", "k2", "k1") == ring.ids
+    assert ["aes-gcm-siv", "fernet", "fernet"] == [k.kind for k in ring]
+    assert "k3" == ring.primary.id
+    assert k1 == ring.get("k1").export()
+
+
+@given(
+    entries=st.lists(st.tuples(key_ids, kinds), min_size=1, max_size=6, unique_by=lambda e: e[0])
+)
+def test_export_then_parse_round_trips_mixed_kinds(entries: list[tuple[str, str]]) -> None:
+    """parse(export()) keeps every id, kind and secret of a keyring that mixes kinds."""
+    ring = Keyring([Key(kid, generate_key(kind=kind)) for kid, kind in entries])  # type: ignore[arg-type]
+    again = Keyring.parse(ring.export())
+    for kid, kind in entries:
+        assert kind == again.get(kid).kind
+        assert ring.get(kid).export() == again.get(kid).export()
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("k3:aes-gcm-siv:" + base64.urlsafe_b64encode(b"x" * 16).decode(), "aes-gcm-siv key"),
+        ("k3:aes-gcm-siv:not base64!", "--kind aes-gcm-siv"),
+        ("k3:aes-gcm-siv:", "aes-gcm-siv key"),
+        ("k3:chacha:" + base64.urlsafe_b64encode(b"x" * 32).decode(), "kind is not known"),
+        ("k3:AES-GCM-SIV:" + base64.urlsafe_b64encode(b"x" * 32).decode(), "kind is not known"),
+        ("k3:fernet:" + base64.urlsafe_b64encode(b"x" * 31).decode(), "not a Fernet key"),
+    ],
+    ids=["aead-128-bit", "aead-garbage", "aead-empty", "unknown-kind", "kind-case", "fernet-short"],
+)
+def test_parse_errors_for_kinds_name_the_entry(entry: str, expected: str) -> None:
+    """A bad kind or a key of the wrong size names the entry and id, and what to do."""
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        Keyring.parse(f"k1:{generate_key()},{entry}", source="FIELDCRYPT_KEYS")
+    assert "FIELDCRYPT_KEYS: entry 2 (id 'k3')" in str(info.value)
+
+
+# Key-like text: with a digit, a capital and a small letter it cannot be a word of a message.
+secret_text = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=", min_size=8
+).filter(lambda s: any(c.isdigit() for c in s) and not s.isupper() and not s.islower())
+
+
+@given(kind=st.one_of(kinds, secret_text), secret=secret_text)
+def test_parse_errors_never_show_key_material(kind: str, secret: str) -> None:
+    """Whatever sits in the kind and key fields of an entry, an error never quotes it."""
+    try:
+        Keyring.parse(f"k1:{kind}:{secret}")
+    except ConfigurationError as exc:
+        message = str(exc)
+        assert secret not in message
+        assert kind in ("fernet", "aes-gcm-siv") or kind not in message
+
+
+def test_aead_keys_are_redacted_and_pickle() -> None:
+    """An AEAD key's secret is never in its repr, and it survives pickling with its kind."""
+    text = generate_key(kind="aes-gcm-siv")
+    key = Key("k3", text)
+    secret = text.partition(":")[2]
+    assert secret[:16] not in repr(key)
+    assert secret[:16] not in repr(Keyring([key]))
+    assert "kind='aes-gcm-siv'" in repr(key)
+    clone = pickle.loads(pickle.dumps(key))
+    assert "aes-gcm-siv" == clone.kind
+    assert b"x" == clone.decrypt(key.encrypt(b"x"))
+
+
+@pytest.mark.parametrize("kind", ["fernet", "aes-gcm-siv"])
+def test_context_codecs_are_built_once(kind: str) -> None:
+    """for_context() returns the same codec for the same context: derivation is not per value."""
+    key = Key("k1", generate_key(kind=kind))  # type: ignore[arg-type]
+    codec = key.for_context("core.customers.email")
+    assert codec is key.for_context("core.customers.email")
+    assert codec is not key.for_context("core.customers.phone")
+    assert "fc1:k1:c:" == codec.token_prefix
+
+
+def test_context_cache_stays_bounded() -> None:
+    """Many distinct contexts do not grow a key's cache without end, and all still work."""
+    key = Key("k1", generate_key())
+    codecs = [key.for_context(f"ctx{i}") for i in range(3000)]
+    assert len(key._contexts) <= 1024
+    token = codecs[0].encrypt(b"x")
+    assert b"x" == key.for_context("ctx0").decrypt(token)
+
+
+@pytest.mark.parametrize("context", ["", 5, "\udc80"])
+def test_bad_contexts_are_configuration_errors(context: object) -> None:
+    """An empty, non-str or non-UTF-8 context is refused."""
+    with pytest.raises(ConfigurationError, match="context"):
+        Key("k1", generate_key()).for_context(context)  # type: ignore[arg-type]

@@ -109,3 +109,37 @@ def test_settings_repr_hides_keys(no_default_keys: None, monkeypatch: pytest.Mon
     assert key not in repr(settings)
     assert key not in str(settings)
     assert isinstance(settings, FieldCryptSettings)
+
+
+def test_keys_variable_mixes_key_kinds(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_KEYS takes 'id:aes-gcm-siv:key' beside Fernet entries; the first encrypts."""
+    aead, fernet = generate_key(kind="aes-gcm-siv"), generate_key()
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"k3:{aead},k2:{fernet}")
+    ring = EnvKeyProvider().load()
+    assert [("k3", "aes-gcm-siv"), ("k2", "fernet")] == [(k.id, k.kind) for k in ring]
+    assert encrypt(ring, b"x").startswith("fc1:k3:")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"FIELDCRYPT_KEYS": "k3:aes-gcm-siv:{short}"}, "entry 1 \\(id 'k3'\\).*aes-gcm-siv"),
+        ({"FIELDCRYPT_KEYS": "k1:{k},k3:gcm:{k}"}, "entry 2 \\(id 'k3'\\).*kind is not known"),
+        ({"FIELD_ENCRYPTION_KEY": "aes-gcm-siv:{k}"}, "FIELD_ENCRYPTION_KEY is not a Fernet key"),
+    ],
+    ids=["aead-short", "unknown-kind", "aead-legacy"],
+)
+def test_bad_kind_settings_fail_without_showing_keys(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    """A bad key kind or AEAD key in the settings names the entry, never the key."""
+    key = generate_key()
+    short = key[:20]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(k=key, short=short))
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        sa_fieldcrypt.current_keyring()
+    assert key not in str(info.value)
+    assert short not in str(info.value)

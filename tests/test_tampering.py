@@ -16,14 +16,26 @@ from sqlalchemy.dialects import sqlite
 
 from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, decrypt, encrypt, generate_key
 
-RING = Keyring({"k2": generate_key(), "k1": generate_key()})
+RINGS = {
+    kind: Keyring({"k2": generate_key(kind), "k1": generate_key(kind)})
+    for kind in ("fernet", "aes-gcm-siv")
+}
+RING = RINGS["fernet"]
 PLAINTEXT = b"ada.lovelace@example.com"
-CASES = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+CASES = settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+# Every test below runs for each key kind, with and without a column context.
+each_key = pytest.mark.parametrize(
+    ("kind", "context"),
+    [(k, c) for k in RINGS for c in (None, "core.customers.email")],
+    ids=lambda v: str(v),
+)
 
 
-def _decrypts_to_original_or_fails(token: str, original: bytes = PLAINTEXT) -> None:
+def _decrypts_to_original_or_fails(
+    token: str, kind: str, context: str | None, original: bytes = PLAINTEXT
+) -> None:
     try:
-        result = decrypt(RING, token)
+        result = decrypt(RINGS[kind], token, context=context)
     except DecryptionError:
         return
     assert original == result
@@ -34,46 +46,69 @@ def _split(token: str) -> tuple[str, bytes]:
     return header + ":", base64.urlsafe_b64decode(payload)
 
 
+@each_key
 @CASES
 @given(plaintext=st.binary(max_size=64), data=st.data())
-def test_bit_flips_anywhere_in_the_payload(plaintext: bytes, data: st.DataObject) -> None:
+def test_bit_flips_anywhere_in_the_payload(
+    kind: str, context: str | None, plaintext: bytes, data: st.DataObject
+) -> None:
     """Flipping any bit of the decoded token is detected."""
-    header, raw = _split(encrypt(RING, plaintext))
+    header, raw = _split(encrypt(RINGS[kind], plaintext, context=context))
     position = data.draw(st.integers(0, len(raw) - 1))
     bit = data.draw(st.integers(0, 7))
     flipped = bytearray(raw)
     flipped[position] ^= 1 << bit
     mutated = header + base64.urlsafe_b64encode(bytes(flipped)).decode()
     with pytest.raises(DecryptionError):
-        decrypt(RING, mutated)
+        decrypt(RINGS[kind], mutated, context=context)
 
 
+@each_key
 @CASES
 @given(data=st.data())
-def test_truncation_and_extension(data: st.DataObject) -> None:
+def test_truncation_and_extension(kind: str, context: str | None, data: st.DataObject) -> None:
     """Cutting a token short or appending anything to it is detected."""
-    token = encrypt(RING, PLAINTEXT)
+    token = encrypt(RINGS[kind], PLAINTEXT, context=context)
     cut = data.draw(st.integers(0, len(token) - 1))
-    _decrypts_to_original_or_fails(token[:cut])
+    _decrypts_to_original_or_fails(token[:cut], kind, context)
     tail = data.draw(st.text(min_size=1, max_size=40))
-    _decrypts_to_original_or_fails(token + tail)
+    _decrypts_to_original_or_fails(token + tail, kind, context)
 
 
+@each_key
 @CASES
 @given(index=st.integers(0, 200), replacement=st.characters())
-def test_single_character_edits(index: int, replacement: str) -> None:
-    """Replacing any one character (header, key id or payload) is detected."""
-    token = encrypt(RING, PLAINTEXT)
+def test_single_character_edits(
+    kind: str, context: str | None, index: int, replacement: str
+) -> None:
+    """Replacing any one character (header, key id, flag or payload) is detected."""
+    token = encrypt(RINGS[kind], PLAINTEXT, context=context)
     index %= len(token)
-    _decrypts_to_original_or_fails(token[:index] + replacement + token[index + 1 :])
+    mutated = token[:index] + replacement + token[index + 1 :]
+    _decrypts_to_original_or_fails(mutated, kind, context)
 
 
-def test_key_id_swap_is_detected() -> None:
+@each_key
+def test_key_id_swap_is_detected(kind: str, context: str | None) -> None:
     """A token relabelled with another key's id fails authentication under that key."""
-    token = encrypt(RING, PLAINTEXT)
+    token = encrypt(RINGS[kind], PLAINTEXT, context=context)
     with pytest.raises(DecryptionError) as info:
-        decrypt(RING, token.replace("fc1:k2:", "fc1:k1:", 1))
+        decrypt(RINGS[kind], token.replace("fc1:k2:", "fc1:k1:", 1), context=context)
     assert "k1" == info.value.key_id
+
+
+@pytest.mark.parametrize("kind", list(RINGS))
+def test_context_swap_and_flag_edits_are_detected(kind: str) -> None:
+    """A bound token fails under another context, and adding or removing its flag fails."""
+    ring = RINGS[kind]
+    bound = encrypt(ring, PLAINTEXT, context="core.customers.email")
+    unbound = encrypt(ring, PLAINTEXT)
+    with pytest.raises(DecryptionError):
+        decrypt(ring, bound, context="core.customers.phone")
+    with pytest.raises(DecryptionError):
+        decrypt(ring, bound.replace(":c:", ":", 1), context="core.customers.email")
+    with pytest.raises(DecryptionError):
+        decrypt(ring, unbound.replace("fc1:k2:", "fc1:k2:c:", 1), context="core.customers.email")
 
 
 @pytest.mark.parametrize(
@@ -113,7 +148,8 @@ def test_malformed_tokens(value: str) -> None:
 @given(st.text())
 def test_arbitrary_strings_never_raise_foreign_errors(value: str) -> None:
     """Whatever string is stored, decryption raises DecryptionError or nothing at all."""
-    _decrypts_to_original_or_fails(value, original=b"")
+    for kind in RINGS:
+        _decrypts_to_original_or_fails(value, kind, None, original=b"")
 
 
 @pytest.mark.parametrize("prefix", ["", "fc1:k2:", "fc1:k9:", "gAAAAA"])

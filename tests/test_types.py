@@ -22,10 +22,12 @@ from sa_fieldcrypt import (
     Keyring,
     UnknownKeyError,
     UnsupportedComparisonError,
+    configure,
     encrypt,
     generate_key,
     inspect_token,
 )
+from sa_fieldcrypt.config import _swap
 from sa_fieldcrypt.testing import (
     assert_encrypted_at_rest,
     bytes_plaintexts,
@@ -289,3 +291,239 @@ def test_types_are_cacheable_and_repr_has_no_secrets() -> None:
     assert column_type.cache_ok is True
     assert secret not in repr(column_type)
     assert column_type._static_cache_key is not None
+
+
+# -- aes-gcm-siv keys and context binding --------------------------------------------------
+
+AEAD_RING = Keyring({"k3": generate_key(kind="aes-gcm-siv"), "k2": generate_key()})
+FERNET_RING = Keyring({"k2": AEAD_RING.get("k2").export()})
+RINGS = {"aes-gcm-siv": AEAD_RING, "fernet": FERNET_RING}
+
+
+class BoundBase(DeclarativeBase):
+    pass
+
+
+class Contact(BoundBase):
+    """Two bound columns, an unbound one and a strict one, all with the process keys."""
+
+    __tablename__ = "fc_type_contacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    email: Mapped[str | None] = mapped_column(EncryptedText(context=True))
+    notes: Mapped[str | None] = mapped_column(EncryptedText(context="crm.notes"))
+    plain: Mapped[str | None] = mapped_column(EncryptedText())
+    strict: Mapped[str | None] = mapped_column(
+        EncryptedText(context="crm.strict", allow_unbound=False)
+    )
+
+
+@pytest.fixture(params=["fernet", "aes-gcm-siv"])
+def bound_db(request: pytest.FixtureRequest, engine: Engine) -> Any:
+    """The contacts table on each database, with the process keys of one kind as primary."""
+    previous = _swap(None)
+    configure(keyring=RINGS[request.param])
+    BoundBase.metadata.drop_all(engine)
+    BoundBase.metadata.create_all(engine)
+    yield engine
+    BoundBase.metadata.drop_all(engine)
+    _swap(previous)
+
+
+def _raw(db: Engine, column: str, row_id: int = 1) -> str:
+    with db.connect() as conn:
+        value: str = conn.execute(
+            text(f"SELECT {column} FROM fc_type_contacts WHERE id = :id"),  # noqa: S608 - test's own names
+            {"id": row_id},
+        ).scalar_one()
+    return value
+
+
+def _store_raw(db: Engine, column: str, value: str, row_id: int = 1) -> None:
+    with db.begin() as conn:
+        conn.execute(
+            text(f"UPDATE fc_type_contacts SET {column} = :v WHERE id = :id"),  # noqa: S608 - test's own names
+            {"v": value, "id": row_id},
+        )
+
+
+def test_context_true_takes_the_column_name() -> None:
+    """context=True becomes 'table.column' once attached; a schema is part of the name."""
+    assert "fc_type_contacts.email" == Contact.__table__.c.email.type.context
+    metadata = MetaData(schema="core")
+    table = Table("customers", metadata, mapped_column("email", EncryptedText(context=True)).column)
+    assert "core.customers.email" == table.c.email.type.context
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=st.text(alphabet=st.characters(codec="utf-8")))
+def test_bound_columns_round_trip_through_the_database(bound_db: Engine, value: str) -> None:
+    """Any text written to bound, unbound and strict columns reads back equal, bound or not."""
+    table = Contact.__table__
+    with bound_db.begin() as conn:
+        conn.execute(table.delete())
+        conn.execute(
+            insert(table).values(id=1, email=value, notes=value, plain=value, strict=value)
+        )
+    with bound_db.connect() as conn:
+        row = conn.execute(select(table)).one()
+    assert (value, value, value, value) == (row.email, row.notes, row.plain, row.strict)
+    assert inspect_token(_raw(bound_db, "email")).bound
+    assert not inspect_token(_raw(bound_db, "plain")).bound
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=st.text(alphabet=st.characters(codec="utf-8")))
+def test_aead_column_round_trips_through_the_database(engine: Engine, value: str) -> None:
+    """An EncryptedText with an aes-gcm-siv key gives back any text it stored."""
+    metadata = MetaData()
+    table = Table(
+        "fc_type_aead",
+        metadata,
+        mapped_column("id", Integer, primary_key=True, autoincrement=False).column,
+        mapped_column("secret", EncryptedText(keyring=AEAD_RING)).column,
+    )
+    metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table).values(id=1, secret=value))
+        with engine.connect() as conn:
+            assert value == conn.execute(select(table.c.secret)).scalar_one()
+            raw = conn.execute(text("SELECT secret FROM fc_type_aead")).scalar_one()
+        assert "k3" == inspect_token(raw).key_id
+    finally:
+        metadata.drop_all(engine)
+
+
+def test_token_copied_between_bound_columns_does_not_decrypt(bound_db: Engine) -> None:
+    """A bound token copied into another bound column raises DecryptionError naming it."""
+    with Session(bound_db) as session:
+        session.add(Contact(id=1, email="ada@example.com", notes="likes tea"))
+        session.commit()
+    _store_raw(bound_db, "notes", _raw(bound_db, "email"))
+    with Session(bound_db) as session, pytest.raises(DecryptionError) as info:
+        session.get(Contact, 1)
+    assert "crm.notes" not in str(info.value)  # a context is not a column name
+    assert "fc_type_contacts.notes" in str(info.value)
+    assert "ada@example.com" not in str(info.value)
+
+
+def test_token_copied_into_the_same_context_elsewhere_decrypts(bound_db: Engine) -> None:
+    """Binding is per column, not per row: a token moved to another row of it still reads."""
+    with Session(bound_db) as session:
+        session.add_all([Contact(id=1, email="ada@example.com"), Contact(id=2, email="b@c.d")])
+        session.commit()
+    _store_raw(bound_db, "email", _raw(bound_db, "email", 1), row_id=2)
+    with Session(bound_db) as session:
+        assert "ada@example.com" == session.get_one(Contact, 2).email
+
+
+def test_bound_column_reads_older_unbound_tokens_and_strict_one_refuses(
+    bound_db: Engine,
+) -> None:
+    """Unbound tokens read in a bound column; a strict column refuses them, naming itself."""
+    with Session(bound_db) as session:
+        session.add(Contact(id=1, plain="written before binding"))
+        session.commit()
+    unbound = _raw(bound_db, "plain")
+    _store_raw(bound_db, "email", unbound)
+    with Session(bound_db) as session:
+        assert "written before binding" == session.get_one(Contact, 1).email
+    _store_raw(bound_db, "strict", unbound)
+    with Session(bound_db) as session, pytest.raises(DecryptionError) as info:
+        session.get(Contact, 1)
+    assert "fc_type_contacts.strict" in str(info.value)
+    assert "allow_unbound=False" in str(info.value)
+
+
+def test_unbound_column_refuses_bound_tokens(bound_db: Engine) -> None:
+    """A bound token copied into an unbound column says a context is needed."""
+    with Session(bound_db) as session:
+        session.add(Contact(id=1, email="ada@example.com"))
+        session.commit()
+    _store_raw(bound_db, "plain", _raw(bound_db, "email"))
+    with Session(bound_db) as session, pytest.raises(DecryptionError, match="bound to a context"):
+        session.get(Contact, 1)
+
+
+def test_rotating_to_an_aead_key_keeps_old_values(engine: Engine) -> None:
+    """Values written under a Fernet primary still read after an AEAD key becomes primary."""
+    fernet_only = Keyring({"k2": AEAD_RING.get("k2").export()})
+    before = EncryptedText(keyring=fernet_only).process_bind_param("old", DIALECT)
+    after = EncryptedText(keyring=AEAD_RING).process_bind_param("new", DIALECT)
+    column = EncryptedText(keyring=AEAD_RING)
+    assert ("k2", "k3") == (inspect_token(before or "").key_id, inspect_token(after or "").key_id)
+    assert ("old", "new") == (
+        column.process_result_value(before, DIALECT),
+        column.process_result_value(after, DIALECT),
+    )
+
+
+def test_copied_columns_take_their_own_context() -> None:
+    """A column copied to another table or schema (mixins, to_metadata) binds to its new name."""
+    metadata = MetaData()
+    table = Table("people", metadata, mapped_column("email", EncryptedText(context=True)).column)
+    copied = table.to_metadata(MetaData(), schema="archive")
+    assert "people.email" == table.c.email.type.context
+    assert "archive.people.email" == copied.c.email.type.context
+
+    class Local(DeclarativeBase):
+        pass
+
+    class HasEmail:
+        email: Mapped[str] = mapped_column(EncryptedText(context=True))
+
+    class Left(HasEmail, Local):
+        __tablename__ = "left_people"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Right(HasEmail, Local):
+        __tablename__ = "right_people"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert "left_people.email" == Left.__table__.c.email.type.context
+    assert "right_people.email" == Right.__table__.c.email.type.context
+
+
+def test_one_context_true_instance_cannot_serve_two_columns() -> None:
+    """Sharing an EncryptedText(context=True) between columns is a ConfigurationError."""
+    shared = EncryptedText(context=True)
+    metadata = MetaData()
+    Table("t1", metadata, mapped_column("a", shared).column)
+    with pytest.raises(ConfigurationError, match=r"t1\.a"):
+        Table("t2", metadata, mapped_column("b", shared).column)
+
+
+def test_unattached_context_true_fails_loudly() -> None:
+    """context=True without a table column raises ConfigurationError instead of writing unbound."""
+    column_type = EncryptedText(keyring=RING, context=True)
+    with pytest.raises(ConfigurationError, match="not attached"):
+        column_type.process_bind_param("x", DIALECT)
+    with pytest.raises(ConfigurationError, match="not attached"):
+        column_type.process_result_value("fc1:k1:AAAA", DIALECT)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"context": ""}, "non-empty"),
+        ({"context": 5}, "non-empty"),
+        ({"context": "\udc80"}, "UTF-8"),
+        ({"allow_unbound": False}, "needs a context"),
+    ],
+)
+def test_bad_context_arguments(kwargs: dict[str, Any], expected: str) -> None:
+    """Invalid context arguments are refused when the column type is built."""
+    with pytest.raises(ConfigurationError, match=expected):
+        EncryptedText(**kwargs)
+
+
+def test_bound_types_have_distinct_cache_keys_and_show_their_context() -> None:
+    """Two context=True columns never share a statement-cache key; repr shows the context."""
+    email, notes = Contact.__table__.c.email.type, Contact.__table__.c.notes.type
+    assert email._static_cache_key != notes._static_cache_key
+    assert email._static_cache_key != Contact.__table__.c.plain.type._static_cache_key
+    assert "EncryptedText(context='fc_type_contacts.email')" == repr(email)
+    assert "EncryptedText(context='crm.strict', allow_unbound=False)" == repr(
+        Contact.__table__.c.strict.type
+    )

@@ -35,7 +35,6 @@ matches (``IN (...)``), which is how the index key rotates without downtime.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import logging
 import os
@@ -51,8 +50,9 @@ from sa_fieldcrypt.errors import (
     ConfigurationError,
     ValueTypeError,
 )
-from sa_fieldcrypt.keys import _check_key_id
+from sa_fieldcrypt.keys import _check_key_id, _parse_secret, _urlsafe_b64decode
 from sa_fieldcrypt.providers.base import KeyCache
+from sa_fieldcrypt.providers.env import keyring_from_settings
 
 if TYPE_CHECKING:
     from sa_fieldcrypt.settings import FieldCryptSettings
@@ -151,20 +151,11 @@ def generate_blind_index_key() -> str:
 
 
 def _decode_secret(secret: str | bytes, where: str) -> bytes:
-    if isinstance(secret, str):
-        try:
-            secret = secret.strip().encode("ascii")
-        except UnicodeEncodeError:
-            secret = b""
-    if not isinstance(secret, bytes):
-        raise ConfigurationError(f"{where}: a key must be str or bytes")
     try:
-        raw = base64.urlsafe_b64decode(secret)
-    except (binascii.Error, ValueError):
+        raw = _urlsafe_b64decode(secret.strip())
+    except (ValueError, AttributeError):
         raw = b""
-    # Only the canonical spelling, as for encryption keys: lenient base64 would take a key
-    # with a stray character appended (a copy-paste slip) for the key itself.
-    if len(raw) != 32 or base64.urlsafe_b64encode(raw) != secret:
+    if len(raw) != 32:
         raise ConfigurationError(
             f"{where}: the key is not 32 bytes in url-safe base64; "
             "generate one with `fieldcrypt keygen`"
@@ -387,19 +378,13 @@ def keys_from_settings(settings: FieldCryptSettings) -> BlindIndexKeyring:
 def _refuse_shared_secrets(keyring: BlindIndexKeyring, settings: FieldCryptSettings) -> None:
     # Whoever holds an index key (a reporting job, a search service) must not be able to
     # decrypt; reusing an encryption key as an index key would hand it over.
-    encryption: set[bytes] = set()
-    texts = []
-    if settings.keys is not None:
-        texts += [e.partition(":")[2] for e in settings.keys.get_secret_value().split(",")]
-    if settings.legacy_key is not None:
-        texts.append(settings.legacy_key.get_secret_value())
-    for text in texts:
-        try:
-            encryption.add(base64.urlsafe_b64decode(text.strip().encode("ascii")))
-        except (binascii.Error, ValueError):
-            continue
+    try:
+        encryption = keyring_from_settings(settings)
+    except ConfigurationError:
+        return  # the encryption keys report their own problems where they are used
+    secrets = {_parse_secret(key.export(), None)[1] for key in encryption}
     for key in keyring:
-        if key._secret in encryption:
+        if key._secret in secrets:
             raise ConfigurationError(
                 f"blind-index key {key.id!r} is also an encryption key; generate a separate "
                 "key with `fieldcrypt keygen`"

@@ -1,26 +1,36 @@
-"""The token format: ``fc1:<key_id>:<fernet token>``.
+"""The token format: ``fc1:<key_id>:<payload>``, or ``fc1:<key_id>:c:<payload>`` when bound.
 
 ``fc1`` is the format version. ``key_id`` names the keyring key that encrypted the value, so
-decryption picks that key directly, whatever the number of old keys. The last part is a plain
-Fernet token: ``cryptography.fernet.Fernet(key).decrypt()`` reads it without this library.
+decryption picks that key directly, whatever the number of old keys. The payload depends on the
+key's kind: a plain Fernet token for a ``fernet`` key (``cryptography.fernet.Fernet(key)``
+reads it without this library), or url-safe base64 of ``nonce || ciphertext || tag`` for an
+``aes-gcm-siv`` key. ``docs/token-format.md`` gives every byte.
+
+A token *bound to a context* (a column's name, see :class:`~sa_fieldcrypt.EncryptedText`) has
+the flag field ``c``: it decrypts only with the same context, so a token copied into another
+column fails to decrypt. The flag is not secret and not trusted: removing or adding it only
+makes decryption fail.
 
 A bare Fernet token (no header) is a *legacy* token, as hand-written ``encrypt_field()``
-helpers store them. It is still read, by trying each key of the keyring in turn.
+helpers store them. It is still read, by trying each Fernet key of the keyring in turn.
 
 Typical usage::
 
     token = encrypt(keyring, b"ada@example.com")   # 'fc1:k2:gAAAAA...'
     decrypt(keyring, token)                         # b'ada@example.com'
+    token = encrypt(keyring, b"ada@example.com", context="core.customers.email")
+    decrypt(keyring, token, context="core.customers.email")
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 from cryptography.fernet import InvalidToken
 
 from sa_fieldcrypt.errors import DecryptionError
-from sa_fieldcrypt.keys import KEY_ID_PATTERN, Keyring
+from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, Keyring, _AeadCodec
 
 __all__ = ["TOKEN_PREFIX", "TokenInfo", "decrypt", "encrypt", "inspect_token"]
 
@@ -30,11 +40,21 @@ TOKEN_PREFIX = "fc1:"
 _FERNET_START = "gAAAAA"
 
 _INVALID = (
-    "the value does not decrypt: it was tampered with, truncated, or written under another key"
+    "the value does not decrypt: it was tampered with, truncated, copied from another column "
+    "or written under another key"
 )
 _NOT_A_TOKEN = (
     "the stored value is not an encrypted token (it may be plaintext); "
     "`fieldcrypt rotate --encrypt-plaintext` encrypts plaintext values in place"
+)
+_UNBOUND_REFUSED = (
+    "the value was written without a context, and this column accepts only values bound to "
+    "its context (allow_unbound=False); re-encrypt the column's values under its context, or "
+    "set allow_unbound=True while they are migrated"
+)
+_CONTEXT_MISSING = (
+    "the value is bound to a context (a column's name) and was read without one; read it "
+    "through the column that wrote it, or give that column's context"
 )
 
 
@@ -45,10 +65,12 @@ class TokenInfo:
     Attributes:
         kind: ``"fc1"`` (our format), ``"legacy"`` (bare Fernet token) or ``"plaintext"``.
         key_id: the key id of an ``fc1`` token, else None.
+        bound: True when an ``fc1`` token is bound to a context (its flag field is ``c``).
     """
 
     kind: str
     key_id: str | None = None
+    bound: bool = False
 
 
 def inspect_token(value: str) -> TokenInfo:
@@ -56,51 +78,113 @@ def inspect_token(value: str) -> TokenInfo:
     if value.startswith(TOKEN_PREFIX):
         end = value.find(":", 4)
         if end > 4:
-            return TokenInfo("fc1", value[4:end])
+            return TokenInfo("fc1", value[4:end], value.startswith(BOUND_FLAG + ":", end + 1))
         return TokenInfo("plaintext")
     if value.startswith(_FERNET_START):
         return TokenInfo("legacy")
     return TokenInfo("plaintext")
 
 
-def encrypt(keyring: Keyring, data: bytes) -> str:
-    """Encrypt ``data`` under the keyring's primary key and return an ``fc1`` token."""
+def encrypt(keyring: Keyring, data: bytes, *, context: str | None = None) -> str:
+    """Encrypt ``data`` under the keyring's primary key and return an ``fc1`` token.
+
+    Args:
+        keyring: the keys; its primary key encrypts.
+        data: the plaintext.
+        context: bind the token to this non-empty string (a column's name), so that only
+            :func:`decrypt` with the same context opens it.
+    """
+    return _encrypt(keyring, data, context)
+
+
+def _encrypt(keyring: Keyring, data: bytes, context: str | None) -> str:
+    """:func:`encrypt` with positional arguments: the per-value path of the column types."""
     key = keyring.primary
-    return key.token_prefix + key.encrypt(data)
+    if context is None:
+        return key.token_prefix + key.encrypt(data)
+    codec = key.for_context(context)
+    return codec.token_prefix + codec.encrypt(data)
 
 
-def decrypt(keyring: Keyring, token: str) -> bytes:
+def decrypt(
+    keyring: Keyring, token: str, *, context: str | None = None, allow_unbound: bool = True
+) -> bytes:
     """Decrypt an ``fc1`` or legacy token.
+
+    Args:
+        keyring: the keys; the token's key id selects one.
+        token: the stored value.
+        context: the context the token was bound to, if any. A bound token decrypts only with
+            its own context; an unbound token ignores it.
+        allow_unbound: with a ``context``, whether unbound tokens (written before the column
+            was bound, or legacy ones) are still accepted. False makes the column strict.
 
     Raises:
         UnknownKeyError: the token names a key id the keyring does not hold.
-        DecryptionError: the token is malformed, tampered with, or not a token at all.
+        DecryptionError: the token is malformed, tampered with, bound to another context, or
+            not a token at all.
     """
-    # One split, one dict lookup: the key is found by id whatever the keyring's size.
-    parts = token.split(":", 2)
-    if parts[0] == "fc1" and len(parts) == 3:
-        key = keyring._keys.get(parts[1])
-        if key is None:
-            if not KEY_ID_PATTERN.match(parts[1]):
-                raise DecryptionError(_INVALID)
-            keyring.get(parts[1])  # raises UnknownKeyError naming the id
-        try:
-            return key.decrypt(parts[2])  # type: ignore[union-attr]
-        except (InvalidToken, ValueError, TypeError):
-            # ValueError/TypeError: non-ASCII text never reaches Fernet's own check.
-            raise DecryptionError(_INVALID, key_id=parts[1]) from None
+    return _decrypt(keyring, token, context, allow_unbound)
+
+
+def _decrypt(keyring: Keyring, token: str, context: str | None, allow_unbound: bool) -> bytes:
+    """:func:`decrypt` with positional arguments: the per-value path of the column types."""
+    # One partition and one dict lookup find the key, whatever the keyring's size; payloads
+    # never hold ':', so the last ':' ends the header. Anything unusual goes the long way.
+    head, _, payload = token.rpartition(":")
+    if context is None:
+        key = keyring._heads.get(head)
+        if key is not None:
+            try:
+                return key.decrypt(payload)
+            except (InvalidToken, ValueError, TypeError):
+                # ValueError/TypeError: non-ASCII text never reaches Fernet's own check.
+                raise DecryptionError(_INVALID, key_id=key.id) from None
+    else:
+        key = keyring._bound_heads.get(head)
+        if key is not None:
+            try:
+                return key.for_context(context).decrypt(payload)
+            except (InvalidToken, ValueError, TypeError):
+                raise DecryptionError(_INVALID, key_id=key.id) from None
+    return _decrypt_other(keyring, token, context, allow_unbound)
+
+
+def _decrypt_other(keyring: Keyring, token: str, context: str | None, allow_unbound: bool) -> bytes:
+    parts = token.split(":", 3)
+    if parts[0] == "fc1" and len(parts) > 1:
+        key = keyring._keys.get(parts[1]) or _missing_key(keyring, parts[1])
+        if len(parts) == 3:
+            # An unbound token read by a bound column: a value written before it was bound.
+            if not allow_unbound:
+                raise DecryptionError(_UNBOUND_REFUSED, key_id=key.id)
+            try:
+                return key.decrypt(parts[2])
+            except (InvalidToken, ValueError, TypeError):
+                raise DecryptionError(_INVALID, key_id=key.id) from None
+        if len(parts) == 4 and parts[2] == BOUND_FLAG and context is None:
+            raise DecryptionError(_CONTEXT_MISSING, key_id=key.id)
+        raise DecryptionError(_INVALID, key_id=key.id)
     if token.startswith(_FERNET_START):
+        if context is not None and not allow_unbound:
+            raise DecryptionError(_UNBOUND_REFUSED)
         return _decrypt_legacy(keyring, token)
-    if token.startswith(TOKEN_PREFIX):
-        raise DecryptionError(_INVALID)
     raise DecryptionError(_NOT_A_TOKEN)
 
 
+def _missing_key(keyring: Keyring, key_id: str) -> NoReturn:
+    if KEY_ID_PATTERN.match(key_id):
+        keyring.get(key_id)  # raises UnknownKeyError naming the id
+    raise DecryptionError(_INVALID)
+
+
 def _decrypt_legacy(keyring: Keyring, token: str) -> bytes:
-    # Legacy tokens carry no key id, so every key is tried, the primary first; this is the
-    # one path that is O(number of keys), and `fieldcrypt rotate` removes it from the data.
+    # Legacy tokens carry no key id, so every Fernet key is tried, the primary first; this is
+    # the one path that is O(number of keys), and `fieldcrypt rotate` removes it from the data.
     primary = keyring.primary
     for key in (primary, *(k for k in keyring if k is not primary)):
+        if key.kind != "fernet":
+            continue
         try:
             return key.decrypt(token)
         except (InvalidToken, ValueError, TypeError):
@@ -114,5 +198,21 @@ def _encrypt_from_parts(keyring: Keyring, data: bytes, current_time: int, iv: by
     A fixed IV is unsafe; nothing in the library calls this.
     """
     key = keyring.primary
+    if key._fernet is None:
+        raise TypeError("_encrypt_from_parts needs a Fernet primary key")
     fernet_token = key._fernet._encrypt_from_parts(data, current_time, iv)
     return key.token_prefix + fernet_token.decode("ascii")
+
+
+def _encrypt_aead_from_parts(
+    keyring: Keyring, data: bytes, nonce: bytes, *, context: str | None = None
+) -> str:
+    """Encrypt with a fixed nonce under an aes-gcm-siv primary key: for vector tests only.
+
+    A fixed nonce is unsafe; nothing in the library calls this.
+    """
+    key = keyring.primary
+    codec = key.for_context(context) if context is not None else key._unbound_codec
+    if not isinstance(codec, _AeadCodec):
+        raise TypeError("_encrypt_aead_from_parts needs an aes-gcm-siv primary key")
+    return codec.token_prefix + codec._encrypt_with_nonce(data, nonce)

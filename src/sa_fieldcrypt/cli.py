@@ -13,7 +13,7 @@ import click
 
 from sa_fieldcrypt._version import __version__
 from sa_fieldcrypt.errors import FieldCryptError
-from sa_fieldcrypt.keys import KEY_ID_PATTERN, generate_key
+from sa_fieldcrypt.keys import KEY_ID_PATTERN, KEY_KINDS, KeyKind, generate_key
 
 __all__ = ["cli", "main"]
 
@@ -50,9 +50,16 @@ def _key_id(ctx: click.Context, param: click.Parameter, value: str | None) -> st
 @click.option(
     "--id", "key_id", callback=_key_id, help="Print an 'ID:key' entry for FIELDCRYPT_KEYS."
 )
-def keygen(key_id: str | None) -> None:
+@click.option(
+    "--kind",
+    type=click.Choice(KEY_KINDS),
+    default="fernet",
+    show_default=True,
+    help="fernet, or aes-gcm-siv (faster, printed as 'aes-gcm-siv:<key>').",
+)
+def keygen(key_id: str | None, kind: KeyKind) -> None:
     """Print a new random key."""
-    key = generate_key()
+    key = generate_key(kind)
     click.echo(f"{key_id}:{key}" if key_id else key)
 
 

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from sa_fieldcrypt import config
 from sa_fieldcrypt.cipher import inspect_token
 from sa_fieldcrypt.config import as_key_cache
-from sa_fieldcrypt.keys import Keyring, generate_key
+from sa_fieldcrypt.keys import KEY_KINDS, KeyKind, Keyring, generate_key
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedType, encrypted_columns
 
 if TYPE_CHECKING:
@@ -172,8 +172,8 @@ def json_plaintexts() -> SearchStrategy[Any]:
     )
 
 
-def keyrings(*, max_keys: int = 4) -> SearchStrategy[Keyring]:
-    """Keyrings of 1 to ``max_keys`` fresh keys with valid ids and any of them primary."""
+def keyrings(*, max_keys: int = 4, kinds: Iterable[KeyKind] = KEY_KINDS) -> SearchStrategy[Keyring]:
+    """Keyrings of 1 to ``max_keys`` fresh keys of the given kinds, any of them primary."""
     from hypothesis import strategies as st
 
     ids = st.lists(
@@ -182,11 +182,12 @@ def keyrings(*, max_keys: int = 4) -> SearchStrategy[Keyring]:
         max_size=max_keys,
         unique=True,
     )
+    kind = st.sampled_from(tuple(kinds))
 
     @st.composite
     def build(draw: st.DrawFn) -> Keyring:
         key_ids = draw(ids)
         primary = draw(st.sampled_from(key_ids))
-        return Keyring({kid: generate_key() for kid in key_ids}, primary=primary)
+        return Keyring({kid: generate_key(draw(kind)) for kid in key_ids}, primary=primary)
 
     return build()

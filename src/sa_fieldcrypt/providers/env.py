@@ -28,7 +28,7 @@ def keyring_from_settings(settings: FieldCryptSettings) -> Keyring:
     legacy = None
     if settings.legacy_key is not None:
         try:
-            legacy = Key(LEGACY_KEY_ID, settings.legacy_key.get_secret_value())
+            legacy = Key(LEGACY_KEY_ID, settings.legacy_key.get_secret_value(), kind="fernet")
         except ConfigurationError:
             raise ConfigurationError(
                 "FIELD_ENCRYPTION_KEY is not a Fernet key (32 bytes in url-safe base64)"
