@@ -29,7 +29,8 @@ from typing import NoReturn
 
 from cryptography.fernet import InvalidToken
 
-from sa_fieldcrypt.errors import DecryptionError
+from sa_fieldcrypt import metrics
+from sa_fieldcrypt.errors import DecryptionError, UnknownKeyError
 from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, Keyring, _AeadCodec
 
 __all__ = ["TOKEN_PREFIX", "TokenInfo", "decrypt", "encrypt", "inspect_token"]
@@ -132,22 +133,30 @@ def _decrypt(keyring: Keyring, token: str, context: str | None, allow_unbound: b
     # One partition and one dict lookup find the key, whatever the keyring's size; payloads
     # never hold ':', so the last ':' ends the header. Anything unusual goes the long way.
     head, _, payload = token.rpartition(":")
-    if context is None:
-        key = keyring._heads.get(head)
-        if key is not None:
-            try:
-                return key.decrypt(payload)
-            except (InvalidToken, ValueError, TypeError):
-                # ValueError/TypeError: non-ASCII text never reaches Fernet's own check.
-                raise DecryptionError(_INVALID, key_id=key.id) from None
-    else:
-        key = keyring._bound_heads.get(head)
-        if key is not None:
-            try:
-                return key.for_context(context).decrypt(payload)
-            except (InvalidToken, ValueError, TypeError):
-                raise DecryptionError(_INVALID, key_id=key.id) from None
-    return _decrypt_other(keyring, token, context, allow_unbound)
+    try:
+        if context is None:
+            key = keyring._heads.get(head)
+            if key is not None:
+                try:
+                    data = key.decrypt(payload)
+                except (InvalidToken, ValueError, TypeError):
+                    # ValueError/TypeError: non-ASCII text never reaches Fernet's own check.
+                    raise DecryptionError(_INVALID, key_id=key.id) from None
+                next(key._decrypts)
+                return data
+        else:
+            key = keyring._bound_heads.get(head)
+            if key is not None:
+                try:
+                    data = key.for_context(context).decrypt(payload)
+                except (InvalidToken, ValueError, TypeError):
+                    raise DecryptionError(_INVALID, key_id=key.id) from None
+                next(key._decrypts)
+                return data
+        return _decrypt_other(keyring, token, context, allow_unbound)
+    except DecryptionError as exc:
+        metrics.count_failure(exc.key_id, isinstance(exc, UnknownKeyError))
+        raise
 
 
 def _decrypt_other(keyring: Keyring, token: str, context: str | None, allow_unbound: bool) -> bytes:
@@ -159,9 +168,11 @@ def _decrypt_other(keyring: Keyring, token: str, context: str | None, allow_unbo
             if not allow_unbound:
                 raise DecryptionError(_UNBOUND_REFUSED, key_id=key.id)
             try:
-                return key.decrypt(parts[2])
+                data = key.decrypt(parts[2])
             except (InvalidToken, ValueError, TypeError):
                 raise DecryptionError(_INVALID, key_id=key.id) from None
+            next(key._decrypts)
+            return data
         if len(parts) == 4 and parts[2] == BOUND_FLAG and context is None:
             raise DecryptionError(_CONTEXT_MISSING, key_id=key.id)
         raise DecryptionError(_INVALID, key_id=key.id)
@@ -186,9 +197,12 @@ def _decrypt_legacy(keyring: Keyring, token: str) -> bytes:
         if key.kind != "fernet":
             continue
         try:
-            return key.decrypt(token)
+            data = key.decrypt(token)
         except (InvalidToken, ValueError, TypeError):
             continue
+        next(key._decrypts)
+        metrics.count_legacy_read()
+        return data
     raise DecryptionError(_INVALID + " (a legacy Fernet token: no key of the keyring opens it)")
 
 

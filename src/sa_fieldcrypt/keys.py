@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from sa_fieldcrypt import metrics
 from sa_fieldcrypt.errors import ConfigurationError, UnknownKeyError
 
 __all__ = ["KEY_ID_PATTERN", "KEY_KINDS", "Key", "KeyCodec", "KeyKind", "Keyring", "generate_key"]
@@ -240,6 +241,7 @@ class Key:
     __slots__ = (
         "_aead",
         "_contexts",
+        "_decrypts",
         "_fernet",
         "_raw",
         "_secret",
@@ -280,6 +282,8 @@ class Key:
         self.encrypt = codec.encrypt
         self.decrypt = codec.decrypt
         self._contexts: dict[str, KeyCodec] = {}
+        # Shared by every Key with this id, so counts survive a keyring reload.
+        self._decrypts = metrics.key_counter(self.id)
 
     def for_context(self, context: str) -> KeyCodec:
         """Return the codec that binds values to ``context``, built once and then cached.
