@@ -39,6 +39,12 @@ class FieldCryptSettings(BaseSettings):
         description="A single bare Fernet key (FIELD_ENCRYPTION_KEY, no prefix), added as the "
         "decrypt-only key `legacy`, or the only key when FIELDCRYPT_KEYS is unset.",
     )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the database the `fieldcrypt` data commands (status, "
+        "rotate, verify, retire-key) work on when --db is not given. A secret: it may "
+        "hold a password.",
+    )
 
 
 def load_settings() -> FieldCryptSettings:

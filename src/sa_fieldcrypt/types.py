@@ -22,6 +22,9 @@ and ordering raise :class:`~sa_fieldcrypt.UnsupportedComparisonError`; ``is_(Non
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Text
@@ -46,7 +49,16 @@ if TYPE_CHECKING:
     from sqlalchemy.sql.operators import OperatorType
     from sqlalchemy.types import TypeEngine
 
-__all__ = ["EncryptedBytes", "EncryptedJSON", "EncryptedText", "EncryptedType"]
+__all__ = [
+    "EncryptedBytes",
+    "EncryptedJSON",
+    "EncryptedText",
+    "EncryptedType",
+    "PlaintextValueWarning",
+    "plaintext_read_counts",
+]
+
+logger = logging.getLogger("sa_fieldcrypt")
 
 # Operators that do not look at the stored value's content.
 _ALLOWED_OPERATORS = frozenset({operators.is_, operators.is_not})
@@ -58,6 +70,12 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
     Args:
         keyring: a :class:`~sa_fieldcrypt.Keyring` or key provider for this column only;
             by default the keys set by :func:`~sa_fieldcrypt.configure` or the settings.
+        allow_plaintext: read stored values that are not tokens as plaintext, for the time a
+            plaintext column is being migrated (``fieldcrypt rotate --encrypt-plaintext``).
+            Off by default. Each read is counted (:func:`plaintext_read_counts`) and the
+            first one per column and process emits a :class:`PlaintextValueWarning` and a
+            log warning. A token that fails to decrypt still raises: ciphertext is never
+            returned as data.
     """
 
     impl = Text
@@ -81,10 +99,13 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
 
     comparator_factory = Comparator
 
-    def __init__(self, keyring: Keyring | KeyProvider | None = None):
+    # allow_plaintext is not keyword-only on purpose: SQLAlchemy builds the statement-cache
+    # key and type copies from the positional-or-keyword arguments only.
+    def __init__(self, keyring: Keyring | KeyProvider | None = None, allow_plaintext: bool = False):
         super().__init__()
         # Part of the statement-cache key: compared by identity, and free of secrets in repr.
         self.keyring = keyring
+        self.allow_plaintext = allow_plaintext
         self._keys: KeyCache | None = None if keyring is None else as_key_cache(keyring)
         self._column_label: str | None = None
 
@@ -141,7 +162,68 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
             except DecryptionError as again:
                 raise again.with_column(self._column_label) from None
         except DecryptionError as exc:
+            if self.allow_plaintext and cipher.inspect_token(token).kind == "plaintext":
+                return self._read_plaintext(token)
             raise exc.with_column(self._column_label) from None
+
+    def _read_plaintext(self, stored: str) -> bytes:
+        label = self.column_label
+        with _plaintext_lock:
+            first = label not in _plaintext_reads
+            _plaintext_reads[label] = _plaintext_reads.get(label, 0) + 1
+        if first:
+            message = (
+                f"{label}: read a value stored as plaintext (allow_plaintext=True); encrypt "
+                "such values with `fieldcrypt rotate --encrypt-plaintext`, then remove "
+                "allow_plaintext. Reads are counted in sa_fieldcrypt.plaintext_read_counts()."
+            )
+            logger.warning("sa_fieldcrypt: %s", message)
+            warnings.warn(message, PlaintextValueWarning, stacklevel=2)
+        return stored.encode("utf-8", "surrogatepass")
+
+    # -- re-encryption (the rotation engine calls these) --------------------------------
+
+    def active_keyring(self) -> Keyring:
+        """Return the keyring this column encrypts and decrypts with now."""
+        return (self._keys or default_key_cache()).get()
+
+    def reencrypt(self, token: str) -> str:
+        """Return ``token``'s content encrypted under the primary key.
+
+        The token is decrypted with whichever key it names (or, for a legacy token, the key
+        that opens it) and the decrypted bytes are encrypted again as they are: they are never
+        turned into a Python value, so what the column reads back is unchanged.
+
+        Raises:
+            DecryptionError: the value is not a token, or does not decrypt.
+        """
+        if cipher.inspect_token(token).kind == "plaintext":
+            raise DecryptionError(cipher._NOT_A_TOKEN, column=self._column_label)
+        return cipher.encrypt(self.active_keyring(), self.decrypt_token(token))
+
+    def encrypt_plaintext(self, stored: str) -> str:
+        """Encrypt a value that was stored as plaintext text, as this column would store it.
+
+        The text is encoded as UTF-8, the encoding the column reads it back with.
+
+        Raises:
+            ValueTypeError: the value is already a token, or it is not what the column
+                stores (text that is not JSON, for :class:`EncryptedJSON`).
+        """
+        if cipher.inspect_token(stored).kind != "plaintext":
+            raise ValueTypeError(
+                f"{self.column_label}: the stored value is already an encrypted token; "
+                "encrypt_plaintext() encrypts plaintext values only"
+            )
+        data = stored.encode("utf-8", "surrogatepass")
+        try:
+            self._from_bytes(data)
+        except DecryptionError:
+            raise ValueTypeError(
+                f"{self.column_label}: the plaintext value is not valid for "
+                f"{type(self).__name__} ({self.python_type_name})"
+            ) from None
+        return cipher.encrypt(self.active_keyring(), data)
 
     def _type_error(self, value: object) -> ValueTypeError:
         return ValueTypeError(
@@ -169,6 +251,24 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class PlaintextValueWarning(UserWarning):
+    """A column with ``allow_plaintext=True`` read a value that is not encrypted."""
+
+
+_plaintext_lock = threading.Lock()
+_plaintext_reads: dict[str, int] = {}
+
+
+def plaintext_read_counts() -> dict[str, int]:
+    """Return how many plaintext values each ``allow_plaintext`` column read in this process.
+
+    Keys are ``schema.table.column`` labels. Watch these numbers fall to zero before turning
+    ``allow_plaintext`` off.
+    """
+    with _plaintext_lock:
+        return dict(_plaintext_reads)
 
 
 def _comparison_error(expr: Any, op: OperatorType) -> UnsupportedComparisonError:
