@@ -889,7 +889,7 @@ class _Walk:
         for attempt in range(_TRANSIENT_RETRIES + 1):
             try:
                 with conn.begin():
-                    rows = [tuple(row) for row in conn.execute(stmt)]
+                    rows = [tuple(row) for row in conn.execute(stmt).all()]
                     items, counts, failures, rows = self._transform(rows)
                     if first_read and self.before_write is not None:
                         self.before_write(conn, [k for k, _, _ in items])
