@@ -124,9 +124,11 @@ def _database_errors() -> Iterator[None]:
         raise RotationError(f"database error ({type(orig).__name__}: {first})") from exc
 
 
+@contextlib.contextmanager
 def _open(
     db_url: str | None, models: tuple[str, ...], table_name: str | None, columns: tuple[str, ...]
-) -> tuple[Engine, list[rotation.EncryptedColumn]]:
+) -> Iterator[tuple[Engine, list[rotation.EncryptedColumn]]]:
+    """The engine and columns the options name; the engine is disposed of afterwards."""
     if bool(models) == bool(table_name):
         raise click.UsageError("give either --models MODULE or --table TABLE --column COL")
     if table_name and not columns:
@@ -150,14 +152,18 @@ def _open(
         raise ConfigurationError(
             f"the database driver module {exc.name!r} is not installed"
         ) from None
-    if models:
-        # As `python -m` does: models of the project in the current directory import.
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        return engine, rotation.find_columns(*models)
-    with _database_errors():
-        found = [rotation.reflect_column(engine, table_name or "", c) for c in columns]
-    return engine, found
+    try:
+        if models:
+            # As `python -m` does: models of the project in the current directory import.
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            found = rotation.find_columns(*models)
+        else:
+            with _database_errors():
+                found = [rotation.reflect_column(engine, table_name or "", c) for c in columns]
+        yield engine, found
+    finally:
+        engine.dispose()
 
 
 class _Progress(rotation.RunListener):
@@ -257,8 +263,7 @@ def status(
 
     Says, per key id, whether any value still needs it. Nothing is decrypted.
     """
-    engine, columns = _open(db_url, models, table_name, column_names)
-    with _database_errors():
+    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
         report = rotation.status(engine, columns)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.describe())
 
@@ -305,8 +310,7 @@ def rotate(
     Safe while the application runs (a row changed meanwhile is not overwritten) and safe
     to stop at any moment: run it again and it carries on where it was.
     """
-    engine, columns = _open(db_url, models, table_name, column_names)
-    with _database_errors():
+    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
         run = rotation.rotate(
             engine,
             columns,
@@ -350,8 +354,7 @@ def verify(
     shard: tuple[int, int] | None,
 ) -> None:
     """Decrypt every value and report those that fail; change nothing."""
-    engine, columns = _open(db_url, models, table_name, column_names)
-    with _database_errors():
+    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
         run = rotation.verify(
             engine,
             columns,
@@ -386,11 +389,10 @@ def retire_key(
     environment, prints the new FIELDCRYPT_KEYS value on stdout, and nothing else there:
     `export FIELDCRYPT_KEYS="$(fieldcrypt retire-key k1 --models app.models)"`.
     """
-    engine, columns = _open(db_url, models, table_name, column_names)
-    with _database_errors():
+    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
         rotation.retire_key(engine, columns, key_id)
+        checked = ", ".join(c.label for c in columns)
     settings = load_settings()
-    checked = ", ".join(c.label for c in columns)
     if settings.provider != "env":
         click.echo(
             f"No value of {checked} uses key {key_id!r}: remove it from the keys that "

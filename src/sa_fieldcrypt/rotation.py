@@ -46,6 +46,7 @@ import multiprocessing
 import os
 import queue as queue_module
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ MAX_KEPT_FAILURES: Final = 100
 #: Times a row that changed under a run is read again within the run.
 _CAS_RETRIES: Final = 3
 #: Times a batch is retried after a deadlock or serialization failure.
-_TRANSIENT_RETRIES: Final = 3
+_TRANSIENT_RETRIES: Final = 5
 _LEGACY_START: Final = "gAAAAA"
 _FC1: Final = "fc1:"
 
@@ -897,6 +898,8 @@ class _Walk:
                 break
             except DBAPIError as exc:
                 if attempt < _TRANSIENT_RETRIES and _transient(exc):
+                    # Lock conflicts clear once the other transaction ends; give it a moment.
+                    time.sleep(0.05 * 2**attempt)
                     continue
                 raise
         # Counted only once committed, so a retried batch is not counted twice.
@@ -1463,7 +1466,7 @@ class StatusReport:
 
     columns: list[ColumnStatus]
 
-    def keys(self) -> list[KeyUsage]:
+    def key_usage(self) -> list[KeyUsage]:
         """Every key id in the columns' keyrings or their data, primary keys first."""
         usage: dict[str, KeyUsage] = {}
         ids: list[str] = []
@@ -1502,7 +1505,7 @@ class StatusReport:
                 if rows or name == "NULL":
                     lines.append(f"  {name:<28} {rows:>12,}  {note}".rstrip())
         lines.append("keys:")
-        for key in self.keys():
+        for key in self.key_usage():
             if key.primary:
                 verdict = "primary: needed"
             elif not key.in_keyring:
@@ -1543,7 +1546,7 @@ class StatusReport:
                     "legacy_rows": k.legacy_rows,
                     "needed": k.needed,
                 }
-                for k in self.keys()
+                for k in self.key_usage()
             ],
         }
 
