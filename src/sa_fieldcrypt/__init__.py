@@ -28,7 +28,14 @@ from sa_fieldcrypt.errors import (
 )
 from sa_fieldcrypt.keys import Key, Keyring, generate_key
 from sa_fieldcrypt.settings import FieldCryptSettings
-from sa_fieldcrypt.types import EncryptedBytes, EncryptedJSON, EncryptedText, EncryptedType
+from sa_fieldcrypt.types import (
+    EncryptedBytes,
+    EncryptedJSON,
+    EncryptedText,
+    EncryptedType,
+    PlaintextValueWarning,
+    plaintext_read_counts,
+)
 
 __all__ = [
     "TOKEN_PREFIX",
@@ -43,6 +50,7 @@ __all__ = [
     "Key",
     "KeyProviderError",
     "Keyring",
+    "PlaintextValueWarning",
     "RotationError",
     "TokenInfo",
     "UnknownKeyError",
@@ -55,4 +63,5 @@ __all__ = [
     "encrypt",
     "generate_key",
     "inspect_token",
+    "plaintext_read_counts",
 ]

@@ -690,8 +690,8 @@ class _Writer:
         )
         self.keep = keep
         self.statement = self._statement()
-        bulk = sql.name == "postgresql" and all(_python_type(c) in _JSON_KEYS for c in pk)
-        bulk = bulk and all(_python_type(c) is str for c in (*job.read, *job.write))
+        bulk = sql.name == "postgresql" and all(_python_type(c.type) in _JSON_KEYS for c in pk)
+        bulk = bulk and all(_python_type(_raw_type(c)) is str for c in (*job.read, *job.write))
         self.bulk = self._bulk_statement() if bulk else None
 
     def _statement(self) -> Any:
@@ -770,9 +770,9 @@ class _Writer:
 _JSON_KEYS: Final = (int, str, uuid.UUID)
 
 
-def _python_type(col: Column[Any]) -> type | None:
+def _python_type(type_: TypeEngine[Any]) -> type | None:
     try:
-        return col.type.python_type
+        return type_.python_type
     except NotImplementedError:
         return None
 
@@ -1488,7 +1488,10 @@ class StatusReport:
         lines: list[str] = []
         for col in self.columns:
             lines.append(f"{col.column}  ({col.total:,} rows; primary key id {col.primary!r})")
-            for key_id, rows in sorted(col.by_key.items(), key=lambda kv: kv[0] != col.primary):
+            order = {key_id: i for i, key_id in enumerate((col.primary, *col.keyring_ids))}
+            for key_id, rows in sorted(
+                col.by_key.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])
+            ):
                 if key_id == col.primary:
                     note = "primary"
                 elif key_id in col.keyring_ids:
