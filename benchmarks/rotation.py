@@ -173,7 +173,8 @@ def main() -> None:
     print(
         f"sa-fieldcrypt {sa_fieldcrypt.__version__}, cryptography {cryptography.__version__}, "
         f"SQLAlchemy {sqlalchemy.__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs; batch size {args.batch_size}"
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+        f"batch size {args.batch_size}"
     )
     results = []
     for rows in [int(r) for r in args.rows.split(",")]:

@@ -37,6 +37,7 @@ some (maybe other) columns, with the same batching, compare-and-swap, workers an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import itertools
@@ -49,9 +50,10 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -638,6 +640,7 @@ BeforeWrite = Callable[[Connection, list[tuple[Any, ...]]], None]
 
 
 Item = tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]
+_T = TypeVar("_T")
 
 
 # -- the engine ---------------------------------------------------------------------------
@@ -804,8 +807,25 @@ class _Options:
     shard: tuple[int, int] | None  # (index from 0, count)
 
 
+@dataclass
+class _Batch:
+    """Rows read and transformed, and what became of them."""
+
+    keys: list[tuple[Any, ...]]
+    items: list[Item]
+    counts: dict[str, int]
+    failures: list[Failure]
+    left: int = 0  # rows still changing after every retry
+
+
 class _Walk:
-    """One process's pass over a range of primary keys of a job."""
+    """One process's pass over a range of primary keys of a job.
+
+    On a database server, a writer thread commits batch N while this thread reads and
+    transforms batch N+1: the database's work overlaps with the crypto instead of adding to
+    it. SQLite (one writer at a time) and dry runs go one batch after the other, reading and
+    writing each batch in one transaction.
+    """
 
     def __init__(
         self,
@@ -826,95 +846,170 @@ class _Walk:
         self.pk_names = [c.name for c in self.pk]
         self.limits = [getattr(c.type, "length", None) for c in job.write]
         self.report = JobReport(job.label, dry_run=options.dry_run)
+        self.selected = [*self.pk, *(_raw(c) for c in job.read)]
+        self.base: list[ColumnElement[bool]] = []
 
     def run(self, low: tuple[Any, ...] | None, high: tuple[Any, ...] | None) -> JobReport:
         """Visit every matching row with ``low < key <= high`` (None: unbounded)."""
         try:
-            with self.engine.connect() as conn:
+            with contextlib.ExitStack() as stack:
+                conn = stack.enter_context(self.engine.connect())
                 sql = _Sql.connected(conn)
                 writer = None
                 if self.job.write and not self.options.dry_run:
                     writer = _Writer(conn, sql, self.job, self.pk)
                 conn.commit()
-                self._run(conn, sql, writer, low, high)
+                self.base = _filters(sql, self.job, self.pk, self.options.shard)
+                if high is not None:
+                    self.base.append(sql.not_after(self.pk, high))
+                if writer is None or sql.name == "sqlite":
+                    self._one_by_one(conn, sql, writer, low)
+                else:
+                    self._pipelined(
+                        conn, stack.enter_context(self.engine.connect()), sql, writer, low
+                    )
         except SQLAlchemyError as exc:
             raise _database_error(self.job.label, exc) from exc
         return self.report
 
-    def _run(
-        self,
-        conn: Connection,
-        sql: _Sql,
-        writer: _Writer | None,
-        low: tuple[Any, ...] | None,
-        high: tuple[Any, ...] | None,
+    def _page(self, sql: _Sql, last: tuple[Any, ...] | None) -> Any:
+        where = [*self.base, sql.after(self.pk, last)] if last is not None else self.base
+        stmt = select(*self.selected).where(*where).order_by(*self.pk)
+        return stmt.limit(self.options.batch_size)
+
+    def _one_by_one(
+        self, conn: Connection, sql: _Sql, writer: _Writer | None, last: tuple[Any, ...] | None
     ) -> None:
-        base = _filters(sql, self.job, self.pk, self.options.shard)
-        if high is not None:
-            base.append(sql.not_after(self.pk, high))
-        selected = [*self.pk, *(_raw(c) for c in self.job.read)]
-        last = low
         while not self.should_stop():
-            where = [*base, sql.after(self.pk, last)] if last is not None else base
-            stmt = select(*selected).where(*where).order_by(*self.pk)
-            keys, missed = self._batch(conn, writer, stmt.limit(self.options.batch_size), True)
-            if not keys:
+            stmt = self._page(sql, last)
+            batch, missed = self._transaction(conn, self._read_and_write, writer, stmt, True)
+            if not batch.keys:
                 return
-            last = keys[-1]
-            for _ in range(_CAS_RETRIES):
-                if not missed:
-                    break
-                keys = sorted(missed)
-                match = (
-                    self.pk[0].in_([k[0] for k in keys])
-                    if len(self.pk) == 1
-                    else tuple_(*self.pk).in_(keys)
-                )
-                _, missed = self._batch(conn, writer, select(*selected).where(*base, match), False)
-            if missed:
-                logger.warning(
-                    "%s: %d rows kept changing during the run; rerun to pick them up",
-                    self.job.label,
-                    len(missed),
-                )
-            self.listener.batch(self.job.label, len(keys), self.report)
-            if self.options.fail_fast and self.report.failed:
+            last = batch.keys[-1]
+            self._written(batch, missed)
+            self._retry(conn, writer, batch, missed)
+            self._apply(batch)
+            if self.options.fail_fast and batch.failures:
                 self.report.completed = False
                 return
         self.report.completed = False
 
-    def _batch(
-        self, conn: Connection, writer: _Writer | None, stmt: Any, first_read: bool
-    ) -> tuple[list[tuple[Any, ...]], set[tuple[Any, ...]]]:
-        """Read, transform and write one batch in one transaction; retried if deadlocked."""
+    def _pipelined(
+        self,
+        conn: Connection,
+        write_conn: Connection,
+        sql: _Sql,
+        writer: _Writer,
+        last: tuple[Any, ...] | None,
+    ) -> None:
+        def write(batch: _Batch) -> _Batch:
+            missed = self._transaction(write_conn, self._write, writer, batch, True)
+            self._written(batch, missed)
+            self._retry(write_conn, writer, batch, missed)
+            return batch
+
+        with ThreadPoolExecutor(1, thread_name_prefix="fieldcrypt-writer") as executor:
+            pending: Future[_Batch] | None = None
+            try:
+                while not self.should_stop():
+                    stmt = self._page(sql, last)
+                    batch = self._transaction(conn, self._read, stmt, True)
+                    if pending is not None:
+                        self._apply(pending.result())
+                        pending = None
+                    if not batch.keys:
+                        return
+                    last = batch.keys[-1]
+                    pending = executor.submit(write, batch)
+                    if self.options.fail_fast and batch.failures:
+                        self.report.completed = False
+                        return
+                self.report.completed = False
+            finally:
+                if pending is not None:
+                    # The batch in flight is committed (or fails) before the run reports.
+                    self._apply(pending.result())
+
+    def _transaction(self, conn: Connection, work: Callable[..., _T], *args: Any) -> _T:
+        """Run ``work(conn, *args)`` in one transaction; retried after a deadlock."""
         for attempt in range(_TRANSIENT_RETRIES + 1):
             try:
                 with conn.begin():
-                    rows = [tuple(row) for row in conn.execute(stmt).all()]
-                    items, counts, failures, rows = self._transform(rows)
-                    if first_read and self.before_write is not None:
-                        self.before_write(conn, [k for k, _, _ in items])
-                    missed = writer.write(conn, items) if writer is not None and items else set()
-                break
+                    return work(conn, *args)
             except DBAPIError as exc:
                 if attempt < _TRANSIENT_RETRIES and _transient(exc):
                     # Lock conflicts clear once the other transaction ends; give it a moment.
                     time.sleep(0.05 * 2**attempt)
                     continue
                 raise
-        # Counted only once committed, so a retried batch is not counted twice.
-        npk = len(self.pk)
-        keys = [r[:npk] for r in rows]
-        if first_read:
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read(self, conn: Connection, stmt: Any, scanned: bool) -> _Batch:
+        rows = [tuple(row) for row in conn.execute(stmt).all()]
+        items, counts, failures, rows = self._transform(rows)
+        if scanned:
             counts["scanned"] = len(rows)
-        counts["written"] = len(items) - len(missed)
-        counts["concurrent"] = len(missed)
-        self.report._count(counts)
-        for failure in failures:
+        return _Batch([r[: len(self.pk)] for r in rows], items, counts, failures)
+
+    def _write(
+        self, conn: Connection, writer: _Writer | None, batch: _Batch, hook: bool
+    ) -> set[tuple[Any, ...]]:
+        if hook and self.before_write is not None:
+            self.before_write(conn, [k for k, _, _ in batch.items])
+        if writer is None or not batch.items:
+            return set()
+        return writer.write(conn, batch.items)
+
+    def _read_and_write(
+        self, conn: Connection, writer: _Writer | None, stmt: Any, first: bool
+    ) -> tuple[_Batch, set[tuple[Any, ...]]]:
+        batch = self._read(conn, stmt, first)
+        return batch, self._write(conn, writer, batch, first)
+
+    @staticmethod
+    def _written(batch: _Batch, missed: set[tuple[Any, ...]]) -> None:
+        # Counted once committed, so a batch retried after a deadlock is not counted twice.
+        batch.counts["written"] = batch.counts.get("written", 0) + len(batch.items) - len(missed)
+        batch.counts["concurrent"] = batch.counts.get("concurrent", 0) + len(missed)
+
+    def _retry(
+        self,
+        conn: Connection,
+        writer: _Writer | None,
+        batch: _Batch,
+        missed: set[tuple[Any, ...]],
+    ) -> None:
+        """Read rows that changed under the write again; rotate those that still need it."""
+        for _ in range(_CAS_RETRIES):
+            if not missed:
+                return
+            keys = sorted(missed)
+            match = (
+                self.pk[0].in_([k[0] for k in keys])
+                if len(self.pk) == 1
+                else tuple_(*self.pk).in_(keys)
+            )
+            stmt = select(*self.selected).where(*self.base, match)
+            retried, missed = self._transaction(conn, self._read_and_write, writer, stmt, False)
+            self._written(retried, missed)
+            for name, value in retried.counts.items():
+                batch.counts[name] = batch.counts.get(name, 0) + value
+            batch.failures.extend(retried.failures)
+        batch.left = len(missed)
+
+    def _apply(self, batch: _Batch) -> None:
+        self.report._count(batch.counts)
+        for failure in batch.failures:
             if len(self.report.failures) < MAX_KEPT_FAILURES:
                 self.report.failures.append(failure)
             self.listener.failure(failure)
-        return keys, missed
+        if batch.left:
+            logger.warning(
+                "%s: %d rows kept changing during the run; rerun to pick them up",
+                self.job.label,
+                batch.left,
+            )
+        self.listener.batch(self.job.label, len(batch.keys), self.report)
 
     def _transform(
         self, rows: list[tuple[Any, ...]]
