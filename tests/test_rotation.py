@@ -36,6 +36,7 @@ from sqlalchemy import (
 
 import rotation_support
 import sa_fieldcrypt
+from conftest import CONNECT_ARGS, server_url
 from sa_fieldcrypt import (
     ConfigurationError,
     EncryptedText,
@@ -51,6 +52,30 @@ from sa_fieldcrypt.config import _swap
 from sa_fieldcrypt.settings import FieldCryptSettings
 
 TABLE = "fc_rot_mixed"
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """An engine on each database server (for what SQLite does not have)."""
+    engine = create_engine(server_url(request.param), connect_args=CONNECT_ARGS)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def mariadb_engine() -> Iterator[Engine]:
+    """An engine on MariaDB."""
+    engine = create_engine(server_url("mariadb"), connect_args=CONNECT_ARGS)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgresql_engine() -> Iterator[Engine]:
+    """An engine on PostgreSQL."""
+    engine = create_engine(server_url("postgresql"), connect_args=CONNECT_ARGS)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
@@ -330,10 +355,9 @@ def test_rotation_does_not_fire_onupdate(engine: Engine, ring: Keyring) -> None:
         rotation_support.Base.metadata.drop_all(engine)
 
 
-def test_mysql_on_update_timestamp_is_kept(engine: Engine, ring: Keyring) -> None:
+def test_mysql_on_update_timestamp_is_kept(mariadb_engine: Engine, ring: Keyring) -> None:
     """MySQL/MariaDB's ON UPDATE CURRENT_TIMESTAMP column is not bumped by rotation."""
-    if engine.dialect.name not in ("mysql", "mariadb"):
-        pytest.skip("ON UPDATE CURRENT_TIMESTAMP is MySQL/MariaDB syntax")
+    engine = mariadb_engine
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS fc_rot_stamped"))
         conn.execute(
@@ -503,28 +527,31 @@ def test_workers_split_the_table_without_overlap(engine: Engine, ring: Keyring) 
         rotation_support.Base.metadata.drop_all(engine)
 
 
-@pytest.mark.parametrize("key", ["integer", "string"])
-def test_shards_cover_the_table_once(engine: Engine, ring: Keyring, key: str) -> None:
-    """Shards 1/3, 2/3 and 3/3, run one after another, each take a part and cover all."""
-    if key == "integer":
-        id_column = Column("id", Integer, primary_key=True, autoincrement=False)
-        ids: list[Any] = list(range(60))
-    else:
-        if engine.dialect.name == "sqlite":
-            pytest.skip("SQLite shards need an integer key (tested below)")
-        id_column = Column("id", String(20), primary_key=True)
-        ids = [f"customer-{i}" for i in range(60)]
+def _check_shards(engine: Engine, ring: Keyring, id_column: Column[Any], ids: list[Any]) -> None:
     table = _make_table(engine, "fc_rot_shards", id_column)
     try:
         with engine.begin() as conn:
             conn.execute(insert(table), [{"id": i, "email": _under(ring, "k1", "x")} for i in ids])
         column = _column(engine, "fc_rot_shards")
         written = [rotation.rotate(engine, [column], shard=(i, 3)).written for i in (1, 2, 3)]
-        assert 60 == sum(written)
-        assert all(0 < n < 60 for n in written)
-        assert {"k3": 60} == rotation.status(engine, [column]).columns[0].by_key
+        assert len(ids) == sum(written)
+        assert all(0 < n < len(ids) for n in written)
+        assert {"k3": len(ids)} == rotation.status(engine, [column]).columns[0].by_key
     finally:
         table.metadata.drop_all(engine)
+
+
+def test_shards_of_integer_keys_cover_the_table_once(engine: Engine, ring: Keyring) -> None:
+    """Shards 1/3, 2/3 and 3/3 of an integer key, run one after another, each take a part
+    and together cover every row."""
+    column = Column("id", Integer, primary_key=True, autoincrement=False)
+    _check_shards(engine, ring, column, list(range(-5, 55)))
+
+
+def test_shards_of_text_keys_cover_the_table_once(server_engine: Engine, ring: Keyring) -> None:
+    """On PostgreSQL and MariaDB, text keys are sharded by a hash computed in SQL."""
+    column = Column("id", String(20), primary_key=True)
+    _check_shards(server_engine, ring, column, [f"customer-{i}" for i in range(60)])
 
 
 def test_sqlite_shards_need_an_integer_key(tmp_path: Path, ring: Keyring) -> None:
@@ -733,11 +760,10 @@ def test_cli_failures_exit_non_zero(sqlite_env: tuple[Engine, Table, Keyring]) -
 
 
 def test_cli_models_and_workers(
-    engine: Engine, ring: Keyring, monkeypatch: pytest.MonkeyPatch
+    postgresql_engine: Engine, ring: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--models finds the columns; --workers 2 rotates them; --db names the database."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("one server is enough for the command-line path")
+    engine = postgresql_engine
     rotation_support.Base.metadata.drop_all(engine)
     rotation_support.Base.metadata.create_all(engine)
     monkeypatch.setenv("FIELDCRYPT_KEYS", ring.export())
