@@ -16,9 +16,10 @@ Typical usage::
 
 How a run works, and why it is safe with the application running:
 
-- Rows are read in batches in primary-key order (keyset pagination, composite keys too), one
-  transaction per batch, so memory stays flat whatever the table size and a stopped run has
-  lost at most the batch in flight.
+- Rows are read in batches in primary-key order (keyset pagination, composite keys too) and
+  each batch is written in one transaction, so memory stays flat whatever the table size and
+  a stopped run has lost at most the batches in flight (two, on a database server, where
+  one batch is written while the next is re-encrypted).
 - The SQL filter selects only values *not* under the primary key, so a rerun never decrypts
   what an earlier run finished: rotation is resumable and idempotent, whatever stopped it.
 - Each row is written by a Core ``UPDATE ... WHERE pk = :pk AND col = :old`` (compare and
