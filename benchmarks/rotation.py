@@ -119,15 +119,16 @@ def run_child(url: str, workers: int, batch_size: int, keys: str) -> dict[str, f
     return result
 
 
-def child(url: str, workers: int, batch_size: int) -> None:
+def child(url: str, worker_count: int, batch_size: int) -> None:
     """The measured process: rotate, then print seconds and peak RSS as JSON."""
     engine = create_engine(url, hide_parameters=True)
     column = rotation.reflect_column(engine, TABLE, "email")
+    before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    report = rotation.rotate(engine, [column], batch_size=batch_size, workers=workers)
+    report = rotation.rotate(engine, [column], batch_size=batch_size, workers=worker_count)
     seconds = time.perf_counter() - start
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
     if not report.ok:
         raise SystemExit(f"rotation reported failures: {report}")
     print(
@@ -135,8 +136,15 @@ def child(url: str, workers: int, batch_size: int) -> None:
             {
                 "seconds": seconds,
                 "written": report.written,
-                "rss_mb": own / 1024,
-                "worker_rss_mb": workers_peak / 1024,
+                "rss_mb": own.ru_maxrss / 1024,
+                "worker_rss_mb": workers.ru_maxrss / 1024,
+                # The rotating processes only, not the database server's share.
+                "cpu_seconds": own.ru_utime
+                + own.ru_stime
+                - before.ru_utime
+                - before.ru_stime
+                + workers.ru_utime
+                + workers.ru_stime,
             }
         )
     )
@@ -182,15 +190,19 @@ def main() -> None:
         for workers in worker_counts:
             fresh_table(engine, source)
             crypto = crypto_rate(engine, old_key, new_key, workers)
+            single = crypto if workers == 1 else crypto_rate(engine, old_key, new_key, 1)
             measured = run_child(args.url, workers, args.batch_size, keys)
             check_done(engine, rows)
             rate = rows / measured["seconds"]
             peak = max(measured["rss_mb"], measured["worker_rss_mb"])
+            # Crypto's share of the CPU the rotation used: 1.00 would be crypto alone.
+            cpu_share = (1 / single) / (measured["cpu_seconds"] / rows)
             results.append((rows, workers, measured["seconds"], rate, crypto, peak))
             print(
                 f"  {rows:>9,} rows, {workers} worker(s): {measured['seconds']:7.1f} s, "
                 f"{rate:9,.0f} rows/s, crypto-bound {crypto:9,.0f}/s, "
-                f"ratio {rate / crypto:5.2f}, peak RSS {peak:5.0f} MB",
+                f"ratio {rate / crypto:5.2f}, crypto share of CPU {cpu_share:4.2f}, "
+                f"peak RSS {peak:5.0f} MB",
                 flush=True,
             )
     print("\nsummary (crypto-bound rate: raw Fernet, as many processes as workers):")

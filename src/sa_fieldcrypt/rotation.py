@@ -846,6 +846,7 @@ class _Walk:
         self.pk = _primary_key(job)
         self.pk_names = [c.name for c in self.pk]
         self.limits = [getattr(c.type, "length", None) for c in job.write]
+        self.has_limits = any(limit is not None for limit in self.limits)
         self.report = JobReport(job.label, dry_run=options.dry_run)
         self.selected = [*self.pk, *(_raw(c) for c in job.read)]
         self.base: list[ColumnElement[bool]] = []
@@ -1037,7 +1038,7 @@ class _Walk:
             elif new is SKIP:
                 skipped += 1
             elif isinstance(new, tuple):
-                too_long = self._too_long(new)
+                too_long = self._too_long(new) if self.has_limits else None
                 if too_long is not None:
                     failures.append(self._failure(key, too_long))
                 else:
