@@ -842,3 +842,30 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
     lines.batch("t.email", 50, report)
     lines.finished(report)
     assert plain.getvalue().startswith("t.email: 100 rows to visit\nt.email: 50/100 rows scanned")
+
+
+def test_cli_table_in_a_schema(
+    postgresql_engine: Engine, ring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--table SCHEMA.TABLE reflects and rotates a table outside the default schema."""
+    engine = postgresql_engine
+    monkeypatch.setenv("FIELDCRYPT_KEYS", ring.export())
+    monkeypatch.setenv("FIELDCRYPT_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS fc_rot_core CASCADE"))
+        conn.execute(text("CREATE SCHEMA fc_rot_core"))
+        conn.execute(text("CREATE TABLE fc_rot_core.customers (id int PRIMARY KEY, email text)"))
+        conn.execute(
+            text("INSERT INTO fc_rot_core.customers VALUES (1, :a), (2, :b)"),
+            {"a": _under(ring, "k1", "a"), "b": _legacy(ring, "k2", "b")},
+        )
+    try:
+        target = ["--table", "fc_rot_core.customers", "--column", "email"]
+        result = CliRunner().invoke(cli, ["rotate", *target])
+        assert 0 == result.exit_code, result.output
+        assert "fc_rot_core.customers.email: scanned 2, rotated 2" in result.stdout
+        status = json.loads(CliRunner().invoke(cli, ["status", *target, "--json"]).stdout)
+        assert {"k3": 2} == status["columns"][0]["by_key"]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA fc_rot_core CASCADE"))
