@@ -259,9 +259,10 @@ def status(
     column_names: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Count each column's values per key id, legacy tokens, plaintext and NULL.
+    """Count values per key id, legacy tokens, plaintext and NULL.
 
-    Says, per key id, whether any value still needs it. Nothing is decrypted.
+    Counts each column's stored values by their header (nothing is decrypted) and says, per
+    key id, whether any value still needs it.
     """
     with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
         report = rotation.status(engine, columns)
@@ -305,10 +306,12 @@ def rotate(
     workers: int,
     shard: tuple[int, int] | None,
 ) -> None:
-    """Re-encrypt every value that is not under the primary key with the primary key.
+    """Re-encrypt values under the primary key.
 
-    Safe while the application runs (a row changed meanwhile is not overwritten) and safe
-    to stop at any moment: run it again and it carries on where it was.
+    Every value that is not under the primary key (older key ids, legacy bare Fernet tokens,
+    and with --encrypt-plaintext plaintext) is encrypted with the primary key. Safe while
+    the application runs (a row changed meanwhile is not overwritten) and safe to stop at
+    any moment: run it again and it carries on where it was.
     """
     with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
         run = rotation.rotate(
@@ -353,7 +356,7 @@ def verify(
     workers: int,
     shard: tuple[int, int] | None,
 ) -> None:
-    """Decrypt every value and report those that fail; change nothing."""
+    """Decrypt every value, report failures; change nothing."""
     with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
         run = rotation.verify(
             engine,
@@ -383,10 +386,11 @@ def retire_key(
     table_name: str | None,
     column_names: tuple[str, ...],
 ) -> None:
-    """Remove KEY_ID from the keys, once no value of the given columns needs it.
+    """Remove a key that no value needs any more.
 
-    Refuses while any value is under the key (or legacy tokens remain). With keys from the
-    environment, prints the new FIELDCRYPT_KEYS value on stdout, and nothing else there:
+    Checks that no value of the given columns is under KEY_ID, and refuses while any is (or
+    while legacy tokens remain). With keys from the environment, prints the new
+    FIELDCRYPT_KEYS value on stdout, and nothing else there:
     `export FIELDCRYPT_KEYS="$(fieldcrypt retire-key k1 --models app.models)"`.
     """
     with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():

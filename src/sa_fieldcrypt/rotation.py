@@ -89,7 +89,7 @@ from sqlalchemy.orm import Mapper
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Integer, TypeEngine
 
-from sa_fieldcrypt.cipher import inspect_token
+from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token
 from sa_fieldcrypt.config import configure, current_keyring
 from sa_fieldcrypt.errors import (
     ConfigurationError,
@@ -139,8 +139,9 @@ MAX_KEPT_FAILURES: Final = 100
 _CAS_RETRIES: Final = 3
 #: Times a batch is retried after a deadlock or serialization failure.
 _TRANSIENT_RETRIES: Final = 5
-_LEGACY_START: Final = "gAAAAA"
-_FC1: Final = "fc1:"
+_LEGACY_START: Final = "gAAAAA"  # a Fernet token's version byte, as inspect_token tests it
+_FC1: Final = TOKEN_PREFIX
+_TOKEN_STARTS: Final = (_FC1, _LEGACY_START)
 
 
 class _Skip:
@@ -713,8 +714,8 @@ class _Writer:
         return update(self.lite).where(*where).values(values)
 
     def _bulk_statement(self) -> Any:
-        # PostgreSQL: the whole batch in one statement, one JSON parameter; RETURNING says
-        # which rows were written. Much cheaper than a statement per row.
+        # PostgreSQL: the whole batch in one statement with one JSON parameter, much cheaper
+        # than a statement per row.
         c = self.lite.c
         rows = (
             func.json_array_elements(cast(bindparam("doc", type_=Text()), JSON()))
@@ -732,16 +733,15 @@ class _Writer:
         where = [c[n] == cast(item(at["k", n]), c[n].type) for n in self.pk_names]
         where += [self.sql.same(c[n], item(at["o", n])) for n in self.read_names]
         values = {c[n]: item(at["n", n]) for n in self.write_names}
-        return (
-            update(self.lite).where(*where).values(values).returning(*(c[n] for n in self.pk_names))
-        )
+        return update(self.lite).where(*where).values(values)
 
     def write(self, conn: Connection, items: list[Item]) -> set[tuple[Any, ...]]:
         """Write ``(pk, old, new)`` items; return the keys of rows that changed meanwhile."""
         if self.bulk is not None:
             doc = json.dumps([[*k, *o, *n] for k, o, n in items], default=str)
-            done = {tuple(row) for row in conn.execute(self.bulk, {"doc": doc})}
-            return {k for k, _, _ in items if k not in done}
+            if conn.execute(self.bulk, {"doc": doc}).rowcount == len(items):
+                return set()
+            return self._not_written(conn, items)
         params = [
             {
                 **{f"k{i}": v for i, v in enumerate(k)},
@@ -757,8 +757,9 @@ class _Writer:
         return self._not_written(conn, items)
 
     def _not_written(self, conn: Connection, items: list[Item]) -> set[tuple[Any, ...]]:
-        # Where the driver cannot count rows per statement, read back what is there now, in
-        # the same transaction: a row holds the new (random) ciphertext only if we wrote it.
+        # Some rows were not written, or the driver cannot count them: read back what is there
+        # now, in the same transaction. A row holds the new (random) ciphertext only if this
+        # write put it there.
         pk = [self.lite.c[n] for n in self.pk_names]
         written = [self.lite.c[n] for n in self.write_names]
         keys = [k for k, _, _ in items]
@@ -947,11 +948,10 @@ class _Walk:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _read(self, conn: Connection, stmt: Any, scanned: bool) -> _Batch:
-        rows = [tuple(row) for row in conn.execute(stmt).all()]
-        items, counts, failures, rows = self._transform(rows)
+        items, counts, failures, rows = self._transform(conn.execute(stmt).all())
         if scanned:
             counts["scanned"] = len(rows)
-        return _Batch([r[: len(self.pk)] for r in rows], items, counts, failures)
+        return _Batch([tuple(r[: len(self.pk)]) for r in rows], items, counts, failures)
 
     def _write(
         self, conn: Connection, writer: _Writer | None, batch: _Batch, hook: bool
@@ -1014,8 +1014,8 @@ class _Walk:
         self.listener.batch(self.job.label, len(batch.keys), self.report)
 
     def _transform(
-        self, rows: list[tuple[Any, ...]]
-    ) -> tuple[list[Item], dict[str, int], list[Failure], list[tuple[Any, ...]]]:
+        self, rows: Sequence[Sequence[Any]]
+    ) -> tuple[list[Item], dict[str, int], list[Failure], Sequence[Sequence[Any]]]:
         """Transform rows; with fail_fast, only those up to the first failure."""
         npk = len(self.pk)
         fail_fast = self.options.fail_fast
@@ -1027,7 +1027,7 @@ class _Walk:
             if fail_fast and failures:
                 rows = rows[:position]
                 break
-            key, old = row[:npk], row[npk:]
+            key, old = tuple(row[:npk]), tuple(row[npk:])
             try:
                 new = transform(old)
             except FieldCryptError as exc:
@@ -1364,11 +1364,16 @@ def rotation_job(
 
     def transform(old: tuple[Any, ...]) -> tuple[Any, ...] | _Skip:
         value = old[0]
-        if inspect_token(value).kind == "plaintext":
-            if not encrypt_plaintext:
-                return SKIP
-            return (codec.encrypt_plaintext(value),)
-        return (codec.reencrypt(value),)
+        if value.startswith(_TOKEN_STARTS):
+            try:
+                return (codec.reencrypt(value),)
+            except DecryptionError:
+                # A value can start like a token and still be plaintext ("fc1:" alone).
+                if inspect_token(value).kind != "plaintext":
+                    raise
+        if not encrypt_plaintext:
+            return SKIP
+        return (codec.encrypt_plaintext(value),)
 
     return BatchJob(
         target.label, target.table, (target.column,), (target.column,), transform, where

@@ -197,7 +197,8 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         Raises:
             DecryptionError: the value is not a token, or does not decrypt.
         """
-        if cipher.inspect_token(token).kind == "plaintext":
+        # Only allow_plaintext makes decrypt_token() accept plaintext; refuse it here.
+        if self.allow_plaintext and cipher.inspect_token(token).kind == "plaintext":
             raise DecryptionError(cipher._NOT_A_TOKEN, column=self._column_label)
         return cipher.encrypt(self.active_keyring(), self.decrypt_token(token))
 
