@@ -905,6 +905,15 @@ class _Walk:
         writer: _Writer,
         last: tuple[Any, ...] | None,
     ) -> None:
+        # A page is one SELECT; it needs no transaction around it, since writes compare and
+        # swap. Without BEGIN and COMMIT it is one round trip instead of three.
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        if writer.bulk is not None:
+            # A batch is one UPDATE statement, atomic on its own: without BEGIN and COMMIT it
+            # is one round trip, and each round trip costs the writer a wait for the GIL,
+            # which the crypto holds.
+            write_conn = write_conn.execution_options(isolation_level="AUTOCOMMIT")
+
         def write(batch: _Batch) -> _Batch:
             missed = self._transaction(write_conn, self._write, writer, batch, True)
             self._written(batch, missed)
