@@ -12,6 +12,7 @@ from sqlalchemy import Column, DateTime, Integer, String, Table, Text, create_en
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sa_fieldcrypt import EncryptedJSON, EncryptedText, rotation
+from sa_fieldcrypt.types import COLUMN_INFO_KEY
 
 
 class Base(DeclarativeBase):
@@ -37,7 +38,7 @@ class Booking(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     phone_encrypted: Mapped[str | None] = mapped_column(
-        Text, info={rotation.INFO_KEY: EncryptedText()}
+        Text, info={COLUMN_INFO_KEY: EncryptedText()}
     )
     notes: Mapped[str | None] = mapped_column(Text)
 

@@ -411,3 +411,10 @@ def test_encrypt_plaintext_refuses_tokens_and_invalid_values() -> None:
     assert {"a": 1} == EncryptedJSON(keyring=OLD_AND_NEW).process_result_value(
         EncryptedJSON(keyring=OLD_AND_NEW).encrypt_plaintext('{"a": 1}'), DIALECT
     )
+
+
+def test_written_prefix_is_the_header_of_new_tokens() -> None:
+    """Every token the column writes starts with written_prefix(): the primary key's header."""
+    column_type = EncryptedText(keyring=OLD_AND_NEW)
+    assert "fc1:new:" == column_type.written_prefix()
+    assert column_type.process_bind_param("x", DIALECT).startswith(column_type.written_prefix())

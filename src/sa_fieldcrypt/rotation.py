@@ -100,10 +100,9 @@ from sa_fieldcrypt.errors import (
 from sa_fieldcrypt.keys import KEY_ID_PATTERN, Keyring
 from sa_fieldcrypt.providers.env import LEGACY_KEY_ID, keyring_from_settings
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
-from sa_fieldcrypt.types import EncryptedText, EncryptedType
+from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType
 
 __all__ = [
-    "INFO_KEY",
     "SKIP",
     "BatchJob",
     "ColumnStatus",
@@ -128,10 +127,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sa_fieldcrypt.rotation")
-
-#: ``column.info`` key naming the :class:`EncryptedType` that encrypts a plain ``Text`` column
-#: (models that keep ciphertext in a ``Text`` column behind a hybrid property).
-INFO_KEY: Final = "sa_fieldcrypt.type"
 
 #: Failures kept in a :class:`JobReport`; every one is still passed to the listener.
 MAX_KEPT_FAILURES: Final = 100
@@ -210,7 +205,7 @@ class EncryptedColumn:
         if codec is None:
             raise ConfigurationError(
                 f"column {column_.name!r} is neither an EncryptedType column nor marked with "
-                f"info[{INFO_KEY!r}]"
+                f"info[{COLUMN_INFO_KEY!r}]"
             )
         return cls(column_, codec)
 
@@ -221,12 +216,12 @@ class EncryptedColumn:
 def _codec_of(column_: Column[Any]) -> EncryptedType | None:
     if isinstance(column_.type, EncryptedType):
         return column_.type
-    codec = column_.info.get(INFO_KEY)
+    codec = column_.info.get(COLUMN_INFO_KEY)
     if codec is None:
         return None
     if not isinstance(codec, EncryptedType):
         raise ConfigurationError(
-            f"column {column_.name!r}: info[{INFO_KEY!r}] must be an EncryptedType instance "
+            f"column {column_.name!r}: info[{COLUMN_INFO_KEY!r}] must be an EncryptedType instance "
             f"such as EncryptedText(), not {type(codec).__name__}"
         )
     return codec
@@ -267,7 +262,7 @@ def find_columns(*modules: str | ModuleType) -> list[EncryptedColumn]:
         if len(found) == before:
             raise ConfigurationError(
                 f"module {module.__name__!r} defines no encrypted column (no EncryptedType "
-                f"column and no column with info[{INFO_KEY!r}])"
+                f"column and no column with info[{COLUMN_INFO_KEY!r}])"
             )
     return found
 
@@ -1366,7 +1361,7 @@ def rotation_job(
     ``encrypt_plaintext``, else skipped.
     """
     codec = target.codec
-    prefix = codec.active_keyring().primary.token_prefix
+    prefix = codec.written_prefix()
     stored = _raw(target.column)
     sql = _Sql(engine.dialect.name)
     where = and_(stored.is_not(None), ~sql.has_prefix(stored, prefix))

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from sqlalchemy.types import TypeEngine
 
 __all__ = [
+    "COLUMN_INFO_KEY",
     "EncryptedBytes",
     "EncryptedJSON",
     "EncryptedText",
@@ -59,6 +60,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sa_fieldcrypt")
+
+#: Key of ``Column.info`` under which a plain ``Text`` column that holds tokens (the
+#: hybrid-property style) records the :class:`EncryptedType` that reads and writes it.
+COLUMN_INFO_KEY = "sa_fieldcrypt.type"
 
 # Operators that do not look at the stored value's content.
 _ALLOWED_OPERATORS = frozenset({operators.is_, operators.is_not})
@@ -187,6 +192,17 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         """Return the keyring this column encrypts and decrypts with now."""
         return (self._keys or default_key_cache()).get()
 
+    def written_prefix(self) -> str:
+        """Return the header that every token this column writes now starts with.
+
+        A stored value with this header needs no re-encryption: rotation skips it in SQL.
+        """
+        return self.active_keyring().primary.token_prefix
+
+    def encrypt_bytes(self, data: bytes) -> str:
+        """Encrypt ``data`` with this column's primary key; return the token."""
+        return cipher.encrypt(self.active_keyring(), data)
+
     def reencrypt(self, token: str) -> str:
         """Return ``token``'s content encrypted under the primary key.
 
@@ -200,7 +216,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         # Only allow_plaintext makes decrypt_token() accept plaintext; refuse it here.
         if self.allow_plaintext and cipher.inspect_token(token).kind == "plaintext":
             raise DecryptionError(cipher._NOT_A_TOKEN, column=self._column_label)
-        return cipher.encrypt(self.active_keyring(), self.decrypt_token(token))
+        return self.encrypt_bytes(self.decrypt_token(token))
 
     def encrypt_plaintext(self, stored: str) -> str:
         """Encrypt a value that was stored as plaintext text, as this column would store it.
@@ -224,7 +240,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
                 f"{self.column_label}: the plaintext value is not valid for "
                 f"{type(self).__name__} ({self.python_type_name})"
             ) from None
-        return cipher.encrypt(self.active_keyring(), data)
+        return self.encrypt_bytes(data)
 
     def _type_error(self, value: object) -> ValueTypeError:
         return ValueTypeError(
