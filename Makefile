@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench bench-rotation clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/blind_index.py
+
+# Key rotation of 100,000 and 1,000,000 rows on PostgreSQL, 1 and 2 workers (a few minutes;
+# FIELDCRYPT_BENCH_POSTGRES_URL, else FIELDCRYPT_TEST_POSTGRES_URL, names the server).
+bench-rotation: $(VENV)/.installed-dev
+	$(PY) benchmarks/rotation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -676,7 +676,7 @@ print(elapsed, ",".join(unwanted))
 
 def _import_once(module: str) -> tuple[float, str]:
     # A fresh interpreter each time: what an application pays at start-up.
-    out = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
+    out = subprocess.run(
         [sys.executable, "-c", _IMPORT_PROBE.format(module=module)],
         capture_output=True,
         text=True,

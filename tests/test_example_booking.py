@@ -175,7 +175,7 @@ def test_demo_runs_from_a_clean_directory(tmp_path: Path) -> None:
     }
     environment["PYTHONPATH"] = str(EXAMPLES)
     command = [sys.executable, "-m", "booking", "--db", f"sqlite:///{tmp_path / 'demo.sqlite3'}"]
-    result = subprocess.run(  # noqa: S603 - our own interpreter and example
+    result = subprocess.run(
         command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
     )
     assert 0 == result.returncode, result.stderr

@@ -723,7 +723,7 @@ def test_keyring_entry_syntax_is_explained() -> None:
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
     # The interpreter running the tests, on code written here.
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,

@@ -143,3 +143,16 @@ def test_bad_kind_settings_fail_without_showing_keys(
         sa_fieldcrypt.current_keyring()
     assert key not in str(info.value)
     assert short not in str(info.value)
+
+
+def test_database_url_is_read_and_hidden(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_DATABASE_URL is read, and printing the settings does not show it."""
+    url = "postgresql+psycopg://app:hunter2-pw@db.internal:5432/bookings"
+    monkeypatch.setenv("FIELDCRYPT_DATABASE_URL", url)
+    settings = load_settings()
+    assert settings.database_url is not None
+    assert url == settings.database_url.get_secret_value()
+    assert "hunter2-pw" not in repr(settings)
+    assert "hunter2-pw" not in str(settings)

@@ -20,12 +20,15 @@ from sa_fieldcrypt import (
     EncryptedJSON,
     EncryptedText,
     Keyring,
+    PlaintextValueWarning,
     UnknownKeyError,
     UnsupportedComparisonError,
+    ValueTypeError,
     configure,
     encrypt,
     generate_key,
     inspect_token,
+    metrics,
 )
 from sa_fieldcrypt.config import _swap
 from sa_fieldcrypt.testing import (
@@ -527,3 +530,137 @@ def test_bound_types_have_distinct_cache_keys_and_show_their_context() -> None:
     assert "EncryptedText(context='crm.strict', allow_unbound=False)" == repr(
         Contact.__table__.c.strict.type
     )
+
+
+# -- plaintext during a migration, and re-encryption --------------------------------------
+
+
+def test_plaintext_is_refused_by_default() -> None:
+    """Without allow_plaintext, a stored value that is not a token raises DecryptionError."""
+    with pytest.raises(DecryptionError, match="not an encrypted token"):
+        EncryptedText(keyring=RING).process_result_value("ada@example.com", DIALECT)
+
+
+def test_allow_plaintext_reads_loudly(engine: Engine, keyring: Keyring) -> None:
+    """allow_plaintext returns plaintext values, warns once per column and counts every read."""
+    metadata = MetaData()
+    table = Table(
+        "fc_type_migrating",
+        metadata,
+        mapped_column("id", Integer, primary_key=True, autoincrement=False).column,
+        mapped_column("email", EncryptedText(allow_plaintext=True)).column,
+    )
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table).values(id=1, email="encrypted@example.com"))
+            conn.execute(text("INSERT INTO fc_type_migrating VALUES (2, 'plain@example.com')"))
+        label = "fc_type_migrating.email"
+        before = metrics.snapshot().plaintext_reads.get(label, 0)
+        with engine.connect() as conn:
+            query = select(table.c.email).order_by(table.c.id)
+            if before == 0:
+                with pytest.warns(PlaintextValueWarning, match=label):
+                    values = conn.execute(query).scalars().all()
+            else:
+                values = conn.execute(query).scalars().all()
+            again = conn.execute(query).scalars().all()
+        assert ["encrypted@example.com", "plain@example.com"] == values == again
+        assert before + 2 == metrics.snapshot().plaintext_reads[label]
+    finally:
+        metadata.drop_all(engine)
+
+
+def test_allow_plaintext_never_returns_ciphertext() -> None:
+    """With allow_plaintext, a token that does not decrypt still raises: no ciphertext as data."""
+    column_type = EncryptedText(keyring=RING, allow_plaintext=True)
+    for token in (
+        encrypt(Keyring({"other": generate_key()}), b"x"),
+        Fernet(generate_key()).encrypt(b"x").decode(),
+        encrypt(RING, b"x")[:-4] + "AAAA",
+    ):
+        with pytest.raises(DecryptionError):
+            column_type.process_result_value(token, DIALECT)
+
+
+def test_allow_plaintext_is_part_of_the_cache_key() -> None:
+    """Two types that differ in allow_plaintext do not share compiled statements."""
+    assert (
+        EncryptedText()._static_cache_key != EncryptedText(allow_plaintext=True)._static_cache_key
+    )
+
+
+OLD_AND_NEW = Keyring({"new": generate_key(), "old": generate_key()})
+
+
+@given(st.binary())
+def test_reencrypt_moves_any_value_to_the_primary_key(data: bytes) -> None:
+    """reencrypt() turns an old-key or legacy token into a primary-key token of the same bytes."""
+    column_type = EncryptedBytes(keyring=OLD_AND_NEW)
+    old = OLD_AND_NEW.with_primary("old")
+    legacy = Fernet(OLD_AND_NEW.get("old").export()).encrypt(data).decode()
+    for token in (encrypt(old, data), legacy):
+        moved = column_type.reencrypt(token)
+        assert "new" == inspect_token(moved).key_id
+        assert data == column_type.process_result_value(moved, DIALECT)
+
+
+def test_reencrypt_keeps_json_text_byte_for_byte() -> None:
+    """A JSON value is re-encrypted as stored: key order and spacing are not rewritten."""
+    stored = b'{"b": 1,  "a": [2, 1]}'
+    column_type = EncryptedJSON(keyring=OLD_AND_NEW)
+    moved = column_type.reencrypt(encrypt(OLD_AND_NEW.with_primary("old"), stored))
+    assert stored == column_type.decrypt_token(moved)
+
+
+def test_reencrypt_refuses_plaintext_and_broken_tokens() -> None:
+    """reencrypt() raises DecryptionError for plaintext and for tokens that do not decrypt."""
+    column_type = EncryptedText(keyring=OLD_AND_NEW, allow_plaintext=True)
+    with pytest.raises(DecryptionError, match="not an encrypted token"):
+        column_type.reencrypt("ada@example.com")
+    with pytest.raises(UnknownKeyError):
+        column_type.reencrypt(encrypt(Keyring({"gone": generate_key()}), b"x"))
+
+
+@given(
+    st.text(alphabet=st.characters(codec="utf-8")).filter(
+        lambda v: not v.startswith(("fc1:", "gAAAAA"))
+    )
+)
+def test_encrypt_plaintext_round_trips(value: str) -> None:
+    """encrypt_plaintext() stores a plaintext text value so that the column reads it back."""
+    column_type = EncryptedText(keyring=OLD_AND_NEW)
+    token = column_type.encrypt_plaintext(value)
+    assert "new" == inspect_token(token).key_id
+    assert value == column_type.process_result_value(token, DIALECT)
+
+
+def test_encrypt_plaintext_refuses_tokens_and_invalid_values() -> None:
+    """encrypt_plaintext() will not encrypt a token twice, nor store non-JSON as JSON."""
+    with pytest.raises(ValueTypeError, match="already an encrypted token"):
+        EncryptedText(keyring=OLD_AND_NEW).encrypt_plaintext(encrypt(OLD_AND_NEW, b"x"))
+    with pytest.raises(ValueTypeError, match="not valid for EncryptedJSON") as info:
+        EncryptedJSON(keyring=OLD_AND_NEW).encrypt_plaintext("not json: secret")
+    assert "secret" not in str(info.value)
+    assert {"a": 1} == EncryptedJSON(keyring=OLD_AND_NEW).process_result_value(
+        EncryptedJSON(keyring=OLD_AND_NEW).encrypt_plaintext('{"a": 1}'), DIALECT
+    )
+
+
+def test_written_prefix_is_the_header_of_new_tokens() -> None:
+    """Every token the column writes starts with written_prefix(): the primary key's header."""
+    column_type = EncryptedText(keyring=OLD_AND_NEW)
+    assert "fc1:new:" == column_type.written_prefix()
+    assert column_type.process_bind_param("x", DIALECT).startswith(column_type.written_prefix())
+
+
+def test_written_prefix_of_a_bound_column_is_the_bound_header() -> None:
+    """A bound column's new tokens carry the bound flag, so rotation rewrites unbound ones."""
+    column_type = EncryptedText(OLD_AND_NEW, "crm.email")
+    assert "fc1:new:c:" == column_type.written_prefix()
+    assert column_type.process_bind_param("x", DIALECT).startswith(column_type.written_prefix())
+    unbound = EncryptedText(OLD_AND_NEW).process_bind_param("x", DIALECT)
+    moved = column_type.reencrypt(unbound)
+    assert moved.startswith("fc1:new:c:")
+    assert b"x" == column_type.decrypt_token(moved)

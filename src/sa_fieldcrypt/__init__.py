@@ -41,7 +41,13 @@ from sa_fieldcrypt.errors import (
 from sa_fieldcrypt.hybrid import EncryptedHybrid, encrypted_hybrid, encrypted_values
 from sa_fieldcrypt.keys import Key, Keyring, generate_key
 from sa_fieldcrypt.settings import FieldCryptSettings
-from sa_fieldcrypt.types import EncryptedBytes, EncryptedJSON, EncryptedText, EncryptedType
+from sa_fieldcrypt.types import (
+    EncryptedBytes,
+    EncryptedJSON,
+    EncryptedText,
+    EncryptedType,
+    PlaintextValueWarning,
+)
 
 __all__ = [
     "BLIND_INDEX_LENGTH",
@@ -62,6 +68,7 @@ __all__ = [
     "Key",
     "KeyProviderError",
     "Keyring",
+    "PlaintextValueWarning",
     "RotationError",
     "TokenInfo",
     "UnknownKeyError",

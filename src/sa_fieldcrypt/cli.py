@@ -6,14 +6,23 @@ the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO, TypeVar
 
 import click
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from sa_fieldcrypt import rotation
 from sa_fieldcrypt._version import __version__
-from sa_fieldcrypt.errors import FieldCryptError
+from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
 from sa_fieldcrypt.keys import KEY_ID_PATTERN, KEY_KINDS, KeyKind, generate_key
+from sa_fieldcrypt.settings import load_settings
 
 __all__ = ["cli", "main"]
 
@@ -233,6 +242,356 @@ def reindex_command(
         )
     if check and any(status.stale for status in statuses):
         raise click.exceptions.Exit(1)
+
+
+# -- data commands: status, rotate, verify, retire-key ----------------------------------
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _data_options(func: _F) -> _F:
+    options = [
+        click.option(
+            "--db",
+            "db_url",
+            metavar="URL",
+            help="SQLAlchemy database URL. [default: FIELDCRYPT_DATABASE_URL]",
+        ),
+        click.option(
+            "--models",
+            multiple=True,
+            metavar="MODULE",
+            help="Importable module whose mapped classes' encrypted columns to use (repeatable).",
+        ),
+        click.option(
+            "--table",
+            "table_name",
+            metavar="[SCHEMA.]TABLE",
+            help="Table to reflect instead of models; needs --column.",
+        ),
+        click.option(
+            "--column",
+            "column_names",
+            multiple=True,
+            metavar="COL",
+            help="Column of --table that holds tokens (repeatable).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return rotation.parse_shard(value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    """Turn SQLAlchemy and driver errors into one clean line."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        # The driver's first line only: SQLAlchemy's own text can quote parameters.
+        orig = getattr(exc, "orig", None) or exc
+        first = (str(orig).strip().splitlines() or [""])[0]
+        raise RotationError(f"database error ({type(orig).__name__}: {first})") from exc
+
+
+@contextlib.contextmanager
+def _open(
+    db_url: str | None, models: tuple[str, ...], table_name: str | None, columns: tuple[str, ...]
+) -> Iterator[tuple[Engine, list[rotation.EncryptedColumn]]]:
+    """The engine and columns the options name; the engine is disposed of afterwards."""
+    if bool(models) == bool(table_name):
+        raise click.UsageError("give either --models MODULE or --table TABLE --column COL")
+    if table_name and not columns:
+        raise click.UsageError("--table needs --column COL")
+    if columns and not table_name:
+        raise click.UsageError("--column goes with --table")
+    if db_url is None:
+        secret = load_settings().database_url
+        if secret is None:
+            raise ConfigurationError(
+                "no database given: pass --db URL or set FIELDCRYPT_DATABASE_URL"
+            )
+        db_url = secret.get_secret_value()
+    try:
+        engine = create_engine(db_url, hide_parameters=True)
+    except ArgumentError:
+        raise ConfigurationError(
+            "the database URL (--db or FIELDCRYPT_DATABASE_URL) is not a SQLAlchemy URL"
+        ) from None
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(
+            f"the database driver module {exc.name!r} is not installed"
+        ) from None
+    try:
+        if models:
+            # As `python -m` does: models of the project in the current directory import.
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            found = rotation.find_columns(*models)
+        else:
+            with _database_errors():
+                found = [rotation.reflect_column(engine, table_name or "", c) for c in columns]
+        yield engine, found
+    finally:
+        engine.dispose()
+
+
+class _Progress(rotation.RunListener):
+    """Progress on stderr: a bar on a terminal, plain lines otherwise.
+
+    Args:
+        stream: where to write; stderr by default.
+        interval: least seconds between two plain progress lines.
+    """
+
+    def __init__(self, stream: TextIO | None = None, interval: float = 5.0):
+        self.stream: TextIO = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.interval = interval
+        self.bar: Any = None
+        self.total = 0
+        self.last_line = float("-inf")
+
+    def started(self, label: str, total: int) -> None:
+        self.total = total
+        if self.tty:
+            self.bar = click.progressbar(length=total, label=label, file=self.stream, show_pos=True)
+            self.bar.render_progress()
+        else:
+            self._line(f"{label}: {total:,} rows to visit")
+
+    def batch(self, label: str, rows: int, report: rotation.JobReport) -> None:
+        if self.bar is not None:
+            self.bar.update(rows)
+        elif time.monotonic() - self.last_line >= self.interval:
+            self._progress_line(report)
+
+    def failure(self, failure: rotation.Failure) -> None:
+        self._line(("\n" if self.bar is not None else "") + f"FAILED {failure}")
+
+    def finished(self, report: rotation.JobReport) -> None:
+        if self.bar is not None:
+            self.bar.render_finish()
+            self.bar = None
+        else:
+            self._progress_line(report)
+
+    def _progress_line(self, report: rotation.JobReport) -> None:
+        self._line(
+            f"{report.label}: {report.scanned:,}/{self.total:,} rows scanned, "
+            f"{report.written:,} written, {report.failed:,} failed"
+        )
+
+    def _line(self, text: str) -> None:
+        self.last_line = time.monotonic()
+        click.echo(text, file=self.stream)
+
+
+def _summary(report: rotation.JobReport, action: str) -> str:
+    parts = [f"scanned {report.scanned:,}"]
+    if action == "rotate":
+        parts.append(f"{'would rotate' if report.dry_run else 'rotated'} {report.written:,}")
+        if report.skipped:
+            parts.append(f"skipped {report.skipped:,} plaintext (--encrypt-plaintext)")
+        parts.append(f"changed concurrently {report.concurrent:,}")
+    else:
+        parts.append(f"ok {report.unchanged:,}")
+        if report.skipped:
+            parts.append(f"plaintext {report.skipped:,} (allow_plaintext)")
+    parts.append(f"failed {report.failed:,}")
+    stopped = "" if report.completed else " (stopped at the first failure)"
+    return ", ".join(parts) + stopped
+
+
+def _finish(run: rotation.RunReport, action: str) -> None:
+    for report in run.columns:
+        click.echo(f"{report.label}: {_summary(report, action)}")
+    if len(run.columns) > 1:
+        total = rotation.JobReport("total", dry_run=run.columns[0].dry_run)
+        for report in run.columns:
+            total.add(report)
+        click.echo(f"total: {_summary(total, action)}")
+    if run.failed:
+        raise RotationError(
+            f"{run.failed:,} values could not be decrypted (listed above by column and "
+            "primary key); the other values were handled. Restore the missing keys or fix "
+            "those rows, then run the command again"
+        )
+
+
+@cli.command()
+@_data_options
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def status(
+    db_url: str | None,
+    models: tuple[str, ...],
+    table_name: str | None,
+    column_names: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Count values per key id, legacy tokens, plaintext and NULL.
+
+    Counts each column's stored values by their header (nothing is decrypted) and says, per
+    key id, whether any value still needs it.
+    """
+    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
+        report = rotation.status(engine, columns)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.describe())
+
+
+@cli.command()
+@_data_options
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Rows per batch and per transaction.",
+)
+@click.option("--dry-run", is_flag=True, help="Decrypt and re-encrypt, but write nothing.")
+@click.option("--encrypt-plaintext", is_flag=True, help="Also encrypt values stored as plaintext.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first value that fails.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes, each over its own range of primary keys.",
+)
+@click.option(
+    "--shard",
+    metavar="I/N",
+    callback=_shard,
+    help="Rotate only shard I of N (from 1), so N machines split the tables.",
+)
+def rotate(
+    db_url: str | None,
+    models: tuple[str, ...],
+    table_name: str | None,
+    column_names: tuple[str, ...],
+    batch_size: int,
+    dry_run: bool,
+    encrypt_plaintext: bool,
+    fail_fast: bool,
+    workers: int,
+    shard: tuple[int, int] | None,
+) -> None:
+    """Re-encrypt values under the primary key.
+
+    Every value that is not under the primary key (older key ids, legacy bare Fernet tokens,
+    and with --encrypt-plaintext plaintext) is encrypted with the primary key. Safe while
+    the application runs (a row changed meanwhile is not overwritten) and safe to stop at
+    any moment: run it again and it carries on where it was.
+    """
+    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
+        run = rotation.rotate(
+            engine,
+            columns,
+            batch_size=batch_size,
+            dry_run=dry_run,
+            encrypt_plaintext=encrypt_plaintext,
+            fail_fast=fail_fast,
+            workers=workers,
+            shard=shard,
+            listener=_Progress(),
+        )
+    _finish(run, "rotate")
+
+
+@cli.command()
+@_data_options
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Rows per batch.",
+)
+@click.option("--fail-fast", is_flag=True, help="Stop at the first value that fails.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes, each over its own range of primary keys.",
+)
+@click.option("--shard", metavar="I/N", callback=_shard, help="Verify only shard I of N (from 1).")
+def verify(
+    db_url: str | None,
+    models: tuple[str, ...],
+    table_name: str | None,
+    column_names: tuple[str, ...],
+    batch_size: int,
+    fail_fast: bool,
+    workers: int,
+    shard: tuple[int, int] | None,
+) -> None:
+    """Decrypt every value, report failures; change nothing."""
+    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
+        run = rotation.verify(
+            engine,
+            columns,
+            batch_size=batch_size,
+            fail_fast=fail_fast,
+            workers=workers,
+            shard=shard,
+            listener=_Progress(),
+        )
+    _finish(run, "verify")
+
+
+def _required_key_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not KEY_ID_PATTERN.match(value):
+        raise click.BadParameter("1 to 32 characters from A-Z, a-z, 0-9, '_' and '-'")
+    return value
+
+
+@cli.command("retire-key")
+@click.argument("key_id", callback=_required_key_id)
+@_data_options
+def retire_key(
+    key_id: str,
+    db_url: str | None,
+    models: tuple[str, ...],
+    table_name: str | None,
+    column_names: tuple[str, ...],
+) -> None:
+    """Remove a key that no value needs any more.
+
+    Checks that no value of the given columns is under KEY_ID, and refuses while any is (or
+    while legacy tokens remain). With keys from the environment, prints the new
+    FIELDCRYPT_KEYS value on stdout, and nothing else there:
+    `export FIELDCRYPT_KEYS="$(fieldcrypt retire-key k1 --models app.models)"`.
+    """
+    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
+        rotation.retire_key(engine, columns, key_id)
+        checked = ", ".join(c.label for c in columns)
+    settings = load_settings()
+    if settings.provider != "env":
+        click.echo(
+            f"No value of {checked} uses key {key_id!r}: remove it from the keys that "
+            f"provider {settings.provider!r} serves.",
+            err=True,
+        )
+        return
+    value, notes = rotation.env_keys_without(key_id, settings)
+    click.echo(
+        f"No value of {checked} uses key {key_id!r}. Set FIELDCRYPT_KEYS to the value printed "
+        "on stdout, everywhere the application runs.",
+        err=True,
+    )
+    for note in notes:
+        click.echo(f"  {note}", err=True)
+    click.echo(value)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,7 +31,7 @@ _decrypts: dict[str, itertools.count[int]] = {}
 _unknown: dict[str, itertools.count[int]] = {}
 _legacy = itertools.count()
 _failures = itertools.count()
-_plaintext = itertools.count()
+_plaintext: dict[str, itertools.count[int]] = {}
 #: Distinct unknown key ids tracked one by one; more (tokens can be forged with any id)
 #: are counted together under ``OTHER``, so the table cannot grow without end.
 MAX_UNKNOWN_IDS = 100
@@ -46,14 +46,15 @@ class FieldCryptMetrics:
         decrypts: values decrypted, by key id (legacy tokens count under the key that
             opened them).
         legacy_reads: bare Fernet tokens (no ``fc1:`` header) decrypted.
-        plaintext_reads: values read as plaintext by a column with ``allow_plaintext``.
+        plaintext_reads: values read as plaintext by columns with ``allow_plaintext``, by
+            ``schema.table.column``.
         unknown_key_ids: tokens naming a key id the keyring did not hold, by that id.
         failures: values that failed to decrypt, for any reason (unknown ids included).
     """
 
     decrypts: dict[str, int] = field(default_factory=dict)
     legacy_reads: int = 0
-    plaintext_reads: int = 0
+    plaintext_reads: dict[str, int] = field(default_factory=dict)
     unknown_key_ids: dict[str, int] = field(default_factory=dict)
     failures: int = 0
 
@@ -63,10 +64,11 @@ def snapshot() -> FieldCryptMetrics:
     with _lock:
         decrypts = dict(_decrypts)
         unknown = dict(_unknown)
+        plaintext = dict(_plaintext)
     return FieldCryptMetrics(
         decrypts={kid: _value(c) for kid, c in decrypts.items()},
         legacy_reads=_value(_legacy),
-        plaintext_reads=_value(_plaintext),
+        plaintext_reads={label: _value(c) for label, c in plaintext.items()},
         unknown_key_ids={kid: _value(c) for kid, c in unknown.items()},
         failures=_value(_failures),
     )
@@ -88,7 +90,11 @@ def prometheus_text(prefix: str = "sa_fieldcrypt") -> str:
         [(f'{{key_id="{kid}"}}', n) for kid, n in sorted(now.decrypts.items())],
     )
     family("legacy_reads_total", "Bare Fernet tokens decrypted.", [("", now.legacy_reads)])
-    family("plaintext_reads_total", "Plaintext values read.", [("", now.plaintext_reads)])
+    family(
+        "plaintext_reads_total",
+        "Plaintext values read during a migration, by column.",
+        [(f'{{column="{col}"}}', n) for col, n in sorted(now.plaintext_reads.items())],
+    )
     family(
         "unknown_key_ids_total",
         "Tokens naming a key id not in the keyring, by id.",
@@ -116,9 +122,16 @@ def count_legacy_read() -> None:
     next(_legacy)
 
 
-def count_plaintext_read() -> None:
-    """Count one value read as plaintext."""
-    next(_plaintext)
+def count_plaintext_read(column: str) -> bool:
+    """Count one value read as plaintext by ``column``; True for the column's first one."""
+    counter = _plaintext.get(column)
+    first = counter is None
+    if counter is None:
+        with _lock:
+            first = column not in _plaintext
+            counter = _plaintext.setdefault(column, itertools.count())
+    next(counter)
+    return first
 
 
 def count_failure(key_id: str | None, unknown: bool) -> None:

@@ -70,6 +70,12 @@ class FieldCryptSettings(BaseSettings):
         description="A single blind-index key (its id is `b0`), when no rotation is under way; "
         "set this or FIELDCRYPT_BLIND_INDEX_KEYS, not both.",
     )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the database the `fieldcrypt` data commands (status, "
+        "rotate, verify, retire-key) work on when --db is not given. A secret: it may "
+        "hold a password.",
+    )
 
 
 def load_settings() -> FieldCryptSettings:

@@ -27,6 +27,8 @@ and ordering raise :class:`~sa_fieldcrypt.UnsupportedComparisonError`; ``is_(Non
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Text
@@ -35,7 +37,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.base import SchemaEventTarget
 from sqlalchemy.types import TypeDecorator
 
-from sa_fieldcrypt import cipher
+from sa_fieldcrypt import cipher, metrics
 from sa_fieldcrypt.config import as_key_cache, default_key_cache
 from sa_fieldcrypt.errors import (
     ConfigurationError,
@@ -44,7 +46,7 @@ from sa_fieldcrypt.errors import (
     UnsupportedComparisonError,
     ValueTypeError,
 )
-from sa_fieldcrypt.keys import Keyring
+from sa_fieldcrypt.keys import BOUND_FLAG, Keyring
 from sa_fieldcrypt.providers.base import KeyCache, KeyProvider
 
 if TYPE_CHECKING:
@@ -59,8 +61,11 @@ __all__ = [
     "EncryptedJSON",
     "EncryptedText",
     "EncryptedType",
+    "PlaintextValueWarning",
     "encrypted_columns",
 ]
+
+logger = logging.getLogger("sa_fieldcrypt")
 
 #: Key of ``Column.info`` under which a plain ``Text`` column that holds tokens (the
 #: hybrid-property style) records the :class:`EncryptedType` that reads and writes it.
@@ -84,6 +89,12 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         allow_unbound: with a context, whether unbound tokens (written before the column was
             bound) are still read. Set it to False once every value has been re-encrypted
             under the context: the column then refuses unbound tokens copied from elsewhere.
+        allow_plaintext: read stored values that are not tokens as plaintext, for the time a
+            plaintext column is being migrated (``fieldcrypt rotate --encrypt-plaintext``).
+            Off by default. Each read is counted (``metrics.snapshot().plaintext_reads``)
+            and the first one per column and process emits a :class:`PlaintextValueWarning`
+            and a log warning. A token that fails to decrypt still raises: ciphertext is
+            never returned as data.
     """
 
     impl = Text
@@ -111,9 +122,10 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         self,
         keyring: Keyring | KeyProvider | None = None,
         # Not keyword-only: SQLAlchemy builds the statement-cache key from the positional
-        # parameters of __init__, and these two change what the processors do.
+        # parameters of __init__, and these change what the processors do.
         context: str | bool | None = None,
         allow_unbound: bool = True,
+        allow_plaintext: bool = False,
     ):
         super().__init__()
         # Part of the statement-cache key: compared by identity, and free of secrets in repr.
@@ -134,6 +146,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         # the type is attached, so two bound columns never share compiled processors.
         self.context: str | bool | None = context
         self.allow_unbound = allow_unbound
+        self.allow_plaintext = allow_plaintext
         # What the per-value path reads: resolved once, never recomputed per value.
         self._context: str | None = None if context is True else context
         self._context_pending = context is True
@@ -191,6 +204,8 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         """Decrypt a stored token with this column's keys, naming the column on failure."""
         if self._context_pending:
             raise self._unattached_error()
+        if self.allow_plaintext and cipher.inspect_token(token).kind == "plaintext":
+            return self._read_plaintext(token)
         keys = self._keys or default_key_cache()
         try:
             return cipher._decrypt(keys.get(), token, self._context, self.allow_unbound)
@@ -206,6 +221,73 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
                 raise again.with_column(self._column_label) from None
         except DecryptionError as exc:
             raise exc.with_column(self._column_label) from None
+
+    def _read_plaintext(self, stored: str) -> bytes:
+        if metrics.count_plaintext_read(self.column_label):
+            message = (
+                f"{self.column_label}: read a value stored as plaintext (allow_plaintext=True); "
+                "encrypt such values with `fieldcrypt rotate --encrypt-plaintext`, then remove "
+                "allow_plaintext. Reads are counted in sa_fieldcrypt.metrics."
+            )
+            logger.warning("sa_fieldcrypt: %s", message)
+            warnings.warn(message, PlaintextValueWarning, stacklevel=2)
+        return stored.encode("utf-8", "surrogatepass")
+
+    # -- re-encryption (the rotation engine calls these) --------------------------------
+
+    def active_keyring(self) -> Keyring:
+        """Return the keyring this column encrypts and decrypts with now."""
+        return (self._keys or default_key_cache()).get()
+
+    def written_prefix(self) -> str:
+        """Return the header that every token this column writes now starts with.
+
+        A stored value with this header needs no re-encryption: rotation skips it in SQL. For
+        a bound column that is the bound header, so unbound tokens are rewritten bound.
+        """
+        if self._context_pending:
+            raise self._unattached_error()
+        prefix = self.active_keyring().primary.token_prefix
+        return prefix if self._context is None else f"{prefix}{BOUND_FLAG}:"
+
+    def reencrypt(self, token: str) -> str:
+        """Return ``token``'s content encrypted under the primary key (and the context).
+
+        The token is decrypted with whichever key it names (or, for a legacy token, the key
+        that opens it) and the decrypted bytes are encrypted again as they are: they are never
+        turned into a Python value, so what the column reads back is unchanged.
+
+        Raises:
+            DecryptionError: the value is not a token, or does not decrypt.
+        """
+        # Only allow_plaintext makes decrypt_token() accept plaintext; refuse it here.
+        if self.allow_plaintext and cipher.inspect_token(token).kind == "plaintext":
+            raise DecryptionError(cipher._NOT_A_TOKEN, column=self._column_label)
+        return self.encrypt_bytes(self.decrypt_token(token))
+
+    def encrypt_plaintext(self, stored: str) -> str:
+        """Encrypt a value that was stored as plaintext text, as this column would store it.
+
+        The text is encoded as UTF-8, the encoding the column reads it back with.
+
+        Raises:
+            ValueTypeError: the value is already a token, or it is not what the column
+                stores (text that is not JSON, for :class:`EncryptedJSON`).
+        """
+        if cipher.inspect_token(stored).kind != "plaintext":
+            raise ValueTypeError(
+                f"{self.column_label}: the stored value is already an encrypted token; "
+                "encrypt_plaintext() encrypts plaintext values only"
+            )
+        data = stored.encode("utf-8", "surrogatepass")
+        try:
+            self._from_bytes(data)
+        except DecryptionError:
+            raise ValueTypeError(
+                f"{self.column_label}: the plaintext value is not valid for "
+                f"{type(self).__name__} ({self.python_type_name})"
+            ) from None
+        return self.encrypt_bytes(data)
 
     def _unattached_error(self) -> ConfigurationError:
         return ConfigurationError(
@@ -383,6 +465,10 @@ class EncryptedJSON(EncryptedType):
             raise DecryptionError(
                 "the value decrypted but is not JSON", column=self._column_label
             ) from None
+
+
+class PlaintextValueWarning(UserWarning):
+    """A column with ``allow_plaintext=True`` read a value that is not encrypted."""
 
 
 def encrypted_columns(model_or_table: Any) -> list[Column[Any]]:

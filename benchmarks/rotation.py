@@ -1,0 +1,231 @@
+"""Key rotation of a large PostgreSQL table: rows/s, peak RSS, and the ratio to pure crypto.
+
+Run with ``make bench-rotation`` (100,000 and 1,000,000 rows, 1 and 2 workers), or
+``python benchmarks/rotation.py --rows 100000 --workers 1``. It needs a PostgreSQL server:
+``FIELDCRYPT_BENCH_POSTGRES_URL``, else ``FIELDCRYPT_TEST_POSTGRES_URL``, else the test default.
+The benchmark owns the tables ``fc_bench_rotation*`` there.
+
+Each rotation runs in a fresh process, so its peak RSS is its own. The crypto-bound rate is
+measured in the same run: raw ``cryptography`` Fernet, one decrypt under the old key plus one
+encrypt under the new key per value, on one core. Figures come from one run on whatever
+machine runs it; compare the ratios, not the absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import cryptography
+import sqlalchemy
+from cryptography.fernet import Fernet
+from sqlalchemy import Engine, create_engine, text
+
+import sa_fieldcrypt
+from sa_fieldcrypt import Keyring, generate_key, rotation
+
+TABLE = "fc_bench_rotation"
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# Emails of realistic length (30-45 bytes), all distinct.
+EMAIL = "customer.{:07d}@bookings.example.com"
+
+
+def server_url() -> str:
+    """The PostgreSQL URL to benchmark against."""
+    return os.environ.get(
+        "FIELDCRYPT_BENCH_POSTGRES_URL",
+        os.environ.get("FIELDCRYPT_TEST_POSTGRES_URL", DEFAULT_URL),
+    )
+
+
+def make_source(engine: Engine, rows: int, old: Keyring) -> str:
+    """Create ``fc_bench_rotation_src_<rows>`` with distinct tokens under the old key, once."""
+    source = f"{TABLE}_src_{rows}"
+    with engine.connect() as conn:
+        present = conn.execute(
+            text("SELECT count(*) FROM pg_tables WHERE tablename = :t"), {"t": source}
+        ).scalar_one()
+    if present:
+        return source
+    print(f"  writing {rows:,} tokens into {source} (once) ...", flush=True)
+    fernet = old.primary
+    prefix = fernet.token_prefix
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {source} (id bigint, email text)"))
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cursor, cursor.copy(f"COPY {source} (id, email) FROM STDIN") as copy:
+            buffer = io.StringIO()
+            for i in range(1, rows + 1):
+                buffer.write(f"{i}\t{prefix}{fernet.encrypt(EMAIL.format(i).encode())}\n")
+                if i % 50_000 == 0:
+                    copy.write(buffer.getvalue())
+                    buffer = io.StringIO()
+            copy.write(buffer.getvalue())
+    return source
+
+
+def fresh_table(engine: Engine, source: str) -> None:
+    """Recreate the table the rotation works on, as a copy of ``source``."""
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
+        conn.execute(text(f"CREATE TABLE {TABLE} AS SELECT * FROM {source}"))
+        conn.execute(text(f"ALTER TABLE {TABLE} ADD PRIMARY KEY (id)"))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"VACUUM ANALYZE {TABLE}"))
+        conn.execute(text("CHECKPOINT"))
+
+
+def crypto_rate(engine: Engine, old_key: str, new_key: str, processes: int) -> float:
+    """Values per second ``processes`` processes together decrypt (old key) and encrypt (new
+    key) with raw Fernet: the crypto-bound rate, on this machine, now."""
+    with engine.connect() as conn:
+        tokens = conn.execute(text(f"SELECT email FROM {TABLE} ORDER BY id LIMIT 20000")).scalars()
+        bare = [t.split(":", 2)[2].encode() for t in tokens]
+    with concurrent.futures.ProcessPoolExecutor(processes) as pool:
+        rates = pool.map(_crypto_rate, [(old_key, new_key, bare)] * processes)
+        return sum(rates)
+
+
+def _crypto_rate(job: tuple[str, str, list[bytes]]) -> float:
+    old_key, new_key, bare = job
+    old, new = Fernet(old_key), Fernet(new_key)
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for token in bare:
+            new.encrypt(old.decrypt(token))
+        runs.append(time.perf_counter() - start)
+    return len(bare) / statistics.median(runs)
+
+
+def run_child(url: str, workers: int, batch_size: int, keys: str) -> dict[str, float]:
+    """Rotate the table in a fresh process; return its timing and peak RSS."""
+    env = {**os.environ, "FIELDCRYPT_KEYS": keys}
+    args = [sys.executable, __file__, "--child", "--url", url, "--workers", str(workers)]
+    args += ["--batch-size", str(batch_size)]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"rotation failed:\n{out.stderr}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def child(url: str, worker_count: int, batch_size: int) -> None:
+    """The measured process: rotate, then print seconds and peak RSS as JSON."""
+    engine = create_engine(url, hide_parameters=True)
+    column = rotation.reflect_column(engine, TABLE, "email")
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    report = rotation.rotate(engine, [column], batch_size=batch_size, workers=worker_count)
+    seconds = time.perf_counter() - start
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if not report.ok:
+        raise SystemExit(f"rotation reported failures: {report}")
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "written": report.written,
+                "rss_mb": own.ru_maxrss / 1024,
+                "worker_rss_mb": workers.ru_maxrss / 1024,
+                # The rotating processes only, not the database server's share.
+                "cpu_seconds": own.ru_utime
+                + own.ru_stime
+                - before.ru_utime
+                - before.ru_stime
+                + workers.ru_utime
+                + workers.ru_stime,
+            }
+        )
+    )
+
+
+def check_done(engine: Engine, rows: int) -> None:
+    """Every row is under the new primary key."""
+    column = rotation.reflect_column(engine, TABLE, "email")
+    found = rotation.status(engine, [column]).columns[0]
+    if found.by_key.get(found.primary) != rows or found.pending:
+        raise SystemExit(f"rotation incomplete: {found}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=server_url())
+    parser.add_argument("--rows", default="100000,1000000")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    if args.child:
+        child(args.url, worker_counts[0], args.batch_size)
+        return
+
+    engine = create_engine(args.url, hide_parameters=True)
+    # Fixed keys: the source tables are reused between runs of the benchmark.
+    old_key = "wPA1iwhKLxcSoQOnOkL9vLK9Ttq1Ki3lTqFj2zS0Qnc="
+    new_key = generate_key()
+    old = Keyring({"old": old_key})
+    keys = f"new:{new_key},old:{old_key}"
+    sa_fieldcrypt.configure(keyring=Keyring.parse(keys))
+    print(
+        f"sa-fieldcrypt {sa_fieldcrypt.__version__}, cryptography {cryptography.__version__}, "
+        f"SQLAlchemy {sqlalchemy.__version__}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+        f"batch size {args.batch_size}"
+    )
+    results = []
+    for rows in [int(r) for r in args.rows.split(",")]:
+        source = make_source(engine, rows, old)
+        for workers in worker_counts:
+            fresh_table(engine, source)
+            crypto = crypto_rate(engine, old_key, new_key, workers)
+            single = crypto if workers == 1 else crypto_rate(engine, old_key, new_key, 1)
+            measured = run_child(args.url, workers, args.batch_size, keys)
+            check_done(engine, rows)
+            rate = rows / measured["seconds"]
+            peak = max(measured["rss_mb"], measured["worker_rss_mb"])
+            # Crypto's share of the CPU the rotation used: 1.00 would be crypto alone.
+            cpu_share = (1 / single) / (measured["cpu_seconds"] / rows)
+            results.append((rows, workers, measured["seconds"], rate, crypto, peak))
+            print(
+                f"  {rows:>9,} rows, {workers} worker(s): {measured['seconds']:7.1f} s, "
+                f"{rate:9,.0f} rows/s, crypto-bound {crypto:9,.0f}/s, "
+                f"ratio {rate / crypto:5.2f}, crypto share of CPU {cpu_share:4.2f}, "
+                f"peak RSS {peak:5.0f} MB",
+                flush=True,
+            )
+    print("\nsummary (crypto-bound rate: raw Fernet, as many processes as workers):")
+    by = {(r, w): (s, rate, crypto) for r, w, s, rate, crypto, _ in results}
+    for rows, workers, _, rate, crypto, peak in results:
+        line = f"  {rows:>9,} rows x{workers}: {rate / crypto:5.2f} of the crypto-bound rate"
+        if workers > 1 and (rows, 1) in by:
+            line += (
+                f", speedup {rate / by[rows, 1][1]:4.2f}x over 1 worker "
+                f"(pure crypto: {crypto / by[rows, 1][2]:4.2f}x)"
+            )
+        line += f", peak RSS {peak:.0f} MB"
+        print(line)
+    sizes = sorted({r for r, *_ in results})
+    for workers in worker_counts:
+        if len(sizes) >= 2 and all((s, workers) in by for s in sizes[:2]):
+            small, large = sizes[0], sizes[1]
+            per_row = (by[large, workers][0] / large) / (by[small, workers][0] / small)
+            print(
+                f"  time per row, {large:,} vs {small:,} rows, {workers} worker(s): "
+                f"{per_row:4.2f}x (1.00 = linear)"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Models for tests/test_rotation.py, importable by name (worker processes import them again),
+and the child process its SIGKILL test runs: ``python rotation_support.py URL TABLE PAUSE_AT``.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Integer, String, Table, Text, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sa_fieldcrypt import EncryptedJSON, EncryptedText, rotation
+from sa_fieldcrypt.types import COLUMN_INFO_KEY
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    """Encrypted columns declared with the library's types, and an `onupdate` column."""
+
+    __tablename__ = "fc_rot_customers"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    email: Mapped[str | None] = mapped_column("email_encrypted", EncryptedText())
+    prefs: Mapped[Any] = mapped_column(EncryptedJSON(), nullable=True)
+    name: Mapped[str | None] = mapped_column(String(50))
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, onupdate=datetime.now)
+
+
+class Booking(Base):
+    """Ciphertext in a plain Text column, as sqlacodegen writes it, marked through info."""
+
+    __tablename__ = "fc_rot_bookings"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    phone_encrypted: Mapped[str | None] = mapped_column(
+        Text, info={COLUMN_INFO_KEY: EncryptedText()}
+    )
+    notes: Mapped[str | None] = mapped_column(Text)
+
+
+class Station(Base):
+    """Nothing encrypted."""
+
+    __tablename__ = "fc_rot_stations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+audit = Table(
+    "fc_rot_audit",
+    Base.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("detail", EncryptedText()),
+)
+
+
+class _Announce(rotation.RunListener):
+    def batch(self, label: str, rows: int, report: rotation.JobReport) -> None:
+        print(f"committed {report.scanned}", flush=True)
+
+
+def child(url: str, table_name: str, pause_at: int) -> None:
+    """Rotate ``table_name``.email in batches of 10; with ``pause_at`` > 0, block between the
+    read and the write of that batch until killed."""
+    engine = create_engine(url, hide_parameters=True)
+    column = rotation.reflect_column(engine, table_name, "email")
+    seen = 0
+
+    def before_write(conn: Any, keys: list[tuple[Any, ...]]) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == pause_at:
+            print("paused", flush=True)
+            sys.stdin.readline()
+
+    rotation.rotate(
+        engine, [column], batch_size=10, listener=_Announce(), before_write=before_write
+    )
+    print("finished", flush=True)
+
+
+if __name__ == "__main__":
+    child(sys.argv[1], sys.argv[2], int(sys.argv[3]))

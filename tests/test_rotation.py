@@ -1,0 +1,871 @@
+"""The rotation engine and its commands: status, rotate, verify, plaintext migration, retire."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from cryptography.fernet import Fernet
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    create_engine,
+    insert,
+    select,
+    text,
+    update,
+)
+
+import rotation_support
+import sa_fieldcrypt
+from conftest import CONNECT_ARGS, server_url
+from sa_fieldcrypt import (
+    ConfigurationError,
+    EncryptedText,
+    Keyring,
+    RotationError,
+    encrypt,
+    generate_key,
+    inspect_token,
+    rotation,
+)
+from sa_fieldcrypt.cli import _Progress, cli
+from sa_fieldcrypt.config import _swap
+from sa_fieldcrypt.settings import FieldCryptSettings
+
+TABLE = "fc_rot_mixed"
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """An engine on each database server (for what SQLite does not have)."""
+    engine = create_engine(server_url(request.param), connect_args=CONNECT_ARGS)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def mariadb_engine() -> Iterator[Engine]:
+    """An engine on MariaDB."""
+    engine = create_engine(server_url("mariadb"), connect_args=CONNECT_ARGS)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgresql_engine() -> Iterator[Engine]:
+    """An engine on PostgreSQL."""
+    engine = create_engine(server_url("postgresql"), connect_args=CONNECT_ARGS)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def ring() -> Iterator[Keyring]:
+    """k3 primary, k2 and k1 decrypt-only, installed as the process default keys."""
+    keyring = Keyring({"k3": generate_key(), "k2": generate_key(), "k1": generate_key()})
+    previous = _swap(None)
+    sa_fieldcrypt.configure(keyring=keyring)
+    yield keyring
+    _swap(previous)
+
+
+def _under(keyring: Keyring, key_id: str, plaintext: str) -> str:
+    return encrypt(keyring.with_primary(key_id), plaintext.encode())
+
+
+def _legacy(keyring: Keyring, key_id: str, plaintext: str) -> str:
+    return Fernet(keyring.get(key_id).export()).encrypt(plaintext.encode()).decode()
+
+
+def _make_table(engine: Engine, name: str = TABLE, *columns: Column[Any]) -> Table:
+    metadata = MetaData()
+    table = Table(
+        name,
+        metadata,
+        *(columns or (Column("id", Integer, primary_key=True, autoincrement=False),)),
+        Column("email", Text),
+    )
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    return table
+
+
+def _mixed_rows(keyring: Keyring, count: int = 64) -> tuple[list[dict[str, Any]], dict[int, Any]]:
+    """Rows under k3 (primary), k2, k1, legacy tokens of two keys, plaintext, "" and NULL."""
+    rows, expected = [], {}
+    for i in range(count):
+        plaintext = f"user{i}@example.com ü"
+        kind = i % 8
+        stored: str | None
+        if kind == 0:
+            stored = _under(keyring, "k3", plaintext)
+        elif kind == 1:
+            stored = _under(keyring, "k2", plaintext)
+        elif kind == 2:
+            stored = _under(keyring, "k1", plaintext)
+        elif kind == 3:
+            stored = _legacy(keyring, "k1", plaintext)
+        elif kind == 4:
+            stored = _legacy(keyring, "k2", plaintext)
+        elif kind == 5:
+            stored = plaintext
+        elif kind == 6:
+            stored, plaintext = "", ""
+        else:
+            stored = plaintext = None  # type: ignore[assignment]
+        rows.append({"id": i, "email": stored})
+        expected[i] = plaintext
+    return rows, expected
+
+
+@pytest.fixture
+def mixed(engine: Engine, ring: Keyring) -> Iterator[tuple[Engine, Table, dict[int, Any]]]:
+    """A table with every kind of stored value, and the plaintext each row should read as."""
+    table = _make_table(engine)
+    rows, expected = _mixed_rows(ring)
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+    yield engine, table, expected
+    table.metadata.drop_all(engine)
+
+
+def _stored(engine: Engine, table: Table) -> dict[Any, Any]:
+    with engine.connect() as conn:
+        return {row[0]: row[-1] for row in conn.execute(select(table).order_by(*table.primary_key))}
+
+
+def _decrypted(engine: Engine, table: Table, column: str = "email") -> dict[Any, Any]:
+    reader = EncryptedText()
+    return {
+        key: None if value is None else reader.decrypt_token(value).decode()
+        for key, value in _stored(engine, table).items()
+    }
+
+
+def _column(engine: Engine, name: str = TABLE) -> rotation.EncryptedColumn:
+    return rotation.reflect_column(engine, name, "email")
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def test_status_counts_every_kind_of_value(mixed: tuple[Engine, Table, dict[int, Any]]) -> None:
+    """status counts rows per key id, legacy, plaintext ("" included) and NULL, in SQL."""
+    engine, _, _ = mixed
+    found = rotation.status(engine, [_column(engine)]).columns[0]
+    assert {"k3": 8, "k2": 8, "k1": 8} == found.by_key
+    assert (16, 16, 8, 0) == (found.legacy, found.plaintext, found.null, found.malformed)
+    assert 64 == found.total
+    assert 32 == found.pending
+
+
+def test_status_says_which_keys_are_still_needed(
+    mixed: tuple[Engine, Table, dict[int, Any]],
+) -> None:
+    """A key with rows, or possibly behind legacy tokens, is needed; the primary always is."""
+    engine, _, _ = mixed
+    report = rotation.status(engine, [_column(engine)])
+    assert {"k3": True, "k2": True, "k1": True} == {k.key_id: k.needed for k in report.key_usage()}
+    rotation.rotate(engine, [_column(engine)])
+    keys = {k.key_id: k for k in rotation.status(engine, [_column(engine)]).key_usage()}
+    assert (True, False, False) == (keys["k3"].needed, keys["k2"].needed, keys["k1"].needed)
+    assert "retire-key k2" in rotation.status(engine, [_column(engine)]).describe()
+
+
+def test_status_names_key_ids_missing_from_the_keyring(engine: Engine, ring: Keyring) -> None:
+    """Rows under a key the keyring lacks are counted under that id, flagged undecryptable."""
+    table = _make_table(engine)
+    stray = Keyring({"gone": generate_key()})
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": 1, "email": encrypt(stray, b"x")}])
+    report = rotation.status(engine, [_column(engine)])
+    assert {"gone": 1} == report.columns[0].unknown_keys
+    gone = next(k for k in report.key_usage() if k.key_id == "gone")
+    assert (False, True) == (gone.in_keyring, gone.needed)
+    assert "NOT IN THE KEYRING" in report.describe()
+
+
+_header = st.sampled_from(["fc1:", "FC1:", "gAAAAA", "gaaaaa", "fc1::", "fc1:k3:", ""])
+_key_ish = st.text(alphabet="k3_-:Ké%", max_size=40)
+_stored_values = st.one_of(
+    st.none(),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30),
+    st.builds(lambda h, k, t: h + k + t, _header, _key_ish, st.sampled_from(["", ":x", "x"])),
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(values=st.lists(_stored_values, max_size=12))
+def test_status_in_sql_matches_reading_every_value(
+    engine: Engine, ring: Keyring, values: list[str | None]
+) -> None:
+    """For any stored values, the SQL GROUP BY classifies exactly as Python does."""
+    table = _make_table(engine, "fc_rot_status_property")
+    try:
+        if values:
+            with engine.begin() as conn:
+                conn.execute(insert(table), [{"id": i, "email": v} for i, v in enumerate(values)])
+        column = _column(engine, "fc_rot_status_property")
+        in_sql = rotation.status(engine, [column], in_sql=True).to_dict()
+        by_reading = rotation.status(engine, [column], in_sql=False).to_dict()
+        assert by_reading == in_sql
+    finally:
+        table.metadata.drop_all(engine)
+
+
+# -- rotate -------------------------------------------------------------------------------
+
+
+def test_rotate_converges_to_the_primary_key(
+    mixed: tuple[Engine, Table, dict[int, Any]],
+) -> None:
+    """Old keys and legacy tokens move to k3; plaintext follows with --encrypt-plaintext."""
+    engine, table, expected = mixed
+    before = _stored(engine, table)
+    report = rotation.rotate(engine, [_column(engine)], batch_size=7)
+    assert (32, 16, 0, True) == (report.written, report.skipped, report.failed, report.ok)
+    after = _stored(engine, table)
+    assert all(after[i] == before[i] for i in before if i % 8 == 0), "primary rows untouched"
+    found = rotation.status(engine, [_column(engine)]).columns[0]
+    assert ({"k3": 40}, 16, 0) == (found.by_key, found.plaintext, found.pending)
+
+    report = rotation.rotate(engine, [_column(engine)], batch_size=7, encrypt_plaintext=True)
+    assert 16 == report.written
+    found = rotation.status(engine, [_column(engine)]).columns[0]
+    assert ({"k3": 56}, 8, 0) == (found.by_key, found.null, found.plaintext)
+    assert expected == _decrypted(engine, table)
+
+
+def test_rerun_skips_finished_rows_in_sql(mixed: tuple[Engine, Table, dict[int, Any]]) -> None:
+    """Rows under the primary key are not even read: a broken one is not reported by rotate."""
+    engine, table, _ = mixed
+    rotation.rotate(engine, [_column(engine)], encrypt_plaintext=True)
+    with engine.begin() as conn:
+        token = conn.execute(select(table.c.email).where(table.c.id == 0)).scalar_one()
+        conn.execute(update(table).where(table.c.id == 0).values(email=token[:-8] + "AAAAAAAA"))
+    again = rotation.rotate(engine, [_column(engine)], encrypt_plaintext=True)
+    assert (0, 0) == (again.scanned, again.failed)
+    assert 1 == rotation.verify(engine, [_column(engine)]).failed
+
+
+def test_dry_run_counts_and_writes_nothing(mixed: tuple[Engine, Table, dict[int, Any]]) -> None:
+    """--dry-run decrypts and re-encrypts, reports what would change, and changes nothing."""
+    engine, table, _ = mixed
+    before = _stored(engine, table)
+    report = rotation.rotate(engine, [_column(engine)], dry_run=True, encrypt_plaintext=True)
+    assert (48, 48, True) == (report.scanned, report.written, report.columns[0].dry_run)
+    assert before == _stored(engine, table)
+
+
+def test_key_ids_with_like_wildcards_and_case(engine: Engine) -> None:
+    """With primary 'k_1', values under 'kx1' and 'K_1' are not mistaken for it."""
+    keyring = Keyring({"k_1": generate_key(), "kx1": generate_key(), "K_1": generate_key()})
+    previous = _swap(None)
+    sa_fieldcrypt.configure(keyring=keyring)
+    try:
+        table = _make_table(engine)
+        with engine.begin() as conn:
+            conn.execute(
+                insert(table),
+                [{"id": i, "email": _under(keyring, k, "x")} for i, k in enumerate(keyring.ids)],
+            )
+        found = rotation.status(engine, [_column(engine)]).columns[0]
+        assert {"k_1": 1, "kx1": 1, "K_1": 1} == found.by_key
+        assert 2 == rotation.rotate(engine, [_column(engine)]).written
+        assert {"k_1": 3} == rotation.status(engine, [_column(engine)]).columns[0].by_key
+    finally:
+        _swap(previous)
+        table.metadata.drop_all(engine)
+
+
+@pytest.mark.parametrize("key", ["integer", "string", "uuid", "composite"])
+def test_primary_keys_of_any_sortable_type(engine: Engine, ring: Keyring, key: str) -> None:
+    """Keyset paging works on integer, string, UUID and composite primary keys."""
+    columns: list[Column[Any]]
+    if key == "integer":
+        columns = [Column("id", Integer, primary_key=True, autoincrement=False)]
+        keys: list[dict[str, Any]] = [{"id": i} for i in range(23)]
+    elif key == "string":
+        columns = [Column("id", String(20), primary_key=True)]
+        keys = [{"id": f"Key-{i:02d}_{'x' * (i % 3)}"} for i in range(23)]
+    elif key == "uuid":
+        columns = [Column("id", Uuid, primary_key=True)]
+        keys = [{"id": uuid.uuid4()} for _ in range(23)]
+    else:
+        columns = [
+            Column("tenant", String(10), primary_key=True),
+            Column("id", Integer, primary_key=True, autoincrement=False),
+        ]
+        keys = [{"tenant": f"t{i % 3}", "id": i // 3} for i in range(23)]
+    table = _make_table(engine, "fc_rot_keys", *columns)
+    try:
+        rows = [{**k, "email": _under(ring, "k1", f"v{n}")} for n, k in enumerate(keys)]
+        with engine.begin() as conn:
+            conn.execute(insert(table), rows)
+        report = rotation.rotate(engine, [_column(engine, "fc_rot_keys")], batch_size=4)
+        assert (23, 23, 0) == (report.scanned, report.written, report.concurrent)
+        found = rotation.status(engine, [_column(engine, "fc_rot_keys")]).columns[0]
+        assert {"k3": 23} == found.by_key
+    finally:
+        table.metadata.drop_all(engine)
+
+
+def test_rotation_does_not_fire_onupdate(engine: Engine, ring: Keyring) -> None:
+    """A model's `onupdate` column keeps its value: rotation writes with a bare Core UPDATE."""
+    rotation_support.Base.metadata.drop_all(engine)
+    rotation_support.Base.metadata.create_all(engine)
+    try:
+        customers = rotation_support.Customer.__table__
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO fc_rot_customers (id, email_encrypted, updated_at) "
+                    "VALUES (1, :token, NULL)"
+                ),
+                {"token": _under(ring, "k1", "ada@example.com")},
+            )
+        columns = [c for c in rotation.find_columns("rotation_support") if c.table is customers]
+        assert 1 == rotation.rotate(engine, columns).written
+        with engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT email_encrypted, updated_at FROM fc_rot_customers")
+            ).one()
+        assert "k3" == inspect_token(row[0]).key_id
+        assert row[1] is None
+    finally:
+        rotation_support.Base.metadata.drop_all(engine)
+
+
+def test_mysql_on_update_timestamp_is_kept(mariadb_engine: Engine, ring: Keyring) -> None:
+    """MySQL/MariaDB's ON UPDATE CURRENT_TIMESTAMP column is not bumped by rotation."""
+    engine = mariadb_engine
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS fc_rot_stamped"))
+        conn.execute(
+            text(
+                "CREATE TABLE fc_rot_stamped (id INT PRIMARY KEY, email LONGTEXT, "
+                "changed TIMESTAMP NOT NULL DEFAULT '2001-02-03 04:05:06' "
+                "ON UPDATE CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(
+            text("INSERT INTO fc_rot_stamped (id, email) VALUES (1, :t)"),
+            {"t": _under(ring, "k1", "x")},
+        )
+    try:
+        assert 1 == rotation.rotate(engine, [_column(engine, "fc_rot_stamped")]).written
+        with engine.connect() as conn:
+            changed = conn.execute(text("SELECT changed FROM fc_rot_stamped")).scalar_one()
+        assert "2001-02-03 04:05:06" == str(changed)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE fc_rot_stamped"))
+
+
+def test_concurrent_writes_are_not_lost(
+    mixed: tuple[Engine, Table, dict[int, Any]], ring: Keyring
+) -> None:
+    """Rows changed between read and write keep the new value; stale-key ones get rotated."""
+    engine, table, expected = mixed
+    changes = {
+        1: _under(ring, "k1", "changed by an old app instance"),
+        2: _under(ring, "k3", "changed by the app"),
+        3: None,
+    }
+
+    def meanwhile(conn: Any, keys: list[tuple[Any, ...]]) -> None:
+        if (1,) not in keys:
+            return
+        statements = [
+            update(table).where(table.c.id == i).values(email=v) for i, v in changes.items()
+        ]
+        if engine.dialect.name == "sqlite":
+            # One writer at a time: the same connection stands in for the application.
+            for statement in statements:
+                conn.execute(statement)
+            return
+        with engine.connect() as other:
+            for statement in statements:
+                other.execute(statement)
+            other.commit()
+
+    report = rotation.rotate(
+        engine, [_column(engine)], before_write=meanwhile, batch_size=100, encrypt_plaintext=True
+    )
+    assert 3 == report.concurrent
+    decrypted = _decrypted(engine, table)
+    assert "changed by an old app instance" == decrypted[1]
+    assert "changed by the app" == decrypted[2]
+    assert decrypted[3] is None
+    assert {i: v for i, v in expected.items() if i > 3} == {
+        i: v for i, v in decrypted.items() if i > 3
+    }
+    assert 0 == rotation.status(engine, [_column(engine)]).columns[0].pending
+
+
+def test_undecryptable_values_are_reported_by_key_not_content(
+    engine: Engine, ring: Keyring
+) -> None:
+    """Each bad value is named by column and primary key; the others are rotated."""
+    table = _make_table(engine)
+    good = _under(ring, "k1", "fine")
+    token = _under(ring, "k2", "secret-plaintext")
+    bad = {
+        2: token[:-8] + ("AAAAAAAA" if not token.endswith("AAAAAAAA") else "BBBBBBBB"),
+        4: encrypt(Keyring({"gone": generate_key()}), b"secret-plaintext"),
+        6: "fc1:" + "k" * 40 + ":gAAAAAxyz",
+        8: Fernet(generate_key()).encrypt(b"secret-plaintext").decode(),
+    }
+    rows = [{"id": i, "email": bad.get(i, good)} for i in range(10)]
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+    report = rotation.rotate(engine, [_column(engine)], batch_size=3)
+    assert (4, 6, False) == (report.failed, report.written, report.ok)
+    failures = report.columns[0].failures
+    assert [(("id", i),) for i in sorted(bad)] == [f.primary_key for f in failures]
+    for failure in failures:
+        message = str(failure)
+        assert message.startswith(f"{TABLE}.email at primary key (id=")
+        assert "secret-plaintext" not in message
+        assert all(value[6:30] not in message for value in bad.values())
+    assert "'gone'" in str(failures[1])
+
+
+def test_fail_fast_stops_at_the_first_failure(engine: Engine, ring: Keyring) -> None:
+    """--fail-fast stops at the first bad value: later rows are not touched."""
+    table = _make_table(engine)
+    rows = [{"id": i, "email": _under(ring, "k1", "x")} for i in range(10)]
+    rows[4]["email"] = encrypt(Keyring({"gone": generate_key()}), b"x")
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+    report = rotation.rotate(engine, [_column(engine)], fail_fast=True)
+    assert (1, 4, False) == (report.failed, report.written, report.ok)
+    found = rotation.status(engine, [_column(engine)]).columns[0]
+    assert {"k3": 4, "gone": 1, "k1": 5} == found.by_key
+
+
+def test_values_too_long_for_the_column_fail_cleanly(engine: Engine, ring: Keyring) -> None:
+    """Encrypting plaintext into a VARCHAR too short for a token fails that row, writes nothing."""
+    metadata = MetaData()
+    table = Table(
+        "fc_rot_short",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("email", String(40)),
+    )
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table), [{"id": 1, "email": "ada@example.com"}])
+        column = rotation.reflect_column(engine, "fc_rot_short", "email")
+        report = rotation.rotate(engine, [column], encrypt_plaintext=True)
+        assert 1 == report.failed
+        assert "does not fit the column's length 40" in report.columns[0].failures[0].reason
+        assert {1: "ada@example.com"} == _stored(engine, table)
+    finally:
+        metadata.drop_all(engine)
+
+
+def test_verify_decrypts_everything_and_changes_nothing(
+    mixed: tuple[Engine, Table, dict[int, Any]],
+) -> None:
+    """verify reports plaintext and broken values, and writes nothing."""
+    engine, table, _ = mixed
+    before = _stored(engine, table)
+    report = rotation.verify(engine, [_column(engine)])
+    assert (56, 40, 16) == (report.scanned, report.columns[0].unchanged, report.failed)
+    assert before == _stored(engine, table)
+
+
+def test_verify_allows_plaintext_where_the_column_does(engine: Engine, ring: Keyring) -> None:
+    """With allow_plaintext, verify counts plaintext values as skipped, not failed."""
+    table = _make_table(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": 1, "email": "plain"}, {"id": 2, "email": "x"}])
+    column = rotation.reflect_column(engine, TABLE, "email", EncryptedText(allow_plaintext=True))
+    report = rotation.verify(engine, [column])
+    assert (0, 2) == (report.failed, report.skipped)
+
+
+# -- workers, shards, kills ---------------------------------------------------------------
+
+
+def test_workers_split_the_table_without_overlap(engine: Engine, ring: Keyring) -> None:
+    """Two worker processes rotate disjoint key ranges: every row written exactly once."""
+    rotation_support.Base.metadata.drop_all(engine)
+    rotation_support.Base.metadata.create_all(engine)
+    try:
+        bookings = rotation_support.Booking.__table__
+        rows = [{"id": i, "phone_encrypted": _under(ring, "k1", f"+1 555 {i}")} for i in range(300)]
+        with engine.begin() as conn:
+            conn.execute(insert(bookings), rows)
+        columns = [c for c in rotation.find_columns("rotation_support") if c.table is bookings]
+        report = rotation.rotate(engine, columns, workers=2, batch_size=20)
+        assert (300, 300, 0) == (report.scanned, report.written, report.concurrent)
+        assert {"k3": 300} == rotation.status(engine, columns).columns[0].by_key
+    finally:
+        rotation_support.Base.metadata.drop_all(engine)
+
+
+def _check_shards(engine: Engine, ring: Keyring, id_column: Column[Any], ids: list[Any]) -> None:
+    table = _make_table(engine, "fc_rot_shards", id_column)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table), [{"id": i, "email": _under(ring, "k1", "x")} for i in ids])
+        column = _column(engine, "fc_rot_shards")
+        written = [rotation.rotate(engine, [column], shard=(i, 3)).written for i in (1, 2, 3)]
+        assert len(ids) == sum(written)
+        assert all(0 < n < len(ids) for n in written)
+        assert {"k3": len(ids)} == rotation.status(engine, [column]).columns[0].by_key
+    finally:
+        table.metadata.drop_all(engine)
+
+
+def test_shards_of_integer_keys_cover_the_table_once(engine: Engine, ring: Keyring) -> None:
+    """Shards 1/3, 2/3 and 3/3 of an integer key, run one after another, each take a part
+    and together cover every row."""
+    column = Column("id", Integer, primary_key=True, autoincrement=False)
+    _check_shards(engine, ring, column, list(range(-5, 55)))
+
+
+def test_shards_of_text_keys_cover_the_table_once(server_engine: Engine, ring: Keyring) -> None:
+    """On PostgreSQL and MariaDB, text keys are sharded by a hash computed in SQL."""
+    column = Column("id", String(20), primary_key=True)
+    _check_shards(server_engine, ring, column, [f"customer-{i}" for i in range(60)])
+
+
+def test_sqlite_shards_need_an_integer_key(tmp_path: Path, ring: Keyring) -> None:
+    """On SQLite, which has no hash function, --shard on a text key is refused clearly."""
+    engine = create_engine(f"sqlite:///{tmp_path / 's.sqlite3'}")
+    _make_table(engine, TABLE, Column("id", String(20), primary_key=True))
+    with pytest.raises(ConfigurationError, match="integer primary key"):
+        rotation.rotate(engine, [_column(engine)], shard=(1, 2))
+
+
+def _child(engine: Engine, pause_at: int) -> subprocess.Popen[str]:
+    keys = os.environ | {"FIELDCRYPT_KEYS": sa_fieldcrypt.current_keyring().export()}
+    url = engine.url.render_as_string(hide_password=False)
+    script = Path(rotation_support.__file__)
+    return subprocess.Popen(
+        [sys.executable, str(script), url, TABLE, str(pause_at)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=keys,
+    )
+
+
+def test_sigkill_mid_run_then_rerun_converges(
+    mixed: tuple[Engine, Table, dict[int, Any]],
+) -> None:
+    """Killed with SIGKILL (paused mid-batch, then at a random point), no row is damaged and a
+    rerun finishes the job."""
+    engine, table, expected = mixed
+    with _child(engine, pause_at=3) as paused:
+        assert paused.stdout is not None
+        lines = [paused.stdout.readline().strip() for _ in range(3)]
+        assert ["committed 10", "committed 20", "paused"] == lines
+        paused.send_signal(signal.SIGKILL)
+    candidates = [i for i in sorted(expected) if i % 8 not in (0, 7)]  # not primary, not NULL
+    rotated = [i for i in candidates[:20] if i % 8 not in (5, 6)]  # 2 batches, not plaintext
+    found = rotation.status(engine, [_column(engine)]).columns[0]
+    assert 8 + len(rotated) == found.by_key["k3"]
+    stored = _stored(engine, table)
+    tokens = {
+        i for i, v in stored.items() if v is not None and inspect_token(v).kind != "plaintext"
+    }
+    reader = EncryptedText()
+    assert {i: expected[i] for i in tokens} == {
+        i: reader.decrypt_token(stored[i]).decode() for i in tokens
+    }
+
+    with _child(engine, pause_at=0) as running:
+        assert running.stdout is not None
+        running.stdout.readline()
+        running.send_signal(signal.SIGKILL)
+
+    rotation.rotate(engine, [_column(engine)], encrypt_plaintext=True)
+    assert expected == _decrypted(engine, table)
+    assert 0 == rotation.status(engine, [_column(engine)]).columns[0].pending
+
+
+# -- discovery ------------------------------------------------------------------------------
+
+
+def test_find_columns_finds_typed_and_marked_columns() -> None:
+    """Typed columns, info-marked Text columns and module-level tables are found; others not."""
+    found = [c.label for c in rotation.find_columns("rotation_support")]
+    assert [
+        "fc_rot_audit.detail",
+        "fc_rot_bookings.phone_encrypted",
+        "fc_rot_customers.email_encrypted",
+        "fc_rot_customers.prefs",
+    ] == found
+
+
+def test_find_columns_errors_are_clear() -> None:
+    """A missing module, or one without encrypted columns, is a ConfigurationError."""
+    with pytest.raises(ConfigurationError, match="cannot import the models module"):
+        rotation.find_columns("no_such_models_module")
+    with pytest.raises(ConfigurationError, match="defines no encrypted column"):
+        rotation.find_columns("json")
+
+
+def test_reflect_column_errors_are_clear(engine: Engine, ring: Keyring) -> None:
+    """A missing table or column, or a table without primary key, is reported by name."""
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        rotation.reflect_column(engine, "fc_rot_nowhere", "email")
+    metadata = MetaData()
+    Table("fc_rot_nopk", metadata, Column("email", Text))
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    try:
+        with pytest.raises(ConfigurationError, match="no column 'nope'"):
+            rotation.reflect_column(engine, "fc_rot_nopk", "nope")
+        with pytest.raises(RotationError, match="has no primary key"):
+            rotation.rotate(engine, [rotation.reflect_column(engine, "fc_rot_nopk", "email")])
+    finally:
+        metadata.drop_all(engine)
+
+
+def test_parse_shard() -> None:
+    """I/N parses with I counted from 1; anything else is a ConfigurationError."""
+    assert (2, 4) == rotation.parse_shard("2/4")
+    for bad in ("0/4", "5/4", "1", "a/b", "1/0"):
+        with pytest.raises(ConfigurationError):
+            rotation.parse_shard(bad)
+
+
+# -- retiring keys ---------------------------------------------------------------------------
+
+
+def test_retire_key_refuses_while_rows_need_it(
+    mixed: tuple[Engine, Table, dict[int, Any]], ring: Keyring
+) -> None:
+    """retire_key refuses while rows use the key or legacy tokens remain, then allows it."""
+    engine, _, _ = mixed
+    columns = [_column(engine)]
+    with pytest.raises(RotationError, match=r"key 'k2' is still used by fc_rot_mixed.email \(8"):
+        rotation.retire_key(engine, columns, "k2")
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM fc_rot_mixed WHERE email LIKE 'fc1:k2:%'"))
+    with pytest.raises(RotationError, match="legacy tokens"):
+        rotation.retire_key(engine, columns, "k2")
+    rotation.rotate(engine, columns)
+    assert ("k3", "k1") == rotation.retire_key(engine, columns, "k2").ids
+    with pytest.raises(ConfigurationError, match="primary key"):
+        rotation.retire_key(engine, columns, "k3")
+
+
+def test_env_keys_without_respects_the_legacy_variable() -> None:
+    """The new FIELDCRYPT_KEYS keeps FIELD_ENCRYPTION_KEY's key out of the list."""
+    k2, k1, old = generate_key(), generate_key(), generate_key()
+    settings = FieldCryptSettings(keys=f"k2:{k2},k1:{k1}", FIELD_ENCRYPTION_KEY=old)  # type: ignore[call-arg]
+    value, notes = rotation.env_keys_without("k1", settings)
+    assert f"k2:{k2}" == value
+    assert ["FIELD_ENCRYPTION_KEY stays as it is"] == notes
+    value, notes = rotation.env_keys_without("legacy", settings)
+    assert f"k2:{k2},k1:{k1}" == value
+    assert "unset FIELD_ENCRYPTION_KEY" in notes[0]
+    assert all(k not in " ".join(notes) for k in (k2, k1, old))
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_env(
+    tmp_path: Path, ring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Engine, Table, Keyring]]:
+    """A SQLite database with the mixed table, named by FIELDCRYPT_DATABASE_URL and keys set."""
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    engine = create_engine(url)
+    table = _make_table(engine)
+    rows, _ = _mixed_rows(ring, 16)
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+    monkeypatch.setenv("FIELDCRYPT_DATABASE_URL", url)
+    monkeypatch.setenv("FIELDCRYPT_KEYS", ring.export())
+    monkeypatch.delenv("FIELD_ENCRYPTION_KEY", raising=False)
+    monkeypatch.delenv("FIELDCRYPT_PRIMARY_KEY_ID", raising=False)
+    _swap(None)  # the commands read the keys from the settings
+    yield engine, table, ring
+    engine.dispose()
+
+
+TARGET = ["--table", TABLE, "--column", "email"]
+
+
+def test_cli_status_prints_counts_and_json(sqlite_env: tuple[Engine, Table, Keyring]) -> None:
+    """status prints per-key counts; --json prints the same as data."""
+    result = CliRunner().invoke(cli, ["status", *TARGET])
+    assert 0 == result.exit_code, result.output
+    assert "fc_rot_mixed.email  (16 rows; primary key id 'k3')" in result.output
+    data = json.loads(CliRunner().invoke(cli, ["status", *TARGET, "--json"]).output)
+    assert {"k3": 2, "k2": 2, "k1": 2} == data["columns"][0]["by_key"]
+
+
+def test_cli_rotate_then_verify(sqlite_env: tuple[Engine, Table, Keyring]) -> None:
+    """rotate prints progress on stderr and a summary on stdout; verify then passes."""
+    result = CliRunner().invoke(
+        cli, ["rotate", *TARGET, "--encrypt-plaintext", "--batch-size", "3"]
+    )
+    assert 0 == result.exit_code, result.output
+    assert "rows to visit" in result.stderr
+    assert "fc_rot_mixed.email: scanned 12, rotated 12, changed concurrently 0, failed 0\n" == (
+        result.stdout
+    )
+    result = CliRunner().invoke(cli, ["verify", *TARGET])
+    assert (0, "fc_rot_mixed.email: scanned 14, ok 14, failed 0\n") == (
+        result.exit_code,
+        result.stdout,
+    )
+
+
+def test_cli_failures_exit_non_zero(sqlite_env: tuple[Engine, Table, Keyring]) -> None:
+    """An undecryptable value is listed by primary key on stderr and the exit status is 1."""
+    engine, table, _ = sqlite_env
+    stray = encrypt(Keyring({"gone": generate_key()}), b"secret-plaintext")
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": 99, "email": stray}])
+    result = CliRunner().invoke(cli, ["rotate", *TARGET])
+    assert 1 == result.exit_code
+    assert "FAILED fc_rot_mixed.email at primary key (id=99): key id 'gone'" in result.stderr
+    assert "Error: 1 values could not be decrypted" in result.stderr
+    assert stray[8:40] not in result.output
+    assert "secret-plaintext" not in result.output
+    dry = CliRunner().invoke(cli, ["rotate", *TARGET, "--dry-run", "--fail-fast"])
+    assert 1 == dry.exit_code
+    assert "(stopped at the first failure)" in dry.stdout
+
+
+def test_cli_models_and_workers(
+    postgresql_engine: Engine, ring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--models finds the columns; --workers 2 rotates them; --db names the database."""
+    engine = postgresql_engine
+    rotation_support.Base.metadata.drop_all(engine)
+    rotation_support.Base.metadata.create_all(engine)
+    monkeypatch.setenv("FIELDCRYPT_KEYS", ring.export())
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO fc_rot_audit (id, detail) VALUES (:id, :token)"),
+                [{"id": i, "token": _under(ring, "k2", "d")} for i in range(40)],
+            )
+        url = engine.url.render_as_string(hide_password=False)
+        args = ["rotate", "--db", url, "--models", "rotation_support", "--workers", "2"]
+        result = CliRunner().invoke(cli, args)
+        assert 0 == result.exit_code, result.output
+        assert "fc_rot_audit.detail: scanned 40, rotated 40" in result.stdout
+        assert "total: scanned 40, rotated 40" in result.stdout
+    finally:
+        rotation_support.Base.metadata.drop_all(engine)
+
+
+def test_cli_retire_key_prints_keys_on_stdout_only(
+    sqlite_env: tuple[Engine, Table, Keyring],
+) -> None:
+    """retire-key refuses while used; once free, stdout is the new FIELDCRYPT_KEYS alone."""
+    _, _, ring = sqlite_env
+    refused = CliRunner().invoke(cli, ["retire-key", "k1", *TARGET])
+    assert 1 == refused.exit_code
+    assert "still used" in refused.stderr
+    assert "" == refused.stdout
+    CliRunner().invoke(cli, ["rotate", *TARGET])
+    result = CliRunner().invoke(cli, ["retire-key", "k1", *TARGET])
+    assert 0 == result.exit_code, result.output
+    assert ("k3", "k2") == Keyring.parse(result.stdout.strip()).ids
+    assert all(key.export() not in result.stderr for key in ring)
+
+
+def test_cli_database_url_password_is_never_printed(
+    ring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing FIELDCRYPT_DATABASE_URL is reported without its password."""
+    monkeypatch.setenv("FIELDCRYPT_DATABASE_URL", "postgresql+psycopg://u:s3cretpw@127.0.0.1:1/x")
+    result = CliRunner().invoke(cli, ["status", *TARGET])
+    assert 1 == result.exit_code
+    assert result.stderr.startswith("Error: database error")
+    assert "s3cretpw" not in result.output
+    assert "s3cretpw" not in repr(FieldCryptSettings())
+
+
+def test_cli_usage_errors(no_default_keys: None) -> None:
+    """Missing database, half a target or a bad shard are clear errors."""
+    result = CliRunner().invoke(cli, ["status", *TARGET])
+    assert 1 == result.exit_code
+    assert "pass --db URL or set FIELDCRYPT_DATABASE_URL" in result.stderr
+    assert 2 == CliRunner().invoke(cli, ["status", "--table", TABLE]).exit_code
+    assert 2 == CliRunner().invoke(cli, ["status", "--db", "sqlite://"]).exit_code
+    bad_shard = CliRunner().invoke(cli, ["rotate", "--db", "sqlite://", *TARGET, "--shard", "3/2"])
+    assert 2 == bad_shard.exit_code
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
+    """On a terminal the progress is a bar; otherwise it is plain lines."""
+    report = rotation.JobReport("t.email", scanned=50, written=50)
+    terminal = _Terminal()
+    bar = _Progress(terminal)
+    bar.started("t.email", 100)
+    bar.batch("t.email", 50, report)
+    bar.finished(report)
+    assert "t.email  [##################------------------]  50/100" in terminal.getvalue()
+    plain = io.StringIO()
+    lines = _Progress(plain)
+    lines.started("t.email", 100)
+    lines.batch("t.email", 50, report)
+    lines.finished(report)
+    assert plain.getvalue().startswith("t.email: 100 rows to visit\nt.email: 50/100 rows scanned")
+
+
+def test_cli_table_in_a_schema(
+    postgresql_engine: Engine, ring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--table SCHEMA.TABLE reflects and rotates a table outside the default schema."""
+    engine = postgresql_engine
+    monkeypatch.setenv("FIELDCRYPT_KEYS", ring.export())
+    monkeypatch.setenv("FIELDCRYPT_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS fc_rot_core CASCADE"))
+        conn.execute(text("CREATE SCHEMA fc_rot_core"))
+        conn.execute(text("CREATE TABLE fc_rot_core.customers (id int PRIMARY KEY, email text)"))
+        conn.execute(
+            text("INSERT INTO fc_rot_core.customers VALUES (1, :a), (2, :b)"),
+            {"a": _under(ring, "k1", "a"), "b": _legacy(ring, "k2", "b")},
+        )
+    try:
+        target = ["--table", "fc_rot_core.customers", "--column", "email"]
+        result = CliRunner().invoke(cli, ["rotate", *target])
+        assert 0 == result.exit_code, result.output
+        assert "fc_rot_core.customers.email: scanned 2, rotated 2" in result.stdout
+        status = json.loads(CliRunner().invoke(cli, ["status", *target, "--json"]).stdout)
+        assert {"k3": 2} == status["columns"][0]["by_key"]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA fc_rot_core CASCADE"))
