@@ -15,8 +15,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-import sa_fieldcrypt
-from sa_fieldcrypt import BlindIndexKeyring, Keyring, generate_blind_index_key
+from sa_fieldcrypt import BlindIndexKeyring, Keyring
 from sa_fieldcrypt.blind_index import _swap as _swap_blind_index_keys
 from sa_fieldcrypt.config import _swap
 
@@ -88,10 +87,6 @@ def keyring(fieldcrypt_keyring: Keyring) -> Keyring:
 
 
 @pytest.fixture
-def index_keys() -> Iterator[BlindIndexKeyring]:
-    """A fresh one-key blind-index keyring installed as the process default for one test."""
-    ring = BlindIndexKeyring({"b1": generate_blind_index_key()})
-    previous = _swap_blind_index_keys(None)
-    sa_fieldcrypt.configure_blind_index(keys=ring)
-    yield ring
-    _swap_blind_index_keys(previous)
+def index_keys(fieldcrypt_blind_index_keys: BlindIndexKeyring) -> BlindIndexKeyring:
+    """The plugin's ephemeral blind-index keys, under a shorter name."""
+    return fieldcrypt_blind_index_keys

@@ -7,12 +7,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Integer, select, text
+from sqlalchemy import Index, Integer, String, Text, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from conftest import server_url
-from sa_fieldcrypt import EncryptedJSON, EncryptedText, Keyring, UnsupportedComparisonError
+from sa_fieldcrypt import (
+    BLIND_INDEX_LENGTH,
+    BlindIndex,
+    BlindIndexKeyring,
+    EncryptedJSON,
+    EncryptedText,
+    Keyring,
+    UnsupportedComparisonError,
+    encrypted_hybrid,
+    normalize_email,
+    normalize_phone,
+)
 from sa_fieldcrypt.testing import assert_encrypted_at_rest
 
 
@@ -25,6 +37,24 @@ class Note(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     body: Mapped[str | None] = mapped_column(EncryptedText())
     meta: Mapped[Any] = mapped_column(EncryptedJSON(), nullable=True)
+
+
+class Guest(Base):
+    """Both hybrid styles: ciphertext in a plain Text column, and an EncryptedText column."""
+
+    __tablename__ = "fc_async_guests"
+    __table_args__ = (Index("uq_fc_async_guest_email", "email_bidx", unique=True),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    email_encrypted: Mapped[str | None] = mapped_column(Text)
+    email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email = encrypted_hybrid(
+        "email_encrypted", blind_index=BlindIndex("email_bidx", normalizer=normalize_email)
+    )
+    _phone: Mapped[str | None] = mapped_column("phone", EncryptedText())
+    phone_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone = encrypted_hybrid(
+        "_phone", blind_index=BlindIndex("phone_bidx", normalizer=normalize_phone)
+    )
 
 
 @pytest.fixture(params=["aiosqlite", "asyncpg"])
@@ -82,3 +112,46 @@ def test_async_comparisons_refuse_like_sync() -> None:
     """Comparison refusal happens at statement construction, identical for async code."""
     with pytest.raises(UnsupportedComparisonError):
         select(Note).where(Note.body == "x")
+
+
+def test_async_hybrids_and_blind_index_queries(
+    async_url: str, fieldcrypt_keyring: Keyring, fieldcrypt_blind_index_keys: BlindIndexKeyring
+) -> None:
+    """Hybrid attributes, lookups through blind indexes and the unique index work async."""
+
+    async def main() -> None:
+        engine = create_async_engine(async_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+                await conn.run_sync(Base.metadata.create_all)
+            sessions = async_sessionmaker(engine, expire_on_commit=False)
+            async with sessions() as session:
+                session.add(Guest(id=1, email="Ada@Example.com", phone="+1 (555) 010-0000"))
+                await session.commit()
+            async with sessions() as session:
+                by_email = await session.scalar(
+                    select(Guest).where(Guest.email == "  ada@example.COM")
+                )
+                assert by_email is not None
+                assert ("Ada@Example.com", "+1 (555) 010-0000") == (by_email.email, by_email.phone)
+                by_phone = await session.scalars(
+                    select(Guest.id).where(Guest.phone.in_(["+15550100000", "+1999"]))
+                )
+                assert [1] == by_phone.all()
+                by_email.email = "grace@example.com"
+                await session.commit()
+                moved = await session.scalar(
+                    select(Guest.id).where(Guest.email == "GRACE@example.com")
+                )
+                assert 1 == moved
+            async with sessions() as session:
+                session.add(Guest(id=2, email=" grace@EXAMPLE.com"))
+                with pytest.raises(IntegrityError):
+                    await session.commit()
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sa_fieldcrypt import Keyring, generate_key
-from sa_fieldcrypt.testing import temporary_keys
+from sa_fieldcrypt import BlindIndexKeyring, Keyring, generate_blind_index_key, generate_key
+from sa_fieldcrypt.testing import temporary_blind_index_keys, temporary_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -26,9 +26,13 @@ def test_code_blocks_run(
     # A registered module, as SQLAlchemy resolves a model's annotations through sys.modules.
     module = types.ModuleType(f"docs_{path.stem.replace('-', '_')}")
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    with temporary_keys(Keyring({"k1": generate_key()})):
+    index_keys = BlindIndexKeyring({"b1": generate_blind_index_key()})
+    with temporary_keys(Keyring({"k1": generate_key()})), temporary_blind_index_keys(index_keys):
         for number, block in enumerate(BLOCK.findall(path.read_text()), start=1):
-            code = compile(block, f"{path.name} (python block {number})", "exec")
+            # dont_inherit: snippets run as a reader's file would, without this module's
+            # `from __future__ import annotations`.
+            name = f"{path.name} (python block {number})"
+            code = compile(block, name, "exec", dont_inherit=True)
             exec(code, module.__dict__)  # noqa: S102 -- running our own documentation is the point
 
 

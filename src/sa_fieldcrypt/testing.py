@@ -27,7 +27,12 @@ from sqlalchemy import Text, select, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from sa_fieldcrypt import config
+from sa_fieldcrypt import blind_index, config
+from sa_fieldcrypt.blind_index import (
+    BlindIndexKeyProvider,
+    BlindIndexKeyring,
+    generate_blind_index_key,
+)
 from sa_fieldcrypt.cipher import inspect_token
 from sa_fieldcrypt.config import as_key_cache
 from sa_fieldcrypt.keys import KEY_KINDS, KeyKind, Keyring, generate_key
@@ -44,9 +49,11 @@ __all__ = [
     "bytes_plaintexts",
     "encrypted_columns",
     "fake_secret_manager",
+    "fieldcrypt_blind_index_keys",
     "fieldcrypt_keyring",
     "json_plaintexts",
     "keyrings",
+    "temporary_blind_index_keys",
     "temporary_keys",
     "text_plaintexts",
 ]
@@ -62,6 +69,26 @@ def temporary_keys(source: Keyring | KeyProvider) -> Iterator[None]:
         yield
     finally:
         config._swap(previous)
+
+
+@contextmanager
+def temporary_blind_index_keys(
+    source: BlindIndexKeyring | BlindIndexKeyProvider,
+) -> Iterator[None]:
+    """Make ``source`` the process default blind-index keys inside the block, then restore."""
+    previous = blind_index._swap(blind_index._as_cache(source))
+    try:
+        yield
+    finally:
+        blind_index._swap(previous)
+
+
+@pytest.fixture
+def fieldcrypt_blind_index_keys() -> Iterator[BlindIndexKeyring]:
+    """A fresh one-key blind-index keyring (``b1``) as the default blind-index keys."""
+    keys = BlindIndexKeyring({"b1": generate_blind_index_key()})
+    with temporary_blind_index_keys(keys):
+        yield keys
 
 
 @pytest.fixture
