@@ -125,21 +125,28 @@ def normalize_phone(value: str) -> str | None:
 
     ``"+1 (555) 010-0000"`` and ``"+15550100000"`` normalize alike. Any Unicode decimal digit
     counts (full-width ``\\uff15`` becomes ``5``); spaces, punctuation and letters are dropped, so
-    an extension's digits join the number and vanity letters are not translated. No country
-    is inferred: ``"555 010 0000"`` and ``"+1 555 010 0000"`` differ, so store numbers in
-    E.164 form (with ``+`` and country code) for lookups to match. A value without digits
-    returns None: it is not indexed and matches nothing.
+    an extension's digits join the number and vanity letters are not translated. A ``+``
+    anywhere before the first digit is the leading one, so ``"(+1) 555 010 0000"``,
+    ``"tel:+15550100000"`` and numbers wrapped in invisible direction marks (as phones copy
+    them) keep it. No country is inferred: ``"555 010 0000"`` and ``"+1 555 010 0000"`` differ,
+    so store numbers in E.164 form (with ``+`` and country code) for lookups to match. A value
+    without digits returns None: it is not indexed and matches nothing.
 
     Raises:
         ValueTypeError: ``value`` is not a str.
     """
     if not isinstance(value, str):
         raise ValueTypeError(f"normalize_phone expects str, got {type(value).__name__}")
-    text = value.strip()
-    digits = "".join(str(unicodedata.decimal(ch)) for ch in text if ch.isdecimal())
+    digits: list[str] = []
+    international = False
+    for ch in value:
+        if ch.isdecimal():
+            digits.append(str(unicodedata.decimal(ch)))
+        elif ch in _PLUS_SIGNS and not digits:
+            international = True
     if not digits:
         return None
-    return ("+" if text.startswith(_PLUS_SIGNS) else "") + digits
+    return ("+" if international else "") + "".join(digits)
 
 
 # -- keys ----------------------------------------------------------------------------------
