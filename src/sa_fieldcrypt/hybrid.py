@@ -456,6 +456,10 @@ def encrypted_values(cls: type, **values: Any) -> dict[str, Any]:
 
         session.execute(insert(Customer), [encrypted_values(Customer, id=1, email="a@b.c")])
 
+    The keys returned are attribute names, as ORM statements take them. A Core
+    ``insert(Customer.__table__)`` wants column names instead and silently drops keys it does
+    not know, such as ``_phone`` for the column ``phone_encrypted``.
+
     Raises:
         ValueTypeError: a value is of the wrong type for its column or normalizer.
     """
