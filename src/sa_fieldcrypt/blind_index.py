@@ -35,6 +35,7 @@ matches (``IN (...)``), which is how the index key rotates without downtime.
 from __future__ import annotations
 
 import base64
+import copy
 import hmac
 import logging
 import os
@@ -498,10 +499,9 @@ class BlindIndex:
         #: Name of the table column holding the encrypted value; set when bound to a model.
         self.source_column: str | None = None
 
-    def bind(self, name: str, source_column: str) -> BlindIndex:
+    def _bind(self, name: str, source_column: str) -> BlindIndex:
         """Return a copy bound to a table: ``name`` unless one was given, and its source."""
-        bound = BlindIndex.__new__(BlindIndex)
-        bound.__dict__.update(self.__dict__)
+        bound = copy.copy(self)
         bound.name = self.name or name
         bound.source_column = source_column
         return bound
