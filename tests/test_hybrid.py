@@ -349,6 +349,22 @@ def test_bulk_insert_with_plaintext_keys(db: Engine) -> None:
         assert all(inspect_token(v).kind == "fc1" for v in stored.one())
 
 
+@BULK_PLAINTEXT_KEYS
+def test_bulk_update_by_primary_key_with_plaintext_keys(db: Engine) -> None:
+    """ORM bulk UPDATE by primary key with the plaintext keys re-encrypts and reindexes."""
+    with Session(db) as session:
+        session.add(_customer(1, email="old@example.com", phone="+15550100000"))
+        session.commit()
+        session.execute(update(Customer), [{"id": 1, "email": "new@example.com", "phone": "+1 2"}])
+        session.commit()
+        assert [1] == _ids(session, Customer.email == "NEW@example.com")
+        assert [1] == _ids(session, Customer.phone == "+12")
+        assert [] == _ids(session, Customer.email == "old@example.com")
+    with db.connect() as conn:
+        stored = conn.execute(text("SELECT email_encrypted, phone_encrypted FROM fc_hyb_customers"))
+        assert all(inspect_token(v).kind == "fc1" for v in stored.one())
+
+
 def test_update_statement_keeps_the_index(db: Engine) -> None:
     """ORM update() with the plaintext attribute encrypts the value and rewrites its index."""
     with Session(db) as session:
