@@ -272,6 +272,7 @@ def test_parse_of_any_text_raises_only_configuration_errors(text: str) -> None:
         ("b1:c2hvcnQ=", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
         ("b1:{k},b1:{k}", "'b1' appears more than once"),
         ("bad id:{k}", "'bad id' is not valid"),
+        ("{k}:b1", "entry 1: key id of 44 characters is not valid"),
         ("b1:{k},B1:{k}", "'b1' and 'B1' differ only in case"),
         ("b1:{k}x", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
         ("b1:{k_unpadded}", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
