@@ -493,7 +493,6 @@ class BlindIndex:
             raise ConfigurationError("BlindIndex: normalizer must be callable")
         self.column = column
         self.normalizer = normalizer
-        self.keys = keys
         self.name = name
         self._keys: KeyCache[BlindIndexKeyring] | None = None if keys is None else _as_cache(keys)
         #: Name of the table column holding the encrypted value; set when bound to a model.

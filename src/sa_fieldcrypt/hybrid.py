@@ -411,7 +411,7 @@ class EncryptedHybrid(hybrid_property[Any]):
 
 
 def _mapped_column(mapper: Mapper[Any], key: str, label: str, what: str) -> Column[Any]:
-    column = mapper.columns.get(key) if key in mapper.columns else None
+    column = mapper.columns.get(key)
     if not isinstance(column, Column):
         raise ConfigurationError(
             f"{label}: {mapper.class_.__name__} has no mapped column attribute {key!r} "
