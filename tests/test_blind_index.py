@@ -77,6 +77,9 @@ def test_normalize_email_of_blank_is_none(value: str) -> None:
         " +1.555.010.0000 ",
         "+1 555 010 0000",
         "\uff0b\uff11 555 010 0000",  # full-width plus and digit, as some keyboards type them
+        "\u202a+1 (555) 010-0000\u202c",  # direction marks, as phones copy numbers
+        "(+1) 555 010 0000",
+        "tel:+1-555-010-0000",
     ],
 )
 def test_normalize_phone_keeps_digits_and_leading_plus(value: str) -> None:
@@ -88,6 +91,23 @@ def test_normalize_phone_infers_no_country() -> None:
     """Without a leading plus the number stays national: no country code is guessed."""
     assert "5550100000" == normalize_phone("(555) 010-0000")
     assert normalize_phone("(555) 010-0000") != normalize_phone("+1 555 010 0000")
+
+
+@given(
+    digits=st.text("0123456789", min_size=1, max_size=15),
+    noise=st.lists(
+        st.text(st.characters(exclude_categories=["Nd"], exclude_characters="+\uff0b")),
+        min_size=16,
+        max_size=16,
+    ),
+)
+def test_normalize_phone_ignores_everything_but_digits_and_the_plus(
+    digits: str, noise: list[str]
+) -> None:
+    """Any non-digit text around and between the digits leaves '+' and the digits alone."""
+    formatted = noise[0] + "+" + "".join(d + n for d, n in zip(digits, noise[1:], strict=False))
+    assert "+" + digits == normalize_phone(formatted)
+    assert digits == normalize_phone(formatted.replace("+", ""))
 
 
 @pytest.mark.parametrize("value", ["", "n/a", "+", "call me"])
@@ -252,6 +272,7 @@ def test_parse_of_any_text_raises_only_configuration_errors(text: str) -> None:
         ("b1:c2hvcnQ=", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
         ("b1:{k},b1:{k}", "'b1' appears more than once"),
         ("bad id:{k}", "'bad id' is not valid"),
+        ("{k}:b1", "entry 1: key id of 44 characters is not valid"),
         ("b1:{k},B1:{k}", "'b1' and 'B1' differ only in case"),
         ("b1:{k}x", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
         ("b1:{k_unpadded}", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),

@@ -16,6 +16,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
     insert,
+    null,
     select,
     text,
     update,
@@ -304,13 +305,15 @@ def test_unindexed_values_match_nothing(db: Engine) -> None:
 
 
 def test_null_tests_use_the_encrypted_column(db: Engine) -> None:
-    """== None, is_(None) and is_not(None) test the stored value, indexed or not."""
+    """== None, is_(None), is_not(None) and null() test the stored value, indexed or not."""
     with Session(db) as session:
         session.add_all([_customer(1, email="a@example.com", notes="n"), _customer(2)])
         session.commit()
         assert [2] == _ids(session, Customer.email == None)  # noqa: E711
         assert [1] == _ids(session, Customer.email != None)  # noqa: E711
         assert [2] == _ids(session, Customer.notes.is_(None))
+        assert [2] == _ids(session, Customer.email.is_(null()))
+        assert [1] == _ids(session, Customer.email != null())
         assert [1] == _ids(session, Customer.phone.is_(None) & Customer.notes.is_not(None))
 
 
@@ -341,6 +344,22 @@ def test_bulk_insert_with_plaintext_keys(db: Engine) -> None:
         session.commit()
         assert [1] == _ids(session, Customer.email == "BULK@example.com")
         assert [1] == _ids(session, Customer.phone == "+15550100000")
+    with db.connect() as conn:
+        stored = conn.execute(text("SELECT email_encrypted, phone_encrypted FROM fc_hyb_customers"))
+        assert all(inspect_token(v).kind == "fc1" for v in stored.one())
+
+
+@BULK_PLAINTEXT_KEYS
+def test_bulk_update_by_primary_key_with_plaintext_keys(db: Engine) -> None:
+    """ORM bulk UPDATE by primary key with the plaintext keys re-encrypts and reindexes."""
+    with Session(db) as session:
+        session.add(_customer(1, email="old@example.com", phone="+15550100000"))
+        session.commit()
+        session.execute(update(Customer), [{"id": 1, "email": "new@example.com", "phone": "+1 2"}])
+        session.commit()
+        assert [1] == _ids(session, Customer.email == "NEW@example.com")
+        assert [1] == _ids(session, Customer.phone == "+12")
+        assert [] == _ids(session, Customer.email == "old@example.com")
     with db.connect() as conn:
         stored = conn.execute(text("SELECT email_encrypted, phone_encrypted FROM fc_hyb_customers"))
         assert all(inspect_token(v).kind == "fc1" for v in stored.one())
@@ -506,6 +525,9 @@ def test_null_comparison_compiles_to_is_null_on_the_value() -> None:
         (lambda: Customer.email == Customer.notes_encrypted, "needs a plaintext Python value"),
         (lambda: Customer.email.in_(select(Customer.email_bidx)), "needs a list"),
         (lambda: Customer.notes.like("x"), "only is_\\(None\\) and is_not\\(None\\) work"),
+        (lambda: Customer.email.is_("x@example.com"), "cannot apply is_"),
+        (lambda: Customer.phone.is_not("+15550100000"), "cannot apply is_not"),
+        (lambda: Customer.notes.is_("x"), "only is_\\(None\\) and is_not\\(None\\) work"),
     ],
 )
 def test_other_operators_refuse_and_say_why(make: Any, expected: str) -> None:
@@ -513,6 +535,7 @@ def test_other_operators_refuse_and_say_why(make: Any, expected: str) -> None:
     with pytest.raises(UnsupportedComparisonError, match=expected) as info:
         make()
     assert str(info.value).startswith("Customer.")
+    assert "x@example.com" not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ matches (``IN (...)``), which is how the index key rotates without downtime.
 from __future__ import annotations
 
 import base64
+import copy
 import hmac
 import logging
 import os
@@ -125,21 +126,28 @@ def normalize_phone(value: str) -> str | None:
 
     ``"+1 (555) 010-0000"`` and ``"+15550100000"`` normalize alike. Any Unicode decimal digit
     counts (full-width ``\\uff15`` becomes ``5``); spaces, punctuation and letters are dropped, so
-    an extension's digits join the number and vanity letters are not translated. No country
-    is inferred: ``"555 010 0000"`` and ``"+1 555 010 0000"`` differ, so store numbers in
-    E.164 form (with ``+`` and country code) for lookups to match. A value without digits
-    returns None: it is not indexed and matches nothing.
+    an extension's digits join the number and vanity letters are not translated. A ``+``
+    anywhere before the first digit is the leading one, so ``"(+1) 555 010 0000"``,
+    ``"tel:+15550100000"`` and numbers wrapped in invisible direction marks (as phones copy
+    them) keep it. No country is inferred: ``"555 010 0000"`` and ``"+1 555 010 0000"`` differ,
+    so store numbers in E.164 form (with ``+`` and country code) for lookups to match. A value
+    without digits returns None: it is not indexed and matches nothing.
 
     Raises:
         ValueTypeError: ``value`` is not a str.
     """
     if not isinstance(value, str):
         raise ValueTypeError(f"normalize_phone expects str, got {type(value).__name__}")
-    text = value.strip()
-    digits = "".join(str(unicodedata.decimal(ch)) for ch in text if ch.isdecimal())
+    digits: list[str] = []
+    international = False
+    for ch in value:
+        if ch.isdecimal():
+            digits.append(str(unicodedata.decimal(ch)))
+        elif ch in _PLUS_SIGNS and not digits:
+            international = True
     if not digits:
         return None
-    return ("+" if text.startswith(_PLUS_SIGNS) else "") + digits
+    return ("+" if international else "") + "".join(digits)
 
 
 # -- keys ----------------------------------------------------------------------------------
@@ -485,16 +493,14 @@ class BlindIndex:
             raise ConfigurationError("BlindIndex: normalizer must be callable")
         self.column = column
         self.normalizer = normalizer
-        self.keys = keys
         self.name = name
         self._keys: KeyCache[BlindIndexKeyring] | None = None if keys is None else _as_cache(keys)
         #: Name of the table column holding the encrypted value; set when bound to a model.
         self.source_column: str | None = None
 
-    def bind(self, name: str, source_column: str) -> BlindIndex:
+    def _bind(self, name: str, source_column: str) -> BlindIndex:
         """Return a copy bound to a table: ``name`` unless one was given, and its source."""
-        bound = BlindIndex.__new__(BlindIndex)
-        bound.__dict__.update(self.__dict__)
+        bound = copy.copy(self)
         bound.name = self.name or name
         bound.source_column = source_column
         return bound

@@ -38,6 +38,7 @@ from sqlalchemy.ext.hybrid import ExprComparator, hybrid_property
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql import ClauseElement, operators
+from sqlalchemy.sql.elements import Null
 from sqlalchemy.sql.operators import OperatorType
 
 from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex
@@ -63,7 +64,13 @@ INFO_BLIND_INDEX = "sa_fieldcrypt.blind_index"
 _DIALECT = DefaultDialect()
 
 _EQUALITY = (operators.eq, operators.ne, operators.in_op, operators.not_in_op)
-_NULL_TESTS = (operators.is_, operators.is_not)
+# The operators that, against None, become a NULL test of the stored value.
+_NULL_TESTS = {
+    operators.eq: operators.is_,
+    operators.is_: operators.is_,
+    operators.ne: operators.is_not,
+    operators.is_not: operators.is_not,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +155,10 @@ class _EncryptedComparator(ExprComparator[Any]):
         self._index = getattr(cls, binding.index_key) if binding.index_key else None
 
     def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
-        if op in _NULL_TESTS:
-            return op(self._source, *other, **kwargs)
-        if op in (operators.eq, operators.ne) and other and other[0] is None:
-            return (self._source.is_ if op is operators.eq else self._source.is_not)(None)
+        if op in _NULL_TESTS and other and _is_null(other[0]):
+            # The stored value is NULL exactly when the plaintext is None. Any other is_()
+            # operand would be compared with the ciphertext, and bound as plaintext.
+            return _NULL_TESTS[op](self._source, None)
         if op in _EQUALITY:
             return self._equality(op, other[0] if other else None)
         raise self._refusal(op)
@@ -216,8 +223,8 @@ class _EncryptedComparator(ExprComparator[Any]):
             reason = (
                 f"{binding.source_label} is encrypted, and its blind index "
                 f"{binding.index_label} holds keyed hashes of whole normalized values, which "
-                "support only ==, !=, in_() and not_in() with Python values (no ordering, "
-                "pattern matching or arithmetic)"
+                "support only ==, !=, in_() and not_in() with Python values (and is_(None) "
+                "on the value itself; no ordering, pattern matching or arithmetic)"
             )
         return UnsupportedComparisonError(
             f"{binding.label}: cannot apply {_op_name(op)} in SQL: {reason}"
@@ -235,6 +242,10 @@ def _op_name(op: OperatorType) -> str:
 
 def _attr(label: str) -> str:
     return label.rpartition(".")[2]
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or isinstance(value, Null)
 
 
 def _is_collection(value: Any) -> bool:
@@ -360,7 +371,7 @@ class EncryptedHybrid(hybrid_property[Any]):
                     f"{label}: {index_label} is already the blind index of "
                     f"{existing.source_column!r}; every encrypted column needs its own"
                 )
-            blind_index = existing or self._blind_index.bind(
+            blind_index = existing or self._blind_index._bind(
                 f"{index.table.name}.{index.name}", source.name
             )
             index.info[INFO_BLIND_INDEX] = blind_index
@@ -400,7 +411,7 @@ class EncryptedHybrid(hybrid_property[Any]):
 
 
 def _mapped_column(mapper: Mapper[Any], key: str, label: str, what: str) -> Column[Any]:
-    column = mapper.columns.get(key) if key in mapper.columns else None
+    column = mapper.columns.get(key)
     if not isinstance(column, Column):
         raise ConfigurationError(
             f"{label}: {mapper.class_.__name__} has no mapped column attribute {key!r} "
@@ -444,6 +455,10 @@ def encrypted_values(cls: type, **values: Any) -> dict[str, Any]:
     hybrid keys there (2.1 handles ``insert(Customer)`` with ``email=...`` by itself)::
 
         session.execute(insert(Customer), [encrypted_values(Customer, id=1, email="a@b.c")])
+
+    The keys returned are attribute names, as ORM statements take them. A Core
+    ``insert(Customer.__table__)`` wants column names instead and silently drops keys it does
+    not know, such as ``_phone`` for the column ``phone_encrypted``.
 
     Raises:
         ValueTypeError: a value is of the wrong type for its column or normalizer.

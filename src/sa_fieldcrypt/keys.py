@@ -96,7 +96,13 @@ def generate_key(kind: KeyKind = "fernet") -> str:
 
 def _check_key_id(key_id: object, where: str) -> str:
     if not isinstance(key_id, str) or not KEY_ID_PATTERN.match(key_id):
-        shown = repr(key_id) if isinstance(key_id, str) and len(key_id) <= 64 else "given"
+        # Longer text is most likely a key typed into the id field ("<key>:k1"): never echo it.
+        if not isinstance(key_id, str):
+            shown = f"of type {type(key_id).__name__}"
+        elif len(key_id) > 32:
+            shown = f"of {len(key_id)} characters"
+        else:
+            shown = repr(key_id)
         raise ConfigurationError(
             f"{where}: key id {shown} is not valid; a key id is 1 to 32 characters "
             "from A-Z, a-z, 0-9, '_' and '-'"
