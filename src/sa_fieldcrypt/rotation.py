@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Final
@@ -345,12 +345,36 @@ def verification_job(engine: Engine, target: EncryptedColumn) -> BatchJob:
     )
 
 
-def _rotation_job_at(ref: _ColumnRef, encrypt_plaintext: bool, engine: Engine) -> BatchJob:
-    return rotation_job(engine, ref.resolve(engine), encrypt_plaintext=encrypt_plaintext)
+JobBuilder = Callable[[Engine, EncryptedColumn], BatchJob]
 
 
-def _verification_job_at(ref: _ColumnRef, engine: Engine) -> BatchJob:
-    return verification_job(engine, ref.resolve(engine))
+def _job_at(build: JobBuilder, ref: _ColumnRef, engine: Engine) -> BatchJob:
+    return build(engine, ref.resolve(engine))
+
+
+def _run_columns(
+    engine: Engine,
+    columns: Iterable[EncryptedColumn],
+    build: JobBuilder,
+    *,
+    workers: int,
+    fail_fast: bool,
+    **options: Any,
+) -> RunReport:
+    """Run the job ``build`` makes for each column, one column after the other."""
+    run = RunReport()
+    for target in columns:
+        job: BatchJob | JobFactory
+        if workers > 1:
+            # Each worker process finds the column again and builds its own job.
+            job = functools.partial(_job_at, build, _ColumnRef.of(target))
+        else:
+            job = build(engine, target)
+        report = run_job(engine, job, workers=workers, fail_fast=fail_fast, **options)
+        run.columns.append(report)
+        if fail_fast and not report.completed:
+            break
+    return run
 
 
 def rotate(
@@ -375,28 +399,18 @@ def rotate(
     Returns:
         One report per column; ``report.ok`` is False if any value could not be decrypted.
     """
-    run = RunReport()
-    for target in columns:
-        job: BatchJob | JobFactory
-        if workers > 1:
-            job = functools.partial(_rotation_job_at, _ColumnRef.of(target), encrypt_plaintext)
-        else:
-            job = rotation_job(engine, target, encrypt_plaintext=encrypt_plaintext)
-        report = run_job(
-            engine,
-            job,
-            batch_size=batch_size,
-            dry_run=dry_run,
-            fail_fast=fail_fast,
-            workers=workers,
-            shard=shard,
-            listener=listener,
-            before_write=before_write,
-        )
-        run.columns.append(report)
-        if fail_fast and not report.completed:
-            break
-    return run
+    return _run_columns(
+        engine,
+        columns,
+        functools.partial(rotation_job, encrypt_plaintext=encrypt_plaintext),
+        workers=workers,
+        fail_fast=fail_fast,
+        batch_size=batch_size,
+        dry_run=dry_run,
+        shard=shard,
+        listener=listener,
+        before_write=before_write,
+    )
 
 
 def verify(
@@ -413,26 +427,16 @@ def verify(
 
     The arguments are those of :func:`run_job`.
     """
-    run = RunReport()
-    for target in columns:
-        job: BatchJob | JobFactory
-        if workers > 1:
-            job = functools.partial(_verification_job_at, _ColumnRef.of(target))
-        else:
-            job = verification_job(engine, target)
-        report = run_job(
-            engine,
-            job,
-            batch_size=batch_size,
-            fail_fast=fail_fast,
-            workers=workers,
-            shard=shard,
-            listener=listener,
-        )
-        run.columns.append(report)
-        if fail_fast and not report.completed:
-            break
-    return run
+    return _run_columns(
+        engine,
+        columns,
+        verification_job,
+        workers=workers,
+        fail_fast=fail_fast,
+        batch_size=batch_size,
+        shard=shard,
+        listener=listener,
+    )
 
 
 # -- status and key retirement ------------------------------------------------------------
