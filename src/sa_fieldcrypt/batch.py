@@ -26,14 +26,15 @@ How a run works, and why it is safe with the application running:
   a stopped run has lost at most the batches in flight (two, on a database server, where
   one batch is written while the next is transformed).
 - The job's SQL filter selects only the rows that still need work, so a rerun skips what an
-  earlier run finished without reading it.
+  earlier run finished without reading it; ``start_after`` resumes after a known key.
 - Each row is written by a Core ``UPDATE ... WHERE pk = :pk AND col = :old`` over every column
   read (compare and swap): a row the application changed between the read and the write is
   left alone, read again and, if it still needs it, written. ORM events and ``onupdate``
   columns do not fire. (Database triggers still do.)
 - A row the transform cannot handle (it raises a :class:`~sa_fieldcrypt.FieldCryptError`) is
   reported by label and primary key (never its content) and the run goes on, unless
-  ``fail_fast``.
+  ``fail_fast``. Any other exception from the transform, the listener or ``on_failure``
+  stops the run: its batch is rolled back, batches committed before it stay.
 - ``workers`` processes split the rows into primary-key ranges; ``shard`` lets several
   machines split a table without talking to each other.
 """
@@ -102,6 +103,7 @@ __all__ = [
     "Failure",
     "JobFactory",
     "JobReport",
+    "OnFailure",
     "RunListener",
     "RunReport",
     "Transform",
@@ -322,6 +324,9 @@ class JobReport:
         failed: rows that could not be handled; the first few are in ``failures``.
         dry_run: nothing was written.
         completed: False when the pass stopped early (``fail_fast``).
+        last_key: the primary key of the last row of the last committed batch, where a
+            later run may resume (``start_after``); None before the first batch, and with
+            ``workers > 1``.
     """
 
     label: str
@@ -334,6 +339,7 @@ class JobReport:
     failures: list[Failure] = field(default_factory=list)
     dry_run: bool = False
     completed: bool = True
+    last_key: tuple[Any, ...] | None = None
 
     def add(self, other: JobReport) -> None:
         """Add another report's counts (of another worker or shard) to this one."""
@@ -421,6 +427,7 @@ class RunListener:
 
 
 BeforeWrite = Callable[[Connection, list[tuple[Any, ...]]], None]
+OnFailure = Callable[[Failure], None]
 
 
 Item = tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]
@@ -463,8 +470,12 @@ class _Writer:
         types: dict[str, TypeEngine[Any]] = {c.name: c.type for c in pk}
         for col in (*job.read, *job.write):
             types.setdefault(col.name, _raw_type(col))
+        # The bare table clause below is not subject to the engine's schema_translate_map,
+        # as the Table is: translate its schema here.
+        translate = conn.get_execution_options().get("schema_translate_map") or {}
+        schema = translate.get(job.table.schema, job.table.schema)
         keep = (
-            [n for n in _auto_update_columns(conn, job.table) if n not in types]
+            [n for n in _auto_update_columns(conn, schema, job.table.name) if n not in types]
             if sql.mysql
             else []
         )
@@ -473,7 +484,7 @@ class _Writer:
             job.table.name,
             *(column(name, type_) for name, type_ in types.items()),
             *(column(name) for name in keep),
-            schema=job.table.schema,
+            schema=schema,
         )
         self.keep = keep
         self.statement = self._statement()
@@ -540,17 +551,20 @@ class _Writer:
 
     def _not_written(self, conn: Connection, items: list[Item]) -> set[tuple[Any, ...]]:
         # Some rows were not written, or the driver cannot count them: read back what is there
-        # now, in the same transaction. A row holds the new (random) ciphertext only if this
-        # write put it there.
+        # now, in the same transaction. A row was written by this statement if it holds the
+        # new values and still holds what was read in the other columns read (a deterministic
+        # new value, such as a blind index, may also have been written by someone else).
         pk = [self.lite.c[n] for n in self.pk_names]
         written = [self.lite.c[n] for n in self.write_names]
+        only_read = [(i, n) for i, n in enumerate(self.read_names) if n not in self.write_names]
+        checked = [self.lite.c[n] for _, n in only_read]
         keys = [k for k, _, _ in items]
         match = pk[0].in_([k[0] for k in keys]) if len(pk) == 1 else tuple_(*pk).in_(keys)
         now = {
             tuple(row[: len(pk)]): tuple(row[len(pk) :])
-            for row in conn.execute(select(*pk, *written).where(match))
+            for row in conn.execute(select(*pk, *written, *checked).where(match))
         }
-        return {k for k, _, new in items if now.get(k) != new}
+        return {k for k, old, new in items if now.get(k) != (*new, *(old[i] for i, _ in only_read))}
 
 
 #: Primary-key types the PostgreSQL one-statement write carries through JSON exactly.
@@ -564,7 +578,7 @@ def _python_type(type_: TypeEngine[Any]) -> type | None:
         return None
 
 
-def _auto_update_columns(conn: Connection, table_: Table) -> list[str]:
+def _auto_update_columns(conn: Connection, schema: str | None, name: str) -> list[str]:
     """Columns MySQL sets on every update (``ON UPDATE CURRENT_TIMESTAMP``)."""
     rows = conn.execute(
         text(
@@ -572,7 +586,7 @@ def _auto_update_columns(conn: Connection, table_: Table) -> list[str]:
             "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :name "
             "AND LOWER(extra) LIKE '%on update%'"
         ),
-        {"schema": table_.schema, "name": table_.name},
+        {"schema": schema, "name": name},
     )
     return [row[0] for row in rows]
 
@@ -589,6 +603,8 @@ class _Options:
     dry_run: bool
     fail_fast: bool
     shard: tuple[int, int] | None  # (index from 0, count)
+    start_after: tuple[Any, ...] | None = None
+    reread_changed: bool = True
 
 
 @dataclass
@@ -619,6 +635,7 @@ class _Walk:
         listener: RunListener,
         before_write: BeforeWrite | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        on_failure: OnFailure | None = None,
     ):
         self.engine = engine
         self.job = job
@@ -626,6 +643,7 @@ class _Walk:
         self.listener = listener
         self.before_write = before_write
         self.should_stop = should_stop
+        self.on_failure = on_failure
         self.pk = _primary_key(job)
         self.pk_names = [c.name for c in self.pk]
         self.limits = [getattr(c.type, "length", None) for c in job.write]
@@ -644,7 +662,7 @@ class _Walk:
                 if self.job.write and not self.options.dry_run:
                     writer = _Writer(conn, sql, self.job, self.pk)
                 conn.commit()
-                self.base = _filters(sql, self.job, self.pk, self.options.shard)
+                self.base = _filters(sql, self.job, self.pk, self.options)
                 if high is not None:
                     self.base.append(sql.not_after(self.pk, high))
                 if writer is None or sql.name == "sqlite":
@@ -709,8 +727,9 @@ class _Walk:
                     stmt = self._page(sql, last)
                     batch = self._transaction(conn, self._read, stmt, True)
                     if pending is not None:
-                        self._apply(pending.result())
-                        pending = None
+                        # Taken out first: a listener that raises must not see it twice.
+                        done, pending = pending, None
+                        self._apply(done.result())
                     if not batch.keys:
                         return
                     last = batch.keys[-1]
@@ -740,6 +759,10 @@ class _Walk:
 
     def _read(self, conn: Connection, stmt: Any, scanned: bool) -> _Batch:
         items, counts, failures, rows = self._transform(conn.execute(stmt).all())
+        if self.on_failure is not None:
+            for failure in failures:
+                # Before anything of the batch is written: raising here rolls it back.
+                self.on_failure(failure)
         if scanned:
             counts["scanned"] = len(rows)
         return _Batch([tuple(r[: len(self.pk)]) for r in rows], items, counts, failures)
@@ -773,7 +796,7 @@ class _Walk:
         missed: set[tuple[Any, ...]],
     ) -> None:
         """Read rows that changed under the write again; rotate those that still need it."""
-        for _ in range(_CAS_RETRIES):
+        for _ in range(_CAS_RETRIES if self.options.reread_changed else 0):
             if not missed:
                 return
             keys = sorted(missed)
@@ -792,11 +815,13 @@ class _Walk:
 
     def _apply(self, batch: _Batch) -> None:
         self.report._count(batch.counts)
+        if batch.keys:
+            self.report.last_key = batch.keys[-1]
         for failure in batch.failures:
             if len(self.report.failures) < MAX_KEPT_FAILURES:
                 self.report.failures.append(failure)
             self.listener.failure(failure)
-        if batch.left:
+        if batch.left and self.options.reread_changed:
             logger.warning(
                 "%s: %d rows kept changing during the run; rerun to pick them up",
                 self.job.label,
@@ -861,29 +886,31 @@ def _primary_key(job: BatchJob) -> tuple[Column[Any], ...]:
 
 
 def _filters(
-    sql: _Sql, job: BatchJob, pk: Sequence[Column[Any]], shard: tuple[int, int] | None
+    sql: _Sql, job: BatchJob, pk: Sequence[Column[Any]], options: _Options
 ) -> list[ColumnElement[bool]]:
     where = [job.where] if job.where is not None else []
-    if shard is not None:
-        where.append(sql.shard(pk, *shard))
+    if options.shard is not None:
+        where.append(sql.shard(pk, *options.shard))
+    if options.start_after is not None:
+        where.append(sql.after(pk, options.start_after))
     return where
 
 
-def _count_rows(engine: Engine, job: BatchJob, shard: tuple[int, int] | None) -> int:
+def _count_rows(engine: Engine, job: BatchJob, options: _Options) -> int:
     pk = _primary_key(job)
     with engine.connect() as conn:
-        where = _filters(_Sql(conn.dialect.name), job, pk, shard)
+        where = _filters(_Sql(conn.dialect.name), job, pk, options)
         stmt = select(func.count()).select_from(job.table).where(*where)
         return int(conn.execute(stmt).scalar_one())
 
 
 def _ranges(
-    engine: Engine, job: BatchJob, shard: tuple[int, int] | None, parts: int
+    engine: Engine, job: BatchJob, options: _Options, parts: int
 ) -> tuple[int, list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]]:
     """Split the matching rows into ``parts`` primary-key ranges of about equal size."""
     pk = _primary_key(job)
     with engine.connect() as conn:
-        where = _filters(_Sql(conn.dialect.name), job, pk, shard)
+        where = _filters(_Sql(conn.dialect.name), job, pk, options)
         total = int(
             conn.execute(select(func.count()).select_from(job.table).where(*where)).scalar_one()
         )
@@ -929,6 +956,9 @@ def run_job(
     shard: tuple[int, int] | None = None,
     listener: RunListener | None = None,
     before_write: BeforeWrite | None = None,
+    start_after: tuple[Any, ...] | None = None,
+    on_failure: OnFailure | None = None,
+    reread_changed: bool = True,
 ) -> JobReport:
     """Run a :class:`BatchJob` over its table, batch by batch; the engine under :func:`rotate`.
 
@@ -946,6 +976,13 @@ def run_job(
         listener: receives progress; by default it is logged.
         before_write: called with the connection and the primary keys of the rows about to
             be written, between reading and writing each batch (for tests and audits).
+        start_after: visit only rows whose primary key sorts after this one (a
+            :attr:`JobReport.last_key` of an earlier run), to resume it.
+        on_failure: called with each failing row as soon as the transform fails, before its
+            batch is written. An exception it raises stops the run and rolls that batch back
+            (batches committed before stay), for jobs where one failure must stop them all.
+        reread_changed: read a row that changed between read and write again and handle it
+            in this run; with False it is only counted (``concurrent``) and left as it is.
 
     Returns:
         The counts of the run; failures are also passed to ``listener`` as they happen.
@@ -960,15 +997,18 @@ def run_job(
         raise ConfigurationError("workers must be at least 1")
     if shard is not None:
         parse_shard(f"{shard[0]}/{shard[1]}")
-    if workers > 1 and before_write is not None:
-        raise ConfigurationError("before_write runs in one process only; use workers=1")
+    if workers > 1 and (before_write is not None or on_failure is not None):
+        raise ConfigurationError(
+            "before_write and on_failure run in one process only; use workers=1"
+        )
     listener = listener or RunListener()
     built = job if isinstance(job, BatchJob) else job(engine)
     shard0 = None if shard is None else (shard[0] - 1, shard[1])
-    options = _Options(batch_size, dry_run, fail_fast, shard0)
+    options = _Options(batch_size, dry_run, fail_fast, shard0, start_after, reread_changed)
     if workers == 1:
-        listener.started(built.label, _count_rows(engine, built, shard0))
-        report = _Walk(engine, built, options, listener, before_write).run(None, None)
+        listener.started(built.label, _count_rows(engine, built, options))
+        walk = _Walk(engine, built, options, listener, before_write, on_failure=on_failure)
+        report = walk.run(None, None)
     else:
         if isinstance(job, BatchJob):
             raise ConfigurationError(
@@ -991,7 +1031,7 @@ def _run_workers(
     workers: int,
     listener: RunListener,
 ) -> JobReport:
-    total, ranges = _ranges(engine, job, options.shard, workers)
+    total, ranges = _ranges(engine, job, options, workers)
     listener.started(job.label, total)
     report = JobReport(job.label, dry_run=options.dry_run)
     # spawn, not fork: a forked child would share the parent's pooled connections and threads.

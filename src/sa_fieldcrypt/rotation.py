@@ -81,7 +81,7 @@ from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, RotationEr
 from sa_fieldcrypt.keys import KEY_ID_PATTERN, Keyring
 from sa_fieldcrypt.providers.env import LEGACY_KEY_ID, keyring_from_settings
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
-from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType
+from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
 __all__ = [
     "SKIP",
@@ -151,7 +151,7 @@ class EncryptedColumn:
         Raises:
             ConfigurationError: the column is not encrypted.
         """
-        codec = _codec_of(column_)
+        codec = column_codec(column_)
         if codec is None:
             raise ConfigurationError(
                 f"column {column_.name!r} is neither an EncryptedType column nor marked with "
@@ -161,20 +161,6 @@ class EncryptedColumn:
 
     def __repr__(self) -> str:
         return f"EncryptedColumn({self.label!r}, {self.codec!r})"
-
-
-def _codec_of(column_: Column[Any]) -> EncryptedType | None:
-    if isinstance(column_.type, EncryptedType):
-        return column_.type
-    codec = column_.info.get(COLUMN_INFO_KEY)
-    if codec is None:
-        return None
-    if not isinstance(codec, EncryptedType):
-        raise ConfigurationError(
-            f"column {column_.name!r}: info[{COLUMN_INFO_KEY!r}] must be an EncryptedType instance "
-            f"such as EncryptedText(), not {type(codec).__name__}"
-        )
-    return codec
 
 
 def find_columns(*modules: str | ModuleType) -> list[EncryptedColumn]:
@@ -205,7 +191,7 @@ def find_columns(*modules: str | ModuleType) -> list[EncryptedColumn]:
         before = len(found)
         for table_ in sorted(tables.values(), key=lambda t: t.fullname):
             for column_ in table_.columns:
-                codec = _codec_of(column_)
+                codec = column_codec(column_)
                 if codec is not None and (id(table_), column_.name) not in seen:
                     seen.add((id(table_), column_.name))
                     found.append(EncryptedColumn(column_, codec, ("models", module.__name__)))
