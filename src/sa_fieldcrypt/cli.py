@@ -7,11 +7,13 @@ the traceback instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
 import click
@@ -169,11 +171,84 @@ def _schema_map(
     return mapping
 
 
+# -- shared by the data commands: reindex, status, rotate, verify, retire-key -----------
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_db_option = click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    help="SQLAlchemy database URL. [default: FIELDCRYPT_DATABASE_URL]",
+)
+
+
+def _options(*options: Callable[[_F], _F]) -> Callable[[_F], _F]:
+    """One decorator for several click options, listed in --help in the order given."""
+
+    def decorate(func: _F) -> _F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    """Turn SQLAlchemy and driver errors into one clean line."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        # The driver's first line only: SQLAlchemy's own text can quote parameters.
+        orig = getattr(exc, "orig", None) or exc
+        first = (str(orig).strip().splitlines() or [""])[0]
+        raise RotationError(f"database error ({type(orig).__name__}: {first})") from exc
+
+
+@contextlib.contextmanager
+def _engine(
+    db_url: str | None, schema_map: dict[str | None, str | None] | None = None
+) -> Iterator[Engine]:
+    """The engine of --db (or FIELDCRYPT_DATABASE_URL), disposed of afterwards.
+
+    Database errors inside the block print as one clean line.
+    """
+    if db_url is None:
+        secret = load_settings().database_url
+        if secret is None:
+            raise ConfigurationError(
+                "no database given: pass --db URL or set FIELDCRYPT_DATABASE_URL"
+            )
+        db_url = secret.get_secret_value()
+    try:
+        engine = create_engine(db_url, hide_parameters=True)
+    except ArgumentError:
+        raise ConfigurationError(
+            "the database URL (--db or FIELDCRYPT_DATABASE_URL) is not a SQLAlchemy URL"
+        ) from None
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(
+            f"the database driver module {exc.name!r} is not installed"
+        ) from None
+    if schema_map:
+        engine = engine.execution_options(schema_translate_map=schema_map)
+    try:
+        with _database_errors():
+            yield engine
+    finally:
+        engine.dispose()
+
+
+def _importable_cwd() -> None:
+    # As `python -m` does: models of the project in the current directory import.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 @cli.command("reindex")
 @click.argument("models")
-@click.option(
-    "--db", "url", envvar="FIELDCRYPT_DATABASE_URL", required=True, help="SQLAlchemy URL."
-)
+@_db_option
 @click.option("--table", "tables", multiple=True, help="Only this table; repeatable.")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1))
 @click.option(
@@ -192,7 +267,7 @@ def _schema_map(
 @click.option("--check", is_flag=True, help="Only count rows per index key; exit 1 if stale.")
 def reindex_command(
     models: str,
-    url: str,
+    db_url: str | None,
     tables: tuple[str, ...],
     batch_size: int,
     state: str | None,
@@ -200,16 +275,12 @@ def reindex_command(
     check: bool,
 ) -> None:
     """Recompute blind indexes of MODELS (module:Base) under the newest index key."""
-    from sqlalchemy import create_engine
-
     from sa_fieldcrypt.reindex import BatchReport, blind_index_status, load_metadata, reindex
 
+    _importable_cwd()
     metadata = load_metadata(models)
     target = [table for m in metadata for table in m.sorted_tables]
-    engine = create_engine(url, hide_parameters=True)
-    if schema_map:
-        engine = engine.execution_options(schema_translate_map=schema_map)
-    try:
+    with _engine(db_url, schema_map) as engine:
         if not check:
 
             def progress(batch: BatchReport) -> None:
@@ -232,8 +303,6 @@ def reindex_command(
                 f"{report.updated} rewritten, {report.skipped} changed meanwhile"
             )
         statuses = blind_index_status(engine, target, tables=tables or None)
-    finally:
-        engine.dispose()
     for status in statuses:
         keys = " ".join(f"{kid}={count}" for kid, count in status.by_key.items())
         click.echo(
@@ -244,19 +313,53 @@ def reindex_command(
         raise click.exceptions.Exit(1)
 
 
-# -- data commands: status, rotate, verify, retire-key ----------------------------------
-
-_F = TypeVar("_F", bound=Callable[..., Any])
+# -- status, rotate, verify, retire-key -----------------------------------------------------
 
 
-def _data_options(func: _F) -> _F:
-    options = [
-        click.option(
-            "--db",
-            "db_url",
-            metavar="URL",
-            help="SQLAlchemy database URL. [default: FIELDCRYPT_DATABASE_URL]",
-        ),
+@dataclass(frozen=True)
+class _Target:
+    """The database and columns that --db, --models, --table and --column name."""
+
+    db_url: str | None
+    models: tuple[str, ...]
+    table_name: str | None
+    column_names: tuple[str, ...]
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[tuple[Engine, list[rotation.EncryptedColumn]]]:
+        """The engine and columns; the engine is disposed of afterwards."""
+        if bool(self.models) == bool(self.table_name):
+            raise click.UsageError("give either --models MODULE or --table TABLE --column COL")
+        if self.table_name and not self.column_names:
+            raise click.UsageError("--table needs --column COL")
+        if self.column_names and not self.table_name:
+            raise click.UsageError("--column goes with --table")
+        with _engine(self.db_url) as engine:
+            if self.models:
+                _importable_cwd()
+                found = rotation.find_columns(*self.models)
+            else:
+                table_name = self.table_name or ""
+                found = [rotation.reflect_column(engine, table_name, c) for c in self.column_names]
+            yield engine, found
+
+
+def _data_options(func: Callable[..., None]) -> Callable[..., None]:
+    """Add --db, --models, --table and --column; the command gets them as one ``target``."""
+
+    @functools.wraps(func)
+    def command(
+        *,
+        db_url: str | None,
+        models: tuple[str, ...],
+        table_name: str | None,
+        column_names: tuple[str, ...],
+        **rest: Any,
+    ) -> None:
+        func(target=_Target(db_url, models, table_name, column_names), **rest)
+
+    return _options(
+        _db_option,
         click.option(
             "--models",
             multiple=True,
@@ -276,10 +379,7 @@ def _data_options(func: _F) -> _F:
             metavar="COL",
             help="Column of --table that holds tokens (repeatable).",
         ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    )(command)
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -291,58 +391,26 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
         raise click.BadParameter(str(exc)) from None
 
 
-@contextlib.contextmanager
-def _database_errors() -> Iterator[None]:
-    """Turn SQLAlchemy and driver errors into one clean line."""
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        # The driver's first line only: SQLAlchemy's own text can quote parameters.
-        orig = getattr(exc, "orig", None) or exc
-        first = (str(orig).strip().splitlines() or [""])[0]
-        raise RotationError(f"database error ({type(orig).__name__}: {first})") from exc
-
-
-@contextlib.contextmanager
-def _open(
-    db_url: str | None, models: tuple[str, ...], table_name: str | None, columns: tuple[str, ...]
-) -> Iterator[tuple[Engine, list[rotation.EncryptedColumn]]]:
-    """The engine and columns the options name; the engine is disposed of afterwards."""
-    if bool(models) == bool(table_name):
-        raise click.UsageError("give either --models MODULE or --table TABLE --column COL")
-    if table_name and not columns:
-        raise click.UsageError("--table needs --column COL")
-    if columns and not table_name:
-        raise click.UsageError("--column goes with --table")
-    if db_url is None:
-        secret = load_settings().database_url
-        if secret is None:
-            raise ConfigurationError(
-                "no database given: pass --db URL or set FIELDCRYPT_DATABASE_URL"
-            )
-        db_url = secret.get_secret_value()
-    try:
-        engine = create_engine(db_url, hide_parameters=True)
-    except ArgumentError:
-        raise ConfigurationError(
-            "the database URL (--db or FIELDCRYPT_DATABASE_URL) is not a SQLAlchemy URL"
-        ) from None
-    except ModuleNotFoundError as exc:
-        raise ConfigurationError(
-            f"the database driver module {exc.name!r} is not installed"
-        ) from None
-    try:
-        if models:
-            # As `python -m` does: models of the project in the current directory import.
-            if os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.insert(0, os.getcwd())
-            found = rotation.find_columns(*models)
-        else:
-            with _database_errors():
-                found = [rotation.reflect_column(engine, table_name or "", c) for c in columns]
-        yield engine, found
-    finally:
-        engine.dispose()
+def _run_options(batch_help: str, shard_help: str) -> Callable[[_F], _F]:
+    """--batch-size, --fail-fast, --workers and --shard, as rotate and verify take them."""
+    return _options(
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=1000,
+            show_default=True,
+            help=batch_help,
+        ),
+        click.option("--fail-fast", is_flag=True, help="Stop at the first value that fails."),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Processes, each over its own range of primary keys.",
+        ),
+        click.option("--shard", metavar="I/N", callback=_shard, help=shard_help),
+    )
 
 
 class _Progress(rotation.RunListener):
@@ -431,60 +499,26 @@ def _finish(run: rotation.RunReport, action: str) -> None:
 @cli.command()
 @_data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
-def status(
-    db_url: str | None,
-    models: tuple[str, ...],
-    table_name: str | None,
-    column_names: tuple[str, ...],
-    as_json: bool,
-) -> None:
+def status(target: _Target, as_json: bool) -> None:
     """Count values per key id, legacy tokens, plaintext and NULL.
 
     Counts each column's stored values by their header (nothing is decrypted) and says, per
     key id, whether any value still needs it.
     """
-    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
+    with target.open() as (engine, columns):
         report = rotation.status(engine, columns)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.describe())
 
 
 @cli.command()
 @_data_options
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Rows per batch and per transaction.",
+@_run_options(
+    batch_help="Rows per batch and per transaction.",
+    shard_help="Rotate only shard I of N (from 1), so N machines split the tables.",
 )
 @click.option("--dry-run", is_flag=True, help="Decrypt and re-encrypt, but write nothing.")
 @click.option("--encrypt-plaintext", is_flag=True, help="Also encrypt values stored as plaintext.")
-@click.option("--fail-fast", is_flag=True, help="Stop at the first value that fails.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Processes, each over its own range of primary keys.",
-)
-@click.option(
-    "--shard",
-    metavar="I/N",
-    callback=_shard,
-    help="Rotate only shard I of N (from 1), so N machines split the tables.",
-)
-def rotate(
-    db_url: str | None,
-    models: tuple[str, ...],
-    table_name: str | None,
-    column_names: tuple[str, ...],
-    batch_size: int,
-    dry_run: bool,
-    encrypt_plaintext: bool,
-    fail_fast: bool,
-    workers: int,
-    shard: tuple[int, int] | None,
-) -> None:
+def rotate(target: _Target, dry_run: bool, encrypt_plaintext: bool, **run: Any) -> None:
     """Re-encrypt values under the primary key.
 
     Every value that is not under the primary key (older key ids, legacy bare Fernet tokens,
@@ -492,79 +526,32 @@ def rotate(
     the application runs (a row changed meanwhile is not overwritten) and safe to stop at
     any moment: run it again and it carries on where it was.
     """
-    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
-        run = rotation.rotate(
+    with target.open() as (engine, columns):
+        report = rotation.rotate(
             engine,
             columns,
-            batch_size=batch_size,
             dry_run=dry_run,
             encrypt_plaintext=encrypt_plaintext,
-            fail_fast=fail_fast,
-            workers=workers,
-            shard=shard,
             listener=_Progress(),
+            **run,
         )
-    _finish(run, "rotate")
+    _finish(report, "rotate")
 
 
 @cli.command()
 @_data_options
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Rows per batch.",
-)
-@click.option("--fail-fast", is_flag=True, help="Stop at the first value that fails.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Processes, each over its own range of primary keys.",
-)
-@click.option("--shard", metavar="I/N", callback=_shard, help="Verify only shard I of N (from 1).")
-def verify(
-    db_url: str | None,
-    models: tuple[str, ...],
-    table_name: str | None,
-    column_names: tuple[str, ...],
-    batch_size: int,
-    fail_fast: bool,
-    workers: int,
-    shard: tuple[int, int] | None,
-) -> None:
+@_run_options(batch_help="Rows per batch.", shard_help="Verify only shard I of N (from 1).")
+def verify(target: _Target, **run: Any) -> None:
     """Decrypt every value, report failures; change nothing."""
-    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
-        run = rotation.verify(
-            engine,
-            columns,
-            batch_size=batch_size,
-            fail_fast=fail_fast,
-            workers=workers,
-            shard=shard,
-            listener=_Progress(),
-        )
-    _finish(run, "verify")
-
-
-def _required_key_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not KEY_ID_PATTERN.match(value):
-        raise click.BadParameter("1 to 32 characters from A-Z, a-z, 0-9, '_' and '-'")
-    return value
+    with target.open() as (engine, columns):
+        report = rotation.verify(engine, columns, listener=_Progress(), **run)
+    _finish(report, "verify")
 
 
 @cli.command("retire-key")
-@click.argument("key_id", callback=_required_key_id)
+@click.argument("key_id", callback=_key_id)
 @_data_options
-def retire_key(
-    key_id: str,
-    db_url: str | None,
-    models: tuple[str, ...],
-    table_name: str | None,
-    column_names: tuple[str, ...],
-) -> None:
+def retire_key(key_id: str, target: _Target) -> None:
     """Remove a key that no value needs any more.
 
     Checks that no value of the given columns is under KEY_ID, and refuses while any is (or
@@ -572,7 +559,7 @@ def retire_key(
     FIELDCRYPT_KEYS value on stdout, and nothing else there:
     `export FIELDCRYPT_KEYS="$(fieldcrypt retire-key k1 --models app.models)"`.
     """
-    with _open(db_url, models, table_name, column_names) as (engine, columns), _database_errors():
+    with target.open() as (engine, columns):
         rotation.retire_key(engine, columns, key_id)
         checked = ", ".join(c.label for c in columns)
     settings = load_settings()

@@ -8,15 +8,17 @@ Typical usage::
     for column in blind_index_status(engine, Base.metadata):
         print(column.label, column.stale)       # 0 everywhere: the old index key can retire
 
-How it runs, so it is safe on a live database:
+How it runs, so it is safe on a live database: each table is one job of the batch engine
+(:func:`sa_fieldcrypt.batch.run_job`), which reads its value and index columns and writes its
+index columns.
 
 - Rows are read in primary-key order, ``batch_size`` at a time (keyset pagination, no
   ``OFFSET``), each batch in one transaction of its own.
 - Each row's value is decrypted and its index recomputed under the newest index key; only rows
-  whose stored index differs are written.
-- Every write is a compare-and-swap: ``UPDATE ... WHERE <primary key> AND <value column> IS
-  NOT DISTINCT FROM <value read> AND <index column> IS NOT DISTINCT FROM <index read>``. A row
-  the application changed in the meantime is left alone (the application wrote its own index).
+  whose stored index differs are written. Every row is read, since an index computed by an
+  older normalizer looks no different in SQL from a right one.
+- Every write is a compare-and-swap on the values and indexes read: a row the application
+  changed in the meantime is left alone (the application wrote its own index).
 - A failure rolls back its batch only: earlier batches stay committed, and nothing is ever
   half-written. With ``state=`` the last committed primary key is saved after every batch, so a
   run that was stopped, killed or failed resumes where it left off. Without it, a rerun starts
@@ -28,7 +30,6 @@ How it runs, so it is safe on a live database:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
@@ -40,31 +41,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Engine,
-    MetaData,
-    String,
-    Table,
-    and_,
-    bindparam,
-    case,
-    func,
-    or_,
-    select,
-    tuple_,
-    type_coerce,
-    update,
-)
+from sqlalchemy import Column, Engine, MetaData, Table, and_, case, func, or_, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql.elements import ColumnElement
 
+from sa_fieldcrypt.batch import (
+    BatchJob,
+    Failure,
+    JobReport,
+    RunListener,
+    _raw,
+    _Sql,
+    run_job,
+)
 from sa_fieldcrypt.blind_index import BlindIndex
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
-from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX, INFO_TYPE
-from sa_fieldcrypt.types import EncryptedType
+from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX
+from sa_fieldcrypt.types import EncryptedType, column_codec
 
 __all__ = [
     "BatchReport",
@@ -78,6 +72,8 @@ __all__ = [
 ]
 
 _STATE_VERSION = 1
+#: Times a run goes on after a collision that was gone when looked for (the app fixed it).
+_COLLISION_RETRIES = 3
 # The types' processors ignore the dialect.
 _DIALECT = DefaultDialect()
 
@@ -192,9 +188,8 @@ def blind_index_columns(
             if not isinstance(bound, BlindIndex) or bound.source_column is None:
                 continue
             source = table.c[bound.source_column]
-            decryptor = source.type if isinstance(source.type, EncryptedType) else None
-            decryptor = decryptor or source.info.get(INFO_TYPE)
-            if not isinstance(decryptor, EncryptedType):
+            decryptor = column_codec(source)
+            if decryptor is None:
                 raise ConfigurationError(
                     f"{table.fullname}.{source.name}: no encrypted type is recorded for the "
                     "column that the blind index reads; declare it through encrypted_hybrid()"
@@ -252,29 +247,117 @@ def reindex(
                 f"{table.fullname} has no primary key; reindexing pages through rows by "
                 "primary key, so add one"
             )
-        after = saved.resume_point(table, pk) if saved is not None else None
         if saved is not None and saved.is_done(table):
             continue
+        after = saved.resume_point(table, pk) if saved is not None else None
         if after is not None:
             report.resumed[table.fullname] = after
-        while True:
-            batch = _run_batch(engine, table, table_columns, pk, after, batch_size)
-            if batch is None:
-                break
-            after = batch.last_key
-            report.batches += 1
-            report.scanned += batch.scanned
-            report.updated += batch.updated
-            report.skipped += batch.skipped
-            if saved is not None:
-                saved.record(table, after, done=False)
-            if on_batch is not None:
-                on_batch(batch)
-            if batch.scanned < batch_size:
-                break
+        progress = _Progress(table, report, saved, on_batch, after)
+        _reindex_table(engine, table_columns, batch_size, progress)
         if saved is not None:
-            saved.record(table, after, done=True)
+            saved.record(table, progress.last_key, done=True)
     return report
+
+
+def _reindex_job(table: Table, columns: Sequence[IndexedColumn]) -> BatchJob:
+    """The engine's job for one table: read values and indexes, write the indexes."""
+    count = len(columns)
+
+    def transform(old: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        new = tuple(_index_value(c, stored) for c, stored in zip(columns, old[:count], strict=True))
+        # Every index column of the row is written (unchanged ones with their own value), so
+        # one statement serves every row of a batch.
+        return None if new == old[count:] else new
+
+    read = (*(c.source for c in columns), *(c.index for c in columns))
+    return BatchJob(table.fullname, table, read, tuple(c.index for c in columns), transform)
+
+
+def _reindex_table(
+    engine: Engine, columns: Sequence[IndexedColumn], batch_size: int, progress: _Progress
+) -> None:
+    """Reindex one table's columns; on a unique-constraint collision, name the row."""
+    job = _reindex_job(columns[0].table, columns)
+    for _ in range(_COLLISION_RETRIES):
+        try:
+            run_job(
+                engine,
+                job,
+                batch_size=batch_size,
+                listener=progress,
+                start_after=progress.last_key,
+                on_failure=_stop,
+                # A row the application changed has the index the application wrote.
+                reread_changed=False,
+            )
+            return
+        except RotationError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+            # The engine rolled the batch back as a whole. Write it again one row per
+            # savepoint, rolled back too, to name the row that collides; if the collision
+            # went away meanwhile, carry on from the last committed batch.
+            collision = _find_collision(engine, job, columns, progress.last_key, batch_size)
+            if collision is not None:
+                raise collision from exc.__cause__
+    raise RotationError(
+        f"{job.label}: new index values kept colliding under a unique constraint while the "
+        "application wrote; run again (committed batches are kept)"
+    )
+
+
+def _stop(failure: Failure) -> None:
+    """Reindexing stops at the first row it cannot handle; its batch is not written."""
+    table, key = failure.column, _describe_key(failure.primary_key)
+    raise RotationError(
+        f"{table} row {key}: {failure.reason}; fix or remove the value, then run again "
+        "(committed batches are kept)"
+    )
+
+
+class _Progress(RunListener):
+    """Counts committed batches into a :class:`ReindexReport`, saves the state, reports them."""
+
+    def __init__(
+        self,
+        table: Table,
+        report: ReindexReport,
+        saved: _State | None,
+        on_batch: Callable[[BatchReport], None] | None,
+        after: tuple[Any, ...] | None,
+    ):
+        self.table = table
+        self.report = report
+        self.saved = saved
+        self.on_batch = on_batch
+        self.last_key = after
+        self.seen = (0, 0, 0)
+
+    def started(self, label: str, total: int) -> None:
+        """Quiet: progress is reported per batch."""
+
+    def batch(self, label: str, rows: int, report: JobReport) -> None:
+        """Add a committed batch to the totals, save the state, then report it."""
+        if report.last_key is None:
+            return
+        now = (report.scanned, report.written, report.concurrent)
+        scanned, updated, skipped = (n - before for n, before in zip(now, self.seen, strict=True))
+        self.seen = now
+        self.last_key = report.last_key
+        self.report.batches += 1
+        self.report.scanned += scanned
+        self.report.updated += updated
+        self.report.skipped += skipped
+        if self.saved is not None:
+            self.saved.record(self.table, self.last_key, done=False)
+        if self.on_batch is not None:
+            self.on_batch(BatchReport(label, scanned, updated, skipped, self.last_key))
+
+    def failure(self, failure: Failure) -> None:
+        """Not reached: the first failure stops the run (see :func:`_stop`)."""
+
+    def finished(self, report: JobReport) -> None:
+        """Quiet: the caller reports the totals."""
 
 
 def blind_index_status(
@@ -348,123 +431,56 @@ def load_metadata(spec: str) -> list[MetaData]:
     return found
 
 
-# -- one batch -------------------------------------------------------------------------------
+# -- values and collisions --------------------------------------------------------------------
 
 
-def _run_batch(
-    engine: Engine,
-    table: Table,
-    columns: Sequence[IndexedColumn],
-    pk: Sequence[Column[Any]],
-    after: tuple[Any, ...] | None,
-    batch_size: int,
-) -> BatchReport | None:
-    # Raw reads: the stored token, not its plaintext, is what the compare-and-swap checks.
-    sources = [type_coerce(c.source, String()).label(f"source_{i}") for i, c in enumerate(columns)]
-    indexes = [type_coerce(c.index, String()).label(f"index_{i}") for i, c in enumerate(columns)]
-    query = select(*pk, *sources, *indexes).order_by(*pk).limit(batch_size)
-    if after is not None:
-        query = query.where(_after(pk, after))
-    try:
-        with engine.begin() as conn:
-            rows = conn.execute(query).all()
-            if not rows:
-                return None
-            updated, skipped = _write(conn, table, columns, pk, rows, savepoints=False)
-    except IntegrityError:
-        # The batch rolled back as a whole. Redo it with a savepoint per row, which either
-        # names the colliding row or, if the collision went away meanwhile, just succeeds.
-        with engine.begin() as conn:
-            rows = conn.execute(query).all()
-            if not rows:
-                return None
-            updated, skipped = _write(conn, table, columns, pk, rows, savepoints=True)
-    return BatchReport(table.fullname, len(rows), updated, skipped, tuple(rows[-1][: len(pk)]))
-
-
-def _write(
-    conn: Connection,
-    table: Table,
-    columns: Sequence[IndexedColumn],
-    pk: Sequence[Column[Any]],
-    rows: Sequence[Row[Any]],
-    *,
-    savepoints: bool,
-) -> tuple[int, int]:
-    width, count = len(pk), len(columns)
-    changed: list[dict[str, Any]] = []
-    for row in rows:
-        key = tuple(row[:width])
-        stored, old = row[width : width + count], row[width + count :]
-        new = [
-            column.blind_index.compute(_decrypt(column, stored[i], pk, key))
-            for i, column in enumerate(columns)
-        ]
-        if list(old) == new:
-            continue
-        # Every index column of the row is written (unchanged ones with their own value), so
-        # one statement serves every row and the batch goes out as a single executemany.
-        params: dict[str, Any] = {f"rx_pk_{i}": v for i, v in enumerate(key)}
-        for i in range(count):
-            params |= {f"rx_src_{i}": stored[i], f"rx_old_{i}": old[i], f"rx_new_{i}": new[i]}
-        changed.append(params)
-    if not changed:
-        return 0, 0
-    statement = _compare_and_swap(table, columns, pk)
-    if savepoints or not conn.dialect.supports_sane_multi_rowcount:
-        updated = 0
-        for params, row in zip(changed, _changed_rows(rows, changed, width), strict=True):
-            try:
-                with conn.begin_nested() if savepoints else contextlib.nullcontext():
-                    updated += conn.execute(statement, params).rowcount
-            except IntegrityError as exc:
-                raise _collision(conn, table, columns, pk, tuple(row[:width]), row) from exc
-    else:
-        updated = conn.execute(statement, changed).rowcount
-    return updated, len(changed) - updated
-
-
-def _compare_and_swap(
-    table: Table, columns: Sequence[IndexedColumn], pk: Sequence[Column[Any]]
-) -> Any:
-    """``UPDATE`` of the index columns, only where the row still holds what was read."""
-    guards: list[ColumnElement[bool]] = [
-        c == bindparam(f"rx_pk_{i}", type_=c.type) for i, c in enumerate(pk)
-    ]
-    values: dict[str, Any] = {}
-    for i, column in enumerate(columns):
-        source, index = type_coerce(column.source, String()), type_coerce(column.index, String())
-        guards.append(source.is_not_distinct_from(bindparam(f"rx_src_{i}", type_=String())))
-        guards.append(index.is_not_distinct_from(bindparam(f"rx_old_{i}", type_=String())))
-        values[column.index.key] = bindparam(f"rx_new_{i}", type_=String())
-    return update(table).where(*guards).values(values)
-
-
-def _changed_rows(
-    rows: Sequence[Row[Any]], changed: Sequence[dict[str, Any]], width: int
-) -> list[Row[Any]]:
-    by_key = {tuple(row[:width]): row for row in rows}
-    return [by_key[tuple(p[f"rx_pk_{i}"] for i in range(width))] for p in changed]
-
-
-def _decrypt(
-    column: IndexedColumn, stored: str | None, pk: Sequence[Column[Any]], key: tuple[Any, ...]
-) -> Any:
+def _index_value(column: IndexedColumn, stored: str | None) -> str | None:
+    """The index value of a stored token under the writing key (None for NULL)."""
     if stored is None:
         return None
     try:
-        return column.encrypted_type.process_result_value(stored, _DIALECT)
+        plaintext = column.encrypted_type.process_result_value(stored, _DIALECT)
     except FieldCryptError as exc:
-        raise RotationError(
-            f"{column.table.fullname} row {_describe(pk, key)}: cannot recompute "
-            f"{column.index.name}: {exc}; fix or remove the value, then run again "
-            "(committed batches are kept)"
-        ) from exc
+        raise RotationError(f"cannot recompute {column.index.name}: {exc}") from exc
+    return column.blind_index.compute(plaintext)
+
+
+def _find_collision(
+    engine: Engine,
+    job: BatchJob,
+    columns: Sequence[IndexedColumn],
+    after: tuple[Any, ...] | None,
+    batch_size: int,
+) -> RotationError | None:
+    """Write the batch after ``after`` one row per savepoint, roll it all back, name a collision."""
+    pk = list(job.table.primary_key.columns)
+    width = len(pk)
+    query = select(*pk, *(_raw(c) for c in job.read)).order_by(*pk).limit(batch_size)
+    if after is not None:
+        query = query.where(_Sql(engine.dialect.name).after(pk, after))
+    with engine.connect() as conn, conn.begin() as transaction:
+        for row in conn.execute(query).all():
+            key = tuple(row[:width])
+            new = job.transform(tuple(row[width:]))
+            if not isinstance(new, tuple):
+                continue
+            statement = (
+                update(job.table)
+                .where(*(c == v for c, v in zip(pk, key, strict=True)))
+                .values({c.key: v for c, v in zip(job.write, new, strict=True)})
+            )
+            try:
+                with conn.begin_nested():
+                    conn.execute(statement)
+            except IntegrityError:
+                return _collision(conn, job.label, columns, pk, key, row)
+        transaction.rollback()
+    return None
 
 
 def _collision(
     conn: Connection,
-    table: Table,
+    label: str,
     columns: Sequence[IndexedColumn],
     pk: Sequence[Column[Any]],
     key: tuple[Any, ...],
@@ -473,7 +489,10 @@ def _collision(
     width = len(pk)
     others: list[str] = []
     for i, column in enumerate(columns):
-        plaintext = _decrypt(column, row[width + i], pk, key)
+        stored = row[width + i]
+        if stored is None:
+            continue
+        plaintext = column.encrypted_type.process_result_value(stored, _DIALECT)
         candidates = column.blind_index.candidates(plaintext)
         if not candidates:
             continue
@@ -486,22 +505,19 @@ def _collision(
         others += [_describe(pk, tuple(r)) for r in conn.execute(query)]
     holders = f" (rows with the same normalized value: {'; '.join(others)})" if others else ""
     return RotationError(
-        f"{table.fullname} row {_describe(pk, key)}: its new index value collides with another "
+        f"{label} row {_describe(pk, key)}: its new index value collides with another "
         f"row's under a unique constraint{holders}. The same value was probably written twice "
         "while two index keys were active; merge or change one of the rows, then run again "
         "(committed batches are kept)"
     )
 
 
-def _after(pk: Sequence[Column[Any]], after: tuple[Any, ...]) -> ColumnElement[bool]:
-    comparison: ColumnElement[bool] = (
-        pk[0] > after[0] if len(pk) == 1 else tuple_(*pk) > tuple_(*after)
-    )
-    return comparison
-
-
 def _describe(pk: Sequence[Column[Any]], key: tuple[Any, ...]) -> str:
-    return ", ".join(f"{c.name}={v}" for c, v in zip(pk, key, strict=True))
+    return _describe_key(tuple((c.name, v) for c, v in zip(pk, key, strict=True)))
+
+
+def _describe_key(named: Sequence[tuple[str, Any]]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in named)
 
 
 def _prefix_pattern(key_id: str) -> str:

@@ -62,6 +62,7 @@ __all__ = [
     "EncryptedText",
     "EncryptedType",
     "PlaintextValueWarning",
+    "column_codec",
     "encrypted_columns",
 ]
 
@@ -471,15 +472,33 @@ class PlaintextValueWarning(UserWarning):
     """A column with ``allow_plaintext=True`` read a value that is not encrypted."""
 
 
+def column_codec(column: Column[Any]) -> EncryptedType | None:
+    """The :class:`EncryptedType` that opens a column's tokens, or None if it holds none.
+
+    That is the column's own type, or the type a hybrid helper recorded in
+    ``column.info[COLUMN_INFO_KEY]`` on a plain text column.
+
+    Raises:
+        ConfigurationError: ``column.info[COLUMN_INFO_KEY]`` holds something else.
+    """
+    if isinstance(column.type, EncryptedType):
+        return column.type
+    codec = column.info.get(COLUMN_INFO_KEY)
+    if codec is None:
+        return None
+    if not isinstance(codec, EncryptedType):
+        raise ConfigurationError(
+            f"column {column.name!r}: info[{COLUMN_INFO_KEY!r}] must be an EncryptedType instance "
+            f"such as EncryptedText(), not {type(codec).__name__}"
+        )
+    return codec
+
+
 def encrypted_columns(model_or_table: Any) -> list[Column[Any]]:
     """Every column of a mapped class or ``Table`` that holds sa-fieldcrypt tokens.
 
     That is, columns typed with an :class:`EncryptedType`, and plain text columns that a
-    hybrid helper marked with :data:`COLUMN_INFO_KEY`.
+    hybrid helper marked with :data:`COLUMN_INFO_KEY` (see :func:`column_codec`).
     """
     table = getattr(model_or_table, "__table__", model_or_table)
-    return [
-        column
-        for column in table.columns
-        if isinstance(column.type, EncryptedType) or COLUMN_INFO_KEY in column.info
-    ]
+    return [column for column in table.columns if column_codec(column) is not None]
