@@ -60,6 +60,7 @@ from sqlalchemy import (
     JSON,
     Column,
     Engine,
+    String,
     Table,
     Text,
     and_,
@@ -188,6 +189,9 @@ class _Sql:
         # exactly (the prefixes compared here are ASCII, the same bytes in any charset).
         if self.mysql:
             return type_coerce(cast(expr, mysql.BINARY()), Text())
+        if self.name == "postgresql":
+            # A citext column, or one under a case-insensitive ICU collation, would not.
+            return collate(cast(expr, Text()), "C")
         return expr
 
     def has_prefix(self, expr: ColumnElement[Any], prefix: str) -> ColumnElement[bool]:
@@ -198,7 +202,14 @@ class _Sql:
         return self.exact(expr).like(_like_prefix(prefix), escape="/")
 
     def same(self, col: ColumnElement[Any], value: ColumnElement[Any]) -> ColumnElement[bool]:
-        """NULL-safe, exact equality (case and trailing spaces count), for compare-and-swap."""
+        """NULL-safe, exact equality (case and trailing spaces count), for compare-and-swap.
+
+        A comparison under the column's own collation would let a write replace a value the
+        application changed only in case (``NOCASE``, ``citext``, MySQL's ``_ci``): a lost
+        update.
+        """
+        if not isinstance(col.type, String):
+            return col.is_not_distinct_from(value)
         if self.mysql:
             if self.binary_collation is None:
                 raise RotationError("internal: compare-and-swap needs a connected _Sql")
@@ -206,6 +217,10 @@ class _Sql:
                 col.is_not_distinct_from(collate(value, self.binary_collation)),
                 func.char_length(col).is_not_distinct_from(func.char_length(value)),
             )
+        if self.name == "postgresql":
+            return self.exact(col).is_not_distinct_from(cast(value, Text()))
+        if self.name == "sqlite":
+            return col.is_not_distinct_from(collate(value, "BINARY"))
         return col.is_not_distinct_from(value)
 
     def after(self, pk: Sequence[Column[Any]], values: Sequence[Any]) -> ColumnElement[bool]:
