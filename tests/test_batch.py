@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    create_engine,
     insert,
     select,
     text,
@@ -20,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from sa_fieldcrypt import RotationError
 from sa_fieldcrypt.batch import BatchJob, run_job
 
 TABLE = "fc_batch_values"
@@ -137,3 +140,31 @@ def test_rows_inserted_ahead_of_the_cursor_are_visited(engine: Engine) -> None:
             assert ["new"] == list(conn.execute(select(table.c.v).distinct()).scalars())
     finally:
         metadata.drop_all(engine)
+
+
+def _exploding_job(engine: Engine) -> BatchJob:
+    """A job whose transform fails with an error that is not the library's (for workers)."""
+    table = Table(
+        "fc_batch_workers",
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("v", String(40)),
+    )
+
+    def transform(old: tuple[Any, ...]) -> tuple[Any, ...]:
+        raise RuntimeError("transform broke\nsecond line with details")
+
+    return BatchJob("workers", table, (table.c.v,), (table.c.v,), transform)
+
+
+def test_a_worker_error_stops_the_run_with_its_first_line(tmp_path: Path) -> None:
+    """An unexpected error in a worker process becomes a RotationError naming its first line."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'workers.sqlite3'}")
+    table = _exploding_job(engine).table
+    table.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": i, "v": "x"} for i in range(20)])
+    with pytest.raises(RotationError) as raised:
+        run_job(engine, _exploding_job, workers=2, batch_size=5)
+    assert "worker failed: RuntimeError: transform broke" == str(raised.value)
+    engine.dispose()

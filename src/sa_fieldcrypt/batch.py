@@ -463,13 +463,18 @@ def _transient(exc: DBAPIError) -> bool:
     return "database is locked" in str(orig)
 
 
-def _database_error(label: str, exc: SQLAlchemyError) -> RotationError:
+def _driver_message(exc: BaseException) -> str:
+    """``Type: first line`` of the driver's error under ``exc``, safe to show."""
     # Only the driver's first line: SQLAlchemy's own text would quote the statement's
     # parameters (ciphertext, or plaintext during a migration) unless hide_parameters is set.
     orig = getattr(exc, "orig", None) or exc
     first = (str(orig).strip().splitlines() or [""])[0]
+    return f"{type(orig).__name__}: {first}"
+
+
+def _database_error(label: str, exc: SQLAlchemyError) -> RotationError:
     return RotationError(
-        f"{label}: database error ({type(orig).__name__}: {first}); batches committed so far "
+        f"{label}: database error ({_driver_message(exc)}); batches committed so far "
         "are kept, rerun to resume"
     )
 
@@ -1186,5 +1191,4 @@ def _portable(exc: BaseException) -> BaseException:
     """An exception the parent can unpickle and show without leaking data."""
     if isinstance(exc, FieldCryptError):
         return exc
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return RotationError(f"worker failed: {type(exc).__name__}: {first}")
+    return RotationError(f"worker failed: {_driver_message(exc)}")

@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from sa_fieldcrypt import rotation
 from sa_fieldcrypt._version import __version__
+from sa_fieldcrypt.batch import _driver_message
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
 from sa_fieldcrypt.keys import KEY_ID_PATTERN, KEY_KINDS, KeyKind, generate_key
 from sa_fieldcrypt.settings import load_settings
@@ -200,10 +201,7 @@ def _database_errors() -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        # The driver's first line only: SQLAlchemy's own text can quote parameters.
-        orig = getattr(exc, "orig", None) or exc
-        first = (str(orig).strip().splitlines() or [""])[0]
-        raise RotationError(f"database error ({type(orig).__name__}: {first})") from exc
+        raise RotationError(f"database error ({_driver_message(exc)})") from exc
 
 
 @contextlib.contextmanager
