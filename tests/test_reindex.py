@@ -440,3 +440,14 @@ def test_load_metadata_errors(monkeypatch: pytest.MonkeyPatch, spec: str, expect
     monkeypatch.syspath_prepend(str(EXAMPLES))
     with pytest.raises(ConfigurationError, match=expected):
         load_metadata(spec)
+
+
+def test_status_counts_key_ids_with_like_wildcards_apart(db: Engine, keyring: Keyring) -> None:
+    """Index key ids 'b_1' and 'bx1' are counted apart: '_' is not a wildcard there."""
+    keys = {kid: BlindIndexKey(kid, generate_blind_index_key()) for kid in ("b_1", "bx1")}
+    for position, kid in enumerate(("bx1", "b_1")):
+        sa_fieldcrypt.configure_blind_index(keys=BlindIndexKeyring([keys[kid]]))
+        _add_customers(db, 1, start=position + 1)
+    sa_fieldcrypt.configure_blind_index(keys=BlindIndexKeyring(list(keys.values())))
+    (email, _phone) = blind_index_status(db, Base.metadata, tables=["fc_rx_customers"])
+    assert ({"b_1": 1, "bx1": 1}, 0, 1) == (email.by_key, email.other_keys, email.stale)

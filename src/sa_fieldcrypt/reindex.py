@@ -369,12 +369,12 @@ def blind_index_status(
     """
     statuses = []
     with engine.connect() as conn:
+        sql = _Sql(conn.dialect.name)
         for column in blind_index_columns(target, tables=tables):
             key_ids = column.blind_index.keyring().ids
             # count(CASE ...) rather than FILTER, which MariaDB lacks.
             counts = [
-                func.count(case((column.index.like(_prefix_pattern(kid), escape="\\"), 1)))
-                for kid in key_ids
+                func.count(case((sql.has_prefix(column.index, f"{kid}:"), 1))) for kid in key_ids
             ]
             total = func.count(column.index)
             no_index = func.count(
@@ -518,11 +518,6 @@ def _describe(pk: Sequence[Column[Any]], key: tuple[Any, ...]) -> str:
 
 def _describe_key(named: Sequence[tuple[str, Any]]) -> str:
     return ", ".join(f"{name}={value}" for name, value in named)
-
-
-def _prefix_pattern(key_id: str) -> str:
-    escaped = key_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"{escaped}:%"
 
 
 # -- resumable state ---------------------------------------------------------------------------
