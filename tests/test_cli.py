@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -199,6 +201,24 @@ def booking_db(no_default_keys: None, monkeypatch: pytest.MonkeyPatch, tmp_path:
     )
     sa_fieldcrypt.configure_blind_index()  # forget the loaded keys: read the variables again
     return url
+
+
+def test_rotate_models_with_schemas_on_sqlite(
+    booking_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--schema-translate lets status and rotate work on schema-qualified models on SQLite."""
+    old = os.environ["FIELDCRYPT_KEYS"]
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"k2:{generate_key()},{old}")
+    sa_fieldcrypt.configure()  # read the variables again
+    target = ["--models", "booking.models", "--db", booking_db]
+    target += ["--schema-translate", "core=", "--schema-translate", "identity="]
+    rotated = CliRunner().invoke(cli, ["rotate", *target])
+    assert 0 == rotated.exit_code, rotated.output
+    assert "total: scanned 2, rotated 2, changed concurrently 0, failed 0" in rotated.stdout
+    status = CliRunner().invoke(cli, ["status", "--json", *target])
+    assert 0 == status.exit_code, status.output
+    by_key = {c["column"]: c["by_key"] for c in json.loads(status.stdout)["columns"]}
+    assert {"k2": 2} == by_key["core.customers.email_encrypted"]
 
 
 def test_reindex_check_then_run_then_check(booking_db: str, tmp_path: Path) -> None:

@@ -184,6 +184,16 @@ _db_option = click.option(
 )
 
 
+_schema_translate_option = click.option(
+    "--schema-translate",
+    "schema_map",
+    multiple=True,
+    metavar="SCHEMA=NEW",
+    callback=_schema_map,
+    help="Map a model schema to another (empty: none, as on SQLite); repeatable.",
+)
+
+
 def _options(*options: Callable[[_F], _F]) -> Callable[[_F], _F]:
     """One decorator for several click options, listed in --help in the order given."""
 
@@ -254,14 +264,7 @@ def _importable_cwd() -> None:
     type=click.Path(dir_okay=False),
     help="Progress file: a run stopped for any reason resumes from it.",
 )
-@click.option(
-    "--schema-translate",
-    "schema_map",
-    multiple=True,
-    metavar="SCHEMA=NEW",
-    callback=_schema_map,
-    help="Map a model schema to another (empty: none, as on SQLite); repeatable.",
-)
+@_schema_translate_option
 @click.option("--check", is_flag=True, help="Only count rows per index key; exit 1 if stale.")
 def reindex_command(
     models: str,
@@ -322,6 +325,7 @@ class _Target:
     models: tuple[str, ...]
     table_name: str | None
     column_names: tuple[str, ...]
+    schema_map: dict[str | None, str | None]
 
     @contextlib.contextmanager
     def open(self) -> Iterator[tuple[Engine, list[rotation.EncryptedColumn]]]:
@@ -332,7 +336,7 @@ class _Target:
             raise click.UsageError("--table needs --column COL")
         if self.column_names and not self.table_name:
             raise click.UsageError("--column goes with --table")
-        with _engine(self.db_url) as engine:
+        with _engine(self.db_url, self.schema_map) as engine:
             if self.models:
                 _importable_cwd()
                 found = rotation.find_columns(*self.models)
@@ -343,7 +347,7 @@ class _Target:
 
 
 def _data_options(func: Callable[..., None]) -> Callable[..., None]:
-    """Add --db, --models, --table and --column; the command gets them as one ``target``."""
+    """Add --db, --models, --table, --column and --schema-translate, as one ``target``."""
 
     @functools.wraps(func)
     def command(
@@ -352,9 +356,10 @@ def _data_options(func: Callable[..., None]) -> Callable[..., None]:
         models: tuple[str, ...],
         table_name: str | None,
         column_names: tuple[str, ...],
+        schema_map: dict[str | None, str | None],
         **rest: Any,
     ) -> None:
-        func(target=_Target(db_url, models, table_name, column_names), **rest)
+        func(target=_Target(db_url, models, table_name, column_names, schema_map), **rest)
 
     return _options(
         _db_option,
@@ -377,6 +382,7 @@ def _data_options(func: Callable[..., None]) -> Callable[..., None]:
             metavar="COL",
             help="Column of --table that holds tokens (repeatable).",
         ),
+        _schema_translate_option,
     )(command)
 
 
