@@ -1,0 +1,481 @@
+"""Faults during key rotation on PostgreSQL: SIGKILL at random points, dropped connections.
+
+Rotation runs in child processes, through its public entry points only: the ``fieldcrypt
+rotate`` command and :func:`sa_fieldcrypt.rotation.rotate` (``faults_support.py rotate``).
+Meanwhile another child process, standing in for the application, keeps updating rows through
+the ORM (``faults_support.py writer``), half of them where the rotation is about to write, and
+records a version per row in a plain column written in the same transaction as the value.
+
+After every kill, every row must decrypt to the value of the version it records: an update
+the rotation overwrote with a re-encrypted older value would show up as a mismatch. At the end
+the writer's own record of its last commits must match, and one more run must leave every
+value under the primary key.
+
+The kill points come from a seeded random generator: the seed is printed with every figure, and
+``FIELDCRYPT_FAULT_SEED`` replays a run (``FIELDCRYPT_FAULT_KILLS`` changes the number of kill
+points: 20 under CI, 5 otherwise).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import Engine, Text, column, create_engine, func, insert, select, table, text
+from sqlalchemy import type_coerce as coerce
+from sqlalchemy.orm import Session
+
+import faults_support
+from conftest import CONNECT_ARGS, IN_CI, server_url
+from faults_support import OLD_INSTANCE_KEY_ID, PRIMARY_KEY_ID, Patient, email_of
+from sa_fieldcrypt import Keyring, encrypt, generate_key, inspect_token
+from sa_fieldcrypt.providers.env import keyring_from_settings
+from sa_fieldcrypt.settings import FieldCryptSettings
+from sa_fieldcrypt.testing import temporary_keys
+
+SEED = int(os.environ.get("FIELDCRYPT_FAULT_SEED", "20811"))
+KILL_POINTS = int(os.environ.get("FIELDCRYPT_FAULT_KILLS", "20" if IN_CI else "5"))
+ROWS = 4000
+#: Rows added, under old keys, when fewer than RESTOCK_BELOW rows are left to rotate, so that
+#: every kill point finds a run with work to do however fast the machine is.
+RESTOCK = 1000
+RESTOCK_BELOW = 800
+BATCH_SIZE = 10
+#: A `rotate` child is killed after 0 to API_BATCHES committed batches and up to API_DELAY s
+#: more (mid-batch); a `fieldcrypt rotate` child up to CLI_DELAY s after it starts to rotate.
+API_BATCHES = 20
+API_DELAY = 0.004
+CLI_DELAY = 0.08
+#: Bounds on waits for a child process, so that a hung run fails instead of hanging.
+TIMEOUT = 60.0
+APPLICATION_NAME = "fc-rotate-test"
+SUPPORT = Path(faults_support.__file__)
+TABLE = Patient.__tablename__
+LABEL = f"{TABLE}.email"
+# The raw stored text, without the decrypting column type.
+RAW = table(TABLE, column("id"), column("email"), column("version"))
+
+
+@dataclass
+class Keys:
+    """The keys of the test: k3 primary, k2 and k1 decrypt-only, and the legacy key."""
+
+    ring: Keyring
+    legacy: str
+    env: dict[str, str]
+
+    def secrets(self) -> list[str]:
+        """Every spelling of every key that could end up in text."""
+        needles = []
+        for key in [*(k.export() for k in self.ring), self.legacy]:
+            raw = base64.urlsafe_b64decode(key)
+            needles += [key, key.rstrip("="), key[:20], base64.b64encode(raw).decode()[:20]]
+            needles += [raw.hex()[:20], repr(raw)[:20]]
+        return needles
+
+
+@pytest.fixture
+def keys() -> Iterator[Keys]:
+    """Keys as the children read them from the environment, and the same keys in-process."""
+    ring = Keyring({"k3": generate_key(), "k2": generate_key(), "k1": generate_key()})
+    legacy = generate_key()
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("FIELDCRYPT_") and name != "FIELD_ENCRYPTION_KEY"
+    }
+    env |= {"FIELDCRYPT_KEYS": ring.export(), "FIELD_ENCRYPTION_KEY": legacy}
+    settings = FieldCryptSettings(keys=ring.export(), FIELD_ENCRYPTION_KEY=legacy)  # type: ignore[call-arg]
+    with temporary_keys(keyring_from_settings(settings)):
+        yield Keys(ring, legacy, env)
+
+
+@pytest.fixture
+def postgresql() -> Iterator[Engine]:
+    """An engine on PostgreSQL with an empty patients table."""
+    engine = create_engine(server_url("postgresql"), connect_args=CONNECT_ARGS)
+    faults_support.Base.metadata.drop_all(engine)
+    faults_support.Base.metadata.create_all(engine)
+    yield engine
+    faults_support.Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+def _add_rows(engine: Engine, keys: Keys, start: int, count: int) -> None:
+    """Rows at version 0: a tenth under k3, the rest under k1, k2 or legacy bare Fernet."""
+    legacy = Fernet(keys.legacy)
+    rows = []
+    for row_id in range(start, start + count):
+        plaintext = email_of(row_id, 0).encode()
+        kind = row_id % 10
+        if kind == 0:
+            token = encrypt(keys.ring.with_primary("k3"), plaintext)
+        elif kind < 4:
+            token = encrypt(keys.ring.with_primary("k1"), plaintext)
+        elif kind < 6:
+            token = encrypt(keys.ring.with_primary("k2"), plaintext)
+        else:
+            token = legacy.encrypt(plaintext).decode()
+        rows.append({"id": row_id, "email": token, "version": 0})
+    with engine.begin() as conn:
+        conn.execute(insert(RAW), rows)
+
+
+@dataclass
+class Rows:
+    """What the table holds, every value decrypted and checked against its version."""
+
+    versions: dict[int, int]
+    pending: int  # values not under the primary key
+    cursor: int | None  # the first row still holding a value from before the run
+
+
+def _check_rows(engine: Engine) -> Rows:
+    """Read every row in one statement (one snapshot); each value must be its version's."""
+    stored = coerce(Patient.email, Text()).label("stored")
+    stmt = select(Patient.id, Patient.version, Patient.email, stored)
+    with Session(engine) as session:
+        found = session.execute(stmt.order_by(Patient.id)).all()
+    wrong = [row_id for row_id, version, email, _ in found if email != email_of(row_id, version)]
+    assert [] == wrong, "rows whose value is not the one of their version (a lost update)"
+    pending = 0
+    cursor = None
+    for row_id, _, _, stored in found:
+        info = inspect_token(stored)
+        if info.kind == "legacy" or info.key_id != PRIMARY_KEY_ID:
+            pending += 1
+        if cursor is None and (info.kind == "legacy" or info.key_id == "k1"):
+            cursor = row_id
+    return Rows({row_id: version for row_id, version, _, _ in found}, pending, cursor)
+
+
+class Child:
+    """A child process whose output lines are collected as they come.
+
+    Args:
+        args: the command.
+        env: its environment.
+        stdin: ``subprocess.PIPE`` to write to it, else it reads nothing.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str], stdin: int = subprocess.DEVNULL):
+        self.process = subprocess.Popen(
+            args,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=SUPPORT.parent,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._open = 2
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._drain, args=(self.process.stdout, self.stdout)),
+            threading.Thread(target=self._drain, args=(self.process.stderr, self.stderr)),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _drain(self, stream: Any, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line)
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def wait_for(self, wanted: Callable[[str], bool], count: int = 1) -> bool:
+        """Wait for ``count`` lines that satisfy ``wanted``; False if the process ends first."""
+        deadline = time.monotonic() + TIMEOUT
+        while count > 0:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no expected line in {TIMEOUT:g} s:\n{self.output}") from None
+            if line is None:
+                self._open -= 1
+                if self._open == 0:
+                    return False
+            elif wanted(line):
+                count -= 1
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL the process; True if the signal ended it (it had not finished already)."""
+        self.process.send_signal(signal.SIGKILL)
+        return -signal.SIGKILL == self.finish()
+
+    def finish(self) -> int:
+        """Wait for the process to end and its output to be read; return its exit status."""
+        code = self.process.wait(timeout=TIMEOUT)
+        for reader in self._readers:
+            reader.join(timeout=TIMEOUT)
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        return code
+
+    @property
+    def output(self) -> str:
+        """Everything it wrote, stdout then stderr."""
+        return "".join(self.stdout) + "".join(self.stderr)
+
+
+def _fieldcrypt(*args: str) -> list[str]:
+    """The ``fieldcrypt`` console script of this environment, with ``args``."""
+    script = Path(sys.executable).with_name("fieldcrypt")
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-c", "from sa_fieldcrypt.cli import main; main()", *args]
+
+
+def _url(engine: Engine, application_name: str | None = None) -> str:
+    url = engine.url
+    if application_name is not None:
+        url = url.update_query_dict({"application_name": application_name})
+    return url.render_as_string(hide_password=False)
+
+
+def _assert_nothing_leaked(output: str, keys: Keys) -> None:
+    """No plaintext sample, no key, no traceback in a child's output."""
+    assert "clinic.example" not in output
+    assert [] == [needle for needle in keys.secrets() if needle in output]
+    assert "Traceback" not in output
+
+
+def _rerun_converges(engine: Engine, keys: Keys) -> Rows:
+    """Run `fieldcrypt rotate` to the end; then every value is under the primary key."""
+    url = _url(engine)
+    rerun = Child(_fieldcrypt("rotate", "--db", url, "--models", "faults_support"), keys.env)
+    assert 0 == rerun.finish(), rerun.output
+    _assert_nothing_leaked(rerun.output, keys)
+    assert f"{LABEL}: scanned" in rerun.output
+    shown = Child(_fieldcrypt("status", "--db", url, "--models", "faults_support", "--json"), keys.env)
+    assert 0 == shown.finish(), shown.output
+    status = json.loads("".join(shown.stdout))["columns"][0]
+    rows = _check_rows(engine)
+    assert {PRIMARY_KEY_ID: len(rows.versions)} == status["by_key"]
+    assert (0, 0, 0, 0) == tuple(status[k] for k in ("legacy", "plaintext", "malformed", "pending"))
+    assert (0, None) == (rows.pending, rows.cursor)
+    return rows
+
+
+@dataclass
+class KillPoint:
+    """One killed run: how it was chosen, and what the table held before and after."""
+
+    number: int
+    entry: str
+    batches: int | None
+    delay: float
+    killed: bool
+    pending: tuple[int, int]
+    cursor: tuple[int | None, int | None]
+    concurrent: int
+
+    def __str__(self) -> str:
+        where = f"after {self.batches} batches + " if self.batches is not None else "after "
+        fate = "killed" if self.killed else "finished first"
+        return (
+            f"{self.number:>3} {self.entry:<9} {where}{self.delay * 1000:.1f} ms: {fate}; "
+            f"pending {self.pending[0]} -> {self.pending[1]}, "
+            f"cursor {self.cursor[0]} -> {self.cursor[1]}, {self.concurrent} changed meanwhile"
+        )
+
+
+def _kill_one(engine: Engine, keys: Keys, rng: random.Random, number: int) -> KillPoint:
+    """Start a rotation, SIGKILL it at the next random point, and check every row."""
+    before = _check_rows(engine)
+    url = _url(engine)
+    batches: int | None
+    if number % 2:
+        entry, batches, delay = "rotate()", rng.randint(0, API_BATCHES), rng.uniform(0, API_DELAY)
+        child = Child([sys.executable, str(SUPPORT), "rotate", url, str(BATCH_SIZE)], keys.env)
+        started = child.wait_for(lambda line: line.startswith("started"))
+        running = started and child.wait_for(lambda line: line.startswith("batch"), batches)
+    else:
+        entry, batches, delay = "fieldcrypt", None, rng.uniform(0, CLI_DELAY)
+        args = ["rotate", "--db", url, "--models", "faults_support"]
+        child = Child(_fieldcrypt(*args, "--batch-size", str(BATCH_SIZE)), keys.env)
+        running = child.wait_for(lambda line: "rows to visit" in line)
+    if running:
+        time.sleep(delay)
+    killed = child.kill()
+    if not killed:
+        assert 0 == child.process.returncode, child.output
+    _assert_nothing_leaked(child.output, keys)
+    after = _check_rows(engine)
+    counts = [line.split() for line in child.stdout if line.startswith("batch")]
+    return KillPoint(
+        number,
+        entry,
+        batches,
+        delay,
+        killed,
+        (before.pending, after.pending),
+        (before.cursor, after.cursor),
+        int(counts[-1][3]) if counts else 0,
+    )
+
+
+def test_sigkill_at_random_points_loses_no_update(postgresql: Engine, keys: Keys) -> None:
+    """Rotations killed with SIGKILL at random points while the application updates rows
+    leave every row decryptable with its latest value, and a rerun converges."""
+    engine = postgresql
+    started = time.monotonic()
+    print(f"\nfault seed {SEED} (FIELDCRYPT_FAULT_SEED replays it), {KILL_POINTS} kill points")
+    _add_rows(engine, keys, 0, ROWS)
+    rows = ROWS
+    rng = random.Random(SEED)
+    writer = Child(
+        [sys.executable, str(SUPPORT), "writer", _url(engine), str(SEED)],
+        keys.env,
+        stdin=subprocess.PIPE,
+    )
+    points: list[KillPoint] = []
+    try:
+        while sum(p.killed for p in points) < KILL_POINTS and len(points) < 3 * KILL_POINTS:
+            if _check_rows(engine).pending < RESTOCK_BELOW:
+                _add_rows(engine, keys, rows, RESTOCK)
+                rows += RESTOCK
+            point = _kill_one(engine, keys, rng, len(points) + 1)
+            print(point)
+            points.append(point)
+            assert writer.process.poll() is None, f"the writer stopped:\n{writer.output}"
+    finally:
+        assert writer.process.stdin is not None
+        writer.process.stdin.close()
+        written = writer.finish()
+    assert 0 == written, writer.output
+    record = json.loads(writer.stdout[-1])
+    kills = sum(p.killed for p in points)
+    assert KILL_POINTS == kills, f"seed {SEED}: only {kills} runs were killed before finishing"
+
+    final = _rerun_converges(engine, keys)
+    last = {int(row_id): version for row_id, version in record["last"].items()}
+    assert rows == len(final.versions)
+    assert last == {row_id: v for row_id, v in final.versions.items() if row_id in last}
+    assert not any(v for row_id, v in final.versions.items() if row_id not in last)
+    print(
+        f"fault seed {SEED}: {kills} kill points, {kills} kills survived, {rows} rows, "
+        f"{record['writes']} updates by the writer to {len(last)} rows, "
+        f"{sum(p.concurrent for p in points)} seen changing under a killed run, "
+        f"{time.monotonic() - started:.1f} s"
+    )
+
+
+@dataclass
+class Dropped:
+    """A rotation whose connection was terminated while it wrote a batch."""
+
+    child: Child
+    before: dict[int, str]  # every stored value before the run
+    locked: int  # the row whose lock held the batch in flight
+    written: list[int]  # rows the batch had written when its connection was terminated
+
+
+def _drop_connection_mid_batch(engine: Engine, keys: Keys, locked: int, *options: str) -> Dropped:
+    """Run `fieldcrypt rotate`; terminate its connection while it waits for ``locked``'s lock.
+
+    The batch that holds ``locked`` waits for the row lock taken here, with the rows before it
+    already updated in its transaction: a batch in flight, held still until its connection
+    is terminated with ``pg_terminate_backend``.
+    """
+    with engine.connect() as conn:
+        before = dict(conn.execute(select(RAW.c.id, RAW.c.email)).all())
+    url = _url(engine, APPLICATION_NAME)
+    args = _fieldcrypt("rotate", "--db", url, "--models", "faults_support", *options)
+    waiting = text(
+        "SELECT pid, query, backend_xid::text FROM pg_stat_activity "
+        "WHERE application_name = :name AND datname = current_database() "
+        "AND wait_event_type = 'Lock'"
+    )
+    # Rows a transaction has updated, and not yet committed, carry its id as xmax.
+    updated_by = text(f"SELECT id FROM {TABLE} WHERE xmax::text = :xid ORDER BY id")
+    with engine.connect() as locker, engine.connect() as admin:
+        # pg_stat_activity is read once per transaction: poll outside of one.
+        admin = admin.execution_options(isolation_level="AUTOCOMMIT")
+        locker.execute(select(RAW.c.id).where(RAW.c.id == locked).with_for_update())
+        child = Child([*args, "--batch-size", str(BATCH_SIZE)], keys.env)
+        deadline = time.monotonic() + TIMEOUT
+        while not (found := admin.execute(waiting, {"name": APPLICATION_NAME}).all()):
+            assert child.process.poll() is None, child.output
+            assert time.monotonic() < deadline, "the rotation never reached the locked row"
+            time.sleep(0.02)
+        ((pid, query, xid),) = found
+        assert query.lstrip().upper().startswith("UPDATE")
+        written = list(admin.execute(updated_by, {"xid": xid}).scalars())
+        assert admin.execute(select(func.pg_terminate_backend(pid))).scalar_one()
+        locker.rollback()
+    assert [] != written, "the batch had written nothing yet when it was stopped"
+    return Dropped(child, before, locked, written)
+
+
+def _assert_reported(dropped: Dropped, keys: Keys) -> None:
+    """The run failed with one clean line that says what happened and what to do."""
+    child = dropped.child
+    assert 1 == child.finish(), child.output
+    assert [] == child.stdout
+    error = child.stderr[-1]
+    assert error.startswith(f"Error: {LABEL}: database error ("), child.output
+    assert "terminating connection due to administrator command" in error
+    assert "rerun to resume" in error
+    _assert_nothing_leaked(child.output, keys)
+
+
+def test_connection_dropped_mid_batch_rolls_back_and_is_reported(
+    postgresql: Engine, keys: Keys
+) -> None:
+    """A rotation whose connection is terminated while it writes a batch leaves that batch
+    unwritten, exits non-zero with a one-line error, and a rerun converges."""
+    engine = postgresql
+    _add_rows(engine, keys, 0, 1000)
+    pending = sorted(i for i in range(1000) if i % 10)  # a tenth starts under k3
+    batches = [pending[i : i + BATCH_SIZE] for i in range(0, len(pending), BATCH_SIZE)]
+    in_flight = batches[len(batches) // 2]
+    dropped = _drop_connection_mid_batch(engine, keys, in_flight[BATCH_SIZE // 2])
+    assert set(dropped.written) < set(in_flight)
+    _assert_reported(dropped, keys)
+
+    rows = _check_rows(engine)
+    with engine.connect() as conn:
+        after = dict(conn.execute(select(RAW.c.id, RAW.c.email)).all())
+    rotated = {i for i in pending if inspect_token(after[i]).key_id == PRIMARY_KEY_ID}
+    assert {i: dropped.before[i] for i in in_flight} == {i: after[i] for i in in_flight}
+    half_done = [b for b in batches if rotated & set(b) and not set(b) <= rotated]
+    assert [] == half_done
+    assert len(pending) - len(rotated) == rows.pending
+    print(f"\nconnection dropped after {len(rotated)} of {len(pending)} rows were rotated")
+    _rerun_converges(engine, keys)
+
+
+def test_worker_connection_dropped_mid_batch_stops_the_run(postgresql: Engine, keys: Keys) -> None:
+    """With worker processes, a worker whose connection is terminated mid-batch leaves its
+    batch unwritten, the run stops with a one-line error, and a rerun converges."""
+    engine = postgresql
+    _add_rows(engine, keys, 0, 1000)
+    dropped = _drop_connection_mid_batch(engine, keys, 755, "--workers", "2")
+    _assert_reported(dropped, keys)
+
+    _check_rows(engine)
+    with engine.connect() as conn:
+        after = dict(conn.execute(select(RAW.c.id, RAW.c.email)).all())
+    held = [*dropped.written, dropped.locked]
+    assert {i: dropped.before[i] for i in held} == {i: after[i] for i in held}
+    _rerun_converges(engine, keys)
