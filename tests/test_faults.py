@@ -35,13 +35,25 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, Text, column, create_engine, func, insert, select, table, text
+from sqlalchemy import (
+    Engine,
+    Text,
+    cast,
+    column,
+    create_engine,
+    func,
+    insert,
+    literal_column,
+    select,
+    table,
+    text,
+)
 from sqlalchemy import type_coerce as coerce
 from sqlalchemy.orm import Session
 
 import faults_support
 from conftest import CONNECT_ARGS, IN_CI, server_url
-from faults_support import OLD_INSTANCE_KEY_ID, PRIMARY_KEY_ID, Patient, email_of
+from faults_support import PRIMARY_KEY_ID, Patient, email_of
 from sa_fieldcrypt import Keyring, encrypt, generate_key, inspect_token
 from sa_fieldcrypt.providers.env import keyring_from_settings
 from sa_fieldcrypt.settings import FieldCryptSettings
@@ -76,7 +88,6 @@ class Keys:
 
     ring: Keyring
     legacy: str
-    env: dict[str, str]
 
     def secrets(self) -> list[str]:
         """Every spelling of every key that could end up in text."""
@@ -90,18 +101,12 @@ class Keys:
 
 @pytest.fixture
 def keys() -> Iterator[Keys]:
-    """Keys as the children read them from the environment, and the same keys in-process."""
+    """The test's keys, installed in-process as the env provider builds them from settings."""
     ring = Keyring({"k3": generate_key(), "k2": generate_key(), "k1": generate_key()})
     legacy = generate_key()
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("FIELDCRYPT_") and name != "FIELD_ENCRYPTION_KEY"
-    }
-    env |= {"FIELDCRYPT_KEYS": ring.export(), "FIELD_ENCRYPTION_KEY": legacy}
     settings = FieldCryptSettings(keys=ring.export(), FIELD_ENCRYPTION_KEY=legacy)  # type: ignore[call-arg]
     with temporary_keys(keyring_from_settings(settings)):
-        yield Keys(ring, legacy, env)
+        yield Keys(ring, legacy)
 
 
 @pytest.fixture
@@ -141,7 +146,9 @@ class Rows:
 
     versions: dict[int, int]
     pending: int  # values not under the primary key
-    cursor: int | None  # the first row still holding a value from before the run
+    # The first row still under k1 or a legacy token, which the writer never writes: how far
+    # the rotation has got.
+    cursor: int | None
 
 
 def _check_rows(engine: Engine) -> Rows:
@@ -186,7 +193,8 @@ class Child:
         self.stderr: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._open = 2
-        assert self.process.stdout is not None and self.process.stderr is not None
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
         self._readers = [
             threading.Thread(target=self._drain, args=(self.process.stdout, self.stdout)),
             threading.Thread(target=self._drain, args=(self.process.stderr, self.stderr)),
@@ -207,6 +215,7 @@ class Child:
             try:
                 line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
+                self.stop()
                 raise AssertionError(f"no expected line in {TIMEOUT:g} s:\n{self.output}") from None
             if line is None:
                 self._open -= 1
@@ -221,14 +230,25 @@ class Child:
         self.process.send_signal(signal.SIGKILL)
         return -signal.SIGKILL == self.finish()
 
+    def stop(self) -> None:
+        """Kill the process if it still runs, and close its pipes."""
+        self.process.kill()
+        self.finish()
+
     def finish(self) -> int:
         """Wait for the process to end and its output to be read; return its exit status."""
-        code = self.process.wait(timeout=TIMEOUT)
-        for reader in self._readers:
-            reader.join(timeout=TIMEOUT)
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
+        try:
+            code = self.process.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"still running after {TIMEOUT:g} s:\n{self.output}") from None
+        finally:
+            for reader in self._readers:
+                reader.join(timeout=TIMEOUT)
+            for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    stream.close()
         return code
 
     @property
@@ -237,12 +257,52 @@ class Child:
         return "".join(self.stdout) + "".join(self.stderr)
 
 
-def _fieldcrypt(*args: str) -> list[str]:
-    """The ``fieldcrypt`` console script of this environment, with ``args``."""
-    script = Path(sys.executable).with_name("fieldcrypt")
-    if script.exists():
-        return [str(script), *args]
-    return [sys.executable, "-c", "from sa_fieldcrypt.cli import main; main()", *args]
+class Children:
+    """Starts the test's child processes, with its keys in their environment, as deployed.
+
+    Args:
+        keys: the keys, passed as ``FIELDCRYPT_KEYS`` and ``FIELD_ENCRYPTION_KEY``.
+    """
+
+    def __init__(self, keys: Keys):
+        self.env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith("FIELDCRYPT_") and name != "FIELD_ENCRYPTION_KEY"
+        }
+        self.env |= {"FIELDCRYPT_KEYS": keys.ring.export(), "FIELD_ENCRYPTION_KEY": keys.legacy}
+        self.started: list[Child] = []
+
+    def fieldcrypt(self, *args: str) -> Child:
+        """Run the ``fieldcrypt`` console script of this environment."""
+        script = Path(sys.executable).with_name("fieldcrypt")
+        command = [str(script)] if script.exists() else [sys.executable, "-c", _CLI]
+        return self._start([*command, *args], subprocess.DEVNULL)
+
+    def support(self, *args: str, stdin: int = subprocess.DEVNULL) -> Child:
+        """Run ``faults_support.py`` (the writer, or a rotation through the Python API)."""
+        return self._start([sys.executable, str(SUPPORT), *args], stdin)
+
+    def _start(self, args: list[str], stdin: int) -> Child:
+        child = Child(args, self.env, stdin)
+        self.started.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        """Kill whatever still runs (a test that failed half-way)."""
+        for child in self.started:
+            child.stop()
+
+
+_CLI = "from sa_fieldcrypt.cli import main; main()"
+
+
+@pytest.fixture
+def children(keys: Keys) -> Iterator[Children]:
+    """Starts child processes; none outlives the test."""
+    started = Children(keys)
+    yield started
+    started.stop_all()
 
 
 def _url(engine: Engine, application_name: str | None = None) -> str:
@@ -259,14 +319,15 @@ def _assert_nothing_leaked(output: str, keys: Keys) -> None:
     assert "Traceback" not in output
 
 
-def _rerun_converges(engine: Engine, keys: Keys) -> Rows:
-    """Run `fieldcrypt rotate` to the end; then every value is under the primary key."""
-    url = _url(engine)
-    rerun = Child(_fieldcrypt("rotate", "--db", url, "--models", "faults_support"), keys.env)
+def _rerun_converges(engine: Engine, keys: Keys, children: Children) -> Rows:
+    """Run `fieldcrypt rotate` to the end; then `fieldcrypt status` shows every value under
+    the primary key, and every row still holds the value of its version."""
+    target = ["--db", _url(engine), "--models", "faults_support"]
+    rerun = children.fieldcrypt("rotate", *target)
     assert 0 == rerun.finish(), rerun.output
     _assert_nothing_leaked(rerun.output, keys)
     assert f"{LABEL}: scanned" in rerun.output
-    shown = Child(_fieldcrypt("status", "--db", url, "--models", "faults_support", "--json"), keys.env)
+    shown = children.fieldcrypt("status", *target, "--json")
     assert 0 == shown.finish(), shown.output
     status = json.loads("".join(shown.stdout))["columns"][0]
     rows = _check_rows(engine)
@@ -276,9 +337,12 @@ def _rerun_converges(engine: Engine, keys: Keys) -> Rows:
     return rows
 
 
+# -- SIGKILL at random points ----------------------------------------------------------------
+
+
 @dataclass
 class KillPoint:
-    """One killed run: how it was chosen, and what the table held before and after."""
+    """One rotation run, where it was to be killed, and what the table held before and after."""
 
     number: int
     entry: str
@@ -290,29 +354,39 @@ class KillPoint:
     concurrent: int
 
     def __str__(self) -> str:
-        where = f"after {self.batches} batches + " if self.batches is not None else "after "
+        where = f"{self.batches} batches + " if self.batches is not None else ""
         fate = "killed" if self.killed else "finished first"
+        changed = f", rows changed under it: {self.concurrent}" if self.entry == "rotate()" else ""
         return (
-            f"{self.number:>3} {self.entry:<9} {where}{self.delay * 1000:.1f} ms: {fate}; "
-            f"pending {self.pending[0]} -> {self.pending[1]}, "
-            f"cursor {self.cursor[0]} -> {self.cursor[1]}, {self.concurrent} changed meanwhile"
+            f"{self.number:>3} {self.entry:<10} at {where}{self.delay * 1000:.1f} ms: {fate}; "
+            f"rows to rotate {self.pending[0]} -> {self.pending[1]}, "
+            f"first untouched row {self.cursor[0]} -> {self.cursor[1]}{changed}"
         )
 
 
-def _kill_one(engine: Engine, keys: Keys, rng: random.Random, number: int) -> KillPoint:
-    """Start a rotation, SIGKILL it at the next random point, and check every row."""
+def _kill_one(
+    engine: Engine, keys: Keys, children: Children, rng: random.Random, number: int
+) -> KillPoint:
+    """Start a rotation, SIGKILL it at the next random point, and check every row.
+
+    Odd kill points run :func:`rotation.rotate` and are killed after a random number of
+    committed batches and a random fraction of a batch's time; even ones run `fieldcrypt
+    rotate` and are killed a random time after it starts rotating.
+    """
     before = _check_rows(engine)
     url = _url(engine)
     batches: int | None
     if number % 2:
-        entry, batches, delay = "rotate()", rng.randint(0, API_BATCHES), rng.uniform(0, API_DELAY)
-        child = Child([sys.executable, str(SUPPORT), "rotate", url, str(BATCH_SIZE)], keys.env)
-        started = child.wait_for(lambda line: line.startswith("started"))
-        running = started and child.wait_for(lambda line: line.startswith("batch"), batches)
+        entry, batches = "rotate()", rng.randint(0, API_BATCHES)
+        delay = rng.uniform(0, API_DELAY)
+        child = children.support("rotate", url, str(BATCH_SIZE))
+        running = child.wait_for(lambda line: line.startswith("started")) and child.wait_for(
+            lambda line: line.startswith("batch"), batches
+        )
     else:
         entry, batches, delay = "fieldcrypt", None, rng.uniform(0, CLI_DELAY)
         args = ["rotate", "--db", url, "--models", "faults_support"]
-        child = Child(_fieldcrypt(*args, "--batch-size", str(BATCH_SIZE)), keys.env)
+        child = children.fieldcrypt(*args, "--batch-size", str(BATCH_SIZE))
         running = child.wait_for(lambda line: "rows to visit" in line)
     if running:
         time.sleep(delay)
@@ -334,7 +408,9 @@ def _kill_one(engine: Engine, keys: Keys, rng: random.Random, number: int) -> Ki
     )
 
 
-def test_sigkill_at_random_points_loses_no_update(postgresql: Engine, keys: Keys) -> None:
+def test_sigkill_at_random_points_loses_no_update(
+    postgresql: Engine, keys: Keys, children: Children
+) -> None:
     """Rotations killed with SIGKILL at random points while the application updates rows
     leave every row decryptable with its latest value, and a rerun converges."""
     engine = postgresql
@@ -342,19 +418,15 @@ def test_sigkill_at_random_points_loses_no_update(postgresql: Engine, keys: Keys
     print(f"\nfault seed {SEED} (FIELDCRYPT_FAULT_SEED replays it), {KILL_POINTS} kill points")
     _add_rows(engine, keys, 0, ROWS)
     rows = ROWS
-    rng = random.Random(SEED)
-    writer = Child(
-        [sys.executable, str(SUPPORT), "writer", _url(engine), str(SEED)],
-        keys.env,
-        stdin=subprocess.PIPE,
-    )
+    rng = random.Random(SEED)  # noqa: S311 - it picks kill points, not keys
+    writer = children.support("writer", _url(engine), str(SEED), stdin=subprocess.PIPE)
     points: list[KillPoint] = []
     try:
         while sum(p.killed for p in points) < KILL_POINTS and len(points) < 3 * KILL_POINTS:
             if _check_rows(engine).pending < RESTOCK_BELOW:
                 _add_rows(engine, keys, rows, RESTOCK)
                 rows += RESTOCK
-            point = _kill_one(engine, keys, rng, len(points) + 1)
+            point = _kill_one(engine, keys, children, rng, len(points) + 1)
             print(point)
             points.append(point)
             assert writer.process.poll() is None, f"the writer stopped:\n{writer.output}"
@@ -367,17 +439,20 @@ def test_sigkill_at_random_points_loses_no_update(postgresql: Engine, keys: Keys
     kills = sum(p.killed for p in points)
     assert KILL_POINTS == kills, f"seed {SEED}: only {kills} runs were killed before finishing"
 
-    final = _rerun_converges(engine, keys)
+    final = _rerun_converges(engine, keys, children)
     last = {int(row_id): version for row_id, version in record["last"].items()}
     assert rows == len(final.versions)
     assert last == {row_id: v for row_id, v in final.versions.items() if row_id in last}
     assert not any(v for row_id, v in final.versions.items() if row_id not in last)
     print(
         f"fault seed {SEED}: {kills} kill points, {kills} kills survived, {rows} rows, "
-        f"{record['writes']} updates by the writer to {len(last)} rows, "
-        f"{sum(p.concurrent for p in points)} seen changing under a killed run, "
+        f"{record['writes']} updates by the writer to {len(last)} rows "
+        f"({sum(p.concurrent for p in points)} seen changing under the rotate() runs), "
         f"{time.monotonic() - started:.1f} s"
     )
+
+
+# -- connection dropped mid-batch ------------------------------------------------------------
 
 
 @dataclass
@@ -390,29 +465,39 @@ class Dropped:
     written: list[int]  # rows the batch had written when its connection was terminated
 
 
-def _drop_connection_mid_batch(engine: Engine, keys: Keys, locked: int, *options: str) -> Dropped:
+def _drop_connection_mid_batch(
+    engine: Engine, children: Children, locked: int, *options: str
+) -> Dropped:
     """Run `fieldcrypt rotate`; terminate its connection while it waits for ``locked``'s lock.
 
     The batch that holds ``locked`` waits for the row lock taken here, with the rows before it
     already updated in its transaction: a batch in flight, held still until its connection
-    is terminated with ``pg_terminate_backend``.
+    is terminated with ``pg_terminate_backend``, found by its ``application_name``.
     """
     with engine.connect() as conn:
         before = dict(conn.execute(select(RAW.c.id, RAW.c.email)).all())
     url = _url(engine, APPLICATION_NAME)
-    args = _fieldcrypt("rotate", "--db", url, "--models", "faults_support", *options)
     waiting = text(
         "SELECT pid, query, backend_xid::text FROM pg_stat_activity "
         "WHERE application_name = :name AND datname = current_database() "
         "AND wait_event_type = 'Lock'"
     )
     # Rows a transaction has updated, and not yet committed, carry its id as xmax.
-    updated_by = text(f"SELECT id FROM {TABLE} WHERE xmax::text = :xid ORDER BY id")
+    xmax = cast(literal_column("xmax"), Text())
     with engine.connect() as locker, engine.connect() as admin:
         # pg_stat_activity is read once per transaction: poll outside of one.
         admin = admin.execution_options(isolation_level="AUTOCOMMIT")
         locker.execute(select(RAW.c.id).where(RAW.c.id == locked).with_for_update())
-        child = Child([*args, "--batch-size", str(BATCH_SIZE)], keys.env)
+        child = children.fieldcrypt(
+            "rotate",
+            "--db",
+            url,
+            "--models",
+            "faults_support",
+            *options,
+            "--batch-size",
+            str(BATCH_SIZE),
+        )
         deadline = time.monotonic() + TIMEOUT
         while not (found := admin.execute(waiting, {"name": APPLICATION_NAME}).all()):
             assert child.process.poll() is None, child.output
@@ -420,7 +505,8 @@ def _drop_connection_mid_batch(engine: Engine, keys: Keys, locked: int, *options
             time.sleep(0.02)
         ((pid, query, xid),) = found
         assert query.lstrip().upper().startswith("UPDATE")
-        written = list(admin.execute(updated_by, {"xid": xid}).scalars())
+        updated = select(RAW.c.id).where(xmax == xid).order_by(RAW.c.id)
+        written = list(admin.execute(updated).scalars())
         assert admin.execute(select(func.pg_terminate_backend(pid))).scalar_one()
         locker.rollback()
     assert [] != written, "the batch had written nothing yet when it was stopped"
@@ -440,16 +526,16 @@ def _assert_reported(dropped: Dropped, keys: Keys) -> None:
 
 
 def test_connection_dropped_mid_batch_rolls_back_and_is_reported(
-    postgresql: Engine, keys: Keys
+    postgresql: Engine, keys: Keys, children: Children
 ) -> None:
     """A rotation whose connection is terminated while it writes a batch leaves that batch
     unwritten, exits non-zero with a one-line error, and a rerun converges."""
     engine = postgresql
     _add_rows(engine, keys, 0, 1000)
-    pending = sorted(i for i in range(1000) if i % 10)  # a tenth starts under k3
+    pending = [i for i in range(1000) if i % 10]  # a tenth starts under k3
     batches = [pending[i : i + BATCH_SIZE] for i in range(0, len(pending), BATCH_SIZE)]
     in_flight = batches[len(batches) // 2]
-    dropped = _drop_connection_mid_batch(engine, keys, in_flight[BATCH_SIZE // 2])
+    dropped = _drop_connection_mid_batch(engine, children, in_flight[BATCH_SIZE // 2])
     assert set(dropped.written) < set(in_flight)
     _assert_reported(dropped, keys)
 
@@ -461,16 +547,21 @@ def test_connection_dropped_mid_batch_rolls_back_and_is_reported(
     half_done = [b for b in batches if rotated & set(b) and not set(b) <= rotated]
     assert [] == half_done
     assert len(pending) - len(rotated) == rows.pending
-    print(f"\nconnection dropped after {len(rotated)} of {len(pending)} rows were rotated")
-    _rerun_converges(engine, keys)
+    print(
+        f"\nconnection dropped with {len(dropped.written)} rows of a batch written: "
+        f"{len(rotated)} of {len(pending)} rows rotated before it"
+    )
+    _rerun_converges(engine, keys, children)
 
 
-def test_worker_connection_dropped_mid_batch_stops_the_run(postgresql: Engine, keys: Keys) -> None:
+def test_worker_connection_dropped_mid_batch_stops_the_run(
+    postgresql: Engine, keys: Keys, children: Children
+) -> None:
     """With worker processes, a worker whose connection is terminated mid-batch leaves its
     batch unwritten, the run stops with a one-line error, and a rerun converges."""
     engine = postgresql
     _add_rows(engine, keys, 0, 1000)
-    dropped = _drop_connection_mid_batch(engine, keys, 755, "--workers", "2")
+    dropped = _drop_connection_mid_batch(engine, children, 755, "--workers", "2")
     _assert_reported(dropped, keys)
 
     _check_rows(engine)
@@ -478,4 +569,4 @@ def test_worker_connection_dropped_mid_batch_stops_the_run(postgresql: Engine, k
         after = dict(conn.execute(select(RAW.c.id, RAW.c.email)).all())
     held = [*dropped.written, dropped.locked]
     assert {i: dropped.before[i] for i in held} == {i: after[i] for i in held}
-    _rerun_converges(engine, keys)
+    _rerun_converges(engine, keys, children)
