@@ -67,8 +67,11 @@ ROWS = 4000
 RESTOCK = 1000
 RESTOCK_BELOW = 800
 BATCH_SIZE = 10
-#: A `rotate` child is killed after 0 to API_BATCHES committed batches and up to API_DELAY s
-#: more (mid-batch); a `fieldcrypt rotate` child up to CLI_DELAY s after it starts to rotate.
+#: The ways a rotation is started, in turn. A `rotate()` child is killed after 0 to API_BATCHES
+#: committed batches and up to API_DELAY s more (mid-batch); a `fieldcrypt` one up to
+#: CLI_DELAY s after it starts to rotate.
+# Worker processes take the longest to start: they get a fifth of the kill points.
+ENTRY_POINTS = ("rotate()", "fieldcrypt", "rotate()", "fieldcrypt", "fieldcrypt --workers 2")
 API_BATCHES = 20
 API_DELAY = 0.004
 CLI_DELAY = 0.08
@@ -276,7 +279,7 @@ class Children:
     def fieldcrypt(self, *args: str) -> Child:
         """Run the ``fieldcrypt`` console script of this environment."""
         script = Path(sys.executable).with_name("fieldcrypt")
-        command = [str(script)] if script.exists() else [sys.executable, "-c", _CLI]
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "sa_fieldcrypt.cli"]
         return self._start([*command, *args], subprocess.DEVNULL)
 
     def support(self, *args: str, stdin: int = subprocess.DEVNULL) -> Child:
@@ -292,9 +295,6 @@ class Children:
         """Kill whatever still runs (a test that failed half-way)."""
         for child in self.started:
             child.stop()
-
-
-_CLI = "from sa_fieldcrypt.cli import main; main()"
 
 
 @pytest.fixture
@@ -358,45 +358,78 @@ class KillPoint:
         fate = "killed" if self.killed else "finished first"
         changed = f", rows changed under it: {self.concurrent}" if self.entry == "rotate()" else ""
         return (
-            f"{self.number:>3} {self.entry:<10} at {where}{self.delay * 1000:.1f} ms: {fate}; "
+            f"{self.number:>3} {self.entry:<22} at {where}{self.delay * 1000:.1f} ms: {fate}; "
             f"rows to rotate {self.pending[0]} -> {self.pending[1]}, "
             f"first untouched row {self.cursor[0]} -> {self.cursor[1]}{changed}"
         )
 
 
+def _backends(engine: Engine) -> list[str]:
+    """The last statement of each connection the rotation under test has open."""
+    with engine.connect() as conn:
+        return list(conn.execute(_RUN_BACKENDS, {"name": APPLICATION_NAME}).scalars())
+
+
+_RUN_BACKENDS = text(
+    "SELECT query FROM pg_stat_activity WHERE application_name = :name "
+    "AND datname = current_database()"
+)
+
+
+def _poll(done: Callable[[], bool], failure: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not done():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.005)
+
+
 def _kill_one(
-    engine: Engine, keys: Keys, children: Children, rng: random.Random, number: int
-) -> KillPoint:
+    engine: Engine, keys: Keys, children: Children, rng: random.Random, number: int, before: Rows
+) -> tuple[KillPoint, Rows]:
     """Start a rotation, SIGKILL it at the next random point, and check every row.
 
-    Odd kill points run :func:`rotation.rotate` and are killed after a random number of
-    committed batches and a random fraction of a batch's time; even ones run `fieldcrypt
-    rotate` and are killed a random time after it starts rotating.
+    The entry points take turns (:data:`ENTRY_POINTS`): :func:`rotation.rotate`, killed after
+    a random number of committed batches and a random fraction of a batch's time; `fieldcrypt
+    rotate`, killed a random time after it starts; `fieldcrypt rotate --workers 2`, killed a
+    random time after a worker first writes, which leaves the workers orphaned.
     """
-    before = _check_rows(engine)
-    url = _url(engine)
-    batches: int | None
-    if number % 2:
-        entry, batches = "rotate()", rng.randint(0, API_BATCHES)
-        delay = rng.uniform(0, API_DELAY)
+    url = _url(engine, APPLICATION_NAME)
+    args = ["rotate", "--db", url, "--models", "faults_support", "--batch-size", str(BATCH_SIZE)]
+    batches: int | None = None
+    entry = ENTRY_POINTS[(number - 1) % len(ENTRY_POINTS)]
+    if entry == "rotate()":
+        batches, delay = rng.randint(0, API_BATCHES), rng.uniform(0, API_DELAY)
         child = children.support("rotate", url, str(BATCH_SIZE))
         running = child.wait_for(lambda line: line.startswith("started")) and child.wait_for(
             lambda line: line.startswith("batch"), batches
         )
-    else:
-        entry, batches, delay = "fieldcrypt", None, rng.uniform(0, CLI_DELAY)
-        args = ["rotate", "--db", url, "--models", "faults_support"]
-        child = children.fieldcrypt(*args, "--batch-size", str(BATCH_SIZE))
+    elif entry == "fieldcrypt":
+        delay = rng.uniform(0, CLI_DELAY)
+        child = children.fieldcrypt(*args)
         running = child.wait_for(lambda line: "rows to visit" in line)
+    else:
+        delay = rng.uniform(0, CLI_DELAY)
+        child = children.fieldcrypt(*args, "--workers", "2")
+
+        def writing() -> bool:
+            queries = _backends(engine)
+            return child.process.poll() is not None or any(
+                q.lstrip().upper().startswith("UPDATE") for q in queries
+            )
+
+        _poll(writing, f"no worker wrote within {TIMEOUT:g} s")
+        running = child.process.poll() is None
     if running:
         time.sleep(delay)
     killed = child.kill()
     if not killed:
         assert 0 == child.process.returncode, child.output
+    # Orphaned workers stop at their next batch; a killed process's connections close.
+    _poll(lambda: not _backends(engine), "connections of the killed run outlived it")
     _assert_nothing_leaked(child.output, keys)
     after = _check_rows(engine)
     counts = [line.split() for line in child.stdout if line.startswith("batch")]
-    return KillPoint(
+    point = KillPoint(
         number,
         entry,
         batches,
@@ -406,6 +439,7 @@ def _kill_one(
         (before.cursor, after.cursor),
         int(counts[-1][3]) if counts else 0,
     )
+    return point, after
 
 
 def test_sigkill_at_random_points_loses_no_update(
@@ -422,11 +456,13 @@ def test_sigkill_at_random_points_loses_no_update(
     writer = children.support("writer", _url(engine), str(SEED), stdin=subprocess.PIPE)
     points: list[KillPoint] = []
     try:
+        state = _check_rows(engine)
         while sum(p.killed for p in points) < KILL_POINTS and len(points) < 3 * KILL_POINTS:
-            if _check_rows(engine).pending < RESTOCK_BELOW:
+            if state.pending < RESTOCK_BELOW:
                 _add_rows(engine, keys, rows, RESTOCK)
                 rows += RESTOCK
-            point = _kill_one(engine, keys, children, rng, len(points) + 1)
+                state = _check_rows(engine)
+            point, state = _kill_one(engine, keys, children, rng, len(points) + 1, state)
             print(point)
             points.append(point)
             assert writer.process.poll() is None, f"the writer stopped:\n{writer.output}"
