@@ -1,15 +1,20 @@
 """Faults during key rotation on PostgreSQL: SIGKILL at random points, dropped connections.
 
 Rotation runs in child processes, through its public entry points only: the ``fieldcrypt
-rotate`` command and :func:`sa_fieldcrypt.rotation.rotate` (``faults_support.py rotate``).
-Meanwhile another child process, standing in for the application, keeps updating rows through
-the ORM (``faults_support.py writer``), half of them where the rotation is about to write, and
-records a version per row in a plain column written in the same transaction as the value.
+rotate`` command (with and without ``--workers``) and :func:`sa_fieldcrypt.rotation.rotate`
+(``faults_support.py rotate``). Meanwhile another child process, standing in for the
+application, keeps updating rows through the ORM (``faults_support.py writer``), half of them
+where the rotation is about to write, and records a version per row in a plain column written
+in the same transaction as the value.
 
 After every kill, every row must decrypt to the value of the version it records: an update
 the rotation overwrote with a re-encrypted older value would show up as a mismatch. At the end
 the writer's own record of its last commits must match, and one more run must leave every
 value under the primary key.
+
+A dropped connection is staged exactly: a row lock held by the test stops a batch's UPDATE
+half-way through the batch, and ``pg_terminate_backend`` ends that connection, found in
+``pg_stat_activity`` by the ``application_name`` the run's URL sets.
 
 The kill points come from a seeded random generator: the seed is printed with every figure, and
 ``FIELDCRYPT_FAULT_SEED`` replays a run (``FIELDCRYPT_FAULT_KILLS`` changes the number of kill
@@ -67,10 +72,10 @@ ROWS = 4000
 RESTOCK = 1000
 RESTOCK_BELOW = 800
 BATCH_SIZE = 10
-#: The ways a rotation is started, in turn. A `rotate()` child is killed after 0 to API_BATCHES
+#: The ways a rotation is started, in turn; worker processes take the longest to start, so
+#: they get a fifth of the kill points. A `rotate()` child is killed after 0 to API_BATCHES
 #: committed batches and up to API_DELAY s more (mid-batch); a `fieldcrypt` one up to
-#: CLI_DELAY s after it starts to rotate.
-# Worker processes take the longest to start: they get a fifth of the kill points.
+#: CLI_DELAY s after it starts to rotate (with workers: after a worker first writes).
 ENTRY_POINTS = ("rotate()", "fieldcrypt", "rotate()", "fieldcrypt", "fieldcrypt --workers 2")
 API_BATCHES = 20
 API_DELAY = 0.004
@@ -313,8 +318,9 @@ def _url(engine: Engine, application_name: str | None = None) -> str:
 
 
 def _assert_nothing_leaked(output: str, keys: Keys) -> None:
-    """No plaintext sample, no key, no traceback in a child's output."""
+    """No plaintext sample, no ciphertext, no key, no traceback in a child's output."""
     assert "clinic.example" not in output
+    assert "gAAAAA" not in output  # how every Fernet token, bare or behind fc1:<id>:, starts
     assert [] == [needle for needle in keys.secrets() if needle in output]
     assert "Traceback" not in output
 
@@ -545,7 +551,6 @@ def _drop_connection_mid_batch(
         written = list(admin.execute(updated).scalars())
         assert admin.execute(select(func.pg_terminate_backend(pid))).scalar_one()
         locker.rollback()
-    assert [] != written, "the batch had written nothing yet when it was stopped"
     return Dropped(child, before, locked, written)
 
 
@@ -556,7 +561,9 @@ def _assert_reported(dropped: Dropped, keys: Keys) -> None:
     assert [] == child.stdout
     error = child.stderr[-1]
     assert error.startswith(f"Error: {LABEL}: database error ("), child.output
-    assert "terminating connection due to administrator command" in error
+    # The driver says so in one of two ways, depending on when it notices.
+    dropped_connection = ("terminating connection", "server closed the connection")
+    assert any(reason in error for reason in dropped_connection), error
     assert "rerun to resume" in error
     _assert_nothing_leaked(child.output, keys)
 
@@ -572,7 +579,6 @@ def test_connection_dropped_mid_batch_rolls_back_and_is_reported(
     batches = [pending[i : i + BATCH_SIZE] for i in range(0, len(pending), BATCH_SIZE)]
     in_flight = batches[len(batches) // 2]
     dropped = _drop_connection_mid_batch(engine, children, in_flight[BATCH_SIZE // 2])
-    assert set(dropped.written) < set(in_flight)
     _assert_reported(dropped, keys)
 
     rows = _check_rows(engine)
@@ -583,6 +589,9 @@ def test_connection_dropped_mid_batch_rolls_back_and_is_reported(
     half_done = [b for b in batches if rotated & set(b) and not set(b) <= rotated]
     assert [] == half_done
     assert len(pending) - len(rotated) == rows.pending
+    # The batch had begun: rows of it were written, uncommitted, when it was stopped.
+    assert [] != dropped.written
+    assert set(dropped.written) < set(in_flight)
     print(
         f"\nconnection dropped with {len(dropped.written)} rows of a batch written: "
         f"{len(rotated)} of {len(pending)} rows rotated before it"
@@ -605,4 +614,7 @@ def test_worker_connection_dropped_mid_batch_stops_the_run(
         after = dict(conn.execute(select(RAW.c.id, RAW.c.email)).all())
     held = [*dropped.written, dropped.locked]
     assert {i: dropped.before[i] for i in held} == {i: after[i] for i in held}
+    # The batch had begun: rows of it were written, uncommitted, when it was stopped (if none
+    # were, its rows before the locked one were committed one by one, or it had not begun).
+    assert [] != dropped.written
     _rerun_converges(engine, keys, children)
