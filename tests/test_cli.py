@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,21 @@ def test_version() -> None:
     """--version prints the package version."""
     result = CliRunner().invoke(cli, ["--version"])
     assert __version__ in result.output
+
+
+def test_python_dash_m_runs_the_command_line() -> None:
+    """`python -m sa_fieldcrypt.cli` runs the commands, as the `fieldcrypt` script does."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sa_fieldcrypt.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (0, f"fieldcrypt, version {__version__}\n", "") == (
+        result.returncode,
+        result.stdout,
+        result.stderr,
+    )
 
 
 @cli.command("raise-config-error", hidden=True)

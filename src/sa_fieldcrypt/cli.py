@@ -588,3 +588,8 @@ def retire_key(key_id: str, target: _Target) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the command line (the ``fieldcrypt`` entry point)."""
     cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="fieldcrypt")
+
+
+if __name__ == "__main__":
+    # `python -m sa_fieldcrypt.cli`, where the console script is not on PATH.
+    main()
