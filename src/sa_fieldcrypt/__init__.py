@@ -13,6 +13,8 @@ Typical usage::
         email: Mapped[str] = mapped_column("email_encrypted", EncryptedText())
 """
 
+from typing import TYPE_CHECKING, Any
+
 from sa_fieldcrypt._version import __version__
 from sa_fieldcrypt.blind_index import (
     BLIND_INDEX_LENGTH,
@@ -40,7 +42,6 @@ from sa_fieldcrypt.errors import (
 )
 from sa_fieldcrypt.hybrid import EncryptedHybrid, encrypted_hybrid, encrypted_values
 from sa_fieldcrypt.keys import Key, Keyring, generate_key
-from sa_fieldcrypt.settings import FieldCryptSettings
 from sa_fieldcrypt.types import (
     EncryptedBytes,
     EncryptedJSON,
@@ -48,6 +49,9 @@ from sa_fieldcrypt.types import (
     EncryptedType,
     PlaintextValueWarning,
 )
+
+if TYPE_CHECKING:
+    from sa_fieldcrypt.settings import FieldCryptSettings
 
 __all__ = [
     "BLIND_INDEX_LENGTH",
@@ -89,3 +93,13 @@ __all__ = [
     "normalize_email",
     "normalize_phone",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # FieldCryptSettings is imported on first access: it brings in pydantic, a tenth of a
+    # second of start-up that applications configuring keys in code never need.
+    if name == "FieldCryptSettings":
+        from sa_fieldcrypt.settings import FieldCryptSettings
+
+        return FieldCryptSettings
+    raise AttributeError(f"module 'sa_fieldcrypt' has no attribute {name!r}")

@@ -8,13 +8,17 @@ set, or else from the ``FIELDCRYPT_*`` settings.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from sa_fieldcrypt.errors import ConfigurationError
 from sa_fieldcrypt.keys import Keyring
 from sa_fieldcrypt.providers.base import KeyCache, KeyProvider
 from sa_fieldcrypt.providers.env import EnvKeyProvider
 from sa_fieldcrypt.providers.static import StaticKeyProvider
-from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
+
+if TYPE_CHECKING:
+    # Imported when keys are first loaded: pydantic is a tenth of a second of start-up.
+    from sa_fieldcrypt.settings import FieldCryptSettings
 
 __all__ = ["configure", "current_keyring", "default_key_cache", "provider_from_settings"]
 
@@ -52,6 +56,8 @@ def default_key_cache() -> KeyCache[Keyring]:
     cache = _default
     if cache is not None:
         return cache
+    from sa_fieldcrypt.settings import load_settings
+
     with _lock:
         if _default is None:
             _default = KeyCache(provider_from_settings(load_settings()))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sa_fieldcrypt.errors import ConfigurationError
 from sa_fieldcrypt.keys import Key, Keyring
-from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
+
+if TYPE_CHECKING:
+    # Imported when keys are first loaded: pydantic is a tenth of a second of start-up.
+    from sa_fieldcrypt.settings import FieldCryptSettings
 
 __all__ = ["LEGACY_KEY_ID", "EnvKeyProvider", "keyring_from_settings"]
 
@@ -71,6 +76,8 @@ class EnvKeyProvider:
 
     def load(self) -> Keyring:
         """Read the settings and build the keyring."""
+        from sa_fieldcrypt.settings import load_settings
+
         return keyring_from_settings(self._settings or load_settings())
 
     def __repr__(self) -> str:
