@@ -47,7 +47,8 @@ from sa_fieldcrypt import (
     normalize_email,
     normalize_phone,
 )
-from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX, INFO_TYPE
+from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX
+from sa_fieldcrypt.types import COLUMN_INFO_KEY
 
 
 class Base(DeclarativeBase):
@@ -230,13 +231,13 @@ def test_tampered_token_names_the_column(db: Engine) -> None:
 
 
 def test_ciphertext_column_records_its_type(keyring: Keyring, index_keys: Any) -> None:
-    """A plain ciphertext column carries info[INFO_TYPE], the type that decrypts what it holds."""
-    column_type = Customer.__table__.c.email_encrypted.info[INFO_TYPE]
+    """A plain ciphertext column carries info[COLUMN_INFO_KEY]: the type that decrypts it."""
+    column_type = Customer.__table__.c.email_encrypted.info[COLUMN_INFO_KEY]
     assert isinstance(column_type, EncryptedText)
     token = _customer(1, email="ada@example.com").email_encrypted
     assert "ada@example.com" == column_type.process_result_value(token, postgresql.dialect())
-    assert isinstance(Customer.__table__.c.prefs_encrypted.info[INFO_TYPE], EncryptedJSON)
-    assert INFO_TYPE not in Customer.__table__.c.phone_encrypted.info  # typed column already
+    assert isinstance(Customer.__table__.c.prefs_encrypted.info[COLUMN_INFO_KEY], EncryptedJSON)
+    assert COLUMN_INFO_KEY not in Customer.__table__.c.phone_encrypted.info  # typed column already
     bound = Customer.__table__.c.email_bidx.info[INFO_BLIND_INDEX]
     assert ("email_encrypted", "fc_hyb_customers.email_bidx") == (bound.source_column, bound.name)
 
@@ -656,8 +657,8 @@ def test_mixin_tables_get_unrelated_index_values(
     lead, vendor = Lead(email="a@b.c"), Vendor(email="a@b.c")
     assert ("a@b.c", "a@b.c") == (lead.email, vendor.email)
     assert lead.email_bidx != vendor.email_bidx
-    lead_type = Lead.__table__.c.email_encrypted.info[INFO_TYPE]
-    assert lead_type is not Vendor.__table__.c.email_encrypted.info[INFO_TYPE]
+    lead_type = Lead.__table__.c.email_encrypted.info[COLUMN_INFO_KEY]
+    assert lead_type is not Vendor.__table__.c.email_encrypted.info[COLUMN_INFO_KEY]
 
 
 def test_per_column_keyring_through_column_type(

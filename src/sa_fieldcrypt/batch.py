@@ -127,17 +127,7 @@ _TRANSIENT_RETRIES: Final = 5
 class _Skip:
     """Type of :data:`SKIP`."""
 
-    _instance: _Skip | None = None
-
-    def __new__(cls) -> _Skip:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
     def __repr__(self) -> str:
-        return "SKIP"
-
-    def __reduce__(self) -> str:
         return "SKIP"
 
 
@@ -871,7 +861,7 @@ class _Walk:
                 continue
             if new is None:
                 unchanged += 1
-            elif new is SKIP:
+            elif isinstance(new, _Skip):
                 skipped += 1
             elif isinstance(new, tuple):
                 too_long = self._too_long(new) if self.has_limits else None

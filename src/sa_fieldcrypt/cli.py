@@ -258,7 +258,13 @@ def _importable_cwd() -> None:
 @click.argument("models")
 @_db_option
 @click.option("--table", "tables", multiple=True, help="Only this table; repeatable.")
-@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch-size",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows per batch and per transaction.",
+)
 @click.option(
     "--state",
     type=click.Path(dir_okay=False),

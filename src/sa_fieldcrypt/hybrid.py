@@ -47,16 +47,11 @@ from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType
 
 __all__ = [
     "INFO_BLIND_INDEX",
-    "INFO_TYPE",
     "EncryptedHybrid",
     "encrypted_hybrid",
     "encrypted_values",
 ]
 
-#: ``column.info`` key of a plain column that holds ciphertext behind an
-#: :func:`encrypted_hybrid`: the :class:`~sa_fieldcrypt.EncryptedType` that reads and writes
-#: it. Rotation and reindexing find every encrypted column through it (and the column type).
-INFO_TYPE = COLUMN_INFO_KEY
 #: ``column.info`` key of a blind-index column: its bound :class:`~sa_fieldcrypt.BlindIndex`.
 INFO_BLIND_INDEX = "sa_fieldcrypt.blind_index"
 
@@ -257,7 +252,7 @@ class EncryptedHybrid(hybrid_property[Any]):
 
     Create it with :func:`encrypted_hybrid`. The descriptor binds to each mapped class when
     the class is mapped: that is when the columns are checked and, for a ciphertext column of a
-    plain type, its ``column.info[INFO_TYPE]`` is set.
+    plain type, its ``column.info[COLUMN_INFO_KEY]`` is set.
     """
 
     def __init__(
@@ -393,7 +388,7 @@ class EncryptedHybrid(hybrid_property[Any]):
         return binding
 
     def _ciphertext_type(self, source: Column[Any], label: str) -> EncryptedType:
-        existing = source.info.get(INFO_TYPE)
+        existing = source.info.get(COLUMN_INFO_KEY)
         if existing is not None:  # bound already, through another class on the same table
             return existing  # type: ignore[no-any-return]
         if not isinstance(source.type, String):
@@ -406,7 +401,7 @@ class EncryptedHybrid(hybrid_property[Any]):
         encrypted_type = template.copy() if in_use else template
         # SQLAlchemy's own way of telling a type which column it serves: errors then name it.
         encrypted_type._set_parent(source)
-        source.info[INFO_TYPE] = encrypted_type
+        source.info[COLUMN_INFO_KEY] = encrypted_type
         return encrypted_type
 
 

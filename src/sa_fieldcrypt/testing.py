@@ -1,7 +1,8 @@
 """Helpers for testing code that uses sa-fieldcrypt: fixtures, strategies and assertions.
 
 Installed as a pytest plugin, so the fixtures are available in every test suite once
-sa-fieldcrypt is installed:
+sa-fieldcrypt is installed: ``fieldcrypt_keyring`` (fresh default keys) and
+``fieldcrypt_blind_index_keys`` (fresh default blind-index keys), each undone after the test::
 
     def test_signup(fieldcrypt_keyring, session):
         session.add(Customer(email="ada@example.com"))

@@ -163,12 +163,14 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
     # -- SQLAlchemy hooks ---------------------------------------------------------------
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """The column type on ``dialect``: ``LONGTEXT`` on MySQL/MariaDB, ``TEXT`` elsewhere."""
         # Not dialect.type_descriptor(): PostgreSQL adapts Text to its String, i.e. VARCHAR.
         if dialect.name in ("mysql", "mariadb"):
             return mysql.LONGTEXT()
         return self.impl_instance
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        """Encrypt a value for the database: a token, or None for None."""
         if value is None:
             return None
         data = self._to_bytes(value)
@@ -179,12 +181,14 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         return cipher._encrypt(keys.get(), data, self._context)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        """Decrypt a stored token (or read a legacy token); None stays None."""
         if value is None:
             return None
         return self._from_bytes(self.decrypt_token(value))
 
     @property
     def python_type(self) -> type[Any]:
+        """The Python type of the column's values."""
         return object
 
     # -- helpers ------------------------------------------------------------------------
@@ -398,6 +402,7 @@ class EncryptedText(EncryptedType):
         return data.decode("utf-8", "surrogatepass")
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        """Encrypt a value for the database: a token, or None for None."""
         # Inlined _to_bytes and encrypt_bytes: this runs once per value written, and each
         # call frame costs about 1% of a Fernet encryption.
         if value is None:
@@ -410,6 +415,7 @@ class EncryptedText(EncryptedType):
         return cipher._encrypt(keys.get(), value.encode("utf-8", "surrogatepass"), self._context)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        """Decrypt a stored token (or read a legacy token); None stays None."""
         # Inlined _from_bytes and the common case of decrypt_token: this runs once per value
         # loaded, and each call frame costs about 1% of a Fernet decryption.
         if value is None:
@@ -425,6 +431,7 @@ class EncryptedText(EncryptedType):
 
     @property
     def python_type(self) -> type[Any]:
+        """The Python type of the column's values."""
         return str
 
 
@@ -446,6 +453,7 @@ class EncryptedBytes(EncryptedType):
 
     @property
     def python_type(self) -> type[Any]:
+        """The Python type of the column's values."""
         return bytes
 
 
