@@ -73,8 +73,8 @@ class FieldCryptSettings(BaseSettings):
     database_url: SecretStr | None = Field(
         default=None,
         description="SQLAlchemy URL of the database the `fieldcrypt` data commands (status, "
-        "rotate, verify, retire-key) work on when --db is not given. A secret: it may "
-        "hold a password.",
+        "rotate, verify, retire-key, reindex) work on when --db is not given. A secret: it "
+        "may hold a password.",
     )
 
 
