@@ -31,7 +31,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import Engine, create_engine, text
 
 import sa_fieldcrypt
-from sa_fieldcrypt import Keyring, generate_key, rotation
+from sa_fieldcrypt import Keyring, generate_key, jobs
 
 TABLE = "fc_bench_rotation"
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -122,10 +122,10 @@ def run_child(url: str, workers: int, batch_size: int, keys: str) -> dict[str, f
 def child(url: str, worker_count: int, batch_size: int) -> None:
     """The measured process: rotate, then print seconds and peak RSS as JSON."""
     engine = create_engine(url, hide_parameters=True)
-    column = rotation.reflect_column(engine, TABLE, "email")
+    column = jobs.reflect_column(engine, TABLE, "email")
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    report = rotation.rotate(engine, [column], batch_size=batch_size, workers=worker_count)
+    report = jobs.rotate(engine, [column], batch_size=batch_size, workers=worker_count)
     seconds = time.perf_counter() - start
     own = resource.getrusage(resource.RUSAGE_SELF)
     workers = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -152,8 +152,8 @@ def child(url: str, worker_count: int, batch_size: int) -> None:
 
 def check_done(engine: Engine, rows: int) -> None:
     """Every row is under the new primary key."""
-    column = rotation.reflect_column(engine, TABLE, "email")
-    found = rotation.status(engine, [column]).columns[0]
+    column = jobs.reflect_column(engine, TABLE, "email")
+    found = jobs.status(engine, [column]).columns[0]
     if found.by_key.get(found.primary) != rows or found.pending:
         raise SystemExit(f"rotation incomplete: {found}")
 

@@ -2,17 +2,20 @@
 
 PostgreSQL and MariaDB tests skip with a visible reason when the server is unreachable, except
 under CI (``CI=true``), where an unreachable server fails the run. Override the servers with
-``FIELDCRYPT_TEST_POSTGRES_URL`` and ``FIELDCRYPT_TEST_MARIADB_URL``.
+``FIELDCRYPT_TEST_POSTGRES_URL`` and ``FIELDCRYPT_TEST_MARIADB_URL``. Each run creates a
+database of its own on each server (``fc_test_<pid>_<random>``), works only there, and drops
+it at the end; the database the URL names is only connected to.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from sa_fieldcrypt import BlindIndexKeyring, Keyring
@@ -32,28 +35,53 @@ SERVER_URLS = {
 # Bounded, so an unreachable server is reported in seconds, not after a TCP timeout.
 CONNECT_ARGS = {"connect_timeout": 5}
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: The throwaway database this run creates on each server, and drops at the end: the tests
+#: never touch a table of the database the URL names, which may hold a user's own data.
+RUN_DATABASE = f"fc_test_{os.getpid()}_{secrets.token_hex(4)}"
 _reachability: dict[str, str | None] = {}
+_created: dict[str, URL] = {}
 
 
 def server_url(name: str) -> str:
-    """Return the URL of a reachable server, or skip (fail under CI) with the reason."""
-    url = SERVER_URLS[name]
+    """The URL of this run's own database on a reachable server, or skip (fail under CI)."""
+    configured = SERVER_URLS[name]
     if name not in _reachability:
         try:
-            probe = create_engine(url, connect_args=CONNECT_ARGS)
-            with probe.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            probe.dispose()
+            _created[name] = _create_run_database(make_url(configured))
             _reachability[name] = None
         except (SQLAlchemyError, OSError) as exc:
             _reachability[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     reason = _reachability[name]
     if reason is not None:
-        message = f"{name} server not reachable at {url} ({reason})"
+        message = f"{name} server not reachable at {configured} ({reason})"
         if IN_CI:
             pytest.fail(f"{message}; CI requires it", pytrace=False)
         pytest.skip(f"{message}; start it or set FIELDCRYPT_TEST_{name.upper()}_URL")
-    return url
+    return _created[name].render_as_string(hide_password=False)
+
+
+def _create_run_database(server: URL) -> URL:
+    admin = create_engine(server, connect_args=CONNECT_ARGS, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {RUN_DATABASE}"))
+    finally:
+        admin.dispose()
+    return server.set(database=RUN_DATABASE)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the databases this run created, and only those."""
+    for name, url in _created.items():
+        admin = create_engine(
+            make_url(SERVER_URLS[name]), connect_args=CONNECT_ARGS, isolation_level="AUTOCOMMIT"
+        )
+        force = " WITH (FORCE)" if url.get_backend_name() == "postgresql" else ""
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {url.database}{force}"))
+        finally:
+            admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])

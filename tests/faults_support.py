@@ -3,7 +3,7 @@
 ``python faults_support.py writer URL SEED`` updates rows through the ORM until its stdin
 closes, then prints, as JSON, how many updates it committed and the last version it committed
 to each row. ``python faults_support.py rotate URL BATCH_SIZE`` rotates the model's encrypted
-column with :func:`sa_fieldcrypt.rotation.rotate`, printing a line after each committed batch.
+column with :func:`sa_fieldcrypt.jobs.rotate`, printing a line after each committed batch.
 Both read their keys from ``FIELDCRYPT_KEYS`` and ``FIELD_ENCRYPTION_KEY``, as an application
 does.
 """
@@ -22,7 +22,7 @@ from sqlalchemy import Text, create_engine, not_, or_, select, type_coerce
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_fieldcrypt
-from sa_fieldcrypt import EncryptedText, rotation
+from sa_fieldcrypt import EncryptedText, jobs
 
 #: The primary key id the test configures, and the one an application instance that has not
 #: yet picked up the new primary key still encrypts with.
@@ -102,14 +102,14 @@ def writer(url: str, seed: int) -> None:
     print(json.dumps({"writes": writes, "last": last}), flush=True)
 
 
-class _Announce(rotation.RunListener):
+class _Announce(jobs.RunListener):
     """Logs as the default listener does, and prints a line per committed batch."""
 
     def started(self, label: str, total: int) -> None:
         super().started(label, total)
         print(f"started {total}", flush=True)
 
-    def batch(self, label: str, rows: int, report: rotation.JobReport) -> None:
+    def batch(self, label: str, rows: int, report: jobs.JobReport) -> None:
         super().batch(label, rows, report)
         print(f"batch {report.scanned} {report.written} {report.concurrent}", flush=True)
 
@@ -118,8 +118,8 @@ def rotate(url: str, batch_size: int) -> None:
     """Rotate the encrypted columns of this module, logging at DEBUG on stderr."""
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
     engine = create_engine(url, hide_parameters=True)
-    columns = rotation.find_columns(sys.modules[__name__])
-    report = rotation.rotate(engine, columns, batch_size=batch_size, listener=_Announce())
+    columns = jobs.find_columns(sys.modules[__name__])
+    report = jobs.rotate(engine, columns, batch_size=batch_size, listener=_Announce())
     engine.dispose()
     print(f"finished {report.written} {report.concurrent} {report.failed}", flush=True)
 

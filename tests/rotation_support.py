@@ -11,7 +11,15 @@ from typing import Any
 from sqlalchemy import Column, DateTime, Integer, String, Table, Text, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sa_fieldcrypt import EncryptedJSON, EncryptedText, rotation
+from sa_fieldcrypt import (
+    BLIND_INDEX_LENGTH,
+    BlindIndex,
+    EncryptedJSON,
+    EncryptedText,
+    encrypted_hybrid,
+    jobs,
+    normalize_email,
+)
 from sa_fieldcrypt.types import COLUMN_INFO_KEY
 
 
@@ -43,6 +51,19 @@ class Booking(Base):
     notes: Mapped[str | None] = mapped_column(Text)
 
 
+class Subscriber(Base):
+    """A blind index over a ciphertext column, for reindexing in worker processes and shards."""
+
+    __tablename__ = "fc_rot_subscribers"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    email_encrypted: Mapped[str | None] = mapped_column(Text)
+    email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email = encrypted_hybrid(
+        "email_encrypted", blind_index=BlindIndex("email_bidx", normalizer=normalize_email)
+    )
+
+
 class Station(Base):
     """Nothing encrypted."""
 
@@ -60,8 +81,8 @@ audit = Table(
 )
 
 
-class _Announce(rotation.RunListener):
-    def batch(self, label: str, rows: int, report: rotation.JobReport) -> None:
+class _Announce(jobs.RunListener):
+    def batch(self, label: str, rows: int, report: jobs.JobReport) -> None:
         print(f"committed {report.scanned}", flush=True)
 
 
@@ -69,7 +90,7 @@ def child(url: str, table_name: str, pause_at: int) -> None:
     """Rotate ``table_name``.email in batches of 10; with ``pause_at`` > 0, block between the
     read and the write of that batch until killed."""
     engine = create_engine(url, hide_parameters=True)
-    column = rotation.reflect_column(engine, table_name, "email")
+    column = jobs.reflect_column(engine, table_name, "email")
     seen = 0
 
     def before_write(conn: Any, keys: list[tuple[Any, ...]]) -> None:
@@ -79,9 +100,7 @@ def child(url: str, table_name: str, pause_at: int) -> None:
             print("paused", flush=True)
             sys.stdin.readline()
 
-    rotation.rotate(
-        engine, [column], batch_size=10, listener=_Announce(), before_write=before_write
-    )
+    jobs.rotate(engine, [column], batch_size=10, listener=_Announce(), before_write=before_write)
     print("finished", flush=True)
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from sa_fieldcrypt import RotationError
-from sa_fieldcrypt.batch import BatchJob, run_job
+from sa_fieldcrypt.jobs import BatchJob, run_job
 
 TABLE = "fc_batch_values"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 import sa_fieldcrypt
@@ -20,6 +21,7 @@ from sa_fieldcrypt import (
     ConfigurationError,
     Keyring,
     __version__,
+    encrypt,
     generate_blind_index_key,
     generate_key,
 )
@@ -237,34 +239,88 @@ def test_rotate_models_with_schemas_on_sqlite(
     assert {"k2": 2} == by_key["core.customers.email_encrypted"]
 
 
+REINDEX = ["reindex", "--models", "booking.models:Base"]
+
+
 def test_reindex_check_then_run_then_check(booking_db: str, tmp_path: Path) -> None:
     """--check exits 1 while rows are under an old key; reindex moves them; --check then passes."""
-    arguments = ["reindex", "booking.models:Base", "--db", booking_db, *SQLITE_SCHEMAS]
+    arguments = [*REINDEX, "--db", booking_db, *SQLITE_SCHEMAS]
     before = CliRunner().invoke(cli, [*arguments, "--check"])
     assert 1 == before.exit_code, before.output
-    assert "core.customers.email_bidx: b2=0 b1=2 retired-keys=0 no-index=0 stale=2" in before.stdout
+    assert re.search(r"^  key b1 +2  matching: reindex moves these$", before.stdout, re.M)
     state = tmp_path / "state.json"
     run = CliRunner().invoke(cli, [*arguments, "--batch-size", "1", "--state", str(state)])
     assert 0 == run.exit_code, run.output
-    assert "reindexed 2 column(s): 2 rows read, 2 rewritten, 0 changed meanwhile" in run.stdout
-    assert 2 == run.stderr.count("core.customers: 1 rows read, 1 rewritten")
-    after = CliRunner().invoke(cli, [*arguments, "--check"])
+    assert (
+        "core.customers.(email_bidx, phone_bidx): scanned 2, reindexed 2, changed concurrently 0, "
+        "failed 0\n"
+    ) in run.stdout
+    after = CliRunner().invoke(cli, [*arguments, "--check", "--json"])
     assert 0 == after.exit_code, after.output
-    assert "core.customers.email_bidx: b2=2 b1=0 retired-keys=0 no-index=0 stale=0" in after.stdout
+    indexes = {i["column"]: i for i in json.loads(after.stdout)["indexes"]}
+    email = indexes["core.customers.email_bidx"]
+    assert ({"b2": 2, "b1": 0}, 0, True) == (email["by_key"], email["missing"], email["done"])
+
+
+def test_reindex_check_fails_while_an_index_is_missing(booking_db: str) -> None:
+    """A row whose index was never written fails --check, though no index key is stale."""
+    arguments = [*REINDEX, "--db", booking_db, *SQLITE_SCHEMAS]
+    assert 0 == CliRunner().invoke(cli, arguments).exit_code
+    engine = create_engine(booking_db)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE customers SET email_bidx = NULL WHERE first_name = :n"), {"n": "A"}
+        )
+    engine.dispose()
+    check = CliRunner().invoke(cli, [*arguments, "--check", "--json"])
+    assert 1 == check.exit_code, check.output
+    indexes = {i["column"]: i for i in json.loads(check.stdout)["indexes"]}
+    email = indexes["core.customers.email_bidx"]
+    assert (0, 2, 2, False) == (email["stale"], email["no_index"], email["missing"], email["done"])
+
+
+def test_reindex_takes_the_run_options(booking_db: str) -> None:
+    """A dry run writes nothing; --json reports the run; --table is refused (no normalizers)."""
+    arguments = [*REINDEX, "--db", booking_db, *SQLITE_SCHEMAS]
+    dry = CliRunner().invoke(cli, [*arguments, "--dry-run", "--json"])
+    assert 0 == dry.exit_code, dry.output
+    assert (2, True) == (json.loads(dry.stdout)["total"]["written"], json.loads(dry.stdout)["ok"])
+    assert 1 == CliRunner().invoke(cli, [*arguments, "--check"]).exit_code  # still under b1
+    table = CliRunner().invoke(
+        cli, ["reindex", "--db", booking_db, "--table", "customers", "--column", "email_bidx"]
+    )
+    assert 2 == table.exit_code
+    assert "reindex needs --models" in table.stderr
+
+
+def test_status_exits_1_while_a_value_names_a_missing_key(booking_db: str) -> None:
+    """status gates a deploy: exit 1 and ready=false while a value's key is not in the keyring."""
+    target = ["--models", "booking.models", "--db", booking_db, *SQLITE_SCHEMAS]
+    ready = CliRunner().invoke(cli, ["status", *target])
+    assert 0 == ready.exit_code, ready.output
+    assert "ready: every value is readable" in ready.stdout
+    stray = encrypt(Keyring({"k9": generate_key()}), b"x")
+    engine = create_engine(booking_db)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE customers SET email_encrypted = :t"), {"t": stray})
+    engine.dispose()
+    result = CliRunner().invoke(cli, ["status", "--json", *target])
+    assert 1 == result.exit_code
+    report = json.loads(result.stdout)
+    assert False is report["ready"]
+    assert "which the keyring lacks" in report["problems"][0]
 
 
 def test_reindex_reports_missing_models_cleanly(booking_db: str) -> None:
     """An unimportable models module is one error line and exit status 1."""
-    result = CliRunner().invoke(cli, ["reindex", "no_such_models", "--db", booking_db])
+    result = CliRunner().invoke(cli, [*REINDEX[:2], "no_such_models", "--db", booking_db])
     assert 1 == result.exit_code
-    assert result.stderr.startswith("Error: cannot import models module 'no_such_models'")
+    assert result.stderr.startswith("Error: cannot import the models module 'no_such_models'")
 
 
 def test_reindex_rejects_a_malformed_schema_translation() -> None:
     """--schema-translate needs SCHEMA=NEW; anything else is a usage error."""
-    result = CliRunner().invoke(
-        cli, ["reindex", "m:Base", "--db", "sqlite://", "--schema-translate", "core"]
-    )
+    result = CliRunner().invoke(cli, [*REINDEX, "--db", "sqlite://", "--schema-translate", "core"])
     assert 2 == result.exit_code
 
 

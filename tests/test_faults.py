@@ -1,7 +1,7 @@
 """Faults during key rotation on PostgreSQL: SIGKILL at random points, dropped connections.
 
 Rotation runs in child processes, through its public entry points only: the ``fieldcrypt
-rotate`` command (with and without ``--workers``) and :func:`sa_fieldcrypt.rotation.rotate`
+rotate`` command (with and without ``--workers``) and :func:`sa_fieldcrypt.jobs.rotate`
 (``faults_support.py rotate``). Meanwhile another child process, standing in for the
 application, keeps updating rows through the ORM (``faults_support.py writer``), half of them
 where the rotation is about to write, and records a version per row in a plain column written
@@ -394,7 +394,7 @@ def _kill_one(
 ) -> tuple[KillPoint, Rows]:
     """Start a rotation, SIGKILL it at the next random point, and check every row.
 
-    The entry points take turns (:data:`ENTRY_POINTS`): :func:`rotation.rotate`, killed after
+    The entry points take turns (:data:`ENTRY_POINTS`): :func:`jobs.rotate`, killed after
     a random number of committed batches and a random fraction of a batch's time; `fieldcrypt
     rotate`, killed a random time after it starts; `fieldcrypt rotate --workers 2`, killed a
     random time after a worker first writes, which leaves the workers orphaned.

@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+import rotation_support
 import sa_fieldcrypt
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
@@ -40,12 +41,14 @@ from sa_fieldcrypt import (
     normalize_email,
     normalize_phone,
 )
-from sa_fieldcrypt.reindex import (
-    BatchReport,
-    blind_index_columns,
-    blind_index_status,
-    load_metadata,
+from sa_fieldcrypt.jobs import (
+    JobReport,
+    ResumeState,
+    RunListener,
+    find_columns,
+    find_indexes,
     reindex,
+    status,
 )
 
 
@@ -85,6 +88,26 @@ class Member(Base):
 
 class Interrupted(Exception):
     """Stands for the process being stopped between two batches."""
+
+
+class Batches(RunListener):
+    """Records each committed batch as (rows, last key); can stop the run after some."""
+
+    def __init__(self, stop_after: int = 0, check: Any = None):
+        self.seen: list[tuple[int, tuple[Any, ...] | None]] = []
+        self.stop_after = stop_after
+        self.check = check
+
+    def batch(self, label: str, rows: int, report: JobReport) -> None:
+        self.seen.append((rows, report.last_key))
+        if self.check is not None:
+            self.check(report)
+        if len(self.seen) == self.stop_after:
+            raise Interrupted
+
+
+def _index_status(engine: Engine, model: Any = Customer) -> list[Any]:
+    return status(engine, indexes=find_indexes(model)).indexes
 
 
 @pytest.fixture
@@ -138,13 +161,11 @@ def test_rotation_moves_every_row_to_the_new_key(db: Engine, index_keys: BlindIn
     """After reindex under a new key, the old key can retire and every lookup still finds it."""
     _add_customers(db, 7)
     keys = _rotate(index_keys)
-    report = reindex(db, Base.metadata, batch_size=3)
-    assert (7, 7, 0) == (report.scanned, report.updated, report.skipped)
+    report = reindex(db, find_indexes(Base), batch_size=3)
+    assert (7, 7, 0) == (report.scanned, report.written, report.concurrent)
     assert ["b2"] * 7 == _key_ids(db, "email_bidx")
     assert ["b2"] * 7 == _key_ids(db, "phone_bidx")
-    assert [0, 0] == [
-        s.stale for s in blind_index_status(db, Base.metadata, tables=["fc_rx_customers"])
-    ]
+    assert [0, 0] == [s.stale for s in _index_status(db)]
     _retire(keys)
     assert 7 == _found(db, 7)
     with Session(db) as session:
@@ -157,11 +178,11 @@ def test_rerun_rewrites_nothing(db: Engine, index_keys: BlindIndexKeyring) -> No
     """A second run finds every index right and writes no row (reruns are always safe)."""
     _add_customers(db, 4)
     _rotate(index_keys)
-    reindex(db, Base.metadata)
+    reindex(db, find_indexes(Base))
     statements: list[str] = []
     event.listen(db, "before_cursor_execute", lambda *a: statements.append(a[2]))
-    report = reindex(db, Base.metadata)
-    assert (4, 0) == (report.scanned, report.updated)
+    report = reindex(db, find_indexes(Base))
+    assert (4, 0) == (report.scanned, report.written)
     assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
 
 
@@ -169,15 +190,16 @@ def test_batches_commit_one_by_one_in_key_order(db: Engine, index_keys: BlindInd
     """Each batch reports after committing; batches follow the primary key without overlap."""
     _add_customers(db, 10)
     _rotate(index_keys)
-    seen: list[BatchReport] = []
 
-    def check(batch: BatchReport) -> None:
-        seen.append(batch)
+    def committed(report: JobReport) -> None:
         # Committed already: a separate connection sees the batch's rows under the new key.
-        assert ["b2"] * batch.last_key[0] == _key_ids(db, "email_bidx")[: batch.last_key[0]]
+        assert report.last_key is not None
+        upto = report.last_key[0]
+        assert ["b2"] * upto == _key_ids(db, "email_bidx")[:upto]
 
-    reindex(db, Base.metadata, tables=["fc_rx_customers"], batch_size=4, on_batch=check)
-    assert [(4, (4,)), (4, (8,)), (2, (10,))] == [(b.scanned, b.last_key) for b in seen]
+    batches = Batches(check=committed)
+    reindex(db, find_indexes(Customer), batch_size=4, listener=batches)
+    assert [(4, (4,)), (4, (8,)), (2, (10,))] == batches.seen
 
 
 def test_interrupted_run_resumes_from_its_state_file(
@@ -187,28 +209,19 @@ def test_interrupted_run_resumes_from_its_state_file(
     state = tmp_path / "reindex.json"
     _add_customers(db, 9)
     _rotate(index_keys)
-    batches: list[BatchReport] = []
-
-    def stop_after_two(batch: BatchReport) -> None:
-        batches.append(batch)
-        if len(batches) == 2:
-            raise Interrupted
-
     with pytest.raises(Interrupted):
         reindex(
             db,
-            Base.metadata,
-            tables=["fc_rx_customers"],
+            find_indexes(Customer),
             batch_size=3,
-            state=state,
-            on_batch=stop_after_two,
+            state=ResumeState(state),
+            listener=Batches(stop_after=2),
         )
     assert ["b2"] * 6 + ["b1"] * 3 == _key_ids(db, "email_bidx")
-    report = reindex(db, Base.metadata, tables=["fc_rx_customers"], batch_size=3, state=state)
-    assert {"fc_rx_customers": (6,)} == report.resumed
-    assert 3 == report.scanned
+    report = reindex(db, find_indexes(Customer), batch_size=3, state=ResumeState(state))
+    assert (True, 3) == (report.jobs[0].resumed, report.scanned)
     assert ["b2"] * 9 == _key_ids(db, "email_bidx")
-    done = reindex(db, Base.metadata, tables=["fc_rx_customers"], state=state)
+    done = reindex(db, find_indexes(Customer), state=ResumeState(state))
     assert 0 == done.scanned  # finished tables are not read again
 
 
@@ -219,12 +232,12 @@ def test_state_of_another_rotation_is_ignored(
     state = tmp_path / "reindex.json"
     _add_customers(db, 3)
     keys = _rotate(index_keys)
-    reindex(db, Base.metadata, state=state)
+    reindex(db, find_indexes(Base), state=ResumeState(state))
     sa_fieldcrypt.configure_blind_index(
         keys=BlindIndexKeyring([BlindIndexKey("b3", generate_blind_index_key()), *keys])
     )
-    report = reindex(db, Base.metadata, state=state)
-    assert (3, 3) == (report.scanned, report.updated)
+    report = reindex(db, find_indexes(Base), state=ResumeState(state))
+    assert (3, 3) == (report.scanned, report.written)
     assert ["b3"] * 3 == _key_ids(db, "email_bidx")
 
 
@@ -241,26 +254,17 @@ def test_composite_uuid_keys_page_and_resume(
         session.commit()
     keys = _rotate(index_keys)
     state = tmp_path / "reindex.json"
-    calls = 0
-
-    def stop_once(batch: BatchReport) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise Interrupted
-
     with pytest.raises(Interrupted):
         reindex(
             db,
-            Base.metadata,
-            tables=["fc_rx_members"],
+            find_indexes(Member),
             batch_size=3,
-            state=state,
-            on_batch=stop_once,
+            state=ResumeState(state),
+            listener=Batches(stop_after=2),
         )
-    saved = json.loads(state.read_text())["tables"]["fc_rx_members"]["after"]
-    assert isinstance(uuid.UUID(saved[1]), uuid.UUID)
-    report = reindex(db, Base.metadata, tables=["fc_rx_members"], batch_size=3, state=state)
+    (saved,) = json.loads(state.read_text())["jobs"].values()
+    assert isinstance(uuid.UUID(saved[0]["after"][1]["uuid"]), uuid.UUID)
+    report = reindex(db, find_indexes(Member), batch_size=3, state=ResumeState(state))
     assert 2 == report.scanned
     _retire(keys)
     with Session(db) as session:
@@ -286,9 +290,9 @@ def test_concurrent_change_is_not_overwritten(db: Engine, index_keys: BlindIndex
             session.commit()
 
     event.listen(db, "before_cursor_execute", app_writes_meanwhile)
-    report = reindex(db, Base.metadata, tables=["fc_rx_customers"])
+    report = reindex(db, find_indexes(Customer))
     event.remove(db, "before_cursor_execute", app_writes_meanwhile)
-    assert (3, 2, 1) == (report.scanned, report.updated, report.skipped)
+    assert (3, 2, 1) == (report.scanned, report.written, report.concurrent)
     with Session(db) as session:
         assert "changed@example.com" == session.get_one(Customer, 1).email
         assert [1] == session.scalars(
@@ -303,8 +307,8 @@ def test_drivers_without_batch_row_counts_write_row_by_row(
     monkeypatch.setattr(db.dialect, "supports_sane_multi_rowcount", False)
     _add_customers(db, 5)
     keys = _rotate(index_keys)
-    report = reindex(db, Base.metadata, tables=["fc_rx_customers"], batch_size=2)
-    assert (5, 5, 0) == (report.scanned, report.updated, report.skipped)
+    report = reindex(db, find_indexes(Customer), batch_size=2)
+    assert (5, 5, 0) == (report.scanned, report.written, report.concurrent)
     _retire(keys)
     assert 5 == _found(db, 5)
 
@@ -316,19 +320,19 @@ def test_rows_written_without_the_hybrid_get_indexed(db: Engine, keyring: Keyrin
             insert(Customer.__table__),
             [{"id": 1, "station_id": 1, "email_encrypted": encrypt(keyring, b"Raw@Example.com")}],
         )
-    assert 1 == blind_index_status(db, Base.metadata, tables=["fc_rx_customers"])[0].no_index
-    report = reindex(db, Base.metadata)
-    assert 1 == report.updated
+    assert 1 == _index_status(db)[0].no_index
+    report = reindex(db, find_indexes(Base))
+    assert 1 == report.written
     with Session(db) as session:
         assert [1] == session.scalars(
             select(Customer.id).where(Customer.email == "raw@example.com")
         ).all()
 
 
-def test_undecryptable_row_stops_the_run_keeping_earlier_batches(
+def test_undecryptable_row_is_reported_and_the_run_goes_on(
     db: Engine, index_keys: BlindIndexKeyring
 ) -> None:
-    """A value that does not decrypt raises RotationError naming the row; prior batches stay."""
+    """A value that does not decrypt is a failure naming its row; every other row is reindexed."""
     _add_customers(db, 6)
     with db.begin() as conn:
         token = conn.execute(
@@ -340,14 +344,30 @@ def test_undecryptable_row_stops_the_run_keeping_earlier_batches(
             .values(email_encrypted=token[:-6] + "AAAAAA")
         )
     _rotate(index_keys)
-    with pytest.raises(
-        RotationError, match="fc_rx_customers row id=5: cannot recompute email_bidx"
-    ) as info:
-        reindex(db, Base.metadata, tables=["fc_rx_customers"], batch_size=3)
-    message = str(info.value)
-    assert "user5" not in message
-    assert token[-20:] not in message
-    assert ["b2"] * 3 + ["b1"] * 3 == _key_ids(db, "email_bidx")
+    report = reindex(db, find_indexes(Customer), batch_size=3)
+    (failure,) = report.jobs[0].failures
+    assert (1, (("id", 5),)) == (report.failed, failure.primary_key)
+    assert "does not decrypt" in failure.reason
+    assert "user5" not in str(failure)
+    assert token[-20:] not in str(failure)
+    assert ["b2"] * 4 + ["b1"] + ["b2"] == _key_ids(db, "email_bidx")
+
+
+def test_fail_fast_stops_at_the_undecryptable_row(
+    db: Engine, index_keys: BlindIndexKeyring
+) -> None:
+    """With fail_fast the run stops at the failing row; the rows before it stay reindexed."""
+    _add_customers(db, 6)
+    with db.begin() as conn:
+        conn.execute(
+            update(Customer.__table__)
+            .where(Customer.__table__.c.id == 2)
+            .values(email_encrypted="fc1:k1:garbage")
+        )
+    _rotate(index_keys)
+    report = reindex(db, find_indexes(Customer), batch_size=3, fail_fast=True)
+    assert (1, False) == (report.failed, report.ok)
+    assert ["b2", "b1", "b1", "b1", "b1", "b1"] == _key_ids(db, "email_bidx")
 
 
 def test_duplicate_written_during_rotation_is_reported_with_both_rows(
@@ -363,39 +383,56 @@ def test_duplicate_written_during_rotation_is_reported_with_both_rows(
         session.add(Customer(id=2, station_id=7, email="TWIN@example.com"))
         session.commit()
     with pytest.raises(RotationError, match="row id=1: its new index value collides") as info:
-        reindex(db, Base.metadata, tables=["fc_rx_customers"])
+        reindex(db, find_indexes(Customer))
     assert "id=2" in str(info.value)
     assert "twin" not in str(info.value)
     assert ["b1", "b2"] == _key_ids(db, "email_bidx")
 
 
 def test_status_counts_rows_per_key(db: Engine, index_keys: BlindIndexKeyring) -> None:
-    """blind_index_status counts rows per active key, under retired keys, and without index."""
+    """The status counts index rows per active key, under retired keys, and without index."""
     _add_customers(db, 2)
     keys = _rotate(index_keys)
     _add_customers(db, 1, start=3)
     with Session(db) as session:
         session.add(Customer(id=4, email="  "))  # not indexed: blank
         session.commit()
-    (email, _phone) = blind_index_status(db, Base.metadata, tables=["fc_rx_customers"])
+    (email, _phone) = _index_status(db)
     assert ("fc_rx_customers.email_bidx", {"b2": 1, "b1": 2}, 0, 1, 2) == (
-        email.label,
+        email.column,
         email.by_key,
         email.other_keys,
         email.no_index,
         email.stale,
     )
     _retire(keys)
-    (email, _phone) = blind_index_status(db, Base.metadata, tables=["fc_rx_customers"])
+    (email, _phone) = _index_status(db)
     assert ({"b2": 1}, 2, 2) == (email.by_key, email.other_keys, email.stale)
+
+
+def test_missing_indexes_are_told_from_values_not_indexed(
+    db: Engine, index_keys: BlindIndexKeyring, keyring: Keyring
+) -> None:
+    """count_missing decrypts unindexed rows: a blank email is not indexed, a raw row is missing."""
+    with Session(db) as session:
+        session.add(Customer(id=1, email="  "))
+        session.commit()
+    with db.begin() as conn:
+        conn.execute(
+            insert(Customer.__table__),
+            [{"id": 2, "station_id": 1, "email_encrypted": encrypt(keyring, b"raw@example.com")}],
+        )
+    report = status(db, indexes=find_indexes(Customer), count_missing=True)
+    email = report.indexes[0]
+    assert (2, 1, False) == (email.no_index, email.missing, email.done)
+    reindex(db, find_indexes(Customer))
+    email = status(db, indexes=find_indexes(Customer), count_missing=True).indexes[0]
+    assert (1, 0, True) == (email.no_index, email.missing, email.done)
 
 
 def test_finds_index_columns_of_both_model_styles() -> None:
     """Both the Text-with-hybrid and the EncryptedText style are found, with their decryptors."""
-    found = {
-        c.label: (c.source.name, type(c.encrypted_type).__name__)
-        for c in blind_index_columns(Base.metadata)
-    }
+    found = {c.label: (c.value.name, type(c.codec).__name__) for c in find_indexes(Base)}
     assert {
         "fc_rx_customers.email_bidx": ("email_encrypted", "EncryptedText"),
         "fc_rx_customers.phone_bidx": ("phone_encrypted", "EncryptedText"),
@@ -403,43 +440,40 @@ def test_finds_index_columns_of_both_model_styles() -> None:
     } == found
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "expected"),
-    [({"batch_size": 0}, "batch_size"), ({"tables": ["nope"]}, "no blind-index columns in table")],
-)
-def test_bad_arguments_are_configuration_errors(
-    db: Engine, kwargs: dict[str, Any], expected: str
-) -> None:
-    """A batch size below one or a table without blind index is refused before any work."""
-    with pytest.raises(ConfigurationError, match=expected):
-        reindex(db, Base.metadata, **kwargs)
+def test_bad_batch_size_is_a_configuration_error(db: Engine) -> None:
+    """A batch size below one is refused before any work."""
+    with pytest.raises(ConfigurationError, match="batch_size"):
+        reindex(db, find_indexes(Base), batch_size=0)
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_load_metadata_by_attribute_or_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """module:Base and a bare module both give the models' one MetaData."""
+def test_models_by_attribute_or_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """module:Base, a bare module and a model class name the same models' columns."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    (by_attribute,) = load_metadata("booking.models:Base")
-    (by_module,) = load_metadata("booking.models")
-    assert by_attribute is by_module
-    assert "core.customers" in by_module.tables
+    by_attribute = [c.label for c in find_indexes("booking.models:Base")]
+    by_module = [c.label for c in find_indexes("booking.models")]
+    assert by_attribute == by_module
+    assert "core.customers.email_bidx" in by_module
+    by_model = {c.table.fullname for c in find_columns("booking.models:Customer")}
+    assert {"core.customers"} == by_model
 
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
         ("booking.models:Nope", "has no attribute 'Nope'"),
-        ("json", "no SQLAlchemy MetaData found in 'json'"),
-        ("no_such_module_here", "cannot import models module"),
+        ("booking.models:SQLITE_SCHEMA_MAP", "is not models"),
+        ("json", "'json' defines no blind index"),
+        ("no_such_module_here", "cannot import the models module"),
     ],
 )
-def test_load_metadata_errors(monkeypatch: pytest.MonkeyPatch, spec: str, expected: str) -> None:
-    """A missing module, attribute or MetaData is a ConfigurationError saying which."""
+def test_model_spec_errors(monkeypatch: pytest.MonkeyPatch, spec: str, expected: str) -> None:
+    """A missing module, attribute or blind index is a ConfigurationError saying which."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
     with pytest.raises(ConfigurationError, match=expected):
-        load_metadata(spec)
+        find_indexes(spec)
 
 
 def test_status_counts_key_ids_with_like_wildcards_apart(db: Engine, keyring: Keyring) -> None:
@@ -449,5 +483,55 @@ def test_status_counts_key_ids_with_like_wildcards_apart(db: Engine, keyring: Ke
         sa_fieldcrypt.configure_blind_index(keys=BlindIndexKeyring([keys[kid]]))
         _add_customers(db, 1, start=position + 1)
     sa_fieldcrypt.configure_blind_index(keys=BlindIndexKeyring(list(keys.values())))
-    (email, _phone) = blind_index_status(db, Base.metadata, tables=["fc_rx_customers"])
+    (email, _phone) = _index_status(db)
     assert ({"b_1": 1, "bx1": 1}, 0, 1) == (email.by_key, email.other_keys, email.stale)
+
+
+# -- workers and shards -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def subscribers(
+    engine: Engine, keyring: Keyring, index_keys: BlindIndexKeyring
+) -> Iterator[Engine]:
+    """120 subscribers indexed under b1, then b2 made the writing index key."""
+    metadata = rotation_support.Base.metadata
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all(
+            rotation_support.Subscriber(id=i, email=f"s{i}@example.com") for i in range(120)
+        )
+        session.commit()
+    _rotate(index_keys)
+    yield engine
+    metadata.drop_all(engine)
+
+
+def _subscriber_keys(engine: Engine) -> set[str]:
+    table = rotation_support.Subscriber.__table__
+    with engine.connect() as conn:
+        return {v.partition(":")[0] for v in conn.execute(select(table.c.email_bidx)).scalars()}
+
+
+def test_workers_reindex_disjoint_ranges(subscribers: Engine) -> None:
+    """Two worker processes reindex the table between them, every row exactly once."""
+    indexes = find_indexes("rotation_support:Subscriber")
+    report = reindex(subscribers, indexes, workers=2, batch_size=25)
+    assert (120, 120, 0) == (report.scanned, report.written, report.failed)
+    assert {"b2"} == _subscriber_keys(subscribers)
+
+
+def test_shards_reindex_the_table_once_between_them(subscribers: Engine) -> None:
+    """Shards 1/3, 2/3 and 3/3, run apart, together write every row exactly once."""
+    indexes = find_indexes("rotation_support:Subscriber")
+    written = [reindex(subscribers, indexes, shard=(i, 3)).written for i in (1, 2, 3)]
+    assert (120, 3) == (sum(written), len([w for w in written if w]))
+    assert {"b2"} == _subscriber_keys(subscribers)
+
+
+def test_a_dry_run_reindex_writes_nothing(subscribers: Engine) -> None:
+    """A dry run counts the rows it would rewrite and leaves every index as it was."""
+    report = reindex(subscribers, find_indexes("rotation_support:Subscriber"), dry_run=True)
+    assert (120, True) == (report.written, report.jobs[0].dry_run)
+    assert {"b1"} == _subscriber_keys(subscribers)

@@ -33,6 +33,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import types as sa_types
 
 import rotation_support
 import sa_fieldcrypt
@@ -45,7 +46,7 @@ from sa_fieldcrypt import (
     encrypt,
     generate_key,
     inspect_token,
-    rotation,
+    jobs,
 )
 from sa_fieldcrypt.cli import _Progress, cli
 from sa_fieldcrypt.config import _swap
@@ -161,8 +162,8 @@ def _decrypted(engine: Engine, table: Table, column: str = "email") -> dict[Any,
     }
 
 
-def _column(engine: Engine, name: str = TABLE) -> rotation.EncryptedColumn:
-    return rotation.reflect_column(engine, name, "email")
+def _column(engine: Engine, name: str = TABLE) -> jobs.EncryptedColumn:
+    return jobs.reflect_column(engine, name, "email")
 
 
 # -- status -------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def _column(engine: Engine, name: str = TABLE) -> rotation.EncryptedColumn:
 def test_status_counts_every_kind_of_value(mixed: tuple[Engine, Table, dict[int, Any]]) -> None:
     """status counts rows per key id, legacy, plaintext ("" included) and NULL, in SQL."""
     engine, _, _ = mixed
-    found = rotation.status(engine, [_column(engine)]).columns[0]
+    found = jobs.status(engine, [_column(engine)]).columns[0]
     assert {"k3": 8, "k2": 8, "k1": 8} == found.by_key
     assert (16, 16, 8, 0) == (found.legacy, found.plaintext, found.null, found.malformed)
     assert 64 == found.total
@@ -183,12 +184,12 @@ def test_status_says_which_keys_are_still_needed(
 ) -> None:
     """A key with rows, or possibly behind legacy tokens, is needed; the primary always is."""
     engine, _, _ = mixed
-    report = rotation.status(engine, [_column(engine)])
+    report = jobs.status(engine, [_column(engine)])
     assert {"k3": True, "k2": True, "k1": True} == {k.key_id: k.needed for k in report.key_usage()}
-    rotation.rotate(engine, [_column(engine)])
-    keys = {k.key_id: k for k in rotation.status(engine, [_column(engine)]).key_usage()}
+    jobs.rotate(engine, [_column(engine)])
+    keys = {k.key_id: k for k in jobs.status(engine, [_column(engine)]).key_usage()}
     assert (True, False, False) == (keys["k3"].needed, keys["k2"].needed, keys["k1"].needed)
-    assert "retire-key k2" in rotation.status(engine, [_column(engine)]).describe()
+    assert "retire-key k2" in jobs.status(engine, [_column(engine)]).describe()
 
 
 def test_status_names_key_ids_missing_from_the_keyring(engine: Engine, ring: Keyring) -> None:
@@ -197,7 +198,7 @@ def test_status_names_key_ids_missing_from_the_keyring(engine: Engine, ring: Key
     stray = Keyring({"gone": generate_key()})
     with engine.begin() as conn:
         conn.execute(insert(table), [{"id": 1, "email": encrypt(stray, b"x")}])
-    report = rotation.status(engine, [_column(engine)])
+    report = jobs.status(engine, [_column(engine)])
     assert {"gone": 1} == report.columns[0].unknown_keys
     gone = next(k for k in report.key_usage() if k.key_id == "gone")
     assert (False, True) == (gone.in_keyring, gone.needed)
@@ -225,8 +226,8 @@ def test_status_in_sql_matches_reading_every_value(
             with engine.begin() as conn:
                 conn.execute(insert(table), [{"id": i, "email": v} for i, v in enumerate(values)])
         column = _column(engine, "fc_rot_status_property")
-        in_sql = rotation.status(engine, [column], in_sql=True).to_dict()
-        by_reading = rotation.status(engine, [column], in_sql=False).to_dict()
+        in_sql = jobs.status(engine, [column], in_sql=True).to_dict()
+        by_reading = jobs.status(engine, [column], in_sql=False).to_dict()
         assert by_reading == in_sql
     finally:
         table.metadata.drop_all(engine)
@@ -241,16 +242,16 @@ def test_rotate_converges_to_the_primary_key(
     """Old keys and legacy tokens move to k3; plaintext follows with --encrypt-plaintext."""
     engine, table, expected = mixed
     before = _stored(engine, table)
-    report = rotation.rotate(engine, [_column(engine)], batch_size=7)
+    report = jobs.rotate(engine, [_column(engine)], batch_size=7)
     assert (32, 16, 0, True) == (report.written, report.skipped, report.failed, report.ok)
     after = _stored(engine, table)
     assert all(after[i] == before[i] for i in before if i % 8 == 0), "primary rows untouched"
-    found = rotation.status(engine, [_column(engine)]).columns[0]
+    found = jobs.status(engine, [_column(engine)]).columns[0]
     assert ({"k3": 40}, 16, 0) == (found.by_key, found.plaintext, found.pending)
 
-    report = rotation.rotate(engine, [_column(engine)], batch_size=7, encrypt_plaintext=True)
+    report = jobs.rotate(engine, [_column(engine)], batch_size=7, encrypt_plaintext=True)
     assert 16 == report.written
-    found = rotation.status(engine, [_column(engine)]).columns[0]
+    found = jobs.status(engine, [_column(engine)]).columns[0]
     assert ({"k3": 56}, 8, 0) == (found.by_key, found.null, found.plaintext)
     assert expected == _decrypted(engine, table)
 
@@ -258,21 +259,21 @@ def test_rotate_converges_to_the_primary_key(
 def test_rerun_skips_finished_rows_in_sql(mixed: tuple[Engine, Table, dict[int, Any]]) -> None:
     """Rows under the primary key are not even read: a broken one is not reported by rotate."""
     engine, table, _ = mixed
-    rotation.rotate(engine, [_column(engine)], encrypt_plaintext=True)
+    jobs.rotate(engine, [_column(engine)], encrypt_plaintext=True)
     with engine.begin() as conn:
         token = conn.execute(select(table.c.email).where(table.c.id == 0)).scalar_one()
         conn.execute(update(table).where(table.c.id == 0).values(email=token[:-8] + "AAAAAAAA"))
-    again = rotation.rotate(engine, [_column(engine)], encrypt_plaintext=True)
+    again = jobs.rotate(engine, [_column(engine)], encrypt_plaintext=True)
     assert (0, 0) == (again.scanned, again.failed)
-    assert 1 == rotation.verify(engine, [_column(engine)]).failed
+    assert 1 == jobs.verify(engine, [_column(engine)]).failed
 
 
 def test_dry_run_counts_and_writes_nothing(mixed: tuple[Engine, Table, dict[int, Any]]) -> None:
     """--dry-run decrypts and re-encrypts, reports what would change, and changes nothing."""
     engine, table, _ = mixed
     before = _stored(engine, table)
-    report = rotation.rotate(engine, [_column(engine)], dry_run=True, encrypt_plaintext=True)
-    assert (48, 48, True) == (report.scanned, report.written, report.columns[0].dry_run)
+    report = jobs.rotate(engine, [_column(engine)], dry_run=True, encrypt_plaintext=True)
+    assert (48, 48, True) == (report.scanned, report.written, report.jobs[0].dry_run)
     assert before == _stored(engine, table)
 
 
@@ -288,10 +289,10 @@ def test_key_ids_with_like_wildcards_and_case(engine: Engine) -> None:
                 insert(table),
                 [{"id": i, "email": _under(keyring, k, "x")} for i, k in enumerate(keyring.ids)],
             )
-        found = rotation.status(engine, [_column(engine)]).columns[0]
+        found = jobs.status(engine, [_column(engine)]).columns[0]
         assert {"k_1": 1, "kx1": 1, "K_1": 1} == found.by_key
-        assert 2 == rotation.rotate(engine, [_column(engine)]).written
-        assert {"k_1": 3} == rotation.status(engine, [_column(engine)]).columns[0].by_key
+        assert 2 == jobs.rotate(engine, [_column(engine)]).written
+        assert {"k_1": 3} == jobs.status(engine, [_column(engine)]).columns[0].by_key
     finally:
         _swap(previous)
         table.metadata.drop_all(engine)
@@ -321,9 +322,9 @@ def test_primary_keys_of_any_sortable_type(engine: Engine, ring: Keyring, key: s
         rows = [{**k, "email": _under(ring, "k1", f"v{n}")} for n, k in enumerate(keys)]
         with engine.begin() as conn:
             conn.execute(insert(table), rows)
-        report = rotation.rotate(engine, [_column(engine, "fc_rot_keys")], batch_size=4)
+        report = jobs.rotate(engine, [_column(engine, "fc_rot_keys")], batch_size=4)
         assert (23, 23, 0) == (report.scanned, report.written, report.concurrent)
-        found = rotation.status(engine, [_column(engine, "fc_rot_keys")]).columns[0]
+        found = jobs.status(engine, [_column(engine, "fc_rot_keys")]).columns[0]
         assert {"k3": 23} == found.by_key
     finally:
         table.metadata.drop_all(engine)
@@ -343,8 +344,8 @@ def test_rotation_does_not_fire_onupdate(engine: Engine, ring: Keyring) -> None:
                 ),
                 {"token": _under(ring, "k1", "ada@example.com")},
             )
-        columns = [c for c in rotation.find_columns("rotation_support") if c.table is customers]
-        assert 1 == rotation.rotate(engine, columns).written
+        columns = [c for c in jobs.find_columns("rotation_support") if c.table is customers]
+        assert 1 == jobs.rotate(engine, columns).written
         with engine.connect() as conn:
             row = conn.execute(
                 text("SELECT email_encrypted, updated_at FROM fc_rot_customers")
@@ -356,7 +357,7 @@ def test_rotation_does_not_fire_onupdate(engine: Engine, ring: Keyring) -> None:
 
 
 def test_mysql_on_update_timestamp_is_kept(mariadb_engine: Engine, ring: Keyring) -> None:
-    """MySQL/MariaDB's ON UPDATE CURRENT_TIMESTAMP column is not bumped by rotation."""
+    """MySQL/MariaDB's ON UPDATE CURRENT_TIMESTAMP column is not bumped by jobs."""
     engine = mariadb_engine
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS fc_rot_stamped"))
@@ -372,7 +373,7 @@ def test_mysql_on_update_timestamp_is_kept(mariadb_engine: Engine, ring: Keyring
             {"t": _under(ring, "k1", "x")},
         )
     try:
-        assert 1 == rotation.rotate(engine, [_column(engine, "fc_rot_stamped")]).written
+        assert 1 == jobs.rotate(engine, [_column(engine, "fc_rot_stamped")]).written
         with engine.connect() as conn:
             changed = conn.execute(text("SELECT changed FROM fc_rot_stamped")).scalar_one()
         assert "2001-02-03 04:05:06" == str(changed)
@@ -408,7 +409,7 @@ def test_concurrent_writes_are_not_lost(
                 other.execute(statement)
             other.commit()
 
-    report = rotation.rotate(
+    report = jobs.rotate(
         engine, [_column(engine)], before_write=meanwhile, batch_size=100, encrypt_plaintext=True
     )
     assert 3 == report.concurrent
@@ -419,7 +420,7 @@ def test_concurrent_writes_are_not_lost(
     assert {i: v for i, v in expected.items() if i > 3} == {
         i: v for i, v in decrypted.items() if i > 3
     }
-    assert 0 == rotation.status(engine, [_column(engine)]).columns[0].pending
+    assert 0 == jobs.status(engine, [_column(engine)]).columns[0].pending
 
 
 def test_undecryptable_values_are_reported_by_key_not_content(
@@ -438,9 +439,9 @@ def test_undecryptable_values_are_reported_by_key_not_content(
     rows = [{"id": i, "email": bad.get(i, good)} for i in range(10)]
     with engine.begin() as conn:
         conn.execute(insert(table), rows)
-    report = rotation.rotate(engine, [_column(engine)], batch_size=3)
+    report = jobs.rotate(engine, [_column(engine)], batch_size=3)
     assert (4, 6, False) == (report.failed, report.written, report.ok)
-    failures = report.columns[0].failures
+    failures = report.jobs[0].failures
     assert [(("id", i),) for i in sorted(bad)] == [f.primary_key for f in failures]
     for failure in failures:
         message = str(failure)
@@ -457,9 +458,9 @@ def test_fail_fast_stops_at_the_first_failure(engine: Engine, ring: Keyring) -> 
     rows[4]["email"] = encrypt(Keyring({"gone": generate_key()}), b"x")
     with engine.begin() as conn:
         conn.execute(insert(table), rows)
-    report = rotation.rotate(engine, [_column(engine)], fail_fast=True)
+    report = jobs.rotate(engine, [_column(engine)], fail_fast=True)
     assert (1, 4, False) == (report.failed, report.written, report.ok)
-    found = rotation.status(engine, [_column(engine)]).columns[0]
+    found = jobs.status(engine, [_column(engine)]).columns[0]
     assert {"k3": 4, "gone": 1, "k1": 5} == found.by_key
 
 
@@ -477,10 +478,10 @@ def test_values_too_long_for_the_column_fail_cleanly(engine: Engine, ring: Keyri
     try:
         with engine.begin() as conn:
             conn.execute(insert(table), [{"id": 1, "email": "ada@example.com"}])
-        column = rotation.reflect_column(engine, "fc_rot_short", "email")
-        report = rotation.rotate(engine, [column], encrypt_plaintext=True)
+        column = jobs.reflect_column(engine, "fc_rot_short", "email")
+        report = jobs.rotate(engine, [column], encrypt_plaintext=True)
         assert 1 == report.failed
-        assert "does not fit the column's length 40" in report.columns[0].failures[0].reason
+        assert "does not fit the column's length 40" in report.jobs[0].failures[0].reason
         assert {1: "ada@example.com"} == _stored(engine, table)
     finally:
         metadata.drop_all(engine)
@@ -492,8 +493,8 @@ def test_verify_decrypts_everything_and_changes_nothing(
     """verify reports plaintext and broken values, and writes nothing."""
     engine, table, _ = mixed
     before = _stored(engine, table)
-    report = rotation.verify(engine, [_column(engine)])
-    assert (56, 40, 16) == (report.scanned, report.columns[0].unchanged, report.failed)
+    report = jobs.verify(engine, [_column(engine)])
+    assert (56, 40, 16) == (report.scanned, report.jobs[0].unchanged, report.failed)
     assert before == _stored(engine, table)
 
 
@@ -502,9 +503,123 @@ def test_verify_allows_plaintext_where_the_column_does(engine: Engine, ring: Key
     table = _make_table(engine)
     with engine.begin() as conn:
         conn.execute(insert(table), [{"id": 1, "email": "plain"}, {"id": 2, "email": "x"}])
-    column = rotation.reflect_column(engine, TABLE, "email", EncryptedText(allow_plaintext=True))
-    report = rotation.verify(engine, [column])
+    column = jobs.reflect_column(engine, TABLE, "email", EncryptedText(allow_plaintext=True))
+    report = jobs.verify(engine, [column])
     assert (0, 2) == (report.failed, report.skipped)
+
+
+# -- resume from a state file ------------------------------------------------------------
+
+
+class _StopAfter(jobs.RunListener):
+    """Stops the run after ``count`` committed batches, as a kill between batches would."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def batch(self, label: str, rows: int, report: jobs.JobReport) -> None:
+        self.count -= 1
+        if self.count == 0:
+            raise KeyboardInterrupt
+
+
+def test_rotate_resumes_from_its_state_file(
+    mixed: tuple[Engine, Table, dict[int, Any]], tmp_path: Path
+) -> None:
+    """A rotation stopped after two batches resumes after its last committed row."""
+    engine, _, _ = mixed
+    state = tmp_path / "rotate.json"
+    with pytest.raises(KeyboardInterrupt):
+        jobs.rotate(
+            engine,
+            [_column(engine)],
+            batch_size=5,
+            state=jobs.ResumeState(state),
+            listener=_StopAfter(2),
+        )
+    pending = jobs.status(engine, [_column(engine)]).columns[0].pending
+    report = jobs.rotate(engine, [_column(engine)], batch_size=5, state=jobs.ResumeState(state))
+    assert (True, True) == (report.jobs[0].resumed, report.ok)
+    # Only rows after the last committed batch are read: none of the first ten rows.
+    assert report.scanned <= pending + report.skipped
+    assert 0 == jobs.status(engine, [_column(engine)]).columns[0].pending
+
+
+def test_verify_resumes_from_its_state_file(
+    mixed: tuple[Engine, Table, dict[int, Any]], tmp_path: Path
+) -> None:
+    """A read-only job resumes too: the second run reads only the rows the first did not."""
+    engine, _, _ = mixed
+    state = tmp_path / "verify.json"
+    column = jobs.reflect_column(engine, TABLE, "email", EncryptedText(allow_plaintext=True))
+    with pytest.raises(KeyboardInterrupt):
+        jobs.verify(
+            engine, [column], batch_size=10, state=jobs.ResumeState(state), listener=_StopAfter(3)
+        )
+    report = jobs.verify(engine, [column], batch_size=10, state=jobs.ResumeState(state))
+    total = jobs.status(engine, [column]).columns[0]
+    assert (True, total.total - total.null - 30) == (report.jobs[0].resumed, report.scanned)
+    again = jobs.verify(engine, [column], state=jobs.ResumeState(state))
+    assert 0 == again.scanned  # a finished job is not read again
+
+
+def test_a_dry_run_never_makes_a_real_run_skip_rows(
+    mixed: tuple[Engine, Table, dict[int, Any]], tmp_path: Path
+) -> None:
+    """A dry run's saved position is its own: a real run with the same file starts over."""
+    engine, _, _ = mixed
+    state = jobs.ResumeState(tmp_path / "rotate.json")
+    dry = jobs.rotate(engine, [_column(engine)], dry_run=True, state=state)
+    real = jobs.rotate(engine, [_column(engine)], state=state)
+    assert (dry.written, False) == (real.written, real.jobs[0].resumed)
+
+
+def test_workers_save_and_resume_their_ranges(
+    engine: Engine, ring: Keyring, tmp_path: Path
+) -> None:
+    """With workers, each range's progress is saved; a rerun of a finished run reads nothing."""
+    rotation_support.Base.metadata.drop_all(engine)
+    rotation_support.Base.metadata.create_all(engine)
+    try:
+        bookings = rotation_support.Booking.__table__
+        rows = [{"id": i, "phone_encrypted": _under(ring, "k1", f"+1 555 {i}")} for i in range(90)]
+        with engine.begin() as conn:
+            conn.execute(insert(bookings), rows)
+        columns = [c for c in jobs.find_columns("rotation_support") if c.table is bookings]
+        path = tmp_path / "rotate.json"
+        first = jobs.rotate(engine, columns, workers=2, batch_size=20, state=jobs.ResumeState(path))
+        (ranges,) = json.loads(path.read_text())["jobs"].values()
+        assert (90, [True, True]) == (first.written, [r["done"] for r in ranges])
+        again = jobs.rotate(engine, columns, workers=2, state=jobs.ResumeState(path))
+        assert (True, 0) == (again.jobs[0].resumed, again.scanned)
+    finally:
+        rotation_support.Base.metadata.drop_all(engine)
+
+
+def test_a_state_file_refuses_keys_it_cannot_hold(tmp_path: Path, ring: Keyring) -> None:
+    """A primary key of another type than int, str or UUID is refused before any write."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    metadata = MetaData()
+    table = Table(
+        "fc_rot_dated",
+        metadata,
+        Column("day", sa_types.Date, primary_key=True),
+        Column("email", EncryptedText()),
+    )
+    metadata.create_all(engine)
+    with pytest.raises(ConfigurationError, match="day is date; run without --state"):
+        jobs.rotate(
+            engine, [jobs.EncryptedColumn.of(table.c.email)], state=jobs.ResumeState(tmp_path / "s")
+        )
+    engine.dispose()
+
+
+def test_an_unreadable_state_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A file that is not a state file of this version says to delete it."""
+    path = tmp_path / "state.json"
+    path.write_text('{"version": 1, "tables": {}}')
+    with pytest.raises(ConfigurationError, match="delete it to start over"):
+        jobs.ResumeState(path)
 
 
 # -- workers, shards, kills ---------------------------------------------------------------
@@ -519,10 +634,10 @@ def test_workers_split_the_table_without_overlap(engine: Engine, ring: Keyring) 
         rows = [{"id": i, "phone_encrypted": _under(ring, "k1", f"+1 555 {i}")} for i in range(300)]
         with engine.begin() as conn:
             conn.execute(insert(bookings), rows)
-        columns = [c for c in rotation.find_columns("rotation_support") if c.table is bookings]
-        report = rotation.rotate(engine, columns, workers=2, batch_size=20)
+        columns = [c for c in jobs.find_columns("rotation_support") if c.table is bookings]
+        report = jobs.rotate(engine, columns, workers=2, batch_size=20)
         assert (300, 300, 0) == (report.scanned, report.written, report.concurrent)
-        assert {"k3": 300} == rotation.status(engine, columns).columns[0].by_key
+        assert {"k3": 300} == jobs.status(engine, columns).columns[0].by_key
     finally:
         rotation_support.Base.metadata.drop_all(engine)
 
@@ -533,10 +648,10 @@ def _check_shards(engine: Engine, ring: Keyring, id_column: Column[Any], ids: li
         with engine.begin() as conn:
             conn.execute(insert(table), [{"id": i, "email": _under(ring, "k1", "x")} for i in ids])
         column = _column(engine, "fc_rot_shards")
-        written = [rotation.rotate(engine, [column], shard=(i, 3)).written for i in (1, 2, 3)]
+        written = [jobs.rotate(engine, [column], shard=(i, 3)).written for i in (1, 2, 3)]
         assert len(ids) == sum(written)
         assert all(0 < n < len(ids) for n in written)
-        assert {"k3": len(ids)} == rotation.status(engine, [column]).columns[0].by_key
+        assert {"k3": len(ids)} == jobs.status(engine, [column]).columns[0].by_key
     finally:
         table.metadata.drop_all(engine)
 
@@ -559,7 +674,7 @@ def test_sqlite_shards_need_an_integer_key(tmp_path: Path, ring: Keyring) -> Non
     engine = create_engine(f"sqlite:///{tmp_path / 's.sqlite3'}")
     _make_table(engine, TABLE, Column("id", String(20), primary_key=True))
     with pytest.raises(ConfigurationError, match="integer primary key"):
-        rotation.rotate(engine, [_column(engine)], shard=(1, 2))
+        jobs.rotate(engine, [_column(engine)], shard=(1, 2))
 
 
 def _child(engine: Engine, pause_at: int) -> subprocess.Popen[str]:
@@ -588,7 +703,7 @@ def test_sigkill_mid_run_then_rerun_converges(
         paused.send_signal(signal.SIGKILL)
     candidates = [i for i in sorted(expected) if i % 8 not in (0, 7)]  # not primary, not NULL
     rotated = [i for i in candidates[:20] if i % 8 not in (5, 6)]  # 2 batches, not plaintext
-    found = rotation.status(engine, [_column(engine)]).columns[0]
+    found = jobs.status(engine, [_column(engine)]).columns[0]
     assert 8 + len(rotated) == found.by_key["k3"]
     stored = _stored(engine, table)
     tokens = {
@@ -604,9 +719,9 @@ def test_sigkill_mid_run_then_rerun_converges(
         running.stdout.readline()
         running.send_signal(signal.SIGKILL)
 
-    rotation.rotate(engine, [_column(engine)], encrypt_plaintext=True)
+    jobs.rotate(engine, [_column(engine)], encrypt_plaintext=True)
     assert expected == _decrypted(engine, table)
-    assert 0 == rotation.status(engine, [_column(engine)]).columns[0].pending
+    assert 0 == jobs.status(engine, [_column(engine)]).columns[0].pending
 
 
 # -- discovery ------------------------------------------------------------------------------
@@ -614,46 +729,47 @@ def test_sigkill_mid_run_then_rerun_converges(
 
 def test_find_columns_finds_typed_and_marked_columns() -> None:
     """Typed columns, info-marked Text columns and module-level tables are found; others not."""
-    found = [c.label for c in rotation.find_columns("rotation_support")]
+    found = [c.label for c in jobs.find_columns("rotation_support")]
     assert [
         "fc_rot_audit.detail",
         "fc_rot_bookings.phone_encrypted",
         "fc_rot_customers.email_encrypted",
         "fc_rot_customers.prefs",
+        "fc_rot_subscribers.email_encrypted",
     ] == found
 
 
 def test_find_columns_errors_are_clear() -> None:
     """A missing module, or one without encrypted columns, is a ConfigurationError."""
     with pytest.raises(ConfigurationError, match="cannot import the models module"):
-        rotation.find_columns("no_such_models_module")
+        jobs.find_columns("no_such_models_module")
     with pytest.raises(ConfigurationError, match="defines no encrypted column"):
-        rotation.find_columns("json")
+        jobs.find_columns("json")
 
 
 def test_reflect_column_errors_are_clear(engine: Engine, ring: Keyring) -> None:
     """A missing table or column, or a table without primary key, is reported by name."""
     with pytest.raises(ConfigurationError, match="does not exist"):
-        rotation.reflect_column(engine, "fc_rot_nowhere", "email")
+        jobs.reflect_column(engine, "fc_rot_nowhere", "email")
     metadata = MetaData()
     Table("fc_rot_nopk", metadata, Column("email", Text))
     metadata.drop_all(engine)
     metadata.create_all(engine)
     try:
         with pytest.raises(ConfigurationError, match="no column 'nope'"):
-            rotation.reflect_column(engine, "fc_rot_nopk", "nope")
+            jobs.reflect_column(engine, "fc_rot_nopk", "nope")
         with pytest.raises(RotationError, match="has no primary key"):
-            rotation.rotate(engine, [rotation.reflect_column(engine, "fc_rot_nopk", "email")])
+            jobs.rotate(engine, [jobs.reflect_column(engine, "fc_rot_nopk", "email")])
     finally:
         metadata.drop_all(engine)
 
 
 def test_parse_shard() -> None:
     """I/N parses with I counted from 1; anything else is a ConfigurationError."""
-    assert (2, 4) == rotation.parse_shard("2/4")
+    assert (2, 4) == jobs.parse_shard("2/4")
     for bad in ("0/4", "5/4", "1", "a/b", "1/0"):
         with pytest.raises(ConfigurationError):
-            rotation.parse_shard(bad)
+            jobs.parse_shard(bad)
 
 
 # -- retiring keys ---------------------------------------------------------------------------
@@ -666,25 +782,25 @@ def test_retire_key_refuses_while_rows_need_it(
     engine, _, _ = mixed
     columns = [_column(engine)]
     with pytest.raises(RotationError, match=r"key 'k2' is still used by fc_rot_mixed.email \(8"):
-        rotation.retire_key(engine, columns, "k2")
+        jobs.retire_keys(engine, columns, ["k2"])
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM fc_rot_mixed WHERE email LIKE 'fc1:k2:%'"))
     with pytest.raises(RotationError, match="legacy tokens"):
-        rotation.retire_key(engine, columns, "k2")
-    rotation.rotate(engine, columns)
-    assert ("k3", "k1") == rotation.retire_key(engine, columns, "k2").ids
+        jobs.retire_keys(engine, columns, ["k2"])
+    jobs.rotate(engine, columns)
+    assert ("k3", "k1") == jobs.retire_keys(engine, columns, ["k2"]).ids
     with pytest.raises(ConfigurationError, match="primary key"):
-        rotation.retire_key(engine, columns, "k3")
+        jobs.retire_keys(engine, columns, ["k3"])
 
 
 def test_env_keys_without_respects_the_legacy_variable() -> None:
     """The new FIELDCRYPT_KEYS keeps FIELD_ENCRYPTION_KEY's key out of the list."""
     k2, k1, old = generate_key(), generate_key(), generate_key()
     settings = FieldCryptSettings(keys=f"k2:{k2},k1:{k1}", FIELD_ENCRYPTION_KEY=old)  # type: ignore[call-arg]
-    value, notes = rotation.env_keys_without("k1", settings)
+    value, notes = jobs.env_keys_without(["k1"], settings)
     assert f"k2:{k2}" == value
     assert ["FIELD_ENCRYPTION_KEY stays as it is"] == notes
-    value, notes = rotation.env_keys_without("legacy", settings)
+    value, notes = jobs.env_keys_without(["legacy"], settings)
     assert f"k2:{k2},k1:{k1}" == value
     assert "unset FIELD_ENCRYPTION_KEY" in notes[0]
     assert all(k not in " ".join(notes) for k in (k2, k1, old))
@@ -751,7 +867,7 @@ def test_cli_failures_exit_non_zero(sqlite_env: tuple[Engine, Table, Keyring]) -
     result = CliRunner().invoke(cli, ["rotate", *TARGET])
     assert 1 == result.exit_code
     assert "FAILED fc_rot_mixed.email at primary key (id=99): key id 'gone'" in result.stderr
-    assert "Error: 1 values could not be decrypted" in result.stderr
+    assert "Error: 1 rows could not be handled" in result.stderr
     assert stray[8:40] not in result.output
     assert "secret-plaintext" not in result.output
     dry = CliRunner().invoke(cli, ["rotate", *TARGET, "--dry-run", "--fail-fast"])
@@ -812,9 +928,9 @@ def test_cli_database_url_password_is_never_printed(
 
 
 def test_cli_usage_errors(no_default_keys: None) -> None:
-    """Missing database, half a target or a bad shard are clear errors."""
+    """Missing database, half a target or a bad shard are usage errors: exit status 2."""
     result = CliRunner().invoke(cli, ["status", *TARGET])
-    assert 1 == result.exit_code
+    assert 2 == result.exit_code
     assert "pass --db URL or set FIELDCRYPT_DATABASE_URL" in result.stderr
     assert 2 == CliRunner().invoke(cli, ["status", "--table", TABLE]).exit_code
     assert 2 == CliRunner().invoke(cli, ["status", "--db", "sqlite://"]).exit_code
@@ -829,7 +945,7 @@ class _Terminal(io.StringIO):
 
 def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
     """On a terminal the progress is a bar; otherwise it is plain lines."""
-    report = rotation.JobReport("t.email", scanned=50, written=50)
+    report = jobs.JobReport("t.email", scanned=50, written=50)
     terminal = _Terminal()
     bar = _Progress(terminal)
     bar.started("t.email", 100)

@@ -27,7 +27,7 @@ from sa_fieldcrypt import (
     generate_blind_index_key,
     generate_key,
 )
-from sa_fieldcrypt.reindex import blind_index_status, reindex
+from sa_fieldcrypt.jobs import find_indexes, reindex, status
 
 DEMO_KEYS_FILE = Path(".fieldcrypt-demo.env")
 ENCRYPTION_VARIABLES = ("FIELDCRYPT_KEYS", "FIELD_ENCRYPTION_KEY")
@@ -188,9 +188,10 @@ def rotate_index_key(engine: Engine) -> None:
     with Session(engine) as session:
         found = find(session, Customer.email == "ada@example.com")
     print(f"  1. new key first, old keys still match: email lookup finds {found}")
-    report = reindex(engine, Base.metadata, batch_size=2)
-    print(f"  2. reindex: {report.scanned} rows read, {report.updated} rewritten")
-    stale = sum(status.stale for status in blind_index_status(engine, Base.metadata))
+    indexes = find_indexes(Base)
+    report = reindex(engine, indexes, batch_size=2)
+    print(f"  2. reindex: {report.scanned} rows read, {report.written} rewritten")
+    stale = sum(index.stale for index in status(engine, indexes=indexes).indexes)
     sa_fieldcrypt.configure_blind_index(keys=BlindIndexKeyring([new]))
     with Session(engine) as session:
         found = find(session, Customer.email == "ada@example.com")

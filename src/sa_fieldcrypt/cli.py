@@ -1,7 +1,8 @@
-"""The ``fieldcrypt`` command line: argument parsing only, over the library's functions.
+"""The ``fieldcrypt`` command line: argument parsing and presentation over the library.
 
-Errors of the library print as one line on stderr with exit status 1; ``--debug`` shows
-the traceback instead.
+Every data command is a thin wrapper over a function of :mod:`sa_fieldcrypt.jobs`. Exit
+status: 0 ready or done; 1 failed or not ready (errors of the library print as one line on
+stderr; ``--debug`` shows the traceback instead); 2 a usage error.
 """
 
 from __future__ import annotations
@@ -20,10 +21,24 @@ import click
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from sa_fieldcrypt import rotation
 from sa_fieldcrypt._version import __version__
-from sa_fieldcrypt.batch import _driver_message
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
+from sa_fieldcrypt.jobs.engine import DEFAULT_BATCH_SIZE, parse_shard
+from sa_fieldcrypt.jobs.reindex import reindex
+from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, RunReport
+from sa_fieldcrypt.jobs.rotation import rotate as rotate_columns
+from sa_fieldcrypt.jobs.rotation import verify as verify_columns
+from sa_fieldcrypt.jobs.sql import driver_message
+from sa_fieldcrypt.jobs.state import ResumeState
+from sa_fieldcrypt.jobs.status import StatusReport, env_keys_without, retire_keys
+from sa_fieldcrypt.jobs.status import status as status_of
+from sa_fieldcrypt.jobs.targets import (
+    EncryptedColumn,
+    IndexedColumn,
+    find_columns,
+    find_indexes,
+    reflect_column,
+)
 from sa_fieldcrypt.keys import KEY_ID_PATTERN, KEY_KINDS, KeyKind, generate_key
 from sa_fieldcrypt.settings import load_settings
 
@@ -55,6 +70,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def _key_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is not None and not KEY_ID_PATTERN.match(value):
         raise click.BadParameter("1 to 32 characters from A-Z, a-z, 0-9, '_' and '-'")
+    return value
+
+
+def _key_ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    for key_id in value:
+        _key_id(ctx, param, key_id)
     return value
 
 
@@ -172,26 +193,13 @@ def _schema_map(
     return mapping
 
 
-# -- shared by the data commands: reindex, status, rotate, verify, retire-key -----------
+# -- the data commands: status, rotate, verify, reindex, retire-key ---------------------------
+#
+# One vocabulary: every data command takes the same target options, every job command the
+# same run options, every report prints as text or --json, and the exit status gates a
+# deploy: 0 ready or done, 1 failed or not ready, 2 a usage error.
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-_db_option = click.option(
-    "--db",
-    "db_url",
-    metavar="URL",
-    help="SQLAlchemy database URL. [default: FIELDCRYPT_DATABASE_URL]",
-)
-
-
-_schema_translate_option = click.option(
-    "--schema-translate",
-    "schema_map",
-    multiple=True,
-    metavar="SCHEMA=NEW",
-    callback=_schema_map,
-    help="Map a model schema to another (empty: none, as on SQLite); repeatable.",
-)
 
 
 def _options(*options: Callable[[_F], _F]) -> Callable[[_F], _F]:
@@ -211,7 +219,7 @@ def _database_errors() -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        raise RotationError(f"database error ({_driver_message(exc)})") from exc
+        raise RotationError(f"database error ({driver_message(exc)})") from exc
 
 
 @contextlib.contextmanager
@@ -225,7 +233,7 @@ def _engine(
     if db_url is None:
         secret = load_settings().database_url
         if secret is None:
-            raise ConfigurationError(
+            raise click.UsageError(
                 "no database given: pass --db URL or set FIELDCRYPT_DATABASE_URL"
             )
         db_url = secret.get_secret_value()
@@ -254,75 +262,6 @@ def _importable_cwd() -> None:
         sys.path.insert(0, os.getcwd())
 
 
-@cli.command("reindex")
-@click.argument("models")
-@_db_option
-@click.option("--table", "tables", multiple=True, help="Only this table; repeatable.")
-@click.option(
-    "--batch-size",
-    default=500,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Rows per batch and per transaction.",
-)
-@click.option(
-    "--state",
-    type=click.Path(dir_okay=False),
-    help="Progress file: a run stopped for any reason resumes from it.",
-)
-@_schema_translate_option
-@click.option("--check", is_flag=True, help="Only count rows per index key; exit 1 if stale.")
-def reindex_command(
-    models: str,
-    db_url: str | None,
-    tables: tuple[str, ...],
-    batch_size: int,
-    state: str | None,
-    schema_map: dict[str | None, str | None],
-    check: bool,
-) -> None:
-    """Recompute blind indexes of MODELS (module:Base) under the newest index key."""
-    from sa_fieldcrypt.reindex import BatchReport, blind_index_status, load_metadata, reindex
-
-    _importable_cwd()
-    metadata = load_metadata(models)
-    target = [table for m in metadata for table in m.sorted_tables]
-    with _engine(db_url, schema_map) as engine:
-        if not check:
-
-            def progress(batch: BatchReport) -> None:
-                click.echo(
-                    f"{batch.table}: {batch.scanned} rows read, {batch.updated} rewritten, "
-                    f"{batch.skipped} changed meanwhile (up to {batch.last_key})",
-                    err=True,
-                )
-
-            report = reindex(
-                engine,
-                target,
-                tables=tables or None,
-                batch_size=batch_size,
-                state=state,
-                on_batch=progress,
-            )
-            click.echo(
-                f"reindexed {len(report.columns)} column(s): {report.scanned} rows read, "
-                f"{report.updated} rewritten, {report.skipped} changed meanwhile"
-            )
-        statuses = blind_index_status(engine, target, tables=tables or None)
-    for status in statuses:
-        keys = " ".join(f"{kid}={count}" for kid, count in status.by_key.items())
-        click.echo(
-            f"{status.label}: {keys} retired-keys={status.other_keys} "
-            f"no-index={status.no_index} stale={status.stale}"
-        )
-    if check and any(status.stale for status in statuses):
-        raise click.exceptions.Exit(1)
-
-
-# -- status, rotate, verify, retire-key -----------------------------------------------------
-
-
 @dataclass(frozen=True)
 class _Target:
     """The database and columns that --db, --models, --table and --column name."""
@@ -333,26 +272,42 @@ class _Target:
     column_names: tuple[str, ...]
     schema_map: dict[str | None, str | None]
 
-    @contextlib.contextmanager
-    def open(self) -> Iterator[tuple[Engine, list[rotation.EncryptedColumn]]]:
-        """The engine and columns; the engine is disposed of afterwards."""
+    def check(self) -> None:
+        """Refuse a target that names nothing, or two things."""
         if bool(self.models) == bool(self.table_name):
             raise click.UsageError("give either --models MODULE or --table TABLE --column COL")
         if self.table_name and not self.column_names:
             raise click.UsageError("--table needs --column COL")
         if self.column_names and not self.table_name:
             raise click.UsageError("--column goes with --table")
+
+    @contextlib.contextmanager
+    def open(
+        self, *, indexes: bool = False, columns: bool = True
+    ) -> Iterator[tuple[Engine, list[EncryptedColumn], list[IndexedColumn]]]:
+        """The engine, the encrypted columns and (from models) the blind-index columns."""
+        self.check()
+        if indexes and not columns and self.table_name:
+            raise click.UsageError(
+                "reindex needs --models: a blind index's normalizer and name are defined in "
+                "the models, not in the database"
+            )
         with _engine(self.db_url, self.schema_map) as engine:
+            found: list[EncryptedColumn] = []
+            indexed: list[IndexedColumn] = []
             if self.models:
                 _importable_cwd()
-                found = rotation.find_columns(*self.models)
+                if columns:
+                    found = find_columns(*self.models)
+                if indexes:
+                    indexed = find_indexes(*self.models, required=not columns)
             else:
                 table_name = self.table_name or ""
-                found = [rotation.reflect_column(engine, table_name, c) for c in self.column_names]
-            yield engine, found
+                found = [reflect_column(engine, table_name, c) for c in self.column_names]
+            yield engine, found, indexed
 
 
-def _data_options(func: Callable[..., None]) -> Callable[..., None]:
+def _target_options(func: Callable[..., None]) -> Callable[..., None]:
     """Add --db, --models, --table, --column and --schema-translate, as one ``target``."""
 
     @functools.wraps(func)
@@ -368,12 +323,18 @@ def _data_options(func: Callable[..., None]) -> Callable[..., None]:
         func(target=_Target(db_url, models, table_name, column_names, schema_map), **rest)
 
     return _options(
-        _db_option,
+        click.option(
+            "--db",
+            "db_url",
+            metavar="URL",
+            help="SQLAlchemy database URL. [default: FIELDCRYPT_DATABASE_URL]",
+        ),
         click.option(
             "--models",
             multiple=True,
-            metavar="MODULE",
-            help="Importable module whose mapped classes' encrypted columns to use (repeatable).",
+            metavar="MODULE[:NAME]",
+            help="Models to use: a module (its mapped classes and tables), or module:Base, "
+            "module:metadata or module:Model; repeatable.",
         ),
         click.option(
             "--table",
@@ -388,7 +349,14 @@ def _data_options(func: Callable[..., None]) -> Callable[..., None]:
             metavar="COL",
             help="Column of --table that holds tokens (repeatable).",
         ),
-        _schema_translate_option,
+        click.option(
+            "--schema-translate",
+            "schema_map",
+            multiple=True,
+            metavar="SCHEMA=NEW",
+            callback=_schema_map,
+            help="Map a model schema to another (empty: none, as on SQLite); repeatable.",
+        ),
     )(command)
 
 
@@ -396,22 +364,46 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
     if value is None:
         return None
     try:
-        return rotation.parse_shard(value)
+        return parse_shard(value)
     except ConfigurationError as exc:
         raise click.BadParameter(str(exc)) from None
 
 
-def _run_options(batch_help: str, shard_help: str) -> Callable[[_F], _F]:
-    """--batch-size, --fail-fast, --workers and --shard, as rotate and verify take them."""
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+
+
+def _run_options(func: Callable[..., None]) -> Callable[..., None]:
+    """The options every job command takes, passed on as ``run``."""
+
+    @functools.wraps(func)
+    def command(
+        *,
+        batch_size: int,
+        fail_fast: bool,
+        workers: int,
+        shard: tuple[int, int] | None,
+        dry_run: bool,
+        state: str | None,
+        **rest: Any,
+    ) -> None:
+        run = {
+            "batch_size": batch_size,
+            "fail_fast": fail_fast,
+            "workers": workers,
+            "shard": shard,
+            "dry_run": dry_run,
+            "state": None if state is None else ResumeState(state),
+        }
+        func(run=run, **rest)
+
     return _options(
         click.option(
             "--batch-size",
             type=click.IntRange(min=1),
-            default=1000,
+            default=DEFAULT_BATCH_SIZE,
             show_default=True,
-            help=batch_help,
+            help="Rows per batch and per transaction.",
         ),
-        click.option("--fail-fast", is_flag=True, help="Stop at the first value that fails."),
         click.option(
             "--workers",
             type=click.IntRange(min=1),
@@ -419,11 +411,24 @@ def _run_options(batch_help: str, shard_help: str) -> Callable[[_F], _F]:
             show_default=True,
             help="Processes, each over its own range of primary keys.",
         ),
-        click.option("--shard", metavar="I/N", callback=_shard, help=shard_help),
-    )
+        click.option(
+            "--shard",
+            metavar="I/N",
+            callback=_shard,
+            help="Only shard I of N (from 1), so N machines split the tables.",
+        ),
+        click.option("--dry-run", is_flag=True, help="Do all the work but write nothing."),
+        click.option(
+            "--state",
+            type=click.Path(dir_okay=False),
+            help="Progress file: a run stopped for any reason resumes from it.",
+        ),
+        click.option("--fail-fast", is_flag=True, help="Stop at the first row that fails."),
+        _json_option,
+    )(command)
 
 
-class _Progress(rotation.RunListener):
+class _Progress(RunListener):
     """Progress on stderr: a bar on a terminal, plain lines otherwise.
 
     Args:
@@ -447,23 +452,23 @@ class _Progress(rotation.RunListener):
         else:
             self._line(f"{label}: {total:,} rows to visit")
 
-    def batch(self, label: str, rows: int, report: rotation.JobReport) -> None:
+    def batch(self, label: str, rows: int, report: JobReport) -> None:
         if self.bar is not None:
             self.bar.update(rows)
         elif time.monotonic() - self.last_line >= self.interval:
             self._progress_line(report)
 
-    def failure(self, failure: rotation.Failure) -> None:
+    def failure(self, failure: Failure) -> None:
         self._line(("\n" if self.bar is not None else "") + f"FAILED {failure}")
 
-    def finished(self, report: rotation.JobReport) -> None:
+    def finished(self, report: JobReport) -> None:
         if self.bar is not None:
             self.bar.render_finish()
             self.bar = None
         else:
             self._progress_line(report)
 
-    def _progress_line(self, report: rotation.JobReport) -> None:
+    def _progress_line(self, report: JobReport) -> None:
         self._line(
             f"{report.label}: {report.scanned:,}/{self.total:,} rows scanned, "
             f"{report.written:,} written, {report.failed:,} failed"
@@ -474,61 +479,78 @@ class _Progress(rotation.RunListener):
         click.echo(text, file=self.stream)
 
 
-def _summary(report: rotation.JobReport, action: str) -> str:
+#: How each job command names its counters: (written, unchanged, skipped).
+_WORDS = {
+    "rotate": ("rotated", "unchanged", "skipped plaintext (--encrypt-plaintext)"),
+    "verify": ("", "ok", "plaintext (allow_plaintext)"),
+    "reindex": ("reindexed", "up to date", "skipped"),
+}
+
+
+def _summary(report: JobReport, action: str) -> str:
+    written, unchanged, skipped = _WORDS[action]
     parts = [f"scanned {report.scanned:,}"]
-    if action == "rotate":
-        parts.append(f"{'would rotate' if report.dry_run else 'rotated'} {report.written:,}")
-        if report.skipped:
-            parts.append(f"skipped {report.skipped:,} plaintext (--encrypt-plaintext)")
+    if written:
+        parts.append(f"{'would be ' if report.dry_run else ''}{written} {report.written:,}")
+    if report.unchanged or action == "verify":
+        parts.append(f"{unchanged} {report.unchanged:,}")
+    if report.skipped:
+        parts.append(f"{skipped} {report.skipped:,}")
+    if written:
         parts.append(f"changed concurrently {report.concurrent:,}")
-    else:
-        parts.append(f"ok {report.unchanged:,}")
-        if report.skipped:
-            parts.append(f"plaintext {report.skipped:,} (allow_plaintext)")
     parts.append(f"failed {report.failed:,}")
-    stopped = "" if report.completed else " (stopped at the first failure)"
-    return ", ".join(parts) + stopped
+    notes = " (resumed from the state file)" if report.resumed else ""
+    notes += "" if report.completed else " (stopped at the first failure)"
+    return ", ".join(parts) + notes
 
 
-def _finish(run: rotation.RunReport, action: str) -> None:
-    for report in run.columns:
-        click.echo(f"{report.label}: {_summary(report, action)}")
-    if len(run.columns) > 1:
-        total = rotation.JobReport("total", dry_run=run.columns[0].dry_run)
-        for report in run.columns:
-            total.add(report)
-        click.echo(f"total: {_summary(total, action)}")
+def _finish(run: RunReport, action: str, as_json: bool) -> None:
+    """Print a job command's report; exit 1 unless every row was handled."""
+    if as_json:
+        click.echo(json.dumps(run.to_dict(), indent=2))
+    else:
+        for report in run.jobs:
+            click.echo(f"{report.label}: {_summary(report, action)}")
+        if len(run.jobs) > 1:
+            click.echo(f"total: {_summary(run.total(), action)}")
     if run.failed:
         raise RotationError(
-            f"{run.failed:,} values could not be decrypted (listed above by column and "
-            "primary key); the other values were handled. Restore the missing keys or fix "
-            "those rows, then run the command again"
+            f"{run.failed:,} rows could not be handled (listed by job and primary key); the "
+            "other rows were. Restore the missing keys or fix those rows, then run the "
+            "command again"
         )
+    if not run.ok:
+        raise RotationError("the run stopped before every row was visited; run it again")
 
 
-@cli.command()
-@_data_options
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
-def status(target: _Target, as_json: bool) -> None:
-    """Count values per key id, legacy tokens, plaintext and NULL.
-
-    Counts each column's stored values by their header (nothing is decrypted) and says, per
-    key id, whether any value still needs it.
-    """
-    with target.open() as (engine, columns):
-        report = rotation.status(engine, columns)
+def _gate(report: StatusReport, as_json: bool, ready: bool) -> None:
+    """Print a status report; exit 1 unless ``ready``."""
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.describe())
+    if not ready:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()
-@_data_options
-@_run_options(
-    batch_help="Rows per batch and per transaction.",
-    shard_help="Rotate only shard I of N (from 1), so N machines split the tables.",
-)
-@click.option("--dry-run", is_flag=True, help="Decrypt and re-encrypt, but write nothing.")
+@_target_options
+@_json_option
+def status(target: _Target, as_json: bool) -> None:
+    """Count values per key id, legacy tokens, plaintext and NULL; exit 1 unless ready.
+
+    Counts each column's stored values by their header, and each blind-index column's values
+    by index key (nothing is decrypted), and says, per key id, whether any value still needs
+    it. Not ready (exit 1): a value names a key id the keyring lacks, has a malformed header,
+    or an index value is under an index key that is no longer active.
+    """
+    with target.open(indexes=True) as (engine, columns, indexes):
+        report = status_of(engine, columns, indexes)
+    _gate(report, as_json, report.ready)
+
+
+@cli.command()
+@_target_options
+@_run_options
 @click.option("--encrypt-plaintext", is_flag=True, help="Also encrypt values stored as plaintext.")
-def rotate(target: _Target, dry_run: bool, encrypt_plaintext: bool, **run: Any) -> None:
+def rotate(target: _Target, run: dict[str, Any], as_json: bool, encrypt_plaintext: bool) -> None:
     """Re-encrypt values under the primary key.
 
     Every value that is not under the primary key (older key ids, legacy bare Fernet tokens,
@@ -536,54 +558,94 @@ def rotate(target: _Target, dry_run: bool, encrypt_plaintext: bool, **run: Any) 
     the application runs (a row changed meanwhile is not overwritten) and safe to stop at
     any moment: run it again and it carries on where it was.
     """
-    with target.open() as (engine, columns):
-        report = rotation.rotate(
-            engine,
-            columns,
-            dry_run=dry_run,
-            encrypt_plaintext=encrypt_plaintext,
-            listener=_Progress(),
-            **run,
+    with target.open() as (engine, columns, _):
+        report = rotate_columns(
+            engine, columns, encrypt_plaintext=encrypt_plaintext, listener=_Progress(), **run
         )
-    _finish(report, "rotate")
+    _finish(report, "rotate", as_json)
 
 
 @cli.command()
-@_data_options
-@_run_options(batch_help="Rows per batch.", shard_help="Verify only shard I of N (from 1).")
-def verify(target: _Target, **run: Any) -> None:
+@_target_options
+@_run_options
+def verify(target: _Target, run: dict[str, Any], as_json: bool) -> None:
     """Decrypt every value, report failures; change nothing."""
-    with target.open() as (engine, columns):
-        report = rotation.verify(engine, columns, listener=_Progress(), **run)
-    _finish(report, "verify")
+    with target.open() as (engine, columns, _):
+        report = verify_columns(engine, columns, listener=_Progress(), **run)
+    _finish(report, "verify", as_json)
+
+
+@cli.command("reindex")
+@_target_options
+@_run_options
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Change nothing; exit 1 while any row lacks its index or is not under the writing key.",
+)
+def reindex_command(target: _Target, run: dict[str, Any], as_json: bool, check: bool) -> None:
+    """Recompute blind indexes of the models under the writing index key.
+
+    With --check, nothing is written: each index column is counted by index key, the rows
+    with a value but no index value are decrypted to tell the values the normalizer does
+    not index from missing indexes, and the command exits 1 until every row is indexed
+    under the writing key.
+    """
+    with target.open(indexes=True, columns=False) as (engine, _, indexes):
+        if not check:
+            report = reindex(engine, indexes, listener=_Progress(), **run)
+            if not as_json:
+                for job in report.jobs:
+                    click.echo(f"{job.label}: {_summary(job, 'reindex')}")
+            if report.failed or not report.ok or as_json:
+                _finish(report, "reindex", as_json)
+                return
+        found = status_of(engine, (), indexes, count_missing=check)
+    if check:
+        _gate(found, as_json, found.reindexed)
+    else:
+        click.echo(found.describe())
 
 
 @cli.command("retire-key")
-@click.argument("key_id", callback=_key_id)
-@_data_options
-def retire_key(key_id: str, target: _Target) -> None:
-    """Remove a key that no value needs any more.
+@click.argument("key_ids", metavar="KEY_ID...", nargs=-1, required=True, callback=_key_ids)
+@_target_options
+@_json_option
+def retire_key(key_ids: tuple[str, ...], target: _Target, as_json: bool) -> None:
+    """Remove keys that no value needs any more.
 
-    Checks that no value of the given columns is under KEY_ID, and refuses while any is (or
-    while legacy tokens remain). With keys from the environment, prints the new
+    Checks that no value of the given columns is under any KEY_ID, and refuses while any is
+    (or while legacy tokens remain). With keys from the environment, prints the new
     FIELDCRYPT_KEYS value on stdout, and nothing else there:
-    `export FIELDCRYPT_KEYS="$(fieldcrypt retire-key k1 --models app.models)"`.
+    `export FIELDCRYPT_KEYS="$(fieldcrypt retire-key k1 k2 --models app.models)"`.
     """
-    with target.open() as (engine, columns):
-        rotation.retire_key(engine, columns, key_id)
-        checked = ", ".join(c.label for c in columns)
+    with target.open() as (engine, columns, _):
+        retire_keys(engine, columns, key_ids)
+        checked = [c.label for c in columns]
     settings = load_settings()
-    if settings.provider != "env":
+    ids = ", ".join(repr(k) for k in key_ids)
+    value: str | None = None
+    notes: list[str] = []
+    if settings.provider == "env":
+        value, notes = env_keys_without(key_ids, settings)
+    if as_json:
         click.echo(
-            f"No value of {checked} uses key {key_id!r}: remove it from the keys that "
+            json.dumps(
+                {"retired": list(key_ids), "checked": checked, "keys": value, "notes": notes},
+                indent=2,
+            )
+        )
+        return
+    if value is None:
+        click.echo(
+            f"No value of {', '.join(checked)} uses key {ids}: remove them from the keys that "
             f"provider {settings.provider!r} serves.",
             err=True,
         )
         return
-    value, notes = rotation.env_keys_without(key_id, settings)
     click.echo(
-        f"No value of {checked} uses key {key_id!r}. Set FIELDCRYPT_KEYS to the value printed "
-        "on stdout, everywhere the application runs.",
+        f"No value of {', '.join(checked)} uses key {ids}. Set FIELDCRYPT_KEYS to the value "
+        "printed on stdout, everywhere the application runs.",
         err=True,
     )
     for note in notes:

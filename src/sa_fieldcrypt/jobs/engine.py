@@ -1,0 +1,1016 @@
+"""The data-job engine: rewrite columns of a table in keyset batches, safely on a live database.
+
+:func:`run_job` runs a :class:`BatchJob`: which rows of a table to visit, which columns to
+read, which to write, and a per-row function from the old values to the new ones. Rotation,
+verification (:mod:`sa_fieldcrypt.jobs.rotation`) and reindexing
+(:mod:`sa_fieldcrypt.jobs.reindex`) are jobs for it; user code can write its own.
+
+Typical usage::
+
+    from sa_fieldcrypt.jobs import BatchJob, run_job
+
+    job = BatchJob(
+        label="visits.email",
+        table=visits,
+        read=(visits.c.email,),
+        write=(visits.c.email_hash,),
+        transform=lambda old: (digest(old[0]),),
+        where=visits.c.email_hash.is_(None),
+    )
+    report = run_job(engine, job, batch_size=1000)
+
+How a run works, and why it is safe with the application running:
+
+- Rows are read in batches in primary-key order (keyset pagination, composite keys too) and
+  each batch is written in one transaction, so memory stays flat whatever the table size and
+  a stopped run has lost at most the batches in flight (two, on a database server, where
+  one batch is written while the next is transformed).
+- The job's SQL filter selects only the rows that still need work, so a rerun skips what an
+  earlier run finished without reading it; with a state file
+  (:class:`~sa_fieldcrypt.jobs.state.ResumeState`) a rerun starts after the last committed
+  batch even where the filter cannot tell.
+- Each row is written by a Core ``UPDATE ... WHERE pk = :pk AND col = :old`` over every column
+  read (compare and swap): a row the application changed between the read and the write is
+  left alone, read again and, if it still needs it, written. ORM events and ``onupdate``
+  columns do not fire. (Database triggers still do.)
+- A row the transform cannot handle (it raises a :class:`~sa_fieldcrypt.FieldCryptError`) is
+  reported by label and primary key (never its content) and the run goes on, unless
+  ``fail_fast``. Any other exception from the transform or the listener stops the run: its
+  batch is rolled back, batches committed before it stay.
+- ``workers`` processes split the rows into primary-key ranges; ``shard`` lets several
+  machines split a table without talking to each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import queue as queue_module
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Engine,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    column,
+    create_engine,
+    func,
+    literal_column,
+    or_,
+    select,
+    table,
+    tuple_,
+    type_coerce,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeEngine
+
+from sa_fieldcrypt.blind_index import (
+    BlindIndexKeyring,
+    configure_blind_index,
+    current_blind_index_keys,
+)
+from sa_fieldcrypt.config import configure, current_keyring
+from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, FieldCryptError, RotationError
+from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, RunReport
+from sa_fieldcrypt.jobs.sql import (
+    DialectSql,
+    driver_message,
+    is_transient,
+    stored_text,
+    stored_type,
+)
+from sa_fieldcrypt.jobs.state import KeyRange, ResumeState, check_resumable
+from sa_fieldcrypt.keys import Keyring
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "SKIP",
+    "BatchJob",
+    "BeforeWrite",
+    "ExplainConflict",
+    "Item",
+    "JobFactory",
+    "Skip",
+    "Transform",
+    "parse_shard",
+    "run_job",
+    "run_jobs",
+]
+
+logger = logging.getLogger("sa_fieldcrypt.jobs")
+
+#: Rows per batch, and per transaction, unless a run says otherwise.
+DEFAULT_BATCH_SIZE: Final = 1000
+#: Times a row that changed under a run is read again within the run.
+_CAS_RETRIES: Final = 3
+#: Times a batch is retried after a deadlock or serialization failure.
+_TRANSIENT_RETRIES: Final = 5
+#: Times a batch is written again after a unique-constraint conflict that went away.
+_CONFLICT_RETRIES: Final = 3
+
+
+class Skip:
+    """Type of :data:`SKIP`."""
+
+    def __repr__(self) -> str:
+        return "SKIP"
+
+
+#: What a transform returns for a row it leaves alone on purpose (counted as skipped).
+SKIP: Final = Skip()
+
+#: The per-row function of a job: old values of ``read`` to new values of ``write``.
+Transform = Callable[[tuple[Any, ...]], "tuple[Any, ...] | Skip | None"]
+#: ``(primary key, old values, new values)`` of a row about to be written.
+Item = tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]
+#: Called with the connection and the keys of a batch's rows between its read and its write.
+BeforeWrite = Callable[[Connection, list[tuple[Any, ...]]], None]
+#: Explains a unique-constraint conflict of a batch's write: the error to raise, or None to
+#: write the batch again (the conflicting row changed meanwhile).
+ExplainConflict = Callable[[Engine, list[Item]], "RotationError | None"]
+_T = TypeVar("_T")
+#: The default keyrings a worker process is given: encryption, blind index.
+_DefaultKeys = tuple["Keyring | None", "BlindIndexKeyring | None"]
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One pass over a table: which rows to visit and how each one changes.
+
+    ``transform`` receives the stored values of ``read`` (raw tokens for encrypted columns)
+    and returns the new values of ``write``, or None when the row needs no change, or
+    :data:`SKIP` when it is left alone on purpose. It raises a
+    :class:`~sa_fieldcrypt.FieldCryptError` (such as :class:`~sa_fieldcrypt.DecryptionError`)
+    for a row it cannot handle: the row is reported as failed and the run goes on. A row is
+    written only if the ``read`` columns still hold what was read (compare and swap).
+
+    Attributes:
+        label: how reports and messages name the job (usually ``schema.table.column``).
+        table: the table; its primary key orders and identifies the rows.
+        read: the columns given to ``transform``, and compared before each write.
+        write: the columns ``transform``'s result is written to; empty for read-only jobs.
+        transform: the per-row function.
+        where: which rows to visit; built on ``table``'s columns, with encrypted columns
+            wrapped in :func:`~sa_fieldcrypt.jobs.sql.stored_text` to compare their text.
+        resume_key: what names the job in a state file: everything that must not change for
+            a saved position to stay valid (by default the label).
+        explain_conflict: how to name the rows of a unique-constraint conflict; without it a
+            conflict stops the run with the driver's message.
+    """
+
+    label: str
+    table: Table
+    read: tuple[Column[Any], ...]
+    write: tuple[Column[Any], ...]
+    transform: Transform
+    where: ColumnElement[bool] | None = None
+    resume_key: str = ""
+    explain_conflict: ExplainConflict | None = field(default=None, compare=False)
+
+
+#: Builds a job from an engine; worker processes call it to build their own.
+JobFactory = Callable[[Engine], BatchJob]
+
+
+def parse_shard(text_: str) -> tuple[int, int]:
+    """Parse ``"I/N"`` (shard I of N, counted from 1) into ``(I, N)``.
+
+    Raises:
+        ConfigurationError: not of that form, or I outside 1..N.
+    """
+    match = re.fullmatch(r"\s*(\d{1,6})\s*/\s*(\d{1,6})\s*", text_)
+    if match is None:
+        raise ConfigurationError(f"shard {text_!r} is not of the form I/N, such as 1/4")
+    index, count = int(match[1]), int(match[2])
+    if not 1 <= index <= count:
+        raise ConfigurationError(f"shard {text_!r}: I must be between 1 and N")
+    return index, count
+
+
+def run_job(
+    engine: Engine,
+    job: BatchJob | JobFactory,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    dry_run: bool = False,
+    fail_fast: bool = False,
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
+    state: ResumeState | None = None,
+    listener: RunListener | None = None,
+    before_write: BeforeWrite | None = None,
+    reread_changed: bool = True,
+) -> JobReport:
+    """Run a :class:`BatchJob` over its table, batch by batch.
+
+    Args:
+        engine: the database.
+        job: the job, or a function that builds it from an engine. With ``workers > 1`` it
+            must be a picklable function (a module-level function, or a
+            ``functools.partial`` of one), since each worker process builds its own.
+        batch_size: rows per batch, and per transaction.
+        dry_run: run the transform but write nothing; counts say what would be written.
+        fail_fast: stop at the first row that fails.
+        workers: processes, each over its own range of primary keys.
+        shard: ``(I, N)``: visit only shard I (from 1) of N, so that N machines, each
+            running one shard, split a table between them without coordination.
+        state: where progress is saved after every committed batch; a job found there
+            resumes after its last committed batch (with the split into ranges it had).
+        listener: receives progress; by default it is logged.
+        before_write: called with the connection and the primary keys of the rows about to
+            be written, between reading and writing each batch (for tests and audits); one
+            process only.
+        reread_changed: read a row that changed between read and write again and handle it
+            in this run; with False it is only counted (``concurrent``) and left as it is.
+
+    Returns:
+        The counts of the run; failures are also passed to ``listener`` as they happen.
+
+    Raises:
+        RotationError: a database error; what was committed stays, and a rerun resumes.
+        ConfigurationError: invalid options.
+    """
+    if batch_size < 1:
+        raise ConfigurationError("batch_size must be at least 1")
+    if workers < 1:
+        raise ConfigurationError("workers must be at least 1")
+    if shard is not None:
+        parse_shard(f"{shard[0]}/{shard[1]}")
+    if workers > 1 and before_write is not None:
+        raise ConfigurationError("before_write runs in one process only; use workers=1")
+    if workers > 1 and isinstance(job, BatchJob):
+        raise ConfigurationError(
+            "workers > 1 need a picklable job factory (a module-level function of the "
+            "engine), not a BatchJob"
+        )
+    listener = listener or RunListener()
+    built = job if isinstance(job, BatchJob) else job(engine)
+    pk = _primary_key(built)
+    shard0 = None if shard is None else (shard[0] - 1, shard[1])
+    options = _Options(batch_size, dry_run, fail_fast, shard0, reread_changed)
+    name = _resume_name(built, shard, dry_run)
+    ranges = None
+    if state is not None:
+        check_resumable(built.label, pk)
+        ranges = state.ranges(name)
+    report = JobReport(built.label, dry_run=dry_run, resumed=ranges is not None)
+    if ranges is None:
+        total, ranges = _split(engine, built, options, workers)
+        if state is not None:
+            state.begin(name, ranges)
+    else:
+        total = _count_rows(engine, built, options, [r for r in ranges if not r.done])
+    progress = _Progress(state, name, listener, report)
+    listener.started(built.label, total)
+    pending = [i for i, r in enumerate(ranges) if not r.done]
+    if workers == 1 or len(pending) < 2:
+        for index in pending:
+            walk = _Walk(engine, built, options, progress.at(index), before_write)
+            if not walk.run(ranges[index]):
+                break
+    elif not isinstance(job, BatchJob):  # a BatchJob with workers was refused above
+        _run_workers(engine, job, built, options, [(i, ranges[i]) for i in pending], progress)
+    listener.finished(report)
+    return report
+
+
+def run_jobs(
+    engine: Engine,
+    jobs: Iterable[BatchJob | JobFactory],
+    *,
+    fail_fast: bool = False,
+    **options: Any,
+) -> RunReport:
+    """Run several jobs one after the other with the same options; see :func:`run_job`.
+
+    With ``fail_fast``, the jobs after one that stopped at a failure do not run.
+    """
+    run = RunReport()
+    for job in jobs:
+        report = run_job(engine, job, fail_fast=fail_fast, **options)
+        run.jobs.append(report)
+        if fail_fast and not report.completed:
+            break
+    return run
+
+
+def _resume_name(job: BatchJob, shard: tuple[int, int] | None, dry_run: bool) -> str:
+    # A dry run's position must never make a real run skip rows, nor one shard's another's.
+    parts = [job.resume_key or job.label]
+    if shard is not None:
+        parts.append(f"shard {shard[0]}/{shard[1]}")
+    if dry_run:
+        parts.append("dry run")
+    return " | ".join(parts)
+
+
+class _Progress:
+    """Adds each committed batch to the job's report, saves the state, tells the listener."""
+
+    def __init__(
+        self, state: ResumeState | None, name: str, listener: RunListener, report: JobReport
+    ):
+        self.state = state
+        self.name = name
+        self.listener = listener
+        self.report = report
+
+    def at(self, index: int) -> _RangeProgress:
+        return _RangeProgress(self, index)
+
+    def committed(
+        self, index: int, rows: int, counts: dict[str, int], last: tuple[Any, ...] | None
+    ) -> None:
+        self.report.count(counts)
+        if last is not None:
+            self.report.last_key = last
+            if self.state is not None:
+                self.state.advance(self.name, index, last)
+        self.listener.batch(self.report.label, rows, self.report)
+
+    def failed(self, failure: Failure) -> None:
+        self.report.keep(failure)
+        self.listener.failure(failure)
+
+    def ended(self, index: int, completed: bool) -> None:
+        self.report.completed = self.report.completed and completed
+        if completed and self.state is not None:
+            self.state.advance(self.name, index, None, done=True)
+
+
+@dataclass(frozen=True)
+class _RangeProgress:
+    """The progress of one range: what a walk reports to."""
+
+    run: _Progress
+    index: int
+
+    def committed(self, rows: int, counts: dict[str, int], last: tuple[Any, ...] | None) -> None:
+        self.run.committed(self.index, rows, counts, last)
+
+    def failed(self, failure: Failure) -> None:
+        self.run.failed(failure)
+
+    def ended(self, completed: bool) -> None:
+        self.run.ended(self.index, completed)
+
+
+# -- one process's walk --------------------------------------------------------------------
+
+
+def _reason(exc: FieldCryptError) -> str:
+    if isinstance(exc, DecryptionError):
+        return f"key id {exc.key_id!r}: {exc.reason}" if exc.key_id else exc.reason
+    return str(exc)
+
+
+def _database_error(label: str, exc: SQLAlchemyError) -> RotationError:
+    return RotationError(
+        f"{label}: database error ({driver_message(exc)}); batches committed so far "
+        "are kept, rerun to resume"
+    )
+
+
+@dataclass(frozen=True)
+class _Options:
+    batch_size: int
+    dry_run: bool
+    fail_fast: bool
+    shard: tuple[int, int] | None  # (index from 0, count)
+    reread_changed: bool = True
+
+
+class _Conflict(Exception):
+    """A batch's write hit a unique constraint; carries the batch to explain it."""
+
+    def __init__(self, items: list[Item]):
+        super().__init__("unique-constraint conflict")
+        self.items = items
+
+
+@dataclass
+class _Batch:
+    """Rows read and transformed, and what became of them."""
+
+    keys: list[tuple[Any, ...]]
+    items: list[Item]
+    counts: dict[str, int]
+    failures: list[Failure]
+    left: int = 0  # rows still changing after every retry
+
+
+class _Writer:
+    """Writes a batch with compare-and-swap and says which rows it could not write."""
+
+    def __init__(
+        self, conn: Connection, sql: DialectSql, job: BatchJob, pk: tuple[Column[Any], ...]
+    ):
+        self.sql = sql
+        self.pk_names = [c.name for c in pk]
+        self.read_names = [c.name for c in job.read]
+        self.write_names = [c.name for c in job.write]
+        types: dict[str, TypeEngine[Any]] = {c.name: c.type for c in pk}
+        for col in (*job.read, *job.write):
+            types.setdefault(col.name, stored_type(col))
+        # The bare table clause below is not subject to the engine's schema_translate_map,
+        # as the Table is: translate its schema here.
+        translate = conn.get_execution_options().get("schema_translate_map") or {}
+        schema = translate.get(job.table.schema, job.table.schema)
+        keep = [n for n in sql.auto_update_columns(conn, schema, job.table.name) if n not in types]
+        # A bare table clause has no Python-side defaults, so no `onupdate` fires.
+        self.lite = table(
+            job.table.name,
+            *(column(name, type_) for name, type_ in types.items()),
+            *(column(name) for name in keep),
+            schema=schema,
+        )
+        self.keep = keep
+        self.statement = self._statement()
+        bulk = sql.name == "postgresql" and all(_python_type(c.type) in _JSON_KEYS for c in pk)
+        bulk = bulk and all(_python_type(stored_type(c)) is str for c in (*job.read, *job.write))
+        self.bulk = self._bulk_statement() if bulk else None
+
+    def _statement(self) -> Any:
+        c = self.lite.c
+        where = [c[n] == bindparam(f"k{i}", type_=c[n].type) for i, n in enumerate(self.pk_names)]
+        where += [
+            self.sql.same(c[n], bindparam(f"o{i}", type_=c[n].type))
+            for i, n in enumerate(self.read_names)
+        ]
+        values: dict[Any, Any] = {
+            c[n]: bindparam(f"n{i}", type_=c[n].type) for i, n in enumerate(self.write_names)
+        }
+        # MySQL leaves an ON UPDATE CURRENT_TIMESTAMP column alone when it is set to itself.
+        values.update({c[n]: c[n] for n in self.keep})
+        return update(self.lite).where(*where).values(values)
+
+    def _bulk_statement(self) -> Any:
+        # PostgreSQL: the whole batch in one statement with one JSON parameter, much cheaper
+        # than a statement per row.
+        c = self.lite.c
+        rows = (
+            func.json_array_elements(cast(bindparam("doc", type_=Text()), JSON()))
+            .table_valued("value")
+            .alias("fc_batch")
+        )
+
+        def item(position: int) -> ColumnElement[Any]:
+            return type_coerce(rows.c.value.op("->>")(literal_column(str(position))), Text())
+
+        at = {("k", n): i for i, n in enumerate(self.pk_names)}
+        at.update({("o", n): len(self.pk_names) + i for i, n in enumerate(self.read_names)})
+        base = len(self.pk_names) + len(self.read_names)
+        at.update({("n", n): base + i for i, n in enumerate(self.write_names)})
+        where = [c[n] == cast(item(at["k", n]), c[n].type) for n in self.pk_names]
+        where += [self.sql.same(c[n], item(at["o", n])) for n in self.read_names]
+        values = {c[n]: item(at["n", n]) for n in self.write_names}
+        return update(self.lite).where(*where).values(values)
+
+    def write(self, conn: Connection, items: list[Item]) -> set[tuple[Any, ...]]:
+        """Write ``(pk, old, new)`` items; return the keys of rows that changed meanwhile."""
+        if self.bulk is not None:
+            doc = json.dumps([[*k, *o, *n] for k, o, n in items], default=str)
+            if conn.execute(self.bulk, {"doc": doc}).rowcount == len(items):
+                return set()
+            return self._not_written(conn, items)
+        params = [
+            {
+                **{f"k{i}": v for i, v in enumerate(k)},
+                **{f"o{i}": v for i, v in enumerate(o)},
+                **{f"n{i}": v for i, v in enumerate(n)},
+            }
+            for k, o, n in items
+        ]
+        result = conn.execute(self.statement, params)
+        counted = conn.dialect.supports_sane_multi_rowcount or len(params) == 1
+        if counted and result.rowcount == len(items):
+            return set()
+        return self._not_written(conn, items)
+
+    def _not_written(self, conn: Connection, items: list[Item]) -> set[tuple[Any, ...]]:
+        # Some rows were not written, or the driver cannot count them: read back what is there
+        # now, in the same transaction. A row was written by this statement if it holds the
+        # new values and still holds what was read in the other columns read (a deterministic
+        # new value, such as a blind index, may also have been written by someone else).
+        pk = [self.lite.c[n] for n in self.pk_names]
+        written = [self.lite.c[n] for n in self.write_names]
+        only_read = [(i, n) for i, n in enumerate(self.read_names) if n not in self.write_names]
+        checked = [self.lite.c[n] for _, n in only_read]
+        keys = [k for k, _, _ in items]
+        match = pk[0].in_([k[0] for k in keys]) if len(pk) == 1 else tuple_(*pk).in_(keys)
+        now = {
+            tuple(row[: len(pk)]): tuple(row[len(pk) :])
+            for row in conn.execute(select(*pk, *written, *checked).where(match))
+        }
+        return {k for k, old, new in items if now.get(k) != (*new, *(old[i] for i, _ in only_read))}
+
+
+#: Primary-key types the PostgreSQL one-statement write carries through JSON exactly.
+_JSON_KEYS: Final = (int, str, uuid.UUID)
+
+
+def _python_type(type_: TypeEngine[Any]) -> type | None:
+    try:
+        return type_.python_type
+    except NotImplementedError:
+        return None
+
+
+class _Walk:
+    """One process's pass over a range of primary keys of a job.
+
+    On a database server, a writer thread commits batch N while this thread reads and
+    transforms batch N+1: the database's work overlaps with the crypto instead of adding to
+    it. SQLite (one writer at a time) and dry runs go one batch after the other, reading and
+    writing each batch in one transaction.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        job: BatchJob,
+        options: _Options,
+        progress: _RangeProgress | _Relay,
+        before_write: BeforeWrite | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ):
+        self.engine = engine
+        self.job = job
+        self.options = options
+        self.progress = progress
+        self.before_write = before_write
+        self.should_stop = should_stop
+        self.completed = True
+        self.conflicts = 0
+        self.pk = _primary_key(job)
+        self.pk_names = [c.name for c in self.pk]
+        self.limits = [getattr(c.type, "length", None) for c in job.write]
+        self.has_limits = any(limit is not None for limit in self.limits)
+        self.selected = [*self.pk, *(stored_text(c) for c in job.read)]
+        self.base: list[ColumnElement[bool]] = []
+
+    def run(self, keys: KeyRange) -> bool:
+        """Visit every matching row of ``keys`` after its start; False if stopped early."""
+        low, high = keys.start, keys.high
+        try:
+            with contextlib.ExitStack() as stack:
+                conn = stack.enter_context(self.engine.connect())
+                sql = DialectSql.connected(conn)
+                writer = None
+                if self.job.write and not self.options.dry_run:
+                    writer = _Writer(conn, sql, self.job, self.pk)
+                conn.commit()
+                self.base = _filters(sql, self.job, self.pk, self.options)
+                if high is not None:
+                    self.base.append(sql.not_after(self.pk, high))
+                if writer is None or sql.name == "sqlite":
+                    self._one_by_one(conn, sql, writer, low)
+                else:
+                    self._pipelined(
+                        conn, stack.enter_context(self.engine.connect()), sql, writer, low
+                    )
+        except SQLAlchemyError as exc:
+            raise _database_error(self.job.label, exc) from exc
+        self.progress.ended(self.completed)
+        return self.completed
+
+    def _page(self, sql: DialectSql, last: tuple[Any, ...] | None) -> Any:
+        where = [*self.base, sql.after(self.pk, last)] if last is not None else self.base
+        stmt = select(*self.selected).where(*where).order_by(*self.pk)
+        return stmt.limit(self.options.batch_size)
+
+    def _one_by_one(
+        self,
+        conn: Connection,
+        sql: DialectSql,
+        writer: _Writer | None,
+        last: tuple[Any, ...] | None,
+    ) -> None:
+        while not self.should_stop():
+            stmt = self._page(sql, last)
+            batch, missed = self._transaction(conn, self._read_and_write, writer, stmt, True)
+            if not batch.keys:
+                return
+            last = batch.keys[-1]
+            self._written(batch, missed)
+            self._retry(conn, writer, batch, missed)
+            self._apply(batch)
+            if self.options.fail_fast and batch.failures:
+                self.completed = False
+                return
+        self.completed = False
+
+    def _pipelined(
+        self,
+        conn: Connection,
+        write_conn: Connection,
+        sql: DialectSql,
+        writer: _Writer,
+        last: tuple[Any, ...] | None,
+    ) -> None:
+        # A page is one SELECT; it needs no transaction around it, since writes compare and
+        # swap. Without BEGIN and COMMIT it is one round trip instead of three.
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        if writer.bulk is not None:
+            # A batch is one UPDATE statement, atomic on its own: without BEGIN and COMMIT it
+            # is one round trip, and each round trip costs the writer a wait for the GIL,
+            # which the crypto holds.
+            write_conn = write_conn.execution_options(isolation_level="AUTOCOMMIT")
+
+        def write(batch: _Batch) -> _Batch:
+            missed = self._transaction(write_conn, self._write, writer, batch, True)
+            self._written(batch, missed)
+            self._retry(write_conn, writer, batch, missed)
+            return batch
+
+        with ThreadPoolExecutor(1, thread_name_prefix="fieldcrypt-writer") as executor:
+            pending: Future[_Batch] | None = None
+            try:
+                while not self.should_stop():
+                    stmt = self._page(sql, last)
+                    batch = self._transaction(conn, self._read, stmt, True)
+                    if pending is not None:
+                        # Taken out first: a listener that raises must not see it twice.
+                        done, pending = pending, None
+                        self._apply(done.result())
+                    if not batch.keys:
+                        return
+                    last = batch.keys[-1]
+                    pending = executor.submit(write, batch)
+                    if self.options.fail_fast and batch.failures:
+                        self.completed = False
+                        return
+                self.completed = False
+            finally:
+                if pending is not None:
+                    # The batch in flight is committed (or fails) before the run reports.
+                    self._apply(pending.result())
+
+    def _transaction(self, conn: Connection, work: Callable[..., _T], *args: Any) -> _T:
+        """Run ``work(conn, *args)`` in one transaction; retried after a deadlock.
+
+        A unique-constraint conflict is explained by the job (naming the rows), or, when the
+        conflicting row changed meanwhile, the work is done again.
+        """
+        attempt = 0
+        while True:
+            try:
+                with conn.begin():
+                    return work(conn, *args)
+            except _Conflict as conflict:
+                error = self._explain(conflict)
+                if error is not None:
+                    raise error from conflict.__cause__
+            except DBAPIError as exc:
+                if attempt >= _TRANSIENT_RETRIES or not is_transient(exc):
+                    raise
+                # Lock conflicts clear once the other transaction ends; give it a moment.
+                time.sleep(0.05 * 2**attempt)
+                attempt += 1
+
+    def _explain(self, conflict: _Conflict) -> RotationError | None:
+        explain = self.job.explain_conflict
+        cause = conflict.__cause__
+        if explain is None and isinstance(cause, SQLAlchemyError):
+            return _database_error(self.job.label, cause)
+        if explain is None:
+            return RotationError(f"{self.job.label}: a unique constraint refused a batch")
+        self.conflicts += 1
+        if self.conflicts > _CONFLICT_RETRIES:
+            return RotationError(
+                f"{self.job.label}: new values kept colliding under a unique constraint while "
+                "the application wrote; run again (committed batches are kept)"
+            )
+        return explain(self.engine, conflict.items)
+
+    def _read(self, conn: Connection, stmt: Any, scanned: bool) -> _Batch:
+        items, counts, failures, rows = self._transform(conn.execute(stmt).all())
+        if scanned:
+            counts["scanned"] = len(rows)
+        return _Batch([tuple(r[: len(self.pk)]) for r in rows], items, counts, failures)
+
+    def _write(
+        self, conn: Connection, writer: _Writer | None, batch: _Batch, hook: bool
+    ) -> set[tuple[Any, ...]]:
+        if hook and self.before_write is not None:
+            self.before_write(conn, [k for k, _, _ in batch.items])
+        if writer is None or not batch.items:
+            return set()
+        try:
+            return writer.write(conn, batch.items)
+        except IntegrityError as exc:
+            raise _Conflict(batch.items) from exc
+
+    def _read_and_write(
+        self, conn: Connection, writer: _Writer | None, stmt: Any, first: bool
+    ) -> tuple[_Batch, set[tuple[Any, ...]]]:
+        batch = self._read(conn, stmt, first)
+        return batch, self._write(conn, writer, batch, first)
+
+    @staticmethod
+    def _written(batch: _Batch, missed: set[tuple[Any, ...]]) -> None:
+        # Counted once committed, so a batch retried after a deadlock is not counted twice.
+        batch.counts["written"] = batch.counts.get("written", 0) + len(batch.items) - len(missed)
+        batch.counts["concurrent"] = batch.counts.get("concurrent", 0) + len(missed)
+
+    def _retry(
+        self,
+        conn: Connection,
+        writer: _Writer | None,
+        batch: _Batch,
+        missed: set[tuple[Any, ...]],
+    ) -> None:
+        """Read rows that changed under the write again; rotate those that still need it."""
+        for _ in range(_CAS_RETRIES if self.options.reread_changed else 0):
+            if not missed:
+                return
+            keys = sorted(missed)
+            match = (
+                self.pk[0].in_([k[0] for k in keys])
+                if len(self.pk) == 1
+                else tuple_(*self.pk).in_(keys)
+            )
+            stmt = select(*self.selected).where(*self.base, match)
+            retried, missed = self._transaction(conn, self._read_and_write, writer, stmt, False)
+            self._written(retried, missed)
+            for name, value in retried.counts.items():
+                batch.counts[name] = batch.counts.get(name, 0) + value
+            batch.failures.extend(retried.failures)
+        batch.left = len(missed)
+
+    def _apply(self, batch: _Batch) -> None:
+        for failure in batch.failures:
+            self.progress.failed(failure)
+        if batch.left and self.options.reread_changed:
+            logger.warning(
+                "%s: %d rows kept changing during the run; rerun to pick them up",
+                self.job.label,
+                batch.left,
+            )
+        last = batch.keys[-1] if batch.keys else None
+        self.progress.committed(len(batch.keys), batch.counts, last)
+
+    def _transform(
+        self, rows: Sequence[Sequence[Any]]
+    ) -> tuple[list[Item], dict[str, int], list[Failure], Sequence[Sequence[Any]]]:
+        """Transform rows; with fail_fast, only those up to the first failure."""
+        npk = len(self.pk)
+        fail_fast = self.options.fail_fast
+        transform = self.job.transform
+        items: list[Item] = []
+        failures: list[Failure] = []
+        unchanged = skipped = 0
+        for position, row in enumerate(rows):
+            if fail_fast and failures:
+                rows = rows[:position]
+                break
+            key, old = tuple(row[:npk]), tuple(row[npk:])
+            try:
+                new = transform(old)
+            except FieldCryptError as exc:
+                failures.append(self._failure(key, _reason(exc)))
+                continue
+            if new is None:
+                unchanged += 1
+            elif isinstance(new, Skip):
+                skipped += 1
+            elif isinstance(new, tuple):
+                too_long = self._too_long(new) if self.has_limits else None
+                if too_long is not None:
+                    failures.append(self._failure(key, too_long))
+                else:
+                    items.append((key, old, new))
+        counts = {"unchanged": unchanged, "skipped": skipped, "failed": len(failures)}
+        return items, counts, failures, rows
+
+    def _too_long(self, new: tuple[Any, ...]) -> str | None:
+        for col, limit, value in zip(self.job.write, self.limits, new, strict=True):
+            if limit is not None and isinstance(value, str) and len(value) > limit:
+                return (
+                    f"the new value of {col.name} ({len(value)} characters) does not fit the "
+                    f"column's length {limit}; widen the column first"
+                )
+        return None
+
+    def _failure(self, key: tuple[Any, ...], reason: str) -> Failure:
+        return Failure(self.job.label, tuple(zip(self.pk_names, key, strict=True)), reason)
+
+
+def _primary_key(job: BatchJob) -> tuple[Column[Any], ...]:
+    pk = tuple(job.table.primary_key.columns)
+    if not pk:
+        raise RotationError(
+            f"{job.label}: table {job.table.fullname} has no primary key; batches are paged "
+            "by primary key, so add one (or declare it on the model) first"
+        )
+    return pk
+
+
+def _filters(
+    sql: DialectSql, job: BatchJob, pk: Sequence[Column[Any]], options: _Options
+) -> list[ColumnElement[bool]]:
+    where = [job.where] if job.where is not None else []
+    if options.shard is not None:
+        where.append(sql.shard(pk, *options.shard))
+    return where
+
+
+def _within(sql: DialectSql, pk: Sequence[Column[Any]], keys: KeyRange) -> ColumnElement[bool]:
+    terms = []
+    if keys.start is not None:
+        terms.append(sql.after(pk, keys.start))
+    if keys.high is not None:
+        terms.append(sql.not_after(pk, keys.high))
+    return and_(*terms) if terms else literal_column("1") == 1
+
+
+def _count_rows(engine: Engine, job: BatchJob, options: _Options, ranges: list[KeyRange]) -> int:
+    """Rows that match the job's filter within ``ranges``."""
+    if not ranges:
+        return 0
+    pk = _primary_key(job)
+    with engine.connect() as conn:
+        sql = DialectSql(conn.dialect.name)
+        where = [*_filters(sql, job, pk, options), or_(*(_within(sql, pk, r) for r in ranges))]
+        stmt = select(func.count()).select_from(job.table).where(*where)
+        return int(conn.execute(stmt).scalar_one())
+
+
+def _split(
+    engine: Engine, job: BatchJob, options: _Options, parts: int
+) -> tuple[int, list[KeyRange]]:
+    """The matching rows and ``parts`` primary-key ranges of about as many rows each."""
+    pk = _primary_key(job)
+    with engine.connect() as conn:
+        where = _filters(DialectSql(conn.dialect.name), job, pk, options)
+        total = int(
+            conn.execute(select(func.count()).select_from(job.table).where(*where)).scalar_one()
+        )
+        bounds: list[tuple[Any, ...]] = []
+        for i in range(1, parts):
+            offset = total * i // parts
+            if offset == 0:
+                continue
+            stmt = select(*pk).where(*where).order_by(*pk).offset(offset - 1).limit(1)
+            row = conn.execute(stmt).first()
+            if row is not None and (not bounds or tuple(row) != bounds[-1]):
+                bounds.append(tuple(row))
+    edges: list[tuple[Any, ...] | None] = [None, *bounds, None]
+    return total, [KeyRange(low, high) for low, high in itertools.pairwise(edges)]
+
+
+# -- worker processes ----------------------------------------------------------------------
+
+
+def _run_workers(
+    engine: Engine,
+    factory: JobFactory,
+    job: BatchJob,
+    options: _Options,
+    ranges: list[tuple[int, KeyRange]],
+    progress: _Progress,
+) -> None:
+    # spawn, not fork: a forked child would share the parent's pooled connections and threads.
+    context = multiprocessing.get_context("spawn")
+    events: Any = context.Queue()
+    stop = context.Event()
+    url = engine.url.render_as_string(hide_password=False)
+    settings = (url, dict(engine.get_execution_options()), _default_keys())
+    processes = {
+        index: context.Process(
+            target=_worker,
+            args=(index, settings, factory, keys, options, events, stop, os.getpid()),
+            name=f"fieldcrypt-worker-{index}",
+            daemon=True,
+        )
+        for index, keys in ranges
+    }
+    for process in processes.values():
+        process.start()
+    running = set(processes)
+    error: BaseException | None = None
+    try:
+        while running:
+            try:
+                kind, index, payload = events.get(timeout=0.5)
+            except queue_module.Empty:
+                for index in list(running):
+                    code = processes[index].exitcode
+                    if code is not None:
+                        running.discard(index)
+                        error = error or RotationError(
+                            f"{job.label}: worker {index} exited with code {code}; rerun to resume"
+                        )
+                        stop.set()
+                continue
+            if kind == "batch":
+                progress.committed(index, *payload)
+            elif kind == "failure":
+                progress.failed(payload)
+                if options.fail_fast:
+                    stop.set()
+            elif kind == "done":
+                running.discard(index)
+                progress.ended(index, payload)
+            else:
+                running.discard(index)
+                error = error or payload
+                stop.set()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for process in processes.values():
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+    if error is not None:
+        raise error
+
+
+def _default_keys() -> _DefaultKeys:
+    """The process default keys that worker processes start with, as far as they load."""
+    try:
+        keyring: Keyring | None = current_keyring()
+    except FieldCryptError:
+        keyring = None
+    try:
+        index_keys: BlindIndexKeyring | None = current_blind_index_keys()
+    except FieldCryptError:
+        index_keys = None
+    return keyring, index_keys
+
+
+class _Relay:
+    """A worker's progress: sends each batch's counts and each failure to the parent."""
+
+    def __init__(self, index: int, events: Any):
+        self.index = index
+        self.events = events
+
+    def committed(self, rows: int, counts: dict[str, int], last: tuple[Any, ...] | None) -> None:
+        self.events.put(("batch", self.index, (rows, counts, last)))
+
+    def failed(self, failure: Failure) -> None:
+        self.events.put(("failure", self.index, failure))
+
+    def ended(self, completed: bool) -> None:
+        self.events.put(("done", self.index, completed))
+
+
+def _worker(
+    index: int,
+    settings: tuple[str, dict[str, Any], _DefaultKeys],
+    factory: JobFactory,
+    keys: KeyRange,
+    options: _Options,
+    events: Any,
+    stop: Any,
+    parent: int,
+) -> None:
+    url, execution_options, (keyring, index_keys) = settings
+    engine = None
+    try:
+        if keyring is not None:
+            configure(keyring=keyring)
+        if index_keys is not None:
+            configure_blind_index(keys=index_keys)
+        engine = create_engine(url, hide_parameters=True).execution_options(**execution_options)
+        job = factory(engine)
+
+        def should_stop() -> bool:
+            # An orphan (its parent was killed) stops at the next batch.
+            return bool(stop.is_set()) or os.getppid() != parent
+
+        _Walk(engine, job, options, _Relay(index, events), None, should_stop).run(keys)
+    except BaseException as exc:
+        events.put(("error", index, _portable(exc)))
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """An exception the parent can unpickle and show without leaking data."""
+    if isinstance(exc, FieldCryptError):
+        return exc
+    return RotationError(f"worker failed: {driver_message(exc)}")

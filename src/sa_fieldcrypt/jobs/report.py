@@ -1,0 +1,197 @@
+"""What a data job reports: failures, per-job counts, a run's totals, and progress listeners.
+
+Every job (rotation, verification, reindexing, user jobs on :func:`~sa_fieldcrypt.jobs.run_job`)
+speaks this one vocabulary. A row is *scanned* when read; then exactly one of: *written*
+(in a dry run: would be), *unchanged* (it needed nothing), *skipped* (left alone on purpose,
+such as plaintext without ``encrypt_plaintext``) or *failed* (it could not be handled: named by
+primary key, never by content). *concurrent* counts writes refused because the application
+changed the row between read and write; such a row is read again, so it is not lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = ["COUNTS", "MAX_KEPT_FAILURES", "Failure", "JobReport", "RunListener", "RunReport"]
+
+logger = logging.getLogger("sa_fieldcrypt.jobs")
+
+#: Failures kept in a :class:`JobReport`; every one is still passed to the listener.
+MAX_KEPT_FAILURES: Final = 100
+#: The counters of a :class:`JobReport`, in the order reports show them.
+COUNTS: Final = ("scanned", "written", "unchanged", "skipped", "concurrent", "failed")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A row that could not be handled: named by its job and primary key, never by content."""
+
+    column: str
+    primary_key: tuple[tuple[str, Any], ...]
+    reason: str
+
+    @property
+    def key_text(self) -> str:
+        """The primary key as ``name=value, ...``."""
+        return ", ".join(f"{name}={value!r}" for name, value in self.primary_key)
+
+    def __str__(self) -> str:
+        return f"{self.column} at primary key ({self.key_text}): {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The failure as plain data, for JSON."""
+        return {
+            "job": self.column,
+            "primary_key": {name: _plain(value) for name, value in self.primary_key},
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class JobReport:
+    """Counts for one job: one column (rotate, verify) or one table's indexes (reindex).
+
+    Attributes:
+        label: the job's label (``schema.table.column``).
+        scanned: rows read.
+        written: rows written (in a dry run: rows that would be).
+        unchanged: rows that needed no change (a verified value, for ``verify``).
+        skipped: rows left alone on purpose (plaintext, unless encrypting plaintext).
+        concurrent: writes refused because someone else changed the row after it was read.
+        failed: rows that could not be handled; the first few are in ``failures``.
+        dry_run: nothing was written.
+        completed: False when the job stopped early (``fail_fast``, or a stop request).
+        last_key: the primary key of the last row of the last committed batch (one process).
+        resumed: the job resumed from a saved state instead of starting over.
+    """
+
+    label: str
+    scanned: int = 0
+    written: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    concurrent: int = 0
+    failed: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    dry_run: bool = False
+    completed: bool = True
+    last_key: tuple[Any, ...] | None = None
+    resumed: bool = False
+
+    def add(self, other: JobReport) -> None:
+        """Add another report's counts (of another worker, shard or job) to this one."""
+        self.count({name: getattr(other, name) for name in COUNTS})
+        self.failures.extend(other.failures[: MAX_KEPT_FAILURES - len(self.failures)])
+        self.completed = self.completed and other.completed
+
+    def count(self, counts: dict[str, int]) -> None:
+        """Add ``counts`` (counter name to rows) to this report's counters."""
+        for name, value in counts.items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def keep(self, failure: Failure) -> None:
+        """Keep ``failure`` among the first :data:`MAX_KEPT_FAILURES` (it is counted apart)."""
+        if len(self.failures) < MAX_KEPT_FAILURES:
+            self.failures.append(failure)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data, for JSON."""
+        return {
+            "job": self.label,
+            **{name: getattr(self, name) for name in COUNTS},
+            "dry_run": self.dry_run,
+            "completed": self.completed,
+            "resumed": self.resumed,
+            "failures": [f.to_dict() for f in self.failures],
+        }
+
+
+@dataclass
+class RunReport:
+    """The reports of every job of a run, and their totals."""
+
+    jobs: list[JobReport] = field(default_factory=list)
+
+    def total(self) -> JobReport:
+        """One report that adds up every job's counts."""
+        total = JobReport("total", dry_run=any(r.dry_run for r in self.jobs))
+        for report in self.jobs:
+            total.add(report)
+        return total
+
+    @property
+    def scanned(self) -> int:
+        """Rows read, all jobs."""
+        return sum(r.scanned for r in self.jobs)
+
+    @property
+    def written(self) -> int:
+        """Rows written (or, in a dry run, that would be), all jobs."""
+        return sum(r.written for r in self.jobs)
+
+    @property
+    def unchanged(self) -> int:
+        """Rows that needed no change, all jobs."""
+        return sum(r.unchanged for r in self.jobs)
+
+    @property
+    def skipped(self) -> int:
+        """Rows left alone on purpose, all jobs."""
+        return sum(r.skipped for r in self.jobs)
+
+    @property
+    def concurrent(self) -> int:
+        """Writes refused because the row changed meanwhile, all jobs."""
+        return sum(r.concurrent for r in self.jobs)
+
+    @property
+    def failed(self) -> int:
+        """Rows that could not be handled, all jobs."""
+        return sum(r.failed for r in self.jobs)
+
+    @property
+    def ok(self) -> bool:
+        """True when every row was handled and no job stopped early."""
+        return self.failed == 0 and all(r.completed for r in self.jobs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data, for JSON: every job, the totals and ``ok``."""
+        total = self.total().to_dict()
+        del total["failures"], total["job"], total["resumed"]
+        return {"ok": self.ok, "jobs": [r.to_dict() for r in self.jobs], "total": total}
+
+
+class RunListener:
+    """Receives a run's progress; subclass and override what you need.
+
+    The default implementation logs to the ``sa_fieldcrypt.jobs`` logger. Every method is
+    called in the process that started the run, also when worker processes do the work.
+    """
+
+    def started(self, label: str, total: int) -> None:
+        """A job begins; ``total`` rows match its filter now."""
+        logger.info("%s: %d rows to visit", label, total)
+
+    def batch(self, label: str, rows: int, report: JobReport) -> None:
+        """A batch of ``rows`` rows was committed; ``report`` holds the job's counts so far."""
+        logger.debug("%s: %d rows scanned, %d written", label, report.scanned, report.written)
+
+    def failure(self, failure: Failure) -> None:
+        """A row could not be handled."""
+        logger.warning("%s", failure)
+
+    def finished(self, report: JobReport) -> None:
+        """A job ended."""
+        logger.info(
+            "%s: scanned %d, written %d, failed %d",
+            report.label,
+            report.scanned,
+            report.written,
+            report.failed,
+        )
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)

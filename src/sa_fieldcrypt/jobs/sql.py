@@ -1,0 +1,251 @@
+"""The SQL that differs between PostgreSQL, MySQL/MariaDB and SQLite, for the data jobs.
+
+Every job reads and writes stored tokens as text, compares them exactly (case and trailing
+spaces count, whatever the column's collation), pages by primary key and splits tables into
+shards; :class:`DialectSql` builds those expressions for one database. The engine
+(:mod:`sa_fieldcrypt.jobs.engine`), status (:mod:`sa_fieldcrypt.jobs.status`) and reindexing
+(:mod:`sa_fieldcrypt.jobs.reindex`) all build their SQL here.
+
+Typical usage::
+
+    sql = DialectSql.connected(conn)
+    stmt = select(*pk, stored_text(column)).where(sql.after(pk, last)).order_by(*pk)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Text,
+    and_,
+    case,
+    cast,
+    collate,
+    func,
+    literal,
+    or_,
+    text,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import Integer, String, TypeEngine
+
+from sa_fieldcrypt.cipher import TOKEN_PREFIX
+from sa_fieldcrypt.errors import ConfigurationError, RotationError
+from sa_fieldcrypt.types import EncryptedType
+
+__all__ = [
+    "LEGACY_TOKEN_START",
+    "DialectSql",
+    "driver_message",
+    "is_transient",
+    "stored_text",
+    "stored_type",
+]
+
+#: How every bare (legacy) Fernet token starts: its version byte 0x80 in url-safe base64.
+LEGACY_TOKEN_START = "gAAAAA"
+#: Longest key id plus one: where the key id of an ``fc1`` header must have ended.
+_KEY_ID_END = 33
+
+
+def stored_text(col: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The stored text of a column, whatever its type would do with it (no decryption)."""
+    if isinstance(col.type, EncryptedType):
+        return type_coerce(col, Text())
+    return col
+
+
+def stored_type(col: Column[Any]) -> TypeEngine[Any]:
+    """The type of a column's stored values: ``Text`` for an encrypted column."""
+    return Text() if isinstance(col.type, EncryptedType) else col.type
+
+
+def driver_message(exc: BaseException) -> str:
+    """``Type: first line`` of the driver's error under ``exc``, safe to show."""
+    # Only the driver's first line: SQLAlchemy's own text would quote the statement's
+    # parameters (ciphertext, or plaintext during a migration) unless hide_parameters is set.
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0]
+    return f"{type(orig).__name__}: {first}"
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """A deadlock, serialization failure or lock wait timeout: the batch may be retried."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in ("40001", "40P01", "55P03"):
+        return True
+    args = getattr(orig, "args", ())
+    if args and args[0] in (1205, 1213):
+        return True
+    return "database is locked" in str(orig)
+
+
+def _like_prefix(prefix: str) -> str:
+    # '_' and '%' are wildcards and key ids may contain '_'; '/' escapes them.
+    return prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+
+
+class DialectSql:
+    """The few SQL expressions that differ between PostgreSQL, MySQL/MariaDB and SQLite.
+
+    Args:
+        dialect_name: the SQLAlchemy dialect's name.
+        binary_collation: MySQL/MariaDB only, the connection's binary collation; exact
+            comparisons (:meth:`same`) need it, so build with :meth:`connected` to write.
+    """
+
+    def __init__(self, dialect_name: str, binary_collation: str | None = None):
+        self.name = dialect_name
+        self.mysql = dialect_name in ("mysql", "mariadb")
+        self.binary_collation = binary_collation
+
+    @classmethod
+    def connected(cls, conn: Connection) -> DialectSql:
+        """The expressions for ``conn``'s database, including its exact-match collation."""
+        collation = None
+        if conn.dialect.name in ("mysql", "mariadb"):
+            charset = conn.execute(text("SELECT @@character_set_connection")).scalar_one()
+            collation = f"{charset}_bin"
+        return cls(conn.dialect.name, collation)
+
+    def exact(self, expr: ColumnElement[Any]) -> ColumnElement[Any]:
+        """``expr`` compared byte for byte, case and trailing spaces included."""
+        # MySQL compares text case-insensitively under the usual collations; bytes compare
+        # exactly (the prefixes compared here are ASCII, the same bytes in any charset).
+        if self.mysql:
+            return type_coerce(cast(expr, mysql.BINARY()), Text())
+        if self.name == "postgresql":
+            # A citext column, or one under a case-insensitive ICU collation, would not.
+            return collate(cast(expr, Text()), "C")
+        return expr
+
+    def has_prefix(self, expr: ColumnElement[Any], prefix: str) -> ColumnElement[bool]:
+        """``expr`` starts with ``prefix``, case-sensitively."""
+        if self.name == "sqlite":
+            # SQLite's LIKE ignores ASCII case; substr() compares exactly.
+            return func.substr(expr, 1, len(prefix)) == prefix
+        return self.exact(expr).like(_like_prefix(prefix), escape="/")
+
+    def same(self, col: ColumnElement[Any], value: ColumnElement[Any]) -> ColumnElement[bool]:
+        """NULL-safe, exact equality (case and trailing spaces count), for compare-and-swap.
+
+        A comparison under the column's own collation would let a write replace a value the
+        application changed only in case (``NOCASE``, ``citext``, MySQL's ``_ci``): a lost
+        update.
+        """
+        if not isinstance(col.type, String):
+            return col.is_not_distinct_from(value)
+        if self.mysql:
+            if self.binary_collation is None:
+                raise RotationError("internal: compare-and-swap needs DialectSql.connected()")
+            return and_(
+                col.is_not_distinct_from(collate(value, self.binary_collation)),
+                func.char_length(col).is_not_distinct_from(func.char_length(value)),
+            )
+        if self.name == "postgresql":
+            return self.exact(col).is_not_distinct_from(cast(value, Text()))
+        if self.name == "sqlite":
+            return col.is_not_distinct_from(collate(value, "BINARY"))
+        return col.is_not_distinct_from(value)
+
+    def after(self, pk: Sequence[Column[Any]], values: Sequence[Any]) -> ColumnElement[bool]:
+        """Rows whose primary key sorts after ``values``."""
+        return self._compare(pk, values, strict=True, greater=True)
+
+    def not_after(self, pk: Sequence[Column[Any]], values: Sequence[Any]) -> ColumnElement[bool]:
+        """Rows whose primary key sorts at or before ``values``."""
+        return self._compare(pk, values, strict=False, greater=False)
+
+    def _compare(
+        self, pk: Sequence[Column[Any]], values: Sequence[Any], *, strict: bool, greater: bool
+    ) -> ColumnElement[bool]:
+        bound = [literal(v, c.type) for c, v in zip(pk, values, strict=True)]
+        if len(pk) == 1:
+            if greater:
+                return pk[0] > bound[0] if strict else pk[0] >= bound[0]
+            return pk[0] < bound[0] if strict else pk[0] <= bound[0]
+        if not self.mysql:
+            lhs, rhs = tuple_(*pk), tuple_(*bound)
+            if greater:
+                return lhs > rhs if strict else lhs >= rhs
+            return lhs < rhs if strict else lhs <= rhs
+        # MySQL does not use an index range for row comparisons; the expanded form it does.
+        terms = []
+        for i, col in enumerate(pk):
+            prefix = [c == b for c, b in zip(pk[:i], bound[:i], strict=True)]
+            terms.append(and_(*prefix, col > bound[i] if greater else col < bound[i]))
+        if not strict:
+            terms.append(and_(*(c == b for c, b in zip(pk, bound, strict=True))))
+        return or_(*terms)
+
+    def shard(self, pk: Sequence[Column[Any]], index: int, count: int) -> ColumnElement[bool]:
+        """Rows of shard ``index`` (0-based) of ``count``: a pure function of the key.
+
+        Every machine computes the same split without talking to the others, however the
+        table changes meanwhile.
+        """
+        if len(pk) == 1 and isinstance(pk[0].type, Integer):
+            return ((pk[0] % count) + count) % count == index
+        if self.name == "postgresql":
+            parts = [cast(c, Text()) for c in pk]
+            keyed = parts[0] if len(parts) == 1 else func.concat_ws("\x1f", *parts)
+            hashed = func.hashtextextended(keyed, 0)
+            return ((hashed % count) + count) % count == index
+        if self.mysql:
+            parts = [cast(c, mysql.CHAR()) for c in pk]
+            keyed = parts[0] if len(parts) == 1 else func.concat_ws("\x1f", *parts)
+            return func.crc32(keyed) % count == index
+        raise ConfigurationError(
+            f"shards need an integer primary key on {self.name}; use workers instead"
+        )
+
+    def token_kind(self, expr: ColumnElement[Any]) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+        """Expressions for a stored value's kind and the key id its header names.
+
+        The kind is ``"null"``, ``"fc1"`` (key id given), ``"malformed"`` (an ``fc1`` header
+        whose key id is too long), ``"legacy"`` or ``"plaintext"``, as
+        :func:`sa_fieldcrypt.inspect_token` decides from the text; whether the key id is
+        valid is left to the caller.
+        """
+        exact = self.exact(expr)
+        start = len(TOKEN_PREFIX) + 1
+        tail = func.substr(exact, start) if not self.mysql else func.substring(exact, start)
+        if self.name == "postgresql":
+            colon = func.strpos(tail, ":")
+        elif self.mysql:
+            colon = func.locate(":", tail)
+        else:
+            colon = func.instr(tail, ":")
+        fc1 = self.has_prefix(expr, TOKEN_PREFIX)
+        named = and_(fc1, colon.between(2, _KEY_ID_END))
+        kind = case(
+            (expr.is_(None), "null"),
+            (named, "fc1"),
+            (and_(fc1, colon > _KEY_ID_END), "malformed"),
+            (self.has_prefix(expr, LEGACY_TOKEN_START), "legacy"),
+            else_="plaintext",
+        )
+        key_id = case((named, func.substr(tail, 1, colon - 1)), else_=None)
+        return kind, key_id
+
+    def auto_update_columns(self, conn: Connection, schema: str | None, name: str) -> list[str]:
+        """Columns MySQL sets on every update (``ON UPDATE CURRENT_TIMESTAMP``); [] elsewhere."""
+        if not self.mysql:
+            return []
+        rows = conn.execute(
+            text(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :name "
+                "AND LOWER(extra) LIKE '%on update%'"
+            ),
+            {"schema": schema, "name": name},
+        )
+        return [row[0] for row in rows]

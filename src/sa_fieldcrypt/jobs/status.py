@@ -1,0 +1,598 @@
+"""Status and key retirement: what the stored values need, counted without decrypting.
+
+``fieldcrypt status`` and ``fieldcrypt retire-key`` are thin wrappers over :func:`status` and
+:func:`retire_keys`::
+
+    from sa_fieldcrypt.jobs import find_columns, find_indexes, status
+
+    report = status(engine, find_columns("app.models"), find_indexes("app.models"))
+    print(report)                 # per column: rows per key id, legacy, plaintext, NULL
+    report.ready                  # False while a value names a key the keyring lacks
+
+Encrypted columns are counted by the header of each stored value, blind-index columns by the
+key id in front of each index value, both with one ``GROUP BY`` query per column: nothing is
+decrypted, so a status of a large table is cheap and safe to run at any time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from sqlalchemy import Engine, and_, case, func, select
+from sqlalchemy.engine import Connection
+
+from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token
+from sa_fieldcrypt.config import current_keyring
+from sa_fieldcrypt.errors import ConfigurationError, RotationError
+from sa_fieldcrypt.jobs.engine import BatchJob, run_job
+from sa_fieldcrypt.jobs.reindex import reindex_job
+from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener
+from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
+from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn
+from sa_fieldcrypt.keys import KEY_ID_PATTERN, Keyring
+from sa_fieldcrypt.providers.env import LEGACY_KEY_ID, keyring_from_settings
+from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
+
+__all__ = [
+    "ColumnStatus",
+    "IndexStatus",
+    "KeyUsage",
+    "StatusReport",
+    "env_keys_without",
+    "retire_keys",
+    "status",
+]
+
+Purpose = Literal["encryption", "blind-index"]
+
+
+@dataclass(frozen=True)
+class ColumnStatus:
+    """What one encrypted column holds, counted by each stored value's header.
+
+    Attributes:
+        column: ``schema.table.column``.
+        primary: the id of the key that encrypts the column's new values.
+        keyring_ids: every key id of the column's keyring.
+        by_key: rows per key id of ``fc1`` tokens, including ids the keyring lacks.
+        legacy: bare Fernet tokens (no key id).
+        plaintext: values that are not tokens at all.
+        null: SQL NULLs.
+        malformed: values with an ``fc1`` header whose key id is not valid.
+    """
+
+    column: str
+    primary: str
+    keyring_ids: tuple[str, ...]
+    by_key: dict[str, int]
+    legacy: int = 0
+    plaintext: int = 0
+    null: int = 0
+    malformed: int = 0
+
+    @property
+    def total(self) -> int:
+        """Every row of the table."""
+        return sum(self.by_key.values()) + self.legacy + self.plaintext + self.null + self.malformed
+
+    @property
+    def pending(self) -> int:
+        """Tokens ``rotate`` would still re-encrypt (or report as undecryptable)."""
+        old = sum(n for key_id, n in self.by_key.items() if key_id != self.primary)
+        return old + self.legacy + self.malformed
+
+    @property
+    def unknown_keys(self) -> dict[str, int]:
+        """Rows under key ids the keyring does not hold: they cannot be decrypted."""
+        return {k: n for k, n in self.by_key.items() if k not in self.keyring_ids}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as plain data, for JSON."""
+        return {
+            "column": self.column,
+            "primary": self.primary,
+            "by_key": dict(self.by_key),
+            "unknown_keys": self.unknown_keys,
+            "legacy": self.legacy,
+            "plaintext": self.plaintext,
+            "null": self.null,
+            "malformed": self.malformed,
+            "pending": self.pending,
+        }
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    """How a blind-index column's stored values divide among index keys.
+
+    Attributes:
+        column: ``schema.table.column`` of the index column.
+        primary: the id of the index key that computes new index values.
+        keyring_ids: every active index key id; lookups match each of them.
+        by_key: rows per active index key id.
+        other_keys: rows under a key id that is no longer active: lookups cannot find them.
+        no_index: rows with a value but no index value: values the normalizer does not
+            index, or rows written without the hybrid.
+        missing: of ``no_index``, the rows whose value the normalizer does index (or that do
+            not decrypt), so their index is missing; counted only when asked (it decrypts
+            those rows), else None.
+    """
+
+    column: str
+    primary: str
+    keyring_ids: tuple[str, ...]
+    by_key: dict[str, int]
+    other_keys: int
+    no_index: int
+    missing: int | None = None
+
+    @property
+    def stale(self) -> int:
+        """Rows not under the writing key; 0 means the other keys can retire."""
+        return sum(n for k, n in self.by_key.items() if k != self.primary) + self.other_keys
+
+    @property
+    def done(self) -> bool:
+        """Every row is indexed under the writing key (as far as ``missing`` was counted)."""
+        return self.stale == 0 and not self.missing
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as plain data, for JSON."""
+        return {
+            "column": self.column,
+            "primary": self.primary,
+            "by_key": dict(self.by_key),
+            "other_keys": self.other_keys,
+            "no_index": self.no_index,
+            "missing": self.missing,
+            "stale": self.stale,
+            "done": self.done,
+        }
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """Whether a key id is still needed, over the columns of a status.
+
+    Attributes:
+        key_id: the key id.
+        purpose: ``"encryption"`` or ``"blind-index"``.
+        rows: values (or index values) that name this key id.
+        primary: it writes new values of some column.
+        in_keyring: a keyring of the columns holds it.
+        legacy_rows: legacy tokens (no key id) in columns whose keyring holds this key: one
+            of those keys opens each of them, and only decrypting tells which.
+    """
+
+    key_id: str
+    purpose: Purpose
+    rows: int
+    primary: bool
+    in_keyring: bool
+    legacy_rows: int = 0
+
+    @property
+    def needed(self) -> bool:
+        """The key cannot be removed yet."""
+        return self.primary or self.rows > 0 or self.legacy_rows > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The usage as plain data, for JSON."""
+        return {
+            "key_id": self.key_id,
+            "purpose": self.purpose,
+            "rows": self.rows,
+            "primary": self.primary,
+            "in_keyring": self.in_keyring,
+            "legacy_rows": self.legacy_rows,
+            "needed": self.needed,
+        }
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """The status of encrypted and blind-index columns, and what it says about each key."""
+
+    columns: list[ColumnStatus] = field(default_factory=list)
+    indexes: list[IndexStatus] = field(default_factory=list)
+
+    def key_usage(self) -> list[KeyUsage]:
+        """Every key id in the columns' keyrings or their data, primary keys first."""
+        usage: list[KeyUsage] = []
+        ids: list[str] = []
+        for col in self.columns:
+            ids += [col.primary, *col.keyring_ids, *col.by_key]
+        for key_id in dict.fromkeys(ids):
+            holders = [c for c in self.columns if key_id in c.keyring_ids]
+            usage.append(
+                KeyUsage(
+                    key_id=key_id,
+                    purpose="encryption",
+                    rows=sum(c.by_key.get(key_id, 0) for c in self.columns),
+                    primary=any(c.primary == key_id for c in self.columns),
+                    in_keyring=bool(holders),
+                    legacy_rows=sum(c.legacy for c in holders if c.primary != key_id),
+                )
+            )
+        index_ids: list[str] = []
+        for index in self.indexes:
+            index_ids += [index.primary, *index.keyring_ids]
+        for key_id in dict.fromkeys(index_ids):
+            usage.append(
+                KeyUsage(
+                    key_id=key_id,
+                    purpose="blind-index",
+                    rows=sum(i.by_key.get(key_id, 0) for i in self.indexes),
+                    primary=any(i.primary == key_id for i in self.indexes),
+                    in_keyring=True,
+                )
+            )
+        return sorted(usage, key=lambda u: (u.purpose != "encryption", not u.primary))
+
+    def problems(self) -> list[str]:
+        """Why the data is not ready for the keys in use; empty when :attr:`ready`."""
+        found: list[str] = []
+        for col in self.columns:
+            for key_id, rows in col.unknown_keys.items():
+                found.append(
+                    f"{col.column}: {rows:,} values are under key {key_id!r}, which the keyring "
+                    "lacks: add that key back (they cannot be decrypted)"
+                )
+            if col.malformed:
+                found.append(
+                    f"{col.column}: {col.malformed:,} values have an fc1 header with an invalid "
+                    "key id (`fieldcrypt verify` names them)"
+                )
+        for index in self.indexes:
+            if index.other_keys:
+                found.append(
+                    f"{index.column}: {index.other_keys:,} index values are under index keys "
+                    "that are no longer active, so lookups miss those rows: add the key back "
+                    "or run `fieldcrypt reindex`"
+                )
+        return found
+
+    @property
+    def reindexed(self) -> bool:
+        """Every index value is under the writing key, and none is missing (as counted)."""
+        return all(index.done for index in self.indexes)
+
+    @property
+    def ready(self) -> bool:
+        """Every stored value can be read, and every index value found, with the keys in use."""
+        return not self.problems()
+
+    def describe(self) -> str:
+        """The report as text for people: per column, per index, then per key."""
+        lines: list[str] = []
+        for col in self.columns:
+            lines += _describe_column(col)
+        for index in self.indexes:
+            lines += _describe_index(index)
+        lines.append("keys:")
+        for key in self.key_usage():
+            lines.append(f"  {key.key_id:<28} {_verdict(key)}")
+        problems = self.problems()
+        lines.append("not ready:" if problems else "ready: every value is readable")
+        lines += [f"  {problem}" for problem in problems]
+        if self.indexes:
+            left = sum(i.stale + (i.missing or 0) for i in self.indexes)
+            lines.append(
+                f"reindex: {left:,} index values to rewrite (`fieldcrypt reindex`)"
+                if left
+                else "reindex: every index value is under the writing key"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data, for JSON."""
+        return {
+            "ready": self.ready,
+            "reindexed": self.reindexed,
+            "problems": self.problems(),
+            "columns": [c.to_dict() for c in self.columns],
+            "indexes": [i.to_dict() for i in self.indexes],
+            "keys": [k.to_dict() for k in self.key_usage()],
+        }
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def _describe_column(col: ColumnStatus) -> list[str]:
+    lines = [f"{col.column}  ({col.total:,} rows; primary key id {col.primary!r})"]
+    order = {key_id: i for i, key_id in enumerate((col.primary, *col.keyring_ids))}
+    for key_id, rows in sorted(
+        col.by_key.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])
+    ):
+        if key_id == col.primary:
+            note = "primary"
+        elif key_id in col.keyring_ids:
+            note = "decrypt-only: rotate moves these"
+        else:
+            note = "NOT IN THE KEYRING: these cannot be decrypted"
+        lines.append(f"  key {key_id:<24} {rows:>12,}  {note}")
+    for name, rows, note in (
+        ("legacy tokens", col.legacy, "bare Fernet tokens: rotate moves these"),
+        ("plaintext", col.plaintext, "not encrypted: rotate --encrypt-plaintext"),
+        ("malformed", col.malformed, "fc1 header with an invalid key id"),
+        ("NULL", col.null, ""),
+    ):
+        if rows or name == "NULL":
+            lines.append(f"  {name:<28} {rows:>12,}  {note}".rstrip())
+    return lines
+
+
+def _describe_index(index: IndexStatus) -> list[str]:
+    lines = [f"{index.column}  (blind index; writing index key id {index.primary!r})"]
+    for key_id, rows in index.by_key.items():
+        note = "writing" if key_id == index.primary else "matching: reindex moves these"
+        lines.append(f"  key {key_id:<24} {rows:>12,}  {note}")
+    if index.other_keys:
+        lines.append(f"  {'retired keys':<28} {index.other_keys:>12,}  lookups miss these")
+    lines.append(f"  {'no index value':<28} {index.no_index:>12,}")
+    if index.missing is not None:
+        lines.append(f"  {'  of which missing':<28} {index.missing:>12,}  reindex writes these")
+    return lines
+
+
+def _verdict(key: KeyUsage) -> str:
+    if key.purpose == "blind-index":
+        if key.primary:
+            return "blind-index, writing: needed"
+        if key.rows:
+            return f"blind-index, matching; still used by {key.rows:,} rows: run reindex"
+        return f"blind-index, matching; no longer used: retire-key {key.key_id} removes it"
+    if key.primary:
+        return "primary: needed"
+    if not key.in_keyring:
+        return f"not in the keyring; {key.rows:,} rows need it: add it back"
+    if key.rows:
+        return f"decrypt-only; still needed by {key.rows:,} rows: run rotate"
+    if key.legacy_rows:
+        return f"decrypt-only; may be needed by {key.legacy_rows:,} legacy tokens: run rotate"
+    return f"decrypt-only; no longer needed: retire-key {key.key_id} removes it"
+
+
+def status(
+    engine: Engine,
+    columns: Iterable[EncryptedColumn] = (),
+    indexes: Iterable[IndexedColumn] = (),
+    *,
+    in_sql: bool | None = None,
+    count_missing: bool = False,
+) -> StatusReport:
+    """Count each column's values per key id, legacy tokens, plaintext and NULL.
+
+    Args:
+        engine: the database.
+        columns: the encrypted columns to count.
+        indexes: the blind-index columns to count.
+        in_sql: count encrypted columns with one ``GROUP BY`` query each (the default on
+            PostgreSQL, MySQL/MariaDB and SQLite), or by reading every value's header.
+        count_missing: also decrypt the rows with a value but no index value, to count
+            those whose index is missing (:attr:`IndexStatus.missing`).
+    """
+    found: list[ColumnStatus] = []
+    indexed: list[IndexStatus] = []
+    with engine.connect() as conn:
+        sql = DialectSql(conn.dialect.name)
+        use_sql = (
+            in_sql if in_sql is not None else sql.name in ("postgresql", "sqlite") or sql.mysql
+        )
+        for target in columns:
+            counts = (
+                _count_in_sql(conn, sql, target) if use_sql else _count_by_reading(engine, target)
+            )
+            found.append(_column_status(target, counts))
+        for index in indexes:
+            indexed.append(_index_status(conn, sql, index))
+    if count_missing:
+        indexed = [
+            _with_missing(engine, index, status)
+            for index, status in zip(indexes, indexed, strict=True)
+        ]
+    return StatusReport(found, indexed)
+
+
+def _column_status(
+    target: EncryptedColumn, counts: dict[tuple[str, str | None], int]
+) -> ColumnStatus:
+    keyring = target.codec.active_keyring()
+    by_key: dict[str, int] = {}
+    totals = dict.fromkeys(("legacy", "plaintext", "null", "malformed"), 0)
+    for (kind, key_id), rows in counts.items():
+        if kind == "fc1" and key_id is not None:
+            by_key[key_id] = by_key.get(key_id, 0) + rows
+        else:
+            totals[kind] += rows
+    return ColumnStatus(
+        column=target.label,
+        primary=keyring.primary.id,
+        keyring_ids=keyring.ids,
+        by_key=by_key,
+        **totals,
+    )
+
+
+def _classify(value: str | bytes | None) -> tuple[str, str | None]:
+    """A stored value's kind and key id, exactly as :meth:`DialectSql.token_kind` decides."""
+    if value is None:
+        return "null", None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    info = inspect_token(value)
+    if info.kind == "fc1":
+        if info.key_id is not None and KEY_ID_PATTERN.match(info.key_id):
+            return "fc1", info.key_id
+        return "malformed", None
+    return info.kind, None
+
+
+def _count_in_sql(
+    conn: Connection, sql: DialectSql, target: EncryptedColumn
+) -> dict[tuple[str, str | None], int]:
+    kind, key_id = sql.token_kind(stored_text(target.column))
+    inner = select(kind.label("kind"), key_id.label("key_id")).select_from(target.table).subquery()
+    stmt = select(inner.c.kind, inner.c.key_id, func.count()).group_by(inner.c.kind, inner.c.key_id)
+    counts: Counter[tuple[str, str | None]] = Counter()
+    for found_kind, found_key, rows in conn.execute(stmt):
+        if isinstance(found_kind, bytes):
+            found_kind = found_kind.decode("ascii")
+        if found_kind == "fc1":
+            # The SQL finds where the key id ends; whether it is a valid id is checked here.
+            found_kind, found_key = _classify(TOKEN_PREFIX + _text(found_key) + ":")
+        counts[found_kind, found_key] += int(rows)
+    return dict(counts)
+
+
+def _text(value: str | bytes | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value or ""
+
+
+def _count_by_reading(engine: Engine, target: EncryptedColumn) -> dict[tuple[str, str | None], int]:
+    counts: Counter[tuple[str, str | None]] = Counter()
+
+    def classify(old: tuple[Any, ...]) -> None:
+        counts[_classify(old[0])] += 1
+
+    job = BatchJob(target.label, target.table, (target.column,), (), classify)
+    run_job(engine, job, listener=_QUIET)
+    return dict(counts)
+
+
+def _index_status(conn: Connection, sql: DialectSql, column: IndexedColumn) -> IndexStatus:
+    keyring = column.blind_index.keyring()
+    key_ids = keyring.ids
+    # count(CASE ...) rather than FILTER, which MariaDB lacks.
+    counts = [func.count(case((sql.has_prefix(column.index, f"{kid}:"), 1))) for kid in key_ids]
+    total = func.count(column.index)
+    no_index = func.count(case((and_(column.index.is_(None), column.value.is_not(None)), 1)))
+    row = conn.execute(select(total, no_index, *counts).select_from(column.table)).one()
+    by_key = dict(zip(key_ids, (int(n) for n in row[2:]), strict=True))
+    return IndexStatus(
+        column=column.label,
+        primary=keyring.newest.id,
+        keyring_ids=key_ids,
+        by_key=by_key,
+        other_keys=int(row[0]) - sum(by_key.values()),
+        no_index=int(row[1]),
+    )
+
+
+def _with_missing(engine: Engine, column: IndexedColumn, found: IndexStatus) -> IndexStatus:
+    if not found.no_index:
+        return replace(found, missing=0)
+    # A dry run of the reindex over the unindexed rows: what it would write is missing.
+    job = reindex_job(engine, [column], only_unindexed=True)
+    report = run_job(engine, job, dry_run=True, listener=_QUIET)
+    # A value that does not decrypt cannot be indexed either: it counts as missing.
+    return replace(found, missing=report.written + report.failed)
+
+
+class _Quiet(RunListener):
+    """A listener that says nothing: the reads of a status are not a run to report."""
+
+    def started(self, label: str, total: int) -> None:
+        """Say nothing."""
+
+    def batch(self, label: str, rows: int, report: JobReport) -> None:
+        """Say nothing."""
+
+    def failure(self, failure: Failure) -> None:
+        """Say nothing."""
+
+    def finished(self, report: JobReport) -> None:
+        """Say nothing."""
+
+
+_QUIET = _Quiet()
+
+
+def retire_keys(
+    engine: Engine,
+    columns: Iterable[EncryptedColumn],
+    key_ids: Sequence[str],
+    keyring: Keyring | None = None,
+) -> Keyring:
+    """Check that no value of ``columns`` needs any of ``key_ids``; return the keyring without them.
+
+    The database is not changed: put the returned keyring in place of the current one
+    (:func:`env_keys_without` gives the ``FIELDCRYPT_KEYS`` text for the env provider).
+
+    Args:
+        engine: the database.
+        columns: every column that may hold values under the keys.
+        key_ids: the keys to retire.
+        keyring: the keyring to remove them from; by default the process default keys.
+
+    Raises:
+        RotationError: values still use a key, or legacy tokens (which name no key) remain.
+        ConfigurationError: a key is the primary key, or not in the keyring.
+    """
+    keyring = keyring or current_keyring()
+    remaining = _without(keyring, key_ids)
+    report = status(engine, columns)
+    users = []
+    for key_id in dict.fromkeys(key_ids):
+        holders = [
+            f"{c.column} ({c.by_key[key_id]:,} rows)"
+            for c in report.columns
+            if c.by_key.get(key_id)
+        ]
+        if holders:
+            users.append(f"key {key_id!r} is still used by {', '.join(holders)}")
+    if users:
+        raise RotationError(
+            f"{'; '.join(users)}; run `fieldcrypt rotate` and check `fieldcrypt status` "
+            "before retiring"
+        )
+    legacy = [f"{c.column} ({c.legacy:,} rows)" for c in report.columns if c.legacy]
+    if legacy:
+        raise RotationError(
+            f"legacy tokens, which do not say which key opens them, remain in "
+            f"{', '.join(legacy)}; a key being retired may be the one: run `fieldcrypt rotate` "
+            "first"
+        )
+    return remaining
+
+
+def _without(keyring: Keyring, key_ids: Sequence[str]) -> Keyring:
+    if not key_ids:
+        raise ConfigurationError("name at least one key id to retire")
+    remaining = keyring
+    for key_id in dict.fromkeys(key_ids):
+        remaining = remaining.without(key_id)
+    return remaining
+
+
+def env_keys_without(
+    key_ids: Sequence[str], settings: FieldCryptSettings | None = None
+) -> tuple[str, list[str]]:
+    """The ``FIELDCRYPT_KEYS`` value once ``key_ids`` are retired, and what else to change.
+
+    The value holds key material: show it only to whoever manages the settings.
+
+    Returns:
+        ``(value, notes)``: the new ``FIELDCRYPT_KEYS`` text, primary key first, and notes
+        (free of key material) on other variables to change.
+    """
+    settings = settings or load_settings()
+    remaining = _without(keyring_from_settings(settings), key_ids)
+    notes: list[str] = []
+    keys = list(remaining)
+    if settings.legacy_key is not None:
+        # FIELD_ENCRYPTION_KEY supplies the `legacy` key itself; it must not also be listed.
+        keys = [k for k in keys if k.id != LEGACY_KEY_ID]
+        if LEGACY_KEY_ID in key_ids:
+            notes.append("unset FIELD_ENCRYPTION_KEY: the legacy key is no longer needed")
+        else:
+            notes.append("FIELD_ENCRYPTION_KEY stays as it is")
+    if settings.primary_key_id is not None:
+        notes.append("FIELDCRYPT_PRIMARY_KEY_ID may stay: the primary key is listed first")
+    return Keyring(keys, primary=remaining.primary.id).export(), notes

@@ -1,0 +1,332 @@
+"""What the data jobs run over: encrypted columns and blind-index columns, found once.
+
+Every job and command takes its targets the same way: models named by an import path, or a
+table reflected from the database.
+
+- ``find_columns("app.models")`` and ``find_indexes("app.models")``: the mapped classes and
+  tables a module defines (a package counts what it imports from its submodules);
+  ``"app.models:Base"`` names a declarative base or ``MetaData`` (all its tables), a mapped
+  class (its table) or a ``Table``. Objects work too: a module, a ``MetaData``, a class.
+- ``reflect_column(engine, "core.customers", "email_encrypted")``: one column of a table the
+  database describes, read as :class:`~sa_fieldcrypt.EncryptedText` tokens; no models needed.
+  Blind indexes need models: their normalizers are code.
+
+A column counts as encrypted when its type is an :class:`~sa_fieldcrypt.EncryptedType`, or
+when it is a plain column carrying ``info["sa_fieldcrypt.type"]`` (ciphertext behind an
+:func:`~sa_fieldcrypt.encrypted_hybrid`). A blind-index column is one that an
+``encrypted_hybrid`` bound a :class:`~sa_fieldcrypt.BlindIndex` to.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from sqlalchemy import Column, Engine, MetaData, Table
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.orm import Mapper
+
+from sa_fieldcrypt.blind_index import BlindIndex
+from sa_fieldcrypt.errors import ConfigurationError, RotationError
+from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX
+from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
+
+__all__ = [
+    "EncryptedColumn",
+    "IndexedColumn",
+    "ModelSpec",
+    "Source",
+    "find_again",
+    "find_columns",
+    "find_indexes",
+    "reflect_column",
+]
+
+#: What names models: ``"pkg.module"``, ``"pkg.module:Name"``, or the object itself.
+ModelSpec = str | ModuleType | MetaData | Table | type
+#: How a worker process finds a target again: ``("models", spec)`` or ``("table", name)``.
+Source = tuple[str, str]
+
+
+@dataclass(frozen=True, eq=False)
+class EncryptedColumn:
+    """A stored column of encrypted values and the type that encrypts and decrypts it.
+
+    Attributes:
+        column: the table column that holds the tokens.
+        codec: the column's :class:`~sa_fieldcrypt.EncryptedType` (its own type, or the one
+            named by ``column.info["sa_fieldcrypt.type"]``).
+        source: how to find the column again in a worker process; None for columns built
+            by hand, which only a one-process run can use.
+    """
+
+    column: Column[Any]
+    codec: EncryptedType
+    source: Source | None = None
+
+    @property
+    def table(self) -> Table:
+        """The table the column belongs to."""
+        return _table_of(self.column)
+
+    @property
+    def label(self) -> str:
+        """``schema.table.column``, as messages name it."""
+        return f"{self.table.fullname}.{self.column.name}"
+
+    @classmethod
+    def of(cls, column_: Column[Any]) -> EncryptedColumn:
+        """Wrap a table column whose type, or ``info["sa_fieldcrypt.type"]``, encrypts it.
+
+        Raises:
+            ConfigurationError: the column is not encrypted.
+        """
+        codec = column_codec(column_)
+        if codec is None:
+            raise ConfigurationError(
+                f"column {column_.name!r} is neither an EncryptedType column nor marked with "
+                f"info[{COLUMN_INFO_KEY!r}]"
+            )
+        return cls(column_, codec)
+
+    def __repr__(self) -> str:
+        return f"EncryptedColumn({self.label!r}, {self.codec!r})"
+
+
+@dataclass(frozen=True, eq=False)
+class IndexedColumn:
+    """A blind-index column and the encrypted column whose values it indexes.
+
+    Attributes:
+        index: the blind-index column.
+        value: the column holding the encrypted value.
+        blind_index: how index values are computed.
+        codec: the type that decrypts ``value``.
+        source: how to find the column again in a worker process, as for
+            :class:`EncryptedColumn`.
+    """
+
+    index: Column[Any]
+    value: Column[Any]
+    blind_index: BlindIndex
+    codec: EncryptedType
+    source: Source | None = None
+
+    @property
+    def table(self) -> Table:
+        """The table holding both columns."""
+        return _table_of(self.index)
+
+    @property
+    def label(self) -> str:
+        """``schema.table.column`` of the index column."""
+        return f"{self.table.fullname}.{self.index.name}"
+
+    def __repr__(self) -> str:
+        return f"IndexedColumn({self.label!r}, {self.blind_index!r})"
+
+
+def find_columns(*specs: ModelSpec) -> list[EncryptedColumn]:
+    """Every encrypted column of the models ``specs`` name (see the module documentation).
+
+    Raises:
+        ConfigurationError: a module cannot be imported, or a spec has no encrypted column.
+    """
+    found: list[EncryptedColumn] = []
+    seen: set[int] = set()
+    for spec in specs:
+        name, tables = _tables(spec)
+        before = len(found)
+        for table_ in tables:
+            for column_ in table_.columns:
+                codec = column_codec(column_)
+                if codec is not None and id(column_) not in seen:
+                    seen.add(id(column_))
+                    found.append(EncryptedColumn(column_, codec, _source(spec, name)))
+        if len(found) == before:
+            raise ConfigurationError(
+                f"{name!r} defines no encrypted column (no EncryptedType column and no "
+                f"column with info[{COLUMN_INFO_KEY!r}])"
+            )
+    return found
+
+
+def find_indexes(*specs: ModelSpec, required: bool = True) -> list[IndexedColumn]:
+    """Every blind-index column of the models ``specs`` name.
+
+    Args:
+        specs: the models (see the module documentation).
+        required: raise when a spec has no blind index; with False, such a spec adds none.
+
+    Raises:
+        ConfigurationError: a module cannot be imported, a spec has no blind index (when
+            ``required``), or an index's value column has no encrypted type recorded.
+    """
+    found: list[IndexedColumn] = []
+    seen: set[int] = set()
+    for spec in specs:
+        name, tables = _tables(spec)
+        before = len(found)
+        for table_ in tables:
+            for column_ in table_.columns:
+                bound = column_.info.get(INFO_BLIND_INDEX)
+                if not isinstance(bound, BlindIndex) or bound.source_column is None:
+                    continue
+                if id(column_) in seen:
+                    continue
+                seen.add(id(column_))
+                value = table_.c[bound.source_column]
+                codec = column_codec(value)
+                if codec is None:
+                    raise ConfigurationError(
+                        f"{table_.fullname}.{value.name}: no encrypted type is recorded for "
+                        "the column that the blind index reads; declare it through "
+                        "encrypted_hybrid()"
+                    )
+                found.append(IndexedColumn(column_, value, bound, codec, _source(spec, name)))
+        if required and len(found) == before:
+            raise ConfigurationError(
+                f"{name!r} defines no blind index (no encrypted_hybrid with blind_index=)"
+            )
+    return found
+
+
+def reflect_column(
+    engine: Engine, table_name: str, column_name: str, codec: EncryptedType | None = None
+) -> EncryptedColumn:
+    """Reflect ``[schema.]table`` from the database and return one of its columns.
+
+    No models are needed: the column is read as tokens of :class:`~sa_fieldcrypt.EncryptedText`
+    under the default keys, unless ``codec`` says otherwise.
+
+    Raises:
+        ConfigurationError: the table or the column does not exist.
+    """
+    schema, _, name = table_name.rpartition(".")
+    try:
+        reflected = Table(name, MetaData(), schema=schema or None, autoload_with=engine)
+    except NoSuchTableError:
+        raise ConfigurationError(f"table {table_name!r} does not exist in the database") from None
+    if column_name not in reflected.c:
+        raise ConfigurationError(
+            f"table {table_name!r} has no column {column_name!r} "
+            f"(columns: {', '.join(c.name for c in reflected.columns)})"
+        )
+    return EncryptedColumn(
+        reflected.c[column_name], codec or EncryptedText(), ("table", table_name)
+    )
+
+
+def find_again(source: Source | None, label: str, engine: Engine) -> Any:
+    """Find the target called ``label`` (a column or an index column) from its source again.
+
+    Worker processes build their own jobs with it.
+
+    Raises:
+        ConfigurationError: the target has no source (it was built by hand).
+        RotationError: the models no longer define it.
+    """
+    if source is None:
+        raise ConfigurationError(
+            f"{label}: worker processes need targets found by name (find_columns('pkg.module'), "
+            "find_indexes(...), reflect_column()), which they can find again; use workers=1"
+        )
+    kind, spec = source
+    if kind == "table":
+        table_name, _, column_name = label.rpartition(".")
+        return reflect_column(engine, table_name, column_name)
+    targets: list[Any] = [*find_columns(spec), *find_indexes(spec, required=False)]
+    for target in targets:
+        if target.label == label:
+            return target
+    raise RotationError(f"{label} is no longer in the models {spec!r}")
+
+
+def _source(spec: ModelSpec, name: str) -> Source | None:
+    return ("models", name) if isinstance(spec, (str, ModuleType)) else _object_source(spec)
+
+
+def _object_source(spec: ModelSpec) -> Source | None:
+    if isinstance(spec, type) and "<" not in spec.__qualname__:
+        return ("models", f"{spec.__module__}:{spec.__qualname__}")
+    return None
+
+
+def _tables(spec: ModelSpec) -> tuple[str, list[Table]]:
+    """The name of ``spec``, and the tables it names, sorted by name."""
+    if isinstance(spec, str):
+        module_name, _, attribute = spec.partition(":")
+        module = _import(module_name)
+        if not attribute:
+            return spec, _module_tables(module)
+        try:
+            obj = getattr(module, attribute)
+        except AttributeError:
+            raise ConfigurationError(
+                f"models module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+        return spec, _object_tables(spec, obj)
+    if isinstance(spec, ModuleType):
+        return spec.__name__, _module_tables(spec)
+    return repr(spec), _object_tables(repr(spec), spec)
+
+
+def _module_tables(module: ModuleType) -> list[Table]:
+    tables: dict[int, Table] = {}
+    for obj in list(vars(module).values()):
+        if isinstance(obj, Table):
+            tables.setdefault(id(obj), obj)
+        elif isinstance(obj, type) and _defined_in(obj, module):
+            for mapped in _mapped_tables(obj):
+                tables.setdefault(id(mapped), mapped)
+    return sorted(tables.values(), key=lambda t: t.fullname)
+
+
+def _object_tables(name: str, obj: Any) -> list[Table]:
+    if isinstance(obj, Table):
+        return [obj]
+    if isinstance(obj, MetaData):
+        return list(obj.sorted_tables)
+    if isinstance(obj, type):
+        mapped = _mapped_tables(obj)
+        if mapped:
+            return mapped
+        metadata = getattr(obj, "metadata", None)
+        if isinstance(metadata, MetaData):  # a declarative base
+            return list(metadata.sorted_tables)
+    raise ConfigurationError(
+        f"{name!r} is not models: name a module, a declarative base, a MetaData, a mapped "
+        "class or a Table (module:Base)"
+    )
+
+
+def _mapped_tables(cls: type) -> list[Table]:
+    mapper: Any = sa_inspect(cls, raiseerr=False)
+    if not isinstance(mapper, Mapper):
+        return []
+    return [t for t in mapper.tables if isinstance(t, Table)]
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"cannot import the models module {name!r} ({type(exc).__name__}: {exc}); run "
+            "from the directory that holds it, or install the package that provides it"
+        ) from exc
+
+
+def _defined_in(cls: type, module: ModuleType) -> bool:
+    owner = getattr(cls, "__module__", "")
+    return owner == module.__name__ or owner.startswith(module.__name__ + ".")
+
+
+def _table_of(column_: Column[Any]) -> Table:
+    table_ = column_.table
+    if not isinstance(table_, Table):
+        raise ConfigurationError(f"column {column_.name!r} is not on a table")
+    return table_
