@@ -279,7 +279,7 @@ def run_job(
             state.begin(name, ranges)
     else:
         total = _count_rows(engine, built, options, [r for r in ranges if not r.done])
-    progress = _Progress(state, name, listener, report)
+    progress = _JobProgress(state, name, listener, report)
     listener.started(built.label, total)
     pending = [i for i, r in enumerate(ranges) if not r.done]
     if workers == 1 or len(pending) < 2:
@@ -323,7 +323,7 @@ def _resume_name(job: BatchJob, shard: tuple[int, int] | None, dry_run: bool) ->
     return " | ".join(parts)
 
 
-class _Progress:
+class _JobProgress:
     """Adds each committed batch to the job's report, saves the state, tells the listener."""
 
     def __init__(
@@ -361,7 +361,7 @@ class _Progress:
 class _RangeProgress:
     """The progress of one range: what a walk reports to."""
 
-    run: _Progress
+    run: _JobProgress
     index: int
 
     def committed(self, rows: int, counts: dict[str, int], last: tuple[Any, ...] | None) -> None:
@@ -887,7 +887,7 @@ def _run_workers(
     job: BatchJob,
     options: _Options,
     ranges: list[tuple[int, KeyRange]],
-    progress: _Progress,
+    progress: _JobProgress,
 ) -> None:
     # spawn, not fork: a forked child would share the parent's pooled connections and threads.
     context = multiprocessing.get_context("spawn")

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, and_, case, func, select
 from sqlalchemy.engine import Connection
@@ -34,7 +34,10 @@ from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn
 from sa_fieldcrypt.keys import KEY_ID_PATTERN, Keyring
 from sa_fieldcrypt.providers.env import LEGACY_KEY_ID, keyring_from_settings
-from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
+
+if TYPE_CHECKING:
+    # Imported when the settings are read: pydantic is a tenth of a second of start-up.
+    from sa_fieldcrypt.settings import FieldCryptSettings
 
 __all__ = [
     "ColumnStatus",
@@ -91,17 +94,7 @@ class ColumnStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """The status as plain data, for JSON."""
-        return {
-            "column": self.column,
-            "primary": self.primary,
-            "by_key": dict(self.by_key),
-            "unknown_keys": self.unknown_keys,
-            "legacy": self.legacy,
-            "plaintext": self.plaintext,
-            "null": self.null,
-            "malformed": self.malformed,
-            "pending": self.pending,
-        }
+        return {**asdict(self), "unknown_keys": self.unknown_keys, "pending": self.pending}
 
 
 @dataclass(frozen=True)
@@ -141,16 +134,7 @@ class IndexStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """The status as plain data, for JSON."""
-        return {
-            "column": self.column,
-            "primary": self.primary,
-            "by_key": dict(self.by_key),
-            "other_keys": self.other_keys,
-            "no_index": self.no_index,
-            "missing": self.missing,
-            "stale": self.stale,
-            "done": self.done,
-        }
+        return {**asdict(self), "stale": self.stale, "done": self.done}
 
 
 @dataclass(frozen=True)
@@ -181,15 +165,7 @@ class KeyUsage:
 
     def to_dict(self) -> dict[str, Any]:
         """The usage as plain data, for JSON."""
-        return {
-            "key_id": self.key_id,
-            "purpose": self.purpose,
-            "rows": self.rows,
-            "primary": self.primary,
-            "in_keyring": self.in_keyring,
-            "legacy_rows": self.legacy_rows,
-            "needed": self.needed,
-        }
+        return {**asdict(self), "needed": self.needed}
 
 
 @dataclass(frozen=True)
@@ -582,7 +558,10 @@ def env_keys_without(
         ``(value, notes)``: the new ``FIELDCRYPT_KEYS`` text, primary key first, and notes
         (free of key material) on other variables to change.
     """
-    settings = settings or load_settings()
+    if settings is None:
+        from sa_fieldcrypt.settings import load_settings
+
+        settings = load_settings()
     remaining = _without(keyring_from_settings(settings), key_ids)
     notes: list[str] = []
     keys = list(remaining)
