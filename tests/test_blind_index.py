@@ -20,19 +20,18 @@ import sa_fieldcrypt
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
-    BlindIndexKey,
-    BlindIndexKeyring,
     ConfigurationError,
+    Key,
     KeyProviderError,
+    Keyring,
     ValueTypeError,
-    generate_blind_index_key,
     generate_key,
     normalize_email,
     normalize_phone,
 )
 
 INDEX_VALUE = re.compile(r"(?P<id>[A-Za-z0-9_-]{1,32}):(?P<mac>[0-9a-f]{64})\Z")
-RING = BlindIndexKeyring({"b1": generate_blind_index_key()})
+RING = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
 key_ids = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
 
 
@@ -138,8 +137,8 @@ def test_normalizers_are_idempotent(normalizer: Any, value: str) -> None:
 def test_index_value_format_and_length() -> None:
     """A value is '<key id>:<64 lowercase hex>', never longer than BLIND_INDEX_LENGTH."""
     long_id = "k" * 32
-    ring = BlindIndexKeyring({long_id: generate_blind_index_key()})
-    value = _index(keys=ring).compute("ada@example.com")
+    ring = Keyring({long_id: generate_key("hmac-sha256")}, purpose="blind-index")
+    value = _index(keyring=ring).compute("ada@example.com")
     assert value is not None
     match = INDEX_VALUE.match(value)
     assert match is not None
@@ -150,7 +149,7 @@ def test_index_value_format_and_length() -> None:
 def test_index_value_matches_the_documented_construction() -> None:
     """The value is HMAC-SHA256 keyed by HKDF-SHA256(key, info=prefix + name), as documented."""
     secret = bytes(range(32))
-    ring = BlindIndexKeyring({"b1": base64.urlsafe_b64encode(secret)})
+    ring = Keyring({"b1": base64.urlsafe_b64encode(secret)}, purpose="blind-index")
     hkdf = HKDF(
         algorithm=hashes.SHA256(),
         length=32,
@@ -160,7 +159,7 @@ def test_index_value_matches_the_documented_construction() -> None:
     mac = HMAC(hkdf.derive(secret), hashes.SHA256())
     mac.update(b"ada@example.com")
     expected = "b1:" + mac.finalize().hex()
-    index = _index(keys=ring, normalizer=normalize_email)
+    index = _index(keyring=ring, normalizer=normalize_email)
     assert expected == index.compute(" Ada@Example.com ")
 
 
@@ -190,13 +189,15 @@ def test_different_values_give_different_index_values(a: str, b: str) -> None:
 
 def test_candidates_cover_every_active_key_newest_first() -> None:
     """compute() uses the first key; candidates() gives one value per active key, in order."""
-    old = BlindIndexKeyring({"b1": generate_blind_index_key()})
-    both = BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *old])
-    before = _index(keys=old).compute("x")
-    candidates = _index(keys=both).candidates("x")
+    old = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    both = Keyring(
+        [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *old], purpose="blind-index"
+    )
+    before = _index(keyring=old).compute("x")
+    candidates = _index(keyring=both).candidates("x")
     assert ["b2", "b1"] == [c.partition(":")[0] for c in candidates]
     assert before == candidates[1]
-    assert candidates[0] == _index(keys=both).compute("x")
+    assert candidates[0] == _index(keyring=both).compute("x")
 
 
 def test_unindexed_values() -> None:
@@ -228,7 +229,7 @@ def test_wrong_types_are_value_type_errors(kwargs: Any, value: Any, expected: st
 def test_unnamed_index_cannot_compute() -> None:
     """A BlindIndex used outside encrypted_hybrid() needs an explicit name."""
     with pytest.raises(ConfigurationError, match="has no name"):
-        BlindIndex("email_bidx", keys=RING).compute("x")
+        BlindIndex("email_bidx", keyring=RING).compute("x")
 
 
 # -- keys ----------------------------------------------------------------------------------
@@ -236,23 +237,23 @@ def test_unnamed_index_cannot_compute() -> None:
 
 def test_keys_are_redacted() -> None:
     """No repr or str of a key, keyring or index shows the secret."""
-    secret = generate_blind_index_key()
-    key = BlindIndexKey("b1", secret)
-    ring = BlindIndexKeyring([key])
-    shown = [repr(key), str(key), repr(ring), str(ring), repr(_index(keys=ring))]
+    secret = generate_key("hmac-sha256")
+    key = Key("b1", secret, purpose="blind-index")
+    ring = Keyring([key], purpose="blind-index")
+    shown = [repr(key), str(key), repr(ring), str(ring), repr(_index(keyring=ring))]
     assert all(secret not in s and secret[:12] not in s for s in shown)
 
 
 def test_fernet_keys_from_keygen_are_accepted() -> None:
     """`fieldcrypt keygen` output (32 bytes, url-safe base64) is a valid blind-index key."""
-    assert ("b1",) == BlindIndexKeyring.parse(f"b1:{generate_key()}").ids
+    assert ("b1",) == Keyring.parse(f"b1:{generate_key()}", purpose="blind-index").ids
 
 
 @given(ids=st.lists(key_ids, min_size=1, max_size=5, unique_by=str.lower))
 def test_export_then_parse_round_trips(ids: list[str]) -> None:
     """parse(export()) keeps the ids, their order and the secrets, for any valid keyring."""
-    ring = BlindIndexKeyring({kid: generate_blind_index_key() for kid in ids})
-    again = BlindIndexKeyring.parse(ring.export())
+    ring = Keyring({kid: generate_key("hmac-sha256") for kid in ids}, purpose="blind-index")
+    again = Keyring.parse(ring.export(), purpose="blind-index")
     assert ring.ids == again.ids
     assert [k.export() for k in ring] == [k.export() for k in again]
 
@@ -261,7 +262,7 @@ def test_export_then_parse_round_trips(ids: list[str]) -> None:
 def test_parse_of_any_text_raises_only_configuration_errors(text: str) -> None:
     """Arbitrary text either parses or raises ConfigurationError, never another error."""
     with contextlib.suppress(ConfigurationError):
-        BlindIndexKeyring.parse(text)
+        Keyring.parse(text, purpose="blind-index")
 
 
 @pytest.mark.parametrize(
@@ -280,10 +281,12 @@ def test_parse_of_any_text_raises_only_configuration_errors(text: str) -> None:
 )
 def test_parse_errors_name_the_entry_not_the_key(text: str, expected: str) -> None:
     """Malformed key text raises ConfigurationError pointing at the entry, never the key."""
-    key = generate_blind_index_key()
+    key = generate_key("hmac-sha256")
     with pytest.raises(ConfigurationError, match=expected) as info:
-        BlindIndexKeyring.parse(
-            text.format(k=key, k_unpadded=key.rstrip("=")), source="FIELDCRYPT_BLIND_INDEX_KEYS"
+        Keyring.parse(
+            text.format(k=key, k_unpadded=key.rstrip("=")),
+            source="FIELDCRYPT_BLIND_INDEX_KEYS",
+            purpose="blind-index",
         )
     assert key not in str(info.value)
 
@@ -291,7 +294,7 @@ def test_parse_errors_name_the_entry_not_the_key(text: str, expected: str) -> No
 def test_keys_survive_pickling() -> None:
     """A pickled keyring (sent to a worker process) computes the same index values."""
     clone = pickle.loads(pickle.dumps(RING))
-    assert _index().compute("x") == _index(keys=clone).compute("x")
+    assert _index().compute("x") == _index(keyring=clone).compute("x")
 
 
 # -- settings and providers ----------------------------------------------------------------
@@ -303,10 +306,10 @@ def test_keys_setting_first_entry_writes(
     """FIELDCRYPT_BLIND_INDEX_KEYS gives the keys; the first computes, all match."""
     monkeypatch.setenv(
         "FIELDCRYPT_BLIND_INDEX_KEYS",
-        f"b2:{generate_blind_index_key()},b1:{generate_blind_index_key()}",
+        f"b2:{generate_key('hmac-sha256')},b1:{generate_key('hmac-sha256')}",
     )
     index = BlindIndex("email_bidx", name="t.email_bidx")
-    assert ("b2", "b1") == sa_fieldcrypt.current_blind_index_keys().ids
+    assert ("b2", "b1") == sa_fieldcrypt.current_keyring("blind-index").ids
     assert (index.compute("x") or "").startswith("b2:")
     assert 2 == len(index.candidates("x"))
 
@@ -315,8 +318,8 @@ def test_single_key_setting_is_id_b0(
     no_default_keys: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """FIELDCRYPT_BLIND_INDEX_KEY alone is the one key, with id b0."""
-    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_blind_index_key())
-    assert ("b0",) == sa_fieldcrypt.current_blind_index_keys().ids
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_key("hmac-sha256"))
+    assert ("b0",) == sa_fieldcrypt.current_keyring("blind-index").ids
 
 
 @pytest.mark.parametrize(
@@ -370,7 +373,7 @@ def test_settings_repr_hides_index_keys(
     no_default_keys: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Printing the settings never shows a blind-index key."""
-    key = generate_blind_index_key()
+    key = generate_key("hmac-sha256")
     monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEYS", f"b1:{key}")
     monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", key)
     settings = sa_fieldcrypt.FieldCryptSettings()
@@ -380,24 +383,24 @@ def test_settings_repr_hides_index_keys(
 def test_configure_blind_index_overrides_settings(
     no_default_keys: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """configure_blind_index(keys=...) wins over the settings until it is reset."""
-    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_blind_index_key())
-    sa_fieldcrypt.configure_blind_index(keys=RING)
-    assert ("b1",) == sa_fieldcrypt.current_blind_index_keys().ids
-    sa_fieldcrypt.configure_blind_index()
-    assert ("b0",) == sa_fieldcrypt.current_blind_index_keys().ids
+    """configure(purpose="blind-index", keyring=...) wins over the settings until it is reset."""
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_key("hmac-sha256"))
+    sa_fieldcrypt.configure(purpose="blind-index", keyring=RING)
+    assert ("b1",) == sa_fieldcrypt.current_keyring("blind-index").ids
+    sa_fieldcrypt.configure(purpose="blind-index")
+    assert ("b0",) == sa_fieldcrypt.current_keyring("blind-index").ids
     with pytest.raises(ConfigurationError, match="not both"):
-        sa_fieldcrypt.configure_blind_index(keys=RING, provider=_Provider(RING))
+        sa_fieldcrypt.configure(purpose="blind-index", keyring=RING, provider=_Provider(RING))
 
 
 class _Provider:
     """Serves the keyrings it holds in turn; an exception item is raised instead."""
 
-    def __init__(self, *results: BlindIndexKeyring | Exception, cache_ttl: float | None = None):
+    def __init__(self, *results: Keyring | Exception, cache_ttl: float | None = None):
         self.results = list(results)
         self.cache_ttl = cache_ttl
 
-    def load(self) -> BlindIndexKeyring:
+    def load(self) -> Keyring:
         result = self.results[0] if len(self.results) == 1 else self.results.pop(0)
         if isinstance(result, Exception):
             raise result
@@ -406,15 +409,18 @@ class _Provider:
 
 def test_provider_keys_refresh_after_ttl() -> None:
     """A provider with cache_ttl is reloaded once it expires, so a new key is picked up."""
-    newer = BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *RING])
-    index = BlindIndex("e", name="t.e", keys=_Provider(RING, newer, cache_ttl=0))
-    assert ("b1",) == index.keyring().ids
-    assert ("b2", "b1") == index.keyring().ids
+    newer = Keyring(
+        [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *RING],
+        purpose="blind-index",
+    )
+    index = BlindIndex("e", name="t.e", keyring=_Provider(RING, newer, cache_ttl=0))
+    assert ("b1",) == index.active_keyring().ids
+    assert ("b2", "b1") == index.active_keyring().ids
 
 
 def test_provider_outage_serves_previous_keys(caplog: pytest.LogCaptureFixture) -> None:
     """A failing refresh keeps the loaded keys and logs a warning without key material."""
-    index = BlindIndex("e", name="t.e", keys=_Provider(RING, OSError("down"), cache_ttl=0))
+    index = BlindIndex("e", name="t.e", keyring=_Provider(RING, OSError("down"), cache_ttl=0))
     first = index.compute("x")
     with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
         assert first == index.compute("x")
@@ -424,18 +430,18 @@ def test_provider_outage_serves_previous_keys(caplog: pytest.LogCaptureFixture) 
 
 def test_provider_failure_without_keys_is_a_provider_error() -> None:
     """A provider failing on the first load raises KeyProviderError naming the provider."""
-    index = BlindIndex("e", name="t.e", keys=_Provider(OSError("secret detail")))
+    index = BlindIndex("e", name="t.e", keyring=_Provider(OSError("secret detail")))
     with pytest.raises(KeyProviderError, match="_Provider failed to load keys") as info:
         index.compute("x")
     assert "secret detail" not in str(info.value)
 
 
 def test_provider_returning_the_wrong_type_is_refused() -> None:
-    """A provider must return a BlindIndexKeyring (not, say, an encryption Keyring)."""
+    """A provider must return a Keyring (not, say, an encryption Keyring)."""
     index = BlindIndex(
-        "e", name="t.e", keys=_Provider(sa_fieldcrypt.Keyring({"k": generate_key()}))
+        "e", name="t.e", keyring=_Provider(sa_fieldcrypt.Keyring({"k": generate_key()}))
     )  # type: ignore[arg-type]
-    with pytest.raises(KeyProviderError, match="not a BlindIndexKeyring"):
+    with pytest.raises(KeyProviderError, match="not a Keyring"):
         index.compute("x")
 
 

@@ -20,7 +20,6 @@ from sa_fieldcrypt import (
     ConfigurationError,
     Keyring,
     __version__,
-    generate_blind_index_key,
     generate_key,
 )
 from sa_fieldcrypt.cli import cli
@@ -196,7 +195,7 @@ def booking_db(no_default_keys: None, monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.chdir(EXAMPLES)  # as `fieldcrypt reindex booking.models:Base` is run there
     models = importlib.import_module("booking.models")
     monkeypatch.setenv("FIELDCRYPT_KEYS", f"k1:{generate_key()}")
-    old_index_key = f"b1:{generate_blind_index_key()}"
+    old_index_key = f"b1:{generate_key('hmac-sha256')}"
     monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEYS", old_index_key)
     url = f"sqlite:///{tmp_path / 'booking.sqlite3'}"
     engine = create_engine(url).execution_options(schema_translate_map=models.SQLITE_SCHEMA_MAP)
@@ -213,9 +212,11 @@ def booking_db(no_default_keys: None, monkeypatch: pytest.MonkeyPatch, tmp_path:
     engine.dispose()
     # The operator adds a new writing index key in front of the old one.
     monkeypatch.setenv(
-        "FIELDCRYPT_BLIND_INDEX_KEYS", f"b2:{generate_blind_index_key()},{old_index_key}"
+        "FIELDCRYPT_BLIND_INDEX_KEYS", f"b2:{generate_key('hmac-sha256')},{old_index_key}"
     )
-    sa_fieldcrypt.configure_blind_index()  # forget the loaded keys: read the variables again
+    sa_fieldcrypt.configure(
+        purpose="blind-index"
+    )  # forget the loaded keys: read the variables again
     return url
 
 

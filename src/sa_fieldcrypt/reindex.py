@@ -371,7 +371,8 @@ def blind_index_status(
     with engine.connect() as conn:
         sql = _Sql(conn.dialect.name)
         for column in blind_index_columns(target, tables=tables):
-            key_ids = column.blind_index.keyring().ids
+            keyring = column.blind_index.active_keyring()
+            key_ids = (keyring.primary.id, *(i for i in keyring.ids if i != keyring.primary.id))
             # count(CASE ...) rather than FILTER, which MariaDB lacks.
             counts = [
                 func.count(case((sql.has_prefix(column.index, f"{kid}:"), 1))) for kid in key_ids
@@ -536,7 +537,8 @@ class _State:
         # A state is only valid for the same columns, index names and writing key; another
         # rotation (a newer key) must start over.
         fingerprint = sorted(
-            f"{c.label}|{c.blind_index.name}|{c.blind_index.keyring().newest.id}" for c in columns
+            f"{c.label}|{c.blind_index.name}|{c.blind_index.active_keyring().primary.id}"
+            for c in columns
         )
         target = Path(path)
         tables: dict[str, Any] = {}
