@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
-import pickle
 import re
 from typing import Any
 
@@ -16,7 +14,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
-import sa_fieldcrypt
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
@@ -36,7 +33,7 @@ key_ids = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
 
 
 def _index(name: str = "customers.email_bidx", **kwargs: Any) -> BlindIndex:
-    kwargs.setdefault("keys", RING)
+    kwargs.setdefault("keyring", RING)
     return BlindIndex("email_bidx", name=name, **kwargs)
 
 
@@ -187,8 +184,8 @@ def test_different_values_give_different_index_values(a: str, b: str) -> None:
     assert (a == b) == (index.compute(a) == index.compute(b))
 
 
-def test_candidates_cover_every_active_key_newest_first() -> None:
-    """compute() uses the first key; candidates() gives one value per active key, in order."""
+def test_candidates_cover_every_key_primary_first() -> None:
+    """compute() uses the primary key; candidates() gives one value per key, primary first."""
     old = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
     both = Keyring(
         [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *old], purpose="blind-index"
@@ -198,6 +195,23 @@ def test_candidates_cover_every_active_key_newest_first() -> None:
     assert ["b2", "b1"] == [c.partition(":")[0] for c in candidates]
     assert before == candidates[1]
     assert candidates[0] == _index(keyring=both).compute("x")
+
+
+def test_a_named_primary_writes_even_when_not_first() -> None:
+    """With primary= naming a later key (a promoted Secret Manager version), it writes."""
+    ring = Keyring(
+        {"v2": generate_key("hmac-sha256"), "v1": generate_key("hmac-sha256")},
+        primary="v1",
+        purpose="blind-index",
+    )
+    assert "v1" == (_index(keyring=ring).compute("x") or "").partition(":")[0]
+    assert ["v1", "v2"] == [c.partition(":")[0] for c in _index(keyring=ring).candidates("x")]
+
+
+def test_index_keeps_the_keyring_it_was_given() -> None:
+    """BlindIndex.keyring is what was passed, as EncryptedType.keyring is; None by default."""
+    assert RING is _index().keyring
+    assert BlindIndex("e").keyring is None
 
 
 def test_unindexed_values() -> None:
@@ -232,9 +246,6 @@ def test_unnamed_index_cannot_compute() -> None:
         BlindIndex("email_bidx", keyring=RING).compute("x")
 
 
-# -- keys ----------------------------------------------------------------------------------
-
-
 def test_keys_are_redacted() -> None:
     """No repr or str of a key, keyring or index shows the secret."""
     secret = generate_key("hmac-sha256")
@@ -244,153 +255,7 @@ def test_keys_are_redacted() -> None:
     assert all(secret not in s and secret[:12] not in s for s in shown)
 
 
-def test_fernet_keys_from_keygen_are_accepted() -> None:
-    """`fieldcrypt keygen` output (32 bytes, url-safe base64) is a valid blind-index key."""
-    assert ("b1",) == Keyring.parse(f"b1:{generate_key()}", purpose="blind-index").ids
-
-
-@given(ids=st.lists(key_ids, min_size=1, max_size=5, unique_by=str.lower))
-def test_export_then_parse_round_trips(ids: list[str]) -> None:
-    """parse(export()) keeps the ids, their order and the secrets, for any valid keyring."""
-    ring = Keyring({kid: generate_key("hmac-sha256") for kid in ids}, purpose="blind-index")
-    again = Keyring.parse(ring.export(), purpose="blind-index")
-    assert ring.ids == again.ids
-    assert [k.export() for k in ring] == [k.export() for k in again]
-
-
-@given(st.text())
-def test_parse_of_any_text_raises_only_configuration_errors(text: str) -> None:
-    """Arbitrary text either parses or raises ConfigurationError, never another error."""
-    with contextlib.suppress(ConfigurationError):
-        Keyring.parse(text, purpose="blind-index")
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("", "is empty"),
-        ("b1", "entry 1 is not of the form"),
-        ("b1:c2hvcnQ=", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
-        ("b1:{k},b1:{k}", "'b1' appears more than once"),
-        ("bad id:{k}", "'bad id' is not valid"),
-        ("{k}:b1", "entry 1: key id of 44 characters is not valid"),
-        ("b1:{k},B1:{k}", "'b1' and 'B1' differ only in case"),
-        ("b1:{k}x", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
-        ("b1:{k_unpadded}", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
-    ],
-)
-def test_parse_errors_name_the_entry_not_the_key(text: str, expected: str) -> None:
-    """Malformed key text raises ConfigurationError pointing at the entry, never the key."""
-    key = generate_key("hmac-sha256")
-    with pytest.raises(ConfigurationError, match=expected) as info:
-        Keyring.parse(
-            text.format(k=key, k_unpadded=key.rstrip("=")),
-            source="FIELDCRYPT_BLIND_INDEX_KEYS",
-            purpose="blind-index",
-        )
-    assert key not in str(info.value)
-
-
-def test_keys_survive_pickling() -> None:
-    """A pickled keyring (sent to a worker process) computes the same index values."""
-    clone = pickle.loads(pickle.dumps(RING))
-    assert _index().compute("x") == _index(keyring=clone).compute("x")
-
-
-# -- settings and providers ----------------------------------------------------------------
-
-
-def test_keys_setting_first_entry_writes(
-    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """FIELDCRYPT_BLIND_INDEX_KEYS gives the keys; the first computes, all match."""
-    monkeypatch.setenv(
-        "FIELDCRYPT_BLIND_INDEX_KEYS",
-        f"b2:{generate_key('hmac-sha256')},b1:{generate_key('hmac-sha256')}",
-    )
-    index = BlindIndex("email_bidx", name="t.email_bidx")
-    assert ("b2", "b1") == sa_fieldcrypt.current_keyring("blind-index").ids
-    assert (index.compute("x") or "").startswith("b2:")
-    assert 2 == len(index.candidates("x"))
-
-
-def test_single_key_setting_is_id_b0(
-    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """FIELDCRYPT_BLIND_INDEX_KEY alone is the one key, with id b0."""
-    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_key("hmac-sha256"))
-    assert ("b0",) == sa_fieldcrypt.current_keyring("blind-index").ids
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({}, "no blind-index key configured: set FIELDCRYPT_BLIND_INDEX_KEYS"),
-        ({"FIELDCRYPT_BLIND_INDEX_KEYS": ""}, "FIELDCRYPT_BLIND_INDEX_KEYS is empty"),
-        ({"FIELDCRYPT_BLIND_INDEX_KEY": "short"}, "FIELDCRYPT_BLIND_INDEX_KEY is not 32 bytes"),
-        (
-            {"FIELDCRYPT_BLIND_INDEX_KEY": "{k}", "FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}"},
-            "both FIELDCRYPT_BLIND_INDEX_KEYS and FIELDCRYPT_BLIND_INDEX_KEY",
-        ),
-        (
-            {"FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}", "FIELDCRYPT_KEYS": "k1:{k}"},
-            "blind-index key 'b1' is also an encryption key",
-        ),
-        (
-            {"FIELDCRYPT_BLIND_INDEX_KEY": "{k}", "FIELD_ENCRYPTION_KEY": "{k}"},
-            "blind-index key 'b0' is also an encryption key",
-        ),
-        (
-            {"FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}", "FIELDCRYPT_KEYS": "k1:aes-gcm-siv:{k}"},
-            "blind-index key 'b1' is also an encryption key",
-        ),
-    ],
-    ids=[
-        "nothing",
-        "empty",
-        "malformed",
-        "both",
-        "reused-key",
-        "reused-legacy-key",
-        "reused-aead-key",
-    ],
-)
-def test_bad_settings_fail_clearly_at_first_use(
-    no_default_keys: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
-) -> None:
-    """Each bad setting is one ConfigurationError at the first index computation, keyless."""
-    key = generate_key()
-    for name, value in env.items():
-        monkeypatch.setenv(name, value.format(k=key))
-    index = BlindIndex("email_bidx", name="t.email_bidx")  # constructing needs no key
-    with pytest.raises(ConfigurationError, match=expected) as info:
-        index.compute("x")
-    assert key not in str(info.value)
-    assert "\n" not in str(info.value)
-
-
-def test_settings_repr_hides_index_keys(
-    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Printing the settings never shows a blind-index key."""
-    key = generate_key("hmac-sha256")
-    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEYS", f"b1:{key}")
-    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", key)
-    settings = sa_fieldcrypt.FieldCryptSettings()
-    assert key not in repr(settings)
-
-
-def test_configure_blind_index_overrides_settings(
-    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """configure(purpose="blind-index", keyring=...) wins over the settings until it is reset."""
-    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_key("hmac-sha256"))
-    sa_fieldcrypt.configure(purpose="blind-index", keyring=RING)
-    assert ("b1",) == sa_fieldcrypt.current_keyring("blind-index").ids
-    sa_fieldcrypt.configure(purpose="blind-index")
-    assert ("b0",) == sa_fieldcrypt.current_keyring("blind-index").ids
-    with pytest.raises(ConfigurationError, match="not both"):
-        sa_fieldcrypt.configure(purpose="blind-index", keyring=RING, provider=_Provider(RING))
+# -- providers ------------------------------------------------------------------------
 
 
 class _Provider:
@@ -425,7 +290,7 @@ def test_provider_outage_serves_previous_keys(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
         assert first == index.compute("x")
     assert "failed to refresh" in caplog.text
-    assert RING.newest.export() not in caplog.text
+    assert RING.primary.export() not in caplog.text
 
 
 def test_provider_failure_without_keys_is_a_provider_error() -> None:
@@ -437,12 +302,17 @@ def test_provider_failure_without_keys_is_a_provider_error() -> None:
 
 
 def test_provider_returning_the_wrong_type_is_refused() -> None:
-    """A provider must return a Keyring (not, say, an encryption Keyring)."""
-    index = BlindIndex(
-        "e", name="t.e", keyring=_Provider(sa_fieldcrypt.Keyring({"k": generate_key()}))
-    )  # type: ignore[arg-type]
-    with pytest.raises(KeyProviderError, match="not a Keyring"):
+    """A blind-index provider serving encryption keys is refused, saying what to serve."""
+    index = BlindIndex("e", name="t.e", keyring=_Provider(Keyring({"k": generate_key()})))
+    with pytest.raises(KeyProviderError, match="returned a keyring of encryption keys") as info:
         index.compute("x")
+    assert "purpose='blind-index'" in str(info.value)
+
+
+def test_an_encryption_keyring_is_refused_at_construction() -> None:
+    """BlindIndex(keyring=) with encryption keys fails at once, naming the purpose to use."""
+    with pytest.raises(ConfigurationError, match="keyring of blind-index keys"):
+        BlindIndex("e", keyring=Keyring({"k1": generate_key()}))
 
 
 # -- strategies ------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_parse_duplicate_and_primary_errors_name_the_setting() -> None:
         Keyring.parse(f"a:{k}", primary="z", source="FIELDCRYPT_KEYS")
 
 
-@given(ids=st.lists(key_ids, min_size=1, max_size=6, unique=True), data=st.data())
+@given(ids=st.lists(key_ids, min_size=1, max_size=6, unique_by=str.lower), data=st.data())
 def test_export_then_parse_round_trips(ids: list[str], data: st.DataObject) -> None:
     """parse(export()) gives the same ids, secrets and primary, for any valid keyring."""
     primary = data.draw(st.sampled_from(ids))
@@ -215,7 +215,9 @@ def test_parse_reads_mixed_kinds() -> None:
 
 
 @given(
-    entries=st.lists(st.tuples(key_ids, kinds), min_size=1, max_size=6, unique_by=lambda e: e[0])
+    entries=st.lists(
+        st.tuples(key_ids, kinds), min_size=1, max_size=6, unique_by=lambda e: e[0].lower()
+    )
 )
 def test_export_then_parse_round_trips_mixed_kinds(entries: list[tuple[str, str]]) -> None:
     """parse(export()) keeps every id, kind and secret of a keyring that mixes kinds."""
@@ -233,7 +235,10 @@ def test_export_then_parse_round_trips_mixed_kinds(entries: list[tuple[str, str]
         ("k3:aes-gcm-siv:not base64!", "--kind aes-gcm-siv"),
         ("k3:aes-gcm-siv:", "aes-gcm-siv key"),
         ("k3:chacha:" + base64.urlsafe_b64encode(b"x" * 32).decode(), "kind is not known"),
-        ("k3:AES-GCM-SIV:" + base64.urlsafe_b64encode(b"x" * 32).decode(), "kind is not known"),
+        (
+            "k3:AES-GCM-SIV:" + base64.urlsafe_b64encode(b"x" * 32).decode(),
+            "kind is not known",
+        ),
         ("k3:fernet:" + base64.urlsafe_b64encode(b"x" * 31).decode(), "not a Fernet key"),
     ],
     ids=["aead-128-bit", "aead-garbage", "aead-empty", "unknown-kind", "kind-case", "fernet-short"],
@@ -299,3 +304,61 @@ def test_bad_contexts_are_configuration_errors(context: object) -> None:
     """An empty, non-str or non-UTF-8 context is refused."""
     with pytest.raises(ConfigurationError, match="context"):
         Key("k1", generate_key()).for_context(context)  # type: ignore[arg-type]
+
+
+# -- blind-index keys --------------------------------------------------------------------
+
+
+def test_bare_keys_are_blind_index_keys_in_a_blind_index_keyring() -> None:
+    """Bare key text (32 bytes, url-safe base64) reads as an hmac-sha256 key there."""
+    assert ("b1",) == Keyring.parse(f"b1:{generate_key()}", purpose="blind-index").ids
+
+
+@given(ids=st.lists(key_ids, min_size=1, max_size=5, unique_by=str.lower))
+def test_blind_index_export_then_parse_round_trips(ids: list[str]) -> None:
+    """parse(export()) keeps the ids, their order and the secrets, for any valid keyring."""
+    ring = Keyring({kid: generate_key("hmac-sha256") for kid in ids}, purpose="blind-index")
+    again = Keyring.parse(ring.export(), purpose="blind-index")
+    assert ring.ids == again.ids
+    assert [k.export() for k in ring] == [k.export() for k in again]
+
+
+@given(st.text())
+def test_blind_index_parse_of_any_text_raises_only_configuration_errors(text: str) -> None:
+    """Arbitrary text either parses or raises ConfigurationError, never another error."""
+    with contextlib.suppress(ConfigurationError):
+        Keyring.parse(text, purpose="blind-index")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "is empty"),
+        ("b1", "entry 1 is not of the form"),
+        ("b1:c2hvcnQ=", r"entry 1 \(id 'b1'\): the key is not an hmac-sha256 key"),
+        ("b1:{k},b1:{k}", "'b1' appears more than once"),
+        ("bad id:{k}", "'bad id' is not valid"),
+        ("{k}:b1", "entry 1: key id of 44 characters is not valid"),
+        ("b1:{k},B1:{k}", "'b1' and 'B1' differ only in case"),
+        ("b1:{k}x", r"entry 1 \(id 'b1'\): the key is not an hmac-sha256 key"),
+        ("b1:{k_unpadded}", r"entry 1 \(id 'b1'\): the key is not an hmac-sha256 key"),
+    ],
+)
+def test_blind_index_parse_errors_name_the_entry_not_the_key(text: str, expected: str) -> None:
+    """Malformed key text raises ConfigurationError pointing at the entry, never the key."""
+    key = generate_key("hmac-sha256")
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        Keyring.parse(
+            text.format(k=key, k_unpadded=key.rstrip("=")),
+            source="FIELDCRYPT_BLIND_INDEX_KEYS",
+            purpose="blind-index",
+        )
+    assert key not in str(info.value)
+
+
+def test_blind_index_keys_survive_pickling() -> None:
+    """A pickled blind-index keyring (sent to a worker) keeps its purpose and derivations."""
+    ring = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    clone = pickle.loads(pickle.dumps(ring))
+    assert "blind-index" == clone.purpose
+    assert ring.primary.derive(b"info") == clone.primary.derive(b"info")

@@ -228,7 +228,7 @@ def test_state_of_another_rotation_is_ignored(
         keyring=Keyring(
             [Key("b3", generate_key("hmac-sha256"), purpose="blind-index"), *keys],
             purpose="blind-index",
-        )
+        ),
     )
     report = reindex(db, Base.metadata, state=state)
     assert (3, 3) == (report.scanned, report.updated)

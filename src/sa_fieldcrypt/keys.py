@@ -122,7 +122,7 @@ def _a(kind: str) -> str:
 def _unknown_kind(purpose: Purpose) -> str:
     default = DEFAULT_KINDS[purpose]
     return (
-        f"the key names a kind that is not known (known: {', '.join(KEY_KINDS)}); write the "
+        f"the key kind is not known (known: {', '.join(KEY_KINDS)}); write the "
         f"key alone for {_a(default)} key, or '<kind>:<key>'"
     )
 
