@@ -48,17 +48,19 @@ class FieldCryptSettings(BaseSettings):
     gcp_cache_ttl: float = Field(
         default=300.0,
         ge=1,
-        description="Seconds a keyring read from Secret Manager is used before it is read again.",
+        description="Seconds a keyring read from Secret Manager is used before it is read again "
+        "(encryption and blind-index keys alike).",
     )
     gcp_primary_alias: str = Field(
         default="fieldcrypt-primary",
-        description="The version alias that names the encrypting version of the secret.",
+        description="The version alias that names the version of a secret that writes (encrypts, "
+        "or computes new index values); for both secrets.",
     )
     gcp_timeout: float = Field(
         default=5.0,
         gt=0,
         le=60,
-        description="Seconds one read of the secret may take, retries included, before it fails.",
+        description="Seconds one read of a secret may take, retries included, before it fails.",
     )
     blind_index_provider: Literal["env", "gcp"] = Field(
         default="env",
