@@ -467,11 +467,12 @@ def test_rotating_index_keys_matches_old_and_new_values(db: Engine) -> None:
     with Session(db) as session:
         session.add(_customer(1, email="old@example.com"))
         session.commit()
-        sa_fieldcrypt.configure_blind_index(
+        sa_fieldcrypt.configure(
+            purpose="blind-index",
             keyring=Keyring(
                 [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *old],
                 purpose="blind-index",
-            )
+            ),
         )
         session.add(_customer(2, email="new@example.com"))
         session.commit()
@@ -494,11 +495,12 @@ def test_equality_compiles_to_the_index_column(keyring: Keyring, index_keyring: 
 
 def test_two_active_keys_compile_to_in(keyring: Keyring, index_keyring: Keyring) -> None:
     """With two active index keys, == becomes IN over the value's index under each key."""
-    sa_fieldcrypt.configure_blind_index(
+    sa_fieldcrypt.configure(
+        purpose="blind-index",
         keyring=Keyring(
             [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *index_keyring],
             purpose="blind-index",
-        )
+        ),
     )
     compiled = (
         select(Customer.id)

@@ -59,10 +59,11 @@ def demo_keys() -> None:
     if need_keys:
         sa_fieldcrypt.configure(keyring=Keyring.parse(values["FIELDCRYPT_KEYS"], source=source))
     if need_index_keys:
-        sa_fieldcrypt.configure_blind_index(
+        sa_fieldcrypt.configure(
+            purpose="blind-index",
             keyring=Keyring.parse(
                 values["FIELDCRYPT_BLIND_INDEX_KEYS"], source=source, purpose="blind-index"
-            )
+            ),
         )
 
 
