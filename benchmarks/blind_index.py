@@ -72,7 +72,8 @@ def main() -> None:
     index_two = BlindIndex(
         "email_bidx", normalizer=normalize_email, keyring=two, name="c.email_bidx"
     )
-    derived = one.newest.derive("c.email_bidx")
+    # The documented column-key derivation (docs/blind-indexes.md): HKDF info = prefix + name.
+    derived = one.primary.derive(b"sa-fieldcrypt blind index v1\x00c.email_bidx")
     normalized = normalize_email(EMAIL) or ""
     bind = EncryptedText().bind_processor(sqlite.dialect())
     if bind is None:

@@ -105,7 +105,7 @@ def _rotate(old: Keyring) -> Keyring:
 
 def _retire(keys: Keyring) -> None:
     sa_fieldcrypt.configure(
-        purpose="blind-index", keyring=Keyring([keys.newest], purpose="blind-index")
+        purpose="blind-index", keyring=Keyring([keys.primary], purpose="blind-index")
     )
 
 
