@@ -46,12 +46,12 @@ def configure(
     provider: KeyProvider | None = None,
     purpose: Purpose = "encryption",
 ) -> None:
-    """Set the default keys of ``purpose``: what every column (or blind index) uses unless it
-    names its own.
+    """Set the process default keys of ``purpose``.
 
-    Give exactly one of ``keyring`` (fixed keys) or ``provider`` (loaded, cached and
-    refreshed). With neither, the configuration of ``purpose`` is forgotten, so the next use
-    reads the ``FIELDCRYPT_*`` settings again.
+    Every encrypted column (for ``"encryption"``) or blind index (for ``"blind-index"``) uses
+    them unless it names its own. Give exactly one of ``keyring`` (fixed keys) or ``provider``
+    (loaded, cached and refreshed). With neither, the configuration of ``purpose`` is
+    forgotten, so the next use reads the ``FIELDCRYPT_*`` settings again.
 
     Raises:
         ConfigurationError: both are given, or ``keyring`` holds keys of another purpose.

@@ -59,7 +59,6 @@ __all__ = [
     "KeyKind",
     "Keyring",
     "Purpose",
-    "check_key_id",
     "generate_key",
     "parse_key",
 ]
@@ -152,7 +151,7 @@ def generate_key(kind: KeyKind = "fernet") -> str:
     raise ConfigurationError(f"generate_key: kind must be one of {', '.join(KEY_KINDS)}")
 
 
-def check_key_id(key_id: object, where: str) -> str:
+def _check_key_id(key_id: object, where: str) -> str:
     """Return ``key_id`` if it matches :data:`KEY_ID_PATTERN`, else raise ConfigurationError.
 
     ``where`` starts the message. Text longer than an id is described by its length only: it
@@ -418,7 +417,7 @@ class Key:
         *,
         purpose: Purpose | None = None,
     ):
-        self.id = check_key_id(key_id, "Key")
+        self.id = _check_key_id(key_id, "Key")
         try:
             self.kind, self._raw = _split_key_text(secret, kind, purpose)
         except ConfigurationError as exc:
@@ -546,10 +545,10 @@ class Keyring:
         bound_token_heads: the same for context-bound tokens (``"fc1:<id>:c"``).
 
     Raises:
-        ConfigurationError: no keys, a duplicate or invalid id, two ids that differ only in
-            case (MySQL and MariaDB compare text case-insensitively), a malformed key, a key
-            of another purpose, or a ``primary`` that is not among the keys. The message names
-            the id, never the key.
+        ConfigurationError: no keys, a duplicate or invalid id, two blind-index key ids that
+            differ only in case (MySQL and MariaDB compare index values case-insensitively), a
+            malformed key, a key of another purpose, or a ``primary`` that is not among the
+            keys. The message names the id, never the key.
     """
 
     __slots__ = ("_keys", "bound_token_heads", "primary", "purpose", "token_heads")
@@ -570,7 +569,7 @@ class Keyring:
             raise ConfigurationError(f"Keyring: purpose must be one of {', '.join(PURPOSES)}")
         if isinstance(keys, Mapping):
             built = [
-                parse_key(secret, purpose=purpose, key_id=check_key_id(kid, "Keyring"))
+                parse_key(secret, purpose=purpose, key_id=_check_key_id(kid, "Keyring"))
                 for kid, secret in keys.items()
             ]
         else:
@@ -586,10 +585,11 @@ class Keyring:
                 )
             if key.id in by_id:
                 raise ConfigurationError(f"Keyring: key id {key.id!r} appears more than once")
-            # MySQL and MariaDB compare text case-insensitively by default, so such ids
-            # could not be told apart in stored values or counted apart in SQL.
+            # MySQL and MariaDB compare text case-insensitively by default, so a lookup could
+            # not tell such index values apart. Tokens are matched case-sensitively (rotation
+            # counts ids exactly), so encryption keyrings may hold them.
             twin = folded.setdefault(key.id.lower(), key.id)
-            if twin != key.id:
+            if twin != key.id and purpose == "blind-index":
                 raise ConfigurationError(
                     f"Keyring: key ids {twin!r} and {key.id!r} differ only in case; rename one"
                 )
@@ -639,7 +639,7 @@ class Keyring:
             if not sep or not kid:
                 raise ConfigurationError(f"{source}: entry {position} is not of the form 'id:key'")
             where = f"{source}: entry {position}"
-            check_key_id(kid, where)
+            _check_key_id(kid, where)
             try:
                 keys.append(parse_key(secret, purpose=purpose, key_id=kid))
             except ConfigurationError as exc:

@@ -207,7 +207,7 @@ def keyrings(
         st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True),
         min_size=1,
         max_size=max_keys,
-        # A keyring refuses ids that differ only in case (MySQL could not tell them apart).
+        # A blind-index keyring refuses ids that differ only in case.
         unique_by=str.lower,
     )
     kind = st.sampled_from(tuple(PURPOSE_KINDS[purpose] if kinds is None else kinds))
