@@ -24,13 +24,11 @@ import sa_fieldcrypt
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
-    BlindIndexKey,
-    BlindIndexKeyring,
     EncryptedText,
+    Key,
     Keyring,
     encrypted_hybrid,
     encrypted_values,
-    generate_blind_index_key,
     generate_key,
     normalize_email,
 )
@@ -64,13 +62,18 @@ def per_call_us(func: Callable[[], object]) -> float:
 
 def main() -> None:
     sa_fieldcrypt.configure(keyring=Keyring({"k1": generate_key()}))
-    one = BlindIndexKeyring({"b1": generate_blind_index_key()})
-    two = BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *one])
-    sa_fieldcrypt.configure_blind_index(keys=one)
+    one = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    two = Keyring(
+        [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *one], purpose="blind-index"
+    )
+    sa_fieldcrypt.configure(purpose="blind-index", keyring=one)
 
-    index = BlindIndex("email_bidx", normalizer=normalize_email, keys=one, name="c.email_bidx")
-    index_two = BlindIndex("email_bidx", normalizer=normalize_email, keys=two, name="c.email_bidx")
-    derived = one.newest.derive("c.email_bidx")
+    index = BlindIndex("email_bidx", normalizer=normalize_email, keyring=one, name="c.email_bidx")
+    index_two = BlindIndex(
+        "email_bidx", normalizer=normalize_email, keyring=two, name="c.email_bidx"
+    )
+    # The documented column-key derivation (docs/blind-indexes.md): HKDF info = prefix + name.
+    derived = one.primary.derive(b"sa-fieldcrypt blind index v1\x00c.email_bidx")
     normalized = normalize_email(EMAIL) or ""
     bind = EncryptedText().bind_processor(sqlite.dialect())
     if bind is None:
@@ -123,7 +126,7 @@ def main() -> None:
                     for i in range(REINDEX_ROWS)
                 ],
             )
-        sa_fieldcrypt.configure_blind_index(keys=two)
+        sa_fieldcrypt.configure(purpose="blind-index", keyring=two)
         started = time.perf_counter()
         report = reindex(engine, find_indexes(Base), batch_size=1000)
         elapsed = time.perf_counter() - started

@@ -18,9 +18,8 @@ import pytest
 from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from sa_fieldcrypt import BlindIndexKeyring, Keyring
-from sa_fieldcrypt.blind_index import _swap as _swap_blind_index_keys
-from sa_fieldcrypt.config import _swap
+from sa_fieldcrypt import Keyring
+from sa_fieldcrypt.config import swap_default_keys
 
 pytest_plugins = ["pytester"]
 
@@ -101,11 +100,11 @@ def no_default_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("FIELDCRYPT_") or name == "FIELD_ENCRYPTION_KEY":
             monkeypatch.delenv(name)
-    previous = _swap(None)
-    previous_index_keys = _swap_blind_index_keys(None)
+    previous = swap_default_keys(None)
+    previous_index_keys = swap_default_keys(None, purpose="blind-index")
     yield
-    _swap(previous)
-    _swap_blind_index_keys(previous_index_keys)
+    swap_default_keys(previous)
+    swap_default_keys(previous_index_keys, purpose="blind-index")
 
 
 @pytest.fixture
@@ -115,6 +114,6 @@ def keyring(fieldcrypt_keyring: Keyring) -> Keyring:
 
 
 @pytest.fixture
-def index_keys(fieldcrypt_blind_index_keys: BlindIndexKeyring) -> BlindIndexKeyring:
-    """The plugin's ephemeral blind-index keys, under a shorter name."""
-    return fieldcrypt_blind_index_keys
+def index_keyring(fieldcrypt_blind_index_keyring: Keyring) -> Keyring:
+    """The plugin's ephemeral blind-index keyring, under a shorter name."""
+    return fieldcrypt_blind_index_keyring

@@ -16,7 +16,6 @@ from conftest import server_url
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
-    BlindIndexKeyring,
     EncryptedJSON,
     EncryptedText,
     Keyring,
@@ -115,7 +114,7 @@ def test_async_comparisons_refuse_like_sync() -> None:
 
 
 def test_async_hybrids_and_blind_index_queries(
-    async_url: str, fieldcrypt_keyring: Keyring, fieldcrypt_blind_index_keys: BlindIndexKeyring
+    async_url: str, fieldcrypt_keyring: Keyring, fieldcrypt_blind_index_keyring: Keyring
 ) -> None:
     """Hybrid attributes, lookups through blind indexes and the unique index work async."""
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
-import pickle
 import re
 from typing import Any
 
@@ -16,28 +14,26 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
-import sa_fieldcrypt
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
-    BlindIndexKey,
-    BlindIndexKeyring,
     ConfigurationError,
+    Key,
     KeyProviderError,
+    Keyring,
     ValueTypeError,
-    generate_blind_index_key,
     generate_key,
     normalize_email,
     normalize_phone,
 )
 
 INDEX_VALUE = re.compile(r"(?P<id>[A-Za-z0-9_-]{1,32}):(?P<mac>[0-9a-f]{64})\Z")
-RING = BlindIndexKeyring({"b1": generate_blind_index_key()})
+RING = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
 key_ids = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
 
 
 def _index(name: str = "customers.email_bidx", **kwargs: Any) -> BlindIndex:
-    kwargs.setdefault("keys", RING)
+    kwargs.setdefault("keyring", RING)
     return BlindIndex("email_bidx", name=name, **kwargs)
 
 
@@ -138,8 +134,8 @@ def test_normalizers_are_idempotent(normalizer: Any, value: str) -> None:
 def test_index_value_format_and_length() -> None:
     """A value is '<key id>:<64 lowercase hex>', never longer than BLIND_INDEX_LENGTH."""
     long_id = "k" * 32
-    ring = BlindIndexKeyring({long_id: generate_blind_index_key()})
-    value = _index(keys=ring).compute("ada@example.com")
+    ring = Keyring({long_id: generate_key("hmac-sha256")}, purpose="blind-index")
+    value = _index(keyring=ring).compute("ada@example.com")
     assert value is not None
     match = INDEX_VALUE.match(value)
     assert match is not None
@@ -150,7 +146,7 @@ def test_index_value_format_and_length() -> None:
 def test_index_value_matches_the_documented_construction() -> None:
     """The value is HMAC-SHA256 keyed by HKDF-SHA256(key, info=prefix + name), as documented."""
     secret = bytes(range(32))
-    ring = BlindIndexKeyring({"b1": base64.urlsafe_b64encode(secret)})
+    ring = Keyring({"b1": base64.urlsafe_b64encode(secret)}, purpose="blind-index")
     hkdf = HKDF(
         algorithm=hashes.SHA256(),
         length=32,
@@ -160,7 +156,7 @@ def test_index_value_matches_the_documented_construction() -> None:
     mac = HMAC(hkdf.derive(secret), hashes.SHA256())
     mac.update(b"ada@example.com")
     expected = "b1:" + mac.finalize().hex()
-    index = _index(keys=ring, normalizer=normalize_email)
+    index = _index(keyring=ring, normalizer=normalize_email)
     assert expected == index.compute(" Ada@Example.com ")
 
 
@@ -188,15 +184,34 @@ def test_different_values_give_different_index_values(a: str, b: str) -> None:
     assert (a == b) == (index.compute(a) == index.compute(b))
 
 
-def test_candidates_cover_every_active_key_newest_first() -> None:
-    """compute() uses the first key; candidates() gives one value per active key, in order."""
-    old = BlindIndexKeyring({"b1": generate_blind_index_key()})
-    both = BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *old])
-    before = _index(keys=old).compute("x")
-    candidates = _index(keys=both).candidates("x")
+def test_candidates_cover_every_key_primary_first() -> None:
+    """compute() uses the primary key; candidates() gives one value per key, primary first."""
+    old = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    both = Keyring(
+        [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *old], purpose="blind-index"
+    )
+    before = _index(keyring=old).compute("x")
+    candidates = _index(keyring=both).candidates("x")
     assert ["b2", "b1"] == [c.partition(":")[0] for c in candidates]
     assert before == candidates[1]
-    assert candidates[0] == _index(keys=both).compute("x")
+    assert candidates[0] == _index(keyring=both).compute("x")
+
+
+def test_a_named_primary_writes_even_when_not_first() -> None:
+    """With primary= naming a later key (a promoted Secret Manager version), it writes."""
+    ring = Keyring(
+        {"v2": generate_key("hmac-sha256"), "v1": generate_key("hmac-sha256")},
+        primary="v1",
+        purpose="blind-index",
+    )
+    assert "v1" == (_index(keyring=ring).compute("x") or "").partition(":")[0]
+    assert ["v1", "v2"] == [c.partition(":")[0] for c in _index(keyring=ring).candidates("x")]
+
+
+def test_index_keeps_the_keyring_it_was_given() -> None:
+    """BlindIndex.keyring is what was passed, as EncryptedType.keyring is; None by default."""
+    assert RING is _index().keyring
+    assert BlindIndex("e").keyring is None
 
 
 def test_unindexed_values() -> None:
@@ -228,176 +243,29 @@ def test_wrong_types_are_value_type_errors(kwargs: Any, value: Any, expected: st
 def test_unnamed_index_cannot_compute() -> None:
     """A BlindIndex used outside encrypted_hybrid() needs an explicit name."""
     with pytest.raises(ConfigurationError, match="has no name"):
-        BlindIndex("email_bidx", keys=RING).compute("x")
-
-
-# -- keys ----------------------------------------------------------------------------------
+        BlindIndex("email_bidx", keyring=RING).compute("x")
 
 
 def test_keys_are_redacted() -> None:
     """No repr or str of a key, keyring or index shows the secret."""
-    secret = generate_blind_index_key()
-    key = BlindIndexKey("b1", secret)
-    ring = BlindIndexKeyring([key])
-    shown = [repr(key), str(key), repr(ring), str(ring), repr(_index(keys=ring))]
+    secret = generate_key("hmac-sha256")
+    key = Key("b1", secret, purpose="blind-index")
+    ring = Keyring([key], purpose="blind-index")
+    shown = [repr(key), str(key), repr(ring), str(ring), repr(_index(keyring=ring))]
     assert all(secret not in s and secret[:12] not in s for s in shown)
 
 
-def test_fernet_keys_from_keygen_are_accepted() -> None:
-    """`fieldcrypt keygen` output (32 bytes, url-safe base64) is a valid blind-index key."""
-    assert ("b1",) == BlindIndexKeyring.parse(f"b1:{generate_key()}").ids
-
-
-@given(ids=st.lists(key_ids, min_size=1, max_size=5, unique_by=str.lower))
-def test_export_then_parse_round_trips(ids: list[str]) -> None:
-    """parse(export()) keeps the ids, their order and the secrets, for any valid keyring."""
-    ring = BlindIndexKeyring({kid: generate_blind_index_key() for kid in ids})
-    again = BlindIndexKeyring.parse(ring.export())
-    assert ring.ids == again.ids
-    assert [k.export() for k in ring] == [k.export() for k in again]
-
-
-@given(st.text())
-def test_parse_of_any_text_raises_only_configuration_errors(text: str) -> None:
-    """Arbitrary text either parses or raises ConfigurationError, never another error."""
-    with contextlib.suppress(ConfigurationError):
-        BlindIndexKeyring.parse(text)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("", "is empty"),
-        ("b1", "entry 1 is not of the form"),
-        ("b1:c2hvcnQ=", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
-        ("b1:{k},b1:{k}", "'b1' appears more than once"),
-        ("bad id:{k}", "'bad id' is not valid"),
-        ("{k}:b1", "entry 1: key id of 44 characters is not valid"),
-        ("b1:{k},B1:{k}", "'b1' and 'B1' differ only in case"),
-        ("b1:{k}x", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
-        ("b1:{k_unpadded}", r"entry 1 \(id 'b1'\): the key is not 32 bytes"),
-    ],
-)
-def test_parse_errors_name_the_entry_not_the_key(text: str, expected: str) -> None:
-    """Malformed key text raises ConfigurationError pointing at the entry, never the key."""
-    key = generate_blind_index_key()
-    with pytest.raises(ConfigurationError, match=expected) as info:
-        BlindIndexKeyring.parse(
-            text.format(k=key, k_unpadded=key.rstrip("=")), source="FIELDCRYPT_BLIND_INDEX_KEYS"
-        )
-    assert key not in str(info.value)
-
-
-def test_keys_survive_pickling() -> None:
-    """A pickled keyring (sent to a worker process) computes the same index values."""
-    clone = pickle.loads(pickle.dumps(RING))
-    assert _index().compute("x") == _index(keys=clone).compute("x")
-
-
-# -- settings and providers ----------------------------------------------------------------
-
-
-def test_keys_setting_first_entry_writes(
-    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """FIELDCRYPT_BLIND_INDEX_KEYS gives the keys; the first computes, all match."""
-    monkeypatch.setenv(
-        "FIELDCRYPT_BLIND_INDEX_KEYS",
-        f"b2:{generate_blind_index_key()},b1:{generate_blind_index_key()}",
-    )
-    index = BlindIndex("email_bidx", name="t.email_bidx")
-    assert ("b2", "b1") == sa_fieldcrypt.current_blind_index_keys().ids
-    assert (index.compute("x") or "").startswith("b2:")
-    assert 2 == len(index.candidates("x"))
-
-
-def test_single_key_setting_is_id_b0(
-    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """FIELDCRYPT_BLIND_INDEX_KEY alone is the one key, with id b0."""
-    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_blind_index_key())
-    assert ("b0",) == sa_fieldcrypt.current_blind_index_keys().ids
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({}, "no blind-index key configured: set FIELDCRYPT_BLIND_INDEX_KEYS"),
-        ({"FIELDCRYPT_BLIND_INDEX_KEYS": ""}, "FIELDCRYPT_BLIND_INDEX_KEYS is empty"),
-        ({"FIELDCRYPT_BLIND_INDEX_KEY": "short"}, "FIELDCRYPT_BLIND_INDEX_KEY is not 32 bytes"),
-        (
-            {"FIELDCRYPT_BLIND_INDEX_KEY": "{k}", "FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}"},
-            "both FIELDCRYPT_BLIND_INDEX_KEYS and FIELDCRYPT_BLIND_INDEX_KEY",
-        ),
-        (
-            {"FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}", "FIELDCRYPT_KEYS": "k1:{k}"},
-            "blind-index key 'b1' is also an encryption key",
-        ),
-        (
-            {"FIELDCRYPT_BLIND_INDEX_KEY": "{k}", "FIELD_ENCRYPTION_KEY": "{k}"},
-            "blind-index key 'b0' is also an encryption key",
-        ),
-        (
-            {"FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}", "FIELDCRYPT_KEYS": "k1:aes-gcm-siv:{k}"},
-            "blind-index key 'b1' is also an encryption key",
-        ),
-    ],
-    ids=[
-        "nothing",
-        "empty",
-        "malformed",
-        "both",
-        "reused-key",
-        "reused-legacy-key",
-        "reused-aead-key",
-    ],
-)
-def test_bad_settings_fail_clearly_at_first_use(
-    no_default_keys: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
-) -> None:
-    """Each bad setting is one ConfigurationError at the first index computation, keyless."""
-    key = generate_key()
-    for name, value in env.items():
-        monkeypatch.setenv(name, value.format(k=key))
-    index = BlindIndex("email_bidx", name="t.email_bidx")  # constructing needs no key
-    with pytest.raises(ConfigurationError, match=expected) as info:
-        index.compute("x")
-    assert key not in str(info.value)
-    assert "\n" not in str(info.value)
-
-
-def test_settings_repr_hides_index_keys(
-    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Printing the settings never shows a blind-index key."""
-    key = generate_blind_index_key()
-    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEYS", f"b1:{key}")
-    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", key)
-    settings = sa_fieldcrypt.FieldCryptSettings()
-    assert key not in repr(settings)
-
-
-def test_configure_blind_index_overrides_settings(
-    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """configure_blind_index(keys=...) wins over the settings until it is reset."""
-    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_blind_index_key())
-    sa_fieldcrypt.configure_blind_index(keys=RING)
-    assert ("b1",) == sa_fieldcrypt.current_blind_index_keys().ids
-    sa_fieldcrypt.configure_blind_index()
-    assert ("b0",) == sa_fieldcrypt.current_blind_index_keys().ids
-    with pytest.raises(ConfigurationError, match="not both"):
-        sa_fieldcrypt.configure_blind_index(keys=RING, provider=_Provider(RING))
+# -- providers ------------------------------------------------------------------------
 
 
 class _Provider:
     """Serves the keyrings it holds in turn; an exception item is raised instead."""
 
-    def __init__(self, *results: BlindIndexKeyring | Exception, cache_ttl: float | None = None):
+    def __init__(self, *results: Keyring | Exception, cache_ttl: float | None = None):
         self.results = list(results)
         self.cache_ttl = cache_ttl
 
-    def load(self) -> BlindIndexKeyring:
+    def load(self) -> Keyring:
         result = self.results[0] if len(self.results) == 1 else self.results.pop(0)
         if isinstance(result, Exception):
             raise result
@@ -406,37 +274,45 @@ class _Provider:
 
 def test_provider_keys_refresh_after_ttl() -> None:
     """A provider with cache_ttl is reloaded once it expires, so a new key is picked up."""
-    newer = BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *RING])
-    index = BlindIndex("e", name="t.e", keys=_Provider(RING, newer, cache_ttl=0))
-    assert ("b1",) == index.keyring().ids
-    assert ("b2", "b1") == index.keyring().ids
+    newer = Keyring(
+        [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *RING],
+        purpose="blind-index",
+    )
+    index = BlindIndex("e", name="t.e", keyring=_Provider(RING, newer, cache_ttl=0))
+    assert ("b1",) == index.active_keyring().ids
+    assert ("b2", "b1") == index.active_keyring().ids
 
 
 def test_provider_outage_serves_previous_keys(caplog: pytest.LogCaptureFixture) -> None:
     """A failing refresh keeps the loaded keys and logs a warning without key material."""
-    index = BlindIndex("e", name="t.e", keys=_Provider(RING, OSError("down"), cache_ttl=0))
+    index = BlindIndex("e", name="t.e", keyring=_Provider(RING, OSError("down"), cache_ttl=0))
     first = index.compute("x")
     with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
         assert first == index.compute("x")
     assert "failed to refresh" in caplog.text
-    assert RING.newest.export() not in caplog.text
+    assert RING.primary.export() not in caplog.text
 
 
 def test_provider_failure_without_keys_is_a_provider_error() -> None:
     """A provider failing on the first load raises KeyProviderError naming the provider."""
-    index = BlindIndex("e", name="t.e", keys=_Provider(OSError("secret detail")))
+    index = BlindIndex("e", name="t.e", keyring=_Provider(OSError("secret detail")))
     with pytest.raises(KeyProviderError, match="_Provider failed to load keys") as info:
         index.compute("x")
     assert "secret detail" not in str(info.value)
 
 
 def test_provider_returning_the_wrong_type_is_refused() -> None:
-    """A provider must return a BlindIndexKeyring (not, say, an encryption Keyring)."""
-    index = BlindIndex(
-        "e", name="t.e", keys=_Provider(sa_fieldcrypt.Keyring({"k": generate_key()}))
-    )  # type: ignore[arg-type]
-    with pytest.raises(KeyProviderError, match="not a BlindIndexKeyring"):
+    """A blind-index provider serving encryption keys is refused, saying what to serve."""
+    index = BlindIndex("e", name="t.e", keyring=_Provider(Keyring({"k": generate_key()})))
+    with pytest.raises(KeyProviderError, match="returned a keyring of encryption keys") as info:
         index.compute("x")
+    assert "purpose='blind-index'" in str(info.value)
+
+
+def test_an_encryption_keyring_is_refused_at_construction() -> None:
+    """BlindIndex(keyring=) with encryption keys fails at once, naming the purpose to use."""
+    with pytest.raises(ConfigurationError, match="keyring of blind-index keys"):
+        BlindIndex("e", keyring=Keyring({"k1": generate_key()}))
 
 
 # -- strategies ------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from sa_fieldcrypt import (
     Keyring,
     __version__,
     encrypt,
-    generate_blind_index_key,
     generate_key,
+    parse_key,
 )
 from sa_fieldcrypt.cli import cli
 
@@ -198,7 +198,7 @@ def booking_db(no_default_keys: None, monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.chdir(EXAMPLES)  # as `fieldcrypt reindex booking.models:Base` is run there
     models = importlib.import_module("booking.models")
     monkeypatch.setenv("FIELDCRYPT_KEYS", f"k1:{generate_key()}")
-    old_index_key = f"b1:{generate_blind_index_key()}"
+    old_index_key = f"b1:{generate_key('hmac-sha256')}"
     monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEYS", old_index_key)
     url = f"sqlite:///{tmp_path / 'booking.sqlite3'}"
     engine = create_engine(url).execution_options(schema_translate_map=models.SQLITE_SCHEMA_MAP)
@@ -215,9 +215,11 @@ def booking_db(no_default_keys: None, monkeypatch: pytest.MonkeyPatch, tmp_path:
     engine.dispose()
     # The operator adds a new writing index key in front of the old one.
     monkeypatch.setenv(
-        "FIELDCRYPT_BLIND_INDEX_KEYS", f"b2:{generate_blind_index_key()},{old_index_key}"
+        "FIELDCRYPT_BLIND_INDEX_KEYS", f"b2:{generate_key('hmac-sha256')},{old_index_key}"
     )
-    sa_fieldcrypt.configure_blind_index()  # forget the loaded keys: read the variables again
+    sa_fieldcrypt.configure(
+        purpose="blind-index"
+    )  # forget the loaded keys: read the variables again
     return url
 
 
@@ -346,3 +348,52 @@ def test_keygen_rejects_unknown_kinds() -> None:
     """An unknown --kind is a usage error."""
     result = CliRunner().invoke(cli, ["keygen", "--kind", "des"])
     assert 2 == result.exit_code
+
+
+def test_keygen_hmac_sha256_prints_a_blind_index_key() -> None:
+    """keygen --kind hmac-sha256 --id b1 prints an entry for FIELDCRYPT_BLIND_INDEX_KEYS."""
+    result = CliRunner().invoke(cli, ["keygen", "--kind", "hmac-sha256", "--id", "b1"])
+    assert 0 == result.exit_code
+    key = Keyring.parse(result.output.strip(), purpose="blind-index").get("b1")
+    assert ("hmac-sha256", "blind-index") == (key.kind, key.purpose)
+
+
+def test_keygen_help_names_the_blind_index_kind() -> None:
+    """keygen --help says that hmac-sha256 is a blind-index key."""
+    result = CliRunner().invoke(cli, ["keygen", "--help"])
+    assert "hmac-sha256 (a blind-index key)" in " ".join(result.output.split())
+
+
+def test_keys_add_kind(gcp: dict[str, Any]) -> None:
+    """keys add --kind aes-gcm-siv stores a new aes-gcm-siv key."""
+    result = _keys(gcp, "add", "--kind", "aes-gcm-siv")
+    assert 0 == result.exit_code, result.output
+    assert gcp["fake"].payload(GCP_SECRET, 1).startswith(b"aes-gcm-siv:")
+
+
+def test_keys_purpose_blind_index_reads_its_own_secret(
+    gcp: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--purpose blind-index manages FIELDCRYPT_BLIND_INDEX_GCP_SECRET with hmac-sha256 keys."""
+    index_secret = "projects/test/secrets/cli-index-keys"
+    gcp["fake"].create_secret(index_secret)
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_GCP_SECRET", index_secret)
+    runner = CliRunner()
+    first = runner.invoke(cli, ["keys", "add", "--purpose", "blind-index"], obj=gcp)
+    assert 0 == first.exit_code, first.output
+    assert "it computes new index values." in first.output
+    second = runner.invoke(cli, ["keys", "add", "--purpose", "blind-index"], obj=gcp)
+    assert "fieldcrypt keys promote 2 --purpose blind-index" in second.output
+    listed = runner.invoke(cli, ["keys", "list", "--purpose", "blind-index"], obj=gcp)
+    assert "WRITES" in listed.output
+    payload = gcp["fake"].payload(index_secret, 1) or b""
+    assert "hmac-sha256" == parse_key(payload, purpose="blind-index", key_id="v1").kind
+    assert {} == gcp["fake"].aliases(GCP_SECRET)  # the encryption secret is untouched
+
+
+def test_keys_add_refuses_a_kind_of_another_purpose(gcp: dict[str, Any]) -> None:
+    """keys add --kind hmac-sha256 on an encryption secret is one clean error, nothing added."""
+    result = _keys(gcp, "add", "--kind", "hmac-sha256")
+    assert 1 == result.exit_code
+    assert "holds keys of kind fernet or aes-gcm-siv" in result.stderr
+    assert 0 == gcp["fake"].call_count("AddSecretVersion")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sa_fieldcrypt import BlindIndexKeyring, Keyring, generate_blind_index_key, generate_key
-from sa_fieldcrypt.testing import temporary_blind_index_keys, temporary_keys
+from sa_fieldcrypt import Keyring, generate_key
+from sa_fieldcrypt.testing import temporary_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -26,8 +26,11 @@ def test_code_blocks_run(
     # A registered module, as SQLAlchemy resolves a model's annotations through sys.modules.
     module = types.ModuleType(f"docs_{path.stem.replace('-', '_')}")
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    index_keys = BlindIndexKeyring({"b1": generate_blind_index_key()})
-    with temporary_keys(Keyring({"k1": generate_key()})), temporary_blind_index_keys(index_keys):
+    index_keyring = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    with (
+        temporary_keys(Keyring({"k1": generate_key()})),
+        temporary_keys(index_keyring, purpose="blind-index"),
+    ):
         for number, block in enumerate(BLOCK.findall(path.read_text()), start=1):
             # dont_inherit: snippets run as a reader's file would, without this module's
             # `from __future__ import annotations`.

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateSchema
 
-from sa_fieldcrypt import BlindIndexKeyring, Keyring
+from sa_fieldcrypt import Keyring
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -33,7 +33,7 @@ def models(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 @pytest.fixture
 def db(
-    engine: Engine, models: ModuleType, keyring: Keyring, index_keys: BlindIndexKeyring
+    engine: Engine, models: ModuleType, keyring: Keyring, index_keyring: Keyring
 ) -> Iterator[Engine]:
     """The example's schema on one database: real schemas on PostgreSQL, translated elsewhere."""
     if engine.dialect.name == "postgresql":

@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from sqlalchemy import Engine, Integer, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -46,7 +44,6 @@ from google.cloud.secretmanager_v1.services.secret_manager_service.transports im
 
 GoogleSecretManagerKeyProvider = gcp.GoogleSecretManagerKeyProvider
 FakeSecretManager = gcp_fake.FakeSecretManager
-key_from_payload = gcp.key_from_payload
 SECRET = "projects/test/secrets/fieldcrypt-keys"
 
 
@@ -214,7 +211,7 @@ def test_add_key_stores_a_given_key(fake: FakeSecretManager) -> None:
 
 def test_add_key_refuses_what_is_not_a_key(fake: FakeSecretManager) -> None:
     """A malformed key is refused before anything is written."""
-    with pytest.raises(ConfigurationError, match="not a fernet key") as info:
+    with pytest.raises(ConfigurationError, match="not a Fernet key") as info:
         _provider(fake).add_key("hunter2hunter2hunter2")
     assert "hunter2" not in str(info.value)
     assert 0 == fake.call_count("AddSecretVersion")
@@ -669,53 +666,142 @@ def test_repr_names_the_secret_only(fake: FakeSecretManager) -> None:
     assert keys[0] not in shown
 
 
-# -- payloads ----------------------------------------------------------------------------
+# -- payloads and purposes ----------------------------------------------------------------
 
-_PADDING = st.text(alphabet=" \t\r\n", max_size=3)
+BLIND_SECRET = "projects/test/secrets/fieldcrypt-index-keys"
 
 
-@settings(max_examples=50, deadline=None)
-@given(prefix=st.sampled_from(["", "fernet:"]), before=_PADDING, after=_PADDING)
-def test_payload_is_a_key_or_kind_and_key(prefix: str, before: str, after: str) -> None:
-    """A payload `<key>` or `fernet:<key>`, with surrounding whitespace, is that Fernet key."""
+@pytest.mark.parametrize(("prefix", "padding"), [("", "\n"), ("fernet:", " \t"), ("", "")])
+def test_payload_is_a_key_or_kind_and_key(
+    fake: FakeSecretManager, prefix: str, padding: str
+) -> None:
+    """A payload `<key>` or `fernet:<key>`, with surrounding whitespace, loads as that key."""
     key = generate_key()
-    token = Fernet(key).encrypt(b"secret").decode()
-    loaded = key_from_payload(f"{before}{prefix}{key}{after}".encode(), "v7")
-    assert ("v7", "fernet", key) == (loaded.id, loaded.kind, loaded.export())
-    assert b"secret" == loaded.decrypt(token)
+    fake.add_version(SECRET, f"{padding}{prefix}{key}{padding}".encode())
+    loaded = _provider(fake).load().get("v1")
+    assert ("v1", "fernet", key) == (loaded.id, loaded.kind, loaded.export())
+    assert b"secret" == loaded.decrypt(Fernet(key).encrypt(b"secret"))
 
 
-_KIND_LIKE = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=32)
+def test_an_aes_gcm_siv_version_loads_and_decrypts(fake: FakeSecretManager) -> None:
+    """A version holding an aes-gcm-siv key is a key of that kind, and it decrypts."""
+    text = generate_key("aes-gcm-siv")
+    fake.add_version(SECRET, text.encode() + b"\n")
+    ring = _provider(fake).load()
+    assert ("v1", "aes-gcm-siv") == (ring.primary.id, ring.primary.kind)
+    elsewhere = sa_fieldcrypt.Keyring({"v1": text})
+    token = encrypt(elsewhere, b"ada@example.com", context="crm.customers.email")
+    assert b"ada@example.com" == decrypt(ring, token, context="crm.customers.email")
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    payload=st.binary(min_size=12, max_size=200)
-    | st.tuples(_KIND_LIKE, st.binary(max_size=100)).map(lambda t: t[0].encode() + b":" + t[1])
+def test_add_key_makes_a_key_of_the_kind_asked(fake: FakeSecretManager) -> None:
+    """add_key(kind='aes-gcm-siv') stores a new aes-gcm-siv key, written with its kind."""
+    _provider(fake).add_key(kind="aes-gcm-siv")
+    assert fake.payload(SECRET, 1).startswith(b"aes-gcm-siv:")
+    assert "aes-gcm-siv" == _provider(fake).load().primary.kind
+
+
+@pytest.mark.parametrize(
+    ("purpose", "kind", "given", "expected"),
+    [
+        ("encryption", "hmac-sha256", None, "holds keys of kind fernet or aes-gcm-siv"),
+        ("blind-index", "fernet", None, "holds keys of kind hmac-sha256"),
+        ("encryption", "aes-gcm-siv", "fernet", "of kind 'fernet', not 'aes-gcm-siv'"),
+        ("blind-index", None, "aes-gcm-siv", "for blind indexes: give it an hmac-sha256 key"),
+    ],
+    ids=["hmac-in-encryption", "fernet-in-blind-index", "kind-mismatch", "aead-in-blind-index"],
 )
-def test_payload_that_is_not_a_key_is_refused_without_echo(payload: bytes) -> None:
-    """Anything that is not a key is a ConfigurationError whose text owes nothing to the payload."""
-    expected: set[str] = set()
-    for reference in (b"unknown-kind:x", b"not a key"):
-        with pytest.raises(ConfigurationError) as known:
-            key_from_payload(reference, "v1")
-        expected.add(str(known.value))
-    with pytest.raises(ConfigurationError) as info:
-        key_from_payload(payload, "v1")
-    assert str(info.value) in expected
+def test_add_key_refuses_keys_of_another_purpose(
+    fake: FakeSecretManager, purpose: str, kind: str | None, given: str | None, expected: str
+) -> None:
+    """A key or kind that does not serve the secret's purpose is refused before any write."""
+    key = None if given is None else generate_key(given)  # type: ignore[arg-type]
+    provider = _provider(fake, purpose=purpose)
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        provider.add_key(key, kind=kind)
+    assert key is None or key.rpartition(":")[2] not in str(info.value)
+    assert 0 == fake.call_count("AddSecretVersion")
 
 
-def test_unknown_key_kind_is_explained_not_quoted() -> None:
-    """A payload for a kind this version does not know lists the known kinds, not its own."""
-    with pytest.raises(ConfigurationError, match=r"names a kind .*known: fernet") as info:
-        key_from_payload(b"aes-gcm-siv:" + generate_key().encode(), "v3")
-    assert "aes-gcm-siv" not in str(info.value)
+def test_a_blind_index_keyring_is_served_from_secret_manager(
+    fake_secret_manager: FakeSecretManager,
+) -> None:
+    """A blind-index secret serves a blind-index keyring: new keys are hmac-sha256, vN ids."""
+    fake_secret_manager.create_secret(BLIND_SECRET)
+    provider = GoogleSecretManagerKeyProvider(
+        BLIND_SECRET, client=fake_secret_manager.client(), purpose="blind-index"
+    )
+    provider.add_key()
+    provider.add_key()
+    ring = provider.load()
+    assert ("blind-index", "v1", ("v2", "v1")) == (ring.purpose, ring.primary.id, ring.ids)
+    assert ["hmac-sha256", "hmac-sha256"] == [key.kind for key in ring]
+    index = sa_fieldcrypt.BlindIndex("email_bidx", keyring=provider, name="crm.email_bidx")
+    assert ["v1", "v2"] == [value.partition(":")[0] for value in index.candidates("ada")]
+    provider.promote(2)
+    index = sa_fieldcrypt.BlindIndex("email_bidx", keyring=provider, name="crm.email_bidx")
+    assert "v2" == (index.compute("ada") or "").partition(":")[0]
 
 
-def test_keyring_entry_syntax_is_explained() -> None:
-    """An `id:key` entry stored as a payload is refused with a hint: one key per version."""
-    with pytest.raises(ConfigurationError, match="a version holds one key"):
-        key_from_payload(f"k1:{generate_key()}".encode(), "v1")
+@pytest.mark.parametrize(
+    ("purpose", "payload", "expected"),
+    [
+        ("encryption", "hmac-sha256", "an hmac-sha256 key, for blind indexes"),
+        ("blind-index", "aes-gcm-siv", "an aes-gcm-siv key, for encryption"),
+    ],
+)
+def test_a_version_of_another_purpose_fails_the_load(
+    fake: FakeSecretManager, purpose: str, payload: str, expected: str
+) -> None:
+    """A version whose key names a kind of another purpose fails the load, naming the version."""
+    text = f"{payload}:{generate_key().rpartition(':')[2]}"
+    fake.add_version(SECRET, text.encode())
+    with pytest.raises(KeyProviderError, match=f"key 'v1': .*{expected}") as info:
+        _provider(fake, purpose=purpose).load()
+    assert text.rpartition(":")[2] not in str(info.value)
+
+
+def test_blind_index_settings_select_their_own_secret(
+    fake: FakeSecretManager, no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_BLIND_INDEX_PROVIDER=gcp reads FIELDCRYPT_BLIND_INDEX_GCP_SECRET, sharing TTL."""
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_PROVIDER", "gcp")
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_GCP_SECRET", BLIND_SECRET)
+    monkeypatch.setenv("FIELDCRYPT_GCP_CACHE_TTL", "60")
+    provider = provider_from_settings(load_settings(), purpose="blind-index")
+    assert isinstance(provider, GoogleSecretManagerKeyProvider)
+    assert (BLIND_SECRET, "blind-index", 60.0) == (
+        provider.secret,
+        provider.purpose,
+        provider.cache_ttl,
+    )
+    assert "env" == load_settings().provider  # the encryption keys stay where they were
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "set FIELDCRYPT_BLIND_INDEX_GCP_SECRET to projects/PROJECT/secrets/NAME"),
+        (
+            {"FIELDCRYPT_BLIND_INDEX_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_SECRET": SECRET},
+            "names the encryption keys' secret",
+        ),
+        (
+            {"FIELDCRYPT_BLIND_INDEX_GCP_SECRET": "keys"},
+            "FIELDCRYPT_BLIND_INDEX_GCP_SECRET: 'keys'",
+        ),
+    ],
+    ids=["no-secret", "shared-secret", "bare-name"],
+)
+def test_bad_blind_index_gcp_settings_fail_at_first_use(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    """Each bad blind-index Secret Manager setting is one ConfigurationError naming it."""
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_PROVIDER", "gcp")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=expected):
+        sa_fieldcrypt.current_keyring("blind-index")
 
 
 # -- optional dependency -----------------------------------------------------------------

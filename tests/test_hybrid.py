@@ -30,18 +30,16 @@ import sa_fieldcrypt
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
-    BlindIndexKey,
-    BlindIndexKeyring,
     ConfigurationError,
     DecryptionError,
     EncryptedJSON,
     EncryptedText,
+    Key,
     Keyring,
     UnsupportedComparisonError,
     ValueTypeError,
     encrypted_hybrid,
     encrypted_values,
-    generate_blind_index_key,
     generate_key,
     inspect_token,
     normalize_email,
@@ -88,7 +86,7 @@ class Customer(Base):
 
 
 @pytest.fixture
-def db(engine: Engine, keyring: Keyring, index_keys: BlindIndexKeyring) -> Iterator[Engine]:
+def db(engine: Engine, keyring: Keyring, index_keyring: Keyring) -> Iterator[Engine]:
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
     yield engine
@@ -230,7 +228,7 @@ def test_tampered_token_names_the_column(db: Engine) -> None:
     assert "ada@" not in str(info.value)
 
 
-def test_ciphertext_column_records_its_type(keyring: Keyring, index_keys: Any) -> None:
+def test_ciphertext_column_records_its_type(keyring: Keyring, index_keyring: Any) -> None:
     """A plain ciphertext column carries info[COLUMN_INFO_KEY]: the type that decrypts it."""
     column_type = Customer.__table__.c.email_encrypted.info[COLUMN_INFO_KEY]
     assert isinstance(column_type, EncryptedText)
@@ -465,12 +463,16 @@ def test_lookup_finds_any_formatting_of_a_phone_number(
 
 def test_rotating_index_keys_matches_old_and_new_values(db: Engine) -> None:
     """With a new key first, writes use it and lookups still find rows under the old key."""
-    old = sa_fieldcrypt.current_blind_index_keys()
+    old = sa_fieldcrypt.current_keyring("blind-index")
     with Session(db) as session:
         session.add(_customer(1, email="old@example.com"))
         session.commit()
-        sa_fieldcrypt.configure_blind_index(
-            keys=BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *old])
+        sa_fieldcrypt.configure(
+            purpose="blind-index",
+            keyring=Keyring(
+                [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *old],
+                purpose="blind-index",
+            ),
         )
         session.add(_customer(2, email="new@example.com"))
         session.commit()
@@ -483,7 +485,7 @@ def test_rotating_index_keys_matches_old_and_new_values(db: Engine) -> None:
 # -- compiled SQL --------------------------------------------------------------------------
 
 
-def test_equality_compiles_to_the_index_column(keyring: Keyring, index_keys: Any) -> None:
+def test_equality_compiles_to_the_index_column(keyring: Keyring, index_keyring: Any) -> None:
     """Customer.email == "A@B.com " is email_bidx = <the index of a@b.com>, nothing else."""
     compiled = select(Customer.id).where(Customer.email == "A@B.com ").compile()
     assert "WHERE fc_hyb_customers.email_bidx = :email_bidx_1" == str(compiled).splitlines()[-1]
@@ -491,10 +493,14 @@ def test_equality_compiles_to_the_index_column(keyring: Keyring, index_keys: Any
     assert [expected] == list(compiled.params.values())
 
 
-def test_two_active_keys_compile_to_in(keyring: Keyring, index_keys: BlindIndexKeyring) -> None:
+def test_two_active_keys_compile_to_in(keyring: Keyring, index_keyring: Keyring) -> None:
     """With two active index keys, == becomes IN over the value's index under each key."""
-    sa_fieldcrypt.configure_blind_index(
-        keys=BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *index_keys])
+    sa_fieldcrypt.configure(
+        purpose="blind-index",
+        keyring=Keyring(
+            [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *index_keyring],
+            purpose="blind-index",
+        ),
     )
     compiled = (
         select(Customer.id)
@@ -633,9 +639,7 @@ def test_hybrid_cannot_be_extended_in_place() -> None:
         Customer.__dict__["email"].setter(lambda self, value: None)
 
 
-def test_mixin_tables_get_unrelated_index_values(
-    keyring: Keyring, index_keys: BlindIndexKeyring
-) -> None:
+def test_mixin_tables_get_unrelated_index_values(keyring: Keyring, index_keyring: Keyring) -> None:
     """A hybrid declared once on a mixin indexes each table with its own derived key."""
 
     class Local(DeclarativeBase):
@@ -661,9 +665,7 @@ def test_mixin_tables_get_unrelated_index_values(
     assert lead_type is not Vendor.__table__.c.email_encrypted.info[COLUMN_INFO_KEY]
 
 
-def test_per_column_keyring_through_column_type(
-    keyring: Keyring, index_keys: BlindIndexKeyring
-) -> None:
+def test_per_column_keyring_through_column_type(keyring: Keyring, index_keyring: Keyring) -> None:
     """column_type=EncryptedText(keyring=...) encrypts that column with its own keys."""
     own = Keyring({"own": generate_key()})
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from sa_fieldcrypt import KeyProviderError, Keyring, generate_key
+from sa_fieldcrypt import ConfigurationError, KeyProviderError, Keyring, generate_key
 from sa_fieldcrypt.providers import KeyCache
 
 
@@ -113,3 +113,20 @@ def test_provider_error_text_is_not_repeated() -> None:
     assert secret not in message
     assert "\n" not in message
     assert "ValueError" in message
+
+
+def test_a_keyring_of_another_purpose_is_refused() -> None:
+    """A blind-index cache refuses encryption keys (and back), saying what to serve instead."""
+    cache = KeyCache(ScriptedProvider(_ring("k1")), purpose="blind-index")
+    with pytest.raises(KeyProviderError, match="blind-index key provider ScriptedProvider") as info:
+        cache.get()
+    assert "purpose='blind-index'" in str(info.value)
+    index_ring = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    with pytest.raises(KeyProviderError, match="keyring of blind-index keys, where encryption"):
+        KeyCache(ScriptedProvider(index_ring)).get()
+
+
+def test_unknown_purposes_are_refused() -> None:
+    """A purpose other than encryption or blind-index is a ConfigurationError."""
+    with pytest.raises(ConfigurationError, match="encryption, blind-index"):
+        KeyCache(ScriptedProvider(_ring("k1")), purpose="signing")  # type: ignore[arg-type]

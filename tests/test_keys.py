@@ -8,10 +8,22 @@ import pickle
 
 import pytest
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sa_fieldcrypt import ConfigurationError, Key, Keyring, UnknownKeyError, generate_key
+from sa_fieldcrypt import (
+    ConfigurationError,
+    Key,
+    Keyring,
+    UnknownKeyError,
+    decrypt,
+    encrypt,
+    generate_key,
+    parse_key,
+)
+from sa_fieldcrypt.keys import KEY_KINDS, PURPOSE_KINDS, PURPOSES
 
 key_ids = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
 
@@ -215,7 +227,9 @@ def test_parse_reads_mixed_kinds() -> None:
 
 
 @given(
-    entries=st.lists(st.tuples(key_ids, kinds), min_size=1, max_size=6, unique_by=lambda e: e[0])
+    entries=st.lists(
+        st.tuples(key_ids, kinds), min_size=1, max_size=6, unique_by=lambda e: e[0].lower()
+    )
 )
 def test_export_then_parse_round_trips_mixed_kinds(entries: list[tuple[str, str]]) -> None:
     """parse(export()) keeps every id, kind and secret of a keyring that mixes kinds."""
@@ -233,7 +247,10 @@ def test_export_then_parse_round_trips_mixed_kinds(entries: list[tuple[str, str]
         ("k3:aes-gcm-siv:not base64!", "--kind aes-gcm-siv"),
         ("k3:aes-gcm-siv:", "aes-gcm-siv key"),
         ("k3:chacha:" + base64.urlsafe_b64encode(b"x" * 32).decode(), "kind is not known"),
-        ("k3:AES-GCM-SIV:" + base64.urlsafe_b64encode(b"x" * 32).decode(), "kind is not known"),
+        (
+            "k3:AES-GCM-SIV:" + base64.urlsafe_b64encode(b"x" * 32).decode(),
+            "kind is not known",
+        ),
         ("k3:fernet:" + base64.urlsafe_b64encode(b"x" * 31).decode(), "not a Fernet key"),
     ],
     ids=["aead-128-bit", "aead-garbage", "aead-empty", "unknown-kind", "kind-case", "fernet-short"],
@@ -299,3 +316,233 @@ def test_bad_contexts_are_configuration_errors(context: object) -> None:
     """An empty, non-str or non-UTF-8 context is refused."""
     with pytest.raises(ConfigurationError, match="context"):
         Key("k1", generate_key()).for_context(context)  # type: ignore[arg-type]
+
+
+# -- blind-index keys --------------------------------------------------------------------
+
+
+def test_bare_keys_are_blind_index_keys_in_a_blind_index_keyring() -> None:
+    """Bare key text (32 bytes, url-safe base64) reads as an hmac-sha256 key there."""
+    assert ("b1",) == Keyring.parse(f"b1:{generate_key()}", purpose="blind-index").ids
+
+
+@given(ids=st.lists(key_ids, min_size=1, max_size=5, unique_by=str.lower))
+def test_blind_index_export_then_parse_round_trips(ids: list[str]) -> None:
+    """parse(export()) keeps the ids, their order and the secrets, for any valid keyring."""
+    ring = Keyring({kid: generate_key("hmac-sha256") for kid in ids}, purpose="blind-index")
+    again = Keyring.parse(ring.export(), purpose="blind-index")
+    assert ring.ids == again.ids
+    assert [k.export() for k in ring] == [k.export() for k in again]
+
+
+@given(st.text())
+def test_blind_index_parse_of_any_text_raises_only_configuration_errors(text: str) -> None:
+    """Arbitrary text either parses or raises ConfigurationError, never another error."""
+    with contextlib.suppress(ConfigurationError):
+        Keyring.parse(text, purpose="blind-index")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "is empty"),
+        ("b1", "entry 1 is not of the form"),
+        ("b1:c2hvcnQ=", r"entry 1 \(id 'b1'\): the key is not an hmac-sha256 key"),
+        ("b1:{k},b1:{k}", "'b1' appears more than once"),
+        ("bad id:{k}", "'bad id' is not valid"),
+        ("{k}:b1", "entry 1: key id of 44 characters is not valid"),
+        ("b1:{k},B1:{k}", "'b1' and 'B1' differ only in case"),
+        ("b1:{k}x", r"entry 1 \(id 'b1'\): the key is not an hmac-sha256 key"),
+        ("b1:{k_unpadded}", r"entry 1 \(id 'b1'\): the key is not an hmac-sha256 key"),
+    ],
+)
+def test_blind_index_parse_errors_name_the_entry_not_the_key(text: str, expected: str) -> None:
+    """Malformed key text raises ConfigurationError pointing at the entry, never the key."""
+    key = generate_key("hmac-sha256")
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        Keyring.parse(
+            text.format(k=key, k_unpadded=key.rstrip("=")),
+            source="FIELDCRYPT_BLIND_INDEX_KEYS",
+            purpose="blind-index",
+        )
+    assert key not in str(info.value)
+
+
+def test_blind_index_keys_survive_pickling() -> None:
+    """A pickled blind-index keyring (sent to a worker) keeps its purpose and derivations."""
+    ring = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    clone = pickle.loads(pickle.dumps(ring))
+    assert "blind-index" == clone.purpose
+    assert ring.primary.derive(b"info") == clone.primary.derive(b"info")
+
+
+# -- purposes and the one parser ---------------------------------------------------------
+
+every_kind = st.sampled_from(KEY_KINDS)
+
+
+def test_each_kind_has_one_purpose() -> None:
+    """fernet and aes-gcm-siv keys are for encryption, hmac-sha256 keys for blind indexes."""
+    purposes = {kind: Key("a", generate_key(kind), kind).purpose for kind in KEY_KINDS}
+    expected = {"fernet": "encryption", "aes-gcm-siv": "encryption", "hmac-sha256": "blind-index"}
+    assert expected == purposes
+
+
+def test_bare_text_is_the_purposes_default_kind() -> None:
+    """The same bare key text is a Fernet key for encryption and an hmac-sha256 key otherwise."""
+    bare = generate_key()
+    assert "fernet" == parse_key(bare, purpose="encryption", key_id="k1").kind
+    assert "hmac-sha256" == parse_key(bare, purpose="blind-index", key_id="b1").kind
+
+
+def test_export_is_bare_for_default_kinds_only() -> None:
+    """fernet and hmac-sha256 keys export bare; aes-gcm-siv keys export as 'kind:key'."""
+    for kind in KEY_KINDS:
+        text = generate_key(kind)
+        exported = Key("a", text, kind).export()
+        assert text == exported
+        assert (kind == "aes-gcm-siv") == exported.startswith(f"{kind}:")
+
+
+@given(kind=every_kind, key_id=key_ids, with_id=st.booleans())
+def test_parse_key_round_trips_export_for_every_kind(kind: str, key_id: str, with_id: bool) -> None:
+    """parse_key(export()) gives back the id, kind, purpose and secret, with or without id."""
+    key = Key(key_id, generate_key(kind), kind)  # type: ignore[arg-type]
+    if with_id:
+        again = parse_key(f"{key.id}:{key.export()}", purpose=key.purpose)
+    else:
+        again = parse_key(key.export(), purpose=key.purpose, key_id=key.id)
+    assert (key.id, key.kind, key.purpose) == (again.id, again.kind, again.purpose)
+    assert key.export() == again.export()
+    assert key.shares_secret_with(again)
+
+
+@given(
+    entries=st.lists(
+        st.tuples(key_ids, every_kind), min_size=1, max_size=5, unique_by=lambda e: e[0].lower()
+    ),
+    data=st.data(),
+)
+def test_keyring_export_then_parse_round_trips_for_every_purpose(
+    entries: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    """Keyring.parse(export()) keeps ids, kinds, primary and purpose, for both purposes."""
+    purpose = data.draw(st.sampled_from(PURPOSES))
+    fitting = [(kid, kind) for kid, kind in entries if kind in PURPOSE_KINDS[purpose]]
+    if not fitting:
+        fitting = [(entries[0][0], PURPOSE_KINDS[purpose][0])]
+    keys = [Key(kid, generate_key(kind), kind) for kid, kind in fitting]  # type: ignore[arg-type]
+    primary = data.draw(st.sampled_from([k.id for k in keys]))
+    ring = Keyring(keys, primary=primary, purpose=purpose)
+    again = Keyring.parse(ring.export(), purpose=purpose)
+    assert (ring.primary.id, ring.purpose) == (again.primary.id, again.purpose)
+    assert {k.id: (k.kind, k.export()) for k in ring} == {k.id: (k.kind, k.export()) for k in again}
+
+
+_REFERENCE_TEXTS = ["x", "unknown-kind:x", *(f"{kind}:x" for kind in KEY_KINDS)]
+
+
+@given(
+    text=st.text() | st.binary().map(lambda b: b.decode("latin-1")),
+    purpose=st.sampled_from(PURPOSES),
+)
+def test_parse_key_errors_owe_nothing_to_the_text(text: str, purpose: str) -> None:
+    """Any text that is not a key gives one of a fixed set of messages: none quotes it."""
+    expected: set[str] = set()
+    for reference in _REFERENCE_TEXTS:
+        with pytest.raises(ConfigurationError) as known:
+            parse_key(reference, purpose=purpose, key_id="v1")  # type: ignore[arg-type]
+        expected.add(str(known.value))
+    message = None
+    try:
+        parse_key(text, purpose=purpose, key_id="v1")  # type: ignore[arg-type]
+    except ConfigurationError as exc:
+        message = str(exc)
+    assert message is None or message in expected
+
+
+def test_keyring_entry_syntax_in_a_single_key_is_explained() -> None:
+    """An 'id:key' entry where one key is expected says what a single key looks like."""
+    with pytest.raises(ConfigurationError, match="write the key alone") as info:
+        parse_key(f"k1:{generate_key()}", purpose="encryption", key_id="v1")
+    assert "k1" not in str(info.value).replace("'v1'", "")
+
+
+@pytest.mark.parametrize(
+    ("purpose", "text", "expected"),
+    [
+        ("encryption", "b1:hmac-sha256:{k}", "an hmac-sha256 key, for blind indexes"),
+        ("blind-index", "k1:aes-gcm-siv:{k}", "an aes-gcm-siv key, for encryption"),
+        ("blind-index", "k1:fernet:{k}", "a fernet key, for encryption"),
+    ],
+)
+def test_keys_of_another_purpose_are_refused(purpose: str, text: str, expected: str) -> None:
+    """A key of the wrong purpose is refused by the parser, naming the entry and the fix."""
+    key = generate_key()
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        Keyring.parse(text.format(k=key), purpose=purpose, source="S")  # type: ignore[arg-type]
+    assert "S: entry 1" in str(info.value)
+    assert "fieldcrypt keygen --kind" in str(info.value)
+    assert key not in str(info.value)
+
+
+def test_keyring_refuses_key_objects_of_another_purpose() -> None:
+    """Keyring([...], purpose=) refuses a Key of the other purpose, naming its id."""
+    index_key = Key("b1", generate_key("hmac-sha256"), "hmac-sha256")
+    with pytest.raises(ConfigurationError, match="key 'b1' cannot join") as info:
+        Keyring([index_key])
+    assert index_key.export() not in str(info.value)
+    with pytest.raises(ConfigurationError, match="key 'k1' cannot join"):
+        Keyring([Key("k1", generate_key())], purpose="blind-index")
+
+
+def test_blind_index_keys_cannot_encrypt_or_decrypt() -> None:
+    """An hmac-sha256 key, or a keyring of them, refuses to encrypt or decrypt, saying why."""
+    ring = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    key = ring.primary
+    for attempt in (
+        lambda: key.encrypt(b"x"),
+        lambda: key.decrypt("payload"),
+        lambda: key.for_context("a.b.c"),
+        lambda: encrypt(ring, b"x"),
+        lambda: decrypt(ring, "fc1:b1:payload"),
+    ):
+        with pytest.raises(ConfigurationError, match=r"blind-index|blind indexes"):
+            attempt()
+
+
+def test_blind_index_ids_differing_only_in_case_are_refused() -> None:
+    """'b1' and 'B1' cannot share a blind-index keyring (MySQL compares index values
+    case-insensitively); encryption tokens are matched exactly, so 'k1' and 'K1' may."""
+    with pytest.raises(ConfigurationError, match="'b1' and 'B1' differ only in case"):
+        Keyring(
+            {"b1": generate_key("hmac-sha256"), "B1": generate_key("hmac-sha256")},
+            purpose="blind-index",
+        )
+    assert ("k1", "K1") == Keyring({"k1": generate_key(), "K1": generate_key()}).ids
+
+
+def test_derive_is_hkdf_sha256_of_the_key() -> None:
+    """derive(info) is HKDF-SHA256(key, no salt, info) of 32 bytes, the same on every call."""
+    raw = bytes(range(32))
+    key = Key("b1", base64.urlsafe_b64encode(raw), "hmac-sha256")
+    expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"ctx").derive(raw)
+    assert expected == key.derive(b"ctx")
+    assert key.derive(b"ctx") is key.derive(b"ctx")
+    assert key.derive(b"ctx") != key.derive(b"other")
+
+
+def test_derive_cache_stays_bounded() -> None:
+    """Many distinct infos do not grow a key's derivation cache without end."""
+    key = Key("b1", generate_key("hmac-sha256"), "hmac-sha256")
+    for i in range(3000):
+        key.derive(b"%d" % i)
+    assert len(key._derived) <= 1024
+
+
+def test_keyring_repr_names_the_purpose_not_the_keys() -> None:
+    """A keyring's repr shows its purpose, primary and ids, never a key."""
+    text = generate_key("hmac-sha256")
+    ring = Keyring({"b1": text}, purpose="blind-index")
+    assert "Keyring(purpose='blind-index', primary='b1', ids=['b1'])" == repr(ring)
+    assert text not in repr(ring.primary)

@@ -29,15 +29,14 @@ import sa_fieldcrypt
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
-    BlindIndexKey,
-    BlindIndexKeyring,
     ConfigurationError,
     EncryptedText,
+    Key,
     Keyring,
     RotationError,
     encrypt,
     encrypted_hybrid,
-    generate_blind_index_key,
+    generate_key,
     normalize_email,
     normalize_phone,
 )
@@ -111,22 +110,26 @@ def _index_status(engine: Engine, model: Any = Customer) -> list[Any]:
 
 
 @pytest.fixture
-def db(engine: Engine, keyring: Keyring, index_keys: BlindIndexKeyring) -> Iterator[Engine]:
+def db(engine: Engine, keyring: Keyring, index_keyring: Keyring) -> Iterator[Engine]:
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
     yield engine
     Base.metadata.drop_all(engine)
 
 
-def _rotate(old: BlindIndexKeyring) -> BlindIndexKeyring:
+def _rotate(old: Keyring) -> Keyring:
     """Install a new writing key in front of ``old`` and return the new keyring."""
-    keys = BlindIndexKeyring([BlindIndexKey("b2", generate_blind_index_key()), *old])
-    sa_fieldcrypt.configure_blind_index(keys=keys)
+    keys = Keyring(
+        [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *old], purpose="blind-index"
+    )
+    sa_fieldcrypt.configure(purpose="blind-index", keyring=keys)
     return keys
 
 
-def _retire(keys: BlindIndexKeyring) -> None:
-    sa_fieldcrypt.configure_blind_index(keys=BlindIndexKeyring([keys.newest]))
+def _retire(keys: Keyring) -> None:
+    sa_fieldcrypt.configure(
+        purpose="blind-index", keyring=Keyring([keys.primary], purpose="blind-index")
+    )
 
 
 def _add_customers(engine: Engine, count: int, start: int = 1) -> None:
@@ -157,10 +160,10 @@ def _found(engine: Engine, count: int) -> int:
         )
 
 
-def test_rotation_moves_every_row_to_the_new_key(db: Engine, index_keys: BlindIndexKeyring) -> None:
+def test_rotation_moves_every_row_to_the_new_key(db: Engine, index_keyring: Keyring) -> None:
     """After reindex under a new key, the old key can retire and every lookup still finds it."""
     _add_customers(db, 7)
-    keys = _rotate(index_keys)
+    keys = _rotate(index_keyring)
     report = reindex(db, find_indexes(Base), batch_size=3)
     assert (7, 7, 0) == (report.scanned, report.written, report.concurrent)
     assert ["b2"] * 7 == _key_ids(db, "email_bidx")
@@ -174,10 +177,10 @@ def test_rotation_moves_every_row_to_the_new_key(db: Engine, index_keys: BlindIn
         ).all()
 
 
-def test_rerun_rewrites_nothing(db: Engine, index_keys: BlindIndexKeyring) -> None:
+def test_rerun_rewrites_nothing(db: Engine, index_keyring: Keyring) -> None:
     """A second run finds every index right and writes no row (reruns are always safe)."""
     _add_customers(db, 4)
-    _rotate(index_keys)
+    _rotate(index_keyring)
     reindex(db, find_indexes(Base))
     statements: list[str] = []
     event.listen(db, "before_cursor_execute", lambda *a: statements.append(a[2]))
@@ -186,10 +189,10 @@ def test_rerun_rewrites_nothing(db: Engine, index_keys: BlindIndexKeyring) -> No
     assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
 
 
-def test_batches_commit_one_by_one_in_key_order(db: Engine, index_keys: BlindIndexKeyring) -> None:
+def test_batches_commit_one_by_one_in_key_order(db: Engine, index_keyring: Keyring) -> None:
     """Each batch reports after committing; batches follow the primary key without overlap."""
     _add_customers(db, 10)
-    _rotate(index_keys)
+    _rotate(index_keyring)
 
     def committed(report: JobReport) -> None:
         # Committed already: a separate connection sees the batch's rows under the new key.
@@ -203,12 +206,12 @@ def test_batches_commit_one_by_one_in_key_order(db: Engine, index_keys: BlindInd
 
 
 def test_interrupted_run_resumes_from_its_state_file(
-    db: Engine, index_keys: BlindIndexKeyring, tmp_path: Path
+    db: Engine, index_keyring: Keyring, tmp_path: Path
 ) -> None:
     """A run stopped after two batches resumes after the last committed row with the same state."""
     state = tmp_path / "reindex.json"
     _add_customers(db, 9)
-    _rotate(index_keys)
+    _rotate(index_keyring)
     with pytest.raises(Interrupted):
         reindex(
             db,
@@ -226,15 +229,19 @@ def test_interrupted_run_resumes_from_its_state_file(
 
 
 def test_state_of_another_rotation_is_ignored(
-    db: Engine, index_keys: BlindIndexKeyring, tmp_path: Path
+    db: Engine, index_keyring: Keyring, tmp_path: Path
 ) -> None:
     """A state file written for an earlier writing key does not skip rows of a new rotation."""
     state = tmp_path / "reindex.json"
     _add_customers(db, 3)
-    keys = _rotate(index_keys)
+    keys = _rotate(index_keyring)
     reindex(db, find_indexes(Base), state=ResumeState(state))
-    sa_fieldcrypt.configure_blind_index(
-        keys=BlindIndexKeyring([BlindIndexKey("b3", generate_blind_index_key()), *keys])
+    sa_fieldcrypt.configure(
+        purpose="blind-index",
+        keyring=Keyring(
+            [Key("b3", generate_key("hmac-sha256"), purpose="blind-index"), *keys],
+            purpose="blind-index",
+        ),
     )
     report = reindex(db, find_indexes(Base), state=ResumeState(state))
     assert (3, 3) == (report.scanned, report.written)
@@ -242,7 +249,7 @@ def test_state_of_another_rotation_is_ignored(
 
 
 def test_composite_uuid_keys_page_and_resume(
-    db: Engine, index_keys: BlindIndexKeyring, tmp_path: Path
+    db: Engine, index_keyring: Keyring, tmp_path: Path
 ) -> None:
     """Composite primary keys with UUIDs page correctly and survive the state file."""
     with Session(db) as session:
@@ -252,7 +259,7 @@ def test_composite_uuid_keys_page_and_resume(
             for i in range(4)
         )
         session.commit()
-    keys = _rotate(index_keys)
+    keys = _rotate(index_keyring)
     state = tmp_path / "reindex.json"
     with pytest.raises(Interrupted):
         reindex(
@@ -274,10 +281,10 @@ def test_composite_uuid_keys_page_and_resume(
         assert [1, 2] == sorted(matches)
 
 
-def test_concurrent_change_is_not_overwritten(db: Engine, index_keys: BlindIndexKeyring) -> None:
+def test_concurrent_change_is_not_overwritten(db: Engine, index_keyring: Keyring) -> None:
     """A row the application rewrites between read and write keeps the application's value."""
     _add_customers(db, 3)
-    _rotate(index_keys)
+    _rotate(index_keyring)
     done = False
 
     def app_writes_meanwhile(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -301,12 +308,12 @@ def test_concurrent_change_is_not_overwritten(db: Engine, index_keys: BlindIndex
 
 
 def test_drivers_without_batch_row_counts_write_row_by_row(
-    db: Engine, index_keys: BlindIndexKeyring, monkeypatch: pytest.MonkeyPatch
+    db: Engine, index_keyring: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where executemany row counts are unreliable, rows are written one by one, same result."""
     monkeypatch.setattr(db.dialect, "supports_sane_multi_rowcount", False)
     _add_customers(db, 5)
-    keys = _rotate(index_keys)
+    keys = _rotate(index_keyring)
     report = reindex(db, find_indexes(Customer), batch_size=2)
     assert (5, 5, 0) == (report.scanned, report.written, report.concurrent)
     _retire(keys)
@@ -330,7 +337,7 @@ def test_rows_written_without_the_hybrid_get_indexed(db: Engine, keyring: Keyrin
 
 
 def test_undecryptable_row_is_reported_and_the_run_goes_on(
-    db: Engine, index_keys: BlindIndexKeyring
+    db: Engine, index_keyring: Keyring
 ) -> None:
     """A value that does not decrypt is a failure naming its row; every other row is reindexed."""
     _add_customers(db, 6)
@@ -343,7 +350,7 @@ def test_undecryptable_row_is_reported_and_the_run_goes_on(
             .where(Customer.__table__.c.id == 5)
             .values(email_encrypted=token[:-6] + "AAAAAA")
         )
-    _rotate(index_keys)
+    _rotate(index_keyring)
     report = reindex(db, find_indexes(Customer), batch_size=3)
     (failure,) = report.jobs[0].failures
     assert (1, (("id", 5),)) == (report.failed, failure.primary_key)
@@ -353,9 +360,7 @@ def test_undecryptable_row_is_reported_and_the_run_goes_on(
     assert ["b2"] * 4 + ["b1"] + ["b2"] == _key_ids(db, "email_bidx")
 
 
-def test_fail_fast_stops_at_the_undecryptable_row(
-    db: Engine, index_keys: BlindIndexKeyring
-) -> None:
+def test_fail_fast_stops_at_the_undecryptable_row(db: Engine, index_keyring: Keyring) -> None:
     """With fail_fast the run stops at the failing row; the rows before it stay reindexed."""
     _add_customers(db, 6)
     with db.begin() as conn:
@@ -364,20 +369,20 @@ def test_fail_fast_stops_at_the_undecryptable_row(
             .where(Customer.__table__.c.id == 2)
             .values(email_encrypted="fc1:k1:garbage")
         )
-    _rotate(index_keys)
+    _rotate(index_keyring)
     report = reindex(db, find_indexes(Customer), batch_size=3, fail_fast=True)
     assert (1, False) == (report.failed, report.ok)
     assert ["b2", "b1", "b1", "b1", "b1", "b1"] == _key_ids(db, "email_bidx")
 
 
 def test_duplicate_written_during_rotation_is_reported_with_both_rows(
-    db: Engine, index_keys: BlindIndexKeyring
+    db: Engine, index_keyring: Keyring
 ) -> None:
     """Two rows with one email, under different keys, stop the run naming both primary keys."""
     with Session(db) as session:
         session.add(Customer(id=1, station_id=7, email="twin@example.com"))
         session.commit()
-        _rotate(index_keys)
+        _rotate(index_keyring)
         # The unique index compares index values, so while two keys write or linger it
         # cannot see that these are the same email: this is the rotation window.
         session.add(Customer(id=2, station_id=7, email="TWIN@example.com"))
@@ -389,10 +394,10 @@ def test_duplicate_written_during_rotation_is_reported_with_both_rows(
     assert ["b1", "b2"] == _key_ids(db, "email_bidx")
 
 
-def test_status_counts_rows_per_key(db: Engine, index_keys: BlindIndexKeyring) -> None:
+def test_status_counts_rows_per_key(db: Engine, index_keyring: Keyring) -> None:
     """The status counts index rows per active key, under retired keys, and without index."""
     _add_customers(db, 2)
-    keys = _rotate(index_keys)
+    keys = _rotate(index_keyring)
     _add_customers(db, 1, start=3)
     with Session(db) as session:
         session.add(Customer(id=4, email="  "))  # not indexed: blank
@@ -411,7 +416,7 @@ def test_status_counts_rows_per_key(db: Engine, index_keys: BlindIndexKeyring) -
 
 
 def test_missing_indexes_are_told_from_values_not_indexed(
-    db: Engine, index_keys: BlindIndexKeyring, keyring: Keyring
+    db: Engine, index_keyring: Keyring, keyring: Keyring
 ) -> None:
     """count_missing decrypts unindexed rows: a blank email is not indexed, a raw row is missing."""
     with Session(db) as session:
@@ -478,11 +483,17 @@ def test_model_spec_errors(monkeypatch: pytest.MonkeyPatch, spec: str, expected:
 
 def test_status_counts_key_ids_with_like_wildcards_apart(db: Engine, keyring: Keyring) -> None:
     """Index key ids 'b_1' and 'bx1' are counted apart: '_' is not a wildcard there."""
-    keys = {kid: BlindIndexKey(kid, generate_blind_index_key()) for kid in ("b_1", "bx1")}
+    keys = {
+        kid: Key(kid, generate_key("hmac-sha256"), purpose="blind-index") for kid in ("b_1", "bx1")
+    }
     for position, kid in enumerate(("bx1", "b_1")):
-        sa_fieldcrypt.configure_blind_index(keys=BlindIndexKeyring([keys[kid]]))
+        sa_fieldcrypt.configure(
+            purpose="blind-index", keyring=Keyring([keys[kid]], purpose="blind-index")
+        )
         _add_customers(db, 1, start=position + 1)
-    sa_fieldcrypt.configure_blind_index(keys=BlindIndexKeyring(list(keys.values())))
+    sa_fieldcrypt.configure(
+        purpose="blind-index", keyring=Keyring(list(keys.values()), purpose="blind-index")
+    )
     (email, _phone) = _index_status(db)
     assert ({"b_1": 1, "bx1": 1}, 0, 1) == (email.by_key, email.other_keys, email.stale)
 
@@ -491,9 +502,7 @@ def test_status_counts_key_ids_with_like_wildcards_apart(db: Engine, keyring: Ke
 
 
 @pytest.fixture
-def subscribers(
-    engine: Engine, keyring: Keyring, index_keys: BlindIndexKeyring
-) -> Iterator[Engine]:
+def subscribers(engine: Engine, keyring: Keyring, index_keyring: Keyring) -> Iterator[Engine]:
     """120 subscribers indexed under b1, then b2 made the writing index key."""
     metadata = rotation_support.Base.metadata
     metadata.drop_all(engine)
@@ -503,7 +512,7 @@ def subscribers(
             rotation_support.Subscriber(id=i, email=f"s{i}@example.com") for i in range(120)
         )
         session.commit()
-    _rotate(index_keys)
+    _rotate(index_keyring)
     yield engine
     metadata.drop_all(engine)
 

@@ -49,7 +49,7 @@ from sa_fieldcrypt import (
     jobs,
 )
 from sa_fieldcrypt.cli import _Progress, cli
-from sa_fieldcrypt.config import _swap
+from sa_fieldcrypt.config import swap_default_keys
 from sa_fieldcrypt.settings import FieldCryptSettings
 
 TABLE = "fc_rot_mixed"
@@ -83,10 +83,10 @@ def postgresql_engine() -> Iterator[Engine]:
 def ring() -> Iterator[Keyring]:
     """k3 primary, k2 and k1 decrypt-only, installed as the process default keys."""
     keyring = Keyring({"k3": generate_key(), "k2": generate_key(), "k1": generate_key()})
-    previous = _swap(None)
+    previous = swap_default_keys(None)
     sa_fieldcrypt.configure(keyring=keyring)
     yield keyring
-    _swap(previous)
+    swap_default_keys(previous)
 
 
 def _under(keyring: Keyring, key_id: str, plaintext: str) -> str:
@@ -280,7 +280,7 @@ def test_dry_run_counts_and_writes_nothing(mixed: tuple[Engine, Table, dict[int,
 def test_key_ids_with_like_wildcards_and_case(engine: Engine) -> None:
     """With primary 'k_1', values under 'kx1' and 'K_1' are not mistaken for it."""
     keyring = Keyring({"k_1": generate_key(), "kx1": generate_key(), "K_1": generate_key()})
-    previous = _swap(None)
+    previous = swap_default_keys(None)
     sa_fieldcrypt.configure(keyring=keyring)
     try:
         table = _make_table(engine)
@@ -294,7 +294,7 @@ def test_key_ids_with_like_wildcards_and_case(engine: Engine) -> None:
         assert 2 == jobs.rotate(engine, [_column(engine)]).written
         assert {"k_1": 3} == jobs.status(engine, [_column(engine)]).columns[0].by_key
     finally:
-        _swap(previous)
+        swap_default_keys(previous)
         table.metadata.drop_all(engine)
 
 
@@ -824,7 +824,7 @@ def sqlite_env(
     monkeypatch.setenv("FIELDCRYPT_KEYS", ring.export())
     monkeypatch.delenv("FIELD_ENCRYPTION_KEY", raising=False)
     monkeypatch.delenv("FIELDCRYPT_PRIMARY_KEY_ID", raising=False)
-    _swap(None)  # the commands read the keys from the settings
+    swap_default_keys(None)  # the commands read the keys from the settings
     yield engine, table, ring
     engine.dispose()
 

@@ -1,4 +1,4 @@
-"""Keys from settings: FIELDCRYPT_KEYS, FIELDCRYPT_PRIMARY_KEY_ID and FIELD_ENCRYPTION_KEY."""
+"""Keys from settings: FIELDCRYPT_KEYS, FIELD_ENCRYPTION_KEY and the blind-index keys."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ import pytest
 from cryptography.fernet import Fernet
 
 import sa_fieldcrypt
-from sa_fieldcrypt import ConfigurationError, FieldCryptSettings, decrypt, encrypt, generate_key
-from sa_fieldcrypt.providers import EnvKeyProvider
+from sa_fieldcrypt import (
+    BlindIndex,
+    ConfigurationError,
+    FieldCryptSettings,
+    Keyring,
+    decrypt,
+    encrypt,
+    generate_key,
+)
+from sa_fieldcrypt.providers import EnvKeyProvider, StaticKeyProvider
 from sa_fieldcrypt.settings import load_settings
 
 
@@ -156,3 +164,107 @@ def test_database_url_is_read_and_hidden(
     assert url == settings.database_url.get_secret_value()
     assert "hunter2-pw" not in repr(settings)
     assert "hunter2-pw" not in str(settings)
+
+
+RING = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+
+
+# -- blind-index keys --------------------------------------------------------------------
+
+
+def test_keys_setting_first_entry_writes(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_BLIND_INDEX_KEYS gives the keys; the first computes, all match."""
+    monkeypatch.setenv(
+        "FIELDCRYPT_BLIND_INDEX_KEYS",
+        f"b2:{generate_key('hmac-sha256')},b1:{generate_key('hmac-sha256')}",
+    )
+    index = BlindIndex("email_bidx", name="t.email_bidx")
+    assert ("b2", "b1") == sa_fieldcrypt.current_keyring("blind-index").ids
+    assert (index.compute("x") or "").startswith("b2:")
+    assert 2 == len(index.candidates("x"))
+
+
+def test_single_key_setting_is_id_b0(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_BLIND_INDEX_KEY alone is the one key, with id b0."""
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_key("hmac-sha256"))
+    assert ("b0",) == sa_fieldcrypt.current_keyring("blind-index").ids
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "no blind-index key configured: set FIELDCRYPT_BLIND_INDEX_KEYS"),
+        ({"FIELDCRYPT_BLIND_INDEX_KEYS": ""}, "FIELDCRYPT_BLIND_INDEX_KEYS is empty"),
+        (
+            {"FIELDCRYPT_BLIND_INDEX_KEY": "short"},
+            "FIELDCRYPT_BLIND_INDEX_KEY: the key is not an hmac-sha256",
+        ),
+        (
+            {"FIELDCRYPT_BLIND_INDEX_KEY": "{k}", "FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}"},
+            "both FIELDCRYPT_BLIND_INDEX_KEYS and FIELDCRYPT_BLIND_INDEX_KEY",
+        ),
+        (
+            {"FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}", "FIELDCRYPT_KEYS": "k1:{k}"},
+            "blind-index key 'b1' is also an encryption key",
+        ),
+        (
+            {"FIELDCRYPT_BLIND_INDEX_KEY": "{k}", "FIELD_ENCRYPTION_KEY": "{k}"},
+            "blind-index key 'b0' is also an encryption key",
+        ),
+        (
+            {"FIELDCRYPT_BLIND_INDEX_KEYS": "b1:{k}", "FIELDCRYPT_KEYS": "k1:aes-gcm-siv:{k}"},
+            "blind-index key 'b1' is also an encryption key",
+        ),
+    ],
+    ids=[
+        "nothing",
+        "empty",
+        "malformed",
+        "both",
+        "reused-key",
+        "reused-legacy-key",
+        "reused-aead-key",
+    ],
+)
+def test_bad_blind_index_settings_fail_clearly_at_first_use(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    """Each bad setting is one ConfigurationError at the first index computation, keyless."""
+    key = generate_key()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(k=key))
+    index = BlindIndex("email_bidx", name="t.email_bidx")  # constructing needs no key
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        index.compute("x")
+    assert key not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_settings_repr_hides_index_keys(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Printing the settings never shows a blind-index key."""
+    key = generate_key("hmac-sha256")
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEYS", f"b1:{key}")
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", key)
+    settings = sa_fieldcrypt.FieldCryptSettings()
+    assert key not in repr(settings)
+
+
+def test_configure_for_blind_index_overrides_settings(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configure(purpose="blind-index", keyring=...) wins over the settings until it is reset."""
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_key("hmac-sha256"))
+    sa_fieldcrypt.configure(purpose="blind-index", keyring=RING)
+    assert ("b1",) == sa_fieldcrypt.current_keyring("blind-index").ids
+    sa_fieldcrypt.configure(purpose="blind-index")
+    assert ("b0",) == sa_fieldcrypt.current_keyring("blind-index").ids
+    with pytest.raises(ConfigurationError, match="not both"):
+        sa_fieldcrypt.configure(
+            purpose="blind-index", keyring=RING, provider=StaticKeyProvider(RING)
+        )

@@ -75,6 +75,32 @@ def test_temporary_keys_restores_the_previous_configuration() -> None:
         assert "outer" == sa_fieldcrypt.current_keyring().primary.id
 
 
+def test_temporary_keys_for_blind_indexes_leave_encryption_keys_alone() -> None:
+    """temporary_keys(purpose='blind-index') swaps only the blind-index default."""
+    keyring = Keyring({"k1": generate_key()})
+    index_keyring = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    with temporary_keys(keyring), temporary_keys(index_keyring, purpose="blind-index"):
+        assert sa_fieldcrypt.current_keyring("blind-index") is index_keyring
+        assert sa_fieldcrypt.current_keyring() is keyring
+
+
+def test_temporary_keys_refuse_a_keyring_of_another_purpose() -> None:
+    """An encryption keyring cannot become the blind-index default, nor the reverse."""
+    index_keyring = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    with pytest.raises(sa_fieldcrypt.ConfigurationError, match="keyring of blind-index keys"):
+        temporary_keys(Keyring({"k1": generate_key()}), purpose="blind-index").__enter__()
+    with pytest.raises(sa_fieldcrypt.ConfigurationError, match="keyring of encryption keys"):
+        temporary_keys(index_keyring).__enter__()
+
+
+@given(keyrings(purpose="blind-index"))
+def test_keyrings_strategy_builds_blind_index_keyrings(keyring: Keyring) -> None:
+    """keyrings(purpose='blind-index') gives hmac-sha256 keyrings that compute index values."""
+    assert {"hmac-sha256"} == {key.kind for key in keyring}
+    index = sa_fieldcrypt.BlindIndex("e", keyring=keyring, name="t.e")
+    assert (index.compute("x") or "").startswith(f"{keyring.primary.id}:")
+
+
 @given(keyrings())
 def test_keyrings_strategy_builds_working_keyrings(keyring: Keyring) -> None:
     """Every generated keyring encrypts under its primary and decrypts with itself."""
@@ -84,17 +110,22 @@ def test_keyrings_strategy_builds_working_keyrings(keyring: Keyring) -> None:
 
 
 def test_plugin_fixture_is_available_to_user_suites(pytester: pytest.Pytester) -> None:
-    """A user's suite gets fieldcrypt_keyring without importing anything."""
+    """A user's suite gets both key fixtures without importing anything."""
     pytester.makepyfile(
         """
         import sa_fieldcrypt
 
         def test_uses_fixture(fieldcrypt_keyring):
             assert sa_fieldcrypt.current_keyring() is fieldcrypt_keyring
+
+        def test_uses_index_fixture(fieldcrypt_blind_index_keyring):
+            assert "blind-index" == fieldcrypt_blind_index_keyring.purpose
+            assert ("b1",) == fieldcrypt_blind_index_keyring.ids
+            assert sa_fieldcrypt.current_keyring("blind-index") is fieldcrypt_blind_index_keyring
         """
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
 
 
 def test_fake_secret_manager_fixture_serves_the_real_client(request: pytest.FixtureRequest) -> None:

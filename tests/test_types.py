@@ -30,7 +30,7 @@ from sa_fieldcrypt import (
     inspect_token,
     metrics,
 )
-from sa_fieldcrypt.config import _swap
+from sa_fieldcrypt.config import swap_default_keys
 from sa_fieldcrypt.testing import (
     assert_encrypted_at_rest,
     bytes_plaintexts,
@@ -324,13 +324,13 @@ class Contact(BoundBase):
 @pytest.fixture(params=["fernet", "aes-gcm-siv"])
 def bound_db(request: pytest.FixtureRequest, engine: Engine) -> Any:
     """The contacts table on each database, with the process keys of one kind as primary."""
-    previous = _swap(None)
+    previous = swap_default_keys(None)
     configure(keyring=RINGS[request.param])
     BoundBase.metadata.drop_all(engine)
     BoundBase.metadata.create_all(engine)
     yield engine
     BoundBase.metadata.drop_all(engine)
-    _swap(previous)
+    swap_default_keys(previous)
 
 
 def _raw(db: Engine, column: str, row_id: int = 1) -> str:

@@ -21,10 +21,8 @@ from sqlalchemy.schema import CreateSchema
 import sa_fieldcrypt
 from booking.models import SQLITE_SCHEMA_MAP, Base, Customer, Station, station_kwargs
 from sa_fieldcrypt import (
-    BlindIndexKey,
-    BlindIndexKeyring,
+    Key,
     Keyring,
-    generate_blind_index_key,
     generate_key,
 )
 from sa_fieldcrypt.jobs import find_indexes, reindex, status
@@ -48,7 +46,7 @@ def demo_keys() -> None:
                 values[name.strip()] = value.strip()
     missing = {
         "FIELDCRYPT_KEYS": f"demo1:{generate_key()}",
-        "FIELDCRYPT_BLIND_INDEX_KEYS": f"bidx1:{generate_blind_index_key()}",
+        "FIELDCRYPT_BLIND_INDEX_KEYS": f"bidx1:{generate_key('hmac-sha256')}",
     }.items() - values.keys()
     if missing:
         values.update(dict(missing))
@@ -61,8 +59,11 @@ def demo_keys() -> None:
     if need_keys:
         sa_fieldcrypt.configure(keyring=Keyring.parse(values["FIELDCRYPT_KEYS"], source=source))
     if need_index_keys:
-        sa_fieldcrypt.configure_blind_index(
-            keys=BlindIndexKeyring.parse(values["FIELDCRYPT_BLIND_INDEX_KEYS"], source=source)
+        sa_fieldcrypt.configure(
+            purpose="blind-index",
+            keyring=Keyring.parse(
+                values["FIELDCRYPT_BLIND_INDEX_KEYS"], source=source, purpose="blind-index"
+            ),
         )
 
 
@@ -182,9 +183,11 @@ def main() -> None:
 def rotate_index_key(engine: Engine) -> None:
     """Rotate the blind-index key while lookups keep working, as docs/blind-indexes.md says."""
     print("\nRotating the blind-index key without downtime:")
-    old = sa_fieldcrypt.current_blind_index_keys()
-    new = BlindIndexKey("bidx2", generate_blind_index_key())
-    sa_fieldcrypt.configure_blind_index(keys=BlindIndexKeyring([new, *old]))
+    old = sa_fieldcrypt.current_keyring("blind-index")
+    new = Key("bidx2", generate_key("hmac-sha256"), purpose="blind-index")
+    sa_fieldcrypt.configure(
+        purpose="blind-index", keyring=Keyring([new, *old], purpose="blind-index")
+    )
     with Session(engine) as session:
         found = find(session, Customer.email == "ada@example.com")
     print(f"  1. new key first, old keys still match: email lookup finds {found}")
@@ -192,7 +195,7 @@ def rotate_index_key(engine: Engine) -> None:
     report = reindex(engine, indexes, batch_size=2)
     print(f"  2. reindex: {report.scanned} rows read, {report.written} rewritten")
     stale = sum(index.stale for index in status(engine, indexes=indexes).indexes)
-    sa_fieldcrypt.configure_blind_index(keys=BlindIndexKeyring([new]))
+    sa_fieldcrypt.configure(purpose="blind-index", keyring=Keyring([new], purpose="blind-index"))
     with Session(engine) as session:
         found = find(session, Customer.email == "ada@example.com")
     print(f"  3. {stale} rows left under old keys; old keys retired: lookup finds {found}")

@@ -19,12 +19,6 @@ from sa_fieldcrypt._version import __version__
 from sa_fieldcrypt.blind_index import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
-    BlindIndexKey,
-    BlindIndexKeyProvider,
-    BlindIndexKeyring,
-    configure_blind_index,
-    current_blind_index_keys,
-    generate_blind_index_key,
     normalize_email,
     normalize_phone,
 )
@@ -41,7 +35,8 @@ from sa_fieldcrypt.errors import (
     ValueTypeError,
 )
 from sa_fieldcrypt.hybrid import EncryptedHybrid, encrypted_hybrid, encrypted_values
-from sa_fieldcrypt.keys import Key, Keyring, generate_key
+from sa_fieldcrypt.keys import Key, KeyKind, Keyring, Purpose, generate_key, parse_key
+from sa_fieldcrypt.providers.base import KeyProvider
 from sa_fieldcrypt.types import (
     EncryptedBytes,
     EncryptedJSON,
@@ -57,9 +52,6 @@ __all__ = [
     "BLIND_INDEX_LENGTH",
     "TOKEN_PREFIX",
     "BlindIndex",
-    "BlindIndexKey",
-    "BlindIndexKeyProvider",
-    "BlindIndexKeyring",
     "ConfigurationError",
     "DecryptionError",
     "EncryptedBytes",
@@ -70,9 +62,12 @@ __all__ = [
     "FieldCryptError",
     "FieldCryptSettings",
     "Key",
+    "KeyKind",
+    "KeyProvider",
     "KeyProviderError",
     "Keyring",
     "PlaintextValueWarning",
+    "Purpose",
     "RotationError",
     "TokenInfo",
     "UnknownKeyError",
@@ -80,18 +75,16 @@ __all__ = [
     "ValueTypeError",
     "__version__",
     "configure",
-    "configure_blind_index",
-    "current_blind_index_keys",
     "current_keyring",
     "decrypt",
     "encrypt",
     "encrypted_hybrid",
     "encrypted_values",
-    "generate_blind_index_key",
     "generate_key",
     "inspect_token",
     "normalize_email",
     "normalize_phone",
+    "parse_key",
 ]
 
 

@@ -30,8 +30,8 @@ from typing import NoReturn
 from cryptography.fernet import InvalidToken
 
 from sa_fieldcrypt import metrics
-from sa_fieldcrypt.errors import DecryptionError, UnknownKeyError
-from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, Keyring, _AeadCodec
+from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, UnknownKeyError
+from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, Keyring
 
 __all__ = ["TOKEN_PREFIX", "TokenInfo", "decrypt", "encrypt", "inspect_token"]
 
@@ -94,8 +94,20 @@ def encrypt(keyring: Keyring, data: bytes, *, context: str | None = None) -> str
         data: the plaintext.
         context: bind the token to this non-empty string (a column's name), so that only
             :func:`decrypt` with the same context opens it.
+
+    Raises:
+        ConfigurationError: the keyring holds blind-index keys, not encryption keys.
     """
+    _check_purpose(keyring)
     return _encrypt(keyring, data, context)
+
+
+def _check_purpose(keyring: Keyring) -> None:
+    if keyring.purpose != "encryption":
+        raise ConfigurationError(
+            f"a keyring of purpose {keyring.purpose!r} cannot encrypt or decrypt; "
+            "give a keyring of encryption keys (purpose='encryption')"
+        )
 
 
 def _encrypt(keyring: Keyring, data: bytes, context: str | None) -> str:
@@ -121,10 +133,12 @@ def decrypt(
             was bound, or legacy ones) are still accepted. False makes the column strict.
 
     Raises:
+        ConfigurationError: the keyring holds blind-index keys, not encryption keys.
         UnknownKeyError: the token names a key id the keyring does not hold.
         DecryptionError: the token is malformed, tampered with, bound to another context, or
             not a token at all.
     """
+    _check_purpose(keyring)
     return _decrypt(keyring, token, context, allow_unbound)
 
 
@@ -135,23 +149,23 @@ def _decrypt(keyring: Keyring, token: str, context: str | None, allow_unbound: b
     head, _, payload = token.rpartition(":")
     try:
         if context is None:
-            key = keyring._heads.get(head)
+            key = keyring.token_heads.get(head)
             if key is not None:
                 try:
                     data = key.decrypt(payload)
                 except (InvalidToken, ValueError, TypeError):
                     # ValueError/TypeError: non-ASCII text never reaches Fernet's own check.
                     raise DecryptionError(_INVALID, key_id=key.id) from None
-                next(key._decrypts)
+                next(key.decrypt_counter)
                 return data
         else:
-            key = keyring._bound_heads.get(head)
+            key = keyring.bound_token_heads.get(head)
             if key is not None:
                 try:
                     data = key.for_context(context).decrypt(payload)
                 except (InvalidToken, ValueError, TypeError):
                     raise DecryptionError(_INVALID, key_id=key.id) from None
-                next(key._decrypts)
+                next(key.decrypt_counter)
                 return data
         return _decrypt_other(keyring, token, context, allow_unbound)
     except DecryptionError as exc:
@@ -162,7 +176,7 @@ def _decrypt(keyring: Keyring, token: str, context: str | None, allow_unbound: b
 def _decrypt_other(keyring: Keyring, token: str, context: str | None, allow_unbound: bool) -> bytes:
     parts = token.split(":", 3)
     if parts[0] == "fc1" and len(parts) > 1:
-        key = keyring._keys.get(parts[1]) or _missing_key(keyring, parts[1])
+        key = keyring.find(parts[1]) or _missing_key(keyring, parts[1])
         if len(parts) == 3:
             # An unbound token read by a bound column: a value written before it was bound.
             if not allow_unbound:
@@ -171,7 +185,7 @@ def _decrypt_other(keyring: Keyring, token: str, context: str | None, allow_unbo
                 data = key.decrypt(parts[2])
             except (InvalidToken, ValueError, TypeError):
                 raise DecryptionError(_INVALID, key_id=key.id) from None
-            next(key._decrypts)
+            next(key.decrypt_counter)
             return data
         if len(parts) == 4 and parts[2] == BOUND_FLAG and context is None:
             raise DecryptionError(_CONTEXT_MISSING, key_id=key.id)
@@ -200,7 +214,7 @@ def _decrypt_legacy(keyring: Keyring, token: str) -> bytes:
             data = key.decrypt(token)
         except (InvalidToken, ValueError, TypeError):
             continue
-        next(key._decrypts)
+        next(key.decrypt_counter)
         metrics.count_legacy_read()
         return data
     raise DecryptionError(_INVALID + " (a legacy Fernet token: no key of the keyring opens it)")
@@ -212,10 +226,7 @@ def _encrypt_from_parts(keyring: Keyring, data: bytes, current_time: int, iv: by
     A fixed IV is unsafe; nothing in the library calls this.
     """
     key = keyring.primary
-    if key._fernet is None:
-        raise TypeError("_encrypt_from_parts needs a Fernet primary key")
-    fernet_token = key._fernet._encrypt_from_parts(data, current_time, iv)
-    return key.token_prefix + fernet_token.decode("ascii")
+    return key.token_prefix + key.codec.encrypt_with_iv(data, current_time, iv)
 
 
 def _encrypt_aead_from_parts(
@@ -226,7 +237,5 @@ def _encrypt_aead_from_parts(
     A fixed nonce is unsafe; nothing in the library calls this.
     """
     key = keyring.primary
-    codec = key.for_context(context) if context is not None else key._unbound_codec
-    if not isinstance(codec, _AeadCodec):
-        raise TypeError("_encrypt_aead_from_parts needs an aes-gcm-siv primary key")
-    return codec.token_prefix + codec._encrypt_with_nonce(data, nonce)
+    codec = key.for_context(context) if context is not None else key.codec
+    return codec.token_prefix + codec.encrypt_with_nonce(data, nonce)

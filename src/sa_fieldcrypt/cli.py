@@ -39,7 +39,7 @@ from sa_fieldcrypt.jobs.targets import (
     find_indexes,
     reflect_column,
 )
-from sa_fieldcrypt.keys import KEY_ID_PATTERN, KEY_KINDS, KeyKind, generate_key
+from sa_fieldcrypt.keys import KEY_ID_PATTERN, KEY_KINDS, PURPOSES, KeyKind, Purpose, generate_key
 from sa_fieldcrypt.settings import load_settings
 
 __all__ = ["cli", "main"]
@@ -79,16 +79,21 @@ def _key_ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...])
     return value
 
 
+_KIND_HELP = (
+    "fernet (an encryption key), aes-gcm-siv (a faster encryption key, printed as "
+    "'aes-gcm-siv:<key>') or hmac-sha256 (a blind-index key)."
+)
+
+
 @cli.command()
 @click.option(
-    "--id", "key_id", callback=_key_id, help="Print an 'ID:key' entry for FIELDCRYPT_KEYS."
+    "--id",
+    "key_id",
+    callback=_key_id,
+    help="Print an 'ID:key' entry for FIELDCRYPT_KEYS (or FIELDCRYPT_BLIND_INDEX_KEYS).",
 )
 @click.option(
-    "--kind",
-    type=click.Choice(KEY_KINDS),
-    default="fernet",
-    show_default=True,
-    help="fernet, or aes-gcm-siv (faster, printed as 'aes-gcm-siv:<key>').",
+    "--kind", type=click.Choice(KEY_KINDS), default="fernet", show_default=True, help=_KIND_HELP
 )
 def keygen(key_id: str | None, kind: KeyKind) -> None:
     """Print a new random key."""
@@ -101,18 +106,32 @@ def keys() -> None:
     """Manage the keys held in a Google Cloud Secret Manager secret (the gcp extra).
 
     Each enabled version of the secret is a key. Rotate in two phases: `keys add`, wait until
-    every instance has refreshed (FIELDCRYPT_GCP_CACHE_TTL), then `keys promote`.
+    every instance has refreshed (FIELDCRYPT_GCP_CACHE_TTL), then `keys promote`. Blind-index
+    keys live in a secret of their own: pass --purpose blind-index.
     """
 
 
 _secret_option = click.option(
     "--secret",
     metavar="projects/P/secrets/S",
-    help="The secret; by default FIELDCRYPT_GCP_SECRET.",
+    help="The secret; by default FIELDCRYPT_GCP_SECRET, or with --purpose blind-index "
+    "FIELDCRYPT_BLIND_INDEX_GCP_SECRET.",
+)
+_purpose_option = click.option(
+    "--purpose",
+    type=click.Choice(PURPOSES),
+    default="encryption",
+    show_default=True,
+    help="Whether the secret holds encryption keys or blind-index keys.",
 )
 
 
-def _gcp_provider(ctx: click.Context, secret: str | None) -> Any:
+def _secret_options(func: Callable[..., None]) -> Callable[..., None]:
+    """--secret and --purpose, as every `keys` command takes them."""
+    return _secret_option(_purpose_option(func))
+
+
+def _gcp_provider(ctx: click.Context, secret: str | None, purpose: Purpose) -> Any:
     # Imported here: `fieldcrypt keygen` must work without the optional Google packages.
     try:
         from sa_fieldcrypt.providers.gcp import GoogleSecretManagerKeyProvider
@@ -121,16 +140,23 @@ def _gcp_provider(ctx: click.Context, secret: str | None) -> Any:
 
     # Programs that embed the command line may pass obj={"gcp_client": client}.
     client = ctx.obj.get("gcp_client") if isinstance(ctx.obj, dict) else None
-    return GoogleSecretManagerKeyProvider.from_settings(secret=secret, client=client)
+    return GoogleSecretManagerKeyProvider.from_settings(
+        secret=secret, client=client, purpose=purpose
+    )
+
+
+def _writes(purpose: Purpose) -> str:
+    return "encrypts" if purpose == "encryption" else "computes new index values"
 
 
 @keys.command("list")
-@_secret_option
+@_secret_options
 @click.pass_context
-def keys_list(ctx: click.Context, secret: str | None) -> None:
-    """Show the secret's versions, their state, and which one encrypts."""
-    provider = _gcp_provider(ctx, secret)
-    click.echo(f"{'VERSION':<9}{'KEY ID':<9}{'STATE':<11}{'CREATED':<27}ENCRYPTS")
+def keys_list(ctx: click.Context, secret: str | None, purpose: Purpose) -> None:
+    """Show the secret's versions, their state, and which one writes (encrypts)."""
+    provider = _gcp_provider(ctx, secret, purpose)
+    header = "ENCRYPTS" if purpose == "encryption" else "WRITES"
+    click.echo(f"{'VERSION':<9}{'KEY ID':<9}{'STATE':<11}{'CREATED':<27}{header}")
     for version in provider.versions():
         created = version.created.isoformat(timespec="seconds") if version.created else "-"
         mark = f"yes (alias {provider.primary_alias})" if version.primary else ""
@@ -140,44 +166,61 @@ def keys_list(ctx: click.Context, secret: str | None) -> None:
 
 
 @keys.command("add")
-@_secret_option
+@_secret_options
+@click.option(
+    "--kind",
+    type=click.Choice(KEY_KINDS),
+    help="The new key's kind; by default fernet, or hmac-sha256 with --purpose blind-index. "
+    + _KIND_HELP,
+)
 @click.pass_context
-def keys_add(ctx: click.Context, secret: str | None) -> None:
-    """Add a new random key as a new version; it decrypts at once but does not encrypt yet."""
-    provider = _gcp_provider(ctx, secret)
-    added = provider.add_key()
+def keys_add(
+    ctx: click.Context, secret: str | None, purpose: Purpose, kind: KeyKind | None
+) -> None:
+    """Add a new random key as a new version; it is read at once but does not write yet."""
+    provider = _gcp_provider(ctx, secret, purpose)
+    added = provider.add_key(kind=kind)
     if added.primary:
         click.echo(
             f"Added version {added.number} (key id {added.key_id}), the secret's first key: "
-            "it encrypts."
+            f"it {_writes(purpose)}."
         )
         return
     ttl = provider.cache_ttl
+    reads = "decrypt with" if purpose == "encryption" else "find values under"
+    flag = "" if purpose == "encryption" else f" --purpose {purpose}"
     click.echo(
-        f"Added version {added.number} (key id {added.key_id}). Every instance can decrypt with "
-        f"it after its next refresh (within {ttl:g} s); then make it encrypt with:\n"
-        f"  fieldcrypt keys promote {added.number}"
+        f"Added version {added.number} (key id {added.key_id}). Every instance can {reads} "
+        f"it after its next refresh (within {ttl:g} s); then make it write with:\n"
+        f"  fieldcrypt keys promote {added.number}{flag}"
     )
 
 
 @keys.command("promote")
 @click.argument("version", type=click.IntRange(min=1), required=False)
-@_secret_option
+@_secret_options
 @click.option(
     "--force",
     is_flag=True,
     help="Promote even if instances may not have refreshed since the version was added.",
 )
 @click.pass_context
-def keys_promote(ctx: click.Context, version: int | None, secret: str | None, force: bool) -> None:
-    """Make VERSION (by default the newest enabled one) the key that encrypts."""
-    provider = _gcp_provider(ctx, secret)
+def keys_promote(
+    ctx: click.Context, version: int | None, secret: str | None, purpose: Purpose, force: bool
+) -> None:
+    """Make VERSION (by default the newest enabled one) the key that writes (encrypts)."""
+    provider = _gcp_provider(ctx, secret, purpose)
     min_age = 0.0 if force or provider.cache_ttl is None else provider.cache_ttl
     promoted = provider.promote(version, min_age=min_age)
+    after = (
+        "Values under older keys stay readable while their versions stay enabled."
+        if purpose == "encryption"
+        else "Index values under older keys are still found while their versions stay "
+        "enabled; `fieldcrypt reindex` moves them to this key."
+    )
     click.echo(
-        f"Version {promoted.number} (key id {promoted.key_id}) now encrypts, on each instance "
-        "from its next refresh. Values under older keys stay readable while their versions "
-        "stay enabled."
+        f"Version {promoted.number} (key id {promoted.key_id}) now {_writes(purpose)}, on each "
+        f"instance from its next refresh. {after}"
     )
 
 

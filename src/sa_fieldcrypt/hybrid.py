@@ -366,7 +366,7 @@ class EncryptedHybrid(hybrid_property[Any]):
                     f"{label}: {index_label} is already the blind index of "
                     f"{existing.source_column!r}; every encrypted column needs its own"
                 )
-            blind_index = existing or self._blind_index._bind(
+            blind_index = existing or self._blind_index.bound_to(
                 f"{index.table.name}.{index.name}", source.name
             )
             index.info[INFO_BLIND_INDEX] = blind_index

@@ -1,34 +1,43 @@
-"""Keys and keyrings: which keys exist, and which one encrypts.
+"""Keys and keyrings: which keys exist, what each is for, and which one is used now.
 
-A :class:`Keyring` holds named keys. Exactly one is the *primary*: it encrypts every new value.
-The others are decrypt-only, kept so that values written under them can still be read until
-``fieldcrypt rotate`` has moved them to the primary key.
+Every key has a *purpose*, given by its *kind*:
 
-A key is of one of two kinds, and the kind travels with the key text, so a keyring may mix
-them and moving to AEAD is an ordinary rotation:
+- ``encryption`` keys encrypt column values. Kind ``fernet`` (the default): a Fernet key,
+  written as the bare url-safe base64 key. Kind ``aes-gcm-siv``: a 256-bit AES-GCM-SIV key
+  (nonce-misuse resistant AEAD, about four times faster than Fernet), written as
+  ``aes-gcm-siv:<url-safe base64 key>``. A keyring may mix the two, so moving to AEAD is an
+  ordinary rotation.
+- ``blind-index`` keys compute blind indexes (:class:`~sa_fieldcrypt.BlindIndex`). Kind
+  ``hmac-sha256`` (the only one): 32 random bytes, written as the bare url-safe base64 key.
 
-- ``fernet`` (the default): a Fernet key, written as the bare url-safe base64 key.
-- ``aes-gcm-siv``: a 256-bit AES-GCM-SIV key (nonce-misuse resistant AEAD, about four times
-  faster than Fernet), written as ``aes-gcm-siv:<url-safe base64 key>``.
+A :class:`Keyring` holds named keys of one purpose. Exactly one is the *primary*: it encrypts
+every new value (or computes every new index value). The others are kept so that what was
+written under them can still be read (or found) until ``fieldcrypt rotate`` (or
+``fieldcrypt reindex``) has moved it to the primary key.
+
+Key text is read by one parser, :func:`parse_key` (``Keyring.parse`` splits a settings string
+on commas and calls it): ``[kind:]key``, where bare text is the purpose's default kind.
 
 Typical usage::
 
     from sa_fieldcrypt import Keyring, generate_key
 
     keyring = Keyring({"k2": generate_key(), "k1": old_key})   # first entry is primary
-    keyring = Keyring({"k3": generate_key(kind="aes-gcm-siv"), "k2": fernet_key})
+    keyring = Keyring({"k3": generate_key("aes-gcm-siv"), "k2": fernet_key})
     keyring = Keyring.parse("k3:aes-gcm-siv:<key>,k2:<key>")   # the FIELDCRYPT_KEYS format
+    index_keys = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Literal, get_args
+from typing import Any, Literal, NoReturn, TypeVar, get_args
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.fernet import Fernet, InvalidToken
@@ -39,15 +48,40 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sa_fieldcrypt import metrics
 from sa_fieldcrypt.errors import ConfigurationError, UnknownKeyError
 
-__all__ = ["KEY_ID_PATTERN", "KEY_KINDS", "Key", "KeyCodec", "KeyKind", "Keyring", "generate_key"]
+__all__ = [
+    "DEFAULT_KINDS",
+    "KEY_ID_PATTERN",
+    "KEY_KINDS",
+    "PURPOSES",
+    "PURPOSE_KINDS",
+    "Key",
+    "KeyCodec",
+    "KeyKind",
+    "Keyring",
+    "Purpose",
+    "generate_key",
+    "parse_key",
+]
 
 #: Key ids are short, printable and safe inside a token header and a settings string.
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
 
-#: The kinds of key a keyring can hold.
-KeyKind = Literal["fernet", "aes-gcm-siv"]
-#: Every :data:`KeyKind`, the default first.
+#: The kinds of key the library knows.
+KeyKind = Literal["fernet", "aes-gcm-siv", "hmac-sha256"]
+#: Every :data:`KeyKind`.
 KEY_KINDS: tuple[KeyKind, ...] = get_args(KeyKind)
+#: What a key is for: encrypting column values, or computing blind indexes.
+Purpose = Literal["encryption", "blind-index"]
+#: Every :data:`Purpose`.
+PURPOSES: tuple[Purpose, ...] = get_args(Purpose)
+#: The kinds that serve each purpose, its default first.
+PURPOSE_KINDS: Mapping[Purpose, tuple[KeyKind, ...]] = {
+    "encryption": ("fernet", "aes-gcm-siv"),
+    "blind-index": ("hmac-sha256",),
+}
+#: The kind that bare key text (no ``kind:`` prefix) has, per purpose.
+DEFAULT_KINDS: Mapping[Purpose, KeyKind] = {p: kinds[0] for p, kinds in PURPOSE_KINDS.items()}
+_PURPOSE_OF: dict[str, Purpose] = {k: p for p, kinds in PURPOSE_KINDS.items() for k in kinds}
 
 #: Flag field of a context-bound token: ``fc1:<key_id>:c:<payload>``.
 BOUND_FLAG = "c"
@@ -57,11 +91,12 @@ NONCE_SIZE = 12
 FERNET_CONTEXT_INFO = b"sa-fieldcrypt/fc1/fernet-context:"
 
 _REDACTED = "<redacted>"
-_AEAD_KEY_SIZE = 32
-# Contexts are column names, a handful per application; the bound keeps a program that
-# makes up contexts per row from growing the cache without end.
-_MAX_CONTEXTS = 1024
-_context_lock = threading.Lock()
+_V = TypeVar("_V")
+_KEY_SIZE = 32
+# Contexts and index names are column names, a handful per application; the bound keeps a
+# program that makes up contexts per row from growing a cache without end.
+_MAX_CACHED = 1024
+_cache_lock = threading.Lock()
 
 # url-safe alphabet in, standard alphabet out; '+' and '/' become invalid characters so that
 # strict decoding accepts the url-safe alphabet only.
@@ -73,30 +108,56 @@ _KEY_HELP = {
     "generate one with `fieldcrypt keygen`",
     "aes-gcm-siv": "the key is not an aes-gcm-siv key (32 bytes, 256 bits, in url-safe "
     "base64); generate one with `fieldcrypt keygen --kind aes-gcm-siv`",
+    "hmac-sha256": "the key is not an hmac-sha256 key (32 bytes in url-safe base64); "
+    "generate one with `fieldcrypt keygen --kind hmac-sha256`",
 }
-_UNKNOWN_KIND = (
-    "the key kind is not known; write 'id:key' for a Fernet key or "
-    "'id:aes-gcm-siv:key' for an AES-GCM-SIV key"
-)
+_PURPOSE_NAMES: dict[Purpose, str] = {"encryption": "encryption", "blind-index": "blind indexes"}
+
+
+def _a(kind: str) -> str:
+    return f"{'a' if kind.startswith('f') else 'an'} {kind}"
+
+
+def _unknown_kind(purpose: Purpose) -> str:
+    default = DEFAULT_KINDS[purpose]
+    return (
+        f"the key kind is not known (known: {', '.join(KEY_KINDS)}); write the "
+        f"key alone for {_a(default)} key, or '<kind>:<key>'"
+    )
+
+
+def _wrong_purpose(kind: KeyKind, purpose: Purpose) -> str:
+    wanted = " or ".join(PURPOSE_KINDS[purpose])
+    return (
+        f"it is {_a(kind)} key, for {_PURPOSE_NAMES[_PURPOSE_OF[kind]]}, and this keyring is for "
+        f"{_PURPOSE_NAMES[purpose]}: give it {_a(wanted)} key "
+        f"(`fieldcrypt keygen --kind {DEFAULT_KINDS[purpose]}`)"
+    )
 
 
 def generate_key(kind: KeyKind = "fernet") -> str:
-    """Return a new random key as text, as :class:`Key` and ``FIELDCRYPT_KEYS`` take it.
+    """Return a new random key as text, as :func:`parse_key` and the settings take it.
 
     Args:
         kind: ``"fernet"`` gives a bare Fernet key (url-safe base64); ``"aes-gcm-siv"`` gives
-            ``"aes-gcm-siv:<url-safe base64 of 32 random bytes>"``.
+            ``"aes-gcm-siv:<url-safe base64 of 32 random bytes>"``; ``"hmac-sha256"`` gives a
+            bare blind-index key (url-safe base64 of 32 random bytes).
     """
     if kind == "fernet":
         return Fernet.generate_key().decode("ascii")
-    if kind == "aes-gcm-siv":
-        return "aes-gcm-siv:" + base64.urlsafe_b64encode(os.urandom(_AEAD_KEY_SIZE)).decode()
+    if kind in KEY_KINDS:
+        bare = base64.urlsafe_b64encode(os.urandom(_KEY_SIZE)).decode("ascii")
+        return bare if kind == DEFAULT_KINDS[_PURPOSE_OF[kind]] else f"{kind}:{bare}"
     raise ConfigurationError(f"generate_key: kind must be one of {', '.join(KEY_KINDS)}")
 
 
 def _check_key_id(key_id: object, where: str) -> str:
+    """Return ``key_id`` if it matches :data:`KEY_ID_PATTERN`, else raise ConfigurationError.
+
+    ``where`` starts the message. Text longer than an id is described by its length only: it
+    is most likely a key typed into the id field.
+    """
     if not isinstance(key_id, str) or not KEY_ID_PATTERN.match(key_id):
-        # Longer text is most likely a key typed into the id field ("<key>:k1"): never echo it.
         if not isinstance(key_id, str):
             shown = f"of type {type(key_id).__name__}"
         elif len(key_id) > 32:
@@ -110,41 +171,73 @@ def _check_key_id(key_id: object, where: str) -> str:
     return key_id
 
 
-def _parse_secret(secret: object, kind: str | None) -> tuple[KeyKind, bytes]:
-    """Split key text into its kind and raw key bytes.
+def _split_key_text(
+    text: object, kind: str | None, purpose: Purpose | None
+) -> tuple[KeyKind, bytes]:
+    """Split ``[kind:]key`` text into its kind and raw key bytes; the one key-text reader.
 
     Raises ConfigurationError whose message is a reason only; callers say where. The message
     never quotes the text, which may be a key.
     """
-    if isinstance(secret, bytes):
+    if isinstance(text, bytes):
         try:
-            secret = secret.decode("ascii")
+            text = text.decode("ascii")
         except UnicodeDecodeError:
-            secret = ""
-    if not isinstance(secret, str):
+            text = ""
+    if not isinstance(text, str):
         raise ConfigurationError("a key must be str or bytes")
-    named, sep, rest = secret.partition(":")
+    named, sep, rest = text.partition(":")
     if sep:
-        named, secret = named.strip(), rest
+        named, text = named.strip(), rest
         if named not in KEY_KINDS:
-            raise ConfigurationError(_UNKNOWN_KIND)
+            # The text before the colon is part of the key text, so it is not quoted either.
+            raise ConfigurationError(_unknown_kind(purpose or "encryption"))
         if kind is not None and kind != named:
             raise ConfigurationError(f"the key text says {named!r} but kind={kind!r} was given")
         kind = named
     elif kind is None:
-        kind = "fernet"
+        kind = DEFAULT_KINDS[purpose or "encryption"]
     elif kind not in KEY_KINDS:
         raise ConfigurationError(f"kind must be one of {', '.join(KEY_KINDS)}")
-    secret = secret.strip()
+    if purpose is not None and _PURPOSE_OF[kind] != purpose:
+        raise ConfigurationError(_wrong_purpose(kind, purpose))
+    text = text.strip()
     try:
-        raw = base64.urlsafe_b64decode(secret)
+        raw = base64.urlsafe_b64decode(text)
     except ValueError:  # binascii.Error and non-ASCII text are both ValueErrors
         raw = b""
     # Only the canonical spelling is accepted: lenient base64 would take a key with a stray
     # character appended (a copy-paste slip) for the key itself.
-    if len(raw) != 32 or base64.urlsafe_b64encode(raw).decode("ascii") != secret:
+    if len(raw) != _KEY_SIZE or base64.urlsafe_b64encode(raw).decode("ascii") != text:
         raise ConfigurationError(_KEY_HELP[kind])
-    return kind, raw  # type: ignore[return-value]  # kind is one of KEY_KINDS, checked above
+    return kind, raw
+
+
+def parse_key(
+    text: str | bytes, *, purpose: Purpose = "encryption", key_id: str | None = None
+) -> Key:
+    """Read one key from its text: the parser behind every setting, payload and keyring.
+
+    Args:
+        text: with ``key_id`` given, ``[kind:]key`` (a Secret Manager payload, a single-key
+            setting); without, ``id:[kind:]key`` (one entry of ``FIELDCRYPT_KEYS``). Bare key
+            text is the purpose's default kind (:data:`DEFAULT_KINDS`). Whitespace around
+            the key is ignored; the key itself must be canonical url-safe base64.
+        purpose: what the key must be for; a key of another purpose is refused.
+        key_id: the key's id, when the text does not start with it.
+
+    Raises:
+        ConfigurationError: the id, kind or key is malformed, or the kind serves another
+            purpose. The message names the id, never the key text.
+    """
+    if key_id is None:
+        if isinstance(text, bytes):
+            text = text.decode("ascii", "replace")
+        head, sep, text = text.partition(":")
+        key_id = head.strip()
+        if not sep or not key_id:
+            raise ConfigurationError("the entry is not of the form 'id:key'")
+    return Key(key_id, text, purpose=purpose)
 
 
 def _urlsafe_b64decode(text: str | bytes) -> bytes:
@@ -179,6 +272,22 @@ class KeyCodec:
         """Encrypt ``data`` and return the payload (no header)."""
         raise NotImplementedError
 
+    def encrypt_with_nonce(self, data: bytes, nonce: bytes) -> str:
+        """Encrypt with a given AES-GCM-SIV nonce: unsafe, a seam for the RFC 8452 vectors.
+
+        Raises:
+            TypeError: the codec is not an aes-gcm-siv one.
+        """
+        raise TypeError("encrypt_with_nonce needs an aes-gcm-siv key")
+
+    def encrypt_with_iv(self, data: bytes, current_time: int, iv: bytes) -> str:
+        """Encrypt with a given Fernet time and IV: unsafe, a seam for the Fernet spec vectors.
+
+        Raises:
+            TypeError: the codec is not a Fernet one.
+        """
+        raise TypeError("encrypt_with_iv needs a Fernet key")
+
 
 class _FernetCodec(KeyCodec):
     __slots__ = ("_encrypt", "fernet")
@@ -192,6 +301,9 @@ class _FernetCodec(KeyCodec):
 
     def encrypt(self, data: bytes) -> str:
         return self._encrypt(data).decode("ascii")
+
+    def encrypt_with_iv(self, data: bytes, current_time: int, iv: bytes) -> str:
+        return self.fernet._encrypt_from_parts(data, current_time, iv).decode("ascii")
 
 
 class _AeadCodec(KeyCodec):
@@ -209,11 +321,9 @@ class _AeadCodec(KeyCodec):
     def encrypt(self, data: bytes) -> str:
         # A fresh random nonce per value; SIV keeps a repeated nonce from being catastrophic
         # (it would reveal only that two plaintexts are equal), it does not invite reuse.
-        nonce = os.urandom(NONCE_SIZE)
-        return _urlsafe_b64encode(nonce + self._seal(nonce, data, self._associated_data))
+        return self.encrypt_with_nonce(data, os.urandom(NONCE_SIZE))
 
-    def _encrypt_with_nonce(self, data: bytes, nonce: bytes) -> str:
-        """Encrypt with a given nonce: a seam for the RFC 8452 vector tests only."""
+    def encrypt_with_nonce(self, data: bytes, nonce: bytes) -> str:
         return _urlsafe_b64encode(nonce + self._seal(nonce, data, self._associated_data))
 
     def _decrypt(self, payload: str | bytes) -> bytes:
@@ -225,71 +335,127 @@ class _AeadCodec(KeyCodec):
             raise InvalidToken from None
 
 
+class _RefusingCodec(KeyCodec):
+    """The codec of a key that does not encrypt (a blind-index key): every use is refused."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, key_id: str, kind: str, token_prefix: str):
+        self.token_prefix = token_prefix
+        self._message = (
+            f"key {key_id!r} is {_a(kind)} key, for blind indexes: it cannot encrypt or "
+            "decrypt; give encrypted columns a keyring of encryption keys (fernet or "
+            "aes-gcm-siv)"
+        )
+        self.decrypt = self._refuse
+
+    def encrypt(self, data: bytes) -> str:
+        self._refuse(data)
+
+    def _refuse(self, data: object) -> NoReturn:
+        raise ConfigurationError(self._message)
+
+
 class Key:
-    """One named encryption key, of kind ``fernet`` or ``aes-gcm-siv``.
+    """One named key: an encryption key (``fernet``, ``aes-gcm-siv``) or a blind-index key.
 
     The secret never appears in ``repr`` or ``str``. Use :meth:`export` to get it on purpose.
+    Most code reads keys with :func:`parse_key` or builds a :class:`Keyring` from text.
 
     Args:
-        key_id: the id written into every token this key encrypts.
-        secret: the key text, as :func:`generate_key` returns it: a bare Fernet key, or
-            ``"<kind>:<url-safe base64 key>"``.
-        kind: the key's kind, when ``secret`` does not say it; a bare key is Fernet.
+        key_id: the id written into every token (or index value) this key writes.
+        secret: the key text, as :func:`generate_key` returns it: ``[kind:]key``.
+        kind: the key's kind, when ``secret`` does not say it.
+        purpose: what the key must be for; bare text is this purpose's default kind
+            (with neither ``kind`` nor ``purpose``, bare text is a Fernet key).
 
     Attributes:
         id: the key id.
-        kind: ``"fernet"`` or ``"aes-gcm-siv"``.
+        kind: ``"fernet"``, ``"aes-gcm-siv"`` or ``"hmac-sha256"``.
+        purpose: ``"encryption"`` or ``"blind-index"``, as the kind says.
         token_prefix: ``"fc1:<id>:"``, the header of the unbound tokens this key writes.
+        codec: the :class:`KeyCodec` of unbound tokens.
         encrypt: encrypt bytes without a context; returns the payload (no header).
         decrypt: decrypt an unbound payload; raises ``cryptography.fernet.InvalidToken``.
+        decrypt_counter: advanced once per value this key decrypts (read by
+            :mod:`sa_fieldcrypt.metrics`); shared by every key object with this id.
+
+    Raises:
+        ConfigurationError: a malformed id or key, or a kind of another purpose. The message
+            names the id, never the key. A blind-index key's ``encrypt``, ``decrypt`` and
+            :meth:`for_context` raise it too: it cannot encrypt.
     """
 
     __slots__ = (
         "_aead",
         "_contexts",
-        "_decrypts",
-        "_fernet",
+        "_derived",
         "_raw",
-        "_secret",
-        "_unbound_codec",
+        "codec",
         "decrypt",
+        "decrypt_counter",
         "encrypt",
         "id",
         "kind",
+        "purpose",
         "token_prefix",
     )
 
     id: str
     kind: KeyKind
+    purpose: Purpose
     token_prefix: str
+    codec: KeyCodec
     encrypt: Callable[[bytes], str]
     decrypt: Callable[[str | bytes], bytes]
 
-    def __init__(self, key_id: str, secret: str | bytes, kind: KeyKind | None = None):
+    def __init__(
+        self,
+        key_id: str,
+        secret: str | bytes,
+        kind: KeyKind | None = None,
+        *,
+        purpose: Purpose | None = None,
+    ):
         self.id = _check_key_id(key_id, "Key")
         try:
-            self.kind, self._raw = _parse_secret(secret, kind)
+            self.kind, self._raw = _split_key_text(secret, kind, purpose)
         except ConfigurationError as exc:
             raise ConfigurationError(f"key {key_id!r}: {exc}") from None
-        self._secret = base64.urlsafe_b64encode(self._raw)
+        self.purpose = _PURPOSE_OF[self.kind]
         self.token_prefix = f"fc1:{self.id}:"
         # Everything per key is built once here: parsing a key or constructing a cipher
         # must stay off the per-value path.
-        codec: KeyCodec
+        self._aead: AESGCMSIV | None = None
         if self.kind == "fernet":
-            self._fernet: Fernet | None = Fernet(self._secret)
-            self._aead: AESGCMSIV | None = None
-            codec = _FernetCodec(self._fernet, self.token_prefix)
-        else:
-            self._fernet = None
+            self.codec = _FernetCodec(
+                Fernet(base64.urlsafe_b64encode(self._raw)), self.token_prefix
+            )
+        elif self.kind == "aes-gcm-siv":
             self._aead = _new_aead(self._raw, key_id)
-            codec = _AeadCodec(self._aead, None, self.token_prefix)
-        self._unbound_codec = codec
-        self.encrypt = codec.encrypt
-        self.decrypt = codec.decrypt
+            self.codec = _AeadCodec(self._aead, None, self.token_prefix)
+        else:
+            self.codec = _RefusingCodec(self.id, self.kind, self.token_prefix)
+        self.encrypt = self.codec.encrypt
+        self.decrypt = self.codec.decrypt
         self._contexts: dict[str, KeyCodec] = {}
+        self._derived: dict[bytes, bytes] = {}
         # Shared by every Key with this id, so counts survive a keyring reload.
-        self._decrypts = metrics.key_counter(self.id)
+        self.decrypt_counter = metrics.key_counter(self.id)
+
+    def derive(self, info: bytes) -> bytes:
+        """Return 32 bytes derived from the key with HKDF-SHA256 and ``info``, cached.
+
+        Derives the per-context Fernet keys (``FERNET_CONTEXT_INFO`` + context) and the
+        per-column blind-index keys; a different ``info`` gives an unrelated key.
+        """
+        derived = self._derived.get(info)
+        if derived is None:
+            derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+                self._raw
+            )
+            _bounded_put(self._derived, info, derived)
+        return derived
 
     def for_context(self, context: str) -> KeyCodec:
         """Return the codec that binds values to ``context``, built once and then cached.
@@ -304,6 +470,8 @@ class Key:
         return codec
 
     def _new_context_codec(self, context: str) -> KeyCodec:
+        if self.purpose != "encryption":
+            self.encrypt(b"")  # raises the refusal
         if not isinstance(context, str) or not context:
             raise ConfigurationError("a context is a non-empty str, such as 'schema.table.column'")
         try:
@@ -315,22 +483,22 @@ class Key:
         if self._aead is not None:
             codec = _AeadCodec(self._aead, info, prefix)
         else:
-            derived = HKDF(
-                algorithm=hashes.SHA256(), length=32, salt=None, info=FERNET_CONTEXT_INFO + info
-            ).derive(self._raw)
+            derived = self.derive(FERNET_CONTEXT_INFO + info)
             codec = _FernetCodec(Fernet(base64.urlsafe_b64encode(derived)), prefix)
-        with _context_lock:
-            if len(self._contexts) >= _MAX_CONTEXTS:
-                self._contexts.pop(next(iter(self._contexts)))
-            return self._contexts.setdefault(context, codec)
+        return _bounded_put(self._contexts, context, codec)
+
+    def shares_secret_with(self, other: Key) -> bool:
+        """Whether ``other`` holds the same key bytes (compared in constant time)."""
+        return hmac.compare_digest(self._raw, other._raw)
 
     def export(self) -> str:
         """Return the key text, for writing it into settings. Handle with care.
 
-        A Fernet key exports as the bare key; other kinds as ``"<kind>:<key>"``.
+        A key of its purpose's default kind (``fernet``, ``hmac-sha256``) exports as the bare
+        key; other kinds as ``"<kind>:<key>"``.
         """
-        bare = self._secret.decode("ascii")
-        return bare if self.kind == "fernet" else f"{self.kind}:{bare}"
+        bare = base64.urlsafe_b64encode(self._raw).decode("ascii")
+        return bare if self.kind == DEFAULT_KINDS[self.purpose] else f"{self.kind}:{bare}"
 
     def __repr__(self) -> str:
         return f"Key(id={self.id!r}, kind={self.kind!r}, secret={_REDACTED})"
@@ -339,7 +507,14 @@ class Key:
 
     def __reduce__(self) -> tuple[object, ...]:
         # Rotation workers receive keyrings by pickling; the secret travels, the repr does not.
-        return (Key, (self.id, self.export()))
+        return (Key, (self.id, self.export(), self.kind))
+
+
+def _bounded_put(cache: dict[Any, _V], name: object, value: _V) -> _V:
+    with _cache_lock:
+        if len(cache) >= _MAX_CACHED:
+            cache.pop(next(iter(cache)))
+        return cache.setdefault(name, value)
 
 
 def _new_aead(raw: bytes, key_id: str) -> AESGCMSIV:
@@ -353,38 +528,71 @@ def _new_aead(raw: bytes, key_id: str) -> AESGCMSIV:
 
 
 class Keyring:
-    """A set of named keys with exactly one primary key.
+    """A set of named keys of one purpose, with exactly one primary key.
 
     Args:
-        keys: either a mapping of key id to key text (insertion order kept), or
-            :class:`Key` objects.
-        primary: the id of the key that encrypts; by default the first key.
+        keys: either a mapping of key id to key text (insertion order kept; bare text is
+            the purpose's default kind), or :class:`Key` objects.
+        primary: the id of the key that writes (encrypts, or computes index values); by
+            default the first key.
+        purpose: ``"encryption"`` (column keys) or ``"blind-index"``; every key must serve it.
+
+    Attributes:
+        primary: the key that writes.
+        purpose: what the keys are for.
+        token_heads: token header up to its last ``:`` (``"fc1:<id>"``) to key, for unbound
+            tokens: how decryption finds a key in one lookup. Read it, never change it.
+        bound_token_heads: the same for context-bound tokens (``"fc1:<id>:c"``).
 
     Raises:
-        ConfigurationError: no keys, a duplicate or invalid id, a malformed key, or a
-            ``primary`` that is not among the keys. The message names the id, never the key.
+        ConfigurationError: no keys, a duplicate or invalid id, two blind-index key ids that
+            differ only in case (MySQL and MariaDB compare index values case-insensitively), a
+            malformed key, a key of another purpose, or a ``primary`` that is not among the
+            keys. The message names the id, never the key.
     """
 
-    __slots__ = ("_bound_heads", "_heads", "_keys", "primary")
+    __slots__ = ("_keys", "bound_token_heads", "primary", "purpose", "token_heads")
 
     primary: Key
+    purpose: Purpose
+    token_heads: Mapping[str, Key]
+    bound_token_heads: Mapping[str, Key]
 
     def __init__(
         self,
         keys: Mapping[str, str | bytes] | Iterable[Key],
         *,
         primary: str | None = None,
+        purpose: Purpose = "encryption",
     ):
+        if purpose not in PURPOSES:
+            raise ConfigurationError(f"Keyring: purpose must be one of {', '.join(PURPOSES)}")
         if isinstance(keys, Mapping):
-            built = [Key(_check_key_id(kid, "Keyring"), secret) for kid, secret in keys.items()]
+            built = [
+                parse_key(secret, purpose=purpose, key_id=_check_key_id(kid, "Keyring"))
+                for kid, secret in keys.items()
+            ]
         else:
             built = list(keys)
         by_id: dict[str, Key] = {}
+        folded: dict[str, str] = {}
         for position, key in enumerate(built, start=1):
             if not isinstance(key, Key):
                 raise ConfigurationError(f"Keyring: entry {position} is not a Key")
+            if key.purpose != purpose:
+                raise ConfigurationError(
+                    f"Keyring: key {key.id!r} cannot join: {_wrong_purpose(key.kind, purpose)}"
+                )
             if key.id in by_id:
                 raise ConfigurationError(f"Keyring: key id {key.id!r} appears more than once")
+            # MySQL and MariaDB compare text case-insensitively by default, so a lookup could
+            # not tell such index values apart. Tokens are matched case-sensitively (rotation
+            # counts ids exactly), so encryption keyrings may hold them.
+            twin = folded.setdefault(key.id.lower(), key.id)
+            if twin != key.id and purpose == "blind-index":
+                raise ConfigurationError(
+                    f"Keyring: key ids {twin!r} and {key.id!r} differ only in case; rename one"
+                )
             by_id[key.id] = key
         if not by_id:
             raise ConfigurationError("Keyring: no keys given; a keyring needs at least one key")
@@ -397,18 +605,29 @@ class Keyring:
             )
         self._keys = by_id
         self.primary = by_id[primary]
-        # Token header (up to its last ':') -> key: how decryption finds a key in one lookup.
-        self._heads = {f"fc1:{kid}": key for kid, key in by_id.items()}
-        self._bound_heads = {f"fc1:{kid}:{BOUND_FLAG}": key for kid, key in by_id.items()}
+        self.purpose = purpose
+        # Only encryption keys decrypt; a blind-index keyring's tokens go the long way, which
+        # reports the refusal instead of a failed decryption.
+        encrypting = {} if purpose != "encryption" else by_id
+        self.token_heads = {f"fc1:{kid}": key for kid, key in encrypting.items()}
+        self.bound_token_heads = {f"fc1:{kid}:{BOUND_FLAG}": key for kid, key in encrypting.items()}
 
     @classmethod
-    def parse(cls, text: str, *, primary: str | None = None, source: str = "keys") -> Keyring:
-        """Build a keyring from ``"id:key,id:kind:key"`` text, the ``FIELDCRYPT_KEYS`` format.
+    def parse(
+        cls,
+        text: str,
+        *,
+        purpose: Purpose = "encryption",
+        primary: str | None = None,
+        source: str = "keys",
+    ) -> Keyring:
+        """Build a keyring from ``"id:key,id:kind:key"`` text, as ``FIELDCRYPT_KEYS`` holds it.
 
-        Each comma-separated entry is ``id:key`` (a Fernet key) or ``id:kind:key`` with a kind
-        of :data:`KEY_KINDS`, e.g. ``k3:aes-gcm-siv:<key>``. The first entry is primary unless
-        ``primary`` names another. ``source`` names the setting in error messages, which give
-        the entry's position and id, never its key. Whitespace around entries is ignored.
+        Each comma-separated entry is read by :func:`parse_key`: ``id:key`` (the purpose's
+        default kind) or ``id:kind:key``, e.g. ``k3:aes-gcm-siv:<key>``. The first entry is
+        primary unless ``primary`` names another. ``source`` names the setting in error
+        messages, which give the entry's position and id, never its key. Whitespace around
+        entries is ignored.
         """
         entries = [entry.strip() for entry in text.split(",")]
         if entries == [""]:
@@ -422,12 +641,12 @@ class Keyring:
             where = f"{source}: entry {position}"
             _check_key_id(kid, where)
             try:
-                _parse_secret(secret, None)  # checked here so the error says where the entry is
-            except ConfigurationError as reason:
+                keys.append(parse_key(secret, purpose=purpose, key_id=kid))
+            except ConfigurationError as exc:
+                reason = str(exc).removeprefix(f"key {kid!r}: ")
                 raise ConfigurationError(f"{where} (id {kid!r}): {reason}") from None
-            keys.append(Key(kid, secret))
         try:
-            return cls(keys, primary=primary)
+            return cls(keys, primary=primary, purpose=purpose)
         except ConfigurationError as exc:
             raise ConfigurationError(str(exc).replace("Keyring", source, 1)) from None
 
@@ -453,7 +672,7 @@ class Keyring:
 
     def with_primary(self, key_id: str) -> Keyring:
         """Return a keyring with the same keys and ``key_id`` as the primary."""
-        return Keyring(self._keys.values(), primary=key_id)
+        return Keyring(self._keys.values(), primary=key_id, purpose=self.purpose)
 
     def without(self, key_id: str) -> Keyring:
         """Return a keyring without ``key_id``; the primary key cannot be removed."""
@@ -462,10 +681,17 @@ class Keyring:
                 f"key {key_id!r} is the primary key; make another key primary before removing it"
             )
         self.get(key_id)
-        return Keyring([k for k in self._keys.values() if k.id != key_id], primary=self.primary.id)
+        return Keyring(
+            [k for k in self._keys.values() if k.id != key_id],
+            primary=self.primary.id,
+            purpose=self.purpose,
+        )
 
     def export(self) -> str:
-        """Return the keyring as ``FIELDCRYPT_KEYS`` text, primary first. Handle with care."""
+        """Return the keyring as settings text (``FIELDCRYPT_KEYS``), primary first.
+
+        Handle with care: it holds the keys.
+        """
         ordered = [self.primary, *(k for k in self._keys.values() if k is not self.primary)]
         return ",".join(f"{k.id}:{k.export()}" for k in ordered)
 
@@ -479,6 +705,9 @@ class Keyring:
         return key_id in self._keys
 
     def __repr__(self) -> str:
-        return f"Keyring(primary={self.primary.id!r}, ids={list(self._keys)!r})"
+        return (
+            f"Keyring(purpose={self.purpose!r}, primary={self.primary.id!r}, "
+            f"ids={list(self._keys)!r})"
+        )
 
     __str__ = __repr__

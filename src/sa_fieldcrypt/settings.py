@@ -48,22 +48,38 @@ class FieldCryptSettings(BaseSettings):
     gcp_cache_ttl: float = Field(
         default=300.0,
         ge=1,
-        description="Seconds a keyring read from Secret Manager is used before it is read again.",
+        description="Seconds a keyring read from Secret Manager is used before it is read again "
+        "(encryption and blind-index keys alike).",
     )
     gcp_primary_alias: str = Field(
         default="fieldcrypt-primary",
-        description="The version alias that names the encrypting version of the secret.",
+        description="The version alias that names the version of a secret that writes (encrypts, "
+        "or computes new index values); for both secrets.",
     )
     gcp_timeout: float = Field(
         default=5.0,
         gt=0,
         le=60,
-        description="Seconds one read of the secret may take, retries included, before it fails.",
+        description="Seconds one read of a secret may take, retries included, before it fails.",
+    )
+    blind_index_provider: Literal["env", "gcp"] = Field(
+        default="env",
+        description="Where blind-index keys come from: `env` reads FIELDCRYPT_BLIND_INDEX_KEYS "
+        "or FIELDCRYPT_BLIND_INDEX_KEY; `gcp` the Secret Manager secret "
+        "FIELDCRYPT_BLIND_INDEX_GCP_SECRET (with the FIELDCRYPT_GCP_CACHE_TTL, _TIMEOUT and "
+        "_PRIMARY_ALIAS settings).",
+    )
+    blind_index_gcp_secret: str | None = Field(
+        default=None,
+        description="The Secret Manager secret that holds the blind-index keys, "
+        "`projects/P/secrets/S`, not the encryption keys' secret; read when "
+        "FIELDCRYPT_BLIND_INDEX_PROVIDER=gcp.",
     )
     blind_index_keys: SecretStr | None = Field(
         default=None,
-        description="Blind-index keys as `id:key,id:key`, separate from the encryption keys; "
-        "the first entry computes new index values, every entry matches in lookups.",
+        description="Blind-index keys (kind hmac-sha256) as `id:key,id:key`, separate from the "
+        "encryption keys; the first entry computes new index values, every entry matches in "
+        "lookups.",
     )
     blind_index_key: SecretStr | None = Field(
         default=None,

@@ -1,8 +1,9 @@
 """Helpers for testing code that uses sa-fieldcrypt: fixtures, strategies and assertions.
 
 Installed as a pytest plugin, so the fixtures are available in every test suite once
-sa-fieldcrypt is installed: ``fieldcrypt_keyring`` (fresh default keys) and
-``fieldcrypt_blind_index_keys`` (fresh default blind-index keys), each undone after the test::
+sa-fieldcrypt is installed: ``fieldcrypt_keyring`` (fresh default encryption keys) and
+``fieldcrypt_blind_index_keyring`` (fresh default blind-index keys), each undone after the
+test::
 
     def test_signup(fieldcrypt_keyring, session):
         session.add(Customer(email="ada@example.com"))
@@ -28,15 +29,9 @@ from sqlalchemy import Text, select, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from sa_fieldcrypt import blind_index, config
-from sa_fieldcrypt.blind_index import (
-    BlindIndexKeyProvider,
-    BlindIndexKeyring,
-    generate_blind_index_key,
-)
 from sa_fieldcrypt.cipher import inspect_token
-from sa_fieldcrypt.config import as_key_cache
-from sa_fieldcrypt.keys import KEY_KINDS, KeyKind, Keyring, generate_key
+from sa_fieldcrypt.config import as_key_cache, swap_default_keys
+from sa_fieldcrypt.keys import PURPOSE_KINDS, KeyKind, Keyring, Purpose, generate_key
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedType, encrypted_columns
 
 if TYPE_CHECKING:
@@ -50,11 +45,10 @@ __all__ = [
     "bytes_plaintexts",
     "encrypted_columns",
     "fake_secret_manager",
-    "fieldcrypt_blind_index_keys",
+    "fieldcrypt_blind_index_keyring",
     "fieldcrypt_keyring",
     "json_plaintexts",
     "keyrings",
-    "temporary_blind_index_keys",
     "temporary_keys",
     "text_plaintexts",
 ]
@@ -63,33 +57,27 @@ __all__ = [
 
 
 @contextmanager
-def temporary_keys(source: Keyring | KeyProvider) -> Iterator[None]:
-    """Make ``source`` the process default keys inside the block, then restore the previous."""
-    previous = config._swap(as_key_cache(source))
-    try:
-        yield
-    finally:
-        config._swap(previous)
-
-
-@contextmanager
-def temporary_blind_index_keys(
-    source: BlindIndexKeyring | BlindIndexKeyProvider,
+def temporary_keys(
+    source: Keyring | KeyProvider, *, purpose: Purpose = "encryption"
 ) -> Iterator[None]:
-    """Make ``source`` the process default blind-index keys inside the block, then restore."""
-    previous = blind_index._swap(blind_index._as_cache(source))
+    """Make ``source`` the process default keys of ``purpose`` inside the block, then restore.
+
+    Raises:
+        ConfigurationError: ``source`` is a keyring of another purpose.
+    """
+    previous = swap_default_keys(as_key_cache(source, purpose=purpose), purpose=purpose)
     try:
         yield
     finally:
-        blind_index._swap(previous)
+        swap_default_keys(previous, purpose=purpose)
 
 
 @pytest.fixture
-def fieldcrypt_blind_index_keys() -> Iterator[BlindIndexKeyring]:
+def fieldcrypt_blind_index_keyring() -> Iterator[Keyring]:
     """A fresh one-key blind-index keyring (``b1``) as the default blind-index keys."""
-    keys = BlindIndexKeyring({"b1": generate_blind_index_key()})
-    with temporary_blind_index_keys(keys):
-        yield keys
+    keyring = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    with temporary_keys(keyring, purpose="blind-index"):
+        yield keyring
 
 
 @pytest.fixture
@@ -200,22 +188,36 @@ def json_plaintexts() -> SearchStrategy[Any]:
     )
 
 
-def keyrings(*, max_keys: int = 4, kinds: Iterable[KeyKind] = KEY_KINDS) -> SearchStrategy[Keyring]:
-    """Keyrings of 1 to ``max_keys`` fresh keys of the given kinds, any of them primary."""
+def keyrings(
+    *,
+    max_keys: int = 4,
+    kinds: Iterable[KeyKind] | None = None,
+    purpose: Purpose = "encryption",
+) -> SearchStrategy[Keyring]:
+    """Keyrings of ``purpose`` with 1 to ``max_keys`` fresh keys, any of them primary.
+
+    Args:
+        max_keys: the most keys a keyring holds.
+        kinds: the kinds to draw keys from; by default every kind of ``purpose``.
+        purpose: ``"encryption"`` or ``"blind-index"``.
+    """
     from hypothesis import strategies as st
 
     ids = st.lists(
         st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True),
         min_size=1,
         max_size=max_keys,
-        unique=True,
+        # A blind-index keyring refuses ids that differ only in case.
+        unique_by=str.lower,
     )
-    kind = st.sampled_from(tuple(kinds))
+    kind = st.sampled_from(tuple(PURPOSE_KINDS[purpose] if kinds is None else kinds))
 
     @st.composite
     def build(draw: st.DrawFn) -> Keyring:
         key_ids = draw(ids)
         primary = draw(st.sampled_from(key_ids))
-        return Keyring({kid: generate_key(draw(kind)) for kid in key_ids}, primary=primary)
+        return Keyring(
+            {kid: generate_key(draw(kind)) for kid in key_ids}, primary=primary, purpose=purpose
+        )
 
     return build()

@@ -131,7 +131,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         super().__init__()
         # Part of the statement-cache key: compared by identity, and free of secrets in repr.
         self.keyring = keyring
-        self._keys: KeyCache[Keyring] | None = None if keyring is None else as_key_cache(keyring)
+        self._keys: KeyCache | None = None if keyring is None else as_key_cache(keyring)
         self._column_label: str | None = None
         self._attached_to: object | None = None
         self._derive_context = context is True
@@ -217,7 +217,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         except DecryptionError as exc:
             return self._after_failure(keys, token, exc)
 
-    def _after_failure(self, keys: KeyCache[Keyring], token: str, exc: DecryptionError) -> bytes:
+    def _after_failure(self, keys: KeyCache, token: str, exc: DecryptionError) -> bytes:
         """Retry a token under an unknown key id once with refreshed keys, else raise."""
         if isinstance(exc, UnknownKeyError):
             # A key added elsewhere (another instance, the secret store) may be missing here

@@ -83,11 +83,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
-from sa_fieldcrypt.blind_index import (
-    BlindIndexKeyring,
-    configure_blind_index,
-    current_blind_index_keys,
-)
 from sa_fieldcrypt.config import configure, current_keyring
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, FieldCryptError, RotationError
 from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, RunReport
@@ -99,7 +94,7 @@ from sa_fieldcrypt.jobs.sql import (
     stored_type,
 )
 from sa_fieldcrypt.jobs.state import KeyRange, ResumeState, check_resumable
-from sa_fieldcrypt.keys import Keyring
+from sa_fieldcrypt.keys import PURPOSES, Keyring, Purpose
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -148,8 +143,8 @@ BeforeWrite = Callable[[Connection, list[tuple[Any, ...]]], None]
 #: write the batch again (the conflicting row changed meanwhile).
 ExplainConflict = Callable[[Engine, list[Item]], "RotationError | None"]
 _T = TypeVar("_T")
-#: The default keyrings a worker process is given: encryption, blind index.
-_DefaultKeys = tuple["Keyring | None", "BlindIndexKeyring | None"]
+#: The default keyrings a worker process is given, by purpose.
+_DefaultKeys = dict[Purpose, Keyring]
 
 
 @dataclass(frozen=True)
@@ -949,15 +944,13 @@ def _run_workers(
 
 def _default_keys() -> _DefaultKeys:
     """The process default keys that worker processes start with, as far as they load."""
-    try:
-        keyring: Keyring | None = current_keyring()
-    except FieldCryptError:
-        keyring = None
-    try:
-        index_keys: BlindIndexKeyring | None = current_blind_index_keys()
-    except FieldCryptError:
-        index_keys = None
-    return keyring, index_keys
+    found: _DefaultKeys = {}
+    for purpose in PURPOSES:
+        try:
+            found[purpose] = current_keyring(purpose)
+        except FieldCryptError:
+            continue  # the worker reports it where the keys are needed
+    return found
 
 
 class _Relay:
@@ -987,13 +980,11 @@ def _worker(
     stop: Any,
     parent: int,
 ) -> None:
-    url, execution_options, (keyring, index_keys) = settings
+    url, execution_options, keyrings = settings
     engine = None
     try:
-        if keyring is not None:
-            configure(keyring=keyring)
-        if index_keys is not None:
-            configure_blind_index(keys=index_keys)
+        for purpose, keyring in keyrings.items():
+            configure(keyring=keyring, purpose=purpose)
         engine = create_engine(url, hide_parameters=True).execution_options(**execution_options)
         job = factory(engine)
 

@@ -74,7 +74,9 @@ def reindex_job(
     where = None
     if only_unindexed:
         where = or_(*(and_(c.index.is_(None), c.value.is_not(None)) for c in columns))
-    keys = ", ".join(f"{c.blind_index.name}={c.blind_index.keyring().newest.id}" for c in columns)
+    keys = ", ".join(
+        f"{c.blind_index.name}={c.blind_index.active_keyring().primary.id}" for c in columns
+    )
     return BatchJob(
         label,
         table,

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, and_, case, func, select
 from sqlalchemy.engine import Connection
@@ -32,7 +32,7 @@ from sa_fieldcrypt.jobs.reindex import reindex_job
 from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener
 from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn
-from sa_fieldcrypt.keys import KEY_ID_PATTERN, Keyring
+from sa_fieldcrypt.keys import KEY_ID_PATTERN, Keyring, Purpose
 from sa_fieldcrypt.providers.env import LEGACY_KEY_ID, keyring_from_settings
 
 if TYPE_CHECKING:
@@ -48,8 +48,6 @@ __all__ = [
     "retire_keys",
     "status",
 ]
-
-Purpose = Literal["encryption", "blind-index"]
 
 
 @dataclass(frozen=True)
@@ -443,8 +441,9 @@ def _count_by_reading(engine: Engine, target: EncryptedColumn) -> dict[tuple[str
 
 
 def _index_status(conn: Connection, sql: DialectSql, column: IndexedColumn) -> IndexStatus:
-    keyring = column.blind_index.keyring()
-    key_ids = keyring.ids
+    keyring = column.blind_index.active_keyring()
+    # The writing key first, wherever the provider lists it.
+    key_ids = (keyring.primary.id, *(i for i in keyring.ids if i != keyring.primary.id))
     # count(CASE ...) rather than FILTER, which MariaDB lacks.
     counts = [func.count(case((sql.has_prefix(column.index, f"{kid}:"), 1))) for kid in key_ids]
     total = func.count(column.index)
@@ -453,7 +452,7 @@ def _index_status(conn: Connection, sql: DialectSql, column: IndexedColumn) -> I
     by_key = dict(zip(key_ids, (int(n) for n in row[2:]), strict=True))
     return IndexStatus(
         column=column.label,
-        primary=keyring.newest.id,
+        primary=keyring.primary.id,
         keyring_ids=key_ids,
         by_key=by_key,
         other_keys=int(row[0]) - sum(by_key.values()),

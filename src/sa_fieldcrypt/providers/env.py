@@ -1,46 +1,78 @@
-"""Keys from environment variables (``FIELDCRYPT_KEYS``, ``FIELD_ENCRYPTION_KEY``)."""
+"""Keys from settings: ``FIELDCRYPT_KEYS`` and ``FIELD_ENCRYPTION_KEY`` for encryption,
+``FIELDCRYPT_BLIND_INDEX_KEYS`` and ``FIELDCRYPT_BLIND_INDEX_KEY`` for blind indexes."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from sa_fieldcrypt.errors import ConfigurationError
-from sa_fieldcrypt.keys import Key, Keyring
+from sa_fieldcrypt.keys import PURPOSES, Keyring, Purpose, parse_key
 
 if TYPE_CHECKING:
     # Imported when keys are first loaded: pydantic is a tenth of a second of start-up.
     from sa_fieldcrypt.settings import FieldCryptSettings
 
-__all__ = ["LEGACY_KEY_ID", "EnvKeyProvider", "keyring_from_settings"]
+__all__ = ["BLIND_INDEX_KEY_ID", "LEGACY_KEY_ID", "EnvKeyProvider", "keyring_from_settings"]
 
 #: The id given to ``FIELD_ENCRYPTION_KEY``, the single key of pre-library deployments.
 LEGACY_KEY_ID = "legacy"
+#: The id given to ``FIELDCRYPT_BLIND_INDEX_KEY``, the single blind-index key.
+BLIND_INDEX_KEY_ID = "b0"
 
-NO_KEYS_HELP = (
+_NO_KEYS_HELP = (
     "no encryption keys configured: set FIELDCRYPT_KEYS='k1:<key>' (make one with "
     "`fieldcrypt keygen --id k1`), or FIELD_ENCRYPTION_KEY='<key>' for a single legacy key, "
     "or call sa_fieldcrypt.configure(keyring=...)"
 )
+_NO_BLIND_INDEX_KEYS_HELP = (
+    "no blind-index key configured: set FIELDCRYPT_BLIND_INDEX_KEYS='b1:<key>' (make one "
+    "with `fieldcrypt keygen --kind hmac-sha256 --id b1`), or FIELDCRYPT_BLIND_INDEX_KEY="
+    "'<key>', or call sa_fieldcrypt.configure(keyring=..., purpose='blind-index'); use a key "
+    "of its own, not an encryption key"
+)
 
 
-def keyring_from_settings(settings: FieldCryptSettings) -> Keyring:
-    """Build the keyring that ``settings`` describe.
+def keyring_from_settings(
+    settings: FieldCryptSettings, *, purpose: Purpose = "encryption"
+) -> Keyring:
+    """Build the keyring of ``purpose`` that ``settings`` describe.
 
-    ``FIELDCRYPT_KEYS`` gives the keys, the first primary unless ``FIELDCRYPT_PRIMARY_KEY_ID``
-    names another; ``FIELD_ENCRYPTION_KEY`` adds the decrypt-only key ``legacy`` (or is the
-    only, primary key when ``FIELDCRYPT_KEYS`` is unset).
+    Encryption: ``FIELDCRYPT_KEYS`` gives the keys, the first primary unless
+    ``FIELDCRYPT_PRIMARY_KEY_ID`` names another; ``FIELD_ENCRYPTION_KEY`` adds the
+    decrypt-only Fernet key ``legacy`` (or is the only, primary key when ``FIELDCRYPT_KEYS``
+    is unset).
+
+    Blind index: ``FIELDCRYPT_BLIND_INDEX_KEYS`` (the first entry writes) or the single
+    ``FIELDCRYPT_BLIND_INDEX_KEY`` (id ``b0``).
+
+    Raises:
+        ConfigurationError: no keys, a malformed key, conflicting settings, or a blind-index
+            key that is also an encryption key. The message names the setting, never a key.
     """
+    if purpose == "encryption":
+        return _encryption_keyring(settings)
+    if purpose == "blind-index":
+        keyring = _blind_index_keyring(settings)
+        _refuse_shared_secrets(keyring, settings)
+        return keyring
+    raise ConfigurationError(f"purpose must be one of {', '.join(PURPOSES)}")
+
+
+def _encryption_keyring(settings: FieldCryptSettings) -> Keyring:
     legacy = None
     if settings.legacy_key is not None:
         try:
-            legacy = Key(LEGACY_KEY_ID, settings.legacy_key.get_secret_value(), kind="fernet")
+            legacy = parse_key(settings.legacy_key.get_secret_value(), key_id=LEGACY_KEY_ID)
         except ConfigurationError:
+            legacy = None
+        if legacy is None or legacy.kind != "fernet":
             raise ConfigurationError(
-                "FIELD_ENCRYPTION_KEY is not a Fernet key (32 bytes in url-safe base64)"
-            ) from None
+                "FIELD_ENCRYPTION_KEY is not a Fernet key (32 bytes in url-safe base64); put "
+                "keys of other kinds in FIELDCRYPT_KEYS"
+            )
     if settings.keys is None:
         if legacy is None:
-            raise ConfigurationError(NO_KEYS_HELP)
+            raise ConfigurationError(_NO_KEYS_HELP)
         if settings.primary_key_id not in (None, LEGACY_KEY_ID):
             raise ConfigurationError(
                 f"FIELDCRYPT_PRIMARY_KEY_ID is {settings.primary_key_id!r} but FIELDCRYPT_KEYS "
@@ -62,23 +94,67 @@ def keyring_from_settings(settings: FieldCryptSettings) -> Keyring:
     return Keyring([*keyring, legacy], primary=keyring.primary.id)
 
 
+def _blind_index_keyring(settings: FieldCryptSettings) -> Keyring:
+    many, one = settings.blind_index_keys, settings.blind_index_key
+    if many is not None and one is not None:
+        raise ConfigurationError(
+            "both FIELDCRYPT_BLIND_INDEX_KEYS and FIELDCRYPT_BLIND_INDEX_KEY are set; keep one "
+            f"(the single key is the id {BLIND_INDEX_KEY_ID!r} in FIELDCRYPT_BLIND_INDEX_KEYS)"
+        )
+    if many is not None:
+        return Keyring.parse(
+            many.get_secret_value(), purpose="blind-index", source="FIELDCRYPT_BLIND_INDEX_KEYS"
+        )
+    if one is None:
+        raise ConfigurationError(_NO_BLIND_INDEX_KEYS_HELP)
+    try:
+        key = parse_key(one.get_secret_value(), purpose="blind-index", key_id=BLIND_INDEX_KEY_ID)
+    except ConfigurationError as exc:
+        reason = str(exc).removeprefix(f"key {BLIND_INDEX_KEY_ID!r}: ")
+        raise ConfigurationError(f"FIELDCRYPT_BLIND_INDEX_KEY: {reason}") from None
+    return Keyring([key], purpose="blind-index")
+
+
+def _refuse_shared_secrets(keyring: Keyring, settings: FieldCryptSettings) -> None:
+    # Whoever holds an index key (a reporting job, a search service) must not be able to
+    # decrypt; reusing an encryption key as an index key would hand it over.
+    try:
+        encryption = _encryption_keyring(settings)
+    except ConfigurationError:
+        return  # the encryption keys report their own problems where they are used
+    for key in keyring:
+        if any(key.shares_secret_with(other) for other in encryption):
+            raise ConfigurationError(
+                f"blind-index key {key.id!r} is also an encryption key; generate a separate "
+                "key with `fieldcrypt keygen --kind hmac-sha256`"
+            )
+
+
 class EnvKeyProvider:
-    """Load keys from environment variables each time :meth:`load` is called.
+    """Load keys from the ``FIELDCRYPT_*`` settings each time :meth:`load` is called.
 
     Args:
         settings: settings to use instead of reading the environment (tests, explicit setup).
+        purpose: which keys to load: ``"encryption"`` or ``"blind-index"``.
     """
 
     cache_ttl: float | None = None
 
-    def __init__(self, settings: FieldCryptSettings | None = None):
+    def __init__(
+        self, settings: FieldCryptSettings | None = None, *, purpose: Purpose = "encryption"
+    ):
+        if purpose not in PURPOSES:
+            raise ConfigurationError(
+                f"EnvKeyProvider: purpose must be one of {', '.join(PURPOSES)}"
+            )
         self._settings = settings
+        self.purpose: Purpose = purpose
 
     def load(self) -> Keyring:
         """Read the settings and build the keyring."""
         from sa_fieldcrypt.settings import load_settings
 
-        return keyring_from_settings(self._settings or load_settings())
+        return keyring_from_settings(self._settings or load_settings(), purpose=self.purpose)
 
     def __repr__(self) -> str:
-        return "EnvKeyProvider()"
+        return f"EnvKeyProvider(purpose={self.purpose!r})"

@@ -11,8 +11,12 @@ instance can decrypt with it after its next refresh), then move the alias (now i
 :meth:`~GoogleSecretManagerKeyProvider.promote` do the two steps, as do the commands
 ``fieldcrypt keys add`` and ``fieldcrypt keys promote``.
 
-A version's payload is the key itself (what ``fieldcrypt keygen`` prints), or
-``<kind>:<key>``, where ``fernet`` is the only kind so far.
+A version's payload is one key as :func:`~sa_fieldcrypt.keys.parse_key` reads it: the key
+text that ``fieldcrypt keygen`` prints, ``[kind:]key``, of any kind the provider's purpose
+takes (``fernet`` or ``aes-gcm-siv`` for encryption, ``hmac-sha256`` for blind indexes).
+A secret serves one purpose: blind-index keys live in a secret of their own
+(``purpose="blind-index"``, or ``FIELDCRYPT_BLIND_INDEX_PROVIDER=gcp`` with
+``FIELDCRYPT_BLIND_INDEX_GCP_SECRET``).
 
 Typical usage::
 
@@ -37,7 +41,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,14 +60,23 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     ) from exc
 
 from sa_fieldcrypt.errors import ConfigurationError, KeyProviderError
-from sa_fieldcrypt.keys import Key, Keyring, generate_key
+from sa_fieldcrypt.keys import (
+    DEFAULT_KINDS,
+    PURPOSE_KINDS,
+    PURPOSES,
+    Key,
+    KeyKind,
+    Keyring,
+    Purpose,
+    generate_key,
+    parse_key,
+)
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
 __all__ = [
     "DEFAULT_PRIMARY_ALIAS",
     "GoogleSecretManagerKeyProvider",
     "KeyVersion",
-    "key_from_payload",
 ]
 
 logger = logging.getLogger("sa_fieldcrypt")
@@ -78,8 +91,6 @@ _SECRET_NAME = re.compile(
 # Secret Manager's own rule for alias names.
 _ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}\Z")
 _RESERVED_ALIASES = frozenset({"latest", "NEW"})
-# What each key kind a payload may name is built with; more kinds join this table.
-_KEY_KINDS: dict[str, Callable[[str, str], Key]] = {"fernet": Key}
 _ENABLED = secretmanager_v1.SecretVersion.State.ENABLED
 _PAGE_SIZE = 250
 # Transient failures worth another attempt inside the load's deadline. Writes are never
@@ -115,38 +126,13 @@ _NO_CREDENTIALS = (
 )
 
 
-def key_from_payload(data: bytes, key_id: str) -> Key:
-    """Build the key that a version's payload holds.
-
-    The payload is the key text (surrounding whitespace ignored, so a trailing newline from
-    ``echo`` is fine), or ``<kind>:<key>`` with a kind this library knows (``fernet``).
-
-    Raises:
-        ConfigurationError: the payload is not a key. The message never quotes the payload.
-    """
+def _key_from_payload(data: bytes, key_id: str, purpose: Purpose) -> Key:
+    # A trailing newline (from `echo`) is whitespace around the key, which the parser ignores.
     try:
-        text = data.decode("ascii").strip()
+        text = data.decode("ascii")
     except UnicodeDecodeError:
         text = ""
-    kind, sep, secret = text.partition(":")
-    if not sep:
-        kind, secret = "fernet", text
-    factory = _KEY_KINDS.get(kind)
-    if factory is None:
-        # The text before the colon is part of the payload, so it is not quoted either: in a
-        # secret that holds something else (`user:password`) it may be a credential.
-        raise ConfigurationError(
-            f"key {key_id!r}: the payload names a kind this version of sa-fieldcrypt does not "
-            f"know (known: {', '.join(sorted(_KEY_KINDS))}); a version holds one key: the key "
-            "itself, or '<kind>:<key>'"
-        )
-    try:
-        return factory(key_id, secret)
-    except ConfigurationError:
-        raise ConfigurationError(
-            f"key {key_id!r}: the payload is not a {kind} key (a Fernet key is 32 bytes in "
-            "url-safe base64, as `fieldcrypt keygen` prints)"
-        ) from None
+    return parse_key(text, purpose=purpose, key_id=key_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,25 +192,33 @@ class GoogleSecretManagerKeyProvider:
         provider = GoogleSecretManagerKeyProvider("projects/my-project/secrets/fieldcrypt-keys")
         sa_fieldcrypt.configure(provider=provider)
 
+        index_keys = GoogleSecretManagerKeyProvider(
+            "projects/my-project/secrets/fieldcrypt-index-keys", purpose="blind-index"
+        )
+        sa_fieldcrypt.configure(provider=index_keys, purpose="blind-index")
+
     Args:
         secret: the secret, ``projects/PROJECT/secrets/NAME`` or, for a regional secret,
             ``projects/PROJECT/locations/LOCATION/secrets/NAME``.
+        purpose: what the secret's keys are for: ``"encryption"`` or ``"blind-index"``.
         client: a ``SecretManagerServiceClient`` to use; by default one is made at the first
             load, with the application default credentials (and the regional endpoint for a
             regional secret).
-        primary_alias: the version alias that names the encrypting version.
+        primary_alias: the version alias that names the version that writes (encrypts, or
+            computes new index values).
         cache_ttl: seconds a loaded keyring stays fresh; None loads once.
         timeout: seconds one load (or one ``add_key``/``promote``) may take, retries
             included, before it fails.
 
     Raises:
-        ConfigurationError: a malformed secret name, alias name or timeout.
+        ConfigurationError: a malformed secret name, alias name, purpose or timeout.
     """
 
     def __init__(
         self,
         secret: str,
         *,
+        purpose: Purpose = "encryption",
         client: secretmanager_v1.SecretManagerServiceClient | None = None,
         primary_alias: str = DEFAULT_PRIMARY_ALIAS,
         cache_ttl: float | None = 300.0,
@@ -232,6 +226,11 @@ class GoogleSecretManagerKeyProvider:
     ):
         self.secret = _check_secret_name(secret, "GoogleSecretManagerKeyProvider")
         self.primary_alias = _check_alias(primary_alias, "GoogleSecretManagerKeyProvider")
+        if purpose not in PURPOSES:
+            raise ConfigurationError(
+                f"GoogleSecretManagerKeyProvider: purpose must be one of {', '.join(PURPOSES)}"
+            )
+        self.purpose: Purpose = purpose
         if not timeout > 0:
             raise ConfigurationError("GoogleSecretManagerKeyProvider: timeout must be > 0")
         self.cache_ttl = cache_ttl
@@ -246,23 +245,47 @@ class GoogleSecretManagerKeyProvider:
         *,
         secret: str | None = None,
         client: secretmanager_v1.SecretManagerServiceClient | None = None,
+        purpose: Purpose = "encryption",
     ) -> Self:
         """Build the provider that the ``FIELDCRYPT_GCP_*`` settings describe.
 
+        The secret is ``FIELDCRYPT_GCP_SECRET`` for encryption keys and
+        ``FIELDCRYPT_BLIND_INDEX_GCP_SECRET`` for blind-index keys; the cache TTL, timeout and
+        primary alias settings serve both.
+
         Args:
             settings: the settings; read from the environment when omitted.
-            secret: a secret name that overrides ``FIELDCRYPT_GCP_SECRET``.
+            secret: a secret name that overrides the setting.
             client: a client to use instead of the default one.
+            purpose: ``"encryption"`` or ``"blind-index"``.
+
+        Raises:
+            ConfigurationError: no secret is configured, a setting is malformed, or the
+                blind-index secret is the encryption secret.
         """
         settings = settings or load_settings()
-        name = secret or settings.gcp_secret
+        setting = "FIELDCRYPT_GCP_SECRET"
+        configured = settings.gcp_secret
+        if purpose == "blind-index":
+            setting, configured = (
+                "FIELDCRYPT_BLIND_INDEX_GCP_SECRET",
+                settings.blind_index_gcp_secret,
+            )
+        name = secret or configured
         if not name:
             raise ConfigurationError(
-                "no Secret Manager secret configured: set FIELDCRYPT_GCP_SECRET to "
+                f"no Secret Manager secret configured: set {setting} to "
                 "projects/PROJECT/secrets/NAME"
             )
+        if purpose == "blind-index" and name == settings.gcp_secret:
+            # Whoever may compute index values must not thereby hold the encryption keys.
+            raise ConfigurationError(
+                f"{setting if not secret else 'secret'} names the encryption keys' secret "
+                "(FIELDCRYPT_GCP_SECRET); keep blind-index keys in a secret of their own"
+            )
         return cls(
-            _check_secret_name(name, "secret" if secret else "FIELDCRYPT_GCP_SECRET"),
+            _check_secret_name(name, "secret" if secret else setting),
+            purpose=purpose,
             client=client,
             primary_alias=_check_alias(settings.gcp_primary_alias, "FIELDCRYPT_GCP_PRIMARY_ALIAS"),
             cache_ttl=settings.gcp_cache_ttl,
@@ -286,7 +309,7 @@ class GoogleSecretManagerKeyProvider:
                 if data is None:
                     continue
                 try:
-                    keys[number] = key_from_payload(data, f"v{number}")
+                    keys[number] = _key_from_payload(data, f"v{number}", self.purpose)
                 except ConfigurationError as exc:
                     raise KeyProviderError(
                         f"Secret Manager secret {self.secret!r}: {exc}"
@@ -297,7 +320,7 @@ class GoogleSecretManagerKeyProvider:
                 "key: add one with `fieldcrypt keys add`"
             )
         primary = self._choose_primary(aliases, list(keys))
-        return Keyring(keys.values(), primary=keys[primary].id)
+        return Keyring(keys.values(), primary=keys[primary].id, purpose=self.purpose)
 
     def versions(self) -> list[KeyVersion]:
         """Describe every version of the secret, newest first, and which one encrypts.
@@ -317,25 +340,36 @@ class GoogleSecretManagerKeyProvider:
             for number, state, created in found
         ]
 
-    def add_key(self, key: str | None = None) -> KeyVersion:
-        """Add a version holding a new key; it decrypts everywhere, but does not encrypt yet.
+    def add_key(self, key: str | None = None, *, kind: KeyKind | None = None) -> KeyVersion:
+        """Add a version holding a new key; it is read everywhere, but does not write yet.
 
-        The first phase of a rotation. If the alias does not name an enabled version, it is
-        first pointed at the version that encrypts now, so adding a version never changes
-        which key encrypts; only the very first version of an empty secret becomes primary.
+        The first phase of a rotation: after every instance's next refresh it decrypts (or,
+        for blind-index keys, matches in lookups). If the alias does not name an enabled
+        version, it is first pointed at the version that writes now, so adding a version
+        never changes which key writes; only the very first version of an empty secret
+        becomes primary.
 
         Args:
-            key: the key text to store; a new random Fernet key by default.
+            key: the key text to store, ``[kind:]key``; by default a new random key.
+            kind: the kind of the new random key (or the kind ``key`` must be); by default
+                the purpose's default kind (``fernet``, or ``hmac-sha256`` for blind indexes).
 
         Returns:
             The new version.
 
         Raises:
-            ConfigurationError: ``key`` is not a key.
+            ConfigurationError: ``key`` is not a key of this purpose, or not of ``kind``.
             KeyProviderError: Secret Manager refused or could not be reached.
         """
-        text = generate_key() if key is None else key
-        key_from_payload(text.encode("ascii", "replace"), "new")
+        if kind is not None and kind not in PURPOSE_KINDS[self.purpose]:
+            raise ConfigurationError(
+                f"a {self.purpose} secret holds keys of kind "
+                f"{' or '.join(PURPOSE_KINDS[self.purpose])}, not {kind!r}"
+            )
+        text = generate_key(kind or DEFAULT_KINDS[self.purpose]) if key is None else key
+        parsed = parse_key(text, purpose=self.purpose, key_id="new")
+        if kind is not None and parsed.kind != kind:
+            raise ConfigurationError(f"the key given is of kind {parsed.kind!r}, not {kind!r}")
         data = text.strip().encode("ascii")
         deadline = _Deadline(self.timeout)
         with self._errors("add a key", _WRITE_HINTS):
@@ -570,7 +604,7 @@ class GoogleSecretManagerKeyProvider:
 
     def __repr__(self) -> str:
         return (
-            f"GoogleSecretManagerKeyProvider(secret={self.secret!r}, "
+            f"GoogleSecretManagerKeyProvider(secret={self.secret!r}, purpose={self.purpose!r}, "
             f"primary_alias={self.primary_alias!r}, cache_ttl={self.cache_ttl!r})"
         )
 
