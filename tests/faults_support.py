@@ -23,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_fieldcrypt
 from sa_fieldcrypt import EncryptedText, jobs
+from sa_fieldcrypt.config import current_keyring
 
 #: The primary key id the test configures, and the one an application instance that has not
 #: yet picked up the new primary key still encrypts with.
@@ -72,7 +73,7 @@ def writer(url: str, seed: int) -> None:
     """Update random rows, half of them at the rotation's frontier, until stdin closes."""
     rng = random.Random(seed)  # noqa: S311 - it picks rows, not keys
     engine = create_engine(url, hide_parameters=True)
-    current = sa_fieldcrypt.current_keyring()
+    current = current_keyring()
     old_instance = current.with_primary(OLD_INSTANCE_KEY_ID)
     stop = threading.Event()
 

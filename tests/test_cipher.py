@@ -16,17 +16,15 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sa_fieldcrypt import (
-    DecryptionError,
-    Keyring,
+from sa_fieldcrypt import DecryptionError, Keyring, UnknownKeyError, generate_key
+from sa_fieldcrypt.cipher import (
     TokenInfo,
-    UnknownKeyError,
+    _encrypt_aead_from_parts,
+    _encrypt_from_parts,
     decrypt,
     encrypt,
-    generate_key,
     inspect_token,
 )
-from sa_fieldcrypt.cipher import _encrypt_aead_from_parts, _encrypt_from_parts
 
 VECTORS = Path(__file__).parent / "vectors" / "fernet"
 # Cases of invalid.json that fail only because of a TTL and a clock; stored data has no TTL.

@@ -17,14 +17,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 import sa_fieldcrypt
-from sa_fieldcrypt import (
-    ConfigurationError,
-    Keyring,
-    __version__,
-    encrypt,
-    generate_key,
-    parse_key,
-)
+from sa_fieldcrypt import ConfigurationError, Keyring, __version__, generate_key, parse_key
+from sa_fieldcrypt.cipher import encrypt
 from sa_fieldcrypt.cli import cli
 
 
@@ -98,7 +92,7 @@ GCP_SECRET = "projects/test/secrets/fieldcrypt-keys"
 @pytest.fixture
 def gcp(request: pytest.FixtureRequest, no_default_keys: None) -> dict[str, Any]:
     """The command line's context object, with a client connected to a fake Secret Manager."""
-    pytest.importorskip("sa_fieldcrypt.gcp_fake", reason="needs the gcp extra")
+    pytest.importorskip("sa_fieldcrypt.testing.secret_manager", reason="needs the gcp extra")
     fake = request.getfixturevalue("fake_secret_manager")
     fake.create_secret(GCP_SECRET)
     return {"fake": fake, "gcp_client": fake.client()}

@@ -59,7 +59,8 @@ from sqlalchemy.orm import Session
 import faults_support
 from conftest import CONNECT_ARGS, IN_CI, server_url
 from faults_support import PRIMARY_KEY_ID, Patient, email_of
-from sa_fieldcrypt import Keyring, encrypt, generate_key, inspect_token
+from sa_fieldcrypt import Keyring, generate_key
+from sa_fieldcrypt.cipher import encrypt, inspect_token
 from sa_fieldcrypt.providers.env import keyring_from_settings
 from sa_fieldcrypt.settings import FieldCryptSettings
 from sa_fieldcrypt.testing import temporary_keys

@@ -21,20 +21,16 @@ from sqlalchemy import Engine, Integer, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_fieldcrypt
-from sa_fieldcrypt import (
-    ConfigurationError,
-    EncryptedText,
-    KeyProviderError,
-    decrypt,
-    encrypt,
-    generate_key,
-)
-from sa_fieldcrypt.config import provider_from_settings
+from sa_fieldcrypt import ConfigurationError, EncryptedText, KeyProviderError, generate_key
+from sa_fieldcrypt.cipher import decrypt, encrypt
+from sa_fieldcrypt.config import current_keyring, provider_from_settings
 from sa_fieldcrypt.providers import KeyCache
 from sa_fieldcrypt.settings import load_settings
 
 gcp = pytest.importorskip("sa_fieldcrypt.providers.gcp", reason="needs the gcp extra")
-gcp_fake = pytest.importorskip("sa_fieldcrypt.gcp_fake", reason="needs the gcp extra")
+secret_manager = pytest.importorskip(
+    "sa_fieldcrypt.testing.secret_manager", reason="needs the gcp extra"
+)
 
 import grpc  # noqa: E402
 from google.cloud import secretmanager_v1  # noqa: E402
@@ -43,7 +39,7 @@ from google.cloud.secretmanager_v1.services.secret_manager_service.transports im
 )
 
 GoogleSecretManagerKeyProvider = gcp.GoogleSecretManagerKeyProvider
-FakeSecretManager = gcp_fake.FakeSecretManager
+FakeSecretManager = secret_manager.FakeSecretManager
 SECRET = "projects/test/secrets/fieldcrypt-keys"
 
 
@@ -350,7 +346,7 @@ def test_app_decrypts_a_new_versions_token_after_one_refresh(
         with Session(engine) as session:
             session.add(Customer(id=1, email="old@example.com"))
             session.commit()
-        assert ("v1",) == sa_fieldcrypt.current_keyring().ids
+        assert ("v1",) == current_keyring().ids
 
         # Another instance, already on the new key, writes a row.
         operator.add_key()
@@ -369,7 +365,7 @@ def test_app_decrypts_a_new_versions_token_after_one_refresh(
             assert "new@example.com" == session.get_one(Customer, 2).email
             assert "old@example.com" == session.get_one(Customer, 1).email
         assert accesses + 2 == fake.call_count("AccessSecretVersion")
-        assert "v2" == sa_fieldcrypt.current_keyring().primary.id
+        assert "v2" == current_keyring().primary.id
     finally:
         Base.metadata.drop_all(engine)
 
@@ -383,9 +379,9 @@ def test_async_app_loads_keys_off_the_event_loop(
     sa_fieldcrypt.configure(provider=_provider(fake))
 
     async def app() -> bytes:
-        await asyncio.to_thread(sa_fieldcrypt.current_keyring)
+        await asyncio.to_thread(current_keyring)
         calls = len(fake.calls)
-        ring = sa_fieldcrypt.current_keyring()
+        ring = current_keyring()
         plaintext = decrypt(ring, encrypt(ring, b"in the loop"))
         assert calls == len(fake.calls)
         return plaintext
@@ -619,7 +615,7 @@ def test_settings_feed_a_working_provider(
     monkeypatch.setenv("FIELDCRYPT_GCP_SECRET", SECRET)
     provider = GoogleSecretManagerKeyProvider.from_settings(client=fake.client())
     sa_fieldcrypt.configure(provider=provider)
-    assert "v2" == sa_fieldcrypt.current_keyring().primary.id
+    assert "v2" == current_keyring().primary.id
 
 
 @pytest.mark.parametrize(
@@ -653,7 +649,7 @@ def test_bad_settings_fail_at_first_use(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigurationError, match=expected):
-        sa_fieldcrypt.current_keyring()
+        current_keyring()
 
 
 def test_repr_names_the_secret_only(fake: FakeSecretManager) -> None:
@@ -801,7 +797,7 @@ def test_bad_blind_index_gcp_settings_fail_at_first_use(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigurationError, match=expected):
-        sa_fieldcrypt.current_keyring("blind-index")
+        current_keyring("blind-index")
 
 
 # -- optional dependency -----------------------------------------------------------------
@@ -848,9 +844,9 @@ _BLOCK_GOOGLE = """
     "statement",
     [
         "import sa_fieldcrypt.providers.gcp",
-        "import sa_fieldcrypt.gcp_fake",
+        "import sa_fieldcrypt.testing.secret_manager",
         "import os; os.environ.update(FIELDCRYPT_PROVIDER='gcp', FIELDCRYPT_GCP_SECRET="
-        f"'{SECRET}'); import sa_fieldcrypt; sa_fieldcrypt.current_keyring()",
+        f"'{SECRET}'); from sa_fieldcrypt.config import current_keyring; current_keyring()",
     ],
     ids=["provider", "fake", "settings"],
 )
@@ -895,5 +891,5 @@ def test_the_guide_examples_run(fake: FakeSecretManager, no_default_keys: None) 
             refresher.cancel()
 
     asyncio.run(run_app())
-    assert ("v1",) == sa_fieldcrypt.current_keyring().ids
+    assert ("v1",) == current_keyring().ids
     namespace["test_new_keys_do_not_encrypt_yet"](fake)

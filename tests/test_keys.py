@@ -13,16 +13,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sa_fieldcrypt import (
-    ConfigurationError,
-    Key,
-    Keyring,
-    UnknownKeyError,
-    decrypt,
-    encrypt,
-    generate_key,
-    parse_key,
-)
+from sa_fieldcrypt import ConfigurationError, Key, Keyring, UnknownKeyError, generate_key, parse_key
+from sa_fieldcrypt.cipher import decrypt, encrypt
 from sa_fieldcrypt.keys import KEY_KINDS, PURPOSE_KINDS, PURPOSES
 
 key_ids = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)

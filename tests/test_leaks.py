@@ -24,10 +24,11 @@ from sa_fieldcrypt import (
     EncryptedText,
     FieldCryptError,
     Keyring,
-    encrypt,
     generate_key,
 )
+from sa_fieldcrypt.cipher import encrypt
 from sa_fieldcrypt.cli import cli
+from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.providers import EnvKeyProvider, KeyCache, StaticKeyProvider
 from sa_fieldcrypt.settings import load_settings
 from sa_fieldcrypt.testing import temporary_keys
@@ -182,7 +183,7 @@ def test_configuration_flows_leak_nothing(
         KeyCache(StaticKeyProvider(RING)),
     )
     sa_fieldcrypt.configure(keyring=RING)
-    collected.add(sa_fieldcrypt.current_keyring())
+    collected.add(current_keyring())
 
     for text_seen in collected.texts:
         for needle in _forbidden():

@@ -34,19 +34,21 @@ from sa_fieldcrypt import (
     Key,
     Keyring,
     RotationError,
-    encrypt,
     encrypted_hybrid,
     generate_key,
     normalize_email,
     normalize_phone,
 )
+from sa_fieldcrypt.cipher import encrypt
 from sa_fieldcrypt.jobs import (
     JobReport,
     ResumeState,
     RunListener,
+    env_keys_without,
     find_columns,
     find_indexes,
     reindex,
+    retire_keys,
     status,
 )
 
@@ -544,3 +546,31 @@ def test_a_dry_run_reindex_writes_nothing(subscribers: Engine) -> None:
     report = reindex(subscribers, find_indexes("rotation_support:Subscriber"), dry_run=True)
     assert (120, True) == (report.written, report.jobs[0].dry_run)
     assert {"b1"} == _subscriber_keys(subscribers)
+
+
+def test_retire_keys_of_the_blind_index_purpose(
+    db: Engine, index_keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blind-index key retires once no index value is under it, checked against the indexes."""
+    _add_customers(db, 3)
+    keys = _rotate(index_keyring)
+    indexes = find_indexes(Customer)
+    with pytest.raises(
+        RotationError, match=r"key 'b1' is still used by fc_rx_customers.email_bidx"
+    ):
+        retire_keys(db, [], ["b1"], indexes=indexes)
+    reindex(db, indexes)
+    assert ("b2",) == retire_keys(db, [], ["b1"], indexes=indexes).ids
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEYS", keys.export())
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"k1:{generate_key()}")
+    variable, value, _ = env_keys_without(["b1"], purpose="blind-index")
+    assert ("FIELDCRYPT_BLIND_INDEX_KEYS", ("b2",)) == (
+        variable,
+        Keyring.parse(value, purpose="blind-index").ids,
+    )
+
+
+def test_retire_keys_refuses_ids_of_both_purposes(db: Engine, index_keyring: Keyring) -> None:
+    """One command retires the keys of one purpose: an encryption and an index id are refused."""
+    with pytest.raises(ConfigurationError, match="both encryption and blind-index keys"):
+        retire_keys(db, [], ["k1", "b1"], indexes=find_indexes(Customer))

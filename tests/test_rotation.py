@@ -43,13 +43,12 @@ from sa_fieldcrypt import (
     EncryptedText,
     Keyring,
     RotationError,
-    encrypt,
     generate_key,
-    inspect_token,
     jobs,
 )
+from sa_fieldcrypt.cipher import encrypt, inspect_token
 from sa_fieldcrypt.cli import _Progress, cli
-from sa_fieldcrypt.config import swap_default_keys
+from sa_fieldcrypt.config import current_keyring, swap_default_keys
 from sa_fieldcrypt.settings import FieldCryptSettings
 
 TABLE = "fc_rot_mixed"
@@ -678,7 +677,7 @@ def test_sqlite_shards_need_an_integer_key(tmp_path: Path, ring: Keyring) -> Non
 
 
 def _child(engine: Engine, pause_at: int) -> subprocess.Popen[str]:
-    keys = os.environ | {"FIELDCRYPT_KEYS": sa_fieldcrypt.current_keyring().export()}
+    keys = os.environ | {"FIELDCRYPT_KEYS": current_keyring().export()}
     url = engine.url.render_as_string(hide_password=False)
     script = Path(rotation_support.__file__)
     return subprocess.Popen(
@@ -797,10 +796,10 @@ def test_env_keys_without_respects_the_legacy_variable() -> None:
     """The new FIELDCRYPT_KEYS keeps FIELD_ENCRYPTION_KEY's key out of the list."""
     k2, k1, old = generate_key(), generate_key(), generate_key()
     settings = FieldCryptSettings(keys=f"k2:{k2},k1:{k1}", FIELD_ENCRYPTION_KEY=old)  # type: ignore[call-arg]
-    value, notes = jobs.env_keys_without(["k1"], settings)
-    assert f"k2:{k2}" == value
+    variable, value, notes = jobs.env_keys_without(["k1"], settings)
+    assert ("FIELDCRYPT_KEYS", f"k2:{k2}") == (variable, value)
     assert ["FIELD_ENCRYPTION_KEY stays as it is"] == notes
-    value, notes = jobs.env_keys_without(["legacy"], settings)
+    _, value, notes = jobs.env_keys_without(["legacy"], settings)
     assert f"k2:{k2},k1:{k1}" == value
     assert "unset FIELD_ENCRYPTION_KEY" in notes[0]
     assert all(k not in " ".join(notes) for k in (k2, k1, old))
@@ -913,6 +912,28 @@ def test_cli_retire_key_prints_keys_on_stdout_only(
     assert 0 == result.exit_code, result.output
     assert ("k3", "k2") == Keyring.parse(result.stdout.strip()).ids
     assert all(key.export() not in result.stderr for key in ring)
+
+
+@pytest.mark.usefixtures("sqlite_env")
+def test_cli_retire_key_takes_several_ids() -> None:
+    """retire-key k1 k2 checks both and prints a keyring without either; --json says so too."""
+    refused = CliRunner().invoke(cli, ["retire-key", "k1", "k2", *TARGET])
+    assert 1 == refused.exit_code
+    assert "key 'k1' is still used" in refused.stderr
+    assert "key 'k2' is still used" in refused.stderr
+    CliRunner().invoke(cli, ["rotate", *TARGET])
+    result = CliRunner().invoke(cli, ["retire-key", "k1", "k2", *TARGET])
+    assert 0 == result.exit_code, result.output
+    assert ("k3",) == Keyring.parse(result.stdout.strip()).ids
+    report = json.loads(
+        CliRunner().invoke(cli, ["retire-key", "k1", "k2", "--json", *TARGET]).stdout
+    )
+    assert (["k1", "k2"], "encryption", "FIELDCRYPT_KEYS") == (
+        report["retired"],
+        report["purpose"],
+        report["variable"],
+    )
+    assert 2 == CliRunner().invoke(cli, ["retire-key", *TARGET]).exit_code  # no id: usage
 
 
 def test_cli_database_url_password_is_never_printed(

@@ -6,17 +6,11 @@ import pytest
 from cryptography.fernet import Fernet
 
 import sa_fieldcrypt
-from sa_fieldcrypt import (
-    BlindIndex,
-    ConfigurationError,
-    FieldCryptSettings,
-    Keyring,
-    decrypt,
-    encrypt,
-    generate_key,
-)
+from sa_fieldcrypt import BlindIndex, ConfigurationError, Keyring, generate_key
+from sa_fieldcrypt.cipher import decrypt, encrypt
+from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.providers import EnvKeyProvider, StaticKeyProvider
-from sa_fieldcrypt.settings import load_settings
+from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
 
 def test_keys_variable_builds_the_keyring(
@@ -65,7 +59,7 @@ def test_default_keys_come_from_settings_at_first_use(
 ) -> None:
     """Without configure(), the first use reads the environment."""
     monkeypatch.setenv("FIELDCRYPT_KEYS", f"env1:{generate_key()}")
-    assert "env1" == sa_fieldcrypt.current_keyring().primary.id
+    assert "env1" == current_keyring().primary.id
 
 
 @pytest.mark.parametrize(
@@ -101,7 +95,7 @@ def test_bad_settings_fail_clearly_at_first_use(
     for name, value in env.items():
         monkeypatch.setenv(name, value.format(k=key))
     with pytest.raises(ConfigurationError, match=expected) as info:
-        sa_fieldcrypt.current_keyring()
+        current_keyring()
     message = str(info.value)
     assert "\n" not in message
     assert key not in message
@@ -148,7 +142,7 @@ def test_bad_kind_settings_fail_without_showing_keys(
     for name, value in env.items():
         monkeypatch.setenv(name, value.format(k=key, short=short))
     with pytest.raises(ConfigurationError, match=expected) as info:
-        sa_fieldcrypt.current_keyring()
+        current_keyring()
     assert key not in str(info.value)
     assert short not in str(info.value)
 
@@ -181,7 +175,7 @@ def test_keys_setting_first_entry_writes(
         f"b2:{generate_key('hmac-sha256')},b1:{generate_key('hmac-sha256')}",
     )
     index = BlindIndex("email_bidx", name="t.email_bidx")
-    assert ("b2", "b1") == sa_fieldcrypt.current_keyring("blind-index").ids
+    assert ("b2", "b1") == current_keyring("blind-index").ids
     assert (index.compute("x") or "").startswith("b2:")
     assert 2 == len(index.candidates("x"))
 
@@ -191,7 +185,7 @@ def test_single_key_setting_is_id_b0(
 ) -> None:
     """FIELDCRYPT_BLIND_INDEX_KEY alone is the one key, with id b0."""
     monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_key("hmac-sha256"))
-    assert ("b0",) == sa_fieldcrypt.current_keyring("blind-index").ids
+    assert ("b0",) == current_keyring("blind-index").ids
 
 
 @pytest.mark.parametrize(
@@ -251,7 +245,7 @@ def test_settings_repr_hides_index_keys(
     key = generate_key("hmac-sha256")
     monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEYS", f"b1:{key}")
     monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", key)
-    settings = sa_fieldcrypt.FieldCryptSettings()
+    settings = FieldCryptSettings()
     assert key not in repr(settings)
 
 
@@ -261,9 +255,9 @@ def test_configure_for_blind_index_overrides_settings(
     """configure(purpose="blind-index", keyring=...) wins over the settings until it is reset."""
     monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", generate_key("hmac-sha256"))
     sa_fieldcrypt.configure(purpose="blind-index", keyring=RING)
-    assert ("b1",) == sa_fieldcrypt.current_keyring("blind-index").ids
+    assert ("b1",) == current_keyring("blind-index").ids
     sa_fieldcrypt.configure(purpose="blind-index")
-    assert ("b0",) == sa_fieldcrypt.current_keyring("blind-index").ids
+    assert ("b0",) == current_keyring("blind-index").ids
     with pytest.raises(ConfigurationError, match="not both"):
         sa_fieldcrypt.configure(
             purpose="blind-index", keyring=RING, provider=StaticKeyProvider(RING)

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.dialects import sqlite
 
-from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, decrypt, encrypt, generate_key
+from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, generate_key
+from sa_fieldcrypt.cipher import decrypt, encrypt
 
 RINGS = {
     kind: Keyring({"k2": generate_key(kind), "k1": generate_key(kind)})

@@ -8,7 +8,9 @@ from sqlalchemy import Engine, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_fieldcrypt
-from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, encrypt, generate_key
+from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, generate_key
+from sa_fieldcrypt.cipher import decrypt, encrypt
+from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.testing import assert_encrypted_at_rest, keyrings, temporary_keys
 
 
@@ -71,8 +73,8 @@ def test_temporary_keys_restores_the_previous_configuration() -> None:
     inner = Keyring({"inner": generate_key()})
     with temporary_keys(outer):
         with temporary_keys(inner):
-            assert "inner" == sa_fieldcrypt.current_keyring().primary.id
-        assert "outer" == sa_fieldcrypt.current_keyring().primary.id
+            assert "inner" == current_keyring().primary.id
+        assert "outer" == current_keyring().primary.id
 
 
 def test_temporary_keys_for_blind_indexes_leave_encryption_keys_alone() -> None:
@@ -80,8 +82,8 @@ def test_temporary_keys_for_blind_indexes_leave_encryption_keys_alone() -> None:
     keyring = Keyring({"k1": generate_key()})
     index_keyring = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
     with temporary_keys(keyring), temporary_keys(index_keyring, purpose="blind-index"):
-        assert sa_fieldcrypt.current_keyring("blind-index") is index_keyring
-        assert sa_fieldcrypt.current_keyring() is keyring
+        assert current_keyring("blind-index") is index_keyring
+        assert current_keyring() is keyring
 
 
 def test_temporary_keys_refuse_a_keyring_of_another_purpose() -> None:
@@ -106,22 +108,22 @@ def test_keyrings_strategy_builds_working_keyrings(keyring: Keyring) -> None:
     """Every generated keyring encrypts under its primary and decrypts with itself."""
     token = encrypt(keyring, b"probe")
     assert token.startswith(f"fc1:{keyring.primary.id}:")
-    assert b"probe" == sa_fieldcrypt.decrypt(keyring, token)
+    assert b"probe" == decrypt(keyring, token)
 
 
 def test_plugin_fixture_is_available_to_user_suites(pytester: pytest.Pytester) -> None:
     """A user's suite gets both key fixtures without importing anything."""
     pytester.makepyfile(
         """
-        import sa_fieldcrypt
+        from sa_fieldcrypt.config import current_keyring
 
         def test_uses_fixture(fieldcrypt_keyring):
-            assert sa_fieldcrypt.current_keyring() is fieldcrypt_keyring
+            assert current_keyring() is fieldcrypt_keyring
 
         def test_uses_index_fixture(fieldcrypt_blind_index_keyring):
             assert "blind-index" == fieldcrypt_blind_index_keyring.purpose
             assert ("b1",) == fieldcrypt_blind_index_keyring.ids
-            assert sa_fieldcrypt.current_keyring("blind-index") is fieldcrypt_blind_index_keyring
+            assert current_keyring("blind-index") is fieldcrypt_blind_index_keyring
         """
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
@@ -130,7 +132,7 @@ def test_plugin_fixture_is_available_to_user_suites(pytester: pytest.Pytester) -
 
 def test_fake_secret_manager_fixture_serves_the_real_client(request: pytest.FixtureRequest) -> None:
     """The plugin's fake_secret_manager fixture answers the real Secret Manager client."""
-    pytest.importorskip("sa_fieldcrypt.gcp_fake", reason="needs the gcp extra")
+    pytest.importorskip("sa_fieldcrypt.testing.secret_manager", reason="needs the gcp extra")
     fake = request.getfixturevalue("fake_secret_manager")
     secret = fake.create_secret("projects/test/secrets/app")
     fake.add_version(secret, b"payload")

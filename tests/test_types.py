@@ -25,11 +25,10 @@ from sa_fieldcrypt import (
     UnsupportedComparisonError,
     ValueTypeError,
     configure,
-    encrypt,
     generate_key,
-    inspect_token,
     metrics,
 )
+from sa_fieldcrypt.cipher import encrypt, inspect_token
 from sa_fieldcrypt.config import swap_default_keys
 from sa_fieldcrypt.testing import (
     assert_encrypted_at_rest,

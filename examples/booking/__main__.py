@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateSchema
 
 import sa_fieldcrypt
+from sa_fieldcrypt.config import current_keyring
 from booking.models import SQLITE_SCHEMA_MAP, Base, Customer, Station, station_kwargs
 from sa_fieldcrypt import (
     Key,
@@ -183,7 +184,7 @@ def main() -> None:
 def rotate_index_key(engine: Engine) -> None:
     """Rotate the blind-index key while lookups keep working, as docs/blind-indexes.md says."""
     print("\nRotating the blind-index key without downtime:")
-    old = sa_fieldcrypt.current_keyring("blind-index")
+    old = current_keyring("blind-index")
     new = Key("bidx2", generate_key("hmac-sha256"), purpose="blind-index")
     sa_fieldcrypt.configure(
         purpose="blind-index", keyring=Keyring([new, *old], purpose="blind-index")

@@ -13,44 +13,42 @@ Typical usage::
         email: Mapped[str] = mapped_column("email_encrypted", EncryptedText())
 """
 
+# Every name loads on first use (PEP 562): the pytest plugin, which every test run of a project
+# that installs the library loads, imports this package, and must not pay for SQLAlchemy.
 from typing import TYPE_CHECKING, Any
 
-from sa_fieldcrypt._version import __version__
-from sa_fieldcrypt.blind_index import (
-    BLIND_INDEX_LENGTH,
-    BlindIndex,
-    normalize_email,
-    normalize_phone,
-)
-from sa_fieldcrypt.cipher import TOKEN_PREFIX, TokenInfo, decrypt, encrypt, inspect_token
-from sa_fieldcrypt.config import configure, current_keyring
-from sa_fieldcrypt.errors import (
-    ConfigurationError,
-    DecryptionError,
-    FieldCryptError,
-    KeyProviderError,
-    RotationError,
-    UnknownKeyError,
-    UnsupportedComparisonError,
-    ValueTypeError,
-)
-from sa_fieldcrypt.hybrid import EncryptedHybrid, encrypted_hybrid, encrypted_values
-from sa_fieldcrypt.keys import Key, KeyKind, Keyring, Purpose, generate_key, parse_key
-from sa_fieldcrypt.providers.base import KeyProvider
-from sa_fieldcrypt.types import (
-    EncryptedBytes,
-    EncryptedJSON,
-    EncryptedText,
-    EncryptedType,
-    PlaintextValueWarning,
-)
-
 if TYPE_CHECKING:
-    from sa_fieldcrypt.settings import FieldCryptSettings
+    from sa_fieldcrypt._version import __version__
+    from sa_fieldcrypt.blind_index import (
+        BLIND_INDEX_LENGTH,
+        BlindIndex,
+        normalize_email,
+        normalize_phone,
+    )
+    from sa_fieldcrypt.config import configure
+    from sa_fieldcrypt.errors import (
+        ConfigurationError,
+        DecryptionError,
+        FieldCryptError,
+        KeyProviderError,
+        RotationError,
+        UnknownKeyError,
+        UnsupportedComparisonError,
+        ValueTypeError,
+    )
+    from sa_fieldcrypt.hybrid import EncryptedHybrid, encrypted_hybrid, encrypted_values
+    from sa_fieldcrypt.keys import Key, Keyring, generate_key, parse_key
+    from sa_fieldcrypt.providers.base import KeyProvider
+    from sa_fieldcrypt.types import (
+        EncryptedBytes,
+        EncryptedJSON,
+        EncryptedText,
+        EncryptedType,
+        PlaintextValueWarning,
+    )
 
 __all__ = [
     "BLIND_INDEX_LENGTH",
-    "TOKEN_PREFIX",
     "BlindIndex",
     "ConfigurationError",
     "DecryptionError",
@@ -60,39 +58,66 @@ __all__ = [
     "EncryptedText",
     "EncryptedType",
     "FieldCryptError",
-    "FieldCryptSettings",
     "Key",
-    "KeyKind",
     "KeyProvider",
     "KeyProviderError",
     "Keyring",
     "PlaintextValueWarning",
-    "Purpose",
     "RotationError",
-    "TokenInfo",
     "UnknownKeyError",
     "UnsupportedComparisonError",
     "ValueTypeError",
     "__version__",
     "configure",
-    "current_keyring",
-    "decrypt",
-    "encrypt",
     "encrypted_hybrid",
     "encrypted_values",
     "generate_key",
-    "inspect_token",
     "normalize_email",
     "normalize_phone",
     "parse_key",
 ]
 
+_HOMES = {
+    "__version__": "sa_fieldcrypt._version",
+    "BLIND_INDEX_LENGTH": "sa_fieldcrypt.blind_index",
+    "BlindIndex": "sa_fieldcrypt.blind_index",
+    "normalize_email": "sa_fieldcrypt.blind_index",
+    "normalize_phone": "sa_fieldcrypt.blind_index",
+    "configure": "sa_fieldcrypt.config",
+    "ConfigurationError": "sa_fieldcrypt.errors",
+    "DecryptionError": "sa_fieldcrypt.errors",
+    "FieldCryptError": "sa_fieldcrypt.errors",
+    "KeyProviderError": "sa_fieldcrypt.errors",
+    "RotationError": "sa_fieldcrypt.errors",
+    "UnknownKeyError": "sa_fieldcrypt.errors",
+    "UnsupportedComparisonError": "sa_fieldcrypt.errors",
+    "ValueTypeError": "sa_fieldcrypt.errors",
+    "EncryptedHybrid": "sa_fieldcrypt.hybrid",
+    "encrypted_hybrid": "sa_fieldcrypt.hybrid",
+    "encrypted_values": "sa_fieldcrypt.hybrid",
+    "Key": "sa_fieldcrypt.keys",
+    "Keyring": "sa_fieldcrypt.keys",
+    "generate_key": "sa_fieldcrypt.keys",
+    "parse_key": "sa_fieldcrypt.keys",
+    "KeyProvider": "sa_fieldcrypt.providers.base",
+    "EncryptedBytes": "sa_fieldcrypt.types",
+    "EncryptedJSON": "sa_fieldcrypt.types",
+    "EncryptedText": "sa_fieldcrypt.types",
+    "EncryptedType": "sa_fieldcrypt.types",
+    "PlaintextValueWarning": "sa_fieldcrypt.types",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # FieldCryptSettings is imported on first access: it brings in pydantic, a tenth of a
-    # second of start-up that applications configuring keys in code never need.
-    if name == "FieldCryptSettings":
-        from sa_fieldcrypt.settings import FieldCryptSettings
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'sa_fieldcrypt' has no attribute {name!r}")
+    import importlib
 
-        return FieldCryptSettings
-    raise AttributeError(f"module 'sa_fieldcrypt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

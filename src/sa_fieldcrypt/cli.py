@@ -655,40 +655,47 @@ def reindex_command(target: _Target, run: dict[str, Any], as_json: bool, check: 
 @_target_options
 @_json_option
 def retire_key(key_ids: tuple[str, ...], target: _Target, as_json: bool) -> None:
-    """Remove keys that no value needs any more.
+    """Remove keys that no stored value needs any more.
 
-    Checks that no value of the given columns is under any KEY_ID, and refuses while any is
-    (or while legacy tokens remain). With keys from the environment, prints the new
-    FIELDCRYPT_KEYS value on stdout, and nothing else there:
-    `export FIELDCRYPT_KEYS="$(fieldcrypt retire-key k1 k2 --models app.models)"`.
+    The keys are encryption keys (checked against every encrypted column) or blind-index keys
+    (checked against every blind-index column of --models), one purpose per command. Refuses
+    while any value is under a KEY_ID (or, for encryption keys, while legacy tokens remain).
+    With keys from the environment, prints the variable's new value on stdout, and nothing
+    else there: `export FIELDCRYPT_KEYS="$(fieldcrypt retire-key k1 k2 --models app.models)"`.
     """
-    with target.open() as (engine, columns, _):
-        retire_keys(engine, columns, key_ids)
-        checked = [c.label for c in columns]
+    with target.open(indexes=True) as (engine, columns, indexes):
+        remaining = retire_keys(engine, columns, key_ids, indexes=indexes)
+        checked = [c.label for c in (indexes if remaining.purpose == "blind-index" else columns)]
     settings = load_settings()
+    provider = (
+        settings.blind_index_provider if remaining.purpose == "blind-index" else settings.provider
+    )
     ids = ", ".join(repr(k) for k in key_ids)
-    value: str | None = None
+    variable = value = None
     notes: list[str] = []
-    if settings.provider == "env":
-        value, notes = env_keys_without(key_ids, settings)
+    if provider == "env":
+        variable, value, notes = env_keys_without(key_ids, settings, purpose=remaining.purpose)
     if as_json:
-        click.echo(
-            json.dumps(
-                {"retired": list(key_ids), "checked": checked, "keys": value, "notes": notes},
-                indent=2,
-            )
-        )
+        report = {
+            "retired": list(key_ids),
+            "purpose": remaining.purpose,
+            "checked": checked,
+            "variable": variable,
+            "value": value,
+            "notes": notes,
+        }
+        click.echo(json.dumps(report, indent=2))
         return
     if value is None:
         click.echo(
             f"No value of {', '.join(checked)} uses key {ids}: remove them from the keys that "
-            f"provider {settings.provider!r} serves.",
+            f"provider {provider!r} serves.",
             err=True,
         )
         return
     click.echo(
-        f"No value of {', '.join(checked)} uses key {ids}. Set FIELDCRYPT_KEYS to the value "
-        "printed on stdout, everywhere the application runs.",
+        f"No value of {', '.join(checked)} uses key {ids}. Set {variable} to the value printed "
+        "on stdout, everywhere the application runs.",
         err=True,
     )
     for note in notes:

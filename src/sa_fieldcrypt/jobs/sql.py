@@ -212,7 +212,7 @@ class DialectSql:
 
         The kind is ``"null"``, ``"fc1"`` (key id given), ``"malformed"`` (an ``fc1`` header
         whose key id is too long), ``"legacy"`` or ``"plaintext"``, as
-        :func:`sa_fieldcrypt.inspect_token` decides from the text; whether the key id is
+        :func:`sa_fieldcrypt.cipher.inspect_token` decides from the text; whether the key id is
         valid is left to the caller.
         """
         exact = self.exact(expr)

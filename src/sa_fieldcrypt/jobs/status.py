@@ -26,13 +26,13 @@ from sqlalchemy.engine import Connection
 
 from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token
 from sa_fieldcrypt.config import current_keyring
-from sa_fieldcrypt.errors import ConfigurationError, RotationError
+from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
 from sa_fieldcrypt.jobs.engine import BatchJob, run_job
 from sa_fieldcrypt.jobs.reindex import reindex_job
 from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener
 from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn
-from sa_fieldcrypt.keys import KEY_ID_PATTERN, Keyring, Purpose
+from sa_fieldcrypt.keys import KEY_ID_PATTERN, PURPOSES, Keyring, Purpose
 from sa_fieldcrypt.providers.env import LEGACY_KEY_ID, keyring_from_settings
 
 if TYPE_CHECKING:
@@ -494,34 +494,62 @@ def retire_keys(
     columns: Iterable[EncryptedColumn],
     key_ids: Sequence[str],
     keyring: Keyring | None = None,
+    *,
+    indexes: Iterable[IndexedColumn] = (),
 ) -> Keyring:
-    """Check that no value of ``columns`` needs any of ``key_ids``; return the keyring without them.
+    """Check that no stored value needs any of ``key_ids``; return the keyring without them.
 
-    The database is not changed: put the returned keyring in place of the current one
-    (:func:`env_keys_without` gives the ``FIELDCRYPT_KEYS`` text for the env provider).
+    The keys are encryption keys, checked against ``columns``, or blind-index keys, checked
+    against ``indexes``: whichever keyring holds them (one purpose per call). The database is
+    not changed: put the returned keyring in place of the current one (:func:`env_keys_without`
+    gives the settings text for the env provider).
 
     Args:
         engine: the database.
-        columns: every column that may hold values under the keys.
+        columns: every encrypted column that may hold values under the keys.
         key_ids: the keys to retire.
-        keyring: the keyring to remove them from; by default the process default keys.
+        keyring: the keyring to remove them from; by default the process default keys of the
+            purpose whose keyring holds the first id.
+        indexes: every blind-index column that may hold index values under the keys.
 
     Raises:
         RotationError: values still use a key, or legacy tokens (which name no key) remain.
-        ConfigurationError: a key is the primary key, or not in the keyring.
+        ConfigurationError: a key is the primary key, not in the keyring, or the ids are of
+            both purposes.
     """
-    keyring = keyring or current_keyring()
+    keyring = keyring or _keyring_holding(key_ids)
     remaining = _without(keyring, key_ids)
-    report = status(engine, columns)
-    users = []
-    for key_id in dict.fromkeys(key_ids):
-        holders = [
-            f"{c.column} ({c.by_key[key_id]:,} rows)"
-            for c in report.columns
-            if c.by_key.get(key_id)
+    if keyring.purpose == "blind-index":
+        report = status(engine, indexes=indexes)
+        users = [
+            f"key {key_id!r} is still used by {', '.join(holders)}"
+            for key_id in dict.fromkeys(key_ids)
+            if (
+                holders := [
+                    f"{i.column} ({i.by_key[key_id]:,} index values)"
+                    for i in report.indexes
+                    if i.by_key.get(key_id)
+                ]
+            )
         ]
-        if holders:
-            users.append(f"key {key_id!r} is still used by {', '.join(holders)}")
+        if users:
+            raise RotationError(
+                f"{'; '.join(users)}; run `fieldcrypt reindex` and check `fieldcrypt reindex "
+                "--check` before retiring"
+            )
+        return remaining
+    report = status(engine, columns)
+    users = [
+        f"key {key_id!r} is still used by {', '.join(holders)}"
+        for key_id in dict.fromkeys(key_ids)
+        if (
+            holders := [
+                f"{c.column} ({c.by_key[key_id]:,} rows)"
+                for c in report.columns
+                if c.by_key.get(key_id)
+            ]
+        )
+    ]
     if users:
         raise RotationError(
             f"{'; '.join(users)}; run `fieldcrypt rotate` and check `fieldcrypt status` "
@@ -537,6 +565,26 @@ def retire_keys(
     return remaining
 
 
+def _keyring_holding(key_ids: Sequence[str]) -> Keyring:
+    """The default keyring of the purpose whose keys ``key_ids`` are."""
+    holders: dict[Purpose, Keyring] = {}
+    for purpose in PURPOSES:
+        try:
+            found = current_keyring(purpose)
+        except FieldCryptError:
+            continue  # not configured: it holds none of them
+        if any(key_id in found for key_id in key_ids):
+            holders[purpose] = found
+    if len(holders) > 1:
+        raise ConfigurationError(
+            "the key ids name both encryption and blind-index keys; retire each purpose's keys "
+            "in a command of their own"
+        )
+    if not holders:
+        return current_keyring()  # its without() names what is missing
+    return next(iter(holders.values()))
+
+
 def _without(keyring: Keyring, key_ids: Sequence[str]) -> Keyring:
     if not key_ids:
         raise ConfigurationError("name at least one key id to retire")
@@ -547,22 +595,30 @@ def _without(keyring: Keyring, key_ids: Sequence[str]) -> Keyring:
 
 
 def env_keys_without(
-    key_ids: Sequence[str], settings: FieldCryptSettings | None = None
-) -> tuple[str, list[str]]:
-    """The ``FIELDCRYPT_KEYS`` value once ``key_ids`` are retired, and what else to change.
+    key_ids: Sequence[str],
+    settings: FieldCryptSettings | None = None,
+    *,
+    purpose: Purpose = "encryption",
+) -> tuple[str, str, list[str]]:
+    """The settings text once ``key_ids`` are retired from the keys of ``purpose``.
 
     The value holds key material: show it only to whoever manages the settings.
 
     Returns:
-        ``(value, notes)``: the new ``FIELDCRYPT_KEYS`` text, primary key first, and notes
-        (free of key material) on other variables to change.
+        ``(variable, value, notes)``: the variable to set (``FIELDCRYPT_KEYS`` or
+        ``FIELDCRYPT_BLIND_INDEX_KEYS``), its new text, primary key first, and notes (free of
+        key material) on other variables to change.
     """
     if settings is None:
         from sa_fieldcrypt.settings import load_settings
 
         settings = load_settings()
-    remaining = _without(keyring_from_settings(settings), key_ids)
+    remaining = _without(keyring_from_settings(settings, purpose=purpose), key_ids)
     notes: list[str] = []
+    if purpose == "blind-index":
+        if settings.blind_index_key is not None:
+            notes.append("unset FIELDCRYPT_BLIND_INDEX_KEY: the keys are listed in full")
+        return "FIELDCRYPT_BLIND_INDEX_KEYS", remaining.export(), notes
     keys = list(remaining)
     if settings.legacy_key is not None:
         # FIELD_ENCRYPTION_KEY supplies the `legacy` key itself; it must not also be listed.
@@ -573,4 +629,4 @@ def env_keys_without(
             notes.append("FIELD_ENCRYPTION_KEY stays as it is")
     if settings.primary_key_id is not None:
         notes.append("FIELDCRYPT_PRIMARY_KEY_ID may stay: the primary key is listed first")
-    return Keyring(keys, primary=remaining.primary.id).export(), notes
+    return "FIELDCRYPT_KEYS", Keyring(keys, primary=remaining.primary.id).export(), notes

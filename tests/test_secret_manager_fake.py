@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-gcp_fake = pytest.importorskip("sa_fieldcrypt.gcp_fake", reason="needs the gcp extra")
+secret_manager = pytest.importorskip(
+    "sa_fieldcrypt.testing.secret_manager", reason="needs the gcp extra"
+)
 
 import google_crc32c  # noqa: E402
 import grpc  # noqa: E402
@@ -21,7 +23,7 @@ from google.cloud.secretmanager_v1.services.secret_manager_service.transports im
     SecretManagerServiceGrpcAsyncIOTransport,
 )
 
-FakeSecretManager = gcp_fake.FakeSecretManager
+FakeSecretManager = secret_manager.FakeSecretManager
 State = secretmanager_v1.SecretVersion.State
 SECRET = "projects/test/secrets/keys"
 # Explicit and short: the client's own defaults retry for up to 60 s.

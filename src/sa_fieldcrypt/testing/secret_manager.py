@@ -6,7 +6,7 @@ code that runs in production, down to the wire format. Needs the ``gcp`` extra.
 Typical usage::
 
     from sa_fieldcrypt import generate_key
-    from sa_fieldcrypt.gcp_fake import FakeSecretManager
+    from sa_fieldcrypt.testing.secret_manager import FakeSecretManager
     from sa_fieldcrypt.providers.gcp import GoogleSecretManagerKeyProvider
 
     with FakeSecretManager() as fake:

@@ -1,0 +1,72 @@
+"""The kit for testing code that uses sa-fieldcrypt: fixtures, assertions, strategies, fakes.
+
+- Fixtures (:mod:`~sa_fieldcrypt.testing.plugin`, loaded by pytest in every project that
+  installs sa-fieldcrypt, at no cost until used): ``fieldcrypt_keyring``,
+  ``fieldcrypt_blind_index_keyring``, ``fake_secret_manager``.
+- :func:`temporary_keys` (:mod:`~sa_fieldcrypt.testing.keys`): default keys for a block.
+- :func:`assert_encrypted_at_rest` (:mod:`~sa_fieldcrypt.testing.assertions`).
+- Hypothesis strategies (:mod:`~sa_fieldcrypt.testing.strategies`): :func:`text_plaintexts`,
+  :func:`bytes_plaintexts`, :func:`json_plaintexts`, :func:`keyrings`.
+- :class:`FakeSecretManager` (:mod:`~sa_fieldcrypt.testing.secret_manager`, the ``gcp`` extra):
+  Google Cloud Secret Manager in process, over real gRPC.
+
+Typical usage::
+
+    from sa_fieldcrypt.testing import assert_encrypted_at_rest
+
+    def test_signup(fieldcrypt_keyring, session):
+        session.add(Customer(email="ada@example.com"))
+        session.flush()
+        assert_encrypted_at_rest(session, Customer)
+
+Names load on first use, so importing this package (as the plugin does) costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sa_fieldcrypt.testing.assertions import assert_encrypted_at_rest
+    from sa_fieldcrypt.testing.keys import temporary_keys
+    from sa_fieldcrypt.testing.secret_manager import FakeSecretManager
+    from sa_fieldcrypt.testing.strategies import (
+        bytes_plaintexts,
+        json_plaintexts,
+        keyrings,
+        text_plaintexts,
+    )
+
+__all__ = [
+    "FakeSecretManager",
+    "assert_encrypted_at_rest",
+    "bytes_plaintexts",
+    "json_plaintexts",
+    "keyrings",
+    "temporary_keys",
+    "text_plaintexts",
+]
+
+_HOMES = {
+    "FakeSecretManager": "secret_manager",
+    "assert_encrypted_at_rest": "assertions",
+    "bytes_plaintexts": "strategies",
+    "json_plaintexts": "strategies",
+    "keyrings": "strategies",
+    "temporary_keys": "keys",
+    "text_plaintexts": "strategies",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'sa_fieldcrypt.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
