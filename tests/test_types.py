@@ -9,8 +9,8 @@ import pytest
 from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, Integer, MetaData, String, Table, insert, select, text
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sa_fieldcrypt import (
@@ -25,6 +25,7 @@ from sa_fieldcrypt import (
     UnsupportedComparisonError,
     ValueTypeError,
     configure,
+    decrypt,
     encrypt,
     generate_key,
     inspect_token,
@@ -35,6 +36,7 @@ from sa_fieldcrypt.testing import (
     assert_encrypted_at_rest,
     bytes_plaintexts,
     json_plaintexts,
+    temporary_keys,
     text_plaintexts,
 )
 from sa_fieldcrypt.types import EncryptedType
@@ -664,3 +666,117 @@ def test_written_prefix_of_a_bound_column_is_the_bound_header() -> None:
     moved = column_type.reencrypt(unbound)
     assert moved.startswith("fc1:new:c:")
     assert b"x" == column_type.decrypt_token(moved)
+
+
+# -- the processors: built once per dialect, reading the state of the column ---------------
+
+
+def test_processors_built_before_attachment_take_the_context_of_the_column(
+    engine: Engine,
+) -> None:
+    """Processors SQLAlchemy built before context=True was attached bind to the column's name."""
+    column_type = EncryptedText(keyring=RING, context=True)
+    # The per-dialect copy SQLAlchemy caches, and its processors, made before the column exists.
+    early_impl = column_type.dialect_impl(engine.dialect)
+    early_bind = early_impl.bind_processor(engine.dialect)
+    early_result = early_impl.result_processor(engine.dialect, None)
+    with pytest.raises(ConfigurationError, match="not attached"):
+        early_bind("x")
+    metadata = MetaData()
+    table = Table(
+        "fc_type_late",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("email", column_type),
+    )
+    metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table), [{"id": 1, "email": "ada@example.com"}])
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT email FROM fc_type_late")).scalar_one()
+            loaded = conn.execute(select(table.c.email)).scalar_one()
+        assert "ada@example.com" == loaded
+        assert b"ada@example.com" == decrypt(RING, stored, context="fc_type_late.email")
+        assert b"x" == decrypt(RING, early_bind("x"), context="fc_type_late.email")
+        assert "ada@example.com" == early_result(stored)
+    finally:
+        metadata.drop_all(engine)
+
+
+def test_processors_built_before_attachment_name_the_column_in_errors() -> None:
+    """A processor built before its column existed names the column once it is attached."""
+    column_type = EncryptedText(keyring=RING)
+    bind = column_type.bind_processor(DIALECT)
+    result = column_type.dialect_impl(DIALECT).result_processor(DIALECT, None)
+    Table("fc_type_named", MetaData(), Column("email", column_type))
+    with pytest.raises(ValueTypeError, match=r"^fc_type_named\.email: "):
+        bind(42)
+    with pytest.raises(DecryptionError, match=r"fc_type_named\.email"):
+        result(encrypt(Keyring({"k1": generate_key()}), b"x"))
+
+
+def test_one_type_serves_several_dialects() -> None:
+    """One column type's processors for SQLite, PostgreSQL and MariaDB read each other's tokens."""
+    column_type = EncryptedText(keyring=RING, context="crm.email")
+    dialects = [sqlite.dialect(), postgresql.dialect(), mysql.dialect(is_mariadb=True)]
+    binds = [column_type.dialect_impl(d).bind_processor(d) for d in dialects]
+    results = [column_type.dialect_impl(d).result_processor(d, None) for d in dialects]
+    for bind in binds:
+        token = bind("ada@example.com")
+        assert ["ada@example.com"] * len(results) == [result(token) for result in results]
+    assert None is binds[0](None) is results[0](None)
+
+
+def test_processors_read_the_keys_configure_sets_now() -> None:
+    """A processor built once encrypts and decrypts under whatever configure() set last."""
+    column_type = EncryptedText()
+    bind = column_type.bind_processor(DIALECT)
+    result = column_type.result_processor(DIALECT, None)
+    first, second = Keyring({"first": generate_key()}), Keyring({"second": generate_key()})
+    with temporary_keys(first):
+        under_first = bind("ada@example.com")
+    with temporary_keys(second):
+        under_second = bind("ada@example.com")
+        assert "ada@example.com" == result(under_second)
+        with pytest.raises(UnknownKeyError, match="'first'"):
+            result(under_first)
+    assert "first" == inspect_token(under_first).key_id
+    assert "second" == inspect_token(under_second).key_id
+
+
+class _GrowingProvider:
+    """A key provider whose second load adds a key, counting its loads."""
+
+    def __init__(self) -> None:
+        self.old = Keyring({"old": generate_key()})
+        self.grown = Keyring([*self.old, *Keyring({"added": generate_key()})])
+        self.loads = 0
+
+    def load(self) -> Keyring:
+        self.loads += 1
+        return self.old if self.loads == 1 else self.grown
+
+
+def test_result_processor_refreshes_once_for_an_unknown_key_id() -> None:
+    """A token under a key the cached keys lack is read after one refresh; a bad id costs one."""
+    provider = _GrowingProvider()
+    column_type = EncryptedText(keyring=provider)
+    result = column_type.result_processor(DIALECT, None)
+    assert "old" == result(encrypt(provider.old, b"old"))
+    assert "added" == result(encrypt(provider.grown.with_primary("added"), b"added"))
+    assert 2 == provider.loads
+    for _ in range(3):
+        with pytest.raises(UnknownKeyError, match="'gone'"):
+            result(encrypt(Keyring({"gone": generate_key()}), b"x"))
+    # The refresh after the first unknown id was just made: no more until the interval passes.
+    assert 2 == provider.loads
+
+
+def test_attaching_context_true_changes_the_cache_key() -> None:
+    """context=True's statement-cache key shows the column name once it is attached."""
+    column_type = EncryptedText(keyring=RING, context=True)
+    before = column_type._static_cache_key
+    assert before == EncryptedText(keyring=RING, context=True)._static_cache_key
+    Table("fc_type_keyed", MetaData(), Column("email", column_type))
+    assert before != column_type._static_cache_key
