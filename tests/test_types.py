@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 import pytest
@@ -780,3 +781,15 @@ def test_attaching_context_true_changes_the_cache_key() -> None:
     assert before == EncryptedText(keyring=RING, context=True)._static_cache_key
     Table("fc_type_keyed", MetaData(), Column("email", column_type))
     assert before != column_type._static_cache_key
+
+
+def test_metadata_with_encrypted_columns_pickles() -> None:
+    """A pickled MetaData's encrypted columns keep their context and still encrypt and decrypt."""
+    metadata = MetaData()
+    Table("fc_type_pickled", metadata, Column("email", EncryptedText(context=True)))
+    with temporary_keys(RING):
+        clone = pickle.loads(pickle.dumps(metadata)).tables["fc_type_pickled"].c.email.type
+        token = clone.process_bind_param("ada@example.com", DIALECT)
+        assert "ada@example.com" == clone.process_result_value(token, DIALECT)
+    assert "fc_type_pickled.email" == clone.context
+    assert b"ada@example.com" == decrypt(RING, token, context="fc_type_pickled.email")

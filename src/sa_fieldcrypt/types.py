@@ -458,6 +458,18 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         copied._attached_to = None
         return copied
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The paths are closures, which do not pickle (a pickled MetaData holds its types);
+        # they are built again from the rest.
+        state = self.__dict__.copy()
+        for name in _PATHS:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._build_paths()
+
     def __repr__(self) -> str:
         args = []
         if self.context is not None:
@@ -465,6 +477,10 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         if not self.allow_unbound:
             args.append("allow_unbound=False")
         return f"{type(self).__name__}({', '.join(args)})"
+
+
+# The attributes _build_paths() sets.
+_PATHS = ("_encrypt_value", "_decrypt_value", "_encrypt_data", "_decrypt_data")
 
 
 def _as_is(data: bytes) -> bytes:
