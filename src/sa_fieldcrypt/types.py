@@ -94,6 +94,11 @@ class _ContextState:
     from_column: bool
     allow_unbound: bool
 
+    @property
+    def pending(self) -> bool:
+        """Whether ``context=True`` still waits for its column (every value is refused)."""
+        return self.name is None and self.from_column
+
 
 class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
     """Base of the encrypted column types; subclasses say how values become bytes.
@@ -198,7 +203,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
             data = to_bytes(value)
             context = column._context
             name = context.name
-            if name is None and context.from_column:
+            if name is None and context.from_column:  # context.pending, without a call
                 raise column._unattached_error()
             keys = own_keys if own_keys is not None else default_key_cache()
             return encrypt(keys.get(), data, name)
@@ -221,7 +226,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
                 return None
             context = column._context
             name = context.name
-            if name is None and context.from_column:
+            if name is None and context.from_column:  # context.pending, without a call
                 raise column._unattached_error()
             if allow_plaintext and cipher.inspect_token(stored).kind == "plaintext":
                 return from_bytes(column._read_plaintext(stored))
@@ -297,7 +302,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
     def context(self) -> str | bool | None:
         """The context values are bound to; True while ``context=True`` awaits its column."""
         state = self._context
-        return True if state.name is None and state.from_column else state.name
+        return True if state.pending else state.name
 
     @property
     def allow_unbound(self) -> bool:
@@ -356,7 +361,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         a bound column that is the bound header, so unbound tokens are rewritten bound.
         """
         context = self._context
-        if context.name is None and context.from_column:
+        if context.pending:
             raise self._unattached_error()
         prefix = self.active_keyring().primary.token_prefix
         return prefix if context.name is None else f"{prefix}{BOUND_FLAG}:"
