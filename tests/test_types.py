@@ -10,7 +10,18 @@ import pytest
 from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -793,3 +804,30 @@ def test_metadata_with_encrypted_columns_pickles() -> None:
         assert "ada@example.com" == clone.process_result_value(token, DIALECT)
     assert "fc_type_pickled.email" == clone.context
     assert b"ada@example.com" == decrypt(RING, token, context="fc_type_pickled.email")
+
+
+class _MarkedText(Text):
+    """A text type with processors of its own, as some dialects' text types have."""
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> Any:
+        return lambda value: None if value is None else f"marked:{value}"
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        return lambda value: None if value is None else value.removeprefix("marked:")
+
+
+class _MarkedEncryptedText(EncryptedText):
+    impl = _MarkedText
+    cache_ok = True
+
+
+def test_processors_compose_with_those_of_the_impl_type() -> None:
+    """The text type's own processors run on the token: after encryption, before decryption."""
+    column_type = _MarkedEncryptedText(keyring=RING)
+    impl = column_type.dialect_impl(DIALECT)
+    stored = impl.bind_processor(DIALECT)("ada@example.com")
+    assert stored.startswith("marked:fc1:k1:")
+    assert "ada@example.com" == impl.result_processor(DIALECT, None)(stored)
+    assert None is impl.bind_processor(DIALECT)(None)
