@@ -44,7 +44,7 @@ from sa_fieldcrypt import (
     normalize_email,
     normalize_phone,
 )
-from sa_fieldcrypt.cipher import inspect_token
+from sa_fieldcrypt.cipher import decrypt, inspect_token
 from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX
 from sa_fieldcrypt.types import COLUMN_INFO_KEY
@@ -682,3 +682,32 @@ def test_per_column_keyring_through_column_type(keyring: Keyring, index_keyring:
     thing = Thing(secret="mine")
     assert "own" == inspect_token(thing.secret_encrypted or "").key_id
     assert "mine" == thing.secret
+
+
+def test_mixin_context_true_binds_each_table_to_its_own_column(
+    keyring: Keyring, index_keyring: Keyring
+) -> None:
+    """column_type=EncryptedText(context=True) on a mixin binds each class to its own column."""
+
+    class Local(DeclarativeBase):
+        pass
+
+    class Contact:
+        email_encrypted: Mapped[str | None] = mapped_column(Text)
+        email = encrypted_hybrid("email_encrypted", column_type=EncryptedText(context=True))
+
+    class Lead(Contact, Local):
+        __tablename__ = "bound_leads"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Vendor(Contact, Local):
+        __tablename__ = "bound_vendors"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    lead, vendor = Lead(email="a@b.c"), Vendor(email="a@b.c")
+    lead_token, vendor_token = lead.email_encrypted or "", vendor.email_encrypted or ""
+    assert b"a@b.c" == decrypt(keyring, lead_token, context="bound_leads.email_encrypted")
+    assert b"a@b.c" == decrypt(keyring, vendor_token, context="bound_vendors.email_encrypted")
+    vendor.email_encrypted = lead_token
+    with pytest.raises(DecryptionError, match=r"bound_vendors\.email_encrypted"):
+        vendor.email  # noqa: B018  # the getter decrypts

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, Integer, MetaData, String, Table, insert, select, text
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sa_fieldcrypt import (
@@ -28,12 +40,14 @@ from sa_fieldcrypt import (
     generate_key,
     metrics,
 )
-from sa_fieldcrypt.cipher import encrypt, inspect_token
+from sa_fieldcrypt.cipher import decrypt, encrypt, inspect_token
 from sa_fieldcrypt.config import swap_default_keys
+from sa_fieldcrypt.jobs.rotation import plaintext_to_token, reencrypt, written_prefix
 from sa_fieldcrypt.testing import (
     assert_encrypted_at_rest,
     bytes_plaintexts,
     json_plaintexts,
+    temporary_keys,
     text_plaintexts,
 )
 from sa_fieldcrypt.types import EncryptedType
@@ -600,7 +614,7 @@ def test_reencrypt_moves_any_value_to_the_primary_key(data: bytes) -> None:
     old = OLD_AND_NEW.with_primary("old")
     legacy = Fernet(OLD_AND_NEW.get("old").export()).encrypt(data).decode()
     for token in (encrypt(old, data), legacy):
-        moved = column_type.reencrypt(token)
+        moved = reencrypt(column_type, token)
         assert "new" == inspect_token(moved).key_id
         assert data == column_type.process_result_value(moved, DIALECT)
 
@@ -609,7 +623,7 @@ def test_reencrypt_keeps_json_text_byte_for_byte() -> None:
     """A JSON value is re-encrypted as stored: key order and spacing are not rewritten."""
     stored = b'{"b": 1,  "a": [2, 1]}'
     column_type = EncryptedJSON(keyring=OLD_AND_NEW)
-    moved = column_type.reencrypt(encrypt(OLD_AND_NEW.with_primary("old"), stored))
+    moved = reencrypt(column_type, encrypt(OLD_AND_NEW.with_primary("old"), stored))
     assert stored == column_type.decrypt_token(moved)
 
 
@@ -617,9 +631,9 @@ def test_reencrypt_refuses_plaintext_and_broken_tokens() -> None:
     """reencrypt() raises DecryptionError for plaintext and for tokens that do not decrypt."""
     column_type = EncryptedText(keyring=OLD_AND_NEW, allow_plaintext=True)
     with pytest.raises(DecryptionError, match="not an encrypted token"):
-        column_type.reencrypt("ada@example.com")
+        reencrypt(column_type, "ada@example.com")
     with pytest.raises(UnknownKeyError):
-        column_type.reencrypt(encrypt(Keyring({"gone": generate_key()}), b"x"))
+        reencrypt(column_type, encrypt(Keyring({"gone": generate_key()}), b"x"))
 
 
 @given(
@@ -627,39 +641,192 @@ def test_reencrypt_refuses_plaintext_and_broken_tokens() -> None:
         lambda v: not v.startswith(("fc1:", "gAAAAA"))
     )
 )
-def test_encrypt_plaintext_round_trips(value: str) -> None:
-    """encrypt_plaintext() stores a plaintext text value so that the column reads it back."""
+def test_plaintext_to_token_round_trips(value: str) -> None:
+    """plaintext_to_token() stores a plaintext text value so that the column reads it back."""
     column_type = EncryptedText(keyring=OLD_AND_NEW)
-    token = column_type.encrypt_plaintext(value)
+    token = plaintext_to_token(column_type, value)
     assert "new" == inspect_token(token).key_id
     assert value == column_type.process_result_value(token, DIALECT)
 
 
-def test_encrypt_plaintext_refuses_tokens_and_invalid_values() -> None:
-    """encrypt_plaintext() will not encrypt a token twice, nor store non-JSON as JSON."""
+def test_plaintext_to_token_refuses_tokens_and_invalid_values() -> None:
+    """plaintext_to_token() will not encrypt a token twice, nor store non-JSON as JSON."""
     with pytest.raises(ValueTypeError, match="already an encrypted token"):
-        EncryptedText(keyring=OLD_AND_NEW).encrypt_plaintext(encrypt(OLD_AND_NEW, b"x"))
+        plaintext_to_token(EncryptedText(keyring=OLD_AND_NEW), encrypt(OLD_AND_NEW, b"x"))
     with pytest.raises(ValueTypeError, match="not valid for EncryptedJSON") as info:
-        EncryptedJSON(keyring=OLD_AND_NEW).encrypt_plaintext("not json: secret")
+        plaintext_to_token(EncryptedJSON(keyring=OLD_AND_NEW), "not json: secret")
     assert "secret" not in str(info.value)
     assert {"a": 1} == EncryptedJSON(keyring=OLD_AND_NEW).process_result_value(
-        EncryptedJSON(keyring=OLD_AND_NEW).encrypt_plaintext('{"a": 1}'), DIALECT
+        plaintext_to_token(EncryptedJSON(keyring=OLD_AND_NEW), '{"a": 1}'), DIALECT
     )
 
 
 def test_written_prefix_is_the_header_of_new_tokens() -> None:
     """Every token the column writes starts with written_prefix(): the primary key's header."""
     column_type = EncryptedText(keyring=OLD_AND_NEW)
-    assert "fc1:new:" == column_type.written_prefix()
-    assert column_type.process_bind_param("x", DIALECT).startswith(column_type.written_prefix())
+    assert "fc1:new:" == written_prefix(column_type)
+    assert column_type.process_bind_param("x", DIALECT).startswith(written_prefix(column_type))
 
 
 def test_written_prefix_of_a_bound_column_is_the_bound_header() -> None:
     """A bound column's new tokens carry the bound flag, so rotation rewrites unbound ones."""
     column_type = EncryptedText(OLD_AND_NEW, "crm.email")
-    assert "fc1:new:c:" == column_type.written_prefix()
-    assert column_type.process_bind_param("x", DIALECT).startswith(column_type.written_prefix())
+    assert "fc1:new:c:" == written_prefix(column_type)
+    assert column_type.process_bind_param("x", DIALECT).startswith(written_prefix(column_type))
     unbound = EncryptedText(OLD_AND_NEW).process_bind_param("x", DIALECT)
-    moved = column_type.reencrypt(unbound)
+    moved = reencrypt(column_type, unbound)
     assert moved.startswith("fc1:new:c:")
     assert b"x" == column_type.decrypt_token(moved)
+
+
+# -- the processors: built once per dialect, reading the state of the column ---------------
+
+
+def test_processors_built_before_attachment_take_the_context_of_the_column(
+    engine: Engine,
+) -> None:
+    """Processors SQLAlchemy built before context=True was attached bind to the column's name."""
+    column_type = EncryptedText(keyring=RING, context=True)
+    # The per-dialect copy SQLAlchemy caches, and its processors, made before the column exists.
+    early_impl = column_type.dialect_impl(engine.dialect)
+    early_bind = early_impl.bind_processor(engine.dialect)
+    early_result = early_impl.result_processor(engine.dialect, None)
+    with pytest.raises(ConfigurationError, match="not attached"):
+        early_bind("x")
+    metadata = MetaData()
+    table = Table(
+        "fc_type_late",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("email", column_type),
+    )
+    metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table), [{"id": 1, "email": "ada@example.com"}])
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT email FROM fc_type_late")).scalar_one()
+            loaded = conn.execute(select(table.c.email)).scalar_one()
+        assert "ada@example.com" == loaded
+        assert b"ada@example.com" == decrypt(RING, stored, context="fc_type_late.email")
+        assert b"x" == decrypt(RING, early_bind("x"), context="fc_type_late.email")
+        assert "ada@example.com" == early_result(stored)
+    finally:
+        metadata.drop_all(engine)
+
+
+def test_processors_built_before_attachment_name_the_column_in_errors() -> None:
+    """A processor built before its column existed names the column once it is attached."""
+    column_type = EncryptedText(keyring=RING)
+    bind = column_type.bind_processor(DIALECT)
+    result = column_type.dialect_impl(DIALECT).result_processor(DIALECT, None)
+    Table("fc_type_named", MetaData(), Column("email", column_type))
+    with pytest.raises(ValueTypeError, match=r"^fc_type_named\.email: "):
+        bind(42)
+    with pytest.raises(DecryptionError, match=r"fc_type_named\.email"):
+        result(encrypt(Keyring({"k1": generate_key()}), b"x"))
+
+
+def test_one_type_serves_several_dialects() -> None:
+    """One column type's processors for SQLite, PostgreSQL and MariaDB read each other's tokens."""
+    column_type = EncryptedText(keyring=RING, context="crm.email")
+    dialects = [sqlite.dialect(), postgresql.dialect(), mysql.dialect(is_mariadb=True)]
+    binds = [column_type.dialect_impl(d).bind_processor(d) for d in dialects]
+    results = [column_type.dialect_impl(d).result_processor(d, None) for d in dialects]
+    for bind in binds:
+        token = bind("ada@example.com")
+        assert ["ada@example.com"] * len(results) == [result(token) for result in results]
+    assert None is binds[0](None) is results[0](None)
+
+
+def test_processors_read_the_keys_configure_sets_now() -> None:
+    """A processor built once encrypts and decrypts under whatever configure() set last."""
+    column_type = EncryptedText()
+    bind = column_type.bind_processor(DIALECT)
+    result = column_type.result_processor(DIALECT, None)
+    first, second = Keyring({"first": generate_key()}), Keyring({"second": generate_key()})
+    with temporary_keys(first):
+        under_first = bind("ada@example.com")
+    with temporary_keys(second):
+        under_second = bind("ada@example.com")
+        assert "ada@example.com" == result(under_second)
+        with pytest.raises(UnknownKeyError, match="'first'"):
+            result(under_first)
+    assert "first" == inspect_token(under_first).key_id
+    assert "second" == inspect_token(under_second).key_id
+
+
+class _GrowingProvider:
+    """A key provider whose second load adds a key, counting its loads."""
+
+    def __init__(self) -> None:
+        self.old = Keyring({"old": generate_key()})
+        self.grown = Keyring([*self.old, *Keyring({"added": generate_key()})])
+        self.loads = 0
+
+    def load(self) -> Keyring:
+        self.loads += 1
+        return self.old if self.loads == 1 else self.grown
+
+
+def test_result_processor_refreshes_once_for_an_unknown_key_id() -> None:
+    """A token under a key the cached keys lack is read after one refresh; a bad id costs one."""
+    provider = _GrowingProvider()
+    column_type = EncryptedText(keyring=provider)
+    result = column_type.result_processor(DIALECT, None)
+    assert "old" == result(encrypt(provider.old, b"old"))
+    assert "added" == result(encrypt(provider.grown.with_primary("added"), b"added"))
+    assert 2 == provider.loads
+    for _ in range(3):
+        with pytest.raises(UnknownKeyError, match="'gone'"):
+            result(encrypt(Keyring({"gone": generate_key()}), b"x"))
+    # The refresh after the first unknown id was just made: no more until the interval passes.
+    assert 2 == provider.loads
+
+
+def test_attaching_context_true_changes_the_cache_key() -> None:
+    """context=True's statement-cache key shows the column name once it is attached."""
+    column_type = EncryptedText(keyring=RING, context=True)
+    before = column_type._static_cache_key
+    assert before == EncryptedText(keyring=RING, context=True)._static_cache_key
+    Table("fc_type_keyed", MetaData(), Column("email", column_type))
+    assert before != column_type._static_cache_key
+
+
+def test_metadata_with_encrypted_columns_pickles() -> None:
+    """A pickled MetaData's encrypted columns keep their context and still encrypt and decrypt."""
+    metadata = MetaData()
+    Table("fc_type_pickled", metadata, Column("email", EncryptedText(context=True)))
+    with temporary_keys(RING):
+        clone = pickle.loads(pickle.dumps(metadata)).tables["fc_type_pickled"].c.email.type
+        token = clone.process_bind_param("ada@example.com", DIALECT)
+        assert "ada@example.com" == clone.process_result_value(token, DIALECT)
+    assert "fc_type_pickled.email" == clone.context
+    assert b"ada@example.com" == decrypt(RING, token, context="fc_type_pickled.email")
+
+
+class _MarkedText(Text):
+    """A text type with processors of its own, as some dialects' text types have."""
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> Any:
+        return lambda value: None if value is None else f"marked:{value}"
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        return lambda value: None if value is None else value.removeprefix("marked:")
+
+
+class _MarkedEncryptedText(EncryptedText):
+    impl = _MarkedText
+    cache_ok = True
+
+
+def test_processors_compose_with_those_of_the_impl_type() -> None:
+    """The text type's own processors run on the token: after encryption, before decryption."""
+    column_type = _MarkedEncryptedText(keyring=RING)
+    impl = column_type.dialect_impl(DIALECT)
+    stored = impl.bind_processor(DIALECT)("ada@example.com")
+    assert stored.startswith("marked:fc1:k1:")
+    assert "ada@example.com" == impl.result_processor(DIALECT, None)(stored)
+    assert None is impl.bind_processor(DIALECT)(None)

@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateSchema
 
 import sa_fieldcrypt
-from sa_fieldcrypt.config import current_keyring
 from booking.models import SQLITE_SCHEMA_MAP, Base, Customer, Station, station_kwargs
 from sa_fieldcrypt import (
     Key,
     Keyring,
     generate_key,
 )
+from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.jobs import find_indexes, reindex, status
 
 DEMO_KEYS_FILE = Path(".fieldcrypt-demo.env")

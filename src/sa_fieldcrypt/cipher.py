@@ -33,7 +33,16 @@ from sa_fieldcrypt import metrics
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, UnknownKeyError
 from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, Keyring
 
-__all__ = ["TOKEN_PREFIX", "TokenInfo", "decrypt", "encrypt", "inspect_token"]
+__all__ = [
+    "NOT_A_TOKEN",
+    "TOKEN_PREFIX",
+    "TokenInfo",
+    "decrypt",
+    "decrypt_value",
+    "encrypt",
+    "encrypt_value",
+    "inspect_token",
+]
 
 #: Every token this library writes starts with this header.
 TOKEN_PREFIX = "fc1:"
@@ -44,7 +53,8 @@ _INVALID = (
     "the value does not decrypt: it was tampered with, truncated, copied from another column "
     "or written under another key"
 )
-_NOT_A_TOKEN = (
+#: Why a stored value that is not a token (plaintext, most likely) does not decrypt.
+NOT_A_TOKEN = (
     "the stored value is not an encrypted token (it may be plaintext); "
     "`fieldcrypt rotate --encrypt-plaintext` encrypts plaintext values in place"
 )
@@ -99,7 +109,7 @@ def encrypt(keyring: Keyring, data: bytes, *, context: str | None = None) -> str
         ConfigurationError: the keyring holds blind-index keys, not encryption keys.
     """
     _check_purpose(keyring)
-    return _encrypt(keyring, data, context)
+    return encrypt_value(keyring, data, context)
 
 
 def _check_purpose(keyring: Keyring) -> None:
@@ -110,8 +120,11 @@ def _check_purpose(keyring: Keyring) -> None:
         )
 
 
-def _encrypt(keyring: Keyring, data: bytes, context: str | None) -> str:
-    """:func:`encrypt` with positional arguments: the per-value path of the column types."""
+def encrypt_value(keyring: Keyring, data: bytes, context: str | None) -> str:
+    """:func:`encrypt` with positional arguments and no purpose check, for the per-value path.
+
+    The column types call it once per value written, with a keyring their cache checked.
+    """
     key = keyring.primary
     if context is None:
         return key.token_prefix + key.encrypt(data)
@@ -139,11 +152,14 @@ def decrypt(
             not a token at all.
     """
     _check_purpose(keyring)
-    return _decrypt(keyring, token, context, allow_unbound)
+    return decrypt_value(keyring, token, context, allow_unbound)
 
 
-def _decrypt(keyring: Keyring, token: str, context: str | None, allow_unbound: bool) -> bytes:
-    """:func:`decrypt` with positional arguments: the per-value path of the column types."""
+def decrypt_value(keyring: Keyring, token: str, context: str | None, allow_unbound: bool) -> bytes:
+    """:func:`decrypt` with positional arguments and no purpose check, for the per-value path.
+
+    The column types call it once per value read, with a keyring their cache checked.
+    """
     # One partition and one dict lookup find the key, whatever the keyring's size; payloads
     # never hold ':', so the last ':' ends the header. Anything unusual goes the long way.
     head, _, payload = token.rpartition(":")
@@ -194,7 +210,7 @@ def _decrypt_other(keyring: Keyring, token: str, context: str | None, allow_unbo
         if context is not None and not allow_unbound:
             raise DecryptionError(_UNBOUND_REFUSED)
         return _decrypt_legacy(keyring, token)
-    raise DecryptionError(_NOT_A_TOKEN)
+    raise DecryptionError(NOT_A_TOKEN)
 
 
 def _missing_key(keyring: Keyring, key_id: str) -> NoReturn:

@@ -28,7 +28,7 @@ Then ``Customer(email="ada@example.com")``, ``customer.email`` (plaintext),
 from __future__ import annotations
 
 import weakref
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,8 @@ __all__ = [
 #: ``column.info`` key of a blind-index column: its bound :class:`~sa_fieldcrypt.BlindIndex`.
 INFO_BLIND_INDEX = "sa_fieldcrypt.blind_index"
 
-# The types' processors ignore the dialect; the attribute setter has no connection at hand.
+# The attribute has no connection at hand: its processors are built for the default dialect,
+# whose text type, like that of SQLite, PostgreSQL and MariaDB, needs no conversion of its own.
 _DIALECT = DefaultDialect()
 
 _EQUALITY = (operators.eq, operators.ne, operators.in_op, operators.not_in_op)
@@ -76,6 +77,9 @@ class _Binding:
     source_key: str
     source_label: str  # "core.customers.email_encrypted"
     encrypted_type: EncryptedType | None  # None: the source attribute already reads plaintext
+    # The type's bind and result processors (None with encrypted_type): its per-value path.
+    encrypt: Callable[[Any], Any] | None
+    decrypt: Callable[[Any], Any] | None
     index_key: str | None
     index_label: str | None
     blind_index: BlindIndex | None
@@ -84,12 +88,12 @@ class _Binding:
     def plaintext(self, instance: Any) -> Any:
         """The attribute's plaintext, decrypting (once per stored value) if needed."""
         stored = getattr(instance, self.source_key)
-        if stored is None or self.encrypted_type is None:
+        if stored is None or self.decrypt is None:
             return stored
         cached = instance.__dict__.get(self.cache_key)
         if cached is not None and cached[0] == stored:
             return cached[1]
-        value = self.encrypted_type.process_result_value(stored, _DIALECT)
+        value = self.decrypt(stored)
         self._remember(instance, stored, value)
         return value
 
@@ -105,14 +109,12 @@ class _Binding:
         pairs = self.column_values(value)
         for key, stored in pairs:
             setattr(instance, key, stored)
-        if self.encrypted_type is not None:
+        if self.encrypt is not None:
             self._remember(instance, pairs[0][1], value)
 
     def column_values(self, value: Any) -> list[tuple[str, Any]]:
         """``(attribute key, value)`` pairs that store ``value``, for UPDATE and bulk INSERT."""
-        stored = value
-        if self.encrypted_type is not None and value is not None:
-            stored = self.encrypted_type.process_bind_param(value, _DIALECT)
+        stored = value if self.encrypt is None else self.encrypt(value)
         pairs = [(self.source_key, stored)]
         if self.index_key is not None and self.blind_index is not None:
             pairs.append((self.index_key, self.blind_index.compute(value)))
@@ -376,6 +378,10 @@ class EncryptedHybrid(hybrid_property[Any]):
             source_key=self._source,
             source_label=source_label,
             encrypted_type=encrypted_type,
+            encrypt=None if encrypted_type is None else encrypted_type.bind_processor(_DIALECT),
+            decrypt=(
+                None if encrypted_type is None else encrypted_type.result_processor(_DIALECT, None)
+            ),
             index_key=index_key,
             index_label=index_label,
             blind_index=blind_index,

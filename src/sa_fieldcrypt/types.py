@@ -29,7 +29,9 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from sqlalchemy import Text
 from sqlalchemy.dialects import mysql
@@ -46,7 +48,7 @@ from sa_fieldcrypt.errors import (
     UnsupportedComparisonError,
     ValueTypeError,
 )
-from sa_fieldcrypt.keys import BOUND_FLAG, Keyring
+from sa_fieldcrypt.keys import Keyring
 from sa_fieldcrypt.providers.base import KeyCache, KeyProvider
 
 if TYPE_CHECKING:
@@ -74,6 +76,28 @@ COLUMN_INFO_KEY = "sa_fieldcrypt.type"
 
 # Operators that do not look at the stored value's content.
 _ALLOWED_OPERATORS = frozenset({operators.is_, operators.is_not})
+
+
+@dataclass(frozen=True, slots=True)
+class _ContextState:
+    """What a column binds its values to; attaching the column replaces it as a whole.
+
+    Attributes:
+        name: the context values are bound to, or None: unbound tokens (or, with
+            ``from_column``, a column not attached yet).
+        from_column: ``context=True``: the name is the ``schema.table.column`` of the column
+            the type is attached to. With ``name`` None, every value is refused until then.
+        allow_unbound: whether unbound tokens are still read, with a context.
+    """
+
+    name: str | None
+    from_column: bool
+    allow_unbound: bool
+
+    @property
+    def pending(self) -> bool:
+        """Whether ``context=True`` still waits for its column (every value is refused)."""
+        return self.name is None and self.from_column
 
 
 class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
@@ -122,8 +146,6 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
     def __init__(
         self,
         keyring: Keyring | KeyProvider | None = None,
-        # Not keyword-only: SQLAlchemy builds the statement-cache key from the positional
-        # parameters of __init__, and these change what the processors do.
         context: str | bool | None = None,
         allow_unbound: bool = True,
         allow_plaintext: bool = False,
@@ -134,23 +156,19 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         self._keys: KeyCache | None = None if keyring is None else as_key_cache(keyring)
         self._column_label: str | None = None
         self._attached_to: object | None = None
-        self._derive_context = context is True
-        if context is False:
-            context = None
-        if context is not None and context is not True:
+        if context is not None and not isinstance(context, bool):
             _check_context(context)
-        if not allow_unbound and context is None:
+        if not allow_unbound and (context is None or context is False):
             raise ConfigurationError(
                 "allow_unbound=False needs a context: give context=True or context='name'"
             )
-        # Also part of the statement-cache key; context=True becomes the column's name once
-        # the type is attached, so two bound columns never share compiled processors.
-        self.context: str | bool | None = context
-        self.allow_unbound = allow_unbound
+        self._context = _ContextState(
+            name=context if isinstance(context, str) else None,
+            from_column=context is True,
+            allow_unbound=allow_unbound,
+        )
         self.allow_plaintext = allow_plaintext
-        # What the per-value path reads: resolved once, never recomputed per value.
-        self._context: str | None = None if context is True else context
-        self._context_pending = context is True
+        self._build_paths()
 
     # -- conversions subclasses provide -------------------------------------------------
 
@@ -159,6 +177,67 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
 
     def _from_bytes(self, data: bytes) -> Any:
         raise NotImplementedError
+
+    # -- the per-value paths ------------------------------------------------------------
+
+    def _build_paths(self) -> None:
+        """Build the functions every value goes through, reading this instance's state."""
+        self._encrypt_value = self._encryptor(self._to_bytes)
+        self._decrypt_value = self._decryptor(self._from_bytes)
+        self._encrypt_data = self._encryptor(_as_is)
+        self._decrypt_data = self._decryptor(_as_is)
+
+    def _encryptor(self, to_bytes: Callable[[Any], bytes]) -> Callable[[Any], str | None]:
+        """Return the encrypt path: a value (made bytes by ``to_bytes``) to a token.
+
+        Everything fixed for the instance is captured; what may change is read per value:
+        the context state (attaching replaces it) and the default keys (``configure()``).
+        """
+        column = self
+        own_keys = self._keys
+        encrypt = cipher.encrypt_value
+
+        def encrypt_value(value: Any) -> str | None:
+            if value is None:
+                return None
+            data = to_bytes(value)
+            context = column._context
+            name = context.name
+            if name is None and context.from_column:  # context.pending, without a call
+                raise column._unattached_error()
+            keys = own_keys if own_keys is not None else default_key_cache()
+            return encrypt(keys.get(), data, name)
+
+        return encrypt_value
+
+    def _decryptor(self, from_bytes: Callable[[bytes], Any]) -> Callable[[Any], Any]:
+        """Return the decrypt path: a stored token to a value (made from bytes by ``from_bytes``).
+
+        A token under a key id the keys do not hold is retried once with refreshed keys;
+        errors name the column.
+        """
+        column = self
+        own_keys = self._keys
+        allow_plaintext = self.allow_plaintext
+        decrypt = cipher.decrypt_value
+
+        def decrypt_value(stored: Any) -> Any:
+            if stored is None:
+                return None
+            context = column._context
+            name = context.name
+            if name is None and context.from_column:  # context.pending, without a call
+                raise column._unattached_error()
+            if allow_plaintext and cipher.inspect_token(stored).kind == "plaintext":
+                return from_bytes(column._read_plaintext(stored))
+            keys = own_keys if own_keys is not None else default_key_cache()
+            try:
+                data = decrypt(keys.get(), stored, name, context.allow_unbound)
+            except DecryptionError as exc:
+                data = column._after_failure(keys, stored, context, exc)
+            return from_bytes(data)
+
+        return decrypt_value
 
     # -- SQLAlchemy hooks ---------------------------------------------------------------
 
@@ -169,29 +248,66 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
             return mysql.LONGTEXT()
         return self.impl_instance
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any]:
+        """The function that encrypts each value bound for ``dialect``."""
+        # In place of TypeDecorator's wrapper around process_bind_param: one call per value.
+        # SQLAlchemy calls this on the copy of the type it makes per dialect; that copy shares
+        # the paths of the type on the column, so an attachment made later still shows.
+        encrypt_value = self._encrypt_value
+        impl_processor = self.impl_instance.bind_processor(dialect)
+        if impl_processor is None:
+            return encrypt_value
+
+        def process(value: Any) -> Any:
+            return impl_processor(encrypt_value(value))
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any]:
+        """The function that decrypts each value ``dialect`` returns."""
+        decrypt_value = self._decrypt_value
+        impl_processor = self.impl_instance.result_processor(dialect, coltype)
+        if impl_processor is None:
+            return decrypt_value
+
+        def process(value: Any) -> Any:
+            return decrypt_value(impl_processor(value))
+
+        return process
+
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         """Encrypt a value for the database: a token, or None for None."""
-        if value is None:
-            return None
-        data = self._to_bytes(value)
-        # Inlined encrypt_bytes: this runs once per value written.
-        if self._context_pending:
-            raise self._unattached_error()
-        keys = self._keys or default_key_cache()
-        return cipher._encrypt(keys.get(), data, self._context)
+        return self._encrypt_value(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         """Decrypt a stored token (or read a legacy token); None stays None."""
-        if value is None:
-            return None
-        return self._from_bytes(self.decrypt_token(value))
+        return self._decrypt_value(value)
 
     @property
     def python_type(self) -> type[Any]:
         """The Python type of the column's values."""
         return object
 
+    @property
+    def _static_cache_key(self) -> Any:
+        # SQLAlchemy's default reads the __init__ arguments from __dict__ and memoizes the key;
+        # here the context is one state value that attaching replaces, so it is read each time.
+        if type(self).__dict__.get("cache_ok") is not True:
+            return super()._static_cache_key  # SQLAlchemy's answer: a warning, no caching
+        return (type(self), self.keyring, self._context, self.allow_plaintext)
+
     # -- helpers ------------------------------------------------------------------------
+
+    @property
+    def context(self) -> str | bool | None:
+        """The context values are bound to; True while ``context=True`` awaits its column."""
+        state = self._context
+        return True if state.pending else state.name
+
+    @property
+    def allow_unbound(self) -> bool:
+        """Whether unbound tokens are still read (always, without a context)."""
+        return self._context.allow_unbound
 
     @property
     def column_label(self) -> str:
@@ -200,24 +316,15 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
 
     def encrypt_bytes(self, data: bytes) -> str:
         """Encrypt ``data`` with this column's primary key and context; return the token."""
-        if self._context_pending:
-            raise self._unattached_error()
-        keys = self._keys or default_key_cache()
-        return cipher._encrypt(keys.get(), data, self._context)
+        return cast("str", self._encrypt_data(data))  # None only for None
 
     def decrypt_token(self, token: str) -> bytes:
         """Decrypt a stored token with this column's keys, naming the column on failure."""
-        if self._context_pending:
-            raise self._unattached_error()
-        if self.allow_plaintext and cipher.inspect_token(token).kind == "plaintext":
-            return self._read_plaintext(token)
-        keys = self._keys or default_key_cache()
-        try:
-            return cipher._decrypt(keys.get(), token, self._context, self.allow_unbound)
-        except DecryptionError as exc:
-            return self._after_failure(keys, token, exc)
+        return cast("bytes", self._decrypt_data(token))
 
-    def _after_failure(self, keys: KeyCache, token: str, exc: DecryptionError) -> bytes:
+    def _after_failure(
+        self, keys: KeyCache, token: str, context: _ContextState, exc: DecryptionError
+    ) -> bytes:
         """Retry a token under an unknown key id once with refreshed keys, else raise."""
         if isinstance(exc, UnknownKeyError):
             # A key added elsewhere (another instance, the secret store) may be missing here
@@ -225,7 +332,9 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
             refreshed = keys.refresh_for_key(exc.key_id or "")
             if refreshed is not None:
                 try:
-                    return cipher._decrypt(refreshed, token, self._context, self.allow_unbound)
+                    return cipher.decrypt_value(
+                        refreshed, token, context.name, context.allow_unbound
+                    )
                 except DecryptionError as again:
                     exc = again
         raise exc.with_column(self._column_label) from None
@@ -238,64 +347,12 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
                 "allow_plaintext. Reads are counted in sa_fieldcrypt.metrics."
             )
             logger.warning("sa_fieldcrypt: %s", message)
-            warnings.warn(message, PlaintextValueWarning, stacklevel=2)
+            warnings.warn(message, PlaintextValueWarning, stacklevel=3)
         return stored.encode("utf-8", "surrogatepass")
-
-    # -- re-encryption (the rotation engine calls these) --------------------------------
 
     def active_keyring(self) -> Keyring:
         """Return the keyring this column encrypts and decrypts with now."""
         return (self._keys or default_key_cache()).get()
-
-    def written_prefix(self) -> str:
-        """Return the header that every token this column writes now starts with.
-
-        A stored value with this header needs no re-encryption: rotation skips it in SQL. For
-        a bound column that is the bound header, so unbound tokens are rewritten bound.
-        """
-        if self._context_pending:
-            raise self._unattached_error()
-        prefix = self.active_keyring().primary.token_prefix
-        return prefix if self._context is None else f"{prefix}{BOUND_FLAG}:"
-
-    def reencrypt(self, token: str) -> str:
-        """Return ``token``'s content encrypted under the primary key (and the context).
-
-        The token is decrypted with whichever key it names (or, for a legacy token, the key
-        that opens it) and the decrypted bytes are encrypted again as they are: they are never
-        turned into a Python value, so what the column reads back is unchanged.
-
-        Raises:
-            DecryptionError: the value is not a token, or does not decrypt.
-        """
-        # Only allow_plaintext makes decrypt_token() accept plaintext; refuse it here.
-        if self.allow_plaintext and cipher.inspect_token(token).kind == "plaintext":
-            raise DecryptionError(cipher._NOT_A_TOKEN, column=self._column_label)
-        return self.encrypt_bytes(self.decrypt_token(token))
-
-    def encrypt_plaintext(self, stored: str) -> str:
-        """Encrypt a value that was stored as plaintext text, as this column would store it.
-
-        The text is encoded as UTF-8, the encoding the column reads it back with.
-
-        Raises:
-            ValueTypeError: the value is already a token, or it is not what the column
-                stores (text that is not JSON, for :class:`EncryptedJSON`).
-        """
-        if cipher.inspect_token(stored).kind != "plaintext":
-            raise ValueTypeError(
-                f"{self.column_label}: the stored value is already an encrypted token; "
-                "encrypt_plaintext() encrypts plaintext values only"
-            )
-        data = stored.encode("utf-8", "surrogatepass")
-        try:
-            self._from_bytes(data)
-        except DecryptionError:
-            raise ValueTypeError(
-                f"{self.column_label}: the plaintext value is not valid for "
-                f"{type(self).__name__} ({self.python_type_name})"
-            ) from None
-        return self.encrypt_bytes(data)
 
     def _unattached_error(self) -> ConfigurationError:
         return ConfigurationError(
@@ -315,7 +372,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         # Being a SchemaEventTarget makes SQLAlchemy call this when a Column takes the type
         # (and copy the type when it copies the column), so errors can name the column.
         if (
-            self._derive_context
+            self._context.from_column
             and self._attached_to is not None
             and self._attached_to is not parent
         ):
@@ -324,6 +381,9 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
                 f"{type(self).__name__}(context=True) is already attached to "
                 f"{self._column_label or 'another column'}; give each column its own instance"
             )
+        # A copy starts with the paths of the type it was copied from, which read that type's
+        # state; the copy SQLAlchemy makes per dialect keeps them, a column's copy gets its own.
+        self._build_paths()
         table = getattr(parent, "table", None)
         name = getattr(parent, "name", None)
         if table is not None and name is not None:
@@ -343,17 +403,26 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
 
     def _attach(self, label: str) -> None:
         self._column_label = label
-        if self._derive_context:
-            self.context = self._context = label
-            self._context_pending = False
-            # The statement-cache key is memoized on first use; it must show the new context.
-            self.__dict__.pop("_static_cache_key", None)
+        if self._context.from_column:
+            self._context = replace(self._context, name=label)
 
     def copy(self, **kw: Any) -> Any:
         """Return a copy for another column (SQLAlchemy copies types with their columns)."""
         copied = super().copy(**kw)
         copied._attached_to = None
         return copied
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The paths are closures, which do not pickle (a pickled MetaData holds its types);
+        # they are built again from the rest.
+        state = self.__dict__.copy()
+        for name in _PATHS:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._build_paths()
 
     def __repr__(self) -> str:
         args = []
@@ -362,6 +431,15 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         if not self.allow_unbound:
             args.append("allow_unbound=False")
         return f"{type(self).__name__}({', '.join(args)})"
+
+
+# The attributes _build_paths() sets.
+_PATHS = ("_encrypt_value", "_decrypt_value", "_encrypt_data", "_decrypt_data")
+
+
+def _as_is(data: bytes) -> bytes:
+    """The conversion of the rotation paths: the bytes are the value."""
+    return data
 
 
 def _check_context(context: object) -> None:
@@ -399,34 +477,6 @@ class EncryptedText(EncryptedType):
         return value.encode("utf-8", "surrogatepass")
 
     def _from_bytes(self, data: bytes) -> str:
-        return data.decode("utf-8", "surrogatepass")
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
-        """Encrypt a value for the database: a token, or None for None."""
-        # Inlined _to_bytes and encrypt_bytes: this runs once per value written, and each
-        # call frame costs about 1% of a Fernet encryption.
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self._type_error(value)
-        if self._context_pending:
-            raise self._unattached_error()
-        keys = self._keys or default_key_cache()
-        return cipher._encrypt(keys.get(), value.encode("utf-8", "surrogatepass"), self._context)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
-        """Decrypt a stored token (or read a legacy token); None stays None."""
-        # Inlined _from_bytes and the common case of decrypt_token: this runs once per value
-        # loaded, and each call frame costs about 1% of a Fernet decryption.
-        if value is None:
-            return None
-        if self._context_pending or self.allow_plaintext:
-            return self.decrypt_token(value).decode("utf-8", "surrogatepass")
-        keys = self._keys or default_key_cache()
-        try:
-            data = cipher._decrypt(keys.get(), value, self._context, self.allow_unbound)
-        except DecryptionError as exc:
-            data = self._after_failure(keys, value, exc)
         return data.decode("utf-8", "surrogatepass")
 
     @property

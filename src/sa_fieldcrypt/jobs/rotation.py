@@ -26,17 +26,92 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import Engine, and_
+from sqlalchemy.engine.default import DefaultDialect
 
-from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token
-from sa_fieldcrypt.errors import DecryptionError
+from sa_fieldcrypt.cipher import NOT_A_TOKEN, TOKEN_PREFIX, inspect_token
+from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeError
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, JobFactory, Skip, run_jobs
 from sa_fieldcrypt.jobs.report import RunReport
 from sa_fieldcrypt.jobs.sql import LEGACY_TOKEN_START, DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, Source, find_again
+from sa_fieldcrypt.keys import BOUND_FLAG
+from sa_fieldcrypt.types import EncryptedType
 
-__all__ = ["rotate", "rotation_job", "verification_job", "verify"]
+__all__ = [
+    "plaintext_to_token",
+    "reencrypt",
+    "rotate",
+    "rotation_job",
+    "verification_job",
+    "verify",
+    "written_prefix",
+]
 
 _TOKEN_STARTS = (TOKEN_PREFIX, LEGACY_TOKEN_START)
+# The types' processors ignore the dialect; a function of a codec alone has none at hand.
+_DIALECT = DefaultDialect()
+
+
+def written_prefix(codec: EncryptedType) -> str:
+    """The header every token ``codec`` writes now starts with: its primary key's, bound or not.
+
+    A stored value with this header needs no re-encryption, so rotation skips it in SQL; for a
+    bound column that is the bound header, so unbound tokens are rewritten bound.
+
+    Raises:
+        ConfigurationError: a ``context=True`` type not attached to a column yet.
+    """
+    context = codec.context
+    if context is True:
+        raise ConfigurationError(
+            f"{codec.column_label}: context=True takes its name from the column the type is "
+            "attached to, and it is not attached yet; rotate columns found by find_columns() "
+            "or reflect_column()"
+        )
+    prefix = codec.active_keyring().primary.token_prefix
+    return prefix if context is None else f"{prefix}{BOUND_FLAG}:"
+
+
+def reencrypt(codec: EncryptedType, token: str) -> str:
+    """``token``'s content encrypted under ``codec``'s primary key (and its context).
+
+    The token is decrypted with whichever key it names (or, for a legacy token, the key that
+    opens it) and the decrypted bytes are encrypted again as they are: they are never turned
+    into a Python value, so what the column reads back is unchanged.
+
+    Raises:
+        DecryptionError: the value is not a token, or does not decrypt.
+    """
+    # Only allow_plaintext makes decrypt_token() accept plaintext; refuse it here.
+    if codec.allow_plaintext and inspect_token(token).kind == "plaintext":
+        raise DecryptionError(NOT_A_TOKEN, column=codec.column_label)
+    return codec.encrypt_bytes(codec.decrypt_token(token))
+
+
+def plaintext_to_token(codec: EncryptedType, stored: str) -> str:
+    """A value stored as plaintext text, encrypted as ``codec``'s column stores it.
+
+    The text is encoded as UTF-8, the encoding the column reads it back with, and the token
+    is read back once, so text the column could not read (not JSON, for
+    :class:`~sa_fieldcrypt.EncryptedJSON`) is refused rather than written.
+
+    Raises:
+        ValueTypeError: the value is already a token, or it is not what the column stores.
+    """
+    if inspect_token(stored).kind != "plaintext":
+        raise ValueTypeError(
+            f"{codec.column_label}: the stored value is already an encrypted token; "
+            "plaintext_to_token() encrypts plaintext values only"
+        )
+    token = codec.encrypt_bytes(stored.encode("utf-8", "surrogatepass"))
+    try:
+        codec.process_result_value(token, _DIALECT)
+    except DecryptionError:
+        raise ValueTypeError(
+            f"{codec.column_label}: the plaintext value is not valid for "
+            f"{type(codec).__name__} ({codec.python_type_name})"
+        ) from None
+    return token
 
 
 def rotation_job(
@@ -49,7 +124,7 @@ def rotation_job(
     ``encrypt_plaintext``, else skipped.
     """
     codec = target.codec
-    prefix = codec.written_prefix()
+    prefix = written_prefix(codec)
     stored = stored_text(target.column)
     sql = DialectSql(engine.dialect.name)
     where = and_(stored.is_not(None), ~sql.has_prefix(stored, prefix))
@@ -58,14 +133,14 @@ def rotation_job(
         value = old[0]
         if value.startswith(_TOKEN_STARTS):
             try:
-                return (codec.reencrypt(value),)
+                return (reencrypt(codec, value),)
             except DecryptionError:
                 # A value can start like a token and still be plaintext ("fc1:" alone).
                 if inspect_token(value).kind != "plaintext":
                     raise
         if not encrypt_plaintext:
             return SKIP
-        return (codec.encrypt_plaintext(value),)
+        return (plaintext_to_token(codec, value),)
 
     # The saved position of a rotation holds only while the same key writes.
     resume = f"rotate {target.label} to {prefix}" + (" with plaintext" if encrypt_plaintext else "")
