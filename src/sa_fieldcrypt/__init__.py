@@ -15,7 +15,9 @@ Typical usage::
 
 # Every name loads on first use (PEP 562): the pytest plugin, which every test run of a project
 # that installs the library loads, imports this package, and must not pay for SQLAlchemy.
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sa_fieldcrypt.exports import lazy_exports
 
 if TYPE_CHECKING:
     from sa_fieldcrypt._version import __version__
@@ -108,16 +110,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'sa_fieldcrypt' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

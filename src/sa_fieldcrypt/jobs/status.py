@@ -521,40 +521,12 @@ def retire_keys(
     remaining = _without(keyring, key_ids)
     if keyring.purpose == "blind-index":
         report = status(engine, indexes=indexes)
-        users = [
-            f"key {key_id!r} is still used by {', '.join(holders)}"
-            for key_id in dict.fromkeys(key_ids)
-            if (
-                holders := [
-                    f"{i.column} ({i.by_key[key_id]:,} index values)"
-                    for i in report.indexes
-                    if i.by_key.get(key_id)
-                ]
-            )
-        ]
-        if users:
-            raise RotationError(
-                f"{'; '.join(users)}; run `fieldcrypt reindex` and check `fieldcrypt reindex "
-                "--check` before retiring"
-            )
+        counted = [(i.column, i.by_key) for i in report.indexes]
+        _refuse_used(key_ids, counted, "index values", "`fieldcrypt reindex`, then --check")
         return remaining
     report = status(engine, columns)
-    users = [
-        f"key {key_id!r} is still used by {', '.join(holders)}"
-        for key_id in dict.fromkeys(key_ids)
-        if (
-            holders := [
-                f"{c.column} ({c.by_key[key_id]:,} rows)"
-                for c in report.columns
-                if c.by_key.get(key_id)
-            ]
-        )
-    ]
-    if users:
-        raise RotationError(
-            f"{'; '.join(users)}; run `fieldcrypt rotate` and check `fieldcrypt status` "
-            "before retiring"
-        )
+    counted = [(c.column, c.by_key) for c in report.columns]
+    _refuse_used(key_ids, counted, "rows", "`fieldcrypt rotate`, then `fieldcrypt status`")
     legacy = [f"{c.column} ({c.legacy:,} rows)" for c in report.columns if c.legacy]
     if legacy:
         raise RotationError(
@@ -563,6 +535,23 @@ def retire_keys(
             "first"
         )
     return remaining
+
+
+def _refuse_used(
+    key_ids: Sequence[str], counted: list[tuple[str, dict[str, int]]], unit: str, fix: str
+) -> None:
+    """Raise naming every column that still holds values under one of ``key_ids``."""
+    users = []
+    for key_id in dict.fromkeys(key_ids):
+        holders = [
+            f"{column} ({by_key[key_id]:,} {unit})"
+            for column, by_key in counted
+            if by_key.get(key_id)
+        ]
+        if holders:
+            users.append(f"key {key_id!r} is still used by {', '.join(holders)}")
+    if users:
+        raise RotationError(f"{'; '.join(users)}; run {fix} before retiring")
 
 
 def _keyring_holding(key_ids: Sequence[str]) -> Keyring:

@@ -24,8 +24,9 @@ Names load on first use, so importing this package (as the plugin does) costs no
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sa_fieldcrypt.exports import lazy_exports
 
 if TYPE_CHECKING:
     from sa_fieldcrypt.testing.assertions import assert_encrypted_at_rest
@@ -49,24 +50,14 @@ __all__ = [
 ]
 
 _HOMES = {
-    "FakeSecretManager": "secret_manager",
-    "assert_encrypted_at_rest": "assertions",
-    "bytes_plaintexts": "strategies",
-    "json_plaintexts": "strategies",
-    "keyrings": "strategies",
-    "temporary_keys": "keys",
-    "text_plaintexts": "strategies",
+    "FakeSecretManager": "sa_fieldcrypt.testing.secret_manager",
+    "assert_encrypted_at_rest": "sa_fieldcrypt.testing.assertions",
+    "bytes_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "json_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "keyrings": "sa_fieldcrypt.testing.strategies",
+    "temporary_keys": "sa_fieldcrypt.testing.keys",
+    "text_plaintexts": "sa_fieldcrypt.testing.strategies",
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'sa_fieldcrypt.testing' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
