@@ -46,7 +46,8 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/blind_index.py
 
-# Key rotation of 100,000 and 1,000,000 rows on PostgreSQL, 1 and 2 workers (a few minutes;
+# Key rotation of 100,000 and 1,000,000 rows on PostgreSQL, 1 and 2 workers, and a reindex of
+# 1,000,000 rows with 1 and 2 workers (a few minutes;
 # FIELDCRYPT_BENCH_POSTGRES_URL, else FIELDCRYPT_TEST_POSTGRES_URL, names the server).
 bench-rotation: $(VENV)/.installed-dev
 	$(PY) benchmarks/rotation.py

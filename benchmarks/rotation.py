@@ -5,6 +5,9 @@ Run with ``make bench-rotation`` (100,000 and 1,000,000 rows, 1 and 2 workers), 
 ``FIELDCRYPT_BENCH_POSTGRES_URL``, else ``FIELDCRYPT_TEST_POSTGRES_URL``, else the test default.
 The benchmark owns the tables ``fc_bench_rotation*`` there.
 
+Then reindexes a table of ``--reindex-rows`` rows (1,000,000 by default) under a new blind-index
+key with 1 and with 2 workers: the speedup shows whether the worker processes pay.
+
 Each rotation runs in a fresh process, so its peak RSS is its own. The crypto-bound rate is
 measured in the same run: raw ``cryptography`` Fernet, one decrypt under the old key plus one
 encrypt under the new key per value, on one core. Figures come from one run on whatever
@@ -150,6 +153,51 @@ def child(url: str, worker_count: int, batch_size: int) -> None:
     )
 
 
+def run_reindex_child(url: str, workers: int, batch_size: int, env: dict[str, str]) -> float:
+    """Reindex the table in a fresh process; return its seconds."""
+    args = [sys.executable, __file__, "--child-reindex", "--url", url, "--workers", str(workers)]
+    args += ["--batch-size", str(batch_size)]
+    out = subprocess.run(
+        args, env={**os.environ, **env}, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"reindex failed:\n{out.stderr}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def reindex_child(url: str, worker_count: int, batch_size: int) -> None:
+    """The measured process: reindex every row under the writing index key; print seconds."""
+    import reindex_models
+
+    engine = create_engine(url, hide_parameters=True)
+    indexes = jobs.find_indexes(reindex_models)
+    start = time.perf_counter()
+    report = jobs.reindex(engine, indexes, batch_size=batch_size, workers=worker_count)
+    seconds = time.perf_counter() - start
+    if not report.ok:
+        raise SystemExit(f"reindex reported failures: {report.to_dict()['total']}")
+    print(json.dumps({"seconds": seconds, "written": report.written}))
+
+
+def bench_reindex(url: str, engine: Engine, rows: int, batch_size: int, keys: str) -> None:
+    """Reindex ``rows`` rows under a new index key with 1 and then 2 workers."""
+    source = f"{TABLE}_src_{rows}"
+    fresh_table(engine, source)
+    with engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {TABLE} ADD COLUMN email_bidx varchar(97)"))
+    index_keys = [f"b{i}:{generate_key('hmac-sha256')}" for i in range(3)]
+    env = {"FIELDCRYPT_KEYS": keys, "FIELDCRYPT_BLIND_INDEX_KEYS": index_keys[0]}
+    run_reindex_child(url, 2, batch_size, env)  # every row indexed under b0 first
+    print(f"\nreindex of {rows:,} rows under a new index key (every row rewritten):")
+    rates = {}
+    for workers, writing in ((1, 1), (2, 2)):
+        env["FIELDCRYPT_BLIND_INDEX_KEYS"] = f"{index_keys[writing]},{index_keys[writing - 1]}"
+        seconds = run_reindex_child(url, workers, batch_size, env)
+        rates[workers] = rows / seconds
+        print(f"  {workers} worker(s): {seconds:7.1f} s, {rates[workers]:9,.0f} rows/s", flush=True)
+    print(f"  speedup with 2 workers: {rates[2] / rates[1]:4.2f}x")
+
+
 def check_done(engine: Engine, rows: int) -> None:
     """Every row is under the new primary key."""
     column = jobs.reflect_column(engine, TABLE, "email")
@@ -164,11 +212,18 @@ def main() -> None:
     parser.add_argument("--rows", default="100000,1000000")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument(
+        "--reindex-rows", type=int, default=1_000_000, help="rows to reindex (0: no reindex)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-reindex", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",")]
     if args.child:
         child(args.url, worker_counts[0], args.batch_size)
+        return
+    if args.child_reindex:
+        reindex_child(args.url, worker_counts[0], args.batch_size)
         return
 
     engine = create_engine(args.url, hide_parameters=True)
@@ -225,6 +280,9 @@ def main() -> None:
                 f"  time per row, {large:,} vs {small:,} rows, {workers} worker(s): "
                 f"{per_row:4.2f}x (1.00 = linear)"
             )
+    if args.reindex_rows:
+        make_source(engine, args.reindex_rows, old)
+        bench_reindex(args.url, engine, args.reindex_rows, args.batch_size, keys)
 
 
 if __name__ == "__main__":
