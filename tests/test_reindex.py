@@ -226,8 +226,7 @@ def test_interrupted_run_resumes_from_its_state_file(
     report = reindex(db, find_indexes(Customer), batch_size=3, state=ResumeState(state))
     assert (True, 3) == (report.jobs[0].resumed, report.scanned)
     assert ["b2"] * 9 == _key_ids(db, "email_bidx")
-    done = reindex(db, find_indexes(Customer), state=ResumeState(state))
-    assert 0 == done.scanned  # finished tables are not read again
+    assert not state.exists()  # the run is over: the next one starts afresh
 
 
 def test_state_of_another_rotation_is_ignored(
@@ -574,3 +573,27 @@ def test_retire_keys_refuses_ids_of_both_purposes(db: Engine, index_keyring: Key
     """One command retires the keys of one purpose: an encryption and an index id are refused."""
     with pytest.raises(ConfigurationError, match="both encryption and blind-index keys"):
         retire_keys(db, [], ["k1", "b1"], indexes=find_indexes(Customer))
+
+
+def test_retiring_an_index_key_needs_the_index_columns(db: Engine, index_keyring: Keyring) -> None:
+    """Without blind-index columns to check, retiring an index key is refused, not waved through."""
+    _add_customers(db, 2)
+    _rotate(index_keyring)
+    with pytest.raises(ConfigurationError, match="no blind-index column was checked"):
+        retire_keys(db, [], ["b1"])
+
+
+def test_a_collision_found_later_in_the_batch_leaves_every_row_as_it_was(
+    db: Engine, index_keyring: Keyring
+) -> None:
+    """Naming the colliding row writes nothing: rows before it in the batch keep their index."""
+    with Session(db) as session:
+        session.add(Customer(id=1, station_id=7, email="first@example.com"))
+        session.add(Customer(id=2, station_id=7, email="twin@example.com"))
+        session.commit()
+        _rotate(index_keyring)
+        session.add(Customer(id=3, station_id=7, email="TWIN@example.com"))
+        session.commit()
+    with pytest.raises(RotationError, match="row id=2: its new index value collides"):
+        reindex(db, find_indexes(Customer))
+    assert ["b1", "b1", "b2"] == _key_ids(db, "email_bidx")

@@ -547,7 +547,8 @@ def test_rotate_resumes_from_its_state_file(
 def test_verify_resumes_from_its_state_file(
     mixed: tuple[Engine, Table, dict[int, Any]], tmp_path: Path
 ) -> None:
-    """A read-only job resumes too: the second run reads only the rows the first did not."""
+    """A read-only job resumes too: the second run reads only the rows the first did not; once
+    it finishes, the file is gone and the next run reads everything again."""
     engine, _, _ = mixed
     state = tmp_path / "verify.json"
     column = jobs.reflect_column(engine, TABLE, "email", EncryptedText(allow_plaintext=True))
@@ -556,10 +557,38 @@ def test_verify_resumes_from_its_state_file(
             engine, [column], batch_size=10, state=jobs.ResumeState(state), listener=_StopAfter(3)
         )
     report = jobs.verify(engine, [column], batch_size=10, state=jobs.ResumeState(state))
-    total = jobs.status(engine, [column]).columns[0]
-    assert (True, total.total - total.null - 30) == (report.jobs[0].resumed, report.scanned)
+    found = jobs.status(engine, [column]).columns[0]
+    values = found.total - found.null
+    assert (True, values - 30) == (report.jobs[0].resumed, report.scanned)
+    assert not state.exists()
     again = jobs.verify(engine, [column], state=jobs.ResumeState(state))
-    assert 0 == again.scanned  # a finished job is not read again
+    assert (False, values) == (again.jobs[0].resumed, again.scanned)
+
+
+def test_a_saved_position_never_passes_a_failed_row(
+    mixed: tuple[Engine, Table, dict[int, Any]], tmp_path: Path
+) -> None:
+    """A row that failed is read again by a rerun with the same state file, and fails again
+    until it is fixed: the file never marks it done."""
+    engine, table, _ = mixed
+    stray = encrypt(Keyring({"gone": generate_key()}), b"x")
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": 1000, "email": stray}])
+    state = tmp_path / "rotate.json"
+    first = jobs.rotate(engine, [_column(engine)], batch_size=5, state=jobs.ResumeState(state))
+    again = jobs.rotate(engine, [_column(engine)], batch_size=5, state=jobs.ResumeState(state))
+    assert (1, 1) == (first.failed, again.failed)
+    assert state.exists()  # the run is not over while a row fails
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM fc_rot_mixed WHERE id = 1000"))
+    done = jobs.rotate(engine, [_column(engine)], state=jobs.ResumeState(state))
+    assert (0, True, False) == (done.failed, done.ok, state.exists())
+
+
+def test_a_state_file_in_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    """A state file whose directory does not exist is refused before any work."""
+    with pytest.raises(ConfigurationError, match="does not exist; create it"):
+        jobs.ResumeState(tmp_path / "nope" / "state.json")
 
 
 def test_a_dry_run_never_makes_a_real_run_skip_rows(
@@ -573,10 +602,22 @@ def test_a_dry_run_never_makes_a_real_run_skip_rows(
     assert (dry.written, False) == (real.written, real.jobs[0].resumed)
 
 
+class _StopInParent(jobs.RunListener):
+    """Stops a run with workers from the parent after its first committed batch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.saved: list[Any] = []
+
+    def batch(self, label: str, rows: int, report: jobs.JobReport) -> None:
+        (self.saved,) = json.loads(self.path.read_text())["jobs"].values()
+        raise KeyboardInterrupt
+
+
 def test_workers_save_and_resume_their_ranges(
     engine: Engine, ring: Keyring, tmp_path: Path
 ) -> None:
-    """With workers, each range's progress is saved; a rerun of a finished run reads nothing."""
+    """With workers, each range's progress is saved; a stopped run resumes every range."""
     rotation_support.Base.metadata.drop_all(engine)
     rotation_support.Base.metadata.create_all(engine)
     try:
@@ -586,11 +627,20 @@ def test_workers_save_and_resume_their_ranges(
             conn.execute(insert(bookings), rows)
         columns = [c for c in jobs.find_columns("rotation_support") if c.table is bookings]
         path = tmp_path / "rotate.json"
-        first = jobs.rotate(engine, columns, workers=2, batch_size=20, state=jobs.ResumeState(path))
-        (ranges,) = json.loads(path.read_text())["jobs"].values()
-        assert (90, [True, True]) == (first.written, [r["done"] for r in ranges])
-        again = jobs.rotate(engine, columns, workers=2, state=jobs.ResumeState(path))
-        assert (True, 0) == (again.jobs[0].resumed, again.scanned)
+        stop = _StopInParent(path)
+        with pytest.raises(KeyboardInterrupt):
+            jobs.rotate(
+                engine,
+                columns,
+                workers=2,
+                batch_size=10,
+                state=jobs.ResumeState(path),
+                listener=stop,
+            )
+        assert 2 == len(stop.saved)  # one entry per worker's range
+        again = jobs.rotate(engine, columns, workers=2, batch_size=10, state=jobs.ResumeState(path))
+        assert (True, True, False) == (again.jobs[0].resumed, again.ok, path.exists())
+        assert {"k3": 90} == jobs.status(engine, columns).columns[0].by_key
     finally:
         rotation_support.Base.metadata.drop_all(engine)
 
@@ -934,6 +984,18 @@ def test_cli_retire_key_takes_several_ids() -> None:
         report["variable"],
     )
     assert 2 == CliRunner().invoke(cli, ["retire-key", *TARGET]).exit_code  # no id: usage
+
+
+@pytest.mark.usefixtures("sqlite_env")
+def test_cli_bad_paths_and_urls_are_one_line_errors(tmp_path: Path) -> None:
+    """A state file in a missing directory and a URL with a bad port are one-line errors."""
+    state = CliRunner().invoke(cli, ["verify", *TARGET, "--state", str(tmp_path / "no" / "s")])
+    assert (1, True) == (state.exit_code, state.stderr.startswith("Error: the directory"))
+    url = "postgresql+psycopg://u:s3cretpw@127.0.0.1:notaport/x"
+    bad = CliRunner().invoke(cli, ["status", "--db", url, "--table", TABLE, "--column", "email"])
+    assert 1 == bad.exit_code
+    assert bad.stderr.startswith("Error: the database URL")
+    assert "s3cretpw" not in bad.output
 
 
 def test_cli_database_url_password_is_never_printed(

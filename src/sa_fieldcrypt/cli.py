@@ -290,6 +290,12 @@ def _engine(
         raise ConfigurationError(
             f"the database driver module {exc.name!r} is not installed"
         ) from None
+    except ValueError:
+        # The message may quote the URL, password included.
+        raise ConfigurationError(
+            "the database URL (--db or FIELDCRYPT_DATABASE_URL) is malformed (a port that is "
+            "not a number?)"
+        ) from None
     if schema_map:
         engine = engine.execution_options(schema_translate_map=schema_map)
     try:
@@ -637,12 +643,11 @@ def reindex_command(target: _Target, run: dict[str, Any], as_json: bool, check: 
     with target.open(indexes=True, columns=False) as (engine, _, indexes):
         if not check:
             report = reindex(engine, indexes, listener=_Progress(), **run)
-            if not as_json:
-                for job in report.jobs:
-                    click.echo(f"{job.label}: {_summary(job, 'reindex')}")
             if report.failed or not report.ok or as_json:
                 _finish(report, "reindex", as_json)
                 return
+            for job in report.jobs:
+                click.echo(f"{job.label}: {_summary(job, 'reindex')}")
         found = status_of(engine, (), indexes, count_missing=check)
     if check:
         _gate(found, as_json, found.reindexed)
@@ -653,8 +658,15 @@ def reindex_command(target: _Target, run: dict[str, Any], as_json: bool, check: 
 @cli.command("retire-key")
 @click.argument("key_ids", metavar="KEY_ID...", nargs=-1, required=True, callback=_key_ids)
 @_target_options
+@click.option(
+    "--purpose",
+    type=click.Choice(PURPOSES),
+    help="Whose keys they are; by default that of the keyring holding them.",
+)
 @_json_option
-def retire_key(key_ids: tuple[str, ...], target: _Target, as_json: bool) -> None:
+def retire_key(
+    key_ids: tuple[str, ...], target: _Target, purpose: Purpose | None, as_json: bool
+) -> None:
     """Remove keys that no stored value needs any more.
 
     The keys are encryption keys (checked against every encrypted column) or blind-index keys
@@ -664,7 +676,7 @@ def retire_key(key_ids: tuple[str, ...], target: _Target, as_json: bool) -> None
     else there: `export FIELDCRYPT_KEYS="$(fieldcrypt retire-key k1 k2 --models app.models)"`.
     """
     with target.open(indexes=True) as (engine, columns, indexes):
-        remaining = retire_keys(engine, columns, key_ids, indexes=indexes)
+        remaining = retire_keys(engine, columns, key_ids, indexes=indexes, purpose=purpose)
         checked = [c.label for c in (indexes if remaining.purpose == "blind-index" else columns)]
     settings = load_settings()
     provider = (

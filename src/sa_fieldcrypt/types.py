@@ -132,11 +132,13 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
         """Refuses SQL operators that would compare ciphertexts."""
 
         def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
+            """Apply ``op`` if it does not look at the stored value (``is_(None)``); else refuse."""
             if op in _ALLOWED_OPERATORS:
                 return super().operate(op, *other, **kwargs)
             raise _comparison_error(self.expr, op)
 
         def reverse_operate(self, op: OperatorType, other: Any, **kwargs: Any) -> Any:
+            """The reflected form of :meth:`operate`: the same operators work, the rest refuse."""
             if op in _ALLOWED_OPERATORS:
                 return super().reverse_operate(op, other, **kwargs)
             raise _comparison_error(self.expr, op)

@@ -225,7 +225,9 @@ def run_job(
         batch_size: rows per batch, and per transaction.
         dry_run: run the transform but write nothing; counts say what would be written.
         fail_fast: stop at the first row that fails.
-        workers: processes, each over its own range of primary keys.
+        workers: processes, each over its own range of primary keys. Each makes its own
+            engine from ``engine``'s URL and execution options: ``connect_args``, a
+            ``creator`` and event listeners of ``engine`` do not reach them.
         shard: ``(I, N)``: visit only shard I (from 1) of N, so that N machines, each
             running one shard, split a table between them without coordination.
         state: where progress is saved after every committed batch; a job found there
@@ -297,7 +299,10 @@ def run_jobs(
 ) -> RunReport:
     """Run several jobs one after the other with the same options; see :func:`run_job`.
 
-    With ``fail_fast``, the jobs after one that stopped at a failure do not run.
+    With ``fail_fast``, the jobs after one that stopped at a failure do not run. With a
+    ``state``, a run that is stopped resumes each job where it was, skipping the jobs it
+    finished; once every job has finished with every row handled, the state file is removed,
+    so the next run starts afresh.
     """
     run = RunReport()
     for job in jobs:
@@ -305,6 +310,10 @@ def run_jobs(
         run.jobs.append(report)
         if fail_fast and not report.completed:
             break
+    state = options.get("state")
+    if run.ok and isinstance(state, ResumeState):
+        # The run is over: a state file is for resuming one, so the next run starts afresh.
+        state.clear()
     return run
 
 
@@ -328,18 +337,22 @@ class _JobProgress:
         self.name = name
         self.listener = listener
         self.report = report
+        # Ranges with a row not handled (failed, or still changing): their saved position
+        # stays before that row, and they are never saved as done, so a rerun reads it again.
+        self.unsettled: set[int] = set()
 
     def at(self, index: int) -> _RangeProgress:
         return _RangeProgress(self, index)
 
-    def committed(
-        self, index: int, rows: int, counts: dict[str, int], last: tuple[Any, ...] | None
-    ) -> None:
+    def committed(self, index: int, rows: int, counts: dict[str, int], done: _Done) -> None:
         self.report.count(counts)
-        if last is not None:
-            self.report.last_key = last
-            if self.state is not None:
-                self.state.advance(self.name, index, last)
+        if done.last is not None:
+            self.report.last_key = done.last
+        if self.state is not None and index not in self.unsettled:
+            if done.settled is not None:
+                self.state.advance(self.name, index, done.settled)
+            if not done.clean:
+                self.unsettled.add(index)
         self.listener.batch(self.report.label, rows, self.report)
 
     def failed(self, failure: Failure) -> None:
@@ -348,8 +361,23 @@ class _JobProgress:
 
     def ended(self, index: int, completed: bool) -> None:
         self.report.completed = self.report.completed and completed
-        if completed and self.state is not None:
+        if completed and self.state is not None and index not in self.unsettled:
             self.state.advance(self.name, index, None, done=True)
+
+
+@dataclass(frozen=True)
+class _Done:
+    """Where a committed batch got to.
+
+    Attributes:
+        last: the batch's last row.
+        settled: the last row before the first one the batch did not handle (None: none).
+        clean: every row of the batch was handled.
+    """
+
+    last: tuple[Any, ...] | None
+    settled: tuple[Any, ...] | None
+    clean: bool
 
 
 @dataclass(frozen=True)
@@ -359,8 +387,8 @@ class _RangeProgress:
     run: _JobProgress
     index: int
 
-    def committed(self, rows: int, counts: dict[str, int], last: tuple[Any, ...] | None) -> None:
-        self.run.committed(self.index, rows, counts, last)
+    def committed(self, rows: int, counts: dict[str, int], done: _Done) -> None:
+        self.run.committed(self.index, rows, counts, done)
 
     def failed(self, failure: Failure) -> None:
         self.run.failed(failure)
@@ -411,6 +439,7 @@ class _Batch:
     counts: dict[str, int]
     failures: list[Failure]
     left: int = 0  # rows still changing after every retry
+    unsettled: set[tuple[Any, ...]] = field(default_factory=set)  # their keys
 
 
 class _Writer:
@@ -751,8 +780,10 @@ class _Walk:
                 batch.counts[name] = batch.counts.get(name, 0) + value
             batch.failures.extend(retried.failures)
         batch.left = len(missed)
+        batch.unsettled = missed
 
     def _apply(self, batch: _Batch) -> None:
+        self.conflicts = 0  # the batch is committed: conflicts are counted per batch
         for failure in batch.failures:
             self.progress.failed(failure)
         if batch.left and self.options.reread_changed:
@@ -761,8 +792,18 @@ class _Walk:
                 self.job.label,
                 batch.left,
             )
+        not_handled = {tuple(v for _, v in f.primary_key) for f in batch.failures}
+        if self.options.reread_changed:
+            not_handled |= batch.unsettled
+        settled = None
+        for key in batch.keys:
+            if key in not_handled:
+                break
+            settled = key
         last = batch.keys[-1] if batch.keys else None
-        self.progress.committed(len(batch.keys), batch.counts, last)
+        self.progress.committed(
+            len(batch.keys), batch.counts, _Done(last, settled, not not_handled)
+        )
 
     def _transform(
         self, rows: Sequence[Sequence[Any]]
@@ -960,8 +1001,8 @@ class _Relay:
         self.index = index
         self.events = events
 
-    def committed(self, rows: int, counts: dict[str, int], last: tuple[Any, ...] | None) -> None:
-        self.events.put(("batch", self.index, (rows, counts, last)))
+    def committed(self, rows: int, counts: dict[str, int], done: _Done) -> None:
+        self.events.put(("batch", self.index, (rows, counts, done)))
 
     def failed(self, failure: Failure) -> None:
         self.events.put(("failure", self.index, failure))

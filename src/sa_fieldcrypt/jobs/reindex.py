@@ -134,20 +134,27 @@ def _explain_conflict(
     """Write ``items`` one row per savepoint, roll it all back, and name a colliding row."""
     table = columns[0].table
     pk = list(table.primary_key.columns)
-    with engine.connect() as conn, conn.begin() as transaction:
-        for key, old, new in items:
-            statement = (
-                update(table)
-                .where(*(c == v for c, v in zip(pk, key, strict=True)))
-                .values({c.index.key: v for c, v in zip(columns, new, strict=True)})
-            )
-            try:
-                with conn.begin_nested():
-                    conn.execute(statement)
-            except IntegrityError:
-                return _collision(conn, columns, pk, key, old)
-        transaction.rollback()
-    return None
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        # One savepoint around them all: pysqlite begins no transaction before a SAVEPOINT, so
+        # without it SQLite would commit each row's savepoint as it is released.
+        conn.begin_nested()
+        try:
+            for key, old, new in items:
+                statement = (
+                    update(table)
+                    .where(*(c == v for c, v in zip(pk, key, strict=True)))
+                    .values({c.index.key: v for c, v in zip(columns, new, strict=True)})
+                )
+                try:
+                    with conn.begin_nested():
+                        conn.execute(statement)
+                except IntegrityError:
+                    return _collision(conn, columns, pk, key, old)
+            return None
+        finally:
+            # The writes were only to find the row: none of them stays, whatever the outcome.
+            transaction.rollback()
 
 
 def _collision(

@@ -1,11 +1,12 @@
 """What a data job reports: failures, per-job counts, a run's totals, and progress listeners.
 
 Every job (rotation, verification, reindexing, user jobs on :func:`~sa_fieldcrypt.jobs.run_job`)
-speaks this one vocabulary. A row is *scanned* when read; then exactly one of: *written*
-(in a dry run: would be), *unchanged* (it needed nothing), *skipped* (left alone on purpose,
-such as plaintext without ``encrypt_plaintext``) or *failed* (it could not be handled: named by
+speaks this one vocabulary. A row is *scanned* when read; then it is *written* (in a dry run:
+would be), *unchanged* (it needed nothing), *skipped* (left alone on purpose, such as
+plaintext without ``encrypt_plaintext``) or *failed* (it could not be handled: named by
 primary key, never by content). *concurrent* counts writes refused because the application
-changed the row between read and write; such a row is read again, so it is not lost.
+changed the row between read and write; such a row is read again and counted anew (unless
+the job leaves changed rows to the application, as reindexing does).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Integer, String, TypeEngine
 
@@ -73,6 +73,9 @@ def driver_message(exc: BaseException) -> str:
     # Only the driver's first line: SQLAlchemy's own text would quote the statement's
     # parameters (ciphertext, or plaintext during a migration) unless hide_parameters is set.
     orig = getattr(exc, "orig", None) or exc
+    if isinstance(exc, IntegrityError):
+        # A constraint's message quotes the refused value (MySQL: "Duplicate entry '...'").
+        return f"{type(orig).__name__}: a constraint refused the write"
     first = (str(orig).strip().splitlines() or [""])[0]
     return f"{type(orig).__name__}: {first}"
 

@@ -8,7 +8,9 @@ that job over. Primary keys of integers, strings and UUIDs can be saved.
 
 The file is replaced atomically (write, fsync, rename), so a kill at any moment leaves either
 the previous state or the new one, never a torn file. Only the process that started the run
-writes it; worker processes report their progress to it.
+writes it; worker processes report their progress to it. A saved position never passes a row
+that was not handled (it failed, or kept changing): a rerun reads that row again. Once a run
+finishes with every row handled, the commands remove the file, so the next run starts afresh.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Final
 
 from sqlalchemy import Column
 
-from sa_fieldcrypt.errors import ConfigurationError
+from sa_fieldcrypt.errors import ConfigurationError, RotationError
 
 __all__ = ["KeyRange", "ResumeState", "check_resumable"]
 
@@ -82,16 +84,29 @@ class ResumeState:
         path: the file; read if it exists, written after every committed batch.
 
     Raises:
-        ConfigurationError: the file exists but is not a state file of this version.
+        ConfigurationError: the file exists but is not a state file of this version, cannot
+            be read, or its directory does not exist.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self._jobs: dict[str, list[KeyRange]] = {}
+        if not self.path.parent.is_dir():
+            raise ConfigurationError(
+                f"the directory of state file {self.path} does not exist; create it, or name "
+                "a file in an existing directory"
+            )
         if not self.path.exists():
             return
         try:
-            data = json.loads(self.path.read_text())
+            text = self.path.read_text()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"state file {self.path} cannot be read ({type(exc).__name__}); check its "
+                "permissions"
+            ) from None
+        try:
+            data = json.loads(text)
             if data.get("version") != _VERSION:
                 raise ValueError("version")
             for name, ranges in data["jobs"].items():
@@ -99,7 +114,7 @@ class ResumeState:
                     KeyRange(_decode(r["low"]), _decode(r["high"]), _decode(r["after"]), r["done"])
                     for r in ranges
                 ]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigurationError(
                 f"state file {self.path} is not a state file of this version "
                 f"({type(exc).__name__}); delete it to start over"
@@ -122,8 +137,26 @@ class ResumeState:
         saved.done = saved.done or done
         self.save()
 
+    def clear(self) -> None:
+        """Forget every job and remove the file: the next run starts afresh."""
+        self._jobs = {}
+        self.path.unlink(missing_ok=True)
+
     def save(self) -> None:
-        """Write the file atomically."""
+        """Write the file atomically.
+
+        Raises:
+            RotationError: the file cannot be written; batches committed so far stay.
+        """
+        try:
+            self._write()
+        except OSError as exc:
+            raise RotationError(
+                f"state file {self.path} cannot be written ({type(exc).__name__}); batches "
+                "committed so far are kept: free the disk or fix the permissions and run again"
+            ) from None
+
+    def _write(self) -> None:
         payload = json.dumps(
             {
                 "version": _VERSION,

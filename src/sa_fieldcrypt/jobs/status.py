@@ -496,6 +496,7 @@ def retire_keys(
     keyring: Keyring | None = None,
     *,
     indexes: Iterable[IndexedColumn] = (),
+    purpose: Purpose | None = None,
 ) -> Keyring:
     """Check that no stored value needs any of ``key_ids``; return the keyring without them.
 
@@ -508,17 +509,28 @@ def retire_keys(
         engine: the database.
         columns: every encrypted column that may hold values under the keys.
         key_ids: the keys to retire.
-        keyring: the keyring to remove them from; by default the process default keys of the
-            purpose whose keyring holds the first id.
+        keyring: the keyring to remove them from; by default the process default keys of
+            ``purpose``.
         indexes: every blind-index column that may hold index values under the keys.
+        purpose: whose keys ``key_ids`` are; by default that of the default keyring that
+            holds them (needed only for an id that both purposes use).
 
     Raises:
         RotationError: values still use a key, or legacy tokens (which name no key) remain.
         ConfigurationError: a key is the primary key, not in the keyring, or the ids are of
             both purposes.
     """
-    keyring = keyring or _keyring_holding(key_ids)
+    if keyring is None:
+        keyring = current_keyring(purpose) if purpose else _keyring_holding(key_ids)
     remaining = _without(keyring, key_ids)
+    columns, indexes = list(columns), list(indexes)
+    checked = indexes if keyring.purpose == "blind-index" else columns
+    if not checked:
+        what = "blind-index" if keyring.purpose == "blind-index" else "encrypted"
+        raise ConfigurationError(
+            f"no {what} column was checked, so nothing says the keys are unused: name the "
+            "models that define them (--models)"
+        )
     if keyring.purpose == "blind-index":
         report = status(engine, indexes=indexes)
         counted = [(i.column, i.by_key) for i in report.indexes]
@@ -567,7 +579,7 @@ def _keyring_holding(key_ids: Sequence[str]) -> Keyring:
     if len(holders) > 1:
         raise ConfigurationError(
             "the key ids name both encryption and blind-index keys; retire each purpose's keys "
-            "in a command of their own"
+            "in a command of their own, and say which with --purpose"
         )
     if not holders:
         return current_keyring()  # its without() names what is missing
