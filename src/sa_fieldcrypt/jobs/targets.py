@@ -51,8 +51,25 @@ ModelSpec = str | ModuleType | MetaData | Table | type
 Source = tuple[str, str]
 
 
+class _OnTable:
+    """A target named by one column of its table, as ``schema.table.column``."""
+
+    def _named(self) -> Column[Any]:
+        raise NotImplementedError
+
+    @property
+    def table(self) -> Table:
+        """The table the target is on."""
+        return _table_of(self._named())
+
+    @property
+    def label(self) -> str:
+        """``schema.table.column``, as messages name it."""
+        return f"{self.table.fullname}.{self._named().name}"
+
+
 @dataclass(frozen=True, eq=False)
-class EncryptedColumn:
+class EncryptedColumn(_OnTable):
     """A stored column of encrypted values and the type that encrypts and decrypts it.
 
     Attributes:
@@ -67,15 +84,8 @@ class EncryptedColumn:
     codec: EncryptedType
     source: Source | None = None
 
-    @property
-    def table(self) -> Table:
-        """The table the column belongs to."""
-        return _table_of(self.column)
-
-    @property
-    def label(self) -> str:
-        """``schema.table.column``, as messages name it."""
-        return f"{self.table.fullname}.{self.column.name}"
+    def _named(self) -> Column[Any]:
+        return self.column
 
     @classmethod
     def of(cls, column_: Column[Any]) -> EncryptedColumn:
@@ -97,7 +107,7 @@ class EncryptedColumn:
 
 
 @dataclass(frozen=True, eq=False)
-class IndexedColumn:
+class IndexedColumn(_OnTable):
     """A blind-index column and the encrypted column whose values it indexes.
 
     Attributes:
@@ -115,15 +125,8 @@ class IndexedColumn:
     codec: EncryptedType
     source: Source | None = None
 
-    @property
-    def table(self) -> Table:
-        """The table holding both columns."""
-        return _table_of(self.index)
-
-    @property
-    def label(self) -> str:
-        """``schema.table.column`` of the index column."""
-        return f"{self.table.fullname}.{self.index.name}"
+    def _named(self) -> Column[Any]:
+        return self.index  # the label is the index column's
 
     def __repr__(self) -> str:
         return f"IndexedColumn({self.label!r}, {self.blind_index!r})"
