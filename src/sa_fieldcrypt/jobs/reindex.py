@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sa_fieldcrypt.errors import RotationError
 from sa_fieldcrypt.jobs.engine import BatchJob, Item, JobFactory, run_jobs
 from sa_fieldcrypt.jobs.report import RunReport
-from sa_fieldcrypt.jobs.targets import IndexedColumn, Source, find_again
+from sa_fieldcrypt.jobs.targets import IndexedColumn, Source, find_again, portable
 
 __all__ = ["reindex", "reindex_job"]
 
@@ -111,17 +111,14 @@ def reindex(
         if workers == 1:
             jobs.append(reindex_job(engine, columns))
             continue
-        for column in columns:
-            find_again(column.source, column.label, engine)  # refuses, early, what cannot be found
         # Each worker process finds the columns again and builds its own job.
-        found = tuple((c.source, c.label) for c in columns)
-        jobs.append(functools.partial(_build_again, found))
+        jobs.append(functools.partial(_build_again, tuple(portable(c) for c in columns)))
     # A row the application changed meanwhile has the index the application wrote.
     options.setdefault("reread_changed", False)
     return run_jobs(engine, jobs, workers=workers, **options)
 
 
-def _build_again(found: tuple[tuple[Source | None, str], ...], engine: Engine) -> BatchJob:
+def _build_again(found: tuple[tuple[Source, str], ...], engine: Engine) -> BatchJob:
     return reindex_job(engine, [find_again(source, label, engine) for source, label in found])
 
 

@@ -33,7 +33,7 @@ from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeE
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, JobFactory, Skip, run_jobs
 from sa_fieldcrypt.jobs.report import RunReport
 from sa_fieldcrypt.jobs.sql import LEGACY_TOKEN_START, DialectSql, stored_text
-from sa_fieldcrypt.jobs.targets import EncryptedColumn, Source, find_again
+from sa_fieldcrypt.jobs.targets import EncryptedColumn, Source, find_again, portable
 from sa_fieldcrypt.keys import BOUND_FLAG
 from sa_fieldcrypt.types import EncryptedType
 
@@ -187,7 +187,7 @@ def verification_job(engine: Engine, target: EncryptedColumn) -> BatchJob:
 JobBuilder = Callable[[Engine, EncryptedColumn], BatchJob]
 
 
-def _build_again(build: JobBuilder, source: Source | None, label: str, engine: Engine) -> BatchJob:
+def _build_again(build: JobBuilder, source: Source, label: str, engine: Engine) -> BatchJob:
     return build(engine, find_again(source, label, engine))
 
 
@@ -196,12 +196,8 @@ def _column_jobs(
 ) -> list[BatchJob | JobFactory]:
     if workers == 1:
         return [build(engine, target) for target in columns]
-    jobs: list[BatchJob | JobFactory] = []
-    for target in columns:
-        find_again(target.source, target.label, engine)  # refuses, early, what cannot be found
-        # Each worker process finds the column again and builds its own job.
-        jobs.append(functools.partial(_build_again, build, target.source, target.label))
-    return jobs
+    # Each worker process finds the column again and builds its own job.
+    return [functools.partial(_build_again, build, *portable(target)) for target in columns]
 
 
 def rotate(

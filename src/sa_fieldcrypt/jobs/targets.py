@@ -20,9 +20,10 @@ when it is a plain column carrying ``info["sa_fieldcrypt.type"]`` (ciphertext be
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Column, Engine, MetaData, Table
 from sqlalchemy import inspect as sa_inspect
@@ -42,6 +43,7 @@ __all__ = [
     "find_again",
     "find_columns",
     "find_indexes",
+    "portable",
     "reflect_column",
 ]
 
@@ -138,23 +140,16 @@ def find_columns(*specs: ModelSpec) -> list[EncryptedColumn]:
     Raises:
         ConfigurationError: a module cannot be imported, or a spec has no encrypted column.
     """
-    found: list[EncryptedColumn] = []
-    seen: set[int] = set()
-    for spec in specs:
-        name, tables = _tables(spec)
-        before = len(found)
-        for table_ in tables:
-            for column_ in table_.columns:
-                codec = column_codec(column_)
-                if codec is not None and id(column_) not in seen:
-                    seen.add(id(column_))
-                    found.append(EncryptedColumn(column_, codec, _source(spec, name)))
-        if len(found) == before:
-            raise ConfigurationError(
-                f"{name!r} defines no encrypted column (no EncryptedType column and no "
-                f"column with info[{COLUMN_INFO_KEY!r}])"
-            )
-    return found
+
+    def encrypted(column_: Column[Any], source: Source | None) -> EncryptedColumn | None:
+        codec = column_codec(column_)
+        return None if codec is None else EncryptedColumn(column_, codec, source)
+
+    missing = (
+        "defines no encrypted column (no EncryptedType column and no column with "
+        f"info[{COLUMN_INFO_KEY!r}])"
+    )
+    return _collect(specs, encrypted, missing)
 
 
 def find_indexes(*specs: ModelSpec, required: bool = True) -> list[IndexedColumn]:
@@ -168,32 +163,52 @@ def find_indexes(*specs: ModelSpec, required: bool = True) -> list[IndexedColumn
         ConfigurationError: a module cannot be imported, a spec has no blind index (when
             ``required``), or an index's value column has no encrypted type recorded.
     """
-    found: list[IndexedColumn] = []
+
+    def indexed(column_: Column[Any], source: Source | None) -> IndexedColumn | None:
+        bound = column_.info.get(INFO_BLIND_INDEX)
+        if not isinstance(bound, BlindIndex) or bound.source_column is None:
+            return None
+        table_ = _table_of(column_)
+        value = table_.c[bound.source_column]
+        codec = column_codec(value)
+        if codec is None:
+            raise ConfigurationError(
+                f"{table_.fullname}.{value.name}: no encrypted type is recorded for the column "
+                "that the blind index reads; declare it through encrypted_hybrid()"
+            )
+        return IndexedColumn(column_, value, bound, codec, source)
+
+    missing = "defines no blind index (no encrypted_hybrid with blind_index=)"
+    return _collect(specs, indexed, missing if required else None)
+
+
+_T = TypeVar("_T", EncryptedColumn, IndexedColumn)
+
+
+def _collect(
+    specs: tuple[ModelSpec, ...],
+    target_of: Callable[[Column[Any], Source | None], _T | None],
+    missing: str | None,
+) -> list[_T]:
+    """The targets ``target_of`` makes of the columns ``specs`` name, each column once.
+
+    With ``missing``, a spec that gives none is refused with that reason.
+    """
+    found: list[_T] = []
     seen: set[int] = set()
     for spec in specs:
         name, tables = _tables(spec)
         before = len(found)
         for table_ in tables:
             for column_ in table_.columns:
-                bound = column_.info.get(INFO_BLIND_INDEX)
-                if not isinstance(bound, BlindIndex) or bound.source_column is None:
-                    continue
                 if id(column_) in seen:
                     continue
-                seen.add(id(column_))
-                value = table_.c[bound.source_column]
-                codec = column_codec(value)
-                if codec is None:
-                    raise ConfigurationError(
-                        f"{table_.fullname}.{value.name}: no encrypted type is recorded for "
-                        "the column that the blind index reads; declare it through "
-                        "encrypted_hybrid()"
-                    )
-                found.append(IndexedColumn(column_, value, bound, codec, _source(spec, name)))
-        if required and len(found) == before:
-            raise ConfigurationError(
-                f"{name!r} defines no blind index (no encrypted_hybrid with blind_index=)"
-            )
+                target = target_of(column_, _source(spec, name))
+                if target is not None:
+                    seen.add(id(column_))
+                    found.append(target)
+        if missing is not None and len(found) == before:
+            raise ConfigurationError(f"{name!r} {missing}")
     return found
 
 
@@ -223,20 +238,29 @@ def reflect_column(
     )
 
 
-def find_again(source: Source | None, label: str, engine: Engine) -> Any:
-    """Find the target called ``label`` (a column or an index column) from its source again.
-
-    Worker processes build their own jobs with it.
+def portable(target: EncryptedColumn | IndexedColumn) -> tuple[Source, str]:
+    """What a worker process needs to find ``target`` again: its source and its label.
 
     Raises:
         ConfigurationError: the target has no source (it was built by hand).
+    """
+    if target.source is None:
+        raise ConfigurationError(
+            f"{target.label}: worker processes need targets found by name "
+            "(find_columns('pkg.module'), find_indexes(...), reflect_column()), which they can "
+            "find again; use workers=1"
+        )
+    return target.source, target.label
+
+
+def find_again(source: Source, label: str, engine: Engine) -> Any:
+    """Find the target called ``label`` (a column or an index column) from its source again.
+
+    Worker processes build their own jobs with it, from what :func:`portable` gave.
+
+    Raises:
         RotationError: the models no longer define it.
     """
-    if source is None:
-        raise ConfigurationError(
-            f"{label}: worker processes need targets found by name (find_columns('pkg.module'), "
-            "find_indexes(...), reflect_column()), which they can find again; use workers=1"
-        )
     kind, spec = source
     if kind == "table":
         table_name, _, column_name = label.rpartition(".")
