@@ -20,7 +20,9 @@ token copied from one bound column into another then fails to decrypt. Values th
 before it was bound still decrypt until ``allow_unbound=False`` makes it strict.
 
 Encryption is randomized, so SQL cannot compare encrypted values: ``==``, ``in_()``, ``like()``
-and ordering raise :class:`~sa_fieldcrypt.UnsupportedComparisonError`; ``is_(None)`` and
+raise :class:`~sa_fieldcrypt.UnsupportedComparisonError` when the expression is built, and
+``ORDER BY``, ``GROUP BY`` and a window's ``PARTITION BY``/``ORDER BY`` over an encrypted value
+raise it when the statement is compiled, before any SQL is sent; ``is_(None)`` and
 ``is_not(None)`` still work. Query by equality through a blind index instead.
 """
 
@@ -33,8 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from sqlalchemy import Text
+from sqlalchemy import CompoundSelect, Over, Select, Text
 from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.base import SchemaEventTarget
 from sqlalchemy.types import TypeDecorator
@@ -133,7 +136,7 @@ class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
 
         def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
             """Apply ``op`` if it does not look at the stored value (``is_(None)``); else refuse."""
-            if op in _ALLOWED_OPERATORS:
+            if op in _ALLOWED_OPERATORS or _is_identity_test(op, self.expr, other):
                 return super().operate(op, *other, **kwargs)
             raise _comparison_error(self.expr, op)
 
@@ -455,6 +458,19 @@ def _check_context(context: object) -> None:
         raise ConfigurationError("context must be encodable as UTF-8") from None
 
 
+def _is_identity_test(op: OperatorType, expr: Any, other: tuple[Any, ...]) -> bool:
+    """Whether ``op`` asks if the column *is* another column object, not a value comparison.
+
+    SQLAlchemy looks columns up in mappings keyed by column (the ORM does so to apply an
+    UPDATE's values to loaded objects), and such a lookup compares a column with itself by
+    ``==``. Were it sent as SQL, a column equals itself whatever it holds: nothing is compared.
+    """
+    if op is not operators.eq or len(other) != 1:
+        return False
+    column = getattr(other[0], "_deannotate", None)
+    return column is not None and column() is expr._deannotate()
+
+
 def _comparison_error(expr: Any, op: OperatorType) -> UnsupportedComparisonError:
     label = getattr(getattr(expr, "type", None), "column_label", None) or "encrypted column"
     op_name = getattr(op, "__name__", str(op))
@@ -464,6 +480,88 @@ def _comparison_error(expr: Any, op: OperatorType) -> UnsupportedComparisonError
         "through a blind index (sa_fieldcrypt.blind_index) instead; is_(None) and "
         "is_not(None) still work."
     )
+
+
+def _refuse_ciphertext_order(clauses: Any, clause: str, selected: Any = None) -> None:
+    """Raise if any of ``clauses`` (an ``ORDER BY``, ``GROUP BY`` or ``PARTITION BY``) is encrypted.
+
+    An element counts when it, or what it wraps (``desc()``, a label, parentheses, a scalar
+    subquery, a name of one of the ``selected`` columns), has an :class:`EncryptedType`: the
+    database would sort or group ciphertext.
+
+    Raises:
+        UnsupportedComparisonError: naming the column and what to do instead.
+    """
+    for element in clauses:
+        inner = element
+        while inner is not None:
+            if isinstance(inner, str):  # order_by("name"): a selected column, by its label
+                inner = None if selected is None else selected.get(inner)
+                continue
+            encrypted = getattr(inner, "type", None)
+            if isinstance(encrypted, EncryptedType):
+                raise _ordering_error(encrypted, clause)
+            inner = getattr(inner, "element", None)
+
+
+# What the database would do with ciphertext in each clause, and what works instead.
+_ORDERING_ADVICE = {
+    "ORDER BY": (
+        "sort ciphertexts",
+        "sort in Python after loading the rows, or order by a column that is not encrypted",
+    ),
+    "GROUP BY": (
+        "put every row in a group of its own",
+        "group by the column's blind index (equal values have equal index values), or in Python",
+    ),
+    "PARTITION BY": (
+        "put every row in a partition of its own",
+        "partition by the column's blind index (equal values have equal index values)",
+    ),
+}
+
+
+def _ordering_error(column: EncryptedType, clause: str) -> UnsupportedComparisonError:
+    outcome, instead = _ORDERING_ADVICE[clause]
+    return UnsupportedComparisonError(
+        f"{column.column_label}: cannot {clause} an encrypted value: encryption is randomized, "
+        f"so the database would {outcome}, not compare values; {instead}"
+    )
+
+
+def _check_select(element: Any) -> None:  # a Select or CompoundSelect
+    _refuse_ciphertext_order(element._order_by_clauses, "ORDER BY", element.selected_columns)
+    _refuse_ciphertext_order(element._group_by_clauses, "GROUP BY", element.selected_columns)
+
+
+def _check_over(element: Over[Any]) -> None:
+    for clause, name in ((element.partition_by, "PARTITION BY"), (element.order_by, "ORDER BY")):
+        if clause is not None:
+            _refuse_ciphertext_order(clause.clauses, name)
+
+
+def _check_before_compiling(construct: type[Any], check: Callable[[Any], None]) -> None:
+    """Run ``check`` on every ``construct`` before it compiles as it did before."""
+    # The compilation in place now: SQLAlchemy's own, or one a @compiles already registered
+    # (calling the class's dispatch then would come back here).
+    dispatcher = construct.__dict__.get("_compiler_dispatcher")
+    previous = (
+        dispatcher.specs["default"] if dispatcher is not None else construct._compiler_dispatch
+    )
+
+    @compiles(construct)
+    def compile_checked(element: Any, compiler: Any, **kw: Any) -> Any:
+        check(element)
+        return previous(element, compiler, **kw)
+
+
+# The database only ever sees ciphertext, so ordering or grouping by an encrypted value gives
+# random order or one group per row, silently. ORDER BY and GROUP BY elements reach no operator
+# of the type, so the check runs where every statement passes once: compilation (SQLAlchemy
+# caches compiled statements, so it costs nothing per execution).
+_check_before_compiling(Select, _check_select)
+_check_before_compiling(CompoundSelect, _check_select)
+_check_before_compiling(Over, _check_over)
 
 
 class EncryptedText(EncryptedType):
