@@ -209,7 +209,7 @@ def test_legacy_query_order_by_is_refused(db: Engine) -> None:
 
 
 def test_ordering_by_other_columns_and_by_the_blind_index_still_works(db: Engine) -> None:
-    """Selecting an encrypted value while ordering by a plain column, or grouping by an index, works."""
+    """Selecting ciphertext ordered by a plain column, or grouping by an index, works."""
     with Session(db) as session:
         assert ["second", "first"] == list(
             session.scalars(select(Note.body).order_by(Note.id.desc())).all()

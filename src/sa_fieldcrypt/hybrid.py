@@ -40,6 +40,7 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql import ClauseElement, operators
 from sqlalchemy.sql.elements import Null
 from sqlalchemy.sql.operators import OperatorType
+from typing_extensions import TypeVar
 
 from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex
 from sa_fieldcrypt.errors import ConfigurationError, UnsupportedComparisonError
@@ -51,6 +52,9 @@ __all__ = [
     "encrypted_hybrid",
     "encrypted_values",
 ]
+
+#: The Python type of a hybrid's values: what its column type stores, ``str`` by default.
+_V = TypeVar("_V", default=str)
 
 #: ``column.info`` key of a blind-index column: its bound :class:`~sa_fieldcrypt.BlindIndex`.
 INFO_BLIND_INDEX = "sa_fieldcrypt.blind_index"
@@ -139,7 +143,7 @@ class _Binding:
 class _EncryptedComparator(ExprComparator[Any]):
     """Class-level behaviour: equality goes to the blind index, everything else refuses."""
 
-    def __init__(self, cls: Any, hybrid: EncryptedHybrid, binding: _Binding):
+    def __init__(self, cls: Any, hybrid: EncryptedHybrid[Any], binding: _Binding):
         source = getattr(cls, binding.source_key)
         if binding.encrypted_type is None:
             expression = source.__clause_element__()
@@ -249,12 +253,16 @@ def _is_collection(value: Any) -> bool:
     return isinstance(value, (list, tuple, set, frozenset))
 
 
-class EncryptedHybrid(hybrid_property[Any]):
+class EncryptedHybrid(hybrid_property[_V]):
     """A hybrid property over an encrypted column and, optionally, its blind index.
 
     Create it with :func:`encrypted_hybrid`. The descriptor binds to each mapped class when
     the class is mapped: that is when the columns are checked and, for a ciphertext column of a
     plain type, its ``column.info[COLUMN_INFO_KEY]`` is set.
+
+    To a type checker, ``customer.email`` is of the type the column type stores (``str`` for
+    the default ``EncryptedText``); annotate the attribute to say otherwise, e.g.
+    ``email: EncryptedHybrid[str | None] = encrypted_hybrid(...)`` for a nullable column.
     """
 
     def __init__(
@@ -262,7 +270,7 @@ class EncryptedHybrid(hybrid_property[Any]):
         source: str,
         *,
         blind_index: BlindIndex | str | None = None,
-        column_type: EncryptedType | None = None,
+        column_type: EncryptedType[_V] | None = None,
     ):
         if not isinstance(source, str) or not source:
             raise ConfigurationError(
@@ -425,8 +433,8 @@ def encrypted_hybrid(
     source: str,
     *,
     blind_index: BlindIndex | str | None = None,
-    column_type: EncryptedType | None = None,
-) -> EncryptedHybrid:
+    column_type: EncryptedType[_V] | None = None,
+) -> EncryptedHybrid[_V]:
     """Declare a plaintext attribute over an encrypted column, optionally with a blind index.
 
     Args:
@@ -442,7 +450,10 @@ def encrypted_hybrid(
             its own, also work). Not allowed over an ``EncryptedType`` column.
 
     Returns:
-        The descriptor; assign it to a class attribute of a mapped class.
+        The descriptor; assign it to a class attribute of a mapped class. Type checkers see
+        its values as what ``column_type`` stores, ``str`` without one; over an
+        ``EncryptedType`` column of another type, annotate it:
+        ``data: EncryptedHybrid[bytes] = encrypted_hybrid("_data")``.
     """
     return EncryptedHybrid(source, blind_index=blind_index, column_type=column_type)
 

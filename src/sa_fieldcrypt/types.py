@@ -41,6 +41,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.base import SchemaEventTarget
 from sqlalchemy.types import TypeDecorator
+from typing_extensions import TypeVar
 
 from sa_fieldcrypt import cipher, metrics
 from sa_fieldcrypt.config import as_key_cache, default_key_cache
@@ -77,6 +78,9 @@ logger = logging.getLogger("sa_fieldcrypt")
 #: hybrid-property style) records the :class:`EncryptedType` that reads and writes it.
 COLUMN_INFO_KEY = "sa_fieldcrypt.type"
 
+#: The Python type of a column's values (``Any`` where a type does not say).
+_T = TypeVar("_T", default=Any)
+
 # Operators that do not look at the stored value's content.
 _ALLOWED_OPERATORS = frozenset({operators.is_, operators.is_not})
 
@@ -103,8 +107,12 @@ class _ContextState:
         return self.name is None and self.from_column
 
 
-class EncryptedType(TypeDecorator[Any], SchemaEventTarget):
+class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
     """Base of the encrypted column types; subclasses say how values become bytes.
+
+    It is generic in the Python type of its values (``EncryptedText`` is an
+    ``EncryptedType[str]``), which :func:`~sa_fieldcrypt.encrypted_hybrid` passes on to
+    type checkers.
 
     Args:
         keyring: a :class:`~sa_fieldcrypt.Keyring` or key provider for this column only;
@@ -564,7 +572,7 @@ _check_before_compiling(CompoundSelect, _check_select)
 _check_before_compiling(Over, _check_over)
 
 
-class EncryptedText(EncryptedType):
+class EncryptedText(EncryptedType[str]):
     """An encrypted ``str`` column (any Python string, including NUL and lone surrogates)."""
 
     cache_ok = True
@@ -585,7 +593,7 @@ class EncryptedText(EncryptedType):
         return str
 
 
-class EncryptedBytes(EncryptedType):
+class EncryptedBytes(EncryptedType[bytes]):
     """An encrypted ``bytes`` column; ``bytearray`` and ``memoryview`` are accepted too."""
 
     cache_ok = True
@@ -607,7 +615,7 @@ class EncryptedBytes(EncryptedType):
         return bytes
 
 
-class EncryptedJSON(EncryptedType):
+class EncryptedJSON(EncryptedType[Any]):
     """An encrypted JSON value: dict, list, str, int, float (finite), bool.
 
     Python ``None`` is stored as SQL ``NULL``, not as JSON ``null``. Tuples come back as
