@@ -711,3 +711,76 @@ def test_mixin_context_true_binds_each_table_to_its_own_column(
     vendor.email_encrypted = lead_token
     with pytest.raises(DecryptionError, match=r"bound_vendors\.email_encrypted"):
         vendor.email  # noqa: B018  # the getter decrypts
+
+
+LATE_MODELS = """
+from sqlalchemy import String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sa_fieldcrypt import BLIND_INDEX_LENGTH, BlindIndex, encrypted_hybrid
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class LateCustomer(Base):
+    __tablename__ = "fc_late_customers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    phone_encrypted: Mapped[str | None] = mapped_column(Text)
+    phone_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+
+
+LateCustomer.phone = encrypted_hybrid("phone_encrypted", blind_index=BlindIndex("phone_bidx"))
+"""
+
+
+@pytest.mark.parametrize("spec", ["{module}", "{module}:Base", "{module}:Base.metadata"])
+def test_a_hybrid_assigned_after_the_class_body_is_found_by_the_jobs(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, spec: str
+) -> None:
+    """Customer.phone = encrypted_hybrid(...) after the class counts like one in the body."""
+    from sa_fieldcrypt.jobs import find_columns, find_indexes
+
+    module = f"fc_late_models_{abs(hash(spec))}"
+    (tmp_path / f"{module}.py").write_text(LATE_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = spec.format(module=module)
+    if spec.endswith(".metadata"):
+        spec = spec.removesuffix("Base.metadata") + "metadata"
+        (tmp_path / f"{module}.py").write_text(LATE_MODELS + "\nmetadata = Base.metadata\n")
+    assert ["fc_late_customers.phone_encrypted"] == [c.label for c in find_columns(spec)]
+    assert ["fc_late_customers.phone_bidx"] == [i.label for i in find_indexes(spec)]
+
+
+def test_a_hybrid_assigned_after_the_class_body_keeps_its_index_and_names_itself(
+    db: Engine,
+) -> None:
+    """A late hybrid binds when mappers configure: a raw write still updates its index."""
+
+    class LateBase(DeclarativeBase):
+        pass
+
+    class Late(LateBase):
+        __tablename__ = "fc_hyb_late"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+        email_encrypted: Mapped[str | None] = mapped_column(Text)
+        email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+
+    Late.email = encrypted_hybrid(  # type: ignore[attr-defined]
+        "email_encrypted", blind_index=BlindIndex("email_bidx", normalizer=normalize_email)
+    )
+    LateBase.metadata.create_all(db)
+    try:
+        token = Customer(id=0, station_id=0, email="ada@example.com").email_encrypted
+        with Session(db) as session:
+            session.add(Late(id=1, email_encrypted=token))  # never touches Late.email
+            session.commit()
+            found = session.scalars(
+                select(Late.id).where(Late.email == "ADA@example.com")  # type: ignore[attr-defined]
+            ).all()
+            assert [1] == list(found)
+        with pytest.raises(UnsupportedComparisonError, match=r"^Late\.email: "):
+            _ = Late.email.like("a%")  # type: ignore[attr-defined]
+    finally:
+        LateBase.metadata.drop_all(db)

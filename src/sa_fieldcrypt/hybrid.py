@@ -49,6 +49,7 @@ from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType
 __all__ = [
     "INFO_BLIND_INDEX",
     "EncryptedHybrid",
+    "bind_hybrids",
     "encrypted_hybrid",
     "encrypted_values",
 ]
@@ -288,6 +289,7 @@ class EncryptedHybrid(hybrid_property[_V]):
         self._blind_index = blind_index
         self._column_type = column_type
         self._bindings: weakref.WeakKeyDictionary[type, _Binding] = weakref.WeakKeyDictionary()
+        self._named = False  # whether __set_name__ gave the attribute's own name
 
         def fget(instance: Any) -> Any:
             return self._binding_for(type(instance)).plaintext(instance)
@@ -314,6 +316,7 @@ class EncryptedHybrid(hybrid_property[_V]):
     def __set_name__(self, owner: type, name: str) -> None:
         self.__name__ = name
         self.__qualname__ = f"{owner.__qualname__}.{name}"
+        self._named = True
 
     def _copy(self, **kw: Any) -> hybrid_property[Any]:
         raise ConfigurationError(
@@ -341,6 +344,14 @@ class EncryptedHybrid(hybrid_property[_V]):
         known = self._bindings.get(cls)
         if known is not None:
             return known
+        if not self._named:
+            # Assigned after the class was declared: Python calls __set_name__ in class
+            # bodies only, and messages and the plaintext cache need the attribute's name.
+            for klass in cls.__mro__:
+                name = next((k for k, v in vars(klass).items() if v is self), None)
+                if name is not None:
+                    self.__set_name__(klass, name)
+                    break
         label = f"{cls.__name__}.{self.__name__}"
         source = _mapped_column(mapper, self._source, label, "encrypted column")
         source_label = f"{source.table.fullname}.{source.name}"
@@ -485,10 +496,18 @@ def encrypted_values(cls: type, **values: Any) -> dict[str, Any]:
     return stored
 
 
-def _on_mapper_constructed(mapper: Mapper[Any], class_: type) -> None:
+def bind_hybrids(mapper: Mapper[Any]) -> None:
+    """Bind every :func:`encrypted_hybrid` of a mapped class, declared in its body or not.
+
+    A hybrid declared in the class body binds when the class is mapped. One assigned to the
+    class afterwards (``Customer.phone = encrypted_hybrid(...)``) binds at first use, or when
+    this runs: the jobs call it on the models they are given, so ``status``, ``rotate`` and
+    ``reindex`` find such a column like any other, and so does the ORM when it configures
+    mappers.
+    """
     seen: set[str] = set()
-    for klass in class_.__mro__:
-        for name, attr in vars(klass).items():
+    for klass in mapper.class_.__mro__:
+        for name, attr in list(vars(klass).items()):
             if name in seen:
                 continue
             seen.add(name)
@@ -497,5 +516,7 @@ def _on_mapper_constructed(mapper: Mapper[Any], class_: type) -> None:
 
 
 # Bind at mapping time, not at first use: column.info must be set before anything (rotation,
-# reindexing) scans the metadata, and a misdeclared column should fail at import.
-event.listen(Mapper, "after_mapper_constructed", _on_mapper_constructed)
+# reindexing) scans the metadata, and a misdeclared column should fail at import. Hybrids
+# assigned after the class was mapped are bound when the mappers are configured.
+event.listen(Mapper, "after_mapper_constructed", lambda mapper, _class: bind_hybrids(mapper))
+event.listen(Mapper, "mapper_configured", lambda mapper, _class: bind_hybrids(mapper))

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Mapper
 
 from sa_fieldcrypt.blind_index import BlindIndex
 from sa_fieldcrypt.errors import ConfigurationError, RotationError
-from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX
+from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX, bind_hybrids
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
 __all__ = [
@@ -289,6 +289,7 @@ def _tables(spec: ModelSpec) -> tuple[str, list[Table]]:
         module = _import(module_name)
         if not attribute:
             return spec, _module_tables(module)
+        _bind_module_hybrids(module)  # a MetaData alone does not know its mapped classes
         try:
             obj = getattr(module, attribute)
         except AttributeError:
@@ -323,6 +324,8 @@ def _object_tables(name: str, obj: Any) -> list[Table]:
             return mapped
         metadata = getattr(obj, "metadata", None)
         if isinstance(metadata, MetaData):  # a declarative base
+            for mapper in getattr(getattr(obj, "registry", None), "mappers", ()):
+                bind_hybrids(mapper)
             return list(metadata.sorted_tables)
     raise ConfigurationError(
         f"{name!r} is not models: name a module, a declarative base, a MetaData, a mapped "
@@ -334,7 +337,15 @@ def _mapped_tables(cls: type) -> list[Table]:
     mapper: Any = sa_inspect(cls, raiseerr=False)
     if not isinstance(mapper, Mapper):
         return []
+    # Hybrids assigned after the class body bind only when asked; the targets must see them.
+    bind_hybrids(mapper)
     return [t for t in mapper.tables if isinstance(t, Table)]
+
+
+def _bind_module_hybrids(module: ModuleType) -> None:
+    for obj in list(vars(module).values()):
+        if isinstance(obj, type) and _defined_in(obj, module):
+            _mapped_tables(obj)
 
 
 def _import(name: str) -> ModuleType:
