@@ -916,7 +916,9 @@ def test_cli_failures_exit_non_zero(sqlite_env: tuple[Engine, Table, Keyring]) -
     result = CliRunner().invoke(cli, ["rotate", *TARGET])
     assert 1 == result.exit_code
     assert "FAILED fc_rot_mixed.email at primary key (id=99): key id 'gone'" in result.stderr
-    assert "Error: 1 rows could not be handled" in result.stderr
+    assert "Error: 1 row could not be handled" in result.stderr
+    assert "fix those rows" in result.stderr
+    assert "  failed id=99: key id 'gone'" in result.stdout
     assert stray[8:40] not in result.output
     assert "secret-plaintext" not in result.output
     dry = CliRunner().invoke(cli, ["rotate", *TARGET, "--dry-run", "--fail-fast"])
