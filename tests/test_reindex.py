@@ -736,3 +736,21 @@ def test_cli_reindex_lists_every_collision_and_exits_1(db: Engine, keyring: Keyr
     assert [[{"id": 6}], [{"id": 6}], [{"id": 3}]] == [
         f["collides_with"] for f in data["jobs"][0]["failures"]
     ]
+
+
+def test_cli_names_a_composite_uuid_key_as_people_read_it(db: Engine, keyring: Keyring) -> None:
+    """A failed row of a (tenant, UUID) key prints as tenant=1, id=<digits>, and 1 row."""
+    uid = uuid.UUID("01b4c3d2-0000-4000-8000-00000000abcd")
+    with db.begin() as conn:
+        conn.execute(
+            insert(Member.__table__),
+            [{"tenant": 1, "id": uid, "email_encrypted": "fc1:k1:not-a-token"}],
+        )
+    url = db.url.render_as_string(hide_password=False)
+    result = CliRunner().invoke(cli, ["reindex", "--db", url, "--models", "test_reindex:Member"])
+    assert 1 == result.exit_code
+    assert f"  failed tenant=1, id={uid}: key id 'k1'" in result.stdout
+    assert f"FAILED fc_rx_members.email_bidx at primary key (tenant=1, id={uid})" in result.stderr
+    assert "fc_rx_members.email_bidx: 1 row to visit" in result.stderr
+    assert "Error: 1 row could not be handled" in result.stderr
+    assert "UUID(" not in result.output

@@ -277,8 +277,8 @@ class StatusReport:
         for index in self.indexes:
             lines += _describe_index(index)
         lines.append("keys:")
-        legacy_left = any(c.legacy for c in self.columns)
         for key in self.key_usage():
+            legacy_left = any(c.legacy and key.key_id in c.legacy_candidates for c in self.columns)
             lines.append(f"  {key.key_id:<28} {_verdict(key, legacy_left)}")
         problems = self.problems()
         unresolved = sum(c.legacy_unresolved for c in self.columns)
@@ -334,8 +334,7 @@ def _describe_column(col: ColumnStatus) -> list[str]:
         legacy = (
             "legacy, key unknown",
             col.legacy,
-            "bare Fernet tokens name no key: rotate "
-            "moves these; --resolve-legacy finds which key opens them",
+            "bare Fernet tokens name no key: rotate moves these; --resolve-legacy tries the keys",
         )
     else:
         legacy = ("legacy tokens", col.legacy, "bare Fernet tokens, tried: rotate moves these")
@@ -382,7 +381,7 @@ def _describe_index(index: IndexStatus) -> list[str]:
 
 
 def _verdict(key: KeyUsage, legacy_left: bool) -> str:
-    """Whether a key is needed, in words; ``legacy_left``: legacy tokens remain somewhere."""
+    """Whether a key is needed, in words; ``legacy_left``: legacy tokens it may open remain."""
     if key.purpose == "blind-index":
         if key.primary:
             return "blind-index, writing: needed"
@@ -677,7 +676,12 @@ def retire_keys(
     counted = [(c.column, c.by_key, "row") for c in report.columns]
     counted += [(c.column, c.legacy_by_key or {}, "legacy token") for c in report.columns]
     _refuse_used(key_ids, counted, "`fieldcrypt rotate`, then `fieldcrypt status`")
-    legacy = [f"{c.column} ({plural(c.legacy, 'row')})" for c in report.columns if c.legacy]
+    # Only a Fernet key can open a legacy token: retiring other keys needs no trial.
+    legacy = [
+        f"{c.column} ({plural(c.legacy, 'row')})"
+        for c in report.columns
+        if c.legacy and any(k in c.legacy_candidates for k in key_ids)
+    ]
     if legacy and not resolve_legacy:
         raise RotationError(
             f"legacy tokens, which do not say which key opens them, remain in "
