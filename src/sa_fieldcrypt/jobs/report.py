@@ -232,7 +232,7 @@ class RunListener:
 
     def batch(self, label: str, rows: int, report: JobReport) -> None:
         """A batch of ``rows`` rows was committed; ``report`` holds the job's counts so far."""
-        logger.debug("%s: %d rows scanned, %d written", label, report.scanned, report.written)
+        logger.debug("%s: scanned %d, written %d", label, report.scanned, report.written)
 
     def failure(self, failure: Failure) -> None:
         """A row could not be handled."""
