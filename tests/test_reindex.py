@@ -706,6 +706,19 @@ def test_fail_fast_stops_after_the_batch_of_the_first_collision(
     assert [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] == indexed
 
 
+def test_workers_report_every_collision_between_them(db: Engine, keyring: Keyring) -> None:
+    """Two worker processes report each duplicate once, whichever of a group they write first."""
+    _add_legacy_customers(db, keyring)
+    report = reindex(db, find_indexes("test_reindex:Customer"), batch_size=4, workers=2)
+    assert (17, 3) == (report.written, report.failed)
+    groups = [{3, 14}, {6, 11, 12}]
+    for failure in report.jobs[0].failures:
+        (holder,) = failure.collides_with
+        group = next(g for g in groups if failure.key[0] in g)
+        assert holder[0][1] in group - {failure.key[0]}
+    assert [1, 2] == sorted(len(g & {f.key[0] for f in report.jobs[0].failures}) for g in groups)
+
+
 def test_cli_reindex_lists_every_collision_and_exits_1(db: Engine, keyring: Keyring) -> None:
     """fieldcrypt reindex lists each colliding row by primary key, writes the others, exits 1."""
     _add_legacy_customers(db, keyring)
