@@ -557,8 +557,8 @@ def _with_legacy_resolved(
     _read_each(engine, target, trial, where)
     unopened = opened.pop(None, 0)
     by_key = {key_id: rows for key_id, rows in opened.items() if key_id is not None}
-    # Counted again by reading, which a write meanwhile may have changed: the trial is what is
-    # reported, so its counts add up.
+    # The trial's own count replaces the one in SQL, so the lines under it add up even if the
+    # table changed in between.
     return replace(
         found,
         legacy=sum(by_key.values()) + unopened,
