@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sa_fieldcrypt import DecryptionError, Keyring, UnknownKeyError, generate_key
+from sa_fieldcrypt import DecryptionError, Keyring, UnknownKeyError, generate_key, metrics
 from sa_fieldcrypt.cipher import (
     TokenInfo,
     _encrypt_aead_from_parts,
@@ -24,6 +24,7 @@ from sa_fieldcrypt.cipher import (
     decrypt,
     encrypt,
     inspect_token,
+    legacy_key,
 )
 
 VECTORS = Path(__file__).parent / "vectors" / "fernet"
@@ -281,6 +282,18 @@ def test_mixed_keyring_reads_every_kind(data: st.DataObject) -> None:
     token = encrypt(ring.with_primary(key_id), value)
     assert key_id == inspect_token(token).key_id
     assert value == decrypt(ring, token)
+
+
+def test_legacy_key_names_the_key_that_opens_a_bare_token_and_counts_no_read() -> None:
+    """legacy_key finds the Fernet key that opens a bare token (None if none), uncounted."""
+    old = generate_key()
+    ring = Keyring({"k3": generate_key(kind="aes-gcm-siv"), "k2": generate_key(), "k1": old})
+    before = metrics.snapshot()
+    found = legacy_key(ring, Fernet(old).encrypt(b"old").decode())
+    assert "k1" == (found.id if found is not None else None)
+    assert legacy_key(ring, Fernet(generate_key()).encrypt(b"other").decode()) is None
+    after = metrics.snapshot()
+    assert (before.legacy_reads, before.decrypts) == (after.legacy_reads, after.decrypts)
 
 
 def test_legacy_tokens_ignore_aead_keys() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import (
     Engine,
     Integer,
@@ -40,6 +41,7 @@ from sa_fieldcrypt import (
     normalize_phone,
 )
 from sa_fieldcrypt.cipher import encrypt
+from sa_fieldcrypt.cli import cli
 from sa_fieldcrypt.jobs import (
     JobReport,
     ResumeState,
@@ -379,7 +381,7 @@ def test_fail_fast_stops_at_the_undecryptable_row(db: Engine, index_keyring: Key
 def test_duplicate_written_during_rotation_is_reported_with_both_rows(
     db: Engine, index_keyring: Keyring
 ) -> None:
-    """Two rows with one email, under different keys, stop the run naming both primary keys."""
+    """A duplicate written under the new key while both were active fails naming both rows."""
     with Session(db) as session:
         session.add(Customer(id=1, station_id=7, email="twin@example.com"))
         session.commit()
@@ -388,10 +390,13 @@ def test_duplicate_written_during_rotation_is_reported_with_both_rows(
         # cannot see that these are the same email: this is the rotation window.
         session.add(Customer(id=2, station_id=7, email="TWIN@example.com"))
         session.commit()
-    with pytest.raises(RotationError, match="row id=1: its new index value collides") as info:
-        reindex(db, find_indexes(Customer))
-    assert "id=2" in str(info.value)
-    assert "twin" not in str(info.value)
+    report = reindex(db, find_indexes(Customer))
+    (failure,) = report.jobs[0].failures
+    assert ((("id", 1),), ((("id", 2),),)) == (failure.primary_key, failure.collides_with)
+    assert failure.reason.startswith("the same normalized value as row id=2 (its new email_bidx")
+    assert "under index key 'b1' and the other row's under 'b2'" in failure.reason
+    assert "no index value" not in failure.reason
+    assert "twin" not in str(failure).lower()
     assert ["b1", "b2"] == _key_ids(db, "email_bidx")
 
 
@@ -583,17 +588,182 @@ def test_retiring_an_index_key_needs_the_index_columns(db: Engine, index_keyring
         retire_keys(db, [], ["b1"])
 
 
-def test_a_collision_found_later_in_the_batch_leaves_every_row_as_it_was(
+def test_a_collision_found_later_in_the_batch_leaves_the_rest_of_the_batch_written(
     db: Engine, index_keyring: Keyring
 ) -> None:
-    """Naming the colliding row writes nothing: rows before it in the batch keep their index."""
+    """The colliding row is not written; the rows before and after it in its batch are."""
     with Session(db) as session:
         session.add(Customer(id=1, station_id=7, email="first@example.com"))
         session.add(Customer(id=2, station_id=7, email="twin@example.com"))
+        session.add(Customer(id=4, station_id=7, email="last@example.com"))
         session.commit()
         _rotate(index_keyring)
         session.add(Customer(id=3, station_id=7, email="TWIN@example.com"))
         session.commit()
-    with pytest.raises(RotationError, match="row id=2: its new index value collides"):
-        reindex(db, find_indexes(Customer))
-    assert ["b1", "b1", "b2"] == _key_ids(db, "email_bidx")
+    report = reindex(db, find_indexes(Customer))
+    assert (4, 2, 1) == (report.scanned, report.written, report.failed)
+    assert ["b2", "b1", "b2", "b2"] == _key_ids(db, "email_bidx")
+
+
+# -- duplicates in legacy data ----------------------------------------------------------------
+
+#: Legacy rows of station 7 (and one of station 9): ids 3 and 14 hold one email, 6, 11 and 12
+#: another, 20 the first again at another station, where the unique index does not compare it.
+_LEGACY_EMAILS = {
+    3: "dup-a@example.com",
+    14: "DUP-A@example.com",
+    6: "dup-b@example.com",
+    11: " Dup-B@example.com",
+    12: "dup-b@EXAMPLE.com",
+    20: "dup-a@example.com",
+}
+
+
+def _add_legacy_customers(engine: Engine, keyring: Keyring) -> None:
+    """20 rows with ciphertext and no index value, as data from before the index was added."""
+    rows = [
+        {
+            "id": i,
+            "station_id": 9 if i == 20 else 7,
+            "email_encrypted": encrypt(
+                keyring, _LEGACY_EMAILS.get(i, f"user{i}@example.com").encode()
+            ),
+        }
+        for i in range(1, 21)
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(Customer.__table__), rows)
+
+
+def test_every_duplicate_is_reported_in_one_run_and_the_other_rows_indexed(
+    db: Engine, keyring: Keyring
+) -> None:
+    """Two duplicate groups, across batches and within one, fail by key; the rest is indexed."""
+    _add_legacy_customers(db, keyring)
+    report = reindex(db, find_indexes(Customer), batch_size=4)
+    assert (20, 17, 3, False) == (report.scanned, report.written, report.failed, report.ok)
+    collisions = {f.key: f.collides_with for f in report.jobs[0].failures}
+    assert {
+        (11,): ((("id", 6),),),
+        (12,): ((("id", 6),),),
+        (14,): ((("id", 3),),),
+    } == collisions
+    indexed = [i for i, key_id in enumerate(_key_ids(db, "email_bidx"), start=1) if key_id]
+    assert [i for i in range(1, 21) if i not in (11, 12, 14)] == indexed
+    for failure in report.jobs[0].failures:
+        assert "the same normalized value as row id=" in failure.reason
+        assert "this row had no index value" in failure.reason
+        assert "while both keys were active" not in failure.reason
+        assert "dup-" not in str(failure).lower()
+    failures = report.to_dict()["jobs"][0]["failures"]
+    by_row = {f["primary_key"]["id"]: f["collides_with"] for f in failures}
+    assert {11: [{"id": 6}], 12: [{"id": 6}], 14: [{"id": 3}]} == by_row
+
+
+def test_a_rerun_reports_the_same_duplicates_and_writes_nothing_else(
+    db: Engine, keyring: Keyring
+) -> None:
+    """Until the rows are merged each run names the same rows; once merged, the run is clean."""
+    _add_legacy_customers(db, keyring)
+    reindex(db, find_indexes(Customer), batch_size=4)
+    again = reindex(db, find_indexes(Customer), batch_size=4)
+    assert (0, 3) == (again.written, again.failed)
+    assert [(11,), (12,), (14,)] == [f.key for f in again.jobs[0].failures]
+    with db.begin() as conn:
+        table = Customer.__table__
+        conn.execute(table.delete().where(table.c.id.in_([11, 12, 14])))
+    assert reindex(db, find_indexes(Customer), batch_size=4).ok
+
+
+def test_a_normalizer_change_that_makes_two_rows_equal_is_named(
+    db: Engine, index_keyring: Keyring
+) -> None:
+    """A row whose index under the writing key is stale and now collides names that cause."""
+    with Session(db) as session:
+        session.add(Customer(id=1, station_id=7, email="same@example.com"))
+        session.add(Customer(id=2, station_id=7, email="other@example.com"))
+        session.commit()
+    # Row 2's value changed without its index, as if an older normalizer had indexed it.
+    table = Customer.__table__
+    with db.begin() as conn:
+        stored = conn.execute(select(table.c.email_encrypted).where(table.c.id == 1)).scalar_one()
+        conn.execute(update(table).where(table.c.id == 2).values(email_encrypted=stored))
+    report = reindex(db, find_indexes(Customer))
+    (failure,) = report.jobs[0].failures
+    assert ((2,), ((("id", 1),),)) == (failure.key, failure.collides_with)
+    assert "normalized differently" in failure.reason
+
+
+def test_fail_fast_stops_after_the_batch_of_the_first_collision(
+    db: Engine, keyring: Keyring
+) -> None:
+    """With fail_fast the run stops after the batch where a row collided; later rows wait."""
+    _add_legacy_customers(db, keyring)
+    report = reindex(db, find_indexes(Customer), batch_size=4, fail_fast=True)
+    assert (2, False) == (report.failed, report.ok)
+    assert [(11,), (12,)] == [f.key for f in report.jobs[0].failures]
+    indexed = [i for i, key_id in enumerate(_key_ids(db, "email_bidx"), start=1) if key_id]
+    assert [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] == indexed
+
+
+def test_workers_report_every_collision_between_them(db: Engine, keyring: Keyring) -> None:
+    """Two worker processes report each duplicate once, whichever of a group they write first."""
+    _add_legacy_customers(db, keyring)
+    report = reindex(db, find_indexes("test_reindex:Customer"), batch_size=4, workers=2)
+    assert (17, 3) == (report.written, report.failed)
+    groups = [{3, 14}, {6, 11, 12}]
+    for failure in report.jobs[0].failures:
+        (holder,) = failure.collides_with
+        group = next(g for g in groups if failure.key[0] in g)
+        assert holder[0][1] in group - {failure.key[0]}
+    assert [1, 2] == sorted(len(g & {f.key[0] for f in report.jobs[0].failures}) for g in groups)
+
+
+def test_cli_reindex_lists_every_collision_and_exits_1(db: Engine, keyring: Keyring) -> None:
+    """fieldcrypt reindex lists each colliding row by primary key, writes the others, exits 1."""
+    _add_legacy_customers(db, keyring)
+    url = db.url.render_as_string(hide_password=False)
+    args = ["reindex", "--db", url, "--models", "test_reindex:Customer", "--batch-size", "4"]
+    result = CliRunner().invoke(cli, args)
+    assert 1 == result.exit_code, result.output
+    summary, *listed = result.stdout.splitlines()
+    assert summary.endswith(
+        "fc_rx_customers.(email_bidx, phone_bidx): scanned 20, reindexed 17, "
+        "changed concurrently 0, failed 3"
+    )
+    start = "  failed id={}: the same normalized value as row id={} (its new email_bidx collides"
+    expected = [start.format(11, 6), start.format(12, 6), start.format(14, 3)]
+    assert 3 == len(listed)
+    assert all(line.startswith(e) for e, line in zip(expected, listed, strict=True)), listed
+    assert result.stderr.endswith(
+        "Error: 3 rows could not be handled (listed above by primary key); the other rows "
+        "were. 3 rows hold the same normalized value as another row under a unique "
+        "constraint: merge or change those rows, then run the command again\n"
+    )
+    assert "dup-" not in result.output.lower()
+    assert 17 == sum(1 for key_id in _key_ids(db, "email_bidx") if key_id)
+    as_json = CliRunner().invoke(cli, [*args, "--json"])
+    assert 1 == as_json.exit_code
+    data = json.loads(as_json.stdout)
+    assert (0, 3) == (data["total"]["written"], data["total"]["failed"])
+    assert [[{"id": 6}], [{"id": 6}], [{"id": 3}]] == [
+        f["collides_with"] for f in data["jobs"][0]["failures"]
+    ]
+
+
+def test_cli_names_a_composite_uuid_key_as_people_read_it(db: Engine, keyring: Keyring) -> None:
+    """A failed row of a (tenant, UUID) key prints as tenant=1, id=<digits>, and 1 row."""
+    uid = uuid.UUID("01b4c3d2-0000-4000-8000-00000000abcd")
+    with db.begin() as conn:
+        conn.execute(
+            insert(Member.__table__),
+            [{"tenant": 1, "id": uid, "email_encrypted": "fc1:k1:not-a-token"}],
+        )
+    url = db.url.render_as_string(hide_password=False)
+    result = CliRunner().invoke(cli, ["reindex", "--db", url, "--models", "test_reindex:Member"])
+    assert 1 == result.exit_code
+    assert f"  failed tenant=1, id={uid}: key id 'k1'" in result.stdout
+    assert f"FAILED fc_rx_members.email_bidx at primary key (tenant=1, id={uid})" in result.stderr
+    assert "fc_rx_members.email_bidx: 1 row to visit" in result.stderr
+    assert "Error: 1 row could not be handled" in result.stderr
+    assert "UUID(" not in result.output

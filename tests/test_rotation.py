@@ -232,6 +232,140 @@ def test_status_in_sql_matches_reading_every_value(
         table.metadata.drop_all(engine)
 
 
+# -- legacy tokens: no key named, found by trial ------------------------------------------
+
+
+@pytest.fixture
+def legacy(engine: Engine) -> Iterator[tuple[Engine, Keyring]]:
+    """2 tokens under 'cur' and 41 bare legacy tokens: 37 of 'cur', 3 of 'old', 1 of no key.
+
+    'new' is primary; 'spare' is a Fernet key that opens none of them, 'siv' an AEAD key,
+    which cannot open a bare Fernet token at all.
+    """
+    keyring = Keyring(
+        {
+            "new": generate_key(),
+            "cur": generate_key(),
+            "old": generate_key(),
+            "spare": generate_key(),
+            "siv": generate_key("aes-gcm-siv"),
+        }
+    )
+    previous = swap_default_keys(None)
+    sa_fieldcrypt.configure(keyring=keyring)
+    gone = Keyring({"gone": generate_key()})
+    rows = [{"id": i, "email": _under(keyring, "cur", f"u{i}")} for i in (1, 2)]
+    rows += [{"id": i, "email": _legacy(keyring, "cur", f"u{i}")} for i in range(3, 40)]
+    rows += [{"id": i, "email": _legacy(keyring, "old", f"u{i}")} for i in range(40, 43)]
+    rows.append({"id": 43, "email": _legacy(gone, "gone", "u43")})
+    table = _make_table(engine, "fc_rot_legacy")
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+    yield engine, keyring
+    table.metadata.drop_all(engine)
+    swap_default_keys(previous)
+
+
+def test_status_charges_legacy_tokens_to_no_key(legacy: tuple[Engine, Keyring]) -> None:
+    """Legacy tokens count as key unknown: every Fernet key of the keyring may be needed."""
+    engine, _ = legacy
+    report = jobs.status(engine, [_column(engine, "fc_rot_legacy")])
+    (column,) = report.columns
+    assert ({"cur": 2}, 41) == (column.by_key, column.legacy)
+    assert ("new", "cur", "old", "spare") == column.legacy_candidates
+    assert (None, None) == (column.legacy_by_key, column.legacy_unopened)
+    keys = {k.key_id: k for k in report.key_usage()}
+    assert {"new": 41, "cur": 41, "old": 41, "spare": 41, "siv": 0} == {
+        key_id: k.legacy_possible for key_id, k in keys.items()
+    }
+    assert {"new": True, "cur": True, "old": True, "spare": True, "siv": False} == {
+        key_id: k.needed for key_id, k in keys.items()
+    }
+    text = report.describe()
+    assert "  legacy, key unknown                    41  bare Fernet tokens name no key" in text
+    assert (
+        "  cur                          decrypt-only; still needed by 2 rows, and maybe by 41 "
+        "legacy tokens (key unknown): run rotate\n"
+    ) in text
+    assert (
+        "  old                          decrypt-only; maybe needed by 41 legacy tokens (key "
+        "unknown): run rotate, or status --resolve-legacy to find out\n"
+    ) in text
+    assert (
+        "  siv                          decrypt-only; no longer needed: retire-key siv removes"
+        in text
+    )
+
+
+def test_status_resolve_legacy_counts_the_key_that_opens_each(
+    legacy: tuple[Engine, Keyring],
+) -> None:
+    """With resolve_legacy each legacy token is tried: counts per opening key, and unopened."""
+    engine, _ = legacy
+    report = jobs.status(engine, [_column(engine, "fc_rot_legacy")], resolve_legacy=True)
+    (column,) = report.columns
+    assert ({"cur": 37, "old": 3}, 1, 41) == (
+        column.legacy_by_key,
+        column.legacy_unopened,
+        column.legacy,
+    )
+    keys = {k.key_id: k for k in report.key_usage()}
+    assert {"new": 0, "cur": 37, "old": 3, "spare": 0, "siv": 0} == {
+        key_id: k.legacy_rows for key_id, k in keys.items()
+    }
+    assert (False, True, True) == (keys["spare"].needed, keys["old"].needed, keys["cur"].needed)
+    assert [
+        "fc_rot_legacy.email: 1 legacy token that no key of the keyring opens: add the key "
+        "back (`fieldcrypt verify` names them)"
+    ] == report.problems()
+    text = report.describe()
+    assert (
+        "  legacy tokens                          41  bare Fernet tokens, tried: rotate moves "
+        "these\n"
+        "    opened by cur                        37\n"
+        "    opened by old                         3\n"
+        "    opened by no key                      1  these cannot be decrypted\n"
+    ) in text
+    assert "still needed by 2 rows and 37 legacy tokens: run rotate" in text
+    assert "  old                          decrypt-only; still needed by 3 legacy tokens" in text
+    spare = "decrypt-only; no longer needed: retire-key spare --resolve-legacy removes it"
+    assert f"  spare                        {spare}\n" in text
+    data = report.to_dict()
+    assert ({"cur": 37, "old": 3}, 1) == (
+        data["columns"][0]["legacy_by_key"],
+        data["columns"][0]["legacy_unopened"],
+    )
+
+
+def test_status_of_a_column_without_legacy_tokens_resolves_to_none(
+    engine: Engine, ring: Keyring
+) -> None:
+    """resolve_legacy on a column with no legacy token reads nothing and counts zeros."""
+    table = _make_table(engine, "fc_rot_no_legacy")
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": 1, "email": _under(ring, "k2", "x")}])
+    report = jobs.status(engine, [_column(engine, "fc_rot_no_legacy")], resolve_legacy=True)
+    assert ({}, 0) == (report.columns[0].legacy_by_key, report.columns[0].legacy_unopened)
+    assert "ready: every value is readable" in report.describe()
+    table.metadata.drop_all(engine)
+
+
+def test_retire_keys_with_resolve_legacy_refuses_only_keys_that_open_one(
+    legacy: tuple[Engine, Keyring],
+) -> None:
+    """A key that opens no legacy token retires once they are tried; one that opens some not."""
+    engine, _ = legacy
+    columns = [_column(engine, "fc_rot_legacy")]
+    with pytest.raises(RotationError, match="legacy tokens, which do not say which key"):
+        jobs.retire_keys(engine, columns, ["spare"])
+    assert "siv" not in jobs.retire_keys(engine, columns, ["siv"])  # AEAD: opens no legacy token
+    assert "spare" not in jobs.retire_keys(engine, columns, ["spare"], resolve_legacy=True)
+    with pytest.raises(
+        RotationError, match=r"key 'old' is still used by fc_rot_legacy.email \(3 legacy tokens\)"
+    ):
+        jobs.retire_keys(engine, columns, ["old"], resolve_legacy=True)
+
+
 # -- rotate -------------------------------------------------------------------------------
 
 
@@ -916,7 +1050,9 @@ def test_cli_failures_exit_non_zero(sqlite_env: tuple[Engine, Table, Keyring]) -
     result = CliRunner().invoke(cli, ["rotate", *TARGET])
     assert 1 == result.exit_code
     assert "FAILED fc_rot_mixed.email at primary key (id=99): key id 'gone'" in result.stderr
-    assert "Error: 1 rows could not be handled" in result.stderr
+    assert "Error: 1 row could not be handled" in result.stderr
+    assert "fix those rows" in result.stderr
+    assert "  failed id=99: key id 'gone'" in result.stdout
     assert stray[8:40] not in result.output
     assert "secret-plaintext" not in result.output
     dry = CliRunner().invoke(cli, ["rotate", *TARGET, "--dry-run", "--fail-fast"])
@@ -1068,3 +1204,86 @@ def test_cli_table_in_a_schema(
     finally:
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA fc_rot_core CASCADE"))
+
+
+def test_cli_status_counts_legacy_as_key_unknown_until_resolved(
+    legacy: tuple[Engine, Keyring],
+) -> None:
+    """status names no key for legacy tokens; --resolve-legacy counts per key, also in --json."""
+    engine, _ = legacy
+    url = engine.url.render_as_string(hide_password=False)
+    target = ["--db", url, "--table", "fc_rot_legacy", "--column", "email"]
+    plain = CliRunner().invoke(cli, ["status", *target])
+    assert 0 == plain.exit_code, plain.output
+    assert "  legacy, key unknown                    41  bare Fernet tokens name no key" in (
+        plain.stdout
+    )
+    assert (
+        "ready: every value names a key of its keyring, but for 41 legacy tokens, which name "
+        "none (--resolve-legacy tries them)\n"
+    ) in plain.stdout
+    resolved = CliRunner().invoke(cli, ["status", "--resolve-legacy", *target])
+    assert 1 == resolved.exit_code  # one legacy token opens with no key of the keyring
+    assert "    opened by cur                        37\n" in resolved.stdout
+    assert "  old                          decrypt-only; still needed by 3 legacy tokens" in (
+        resolved.stdout
+    )
+    data = json.loads(
+        CliRunner().invoke(cli, ["status", "--resolve-legacy", "--json", *target]).stdout
+    )
+    assert ({"cur": 37, "old": 3}, 1) == (
+        data["columns"][0]["legacy_by_key"],
+        data["columns"][0]["legacy_unopened"],
+    )
+    assert {"new": 0, "cur": 37, "old": 3, "spare": 0, "siv": 0} == {
+        k["key_id"]: k["legacy_rows"] for k in data["keys"]
+    }
+
+
+def test_cli_retire_key_resolve_legacy(
+    legacy: tuple[Engine, Keyring], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """retire-key --resolve-legacy retires a key no legacy token needs, and refuses one they do."""
+    engine, keyring = legacy
+    monkeypatch.setenv("FIELDCRYPT_KEYS", keyring.export())
+    url = engine.url.render_as_string(hide_password=False)
+    target = ["--db", url, "--table", "fc_rot_legacy", "--column", "email"]
+    refused = CliRunner().invoke(cli, ["retire-key", "spare", *target])
+    assert (1, "") == (refused.exit_code, refused.stdout)
+    assert "--resolve-legacy" in refused.stderr
+    retired = CliRunner().invoke(cli, ["retire-key", "spare", "--resolve-legacy", *target])
+    assert 0 == retired.exit_code, retired.output
+    assert ("new", "cur", "old", "siv") == Keyring.parse(retired.stdout.strip()).ids
+    assert "No value of fc_rot_legacy.email uses key 'spare'." in retired.stderr
+    old = CliRunner().invoke(cli, ["retire-key", "old", "--resolve-legacy", *target])
+    assert 1 == old.exit_code
+    assert "key 'old' is still used by fc_rot_legacy.email (3 legacy tokens)" in old.stderr
+
+
+def test_failures_name_uuid_and_composite_keys_as_people_read_them(
+    engine: Engine, ring: Keyring
+) -> None:
+    """A failed row of a (tenant, UUID) key is named tenant=3, id=<digits>, in text and JSON."""
+    uid = uuid.UUID("01b4c3d2-0000-4000-8000-00000000abcd")
+    table = _make_table(
+        engine,
+        "fc_rot_composite",
+        Column("tenant", Integer, primary_key=True, autoincrement=False),
+        Column("id", Uuid, primary_key=True),
+    )
+    stray = encrypt(Keyring({"gone": generate_key()}), b"x")
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"tenant": 3, "id": uid, "email": stray}])
+    report = jobs.rotate(engine, [jobs.EncryptedColumn(table.c.email, EncryptedText())])
+    (failure,) = report.jobs[0].failures
+    assert str(failure).startswith(
+        f"fc_rot_composite.email at primary key (tenant=3, id={uid}): key id 'gone'"
+    )
+    assert {"tenant": 3, "id": str(uid)} == report.to_dict()["jobs"][0]["failures"][0][
+        "primary_key"
+    ]
+    assert (
+        "(1 row; primary key id 'k3')"
+        in jobs.status(engine, [_column(engine, "fc_rot_composite")]).describe()
+    )
+    table.metadata.drop_all(engine)

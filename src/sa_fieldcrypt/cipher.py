@@ -31,7 +31,7 @@ from cryptography.fernet import InvalidToken
 
 from sa_fieldcrypt import metrics
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, UnknownKeyError
-from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, Keyring
+from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, Key, Keyring
 
 __all__ = [
     "NOT_A_TOKEN",
@@ -42,6 +42,7 @@ __all__ = [
     "encrypt",
     "encrypt_value",
     "inspect_token",
+    "legacy_key",
 ]
 
 #: Every token this library writes starts with this header.
@@ -219,7 +220,18 @@ def _missing_key(keyring: Keyring, key_id: str) -> NoReturn:
     raise DecryptionError(_INVALID)
 
 
-def _decrypt_legacy(keyring: Keyring, token: str) -> bytes:
+def legacy_key(keyring: Keyring, token: str) -> Key | None:
+    """The key of ``keyring`` that opens the legacy (bare Fernet) ``token``, or None.
+
+    A legacy token names no key, so this tries each Fernet key, the primary first, as reading
+    the token does. Nothing is counted in :mod:`sa_fieldcrypt.metrics`: finding a key is not
+    a read by the application.
+    """
+    opened = _open_legacy(keyring, token)
+    return None if opened is None else opened[0]
+
+
+def _open_legacy(keyring: Keyring, token: str) -> tuple[Key, bytes] | None:
     # Legacy tokens carry no key id, so every Fernet key is tried, the primary first; this is
     # the one path that is O(number of keys), and `fieldcrypt rotate` removes it from the data.
     primary = keyring.primary
@@ -227,13 +239,20 @@ def _decrypt_legacy(keyring: Keyring, token: str) -> bytes:
         if key.kind != "fernet":
             continue
         try:
-            data = key.decrypt(token)
+            return key, key.decrypt(token)
         except (InvalidToken, ValueError, TypeError):
             continue
-        next(key.decrypt_counter)
-        metrics.count_legacy_read()
-        return data
-    raise DecryptionError(_INVALID + " (a legacy Fernet token: no key of the keyring opens it)")
+    return None
+
+
+def _decrypt_legacy(keyring: Keyring, token: str) -> bytes:
+    opened = _open_legacy(keyring, token)
+    if opened is None:
+        raise DecryptionError(_INVALID + " (a legacy Fernet token: no key of the keyring opens it)")
+    key, data = opened
+    next(key.decrypt_counter)
+    metrics.count_legacy_read()
+    return data
 
 
 def _encrypt_from_parts(keyring: Keyring, data: bytes, current_time: int, iv: bytes) -> str:

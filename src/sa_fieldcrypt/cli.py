@@ -25,7 +25,14 @@ from sa_fieldcrypt._version import __version__
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
 from sa_fieldcrypt.jobs.engine import DEFAULT_BATCH_SIZE, parse_shard
 from sa_fieldcrypt.jobs.reindex import reindex
-from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, RunReport
+from sa_fieldcrypt.jobs.report import (
+    Failure,
+    JobReport,
+    RunListener,
+    RunReport,
+    plural,
+    word_for,
+)
 from sa_fieldcrypt.jobs.rotation import rotate as rotate_columns
 from sa_fieldcrypt.jobs.rotation import verify as verify_columns
 from sa_fieldcrypt.jobs.sql import driver_message
@@ -499,7 +506,7 @@ class _Progress(RunListener):
             self.bar = click.progressbar(length=total, label=label, file=self.stream, show_pos=True)
             self.bar.render_progress()
         else:
-            self._line(f"{label}: {total:,} rows to visit")
+            self._line(f"{label}: {plural(total, 'row')} to visit")
 
     def batch(self, label: str, rows: int, report: JobReport) -> None:
         if self.bar is not None:
@@ -519,7 +526,7 @@ class _Progress(RunListener):
 
     def _progress_line(self, report: JobReport) -> None:
         self._line(
-            f"{report.label}: {report.scanned:,}/{self.total:,} rows scanned, "
+            f"{report.label}: {report.scanned:,}/{plural(self.total, 'row')} scanned, "
             f"{report.written:,} written, {report.failed:,} failed"
         )
 
@@ -553,6 +560,15 @@ def _summary(report: JobReport, action: str) -> str:
     return ", ".join(parts) + notes
 
 
+def _failure_lines(report: JobReport) -> list[str]:
+    """The failures a report kept, one line each by primary key, and how many it did not."""
+    lines = [f"  failed {failure.key_text}: {failure.reason}" for failure in report.failures]
+    left = report.failed - len(report.failures)
+    if left > 0:
+        lines.append(f"  and {plural(left, 'more row')} (each one was printed on stderr)")
+    return lines
+
+
 def _finish(run: RunReport, action: str, as_json: bool) -> None:
     """Print a job command's report; exit 1 unless every row was handled."""
     if as_json:
@@ -560,13 +576,27 @@ def _finish(run: RunReport, action: str, as_json: bool) -> None:
     else:
         for report in run.jobs:
             click.echo(f"{report.label}: {_summary(report, action)}")
+            for line in _failure_lines(report):
+                click.echo(line)
         if len(run.jobs) > 1:
             click.echo(f"total: {_summary(run.total(), action)}")
     if run.failed:
+        kept = [f for report in run.jobs for f in report.failures]
+        collided = sum(1 for f in kept if f.collides_with)
+        fixes = []
+        if collided:
+            fixes.append(
+                f"{plural(collided, 'row')} {word_for(collided, 'holds', 'hold')} the same "
+                "normalized value as another row under a unique constraint: merge or change "
+                "those rows"
+            )
+        if collided < len(kept) or not kept:
+            others = "the other rows" if collided else "those rows"
+            fixes.append(f"restore the missing keys or fix {others}")
+        advice = "; ".join(fixes)
         raise RotationError(
-            f"{run.failed:,} rows could not be handled (listed by job and primary key); the "
-            "other rows were. Restore the missing keys or fix those rows, then run the "
-            "command again"
+            f"{plural(run.failed, 'row')} could not be handled (listed above by primary key); "
+            f"the other rows were. {advice[:1].upper()}{advice[1:]}, then run the command again"
         )
     if not run.ok:
         raise RotationError("the run stopped before every row was visited; run it again")
@@ -579,19 +609,30 @@ def _gate(report: StatusReport, as_json: bool, ready: bool) -> None:
         raise click.exceptions.Exit(1)
 
 
+_resolve_legacy_option = click.option(
+    "--resolve-legacy",
+    is_flag=True,
+    help="Try the keys on every legacy token (bare Fernet tokens name no key) and count which "
+    "key opens how many; this decrypts them.",
+)
+
+
 @cli.command()
 @_target_options
+@_resolve_legacy_option
 @_json_option
-def status(target: _Target, as_json: bool) -> None:
+def status(target: _Target, resolve_legacy: bool, as_json: bool) -> None:
     """Count values per key id, legacy tokens, plaintext and NULL; exit 1 unless ready.
 
     Counts each column's stored values by their header, and each blind-index column's values
     by index key (nothing is decrypted), and says, per key id, whether any value still needs
-    it. Not ready (exit 1): a value names a key id the keyring lacks, has a malformed header,
+    it. A legacy token names no key, so any key of its column may be needed by it, until
+    --resolve-legacy tries them. Not ready (exit 1): a value names a key id the keyring
+    lacks, has a malformed header, no key opens a legacy token (as --resolve-legacy finds),
     or an index value is under an index key that is no longer active.
     """
     with target.open(indexes=True) as (engine, columns, indexes):
-        report = status_of(engine, columns, indexes)
+        report = status_of(engine, columns, indexes, resolve_legacy=resolve_legacy)
     _gate(report, as_json, report.ready)
 
 
@@ -663,26 +704,39 @@ def reindex_command(target: _Target, run: dict[str, Any], as_json: bool, check: 
     type=click.Choice(PURPOSES),
     help="Whose keys they are; by default that of the keyring holding them.",
 )
+@_resolve_legacy_option
 @_json_option
 def retire_key(
-    key_ids: tuple[str, ...], target: _Target, purpose: Purpose | None, as_json: bool
+    key_ids: tuple[str, ...],
+    target: _Target,
+    purpose: Purpose | None,
+    resolve_legacy: bool,
+    as_json: bool,
 ) -> None:
     """Remove keys that no stored value needs any more.
 
     The keys are encryption keys (checked against every encrypted column) or blind-index keys
     (checked against every blind-index column of --models), one purpose per command. Refuses
-    while any value is under a KEY_ID (or, for encryption keys, while legacy tokens remain).
+    while any value is under a KEY_ID (or, for encryption keys, while legacy tokens remain;
+    with --resolve-legacy, while a KEY_ID opens one).
     With keys from the environment, prints the variable's new value on stdout, and nothing
     else there: `export FIELDCRYPT_KEYS="$(fieldcrypt retire-key k1 k2 --models app.models)"`.
     """
     with target.open(indexes=True) as (engine, columns, indexes):
-        remaining = retire_keys(engine, columns, key_ids, indexes=indexes, purpose=purpose)
+        remaining = retire_keys(
+            engine,
+            columns,
+            key_ids,
+            indexes=indexes,
+            purpose=purpose,
+            resolve_legacy=resolve_legacy,
+        )
         checked = [c.label for c in (indexes if remaining.purpose == "blind-index" else columns)]
     settings = load_settings()
     provider = (
         settings.blind_index_provider if remaining.purpose == "blind-index" else settings.provider
     )
-    ids = ", ".join(repr(k) for k in key_ids)
+    ids = f"{word_for(len(key_ids), 'key')} {', '.join(repr(k) for k in key_ids)}"
     variable = value = None
     notes: list[str] = []
     if provider == "env":
@@ -699,14 +753,15 @@ def retire_key(
         click.echo(json.dumps(report, indent=2))
         return
     if value is None:
+        them = word_for(len(key_ids), "it", "them")
         click.echo(
-            f"No value of {', '.join(checked)} uses key {ids}: remove them from the keys that "
+            f"No value of {', '.join(checked)} uses {ids}: remove {them} from the keys that "
             f"provider {provider!r} serves.",
             err=True,
         )
         return
     click.echo(
-        f"No value of {', '.join(checked)} uses key {ids}. Set {variable} to the value printed "
+        f"No value of {', '.join(checked)} uses {ids}. Set {variable} to the value printed "
         "on stdout, everywhere the application runs.",
         err=True,
     )

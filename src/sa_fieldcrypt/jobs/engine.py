@@ -37,6 +37,9 @@ How a run works, and why it is safe with the application running:
   reported by label and primary key (never its content) and the run goes on, unless
   ``fail_fast``. Any other exception from the transform or the listener stops the run: its
   batch is rolled back, batches committed before it stay.
+- A batch whose write a unique constraint refuses is explained by the job
+  (``explain_conflict``): every row that collides is reported as failed, naming the rows it
+  collides with, and the rest of the batch is written.
 - ``workers`` processes split the rows into primary-key ranges; ``shard`` lets several
   machines split a table without talking to each other.
 """
@@ -85,7 +88,7 @@ from sqlalchemy.types import TypeEngine
 
 from sa_fieldcrypt.config import configure, current_keyring
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, FieldCryptError, RotationError
-from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, RunReport
+from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, RunReport, plural
 from sa_fieldcrypt.jobs.sql import (
     DialectSql,
     driver_message,
@@ -119,7 +122,7 @@ DEFAULT_BATCH_SIZE: Final = 1000
 _CAS_RETRIES: Final = 3
 #: Times a batch is retried after a deadlock or serialization failure.
 _TRANSIENT_RETRIES: Final = 5
-#: Times a batch is written again after a unique-constraint conflict that went away.
+#: Times a batch is written again after a unique-constraint conflict that no row explains.
 _CONFLICT_RETRIES: Final = 3
 
 
@@ -139,9 +142,10 @@ Transform = Callable[[tuple[Any, ...]], "tuple[Any, ...] | Skip | None"]
 Item = tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]
 #: Called with the connection and the keys of a batch's rows between its read and its write.
 BeforeWrite = Callable[[Connection, list[tuple[Any, ...]]], None]
-#: Explains a unique-constraint conflict of a batch's write: the error to raise, or None to
-#: write the batch again (the conflicting row changed meanwhile).
-ExplainConflict = Callable[[Engine, list[Item]], "RotationError | None"]
+#: Explains a unique-constraint conflict of a batch's write: a failure for each row that
+#: collides, which the batch is then written without; none when no row collides any more (the
+#: conflicting row changed meanwhile), and the batch is written again as it is.
+ExplainConflict = Callable[[Engine, list[Item]], "list[Failure]"]
 _T = TypeVar("_T")
 #: The default keyrings a worker process is given, by purpose.
 _DefaultKeys = dict[Purpose, Keyring]
@@ -168,8 +172,9 @@ class BatchJob:
             wrapped in :func:`~sa_fieldcrypt.jobs.sql.stored_text` to compare their text.
         resume_key: what names the job in a state file: everything that must not change for
             a saved position to stay valid (by default the label).
-        explain_conflict: how to name the rows of a unique-constraint conflict; without it a
-            conflict stops the run with the driver's message.
+        explain_conflict: how to find and name the rows of a unique-constraint conflict, all
+            of a batch's at once (each becomes a failure, the rest of the batch is written);
+            without it a conflict stops the run with the driver's message.
     """
 
     label: str
@@ -224,7 +229,8 @@ def run_job(
             ``functools.partial`` of one), since each worker process builds its own.
         batch_size: rows per batch, and per transaction.
         dry_run: run the transform but write nothing; counts say what would be written.
-        fail_fast: stop at the first row that fails.
+        fail_fast: stop at the first row that fails (at a row a unique constraint refuses:
+            after its batch, whose other rows are written).
         workers: processes, each over its own range of primary keys. Each makes its own
             engine from ``engine``'s URL and execution options: ``connect_args``, a
             ``creator`` and event listeners of ``engine`` do not reach them.
@@ -585,6 +591,9 @@ class _Walk:
         self.should_stop = should_stop
         self.completed = True
         self.conflicts = 0
+        # Rows of the batch being written that a unique constraint refuses, and why: the
+        # batch is written without them.
+        self.refused: dict[tuple[Any, ...], Failure] = {}
         self.pk = _primary_key(job)
         self.pk_names = [c.name for c in self.pk]
         self.limits = [getattr(c.type, "length", None) for c in job.write]
@@ -675,7 +684,12 @@ class _Walk:
                     if pending is not None:
                         # Taken out first: a listener that raises must not see it twice.
                         done, pending = pending, None
-                        self._apply(done.result())
+                        written = done.result()
+                        self._apply(written)
+                        if self.options.fail_fast and written.failures:
+                            # A row refused at the write; the batch just read is not written.
+                            self.completed = False
+                            return
                     if not batch.keys:
                         return
                     last = batch.keys[-1]
@@ -692,8 +706,8 @@ class _Walk:
     def _transaction(self, conn: Connection, work: Callable[..., _T], *args: Any) -> _T:
         """Run ``work(conn, *args)`` in one transaction; retried after a deadlock.
 
-        A unique-constraint conflict is explained by the job (naming the rows), or, when the
-        conflicting row changed meanwhile, the work is done again.
+        After a unique-constraint conflict the job names the rows that collide, and the work
+        is done again without them (or, when none collides any more, as it was).
         """
         attempt = 0
         while True:
@@ -701,9 +715,7 @@ class _Walk:
                 with conn.begin():
                     return work(conn, *args)
             except _Conflict as conflict:
-                error = self._explain(conflict)
-                if error is not None:
-                    raise error from conflict.__cause__
+                self._explain(conflict)
             except DBAPIError as exc:
                 if attempt >= _TRANSIENT_RETRIES or not is_transient(exc):
                     raise
@@ -711,20 +723,26 @@ class _Walk:
                 time.sleep(0.05 * 2**attempt)
                 attempt += 1
 
-    def _explain(self, conflict: _Conflict) -> RotationError | None:
+    def _explain(self, conflict: _Conflict) -> None:
+        """Note the rows of a refused batch that collide; raise if the job cannot tell them."""
         explain = self.job.explain_conflict
         cause = conflict.__cause__
         if explain is None and isinstance(cause, SQLAlchemyError):
-            return _database_error(self.job.label, cause)
+            raise _database_error(self.job.label, cause) from cause
         if explain is None:
-            return RotationError(f"{self.job.label}: a unique constraint refused a batch")
+            raise RotationError(f"{self.job.label}: a unique constraint refused a batch")
+        batch = {key for key, _, _ in conflict.items}
+        found = [f for f in explain(self.engine, conflict.items) if f.key in batch]
+        if found:
+            # Each explanation takes rows out of the batch, so this ends within a batch.
+            self.refused.update((f.key, f) for f in found)
+            return
         self.conflicts += 1
         if self.conflicts > _CONFLICT_RETRIES:
-            return RotationError(
+            raise RotationError(
                 f"{self.job.label}: new values kept colliding under a unique constraint while "
                 "the application wrote; run again (committed batches are kept)"
-            )
-        return explain(self.engine, conflict.items)
+            ) from cause
 
     def _read(self, conn: Connection, stmt: Any, scanned: bool) -> _Batch:
         items, counts, failures, rows = self._transform(conn.execute(stmt).all())
@@ -737,7 +755,11 @@ class _Walk:
     ) -> set[tuple[Any, ...]]:
         if hook and self.before_write is not None:
             self.before_write(conn, [k for k, _, _ in batch.items])
-        if writer is None or not batch.items:
+        if writer is None:
+            return set()
+        if self.refused:
+            self._leave_out_refused(batch)
+        if not batch.items:
             return set()
         try:
             return writer.write(conn, batch.items)
@@ -749,6 +771,18 @@ class _Walk:
     ) -> tuple[_Batch, set[tuple[Any, ...]]]:
         batch = self._read(conn, stmt, first)
         return batch, self._write(conn, writer, batch, first)
+
+    def _leave_out_refused(self, batch: _Batch) -> None:
+        """Take the rows a unique constraint refused out of ``batch``: they are failures."""
+        kept = []
+        for item in batch.items:
+            failure = self.refused.get(item[0])
+            if failure is None:
+                kept.append(item)
+            else:
+                batch.failures.append(failure)
+        batch.counts["failed"] = batch.counts.get("failed", 0) + len(batch.items) - len(kept)
+        batch.items = kept
 
     @staticmethod
     def _written(batch: _Batch, missed: set[tuple[Any, ...]]) -> None:
@@ -783,16 +817,18 @@ class _Walk:
         batch.unsettled = missed
 
     def _apply(self, batch: _Batch) -> None:
-        self.conflicts = 0  # the batch is committed: conflicts are counted per batch
+        # The batch is committed: conflicts are counted, and refused rows kept, per batch.
+        self.conflicts = 0
+        self.refused = {}
         for failure in batch.failures:
             self.progress.failed(failure)
         if batch.left and self.options.reread_changed:
             logger.warning(
-                "%s: %d rows kept changing during the run; rerun to pick them up",
+                "%s: %s kept changing during the run; rerun to pick them up",
                 self.job.label,
-                batch.left,
+                plural(batch.left, "row"),
             )
-        not_handled = {tuple(v for _, v in f.primary_key) for f in batch.failures}
+        not_handled = {f.key for f in batch.failures}
         if self.options.reread_changed:
             not_handled |= batch.unsettled
         settled = None
@@ -842,8 +878,8 @@ class _Walk:
         for col, limit, value in zip(self.job.write, self.limits, new, strict=True):
             if limit is not None and isinstance(value, str) and len(value) > limit:
                 return (
-                    f"the new value of {col.name} ({len(value)} characters) does not fit the "
-                    f"column's length {limit}; widen the column first"
+                    f"the new value of {col.name} ({plural(len(value), 'character')}) does not "
+                    f"fit the column's length {limit}; widen the column first"
                 )
         return None
 

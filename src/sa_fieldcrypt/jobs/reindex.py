@@ -20,9 +20,12 @@ runs and one report vocabulary.
   its own index.
 - A value that cannot be decrypted is reported by primary key and the run goes on (unless
   ``fail_fast``), as for rotation.
-- A row whose new index value collides with another row's under a unique constraint (the same
-  value written twice while two index keys were active) stops the run with a
-  :class:`~sa_fieldcrypt.RotationError` naming both rows' primary keys; committed batches stay.
+- A row whose new index value collides with another row's under a unique constraint (two rows
+  hold the same normalized value) is reported as failed, naming the rows it collides with and
+  why the constraint did not see the duplicate before (the row had no index value, as legacy
+  data; its index was under another index key; or the normalizer changed); the run goes on,
+  so one run lists every collision. Of the rows that hold one value, the first to be written
+  (in primary-key order, or one the application wrote) keeps it.
 """
 
 from __future__ import annotations
@@ -31,13 +34,12 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Column, Engine, Table, and_, or_, select, update
+from sqlalchemy import Column, Engine, Table, UniqueConstraint, and_, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from sa_fieldcrypt.errors import RotationError
 from sa_fieldcrypt.jobs.engine import BatchJob, Item, JobFactory, run_jobs
-from sa_fieldcrypt.jobs.report import RunReport
+from sa_fieldcrypt.jobs.report import Failure, PrimaryKey, RunReport, format_key, word_for
 from sa_fieldcrypt.jobs.targets import IndexedColumn, Source, find_again, portable
 
 __all__ = ["reindex", "reindex_job"]
@@ -85,7 +87,7 @@ def reindex_job(
         transform,
         where,
         resume_key=f"reindex {label} under {keys}",
-        explain_conflict=functools.partial(_explain_conflict, columns),
+        explain_conflict=functools.partial(_explain_conflict, label, columns),
     )
 
 
@@ -98,9 +100,14 @@ def reindex(
     ``shard``, ``state``, ``listener``, ``before_write``) are those of
     :func:`~sa_fieldcrypt.jobs.run_job`.
 
+    Returns:
+        One report per table. A row whose new index value collides with another row's under
+        a unique constraint is one of its failures, and
+        :attr:`~sa_fieldcrypt.jobs.Failure.collides_with` names the other rows; the other
+        rows are written.
+
     Raises:
-        RotationError: a new index value collides with another row's under a unique
-            constraint (naming both rows), or a database error; committed batches stay.
+        RotationError: a database error; committed batches stay.
         ConfigurationError: no index key, or invalid options.
     """
     by_table: dict[Table, list[IndexedColumn]] = {}
@@ -126,11 +133,16 @@ def _build_again(found: tuple[tuple[Source, str], ...], engine: Engine) -> Batch
 
 
 def _explain_conflict(
-    columns: Sequence[IndexedColumn], engine: Engine, items: list[Item]
-) -> RotationError | None:
-    """Write ``items`` one row per savepoint, roll it all back, and name a colliding row."""
+    label: str, columns: Sequence[IndexedColumn], engine: Engine, items: list[Item]
+) -> list[Failure]:
+    """Write ``items`` one row per savepoint, roll it all back, and name every colliding row.
+
+    Rows are written in primary-key order, so of two rows of the batch with the same value
+    the first is written and the second collides with it, as they would one batch apart.
+    """
     table = columns[0].table
     pk = list(table.primary_key.columns)
+    failures: list[Failure] = []
     with engine.connect() as conn:
         transaction = conn.begin()
         # One savepoint around them all: pysqlite begins no transaction before a SAVEPOINT, so
@@ -147,43 +159,126 @@ def _explain_conflict(
                     with conn.begin_nested():
                         conn.execute(statement)
                 except IntegrityError:
-                    return _collision(conn, columns, pk, key, old)
-            return None
+                    failures.append(_collision(conn, label, columns, pk, key, old, new))
+            return failures
         finally:
-            # The writes were only to find the row: none of them stays, whatever the outcome.
+            # The writes were only to find the rows: none of them stays, whatever the outcome.
             transaction.rollback()
 
 
 def _collision(
     conn: Connection,
+    label: str,
     columns: Sequence[IndexedColumn],
     pk: Sequence[Column[Any]],
     key: tuple[Any, ...],
     old: tuple[Any, ...],
-) -> RotationError:
-    others: list[str] = []
-    for column, stored in zip(columns, old, strict=False):
-        if stored is None:
+    new: tuple[Any, ...],
+) -> Failure:
+    """The failure of a row whose new index values a constraint refused: who holds them, why."""
+    names = [c.name for c in pk]
+    count = len(columns)
+    for column, value, before in zip(columns, new, old[count:], strict=True):
+        if value is None or value == before:
             continue
-        plaintext = column.codec.process_result_value(stored, conn.dialect)
-        candidates = column.blind_index.candidates(plaintext)
-        if not candidates:
-            continue
-        query = (
-            select(*pk)
-            .where(column.index.in_(candidates))
-            .where(or_(*(c != v for c, v in zip(pk, key, strict=True))))
-            .limit(5)
-        )
-        others += [_describe(pk, tuple(r)) for r in conn.execute(query)]
-    holders = f" (rows with the same normalized value: {'; '.join(others)})" if others else ""
-    return RotationError(
-        f"{columns[0].table.fullname} row {_describe(pk, key)}: its new index value collides "
-        f"with another row's under a unique constraint{holders}. The same value was probably "
-        "written twice while two index keys were active; merge or change one of the rows, "
-        "then run again (committed batches are kept)"
+        holders, constraint = _holders(conn, column, pk, key, value)
+        if holders:
+            keys = tuple(tuple(zip(names, h, strict=True)) for h in holders)
+            reason = _collision_reason(column, constraint, keys, before, value)
+            return Failure(label, tuple(zip(names, key, strict=True)), reason, keys)
+    return Failure(
+        label,
+        tuple(zip(names, key, strict=True)),
+        "a constraint refused its new index value, and no other row holds that value now "
+        "(another constraint, or the other row changed meanwhile); run reindex again",
     )
 
 
-def _describe(pk: Sequence[Column[Any]], key: tuple[Any, ...]) -> str:
-    return ", ".join(f"{c.name}={v}" for c, v in zip(pk, key, strict=True))
+def _collision_reason(
+    column: IndexedColumn,
+    constraint: str | None,
+    holders: tuple[PrimaryKey, ...],
+    before: str | None,
+    value: str,
+) -> str:
+    others = " and ".join(format_key(h) for h in holders)
+    under = f"unique constraint {constraint}" if constraint else "a unique constraint"
+    theirs = word_for(len(holders), "that row's", "theirs")
+    head = (
+        f"the same normalized value as {word_for(len(holders), 'row')} {others} (its new "
+        f"{column.index.name} collides with {theirs} under {under})"
+    )
+    if before is None:
+        why = (
+            "this row had no index value, so the constraint never compared the two: a "
+            "duplicate in data written before the index or without it (legacy data)"
+        )
+    elif _key_id(before) != _key_id(value):
+        why = (
+            f"this row's index value is under index key {_key_id(before)!r} and the other "
+            f"row's under {_key_id(value)!r}, so the constraint, which compares stored index "
+            "values, could not see the duplicate (written while both keys were active)"
+        )
+    else:
+        why = (
+            "this row's index value was computed from the value normalized differently (the "
+            "normalizer changed, or the value changed without its index), so the constraint "
+            "could not see the duplicate"
+        )
+    return f"{head}; {why}. Merge the rows or change one, then run reindex again"
+
+
+def _key_id(index_value: str) -> str:
+    """The index key id in front of a stored index value (``<key id>:<digest>``)."""
+    return index_value.partition(":")[0]
+
+
+def _holders(
+    conn: Connection,
+    column: IndexedColumn,
+    pk: Sequence[Column[Any]],
+    key: tuple[Any, ...],
+    value: str,
+) -> tuple[list[tuple[Any, ...]], str | None]:
+    """Other rows holding ``value`` where a unique constraint on the index compares them.
+
+    A constraint over more columns (``(station_id, email_bidx)``) counts only rows that agree
+    with this row on the others; with no constraint in the models, every row with the value.
+    """
+    table = column.table
+    this_row = [c == v for c, v in zip(pk, key, strict=True)]
+    not_this_row = or_(*(c != v for c, v in zip(pk, key, strict=True)))
+    for name, others in _unique_groups(table, column.index) or [(None, [])]:
+        where = [column.index == value, not_this_row]
+        if others:
+            row = conn.execute(select(*others).where(*this_row)).one_or_none()
+            if row is None or any(v is None for v in row):
+                continue  # a NULL in the constraint's columns never collides
+            where += [c == v for c, v in zip(others, row, strict=True)]
+        stmt = select(*pk).where(*where).order_by(*pk).limit(_MAX_HOLDERS)
+        holders = [tuple(r) for r in conn.execute(stmt)]
+        if holders:
+            return holders, name
+    return [], None
+
+
+#: Rows named as holding the value a row collides with (a unique constraint allows one).
+_MAX_HOLDERS = 5
+
+
+def _unique_groups(table: Table, index: Column[Any]) -> list[tuple[str | None, list[Column[Any]]]]:
+    """Each unique constraint or index of the models over ``index``: its name, other columns."""
+    groups: list[tuple[str | None, list[Column[Any]]]] = []
+    for constraint in table.constraints:
+        if isinstance(constraint, UniqueConstraint) and constraint.columns.contains_column(index):
+            others = [c for c in constraint.columns if c is not index]
+            groups.append((_name(constraint.name), others))
+    for unique in table.indexes:
+        if unique.unique and unique.columns.contains_column(index):
+            others = [c for c in unique.columns if c is not index]
+            groups.append((_name(unique.name), others))
+    return groups
+
+
+def _name(name: object) -> str | None:
+    return name if isinstance(name, str) else None

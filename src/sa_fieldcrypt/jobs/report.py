@@ -7,15 +7,31 @@ plaintext without ``encrypt_plaintext``) or *failed* (it could not be handled: n
 primary key, never by content). *concurrent* counts writes refused because the application
 changed the row between read and write; such a row is read again and counted anew (unless
 the job leaves changed rows to the application, as reindexing does).
+
+Messages and reports name rows and counts one way, through :func:`format_key` (``id=7``,
+``tenant=3, id=01b4...``: values as a person reads them) and :func:`plural` (``1 row``,
+``2,000 rows``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["COUNTS", "MAX_KEPT_FAILURES", "Failure", "JobReport", "RunListener", "RunReport"]
+__all__ = [
+    "COUNTS",
+    "MAX_KEPT_FAILURES",
+    "Failure",
+    "JobReport",
+    "PrimaryKey",
+    "RunListener",
+    "RunReport",
+    "format_key",
+    "plural",
+    "word_for",
+]
 
 logger = logging.getLogger("sa_fieldcrypt.jobs")
 
@@ -24,19 +40,57 @@ MAX_KEPT_FAILURES: Final = 100
 #: The counters of a :class:`JobReport`, in the order reports show them.
 COUNTS: Final = ("scanned", "written", "unchanged", "skipped", "concurrent", "failed")
 
+#: A row's primary key as ``((column name, value), ...)``, in the key's column order.
+PrimaryKey = tuple[tuple[str, Any], ...]
+
+
+def format_key(primary_key: Iterable[tuple[str, Any]]) -> str:
+    """A primary key as people read it: ``id=7``, or ``tenant=3, id=01b4...`` for a composite.
+
+    Every message and report names a row this way: values print as text (a UUID as its
+    hyphenated digits, a string without quotes), never as Python ``repr``.
+    """
+    return ", ".join(f"{name}={_text(value)}" for name, value in primary_key)
+
+
+def word_for(count: int, singular: str, many: str | None = None) -> str:
+    """``singular`` when ``count`` is 1, else its plural (``many``, or ``singular + "s"``)."""
+    if count == 1:
+        return singular
+    return many if many is not None else singular + "s"
+
+
+def plural(count: int, singular: str, many: str | None = None) -> str:
+    """``count`` with thousands separators and the noun that agrees: ``1 row``, ``2,000 rows``."""
+    return f"{count:,} {word_for(count, singular, many)}"
+
 
 @dataclass(frozen=True)
 class Failure:
-    """A row that could not be handled: named by its job and primary key, never by content."""
+    """A row that could not be handled: named by its job and primary key, never by content.
+
+    Attributes:
+        column: the job's label.
+        primary_key: the row's primary key.
+        reason: why, in words; never the row's content.
+        collides_with: for a row whose new value a unique constraint refused, the primary
+            keys of the rows that already hold that value.
+    """
 
     column: str
-    primary_key: tuple[tuple[str, Any], ...]
+    primary_key: PrimaryKey
     reason: str
+    collides_with: tuple[PrimaryKey, ...] = ()
 
     @property
     def key_text(self) -> str:
-        """The primary key as ``name=value, ...``."""
-        return ", ".join(f"{name}={value!r}" for name, value in self.primary_key)
+        """The primary key as :func:`format_key` writes it."""
+        return format_key(self.primary_key)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """The primary key's values alone, in the key's column order."""
+        return tuple(value for _, value in self.primary_key)
 
     def __str__(self) -> str:
         return f"{self.column} at primary key ({self.key_text}): {self.reason}"
@@ -45,8 +99,9 @@ class Failure:
         """The failure as plain data, for JSON."""
         return {
             "job": self.column,
-            "primary_key": {name: _plain(value) for name, value in self.primary_key},
+            "primary_key": _plain_key(self.primary_key),
             "reason": self.reason,
+            "collides_with": [_plain_key(key) for key in self.collides_with],
         }
 
 
@@ -173,11 +228,11 @@ class RunListener:
 
     def started(self, label: str, total: int) -> None:
         """A job begins; ``total`` rows match its filter now."""
-        logger.info("%s: %d rows to visit", label, total)
+        logger.info("%s: %s to visit", label, plural(total, "row"))
 
     def batch(self, label: str, rows: int, report: JobReport) -> None:
         """A batch of ``rows`` rows was committed; ``report`` holds the job's counts so far."""
-        logger.debug("%s: %d rows scanned, %d written", label, report.scanned, report.written)
+        logger.debug("%s: scanned %d, written %d", label, report.scanned, report.written)
 
     def failure(self, failure: Failure) -> None:
         """A row could not be handled."""
@@ -195,4 +250,13 @@ class RunListener:
 
 
 def _plain(value: Any) -> Any:
-    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+    return value if isinstance(value, (int, float, str, bool)) or value is None else _text(value)
+
+
+def _plain_key(primary_key: PrimaryKey) -> dict[str, Any]:
+    return {name: _plain(value) for name, value in primary_key}
+
+
+def _text(value: Any) -> str:
+    # str() of a UUID is its hyphenated digits; bytes (a binary key) read best as hex.
+    return value.hex() if isinstance(value, bytes) else str(value)

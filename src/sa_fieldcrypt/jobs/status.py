@@ -12,6 +12,12 @@
 Encrypted columns are counted by the header of each stored value, blind-index columns by the
 key id in front of each index value, both with one ``GROUP BY`` query per column: nothing is
 decrypted, so a status of a large table is cheap and safe to run at any time.
+
+A legacy token (a bare Fernet token, without the ``fc1:<key id>:`` header) names no key, so it
+is counted as "legacy, key unknown" and charged to no key: every key of its column's keyring
+that can open one may be needed by it. ``status(..., resolve_legacy=True)`` (``fieldcrypt
+status --resolve-legacy``) finds out by trial: it reads each legacy token and counts which
+key opens it, so the keys that open none can be retired.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, and_, case, func, select
 from sqlalchemy.engine import Connection
 
-from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token
+from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token, legacy_key
 from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
-from sa_fieldcrypt.jobs.engine import BatchJob, run_job
+from sa_fieldcrypt.jobs.engine import BatchJob, Transform, run_job
 from sa_fieldcrypt.jobs.reindex import reindex_job
-from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener
-from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
+from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, plural
+from sa_fieldcrypt.jobs.sql import LEGACY_TOKEN_START, DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn
 from sa_fieldcrypt.keys import KEY_ID_PATTERN, PURPOSES, Keyring, Purpose
 from sa_fieldcrypt.providers.env import LEGACY_KEY_ID, keyring_from_settings
@@ -59,10 +65,14 @@ class ColumnStatus:
         primary: the id of the key that encrypts the column's new values.
         keyring_ids: every key id of the column's keyring.
         by_key: rows per key id of ``fc1`` tokens, including ids the keyring lacks.
-        legacy: bare Fernet tokens (no key id).
+        legacy: bare Fernet tokens: they name no key, so they are counted under none.
         plaintext: values that are not tokens at all.
         null: SQL NULLs.
         malformed: values with an ``fc1`` header whose key id is not valid.
+        legacy_candidates: the keys that may open a legacy token: the keyring's Fernet keys.
+        legacy_by_key: legacy tokens per id of the key that opens them, found by trial
+            (``resolve_legacy``); None when not tried.
+        legacy_unopened: legacy tokens that no key of the keyring opens; None when not tried.
     """
 
     column: str
@@ -73,6 +83,9 @@ class ColumnStatus:
     plaintext: int = 0
     null: int = 0
     malformed: int = 0
+    legacy_candidates: tuple[str, ...] = ()
+    legacy_by_key: dict[str, int] | None = None
+    legacy_unopened: int | None = None
 
     @property
     def total(self) -> int:
@@ -89,6 +102,11 @@ class ColumnStatus:
     def unknown_keys(self) -> dict[str, int]:
         """Rows under key ids the keyring does not hold: they cannot be decrypted."""
         return {k: n for k, n in self.by_key.items() if k not in self.keyring_ids}
+
+    @property
+    def legacy_unresolved(self) -> int:
+        """Legacy tokens whose key is unknown: any of :attr:`legacy_candidates` may open them."""
+        return self.legacy if self.legacy_by_key is None else 0
 
     def to_dict(self) -> dict[str, Any]:
         """The status as plain data, for JSON."""
@@ -145,8 +163,11 @@ class KeyUsage:
         rows: values (or index values) that name this key id.
         primary: it writes new values of some column.
         in_keyring: a keyring of the columns holds it.
-        legacy_rows: legacy tokens (no key id) in columns whose keyring holds this key: one
-            of those keys opens each of them, and only decrypting tells which.
+        legacy_rows: legacy tokens this key opens, found by trial (``resolve_legacy``); None
+            when they were not tried.
+        legacy_possible: legacy tokens not tried, in columns where this key may be the one
+            that opens them (a Fernet key of the column's keyring): any such key may be
+            needed by each of them, and only trying tells which.
     """
 
     key_id: str
@@ -154,12 +175,13 @@ class KeyUsage:
     rows: int
     primary: bool
     in_keyring: bool
-    legacy_rows: int = 0
+    legacy_rows: int | None = None
+    legacy_possible: int = 0
 
     @property
     def needed(self) -> bool:
-        """The key cannot be removed yet."""
-        return self.primary or self.rows > 0 or self.legacy_rows > 0
+        """The key cannot be removed yet, or may not be (legacy tokens not tried)."""
+        return self.primary or self.rows > 0 or bool(self.legacy_rows) or self.legacy_possible > 0
 
     def to_dict(self) -> dict[str, Any]:
         """The usage as plain data, for JSON."""
@@ -178,17 +200,20 @@ class StatusReport:
         usage: list[KeyUsage] = []
         ids: list[str] = []
         for col in self.columns:
-            ids += [col.primary, *col.keyring_ids, *col.by_key]
+            ids += [col.primary, *col.keyring_ids, *col.by_key, *(col.legacy_by_key or ())]
+        tried = [c.legacy_by_key for c in self.columns if c.legacy_by_key is not None]
         for key_id in dict.fromkeys(ids):
-            holders = [c for c in self.columns if key_id in c.keyring_ids]
             usage.append(
                 KeyUsage(
                     key_id=key_id,
                     purpose="encryption",
                     rows=sum(c.by_key.get(key_id, 0) for c in self.columns),
                     primary=any(c.primary == key_id for c in self.columns),
-                    in_keyring=bool(holders),
-                    legacy_rows=sum(c.legacy for c in holders if c.primary != key_id),
+                    in_keyring=any(key_id in c.keyring_ids for c in self.columns),
+                    legacy_rows=sum(t.get(key_id, 0) for t in tried) if tried else None,
+                    legacy_possible=sum(
+                        c.legacy_unresolved for c in self.columns if key_id in c.legacy_candidates
+                    ),
                 )
             )
         index_ids: list[str] = []
@@ -212,20 +237,25 @@ class StatusReport:
         for col in self.columns:
             for key_id, rows in col.unknown_keys.items():
                 found.append(
-                    f"{col.column}: {rows:,} values are under key {key_id!r}, which the keyring "
-                    "lacks: add that key back (they cannot be decrypted)"
+                    f"{col.column}: {plural(rows, 'value')} under key {key_id!r}, which the "
+                    "keyring lacks: add that key back (they cannot be decrypted)"
                 )
             if col.malformed:
                 found.append(
-                    f"{col.column}: {col.malformed:,} values have an fc1 header with an invalid "
-                    "key id (`fieldcrypt verify` names them)"
+                    f"{col.column}: {plural(col.malformed, 'value')} with an fc1 header whose "
+                    "key id is invalid (`fieldcrypt verify` names them)"
+                )
+            if col.legacy_unopened:
+                found.append(
+                    f"{col.column}: {plural(col.legacy_unopened, 'legacy token')} that no key "
+                    "of the keyring opens: add the key back (`fieldcrypt verify` names them)"
                 )
         for index in self.indexes:
             if index.other_keys:
                 found.append(
-                    f"{index.column}: {index.other_keys:,} index values are under index keys "
-                    "that are no longer active, so lookups miss those rows: add the key back "
-                    "or run `fieldcrypt reindex`"
+                    f"{index.column}: {plural(index.other_keys, 'index value')} under index "
+                    "keys that are no longer active, so lookups miss those rows: add the key "
+                    "back or run `fieldcrypt reindex`"
                 )
         return found
 
@@ -248,14 +278,25 @@ class StatusReport:
             lines += _describe_index(index)
         lines.append("keys:")
         for key in self.key_usage():
-            lines.append(f"  {key.key_id:<28} {_verdict(key)}")
+            legacy_left = any(c.legacy and key.key_id in c.legacy_candidates for c in self.columns)
+            lines.append(f"  {key.key_id:<28} {_verdict(key, legacy_left)}")
         problems = self.problems()
-        lines.append("not ready:" if problems else "ready: every value is readable")
+        unresolved = sum(c.legacy_unresolved for c in self.columns)
+        if problems:
+            lines.append("not ready:")
+        elif unresolved:
+            lines.append(
+                f"ready: every value names a key of its keyring, but for "
+                f"{plural(unresolved, 'legacy token')}, which name none "
+                "(--resolve-legacy tries them)"
+            )
+        else:
+            lines.append("ready: every value is readable")
         lines += [f"  {problem}" for problem in problems]
         if self.indexes:
             left = sum(i.stale + (i.missing or 0) for i in self.indexes)
             lines.append(
-                f"reindex: {left:,} index values to rewrite (`fieldcrypt reindex`)"
+                f"reindex: {plural(left, 'index value')} to rewrite (`fieldcrypt reindex`)"
                 if left
                 else "reindex: every index value is under the writing key"
             )
@@ -277,7 +318,7 @@ class StatusReport:
 
 
 def _describe_column(col: ColumnStatus) -> list[str]:
-    lines = [f"{col.column}  ({col.total:,} rows; primary key id {col.primary!r})"]
+    lines = [f"{col.column}  ({plural(col.total, 'row')}; primary key id {col.primary!r})"]
     order = {key_id: i for i, key_id in enumerate((col.primary, *col.keyring_ids))}
     for key_id, rows in sorted(
         col.by_key.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])
@@ -289,14 +330,40 @@ def _describe_column(col: ColumnStatus) -> list[str]:
         else:
             note = "NOT IN THE KEYRING: these cannot be decrypted"
         lines.append(f"  key {key_id:<24} {rows:>12,}  {note}")
+    if col.legacy_by_key is None:
+        legacy = (
+            "legacy, key unknown",
+            col.legacy,
+            "bare Fernet tokens name no key: rotate moves these; --resolve-legacy tries the keys",
+        )
+    else:
+        legacy = ("legacy tokens", col.legacy, "bare Fernet tokens, tried: rotate moves these")
     for name, rows, note in (
-        ("legacy tokens", col.legacy, "bare Fernet tokens: rotate moves these"),
+        legacy,
         ("plaintext", col.plaintext, "not encrypted: rotate --encrypt-plaintext"),
         ("malformed", col.malformed, "fc1 header with an invalid key id"),
         ("NULL", col.null, ""),
     ):
         if rows or name == "NULL":
             lines.append(f"  {name:<28} {rows:>12,}  {note}".rstrip())
+        if name == legacy[0] and rows and col.legacy_by_key is not None:
+            lines += _describe_opened(col)
+    return lines
+
+
+def _describe_opened(col: ColumnStatus) -> list[str]:
+    """Which key opens how many of a column's legacy tokens, and how many none opens."""
+    opened = col.legacy_by_key or {}
+    order = {key_id: i for i, key_id in enumerate((col.primary, *col.keyring_ids))}
+    lines = [
+        f"  {'  opened by ' + key_id:<28} {rows:>12,}"
+        for key_id, rows in sorted(
+            opened.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])
+        )
+    ]
+    unopened = col.legacy_unopened or 0
+    note = "  these cannot be decrypted" if unopened else ""
+    lines.append(f"  {'  opened by no key':<28} {unopened:>12,}{note}")
     return lines
 
 
@@ -313,22 +380,33 @@ def _describe_index(index: IndexStatus) -> list[str]:
     return lines
 
 
-def _verdict(key: KeyUsage) -> str:
+def _verdict(key: KeyUsage, legacy_left: bool) -> str:
+    """Whether a key is needed, in words; ``legacy_left``: legacy tokens it may open remain."""
     if key.purpose == "blind-index":
         if key.primary:
             return "blind-index, writing: needed"
         if key.rows:
-            return f"blind-index, matching; still used by {key.rows:,} rows: run reindex"
+            return f"blind-index, matching; still used by {plural(key.rows, 'row')}: run reindex"
         return f"blind-index, matching; no longer used: retire-key {key.key_id} removes it"
     if key.primary:
         return "primary: needed"
     if not key.in_keyring:
-        return f"not in the keyring; {key.rows:,} rows need it: add it back"
-    if key.rows:
-        return f"decrypt-only; still needed by {key.rows:,} rows: run rotate"
+        return f"not in the keyring; needed by {plural(key.rows, 'row')}: add it back"
+    maybe = plural(key.legacy_possible, "legacy token")
+    uses = [plural(key.rows, "row")] if key.rows else []
     if key.legacy_rows:
-        return f"decrypt-only; may be needed by {key.legacy_rows:,} legacy tokens: run rotate"
-    return f"decrypt-only; no longer needed: retire-key {key.key_id} removes it"
+        uses.append(plural(key.legacy_rows, "legacy token"))
+    if uses:
+        also = f", and maybe by {maybe} (key unknown)" if key.legacy_possible else ""
+        return f"decrypt-only; still needed by {' and '.join(uses)}{also}: run rotate"
+    if key.legacy_possible:
+        return (
+            f"decrypt-only; maybe needed by {maybe} (key unknown): run rotate, or "
+            "status --resolve-legacy to find out"
+        )
+    # retire-key refuses while legacy tokens remain, unless it tries them too.
+    flag = " --resolve-legacy" if legacy_left else ""
+    return f"decrypt-only; no longer needed: retire-key {key.key_id}{flag} removes it"
 
 
 def status(
@@ -338,6 +416,7 @@ def status(
     *,
     in_sql: bool | None = None,
     count_missing: bool = False,
+    resolve_legacy: bool = False,
 ) -> StatusReport:
     """Count each column's values per key id, legacy tokens, plaintext and NULL.
 
@@ -349,6 +428,9 @@ def status(
             PostgreSQL, MySQL/MariaDB and SQLite), or by reading every value's header.
         count_missing: also decrypt the rows with a value but no index value, to count
             those whose index is missing (:attr:`IndexStatus.missing`).
+        resolve_legacy: also try the keys on every legacy token (it decrypts them, in
+            batches), to count which key opens how many (:attr:`ColumnStatus.legacy_by_key`)
+            and how many none opens.
     """
     found: list[ColumnStatus] = []
     indexed: list[IndexStatus] = []
@@ -364,6 +446,11 @@ def status(
             found.append(_column_status(target, counts))
         for index in indexes:
             indexed.append(_index_status(conn, sql, index))
+    if resolve_legacy:
+        found = [
+            _with_legacy_resolved(engine, target, status) if status.legacy else _none_to_try(status)
+            for target, status in zip(columns, found, strict=True)
+        ]
     if count_missing:
         indexed = [
             _with_missing(engine, index, status)
@@ -388,7 +475,11 @@ def _column_status(
         primary=keyring.primary.id,
         keyring_ids=keyring.ids,
         by_key=by_key,
-        **totals,
+        legacy=totals["legacy"],
+        plaintext=totals["plaintext"],
+        null=totals["null"],
+        malformed=totals["malformed"],
+        legacy_candidates=tuple(k.id for k in keyring if k.kind == "fernet"),
     )
 
 
@@ -429,15 +520,55 @@ def _text(value: str | bytes | None) -> str:
     return value or ""
 
 
+def _read_each(
+    engine: Engine, target: EncryptedColumn, visit: Transform, where: Any = None
+) -> None:
+    """Pass every stored value of ``target`` (matching ``where``) to ``visit``, in batches."""
+    job = BatchJob(target.label, target.table, (target.column,), (), visit, where)
+    run_job(engine, job, listener=_QUIET)
+
+
 def _count_by_reading(engine: Engine, target: EncryptedColumn) -> dict[tuple[str, str | None], int]:
     counts: Counter[tuple[str, str | None]] = Counter()
 
     def classify(old: tuple[Any, ...]) -> None:
         counts[_classify(old[0])] += 1
 
-    job = BatchJob(target.label, target.table, (target.column,), (), classify)
-    run_job(engine, job, listener=_QUIET)
+    _read_each(engine, target, classify)
     return dict(counts)
+
+
+def _with_legacy_resolved(
+    engine: Engine, target: EncryptedColumn, found: ColumnStatus
+) -> ColumnStatus:
+    """``found`` with its legacy tokens counted by the key that opens each (None: no key)."""
+    keyring = target.codec.active_keyring()
+    opened: Counter[str | None] = Counter()
+
+    def trial(old: tuple[Any, ...]) -> None:
+        value = old[0]
+        if _classify(value)[0] == "legacy":
+            key = legacy_key(keyring, _text(value))
+            opened[None if key is None else key.id] += 1
+
+    # Only the legacy tokens are read: the SQL filter is the prefix they all start with.
+    stored = stored_text(target.column)
+    where = DialectSql(engine.dialect.name).has_prefix(stored, LEGACY_TOKEN_START)
+    _read_each(engine, target, trial, where)
+    unopened = opened.pop(None, 0)
+    by_key = {key_id: rows for key_id, rows in opened.items() if key_id is not None}
+    # The trial's own count replaces the one in SQL, so the lines under it add up even if the
+    # table changed in between.
+    return replace(
+        found,
+        legacy=sum(by_key.values()) + unopened,
+        legacy_by_key=by_key,
+        legacy_unopened=unopened,
+    )
+
+
+def _none_to_try(found: ColumnStatus) -> ColumnStatus:
+    return replace(found, legacy_by_key={}, legacy_unopened=0)
 
 
 def _index_status(conn: Connection, sql: DialectSql, column: IndexedColumn) -> IndexStatus:
@@ -497,6 +628,7 @@ def retire_keys(
     *,
     indexes: Iterable[IndexedColumn] = (),
     purpose: Purpose | None = None,
+    resolve_legacy: bool = False,
 ) -> Keyring:
     """Check that no stored value needs any of ``key_ids``; return the keyring without them.
 
@@ -514,9 +646,13 @@ def retire_keys(
         indexes: every blind-index column that may hold index values under the keys.
         purpose: whose keys ``key_ids`` are; by default that of the default keyring that
             holds them (needed only for an id that both purposes use).
+        resolve_legacy: try the keys on every legacy token (see :func:`status`), and refuse
+            only if a key being retired opens one; without it, any legacy token refuses,
+            since it may be under any key.
 
     Raises:
-        RotationError: values still use a key, or legacy tokens (which name no key) remain.
+        RotationError: values still use a key, or legacy tokens (which name no key) remain
+            (with ``resolve_legacy``: a key being retired opens one).
         ConfigurationError: a key is the primary key, not in the keyring, or the ids are of
             both purposes.
     """
@@ -533,31 +669,41 @@ def retire_keys(
         )
     if keyring.purpose == "blind-index":
         report = status(engine, indexes=indexes)
-        counted = [(i.column, i.by_key) for i in report.indexes]
-        _refuse_used(key_ids, counted, "index values", "`fieldcrypt reindex`, then --check")
+        counted = [(i.column, i.by_key, "index value") for i in report.indexes]
+        _refuse_used(key_ids, counted, "`fieldcrypt reindex`, then --check")
         return remaining
-    report = status(engine, columns)
-    counted = [(c.column, c.by_key) for c in report.columns]
-    _refuse_used(key_ids, counted, "rows", "`fieldcrypt rotate`, then `fieldcrypt status`")
-    legacy = [f"{c.column} ({c.legacy:,} rows)" for c in report.columns if c.legacy]
-    if legacy:
+    report = status(engine, columns, resolve_legacy=resolve_legacy)
+    counted = [(c.column, c.by_key, "row") for c in report.columns]
+    counted += [(c.column, c.legacy_by_key or {}, "legacy token") for c in report.columns]
+    _refuse_used(key_ids, counted, "`fieldcrypt rotate`, then `fieldcrypt status`")
+    # Only a Fernet key can open a legacy token: retiring other keys needs no trial.
+    legacy = [
+        f"{c.column} ({plural(c.legacy, 'row')})"
+        for c in report.columns
+        if c.legacy and any(k in c.legacy_candidates for k in key_ids)
+    ]
+    if legacy and not resolve_legacy:
         raise RotationError(
             f"legacy tokens, which do not say which key opens them, remain in "
             f"{', '.join(legacy)}; a key being retired may be the one: run `fieldcrypt rotate` "
-            "first"
+            "first, or retire with --resolve-legacy (resolve_legacy=True), which tries the "
+            "keys on them"
         )
     return remaining
 
 
 def _refuse_used(
-    key_ids: Sequence[str], counted: list[tuple[str, dict[str, int]]], unit: str, fix: str
+    key_ids: Sequence[str], counted: list[tuple[str, dict[str, int], str]], fix: str
 ) -> None:
-    """Raise naming every column that still holds values under one of ``key_ids``."""
+    """Raise naming every column that still holds values under one of ``key_ids``.
+
+    ``counted`` holds ``(column, rows per key id, what a row is)``, such as ``"row"``.
+    """
     users = []
     for key_id in dict.fromkeys(key_ids):
         holders = [
-            f"{column} ({by_key[key_id]:,} {unit})"
-            for column, by_key in counted
+            f"{column} ({plural(by_key[key_id], unit)})"
+            for column, by_key, unit in counted
             if by_key.get(key_id)
         ]
         if holders:
