@@ -189,7 +189,7 @@ class _Shell:
         environment["PYTHONPATH"] = os.pathsep.join([str(self.directory), library])
         if words[0] == "alembic":
             words = [sys.executable, "-m", "alembic", *words[1:]]
-        result = subprocess.run(  # noqa: S603 -- the commands are our documentation's
+        result = subprocess.run(
             words,
             cwd=self.directory,
             env=environment,
@@ -229,9 +229,7 @@ def _swap_all_default_keys(saved: _Defaults = (None, None)) -> _Defaults:
 def test_console_commands_are_parsed_as_a_shell_does() -> None:
     """Continued lines join, and each command keeps the output lines under it."""
     text = "$ fieldcrypt status \\\n    --json\n{\n}\n$ export A=1\n"
-    assert [("fieldcrypt status --json", "{\n}\n"), ("export A=1", "\n")] == list(
-        _commands(text)
-    )
+    assert [("fieldcrypt status --json", "{\n}\n"), ("export A=1", "\n")] == list(_commands(text))
 
 
 def test_docs_build_strict() -> None:
@@ -242,4 +240,3 @@ def test_docs_build_strict() -> None:
     config = load_config(str(ROOT / "mkdocs.yml"), strict=True)
     config["site_dir"] = str(ROOT / "site")
     build(config)
-
