@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
 import sa_fieldcrypt
@@ -130,6 +130,7 @@ class _Shell:
 
     def __init__(self, directory: Path):
         self.directory = directory
+        self.aside = ""
 
     def run_session(self, text: str, name: str) -> None:
         """Run each command of a console block and compare what it prints with the block."""
@@ -144,6 +145,7 @@ class _Shell:
     def run(self, command: str, expected: str, name: str) -> None:
         """Run one command line and check its exit status and output."""
         wanted = EXIT_STATUS.search(command)
+        self.aside = ""
         words = [self.expand(word) for word in shlex.split(command, comments=True)]
         if words[0] == "export":
             for assignment in words[1:]:
@@ -153,10 +155,14 @@ class _Shell:
             _swap_all_default_keys()
             status, output = 0, ""
         elif words[0] == "fieldcrypt":
-            status, output, _ = self.fieldcrypt(words[1:])
+            result = self.fieldcrypt(words[1:])
+            status, output = result.exit_code, result.output
         else:
             status, output = self.subprocess(words)
+        # What a command substitution printed on stderr shows on the terminal first.
+        output = self.aside + output
         shown = f"{name}: $ {command}\n{output}"
+        print(shown)  # pytest shows it with a failure
         assert (int(wanted[1]) if wanted else 0) == status, shown
         if expected.strip():
             assert OUTPUT_CHECK.check_output(expected, output, OUTPUT_FLAGS), (
@@ -167,20 +173,20 @@ class _Shell:
         """``word`` after command substitution and variable expansion."""
 
         def substitute(match: re.Match[str]) -> str:
-            status, _, stdout = self.fieldcrypt(shlex.split(match[1])[1:])
-            assert 0 == status, f"$({match[1]}) failed"
-            return stdout.strip()
+            result = self.fieldcrypt(shlex.split(match[1])[1:])
+            assert 0 == result.exit_code, f"$({match[1]}) failed:\n{result.output}"
+            self.aside += result.stderr
+            return result.stdout.strip()
 
         return os.path.expandvars(SUBSTITUTION.sub(substitute, word))
 
-    def fieldcrypt(self, args: list[str]) -> tuple[int, str, str]:
+    def fieldcrypt(self, args: list[str]) -> Result:
         """Run the command line in-process with the settings a new process would read."""
-        saved = _swap_all_default_keys(None)
+        saved = _swap_all_default_keys()
         try:
-            result = CliRunner().invoke(cli, args, catch_exceptions=False)
+            return CliRunner().invoke(cli, args, catch_exceptions=False)
         finally:
             _swap_all_default_keys(saved)
-        return result.exit_code, result.output, result.stdout
 
     def subprocess(self, words: list[str]) -> tuple[int, str]:
         """Run another program, as `python -m` where it is one of the environment's."""
@@ -189,16 +195,19 @@ class _Shell:
         environment["PYTHONPATH"] = os.pathsep.join([str(self.directory), library])
         if words[0] == "alembic":
             words = [sys.executable, "-m", "alembic", *words[1:]]
+        # One stream, unbuffered: the output interleaves as it does on a terminal.
+        environment["PYTHONUNBUFFERED"] = "1"
         result = subprocess.run(
             words,
             cwd=self.directory,
             env=environment,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             timeout=120,
             check=False,
         )
-        return result.returncode, result.stdout + result.stderr
+        return result.returncode, result.stdout
 
 
 def _commands(text: str) -> Iterator[tuple[str, str]]:
