@@ -17,7 +17,6 @@ from sqlalchemy import Index, String, Text, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from conftest import CONNECT_ARGS, server_url
-
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
