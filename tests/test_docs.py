@@ -50,12 +50,15 @@ EXIT_STATUS = re.compile(r"#\s*exit status (\d+)\s*$")
 SUBSTITUTION = re.compile(r"\$\((fieldcrypt [^)]*)\)")
 #: Files whose story needs a real server (schemas, EXPLAIN); the others get SQLite.
 DATABASES = {"adopting.md": "postgresql"}
-#: Commands the docs show that this version of the library cannot run yet, with why.
-NOT_YET = {
-    # TODO: `fieldcrypt status --resolve-legacy` is being built; run this command (and compare
-    # its output with the guide's) once it is in, and remove this entry.
-    "--resolve-legacy": "`fieldcrypt status --resolve-legacy` is not in this version yet",
-}
+#: Options of `fieldcrypt` commands that the docs show before this version has them: a
+#: command line using one is not run while the command lacks it.
+NOT_YET = [
+    # TODO: `fieldcrypt status --resolve-legacy` (trial-decrypts bare legacy tokens and counts
+    # which key opens how many) is being built. Once it is in, the guide's block runs by
+    # itself; check its output against the guide's (docs/adopting.md, "2. Take stock"), then
+    # remove this entry.
+    ("status", "--resolve-legacy"),
+]
 _Defaults = tuple[KeyCache | None, KeyCache | None]
 OUTPUT_CHECK = doctest.OutputChecker()
 OUTPUT_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
@@ -135,10 +138,14 @@ class _Shell:
     def run_session(self, text: str, name: str) -> None:
         """Run each command of a console block and compare what it prints with the block."""
         for command, expected in _commands(text):
-            for fragment, reason in NOT_YET.items():
-                if fragment in command:
-                    print(f"{name}: not run, {reason}: $ {command}")
-                    break
+            words = shlex.split(command, comments=True)
+            missing = [
+                f"fieldcrypt {sub} {option}"
+                for sub, option in NOT_YET
+                if words[:2] == ["fieldcrypt", sub] and option in words and not _has(sub, option)
+            ]
+            if missing:
+                print(f"{name}: not run, this version has no {missing[0]}: $ {command}")
             else:
                 self.run(command, expected, name)
 
@@ -233,6 +240,22 @@ def _swap_all_default_keys(saved: _Defaults = (None, None)) -> _Defaults:
     """Install ``saved`` as the default keys of both purposes; return the ones it replaces."""
     encryption, index = saved
     return swap_default_keys(encryption), swap_default_keys(index, purpose="blind-index")
+
+
+def _has(command: str, option: str) -> bool:
+    """Whether `fieldcrypt COMMAND` takes ``option``."""
+    found = cli.commands.get(command)
+    return found is not None and any(option in param.opts for param in found.params)
+
+
+@pytest.mark.parametrize(("command", "option"), NOT_YET)
+def test_docs_wait_for_an_option(command: str, option: str) -> None:
+    """A command line of the docs that uses an option this version lacks is reported here."""
+    assert not _has(command, option), (
+        f"`fieldcrypt {command}` takes {option} now: remove it from NOT_YET"
+    )
+    assert any(option in p.read_text() for p in DOC_FILES), "no doc shows it: remove it"
+    pytest.skip(f"the docs show `fieldcrypt {command} {option}`, which is not built yet")
 
 
 def test_console_commands_are_parsed_as_a_shell_does() -> None:
