@@ -10,6 +10,7 @@ it at the end; the database the URL names is only connected to.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 RUN_DATABASE = f"fc_test_{os.getpid()}_{secrets.token_hex(4)}"
 _reachability: dict[str, str | None] = {}
 _created: dict[str, URL] = {}
+_scratch: list[tuple[str, URL]] = []
 
 
 def server_url(name: str) -> str:
@@ -59,6 +61,28 @@ def server_url(name: str) -> str:
     return _created[name].render_as_string(hide_password=False)
 
 
+def scratch_database_url(name: str, suffix: str) -> str:
+    """A new, empty database of this run on server ``name``: ``<run database>_<suffix>``.
+
+    For a test that shapes a whole database (schemas, migrations) as a reader would; it is
+    dropped at the end of the run with the run's database. Skips (fails under CI) as
+    :func:`server_url` does.
+    """
+    server_url(name)
+    database = f"{RUN_DATABASE}_{re.sub(r'[^a-z0-9]', '_', suffix.lower())}"
+    server = make_url(SERVER_URLS[name])
+    admin = create_engine(server, connect_args=CONNECT_ARGS, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {database}"))
+            conn.execute(text(f"CREATE DATABASE {database}"))
+    finally:
+        admin.dispose()
+    url = server.set(database=database)
+    _scratch.append((name, url))
+    return url.render_as_string(hide_password=False)
+
+
 def _create_run_database(server: URL) -> URL:
     admin = create_engine(server, connect_args=CONNECT_ARGS, isolation_level="AUTOCOMMIT")
     try:
@@ -71,7 +95,7 @@ def _create_run_database(server: URL) -> URL:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Drop the databases this run created, and only those."""
-    for name, url in _created.items():
+    for name, url in [*_scratch, *_created.items()]:
         admin = create_engine(
             make_url(SERVER_URLS[name]), connect_args=CONNECT_ARGS, isolation_level="AUTOCOMMIT"
         )

@@ -13,7 +13,10 @@ from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import Index, String, Text, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from conftest import CONNECT_ARGS, server_url
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
@@ -22,6 +25,7 @@ from sa_fieldcrypt import (
     KeyProviderError,
     Keyring,
     ValueTypeError,
+    encrypted_hybrid,
     generate_key,
     normalize_email,
     normalize_phone,
@@ -313,6 +317,66 @@ def test_an_encryption_keyring_is_refused_at_construction() -> None:
     """BlindIndex(keyring=) with encryption keys fails at once, naming the purpose to use."""
     with pytest.raises(ConfigurationError, match="keyring of blind-index keys"):
         BlindIndex("e", keyring=Keyring({"k1": generate_key()}))
+
+
+# -- which index serves which lookup (docs/blind-indexes.md) --------------------------------
+
+_LOOKUP_INDEXES = {
+    "own-index": [
+        Index("uq_fc_explain_station_email", "station_id", "email_bidx", unique=True),
+        Index("ix_fc_explain_email_bidx", "email_bidx"),
+    ],
+    "email-first": [Index("uq_fc_explain_email_station", "email_bidx", "station_id", unique=True)],
+}
+
+
+@pytest.mark.parametrize(
+    ("layout", "used"),
+    [("own-index", "ix_fc_explain_email_bidx"), ("email-first", "uq_fc_explain_email_station")],
+)
+def test_email_lookup_uses_the_documented_index(
+    layout: str, used: str, index_keyring: Keyring
+) -> None:
+    """On PostgreSQL, an email-only lookup is served by either documented index layout."""
+    engine = create_engine(server_url("postgresql"), connect_args=CONNECT_ARGS)
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Customer(Base):
+        __tablename__ = "fc_explain_customers"
+        __table_args__ = tuple(_LOOKUP_INDEXES[layout])
+        id: Mapped[int] = mapped_column(primary_key=True)
+        station_id: Mapped[int]
+        email_encrypted: Mapped[str] = mapped_column(Text)
+        email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        email = encrypted_hybrid(
+            "email_encrypted", blind_index=BlindIndex("email_bidx", normalizer=normalize_email)
+        )
+
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            # Index values that look like real ones, ten stations, and fresh statistics.
+            conn.exec_driver_sql(
+                "INSERT INTO fc_explain_customers (id, station_id, email_encrypted, email_bidx) "
+                "SELECT g, mod(g, 10), 'x', 'b1:' || md5(g::text) || md5(g::text) "
+                "FROM generate_series(1, 5000) AS g"
+            )
+            conn.exec_driver_sql("ANALYZE fc_explain_customers")
+        lookup = select(Customer.id).where(Customer.email == "ada@example.com")
+        sql = lookup.compile(engine, compile_kwargs={"literal_binds": True})
+        assert "WHERE fc_explain_customers.email_bidx = 'b1:" in str(sql)
+        with engine.begin() as conn:
+            # Off, a sequential scan is chosen only when no index can serve the lookup at all.
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}"))
+    finally:
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+    assert used in plan, plan
+    assert "Seq Scan" not in plan, plan
 
 
 # -- strategies ------------------------------------------------------------------------------

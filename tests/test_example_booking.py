@@ -166,30 +166,62 @@ def test_one_active_booking_per_slot(db: Engine, models: ModuleType) -> None:
             session.commit()
 
 
-def test_demo_runs_from_a_clean_directory(tmp_path: Path) -> None:
-    """`python -m booking` with no keys set makes throwaway keys and shows every step."""
+def _run_demo(directory: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m booking` in ``directory`` with no key variables set, as `make demo` runs it."""
     environment = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("FIELDCRYPT_") and k != "FIELD_ENCRYPTION_KEY"
     }
     environment["PYTHONPATH"] = str(EXAMPLES)
-    command = [sys.executable, "-m", "booking", "--db", f"sqlite:///{tmp_path / 'demo.sqlite3'}"]
+    command = [sys.executable, "-m", "booking", "--db", f"sqlite:///{directory / 'demo.sqlite3'}"]
     result = subprocess.run(
-        command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
+        command, cwd=directory, env=environment, capture_output=True, text=True, timeout=60
     )
     assert 0 == result.returncode, result.stderr
-    output = result.stdout
+    assert "" == result.stderr
+    return result
+
+
+def test_demo_runs_from_a_clean_directory(tmp_path: Path) -> None:
+    """`python -m booking` with no keys set makes throwaway keys and shows every step."""
+    output = _run_demo(tmp_path).stdout
+    assert "wrote throwaway demo keys into .fieldcrypt-demo.env" in output
     assert "Customer.email == '  ADA@Example.COM '     -> Ada (NORTH)" in output
     assert "again at NORTH -> rejected by the unique index" in output
     assert "again at SOUTH -> accepted" in output
     assert "3. 0 rows left under old keys" in output
-    assert "" == result.stderr
     keys_file = tmp_path / ".fieldcrypt-demo.env"
     assert 0o600 == stat.S_IMODE(keys_file.stat().st_mode)
     assert {"FIELDCRYPT_KEYS", "FIELDCRYPT_BLIND_INDEX_KEYS"} == {
         line.partition("=")[0] for line in keys_file.read_text().splitlines()
     }
+
+
+def test_demo_reuses_its_keys_on_the_next_run(tmp_path: Path) -> None:
+    """A second run reads the keys file of the first and leaves it as it was."""
+    _run_demo(tmp_path)
+    keys_file = tmp_path / ".fieldcrypt-demo.env"
+    first_keys = keys_file.read_text()
+    second = _run_demo(tmp_path).stdout
+    assert first_keys == keys_file.read_text()
+    assert "using the throwaway demo keys in .fieldcrypt-demo.env" in second
+    assert "wrote throwaway demo keys" not in second
+
+
+def test_demo_adds_only_the_keys_its_file_lacks(tmp_path: Path) -> None:
+    """A keys file with encryption keys only keeps them and gains blind-index keys."""
+    _run_demo(tmp_path)
+    keys_file = tmp_path / ".fieldcrypt-demo.env"
+    encryption_line = keys_file.read_text().splitlines()[0]
+    assert encryption_line.startswith("FIELDCRYPT_KEYS=")
+    keys_file.write_text(encryption_line + "\n")
+    assert "wrote throwaway demo keys" in _run_demo(tmp_path).stdout
+    lines = keys_file.read_text().splitlines()
+    assert encryption_line == lines[0]
+    assert ["FIELDCRYPT_KEYS", "FIELDCRYPT_BLIND_INDEX_KEYS"] == [
+        line.partition("=")[0] for line in lines
+    ]
 
 
 def _core(db: Engine) -> str | None:

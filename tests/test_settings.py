@@ -44,6 +44,27 @@ def test_legacy_key_is_added_decrypt_only(
     assert b"seed data" == decrypt(ring, Fernet(old).encrypt(b"seed data").decode())
 
 
+def test_two_old_keys_read_bare_tokens_of_both(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_KEYS with the current key first reads bare tokens of either; cur encrypts."""
+    current, older = generate_key(), generate_key()
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"cur:{current},old:{older}")
+    ring = EnvKeyProvider().load()
+    for key in (current, older):
+        assert b"seed data" == decrypt(ring, Fernet(key).encrypt(b"seed data").decode())
+    assert encrypt(ring, b"x").startswith("fc1:cur:")
+
+
+def test_legacy_key_never_encrypts_next_to_keys(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever FIELDCRYPT_KEYS holds, its first entry encrypts, not FIELD_ENCRYPTION_KEY."""
+    monkeypatch.setenv("FIELD_ENCRYPTION_KEY", generate_key())
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"old:{generate_key()}")
+    assert "old" == EnvKeyProvider().load().primary.id
+
+
 def test_legacy_key_alone_is_primary(
     no_default_keys: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

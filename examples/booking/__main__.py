@@ -45,12 +45,15 @@ def demo_keys() -> None:
             name, sep, value = line.partition("=")
             if sep:
                 values[name.strip()] = value.strip()
-    missing = {
-        "FIELDCRYPT_KEYS": f"demo1:{generate_key()}",
-        "FIELDCRYPT_BLIND_INDEX_KEYS": f"bidx1:{generate_key('hmac-sha256')}",
-    }.items() - values.keys()
+    # Only what the file lacks is generated: keys it holds are reused, so the database of an
+    # earlier run still decrypts.
+    makers = {
+        "FIELDCRYPT_KEYS": lambda: f"demo1:{generate_key()}",
+        "FIELDCRYPT_BLIND_INDEX_KEYS": lambda: f"bidx1:{generate_key('hmac-sha256')}",
+    }
+    missing = {name: make() for name, make in makers.items() if not values.get(name)}
     if missing:
-        values.update(dict(missing))
+        values.update(missing)
         DEMO_KEYS_FILE.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         DEMO_KEYS_FILE.chmod(0o600)
         print(f"No keys set: wrote throwaway demo keys into {DEMO_KEYS_FILE} (git ignores it).")

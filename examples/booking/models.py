@@ -93,6 +93,9 @@ class Customer(Base):
         # The seed declared this on (station_id, email_encrypted), which randomized encryption
         # makes meaningless; the blind index makes it enforce one email per station.
         Index("idx_customer_station_email", "station_id", "email_bidx", unique=True),
+        # That index serves lookups by station and email; a lookup by email alone needs one
+        # that starts with email_bidx.
+        Index("idx_customer_email_bidx", "email_bidx"),
         Index("idx_customer_phone_bidx", "phone_bidx"),
         {"schema": "core"},
     )

@@ -37,8 +37,9 @@ class FieldCryptSettings(BaseSettings):
     legacy_key: SecretStr | None = Field(
         default=None,
         validation_alias="FIELD_ENCRYPTION_KEY",
-        description="A single bare Fernet key (FIELD_ENCRYPTION_KEY, no prefix), added as the "
-        "decrypt-only key `legacy`, or the only key when FIELDCRYPT_KEYS is unset.",
+        description="A single bare Fernet key (FIELD_ENCRYPTION_KEY, no prefix): the only, "
+        "primary key (id `legacy`) when FIELDCRYPT_KEYS is unset; next to FIELDCRYPT_KEYS, the "
+        "decrypt-only key `legacy`, which never encrypts.",
     )
     gcp_secret: str | None = Field(
         default=None,
