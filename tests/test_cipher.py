@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
@@ -155,9 +156,35 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode()
 
 
+class AesGcmSivRefusingEmptyMessages:
+    """``AESGCMSIV`` as cryptography behaves over OpenSSL 3.2 to 3.4: no empty messages."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCMSIV(key)
+
+    def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes:
+        if not data:
+            raise ValueError("data must not be zero length")
+        return self._aead.encrypt(nonce, data, associated_data)
+
+    def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes:
+        if len(data) == 16:
+            raise InvalidTag
+        return self._aead.decrypt(nonce, data, associated_data)
+
+
+@pytest.fixture(params=["installed", "refusing-empty"])
+def openssl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the installed AES-GCM-SIV, then with one that refuses empty messages."""
+    if request.param == "refusing-empty":
+        monkeypatch.setattr("sa_fieldcrypt.keys.AESGCMSIV", AesGcmSivRefusingEmptyMessages)
+    return str(request.param)
+
+
 @pytest.mark.parametrize(
     "case", json.loads(AEAD_VECTORS.read_text()), ids=lambda c: f"{c['plaintext']}/{c['aad']}"
 )
+@pytest.mark.usefixtures("openssl")
 def test_rfc8452_vectors(case: dict[str, str]) -> None:
     """With the RFC's key and nonce, the payload is base64(nonce || RFC result), AAD = context."""
     ring = Keyring({"spec": "aes-gcm-siv:" + _b64(bytes.fromhex(case["key"]))})
@@ -167,6 +194,44 @@ def test_rfc8452_vectors(case: dict[str, str]) -> None:
     header = "fc1:spec:c:" if context else "fc1:spec:"
     assert header + _b64(nonce + bytes.fromhex(case["result"])) == token
     assert plaintext == decrypt(ring, token, context=context)
+
+
+@pytest.mark.parametrize(
+    "context",
+    [None, "c", "core.customers.email", "é" * 40],
+    ids=["unbound", "one-byte", "column", "three-blocks"],
+)
+def test_empty_value_token_is_the_same_where_openssl_refuses_empty_messages(
+    context: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty value gets byte for byte the same aes-gcm-siv token over an OpenSSL that
+    refuses empty messages, and either token decrypts to b"" under both."""
+    secret = "aes-gcm-siv:" + _b64(bytes(range(32)))
+    nonce = bytes(range(100, 112))
+    token = _encrypt_aead_from_parts(Keyring({"k3": secret}), b"", nonce, context=context)
+    monkeypatch.setattr("sa_fieldcrypt.keys.AESGCMSIV", AesGcmSivRefusingEmptyMessages)
+    ring = Keyring({"k3": secret})
+    assert token == _encrypt_aead_from_parts(ring, b"", nonce, context=context)
+    assert b"" == decrypt(ring, token, context=context)
+    assert b"" == decrypt(ring, encrypt(ring, b"", context=context), context=context)
+
+
+@pytest.mark.parametrize("position", [12, 20, 27])
+def test_forged_empty_value_fails_where_openssl_refuses_empty_messages(
+    position: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over an OpenSSL that refuses empty messages, a flipped bit in an empty value's nonce
+    or tag, or another context, still raises DecryptionError."""
+    monkeypatch.setattr("sa_fieldcrypt.keys.AESGCMSIV", AesGcmSivRefusingEmptyMessages)
+    ring = Keyring({"k3": generate_key(kind="aes-gcm-siv")})
+    token = encrypt(ring, b"", context="core.customers.email")
+    head, _, payload = token.rpartition(":")
+    raw = bytearray(base64.urlsafe_b64decode(payload))
+    raw[position] ^= 1
+    with pytest.raises(DecryptionError):
+        decrypt(ring, f"{head}:{_b64(bytes(raw))}", context="core.customers.email")
+    with pytest.raises(DecryptionError):
+        decrypt(ring, token, context="core.customers.phone")
 
 
 @given(data=st.binary(), context=st.none() | CONTEXTS)
