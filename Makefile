@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint typecheck pytest bench bench-rotation clean
+.PHONY: demo test test-oldest lint typecheck pytest bench bench-rotation clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,22 @@ pytest: $(VENV)/.installed-dev
 
 test: lint typecheck pytest
 
+# The suite again, with the lowest version of every runtime dependency that pyproject.toml
+# allows (pinned in constraints-oldest.txt) and current test tools, in a venv of its own that
+# is made anew whenever either file changes.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_PY := $(OLDEST_VENV)/bin/python
+
+$(OLDEST_VENV)/.installed: pyproject.toml constraints-oldest.txt
+	rm -rf $(OLDEST_VENV)
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_PY) -m pip install --quiet --upgrade pip
+	$(OLDEST_PY) -m pip install --quiet -c constraints-oldest.txt -e '.[dev,gcp]'
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_PY) -m pytest
+
 # Benchmarks also need the `bench` extra (sqlalchemy-utils, the peer they compare with).
 $(VENV)/.installed-bench: $(VENV)/.installed-dev
 	$(PIP) install --quiet -e '.[dev,gcp,bench]'
@@ -53,4 +69,4 @@ bench-rotation: $(VENV)/.installed-dev
 	$(PY) benchmarks/rotation.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

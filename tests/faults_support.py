@@ -91,7 +91,7 @@ def writer(url: str, seed: int) -> None:
             row_id = rng.choice(hot or ids)
             old = rng.random() < OLD_INSTANCE_SHARE
             sa_fieldcrypt.configure(keyring=old_instance if old else current)
-            patient = session.get_one(Patient, row_id)
+            patient = session.get(Patient, row_id)
             version = patient.version + 1
             patient.version = version
             patient.email = email_of(row_id, version)

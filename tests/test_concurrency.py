@@ -57,7 +57,7 @@ def test_threads_encrypt_and_decrypt_correctly_across_a_refresh(engine: Engine) 
                 session.add(Message(id=row_id, body=body))
                 session.commit()
             with Session(engine) as session:
-                assert body == session.get_one(Message, row_id).body
+                assert body == session.get(Message, row_id).body
             written.append((row_id, body))
         return written
 

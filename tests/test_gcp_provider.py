@@ -362,8 +362,8 @@ def test_app_decrypts_a_new_versions_token_after_one_refresh(
 
         accesses = fake.call_count("AccessSecretVersion")
         with Session(engine) as session:
-            assert "new@example.com" == session.get_one(Customer, 2).email
-            assert "old@example.com" == session.get_one(Customer, 1).email
+            assert "new@example.com" == session.get(Customer, 2).email
+            assert "old@example.com" == session.get(Customer, 1).email
         assert accesses + 2 == fake.call_count("AccessSecretVersion")
         assert "v2" == current_keyring().primary.id
     finally:

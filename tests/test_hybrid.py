@@ -111,7 +111,7 @@ def test_constructor_reads_back_plaintext_and_stores_tokens(db: Engine) -> None:
         session.add(_customer(1, email="Ada@Example.com", phone="+1 (555) 010-0000", notes="n"))
         session.commit()
     with Session(db) as session:
-        customer = session.get_one(Customer, 1)
+        customer = session.get(Customer, 1)
         assert ("Ada@Example.com", "+1 (555) 010-0000", "n") == (
             customer.email,
             customer.phone,
@@ -131,7 +131,7 @@ def test_assignment_sets_value_and_index_in_one_update(db: Engine) -> None:
     with Session(db) as session:
         session.add(_customer(1, email="old@example.com"))
         session.commit()
-        customer = session.get_one(Customer, 1)
+        customer = session.get(Customer, 1)
         old_index = customer.email_bidx
         customer.email = "new@example.com"
         assert "fc1" == inspect_token(customer.email_encrypted or "").kind
@@ -164,7 +164,7 @@ def test_none_clears_value_and_index(db: Engine) -> None:
     with Session(db) as session:
         session.add(_customer(1, email="ada@example.com", phone="+15550100000"))
         session.commit()
-        customer = session.get_one(Customer, 1)
+        customer = session.get(Customer, 1)
         customer.email = None
         customer.phone = None
         session.commit()
@@ -183,7 +183,7 @@ def test_direct_writes_to_the_source_column_keep_the_index_in_step(db: Engine) -
     with Session(db) as session:
         session.add_all([_customer(1, email="a@example.com"), _customer(2, station_id=2)])
         session.commit()
-        first, second = session.get_one(Customer, 1), session.get_one(Customer, 2)
+        first, second = session.get(Customer, 1), session.get(Customer, 2)
         second.email_encrypted = first.email_encrypted  # a token copied between rows
         second._phone = "+44 20 7946 0000"  # the EncryptedText column, not the hybrid
         session.commit()
@@ -196,7 +196,7 @@ def test_reading_a_detached_instance_needs_no_database(db: Engine) -> None:
     with Session(db, expire_on_commit=False) as session:
         session.add(_customer(1, email="ada@example.com", phone="+15550100000"))
         session.commit()
-        customer = session.get_one(Customer, 1)
+        customer = session.get(Customer, 1)
     statements: list[str] = []
     event.listen(db, "before_cursor_execute", lambda *a: statements.append(a[2]))
     assert ("ada@example.com", "+15550100000") == (customer.email, customer.phone)
@@ -210,7 +210,7 @@ def test_json_column_type_round_trips(db: Engine) -> None:
         session.add(_customer(1, prefs=prefs))
         session.commit()
     with Session(db) as session:
-        assert prefs == session.get_one(Customer, 1).prefs
+        assert prefs == session.get(Customer, 1).prefs
 
 
 def test_tampered_token_names_the_column(db: Engine) -> None:
@@ -224,7 +224,7 @@ def test_tampered_token_names_the_column(db: Engine) -> None:
             text("UPDATE fc_hyb_customers SET email_encrypted = :v"), {"v": token[:-8] + "A" * 8}
         )
     with Session(db) as session, pytest.raises(DecryptionError) as info:
-        _ = session.get_one(Customer, 1).email
+        _ = session.get(Customer, 1).email
     assert "fc_hyb_customers.email_encrypted" in str(info.value)
     assert "ada@" not in str(info.value)
 
@@ -377,7 +377,7 @@ def test_update_statement_keeps_the_index(db: Engine) -> None:
         session.commit()
         assert [1] == _ids(session, Customer.email == "moved@example.com")
         assert [] == _ids(session, Customer.email == "old@example.com")
-        assert "updated" == session.get_one(Customer, 1).notes
+        assert "updated" == session.get(Customer, 1).notes
     with db.connect() as conn:
         stored = conn.execute(text("SELECT email_encrypted, notes_encrypted FROM fc_hyb_customers"))
         assert all(inspect_token(v).kind == "fc1" for v in stored.one())
@@ -396,7 +396,7 @@ def test_encrypted_values_prepare_bulk_inserts(db: Engine) -> None:
         session.execute(insert(Customer), rows)
         session.commit()
         assert [2] == _ids(session, Customer.email == "U2@example.com")
-        assert "u1@example.com" == session.get_one(Customer, 1).email
+        assert "u1@example.com" == session.get(Customer, 1).email
 
 
 def test_lookups_work_through_aliases(db: Engine) -> None:
@@ -434,7 +434,7 @@ def test_lookup_finds_the_row_for_any_equivalent_text(
         expected = [1] if indexed else []
         assert expected == _ids(session, Customer.email == variant)
         assert expected == _ids(session, Customer.alt_email == variant)
-        stored = session.get_one(Customer, 1)
+        stored = session.get(Customer, 1)
         assert (stored.email_bidx is None) == (not indexed)
         if indexed:
             assert stored.email_bidx != stored.alt_email_bidx
@@ -480,7 +480,7 @@ def test_rotating_index_keys_matches_old_and_new_values(db: Engine) -> None:
         assert [1] == _ids(session, Customer.email == "OLD@example.com")
         assert [2] == _ids(session, Customer.email == "NEW@example.com")
         assert [1, 2] == _ids(session, Customer.email.in_(["old@example.com", "new@example.com"]))
-        assert "b2" == (session.get_one(Customer, 2).email_bidx or "").partition(":")[0]
+        assert "b2" == (session.get(Customer, 2).email_bidx or "").partition(":")[0]
 
 
 # -- compiled SQL --------------------------------------------------------------------------

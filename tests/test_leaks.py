@@ -116,7 +116,7 @@ def test_database_flows_leak_nothing(echo_engine: Engine, collected: Collected) 
             session.commit()
             for patient in session.scalars(select(Patient)):
                 collected.add(patient.__dict__.keys())
-            session.get_one(Patient, 1).email = PLAINTEXTS[1]
+            session.get(Patient, 1).email = PLAINTEXTS[1]
             session.commit()
 
         tampered = encrypt(RING, PLAINTEXTS[0].encode())[:-8] + "AAAAAAAA"

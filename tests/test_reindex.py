@@ -296,7 +296,7 @@ def test_concurrent_change_is_not_overwritten(db: Engine, index_keyring: Keyring
             return
         done = True
         with Session(db) as session:  # another connection: the live application
-            session.get_one(Customer, 1).email = "changed@example.com"
+            session.get(Customer, 1).email = "changed@example.com"
             session.commit()
 
     event.listen(db, "before_cursor_execute", app_writes_meanwhile)
@@ -304,7 +304,7 @@ def test_concurrent_change_is_not_overwritten(db: Engine, index_keyring: Keyring
     event.remove(db, "before_cursor_execute", app_writes_meanwhile)
     assert (3, 2, 1) == (report.scanned, report.written, report.concurrent)
     with Session(db) as session:
-        assert "changed@example.com" == session.get_one(Customer, 1).email
+        assert "changed@example.com" == session.get(Customer, 1).email
         assert [1] == session.scalars(
             select(Customer.id).where(Customer.email == "CHANGED@example.com")
         ).all()

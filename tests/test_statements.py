@@ -73,7 +73,7 @@ def db(engine: Engine, keyring: Keyring, index_keyring: Keyring) -> Iterator[Eng
 
 def _stored_body(engine: Engine, note_id: int) -> str | None:
     with Session(engine) as session:
-        return session.get_one(Note, note_id).body
+        return session.get(Note, note_id).body
 
 
 @pytest.mark.parametrize("synchronize", SYNCHRONIZE)
@@ -82,7 +82,7 @@ def test_orm_update_of_an_encrypted_column_works_with_every_synchronize_strategy
 ) -> None:
     """update(Note).where(...).values(body=...) writes, and a loaded object sees it unless False."""
     with Session(db) as session:
-        loaded = session.get_one(Note, 1)
+        loaded = session.get(Note, 1)
         assert "first" == loaded.body
         session.execute(
             update(Note).where(Note.id == 1).values(body="changed"),
@@ -99,7 +99,7 @@ def test_orm_update_of_an_encrypted_column_works_with_every_synchronize_strategy
 def test_legacy_query_update_of_an_encrypted_column_works(db: Engine, synchronize: Any) -> None:
     """session.query(Note).filter(...).update({...}) updates the row and the loaded object."""
     with Session(db) as session:
-        loaded = session.get_one(Note, 2)
+        loaded = session.get(Note, 2)
         count = (
             session.query(Note)
             .filter(Note.id == 2)
@@ -135,7 +135,7 @@ def test_orm_bulk_update_by_primary_key_encrypts(db: Engine) -> None:
 def test_update_where_is_none_evaluates_in_python(db: Engine) -> None:
     """A WHERE on is_(None) of an encrypted column is evaluated for loaded objects too."""
     with Session(db) as session:
-        loaded = session.get_one(Note, 2)
+        loaded = session.get(Note, 2)
         session.execute(update(Note).where(Note.title.is_(None)).values(body="untitled"))
         assert "untitled" == loaded.body
         session.commit()
@@ -146,7 +146,7 @@ def test_update_where_is_none_evaluates_in_python(db: Engine) -> None:
 def test_orm_update_through_a_hybrid_writes_value_and_index(db: Engine, synchronize: Any) -> None:
     """update(Member).values(email=...) with a WHERE on the hybrid re-encrypts and re-indexes."""
     with Session(db) as session:
-        loaded = session.get_one(Member, 1)
+        loaded = session.get(Member, 1)
         session.execute(
             update(Member).where(Member.email == "ada@example.com").values(email="new@example.com"),
             execution_options={"synchronize_session": synchronize},

@@ -147,7 +147,7 @@ def test_orm_round_trip(db: Engine) -> None:
         session.commit()
     with Session(db) as session:
         for i, (email, avatar, prefs) in enumerate(SAMPLES):
-            row = session.get_one(Customer, i)
+            row = session.get(Customer, i)
             assert (email, avatar, prefs) == (row.email, row.avatar, row.prefs)
 
 
@@ -178,7 +178,7 @@ def test_plain_fernet_legacy_values_are_read(db: Engine, fieldcrypt_keyring: Key
             {"v": legacy},
         )
     with Session(db) as session:
-        assert "old@example.com" == session.get_one(Customer, 1).email
+        assert "old@example.com" == session.get(Customer, 1).email
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -431,7 +431,7 @@ def test_token_copied_into_the_same_context_elsewhere_decrypts(bound_db: Engine)
         session.commit()
     _store_raw(bound_db, "email", _raw(bound_db, "email", 1), row_id=2)
     with Session(bound_db) as session:
-        assert "ada@example.com" == session.get_one(Contact, 2).email
+        assert "ada@example.com" == session.get(Contact, 2).email
 
 
 def test_bound_column_reads_older_unbound_tokens_and_strict_one_refuses(
@@ -444,7 +444,7 @@ def test_bound_column_reads_older_unbound_tokens_and_strict_one_refuses(
     unbound = _raw(bound_db, "plain")
     _store_raw(bound_db, "email", unbound)
     with Session(bound_db) as session:
-        assert "written before binding" == session.get_one(Contact, 1).email
+        assert "written before binding" == session.get(Contact, 1).email
     _store_raw(bound_db, "strict", unbound)
     with Session(bound_db) as session, pytest.raises(DecryptionError) as info:
         session.get(Contact, 1)

@@ -385,8 +385,8 @@ def _field_multiply(a: int, b: int) -> int:
 def _empty_message_tag(key: bytes, nonce: bytes, associated_data: bytes | None) -> bytes:
     """AES-256-GCM-SIV (RFC 8452, section 4) of an empty message: the 16-byte tag alone.
 
-    Only for OpenSSL before 3.5, which refuses empty messages (cryptography's wheels before
-    45.0.2 bundle one): the bytes are those a newer OpenSSL gives. The AES block operations
+    Only for OpenSSL before 3.5, which refuses empty messages (cryptography's wheels up to
+    45.0.0 bundle one): the bytes are those a newer OpenSSL gives. The AES block operations
     are OpenSSL's; POLYVAL runs here, over public blocks only (the associated data and the
     lengths), under an authentication key derived for this nonce alone.
     """
