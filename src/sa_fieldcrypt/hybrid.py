@@ -30,7 +30,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Column, String, event, false, inspect, type_coerce
 from sqlalchemy.engine.default import DefaultDialect
@@ -45,6 +45,9 @@ from typing_extensions import TypeVar
 from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex
 from sa_fieldcrypt.errors import ConfigurationError, UnsupportedComparisonError
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql.elements import SQLCoreOperations
 
 __all__ = [
     "INFO_BLIND_INDEX",
@@ -312,6 +315,11 @@ class EncryptedHybrid(hybrid_property[_V]):
         self.bulk_dml_setter = bulk_dml
         self.__name__ = source
         self.__doc__ = f"Plaintext of the encrypted column {source!r}."
+
+    if TYPE_CHECKING:
+        # Declared here for type checkers only: before 2.0.44 SQLAlchemy's hybrid_property
+        # takes any value in __set__, and assigning 42 to a str attribute must be an error.
+        def __set__(self, instance: object, value: SQLCoreOperations[_V] | _V) -> None: ...
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.__name__ = name
