@@ -42,7 +42,6 @@ from typing import Any, Literal, NoReturn, TypeVar, get_args
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -310,15 +309,12 @@ class _FernetCodec(KeyCodec):
 class _AeadCodec(KeyCodec):
     """AES-GCM-SIV payload: url-safe base64 of ``nonce (12 bytes) || ciphertext || tag (16)``."""
 
-    __slots__ = ("_associated_data", "_open", "_raw", "_seal")
+    __slots__ = ("_associated_data", "_open", "_seal")
 
-    def __init__(
-        self, aead: AESGCMSIV, raw: bytes, associated_data: bytes | None, token_prefix: str
-    ):
+    def __init__(self, aead: AESGCMSIV, associated_data: bytes | None, token_prefix: str):
         self.token_prefix = token_prefix
         self._seal = aead.encrypt
         self._open = aead.decrypt
-        self._raw = raw
         self._associated_data = associated_data
         self.decrypt = self._decrypt
 
@@ -331,29 +327,18 @@ class _AeadCodec(KeyCodec):
         try:
             sealed = self._seal(nonce, data, self._associated_data)
         except ValueError:
-            if data or len(nonce) != NONCE_SIZE:
+            if data or len(nonce) != NONCE_SIZE or not self._refuses_empty_messages():
                 raise
-            # OpenSSL before 3.5 refuses empty messages; the same bytes are computed here.
-            sealed = _empty_message_tag(self._raw, nonce, self._associated_data)
+            raise _empty_messages_refused() from None
         return _urlsafe_b64encode(nonce + sealed)
 
     def _decrypt(self, payload: str | bytes) -> bytes:
         try:
             raw = _urlsafe_b64decode(payload)
-            nonce, sealed = raw[:NONCE_SIZE], raw[NONCE_SIZE:]
-            try:
-                return self._open(nonce, sealed, self._associated_data)
-            except InvalidTag:
-                if len(raw) != NONCE_SIZE + _TAG_SIZE or not self._refuses_empty_messages():
-                    raise
-            # A tag alone is an empty message, which OpenSSL before 3.5 cannot open.
-            if hmac.compare_digest(
-                sealed, _empty_message_tag(self._raw, nonce, self._associated_data)
-            ):
-                return b""
-            raise InvalidTag
+            return self._open(raw[:NONCE_SIZE], raw[NONCE_SIZE:], self._associated_data)
         except (InvalidTag, ValueError, TypeError):
-            # One failure for every malformed or forged payload, as Fernet has.
+            # One failure for every malformed or forged payload, as Fernet has (and for an
+            # empty value's token where OpenSSL is older than 3.5: see _empty_messages_refused).
             raise InvalidToken from None
 
     def _refuses_empty_messages(self) -> bool:
@@ -364,53 +349,13 @@ class _AeadCodec(KeyCodec):
         return False
 
 
-# The polynomial of POLYVAL's field, x^128 + x^127 + x^126 + x^121 + 1, and x^-128 in it
-# (RFC 8452, section 3 and appendix A), with bit i as the coefficient of x^i.
-_POLYVAL_MODULUS = (1 << 128) | (1 << 127) | (1 << 126) | (1 << 121) | 1
-_X_INVERSE_128 = (1 << 127) | (1 << 124) | (1 << 121) | (1 << 114) | 1
-_TAG_SIZE = 16
-
-
-def _field_multiply(a: int, b: int) -> int:
-    # Masks, not branches, on the bits of the operands (derived from the key). Python gives
-    # no constant-time guarantee; this path runs only where OpenSSL refuses empty messages.
-    product = 0
-    for i in range(128):
-        product ^= (a << i) & -((b >> i) & 1)
-    for i in range(254, 127, -1):
-        product ^= (_POLYVAL_MODULUS << (i - 128)) & -((product >> i) & 1)
-    return product
-
-
-def _empty_message_tag(key: bytes, nonce: bytes, associated_data: bytes | None) -> bytes:
-    """AES-256-GCM-SIV (RFC 8452, section 4) of an empty message: the 16-byte tag alone.
-
-    Only for OpenSSL before 3.5, which refuses empty messages (cryptography's wheels up to
-    45.0.0 bundle one): the bytes are those a newer OpenSSL gives. The AES block operations
-    are OpenSSL's; POLYVAL runs here, over public blocks only (the associated data and the
-    lengths), under an authentication key derived for this nonce alone.
-    """
-    # Key derivation and the tag are single AES blocks, which is what ECB computes.
-    blocks = (
-        Cipher(algorithms.AES(key), modes.ECB())  # noqa: S305
-        .encryptor()
-        .update(b"".join(i.to_bytes(4, "little") + nonce for i in range(6)))
-    )
-    auth_key = int.from_bytes(blocks[0:8] + blocks[16:24], "little")
-    encryption_key = b"".join(blocks[i : i + 8] for i in range(32, 96, 16))
-    aad = associated_data or b""
-    padded = aad + bytes(-len(aad) % 16) + (len(aad) * 8).to_bytes(8, "little") + bytes(8)
-    s = 0
-    for i in range(0, len(padded), 16):
-        s ^= int.from_bytes(padded[i : i + 16], "little")
-        s = _field_multiply(_field_multiply(s, auth_key), _X_INVERSE_128)
-    # The nonce goes into the first 12 bytes and the top bit is cleared: the tag's AES input.
-    s ^= int.from_bytes(nonce, "little")
-    s &= ~(1 << 127)
-    return (
-        Cipher(algorithms.AES(encryption_key), modes.ECB())  # noqa: S305
-        .encryptor()
-        .update(s.to_bytes(16, "little"))
+def _empty_messages_refused() -> ConfigurationError:
+    # cryptography's wheels from 45.0.1 on bundle OpenSSL 3.5, which seals and opens empty
+    # messages; a build linked against an older OpenSSL refuses them.
+    return ConfigurationError(
+        "this cryptography build links an OpenSSL older than 3.5, which cannot encrypt or "
+        "decrypt an empty value with an aes-gcm-siv key: install cryptography 45.0.1 or newer "
+        "from its wheels (or link it against OpenSSL 3.5 or newer), or encrypt with a fernet key"
     )
 
 
@@ -512,7 +457,7 @@ class Key:
             )
         elif self.kind == "aes-gcm-siv":
             self._aead = _new_aead(self._raw, key_id)
-            self.codec = _AeadCodec(self._aead, self._raw, None, self.token_prefix)
+            self.codec = _AeadCodec(self._aead, None, self.token_prefix)
         else:
             self.codec = _RefusingCodec(self.id, self.kind, self.token_prefix)
         self.encrypt = self.codec.encrypt
@@ -560,7 +505,7 @@ class Key:
         prefix = f"{self.token_prefix}{BOUND_FLAG}:"
         codec: KeyCodec
         if self._aead is not None:
-            codec = _AeadCodec(self._aead, self._raw, info, prefix)
+            codec = _AeadCodec(self._aead, info, prefix)
         else:
             derived = self.derive(FERNET_CONTEXT_INFO + info)
             codec = _FernetCodec(Fernet(base64.urlsafe_b64encode(derived)), prefix)
