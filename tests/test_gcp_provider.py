@@ -639,25 +639,55 @@ def test_settings_select_and_configure_the_provider(
     monkeypatch.setenv("FIELDCRYPT_GCP_CACHE_TTL", "60")
     monkeypatch.setenv("FIELDCRYPT_GCP_PRIMARY_ALIAS", "billing-primary")
     monkeypatch.setenv("FIELDCRYPT_GCP_TIMEOUT", "2.5")
+    monkeypatch.setenv("FIELDCRYPT_GCP_MAX_STALE", "3600")
     provider = provider_from_settings(load_settings())
     assert isinstance(provider, GoogleSecretManagerKeyProvider)
-    assert (SECRET, 60.0, "billing-primary", 2.5) == (
+    assert (SECRET, 60.0, "billing-primary", 2.5, 3600.0) == (
         provider.secret,
         provider.cache_ttl,
         provider.primary_alias,
         provider.timeout,
+        provider.max_stale,
     )
 
 
 def test_settings_defaults(no_default_keys: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """By default keys are cached 300 s, the alias is fieldcrypt-primary, loads take <= 5 s."""
+    """By default: cached 300 s, stale after a day, alias fieldcrypt-primary, loads <= 5 s."""
     monkeypatch.setenv("FIELDCRYPT_GCP_SECRET", SECRET)
     provider = GoogleSecretManagerKeyProvider.from_settings()
-    assert (300.0, "fieldcrypt-primary", 5.0) == (
+    assert (300.0, 86400.0, "fieldcrypt-primary", 5.0) == (
         provider.cache_ttl,
+        provider.max_stale,
         provider.primary_alias,
         provider.timeout,
     )
+    assert provider.max_stale == GoogleSecretManagerKeyProvider(SECRET).max_stale
+
+
+def test_max_stale_none_only_when_asked_for(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_GCP_MAX_STALE=none turns the staleness bound off; nothing else does."""
+    monkeypatch.setenv("FIELDCRYPT_GCP_SECRET", SECRET)
+    monkeypatch.setenv("FIELDCRYPT_GCP_MAX_STALE", "none")
+    assert GoogleSecretManagerKeyProvider.from_settings().max_stale is None
+    assert KeyCache(GoogleSecretManagerKeyProvider.from_settings()).max_stale is None
+    monkeypatch.setenv("FIELDCRYPT_GCP_MAX_STALE", "")
+    with pytest.raises(ConfigurationError, match="FIELDCRYPT_GCP_MAX_STALE"):
+        GoogleSecretManagerKeyProvider.from_settings()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"max_stale": 0}, "max_stale must be > 0 seconds"),
+        ({"cache_ttl": 600, "max_stale": 300}, r"max_stale \(300 s\) is shorter than cache_ttl"),
+    ],
+)
+def test_an_unkeepable_max_stale_is_refused(kwargs: dict[str, Any], expected: str) -> None:
+    """A max_stale that is not positive, or shorter than the TTL, is refused at construction."""
+    with pytest.raises(ConfigurationError, match=expected):
+        GoogleSecretManagerKeyProvider(SECRET, **kwargs)
 
 
 def test_settings_feed_a_working_provider(
@@ -681,6 +711,11 @@ def test_settings_feed_a_working_provider(
         ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_TIMEOUT": "0"}, "GCP_TIMEOUT"),
         ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_TIMEOUT": "600"}, "GCP_TIMEOUT"),
         ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_CACHE_TTL": "0"}, "GCP_CACHE_TTL"),
+        ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_MAX_STALE": "0"}, "GCP_MAX_STALE"),
+        (
+            {"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_MAX_STALE": "60"},
+            r"FIELDCRYPT_GCP_MAX_STALE \(60 s\) is shorter than FIELDCRYPT_GCP_CACHE_TTL \(300 s\)",
+        ),
         ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_PRIMARY_ALIAS": "latest"}, "'latest'"),
         ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_PRIMARY_ALIAS": "1st"}, "'1st'"),
     ],
@@ -691,6 +726,8 @@ def test_settings_feed_a_working_provider(
         "zero-timeout",
         "long-timeout",
         "zero-ttl",
+        "zero-max-stale",
+        "max-stale-below-ttl",
         "reserved-alias",
         "bad-alias",
     ],
