@@ -136,11 +136,8 @@ _NO_CREDENTIALS = (
     "no Google credentials were found: run `gcloud auth application-default login`, or run "
     "with a service account (GOOGLE_APPLICATION_CREDENTIALS, or the metadata server)"
 )
-# Why a listed version gives no key; each says what to do. None quotes the payload.
-_GONE = (
-    "it was disabled or destroyed while the keys were read (FAILED_PRECONDITION); nothing to "
-    "do if that was meant"
-)
+# Why a listed version gives no key. None quotes the payload.
+_GONE = "it was disabled or destroyed while the keys were read (FAILED_PRECONDITION)"
 _DAMAGED = (
     "its payload does not match its CRC32C checksum (data_crc32c), so it was damaged on the "
     "way or in storage; if that persists, add the key again and disable this version"
@@ -667,7 +664,7 @@ class GoogleSecretManagerKeyProvider:
         if not enabled:
             raise KeyProviderError(
                 f"Secret Manager secret {self.secret!r} has no enabled version, so there is no "
-                "key: add one with `fieldcrypt keys add`" + self._purpose_flag()
+                f"key: add one with `fieldcrypt keys add{self._purpose_flag()}`"
             )
         if target is None and len(enabled) == 1:
             return enabled[0]
@@ -690,14 +687,14 @@ class GoogleSecretManagerKeyProvider:
         self, aliases: Mapping[str, int], number: int, reason: str
     ) -> KeyProviderError:
         named = (
-            f"the version alias {self.primary_alias!r} names version {number}"
+            f"the version alias {self.primary_alias!r} names version {number}, which"
             if aliases.get(self.primary_alias) == number
-            else f"version {number} is the only enabled version"
+            else f"its only enabled version, {number},"
         )
         return KeyProviderError(
-            f"Secret Manager secret {self.secret!r}: {named}, which cannot be read as a key: "
-            f"{reason}. Until then no key is trusted to {self._write()}: "
-            f"{self._promote_hint()}"
+            f"Secret Manager secret {self.secret!r}: {named} cannot be read as a key: {reason}. "
+            f"No key is trusted to {self._write()} meanwhile: {self._promote_hint()} (add "
+            f"one first with `fieldcrypt keys add{self._purpose_flag()}` if none loads)"
         )
 
     def _writes(self) -> str:
