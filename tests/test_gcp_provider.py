@@ -830,6 +830,25 @@ def test_a_blind_index_keyring_is_served_from_secret_manager(
     assert "v2" == (index.compute("ada") or "").partition(":")[0]
 
 
+def test_a_blind_index_secret_without_primary_names_its_own_command(
+    fake_secret_manager: FakeSecretManager,
+) -> None:
+    """A blind-index secret with two versions and no alias points at promote --purpose."""
+    fake_secret_manager.create_secret(BLIND_SECRET)
+    for _ in range(2):
+        fake_secret_manager.add_version(BLIND_SECRET, generate_key("hmac-sha256").encode())
+    provider = GoogleSecretManagerKeyProvider(
+        BLIND_SECRET, client=fake_secret_manager.client(), purpose="blind-index"
+    )
+    with pytest.raises(KeyProviderError) as info:
+        provider.load()
+    assert str(info.value).endswith(
+        "naming the one that computes new index values, so no key is trusted to compute new "
+        "index values: name the version that should with "
+        "`fieldcrypt keys promote VERSION --purpose blind-index`"
+    )
+
+
 @pytest.mark.parametrize(
     ("purpose", "payload", "expected"),
     [
