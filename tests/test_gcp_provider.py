@@ -1117,14 +1117,16 @@ def test_an_added_version_is_not_trusted_without_the_alias(fake: FakeSecretManag
     assert "v2" not in cache.get()
 
 
-def _revoked_token(fake: FakeSecretManager, clock: FakeClock, **kwargs: Any) -> tuple[Any, str]:
+def _revoked_token(
+    fake: FakeSecretManager, clock: FakeClock, secret: str = SECRET, **kwargs: Any
+) -> tuple[Any, str]:
     """A cache holding v1 (primary) and v2, and a token under v2, which is then disabled."""
-    provider = _provider(fake, cache_ttl=300, **kwargs)
+    provider = GoogleSecretManagerKeyProvider(secret, client=fake.client(), cache_ttl=300, **kwargs)
     provider.add_key()
     provider.add_key()
     cache = KeyCache(provider, clock=clock)
     token = encrypt(cache.get().with_primary("v2"), b"ada@example.com")
-    fake.set_state(SECRET, 2, "DISABLED")
+    fake.set_state(secret, 2, "DISABLED")
     return cache, token
 
 
@@ -1146,25 +1148,27 @@ def test_an_outage_past_max_stale_stops_serving_keys(
     fake: FakeSecretManager, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Through an outage old keys serve for max_stale seconds, counted; then loading fails."""
+    # A secret of its own: the age gauge is the oldest of all live caches of one secret.
+    secret = fake.create_secret("projects/test/secrets/stale-keys")
     clock = FakeClock()
     # A timeout long enough for the client to reconnect once the fake is back.
-    cache, token = _revoked_token(fake, clock, max_stale=3600, timeout=2)
+    cache, token = _revoked_token(fake, clock, secret, max_stale=3600, timeout=2)
     fake.stop()
-    failures = metrics.snapshot().key_load_failures.get(SECRET, 0)
+    failures = metrics.snapshot().key_load_failures.get(secret, 0)
     clock.now += 301
     with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
         assert b"ada@example.com" == decrypt(cache.get(), token)  # stale, within max_stale
     assert "still serving" in caplog.text
-    assert 1 == metrics.snapshot().key_load_failures.get(SECRET, 0) - failures
-    assert 301 == metrics.snapshot().key_cache_age[SECRET]
+    assert 1 == metrics.snapshot().key_load_failures.get(secret, 0) - failures
+    assert 301 == metrics.snapshot().key_cache_age[secret]
     clock.now += 3600 - 301
     with pytest.raises(KeyProviderError) as info:
         cache.get()
     assert (
-        f"key provider GoogleSecretManagerKeyProvider ({SECRET}): the keys were last loaded "
+        f"key provider GoogleSecretManagerKeyProvider ({secret}): the keys were last loaded "
         "3600 s ago, longer than max_stale (3600 s) allows, and refreshing them failed, so "
         "they are no longer served; fix what the last failure names, and the next load that "
-        f"succeeds serves keys again (last failure: Secret Manager secret {SECRET!r}: could "
+        f"succeeds serves keys again (last failure: Secret Manager secret {secret!r}: could "
         "not read the keys (UNAVAILABLE); Secret Manager could not be reached: check the "
         "network path to it)"
     ) == str(info.value)
@@ -1179,7 +1183,7 @@ def test_an_outage_past_max_stale_stops_serving_keys(
     assert ("v1",) == cache.get().ids
     with pytest.raises(DecryptionError):
         decrypt(cache.get(), token)
-    assert 0 == metrics.snapshot().key_cache_age[SECRET]
+    assert 0 == metrics.snapshot().key_cache_age[secret]
 
 
 @pytest.mark.parametrize("hours", [1, 24, 720])
