@@ -109,6 +109,7 @@ def test_keys_add_then_promote(gcp: dict[str, Any]) -> None:
     assert "Added version 1 (key id v1), the secret's first key: it encrypts.\n" == first.output
     second = _keys(gcp, "add")
     assert 0 == second.exit_code, second.output
+    assert "It is not primary: it does not encrypt until it is promoted." in second.output
     assert "fieldcrypt keys promote 2" in second.output
     assert {"fieldcrypt-primary": 1} == gcp["fake"].aliases(GCP_SECRET)
     promoted = _keys(gcp, "promote", "--force")
@@ -144,6 +145,59 @@ def test_keys_list(gcp: dict[str, Any]) -> None:
     assert ["2", "v2", "DISABLED"] == lines[1].split()[:3]
     assert ["1", "v1", "ENABLED"] == lines[2].split()[:3]
     assert lines[2].endswith("yes (alias fieldcrypt-primary)")
+
+
+def test_keys_list_shows_skipped_versions_by_number(gcp: dict[str, Any]) -> None:
+    """keys list names each version instances skip and why, never quoting its payload."""
+    _keys(gcp, "add")
+    _keys(gcp, "add")
+    gcp["fake"].add_version(GCP_SECRET, b"password=hunter2hunter2")
+    result = _keys(gcp, "list")
+    assert 0 == result.exit_code, result.output
+    lines = result.output.splitlines()
+    assert ["3", "v3", "ENABLED"] == lines[1].split()[:3]
+    assert lines[1].endswith("no: skipped, see below")
+    assert lines[3].endswith("yes (alias fieldcrypt-primary)")
+    assert lines[4].startswith("Version 3 is skipped: its payload is not a usable key (key 'v3'")
+    assert "hunter2" not in result.output + result.stderr
+
+
+def test_keys_list_fails_when_instances_cannot_load(gcp: dict[str, Any]) -> None:
+    """keys list of a secret with no primary prints the versions, then the load's error, exit 1."""
+    gcp["fake"].add_version(GCP_SECRET, generate_key().encode())
+    gcp["fake"].add_version(GCP_SECRET, generate_key().encode())
+    result = _keys(gcp, "list")
+    assert 1 == result.exit_code
+    assert 3 == len(result.stdout.splitlines())
+    assert "yes" not in result.stdout
+    assert result.stderr.startswith(
+        f"Error: instances cannot load these keys: Secret Manager secret {GCP_SECRET!r} has 2 "
+        "enabled versions and no version alias 'fieldcrypt-primary'"
+    )
+    assert "`fieldcrypt keys promote VERSION`" in result.stderr
+
+
+def test_keys_list_without_permission_to_read_versions(gcp: dict[str, Any]) -> None:
+    """keys list by a caller who may not read versions lists them and says they were not checked."""
+    grpc = pytest.importorskip("grpc", reason="needs the gcp extra")
+    _keys(gcp, "add")
+    gcp["fake"].fail_next("AccessSecretVersion", grpc.StatusCode.PERMISSION_DENIED)
+    result = _keys(gcp, "list")
+    assert 0 == result.exit_code, result.output
+    assert "The payloads were not checked: reading them needs secretmanager.versions.access" in (
+        result.output
+    )
+
+
+def test_keys_add_refuses_a_secret_without_primary(gcp: dict[str, Any]) -> None:
+    """keys add on a secret with two versions and no alias adds nothing and says to promote."""
+    gcp["fake"].add_version(GCP_SECRET, generate_key().encode())
+    gcp["fake"].add_version(GCP_SECRET, generate_key().encode())
+    result = _keys(gcp, "add")
+    assert 1 == result.exit_code
+    assert "no version alias 'fieldcrypt-primary'" in result.stderr
+    assert "`fieldcrypt keys promote VERSION`; then add the key. No key was added" in result.stderr
+    assert 0 == gcp["fake"].call_count("AddSecretVersion")
 
 
 def test_keys_secret_comes_from_settings(

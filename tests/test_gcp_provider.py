@@ -21,7 +21,14 @@ from sqlalchemy import Engine, Integer, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_fieldcrypt
-from sa_fieldcrypt import ConfigurationError, EncryptedText, KeyProviderError, generate_key
+from sa_fieldcrypt import (
+    ConfigurationError,
+    DecryptionError,
+    EncryptedText,
+    KeyProviderError,
+    generate_key,
+    metrics,
+)
 from sa_fieldcrypt.cipher import decrypt, encrypt
 from sa_fieldcrypt.config import current_keyring, provider_from_settings
 from sa_fieldcrypt.providers import KeyCache
@@ -41,6 +48,8 @@ from google.cloud.secretmanager_v1.services.secret_manager_service.transports im
 GoogleSecretManagerKeyProvider = gcp.GoogleSecretManagerKeyProvider
 FakeSecretManager = secret_manager.FakeSecretManager
 SECRET = "projects/test/secrets/fieldcrypt-keys"
+#: A payload that is not a key; tests check that no message quotes it.
+MALFORMED = b"password=hunter2hunter2"
 
 
 class FakeClock:
@@ -74,9 +83,10 @@ def _add_keys(fake: FakeSecretManager, count: int) -> list[str]:
 # -- which versions are keys, and which one encrypts -------------------------------------
 
 
-def test_every_enabled_version_is_a_key_and_the_newest_encrypts(fake: FakeSecretManager) -> None:
-    """Each enabled version N is the key vN with its payload; without alias the newest encrypts."""
+def test_every_enabled_version_is_a_key(fake: FakeSecretManager) -> None:
+    """Each enabled version N is the key vN with its payload; the alias's version encrypts."""
     keys = _add_keys(fake, 3)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 3)
     ring = _provider(fake).load()
     assert ("v3", "v2", "v1") == ring.ids
     assert "v3" == ring.primary.id
@@ -87,6 +97,7 @@ def test_every_enabled_version_is_a_key_and_the_newest_encrypts(fake: FakeSecret
 def test_disabled_and_destroyed_versions_are_ignored(fake: FakeSecretManager) -> None:
     """Disabled and destroyed versions give no key, even when they are the newest."""
     _add_keys(fake, 4)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 3)
     fake.set_state(SECRET, 2, "DISABLED")
     fake.set_state(SECRET, 4, "DESTROYED")
     ring = _provider(fake).load()
@@ -97,8 +108,8 @@ def test_disabled_and_destroyed_versions_are_ignored(fake: FakeSecretManager) ->
 def test_version_numbers_sort_as_integers(fake: FakeSecretManager) -> None:
     """Version 10 is newer than version 9 (no string ordering)."""
     _add_keys(fake, 10)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 10)
     ring = _provider(fake).load()
-    assert "v10" == ring.primary.id
     assert tuple(f"v{n}" for n in range(10, 0, -1)) == ring.ids
 
 
@@ -117,19 +128,6 @@ def test_alias_name_is_configurable(fake: FakeSecretManager) -> None:
     fake.set_alias(SECRET, "fieldcrypt-primary", 2)
     fake.set_alias(SECRET, "billing-primary", 1)
     assert "v1" == _provider(fake, primary_alias="billing-primary").load().primary.id
-
-
-def test_alias_on_a_disabled_version_falls_back_with_a_warning(
-    fake: FakeSecretManager, caplog: pytest.LogCaptureFixture
-) -> None:
-    """An alias naming a version that is not enabled is ignored, loudly."""
-    _add_keys(fake, 3)
-    fake.set_alias(SECRET, "fieldcrypt-primary", 2)
-    fake.set_state(SECRET, 2, "DISABLED")
-    with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
-        ring = _provider(fake).load()
-    assert "v3" == ring.primary.id
-    assert "points at version 2, which is not enabled" in caplog.text
 
 
 # -- the rollout in two phases -----------------------------------------------------------
@@ -168,25 +166,29 @@ def test_two_phase_rollout(fake: FakeSecretManager) -> None:
 
 
 def test_add_key_pins_the_alias_first(fake: FakeSecretManager) -> None:
-    """On a secret without the alias, adding a key leaves the current primary encrypting."""
-    _add_keys(fake, 2)  # versions added by hand, e.g. with gcloud
+    """On a secret whose one version has no alias, adding a key leaves that version encrypting."""
+    _add_keys(fake, 1)  # a version added by hand, e.g. with gcloud
     provider = _provider(fake)
-    assert "v2" == provider.load().primary.id
+    assert "v1" == provider.load().primary.id
     added = provider.add_key()
-    assert 3 == added.number
-    assert {"fieldcrypt-primary": 2} == fake.aliases(SECRET)
-    assert "v2" == provider.load().primary.id
+    assert (2, False) == (added.number, added.primary)
+    assert {"fieldcrypt-primary": 1} == fake.aliases(SECRET)
+    assert "v1" == provider.load().primary.id
 
 
-def test_add_key_moves_an_alias_left_on_a_disabled_version(fake: FakeSecretManager) -> None:
-    """An alias on a disabled version is re-pointed at the key that encrypts now before adding."""
+@pytest.mark.parametrize("state", ["no-alias", "alias-on-disabled"])
+def test_add_key_refuses_a_secret_without_primary(fake: FakeSecretManager, state: str) -> None:
+    """Adding to a secret with no primary is refused, unwritten, until promote names one."""
     _add_keys(fake, 2)
-    fake.set_alias(SECRET, "fieldcrypt-primary", 1)
-    fake.set_state(SECRET, 1, "DISABLED")
-    provider = _provider(fake)
-    provider.add_key()
-    assert {"fieldcrypt-primary": 2} == fake.aliases(SECRET)
-    assert "v2" == provider.load().primary.id
+    if state == "alias-on-disabled":
+        fake.set_alias(SECRET, "fieldcrypt-primary", 1)
+        fake.set_state(SECRET, 1, "DISABLED")
+        _add_keys(fake, 1)
+    aliases = fake.aliases(SECRET)
+    with pytest.raises(KeyProviderError, match=r"keys promote VERSION`; then add the key\. No key"):
+        _provider(fake).add_key()
+    assert 0 == fake.call_count("AddSecretVersion")
+    assert aliases == fake.aliases(SECRET)
 
 
 def test_first_key_of_an_empty_secret_is_primary(fake: FakeSecretManager) -> None:
@@ -282,17 +284,60 @@ def test_promote_waits_for_instances_to_refresh(fake_secret_manager: FakeSecretM
     assert 3 == provider.promote(3).number
 
 
-def test_versions_describe_states_and_primary(fake: FakeSecretManager) -> None:
-    """versions() lists every version newest first, with its state and whether it encrypts."""
+def test_describe_states_and_primary(fake: FakeSecretManager) -> None:
+    """describe() lists every version newest first, with its state and whether it encrypts."""
     provider = _provider(fake)
     for _ in range(3):
         provider.add_key()
     fake.set_state(SECRET, 2, "DISABLED")
-    described = [(v.key_id, v.state, v.primary) for v in provider.versions()]
-    expected = [("v3", "ENABLED", False), ("v2", "DISABLED", False), ("v1", "ENABLED", True)]
-    assert expected == described
+    described = provider.describe()
+    found = [(v.key_id, v.state, v.primary, v.skipped) for v in described.versions]
+    expected = [
+        ("v3", "ENABLED", False, None),
+        ("v2", "DISABLED", False, None),
+        ("v1", "ENABLED", True, None),
+    ]
+    assert expected == found
+    assert (1, None, True, 1) == (
+        described.alias,
+        described.problem,
+        described.checked,
+        described.primary.number if described.primary else None,
+    )
     provider.promote(3)
-    assert [True, False, False] == [v.primary for v in provider.versions()]
+    assert [True, False, False] == [v.primary for v in provider.describe().versions]
+
+
+def test_describe_reports_skipped_versions_and_why_loading_fails(fake: FakeSecretManager) -> None:
+    """describe() says which versions instances skip and why, and the load's error, by number."""
+    _add_keys(fake, 1)
+    fake.add_version(SECRET, MALFORMED)
+    _add_keys(fake, 1)
+    fake.corrupt_checksum(SECRET, 3)
+    described = _provider(fake).describe()
+    skipped = {v.number: v.skipped for v in described.versions if v.skipped}
+    assert [3, 2] == list(skipped)
+    assert "CRC32C" in (skipped[3] or "")
+    assert "not a usable key (key 'v2': the key is not a Fernet key" in (skipped[2] or "")
+    assert described.primary is None
+    assert "has 3 enabled versions and no version alias" in (described.problem or "")
+    assert "hunter2" not in repr(described)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 2)
+    described = _provider(fake).describe()
+    assert "names version 2, which cannot be read as a key" in (described.problem or "")
+
+
+def test_describe_without_permission_to_read_versions(fake: FakeSecretManager) -> None:
+    """An operator who may list but not read versions gets the listing, marked unchecked."""
+    _add_keys(fake, 2)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 1)
+    fake.fail_next("AccessSecretVersion", grpc.StatusCode.PERMISSION_DENIED)
+    described = _provider(fake).describe()
+    assert (False, None, [False, True]) == (
+        described.checked,
+        described.problem,
+        [v.primary for v in described.versions],
+    )
 
 
 # -- cost and caching --------------------------------------------------------------------
@@ -301,6 +346,7 @@ def test_versions_describe_states_and_primary(fake: FakeSecretManager) -> None:
 def test_one_access_call_per_enabled_version_per_refresh(fake: FakeSecretManager) -> None:
     """A refresh costs one GetSecret, one list and one access per enabled version, no more."""
     _add_keys(fake, 4)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 4)
     fake.set_state(SECRET, 1, "DISABLED")
     clock = FakeClock()
     cache = KeyCache(_provider(fake, cache_ttl=300), clock=clock)
@@ -319,6 +365,7 @@ def test_one_access_call_per_enabled_version_per_refresh(fake: FakeSecretManager
 def test_every_page_of_versions_is_read(fake: FakeSecretManager) -> None:
     """When the service pages the listing, every page is followed."""
     _add_keys(fake, 5)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 5)
     fake.max_page_size = 2
     assert 5 == len(_provider(fake).load())
     assert 3 == fake.call_count("ListSecretVersions")
@@ -396,7 +443,7 @@ def test_outage_after_first_load_keeps_serving(
     fake: FakeSecretManager, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With the server down, a refresh keeps the loaded keys and warns; it recovers later."""
-    _add_keys(fake, 1)
+    _provider(fake).add_key()
     clock = FakeClock()
     cache = KeyCache(_provider(fake, cache_ttl=60, timeout=2), clock=clock)
     first = cache.get()
@@ -471,8 +518,9 @@ def test_unreachable_endpoint_fails_within_the_timeout(
 def test_checksum_mismatch_is_refused(fake: FakeSecretManager) -> None:
     """A payload whose data_crc32c does not match is never used as a key."""
     _add_keys(fake, 2)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 2)
     fake.corrupt_checksum(SECRET, 2)
-    with pytest.raises(KeyProviderError, match="payload of version 2 does not match its CRC32C"):
+    with pytest.raises(KeyProviderError, match=r"version 2, which cannot .*match its CRC32C"):
         _provider(fake).load()
 
 
@@ -485,15 +533,18 @@ def test_missing_checksum_is_refused(fake: FakeSecretManager) -> None:
 
 
 def test_checksum_mismatch_at_refresh_keeps_the_good_keys(fake: FakeSecretManager) -> None:
-    """A corrupted payload at a refresh leaves the previously loaded keys in service."""
-    _add_keys(fake, 1)
+    """A corrupted payload at a refresh is skipped; the refresh succeeds with the good keys."""
+    provider = _provider(fake, cache_ttl=60)
+    provider.add_key()
     clock = FakeClock()
-    cache = KeyCache(_provider(fake, cache_ttl=60), clock=clock)
+    cache = KeyCache(provider, clock=clock)
     first = cache.get()
-    fake.add_version(SECRET, generate_key().encode())
+    provider.add_key()
     fake.corrupt_checksum(SECRET, 2)
     clock.now += 61
-    assert first is cache.get()
+    refreshed = cache.get()
+    assert first is not refreshed
+    assert (("v1",), 0) == (refreshed.ids, cache.age())
 
 
 def test_version_disabled_while_loading_is_left_out(
@@ -501,6 +552,7 @@ def test_version_disabled_while_loading_is_left_out(
 ) -> None:
     """A listed version that fails access with FAILED_PRECONDITION is skipped with a warning."""
     _add_keys(fake, 2)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 1)
     fake.fail_next("AccessSecretVersion", grpc.StatusCode.FAILED_PRECONDITION)
     with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
         ring = _provider(fake).load()
@@ -546,10 +598,11 @@ def test_no_enabled_version_is_a_clear_error(fake: FakeSecretManager) -> None:
         _provider(fake).load()
 
 
-def test_a_version_that_is_not_a_key_fails_the_load(fake: FakeSecretManager) -> None:
-    """A payload that is not a key fails the load, naming the version, never quoting it."""
+def test_a_primary_that_is_not_a_key_fails_the_load(fake: FakeSecretManager) -> None:
+    """A primary whose payload is not a key fails the load, naming the version, never quoting it."""
     _add_keys(fake, 1)
-    fake.add_version(SECRET, b"password=hunter2hunter2")
+    fake.add_version(SECRET, MALFORMED)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 2)
     with pytest.raises(KeyProviderError, match="key 'v2'") as info:
         _provider(fake).load()
     assert "hunter2" not in str(info.value)
@@ -586,25 +639,55 @@ def test_settings_select_and_configure_the_provider(
     monkeypatch.setenv("FIELDCRYPT_GCP_CACHE_TTL", "60")
     monkeypatch.setenv("FIELDCRYPT_GCP_PRIMARY_ALIAS", "billing-primary")
     monkeypatch.setenv("FIELDCRYPT_GCP_TIMEOUT", "2.5")
+    monkeypatch.setenv("FIELDCRYPT_GCP_MAX_STALE", "3600")
     provider = provider_from_settings(load_settings())
     assert isinstance(provider, GoogleSecretManagerKeyProvider)
-    assert (SECRET, 60.0, "billing-primary", 2.5) == (
+    assert (SECRET, 60.0, "billing-primary", 2.5, 3600.0) == (
         provider.secret,
         provider.cache_ttl,
         provider.primary_alias,
         provider.timeout,
+        provider.max_stale,
     )
 
 
 def test_settings_defaults(no_default_keys: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """By default keys are cached 300 s, the alias is fieldcrypt-primary, loads take <= 5 s."""
+    """By default: cached 300 s, stale after a day, alias fieldcrypt-primary, loads <= 5 s."""
     monkeypatch.setenv("FIELDCRYPT_GCP_SECRET", SECRET)
     provider = GoogleSecretManagerKeyProvider.from_settings()
-    assert (300.0, "fieldcrypt-primary", 5.0) == (
+    assert (300.0, 86400.0, "fieldcrypt-primary", 5.0) == (
         provider.cache_ttl,
+        provider.max_stale,
         provider.primary_alias,
         provider.timeout,
     )
+    assert provider.max_stale == GoogleSecretManagerKeyProvider(SECRET).max_stale
+
+
+def test_max_stale_none_only_when_asked_for(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_GCP_MAX_STALE=none turns the staleness bound off; nothing else does."""
+    monkeypatch.setenv("FIELDCRYPT_GCP_SECRET", SECRET)
+    monkeypatch.setenv("FIELDCRYPT_GCP_MAX_STALE", "none")
+    assert GoogleSecretManagerKeyProvider.from_settings().max_stale is None
+    assert KeyCache(GoogleSecretManagerKeyProvider.from_settings()).max_stale is None
+    monkeypatch.setenv("FIELDCRYPT_GCP_MAX_STALE", "")
+    with pytest.raises(ConfigurationError, match="FIELDCRYPT_GCP_MAX_STALE"):
+        GoogleSecretManagerKeyProvider.from_settings()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"max_stale": 0}, "max_stale must be > 0 seconds"),
+        ({"cache_ttl": 600, "max_stale": 300}, r"max_stale \(300 s\) is shorter than cache_ttl"),
+    ],
+)
+def test_an_unkeepable_max_stale_is_refused(kwargs: dict[str, Any], expected: str) -> None:
+    """A max_stale that is not positive, or shorter than the TTL, is refused at construction."""
+    with pytest.raises(ConfigurationError, match=expected):
+        GoogleSecretManagerKeyProvider(SECRET, **kwargs)
 
 
 def test_settings_feed_a_working_provider(
@@ -612,6 +695,7 @@ def test_settings_feed_a_working_provider(
 ) -> None:
     """A provider built from settings with an injected client loads the secret's keys."""
     _add_keys(fake, 2)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 2)
     monkeypatch.setenv("FIELDCRYPT_GCP_SECRET", SECRET)
     provider = GoogleSecretManagerKeyProvider.from_settings(client=fake.client())
     sa_fieldcrypt.configure(provider=provider)
@@ -627,6 +711,11 @@ def test_settings_feed_a_working_provider(
         ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_TIMEOUT": "0"}, "GCP_TIMEOUT"),
         ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_TIMEOUT": "600"}, "GCP_TIMEOUT"),
         ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_CACHE_TTL": "0"}, "GCP_CACHE_TTL"),
+        ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_MAX_STALE": "0"}, "GCP_MAX_STALE"),
+        (
+            {"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_MAX_STALE": "60"},
+            r"FIELDCRYPT_GCP_MAX_STALE \(60 s\) is shorter than FIELDCRYPT_GCP_CACHE_TTL \(300 s\)",
+        ),
         ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_PRIMARY_ALIAS": "latest"}, "'latest'"),
         ({"FIELDCRYPT_GCP_SECRET": SECRET, "FIELDCRYPT_GCP_PRIMARY_ALIAS": "1st"}, "'1st'"),
     ],
@@ -637,6 +726,8 @@ def test_settings_feed_a_working_provider(
         "zero-timeout",
         "long-timeout",
         "zero-ttl",
+        "zero-max-stale",
+        "max-stale-below-ttl",
         "reserved-alias",
         "bad-alias",
     ],
@@ -657,7 +748,7 @@ def test_repr_names_the_secret_only(fake: FakeSecretManager) -> None:
     keys = _add_keys(fake, 1)
     provider = _provider(fake)
     provider.load()
-    shown = repr(provider) + repr(provider.versions())
+    shown = repr(provider) + repr(provider.describe())
     assert SECRET in shown
     assert keys[0] not in shown
 
@@ -737,6 +828,25 @@ def test_a_blind_index_keyring_is_served_from_secret_manager(
     provider.promote(2)
     index = sa_fieldcrypt.BlindIndex("email_bidx", keyring=provider, name="crm.email_bidx")
     assert "v2" == (index.compute("ada") or "").partition(":")[0]
+
+
+def test_a_blind_index_secret_without_primary_names_its_own_command(
+    fake_secret_manager: FakeSecretManager,
+) -> None:
+    """A blind-index secret with two versions and no alias points at promote --purpose."""
+    fake_secret_manager.create_secret(BLIND_SECRET)
+    for _ in range(2):
+        fake_secret_manager.add_version(BLIND_SECRET, generate_key("hmac-sha256").encode())
+    provider = GoogleSecretManagerKeyProvider(
+        BLIND_SECRET, client=fake_secret_manager.client(), purpose="blind-index"
+    )
+    with pytest.raises(KeyProviderError) as info:
+        provider.load()
+    assert str(info.value).endswith(
+        "naming the one that computes new index values, so no key is trusted to compute new "
+        "index values: name the version that should with "
+        "`fieldcrypt keys promote VERSION --purpose blind-index`"
+    )
 
 
 @pytest.mark.parametrize(
@@ -893,3 +1003,209 @@ def test_the_guide_examples_run(fake: FakeSecretManager, no_default_keys: None) 
     asyncio.run(run_app())
     assert ("v1",) == current_keyring().ids
     namespace["test_new_keys_do_not_encrypt_yet"](fake)
+
+
+# -- failing safe: versions load one by one, the alias alone names the primary, staleness --
+
+
+def _skips(number: int, secret: str = SECRET) -> int:
+    return metrics.snapshot().skipped_versions.get(f"{secret}/versions/{number}", 0)
+
+
+def test_a_malformed_version_among_good_ones_is_skipped(
+    fake: FakeSecretManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A version that is not a key is left out, logged and counted; the good ones load."""
+    keys = _add_keys(fake, 1)
+    fake.add_version(SECRET, MALFORMED)
+    fake.add_version(SECRET, generate_key("aes-gcm-siv").encode())
+    fake.set_alias(SECRET, "fieldcrypt-primary", 1)
+    before = _skips(2)
+    with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
+        ring = _provider(fake).load()
+    assert (("v3", "v1"), "v1") == (ring.ids, ring.primary.id)
+    assert keys[0] == ring.primary.export()
+    assert 1 == _skips(2) - before
+    assert "version 2" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+def test_a_checksum_mismatch_skips_only_that_version(fake: FakeSecretManager) -> None:
+    """A version whose payload fails its CRC32C check is skipped; the others load."""
+    _add_keys(fake, 3)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 3)
+    fake.corrupt_checksum(SECRET, 2)
+    before = _skips(2)
+    assert ("v3", "v1") == _provider(fake).load().ids
+    assert 1 == _skips(2) - before
+
+
+def test_aes_gcm_siv_versions_load_beside_fernet_ones(fake: FakeSecretManager) -> None:
+    """aes-gcm-siv versions are keys like fernet ones: a promoted one encrypts, both decrypt."""
+    provider = _provider(fake)
+    provider.add_key()
+    provider.add_key(kind="aes-gcm-siv")
+    old_token = encrypt(provider.load(), b"ada@example.com", context="crm.customers.email")
+    provider.promote(2)
+    ring = provider.load()
+    assert (("aes-gcm-siv", "fernet"), "v2") == (tuple(k.kind for k in ring), ring.primary.id)
+    new_token = encrypt(ring, b"bob@example.com", context="crm.customers.email")
+    assert new_token.startswith("fc1:v2:")
+    for token, plaintext in ((old_token, b"ada@example.com"), (new_token, b"bob@example.com")):
+        assert plaintext == decrypt(ring, token, context="crm.customers.email")
+
+
+@pytest.mark.parametrize("damage", ["malformed", "checksum"])
+def test_a_primary_that_cannot_load_fails_the_load(fake: FakeSecretManager, damage: str) -> None:
+    """When the alias names a version that cannot be read as a key, the load fails, saying so."""
+    _add_keys(fake, 1)
+    if damage == "malformed":
+        fake.add_version(SECRET, MALFORMED)
+    else:
+        _add_keys(fake, 1)
+        fake.corrupt_checksum(SECRET, 2)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 2)
+    with pytest.raises(
+        KeyProviderError, match=r"names version 2, which cannot be read as a key: .*keys promote"
+    ) as info:
+        _provider(fake).load()
+    assert "hunter2" not in str(info.value)
+
+
+def test_no_alias_with_two_enabled_versions_fails_the_load(fake: FakeSecretManager) -> None:
+    """Without the alias, two enabled versions are refused: nobody guesses the encrypting key."""
+    _add_keys(fake, 2)
+    with pytest.raises(KeyProviderError) as info:
+        _provider(fake).load()
+    assert (
+        f"Secret Manager secret {SECRET!r} has 2 enabled versions and no version alias "
+        "'fieldcrypt-primary' naming the one that encrypts, so no key is trusted to encrypt: "
+        "name the version that should with `fieldcrypt keys promote VERSION`"
+    ) == str(info.value)
+
+
+def test_alias_on_a_disabled_version_fails_the_load(fake: FakeSecretManager) -> None:
+    """An alias naming a disabled version fails the load instead of falling back to the newest."""
+    _add_keys(fake, 3)
+    fake.set_alias(SECRET, "fieldcrypt-primary", 2)
+    fake.set_state(SECRET, 2, "DISABLED")
+    with pytest.raises(KeyProviderError) as info:
+        _provider(fake).load()
+    assert (
+        f"Secret Manager secret {SECRET!r}: the version alias 'fieldcrypt-primary' names "
+        "version 2, which is not enabled, so no key is trusted to encrypt: name the version "
+        "that should with `fieldcrypt keys promote VERSION`"
+    ) == str(info.value)
+
+
+def test_a_single_enabled_version_without_alias_is_primary(fake: FakeSecretManager) -> None:
+    """With one enabled version and no alias, that version encrypts: there is nothing to guess."""
+    _add_keys(fake, 2)
+    fake.set_state(SECRET, 1, "DISABLED")
+    assert ("v2", ("v2",)) == (_provider(fake).load().primary.id, _provider(fake).load().ids)
+
+
+def test_an_added_version_is_not_trusted_without_the_alias(fake: FakeSecretManager) -> None:
+    """A version added by hand to a secret without alias never becomes the encrypting key."""
+    _add_keys(fake, 1)
+    clock = FakeClock()
+    cache = KeyCache(_provider(fake, cache_ttl=60), clock=clock)
+    assert "v1" == cache.get().primary.id
+    fake.add_version(SECRET, generate_key().encode())  # by someone allowed to add versions
+    clock.now += 61
+    assert "v1" == cache.get().primary.id  # the refresh failed; v1 still encrypts
+    assert "v2" not in cache.get()
+
+
+def _revoked_token(
+    fake: FakeSecretManager, clock: FakeClock, secret: str = SECRET, **kwargs: Any
+) -> tuple[Any, str]:
+    """A cache holding v1 (primary) and v2, and a token under v2, which is then disabled."""
+    provider = GoogleSecretManagerKeyProvider(secret, client=fake.client(), cache_ttl=300, **kwargs)
+    provider.add_key()
+    provider.add_key()
+    cache = KeyCache(provider, clock=clock)
+    token = encrypt(cache.get().with_primary("v2"), b"ada@example.com")
+    fake.set_state(secret, 2, "DISABLED")
+    return cache, token
+
+
+@pytest.mark.parametrize("hours", [1, 24, 720])
+def test_a_disabled_version_stops_decrypting_despite_a_malformed_version(
+    fake: FakeSecretManager, hours: int
+) -> None:
+    """A revoked version stops decrypting at the next refresh, even with a bad version present."""
+    clock = FakeClock()
+    cache, token = _revoked_token(fake, clock)
+    fake.add_version(SECRET, MALFORMED)
+    clock.now += hours * 3600
+    with pytest.raises(DecryptionError):
+        decrypt(cache.get(), token)
+    assert ("v1",) == cache.get().ids
+
+
+def test_an_outage_past_max_stale_stops_serving_keys(
+    fake: FakeSecretManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through an outage old keys serve for max_stale seconds, counted; then loading fails."""
+    # A secret of its own: the age gauge is the oldest of all live caches of one secret.
+    secret = fake.create_secret("projects/test/secrets/stale-keys")
+    clock = FakeClock()
+    # A timeout long enough for the client to reconnect once the fake is back.
+    cache, token = _revoked_token(fake, clock, secret, max_stale=3600, timeout=2)
+    fake.stop()
+    failures = metrics.snapshot().key_load_failures.get(secret, 0)
+    clock.now += 301
+    with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
+        assert b"ada@example.com" == decrypt(cache.get(), token)  # stale, within max_stale
+    assert "still serving" in caplog.text
+    assert 1 == metrics.snapshot().key_load_failures.get(secret, 0) - failures
+    assert 301 == metrics.snapshot().key_cache_age[secret]
+    clock.now += 3600 - 301
+    with pytest.raises(KeyProviderError) as info:
+        cache.get()
+    assert (
+        f"key provider GoogleSecretManagerKeyProvider ({secret}): the keys were last loaded "
+        "3600 s ago, longer than max_stale (3600 s) allows, and refreshing them failed, so "
+        "they are no longer served; fix what the last failure names, and the next load that "
+        f"succeeds serves keys again (last failure: Secret Manager secret {secret!r}: could "
+        "not read the keys (UNAVAILABLE); Secret Manager could not be reached: check the "
+        "network path to it)"
+    ) == str(info.value)
+    calls = len(fake.calls)
+    clock.now += 1  # within min_refresh_interval of the failure: no new attempt
+    with pytest.raises(KeyProviderError, match="no longer served"):
+        cache.get()
+    assert calls == len(fake.calls)
+
+    fake.start()
+    clock.now += 10
+    assert ("v1",) == cache.get().ids
+    with pytest.raises(DecryptionError):
+        decrypt(cache.get(), token)
+    assert 0 == metrics.snapshot().key_cache_age[secret]
+
+
+@pytest.mark.parametrize("hours", [1, 24, 720])
+def test_a_disabled_version_stops_decrypting_once_the_outage_outlasts_max_stale(
+    fake: FakeSecretManager, hours: int
+) -> None:
+    """By default (24 h) a revoked key decrypts through an outage for a day at most."""
+    clock = FakeClock()
+    cache, token = _revoked_token(fake, clock, timeout=0.5)
+    fake.stop()
+    clock.now += hours * 3600
+    if hours < 24:
+        assert b"ada@example.com" == decrypt(cache.get(), token)
+    else:
+        with pytest.raises(KeyProviderError, match="no longer served"):
+            decrypt(cache.get(), token)
+
+
+def test_max_stale_none_serves_old_keys_through_any_outage(fake: FakeSecretManager) -> None:
+    """max_stale=None, asked for explicitly, keeps the last keys however long the outage."""
+    clock = FakeClock()
+    cache, token = _revoked_token(fake, clock, max_stale=None, timeout=0.5)
+    fake.stop()
+    clock.now += 720 * 3600
+    assert b"ada@example.com" == decrypt(cache.get(), token)

@@ -206,21 +206,28 @@ def test_command_line_errors_leak_nothing(
 
 
 def test_secret_manager_flows_leak_nothing(fake_secret_manager: Any, collected: Collected) -> None:
-    """The Secret Manager provider's reprs, loads, refresh failures and errors show no key."""
+    """Secret Manager reprs, loads, skipped versions, refresh failures and errors show no key."""
     from sa_fieldcrypt.providers.gcp import GoogleSecretManagerKeyProvider
 
     secret = fake_secret_manager.create_secret("projects/p/secrets/leaks")
     fake_secret_manager.add_version(secret, KEYS[0].encode())
     fake_secret_manager.add_version(secret, KEYS[1].encode())
+    fake_secret_manager.set_alias(secret, "fieldcrypt-primary", 2)
     provider = GoogleSecretManagerKeyProvider(
-        secret, client=fake_secret_manager.client(), timeout=2
+        secret, client=fake_secret_manager.client(), timeout=2, cache_ttl=60, max_stale=120
     )
-    cache = KeyCache(provider)
+    clock = [0.0]
+    cache = KeyCache(provider, clock=lambda: clock[0])
     collected.add(provider, cache.get(), list(cache.get()))
     fake_secret_manager.add_version(secret, b"not a key " + KEYS[0].encode())
+    collected.add(provider.load(), provider.describe())  # version 3 skipped, and why
+    fake_secret_manager.set_alias(secret, "fieldcrypt-primary", 3)
     _expect_error(collected, provider.load)
+    fake_secret_manager.set_alias(secret, "fieldcrypt-primary", 2)
     fake_secret_manager.stop()
     collected.add(cache.refresh())
+    clock[0] = 120.0
+    _expect_error(collected, cache.get)  # stale past max_stale
     for text_seen in collected.texts:
         for needle in _forbidden():
             assert needle not in text_seen

@@ -101,3 +101,32 @@ def test_prometheus_text() -> None:
     assert re.search(rf'^sa_fieldcrypt_decrypts_total{{key_id="{NEW}"}} [1-9]\d*$', text, re.M)
     assert re.search(r"^sa_fieldcrypt_decryption_failures_total \d+$", text, re.M)
     assert text.endswith("\n")
+
+
+def test_key_source_metrics_in_the_snapshot_and_the_exposition_text() -> None:
+    """Load failures and skipped versions count by source and version; cache age is a gauge."""
+    before = metrics.snapshot()
+    metrics.count_key_load_failure("metrics-source")
+    metrics.count_skipped_version("projects/p/secrets/metrics/versions/3")
+    metrics.count_skipped_version("projects/p/secrets/metrics/versions/3")
+
+    class Aged:
+        def age(self) -> float | None:
+            return 12.5
+
+    aged = Aged()
+    metrics.watch_key_cache('metrics "quoted" source', aged.age)
+    after = metrics.snapshot()
+    assert 1 == _delta(before.key_load_failures, after.key_load_failures, "metrics-source")
+    version = "projects/p/secrets/metrics/versions/3"
+    assert 2 == _delta(before.skipped_versions, after.skipped_versions, version)
+    assert 12.5 == after.key_cache_age['metrics "quoted" source']
+    text = metrics.prometheus_text()
+    assert "# TYPE sa_fieldcrypt_key_cache_age_seconds gauge" in text
+    assert 'sa_fieldcrypt_key_cache_age_seconds{source="metrics \\"quoted\\" source"} 12.5' in text
+    assert re.search(
+        r'^sa_fieldcrypt_key_load_failures_total{source="metrics-source"} [1-9]', text, re.M
+    )
+    assert re.search(
+        rf'^sa_fieldcrypt_skipped_versions_total{{version="{version}"}} [2-9]', text, re.M
+    )

@@ -1,9 +1,12 @@
-"""Keys from settings: FIELDCRYPT_KEYS, FIELD_ENCRYPTION_KEY and the blind-index keys."""
+"""Settings: the encryption and blind-index keys, and FIELDCRYPT_GCP_MAX_STALE."""
 
 from __future__ import annotations
 
 import pytest
 from cryptography.fernet import Fernet
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 import sa_fieldcrypt
 from sa_fieldcrypt import BlindIndex, ConfigurationError, Keyring, generate_key
@@ -283,3 +286,32 @@ def test_configure_for_blind_index_overrides_settings(
         sa_fieldcrypt.configure(
             purpose="blind-index", keyring=RING, provider=StaticKeyProvider(RING)
         )
+
+
+@given(
+    seconds=st.floats(min_value=1e-3, max_value=1e12, allow_nan=False),
+    none=st.sampled_from(["none", "None", "NONE", " none "]),
+)
+def test_gcp_max_stale_reads_seconds_or_the_word_none(seconds: float, none: str) -> None:
+    """FIELDCRYPT_GCP_MAX_STALE is positive seconds, or `none` (any case) for no bound."""
+    assert seconds == FieldCryptSettings(gcp_max_stale=repr(seconds)).gcp_max_stale
+    assert FieldCryptSettings(gcp_max_stale=none).gcp_max_stale is None
+
+
+@given(text=st.text(max_size=12).filter(lambda t: t.strip().lower() != "none"))
+def test_gcp_max_stale_never_reads_other_text_as_no_bound(text: str) -> None:
+    """Any other text is refused or is a positive number of seconds; it never means no bound."""
+    try:
+        value = FieldCryptSettings(gcp_max_stale=text).gcp_max_stale
+    except ValidationError:
+        return
+    assert value is not None
+    assert value > 0
+
+
+def test_gcp_max_stale_defaults_to_a_day(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unset, FIELDCRYPT_GCP_MAX_STALE is 86400 s: keys serve through an outage for a day."""
+    monkeypatch.delenv("FIELDCRYPT_GCP_MAX_STALE", raising=False)
+    assert 86400.0 == load_settings().gcp_max_stale

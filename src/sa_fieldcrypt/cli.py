@@ -160,16 +160,37 @@ def _writes(purpose: Purpose) -> str:
 @_secret_options
 @click.pass_context
 def keys_list(ctx: click.Context, secret: str | None, purpose: Purpose) -> None:
-    """Show the secret's versions, their state, and which one writes (encrypts)."""
+    """Show the secret's versions, their state, which one writes (encrypts), which are skipped.
+
+    Exits 1 when instances cannot load keys from the secret as it is.
+    """
     provider = _gcp_provider(ctx, secret, purpose)
+    described = provider.describe()
     header = "ENCRYPTS" if purpose == "encryption" else "WRITES"
     click.echo(f"{'VERSION':<9}{'KEY ID':<9}{'STATE':<11}{'CREATED':<27}{header}")
-    for version in provider.versions():
+    for version in described.versions:
         created = version.created.isoformat(timespec="seconds") if version.created else "-"
-        mark = f"yes (alias {provider.primary_alias})" if version.primary else ""
+        mark = ""
+        if version.primary:
+            alias = provider.primary_alias
+            named = described.alias == version.number
+            mark = f"yes (alias {alias})" if named else "yes (the only enabled version)"
+        elif version.skipped:
+            mark = "no: skipped, see below"
         click.echo(
             f"{version.number:<9}{version.key_id:<9}{version.state:<11}{created:<27}{mark}".rstrip()
         )
+    for version in described.versions:
+        if version.skipped:
+            click.echo(f"Version {version.number} is skipped: {version.skipped}")
+    if not described.checked:
+        click.echo(
+            "The payloads were not checked: reading them needs secretmanager.versions.access "
+            "(roles/secretmanager.secretAccessor), as the application has."
+        )
+    if described.problem:
+        click.echo(f"Error: instances cannot load these keys: {described.problem}", err=True)
+        ctx.exit(1)
 
 
 @keys.command("add")
@@ -197,9 +218,10 @@ def keys_add(
     reads = "decrypt with" if purpose == "encryption" else "find values under"
     flag = "" if purpose == "encryption" else f" --purpose {purpose}"
     click.echo(
-        f"Added version {added.number} (key id {added.key_id}). Every instance can {reads} "
-        f"it after its next refresh (within {ttl:g} s); then make it write with:\n"
-        f"  fieldcrypt keys promote {added.number}{flag}"
+        f"Added version {added.number} (key id {added.key_id}). It is not primary: it does not "
+        f"{'encrypt' if purpose == 'encryption' else 'write'} until it is promoted. Every "
+        f"instance can {reads} it after its next refresh (within {ttl:g} s); then make it "
+        f"write with:\n  fieldcrypt keys promote {added.number}{flag}"
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sa_fieldcrypt.errors import ConfigurationError
@@ -52,6 +52,14 @@ class FieldCryptSettings(BaseSettings):
         description="Seconds a keyring read from Secret Manager is used before it is read again "
         "(encryption and blind-index keys alike).",
     )
+    gcp_max_stale: float | None = Field(
+        default=86400.0,
+        gt=0,
+        description="Seconds since keys were last read from Secret Manager after which, while "
+        "refreshes fail, they are no longer used and loading keys fails instead, so a disabled "
+        "version stops working within this time even through an outage; at least "
+        "FIELDCRYPT_GCP_CACHE_TTL. `none` keeps old keys in use for ever.",
+    )
     gcp_primary_alias: str = Field(
         default="fieldcrypt-primary",
         description="The version alias that names the version of a secret that writes (encrypts, "
@@ -93,6 +101,14 @@ class FieldCryptSettings(BaseSettings):
         "rotate, verify, retire-key, reindex) work on when --db is not given. A secret: it "
         "may hold a password.",
     )
+
+    @field_validator("gcp_max_stale", mode="before")
+    @classmethod
+    def _none_means_no_bound(cls, value: object) -> object:
+        # Only the word itself turns the bound off: an empty or unset variable keeps it.
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return None
+        return value
 
 
 def load_settings() -> FieldCryptSettings:

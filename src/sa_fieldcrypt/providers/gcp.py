@@ -3,13 +3,22 @@
 Needs the ``gcp`` extra: ``pip install 'sa-fieldcrypt[gcp]'``.
 
 Every ENABLED version of the secret holds one key, whose id is ``v<N>`` (N the version
-number); DISABLED and DESTROYED versions are ignored. The newest enabled version encrypts,
-unless the secret's version alias ``fieldcrypt-primary`` (configurable) points at an enabled
-version: then that one does. A rotation therefore has two phases: add a version (every
-instance can decrypt with it after its next refresh), then move the alias (now it encrypts).
+number); DISABLED and DESTROYED versions are ignored. The version that encrypts (writes) is
+the one the secret's version alias ``fieldcrypt-primary`` (configurable) names, and nothing
+else: with no alias, only a secret with a single enabled version has a primary (that version);
+more than one enabled version and no alias, or an alias on a version that is not enabled,
+fail the load, so whoever may add versions cannot thereby choose the encrypting key. A
+rotation therefore has two phases: add a version (every instance can decrypt with it after
+its next refresh), then move the alias (now it encrypts).
 :meth:`GoogleSecretManagerKeyProvider.add_key` and
 :meth:`~GoogleSecretManagerKeyProvider.promote` do the two steps, as do the commands
 ``fieldcrypt keys add`` and ``fieldcrypt keys promote``.
+
+Versions load one by one: a version that cannot be read as a key (its payload is not a key,
+is a key of another purpose, or fails its CRC32C checksum) is skipped, logged and counted in
+:mod:`sa_fieldcrypt.metrics` (``skipped_versions``), and the others load. The load fails only
+when the primary itself cannot load. The cache in front of the provider then serves the last
+keys for at most ``max_stale`` seconds (a day by default) while loads keep failing.
 
 A version's payload is one key as :func:`~sa_fieldcrypt.keys.parse_key` reads it: the key
 text that ``fieldcrypt keygen`` prints, ``[kind:]key``, of any kind the provider's purpose
@@ -59,6 +68,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
         "pip install 'sa-fieldcrypt[gcp]'"
     ) from exc
 
+from sa_fieldcrypt import metrics
 from sa_fieldcrypt.errors import ConfigurationError, KeyProviderError
 from sa_fieldcrypt.keys import (
     DEFAULT_KINDS,
@@ -71,12 +81,14 @@ from sa_fieldcrypt.keys import (
     generate_key,
     parse_key,
 )
+from sa_fieldcrypt.providers.base import DEFAULT_MAX_STALE, check_max_stale
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
 __all__ = [
     "DEFAULT_PRIMARY_ALIAS",
     "GoogleSecretManagerKeyProvider",
     "KeyVersion",
+    "SecretVersions",
 ]
 
 logger = logging.getLogger("sa_fieldcrypt")
@@ -124,6 +136,12 @@ _NO_CREDENTIALS = (
     "no Google credentials were found: run `gcloud auth application-default login`, or run "
     "with a service account (GOOGLE_APPLICATION_CREDENTIALS, or the metadata server)"
 )
+# Why a listed version gives no key. None quotes the payload.
+_GONE = "it was disabled or destroyed while the keys were read (FAILED_PRECONDITION)"
+_DAMAGED = (
+    "its payload does not match its CRC32C checksum (data_crc32c), so it was damaged on the "
+    "way or in storage; if that persists, add the key again and disable this version"
+)
 
 
 def _key_from_payload(data: bytes, key_id: str, purpose: Purpose) -> Key:
@@ -143,18 +161,47 @@ class KeyVersion:
         number: the version number, from 1.
         state: ``"ENABLED"``, ``"DISABLED"`` or ``"DESTROYED"``.
         created: when the version was added, if the service said.
-        primary: whether this version encrypts new values.
+        primary: whether this version encrypts new values (writes new index values).
+        skipped: why instances leave this enabled version's key out of their keyring (its
+            payload is not a key, or fails its checksum), or None. It names the version,
+            never its content.
     """
 
     number: int
     state: str
     created: datetime | None
     primary: bool
+    skipped: str | None = None
 
     @property
     def key_id(self) -> str:
         """The key id of this version's key in the keyring and in tokens: ``v<number>``."""
         return f"v{self.number}"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretVersions:
+    """Every version of a secret, and whether instances can load keys from it; no key in it.
+
+    Attributes:
+        versions: every version, newest first.
+        alias: the version the primary alias names, or None when it is not set.
+        problem: why instances cannot load keys from the secret now (the message their
+            load fails with), or None when they can.
+        checked: whether the enabled versions' payloads were read and checked, as
+            instances read them; False when the caller may not read them
+            (``secretmanager.versions.access``), so ``skipped`` is not known.
+    """
+
+    versions: tuple[KeyVersion, ...]
+    alias: int | None
+    problem: str | None
+    checked: bool
+
+    @property
+    def primary(self) -> KeyVersion | None:
+        """The version that encrypts (writes), or None when instances cannot load the keys."""
+        return next((version for version in self.versions if version.primary), None)
 
 
 class _Deadline:
@@ -207,11 +254,16 @@ class GoogleSecretManagerKeyProvider:
         primary_alias: the version alias that names the version that writes (encrypts, or
             computes new index values).
         cache_ttl: seconds a loaded keyring stays fresh; None loads once.
+        max_stale: seconds since the last successful load after which the cache stops
+            serving the keys while refreshes fail, and raises instead; at least
+            ``cache_ttl``. None serves old keys for ever: only ask for it knowingly, as a
+            key disabled in the secret then never stops working during an outage.
         timeout: seconds one load (or one ``add_key``/``promote``) may take, retries
             included, before it fails.
 
     Raises:
-        ConfigurationError: a malformed secret name, alias name, purpose or timeout.
+        ConfigurationError: a malformed secret name, alias name, purpose, timeout or
+            ``max_stale``.
     """
 
     def __init__(
@@ -222,6 +274,7 @@ class GoogleSecretManagerKeyProvider:
         client: secretmanager_v1.SecretManagerServiceClient | None = None,
         primary_alias: str = DEFAULT_PRIMARY_ALIAS,
         cache_ttl: float | None = 300.0,
+        max_stale: float | None = DEFAULT_MAX_STALE,
         timeout: float = 5.0,
     ):
         self.secret = _check_secret_name(secret, "GoogleSecretManagerKeyProvider")
@@ -234,9 +287,17 @@ class GoogleSecretManagerKeyProvider:
         if not timeout > 0:
             raise ConfigurationError("GoogleSecretManagerKeyProvider: timeout must be > 0")
         self.cache_ttl = cache_ttl
+        self.max_stale = check_max_stale(
+            max_stale, cache_ttl, stale_name="GoogleSecretManagerKeyProvider: max_stale"
+        )
         self.timeout = float(timeout)
         self._client = client
         self._client_lock = threading.Lock()
+
+    @property
+    def source(self) -> str:
+        """Where the keys come from, in messages and metrics: the secret's name."""
+        return self.secret
 
     @classmethod
     def from_settings(
@@ -250,8 +311,8 @@ class GoogleSecretManagerKeyProvider:
         """Build the provider that the ``FIELDCRYPT_GCP_*`` settings describe.
 
         The secret is ``FIELDCRYPT_GCP_SECRET`` for encryption keys and
-        ``FIELDCRYPT_BLIND_INDEX_GCP_SECRET`` for blind-index keys; the cache TTL, timeout and
-        primary alias settings serve both.
+        ``FIELDCRYPT_BLIND_INDEX_GCP_SECRET`` for blind-index keys; the cache TTL, staleness
+        bound, timeout and primary alias settings serve both.
 
         Args:
             settings: the settings; read from the environment when omitted.
@@ -283,47 +344,70 @@ class GoogleSecretManagerKeyProvider:
                 f"{setting if not secret else 'secret'} names the encryption keys' secret "
                 "(FIELDCRYPT_GCP_SECRET); keep blind-index keys in a secret of their own"
             )
+        max_stale = check_max_stale(
+            settings.gcp_max_stale,
+            settings.gcp_cache_ttl,
+            stale_name="FIELDCRYPT_GCP_MAX_STALE",
+            ttl_name="FIELDCRYPT_GCP_CACHE_TTL",
+        )
         return cls(
             _check_secret_name(name, "secret" if secret else setting),
             purpose=purpose,
             client=client,
             primary_alias=_check_alias(settings.gcp_primary_alias, "FIELDCRYPT_GCP_PRIMARY_ALIAS"),
             cache_ttl=settings.gcp_cache_ttl,
+            max_stale=max_stale,
             timeout=settings.gcp_timeout,
         )
 
     def load(self) -> Keyring:
         """Read every enabled version and return the keyring; blocks, at most ``timeout`` s.
 
+        A version that cannot be read as a key is skipped: logged, counted in
+        :mod:`sa_fieldcrypt.metrics` (``skipped_versions``) and left out.
+
         Raises:
-            KeyProviderError: the secret could not be read, a payload failed its checksum or
-                is not a key, or no version is enabled. The message names the secret.
+            KeyProviderError: the secret could not be read; no version is enabled; no
+                version is primary (more than one enabled and no alias, or the alias on a
+                version that is not enabled); or the primary cannot be read as a key. The
+                message names the secret and versions, never a payload.
         """
         deadline = _Deadline(self.timeout)
         with self._errors("read the keys", _READ_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
+            enabled = self._enabled(client, deadline)
+            # Decided before any payload is read: which key encrypts never depends on
+            # which payloads happen to parse.
+            primary = self._primary_version(aliases, enabled)
             keys: dict[int, Key] = {}
-            for number in self._enabled(client, deadline):
-                data = self._access(client, number, deadline)
-                if data is None:
-                    continue
-                try:
-                    keys[number] = _key_from_payload(data, f"v{number}", self.purpose)
-                except ConfigurationError as exc:
-                    raise KeyProviderError(
-                        f"Secret Manager secret {self.secret!r}: {exc}"
-                    ) from None
-        if not keys:
-            raise KeyProviderError(
-                f"Secret Manager secret {self.secret!r} has no enabled version, so there is no "
-                "key: add one with `fieldcrypt keys add`"
-            )
-        primary = self._choose_primary(aliases, list(keys))
+            skipped: dict[int, str] = {}
+            for number in enabled:
+                read = self._read_key(client, number, deadline)
+                if isinstance(read, Key):
+                    keys[number] = read
+                else:
+                    skipped[number] = read
+        for number, reason in skipped.items():
+            metrics.count_skipped_version(f"{self.secret}/versions/{number}")
+            if number != primary:
+                logger.warning(
+                    "sa_fieldcrypt: Secret Manager secret %s: version %d is skipped, so key "
+                    "v%d is left out of the keyring: %s",
+                    self.secret,
+                    number,
+                    number,
+                    reason,
+                )
+        if primary in skipped:
+            raise self._unusable_primary(aliases, primary, skipped[primary])
         return Keyring(keys.values(), primary=keys[primary].id, purpose=self.purpose)
 
-    def versions(self) -> list[KeyVersion]:
-        """Describe every version of the secret, newest first, and which one encrypts.
+    def describe(self) -> SecretVersions:
+        """Describe every version of the secret, which one writes, and which are skipped.
+
+        Reads each enabled version as :meth:`load` does, so that what it reports is what
+        instances get; when the caller may not read versions, it reports the rest.
 
         Raises:
             KeyProviderError: the secret could not be read.
@@ -333,21 +417,47 @@ class GoogleSecretManagerKeyProvider:
             client = self._get_client()
             aliases = self._aliases(client, deadline)
             found = self._list(client, deadline, enabled_only=False)
-        enabled = [number for number, state, _ in found if state == _ENABLED]
-        primary = self._choose_primary(aliases, enabled, warn=False) if enabled else None
-        return [
-            KeyVersion(number, state.name, created, number == primary)
+            enabled = [number for number, state, _ in found if state == _ENABLED]
+            problem: str | None = None
+            primary: int | None = None
+            try:
+                primary = self._primary_version(aliases, enabled)
+            except KeyProviderError as exc:
+                problem = str(exc)
+            skipped: dict[int, str] = {}
+            checked = True
+            for number in enabled:
+                try:
+                    read = self._read_key(client, number, deadline)
+                except api_exceptions.PermissionDenied:
+                    checked = False  # an operator's role need not read keys
+                    break
+                if not isinstance(read, Key):
+                    skipped[number] = read
+        if checked and primary in skipped:
+            problem = str(self._unusable_primary(aliases, primary, skipped[primary]))
+        versions = tuple(
+            KeyVersion(
+                number,
+                state.name,
+                created,
+                primary=number == primary and problem is None,
+                skipped=skipped.get(number),
+            )
             for number, state, created in found
-        ]
+        )
+        return SecretVersions(versions, aliases.get(self.primary_alias), problem, checked)
 
     def add_key(self, key: str | None = None, *, kind: KeyKind | None = None) -> KeyVersion:
         """Add a version holding a new key; it is read everywhere, but does not write yet.
 
         The first phase of a rotation: after every instance's next refresh it decrypts (or,
-        for blind-index keys, matches in lookups). If the alias does not name an enabled
-        version, it is first pointed at the version that writes now, so adding a version
-        never changes which key writes; only the very first version of an empty secret
-        becomes primary.
+        for blind-index keys, matches in lookups). Adding a version never changes which key
+        writes: the very first version of an empty secret becomes primary (the alias is set
+        to it); a secret whose one enabled version has no alias gets the alias on that
+        version first; a secret with no primary (more than one enabled version and no
+        alias, or the alias on a version that is not enabled) is refused until
+        :meth:`promote` names one.
 
         Args:
             key: the key text to store, ``[kind:]key``; by default a new random key.
@@ -359,7 +469,8 @@ class GoogleSecretManagerKeyProvider:
 
         Raises:
             ConfigurationError: ``key`` is not a key of this purpose, or not of ``kind``.
-            KeyProviderError: Secret Manager refused or could not be reached.
+            KeyProviderError: the secret has no primary, or Secret Manager refused or could
+                not be reached. Nothing was added.
         """
         if kind is not None and kind not in PURPOSE_KINDS[self.purpose]:
             raise ConfigurationError(
@@ -377,7 +488,10 @@ class GoogleSecretManagerKeyProvider:
             aliases = self._aliases(client, deadline)
             enabled = self._enabled(client, deadline)
             if enabled:
-                current = self._choose_primary(aliases, enabled, warn=False)
+                try:
+                    current = self._primary_version(aliases, enabled)
+                except KeyProviderError as exc:
+                    raise KeyProviderError(f"{exc}; then add the key. No key was added") from None
                 if aliases.get(self.primary_alias) != current:
                     self._set_alias(client, aliases, current, deadline)
             added = client.add_secret_version(
@@ -517,12 +631,13 @@ class GoogleSecretManagerKeyProvider:
     ) -> list[int]:
         return [number for number, _, _ in self._list(client, deadline)]
 
-    def _access(
+    def _read_key(
         self,
         client: secretmanager_v1.SecretManagerServiceClient,
         number: int,
         deadline: _Deadline,
-    ) -> bytes | None:
+    ) -> Key | str:
+        """The version's key, or why it gives none (the payload is never quoted)."""
         # By number, never `latest` or an alias: `latest` is the newest version whatever its
         # state, and the versions to read are exactly the enabled ones just listed.
         try:
@@ -530,42 +645,72 @@ class GoogleSecretManagerKeyProvider:
                 request={"name": f"{self.secret}/versions/{number}"}, **deadline.read()
             )
         except api_exceptions.FailedPrecondition:
-            logger.warning(
-                "sa_fieldcrypt: version %d of %s was listed as enabled but could not be read "
-                "(FAILED_PRECONDITION: disabled or destroyed since); its key is left out",
-                number,
-                self.secret,
-            )
-            return None
+            return _GONE
         payload = response.payload
         data = bytes(payload.data)
         if "data_crc32c" not in payload or google_crc32c.value(data) != payload.data_crc32c:
-            raise KeyProviderError(
-                f"Secret Manager secret {self.secret!r}: the payload of version {number} does "
-                "not match its CRC32C checksum (data_crc32c), so it was corrupted on the way; "
-                "no key was loaded from it. Try again; if it persists, the stored version is "
-                "damaged: add a new key and disable this version"
+            return _DAMAGED
+        try:
+            return _key_from_payload(data, f"v{number}", self.purpose)
+        except ConfigurationError as exc:
+            return (
+                f"its payload is not a usable key ({exc}); add the key again and disable "
+                "this version"
             )
-        return data
 
-    def _choose_primary(
-        self, aliases: Mapping[str, int], enabled: Sequence[int], *, warn: bool = True
-    ) -> int:
+    def _primary_version(self, aliases: Mapping[str, int], enabled: Sequence[int]) -> int:
+        """The version that writes: the alias's, or the only enabled one; never a guess."""
         target = aliases.get(self.primary_alias)
-        if target is not None and target in enabled:
-            return target
-        newest = max(enabled)
-        if target is not None and warn:
-            logger.warning(
-                "sa_fieldcrypt: alias %r of %s points at version %d, which is not enabled; "
-                "the newest enabled version v%d encrypts instead. Run `fieldcrypt keys promote` "
-                "to name the version that should encrypt",
-                self.primary_alias,
-                self.secret,
-                target,
-                newest,
+        if not enabled:
+            raise KeyProviderError(
+                f"Secret Manager secret {self.secret!r} has no enabled version, so there is no "
+                f"key: add one with `fieldcrypt keys add{self._purpose_flag()}`"
             )
-        return newest
+        if target is None and len(enabled) == 1:
+            return enabled[0]
+        if target is None:
+            raise KeyProviderError(
+                f"Secret Manager secret {self.secret!r} has {len(enabled)} enabled versions and "
+                f"no version alias {self.primary_alias!r} naming the one that "
+                f"{self._writes()}, so no key is trusted to {self._write()}: "
+                f"{self._promote_hint()}"
+            )
+        if target not in enabled:
+            raise KeyProviderError(
+                f"Secret Manager secret {self.secret!r}: the version alias "
+                f"{self.primary_alias!r} names version {target}, which is not enabled, so no "
+                f"key is trusted to {self._write()}: {self._promote_hint()}"
+            )
+        return target
+
+    def _unusable_primary(
+        self, aliases: Mapping[str, int], number: int, reason: str
+    ) -> KeyProviderError:
+        named = (
+            f"the version alias {self.primary_alias!r} names version {number}, which"
+            if aliases.get(self.primary_alias) == number
+            else f"its only enabled version, {number},"
+        )
+        return KeyProviderError(
+            f"Secret Manager secret {self.secret!r}: {named} cannot be read as a key: {reason}. "
+            f"No key is trusted to {self._write()} meanwhile: {self._promote_hint()} (add "
+            f"one first with `fieldcrypt keys add{self._purpose_flag()}` if none loads)"
+        )
+
+    def _writes(self) -> str:
+        return "encrypts" if self.purpose == "encryption" else "computes new index values"
+
+    def _write(self) -> str:
+        return "encrypt" if self.purpose == "encryption" else "compute new index values"
+
+    def _purpose_flag(self) -> str:
+        return "" if self.purpose == "encryption" else f" --purpose {self.purpose}"
+
+    def _promote_hint(self) -> str:
+        return (
+            f"name the version that should with `fieldcrypt keys promote VERSION"
+            f"{self._purpose_flag()}`"
+        )
 
     def _set_alias(
         self,
