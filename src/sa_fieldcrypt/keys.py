@@ -271,7 +271,10 @@ def _urlsafe_b64decode(text: str | bytes) -> bytes:
         text = text.encode("ascii")  # UnicodeEncodeError is a ValueError
     # Strict mode refuses other characters, missing or misplaced padding, and data after it.
     raw = binascii.a2b_base64(text.translate(_FROM_URLSAFE), strict_mode=True)
-    # Strict mode still ignores unused bits, so "QR==" would decode as "QQ==" does.
+    # It still takes padding after a whole group ("AAAA==") and ignores unused bits ("QR=="
+    # decodes as "QQ==" does): only the canonical length and zero unused bits are left.
+    if len(text) != (len(raw) + 2) // 3 * 4:
+        raise ValueError("base64 text with extra padding")
     pads = len(text) - len(text.rstrip(b"="))
     if pads and text[-1 - pads] not in _LAST_BYTES[pads]:
         raise ValueError("base64 text with non-zero unused bits")
