@@ -285,10 +285,11 @@ def is_fernet_token(text: str | bytes) -> bool:
     """Whether ``text`` is shaped as a Fernet token, in canonical url-safe base64.
 
     Checked from the text alone, before any cryptography: the url-safe alphabet with the
-    padding its length needs and zero unused bits (:func:`_urlsafe_b64decode`'s rules), the
-    version byte 0x80, and a decoded length of ``57 + 16n`` bytes with ``n >= 1`` (version,
-    time, IV, whole AES blocks, HMAC). Legacy tokens are tried against the keys only when it
-    holds, and every Fernet payload is checked with it before Fernet reads it.
+    padding its length needs and zero unused bits in the last character (the one spelling of
+    its bytes), the version byte 0x80, and a decoded length of ``57 + 16n`` bytes with
+    ``n >= 1`` (version, time, IV, whole AES blocks, HMAC). Legacy tokens are tried against
+    the keys only when it holds, and every Fernet payload is checked with it before Fernet
+    reads it.
     """
     if not isinstance(text, str):
         if not isinstance(text, bytes):
