@@ -275,7 +275,7 @@ def _urlsafe_b64decode(text: str | bytes) -> bytes:
     # decodes as "QQ==" does): only the canonical length and zero unused bits are left.
     if len(text) != (len(raw) + 2) // 3 * 4:
         raise ValueError("base64 text with extra padding")
-    pads = len(text) - len(text.rstrip(b"="))
+    pads = -len(raw) % 3  # what that length needs, and so what the text has
     if pads and text[-1 - pads] not in _LAST_BYTES[pads]:
         raise ValueError("base64 text with non-zero unused bits")
     return raw
