@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import unicodedata
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Index, String, Text, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -63,6 +64,91 @@ def test_normalize_email_keeps_dots_and_tags() -> None:
     assert "a.b+news@example.com" == normalize_email("A.B+news@example.com")
 
 
+# Every Default_Ignorable_Code_Point, as listed in Unicode 14.0.0 DerivedCoreProperties.txt.
+DEFAULT_IGNORABLES = [
+    chr(cp)
+    for lo, hi in [
+        (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+        (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+        (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+        (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+        (0xE0000, 0xE0FFF),
+    ]
+    for cp in range(lo, hi + 1)
+]  # fmt: skip
+
+
+def _full_width(text: str) -> str:
+    """ASCII text in its full-width forms (U+FF01 to U+FF5E; U+3000 for the space)."""
+    return "".join(
+        "\u3000" if c == " " else chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text
+    )
+
+
+def test_normalize_email_removes_every_default_ignorable() -> None:
+    """Each default-ignorable code point, anywhere in an address, is dropped."""
+    assert 4174 == len(DEFAULT_IGNORABLES)
+    for ch in DEFAULT_IGNORABLES:
+        assert "ada@example.com" == normalize_email(f"{ch}a{ch}da@exa{ch}mple.com{ch}"), hex(
+            ord(ch)
+        )
+
+
+@given(value=st.text(), data=st.data())
+def test_inserting_default_ignorables_changes_nothing(value: str, data: st.DataObject) -> None:
+    """Inserting default-ignorable code points anywhere leaves the normalized email as it was."""
+    positions = data.draw(st.lists(st.integers(0, len(value)), max_size=5))
+    inserted = value
+    for at in sorted(positions, reverse=True):
+        inserted = inserted[:at] + data.draw(st.sampled_from(DEFAULT_IGNORABLES)) + inserted[at:]
+    assert normalize_email(value) == normalize_email(inserted)
+
+
+@given(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E)))
+def test_full_width_and_ascii_addresses_are_equal(value: str) -> None:
+    """An address typed with full-width characters normalizes as its ASCII spelling."""
+    assert normalize_email(value) == normalize_email(_full_width(value))
+
+
+@given(st.text())
+def test_case_variants_are_equal(value: str) -> None:
+    """Upper-, lower- and case-folded spellings of any text normalize alike (case folding)."""
+    expected = normalize_email(value.casefold())
+    assert expected == normalize_email(value)
+    ascii_swapped = "".join(c.swapcase() if c.isascii() else c for c in value)
+    assert normalize_email(ascii_swapped) == normalize_email(value)
+
+
+@pytest.mark.parametrize(
+    ("variants", "expected"),
+    [
+        (["kelvin@x.io", "\u212aelvin@x.io", "KELVIN@X.IO"], "kelvin@x.io"),  # Kelvin sign
+        (["strasse@x.de", "stra\u00dfe@x.de", "STRA\u1e9eE@x.de", "STRASSE@x.de"], "strasse@x.de"),
+        (["\u03c3@x.io", "\u03c2@x.io", "\u03a3@x.io"], "\u03c3@x.io"),  # sigma, final sigma
+        (["ada@example.com", "ada@example.com.", "ada@example.com..", "ada@example.com . "],
+         "ada@example.com"),
+        (["ada@example.com", "ada@example\u3002com", "ada@example\uff0ecom",
+          "ada@example\uff61com"], "ada@example.com"),
+        (["ada@example.com", "\ufeffada@example.com", "a\u00adda@example.com",
+          "ada\u200d@example.com", "ada@example.com\ufe0f"], "ada@example.com"),
+        (["ada@example.com", "\uff41\uff44\uff41\uff20\uff45\uff58\uff41\uff4d\uff50"
+          "\uff4c\uff45\uff0e\uff43\uff4f\uff4d"], "ada@example.com"),
+    ],
+    ids=["kelvin", "sharp-s", "sigma", "trailing-dots", "ideographic-dots", "invisible",
+         "full-width"],
+)  # fmt: skip
+def test_normalize_email_folds_look_alikes(variants: list[str], expected: str) -> None:
+    """Look-alike spellings of one address normalize to one value."""
+    assert [expected] * len(variants) == [normalize_email(v) for v in variants]
+
+
+def test_normalize_email_keeps_other_scripts_and_local_dots() -> None:
+    """Folding is not a confusables skeleton: Cyrillic a (U+0430) stays apart from Latin a."""
+    assert normalize_email("\u0430da@example.com") != normalize_email("ada@example.com")
+    assert normalize_email("a.da@example.com") != normalize_email("ada@example.com")
+    assert "ada.@example.com" == normalize_email("ada.@example.com")  # local part kept
+
+
 @pytest.mark.parametrize("value", ["", "   ", "\n"])
 def test_normalize_email_of_blank_is_none(value: str) -> None:
     """A blank email is not indexed."""
@@ -93,21 +179,107 @@ def test_normalize_phone_infers_no_country() -> None:
     assert normalize_phone("(555) 010-0000") != normalize_phone("+1 555 010 0000")
 
 
+# Plus signs as the phone normalizer reads them: "+", what NFKC folds to it, and look-alikes.
+PLUS_SIGNS = "+\uff0b\ufe62\u207a\u208a\ufb29\u02d6\u1429\u16ed\u2795\U0001029b"
+
+
+def _is_noise(ch: str) -> bool:
+    """Whether a character means nothing in a phone number: no digit, letter, plus or mark."""
+    folded = unicodedata.normalize("NFKC", ch).casefold()
+    return ch not in PLUS_SIGNS and not any(c.isalnum() or c in "#,;+" for c in folded)
+
+
+phone_noise = st.text(
+    st.characters(categories=["Zs", "Pd", "Ps", "Pe", "Po", "Sm", "Sc", "So", "Cf"]).filter(
+        _is_noise
+    )
+)
+
+
 @given(
     digits=st.text("0123456789", min_size=1, max_size=15),
-    noise=st.lists(
-        st.text(st.characters(exclude_categories=["Nd"], exclude_characters="+\uff0b")),
-        min_size=16,
-        max_size=16,
-    ),
+    noise=st.lists(phone_noise, min_size=16, max_size=16),
 )
 def test_normalize_phone_ignores_everything_but_digits_and_the_plus(
     digits: str, noise: list[str]
 ) -> None:
-    """Any non-digit text around and between the digits leaves '+' and the digits alone."""
+    """Any formatting around and between the digits leaves '+' and the digits alone."""
     formatted = noise[0] + "+" + "".join(d + n for d, n in zip(digits, noise[1:], strict=False))
     assert "+" + digits == normalize_phone(formatted)
     assert digits == normalize_phone(formatted.replace("+", ""))
+
+
+@given(
+    plus=st.sampled_from(PLUS_SIGNS),
+    digits=st.lists(st.characters(categories=["Nd"]), min_size=1, max_size=15),
+    noise=phone_noise,
+)
+def test_normalize_phone_takes_any_plus_sign_and_any_decimal_digit(
+    plus: str, digits: list[str], noise: str
+) -> None:
+    """Every plus sign look-alike leads, and every script's decimal digit is its ASCII digit."""
+    ascii_digits = "".join(str(unicodedata.decimal(d)) for d in digits)
+    assert "+" + ascii_digits == normalize_phone(noise + plus + noise.join(digits))
+
+
+def test_every_character_nfkc_folds_to_plus_is_a_plus_sign() -> None:
+    """The plus signs include every character that NFKC makes '+'."""
+    folded = [chr(cp) for cp in range(0x30000) if unicodedata.normalize("NFKC", chr(cp)) == "+"]
+    assert [c for c in folded if normalize_phone(c + "1") != "+1"] == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "+1 555 0100 ext. 7",
+        "+1 555 0100 ext 7",
+        "+1 555 0100 Ext.7",
+        "+1 555 0100 extension 7",
+        "+1 555 0100 extn 7",
+        "+1 555 0100 x7",
+        "+1 555 0100 X 7",
+        "+1 555 0100 #7",
+        "+1 555 0100, 7",
+        "tel:+1-555-0100;ext=7",
+        "+1 555 0100 \uff58\uff17",  # full-width x and 7
+        "+1 555 0100 e\u200bxt 7",  # a zero-width space inside the marker
+    ],
+)
+def test_normalize_phone_keeps_the_extension_apart(value: str) -> None:
+    """Every way of writing an extension indexes it after ';ext=', apart from the number."""
+    assert "+15550100;ext=7" == normalize_phone(value)
+
+
+@given(
+    number=st.text("0123456789", min_size=1, max_size=15),
+    extension=st.text("0123456789", min_size=1, max_size=6),
+    other=st.text("0123456789", min_size=1, max_size=6),
+    mark=st.sampled_from([" ext. ", " x", "#", ";ext=", " extension ", ", "]),
+)
+def test_extensions_are_different_values(
+    number: str, extension: str, other: str, mark: str
+) -> None:
+    """With an extension a number differs from itself without one, from the digits run
+    together, and from the same number with another extension."""
+    with_extension = normalize_phone(f"+{number}{mark}{extension}")
+    assert f"+{number};ext={extension}" == with_extension
+    assert with_extension != normalize_phone(f"+{number}")
+    assert with_extension != normalize_phone(f"+{number}{extension}")
+    assert (extension == other) == (with_extension == normalize_phone(f"+{number}{mark}{other}"))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1-800-BOX-1234", "18001234"),  # the x of a word is a letter, not an extension
+        ("555 0100 ext.", "5550100"),  # a mark without digits after it
+        ("x7 555 0100", "75550100"),  # a mark before the first digit
+        ("\u2460\u2461 555", "555"),  # circled digits are not decimal digits
+    ],
+)
+def test_normalize_phone_extension_edges(value: str, expected: str) -> None:
+    """Only a mark after the first digit with digits after it starts an extension."""
+    assert expected == normalize_phone(value)
 
 
 @pytest.mark.parametrize("value", ["", "n/a", "+", "call me"])
@@ -125,6 +297,7 @@ def test_normalizers_refuse_non_text(normalizer: Any) -> None:
 
 
 @pytest.mark.parametrize("normalizer", [normalize_email, normalize_phone])
+@settings(max_examples=500)
 @given(value=st.text())
 def test_normalizers_are_idempotent(normalizer: Any, value: str) -> None:
     """Normalizing a normalized value changes nothing, for any text."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from sa_fieldcrypt import (
     DecryptionError,
     Keyring,
     UnknownKeyError,
+    ValueTypeError,
     generate_key,
     metrics,
 )
@@ -33,7 +36,11 @@ from sa_fieldcrypt.cipher import (
     encrypt,
     inspect_token,
     legacy_key,
+    looks_like_token,
+    max_token_size,
+    set_max_token_size,
 )
+from sa_fieldcrypt.keys import _urlsafe_b64decode, is_fernet_token
 
 VECTORS = Path(__file__).parent / "vectors" / "fernet"
 # Cases of invalid.json that fail only because of a TTL and a clock; stored data has no TTL.
@@ -416,3 +423,304 @@ def test_bound_token_under_unknown_key_names_the_key() -> None:
 def test_inspect_token_reports_binding(value: str, expected: TokenInfo) -> None:
     """inspect_token tells bound tokens by their flag field, without decrypting."""
     assert expected == inspect_token(value)
+
+
+# -- canonical payloads ----------------------------------------------------------------------
+
+URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# What lenient base64 decoders skip or tolerate: other characters, padding, white space.
+STRAYS = [".", "*", " ", "\n", "=", "+", "/", "\t", "\u00e9"]
+
+
+def _tokens(kind: str, data: bytes = b"ada@example.com") -> tuple[Keyring, dict[str, Any]]:
+    """A keyring of ``kind`` and its tokens: unbound, bound and (Fernet) legacy."""
+    ring = Keyring({"k1": generate_key(kind=kind)})  # type: ignore[arg-type]
+    tokens: dict[str, Any] = {
+        "unbound": (encrypt(ring, data), None),
+        "bound": (encrypt(ring, data, context="a.b.c"), "a.b.c"),
+    }
+    if kind == "fernet":
+        tokens["legacy"] = (Fernet(ring.primary.export()).encrypt(data).decode(), None)
+    return ring, tokens
+
+
+@pytest.mark.parametrize("kind", ["fernet", "aes-gcm-siv"])
+@pytest.mark.parametrize("stray", STRAYS, ids=repr)
+@given(position=st.integers(min_value=0))
+def test_payloads_with_a_stray_character_are_refused(kind: str, stray: str, position: int) -> None:
+    """A character that lenient base64 would skip, put anywhere in a payload, is refused."""
+    ring, tokens = _tokens(kind)
+    for token, context in tokens.values():
+        start = token.rfind(":") + 1
+        at = start + position % (len(token) - start + 1)
+        with pytest.raises(DecryptionError):
+            decrypt(ring, token[:at] + stray + token[at:], context=context)
+
+
+def _with_unused_bits(payload: str) -> str:
+    """The payload with its last character's unused low bits set: the same bytes, respelled."""
+    pads = len(payload) - len(payload.rstrip("="))
+    assert pads, "only a padded payload has unused bits"
+    at = len(payload) - pads - 1
+    value = URLSAFE.index(payload[at]) | (0b11 if pads == 1 else 0b1111)
+    return payload[:at] + URLSAFE[value] + payload[at + 1 :]
+
+
+@pytest.mark.parametrize("kind", ["fernet", "aes-gcm-siv"])
+@given(data=st.binary(max_size=40))
+def test_payloads_with_unused_bits_set_are_refused(kind: str, data: bytes) -> None:
+    """A payload respelled with non-zero unused bits decodes to the same bytes and is refused."""
+    ring, tokens = _tokens(kind, data)
+    for token, context in tokens.values():
+        head, _, payload = token.rpartition(":")
+        if not payload.endswith("="):
+            continue
+        respelled = _with_unused_bits(payload)
+        assert base64.urlsafe_b64decode(respelled) == base64.urlsafe_b64decode(payload)
+        with pytest.raises(DecryptionError):
+            decrypt(ring, f"{head}:{respelled}" if head else respelled, context=context)
+
+
+def test_unpadded_and_standard_alphabet_payloads_are_refused() -> None:
+    """Padding stripped, or '+' and '/' for '-' and '_': other spellings are refused."""
+    for kind in ("fernet", "aes-gcm-siv"):
+        ring, tokens = _tokens(kind, bytes(range(200)))
+        for token, context in tokens.values():
+            head, _, payload = token.rpartition(":")
+            prefix = f"{head}:" if head else ""
+            raw = base64.urlsafe_b64decode(payload)
+            standard = base64.b64encode(raw).decode()
+            spellings = [payload.rstrip("=") or payload + "=", payload + "==", standard]
+            for other in spellings:
+                if other != payload:
+                    with pytest.raises(DecryptionError):
+                        decrypt(ring, prefix + other, context=context)
+
+
+# Near-canonical text: an encoding with padding or characters added, removed or changed.
+near_base64 = st.one_of(
+    st.text(alphabet=URLSAFE + "=+/ .\n", max_size=24),
+    st.tuples(
+        st.binary(max_size=18).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+        st.text(alphabet="=A_ \n", max_size=3),
+        st.integers(0, 3),
+        st.sampled_from(["", "=", "==", "A", "B", "Q"]),
+    ).map(lambda t: (t[0][: len(t[0]) - t[2]] + t[3] if t[2] else t[0]) + t[1]),
+)
+
+
+@given(near_base64)
+def test_the_payload_decoder_accepts_exactly_the_canonical_spelling(text: str) -> None:
+    """The payload decoder accepts text exactly when re-encoding what it decodes gives it back."""
+    try:
+        raw = _urlsafe_b64decode(text)
+    except ValueError:
+        with contextlib.suppress(ValueError):
+            assert base64.urlsafe_b64encode(base64.urlsafe_b64decode(text)).decode() != text
+        return
+    assert text == base64.urlsafe_b64encode(raw).decode()
+
+
+@given(
+    data=st.binary(max_size=100), when=st.integers(0, 2**40), iv=st.binary(min_size=16, max_size=16)
+)
+def test_every_fernet_token_is_fernet_shaped(data: bytes, when: int, iv: bytes) -> None:
+    """Fernet's own tokens, of any plaintext, time and IV, pass the shape check."""
+    token = Fernet(generate_key())._encrypt_from_parts(data, when, iv).decode()
+    assert is_fernet_token(token)
+    assert is_fernet_token(token.encode())
+
+
+def _fernet_layout(text: str) -> bool:
+    """The spec's definition, by lenient decoding and re-encoding: canonical, 0x80, 57 + 16n."""
+    try:
+        raw = base64.urlsafe_b64decode(text)
+    except ValueError:
+        return False
+    canonical = base64.urlsafe_b64encode(raw).decode() == text
+    return canonical and raw[:1] == b"\x80" and len(raw) >= 73 and (len(raw) - 57) % 16 == 0
+
+
+@given(
+    raw=st.binary(min_size=60, max_size=130),
+    first=st.sampled_from([b"\x80", b"\x81", b"\x00", b""]),
+    edit=st.none() | st.tuples(st.integers(min_value=0), st.sampled_from(list("A=_-. \n"))),
+)
+def test_the_fernet_shape_check_is_the_spec_layout(
+    raw: bytes, first: bytes, edit: tuple[int, str] | None
+) -> None:
+    """is_fernet_token agrees with decoding, re-encoding and measuring, on near-tokens too."""
+    text = base64.urlsafe_b64encode(first + raw).decode()
+    if edit is not None:
+        at = edit[0] % len(text)
+        text = text[:at] + edit[1] + text[at + 1 :]
+    assert _fernet_layout(text) == is_fernet_token(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "shaped"),
+    [
+        (base64.urlsafe_b64encode(b"\x80" + bytes(72)).decode(), True),  # 73 bytes: the least
+        (base64.urlsafe_b64encode(b"\x80" + bytes(88)).decode(), True),  # 89 = 57 + 2 x 16
+        ("gAAAAA" + "A" * 94, False),  # 100 characters unpadded: 75 bytes, not 57 + 16n
+        (base64.urlsafe_b64encode(b"\x80" + bytes(56)).decode(), False),  # no ciphertext
+        (base64.urlsafe_b64encode(b"\x80" + bytes(80)).decode(), False),  # not whole blocks
+        (base64.urlsafe_b64encode(b"\x81" + bytes(72)).decode(), False),  # another version
+        ("gAAAAA" + "A" * 91 + "B==", False),  # unused bits set
+        ("gAAAAA" + "A" * 91 + "A= ", False),  # white space
+    ],
+    ids=[
+        "least",
+        "two-blocks",
+        "length",
+        "no-ciphertext",
+        "partial-block",
+        "version",
+        "unused-bits",
+        "space",
+    ],
+)
+def test_fernet_shape(value: str, shaped: bool) -> None:
+    """The shape check follows the spec: version 0x80 and 57 + 16n bytes, n >= 1, canonical."""
+    assert shaped == is_fernet_token(value)
+
+
+def test_legacy_values_not_shaped_as_fernet_are_refused_without_trying_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A value that starts like a Fernet token but is not shaped as one tries no key."""
+    ring = Keyring({f"k{i}": generate_key() for i in range(5)})
+    tried: list[bytes] = []
+    monkeypatch.setattr(type(ring.primary.codec), "signed", lambda self, raw: tried.append(raw))
+    for value in ("gAAAAA" + "A" * 95, "gAAAAA" + "A" * 90 + " AAAA", "gAAAAA" + "*" * 100):
+        with pytest.raises(DecryptionError, match="legacy Fernet token"):
+            decrypt(ring, value)
+    assert [] == tried
+
+
+def test_legacy_tokens_decode_once_and_decrypt_with_the_signing_key() -> None:
+    """Among many Fernet keys, a legacy token opens with the key that signed it, only that one."""
+    secrets = [generate_key() for _ in range(8)]
+    ring = Keyring({f"k{i}": s for i, s in enumerate(secrets)})
+    for secret in secrets:
+        token = Fernet(secret).encrypt(b"old value").decode()
+        assert b"old value" == decrypt(ring, token)
+        decoded = base64.urlsafe_b64decode(token)
+        assert [secret] == [k.export() for k in ring if k.codec.signed(decoded)]
+
+
+# -- looks like a token ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "FC1:k1:gAAAAABpayload",
+        "Fc1:k1:c:payload",
+        " fc1:k1:gAAAAABpayload",
+        "\tfc1:k1:payload\n",
+        "fc1::payload",
+        "fc1:",
+        "\u3000FC1:x",
+        "gAAAAAB" + "x" * 10,
+        "  GAAAAAB" + "x" * 10,
+        "gAAAAAC" + "A" * 93 + "A==",
+    ],
+)
+def test_values_that_resemble_tokens(value: str) -> None:
+    """fc1 headers in any case or behind white space, and Fernet-like values, look like tokens."""
+    assert looks_like_token(value)
+
+
+@pytest.mark.parametrize(
+    "value", ["", "ada@example.com", "+1 555 0100", "fc1", "fc2:k1:x", "gAAAA", '{"a": 1}']
+)
+def test_values_that_do_not_resemble_tokens(value: str) -> None:
+    """Ordinary plaintext does not look like a token."""
+    assert not looks_like_token(value)
+
+
+@given(
+    kind=st.sampled_from(["fernet", "aes-gcm-siv", "legacy"]),
+    before=st.text(" \t\n\r\u00a0\u3000"),
+    after=st.text(" \t\n\r\u00a0\u3000"),
+    swap=st.booleans(),
+)
+def test_tokens_look_like_tokens_whatever_their_case_and_spacing(
+    kind: str, before: str, after: str, swap: bool
+) -> None:
+    """Any token, re-cased or padded with white space, still looks like a token."""
+    ring, tokens = _tokens("fernet" if kind == "legacy" else kind)
+    token = tokens["legacy" if kind == "legacy" else "unbound"][0]
+    shown = before + (token.swapcase() if swap else token) + after
+    assert looks_like_token(shown)
+    if shown != token:
+        with pytest.raises(DecryptionError):
+            decrypt(ring, shown)
+
+
+def test_a_token_like_value_that_is_not_a_token_says_so() -> None:
+    """A re-cased or padded token fails with a message that says it looks like one."""
+    ring, tokens = _tokens("fernet")
+    token = tokens["unbound"][0]
+    for value in (token.upper(), " " + token):
+        with pytest.raises(DecryptionError, match="looks like an encrypted token") as info:
+            decrypt(ring, value)
+        assert token.rpartition(":")[2] not in str(info.value)
+
+
+# -- size limit ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_limit() -> Iterator[int]:
+    """A limit of 2048 characters for the test, and the setting's again afterwards."""
+    set_max_token_size(2048)
+    yield 2048
+    set_max_token_size(None)
+
+
+def test_stored_values_over_the_limit_are_refused_before_decrypting(small_limit: int) -> None:
+    """A stored value longer than the limit raises DecryptionError naming the limit only."""
+    ring = Keyring({"k1": generate_key()})
+    fits = encrypt(ring, b"x" * 1400)
+    assert small_limit >= len(fits)
+    assert b"x" * 1400 == decrypt(ring, fits)
+    long_legacy = Fernet(ring.primary.export()).encrypt(b"y" * 1600).decode()
+    for value in (encrypt(ring, b"x" * 1400, context="a.b.c") + "A" * 1000, long_legacy):
+        assert small_limit < len(value)
+        with pytest.raises(DecryptionError, match="over the limit of 2,048") as info:
+            decrypt(ring, value, context="a.b.c")
+        assert "FIELDCRYPT_MAX_TOKEN_SIZE" in str(info.value)
+        assert value[-40:] not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["fernet", "aes-gcm-siv"])
+def test_values_whose_token_would_exceed_the_limit_are_refused(kind: str, small_limit: int) -> None:
+    """encrypt() refuses a value whose token reads would refuse, before or after encrypting."""
+    ring = Keyring({"k1": generate_key(kind=kind)})  # type: ignore[arg-type]
+    for size in (small_limit, 1600):
+        with pytest.raises(ValueTypeError, match="too large to store") as info:
+            encrypt(ring, b"z" * size)
+        assert f"{size:,} bytes" in str(info.value)
+
+
+def test_the_limit_comes_from_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FIELDCRYPT_MAX_TOKEN_SIZE sets the limit, read at first use; 16 MiB by default."""
+    monkeypatch.delenv("FIELDCRYPT_MAX_TOKEN_SIZE", raising=False)
+    set_max_token_size(None)
+    assert 16 * 1024 * 1024 == max_token_size()
+    monkeypatch.setenv("FIELDCRYPT_MAX_TOKEN_SIZE", "4096")
+    set_max_token_size(None)
+    try:
+        assert 4096 == max_token_size()
+    finally:
+        monkeypatch.delenv("FIELDCRYPT_MAX_TOKEN_SIZE")
+        set_max_token_size(None)
+
+
+@pytest.mark.parametrize("size", [0, 1023, -1, 2.5, "4096", True])
+def test_the_limit_must_be_a_sensible_int(size: object) -> None:
+    """A limit below 1024 characters, or not an int, is a ConfigurationError."""
+    with pytest.raises(ConfigurationError, match="at least 1024"):
+        set_max_token_size(size)  # type: ignore[arg-type]

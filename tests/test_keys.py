@@ -13,7 +13,15 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sa_fieldcrypt import ConfigurationError, Key, Keyring, UnknownKeyError, generate_key, parse_key
+from sa_fieldcrypt import (
+    ConfigurationError,
+    DecryptionError,
+    Key,
+    Keyring,
+    UnknownKeyError,
+    generate_key,
+    parse_key,
+)
 from sa_fieldcrypt.cipher import decrypt, encrypt
 from sa_fieldcrypt.keys import KEY_KINDS, PURPOSE_KINDS, PURPOSES
 
@@ -538,3 +546,45 @@ def test_keyring_repr_names_the_purpose_not_the_keys() -> None:
     ring = Keyring({"b1": text}, purpose="blind-index")
     assert "Keyring(purpose='blind-index', primary='b1', ids=['b1'])" == repr(ring)
     assert text not in repr(ring.primary)
+
+
+# -- one secret, one id ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda s: Keyring({"k1": s, "legacy": s}),
+        lambda s: Keyring([Key("k1", s), Key("legacy", s)], primary="legacy"),
+        lambda s: Keyring.parse(f"k1:{s}, k2:{generate_key()}, legacy:{s}"),
+        lambda s: Keyring({"k1": s, "legacy": f"aes-gcm-siv:{s}"}),
+        lambda s: Keyring({"k1": s, "legacy": s}, purpose="blind-index"),
+    ],
+    ids=["mapping", "keys", "settings-text", "across-kinds", "blind-index"],
+)
+def test_one_secret_under_two_ids_is_refused(build: object) -> None:
+    """A keyring refuses a secret held under two ids, naming both ids and never the secret."""
+    secret = generate_key()
+    with pytest.raises(ConfigurationError, match="'k1' and 'legacy' hold the same secret") as info:
+        build(secret)  # type: ignore[operator]
+    assert secret not in str(info.value)
+    assert secret[:-4] not in str(info.value)
+
+
+def test_a_relabelled_token_cannot_open_under_a_second_id() -> None:
+    """With one secret per id, a token whose id is swapped for another key's id fails."""
+    ring = Keyring({"k1": generate_key(), "legacy": generate_key()})
+    token = encrypt(ring, b"x")
+    with pytest.raises(DecryptionError):
+        decrypt(ring, token.replace("fc1:k1:", "fc1:legacy:", 1))
+
+
+@given(secrets=st.lists(st.binary(min_size=32, max_size=32), min_size=2, max_size=6))
+def test_keyrings_accept_exactly_distinct_secrets(secrets: list[bytes]) -> None:
+    """A keyring of several keys builds exactly when no two of their secrets are equal."""
+    texts = {f"k{i}": base64.urlsafe_b64encode(raw).decode() for i, raw in enumerate(secrets)}
+    if len(set(secrets)) == len(secrets):
+        assert len(secrets) == len(Keyring(texts))
+    else:
+        with pytest.raises(ConfigurationError, match="hold the same secret"):
+            Keyring(texts)

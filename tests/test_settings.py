@@ -68,6 +68,18 @@ def test_legacy_key_never_encrypts_next_to_keys(
     assert "old" == EnvKeyProvider().load().primary.id
 
 
+def test_legacy_key_that_is_also_in_the_keys_is_refused(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELD_ENCRYPTION_KEY equal to a FIELDCRYPT_KEYS entry is refused, naming both ids."""
+    key = generate_key()
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"k1:{key}")
+    monkeypatch.setenv("FIELD_ENCRYPTION_KEY", key)
+    with pytest.raises(ConfigurationError, match="'k1' and 'legacy' hold the same secret") as info:
+        EnvKeyProvider().load()
+    assert key not in str(info.value)
+
+
 def test_legacy_key_alone_is_primary(
     no_default_keys: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

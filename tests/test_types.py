@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from typing import Any
 
 import pytest
@@ -40,7 +41,7 @@ from sa_fieldcrypt import (
     generate_key,
     metrics,
 )
-from sa_fieldcrypt.cipher import decrypt, encrypt, inspect_token
+from sa_fieldcrypt.cipher import decrypt, encrypt, inspect_token, set_max_token_size
 from sa_fieldcrypt.config import swap_default_keys
 from sa_fieldcrypt.jobs.rotation import plaintext_to_token, reencrypt, written_prefix
 from sa_fieldcrypt.testing import (
@@ -595,6 +596,59 @@ def test_allow_plaintext_never_returns_ciphertext() -> None:
     ):
         with pytest.raises(DecryptionError):
             column_type.process_result_value(token, DIALECT)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        str.upper,
+        lambda t: "FC1" + t[3:],
+        lambda t: " " + t,
+        lambda t: t + "\n",
+        lambda t: "\t" + t.swapcase() + " ",
+        lambda t: "fc1::" + t.rpartition(":")[2],
+        lambda t: t.rpartition(":")[2],  # the bare payload: a Fernet token of no known key
+        lambda t: "  " + t.rpartition(":")[2].lower(),
+    ],
+    ids=[
+        "upper",
+        "header-case",
+        "leading-space",
+        "trailing-newline",
+        "swapcase",
+        "no-id",
+        "bare",
+        "bare-lower",
+    ],
+)
+def test_allow_plaintext_refuses_values_that_look_like_tokens(edit: Any) -> None:
+    """A re-cased, padded or headless token is refused, never returned as plaintext data."""
+    column_type = EncryptedText(keyring=RING, allow_plaintext=True)
+    token = encrypt(Keyring({"k1": generate_key()}), b"x")
+    with pytest.raises(DecryptionError) as info:
+        column_type.process_result_value(edit(token), DIALECT)
+    assert token.rpartition(":")[2][:20] not in str(info.value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PlaintextValueWarning)
+        assert "ada@example.com" == column_type.process_result_value("ada@example.com", DIALECT)
+
+
+def test_size_limit_errors_name_the_column() -> None:
+    """Over the size limit, reads and writes fail naming the column and the limit."""
+    column = mapped_column("notes", EncryptedText(keyring=RING)).column
+    Table("fc_type_sized", MetaData(), column)
+    column_type = column.type
+    assert isinstance(column_type, EncryptedText)
+    token = encrypt(RING, b"n" * 1500)
+    set_max_token_size(2048)
+    try:
+        with pytest.raises(DecryptionError, match=r"fc_type_sized\.notes: .*limit of 2,048"):
+            column_type.process_result_value(token, DIALECT)
+        with pytest.raises(ValueTypeError, match=r"fc_type_sized\.notes: .*2,048 characters"):
+            column_type.process_bind_param("n" * 1500, DIALECT)
+    finally:
+        set_max_token_size(None)
+    assert "n" * 1500 == column_type.process_result_value(token, DIALECT)
 
 
 def test_allow_plaintext_is_part_of_the_cache_key() -> None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import hmac
+import re
 import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -71,55 +72,148 @@ _HKDF_INFO_PREFIX = b"sa-fieldcrypt blind index v1\x00"
 
 # -- normalizers ---------------------------------------------------------------------------
 
+# Default_Ignorable_Code_Point, from DerivedCoreProperties.txt of Unicode 14.0.0 (the version
+# of Python 3.11's unicodedata): characters that render as nothing, so text with them inserted
+# looks like text without them. Reserved code points of the property are included, as the
+# standard intends, so that characters assigned there later are ignored too.
+_DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD),  # SOFT HYPHEN
+    (0x034F, 0x034F),  # COMBINING GRAPHEME JOINER
+    (0x061C, 0x061C),  # ARABIC LETTER MARK
+    (0x115F, 0x1160),  # HANGUL CHOSEONG FILLER, HANGUL JUNGSEONG FILLER
+    (0x17B4, 0x17B5),  # KHMER VOWEL INHERENT AQ, AA
+    (0x180B, 0x180F),  # MONGOLIAN FREE VARIATION SELECTORS, MONGOLIAN VOWEL SEPARATOR
+    (0x200B, 0x200F),  # ZERO WIDTH SPACE, ZWNJ, ZWJ, LEFT-TO-RIGHT and RIGHT-TO-LEFT MARK
+    (0x202A, 0x202E),  # directional embeddings and overrides
+    (0x2060, 0x206F),  # WORD JOINER, invisible operators, directional isolates, reserved
+    (0x3164, 0x3164),  # HANGUL FILLER
+    (0xFE00, 0xFE0F),  # VARIATION SELECTOR-1 to -16
+    (0xFEFF, 0xFEFF),  # ZERO WIDTH NO-BREAK SPACE (byte order mark)
+    (0xFFA0, 0xFFA0),  # HALFWIDTH HANGUL FILLER
+    (0xFFF0, 0xFFF8),  # reserved
+    (0x1BCA0, 0x1BCA3),  # SHORTHAND FORMAT LETTER OVERLAP to UP STEP
+    (0x1D173, 0x1D17A),  # MUSICAL SYMBOL BEGIN BEAM to END PHRASE
+    (0xE0000, 0xE0FFF),  # tags, VARIATION SELECTOR-17 to -256, reserved
+)
+_IGNORABLE = re.compile(
+    "[" + "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _DEFAULT_IGNORABLE) + "]"
+)
+# In the domain of an email address: the label separators of IDNA (RFC 3490, section 3.1)
+# other than "."; NFKC already makes "." of U+FF0E and U+3002 of U+FF61.
+_DOMAIN_DOTS = str.maketrans({"\u3002": "."})
+_DOMAIN_END = re.compile(r"[\s.]+\Z")
+# Plus signs: "+", those NFKC folds to it (superscript, subscript, Hebrew alternative, small
+# and full-width) and the look-alikes it leaves (modifier letter plus sign, Canadian
+# syllabics final plus, and those Unicode's confusables.txt maps to "+": runic cross
+# punctuation, heavy plus sign, Lycian letter H).
+_PLUS_SIGNS = frozenset("+\u207a\u208a\ufb29\ufe62\uff0b\u02d6\u1429\u16ed\u2795\U0001029b")
+# What starts a phone number's extension: "ext", "extn", "extension" or "x" standing apart
+# from other letters ("555 0100 x7", "ext. 7", not the x of "BOX"), and "#", "," and ";"
+# (the RFC 3966 tel: URI writes ";ext=7"). Only after the number's first digit.
+_EXTENSION = re.compile(r"(?<![^\W\d_])(?:ext(?:ension|n)?|x)(?![^\W\d_])|[#,;]")
+# The indexed form of an extension: the RFC 3966 parameter, which no number without one has.
+_EXTENSION_SEPARATOR = ";ext="
+_DIGITS = "0123456789"
+_FIRST_DIGIT = re.compile("[0-9]")
+_NOT_DIGITS = re.compile("[^0-9]+")
+_FOLD_ROUNDS = 4
+
+
+def _fold(text: str) -> str:
+    """Fold look-alike spellings into one: NFKC, case-folded, default-ignorables removed.
+
+    Case folding after NFKC takes the Kelvin sign (NFKC: "K") to "k" and "ß" to "ss", as it
+    takes "SS"; NFKC runs again because removing an invisible character or folding case can
+    leave text that composes further. Repeated until nothing changes, so that folding folded
+    text changes nothing.
+    """
+    if text.isascii():
+        return text.lower()  # the whole fold, for ASCII text
+    folded = unicodedata.normalize("NFKC", text)
+    for _ in range(_FOLD_ROUNDS):
+        again = unicodedata.normalize("NFKC", _IGNORABLE.sub("", folded.casefold()))
+        if again == folded:
+            break
+        folded = again
+    return folded
+
 
 def normalize_email(value: str) -> str | None:
-    """Normalize an email address: trim whitespace, lowercase, Unicode NFC.
+    """Normalize an email address so that its look-alike spellings index alike.
 
-    ``" Ada@Example.COM\\n"`` and ``"ada@example.com"`` normalize alike. The local part is
-    lowercased too (every mainstream provider treats it case-insensitively); dots and
-    ``+tags`` are kept, since they are significant at some providers. An address that is empty
-    after trimming returns None: it is not indexed and matches nothing.
+    The address is folded (Unicode NFKC, case-folded, default-ignorable code points such as
+    zero-width spaces, joiners, soft hyphens, variation selectors and a byte order mark
+    removed) and trimmed of white space. In its domain (after the last ``@``) an ideographic
+    full stop becomes ``.``, and trailing dots go (``example.com.`` is ``example.com``). So
+    ``" Ada@Example.COM\\n"``, ``"ada@example.com."``, the address in full-width letters
+    (``"\\uff41\\uff44\\uff41@..."``) and ``"ada\\u200b@example.com"`` normalize alike.
+
+    The local part is case-folded too (every mainstream provider treats it
+    case-insensitively); dots and ``+tags`` are kept, since they are significant at some
+    providers. Letters of different scripts that only look alike (Cyrillic ``\\u0430``, Latin
+    ``a``) stay different, and so do an IDNA ``xn--`` domain and its Unicode spelling. An
+    address that is empty after trimming returns None: it is not indexed and matches nothing.
 
     Raises:
         ValueTypeError: ``value`` is not a str.
     """
     if not isinstance(value, str):
         raise ValueTypeError(f"normalize_email expects str, got {type(value).__name__}")
-    # NFC last: lowercasing can leave decomposed sequences that NFC then composes.
-    text = unicodedata.normalize("NFC", value.strip().lower())
+    text = _fold(value).strip()
+    local, at, domain = text.rpartition("@")
+    if at:
+        # All trailing dots, not one: normalizing a normalized address must change nothing.
+        text = local + at + _DOMAIN_END.sub("", domain.translate(_DOMAIN_DOTS))
     return text or None
 
 
-_PLUS_SIGNS = ("+", "\uff0b")  # ASCII and full-width plus, as phone keyboards type them
-
-
 def normalize_phone(value: str) -> str | None:
-    """Normalize a phone number to its digits, keeping a leading ``+``.
+    """Normalize a phone number to its digits, a leading ``+`` and an extension.
 
     ``"+1 (555) 010-0000"`` and ``"+15550100000"`` normalize alike. Any Unicode decimal digit
-    counts (full-width ``\\uff15`` becomes ``5``); spaces, punctuation and letters are dropped, so
-    an extension's digits join the number and vanity letters are not translated. A ``+``
-    anywhere before the first digit is the leading one, so ``"(+1) 555 010 0000"``,
-    ``"tel:+15550100000"`` and numbers wrapped in invisible direction marks (as phones copy
-    them) keep it. No country is inferred: ``"555 010 0000"`` and ``"+1 555 010 0000"`` differ,
-    so store numbers in E.164 form (with ``+`` and country code) for lookups to match. A value
-    without digits returns None: it is not indexed and matches nothing.
+    counts (full-width ``\\uff15`` and Arabic-Indic ``\\u0665`` are ``5``); spaces, punctuation,
+    other letters and invisible characters are dropped, and vanity letters are not
+    translated. Any plus sign (``+``, full-width ``\\uff0b``, small ``\\ufe62``, superscript
+    ``\\u207a``, heavy ``\\u2795`` and the other look-alikes) before the first digit is the
+    leading one, so ``"(+1) 555 010 0000"``, ``"tel:+15550100000"`` and numbers wrapped in
+    invisible direction marks (as phones copy them) keep it.
+
+    An extension starts at ``ext``, ``extn``, ``extension`` or an ``x`` standing apart from
+    other letters, or at ``#``, ``,`` or ``;``, after the first digit. Its digits are indexed
+    after ``;ext=`` (RFC 3966's form): ``"+1 555 0100 ext. 7"`` is ``+15550100;ext=7``, which
+    differs from ``+155501007``, from ``+15550100`` and from the same number with another
+    extension.
+
+    No country is inferred: ``"555 010 0000"`` and ``"+1 555 010 0000"`` differ, so store
+    numbers in E.164 form (with ``+`` and country code) for lookups to match. A value without
+    digits returns None: it is not indexed and matches nothing.
 
     Raises:
         ValueTypeError: ``value`` is not a str.
     """
     if not isinstance(value, str):
         raise ValueTypeError(f"normalize_phone expects str, got {type(value).__name__}")
-    digits: list[str] = []
-    international = False
+    # ASCII digits, "+", and every other character folded to its letters and extension marks,
+    # anything else a space: circled and superscript digits are not decimal digits.
+    kept: list[str] = []
     for ch in value:
-        if ch.isdecimal():
-            digits.append(str(unicodedata.decimal(ch)))
-        elif ch in _PLUS_SIGNS and not digits:
-            international = True
-    if not digits:
+        digit = unicodedata.decimal(ch, None)
+        if digit is not None:
+            kept.append(_DIGITS[digit])
+        elif ch in _PLUS_SIGNS:
+            kept.append("+")
+        elif not _IGNORABLE.match(ch):
+            kept.extend(c if c.isalpha() or c in "#,;" else " " for c in _fold(ch))
+    text = "".join(kept)
+    first = _FIRST_DIGIT.search(text)
+    if first is None:
         return None
-    return ("+" if international else "") + "".join(digits)
+    start = first.start()
+    mark = _EXTENSION.search(text, start)
+    number = _NOT_DIGITS.sub("", text[start : mark.start()] if mark else text[start:])
+    extension = _NOT_DIGITS.sub("", text[mark.end() :]) if mark else ""
+    plus = "+" if "+" in text[:start] else ""
+    return plus + number + (_EXTENSION_SEPARATOR + extension if extension else "")
 
 
 # -- the index -----------------------------------------------------------------------------

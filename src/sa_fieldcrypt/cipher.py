@@ -12,7 +12,12 @@ column fails to decrypt. The flag is not secret and not trusted: removing or add
 makes decryption fail.
 
 A bare Fernet token (no header) is a *legacy* token, as hand-written ``encrypt_field()``
-helpers store them. It is still read, by trying each Fernet key of the keyring in turn.
+helpers store them. It is still read, by trying each Fernet key of the keyring in turn, if
+it is shaped as a Fernet token.
+
+Every payload must be canonical url-safe base64 (the one spelling of its bytes), and no
+stored value longer than :func:`max_token_size` is decrypted: both are checked before any
+cryptography.
 
 Typical usage::
 
@@ -24,14 +29,20 @@ Typical usage::
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import NoReturn
 
 from cryptography.fernet import InvalidToken
 
 from sa_fieldcrypt import metrics
-from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, UnknownKeyError
-from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, Key, Keyring
+from sa_fieldcrypt.errors import (
+    ConfigurationError,
+    DecryptionError,
+    UnknownKeyError,
+    ValueTypeError,
+)
+from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, Key, Keyring, is_fernet_token
 
 __all__ = [
     "NOT_A_TOKEN",
@@ -43,12 +54,24 @@ __all__ = [
     "encrypt_value",
     "inspect_token",
     "legacy_key",
+    "looks_like_token",
+    "max_token_size",
+    "set_max_token_size",
 ]
 
 #: Every token this library writes starts with this header.
 TOKEN_PREFIX = "fc1:"
 #: Fernet version byte 0x80 in url-safe base64: how every Fernet token starts.
 _FERNET_START = "gAAAAA"
+# What a value that resembles a token starts with, once trimmed and case-folded.
+_TOKEN_LIKE_STARTS = (TOKEN_PREFIX, _FERNET_START.casefold())
+_LIMIT_SETTING = "FIELDCRYPT_MAX_TOKEN_SIZE"
+_SMALLEST_LIMIT = 1024
+
+# The longest stored value that is decrypted, in characters; -1 until it is first needed.
+# Both per-value paths compare lengths with it, so -1 sends the first value the long way,
+# which reads the setting: importing the library reads no settings.
+_max_size = -1
 
 _INVALID = (
     "the value does not decrypt: it was tampered with, truncated, copied from another column "
@@ -67,6 +90,11 @@ _UNBOUND_REFUSED = (
 _CONTEXT_MISSING = (
     "the value is bound to a context (a column's name) and was read without one; read it "
     "through the column that wrote it, or give that column's context"
+)
+_TOKEN_LIKE = (
+    "the stored value looks like an encrypted token but is not one as written (its header is "
+    "not exactly 'fc1:<key id>:', or it has characters around it): it is neither decrypted "
+    "nor read as plaintext; restore the value the application wrote"
 )
 
 
@@ -97,6 +125,77 @@ def inspect_token(value: str) -> TokenInfo:
     return TokenInfo("plaintext")
 
 
+def looks_like_token(value: str) -> bool:
+    """Whether a stored value resembles a token, so that it is never read as plaintext.
+
+    After trimming whitespace and case-folding, it starts with ``fc1:`` (with a key id or
+    not, in any letter case) or with ``gAAAAA`` (how Fernet tokens start), or it is shaped
+    as a Fernet token. A column with ``allow_plaintext=True`` refuses such values with
+    :class:`~sa_fieldcrypt.DecryptionError` unless they decrypt: a token that was edited,
+    re-cased or padded with spaces is never handed to the application as data.
+    """
+    trimmed = value.strip()
+    return trimmed[:8].casefold().startswith(_TOKEN_LIKE_STARTS) or is_fernet_token(trimmed)
+
+
+def max_token_size() -> int:
+    """Return the longest stored value, in characters, that is decrypted or written.
+
+    It is :func:`set_max_token_size`'s, else ``FIELDCRYPT_MAX_TOKEN_SIZE`` (16 MiB by
+    default), read at the first encryption or decryption. A longer stored value is refused
+    before any cryptography, so a planted value of gigabytes costs a length comparison.
+    """
+    global _max_size
+    if _max_size < 0:
+        from sa_fieldcrypt.settings import load_settings
+
+        _max_size = load_settings().max_token_size
+    return _max_size
+
+
+def set_max_token_size(size: int | None) -> None:
+    """Set the limit :func:`max_token_size` returns, in this process.
+
+    None forgets it, so the next encryption or decryption reads ``FIELDCRYPT_MAX_TOKEN_SIZE``
+    again. Worker processes of ``fieldcrypt rotate --workers`` read the setting: set the
+    variable rather than call this when they should share a limit.
+
+    Raises:
+        ConfigurationError: ``size`` is not an int of at least 1024.
+    """
+    global _max_size
+    if size is None:
+        _max_size = -1
+        return
+    if isinstance(size, bool) or not isinstance(size, int) or size < _SMALLEST_LIMIT:
+        raise ConfigurationError(
+            f"set_max_token_size: the limit is a number of characters, at least "
+            f"{_SMALLEST_LIMIT}, or None to read {_LIMIT_SETTING}"
+        )
+    _max_size = size
+
+
+def _check_stored_size(token: str) -> None:
+    limit = max_token_size()
+    if len(token) > limit:
+        raise DecryptionError(
+            f"the stored value is {len(token):,} characters long, over the limit of {limit:,} "
+            f"({_LIMIT_SETTING}), and was not decrypted; if values this large are expected, "
+            "raise the limit"
+        )
+
+
+def _check_written_size(data: bytes, token: str | None) -> None:
+    limit = max_token_size()
+    # A token is always longer than its plaintext.
+    if len(data) >= limit or (token is not None and len(token) > limit):
+        raise ValueTypeError(
+            f"a value of {len(data):,} bytes is too large to store: its token would be longer "
+            f"than the {limit:,} characters that {_LIMIT_SETTING} allows reads to decrypt; "
+            "store smaller values, or raise the limit"
+        )
+
+
 def encrypt(keyring: Keyring, data: bytes, *, context: str | None = None) -> str:
     """Encrypt ``data`` under the keyring's primary key and return an ``fc1`` token.
 
@@ -108,6 +207,7 @@ def encrypt(keyring: Keyring, data: bytes, *, context: str | None = None) -> str
 
     Raises:
         ConfigurationError: the keyring holds blind-index keys, not encryption keys.
+        ValueTypeError: the token would be longer than :func:`max_token_size`.
     """
     _check_purpose(keyring)
     return encrypt_value(keyring, data, context)
@@ -126,11 +226,17 @@ def encrypt_value(keyring: Keyring, data: bytes, context: str | None) -> str:
 
     The column types call it once per value written, with a keyring their cache checked.
     """
+    if len(data) >= _max_size:  # -1 until the limit is read: the long way reads it
+        _check_written_size(data, None)
     key = keyring.primary
     if context is None:
-        return key.token_prefix + key.encrypt(data)
-    codec = key.for_context(context)
-    return codec.token_prefix + codec.encrypt(data)
+        token = key.token_prefix + key.encrypt(data)
+    else:
+        codec = key.for_context(context)
+        token = codec.token_prefix + codec.encrypt(data)
+    if len(token) > _max_size:
+        _check_written_size(data, token)
+    return token
 
 
 def decrypt(
@@ -149,8 +255,8 @@ def decrypt(
     Raises:
         ConfigurationError: the keyring holds blind-index keys, not encryption keys.
         UnknownKeyError: the token names a key id the keyring does not hold.
-        DecryptionError: the token is malformed, tampered with, bound to another context, or
-            not a token at all.
+        DecryptionError: the token is malformed, tampered with, bound to another context,
+            longer than :func:`max_token_size`, or not a token at all.
     """
     _check_purpose(keyring)
     return decrypt_value(keyring, token, context, allow_unbound)
@@ -163,8 +269,11 @@ def decrypt_value(keyring: Keyring, token: str, context: str | None, allow_unbou
     """
     # One partition and one dict lookup find the key, whatever the keyring's size; payloads
     # never hold ':', so the last ':' ends the header. Anything unusual goes the long way.
-    head, _, payload = token.rpartition(":")
     try:
+        # Before any cryptography; -1 until the limit is read, and the long way reads it.
+        if len(token) > _max_size:
+            _check_stored_size(token)
+        head, _, payload = token.rpartition(":")
         if context is None:
             key = keyring.token_heads.get(head)
             if key is not None:
@@ -211,7 +320,7 @@ def _decrypt_other(keyring: Keyring, token: str, context: str | None, allow_unbo
         if context is not None and not allow_unbound:
             raise DecryptionError(_UNBOUND_REFUSED)
         return _decrypt_legacy(keyring, token)
-    raise DecryptionError(NOT_A_TOKEN)
+    raise DecryptionError(_TOKEN_LIKE if looks_like_token(token) else NOT_A_TOKEN)
 
 
 def _missing_key(keyring: Keyring, key_id: str) -> NoReturn:
@@ -234,14 +343,19 @@ def legacy_key(keyring: Keyring, token: str) -> Key | None:
 def _open_legacy(keyring: Keyring, token: str) -> tuple[Key, bytes] | None:
     # Legacy tokens carry no key id, so every Fernet key is tried, the primary first; this is
     # the one path that is O(number of keys), and `fieldcrypt rotate` removes it from the data.
+    # Only a value shaped as a Fernet token is tried, it is decoded once, and each key costs
+    # one HMAC over it; only the key that signed it decrypts.
+    if not is_fernet_token(token):
+        return None
+    decoded = base64.urlsafe_b64decode(token)  # canonical: strict and lenient agree
     primary = keyring.primary
     for key in (primary, *(k for k in keyring if k is not primary)):
-        if key.kind != "fernet":
+        if key.kind != "fernet" or not key.codec.signed(decoded):
             continue
         try:
             return key, key.decrypt(token)
         except (InvalidToken, ValueError, TypeError):
-            continue
+            return None  # signed by this key, and still not a valid token
     return None
 
 

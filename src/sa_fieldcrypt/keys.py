@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import os
 import re
@@ -60,6 +61,7 @@ __all__ = [
     "Keyring",
     "Purpose",
     "generate_key",
+    "is_fernet_token",
     "parse_key",
 ]
 
@@ -102,6 +104,23 @@ _cache_lock = threading.Lock()
 # strict decoding accepts the url-safe alphabet only.
 _FROM_URLSAFE = bytes.maketrans(b"-_+/", b"+/!!")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+# The url-safe alphabet, then at most two '=' of padding: what a canonical payload may hold.
+_URLSAFE_TEXT = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+# The last character before "=" (or "=="): its low 2 (or 4) bits are unused and must be zero,
+# or several texts would decode to the same bytes.
+_LAST_BEFORE_ONE_PAD = frozenset("AEIMQUYcgkosw048")
+_LAST_BEFORE_TWO_PADS = frozenset("AQgw")
+_LAST_BYTES = {1: frozenset(b"AEIMQUYcgkosw048"), 2: frozenset(b"AQgw")}
+# A Fernet token (its spec): version 0x80 || time (8) || IV (16) || AES-CBC ciphertext, one or
+# more 16-byte blocks (PKCS7 always pads) || HMAC-SHA256 (32). So 57 + 16n bytes, n >= 1,
+# which in padded base64 is at least 100 characters; 0x80 first makes the text start with "g"
+# and then one of "A" to "P".
+_FERNET_OVERHEAD = 1 + 8 + 16 + 32
+_FERNET_MIN_TEXT = 100
+_FERNET_SECOND = frozenset("ABCDEFGHIJKLMNOP")
+_HMAC_SIZE = 32
+# An AES-GCM-SIV payload: nonce || ciphertext (as long as the plaintext) || tag (16 bytes).
+_AEAD_OVERHEAD = NONCE_SIZE + 16
 
 _KEY_HELP = {
     "fernet": "the key is not a Fernet key (32 bytes in url-safe base64); "
@@ -203,12 +222,12 @@ def _split_key_text(
         raise ConfigurationError(_wrong_purpose(kind, purpose))
     text = text.strip()
     try:
-        raw = base64.urlsafe_b64decode(text)
+        # Only the canonical spelling is accepted: lenient base64 would take a key with a stray
+        # character appended (a copy-paste slip) for the key itself.
+        raw = _urlsafe_b64decode(text)
     except ValueError:  # binascii.Error and non-ASCII text are both ValueErrors
         raw = b""
-    # Only the canonical spelling is accepted: lenient base64 would take a key with a stray
-    # character appended (a copy-paste slip) for the key itself.
-    if len(raw) != _KEY_SIZE or base64.urlsafe_b64encode(raw).decode("ascii") != text:
+    if len(raw) != _KEY_SIZE:
         raise ConfigurationError(_KEY_HELP[kind])
     return kind, raw
 
@@ -241,10 +260,64 @@ def parse_key(
 
 
 def _urlsafe_b64decode(text: str | bytes) -> bytes:
-    """Decode url-safe base64 strictly; raises ValueError on any other character or padding."""
+    """Decode canonical url-safe base64 with padding; raises ValueError for any other text.
+
+    Canonical: only the url-safe alphabet, the padding that the length needs, and zero unused
+    bits in the last character, so that encoding the result again gives ``text`` back. Every
+    byte string then has exactly one spelling, and an edited payload never decodes to the
+    bytes of the original.
+    """
     if isinstance(text, str):
         text = text.encode("ascii")  # UnicodeEncodeError is a ValueError
-    return binascii.a2b_base64(text.translate(_FROM_URLSAFE), strict_mode=True)
+    # Strict mode refuses other characters, missing or misplaced padding, and data after it.
+    raw = binascii.a2b_base64(text.translate(_FROM_URLSAFE), strict_mode=True)
+    # It still takes padding after a whole group ("AAAA==") and ignores unused bits ("QR=="
+    # decodes as "QQ==" does): only the canonical length and zero unused bits are left.
+    if len(text) != (len(raw) + 2) // 3 * 4:
+        raise ValueError("base64 text with extra padding")
+    pads = -len(raw) % 3  # what that length needs, and so what the text has
+    if pads and text[-1 - pads] not in _LAST_BYTES[pads]:
+        raise ValueError("base64 text with non-zero unused bits")
+    return raw
+
+
+def is_fernet_token(text: str | bytes) -> bool:
+    """Whether ``text`` is shaped as a Fernet token, in canonical url-safe base64.
+
+    Checked from the text alone, before any cryptography: the url-safe alphabet with the
+    padding its length needs and zero unused bits in the last character (the one spelling of
+    its bytes), the version byte 0x80, and a decoded length of ``57 + 16n`` bytes with
+    ``n >= 1`` (version, time, IV, whole AES blocks, HMAC). Legacy tokens are tried against
+    the keys only when it holds, and every Fernet payload is checked with it before Fernet
+    reads it.
+    """
+    if not isinstance(text, str):
+        if not isinstance(text, bytes):
+            return False
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+    size = len(text)
+    if (
+        size < _FERNET_MIN_TEXT
+        or size % 4
+        or text[0] != "g"
+        or text[1] not in _FERNET_SECOND
+        or _URLSAFE_TEXT.fullmatch(text) is None
+    ):
+        return False
+    if text[-1] != "=":
+        pads = 0
+    elif text[-2] != "=":
+        pads = 1
+        if text[-2] not in _LAST_BEFORE_ONE_PAD:
+            return False
+    else:
+        pads = 2
+        if text[-3] not in _LAST_BEFORE_TWO_PADS:
+            return False
+    return (size // 4 * 3 - pads - _FERNET_OVERHEAD) % 16 == 0
 
 
 def _urlsafe_b64encode(data: bytes) -> str:
@@ -288,22 +361,49 @@ class KeyCodec:
         """
         raise TypeError("encrypt_with_iv needs a Fernet key")
 
+    def signed(self, token: bytes) -> bool:
+        """Whether this Fernet key signed a decoded Fernet token (its HMAC is checked).
+
+        The seam of legacy trial decryption: the token is decoded once, and each key costs
+        one HMAC over it instead of a base64 decoding and an HMAC. The comparison is constant
+        time. It says nothing of the rest of the token; :attr:`decrypt` still checks all.
+
+        Raises:
+            TypeError: the codec is not a Fernet one.
+        """
+        raise TypeError("signed needs a Fernet key")
+
 
 class _FernetCodec(KeyCodec):
-    __slots__ = ("_encrypt", "fernet")
+    __slots__ = ("_encrypt", "_signing_key", "fernet")
 
-    def __init__(self, fernet: Fernet, token_prefix: str):
-        self.fernet = fernet
+    def __init__(self, raw: bytes, token_prefix: str):
+        self.fernet = fernet = Fernet(base64.urlsafe_b64encode(raw))
         self.token_prefix = token_prefix
-        # Fernet's own bound methods: the codec adds no call frame of ours to decryption.
-        self.decrypt = fernet.decrypt
+        # The spec's key layout: the signing key is the first half.
+        self._signing_key = raw[:16]
         self._encrypt = fernet.encrypt
+        fernet_decrypt = fernet.decrypt
+
+        def decrypt(payload: str | bytes) -> bytes:
+            # Fernet's own base64 decoding skips characters outside the alphabet and ignores
+            # unused bits, so an edited payload could still decrypt: refuse any but the one
+            # canonical spelling first.
+            if not is_fernet_token(payload):
+                raise InvalidToken
+            return fernet_decrypt(payload)
+
+        self.decrypt = decrypt
 
     def encrypt(self, data: bytes) -> str:
         return self._encrypt(data).decode("ascii")
 
     def encrypt_with_iv(self, data: bytes, current_time: int, iv: bytes) -> str:
         return self.fernet._encrypt_from_parts(data, current_time, iv).decode("ascii")
+
+    def signed(self, token: bytes) -> bool:
+        mac = hmac.digest(self._signing_key, memoryview(token)[:-_HMAC_SIZE], "sha256")
+        return hmac.compare_digest(mac, token[-_HMAC_SIZE:])
 
 
 class _AeadCodec(KeyCodec):
@@ -335,6 +435,8 @@ class _AeadCodec(KeyCodec):
     def _decrypt(self, payload: str | bytes) -> bytes:
         try:
             raw = _urlsafe_b64decode(payload)
+            if len(raw) < _AEAD_OVERHEAD:
+                raise InvalidToken
             return self._open(raw[:NONCE_SIZE], raw[NONCE_SIZE:], self._associated_data)
         except (InvalidTag, ValueError, TypeError):
             # One failure for every malformed or forged payload, as Fernet has (and for an
@@ -452,9 +554,7 @@ class Key:
         # must stay off the per-value path.
         self._aead: AESGCMSIV | None = None
         if self.kind == "fernet":
-            self.codec = _FernetCodec(
-                Fernet(base64.urlsafe_b64encode(self._raw)), self.token_prefix
-            )
+            self.codec = _FernetCodec(self._raw, self.token_prefix)
         elif self.kind == "aes-gcm-siv":
             self._aead = _new_aead(self._raw, key_id)
             self.codec = _AeadCodec(self._aead, None, self.token_prefix)
@@ -507,8 +607,7 @@ class Key:
         if self._aead is not None:
             codec = _AeadCodec(self._aead, info, prefix)
         else:
-            derived = self.derive(FERNET_CONTEXT_INFO + info)
-            codec = _FernetCodec(Fernet(base64.urlsafe_b64encode(derived)), prefix)
+            codec = _FernetCodec(self.derive(FERNET_CONTEXT_INFO + info), prefix)
         return _bounded_put(self._contexts, context, codec)
 
     def shares_secret_with(self, other: Key) -> bool:
@@ -569,10 +668,10 @@ class Keyring:
         bound_token_heads: the same for context-bound tokens (``"fc1:<id>:c"``).
 
     Raises:
-        ConfigurationError: no keys, a duplicate or invalid id, two blind-index key ids that
-            differ only in case (MySQL and MariaDB compare index values case-insensitively), a
-            malformed key, a key of another purpose, or a ``primary`` that is not among the
-            keys. The message names the id, never the key.
+        ConfigurationError: no keys, a duplicate or invalid id, one secret under two ids, two
+            blind-index key ids that differ only in case (MySQL and MariaDB compare index
+            values case-insensitively), a malformed key, a key of another purpose, or a
+            ``primary`` that is not among the keys. The message names the ids, never a key.
     """
 
     __slots__ = ("_keys", "bound_token_heads", "primary", "purpose", "token_heads")
@@ -600,6 +699,8 @@ class Keyring:
             built = list(keys)
         by_id: dict[str, Key] = {}
         folded: dict[str, str] = {}
+        # By a digest of each secret: the secrets themselves are never keys of a dict.
+        secrets: dict[bytes, str] = {}
         for position, key in enumerate(built, start=1):
             if not isinstance(key, Key):
                 raise ConfigurationError(f"Keyring: entry {position} is not a Key")
@@ -616,6 +717,15 @@ class Keyring:
             if twin != key.id and purpose == "blind-index":
                 raise ConfigurationError(
                     f"Keyring: key ids {twin!r} and {key.id!r} differ only in case; rename one"
+                )
+            # One secret under two ids would open a token relabelled from one id to the other
+            # (an index value, for blind-index keys), and count it under the wrong key.
+            same = secrets.setdefault(hashlib.sha256(key._raw).digest(), key.id)
+            if same != key.id:
+                raise ConfigurationError(
+                    f"Keyring: keys {same!r} and {key.id!r} hold the same secret; keep it under "
+                    "one id only (legacy tokens, which name no key, are read by every Fernet "
+                    "key), or generate a new key for the other"
                 )
             by_id[key.id] = key
         if not by_id:

@@ -95,6 +95,13 @@ class FieldCryptSettings(BaseSettings):
         description="A single blind-index key (its id is `b0`), when no rotation is under way; "
         "set this or FIELDCRYPT_BLIND_INDEX_KEYS, not both.",
     )
+    max_token_size: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Longest stored value, in characters, that is decrypted: a longer one is "
+        "refused before any cryptography, and a value that would encrypt to a longer token is "
+        "refused on write. The default, 16 MiB, holds values of up to about 12 MiB.",
+    )
     database_url: SecretStr | None = Field(
         default=None,
         description="SQLAlchemy URL of the database the `fieldcrypt` data commands (status, "

@@ -129,8 +129,10 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
             plaintext column is being migrated (``fieldcrypt rotate --encrypt-plaintext``).
             Off by default. Each read is counted (``metrics.snapshot().plaintext_reads``)
             and the first one per column and process emits a :class:`PlaintextValueWarning`
-            and a log warning. A token that fails to decrypt still raises: ciphertext is
-            never returned as data.
+            and a log warning. A token that fails to decrypt still raises, and so does a
+            value that only looks like one (``cipher.looks_like_token``: an ``fc1:`` header
+            in another case or behind spaces, a Fernet-like value): ciphertext is never
+            returned as data.
     """
 
     impl = Text
@@ -219,7 +221,10 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
             if name is None and context.from_column:  # context.pending, without a call
                 raise column._unattached_error()
             keys = own_keys if own_keys is not None else default_key_cache()
-            return encrypt(keys.get(), data, name)
+            try:
+                return encrypt(keys.get(), data, name)
+            except ValueTypeError as exc:  # too large to store
+                raise ValueTypeError(f"{column.column_label}: {exc}") from None
 
         return encrypt_value
 
@@ -241,7 +246,7 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
             name = context.name
             if name is None and context.from_column:  # context.pending, without a call
                 raise column._unattached_error()
-            if allow_plaintext and cipher.inspect_token(stored).kind == "plaintext":
+            if allow_plaintext and not cipher.looks_like_token(stored):
                 return from_bytes(column._read_plaintext(stored))
             keys = own_keys if own_keys is not None else default_key_cache()
             try:
