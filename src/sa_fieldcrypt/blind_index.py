@@ -228,6 +228,22 @@ class BlindIndex:
             *(self._hash(key, data) for key in keyring if key is not primary),
         )
 
+    def matches(self, value: Any, stored: str) -> bool | None:
+        """Whether ``stored`` is the index of ``value`` under the key id ``stored`` names.
+
+        One HMAC, compared in constant time. None when the keyring holds no key of that id
+        (a retired index key): it cannot be checked, and no lookup matches it either.
+        """
+        key_id, sep, _ = stored.partition(":")
+        key = self.active_keyring().find(key_id) if sep else None
+        if key is None:
+            return None
+        data = self.normalize(value)
+        if data is None:
+            return False  # a value that is not indexed has no index value
+        expected = self._hash(key, data).encode("ascii")
+        return hmac.compare_digest(expected, stored.encode("utf-8", "surrogatepass"))
+
     def _hash(self, key: Key, data: bytes) -> str:
         if self.name is None:
             raise ConfigurationError(
