@@ -43,7 +43,7 @@ from sqlalchemy.sql.operators import OperatorType
 from typing_extensions import TypeVar
 
 from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex
-from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, UnsupportedComparisonError
+from sa_fieldcrypt.errors import ConfigurationError, UnsupportedComparisonError
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType
 
 __all__ = [
@@ -133,19 +133,10 @@ class _Binding:
         ):
             return cached.value
         value = stored if self.decrypt is None else self.decrypt(stored)
-        if index is not None:
-            self._check(value, index)
+        if index is not None and self.blind_index is not None:
+            self.blind_index.check(value, index, column=self.source_label)
         self._remember(instance, stored, value, index)
         return value
-
-    def _check(self, value: Any, index: str) -> None:
-        if self.blind_index is not None and self.blind_index.matches(value, index) is False:
-            raise DecryptionError(
-                f"the value does not match the row's blind index {self.index_label}: the row "
-                "was altered (a value copied in from another row) or its index is stale (run "
-                "`fieldcrypt reindex`, then `fieldcrypt verify`)",
-                column=self.source_label,
-            )
 
     def _remember(self, instance: Any, stored: Any, value: Any, index: str | None) -> None:
         # Only immutable values: a cached dict could be mutated without being re-encrypted.
