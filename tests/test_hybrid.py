@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -784,3 +785,150 @@ def test_a_hybrid_assigned_after_the_class_body_keeps_its_index_and_names_itself
             _ = Late.email.like("a%")  # type: ignore[attr-defined]
     finally:
         LateBase.metadata.drop_all(db)
+
+
+def _swap_in(db: Engine, column: str, from_id: int, to_id: int) -> None:
+    """As an attacker with write access and no keys: copy one row's ciphertext into another."""
+    table = Customer.__table__
+    with db.begin() as conn:
+        token = conn.execute(select(table.c[column]).where(table.c.id == from_id)).scalar_one()
+        conn.execute(update(table).where(table.c.id == to_id).values({column: token}))
+
+
+@pytest.mark.parametrize(
+    ("attribute", "column", "values"),
+    [
+        ("email", "email_encrypted", ("alice@example.com", "mallory@evil.test")),
+        ("phone", "phone_encrypted", ("+15550100001", "+15550100666")),
+    ],
+)
+def test_a_value_swapped_in_from_another_row_is_refused(
+    db: Engine, attribute: str, column: str, values: tuple[str, str]
+) -> None:
+    """A lookup by Alice's value finds her row; its copied-in value then raises, naming both."""
+    alice, mallory = values
+    with Session(db) as session:
+        session.add_all(
+            [
+                Customer(id=1, station_id=1, **{attribute: alice}),
+                Customer(id=2, station_id=1, **{attribute: mallory}),
+            ]
+        )
+        session.commit()
+    _swap_in(db, column, from_id=2, to_id=1)
+    with Session(db) as session:
+        found = session.scalars(select(Customer).where(getattr(Customer, attribute) == alice)).one()
+        assert 1 == found.id
+        with pytest.raises(DecryptionError) as info:
+            getattr(found, attribute)
+    message = str(info.value)
+    assert f"fc_hyb_customers.{column}" in message
+    assert "altered" in message
+    assert f"fc_hyb_customers.{attribute}_bidx" in message
+    assert mallory not in message
+    assert alice not in message
+
+
+def test_the_index_check_costs_one_hmac_per_stored_value(
+    db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the attribute again checks nothing again; a changed stored value is checked anew."""
+    with Session(db) as session:
+        session.add(Customer(id=1, station_id=1, email="ada@example.com"))
+        session.commit()
+    calls: list[str] = []
+    original = BlindIndex.matches
+
+    def counting(self: BlindIndex, value: Any, stored: str) -> bool | None:
+        calls.append(stored)
+        return original(self, value, stored)
+
+    monkeypatch.setattr(BlindIndex, "matches", counting)
+    with Session(db) as session:
+        customer = session.get_one(Customer, 1)
+        assert ["ada@example.com"] * 3 == [customer.email for _ in range(3)]
+        assert 1 == len(calls)
+        customer.email = "bo@example.com"  # the setter computed the index: nothing to check
+        assert "bo@example.com" == customer.email
+        assert 1 == len(calls)
+
+
+def test_rows_without_an_index_value_or_under_a_retired_index_key_still_read(
+    db: Engine, index_keyring: Keyring
+) -> None:
+    """A NULL index (not backfilled yet) or one under a key no longer held is not checked."""
+    with Session(db) as session:
+        session.add_all(
+            [
+                Customer(id=1, station_id=1, email="ada@example.com"),
+                Customer(id=2, station_id=1, email="bo@example.com"),
+            ]
+        )
+        session.commit()
+    table = Customer.__table__
+    with db.begin() as conn:
+        conn.execute(update(table).where(table.c.id == 1).values(email_bidx=None))
+        conn.execute(update(table).where(table.c.id == 2).values(email_bidx="gone:" + "0" * 64))
+    with Session(db) as session:
+        assert "ada@example.com" == session.get_one(Customer, 1).email
+        assert "bo@example.com" == session.get_one(Customer, 2).email
+
+
+def test_check_index_false_reads_a_swapped_value(db: Engine) -> None:
+    """With check_index=False (while a normalizer change awaits reindex) nothing is checked."""
+
+    class Unchecked(DeclarativeBase):
+        pass
+
+    class Lax(Unchecked):
+        __tablename__ = "fc_hyb_customers"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+        email_encrypted: Mapped[str | None] = mapped_column(Text)
+        email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        email = encrypted_hybrid(
+            "email_encrypted",
+            blind_index=BlindIndex("email_bidx", normalizer=normalize_email),
+            check_index=False,
+        )
+
+    with Session(db) as session:
+        session.add_all(
+            [
+                Customer(id=1, station_id=1, email="alice@example.com"),
+                Customer(id=2, station_id=1, email="mallory@evil.test"),
+            ]
+        )
+        session.commit()
+    _swap_in(db, "email_encrypted", from_id=2, to_id=1)
+    with Session(db) as session:
+        assert "mallory@evil.test" == session.get_one(Lax, 1).email
+
+
+def test_a_token_written_to_the_source_attribute_reindexes_without_a_check(db: Engine) -> None:
+    """customer.email_encrypted = token is a write, not a swap: the flush recomputes the index."""
+    with Session(db) as session:
+        session.add_all(
+            [
+                Customer(id=1, station_id=1, email="ada@example.com"),
+                Customer(id=2, station_id=2, email="bo@example.com"),
+            ]
+        )
+        session.commit()
+        ada, bo = session.get_one(Customer, 1), session.get_one(Customer, 2)
+        ada.email_encrypted = bo.email_encrypted
+        session.commit()
+        found = session.scalars(select(Customer.id).where(Customer.email == "bo@example.com"))
+        assert [1, 2] == sorted(found)
+
+
+def test_pickled_objects_carry_no_plaintext_of_a_hybrid(db: Engine) -> None:
+    """A pickled ORM object holds the ciphertext only; unpickled, it decrypts again."""
+    with Session(db) as session:
+        session.add(Customer(id=1, station_id=1, email="secret-ada@example.com"))
+        session.commit()
+        customer = session.get_one(Customer, 1)
+        assert "secret-ada@example.com" == customer.email  # cached on the instance now
+        session.expunge(customer)
+    pickled = pickle.dumps(customer)
+    assert b"secret-ada" not in pickled
+    assert "secret-ada@example.com" == pickle.loads(pickled).email

@@ -52,6 +52,7 @@ from sa_fieldcrypt.jobs import (
     reindex,
     retire_keys,
     status,
+    verify,
 )
 
 
@@ -767,3 +768,37 @@ def test_cli_names_a_composite_uuid_key_as_people_read_it(db: Engine, keyring: K
     assert "fc_rx_members.email_bidx: 1 row to visit" in result.stderr
     assert "Error: 1 row could not be handled" in result.stderr
     assert "UUID(" not in result.output
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_verify_with_indexes_names_rows_whose_value_was_swapped_in(
+    db: Engine, workers: int
+) -> None:
+    """A value copied from another row decrypts, but verify fails it against the row's index."""
+    if workers == 2 and db.dialect.name == "sqlite":
+        pytest.skip("worker processes need a server database")
+    with Session(db) as session:
+        session.add_all(
+            [
+                Customer(id=1, email="alice@example.com", phone="+15550100001"),
+                Customer(id=2, station_id=2, email="mallory@evil.test", phone="+15550100666"),
+                Customer(id=3, email="carol@example.com", phone=None),
+            ]
+        )
+        session.commit()
+    table = Customer.__table__
+    with db.begin() as conn:
+        token = conn.execute(select(table.c.email_encrypted).where(table.c.id == 2)).scalar_one()
+        conn.execute(update(table).where(table.c.id == 1).values(email_encrypted=token))
+    report = verify(
+        db,
+        find_columns("test_reindex:Customer"),
+        indexes=find_indexes("test_reindex:Customer"),
+        workers=workers,
+    )
+    assert not report.ok
+    failed = [(f.column, f.key) for job in report.jobs for f in job.failures]
+    assert [("fc_rx_customers.email_bidx", (1,))] == failed
+    reason = next(f.reason for job in report.jobs for f in job.failures)
+    assert "copied in from another row" in reason
+    assert "mallory" not in reason

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sa_fieldcrypt.config import as_key_cache, default_key_cache
-from sa_fieldcrypt.errors import ConfigurationError, ValueTypeError
+from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeError
 
 if TYPE_CHECKING:
     from sa_fieldcrypt.keys import Key, Keyring
@@ -321,6 +321,42 @@ class BlindIndex:
             self._hash(primary, data),
             *(self._hash(key, data) for key in keyring if key is not primary),
         )
+
+    def matches(self, value: Any, stored: str) -> bool | None:
+        """Whether ``stored`` is the index of ``value`` under the key id ``stored`` names.
+
+        One HMAC, compared in constant time. None when the keyring holds no key of that id
+        (a retired index key): it cannot be checked, and no lookup matches it either.
+        """
+        key_id, sep, _ = stored.partition(":")
+        key = self.active_keyring().find(key_id) if sep else None
+        if key is None:
+            return None
+        data = self.normalize(value)
+        if data is None:
+            return False  # a value that is not indexed has no index value
+        expected = self._hash(key, data).encode("ascii")
+        return hmac.compare_digest(expected, stored.encode("utf-8", "surrogatepass"))
+
+    def check(self, value: Any, stored: str, *, column: str) -> None:
+        """Raise unless ``stored`` is the index of ``value`` (see :meth:`matches`).
+
+        Args:
+            value: the decrypted value of the row.
+            stored: the row's stored index value.
+            column: the column holding the value, for the message.
+
+        Raises:
+            DecryptionError: the index is of another value: the row was altered (a value
+                copied in from another row) or its index is stale.
+        """
+        if self.matches(value, stored) is False:
+            raise DecryptionError(
+                f"the value does not match the row's blind index ({self._label}): the row was "
+                "altered (a value copied in from another row) or its index is stale; "
+                "`fieldcrypt verify` lists such rows, `fieldcrypt reindex` rewrites stale indexes",
+                column=column,
+            )
 
     def _hash(self, key: Key, data: bytes) -> str:
         if self.name is None:

@@ -77,6 +77,24 @@ _NULL_TESTS = {
 }
 
 
+class _Plaintext:
+    """A hybrid's decrypted value, kept on the instance; never pickled or copied.
+
+    ORM objects are pickled into caches and task queues, and copied; the plaintext stays in
+    the process that decrypted it: a copy starts empty and decrypts again.
+    """
+
+    __slots__ = ("index", "stored", "value")
+
+    def __init__(self, stored: Any, value: Any, index: str | None):
+        self.stored = stored
+        self.value = value
+        self.index = index  # the index value checked against the value, if any
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Plaintext, (None, None, None))
+
+
 @dataclass(frozen=True, slots=True)
 class _Binding:
     """What one mapped class's use of an :class:`EncryptedHybrid` resolved to."""
@@ -91,24 +109,42 @@ class _Binding:
     index_key: str | None
     index_label: str | None
     blind_index: BlindIndex | None
+    check_index: bool
     cache_key: str
 
-    def plaintext(self, instance: Any) -> Any:
-        """The attribute's plaintext, decrypting (once per stored value) if needed."""
+    def plaintext(self, instance: Any, *, check: bool = True) -> Any:
+        """The attribute's plaintext, decrypted and checked once per stored value.
+
+        With a blind index (and ``check``), the value's index must equal the row's stored
+        one, under the key id it names: a token copied in from another row decrypts, but
+        its index says which row it came from.
+
+        Raises:
+            DecryptionError: the value does not decrypt, or does not match the row's index.
+        """
         stored = getattr(instance, self.source_key)
-        if stored is None or self.decrypt is None:
-            return stored
+        if stored is None:
+            return None
+        index = None
+        if check and self.check_index and self.index_key is not None:
+            index = getattr(instance, self.index_key)  # None: not indexed yet, nothing to check
         cached = instance.__dict__.get(self.cache_key)
-        if cached is not None and cached[0] == stored:
-            return cached[1]
-        value = self.decrypt(stored)
-        self._remember(instance, stored, value)
+        if (
+            isinstance(cached, _Plaintext)
+            and cached.stored == stored
+            and (index is None or cached.index == index)
+        ):
+            return cached.value
+        value = stored if self.decrypt is None else self.decrypt(stored)
+        if index is not None and self.blind_index is not None:
+            self.blind_index.check(value, index, column=self.source_label)
+        self._remember(instance, stored, value, index)
         return value
 
-    def _remember(self, instance: Any, stored: Any, value: Any) -> None:
+    def _remember(self, instance: Any, stored: Any, value: Any, index: str | None) -> None:
         # Only immutable values: a cached dict could be mutated without being re-encrypted.
         if isinstance(value, (str, bytes)):
-            instance.__dict__[self.cache_key] = (stored, value)
+            instance.__dict__[self.cache_key] = _Plaintext(stored, value, index)
 
     def assign(self, instance: Any, value: Any) -> None:
         """Store ``value``: encrypt it (if needed) and compute its index, then set both."""
@@ -117,8 +153,7 @@ class _Binding:
         pairs = self.column_values(value)
         for key, stored in pairs:
             setattr(instance, key, stored)
-        if self.encrypt is not None:
-            self._remember(instance, pairs[0][1], value)
+        self._remember(instance, pairs[0][1], value, pairs[1][1] if len(pairs) > 1 else None)
 
     def column_values(self, value: Any) -> list[tuple[str, Any]]:
         """``(attribute key, value)`` pairs that store ``value``, for UPDATE and bulk INSERT."""
@@ -139,7 +174,8 @@ class _Binding:
         state = instance_state(target)
         if state.key is not None and not state.attrs[self.source_key].history.has_changes():
             return
-        index = self.blind_index.compute(self.plaintext(target))
+        # Unchecked: the index is what is being brought in step with the value.
+        index = self.blind_index.compute(self.plaintext(target, check=False))
         if state.dict.get(self.index_key) != index:
             setattr(target, self.index_key, index)
 
@@ -275,6 +311,7 @@ class EncryptedHybrid(hybrid_property[_V]):
         *,
         blind_index: BlindIndex | str | None = None,
         column_type: EncryptedType[_V] | None = None,
+        check_index: bool = True,
     ):
         if not isinstance(source, str) or not source:
             raise ConfigurationError(
@@ -291,6 +328,7 @@ class EncryptedHybrid(hybrid_property[_V]):
         self._source = source
         self._blind_index = blind_index
         self._column_type = column_type
+        self._check_index = check_index
         self._bindings: weakref.WeakKeyDictionary[type, _Binding] = weakref.WeakKeyDictionary()
         self._named = False  # whether __set_name__ gave the attribute's own name
 
@@ -412,6 +450,7 @@ class EncryptedHybrid(hybrid_property[_V]):
             index_key=index_key,
             index_label=index_label,
             blind_index=blind_index,
+            check_index=self._check_index,
             cache_key=f"_sa_fieldcrypt_{self.__name__}",
         )
         self._bindings[cls] = binding
@@ -453,6 +492,7 @@ def encrypted_hybrid(
     *,
     blind_index: BlindIndex | str | None = None,
     column_type: EncryptedType[_V] | None = None,
+    check_index: bool = True,
 ) -> EncryptedHybrid[_V]:
     """Declare a plaintext attribute over an encrypted column, optionally with a blind index.
 
@@ -467,6 +507,12 @@ def encrypted_hybrid(
         column_type: for a plain ciphertext column, the type that encrypts and decrypts it
             (default ``EncryptedText()``; ``EncryptedJSON()``, or any type with a keyring of
             its own, also work). Not allowed over an ``EncryptedType`` column.
+        check_index: with a blind index, check on each read that the value's index equals
+            the row's stored one (one HMAC per stored value), so that a value copied in from
+            another row raises :class:`~sa_fieldcrypt.DecryptionError` instead of passing
+            for the row its index names. A row whose index is still NULL (not backfilled
+            yet) or under an index key the keyring no longer holds is not checked. Turn it
+            off only for the time a normalizer change waits for ``fieldcrypt reindex``.
 
     Returns:
         The descriptor; assign it to a class attribute of a mapped class. Type checkers see
@@ -474,7 +520,9 @@ def encrypted_hybrid(
         ``EncryptedType`` column of another type, annotate it:
         ``data: EncryptedHybrid[bytes] = encrypted_hybrid("_data")``.
     """
-    return EncryptedHybrid(source, blind_index=blind_index, column_type=column_type)
+    return EncryptedHybrid(
+        source, blind_index=blind_index, column_type=column_type, check_index=check_index
+    )
 
 
 def encrypted_values(cls: type, **values: Any) -> dict[str, Any]:

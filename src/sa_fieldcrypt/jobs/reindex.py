@@ -38,11 +38,12 @@ from sqlalchemy import Column, Engine, Table, UniqueConstraint, and_, or_, selec
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from sa_fieldcrypt.jobs.engine import BatchJob, Item, JobFactory, run_jobs
+from sa_fieldcrypt.errors import DecryptionError
+from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Item, JobFactory, Skip, run_jobs
 from sa_fieldcrypt.jobs.report import Failure, PrimaryKey, RunReport, format_key, word_for
 from sa_fieldcrypt.jobs.targets import IndexedColumn, Source, find_again, portable
 
-__all__ = ["reindex", "reindex_job"]
+__all__ = ["index_check_job", "index_check_jobs", "reindex", "reindex_job"]
 
 
 def reindex_job(
@@ -89,6 +90,51 @@ def reindex_job(
         resume_key=f"reindex {label} under {keys}",
         explain_conflict=functools.partial(_explain_conflict, label, columns),
     )
+
+
+def index_check_job(engine: Engine, column: IndexedColumn) -> BatchJob:
+    """The job that checks each row's stored index against its decrypted value; writes nothing.
+
+    A row fails when its index is of another value: the row was altered (a value copied in
+    from another row, which reads as valid ciphertext) or its index is stale. Rows without an
+    index value, or with one under an index key the keyring no longer holds, are not checked;
+    nor are values that do not decrypt, which verifying their column reports.
+    """
+    dialect = engine.dialect
+    codec, blind_index = column.codec, column.blind_index
+    where = f"{column.table.fullname}.{column.value.name}"
+
+    def transform(old: tuple[Any, ...]) -> Skip | None:
+        stored, index = old
+        try:
+            value = codec.process_result_value(stored, dialect)
+        except DecryptionError:
+            return SKIP
+        blind_index.check(value, index, column=where)
+        return None
+
+    return BatchJob(
+        column.label,
+        column.table,
+        (column.value, column.index),
+        (),
+        transform,
+        and_(column.value.is_not(None), column.index.is_not(None)),
+        resume_key=f"verify index {column.label}",
+    )
+
+
+def index_check_jobs(
+    engine: Engine, indexes: Iterable[IndexedColumn], workers: int = 1
+) -> list[BatchJob | JobFactory]:
+    """One :func:`index_check_job` per index column, built in each worker with ``workers``."""
+    if workers == 1:
+        return [index_check_job(engine, column) for column in indexes]
+    return [functools.partial(_check_again, *portable(column)) for column in indexes]
+
+
+def _check_again(source: Source, label: str, engine: Engine) -> BatchJob:
+    return index_check_job(engine, find_again(source, label, engine))
 
 
 def reindex(

@@ -31,9 +31,10 @@ from sqlalchemy.engine.default import DefaultDialect
 from sa_fieldcrypt.cipher import NOT_A_TOKEN, TOKEN_PREFIX, inspect_token
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeError
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, JobFactory, Skip, run_jobs
+from sa_fieldcrypt.jobs.reindex import index_check_jobs
 from sa_fieldcrypt.jobs.report import RunReport
 from sa_fieldcrypt.jobs.sql import LEGACY_TOKEN_START, DialectSql, stored_text
-from sa_fieldcrypt.jobs.targets import EncryptedColumn, Source, find_again, portable
+from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn, Source, find_again, portable
 from sa_fieldcrypt.keys import BOUND_FLAG
 from sa_fieldcrypt.types import EncryptedType
 
@@ -224,12 +225,21 @@ def rotate(
 
 
 def verify(
-    engine: Engine, columns: Iterable[EncryptedColumn], *, workers: int = 1, **options: Any
+    engine: Engine,
+    columns: Iterable[EncryptedColumn],
+    *,
+    indexes: Iterable[IndexedColumn] = (),
+    workers: int = 1,
+    **options: Any,
 ) -> RunReport:
     """Decrypt every value of ``columns`` and report those that fail; change nothing.
 
-    The arguments are those of :func:`~sa_fieldcrypt.jobs.run_job`; a dry run is the same
-    as a run, since nothing is written either way.
+    With ``indexes``, each row's blind index is also checked against its decrypted value
+    (:func:`~sa_fieldcrypt.jobs.reindex.index_check_job`): a value copied in from another
+    row decrypts, but not to the value its row's index says. The other arguments are those
+    of :func:`~sa_fieldcrypt.jobs.run_job`; a dry run is the same as a run, since nothing is
+    written either way.
     """
     jobs = _column_jobs(engine, columns, verification_job, workers)
+    jobs += index_check_jobs(engine, indexes, workers)
     return run_jobs(engine, jobs, workers=workers, **options)
