@@ -31,6 +31,12 @@ class FieldCryptSettings(BaseSettings):
         description="The keyring as `id:key,id:key`; the first entry encrypts "
         "unless FIELDCRYPT_PRIMARY_KEY_ID names another.",
     )
+    allow_unbound: bool = Field(
+        default=True,
+        description="Whether bound columns (every column, unless it says context=False) read "
+        "unbound tokens, written before the column was bound; set it to false once "
+        "`fieldcrypt rotate` has bound every value. A column's own allow_unbound= wins.",
+    )
     primary_key_id: str | None = Field(
         default=None, description="Id of the key in FIELDCRYPT_KEYS that encrypts new values."
     )
