@@ -329,11 +329,11 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
 
     @property
     def allow_unbound(self) -> bool:
-        """Whether unbound tokens are read now (always, without a context)."""
-        state = self._context
-        if state.name is None and not state.from_column:
-            return True
-        return unbound_allowed() if state.allow_unbound is None else state.allow_unbound
+        """Whether unbound tokens are read now (always, without a context).
+
+        A column's own ``allow_unbound=`` decides; else ``FIELDCRYPT_ALLOW_UNBOUND``.
+        """
+        return _unbound_ok(self._context)
 
     @property
     def column_label(self) -> str:
@@ -466,6 +466,9 @@ _PATHS = ("_encrypt_value", "_decrypt_value", "_encrypt_data", "_decrypt_data")
 
 
 def _unbound_ok(context: _ContextState) -> bool:
+    """Whether a column of this context state reads unbound tokens now."""
+    if context.name is None and not context.from_column:
+        return True  # context=False: unbound tokens are the column's own
     allowed = context.allow_unbound
     return unbound_allowed() if allowed is None else allowed
 

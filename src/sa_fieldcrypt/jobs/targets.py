@@ -8,8 +8,9 @@ table reflected from the database.
   ``"app.models:Base"`` names a declarative base or ``MetaData`` (all its tables), a mapped
   class (its table) or a ``Table``. Objects work too: a module, a ``MetaData``, a class.
 - ``reflect_column(engine, "core.customers", "email_encrypted")``: one column of a table the
-  database describes, read as :class:`~sa_fieldcrypt.EncryptedText` tokens; no models needed.
-  Blind indexes need models: their normalizers are code.
+  database describes, read as :class:`~sa_fieldcrypt.EncryptedText` tokens bound to
+  ``core.customers.email_encrypted``, the name as given; no models needed. Blind indexes need
+  models: their normalizers are code.
 
 A column counts as encrypted when its type is an :class:`~sa_fieldcrypt.EncryptedType`, or
 when it is a plain column carrying ``info["sa_fieldcrypt.type"]`` (ciphertext behind an
@@ -218,10 +219,16 @@ def reflect_column(
     """Reflect ``[schema.]table`` from the database and return one of its columns.
 
     No models are needed: the column is read as tokens of :class:`~sa_fieldcrypt.EncryptedText`
-    under the default keys, unless ``codec`` says otherwise.
+    under the default keys, unless ``codec`` says otherwise. The codec is attached to the
+    reflected column, so a ``context=True`` codec (the default) binds values to
+    ``table_name.column_name`` *as given here*: for the jobs to read and write what the
+    application does, that must be the name the models declare, schema included
+    (``"core.customers"`` for a table declared with ``schema="core"``, ``"customers"`` for
+    one declared without, whatever the database's default schema is called).
 
     Raises:
-        ConfigurationError: the table or the column does not exist.
+        ConfigurationError: the table or the column does not exist, or ``codec`` is a
+            ``context=True`` type already attached to another column.
     """
     schema, _, name = table_name.rpartition(".")
     try:
@@ -233,9 +240,14 @@ def reflect_column(
             f"table {table_name!r} has no column {column_name!r} "
             f"(columns: {', '.join(c.name for c in reflected.columns)})"
         )
-    return EncryptedColumn(
-        reflected.c[column_name], codec or EncryptedText(), ("table", table_name)
+    found = reflected.c[column_name]
+    codec = codec or EncryptedText()
+    # The reflected column, retyped: attaching the codec gives it the column's context.
+    retyped: Column[Any] = Column(
+        column_name, codec, key=found.key, primary_key=found.primary_key, nullable=found.nullable
     )
+    reflected.append_column(retyped, replace_existing=True)
+    return EncryptedColumn(retyped, codec, ("table", table_name))
 
 
 def portable(target: EncryptedColumn | IndexedColumn) -> tuple[Source, str]:
