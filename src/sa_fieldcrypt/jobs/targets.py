@@ -220,11 +220,11 @@ def reflect_column(
 
     No models are needed: the column is read as tokens of :class:`~sa_fieldcrypt.EncryptedText`
     under the default keys, unless ``codec`` says otherwise. The codec is attached to the
-    reflected column, so a ``context=True`` codec (the default) binds values to
-    ``table_name.column_name`` *as given here*: for the jobs to read and write what the
-    application does, that must be the name the models declare, schema included
-    (``"core.customers"`` for a table declared with ``schema="core"``, ``"customers"`` for
-    one declared without, whatever the database's default schema is called).
+    reflected column (which keeps its own type), so a ``context=True`` codec (the default)
+    binds values to ``table_name.column_name`` *as given here*. For the jobs to read and write
+    what the application does, that must be the name the models declare, schema included:
+    ``"core.customers"`` for a table declared with ``schema="core"``, ``"customers"`` for one
+    declared without, whatever the database's default schema is called.
 
     Raises:
         ConfigurationError: the table or the column does not exist, or ``codec`` is a
@@ -242,12 +242,12 @@ def reflect_column(
         )
     found = reflected.c[column_name]
     codec = codec or EncryptedText()
-    # The reflected column, retyped: attaching the codec gives it the column's context.
-    retyped: Column[Any] = Column(
-        column_name, codec, key=found.key, primary_key=found.primary_key, nullable=found.nullable
-    )
-    reflected.append_column(retyped, replace_existing=True)
-    return EncryptedColumn(retyped, codec, ("table", table_name))
+    # As encrypted_hybrid does for a plain column: SQLAlchemy's own way of telling a type which
+    # column it serves gives the codec the column's name as its context, and errors name it.
+    # The column keeps its reflected type, so a VARCHAR's length still limits what is written.
+    codec._set_parent(found)
+    found.info[COLUMN_INFO_KEY] = codec
+    return EncryptedColumn(found, codec, ("table", table_name))
 
 
 def portable(target: EncryptedColumn | IndexedColumn) -> tuple[Source, str]:
