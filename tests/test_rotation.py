@@ -88,8 +88,8 @@ def ring() -> Iterator[Keyring]:
     swap_default_keys(previous)
 
 
-def _under(keyring: Keyring, key_id: str, plaintext: str) -> str:
-    return encrypt(keyring.with_primary(key_id), plaintext.encode())
+def _under(keyring: Keyring, key_id: str, plaintext: str, context: str | None = None) -> str:
+    return encrypt(keyring.with_primary(key_id), plaintext.encode(), context=context)
 
 
 def _legacy(keyring: Keyring, key_id: str, plaintext: str) -> str:
@@ -109,15 +109,18 @@ def _make_table(engine: Engine, name: str = TABLE, *columns: Column[Any]) -> Tab
     return table
 
 
-def _mixed_rows(keyring: Keyring, count: int = 64) -> tuple[list[dict[str, Any]], dict[int, Any]]:
-    """Rows under k3 (primary), k2, k1, legacy tokens of two keys, plaintext, "" and NULL."""
+def _mixed_rows(
+    keyring: Keyring, count: int = 64, context: str = f"{TABLE}.email"
+) -> tuple[list[dict[str, Any]], dict[int, Any]]:
+    """Rows as the column writes them now (k3, bound to ``context``), unbound ones under k2
+    and k1 (written before binding), legacy tokens of two keys, plaintext, "" and NULL."""
     rows, expected = [], {}
     for i in range(count):
         plaintext = f"user{i}@example.com ü"
         kind = i % 8
         stored: str | None
         if kind == 0:
-            stored = _under(keyring, "k3", plaintext)
+            stored = _under(keyring, "k3", plaintext, context)
         elif kind == 1:
             stored = _under(keyring, "k2", plaintext)
         elif kind == 2:
@@ -153,8 +156,13 @@ def _stored(engine: Engine, table: Table) -> dict[Any, Any]:
         return {row[0]: row[-1] for row in conn.execute(select(table).order_by(*table.primary_key))}
 
 
+def _reader(table: Table, column: str = "email") -> EncryptedText:
+    """A type that reads the values of ``table.column`` as the column does, bound or not."""
+    return EncryptedText(context=f"{table.fullname}.{column}")
+
+
 def _decrypted(engine: Engine, table: Table, column: str = "email") -> dict[Any, Any]:
-    reader = EncryptedText()
+    reader = _reader(table, column)
     return {
         key: None if value is None else reader.decrypt_token(value).decode()
         for key, value in _stored(engine, table).items()
@@ -892,7 +900,7 @@ def test_sigkill_mid_run_then_rerun_converges(
     tokens = {
         i for i, v in stored.items() if v is not None and inspect_token(v).kind != "plaintext"
     }
-    reader = EncryptedText()
+    reader = _reader(table)
     assert {i: expected[i] for i in tokens} == {
         i: reader.decrypt_token(stored[i]).decode() for i in tokens
     }

@@ -677,7 +677,9 @@ def column_codec(column: Column[Any]) -> EncryptedType | None:
     """The :class:`EncryptedType` that opens a column's tokens, or None if it holds none.
 
     That is the column's own type, or the type a hybrid helper recorded in
-    ``column.info[COLUMN_INFO_KEY]`` on a plain text column.
+    ``column.info[COLUMN_INFO_KEY]`` on a plain text column. A recorded type that has not met
+    its column yet (one put in ``info`` by hand) is attached to it here, so that
+    ``context=True``, the default, binds it to the column's ``schema.table.column``.
 
     Raises:
         ConfigurationError: ``column.info[COLUMN_INFO_KEY]`` holds something else.
@@ -692,6 +694,8 @@ def column_codec(column: Column[Any]) -> EncryptedType | None:
             f"column {column.name!r}: info[{COLUMN_INFO_KEY!r}] must be an EncryptedType instance "
             f"such as EncryptedText(), not {type(codec).__name__}"
         )
+    if codec._context.pending and codec._attached_to is None:
+        codec._set_parent(column)
     return codec
 
 
