@@ -428,7 +428,10 @@ def test_key_ids_with_like_wildcards_and_case(engine: Engine) -> None:
         with engine.begin() as conn:
             conn.execute(
                 insert(table),
-                [{"id": i, "email": _under(keyring, k, "x")} for i, k in enumerate(keyring.ids)],
+                [
+                    {"id": i, "email": _under(keyring, k, "x", f"{TABLE}.email")}
+                    for i, k in enumerate(keyring.ids)
+                ],
             )
         found = jobs.status(engine, [_column(engine)]).columns[0]
         assert {"k_1": 1, "kx1": 1, "K_1": 1} == found.by_key

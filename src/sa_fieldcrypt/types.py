@@ -694,7 +694,7 @@ def column_codec(column: Column[Any]) -> EncryptedType | None:
             f"column {column.name!r}: info[{COLUMN_INFO_KEY!r}] must be an EncryptedType instance "
             f"such as EncryptedText(), not {type(codec).__name__}"
         )
-    if codec._context.pending and codec._attached_to is None:
+    if codec.context is True:
         codec._set_parent(column)
     return codec
 

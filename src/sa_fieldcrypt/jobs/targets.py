@@ -75,6 +75,9 @@ class _OnTable:
 class EncryptedColumn(_OnTable):
     """A stored column of encrypted values and the type that encrypts and decrypts it.
 
+    A ``context=True`` codec (the default) that no column has taken yet is attached to
+    ``column``, so it binds values to that column's ``schema.table.column``.
+
     Attributes:
         column: the table column that holds the tokens.
         codec: the column's :class:`~sa_fieldcrypt.EncryptedType` (its own type, or the one
@@ -86,6 +89,11 @@ class EncryptedColumn(_OnTable):
     column: Column[Any]
     codec: EncryptedType
     source: Source | None = None
+
+    def __post_init__(self) -> None:
+        if self.codec.context is True:
+            # A codec given by hand for a plain column: it binds to that column's name.
+            self.codec._set_parent(self.column)
 
     def _named(self) -> Column[Any]:
         return self.column
