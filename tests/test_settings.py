@@ -1,13 +1,12 @@
-"""Settings: FIELDCRYPT_KEYS, FIELD_ENCRYPTION_KEY, the blind-index keys, FIELDCRYPT_ALLOW_UNBOUND."""
+"""Settings: the keys (FIELDCRYPT_KEYS, FIELD_ENCRYPTION_KEY, blind-index), ALLOW_UNBOUND."""
 
 from __future__ import annotations
 
 import pytest
 from cryptography.fernet import Fernet
-
-import sa_fieldcrypt
 from sqlalchemy import Column, MetaData, Table
 
+import sa_fieldcrypt
 from sa_fieldcrypt import BlindIndex, ConfigurationError, EncryptedText, Keyring, generate_key
 from sa_fieldcrypt.cipher import decrypt, encrypt
 from sa_fieldcrypt.config import current_keyring, set_unbound_allowed, unbound_allowed
@@ -291,7 +290,7 @@ def test_configure_for_blind_index_overrides_settings(
 def test_allow_unbound_setting_decides_for_columns_that_do_not_say(
     no_default_keys: None, monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool
 ) -> None:
-    """FIELDCRYPT_ALLOW_UNBOUND (true unless set) decides whether bound columns read unbound tokens."""
+    """FIELDCRYPT_ALLOW_UNBOUND (true unless set) says if bound columns read unbound tokens."""
     if value is not None:
         monkeypatch.setenv("FIELDCRYPT_ALLOW_UNBOUND", value)
     set_unbound_allowed(None)

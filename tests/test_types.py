@@ -510,7 +510,7 @@ def test_strict_setting_refuses_planted_unbound_values(
 def test_strict_setting_leaves_opted_out_and_lenient_columns_reading(
     bound_db: Engine, strict_unbound: None
 ) -> None:
-    """Under the strict setting, context=False and allow_unbound=True columns read unbound tokens."""
+    """Strict by setting, context=False and allow_unbound=True columns still read unbound tokens."""
     with Session(bound_db) as session:
         session.add(Contact(id=1, plain="written unbound"))
         session.commit()

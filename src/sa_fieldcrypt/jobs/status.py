@@ -352,9 +352,9 @@ class StatusReport:
         lines += [f"  {problem}" for problem in problems]
         if self.to_bind:
             lines.append(
-                f"bind: {plural(self.to_bind, 'value')} not bound to its column yet; `fieldcrypt "
-                "rotate` binds whatever value a column holds, so check first that they are "
-                "the column's own"
+                f"bind: {plural(self.to_bind, 'value')} not bound to their column yet; "
+                "`fieldcrypt rotate` binds whatever value a column holds, so check first that "
+                "they are the column's own"
             )
         if self.indexes:
             left = sum(i.stale + (i.missing or 0) for i in self.indexes)
