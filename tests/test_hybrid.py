@@ -44,7 +44,7 @@ from sa_fieldcrypt import (
     normalize_email,
     normalize_phone,
 )
-from sa_fieldcrypt.cipher import decrypt, inspect_token
+from sa_fieldcrypt.cipher import decrypt, encrypt, inspect_token
 from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX
 from sa_fieldcrypt.types import COLUMN_INFO_KEY
@@ -772,7 +772,10 @@ def test_a_hybrid_assigned_after_the_class_body_keeps_its_index_and_names_itself
     )
     LateBase.metadata.create_all(db)
     try:
-        token = Customer(id=0, station_id=0, email="ada@example.com").email_encrypted
+        # A token as the column's own writes bind it (to fc_hyb_late.email_encrypted).
+        token = encrypt(
+            current_keyring(), b"ada@example.com", context="fc_hyb_late.email_encrypted"
+        )
         with Session(db) as session:
             session.add(Late(id=1, email_encrypted=token))  # never touches Late.email
             session.commit()

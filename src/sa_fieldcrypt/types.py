@@ -382,9 +382,10 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
 
     def _unattached_error(self) -> ConfigurationError:
         return ConfigurationError(
-            f"{type(self).__name__}(context=True) takes its context from the table column it "
-            "is attached to, and it is not attached to one; put it on a Column of a Table, or "
-            "give the context as a string"
+            f"{type(self).__name__}() binds its values to the schema.table.column it is "
+            "attached to (context=True, the default), and it is not attached to a table column; "
+            "put it on a Column of a Table, give the context as a string (context='name'), or "
+            "write unbound tokens with context=False"
         )
 
     def _type_error(self, value: object) -> ValueTypeError:
