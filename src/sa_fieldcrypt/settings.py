@@ -31,12 +31,6 @@ class FieldCryptSettings(BaseSettings):
         description="The keyring as `id:key,id:key`; the first entry encrypts "
         "unless FIELDCRYPT_PRIMARY_KEY_ID names another.",
     )
-    allow_unbound: bool = Field(
-        default=True,
-        description="Whether bound columns (every column, unless it says context=False) read "
-        "unbound tokens, written before the column was bound; set it to false once "
-        "`fieldcrypt rotate` has bound every value. A column's own allow_unbound= wins.",
-    )
     primary_key_id: str | None = Field(
         default=None, description="Id of the key in FIELDCRYPT_KEYS that encrypts new values."
     )
@@ -98,6 +92,14 @@ class FieldCryptSettings(BaseSettings):
         description="SQLAlchemy URL of the database the `fieldcrypt` data commands (status, "
         "rotate, verify, retire-key, reindex) work on when --db is not given. A secret: it "
         "may hold a password.",
+    )
+    allow_unbound: bool = Field(
+        default=True,
+        description="Whether bound columns (every column, unless it says context=False) read "
+        "unbound values: tokens written before the column was bound, and bare legacy tokens. "
+        "Set it to false once `fieldcrypt rotate` has bound every value (`fieldcrypt status` "
+        "counts none unbound): such values copied in from elsewhere are then refused, and "
+        "rotate reports them instead of binding them. A column's own allow_unbound= wins.",
     )
 
 
