@@ -713,6 +713,34 @@ def test_mixin_context_true_binds_each_table_to_its_own_column(
         vendor.email  # noqa: B018  # the getter decrypts
 
 
+def test_a_hybrid_over_a_plain_column_binds_to_it_by_default(
+    keyring: Keyring, index_keyring: Keyring
+) -> None:
+    """The default EncryptedText() of a hybrid binds to its column; context=False opts out."""
+    customer = Customer(id=1, station_id=1, email="ada@example.com", alt_email="ada@example.com")
+    token = customer.email_encrypted or ""
+    assert inspect_token(token).bound
+    assert (
+        "fc_hyb_customers.email_encrypted"
+        == Customer.__table__.c.email_encrypted.info[COLUMN_INFO_KEY].context
+    )
+    assert b"ada@example.com" == decrypt(keyring, token, context="fc_hyb_customers.email_encrypted")
+    customer.email_encrypted = customer.alt_email_encrypted  # copied from the other column
+    with pytest.raises(DecryptionError, match=r"fc_hyb_customers\.email_encrypted"):
+        customer.email  # noqa: B018  # the getter decrypts
+
+    class Local(DeclarativeBase):
+        pass
+
+    class Unbound(Local):
+        __tablename__ = "fc_hyb_unbound"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        email_encrypted: Mapped[str | None] = mapped_column(Text)
+        email = encrypted_hybrid("email_encrypted", column_type=EncryptedText(context=False))
+
+    assert not inspect_token(Unbound(email="ada@example.com").email_encrypted or "").bound
+
+
 LATE_MODELS = """
 from sqlalchemy import String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column

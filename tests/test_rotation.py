@@ -1252,12 +1252,18 @@ TARGET = ["--table", TABLE, "--column", "email"]
 
 
 def test_cli_status_prints_counts_and_json(sqlite_env: tuple[Engine, Table, Keyring]) -> None:
-    """status prints per-key counts; --json prints the same as data."""
+    """status prints per-key and unbound counts; --json prints the same as data."""
     result = CliRunner().invoke(cli, ["status", *TARGET])
     assert 0 == result.exit_code, result.output
     assert "fc_rot_mixed.email  (16 rows; primary key id 'k3')" in result.output
+    assert f"  {'unbound, of the keys above':<28} {4:>12}  not bound" in result.output
     data = json.loads(CliRunner().invoke(cli, ["status", *TARGET, "--json"]).output)
     assert {"k3": 2, "k2": 2, "k1": 2} == data["columns"][0]["by_key"]
+    assert (4, {"k2": 2, "k1": 2}, False) == (
+        data["columns"][0]["unbound"],
+        data["columns"][0]["unbound_by_key"],
+        data["bound"],
+    )
 
 
 def test_cli_rotate_then_verify(sqlite_env: tuple[Engine, Table, Keyring]) -> None:
