@@ -9,9 +9,9 @@
   (``...`` matches anything, runs of whitespace are equal); a command shown without output
   may print anything. A command must succeed, unless its line ends with ``# exit status N``.
   ``export NAME=value`` sets a variable (for the rest of the file), and like a restart makes
-  the keys and settings be read again; ``fieldcrypt ...`` runs in-process through click's test runner, reading
-  the settings as a new process would; any other command runs in a subprocess. ``$NAME``,
-  ``${NAME}`` and ``$(fieldcrypt ...)`` expand as a shell expands them.
+  the keys and settings be read again; ``fieldcrypt ...`` runs in-process through click's
+  test runner, reading the settings as a new process would; any other command runs in a
+  subprocess. ``$NAME``, ``${NAME}`` and ``$(fieldcrypt ...)`` expand as a shell expands them.
 - Other blocks (```sh, ```text) are shown, not run.
 
 ``DATABASE_URL`` names a database of the file's own: an SQLite file, or for the files listed
