@@ -1122,6 +1122,18 @@ def test_rotate_of_an_opted_out_column_keeps_its_tokens_unbound(
     table.metadata.drop_all(engine)
 
 
+def test_workers_refuse_a_reflected_column_with_a_codec_of_its_own(
+    unbound: tuple[Engine, Table],
+) -> None:
+    """A strict codec given to reflect_column cannot be lost in worker processes: they refuse."""
+    engine, table = unbound
+    before = _stored(engine, table)
+    column = jobs.reflect_column(engine, TABLE, "email", EncryptedText(allow_unbound=False))
+    with pytest.raises(ConfigurationError, match="use workers=1"):
+        jobs.rotate(engine, [column], workers=2)
+    assert before == _stored(engine, table)
+
+
 def test_reflect_column_binds_to_the_name_as_given() -> None:
     """reflect_column's codec is bound to [schema.]table.column as named, as the models are."""
     engine = create_engine("sqlite://")

@@ -232,7 +232,9 @@ def reflect_column(
     binds values to ``table_name.column_name`` *as given here*. For the jobs to read and write
     what the application does, that must be the name the models declare, schema included:
     ``"core.customers"`` for a table declared with ``schema="core"``, ``"customers"`` for one
-    declared without, whatever the database's default schema is called.
+    declared without, whatever the database's default schema is called. A column reflected
+    with a ``codec`` of its own is for one-process runs (``workers=1``): worker processes
+    reflect the table again, and would not know the codec.
 
     Raises:
         ConfigurationError: the table or the column does not exist, or ``codec`` is a
@@ -249,13 +251,16 @@ def reflect_column(
             f"(columns: {', '.join(c.name for c in reflected.columns)})"
         )
     found = reflected.c[column_name]
+    # Worker processes reflect the table again with the default codec: a codec given here
+    # (strict, with another context, reading plaintext) would not reach them.
+    source: Source | None = ("table", table_name) if codec is None else None
     codec = codec or EncryptedText()
     # As encrypted_hybrid does for a plain column: SQLAlchemy's own way of telling a type which
     # column it serves gives the codec the column's name as its context, and errors name it.
     # The column keeps its reflected type, so a VARCHAR's length still limits what is written.
     codec._set_parent(found)
     found.info[COLUMN_INFO_KEY] = codec
-    return EncryptedColumn(found, codec, ("table", table_name))
+    return EncryptedColumn(found, codec, source)
 
 
 def portable(target: EncryptedColumn | IndexedColumn) -> tuple[Source, str]:
