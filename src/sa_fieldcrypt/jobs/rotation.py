@@ -8,11 +8,12 @@
 
     engine = create_engine(url, hide_parameters=True)
     columns = find_columns("myapp.models")     # every encrypted column of the models
-    print(status(engine, columns))             # rows per key id, legacy, plaintext, NULL
-    report = rotate(engine, columns)           # re-encrypt under the primary key
+    print(status(engine, columns))             # rows per key id, unbound, legacy, plaintext...
+    report = rotate(engine, columns)           # re-encrypt under the primary key, bound
     assert report.ok
 
-Rotation selects, in SQL, only values *not* under the primary key, so a rerun never decrypts
+Rotation selects, in SQL, only values *not* as the column writes them now (under the primary
+key, and bound to the column unless it says ``context=False``), so a rerun never decrypts
 what an earlier run finished: it is resumable and idempotent, whatever stopped it. Values are
 re-encrypted through the column's own type: the decrypted bytes are encrypted again as they
 are, never turned into Python values. Everything else (batches, compare-and-swap, workers,
@@ -231,10 +232,12 @@ def rotate(
     workers: int = 1,
     **options: Any,
 ) -> RunReport:
-    """Re-encrypt every value of ``columns`` that is not under its primary key.
+    """Re-encrypt every value of ``columns`` that is not under its primary key, or not bound.
 
-    Safe to run while the application writes, to stop at any moment and to run again.
-    ``encrypt_plaintext`` also encrypts values stored as plaintext. The other arguments
+    A bound column's unbound and legacy tokens are rewritten bound, or, in a strict column,
+    reported as failures and left (see :func:`rotation_job`). Safe to run while the
+    application writes, to stop at any moment and to run again. ``encrypt_plaintext`` also
+    encrypts values stored as plaintext. The other arguments
     (``batch_size``, ``dry_run``, ``fail_fast``, ``shard``, ``state``, ``listener``,
     ``before_write``) are those of :func:`~sa_fieldcrypt.jobs.run_job`.
 

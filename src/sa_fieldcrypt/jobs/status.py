@@ -6,12 +6,16 @@
     from sa_fieldcrypt.jobs import find_columns, find_indexes, status
 
     report = status(engine, find_columns("app.models"), find_indexes("app.models"))
-    print(report)                 # per column: rows per key id, legacy, plaintext, NULL
+    print(report)                 # per column: rows per key id, unbound, legacy, plaintext, NULL
     report.ready                  # False while a value names a key the keyring lacks
+    report.bound                  # False while a bound column holds values not bound yet
 
 Encrypted columns are counted by the header of each stored value, blind-index columns by the
 key id in front of each index value, both with one ``GROUP BY`` query per column: nothing is
-decrypted, so a status of a large table is cheap and safe to run at any time.
+decrypted, so a status of a large table is cheap and safe to run at any time. The header also
+says whether a token is bound to its column: in a bound column (every column that does not
+say ``context=False``) the tokens that are not are counted as unbound, which rotation binds,
+whatever they are; a strict column refuses them.
 
 A legacy token (a bare Fernet token, without the ``fc1:<key id>:`` header) names no key, so it
 is counted as "legacy, key unknown" and charged to no key: every key of its column's keyring
@@ -109,7 +113,7 @@ class ColumnStatus:
     def pending(self) -> int:
         """Tokens ``rotate`` would still re-encrypt (or report as undecryptable).
 
-        In a column with a context that includes the unbound tokens under the primary key:
+        In a column with a context, that includes the unbound tokens under the primary key:
         rotation binds them (or, in a strict column, reports them).
         """
         old = sum(n for key_id, n in self.by_key.items() if key_id != self.primary)
