@@ -20,7 +20,7 @@ from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from sa_fieldcrypt import Keyring
-from sa_fieldcrypt.config import swap_default_keys
+from sa_fieldcrypt.config import set_unbound_allowed, swap_default_keys
 
 pytest_plugins = ["pytester"]
 
@@ -129,6 +129,14 @@ def no_default_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     swap_default_keys(previous)
     swap_default_keys(previous_index_keys, purpose="blind-index")
+
+
+@pytest.fixture
+def strict_unbound() -> Iterator[None]:
+    """FIELDCRYPT_ALLOW_UNBOUND=false for the test: bound columns that do not say are strict."""
+    set_unbound_allowed(False)
+    yield
+    set_unbound_allowed(None)
 
 
 @pytest.fixture

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Column, Engine, MetaData, Table, create_engine, inspect
 from sqlalchemy import types as sa_types
 from sqlalchemy.dialects import mysql
 
+import sa_fieldcrypt
 from conftest import CONNECT_ARGS, server_url
-from sa_fieldcrypt import EncryptedText
-from sa_fieldcrypt.alembic import compare_type
+from sa_fieldcrypt import EncryptedJSON, EncryptedText, EncryptedType
+from sa_fieldcrypt.alembic import compare_type, render_item
 
 MODELS = """
 from typing import Any
@@ -36,6 +37,10 @@ class Customer(Base):
     email: Mapped[str] = mapped_column("email_encrypted", EncryptedText())
     avatar: Mapped[bytes | None] = mapped_column(EncryptedBytes())
     prefs: Mapped[Any] = mapped_column(EncryptedJSON(), nullable=True)
+    notes: Mapped[str | None] = mapped_column(EncryptedText(context=False), nullable=True)
+    phone: Mapped[str | None] = mapped_column(
+        EncryptedText(context="crm.phone", allow_unbound=False), nullable=True
+    )
 """
 
 ENV = """
@@ -102,6 +107,8 @@ def test_autogenerate_renders_types_with_import_then_no_drift(
     assert "sa_fieldcrypt.EncryptedText()" in first
     assert "sa_fieldcrypt.EncryptedBytes()" in first
     assert "sa_fieldcrypt.EncryptedJSON()" in first
+    assert "sa_fieldcrypt.EncryptedText(context=False)" in first
+    assert "sa_fieldcrypt.EncryptedText(context='crm.phone', allow_unbound=False)" in first
 
     command.upgrade(config, "head")
     assert "fc_alembic_customers" in inspect(engine).get_table_names()
@@ -132,3 +139,38 @@ def test_compare_type_accepts_only_unbounded_text(
 def test_compare_type_defers_other_types() -> None:
     """Columns that are not ours are left to Alembic's own comparison."""
     assert compare_type(None, None, None, sa_types.Text(), sa_types.Text()) is None
+
+
+class _AutogenContext:
+    """Stands in for the context Alembic passes to render_item."""
+
+    def __init__(self) -> None:
+        self.imports: set[str] = set()
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        EncryptedText(),
+        EncryptedText(context=False),
+        EncryptedText(context="crm.notes", allow_unbound=False),
+        EncryptedJSON(allow_unbound=True),
+    ],
+    ids=["bound", "unbound", "named-strict", "lenient"],
+)
+def test_render_item_renders_types_as_declared(declared: EncryptedType) -> None:
+    """A rendered type, evaluated in a migration, is the type the model declares."""
+    rendered = render_item("type", declared, _AutogenContext())
+    assert isinstance(rendered, str)
+    rebuilt = eval(rendered, {"sa_fieldcrypt": sa_fieldcrypt})  # noqa: S307 - our own output
+    assert (type(declared), repr(declared)) == (type(rebuilt), repr(rebuilt))
+    assert (declared.context, declared.allow_unbound) == (rebuilt.context, rebuilt.allow_unbound)
+
+
+def test_render_item_renders_an_attached_type_as_declared() -> None:
+    """A type on a table renders without its column's name: the migration's type binds alike."""
+    table = Table("fc_alembic_named", MetaData(), Column("email", EncryptedText()))
+    assert "fc_alembic_named.email" == table.c.email.type.context
+    assert "sa_fieldcrypt.EncryptedText()" == render_item(
+        "type", table.c.email.type, _AutogenContext()
+    )

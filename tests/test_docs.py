@@ -8,10 +8,10 @@
   continues it); the lines under it are what it prints, compared as doctest compares them
   (``...`` matches anything, runs of whitespace are equal); a command shown without output
   may print anything. A command must succeed, unless its line ends with ``# exit status N``.
-  ``export NAME=value`` sets a variable, and like a restart makes the keys be read from the
-  settings again; ``fieldcrypt ...`` runs in-process through click's test runner, reading
-  the settings as a new process would; any other command runs in a subprocess. ``$NAME``,
-  ``${NAME}`` and ``$(fieldcrypt ...)`` expand as a shell expands them.
+  ``export NAME=value`` sets a variable (for the rest of the file), and like a restart makes
+  the keys and settings be read again; ``fieldcrypt ...`` runs in-process through click's
+  test runner, reading the settings as a new process would; any other command runs in a
+  subprocess. ``$NAME``, ``${NAME}`` and ``$(fieldcrypt ...)`` expand as a shell expands them.
 - Other blocks (```sh, ```text) are shown, not run.
 
 ``DATABASE_URL`` names a database of the file's own: an SQLite file, or for the files listed
@@ -38,7 +38,7 @@ import sa_fieldcrypt
 from conftest import scratch_database_url
 from sa_fieldcrypt import Keyring, generate_key
 from sa_fieldcrypt.cli import cli
-from sa_fieldcrypt.config import swap_default_keys
+from sa_fieldcrypt.config import set_unbound_allowed, swap_default_keys
 from sa_fieldcrypt.providers.base import KeyCache
 from sa_fieldcrypt.testing import temporary_keys
 
@@ -79,6 +79,7 @@ def test_code_blocks_run(
     module = types.ModuleType(f"docs_{path.stem.replace('-', '_')}")
     monkeypatch.setitem(sys.modules, module.__name__, module)
     shell = _Shell(tmp_path)
+    environment = dict(os.environ)  # what the file's `export` lines change, put back after
     index_keyring = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
     with (
         temporary_keys(Keyring({"k1": generate_key()})),
@@ -96,6 +97,9 @@ def test_code_blocks_run(
                     code = compile(text, name, "exec", dont_inherit=True)
                     exec(code, module.__dict__)  # noqa: S102 -- running our docs is the point
         finally:
+            os.environ.clear()
+            os.environ.update(environment)
+            _restart_settings()
             _forget_modules_under(tmp_path)
             for value in list(module.__dict__.values()):
                 if isinstance(value, Engine):
@@ -142,6 +146,7 @@ class _Shell:
                 os.environ[variable] = value
             # As a restarted application does, the next use of keys reads the settings again.
             _swap_all_default_keys()
+            _restart_settings()
             status, output = 0, ""
         elif words[0] == "fieldcrypt":
             result = self.fieldcrypt(words[1:])
@@ -172,6 +177,7 @@ class _Shell:
     def fieldcrypt(self, args: list[str]) -> Result:
         """Run the command line in-process with the settings a new process would read."""
         saved = _swap_all_default_keys()
+        _restart_settings()
         try:
             return CliRunner().invoke(cli, args, catch_exceptions=False)
         finally:
@@ -216,6 +222,11 @@ def _commands(text: str) -> Iterator[tuple[str, str]]:
             output.append(line)
     if command is not None:
         yield command, "\n".join(output) + "\n"
+
+
+def _restart_settings() -> None:
+    """Forget the settings read other than keys, as a new process would not have them."""
+    set_unbound_allowed(None)
 
 
 def _swap_all_default_keys(saved: _Defaults = (None, None)) -> _Defaults:

@@ -130,14 +130,15 @@ def postgresql() -> Iterator[Engine]:
 
 
 def _add_rows(engine: Engine, keys: Keys, start: int, count: int) -> None:
-    """Rows at version 0: a tenth under k3, the rest under k1, k2 or legacy bare Fernet."""
+    """Rows at version 0: a tenth under k3 as the column writes them (bound to its name), the
+    rest written before it was bound: under k1, k2 or legacy bare Fernet."""
     legacy = Fernet(keys.legacy)
     rows = []
     for row_id in range(start, start + count):
         plaintext = email_of(row_id, 0).encode()
         kind = row_id % 10
         if kind == 0:
-            token = encrypt(keys.ring.with_primary("k3"), plaintext)
+            token = encrypt(keys.ring.with_primary("k3"), plaintext, context=f"{TABLE}.email")
         elif kind < 4:
             token = encrypt(keys.ring.with_primary("k1"), plaintext)
         elif kind < 6:
@@ -154,7 +155,7 @@ class Rows:
     """What the table holds, every value decrypted and checked against its version."""
 
     versions: dict[int, int]
-    pending: int  # values not under the primary key
+    pending: int  # values rotation still rewrites: not under the primary key, or unbound
     # The first row still under k1 or a legacy token, which the writer never writes: how far
     # the rotation has got.
     cursor: int | None
@@ -172,7 +173,7 @@ def _check_rows(engine: Engine) -> Rows:
     cursor = None
     for row_id, _, _, stored in found:
         info = inspect_token(stored)
-        if info.kind == "legacy" or info.key_id != PRIMARY_KEY_ID:
+        if info.kind == "legacy" or info.key_id != PRIMARY_KEY_ID or not info.bound:
             pending += 1
         if cursor is None and (info.kind == "legacy" or info.key_id == "k1"):
             cursor = row_id

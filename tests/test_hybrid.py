@@ -45,7 +45,7 @@ from sa_fieldcrypt import (
     normalize_email,
     normalize_phone,
 )
-from sa_fieldcrypt.cipher import decrypt, inspect_token
+from sa_fieldcrypt.cipher import decrypt, encrypt, inspect_token
 from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX
 from sa_fieldcrypt.types import COLUMN_INFO_KEY
@@ -714,6 +714,34 @@ def test_mixin_context_true_binds_each_table_to_its_own_column(
         vendor.email  # noqa: B018  # the getter decrypts
 
 
+def test_a_hybrid_over_a_plain_column_binds_to_it_by_default(
+    keyring: Keyring, index_keyring: Keyring
+) -> None:
+    """The default EncryptedText() of a hybrid binds to its column; context=False opts out."""
+    customer = Customer(id=1, station_id=1, email="ada@example.com", alt_email="ada@example.com")
+    token = customer.email_encrypted or ""
+    assert inspect_token(token).bound
+    assert (
+        "fc_hyb_customers.email_encrypted"
+        == Customer.__table__.c.email_encrypted.info[COLUMN_INFO_KEY].context
+    )
+    assert b"ada@example.com" == decrypt(keyring, token, context="fc_hyb_customers.email_encrypted")
+    customer.email_encrypted = customer.alt_email_encrypted  # copied from the other column
+    with pytest.raises(DecryptionError, match=r"fc_hyb_customers\.email_encrypted"):
+        customer.email  # noqa: B018  # the getter decrypts
+
+    class Local(DeclarativeBase):
+        pass
+
+    class Unbound(Local):
+        __tablename__ = "fc_hyb_unbound"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        email_encrypted: Mapped[str | None] = mapped_column(Text)
+        email = encrypted_hybrid("email_encrypted", column_type=EncryptedText(context=False))
+
+    assert not inspect_token(Unbound(email="ada@example.com").email_encrypted or "").bound
+
+
 LATE_MODELS = """
 from sqlalchemy import String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -773,7 +801,10 @@ def test_a_hybrid_assigned_after_the_class_body_keeps_its_index_and_names_itself
     )
     LateBase.metadata.create_all(db)
     try:
-        token = Customer(id=0, station_id=0, email="ada@example.com").email_encrypted
+        # A token as the column's own writes bind it (to fc_hyb_late.email_encrypted).
+        token = encrypt(
+            current_keyring(), b"ada@example.com", context="fc_hyb_late.email_encrypted"
+        )
         with Session(db) as session:
             session.add(Late(id=1, email_encrypted=token))  # never touches Late.email
             session.commit()

@@ -31,6 +31,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    type_coerce,
     update,
 )
 from sqlalchemy import types as sa_types
@@ -88,8 +89,8 @@ def ring() -> Iterator[Keyring]:
     swap_default_keys(previous)
 
 
-def _under(keyring: Keyring, key_id: str, plaintext: str) -> str:
-    return encrypt(keyring.with_primary(key_id), plaintext.encode())
+def _under(keyring: Keyring, key_id: str, plaintext: str, context: str | None = None) -> str:
+    return encrypt(keyring.with_primary(key_id), plaintext.encode(), context=context)
 
 
 def _legacy(keyring: Keyring, key_id: str, plaintext: str) -> str:
@@ -109,15 +110,18 @@ def _make_table(engine: Engine, name: str = TABLE, *columns: Column[Any]) -> Tab
     return table
 
 
-def _mixed_rows(keyring: Keyring, count: int = 64) -> tuple[list[dict[str, Any]], dict[int, Any]]:
-    """Rows under k3 (primary), k2, k1, legacy tokens of two keys, plaintext, "" and NULL."""
+def _mixed_rows(
+    keyring: Keyring, count: int = 64, context: str = f"{TABLE}.email"
+) -> tuple[list[dict[str, Any]], dict[int, Any]]:
+    """Rows as the column writes them now (k3, bound to ``context``), unbound ones under k2
+    and k1 (written before binding), legacy tokens of two keys, plaintext, "" and NULL."""
     rows, expected = [], {}
     for i in range(count):
         plaintext = f"user{i}@example.com ü"
         kind = i % 8
         stored: str | None
         if kind == 0:
-            stored = _under(keyring, "k3", plaintext)
+            stored = _under(keyring, "k3", plaintext, context)
         elif kind == 1:
             stored = _under(keyring, "k2", plaintext)
         elif kind == 2:
@@ -153,8 +157,13 @@ def _stored(engine: Engine, table: Table) -> dict[Any, Any]:
         return {row[0]: row[-1] for row in conn.execute(select(table).order_by(*table.primary_key))}
 
 
+def _reader(table: Table, column: str = "email") -> EncryptedText:
+    """A type that reads the values of ``table.column`` as the column does, bound or not."""
+    return EncryptedText(context=f"{table.fullname}.{column}")
+
+
 def _decrypted(engine: Engine, table: Table, column: str = "email") -> dict[Any, Any]:
-    reader = EncryptedText()
+    reader = _reader(table, column)
     return {
         key: None if value is None else reader.decrypt_token(value).decode()
         for key, value in _stored(engine, table).items()
@@ -420,7 +429,10 @@ def test_key_ids_with_like_wildcards_and_case(engine: Engine) -> None:
         with engine.begin() as conn:
             conn.execute(
                 insert(table),
-                [{"id": i, "email": _under(keyring, k, "x")} for i, k in enumerate(keyring.ids)],
+                [
+                    {"id": i, "email": _under(keyring, k, "x", f"{TABLE}.email")}
+                    for i, k in enumerate(keyring.ids)
+                ],
             )
         found = jobs.status(engine, [_column(engine)]).columns[0]
         assert {"k_1": 1, "kx1": 1, "K_1": 1} == found.by_key
@@ -892,7 +904,7 @@ def test_sigkill_mid_run_then_rerun_converges(
     tokens = {
         i for i, v in stored.items() if v is not None and inspect_token(v).kind != "plaintext"
     }
-    reader = EncryptedText()
+    reader = _reader(table)
     assert {i: expected[i] for i in tokens} == {
         i: reader.decrypt_token(stored[i]).decode() for i in tokens
     }
@@ -905,6 +917,242 @@ def test_sigkill_mid_run_then_rerun_converges(
     jobs.rotate(engine, [_column(engine)], encrypt_plaintext=True)
     assert expected == _decrypted(engine, table)
     assert 0 == jobs.status(engine, [_column(engine)]).columns[0].pending
+
+
+# -- binding: unbound values in bound columns ---------------------------------------------
+
+BOUND = f"{TABLE}.email"
+
+
+@pytest.fixture
+def unbound(engine: Engine, ring: Keyring) -> Iterator[tuple[Engine, Table]]:
+    """A table as an earlier version left it, now read bound: rows 1-4 unbound (under the
+    primary k3 and the old k2), rows 5-6 legacy, rows 7-8 bound as the column writes, 9 NULL."""
+    table = _make_table(engine)
+    rows = [
+        {"id": 1, "email": _under(ring, "k3", "u1")},
+        {"id": 2, "email": _under(ring, "k3", "u2")},
+        {"id": 3, "email": _under(ring, "k2", "u3")},
+        {"id": 4, "email": _under(ring, "k2", "u4")},
+        {"id": 5, "email": _legacy(ring, "k1", "u5")},
+        {"id": 6, "email": _legacy(ring, "k3", "u6")},
+        {"id": 7, "email": _under(ring, "k3", "u7", BOUND)},
+        {"id": 8, "email": _under(ring, "k2", "u8", BOUND)},
+        {"id": 9, "email": None},
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+    yield engine, table
+    table.metadata.drop_all(engine)
+
+
+EXPECTED = {**{i: f"u{i}" for i in range(1, 9)}, 9: None}
+
+
+def test_status_counts_unbound_values_of_a_bound_column(unbound: tuple[Engine, Table]) -> None:
+    """status counts unbound tokens per column, in SQL and by reading; rotation needs them."""
+    engine, _ = unbound
+    for in_sql in (True, False):
+        report = jobs.status(engine, [_column(engine)], in_sql=in_sql)
+        (found,) = report.columns
+        assert (BOUND, False) == (found.context, found.strict)
+        assert ({"k3": 3, "k2": 3}, {"k3": 2, "k2": 2}, 4) == (
+            found.by_key,
+            found.unbound_by_key,
+            found.unbound,
+        )
+        assert 2 + 3 + 2 == found.pending  # unbound under k3, all of k2, legacy
+        assert (True, False, 6) == (report.ready, report.bound, report.to_bind)
+        data = report.to_dict()
+        assert (4, 7, False) == (
+            data["columns"][0]["unbound"],
+            data["columns"][0]["pending"],
+            data["bound"],
+        )
+    text = report.describe()
+    assert (
+        f"  {'unbound, of the keys above':<28} {4:>12}  "
+        "not bound to the column: rotate binds these\n"
+    ) in text
+    assert "bind: 6 values not bound to their column yet" in text
+
+
+def test_rotate_binds_unbound_and_legacy_values(unbound: tuple[Engine, Table]) -> None:
+    """A plain rotate rewrites unbound and legacy tokens bound to the column; values stay."""
+    engine, table = unbound
+    report = jobs.rotate(engine, [_column(engine)], batch_size=3)
+    assert (7, 0, True) == (report.written, report.failed, report.ok)
+    stored = _stored(engine, table)
+    assert all(inspect_token(v).bound for v in stored.values() if v is not None)
+    assert EXPECTED == _decrypted(engine, table)
+    report_after = jobs.status(engine, [_column(engine)])
+    (found,) = report_after.columns
+    assert ({"k3": 8}, 0, 0, True) == (
+        found.by_key,
+        found.unbound,
+        found.pending,
+        report_after.bound,
+    )
+    assert "unbound" not in report_after.describe()
+    assert 0 == jobs.rotate(engine, [_column(engine)]).scanned
+
+
+def _strict_column(engine: Engine, how: str) -> jobs.EncryptedColumn:
+    """The column made strict by its own allow_unbound=False, or by the process setting."""
+    if how == "column":
+        return jobs.reflect_column(engine, TABLE, "email", EncryptedText(allow_unbound=False))
+    sa_fieldcrypt.config.set_unbound_allowed(False)
+    return _column(engine)
+
+
+@pytest.fixture(params=["column", "setting"])
+def strictly(request: pytest.FixtureRequest) -> Iterator[str]:
+    """How a column is made strict: allow_unbound=False, or FIELDCRYPT_ALLOW_UNBOUND=false."""
+    yield request.param
+    sa_fieldcrypt.config.set_unbound_allowed(None)
+
+
+def test_rotate_under_the_strict_switch_never_binds_unbound_values(
+    unbound: tuple[Engine, Table], strictly: str
+) -> None:
+    """Strict: every unbound or legacy value is a failure of rotate, left as it is; bound
+    values under old keys still rotate."""
+    engine, table = unbound
+    before = _stored(engine, table)
+    column = _strict_column(engine, strictly)
+    report = jobs.rotate(engine, [column])
+    assert (1, 6, False) == (report.written, report.failed, report.ok)
+    failures = report.jobs[0].failures
+    assert [(("id", i),) for i in range(1, 7)] == [f.primary_key for f in failures]
+    for failure in failures:
+        assert "not bound to the column's context" in failure.reason
+        assert "rotation does not bind it" in failure.reason
+        assert "u" + str(failure.primary_key[0][1]) not in str(failure).split(": ", 1)[1]
+    after = _stored(engine, table)
+    assert {i: before[i] for i in range(1, 7)} == {i: after[i] for i in range(1, 7)}
+    assert inspect_token(after[8]).bound
+    assert ("k3", b"u8") == (inspect_token(after[8]).key_id, _reader(table).decrypt_token(after[8]))
+
+
+def test_status_and_verify_under_the_strict_switch_name_the_refused_values(
+    unbound: tuple[Engine, Table], strictly: str
+) -> None:
+    """Strict: status is not ready while a column holds values it refuses; verify names them."""
+    engine, _ = unbound
+    column = _strict_column(engine, strictly)
+    report = jobs.status(engine, [column])
+    (found,) = report.columns
+    assert (True, 6, False, 0) == (found.strict, found.refused, report.ready, report.to_bind)
+    text = report.describe()
+    assert "refused: the column is strict, and rotate does not bind these" in text
+    assert "bare Fernet tokens: refused, as the column is strict" in text
+    assert f"{BOUND}: 6 values not bound to the column (unbound or legacy tokens)" in text
+    checked = jobs.verify(engine, [column])
+    assert [(("id", i),) for i in range(1, 7)] == [f.primary_key for f in checked.jobs[0].failures]
+
+
+def test_a_planted_unbound_token_is_refused_under_the_strict_switch(
+    engine: Engine, ring: Keyring, strictly: str
+) -> None:
+    """Once bound and strict, a token copied in from an unbound column reads nowhere: not
+    through the column, not through rotate (which would launder it into a bound one)."""
+    table = _make_table(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": 1, "email": _under(ring, "k3", "mine", BOUND)}])
+    assert 0 == jobs.rotate(engine, [_column(engine)]).scanned
+    planted = _under(ring, "k3", "planted")  # as another, unbound column holds it
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": 2, "email": planted}])
+    column = _strict_column(engine, strictly)
+    with engine.connect() as conn, pytest.raises(sa_fieldcrypt.DecryptionError):
+        conn.execute(select(_read_through(column)).where(column.table.c.id == 2)).scalar_one()
+    report = jobs.rotate(engine, [column])
+    assert (0, 1) == (report.written, report.failed)
+    assert planted == _stored(engine, table)[2]
+    table.metadata.drop_all(engine)
+
+
+def _read_through(target: jobs.EncryptedColumn) -> Any:
+    """The target's column, read through its codec as the models read it."""
+    return type_coerce(target.column, target.codec)
+
+
+def test_workers_follow_the_strict_setting_of_their_parent(
+    postgresql_engine: Engine, ring: Keyring, strict_unbound: None
+) -> None:
+    """Worker processes decide as the process that started them: strict, they bind nothing."""
+    engine = postgresql_engine
+    table = _make_table(engine, "fc_rot_strict_workers")
+    rows = [{"id": i, "email": _under(ring, "k2", "x")} for i in range(20)]
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+    try:
+        column = _column(engine, "fc_rot_strict_workers")
+        report = jobs.rotate(engine, [column], workers=2, batch_size=5)
+        assert (0, 20) == (report.written, report.failed)
+    finally:
+        table.metadata.drop_all(engine)
+
+
+def test_rotate_of_an_opted_out_column_keeps_its_tokens_unbound(
+    engine: Engine, ring: Keyring
+) -> None:
+    """context=False: rotation moves old keys to the primary, unbound; status flags bound ones."""
+    table = _make_table(engine)
+    rows = [
+        {"id": 1, "email": _under(ring, "k3", "a")},
+        {"id": 2, "email": _under(ring, "k2", "b")},
+        {"id": 3, "email": _under(ring, "k3", "c", BOUND)},
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+    column = jobs.reflect_column(engine, TABLE, "email", EncryptedText(context=False))
+    report = jobs.status(engine, [column])
+    (found,) = report.columns
+    assert (None, 0, 1, 1) == (found.context, found.unbound, found.bound_elsewhere, found.pending)
+    assert not report.ready
+    assert "which this column (context=False) cannot read" in report.describe()
+    assert (1, 0) == (
+        jobs.rotate(engine, [column]).written,
+        jobs.status(engine, [column]).columns[0].pending,
+    )
+    stored = _stored(engine, table)
+    assert (False, False, True) == tuple(inspect_token(stored[i]).bound for i in (1, 2, 3))
+    assert "fc1:k3:" == stored[2][:7]
+    table.metadata.drop_all(engine)
+
+
+def test_workers_refuse_a_reflected_column_with_a_codec_of_its_own(
+    unbound: tuple[Engine, Table],
+) -> None:
+    """A strict codec given to reflect_column cannot be lost in worker processes: they refuse."""
+    engine, table = unbound
+    before = _stored(engine, table)
+    column = jobs.reflect_column(engine, TABLE, "email", EncryptedText(allow_unbound=False))
+    with pytest.raises(ConfigurationError, match="use workers=1"):
+        jobs.rotate(engine, [column], workers=2)
+    assert before == _stored(engine, table)
+
+
+def test_reflect_column_binds_to_the_name_as_given() -> None:
+    """reflect_column's codec is bound to [schema.]table.column as named, as the models are."""
+    engine = create_engine("sqlite://")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE fc_rot_named (id INTEGER PRIMARY KEY, email TEXT)"))
+    target = jobs.reflect_column(engine, "fc_rot_named", "email")
+    assert ("fc_rot_named.email", "fc_rot_named.email") == (target.codec.context, target.label)
+    own = jobs.reflect_column(engine, "fc_rot_named", "email", EncryptedText(context="crm.email"))
+    assert "crm.email" == own.codec.context
+    engine.dispose()
+
+
+def test_a_hand_built_target_binds_to_its_column() -> None:
+    """EncryptedColumn(column, EncryptedText()) binds to the column's name, as a model would."""
+    table = Table(
+        "fc_rot_by_hand", MetaData(), Column("id", Integer, primary_key=True), Column("email", Text)
+    )
+    target = jobs.EncryptedColumn(table.c.email, EncryptedText())
+    assert "fc_rot_by_hand.email" == target.codec.context
 
 
 # -- discovery ------------------------------------------------------------------------------
@@ -1016,12 +1264,18 @@ TARGET = ["--table", TABLE, "--column", "email"]
 
 
 def test_cli_status_prints_counts_and_json(sqlite_env: tuple[Engine, Table, Keyring]) -> None:
-    """status prints per-key counts; --json prints the same as data."""
+    """status prints per-key and unbound counts; --json prints the same as data."""
     result = CliRunner().invoke(cli, ["status", *TARGET])
     assert 0 == result.exit_code, result.output
     assert "fc_rot_mixed.email  (16 rows; primary key id 'k3')" in result.output
+    assert f"  {'unbound, of the keys above':<28} {4:>12}  not bound" in result.output
     data = json.loads(CliRunner().invoke(cli, ["status", *TARGET, "--json"]).output)
     assert {"k3": 2, "k2": 2, "k1": 2} == data["columns"][0]["by_key"]
+    assert (4, {"k2": 2, "k1": 2}, False) == (
+        data["columns"][0]["unbound"],
+        data["columns"][0]["unbound_by_key"],
+        data["bound"],
+    )
 
 
 def test_cli_rotate_then_verify(sqlite_env: tuple[Engine, Table, Keyring]) -> None:
@@ -1201,6 +1455,9 @@ def test_cli_table_in_a_schema(
         assert "fc_rot_core.customers.email: scanned 2, rotated 2" in result.stdout
         status = json.loads(CliRunner().invoke(cli, ["status", *target, "--json"]).stdout)
         assert {"k3": 2} == status["columns"][0]["by_key"]
+        assert ("fc_rot_core.customers.email", 0) == tuple(
+            status["columns"][0][k] for k in ("context", "unbound")
+        )
     finally:
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA fc_rot_core CASCADE"))

@@ -1,4 +1,4 @@
-"""Settings: the encryption and blind-index keys, and FIELDCRYPT_GCP_MAX_STALE."""
+"""Settings: the keys, FIELDCRYPT_GCP_MAX_STALE and FIELDCRYPT_ALLOW_UNBOUND."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from cryptography.fernet import Fernet
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from sqlalchemy import Column, MetaData, Table
 
 import sa_fieldcrypt
-from sa_fieldcrypt import BlindIndex, ConfigurationError, Keyring, generate_key
+from sa_fieldcrypt import BlindIndex, ConfigurationError, EncryptedText, Keyring, generate_key
 from sa_fieldcrypt.cipher import decrypt, encrypt
-from sa_fieldcrypt.config import current_keyring
+from sa_fieldcrypt.config import current_keyring, set_unbound_allowed, unbound_allowed
 from sa_fieldcrypt.providers import EnvKeyProvider, StaticKeyProvider
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
@@ -327,3 +328,39 @@ def test_gcp_max_stale_defaults_to_a_day(
     """Unset, FIELDCRYPT_GCP_MAX_STALE is 86400 s: keys serve through an outage for a day."""
     monkeypatch.delenv("FIELDCRYPT_GCP_MAX_STALE", raising=False)
     assert 86400.0 == load_settings().gcp_max_stale
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, True), ("false", False), ("true", True)])
+def test_allow_unbound_setting_decides_for_columns_that_do_not_say(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool
+) -> None:
+    """FIELDCRYPT_ALLOW_UNBOUND (true unless set) says if bound columns read unbound tokens."""
+    if value is not None:
+        monkeypatch.setenv("FIELDCRYPT_ALLOW_UNBOUND", value)
+    set_unbound_allowed(None)
+    try:
+        assert expected is unbound_allowed()
+        columns = Table(
+            "fc_settings_unbound",
+            MetaData(),
+            Column("default", EncryptedText()),
+            Column("lenient", EncryptedText(allow_unbound=True)),
+            Column("strict", EncryptedText(allow_unbound=False)),
+            Column("unbound", EncryptedText(context=False)),
+        ).c
+        assert (expected, True, False, True) == tuple(c.type.allow_unbound for c in columns)
+    finally:
+        set_unbound_allowed(None)
+
+
+def test_bad_allow_unbound_setting_fails_clearly(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIELDCRYPT_ALLOW_UNBOUND that is not a boolean is a ConfigurationError naming it."""
+    monkeypatch.setenv("FIELDCRYPT_ALLOW_UNBOUND", "sometimes")
+    set_unbound_allowed(None)
+    try:
+        with pytest.raises(ConfigurationError, match="FIELDCRYPT_ALLOW_UNBOUND"):
+            unbound_allowed()
+    finally:
+        set_unbound_allowed(None)

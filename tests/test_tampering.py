@@ -228,7 +228,7 @@ def test_column_reports_only_our_error(prefix: str, value: str) -> None:
     """Through a column type, arbitrary stored text raises DecryptionError quoting none of it."""
     # The snowman never occurs in our messages, so finding it would mean the value was quoted.
     stored = prefix + "\u2603" + value
-    column = EncryptedText(keyring=RING)
+    column = EncryptedText(keyring=RING, context="fc_tamper.notes")
     with pytest.raises(DecryptionError) as info:
         column.process_result_value(stored, sqlite.dialect())
     assert "\u2603" not in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import pickle
 import warnings
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import (
@@ -57,6 +60,8 @@ DIALECT = sqlite.dialect()
 
 
 RING = Keyring({"k1": generate_key()})
+#: The context of the types these tests use on no table (every column is bound by default).
+LOOSE = "fc_type.loose"
 
 
 def _round_trip(column_type: EncryptedType, value: Any) -> Any:
@@ -67,19 +72,19 @@ def _round_trip(column_type: EncryptedType, value: Any) -> Any:
 @given(text_plaintexts())
 def test_text_round_trip_any_string(value: str) -> None:
     """Any str, NUL, astral and lone surrogates included, comes back equal."""
-    assert value == _round_trip(EncryptedText(keyring=RING), value)
+    assert value == _round_trip(EncryptedText(keyring=RING, context=LOOSE), value)
 
 
 @given(bytes_plaintexts())
 def test_bytes_round_trip(value: bytes) -> None:
     """Any bytes come back equal."""
-    assert value == _round_trip(EncryptedBytes(keyring=RING), value)
+    assert value == _round_trip(EncryptedBytes(keyring=RING, context=LOOSE), value)
 
 
 @given(json_plaintexts())
 def test_json_round_trip(value: Any) -> None:
     """Any JSON value (None aside, which is SQL NULL) comes back equal."""
-    assert value == _round_trip(EncryptedJSON(keyring=RING), value)
+    assert value == _round_trip(EncryptedJSON(keyring=RING, context=LOOSE), value)
 
 
 @pytest.mark.parametrize(
@@ -103,8 +108,9 @@ def test_wrong_python_type_is_a_type_error(
 
 def test_bytes_accepts_bytes_like() -> None:
     """bytearray and memoryview are stored as bytes."""
-    assert b"ab" == _round_trip(EncryptedBytes(keyring=RING), bytearray(b"ab"))
-    assert b"cd" == _round_trip(EncryptedBytes(keyring=RING), memoryview(b"cd"))
+    column_type = EncryptedBytes(keyring=RING, context=LOOSE)
+    assert b"ab" == _round_trip(column_type, bytearray(b"ab"))
+    assert b"cd" == _round_trip(column_type, memoryview(b"cd"))
 
 
 # -- through real databases ---------------------------------------------------------------
@@ -153,7 +159,7 @@ def test_orm_round_trip(db: Engine) -> None:
 
 
 def test_database_holds_tokens_not_plaintext(db: Engine, fieldcrypt_keyring: Keyring) -> None:
-    """The stored column holds an fc1 token that plain Fernet decrypts; NULL is stored as NULL."""
+    """The column holds a token bound to its name that plain Fernet opens; NULL stays NULL."""
     with Session(db) as session:
         session.add_all([Customer(id=1, email="ada@example.com"), Customer(id=2, email=None)])
         session.commit()
@@ -164,9 +170,16 @@ def test_database_holds_tokens_not_plaintext(db: Engine, fieldcrypt_keyring: Key
         ).all()
     stored = rows[0][1]
     assert "ada@example.com" not in stored
-    assert "k2" == inspect_token(stored).key_id
-    fernet_part = stored.split(":", 2)[2]
-    assert b"ada@example.com" == Fernet(fieldcrypt_keyring.primary.export()).decrypt(fernet_part)
+    assert ("k2", True) == (inspect_token(stored).key_id, inspect_token(stored).bound)
+    # The derivation docs/token-format.md gives for a bound token under a Fernet key.
+    derived = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"sa-fieldcrypt/fc1/fernet-context:fc_type_customers.email_encrypted",
+    ).derive(base64.urlsafe_b64decode(fieldcrypt_keyring.primary.export()))
+    fernet_part = stored.split(":", 3)[3]
+    assert b"ada@example.com" == Fernet(base64.urlsafe_b64encode(derived)).decrypt(fernet_part)
     assert rows[1][1] is None
 
 
@@ -322,17 +335,18 @@ class BoundBase(DeclarativeBase):
 
 
 class Contact(BoundBase):
-    """Two bound columns, an unbound one and a strict one, all with the process keys."""
+    """Two bound columns, one that opted out and a strict one, all with the process keys."""
 
     __tablename__ = "fc_type_contacts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     email: Mapped[str | None] = mapped_column(EncryptedText(context=True))
     notes: Mapped[str | None] = mapped_column(EncryptedText(context="crm.notes"))
-    plain: Mapped[str | None] = mapped_column(EncryptedText())
+    plain: Mapped[str | None] = mapped_column(EncryptedText(context=False))
     strict: Mapped[str | None] = mapped_column(
         EncryptedText(context="crm.strict", allow_unbound=False)
     )
+    lenient: Mapped[str | None] = mapped_column(EncryptedText(allow_unbound=True))
 
 
 @pytest.fixture(params=["fernet", "aes-gcm-siv"])
@@ -453,6 +467,66 @@ def test_bound_column_reads_older_unbound_tokens_and_strict_one_refuses(
     assert "allow_unbound=False" in str(info.value)
 
 
+def test_columns_are_bound_to_their_declared_name_by_default() -> None:
+    """EncryptedText() binds to schema.table.column, the database name of the column."""
+    assert "fc_type_customers.email_encrypted" == Customer.__table__.c.email_encrypted.type.context
+    metadata = MetaData(schema="core")
+    table = Table("customers", metadata, Column("email", EncryptedText()))
+    assert "core.customers.email" == table.c.email.type.context
+    assert False is EncryptedText(context=False).context
+
+
+def test_a_default_column_writes_tokens_bound_to_its_name(bound_db: Engine) -> None:
+    """A column that says nothing writes bound tokens that only its own name opens."""
+    with Session(bound_db) as session:
+        session.add(Contact(id=1, lenient="ada@example.com"))
+        session.commit()
+    stored = _raw(bound_db, "lenient")
+    assert inspect_token(stored).bound
+    keyring = RINGS["fernet"] if stored.startswith("fc1:k2:") else RINGS["aes-gcm-siv"]
+    assert b"ada@example.com" == decrypt(keyring, stored, context="fc_type_contacts.lenient")
+    with pytest.raises(DecryptionError):
+        decrypt(keyring, stored, context="fc_type_contacts.email")
+
+
+def test_strict_setting_refuses_planted_unbound_values(
+    bound_db: Engine, strict_unbound: None
+) -> None:
+    """FIELDCRYPT_ALLOW_UNBOUND=false: a planted unbound or legacy token no longer reads."""
+    with Session(bound_db) as session:
+        session.add(Contact(id=1, email="ada@example.com", plain="mallory@example.com"))
+        session.commit()
+    with Session(bound_db) as session:
+        assert "ada@example.com" == session.get_one(Contact, 1).email  # bound values read
+    unbound = _raw(bound_db, "plain")
+    legacy = Fernet(RINGS["fernet"].get("k2").export()).encrypt(b"mallory@example.com").decode()
+    for planted in (unbound, legacy):
+        _store_raw(bound_db, "email", planted)
+        with Session(bound_db) as session, pytest.raises(DecryptionError) as info:
+            session.get(Contact, 1)
+        assert "fc_type_contacts.email" in str(info.value)
+        assert "mallory" not in str(info.value)
+
+
+def test_strict_setting_leaves_opted_out_and_lenient_columns_reading(
+    bound_db: Engine, strict_unbound: None
+) -> None:
+    """Strict by setting, context=False and allow_unbound=True columns still read unbound tokens."""
+    with Session(bound_db) as session:
+        session.add(Contact(id=1, plain="written unbound"))
+        session.commit()
+    _store_raw(bound_db, "lenient", _raw(bound_db, "plain"))
+    with Session(bound_db) as session:
+        row = session.get_one(Contact, 1)
+        assert ("written unbound", "written unbound") == (row.plain, row.lenient)
+    columns = Contact.__table__.c
+    assert (False, True, True) == (
+        columns.email.type.allow_unbound,
+        columns.plain.type.allow_unbound,
+        columns.lenient.type.allow_unbound,
+    )
+
+
 def test_unbound_column_refuses_bound_tokens(bound_db: Engine) -> None:
     """A bound token copied into an unbound column says a context is needed."""
     with Session(bound_db) as session:
@@ -466,9 +540,9 @@ def test_unbound_column_refuses_bound_tokens(bound_db: Engine) -> None:
 def test_rotating_to_an_aead_key_keeps_old_values(engine: Engine) -> None:
     """Values written under a Fernet primary still read after an AEAD key becomes primary."""
     fernet_only = Keyring({"k2": AEAD_RING.get("k2").export()})
-    before = EncryptedText(keyring=fernet_only).process_bind_param("old", DIALECT)
-    after = EncryptedText(keyring=AEAD_RING).process_bind_param("new", DIALECT)
-    column = EncryptedText(keyring=AEAD_RING)
+    before = EncryptedText(keyring=fernet_only, context=LOOSE).process_bind_param("old", DIALECT)
+    after = EncryptedText(keyring=AEAD_RING, context=LOOSE).process_bind_param("new", DIALECT)
+    column = EncryptedText(keyring=AEAD_RING, context=LOOSE)
     assert ("k2", "k3") == (inspect_token(before or "").key_id, inspect_token(after or "").key_id)
     assert ("old", "new") == (
         column.process_result_value(before, DIALECT),
@@ -526,7 +600,9 @@ def test_unattached_context_true_fails_loudly() -> None:
         ({"context": ""}, "non-empty"),
         ({"context": 5}, "non-empty"),
         ({"context": "\udc80"}, "UTF-8"),
-        ({"allow_unbound": False}, "needs a context"),
+        ({"context": False, "allow_unbound": False}, "needs a context"),
+        ({"context": None}, "False"),
+        ({"allow_unbound": "no"}, "True, False or None"),
     ],
 )
 def test_bad_context_arguments(kwargs: dict[str, Any], expected: str) -> None:
@@ -536,14 +612,15 @@ def test_bad_context_arguments(kwargs: dict[str, Any], expected: str) -> None:
 
 
 def test_bound_types_have_distinct_cache_keys_and_show_their_context() -> None:
-    """Two context=True columns never share a statement-cache key; repr shows the context."""
-    email, notes = Contact.__table__.c.email.type, Contact.__table__.c.notes.type
+    """Two bound columns never share a statement-cache key; repr shows the type as declared."""
+    columns = Contact.__table__.c
+    email, notes = columns.email.type, columns.notes.type
     assert email._static_cache_key != notes._static_cache_key
-    assert email._static_cache_key != Contact.__table__.c.plain.type._static_cache_key
-    assert "EncryptedText(context='fc_type_contacts.email')" == repr(email)
-    assert "EncryptedText(context='crm.strict', allow_unbound=False)" == repr(
-        Contact.__table__.c.strict.type
-    )
+    assert email._static_cache_key != columns.plain.type._static_cache_key
+    assert "fc_type_contacts.email" == email.context
+    assert "EncryptedText()" == repr(email)
+    assert "EncryptedText(context=False)" == repr(columns.plain.type)
+    assert "EncryptedText(context='crm.strict', allow_unbound=False)" == repr(columns.strict.type)
 
 
 # -- plaintext during a migration, and re-encryption --------------------------------------
@@ -552,7 +629,7 @@ def test_bound_types_have_distinct_cache_keys_and_show_their_context() -> None:
 def test_plaintext_is_refused_by_default() -> None:
     """Without allow_plaintext, a stored value that is not a token raises DecryptionError."""
     with pytest.raises(DecryptionError, match="not an encrypted token"):
-        EncryptedText(keyring=RING).process_result_value("ada@example.com", DIALECT)
+        EncryptedText(keyring=RING, context=LOOSE).process_result_value("ada@example.com", DIALECT)
 
 
 def test_allow_plaintext_reads_loudly(engine: Engine, keyring: Keyring) -> None:
@@ -588,7 +665,7 @@ def test_allow_plaintext_reads_loudly(engine: Engine, keyring: Keyring) -> None:
 
 def test_allow_plaintext_never_returns_ciphertext() -> None:
     """With allow_plaintext, a token that does not decrypt still raises: no ciphertext as data."""
-    column_type = EncryptedText(keyring=RING, allow_plaintext=True)
+    column_type = EncryptedText(keyring=RING, context=LOOSE, allow_plaintext=True)
     for token in (
         encrypt(Keyring({"other": generate_key()}), b"x"),
         Fernet(generate_key()).encrypt(b"x").decode(),
@@ -664,26 +741,26 @@ OLD_AND_NEW = Keyring({"new": generate_key(), "old": generate_key()})
 @given(st.binary())
 def test_reencrypt_moves_any_value_to_the_primary_key(data: bytes) -> None:
     """reencrypt() turns an old-key or legacy token into a primary-key token of the same bytes."""
-    column_type = EncryptedBytes(keyring=OLD_AND_NEW)
+    column_type = EncryptedBytes(keyring=OLD_AND_NEW, context=LOOSE)
     old = OLD_AND_NEW.with_primary("old")
     legacy = Fernet(OLD_AND_NEW.get("old").export()).encrypt(data).decode()
     for token in (encrypt(old, data), legacy):
         moved = reencrypt(column_type, token)
-        assert "new" == inspect_token(moved).key_id
+        assert ("new", True) == (inspect_token(moved).key_id, inspect_token(moved).bound)
         assert data == column_type.process_result_value(moved, DIALECT)
 
 
 def test_reencrypt_keeps_json_text_byte_for_byte() -> None:
     """A JSON value is re-encrypted as stored: key order and spacing are not rewritten."""
     stored = b'{"b": 1,  "a": [2, 1]}'
-    column_type = EncryptedJSON(keyring=OLD_AND_NEW)
+    column_type = EncryptedJSON(keyring=OLD_AND_NEW, context=LOOSE)
     moved = reencrypt(column_type, encrypt(OLD_AND_NEW.with_primary("old"), stored))
     assert stored == column_type.decrypt_token(moved)
 
 
 def test_reencrypt_refuses_plaintext_and_broken_tokens() -> None:
     """reencrypt() raises DecryptionError for plaintext and for tokens that do not decrypt."""
-    column_type = EncryptedText(keyring=OLD_AND_NEW, allow_plaintext=True)
+    column_type = EncryptedText(keyring=OLD_AND_NEW, context=LOOSE, allow_plaintext=True)
     with pytest.raises(DecryptionError, match="not an encrypted token"):
         reencrypt(column_type, "ada@example.com")
     with pytest.raises(UnknownKeyError):
@@ -697,7 +774,7 @@ def test_reencrypt_refuses_plaintext_and_broken_tokens() -> None:
 )
 def test_plaintext_to_token_round_trips(value: str) -> None:
     """plaintext_to_token() stores a plaintext text value so that the column reads it back."""
-    column_type = EncryptedText(keyring=OLD_AND_NEW)
+    column_type = EncryptedText(keyring=OLD_AND_NEW, context=LOOSE)
     token = plaintext_to_token(column_type, value)
     assert "new" == inspect_token(token).key_id
     assert value == column_type.process_result_value(token, DIALECT)
@@ -705,19 +782,22 @@ def test_plaintext_to_token_round_trips(value: str) -> None:
 
 def test_plaintext_to_token_refuses_tokens_and_invalid_values() -> None:
     """plaintext_to_token() will not encrypt a token twice, nor store non-JSON as JSON."""
+    json_type = EncryptedJSON(keyring=OLD_AND_NEW, context=LOOSE)
     with pytest.raises(ValueTypeError, match="already an encrypted token"):
-        plaintext_to_token(EncryptedText(keyring=OLD_AND_NEW), encrypt(OLD_AND_NEW, b"x"))
+        plaintext_to_token(
+            EncryptedText(keyring=OLD_AND_NEW, context=LOOSE), encrypt(OLD_AND_NEW, b"x")
+        )
     with pytest.raises(ValueTypeError, match="not valid for EncryptedJSON") as info:
-        plaintext_to_token(EncryptedJSON(keyring=OLD_AND_NEW), "not json: secret")
+        plaintext_to_token(json_type, "not json: secret")
     assert "secret" not in str(info.value)
-    assert {"a": 1} == EncryptedJSON(keyring=OLD_AND_NEW).process_result_value(
-        plaintext_to_token(EncryptedJSON(keyring=OLD_AND_NEW), '{"a": 1}'), DIALECT
+    assert {"a": 1} == json_type.process_result_value(
+        plaintext_to_token(json_type, '{"a": 1}'), DIALECT
     )
 
 
 def test_written_prefix_is_the_header_of_new_tokens() -> None:
-    """Every token the column writes starts with written_prefix(): the primary key's header."""
-    column_type = EncryptedText(keyring=OLD_AND_NEW)
+    """Every token an unbound column writes starts with written_prefix(): the primary's header."""
+    column_type = EncryptedText(keyring=OLD_AND_NEW, context=False)
     assert "fc1:new:" == written_prefix(column_type)
     assert column_type.process_bind_param("x", DIALECT).startswith(written_prefix(column_type))
 
@@ -727,7 +807,7 @@ def test_written_prefix_of_a_bound_column_is_the_bound_header() -> None:
     column_type = EncryptedText(OLD_AND_NEW, "crm.email")
     assert "fc1:new:c:" == written_prefix(column_type)
     assert column_type.process_bind_param("x", DIALECT).startswith(written_prefix(column_type))
-    unbound = EncryptedText(OLD_AND_NEW).process_bind_param("x", DIALECT)
+    unbound = EncryptedText(OLD_AND_NEW, context=False).process_bind_param("x", DIALECT)
     moved = reencrypt(column_type, unbound)
     assert moved.startswith("fc1:new:c:")
     assert b"x" == column_type.decrypt_token(moved)
@@ -795,7 +875,7 @@ def test_one_type_serves_several_dialects() -> None:
 
 def test_processors_read_the_keys_configure_sets_now() -> None:
     """A processor built once encrypts and decrypts under whatever configure() set last."""
-    column_type = EncryptedText()
+    column_type = EncryptedText(context=LOOSE)
     bind = column_type.bind_processor(DIALECT)
     result = column_type.result_processor(DIALECT, None)
     first, second = Keyring({"first": generate_key()}), Keyring({"second": generate_key()})
@@ -826,7 +906,7 @@ class _GrowingProvider:
 def test_result_processor_refreshes_once_for_an_unknown_key_id() -> None:
     """A token under a key the cached keys lack is read after one refresh; a bad id costs one."""
     provider = _GrowingProvider()
-    column_type = EncryptedText(keyring=provider)
+    column_type = EncryptedText(keyring=provider, context=LOOSE)
     result = column_type.result_processor(DIALECT, None)
     assert "old" == result(encrypt(provider.old, b"old"))
     assert "added" == result(encrypt(provider.grown.with_primary("added"), b"added"))
@@ -878,9 +958,9 @@ class _MarkedEncryptedText(EncryptedText):
 
 def test_processors_compose_with_those_of_the_impl_type() -> None:
     """The text type's own processors run on the token: after encryption, before decryption."""
-    column_type = _MarkedEncryptedText(keyring=RING)
+    column_type = _MarkedEncryptedText(keyring=RING, context=LOOSE)
     impl = column_type.dialect_impl(DIALECT)
     stored = impl.bind_processor(DIALECT)("ada@example.com")
-    assert stored.startswith("marked:fc1:k1:")
+    assert stored.startswith("marked:fc1:k1:c:")
     assert "ada@example.com" == impl.result_processor(DIALECT, None)(stored)
     assert None is impl.bind_processor(DIALECT)(None)

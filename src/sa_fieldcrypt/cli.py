@@ -418,7 +418,8 @@ def _target_options(func: Callable[..., None]) -> Callable[..., None]:
             "--table",
             "table_name",
             metavar="[SCHEMA.]TABLE",
-            help="Table to reflect instead of models; needs --column.",
+            help="Table to reflect instead of models; needs --column. Values are bound to "
+            "[SCHEMA.]TABLE.COL as named here: name the table as the models declare it.",
         ),
         click.option(
             "--column",
@@ -644,14 +645,17 @@ _resolve_legacy_option = click.option(
 @_resolve_legacy_option
 @_json_option
 def status(target: _Target, resolve_legacy: bool, as_json: bool) -> None:
-    """Count values per key id, legacy tokens, plaintext and NULL; exit 1 unless ready.
+    """Count values per key id, unbound and legacy values, plaintext, NULL; exit 1 unless ready.
 
     Counts each column's stored values by their header, and each blind-index column's values
     by index key (nothing is decrypted), and says, per key id, whether any value still needs
     it. A legacy token names no key, so any key of its column may be needed by it, until
-    --resolve-legacy tries them. Not ready (exit 1): a value names a key id the keyring
-    lacks, has a malformed header, no key opens a legacy token (as --resolve-legacy finds),
-    or an index value is under an index key that is no longer active.
+    --resolve-legacy tries them. Values of a bound column that are not bound to it yet are
+    counted as unbound: rotate binds them, whatever they are, so check them first. Not ready
+    (exit 1): a value names a key id the keyring lacks, has a malformed header, no key opens a
+    legacy token (as --resolve-legacy finds), a strict column holds unbound values, a
+    context=False column holds bound ones, or an index value is under an index key that is no
+    longer active.
     """
     with target.open(indexes=True) as (engine, columns, indexes):
         report = status_of(engine, columns, indexes, resolve_legacy=resolve_legacy)
@@ -663,12 +667,15 @@ def status(target: _Target, resolve_legacy: bool, as_json: bool) -> None:
 @_run_options
 @click.option("--encrypt-plaintext", is_flag=True, help="Also encrypt values stored as plaintext.")
 def rotate(target: _Target, run: dict[str, Any], as_json: bool, encrypt_plaintext: bool) -> None:
-    """Re-encrypt values under the primary key.
+    """Re-encrypt values under the primary key, bound to their column.
 
     Every value that is not under the primary key (older key ids, legacy bare Fernet tokens,
-    and with --encrypt-plaintext plaintext) is encrypted with the primary key. Safe while
-    the application runs (a row changed meanwhile is not overwritten) and safe to stop at
-    any moment: run it again and it carries on where it was.
+    and with --encrypt-plaintext plaintext), and in a bound column every unbound value, is
+    encrypted with the primary key, bound to the column. In a strict column
+    (allow_unbound=False, FIELDCRYPT_ALLOW_UNBOUND=false) an unbound value is a failure and
+    is left as it is: rotation never binds a value the column refuses. Safe while the
+    application runs (a row changed meanwhile is not overwritten) and safe to stop at any
+    moment: run it again and it carries on where it was.
     """
     with target.open() as (engine, columns, _):
         report = rotate_columns(

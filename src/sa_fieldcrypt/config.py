@@ -27,12 +27,16 @@ __all__ = [
     "current_keyring",
     "default_key_cache",
     "provider_from_settings",
+    "set_unbound_allowed",
     "swap_default_keys",
+    "unbound_allowed",
 ]
 
 _lock = threading.Lock()
 # Purpose -> the default cache; a purpose absent here is loaded from settings on first use.
 _defaults: dict[str, KeyCache] = {}
+# Whether bound columns read unbound tokens unless they say; None: not read from settings yet.
+_unbound_allowed: bool | None = None
 
 
 def _check_purpose(purpose: object, where: str) -> None:
@@ -152,3 +156,26 @@ def swap_default_keys(
         if cache is not None:
             _defaults[purpose] = cache
     return previous
+
+
+def unbound_allowed() -> bool:
+    """Whether a bound column that does not say (``allow_unbound=None``) reads unbound tokens.
+
+    ``FIELDCRYPT_ALLOW_UNBOUND`` (true unless set), read once, or what
+    :func:`set_unbound_allowed` set. Unbound tokens are those written before a column was
+    bound (and bare legacy tokens); once ``fieldcrypt rotate`` has bound every value, false
+    refuses such tokens copied in from anywhere.
+    """
+    global _unbound_allowed
+    allowed = _unbound_allowed
+    if allowed is None:
+        from sa_fieldcrypt.settings import load_settings
+
+        allowed = _unbound_allowed = load_settings().allow_unbound
+    return allowed
+
+
+def set_unbound_allowed(allowed: bool | None) -> None:
+    """Set the process-wide default of :func:`unbound_allowed`; None: read the settings again."""
+    global _unbound_allowed
+    _unbound_allowed = allowed

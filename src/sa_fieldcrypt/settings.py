@@ -108,6 +108,14 @@ class FieldCryptSettings(BaseSettings):
         "rotate, verify, retire-key, reindex) work on when --db is not given. A secret: it "
         "may hold a password.",
     )
+    allow_unbound: bool = Field(
+        default=True,
+        description="Whether bound columns (every column, unless it says context=False) read "
+        "unbound values: tokens written before the column was bound, and bare legacy tokens. "
+        "Set it to false once `fieldcrypt rotate` has bound every value (`fieldcrypt status` "
+        "counts none unbound): such values copied in from elsewhere are then refused, and "
+        "rotate reports them instead of binding them. A column's own allow_unbound= wins.",
+    )
 
     @field_validator("gcp_max_stale", mode="before")
     @classmethod

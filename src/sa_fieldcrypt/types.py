@@ -14,10 +14,11 @@ Every type stores an ``fc1:<key_id>:<payload>`` string in a ``TEXT`` column (``L
 on MySQL/MariaDB, whose ``TEXT`` stops at 64 KiB). ``None`` stays SQL ``NULL``; every other
 value, ``""`` included, is encrypted.
 
-A column can bind its values to a *context*, its name: ``EncryptedText(context=True)`` uses
-``schema.table.column``, ``EncryptedText(context="core.customers.email")`` a fixed name. A
-token copied from one bound column into another then fails to decrypt. Values the column wrote
-before it was bound still decrypt until ``allow_unbound=False`` makes it strict.
+Every column binds its values to a *context*, its name: by default (``context=True``) the
+``schema.table.column`` it is declared as, or a fixed name (``context="core.customers.email"``);
+``context=False`` opts out. A token copied from one column into another then fails to decrypt.
+Values written before the column was bound (unbound tokens, bare legacy tokens) still decrypt
+until ``allow_unbound=False`` (or ``FIELDCRYPT_ALLOW_UNBOUND=false``) makes it strict.
 
 Encryption is randomized, so SQL cannot compare encrypted values: ``==``, ``in_()``, ``like()``
 raise :class:`~sa_fieldcrypt.UnsupportedComparisonError` when the expression is built, and
@@ -44,7 +45,7 @@ from sqlalchemy.types import TypeDecorator
 from typing_extensions import TypeVar
 
 from sa_fieldcrypt import cipher, metrics
-from sa_fieldcrypt.config import as_key_cache, default_key_cache
+from sa_fieldcrypt.config import as_key_cache, default_key_cache, unbound_allowed
 from sa_fieldcrypt.errors import (
     ConfigurationError,
     DecryptionError,
@@ -94,12 +95,13 @@ class _ContextState:
             ``from_column``, a column not attached yet).
         from_column: ``context=True``: the name is the ``schema.table.column`` of the column
             the type is attached to. With ``name`` None, every value is refused until then.
-        allow_unbound: whether unbound tokens are still read, with a context.
+        allow_unbound: whether unbound tokens are still read, with a context; None: as
+            ``FIELDCRYPT_ALLOW_UNBOUND`` says (:func:`~sa_fieldcrypt.config.unbound_allowed`).
     """
 
     name: str | None
     from_column: bool
-    allow_unbound: bool
+    allow_unbound: bool | None
 
     @property
     def pending(self) -> bool:
@@ -117,14 +119,15 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
     Args:
         keyring: a :class:`~sa_fieldcrypt.Keyring` or key provider for this column only;
             by default the keys set by :func:`~sa_fieldcrypt.configure` or the settings.
-        context: bind every value written to this column to a context, so that a token
-            copied into another column does not decrypt there. ``True`` uses the
+        context: what every value written to this column is bound to, so that a token
+            copied into another column does not decrypt there. ``True`` (the default) uses the
             ``schema.table.column`` name the type is attached to; a string names the context
             itself (keep it when renaming the column: a changed context cannot read old
-            values). ``None`` (the default) writes unbound tokens.
+            values). ``False`` writes unbound tokens, which decrypt in any unbound column.
         allow_unbound: with a context, whether unbound tokens (written before the column was
-            bound) are still read. Set it to False once every value has been re-encrypted
-            under the context: the column then refuses unbound tokens copied from elsewhere.
+            bound, or copied from anywhere) are still read. ``None`` (the default) follows
+            ``FIELDCRYPT_ALLOW_UNBOUND`` (true unless set). Set it to False once ``fieldcrypt
+            rotate`` has re-encrypted every value under the context.
         allow_plaintext: read stored values that are not tokens as plaintext, for the time a
             plaintext column is being migrated (``fieldcrypt rotate --encrypt-plaintext``).
             Off by default. Each read is counted (``metrics.snapshot().plaintext_reads``)
@@ -161,8 +164,8 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
     def __init__(
         self,
         keyring: Keyring | KeyProvider | None = None,
-        context: str | bool | None = None,
-        allow_unbound: bool = True,
+        context: str | bool = True,
+        allow_unbound: bool | None = None,
         allow_plaintext: bool = False,
     ):
         super().__init__()
@@ -171,9 +174,11 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         self._keys: KeyCache | None = None if keyring is None else as_key_cache(keyring)
         self._column_label: str | None = None
         self._attached_to: object | None = None
-        if context is not None and not isinstance(context, bool):
+        if not isinstance(context, bool):
             _check_context(context)
-        if not allow_unbound and (context is None or context is False):
+        if allow_unbound is not None and not isinstance(allow_unbound, bool):
+            raise ConfigurationError("allow_unbound must be True, False or None")
+        if allow_unbound is False and context is False:
             raise ConfigurationError(
                 "allow_unbound=False needs a context: give context=True or context='name'"
             )
@@ -250,7 +255,7 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
                 return from_bytes(column._read_plaintext(stored))
             keys = own_keys if own_keys is not None else default_key_cache()
             try:
-                data = decrypt(keys.get(), stored, name, context.allow_unbound)
+                data = decrypt(keys.get(), stored, name, _unbound_ok(context))
             except DecryptionError as exc:
                 data = column._after_failure(keys, stored, context, exc)
             return from_bytes(data)
@@ -317,15 +322,23 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
     # -- helpers ------------------------------------------------------------------------
 
     @property
-    def context(self) -> str | bool | None:
-        """The context values are bound to; True while ``context=True`` awaits its column."""
+    def context(self) -> str | bool:
+        """The context values are bound to; True while ``context=True`` awaits its column.
+
+        False for a column that opted out (``context=False``): its tokens are unbound.
+        """
         state = self._context
-        return True if state.pending else state.name
+        if state.pending:
+            return True
+        return False if state.name is None else state.name
 
     @property
     def allow_unbound(self) -> bool:
-        """Whether unbound tokens are still read (always, without a context)."""
-        return self._context.allow_unbound
+        """Whether unbound tokens are read now (always, without a context).
+
+        A column's own ``allow_unbound=`` decides; else ``FIELDCRYPT_ALLOW_UNBOUND``.
+        """
+        return _unbound_ok(self._context)
 
     @property
     def column_label(self) -> str:
@@ -351,7 +364,7 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
             if refreshed is not None:
                 try:
                     return cipher.decrypt_value(
-                        refreshed, token, context.name, context.allow_unbound
+                        refreshed, token, context.name, _unbound_ok(context)
                     )
                 except DecryptionError as again:
                     exc = again
@@ -374,9 +387,10 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
 
     def _unattached_error(self) -> ConfigurationError:
         return ConfigurationError(
-            f"{type(self).__name__}(context=True) takes its context from the table column it "
-            "is attached to, and it is not attached to one; put it on a Column of a Table, or "
-            "give the context as a string"
+            f"{type(self).__name__}() binds its values to the schema.table.column it is "
+            "attached to (context=True, the default), and it is not attached to a table column; "
+            "put it on a Column of a Table, give the context as a string (context='name'), or "
+            "write unbound tokens with context=False"
         )
 
     def _type_error(self, value: object) -> ValueTypeError:
@@ -443,16 +457,26 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         self._build_paths()
 
     def __repr__(self) -> str:
+        # The arguments that rebuild the type (Alembic renders migrations with it).
+        state = self._context
         args = []
-        if self.context is not None:
-            args.append(f"context={self.context!r}")
-        if not self.allow_unbound:
-            args.append("allow_unbound=False")
+        if not state.from_column:
+            args.append(f"context={state.name or False!r}")
+        if state.allow_unbound is not None:
+            args.append(f"allow_unbound={state.allow_unbound!r}")
         return f"{type(self).__name__}({', '.join(args)})"
 
 
 # The attributes _build_paths() sets.
 _PATHS = ("_encrypt_value", "_decrypt_value", "_encrypt_data", "_decrypt_data")
+
+
+def _unbound_ok(context: _ContextState) -> bool:
+    """Whether a column of this context state reads unbound tokens now."""
+    if context.name is None and not context.from_column:
+        return True  # context=False: unbound tokens are the column's own
+    allowed = context.allow_unbound
+    return unbound_allowed() if allowed is None else allowed
 
 
 def _as_is(data: bytes) -> bytes:
@@ -463,7 +487,8 @@ def _as_is(data: bytes) -> bytes:
 def _check_context(context: object) -> None:
     if not isinstance(context, str) or not context:
         raise ConfigurationError(
-            "context must be True (the column's schema.table.column name), a non-empty str, or None"
+            "context must be True (the column's schema.table.column name, the default), a "
+            "non-empty str, or False (unbound tokens)"
         )
     try:
         context.encode("utf-8")
@@ -658,7 +683,9 @@ def column_codec(column: Column[Any]) -> EncryptedType | None:
     """The :class:`EncryptedType` that opens a column's tokens, or None if it holds none.
 
     That is the column's own type, or the type a hybrid helper recorded in
-    ``column.info[COLUMN_INFO_KEY]`` on a plain text column.
+    ``column.info[COLUMN_INFO_KEY]`` on a plain text column. A recorded type that has not met
+    its column yet (one put in ``info`` by hand) is attached to it here, so that
+    ``context=True``, the default, binds it to the column's ``schema.table.column``.
 
     Raises:
         ConfigurationError: ``column.info[COLUMN_INFO_KEY]`` holds something else.
@@ -673,6 +700,8 @@ def column_codec(column: Column[Any]) -> EncryptedType | None:
             f"column {column.name!r}: info[{COLUMN_INFO_KEY!r}] must be an EncryptedType instance "
             f"such as EncryptedText(), not {type(codec).__name__}"
         )
+    if codec.context is True:
+        codec._set_parent(column)
     return codec
 
 

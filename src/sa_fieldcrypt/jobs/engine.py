@@ -86,7 +86,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
-from sa_fieldcrypt.config import configure, current_keyring
+from sa_fieldcrypt.config import configure, current_keyring, set_unbound_allowed, unbound_allowed
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, FieldCryptError, RotationError
 from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, RunReport, plural
 from sa_fieldcrypt.jobs.sql import (
@@ -966,7 +966,7 @@ def _run_workers(
     events: Any = context.Queue()
     stop = context.Event()
     url = engine.url.render_as_string(hide_password=False)
-    settings = (url, dict(engine.get_execution_options()), _default_keys())
+    settings = (url, dict(engine.get_execution_options()), _default_keys(), _default_unbound())
     processes = {
         index: context.Process(
             target=_worker,
@@ -1030,6 +1030,14 @@ def _default_keys() -> _DefaultKeys:
     return found
 
 
+def _default_unbound() -> bool | None:
+    """Whether the process reads unbound tokens, for worker processes to decide alike."""
+    try:
+        return unbound_allowed()
+    except FieldCryptError:
+        return None  # the worker reads the settings itself, and reports what is wrong
+
+
 class _Relay:
     """A worker's progress: sends each batch's counts and each failure to the parent."""
 
@@ -1049,7 +1057,7 @@ class _Relay:
 
 def _worker(
     index: int,
-    settings: tuple[str, dict[str, Any], _DefaultKeys],
+    settings: tuple[str, dict[str, Any], _DefaultKeys, bool | None],
     factory: JobFactory,
     keys: KeyRange,
     options: _Options,
@@ -1057,11 +1065,12 @@ def _worker(
     stop: Any,
     parent: int,
 ) -> None:
-    url, execution_options, keyrings = settings
+    url, execution_options, keyrings, allow_unbound = settings
     engine = None
     try:
         for purpose, keyring in keyrings.items():
             configure(keyring=keyring, purpose=purpose)
+        set_unbound_allowed(allow_unbound)
         engine = create_engine(url, hide_parameters=True).execution_options(**execution_options)
         job = factory(engine)
 

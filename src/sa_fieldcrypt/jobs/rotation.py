@@ -8,11 +8,12 @@
 
     engine = create_engine(url, hide_parameters=True)
     columns = find_columns("myapp.models")     # every encrypted column of the models
-    print(status(engine, columns))             # rows per key id, legacy, plaintext, NULL
-    report = rotate(engine, columns)           # re-encrypt under the primary key
+    print(status(engine, columns))             # rows per key id, unbound, legacy, plaintext...
+    report = rotate(engine, columns)           # re-encrypt under the primary key, bound
     assert report.ok
 
-Rotation selects, in SQL, only values *not* under the primary key, so a rerun never decrypts
+Rotation selects, in SQL, only values *not* as the column writes them now (under the primary
+key, and bound to the column unless it says ``context=False``), so a rerun never decrypts
 what an earlier run finished: it is resumable and idempotent, whatever stopped it. Values are
 re-encrypted through the column's own type: the decrypted bytes are encrypted again as they
 are, never turned into Python values. Everything else (batches, compare-and-swap, workers,
@@ -70,7 +71,7 @@ def written_prefix(codec: EncryptedType) -> str:
             "or reflect_column()"
         )
     prefix = codec.active_keyring().primary.token_prefix
-    return prefix if context is None else f"{prefix}{BOUND_FLAG}:"
+    return prefix if context is False else f"{prefix}{BOUND_FLAG}:"
 
 
 def reencrypt(codec: EncryptedType, token: str) -> str:
@@ -123,15 +124,24 @@ def rotation_job(
     Values already under the primary key are not selected at all. Values under other keys
     and legacy tokens are re-encrypted; plaintext values are encrypted if
     ``encrypt_plaintext``, else skipped.
+
+    In a column with a context, unbound tokens (under any key) and legacy tokens are rewritten
+    bound, unless the column is strict (``allow_unbound=False``, or
+    ``FIELDCRYPT_ALLOW_UNBOUND=false``): then each is a failure of the run, not rewritten.
+    Rotation cannot tell a value the column wrote before it was bound from one copied in from
+    elsewhere, so binding it must stay a choice made before the column is strict.
     """
     codec = target.codec
     prefix = written_prefix(codec)
+    strict = codec.context is not False and not codec.allow_unbound
     stored = stored_text(target.column)
     sql = DialectSql(engine.dialect.name)
     where = and_(stored.is_not(None), ~sql.has_prefix(stored, prefix))
 
     def transform(old: tuple[Any, ...]) -> tuple[Any, ...] | Skip:
         value = old[0]
+        if strict:
+            _refuse_unbound(codec, value)
         if value.startswith(_TOKEN_STARTS):
             try:
                 return (reencrypt(codec, value),)
@@ -154,6 +164,20 @@ def rotation_job(
         where,
         resume_key=resume,
     )
+
+
+def _refuse_unbound(codec: EncryptedType, value: str) -> None:
+    """Raise if a strict column's stored ``value`` is an unbound or legacy token."""
+    info = inspect_token(value)
+    if info.kind == "legacy" or (info.kind == "fc1" and not info.bound):
+        raise DecryptionError(
+            "the value is not bound to the column's context, and the column is strict "
+            "(allow_unbound=False or FIELDCRYPT_ALLOW_UNBOUND=false), so rotation does not bind "
+            "it: it may have been copied in from elsewhere. Find out how it got there; to bind "
+            "values that are the column's own, allow unbound values for the run",
+            column=codec.column_label,
+            key_id=info.key_id,
+        )
 
 
 def verification_job(engine: Engine, target: EncryptedColumn) -> BatchJob:
@@ -209,10 +233,12 @@ def rotate(
     workers: int = 1,
     **options: Any,
 ) -> RunReport:
-    """Re-encrypt every value of ``columns`` that is not under its primary key.
+    """Re-encrypt every value of ``columns`` that is not under its primary key, or not bound.
 
-    Safe to run while the application writes, to stop at any moment and to run again.
-    ``encrypt_plaintext`` also encrypts values stored as plaintext. The other arguments
+    A bound column's unbound and legacy tokens are rewritten bound, or, in a strict column,
+    reported as failures and left (see :func:`rotation_job`). Safe to run while the
+    application writes, to stop at any moment and to run again. ``encrypt_plaintext`` also
+    encrypts values stored as plaintext. The other arguments
     (``batch_size``, ``dry_run``, ``fail_fast``, ``shard``, ``state``, ``listener``,
     ``before_write``) are those of :func:`~sa_fieldcrypt.jobs.run_job`.
 

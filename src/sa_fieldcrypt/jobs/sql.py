@@ -39,6 +39,7 @@ from sqlalchemy.types import Integer, String, TypeEngine
 
 from sa_fieldcrypt.cipher import TOKEN_PREFIX
 from sa_fieldcrypt.errors import ConfigurationError, RotationError
+from sa_fieldcrypt.keys import BOUND_FLAG
 from sa_fieldcrypt.types import EncryptedType
 
 __all__ = [
@@ -218,17 +219,8 @@ class DialectSql:
         :func:`sa_fieldcrypt.cipher.inspect_token` decides from the text; whether the key id is
         valid is left to the caller.
         """
-        exact = self.exact(expr)
-        start = len(TOKEN_PREFIX) + 1
-        tail = func.substr(exact, start) if not self.mysql else func.substring(exact, start)
-        if self.name == "postgresql":
-            colon = func.strpos(tail, ":")
-        elif self.mysql:
-            colon = func.locate(":", tail)
-        else:
-            colon = func.instr(tail, ":")
+        tail, colon, named = self._header(expr)
         fc1 = self.has_prefix(expr, TOKEN_PREFIX)
-        named = and_(fc1, colon.between(2, _KEY_ID_END))
         kind = case(
             (expr.is_(None), "null"),
             (named, "fc1"),
@@ -238,6 +230,31 @@ class DialectSql:
         )
         key_id = case((named, func.substr(tail, 1, colon - 1)), else_=None)
         return kind, key_id
+
+    def token_bound(self, expr: ColumnElement[Any]) -> ColumnElement[Any]:
+        """An expression that is 1 for an ``fc1`` token bound to a context (flag ``c``), else 0.
+
+        It agrees with :attr:`sa_fieldcrypt.cipher.TokenInfo.bound`.
+        """
+        tail, colon, named = self._header(expr)
+        flag = func.substr(tail, colon + 1, len(BOUND_FLAG) + 1)
+        return case((and_(named, flag == f"{BOUND_FLAG}:"), 1), else_=0)
+
+    def _header(
+        self, expr: ColumnElement[Any]
+    ) -> tuple[ColumnElement[Any], ColumnElement[Any], ColumnElement[bool]]:
+        """The text after ``fc1:``, where in it the key id ends, and whether it names one."""
+        exact = self.exact(expr)
+        start = len(TOKEN_PREFIX) + 1
+        tail = func.substr(exact, start) if not self.mysql else func.substring(exact, start)
+        if self.name == "postgresql":
+            colon = func.strpos(tail, ":")
+        elif self.mysql:
+            colon = func.locate(":", tail)
+        else:
+            colon = func.instr(tail, ":")
+        named = and_(self.has_prefix(expr, TOKEN_PREFIX), colon.between(2, _KEY_ID_END))
+        return tail, colon, named
 
     def auto_update_columns(self, conn: Connection, schema: str | None, name: str) -> list[str]:
         """Columns MySQL sets on every update (``ON UPDATE CURRENT_TIMESTAMP``); [] elsewhere."""

@@ -6,12 +6,16 @@
     from sa_fieldcrypt.jobs import find_columns, find_indexes, status
 
     report = status(engine, find_columns("app.models"), find_indexes("app.models"))
-    print(report)                 # per column: rows per key id, legacy, plaintext, NULL
+    print(report)                 # per column: rows per key id, unbound, legacy, plaintext, NULL
     report.ready                  # False while a value names a key the keyring lacks
+    report.bound                  # False while a bound column holds values not bound yet
 
 Encrypted columns are counted by the header of each stored value, blind-index columns by the
 key id in front of each index value, both with one ``GROUP BY`` query per column: nothing is
-decrypted, so a status of a large table is cheap and safe to run at any time.
+decrypted, so a status of a large table is cheap and safe to run at any time. The header also
+says whether a token is bound to its column: in a bound column (every column that does not
+say ``context=False``) the tokens that are not are counted as unbound, which rotation binds,
+whatever they are; a strict column refuses them.
 
 A legacy token (a bare Fernet token, without the ``fc1:<key id>:`` header) names no key, so it
 is counted as "legacy, key unknown" and charged to no key: every key of its column's keyring
@@ -73,6 +77,15 @@ class ColumnStatus:
         legacy_by_key: legacy tokens per id of the key that opens them, found by trial
             (``resolve_legacy``); None when not tried.
         legacy_unopened: legacy tokens that no key of the keyring opens; None when not tried.
+        context: the context the column binds its values to; None for a column that writes
+            unbound tokens (``context=False``).
+        strict: the column refuses unbound values (its ``allow_unbound=False``, or
+            ``FIELDCRYPT_ALLOW_UNBOUND=false``).
+        unbound_by_key: in a column with a context, ``fc1`` tokens per key id that are not
+            bound to any (written before the column was bound, or copied in); also in
+            :attr:`by_key`. Empty for a column without a context.
+        bound_elsewhere: in a column without a context, ``fc1`` tokens bound to one: the
+            column cannot read them. Also in :attr:`by_key`.
     """
 
     column: str
@@ -86,6 +99,10 @@ class ColumnStatus:
     legacy_candidates: tuple[str, ...] = ()
     legacy_by_key: dict[str, int] | None = None
     legacy_unopened: int | None = None
+    context: str | None = None
+    strict: bool = False
+    unbound_by_key: dict[str, int] = field(default_factory=dict)
+    bound_elsewhere: int = 0
 
     @property
     def total(self) -> int:
@@ -94,9 +111,23 @@ class ColumnStatus:
 
     @property
     def pending(self) -> int:
-        """Tokens ``rotate`` would still re-encrypt (or report as undecryptable)."""
+        """Tokens ``rotate`` would still re-encrypt (or report as undecryptable).
+
+        In a column with a context, that includes the unbound tokens under the primary key:
+        rotation binds them (or, in a strict column, reports them).
+        """
         old = sum(n for key_id, n in self.by_key.items() if key_id != self.primary)
-        return old + self.legacy + self.malformed
+        return old + self.unbound_by_key.get(self.primary, 0) + self.legacy + self.malformed
+
+    @property
+    def unbound(self) -> int:
+        """In a column with a context, the ``fc1`` tokens not bound to it (see :attr:`legacy`)."""
+        return sum(self.unbound_by_key.values())
+
+    @property
+    def refused(self) -> int:
+        """Values a strict column refuses: its unbound and legacy tokens."""
+        return self.unbound + self.legacy if self.strict else 0
 
     @property
     def unknown_keys(self) -> dict[str, int]:
@@ -110,7 +141,12 @@ class ColumnStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """The status as plain data, for JSON."""
-        return {**asdict(self), "unknown_keys": self.unknown_keys, "pending": self.pending}
+        return {
+            **asdict(self),
+            "unknown_keys": self.unknown_keys,
+            "unbound": self.unbound,
+            "pending": self.pending,
+        }
 
 
 @dataclass(frozen=True)
@@ -250,6 +286,19 @@ class StatusReport:
                     f"{col.column}: {plural(col.legacy_unopened, 'legacy token')} that no key "
                     "of the keyring opens: add the key back (`fieldcrypt verify` names them)"
                 )
+            if col.refused:
+                found.append(
+                    f"{col.column}: {plural(col.refused, 'value')} not bound to the column "
+                    "(unbound or legacy tokens), which it refuses (strict: allow_unbound=False "
+                    "or FIELDCRYPT_ALLOW_UNBOUND=false), and rotate does not bind: find out how "
+                    "they got there (`fieldcrypt verify` names them)"
+                )
+            if col.bound_elsewhere:
+                found.append(
+                    f"{col.column}: {plural(col.bound_elsewhere, 'value')} bound to a context, "
+                    "which this column (context=False) cannot read: declare the context they "
+                    "were written under (`fieldcrypt verify` names them)"
+                )
         for index in self.indexes:
             if index.other_keys:
                 found.append(
@@ -258,6 +307,18 @@ class StatusReport:
                     "back or run `fieldcrypt reindex`"
                 )
         return found
+
+    @property
+    def to_bind(self) -> int:
+        """Values that rotate would bind: unbound and legacy tokens in non-strict bound columns."""
+        return sum(
+            c.unbound + c.legacy for c in self.columns if c.context is not None and not c.strict
+        )
+
+    @property
+    def bound(self) -> bool:
+        """Every value of a column with a context is bound to it (as counted)."""
+        return not any(c.unbound or c.legacy for c in self.columns if c.context is not None)
 
     @property
     def reindexed(self) -> bool:
@@ -293,6 +354,12 @@ class StatusReport:
         else:
             lines.append("ready: every value is readable")
         lines += [f"  {problem}" for problem in problems]
+        if self.to_bind:
+            lines.append(
+                f"bind: {plural(self.to_bind, 'value')} not bound to their column yet; "
+                "`fieldcrypt rotate` binds whatever value a column holds, so check first that "
+                "they are the column's own"
+            )
         if self.indexes:
             left = sum(i.stale + (i.missing or 0) for i in self.indexes)
             lines.append(
@@ -306,6 +373,7 @@ class StatusReport:
         """The report as plain data, for JSON."""
         return {
             "ready": self.ready,
+            "bound": self.bound,
             "reindexed": self.reindexed,
             "problems": self.problems(),
             "columns": [c.to_dict() for c in self.columns],
@@ -330,6 +398,18 @@ def _describe_column(col: ColumnStatus) -> list[str]:
         else:
             note = "NOT IN THE KEYRING: these cannot be decrypted"
         lines.append(f"  key {key_id:<24} {rows:>12,}  {note}")
+    if col.unbound:
+        note = (
+            "refused: the column is strict, and rotate does not bind these"
+            if col.strict
+            else "not bound to the column: rotate binds these"
+        )
+        lines.append(f"  {'unbound, of the keys above':<28} {col.unbound:>12,}  {note}")
+    if col.bound_elsewhere:
+        lines.append(
+            f"  {'bound, of the keys above':<28} {col.bound_elsewhere:>12,}  "
+            "the column has no context (context=False): these cannot be decrypted"
+        )
     if col.legacy_by_key is None:
         legacy = (
             "legacy, key unknown",
@@ -338,6 +418,8 @@ def _describe_column(col: ColumnStatus) -> list[str]:
         )
     else:
         legacy = ("legacy tokens", col.legacy, "bare Fernet tokens, tried: rotate moves these")
+    if col.strict:
+        legacy = (legacy[0], col.legacy, "bare Fernet tokens: refused, as the column is strict")
     for name, rows, note in (
         legacy,
         ("plaintext", col.plaintext, "not encrypted: rotate --encrypt-plaintext"),
@@ -459,15 +541,26 @@ def status(
     return StatusReport(found, indexed)
 
 
-def _column_status(
-    target: EncryptedColumn, counts: dict[tuple[str, str | None], int]
-) -> ColumnStatus:
-    keyring = target.codec.active_keyring()
+# What status counts a stored value by: its kind, the key id it names and whether it is bound.
+_Header = tuple[str, str | None, bool]
+
+
+def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> ColumnStatus:
+    codec = target.codec
+    keyring = codec.active_keyring()
+    context = codec.context
+    bound_column = isinstance(context, str)
     by_key: dict[str, int] = {}
+    unbound_by_key: dict[str, int] = {}
+    bound_elsewhere = 0
     totals = dict.fromkeys(("legacy", "plaintext", "null", "malformed"), 0)
-    for (kind, key_id), rows in counts.items():
+    for (kind, key_id, bound), rows in counts.items():
         if kind == "fc1" and key_id is not None:
             by_key[key_id] = by_key.get(key_id, 0) + rows
+            if bound_column and not bound:
+                unbound_by_key[key_id] = unbound_by_key.get(key_id, 0) + rows
+            elif bound and not bound_column:
+                bound_elsewhere += rows
         else:
             totals[kind] += rows
     return ColumnStatus(
@@ -480,37 +573,48 @@ def _column_status(
         null=totals["null"],
         malformed=totals["malformed"],
         legacy_candidates=tuple(k.id for k in keyring if k.kind == "fernet"),
+        context=context if isinstance(context, str) else None,
+        strict=bound_column and not codec.allow_unbound,
+        unbound_by_key=unbound_by_key,
+        bound_elsewhere=bound_elsewhere,
     )
 
 
-def _classify(value: str | bytes | None) -> tuple[str, str | None]:
-    """A stored value's kind and key id, exactly as :meth:`DialectSql.token_kind` decides."""
+def _classify(value: str | bytes | None) -> _Header:
+    """A stored value's header, exactly as :class:`DialectSql` decides it in SQL."""
     if value is None:
-        return "null", None
+        return "null", None, False
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     info = inspect_token(value)
     if info.kind == "fc1":
         if info.key_id is not None and KEY_ID_PATTERN.match(info.key_id):
-            return "fc1", info.key_id
-        return "malformed", None
-    return info.kind, None
+            return "fc1", info.key_id, info.bound
+        return "malformed", None, False
+    return info.kind, None, False
 
 
-def _count_in_sql(
-    conn: Connection, sql: DialectSql, target: EncryptedColumn
-) -> dict[tuple[str, str | None], int]:
-    kind, key_id = sql.token_kind(stored_text(target.column))
-    inner = select(kind.label("kind"), key_id.label("key_id")).select_from(target.table).subquery()
-    stmt = select(inner.c.kind, inner.c.key_id, func.count()).group_by(inner.c.kind, inner.c.key_id)
-    counts: Counter[tuple[str, str | None]] = Counter()
-    for found_kind, found_key, rows in conn.execute(stmt):
+def _count_in_sql(conn: Connection, sql: DialectSql, target: EncryptedColumn) -> dict[_Header, int]:
+    stored = stored_text(target.column)
+    kind, key_id = sql.token_kind(stored)
+    inner = (
+        select(kind.label("kind"), key_id.label("key_id"), sql.token_bound(stored).label("bound"))
+        .select_from(target.table)
+        .subquery()
+    )
+    stmt = select(inner.c.kind, inner.c.key_id, inner.c.bound, func.count()).group_by(
+        inner.c.kind, inner.c.key_id, inner.c.bound
+    )
+    counts: Counter[_Header] = Counter()
+    for found_kind, found_key, bound, rows in conn.execute(stmt):
         if isinstance(found_kind, bytes):
             found_kind = found_kind.decode("ascii")
+        header: _Header = (found_kind, found_key, False)
         if found_kind == "fc1":
             # The SQL finds where the key id ends; whether it is a valid id is checked here.
-            found_kind, found_key = _classify(TOKEN_PREFIX + _text(found_key) + ":")
-        counts[found_kind, found_key] += int(rows)
+            found_kind, found_key, _ = _classify(TOKEN_PREFIX + _text(found_key) + ":")
+            header = (found_kind, found_key, found_kind == "fc1" and bool(bound))
+        counts[header] += int(rows)
     return dict(counts)
 
 
@@ -528,8 +632,8 @@ def _read_each(
     run_job(engine, job, listener=_QUIET)
 
 
-def _count_by_reading(engine: Engine, target: EncryptedColumn) -> dict[tuple[str, str | None], int]:
-    counts: Counter[tuple[str, str | None]] = Counter()
+def _count_by_reading(engine: Engine, target: EncryptedColumn) -> dict[_Header, int]:
+    counts: Counter[_Header] = Counter()
 
     def classify(old: tuple[Any, ...]) -> None:
         counts[_classify(old[0])] += 1

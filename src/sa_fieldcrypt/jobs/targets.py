@@ -8,8 +8,9 @@ table reflected from the database.
   ``"app.models:Base"`` names a declarative base or ``MetaData`` (all its tables), a mapped
   class (its table) or a ``Table``. Objects work too: a module, a ``MetaData``, a class.
 - ``reflect_column(engine, "core.customers", "email_encrypted")``: one column of a table the
-  database describes, read as :class:`~sa_fieldcrypt.EncryptedText` tokens; no models needed.
-  Blind indexes need models: their normalizers are code.
+  database describes, read as :class:`~sa_fieldcrypt.EncryptedText` tokens bound to
+  ``core.customers.email_encrypted``, the name as given; no models needed. Blind indexes need
+  models: their normalizers are code.
 
 A column counts as encrypted when its type is an :class:`~sa_fieldcrypt.EncryptedType`, or
 when it is a plain column carrying ``info["sa_fieldcrypt.type"]`` (ciphertext behind an
@@ -74,6 +75,9 @@ class _OnTable:
 class EncryptedColumn(_OnTable):
     """A stored column of encrypted values and the type that encrypts and decrypts it.
 
+    A ``context=True`` codec (the default) that no column has taken yet is attached to
+    ``column``, so it binds values to that column's ``schema.table.column``.
+
     Attributes:
         column: the table column that holds the tokens.
         codec: the column's :class:`~sa_fieldcrypt.EncryptedType` (its own type, or the one
@@ -85,6 +89,11 @@ class EncryptedColumn(_OnTable):
     column: Column[Any]
     codec: EncryptedType
     source: Source | None = None
+
+    def __post_init__(self) -> None:
+        if self.codec.context is True:
+            # A codec given by hand for a plain column: it binds to that column's name.
+            self.codec._set_parent(self.column)
 
     def _named(self) -> Column[Any]:
         return self.column
@@ -218,10 +227,18 @@ def reflect_column(
     """Reflect ``[schema.]table`` from the database and return one of its columns.
 
     No models are needed: the column is read as tokens of :class:`~sa_fieldcrypt.EncryptedText`
-    under the default keys, unless ``codec`` says otherwise.
+    under the default keys, unless ``codec`` says otherwise. The codec is attached to the
+    reflected column (which keeps its own type), so a ``context=True`` codec (the default)
+    binds values to ``table_name.column_name`` *as given here*. For the jobs to read and write
+    what the application does, that must be the name the models declare, schema included:
+    ``"core.customers"`` for a table declared with ``schema="core"``, ``"customers"`` for one
+    declared without, whatever the database's default schema is called. A column reflected
+    with a ``codec`` of its own is for one-process runs (``workers=1``): worker processes
+    reflect the table again, and would not know the codec.
 
     Raises:
-        ConfigurationError: the table or the column does not exist.
+        ConfigurationError: the table or the column does not exist, or ``codec`` is a
+            ``context=True`` type already attached to another column.
     """
     schema, _, name = table_name.rpartition(".")
     try:
@@ -233,9 +250,17 @@ def reflect_column(
             f"table {table_name!r} has no column {column_name!r} "
             f"(columns: {', '.join(c.name for c in reflected.columns)})"
         )
-    return EncryptedColumn(
-        reflected.c[column_name], codec or EncryptedText(), ("table", table_name)
-    )
+    found = reflected.c[column_name]
+    # Worker processes reflect the table again with the default codec: a codec given here
+    # (strict, with another context, reading plaintext) would not reach them.
+    source: Source | None = ("table", table_name) if codec is None else None
+    codec = codec or EncryptedText()
+    # As encrypted_hybrid does for a plain column: SQLAlchemy's own way of telling a type which
+    # column it serves gives the codec the column's name as its context, and errors name it.
+    # The column keeps its reflected type, so a VARCHAR's length still limits what is written.
+    codec._set_parent(found)
+    found.info[COLUMN_INFO_KEY] = codec
+    return EncryptedColumn(found, codec, source)
 
 
 def portable(target: EncryptedColumn | IndexedColumn) -> tuple[Source, str]:
