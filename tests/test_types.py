@@ -700,7 +700,7 @@ def test_allow_plaintext_never_returns_ciphertext() -> None:
 )
 def test_allow_plaintext_refuses_values_that_look_like_tokens(edit: Any) -> None:
     """A re-cased, padded or headless token is refused, never returned as plaintext data."""
-    column_type = EncryptedText(keyring=RING, allow_plaintext=True)
+    column_type = EncryptedText(keyring=RING, context=LOOSE, allow_plaintext=True)
     token = encrypt(Keyring({"k1": generate_key()}), b"x")
     with pytest.raises(DecryptionError) as info:
         column_type.process_result_value(edit(token), DIALECT)

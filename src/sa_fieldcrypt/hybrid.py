@@ -44,7 +44,7 @@ from typing_extensions import TypeVar
 
 from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex
 from sa_fieldcrypt.errors import ConfigurationError, UnsupportedComparisonError
-from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType
+from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.elements import SQLCoreOperations
@@ -460,9 +460,9 @@ class EncryptedHybrid(hybrid_property[_V]):
         return binding
 
     def _ciphertext_type(self, source: Column[Any], label: str) -> EncryptedType:
-        existing = source.info.get(COLUMN_INFO_KEY)
-        if existing is not None:  # bound already, through another class on the same table
-            return existing  # type: ignore[no-any-return]
+        existing = column_codec(source)
+        if existing is not None:  # recorded already: another class on the table, or by hand
+            return existing
         if not isinstance(source.type, String):
             raise ConfigurationError(
                 f"{label}: {source.table.fullname}.{source.name} must be a string column "
