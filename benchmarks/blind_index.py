@@ -75,7 +75,7 @@ def main() -> None:
     # The documented column-key derivation (docs/blind-indexes.md): HKDF info = prefix + name.
     derived = one.primary.derive(b"sa-fieldcrypt blind index v1\x00c.email_bidx")
     normalized = normalize_email(EMAIL) or ""
-    bind = EncryptedText().bind_processor(sqlite.dialect())
+    bind = EncryptedText(context="c.email_encrypted").bind_processor(sqlite.dialect())
     if bind is None:
         raise RuntimeError("EncryptedText must have a bind processor")
     customer = Customer(id=1)
