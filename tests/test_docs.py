@@ -249,3 +249,24 @@ def test_docs_build_strict() -> None:
     config = load_config(str(ROOT / "mkdocs.yml"), strict=True)
     config["site_dir"] = str(ROOT / "site")
     build(config)
+
+
+def test_threat_model_names_only_tests_that_exist() -> None:
+    """Every test the threat model cites as proof is defined in the file it names."""
+    text = (ROOT / "docs" / "threat-model.md").read_text()
+    table = text.split("## How the tests back this", 1)[1]
+    cited: list[tuple[str, str]] = []
+    for row in table.splitlines():
+        current = None
+        for found in re.finditer(r"tests/(\w+\.py)|\b(test_\w+)\b", row):
+            if found[1]:
+                current = found[1]
+            elif found[2] and current is not None:
+                cited.append((current, found[2]))
+    assert cited
+    missing = [
+        f"{file}::{name}"
+        for file, name in cited
+        if f"def {name}(" not in (ROOT / "tests" / file).read_text()
+    ]
+    assert [] == missing
