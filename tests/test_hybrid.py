@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import (
     Engine,
     Integer,
+    MetaData,
     String,
     Text,
     UniqueConstraint,
@@ -718,11 +719,10 @@ def _tenant_model(schema: str | None) -> Any:
     """A customers model of its own declarative base, declared in ``schema``."""
 
     class Local(DeclarativeBase):
-        pass
+        metadata = MetaData(schema=schema)
 
     class TenantCustomer(Local):
         __tablename__ = "customers"
-        __table_args__ = {"schema": schema}
         id: Mapped[int] = mapped_column(primary_key=True)
         email_encrypted: Mapped[str | None] = mapped_column(Text)
         email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
