@@ -849,6 +849,49 @@ def test_a_blind_index_secret_without_primary_names_its_own_command(
     )
 
 
+def test_a_blind_index_secret_holding_an_encryption_key_is_refused(
+    fake: FakeSecretManager, no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index secret whose version holds an encryption key is refused, from Secret Manager."""
+    key = _add_keys(fake, 1)[0]
+    fake.create_secret(BLIND_SECRET)
+    fake.add_version(BLIND_SECRET, key.encode())
+    sa_fieldcrypt.configure(provider=_provider(fake))
+    sa_fieldcrypt.configure(
+        provider=GoogleSecretManagerKeyProvider(
+            BLIND_SECRET, client=fake.client(), purpose="blind-index"
+        ),
+        purpose="blind-index",
+    )
+    assert ("v1",) == current_keyring().ids
+    with pytest.raises(ConfigurationError) as info:
+        sa_fieldcrypt.BlindIndex("email_bidx", name="crm.email_bidx").compute("ada")
+    assert str(info.value).startswith(
+        f"blind-index key 'v1' (from {BLIND_SECRET}) holds the same secret as encryption key "
+        f"'v1' (from {SECRET}); "
+    )
+    assert key not in str(info.value)
+
+
+def test_a_secret_manager_index_key_equal_to_an_env_encryption_key_is_refused(
+    fake: FakeSecretManager, no_default_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys of different providers are compared too: env encryption, Secret Manager index."""
+    key = generate_key()
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"k1:{key}")
+    fake.create_secret(BLIND_SECRET)
+    fake.add_version(BLIND_SECRET, key.encode())
+    sa_fieldcrypt.configure(
+        provider=GoogleSecretManagerKeyProvider(
+            BLIND_SECRET, client=fake.client(), purpose="blind-index"
+        ),
+        purpose="blind-index",
+    )
+    assert ("v1",) == current_keyring("blind-index").ids
+    with pytest.raises(ConfigurationError, match="encryption key 'k1' \\(from EnvKeyProvider\\)"):
+        current_keyring()
+
+
 @pytest.mark.parametrize(
     ("purpose", "payload", "expected"),
     [

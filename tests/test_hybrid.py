@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import (
     Engine,
     Integer,
+    MetaData,
     String,
     Text,
     UniqueConstraint,
@@ -712,6 +713,58 @@ def test_mixin_context_true_binds_each_table_to_its_own_column(
     vendor.email_encrypted = lead_token
     with pytest.raises(DecryptionError, match=r"bound_vendors\.email_encrypted"):
         vendor.email  # noqa: B018  # the getter decrypts
+
+
+def _tenant_model(schema: str | None) -> Any:
+    """A customers model of its own declarative base, declared in ``schema``."""
+
+    class Local(DeclarativeBase):
+        metadata = MetaData(schema=schema)
+
+    class TenantCustomer(Local):
+        __tablename__ = "customers"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        email_encrypted: Mapped[str | None] = mapped_column(Text)
+        email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        email = encrypted_hybrid(
+            "email_encrypted", blind_index=BlindIndex("email_bidx", normalizer=normalize_email)
+        )
+
+    return TenantCustomer
+
+
+def test_the_same_email_in_two_declared_schemas_has_unrelated_index_values(
+    keyring: Keyring, index_keyring: Keyring
+) -> None:
+    """The declared schema is part of the default index name, so tenants' indexes differ."""
+    a, b, bare = _tenant_model("tenant_a"), _tenant_model("tenant_b"), _tenant_model(None)
+    values = [m(email="ada@example.com").email_bidx for m in (a, b, bare)]
+    assert 3 == len(set(values))
+    named = BlindIndex(
+        "email_bidx", normalizer=normalize_email, name="tenant_a.customers.email_bidx"
+    )
+    assert named.compute("ada@example.com") == values[0]
+    unqualified = BlindIndex("email_bidx", normalizer=normalize_email, name="customers.email_bidx")
+    assert unqualified.compute("ada@example.com") == values[2]
+
+
+def test_contexts_of_a_hybrid_include_the_declared_schema(
+    keyring: Keyring, index_keyring: Keyring
+) -> None:
+    """A token written in one declared schema's table does not decrypt in another's."""
+    a, b = _tenant_model("tenant_a"), _tenant_model("tenant_b")
+    assert "tenant_a.customers.email_encrypted" == (
+        a.__table__.c.email_encrypted.info[COLUMN_INFO_KEY].context
+    )
+    ada = a(email="ada@example.com")
+    token = ada.email_encrypted or ""
+    assert b"ada@example.com" == decrypt(
+        keyring, token, context="tenant_a.customers.email_encrypted"
+    )
+    other = b(email="bob@example.com")
+    other.email_encrypted, other.email_bidx = token, ada.email_bidx  # a whole value copied
+    with pytest.raises(DecryptionError, match=r"tenant_b\.customers\.email_encrypted"):
+        other.email  # noqa: B018  # the getter decrypts
 
 
 def test_a_hybrid_over_a_plain_column_binds_to_it_by_default(

@@ -306,3 +306,64 @@ def test_cache_age_is_a_metric_until_the_cache_is_gone() -> None:
     del cache
     gc.collect()
     assert "scripted-age" not in metrics.snapshot().key_cache_age
+
+
+# -- one secret, two purposes ------------------------------------------------------------
+
+
+def _shared_rings() -> tuple[Keyring, Keyring]:
+    secret = generate_key()
+    return Keyring({"k1": secret}), Keyring({"b1": secret}, purpose="blind-index")
+
+
+@pytest.mark.parametrize("index_first", [False, True], ids=["keys-first", "index-first"])
+def test_a_secret_serving_both_purposes_is_refused_by_the_second_load(index_first: bool) -> None:
+    """Whichever cache loads second refuses a secret the other purpose's cache serves."""
+    encryption, index = _shared_rings()
+    keys = KeyCache(ScriptedProvider(encryption))
+    index_keys = KeyCache(ScriptedProvider(index), purpose="blind-index")
+    first, second = (index_keys, keys) if index_first else (keys, index_keys)
+    first.get()
+    with pytest.raises(ConfigurationError) as info:
+        second.get()
+    assert str(info.value) == (
+        "blind-index key 'b1' (from ScriptedProvider) holds the same secret as encryption key "
+        "'k1' (from ScriptedProvider); whoever holds the index key could decrypt with it: "
+        "generate a separate key with `fieldcrypt keygen --kind hmac-sha256`, serve it in "
+        "place of 'b1', then run `fieldcrypt reindex`"
+    )
+    assert encryption.primary.export() not in str(info.value)
+
+
+def test_encryption_keys_load_without_any_index_keys() -> None:
+    """A cache of encryption keys loads with no blind-index keys anywhere."""
+    assert ("k1",) == KeyCache(ScriptedProvider(_ring("k1"))).get().ids
+
+
+def test_a_refresh_that_brings_a_shared_secret_keeps_the_previous_keys(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refresh that would serve a secret of the other purpose fails safe, like an outage."""
+    clock = FakeClock()
+    encryption, index = _shared_rings()
+    own = Keyring({"b0": generate_key("hmac-sha256")}, purpose="blind-index")
+    keys = KeyCache(ScriptedProvider(encryption))
+    keys.get()
+    index_keys = KeyCache(
+        ScriptedProvider(own, Keyring([*index, *own], purpose="blind-index"), cache_ttl=60),
+        purpose="blind-index",
+        clock=clock,
+    )
+    assert ("b0",) == index_keys.get().ids
+    clock.now += 61
+    with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
+        assert ("b0",) == index_keys.get().ids
+    assert "holds the same secret as encryption key 'k1'" in caplog.text
+
+
+def test_a_cache_that_is_gone_refuses_nothing() -> None:
+    """Only the keys of caches still alive are compared."""
+    encryption, index = _shared_rings()
+    KeyCache(ScriptedProvider(encryption)).get()
+    gc.collect()
+    assert ("b1",) == KeyCache(ScriptedProvider(index), purpose="blind-index").get().ids

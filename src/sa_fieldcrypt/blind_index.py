@@ -27,10 +27,12 @@ says which index key wrote the value, so a rotation's progress can be counted in
 
 Keys: blind-index keys are keys of purpose ``"blind-index"`` (kind ``hmac-sha256``), held in a
 :class:`~sa_fieldcrypt.Keyring` of that purpose and served by the same providers as the
-encryption keys, but never the same keys. Each column gets its own key, derived with
-HKDF-SHA256 (:meth:`~sa_fieldcrypt.Key.derive`) from the keyring's key and the column's *index
-name* (by default ``table.column`` of the index column), so two columns holding the same
-plaintext never share index values. Several keys may be active at once: the primary one
+encryption keys, but never the same keys (a key cache refuses a secret that serves both).
+Each column gets its own key, derived with HKDF-SHA256 (:meth:`~sa_fieldcrypt.Key.derive`)
+from the keyring's key and the column's *index name* (by default ``schema.table.column`` of
+the index column, as declared; ``table.column`` for a table declared without a schema), so
+two columns holding the same plaintext never share index values, nor do two tables of the
+same name in different declared schemas. Several keys may be active at once: the primary one
 writes, every one of them matches (``IN (...)``), which is how the index key rotates without
 downtime.
 """
@@ -235,8 +237,10 @@ class BlindIndex:
             provider of that purpose, for this index only; by default the process default
             (``configure(..., purpose="blind-index")`` or the settings).
         name: what the column key is derived from (HKDF info). By default
-            ``"<table>.<index column>"``; set it explicitly to keep index values stable
+            ``"<schema>.<table>.<index column>"`` as the table is declared (no schema part
+            for a table declared without one); set it explicitly to keep index values stable
             across a table rename, or to give two columns deliberately joinable indexes.
+            A ``schema_translate_map`` does not change it: it applies when statements run.
     """
 
     def __init__(

@@ -433,9 +433,7 @@ class EncryptedHybrid(hybrid_property[_V]):
                     f"{label}: {index_label} is already the blind index of "
                     f"{existing.source_column!r}; every encrypted column needs its own"
                 )
-            blind_index = existing or self._blind_index.bound_to(
-                f"{index.table.name}.{index.name}", source.name
-            )
+            blind_index = existing or self._blind_index.bound_to(index_label, source.name)
             index.info[INFO_BLIND_INDEX] = blind_index
 
         binding = _Binding(

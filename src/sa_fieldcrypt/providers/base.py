@@ -12,6 +12,12 @@ but only until they are ``max_stale`` seconds old (the provider's optional attri
 :data:`DEFAULT_MAX_STALE` when absent, None for no bound, only if asked for): past that it
 raises :class:`~sa_fieldcrypt.errors.KeyProviderError` instead, until a load succeeds again,
 so a key disabled at the source stops working within ``max_stale`` even through an outage.
+
+Caches are also where the two purposes' keys meet: a cache refuses to serve a keyring holding
+a secret that a cache of the other purpose serves (an encryption key reused as a blind-index
+key, or the reverse), whichever provider either came from. The check runs once per load,
+against the keys the other caches hold at that moment, so a process that only encrypts never
+needs index keys.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from sa_fieldcrypt import metrics
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, KeyProviderError
-from sa_fieldcrypt.keys import PURPOSES, Keyring, Purpose
+from sa_fieldcrypt.keys import PURPOSES, Key, Keyring, Purpose
 
 __all__ = ["DEFAULT_MAX_STALE", "KeyCache", "KeyProvider", "check_max_stale"]
 
@@ -34,6 +41,11 @@ __all__ = ["DEFAULT_MAX_STALE", "KeyCache", "KeyProvider", "check_max_stale"]
 DEFAULT_MAX_STALE = 24 * 3600.0
 
 logger = logging.getLogger("sa_fieldcrypt")
+
+# Every cache alive, and the lock under which each checks and installs what it loaded: two
+# caches loading at once cannot both miss the secret they share.
+_serving_lock = threading.Lock()
+_caches: weakref.WeakSet[KeyCache] = weakref.WeakSet()
 
 
 @runtime_checkable
@@ -162,6 +174,8 @@ class KeyCache:
         self._last_failure = ""
         if self._ttl is not None:
             metrics.watch_key_cache(self.source, self.age)
+        with _serving_lock:
+            _caches.add(self)
 
     def get(self) -> Keyring:
         """Return the cached keyring, loading or refreshing it when due.
@@ -213,12 +227,14 @@ class KeyCache:
                 raise self._stale_error()
             try:
                 keyring = self._load()
+                with _serving_lock:
+                    self._refuse_shared_secrets(keyring)
+                    self._keyring = keyring
             except FieldCryptError as exc:
                 metrics.count_key_load_failure(self.source)
                 if self._loaded_at is None:
                     raise
                 return self._after_failed_refresh(held, exc)
-            self._keyring = keyring
             self._loaded_at = now = self._clock()
             self._retry_at = float("-inf")
             if self._ttl is not None:
@@ -294,5 +310,31 @@ class KeyCache:
             )
         return loaded
 
+    def _refuse_shared_secrets(self, keyring: Keyring) -> None:
+        """Raise if a key of ``keyring`` holds a secret a cache of another purpose serves."""
+        # Whoever holds an index key (a reporting job, a search service) must not be able to
+        # decrypt; an encryption key reused as an index key would hand that over.
+        for other in list(_caches):
+            held = other._keyring
+            if other.purpose == self.purpose or held is None:
+                continue
+            for key in keyring:
+                theirs = next((k for k in held if key.shares_secret_with(k)), None)
+                if theirs is not None:
+                    raise _shared_secret_error((key, self.source), (theirs, other.source))
+
     def __repr__(self) -> str:
         return f"KeyCache({self.provider!r}, purpose={self.purpose!r})"
+
+
+def _shared_secret_error(*found: tuple[Key, str]) -> ConfigurationError:
+    """The refusal of one secret under both purposes; ``found``: each key and its source."""
+    (index, index_source), (encryption, encryption_source) = sorted(
+        found, key=lambda pair: pair[0].purpose != "blind-index"
+    )
+    return ConfigurationError(
+        f"blind-index key {index.id!r} (from {index_source}) holds the same secret as "
+        f"encryption key {encryption.id!r} (from {encryption_source}); whoever holds the index "
+        "key could decrypt with it: generate a separate key with `fieldcrypt keygen --kind "
+        f"hmac-sha256`, serve it in place of {index.id!r}, then run `fieldcrypt reindex`"
+    )

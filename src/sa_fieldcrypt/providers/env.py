@@ -45,16 +45,17 @@ def keyring_from_settings(
     Blind index: ``FIELDCRYPT_BLIND_INDEX_KEYS`` (the first entry writes) or the single
     ``FIELDCRYPT_BLIND_INDEX_KEY`` (id ``b0``).
 
+    A blind-index key that is also an encryption key is refused where both are loaded, by
+    the key caches (:mod:`sa_fieldcrypt.providers.base`), whichever providers serve them.
+
     Raises:
-        ConfigurationError: no keys, a malformed key, conflicting settings, or a blind-index
-            key that is also an encryption key. The message names the setting, never a key.
+        ConfigurationError: no keys, a malformed key, or conflicting settings. The message
+            names the setting, never a key.
     """
     if purpose == "encryption":
         return _encryption_keyring(settings)
     if purpose == "blind-index":
-        keyring = _blind_index_keyring(settings)
-        _refuse_shared_secrets(keyring, settings)
-        return keyring
+        return _blind_index_keyring(settings)
     raise ConfigurationError(f"purpose must be one of {', '.join(PURPOSES)}")
 
 
@@ -113,21 +114,6 @@ def _blind_index_keyring(settings: FieldCryptSettings) -> Keyring:
         reason = str(exc).removeprefix(f"key {BLIND_INDEX_KEY_ID!r}: ")
         raise ConfigurationError(f"FIELDCRYPT_BLIND_INDEX_KEY: {reason}") from None
     return Keyring([key], purpose="blind-index")
-
-
-def _refuse_shared_secrets(keyring: Keyring, settings: FieldCryptSettings) -> None:
-    # Whoever holds an index key (a reporting job, a search service) must not be able to
-    # decrypt; reusing an encryption key as an index key would hand it over.
-    try:
-        encryption = _encryption_keyring(settings)
-    except ConfigurationError:
-        return  # the encryption keys report their own problems where they are used
-    for key in keyring:
-        if any(key.shares_secret_with(other) for other in encryption):
-            raise ConfigurationError(
-                f"blind-index key {key.id!r} is also an encryption key; generate a separate "
-                "key with `fieldcrypt keygen --kind hmac-sha256`"
-            )
 
 
 class EnvKeyProvider:
