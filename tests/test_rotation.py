@@ -44,12 +44,14 @@ from sa_fieldcrypt import (
     EncryptedText,
     Keyring,
     RotationError,
+    ValueTypeError,
     generate_key,
     jobs,
 )
 from sa_fieldcrypt.cipher import encrypt, inspect_token
 from sa_fieldcrypt.cli import _Progress, cli
 from sa_fieldcrypt.config import current_keyring, swap_default_keys
+from sa_fieldcrypt.jobs.rotation import plaintext_to_token
 from sa_fieldcrypt.settings import FieldCryptSettings
 
 TABLE = "fc_rot_mixed"
@@ -651,6 +653,39 @@ def test_verify_allows_plaintext_where_the_column_does(engine: Engine, ring: Key
     column = jobs.reflect_column(engine, TABLE, "email", EncryptedText(allow_plaintext=True))
     report = jobs.verify(engine, [column])
     assert (0, 2) == (report.failed, report.skipped)
+
+
+def test_token_like_values_fail_and_are_never_encrypted_as_plaintext(
+    engine: Engine, ring: Keyring
+) -> None:
+    """rotate --encrypt-plaintext fails a value that looks like a token but does not decrypt."""
+    table = _make_table(engine)
+    token = _under(ring, "k1", "secret-plaintext")
+    edited = {1: "FC1:" + token[4:], 2: f" {token}", 3: "fc1:", 4: "gAAAAAnot-a-token"}
+    with engine.begin() as conn:
+        rows = [{"id": i, "email": v} for i, v in edited.items()]
+        conn.execute(insert(table), [*rows, {"id": 5, "email": "plain"}])
+    report = jobs.rotate(engine, [_column(engine)], encrypt_plaintext=True)
+    assert (4, 1) == (report.failed, report.written)
+    assert [(("id", i),) for i in edited] == [f.primary_key for f in report.jobs[0].failures]
+    stored = _stored(engine, table)
+    assert edited == {i: stored[i] for i in edited}
+    assert "secret-plaintext" not in " ".join(str(f) for f in report.jobs[0].failures)
+    with pytest.raises(ValueTypeError, match="already an encrypted token, or looks like one"):
+        plaintext_to_token(_column(engine).codec, edited[1])
+
+
+def test_verify_with_allow_plaintext_fails_token_like_values(engine: Engine, ring: Keyring) -> None:
+    """Under allow_plaintext, verify skips plaintext but fails a value that looks like a token."""
+    table = _make_table(engine)
+    token = _under(ring, "k1", "x", context=f"{TABLE}.email")
+    with engine.begin() as conn:
+        conn.execute(
+            insert(table), [{"id": 1, "email": "plain"}, {"id": 2, "email": "FC1:" + token[4:]}]
+        )
+    column = jobs.reflect_column(engine, TABLE, "email", EncryptedText(allow_plaintext=True))
+    report = jobs.verify(engine, [column])
+    assert (1, 1) == (report.failed, report.skipped)
 
 
 # -- resume from a state file ------------------------------------------------------------

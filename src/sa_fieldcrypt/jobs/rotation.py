@@ -102,7 +102,8 @@ def plaintext_to_token(codec: EncryptedType, stored: str) -> str:
     """
     if looks_like_token(stored):
         raise ValueTypeError(
-            f"{codec.column_label}: the stored value is, or looks like, an encrypted token; "
+            f"{codec.column_label}: the stored value is already an encrypted token, or looks like "
+            "one; "
             "plaintext_to_token() encrypts plaintext values only"
         )
     token = codec.encrypt_bytes(stored.encode("utf-8", "surrogatepass"))
