@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from pydantic import ValidationError
 from sqlalchemy import Engine, Integer, create_engine, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -24,13 +25,14 @@ from sa_fieldcrypt import (
     EncryptedText,
     FieldCryptError,
     Keyring,
+    ValueTypeError,
     generate_key,
 )
 from sa_fieldcrypt.cipher import encrypt
 from sa_fieldcrypt.cli import cli
 from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.providers import EnvKeyProvider, KeyCache, StaticKeyProvider
-from sa_fieldcrypt.settings import load_settings
+from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 from sa_fieldcrypt.testing import temporary_keys
 
 PLAINTEXTS = [
@@ -101,7 +103,7 @@ def echo_engine(engine: Engine) -> Iterator[Engine]:
 def _expect_error(found: Collected, action: Any) -> None:
     try:
         action()
-    except (FieldCryptError, TypeError) as exc:
+    except (FieldCryptError, TypeError, ValidationError) as exc:
         found.error(exc)
     else:
         raise AssertionError("the flow was expected to fail")
@@ -137,6 +139,73 @@ def test_database_flows_leak_nothing(echo_engine: Engine, collected: Collected) 
         _expect_error(collected, lambda: Patient.email == PLAINTEXTS[0])
         _expect_error(collected, lambda: EncryptedJSON().process_bind_param({PLAINTEXTS[0]}, None))
 
+    for text_seen in collected.texts:
+        for needle in _forbidden():
+            assert needle not in text_seen
+
+
+def _deeply_nested(depth: int = 100_000) -> list[Any]:
+    """A list nested ``depth`` deep: json.dumps raises RecursionError on it."""
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+class _LoudText(str):
+    """A str whose encoding fails with a message that quotes it, as custom objects may."""
+
+    __slots__ = ()
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        raise ValueError(f"cannot encode {self}")
+
+
+def test_failed_conversions_in_a_flush_show_no_row(
+    echo_engine: Engine, collected: Collected
+) -> None:
+    """A value that fails to convert while a flush binds raises ValueTypeError, quoting no row."""
+    failing = [
+        (Patient(id=2, email=PLAINTEXTS[1], notes=_deeply_nested()), "RecursionError"),
+        (Patient(id=2, email=_LoudText(PLAINTEXTS[1]), notes=[PLAINTEXTS[1]]), "ValueError"),
+    ]
+    with temporary_keys(RING):
+        for patient, raised in failing:
+            with Session(echo_engine) as session:
+                # Both rows bind in one statement: SQLAlchemy's StatementError would quote both.
+                session.add(Patient(id=1, email=PLAINTEXTS[0], notes={"n": PLAINTEXTS[2]}))
+                session.add(patient)
+                with pytest.raises(ValueTypeError) as info:
+                    session.flush()
+                session.rollback()
+            assert f"converting it raised {raised}" in str(info.value)
+            assert "fc_leak_patients." in str(info.value)
+            collected.error(info.value)
+    for text_seen in collected.texts:
+        for needle in _forbidden():
+            assert needle not in text_seen
+
+
+def test_a_key_given_as_a_key_id_is_never_shown(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch, collected: Collected
+) -> None:
+    """A key pasted where a key id belongs is refused without being quoted, wherever it is."""
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"k2:{KEYS[1]}")
+    for pasted in (KEYS[0], f"k1:{KEYS[0]}", KEYS[0][:40]):
+        monkeypatch.setenv("FIELDCRYPT_PRIMARY_KEY_ID", pasted)
+        _expect_error(collected, lambda: KeyCache(EnvKeyProvider()).get())
+        _expect_error(collected, FieldCryptSettings)
+        _expect_error(collected, lambda p=pasted: Keyring({"k2": KEYS[1]}, primary=p))  # type: ignore[misc]
+        _expect_error(collected, lambda p=pasted: RING.get(p))  # type: ignore[misc]
+        _expect_error(collected, lambda p=pasted: Keyring({p: KEYS[1]}))  # type: ignore[misc]
+    monkeypatch.delenv("FIELDCRYPT_KEYS")
+    monkeypatch.setenv("FIELD_ENCRYPTION_KEY", KEYS[1])
+    _expect_error(collected, lambda: KeyCache(EnvKeyProvider()).get())
+    monkeypatch.delenv("FIELDCRYPT_PRIMARY_KEY_ID")
+    monkeypatch.setenv("FIELDCRYPT_MAX_TOKEN_SIZE", KEYS[0])
+    _expect_error(collected, load_settings)
+    _expect_error(collected, FieldCryptSettings)
+    assert any("FIELDCRYPT_PRIMARY_KEY_ID: <not a key id" in seen for seen in collected.texts)
     for text_seen in collected.texts:
         for needle in _forbidden():
             assert needle not in text_seen
@@ -200,6 +269,31 @@ def test_command_line_errors_leak_nothing(
     for args in (["keys", "list"], ["keygen", "--id", KEYS[0]]):
         result = runner.invoke(cli, args)
         outputs += [result.output, result.stderr]
+    for output in outputs:
+        for needle in _forbidden():
+            assert needle not in output
+
+
+def test_retire_key_prints_key_ids_never_keys(
+    no_default_keys: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """retire-key, as text and as JSON, names key ids and variables and never a key."""
+    url = f"sqlite:///{tmp_path / 'retire.sqlite3'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    with temporary_keys(RING), Session(engine) as session:
+        session.add(Patient(id=1, email=PLAINTEXTS[0]))
+        session.commit()
+    engine.dispose()
+    monkeypatch.setenv("FIELDCRYPT_KEYS", RING.export())
+    monkeypatch.setenv("FIELDCRYPT_DATABASE_URL", url)
+    target = ["--table", "fc_leak_patients", "--column", "email"]
+    outputs = []
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(cli, ["retire-key", "k1", *target, *extra])
+        assert 0 == result.exit_code, result.output
+        outputs += [result.output, result.stderr]
+    assert "remove the entry 'k1' from FIELDCRYPT_KEYS; keep 'k2' (primary)" in outputs[0]
     for output in outputs:
         for needle in _forbidden():
             assert needle not in output

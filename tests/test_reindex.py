@@ -46,7 +46,7 @@ from sa_fieldcrypt.jobs import (
     JobReport,
     ResumeState,
     RunListener,
-    env_keys_without,
+    env_key_changes,
     find_columns,
     find_indexes,
     reindex,
@@ -568,10 +568,11 @@ def test_retire_keys_of_the_blind_index_purpose(
     assert ("b2",) == retire_keys(db, [], ["b1"], indexes=indexes).ids
     monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEYS", keys.export())
     monkeypatch.setenv("FIELDCRYPT_KEYS", f"k1:{generate_key()}")
-    variable, value, _ = env_keys_without(["b1"], purpose="blind-index")
-    assert ("FIELDCRYPT_BLIND_INDEX_KEYS", ("b2",)) == (
-        variable,
-        Keyring.parse(value, purpose="blind-index").ids,
+    change = env_key_changes(["b1"], purpose="blind-index")
+    assert ("FIELDCRYPT_BLIND_INDEX_KEYS", ("b1",), ("b2",)) == (
+        change.variable,
+        change.remove,
+        change.keep,
     )
 
 

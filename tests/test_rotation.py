@@ -44,12 +44,14 @@ from sa_fieldcrypt import (
     EncryptedText,
     Keyring,
     RotationError,
+    ValueTypeError,
     generate_key,
     jobs,
 )
 from sa_fieldcrypt.cipher import encrypt, inspect_token
 from sa_fieldcrypt.cli import _Progress, cli
 from sa_fieldcrypt.config import current_keyring, swap_default_keys
+from sa_fieldcrypt.jobs.rotation import plaintext_to_token
 from sa_fieldcrypt.settings import FieldCryptSettings
 
 TABLE = "fc_rot_mixed"
@@ -653,6 +655,39 @@ def test_verify_allows_plaintext_where_the_column_does(engine: Engine, ring: Key
     assert (0, 2) == (report.failed, report.skipped)
 
 
+def test_token_like_values_fail_and_are_never_encrypted_as_plaintext(
+    engine: Engine, ring: Keyring
+) -> None:
+    """rotate --encrypt-plaintext fails a value that looks like a token but does not decrypt."""
+    table = _make_table(engine)
+    token = _under(ring, "k1", "secret-plaintext")
+    edited = {1: "FC1:" + token[4:], 2: f" {token}", 3: "fc1:", 4: "gAAAAAnot-a-token"}
+    with engine.begin() as conn:
+        rows = [{"id": i, "email": v} for i, v in edited.items()]
+        conn.execute(insert(table), [*rows, {"id": 5, "email": "plain"}])
+    report = jobs.rotate(engine, [_column(engine)], encrypt_plaintext=True)
+    assert (4, 1) == (report.failed, report.written)
+    assert [(("id", i),) for i in edited] == [f.primary_key for f in report.jobs[0].failures]
+    stored = _stored(engine, table)
+    assert edited == {i: stored[i] for i in edited}
+    assert "secret-plaintext" not in " ".join(str(f) for f in report.jobs[0].failures)
+    with pytest.raises(ValueTypeError, match="already an encrypted token, or looks like one"):
+        plaintext_to_token(_column(engine).codec, edited[1])
+
+
+def test_verify_with_allow_plaintext_fails_token_like_values(engine: Engine, ring: Keyring) -> None:
+    """Under allow_plaintext, verify skips plaintext but fails a value that looks like a token."""
+    table = _make_table(engine)
+    token = _under(ring, "k1", "x", context=f"{TABLE}.email")
+    with engine.begin() as conn:
+        conn.execute(
+            insert(table), [{"id": 1, "email": "plain"}, {"id": 2, "email": "FC1:" + token[4:]}]
+        )
+    column = jobs.reflect_column(engine, TABLE, "email", EncryptedText(allow_plaintext=True))
+    report = jobs.verify(engine, [column])
+    assert (1, 1) == (report.failed, report.skipped)
+
+
 # -- resume from a state file ------------------------------------------------------------
 
 
@@ -1224,17 +1259,35 @@ def test_retire_key_refuses_while_rows_need_it(
         jobs.retire_keys(engine, columns, ["k3"])
 
 
-def test_env_keys_without_respects_the_legacy_variable() -> None:
-    """The new FIELDCRYPT_KEYS keeps FIELD_ENCRYPTION_KEY's key out of the list."""
+def test_env_key_changes_respects_the_legacy_variable() -> None:
+    """The change lists FIELDCRYPT_KEYS entries by id; retiring 'legacy' unsets its variable."""
     k2, k1, old = generate_key(), generate_key(), generate_key()
     settings = FieldCryptSettings(keys=f"k2:{k2},k1:{k1}", FIELD_ENCRYPTION_KEY=old)  # type: ignore[call-arg]
-    variable, value, notes = jobs.env_keys_without(["k1"], settings)
-    assert ("FIELDCRYPT_KEYS", f"k2:{k2}") == (variable, value)
-    assert ["FIELD_ENCRYPTION_KEY stays as it is"] == notes
-    _, value, notes = jobs.env_keys_without(["legacy"], settings)
-    assert f"k2:{k2},k1:{k1}" == value
-    assert "unset FIELD_ENCRYPTION_KEY" in notes[0]
-    assert all(k not in " ".join(notes) for k in (k2, k1, old))
+    change = jobs.env_key_changes(["k1"], settings)
+    assert jobs.KeySettingsChange("FIELDCRYPT_KEYS", ("k1",), ("k2",), "k2") == change
+    assert ["remove the entry 'k1' from FIELDCRYPT_KEYS; keep 'k2' (primary)"] == change.steps()
+    legacy = jobs.env_key_changes(["legacy"], settings)
+    assert ((), ("k2", "k1"), ("FIELD_ENCRYPTION_KEY",)) == (
+        legacy.remove,
+        legacy.keep,
+        legacy.unset,
+    )
+    assert [
+        "FIELDCRYPT_KEYS stays as it is",
+        "unset FIELD_ENCRYPTION_KEY: the key it holds is retired",
+    ] == legacy.steps()
+    assert all(k not in repr(legacy.to_dict()) for k in (k2, k1, old))
+
+
+def test_env_key_changes_keep_the_primary_that_the_setting_names() -> None:
+    """With FIELDCRYPT_PRIMARY_KEY_ID naming a later entry, the entries kept keep their order."""
+    k1, k2, k3 = generate_key(), generate_key(), generate_key()
+    settings = FieldCryptSettings(keys=f"k1:{k1},k2:{k2},k3:{k3}", primary_key_id="k3")
+    change = jobs.env_key_changes(["k1"], settings)
+    assert (("k1",), ("k2", "k3"), "k3") == (change.remove, change.keep, change.primary)
+    assert "keep 'k2', 'k3' (primary)" in change.steps()[0]
+    with pytest.raises(ConfigurationError, match="'k3' is the primary key"):
+        jobs.env_key_changes(["k3"], settings)
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -1338,10 +1391,10 @@ def test_cli_models_and_workers(
         rotation_support.Base.metadata.drop_all(engine)
 
 
-def test_cli_retire_key_prints_keys_on_stdout_only(
+def test_cli_retire_key_prints_ids_and_what_to_do_never_a_key(
     sqlite_env: tuple[Engine, Table, Keyring],
 ) -> None:
-    """retire-key refuses while used; once free, stdout is the new FIELDCRYPT_KEYS alone."""
+    """retire-key refuses while used; once free, it names the entries to remove and keep."""
     _, _, ring = sqlite_env
     refused = CliRunner().invoke(cli, ["retire-key", "k1", *TARGET])
     assert 1 == refused.exit_code
@@ -1350,13 +1403,16 @@ def test_cli_retire_key_prints_keys_on_stdout_only(
     CliRunner().invoke(cli, ["rotate", *TARGET])
     result = CliRunner().invoke(cli, ["retire-key", "k1", *TARGET])
     assert 0 == result.exit_code, result.output
-    assert ("k3", "k2") == Keyring.parse(result.stdout.strip()).ids
-    assert all(key.export() not in result.stderr for key in ring)
+    assert (
+        "No value of fc_rot_mixed.email uses key 'k1'. Everywhere the application runs:\n"
+        "  remove the entry 'k1' from FIELDCRYPT_KEYS; keep 'k3' (primary), 'k2'\n"
+    ) == result.stdout
+    for key in ring:
+        assert key.export()[:20] not in result.output
 
 
-@pytest.mark.usefixtures("sqlite_env")
-def test_cli_retire_key_takes_several_ids() -> None:
-    """retire-key k1 k2 checks both and prints a keyring without either; --json says so too."""
+def test_cli_retire_key_takes_several_ids(sqlite_env: tuple[Engine, Table, Keyring]) -> None:
+    """retire-key k1 k2 checks both and names both entries; --json lists ids, never a key."""
     refused = CliRunner().invoke(cli, ["retire-key", "k1", "k2", *TARGET])
     assert 1 == refused.exit_code
     assert "key 'k1' is still used" in refused.stderr
@@ -1364,15 +1420,27 @@ def test_cli_retire_key_takes_several_ids() -> None:
     CliRunner().invoke(cli, ["rotate", *TARGET])
     result = CliRunner().invoke(cli, ["retire-key", "k1", "k2", *TARGET])
     assert 0 == result.exit_code, result.output
-    assert ("k3",) == Keyring.parse(result.stdout.strip()).ids
-    report = json.loads(
-        CliRunner().invoke(cli, ["retire-key", "k1", "k2", "--json", *TARGET]).stdout
+    assert "  remove the entries 'k1', 'k2' from FIELDCRYPT_KEYS; keep 'k3' (primary)\n" in (
+        result.stdout
     )
-    assert (["k1", "k2"], "encryption", "FIELDCRYPT_KEYS") == (
+    printed = CliRunner().invoke(cli, ["retire-key", "k1", "k2", "--json", *TARGET]).stdout
+    report = json.loads(printed)
+    assert (["k1", "k2"], "encryption", "env", ["k3"]) == (
         report["retired"],
         report["purpose"],
-        report["variable"],
+        report["provider"],
+        report["remaining"],
     )
+    assert {
+        "variable": "FIELDCRYPT_KEYS",
+        "remove": ["k1", "k2"],
+        "keep": ["k3"],
+        "primary": "k3",
+        "unset": [],
+        "steps": ["remove the entries 'k1', 'k2' from FIELDCRYPT_KEYS; keep 'k3' (primary)"],
+    } == report["change"]
+    assert "value" not in report
+    assert all(key.export()[:20] not in printed for key in sqlite_env[2])
     assert 2 == CliRunner().invoke(cli, ["retire-key", *TARGET]).exit_code  # no id: usage
 
 
@@ -1510,8 +1578,11 @@ def test_cli_retire_key_resolve_legacy(
     assert "--resolve-legacy" in refused.stderr
     retired = CliRunner().invoke(cli, ["retire-key", "spare", "--resolve-legacy", *target])
     assert 0 == retired.exit_code, retired.output
-    assert ("new", "cur", "old", "siv") == Keyring.parse(retired.stdout.strip()).ids
-    assert "No value of fc_rot_legacy.email uses key 'spare'." in retired.stderr
+    assert (
+        "No value of fc_rot_legacy.email uses key 'spare'. Everywhere the application runs:\n"
+        "  remove the entry 'spare' from FIELDCRYPT_KEYS; keep 'new' (primary), 'cur', 'old', "
+        "'siv'\n"
+    ) == retired.stdout
     old = CliRunner().invoke(cli, ["retire-key", "old", "--resolve-legacy", *target])
     assert 1 == old.exit_code
     assert "key 'old' is still used by fc_rot_legacy.email (3 legacy tokens)" in old.stderr

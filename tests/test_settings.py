@@ -111,6 +111,14 @@ def test_default_keys_come_from_settings_at_first_use(
         ({"FIELD_ENCRYPTION_KEY": "{k}", "FIELDCRYPT_PRIMARY_KEY_ID": "k7"}, "FIELDCRYPT_KEYS"),
         ({"FIELDCRYPT_KEYS": "legacy:{k}", "FIELD_ENCRYPTION_KEY": "{k}"}, "'legacy'"),
         ({"FIELDCRYPT_PROVIDER": "vault", "FIELDCRYPT_KEYS": "k1:{k}"}, "FIELDCRYPT_PROVIDER"),
+        (
+            {"FIELDCRYPT_KEYS": "k1:{k}", "FIELDCRYPT_PRIMARY_KEY_ID": "{k}"},
+            r"FIELDCRYPT_PRIMARY_KEY_ID: <not a key id \(44 characters\), not shown",
+        ),
+        (
+            {"FIELD_ENCRYPTION_KEY": "{k}", "FIELDCRYPT_PRIMARY_KEY_ID": "k1:{k}"},
+            r"FIELDCRYPT_PRIMARY_KEY_ID: <not a key id \(47 characters\)",
+        ),
     ],
     ids=[
         "nothing",
@@ -122,6 +130,8 @@ def test_default_keys_come_from_settings_at_first_use(
         "primary-without-keys",
         "legacy-id-clash",
         "bad-provider",
+        "key-as-primary",
+        "entry-as-primary-without-keys",
     ],
 )
 def test_bad_settings_fail_clearly_at_first_use(

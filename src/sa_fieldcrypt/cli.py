@@ -37,7 +37,7 @@ from sa_fieldcrypt.jobs.rotation import rotate as rotate_columns
 from sa_fieldcrypt.jobs.rotation import verify as verify_columns
 from sa_fieldcrypt.jobs.sql import driver_message
 from sa_fieldcrypt.jobs.state import ResumeState
-from sa_fieldcrypt.jobs.status import StatusReport, env_keys_without, retire_keys
+from sa_fieldcrypt.jobs.status import StatusReport, env_key_changes, retire_keys
 from sa_fieldcrypt.jobs.status import status as status_of
 from sa_fieldcrypt.jobs.targets import (
     EncryptedColumn,
@@ -746,14 +746,14 @@ def retire_key(
     resolve_legacy: bool,
     as_json: bool,
 ) -> None:
-    """Remove keys that no stored value needs any more.
+    """Check that no stored value needs the keys, and say how to remove them.
 
     The keys are encryption keys (checked against every encrypted column) or blind-index keys
     (checked against every blind-index column of --models), one purpose per command. Refuses
     while any value is under a KEY_ID (or, for encryption keys, while legacy tokens remain;
     with --resolve-legacy, while a KEY_ID opens one).
-    With keys from the environment, prints the variable's new value on stdout, and nothing
-    else there: `export FIELDCRYPT_KEYS="$(fieldcrypt retire-key k1 k2 --models app.models)"`.
+    With keys from the environment, says which entries to remove from which variable and
+    which stay, by key id: it never prints a key, so its output is safe in any log.
     """
     with target.open(indexes=True) as (engine, columns, indexes):
         remaining = retire_keys(
@@ -769,38 +769,29 @@ def retire_key(
     provider = (
         settings.blind_index_provider if remaining.purpose == "blind-index" else settings.provider
     )
-    ids = f"{word_for(len(key_ids), 'key')} {', '.join(repr(k) for k in key_ids)}"
-    variable = value = None
-    notes: list[str] = []
+    change = None
     if provider == "env":
-        variable, value, notes = env_keys_without(key_ids, settings, purpose=remaining.purpose)
+        change = env_key_changes(key_ids, settings, purpose=remaining.purpose)
+        steps = change.steps()
+    else:
+        them = word_for(len(key_ids), "it", "them")
+        steps = [f"remove {them} from the keys that provider {provider!r} serves"]
     if as_json:
-        report = {
+        report: dict[str, Any] = {
             "retired": list(key_ids),
             "purpose": remaining.purpose,
             "checked": checked,
-            "variable": variable,
-            "value": value,
-            "notes": notes,
+            "provider": provider,
+            "remaining": list(remaining.ids),
+            "change": None if change is None else change.to_dict(),
+            "steps": steps,
         }
         click.echo(json.dumps(report, indent=2))
         return
-    if value is None:
-        them = word_for(len(key_ids), "it", "them")
-        click.echo(
-            f"No value of {', '.join(checked)} uses {ids}: remove {them} from the keys that "
-            f"provider {provider!r} serves.",
-            err=True,
-        )
-        return
-    click.echo(
-        f"No value of {', '.join(checked)} uses {ids}. Set {variable} to the value printed "
-        "on stdout, everywhere the application runs.",
-        err=True,
-    )
-    for note in notes:
-        click.echo(f"  {note}", err=True)
-    click.echo(value)
+    ids = f"{word_for(len(key_ids), 'key')} {', '.join(repr(k) for k in key_ids)}"
+    click.echo(f"No value of {', '.join(checked)} uses {ids}. Everywhere the application runs:")
+    for step in steps:
+        click.echo(f"  {step}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,6 +63,7 @@ __all__ = [
     "generate_key",
     "is_fernet_token",
     "parse_key",
+    "show_key_id",
 ]
 
 #: Key ids are short, printable and safe inside a token header and a settings string.
@@ -170,22 +171,32 @@ def generate_key(kind: KeyKind = "fernet") -> str:
     raise ConfigurationError(f"generate_key: kind must be one of {', '.join(KEY_KINDS)}")
 
 
+def show_key_id(value: object) -> str:
+    """Return how a message shows ``value``, given as a key id: quoted only if it is one.
+
+    A well-formed key id (:data:`KEY_ID_PATTERN`, at most 32 characters) is quoted. Anything
+    else may be a key pasted into an id's place, so it is described by its length (or type)
+    and never quoted.
+    """
+    if isinstance(value, str) and KEY_ID_PATTERN.match(value):
+        return repr(value)
+    if isinstance(value, str):
+        size = f"{len(value)} character{'' if len(value) == 1 else 's'}"
+    else:
+        size = f"a {type(value).__name__}"
+    return f"<not a key id ({size}), not shown: it may be a key>"
+
+
 def _check_key_id(key_id: object, where: str) -> str:
     """Return ``key_id`` if it matches :data:`KEY_ID_PATTERN`, else raise ConfigurationError.
 
-    ``where`` starts the message. Text longer than an id is described by its length only: it
-    is most likely a key typed into the id field.
+    ``where`` starts the message, which never quotes the text: it is most likely a key typed
+    into the id field (see :func:`show_key_id`).
     """
     if not isinstance(key_id, str) or not KEY_ID_PATTERN.match(key_id):
-        if not isinstance(key_id, str):
-            shown = f"of type {type(key_id).__name__}"
-        elif len(key_id) > 32:
-            shown = f"of {len(key_id)} characters"
-        else:
-            shown = repr(key_id)
         raise ConfigurationError(
-            f"{where}: key id {shown} is not valid; a key id is 1 to 32 characters "
-            "from A-Z, a-z, 0-9, '_' and '-'"
+            f"{where}: key id {show_key_id(key_id)} is not valid; a key id is 1 to 32 "
+            "characters from A-Z, a-z, 0-9, '_' and '-'"
         )
     return key_id
 
@@ -734,8 +745,8 @@ class Keyring:
             primary = built[0].id
         elif primary not in by_id:
             raise ConfigurationError(
-                f"Keyring: primary key id {primary!r} is not in the keyring "
-                f"(ids: {', '.join(by_id)})"
+                f"Keyring: primary key id {show_key_id(primary)} is not in the keyring "
+                f"(ids: {', '.join(by_id)}); give the id of one of its keys"
             )
         self._keys = by_id
         self.primary = by_id[primary]
@@ -788,11 +799,14 @@ class Keyring:
         """Return the key with id ``key_id``; raises :class:`UnknownKeyError` if absent."""
         try:
             return self._keys[key_id]
-        except KeyError:
+        except (KeyError, TypeError):
+            # Only a well-formed id is named, here and in the error's key_id (see show_key_id).
+            named = key_id if isinstance(key_id, str) and KEY_ID_PATTERN.match(key_id) else None
             raise UnknownKeyError(
-                f"no key with id {key_id!r} in the keyring (ids: {', '.join(self._keys)}); "
-                "add the key that wrote this value back to the keyring",
-                key_id=key_id,
+                f"no key with id {show_key_id(key_id)} in the keyring "
+                f"(ids: {', '.join(self._keys)}); add the key that wrote this value back to the "
+                "keyring",
+                key_id=named,
             ) from None
 
     def find(self, key_id: str) -> Key | None:

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sa_fieldcrypt.errors import ConfigurationError
+from sa_fieldcrypt.keys import KEY_ID_PATTERN, show_key_id
 
 __all__ = ["FieldCryptSettings", "load_settings"]
 
@@ -19,7 +20,10 @@ __all__ = ["FieldCryptSettings", "load_settings"]
 class FieldCryptSettings(BaseSettings):
     """Configuration of sa-fieldcrypt, from ``FIELDCRYPT_*`` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="FIELDCRYPT_", extra="ignore")
+    # hide_input_in_errors: pydantic's own error text would quote the value, maybe a key.
+    model_config = SettingsConfigDict(
+        env_prefix="FIELDCRYPT_", extra="ignore", hide_input_in_errors=True
+    )
 
     provider: Literal["env", "gcp"] = Field(
         default="env",
@@ -117,6 +121,19 @@ class FieldCryptSettings(BaseSettings):
         "rotate reports them instead of binding them. A column's own allow_unbound= wins.",
     )
 
+    @field_validator("primary_key_id")
+    @classmethod
+    def _is_a_key_id(cls, value: str | None) -> str | None:
+        # Checked here, so that every message that names this setting may quote it: a key
+        # pasted into it is refused without being shown.
+        if value is not None and not KEY_ID_PATTERN.match(value):
+            raise ValueError(
+                f"{show_key_id(value)}: set it to the id of a key of FIELDCRYPT_KEYS, such as "
+                "'k2' (1 to 32 characters from A-Z, a-z, 0-9, '_' and '-'); keys themselves "
+                "go in FIELDCRYPT_KEYS"
+            )
+        return value
+
     @field_validator("gcp_max_stale", mode="before")
     @classmethod
     def _none_means_no_bound(cls, value: object) -> object:
@@ -131,9 +148,18 @@ def load_settings() -> FieldCryptSettings:
     try:
         return FieldCryptSettings()
     except ValidationError as exc:
-        # pydantic's own text quotes the offending input; ours names the setting only.
+        # pydantic's own text quotes the offending input; ours names the setting only, and
+        # the messages of our validators, which quote no value but a well-formed key id.
         problems = "; ".join(
-            f"FIELDCRYPT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f"{_variable(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
             for err in exc.errors(include_input=False, include_url=False)
         )
         raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable of a field, as an error's ``loc`` names it."""
+    name = "_".join(str(part) for part in loc)
+    field = FieldCryptSettings.model_fields.get(name)
+    alias = field.validation_alias if field is not None else None
+    return alias if isinstance(alias, str) else f"FIELDCRYPT_{name.upper()}"

@@ -49,6 +49,7 @@ from sa_fieldcrypt.config import as_key_cache, default_key_cache, unbound_allowe
 from sa_fieldcrypt.errors import (
     ConfigurationError,
     DecryptionError,
+    FieldCryptError,
     UnknownKeyError,
     UnsupportedComparisonError,
     ValueTypeError,
@@ -220,7 +221,14 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         def encrypt_value(value: Any) -> str | None:
             if value is None:
                 return None
-            data = to_bytes(value)
+            try:
+                data = to_bytes(value)
+            except FieldCryptError:
+                raise
+            except Exception as exc:
+                # SQLAlchemy would wrap it in StatementError, whose text quotes the plaintext
+                # of every parameter, and its own message may quote the value.
+                raise column._conversion_error(value, exc) from None
             context = column._context
             name = context.name
             if name is None and context.from_column:  # context.pending, without a call
@@ -397,6 +405,14 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         return ValueTypeError(
             f"{self.column_label}: {type(self).__name__} stores {self.python_type_name} "
             f"values, got {type(value).__name__}"
+        )
+
+    def _conversion_error(self, value: object, exc: Exception) -> ValueTypeError:
+        return ValueTypeError(
+            f"{self.column_label}: {type(self).__name__} could not turn a "
+            f"{type(value).__name__} value into bytes to encrypt: converting it raised "
+            f"{type(exc).__name__} (its message is not shown: it may quote the value); give it "
+            f"a {self.python_type_name} value that converts"
         )
 
     def _set_parent(self, parent: SchemaEventTarget, outer: bool = False, **kw: Any) -> None:

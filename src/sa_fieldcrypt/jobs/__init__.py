@@ -9,7 +9,8 @@ processes or shards, resumes from a state file and reports in one vocabulary; th
   :func:`find_indexes`, :func:`reflect_column`).
 - :mod:`~sa_fieldcrypt.jobs.rotation`: :func:`rotate` and :func:`verify`.
 - :mod:`~sa_fieldcrypt.jobs.reindex`: :func:`reindex`.
-- :mod:`~sa_fieldcrypt.jobs.status`: :func:`status` and :func:`retire_keys`.
+- :mod:`~sa_fieldcrypt.jobs.status`: :func:`status`, :func:`retire_keys` and
+  :func:`env_key_changes`.
 - :mod:`~sa_fieldcrypt.jobs.report`, :mod:`~sa_fieldcrypt.jobs.state`,
   :mod:`~sa_fieldcrypt.jobs.sql`: reports and listeners, resume state, per-database SQL.
 
@@ -34,7 +35,13 @@ from sa_fieldcrypt.jobs.reindex import reindex
 from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, RunReport
 from sa_fieldcrypt.jobs.rotation import rotate, verify
 from sa_fieldcrypt.jobs.state import ResumeState
-from sa_fieldcrypt.jobs.status import StatusReport, env_keys_without, retire_keys, status
+from sa_fieldcrypt.jobs.status import (
+    KeySettingsChange,
+    StatusReport,
+    env_key_changes,
+    retire_keys,
+    status,
+)
 from sa_fieldcrypt.jobs.targets import (
     EncryptedColumn,
     IndexedColumn,
@@ -51,11 +58,12 @@ __all__ = [
     "Failure",
     "IndexedColumn",
     "JobReport",
+    "KeySettingsChange",
     "ResumeState",
     "RunListener",
     "RunReport",
     "StatusReport",
-    "env_keys_without",
+    "env_key_changes",
     "find_columns",
     "find_indexes",
     "parse_shard",

@@ -29,12 +29,12 @@ from typing import Any
 from sqlalchemy import Engine, and_
 from sqlalchemy.engine.default import DefaultDialect
 
-from sa_fieldcrypt.cipher import NOT_A_TOKEN, TOKEN_PREFIX, inspect_token
+from sa_fieldcrypt.cipher import NOT_A_TOKEN, inspect_token, looks_like_token
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeError
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, JobFactory, Skip, run_jobs
 from sa_fieldcrypt.jobs.reindex import index_check_jobs
 from sa_fieldcrypt.jobs.report import RunReport
-from sa_fieldcrypt.jobs.sql import LEGACY_TOKEN_START, DialectSql, stored_text
+from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn, Source, find_again, portable
 from sa_fieldcrypt.keys import BOUND_FLAG
 from sa_fieldcrypt.types import EncryptedType
@@ -49,7 +49,6 @@ __all__ = [
     "written_prefix",
 ]
 
-_TOKEN_STARTS = (TOKEN_PREFIX, LEGACY_TOKEN_START)
 # The types' processors ignore the dialect; a function of a codec alone has none at hand.
 _DIALECT = DefaultDialect()
 
@@ -84,8 +83,8 @@ def reencrypt(codec: EncryptedType, token: str) -> str:
     Raises:
         DecryptionError: the value is not a token, or does not decrypt.
     """
-    # Only allow_plaintext makes decrypt_token() accept plaintext; refuse it here.
-    if codec.allow_plaintext and inspect_token(token).kind == "plaintext":
+    # Only allow_plaintext makes decrypt_token() accept plaintext, as it decides; refuse it here.
+    if codec.allow_plaintext and not looks_like_token(token):
         raise DecryptionError(NOT_A_TOKEN, column=codec.column_label)
     return codec.encrypt_bytes(codec.decrypt_token(token))
 
@@ -98,11 +97,13 @@ def plaintext_to_token(codec: EncryptedType, stored: str) -> str:
     :class:`~sa_fieldcrypt.EncryptedJSON`) is refused rather than written.
 
     Raises:
-        ValueTypeError: the value is already a token, or it is not what the column stores.
+        ValueTypeError: the value is, or looks like, a token (``cipher.looks_like_token``: an
+            edited token is not plaintext either), or it is not what the column stores.
     """
-    if inspect_token(stored).kind != "plaintext":
+    if looks_like_token(stored):
         raise ValueTypeError(
-            f"{codec.column_label}: the stored value is already an encrypted token; "
+            f"{codec.column_label}: the stored value is already an encrypted token, or looks like "
+            "one; "
             "plaintext_to_token() encrypts plaintext values only"
         )
     token = codec.encrypt_bytes(stored.encode("utf-8", "surrogatepass"))
@@ -123,7 +124,8 @@ def rotation_job(
 
     Values already under the primary key are not selected at all. Values under other keys
     and legacy tokens are re-encrypted; plaintext values are encrypted if
-    ``encrypt_plaintext``, else skipped.
+    ``encrypt_plaintext``, else skipped. A value that looks like a token
+    (``cipher.looks_like_token``) and does not decrypt is a failure, never encrypted as data.
 
     In a column with a context, unbound tokens (under any key) and legacy tokens are rewritten
     bound, unless the column is strict (``allow_unbound=False``, or
@@ -142,13 +144,10 @@ def rotation_job(
         value = old[0]
         if strict:
             _refuse_unbound(codec, value)
-        if value.startswith(_TOKEN_STARTS):
-            try:
-                return (reencrypt(codec, value),)
-            except DecryptionError:
-                # A value can start like a token and still be plaintext ("fc1:" alone).
-                if inspect_token(value).kind != "plaintext":
-                    raise
+        # As the columns read them: what looks like a token (an edited or re-cased one too)
+        # decrypts or fails, and is never taken for plaintext.
+        if looks_like_token(value):
+            return (reencrypt(codec, value),)
         if not encrypt_plaintext:
             return SKIP
         return (plaintext_to_token(codec, value),)
@@ -185,7 +184,7 @@ def verification_job(engine: Engine, target: EncryptedColumn) -> BatchJob:
 
     Values are read as the application reads them (an :class:`EncryptedJSON` value must
     also parse). Plaintext values fail, unless the column has ``allow_plaintext``: then
-    they are skipped.
+    they are skipped. A value that looks like a token is never skipped as plaintext.
     """
     codec = target.codec
     dialect = engine.dialect
@@ -193,7 +192,7 @@ def verification_job(engine: Engine, target: EncryptedColumn) -> BatchJob:
 
     def transform(old: tuple[Any, ...]) -> Skip | None:
         value = old[0]
-        if codec.allow_plaintext and inspect_token(value).kind == "plaintext":
+        if codec.allow_plaintext and not looks_like_token(value):
             return SKIP
         codec.process_result_value(value, dialect)
         return None

@@ -39,7 +39,7 @@ from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
 from sa_fieldcrypt.jobs.engine import BatchJob, Transform, run_job
 from sa_fieldcrypt.jobs.reindex import reindex_job
-from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, plural
+from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, plural, word_for
 from sa_fieldcrypt.jobs.sql import LEGACY_TOKEN_START, DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn
 from sa_fieldcrypt.keys import KEY_ID_PATTERN, PURPOSES, Keyring, Purpose
@@ -52,9 +52,10 @@ if TYPE_CHECKING:
 __all__ = [
     "ColumnStatus",
     "IndexStatus",
+    "KeySettingsChange",
     "KeyUsage",
     "StatusReport",
-    "env_keys_without",
+    "env_key_changes",
     "retire_keys",
     "status",
 ]
@@ -738,8 +739,8 @@ def retire_keys(
 
     The keys are encryption keys, checked against ``columns``, or blind-index keys, checked
     against ``indexes``: whichever keyring holds them (one purpose per call). The database is
-    not changed: put the returned keyring in place of the current one (:func:`env_keys_without`
-    gives the settings text for the env provider).
+    not changed: put the returned keyring in place of the current one (:func:`env_key_changes`
+    says how, for the env provider, by key id).
 
     Args:
         engine: the database.
@@ -845,39 +846,82 @@ def _without(keyring: Keyring, key_ids: Sequence[str]) -> Keyring:
     return remaining
 
 
-def env_keys_without(
+@dataclass(frozen=True)
+class KeySettingsChange:
+    """How to change the key settings once keys are retired: ids and variables, never a key.
+
+    Attributes:
+        variable: the variable that lists the keys: ``FIELDCRYPT_KEYS`` or
+            ``FIELDCRYPT_BLIND_INDEX_KEYS``.
+        remove: ids of the entries to remove from it, in the order they were given.
+        keep: ids of the entries that stay in it, in their order.
+        primary: id of the key that writes; it stays, and so does ``FIELDCRYPT_PRIMARY_KEY_ID``.
+        unset: other variables to unset: ``FIELD_ENCRYPTION_KEY`` once ``legacy`` is retired.
+    """
+
+    variable: str
+    remove: tuple[str, ...]
+    keep: tuple[str, ...]
+    primary: str
+    unset: tuple[str, ...] = ()
+
+    def steps(self) -> list[str]:
+        """What to do, one line each; it names ids and variables only."""
+        found = []
+        if self.remove:
+            kept = ", ".join(
+                f"{key_id!r}{' (primary)' if key_id == self.primary else ''}"
+                for key_id in self.keep
+            )
+            entries = word_for(len(self.remove), "entry", "entries")
+            removed = ", ".join(repr(key_id) for key_id in self.remove)
+            found.append(f"remove the {entries} {removed} from {self.variable}; keep {kept}")
+        else:
+            found.append(f"{self.variable} stays as it is")
+        found += [f"unset {variable}: the key it holds is retired" for variable in self.unset]
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """The change as JSON-ready data: lists of ids and names of variables."""
+        return {**asdict(self), "steps": self.steps()}
+
+
+def env_key_changes(
     key_ids: Sequence[str],
     settings: FieldCryptSettings | None = None,
     *,
     purpose: Purpose = "encryption",
-) -> tuple[str, str, list[str]]:
-    """The settings text once ``key_ids`` are retired from the keys of ``purpose``.
+) -> KeySettingsChange:
+    """How to change the env provider's settings so that ``key_ids`` are retired.
 
-    The value holds key material: show it only to whoever manages the settings.
+    The keys of ``purpose`` are read from ``settings`` (by default the environment), and the
+    ids checked as :func:`retire_keys` checks them; the answer names ids only, so it is safe
+    to print and to log. The entries that stay keep their order, so the primary key stays
+    primary, whether it is the first entry or the one ``FIELDCRYPT_PRIMARY_KEY_ID`` names.
 
-    Returns:
-        ``(variable, value, notes)``: the variable to set (``FIELDCRYPT_KEYS`` or
-        ``FIELDCRYPT_BLIND_INDEX_KEYS``), its new text, primary key first, and notes (free of
-        key material) on other variables to change.
+    Raises:
+        ConfigurationError: the settings are malformed, or a key is the primary key or not
+            among the keys.
     """
     if settings is None:
         from sa_fieldcrypt.settings import load_settings
 
         settings = load_settings()
-    remaining = _without(keyring_from_settings(settings, purpose=purpose), key_ids)
-    notes: list[str] = []
-    if purpose == "blind-index":
-        if settings.blind_index_key is not None:
-            notes.append("unset FIELDCRYPT_BLIND_INDEX_KEY: the keys are listed in full")
-        return "FIELDCRYPT_BLIND_INDEX_KEYS", remaining.export(), notes
-    keys = list(remaining)
-    if settings.legacy_key is not None:
-        # FIELD_ENCRYPTION_KEY supplies the `legacy` key itself; it must not also be listed.
-        keys = [k for k in keys if k.id != LEGACY_KEY_ID]
+    keyring = keyring_from_settings(settings, purpose=purpose)
+    remaining = _without(keyring, key_ids)
+    variable = "FIELDCRYPT_BLIND_INDEX_KEYS" if purpose == "blind-index" else "FIELDCRYPT_KEYS"
+    listed = keyring.ids
+    unset: tuple[str, ...] = ()
+    if purpose == "encryption" and settings.legacy_key is not None:
+        # FIELD_ENCRYPTION_KEY supplies the `legacy` key itself; FIELDCRYPT_KEYS never lists it.
+        listed = tuple(key_id for key_id in listed if key_id != LEGACY_KEY_ID)
         if LEGACY_KEY_ID in key_ids:
-            notes.append("unset FIELD_ENCRYPTION_KEY: the legacy key is no longer needed")
-        else:
-            notes.append("FIELD_ENCRYPTION_KEY stays as it is")
-    if settings.primary_key_id is not None:
-        notes.append("FIELDCRYPT_PRIMARY_KEY_ID may stay: the primary key is listed first")
-    return "FIELDCRYPT_KEYS", Keyring(keys, primary=remaining.primary.id).export(), notes
+            unset = ("FIELD_ENCRYPTION_KEY",)
+    retired = set(key_ids)
+    return KeySettingsChange(
+        variable=variable,
+        remove=tuple(key_id for key_id in dict.fromkeys(key_ids) if key_id in listed),
+        keep=tuple(key_id for key_id in listed if key_id not in retired),
+        primary=remaining.primary.id,
+        unset=unset,
+    )
