@@ -964,3 +964,13 @@ def test_processors_compose_with_those_of_the_impl_type() -> None:
     assert stored.startswith("marked:fc1:k1:c:")
     assert "ada@example.com" == impl.result_processor(DIALECT, None)(stored)
     assert None is impl.bind_processor(DIALECT)(None)
+
+
+@pytest.mark.parametrize("stored", [b"{not json", b"[" * 100_000 + b"]" * 100_000])
+def test_json_that_does_not_parse_is_our_decryption_error(stored: bytes) -> None:
+    """A decrypted value that is not JSON, or nested past the parser's depth, is DecryptionError."""
+    column_type = EncryptedJSON(keyring=RING, context=LOOSE)
+    token = column_type.encrypt_bytes(stored)
+    with pytest.raises(DecryptionError, match="is not JSON") as info:
+        column_type.process_result_value(token, DIALECT)
+    assert "[[" not in str(info.value)

@@ -685,9 +685,10 @@ class EncryptedJSON(EncryptedType[Any]):
     def _from_bytes(self, data: bytes) -> Any:
         try:
             return json.loads(data.decode("utf-8", "surrogatepass"))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise DecryptionError(
-                "the value decrypted but is not JSON", column=self._column_label
+                "the value decrypted but is not JSON (or is nested too deeply to read)",
+                column=self._column_label,
             ) from None
 
 
