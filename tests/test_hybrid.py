@@ -929,7 +929,7 @@ def test_the_index_check_costs_one_hmac_per_stored_value(
 
     monkeypatch.setattr(BlindIndex, "matches", counting)
     with Session(db) as session:
-        customer = session.get_one(Customer, 1)
+        customer = session.get(Customer, 1)
         assert ["ada@example.com"] * 3 == [customer.email for _ in range(3)]
         assert 1 == len(calls)
         customer.email = "bo@example.com"  # the setter computed the index: nothing to check
@@ -954,8 +954,8 @@ def test_rows_without_an_index_value_or_under_a_retired_index_key_still_read(
         conn.execute(update(table).where(table.c.id == 1).values(email_bidx=None))
         conn.execute(update(table).where(table.c.id == 2).values(email_bidx="gone:" + "0" * 64))
     with Session(db) as session:
-        assert "ada@example.com" == session.get_one(Customer, 1).email
-        assert "bo@example.com" == session.get_one(Customer, 2).email
+        assert "ada@example.com" == session.get(Customer, 1).email
+        assert "bo@example.com" == session.get(Customer, 2).email
 
 
 def test_check_index_false_reads_a_swapped_value(db: Engine) -> None:
@@ -985,7 +985,7 @@ def test_check_index_false_reads_a_swapped_value(db: Engine) -> None:
         session.commit()
     _swap_in(db, "email_encrypted", from_id=2, to_id=1)
     with Session(db) as session:
-        assert "mallory@evil.test" == session.get_one(Lax, 1).email
+        assert "mallory@evil.test" == session.get(Lax, 1).email
 
 
 def test_a_token_written_to_the_source_attribute_reindexes_without_a_check(db: Engine) -> None:
@@ -998,7 +998,7 @@ def test_a_token_written_to_the_source_attribute_reindexes_without_a_check(db: E
             ]
         )
         session.commit()
-        ada, bo = session.get_one(Customer, 1), session.get_one(Customer, 2)
+        ada, bo = session.get(Customer, 1), session.get(Customer, 2)
         ada.email_encrypted = bo.email_encrypted
         session.commit()
         found = session.scalars(select(Customer.id).where(Customer.email == "bo@example.com"))
@@ -1010,7 +1010,7 @@ def test_pickled_objects_carry_no_plaintext_of_a_hybrid(db: Engine) -> None:
     with Session(db) as session:
         session.add(Customer(id=1, station_id=1, email="secret-ada@example.com"))
         session.commit()
-        customer = session.get_one(Customer, 1)
+        customer = session.get(Customer, 1)
         assert "secret-ada@example.com" == customer.email  # cached on the instance now
         session.expunge(customer)
     pickled = pickle.dumps(customer)

@@ -62,3 +62,24 @@ def test_a_package_named_twice_has_one_floor() -> None:
     ):
         floors.setdefault(canonicalize_name(requirement.name), set()).add(_floor(requirement))
     assert {} == {name: found for name, found in floors.items() if len(found) > 1}
+
+
+#: APIs newer than the SQLAlchemy floor (2.0.2), which `make test-oldest` would fail on.
+NEWER_THAN_THE_FLOOR = {"Session.get_one (SQLAlchemy 2.0.22)": ".get_" + "one("}
+
+
+def test_tests_and_docs_use_no_api_newer_than_the_floor() -> None:
+    """No test, doc or example calls an API the lowest allowed SQLAlchemy lacks."""
+    files = [
+        *(ROOT / "tests").rglob("*.py"),
+        *(ROOT / "docs").glob("*.md"),
+        *(ROOT / "examples").rglob("*.py"),
+        ROOT / "README.md",
+    ]
+    found = [
+        f"{path.relative_to(ROOT)}: {api}"
+        for path in files
+        for api, text in NEWER_THAN_THE_FLOOR.items()
+        if text in path.read_text()
+    ]
+    assert [] == found

@@ -497,7 +497,7 @@ def test_strict_setting_refuses_planted_unbound_values(
         session.add(Contact(id=1, email="ada@example.com", plain="mallory@example.com"))
         session.commit()
     with Session(bound_db) as session:
-        assert "ada@example.com" == session.get_one(Contact, 1).email  # bound values read
+        assert "ada@example.com" == session.get(Contact, 1).email  # bound values read
     unbound = _raw(bound_db, "plain")
     legacy = Fernet(RINGS["fernet"].get("k2").export()).encrypt(b"mallory@example.com").decode()
     for planted in (unbound, legacy):
@@ -517,7 +517,7 @@ def test_strict_setting_leaves_opted_out_and_lenient_columns_reading(
         session.commit()
     _store_raw(bound_db, "lenient", _raw(bound_db, "plain"))
     with Session(bound_db) as session:
-        row = session.get_one(Contact, 1)
+        row = session.get(Contact, 1)
         assert ("written unbound", "written unbound") == (row.plain, row.lenient)
     columns = Contact.__table__.c
     assert (False, True, True) == (
