@@ -43,7 +43,7 @@ from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Item, JobFactory, Skip, ru
 from sa_fieldcrypt.jobs.report import Failure, PrimaryKey, RunReport, format_key, word_for
 from sa_fieldcrypt.jobs.targets import IndexedColumn, Source, find_again, portable
 
-__all__ = ["index_check_job", "index_check_jobs", "reindex", "reindex_job"]
+__all__ = ["index_check_job", "reindex", "reindex_job"]
 
 
 def reindex_job(
@@ -122,19 +122,6 @@ def index_check_job(engine: Engine, column: IndexedColumn) -> BatchJob:
         and_(column.value.is_not(None), column.index.is_not(None)),
         resume_key=f"verify index {column.label}",
     )
-
-
-def index_check_jobs(
-    engine: Engine, indexes: Iterable[IndexedColumn], workers: int = 1
-) -> list[BatchJob | JobFactory]:
-    """One :func:`index_check_job` per index column, built in each worker with ``workers``."""
-    if workers == 1:
-        return [index_check_job(engine, column) for column in indexes]
-    return [functools.partial(_check_again, *portable(column)) for column in indexes]
-
-
-def _check_again(source: Source, label: str, engine: Engine) -> BatchJob:
-    return index_check_job(engine, find_again(source, label, engine))
 
 
 def reindex(

@@ -23,7 +23,7 @@ shards, state files) is the engine's (:mod:`sa_fieldcrypt.jobs.engine`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Engine, and_
@@ -31,11 +31,11 @@ from sqlalchemy.engine.default import DefaultDialect
 
 from sa_fieldcrypt.cipher import NOT_A_TOKEN, inspect_token, looks_like_token
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeError
-from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, JobFactory, Skip, run_jobs
-from sa_fieldcrypt.jobs.reindex import index_check_jobs
+from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Skip, run_jobs
+from sa_fieldcrypt.jobs.reindex import index_check_job
 from sa_fieldcrypt.jobs.report import RunReport
 from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
-from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn, Source, find_again, portable
+from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn, jobs_per_target
 from sa_fieldcrypt.keys import BOUND_FLAG
 from sa_fieldcrypt.types import EncryptedType
 
@@ -208,22 +208,6 @@ def verification_job(engine: Engine, target: EncryptedColumn) -> BatchJob:
     )
 
 
-JobBuilder = Callable[[Engine, EncryptedColumn], BatchJob]
-
-
-def _build_again(build: JobBuilder, source: Source, label: str, engine: Engine) -> BatchJob:
-    return build(engine, find_again(source, label, engine))
-
-
-def _column_jobs(
-    engine: Engine, columns: Iterable[EncryptedColumn], build: JobBuilder, workers: int
-) -> list[BatchJob | JobFactory]:
-    if workers == 1:
-        return [build(engine, target) for target in columns]
-    # Each worker process finds the column again and builds its own job.
-    return [functools.partial(_build_again, build, *portable(target)) for target in columns]
-
-
 def rotate(
     engine: Engine,
     columns: Iterable[EncryptedColumn],
@@ -245,7 +229,7 @@ def rotate(
         One report per column; ``report.ok`` is False if any value could not be decrypted.
     """
     build = functools.partial(rotation_job, encrypt_plaintext=encrypt_plaintext)
-    jobs = _column_jobs(engine, columns, build, workers)
+    jobs = jobs_per_target(engine, columns, build, workers)
     return run_jobs(engine, jobs, workers=workers, **options)
 
 
@@ -265,6 +249,6 @@ def verify(
     of :func:`~sa_fieldcrypt.jobs.run_job`; a dry run is the same as a run, since nothing is
     written either way.
     """
-    jobs = _column_jobs(engine, columns, verification_job, workers)
-    jobs += index_check_jobs(engine, indexes, workers)
+    jobs = jobs_per_target(engine, columns, verification_job, workers)
+    jobs += jobs_per_target(engine, indexes, index_check_job, workers)
     return run_jobs(engine, jobs, workers=workers, **options)

@@ -20,11 +20,12 @@ when it is a plain column carrying ``info["sa_fieldcrypt.type"]`` (ciphertext be
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Column, Engine, MetaData, Table
 from sqlalchemy import inspect as sa_inspect
@@ -36,6 +37,9 @@ from sa_fieldcrypt.errors import ConfigurationError, RotationError
 from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX, bind_hybrids
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
+if TYPE_CHECKING:
+    from sa_fieldcrypt.jobs.engine import BatchJob, JobFactory
+
 __all__ = [
     "EncryptedColumn",
     "IndexedColumn",
@@ -44,6 +48,7 @@ __all__ = [
     "find_again",
     "find_columns",
     "find_indexes",
+    "jobs_per_target",
     "portable",
     "reflect_column",
 ]
@@ -192,6 +197,7 @@ def find_indexes(*specs: ModelSpec, required: bool = True) -> list[IndexedColumn
 
 
 _T = TypeVar("_T", EncryptedColumn, IndexedColumn)
+_Target = TypeVar("_Target", EncryptedColumn, IndexedColumn)
 
 
 def _collect(
@@ -278,6 +284,28 @@ def portable(target: EncryptedColumn | IndexedColumn) -> tuple[Source, str]:
     return target.source, target.label
 
 
+def jobs_per_target(
+    engine: Engine,
+    targets: Iterable[_Target],
+    build: Callable[[Engine, _Target], BatchJob],
+    workers: int,
+) -> list[BatchJob | JobFactory]:
+    """One job per target: built here with one worker, else in each worker process.
+
+    A worker process gets a factory that finds its target again by name (:func:`portable`,
+    :func:`find_again`) and builds its own job with ``build``.
+    """
+    if workers == 1:
+        return [build(engine, target) for target in targets]
+    return [functools.partial(_build_again, build, *portable(target)) for target in targets]
+
+
+def _build_again(
+    build: Callable[[Engine, Any], BatchJob], source: Source, label: str, engine: Engine
+) -> BatchJob:
+    return build(engine, find_again(source, label, engine))
+
+
 def find_again(source: Source, label: str, engine: Engine) -> Any:
     """Find the target called ``label`` (a column or an index column) from its source again.
 
@@ -314,7 +342,9 @@ def _tables(spec: ModelSpec) -> tuple[str, list[Table]]:
         module = _import(module_name)
         if not attribute:
             return spec, _module_tables(module)
-        _bind_module_hybrids(module)  # a MetaData alone does not know its mapped classes
+        # A MetaData alone does not know its mapped classes: collecting the module's tables
+        # binds the hybrids of the classes it defines.
+        _module_tables(module)
         try:
             obj = getattr(module, attribute)
         except AttributeError:
@@ -365,12 +395,6 @@ def _mapped_tables(cls: type) -> list[Table]:
     # Hybrids assigned after the class body bind only when asked; the targets must see them.
     bind_hybrids(mapper)
     return [t for t in mapper.tables if isinstance(t, Table)]
-
-
-def _bind_module_hybrids(module: ModuleType) -> None:
-    for obj in list(vars(module).values()):
-        if isinstance(obj, type) and _defined_in(obj, module):
-            _mapped_tables(obj)
 
 
 def _import(name: str) -> ModuleType:
