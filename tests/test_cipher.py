@@ -161,7 +161,7 @@ def test_inspect_token(value: str, expected: TokenInfo) -> None:
 
 AEAD_VECTORS = Path(__file__).parent / "vectors" / "aes-gcm-siv" / "rfc8452-c2.json"
 CONTEXTS = st.text(min_size=1).filter(
-    lambda s: s.encode("utf-8", "ignore") == s.encode("utf-8", "surrogatepass")
+    lambda s: "\x00" not in s and s.encode("utf-8", "ignore") == s.encode("utf-8", "surrogatepass")
 )
 kinds = st.sampled_from(["fernet", "aes-gcm-siv"])
 
@@ -234,7 +234,7 @@ def test_bound_round_trip_any_context(data: bytes, context: str, kind: str) -> N
     """A token bound to any context decrypts with that context, for either key kind."""
     ring = Keyring({"k1": generate_key(kind=kind)})  # type: ignore[arg-type]
     token = encrypt(ring, data, context=context)
-    assert TokenInfo("fc1", "k1", bound=True) == inspect_token(token)
+    assert TokenInfo("fc1", "k1", "c") == inspect_token(token)
     assert data == decrypt(ring, token, context=context)
 
 
@@ -415,7 +415,7 @@ def test_bound_token_under_unknown_key_names_the_key() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("fc1:k9:c:AAAA", TokenInfo("fc1", "k9", bound=True)),
+        ("fc1:k9:c:AAAA", TokenInfo("fc1", "k9", "c")),
         ("fc1:k9:cAAAA", TokenInfo("fc1", "k9")),
         ("fc1:k9:AAAA", TokenInfo("fc1", "k9")),
     ],

@@ -76,7 +76,7 @@ def test_compare_and_swap_is_exact_under_caseless_collations(
                 statement = update(table).where(table.c.id == key).values(v=value)
                 _in_another_transaction(engine, conn, statement)
 
-    job = BatchJob("values", table, (table.c.v,), (table.c.v,), lambda old: (old[0] + "!",))
+    job = BatchJob("values", table, (table.c.v,), (table.c.v,), lambda key, old: (old[0] + "!",))
     report = run_job(engine, job, before_write=meanwhile, reread_changed=False)
     with engine.connect() as conn:
         stored = dict(conn.execute(select(table.c.id, table.c.v)).all())
@@ -98,7 +98,7 @@ def test_compare_and_swap_on_a_number_column(engine: Engine) -> None:
     try:
         with engine.begin() as conn:
             conn.execute(insert(table), [{"id": i, "n": i} for i in range(5)])
-        job = BatchJob("numbers", table, (table.c.n,), (table.c.n,), lambda old: (old[0] * 10,))
+        job = BatchJob("numbers", table, (table.c.n,), (table.c.n,), lambda key, old: (old[0] * 10,))
         assert 5 == run_job(engine, job, batch_size=2).written
         with engine.connect() as conn:
             stored = dict(conn.execute(select(table.c.id, table.c.n)).all())
@@ -131,7 +131,7 @@ def test_rows_inserted_ahead_of_the_cursor_are_visited(engine: Engine) -> None:
             table,
             (table.c.v,),
             (table.c.v,),
-            lambda old: ("new",),
+            lambda key, old: ("new",),
             where=table.c.v == "old",
         )
         report = run_job(engine, job, batch_size=3, before_write=meanwhile)
@@ -151,7 +151,7 @@ def _exploding_job(engine: Engine) -> BatchJob:
         Column("v", String(40)),
     )
 
-    def transform(old: tuple[Any, ...]) -> tuple[Any, ...]:
+    def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> tuple[Any, ...]:
         raise RuntimeError("transform broke\nsecond line with details")
 
     return BatchJob("workers", table, (table.c.v,), (table.c.v,), transform)

@@ -215,7 +215,20 @@ def test_status_names_key_ids_missing_from_the_keyring(engine: Engine, ring: Key
     assert "NOT IN THE KEYRING" in report.describe()
 
 
-_header = st.sampled_from(["fc1:", "FC1:", "gAAAAA", "gaaaaa", "fc1::", "fc1:k3:", ""])
+_header = st.sampled_from(
+    [
+        "fc1:",
+        "FC1:",
+        "gAAAAA",
+        "gaaaaa",
+        "fc1::",
+        "fc1:k3:",
+        "fc1:k3:c:",
+        "fc1:k3:r:",
+        " fc1:k3:",
+        "",
+    ]
+)
 _key_ish = st.text(alphabet="k3_-:Ké%", max_size=40)
 _stored_values = st.one_of(
     st.none(),

@@ -1,4 +1,4 @@
-"""The token format: ``fc1:<key_id>:<payload>``, or ``fc1:<key_id>:c:<payload>`` when bound.
+"""The token format: ``fc1:<key_id>:<payload>``; ``fc1:<key_id>:c:<payload>`` when bound.
 
 ``fc1`` is the format version. ``key_id`` names the keyring key that encrypted the value, so
 decryption picks that key directly, whatever the number of old keys. The payload depends on the
@@ -8,8 +8,10 @@ reads it without this library), or url-safe base64 of ``nonce || ciphertext || t
 
 A token *bound to a context* (a column's name, see :class:`~sa_fieldcrypt.EncryptedText`) has
 the flag field ``c``: it decrypts only with the same context, so a token copied into another
-column fails to decrypt. The flag is not secret and not trusted: removing or adding it only
-makes decryption fail.
+column fails to decrypt. A token *bound to a row* has the flag ``r``: its context is the
+column's and the row's primary key (:func:`row_key_bytes`), so it decrypts in its own row
+only. Flags are not secret and not trusted: removing, adding or changing one only makes
+decryption fail.
 
 A bare Fernet token (no header) is a *legacy* token, as hand-written ``encrypt_field()``
 helpers store them. It is still read, by trying each Fernet key of the keyring in turn, if
@@ -30,6 +32,8 @@ Typical usage::
 from __future__ import annotations
 
 import base64
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -42,23 +46,36 @@ from sa_fieldcrypt.errors import (
     UnknownKeyError,
     ValueTypeError,
 )
-from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, Key, Keyring, is_fernet_token
+from sa_fieldcrypt.keys import (
+    BOUND_FLAG,
+    KEY_ID_PATTERN,
+    ROW_FLAG,
+    Key,
+    Keyring,
+    is_fernet_token,
+)
 
 __all__ = [
     "NOT_A_TOKEN",
     "TOKEN_PREFIX",
+    "RowKeyPart",
     "TokenInfo",
     "decrypt",
+    "decrypt_row_value",
     "decrypt_value",
     "encrypt",
+    "encrypt_row_value",
     "encrypt_value",
     "inspect_token",
     "legacy_key",
     "looks_like_token",
     "max_token_size",
+    "row_key_bytes",
     "set_max_token_size",
 ]
 
+#: A primary-key value a token can be bound to (:func:`row_key_bytes`).
+RowKeyPart = int | str | uuid.UUID
 #: Every token this library writes starts with this header.
 TOKEN_PREFIX = "fc1:"
 #: Fernet version byte 0x80 in url-safe base64: how every Fernet token starts.
@@ -75,7 +92,7 @@ _max_size = -1
 
 _INVALID = (
     "the value does not decrypt: it was tampered with, truncated, copied from another column "
-    "or written under another key"
+    "(or, in a row-bound column, another row), or written under another key"
 )
 #: Why a stored value that is not a token (plaintext, most likely) does not decrypt.
 NOT_A_TOKEN = (
@@ -91,6 +108,15 @@ _CONTEXT_MISSING = (
     "the value is bound to a context (a column's name) and was read without one; read it "
     "through the column that wrote it, or give that column's context"
 )
+_ROW_MISSING = (
+    "the value is bound to its row (bind_row=True) and was read without the row's primary "
+    "key; read it through the encrypted_hybrid of a loaded object"
+)
+_ROW_UNBOUND_REFUSED = (
+    "the value is not bound to its row, and this column accepts only values bound to their "
+    "rows (allow_unbound=False); re-encrypt the column's values with `fieldcrypt rotate`, or "
+    "set allow_unbound=True while they are migrated"
+)
 _TOKEN_LIKE = (
     "the stored value looks like an encrypted token but is not one as written (its header is "
     "not exactly 'fc1:<key id>:', or it has characters around it): it is neither decrypted "
@@ -105,12 +131,21 @@ class TokenInfo:
     Attributes:
         kind: ``"fc1"`` (our format), ``"legacy"`` (bare Fernet token) or ``"plaintext"``.
         key_id: the key id of an ``fc1`` token, else None.
-        bound: True when an ``fc1`` token is bound to a context (its flag field is ``c``).
+        flag: the flag field of an ``fc1`` token: ``"c"`` bound to a context, ``"r"``
+            bound to a row, None for an unbound token.
     """
 
     kind: str
     key_id: str | None = None
-    bound: bool = False
+    flag: str | None = None
+
+    @property
+    def bound(self) -> bool:
+        """Whether an ``fc1`` token is bound, to a context or to a row."""
+        return self.flag is not None
+
+
+_FLAGS = (BOUND_FLAG, ROW_FLAG)
 
 
 def inspect_token(value: str) -> TokenInfo:
@@ -118,7 +153,9 @@ def inspect_token(value: str) -> TokenInfo:
     if value.startswith(TOKEN_PREFIX):
         end = value.find(":", 4)
         if end > 4:
-            return TokenInfo("fc1", value[4:end], value.startswith(BOUND_FLAG + ":", end + 1))
+            flag = value[end + 1 : end + 3]
+            found = flag[0] if len(flag) == 2 and flag[1] == ":" and flag[0] in _FLAGS else None
+            return TokenInfo("fc1", value[4:end], found)
         return TokenInfo("plaintext")
     if value.startswith(_FERNET_START):
         return TokenInfo("legacy")
@@ -196,7 +233,13 @@ def _check_written_size(data: bytes, token: str | None) -> None:
         )
 
 
-def encrypt(keyring: Keyring, data: bytes, *, context: str | None = None) -> str:
+def encrypt(
+    keyring: Keyring,
+    data: bytes,
+    *,
+    context: str | None = None,
+    row_key: Sequence[RowKeyPart] | None = None,
+) -> str:
     """Encrypt ``data`` under the keyring's primary key and return an ``fc1`` token.
 
     Args:
@@ -204,13 +247,57 @@ def encrypt(keyring: Keyring, data: bytes, *, context: str | None = None) -> str
         data: the plaintext.
         context: bind the token to this non-empty string (a column's name), so that only
             :func:`decrypt` with the same context opens it.
+        row_key: with a context, also bind the token to one row: its primary-key values,
+            in the table's primary-key order (see :func:`row_key_bytes`).
 
     Raises:
-        ConfigurationError: the keyring holds blind-index keys, not encryption keys.
-        ValueTypeError: the token would be longer than :func:`max_token_size`.
+        ConfigurationError: the keyring holds blind-index keys, not encryption keys, or a
+            ``row_key`` is given without a context.
+        ValueTypeError: the token would be longer than :func:`max_token_size`, or a
+            primary-key value is not an int, str or UUID.
     """
     _check_purpose(keyring)
-    return encrypt_value(keyring, data, context)
+    if row_key is None:
+        return encrypt_value(keyring, data, context)
+    return encrypt_row_value(keyring, data, _row_context(context), row_key_bytes(row_key))
+
+
+def _row_context(context: str | None) -> str:
+    if context is None:
+        raise ConfigurationError("a row key binds a token within a context; give context= too")
+    return context
+
+
+def row_key_bytes(row_key: Sequence[RowKeyPart]) -> bytes:
+    """Encode a row's primary-key values as row-bound tokens authenticate them.
+
+    Each value becomes its text (an int in decimal, a UUID as ``str(uuid)``, a string as it
+    is), encoded as UTF-8 and written as a netstring, ``<length>:<bytes>,``; the netstrings
+    follow each other in the table's primary-key order. Unambiguous for any values, and the
+    same from any language (``docs/token-format.md``).
+
+    Raises:
+        ValueTypeError: a value is not an int (bool is not), str or UUID; the message names
+            its type, never the value.
+    """
+    parts = []
+    for value in row_key:
+        if isinstance(value, str):
+            text = value
+        elif isinstance(value, uuid.UUID) or (
+            isinstance(value, int) and not isinstance(value, bool)
+        ):
+            text = str(value)
+        else:
+            raise ValueTypeError(
+                f"a row can be bound by a primary key of int, str or UUID values; one of its "
+                f"values is a {type(value).__name__}"
+            )
+        encoded = text.encode("utf-8", "surrogatepass")
+        parts.append(b"%d:%s," % (len(encoded), encoded))
+    if not parts:
+        raise ValueTypeError("a row key needs at least one primary-key value")
+    return b"".join(parts)
 
 
 def _check_purpose(keyring: Keyring) -> None:
@@ -239,8 +326,24 @@ def encrypt_value(keyring: Keyring, data: bytes, context: str | None) -> str:
     return token
 
 
+def encrypt_row_value(keyring: Keyring, data: bytes, context: str, row: bytes) -> str:
+    """:func:`encrypt_value` bound to one row too: ``row`` is :func:`row_key_bytes`' encoding."""
+    if len(data) >= _max_size:
+        _check_written_size(data, None)
+    codec = keyring.primary.for_row(context, row)
+    token = codec.token_prefix + codec.encrypt(data)
+    if len(token) > _max_size:
+        _check_written_size(data, token)
+    return token
+
+
 def decrypt(
-    keyring: Keyring, token: str, *, context: str | None = None, allow_unbound: bool = True
+    keyring: Keyring,
+    token: str,
+    *,
+    context: str | None = None,
+    allow_unbound: bool = True,
+    row_key: Sequence[RowKeyPart] | None = None,
 ) -> bytes:
     """Decrypt an ``fc1`` or legacy token.
 
@@ -251,15 +354,21 @@ def decrypt(
             its own context; an unbound token ignores it.
         allow_unbound: with a ``context``, whether unbound tokens (written before the column
             was bound, or legacy ones) are still accepted. False makes the column strict.
+            With a ``row_key``, tokens bound to the context only count as unbound too.
+        row_key: the primary-key values of the row a row-bound token belongs to.
 
     Raises:
         ConfigurationError: the keyring holds blind-index keys, not encryption keys.
         UnknownKeyError: the token names a key id the keyring does not hold.
-        DecryptionError: the token is malformed, tampered with, bound to another context,
-            longer than :func:`max_token_size`, or not a token at all.
+        DecryptionError: the token is malformed, tampered with, bound to another context or
+            row, longer than :func:`max_token_size`, or not a token at all.
     """
     _check_purpose(keyring)
-    return decrypt_value(keyring, token, context, allow_unbound)
+    if row_key is None:
+        return decrypt_value(keyring, token, context, allow_unbound)
+    return decrypt_row_value(
+        keyring, token, _row_context(context), row_key_bytes(row_key), allow_unbound
+    )
 
 
 def decrypt_value(keyring: Keyring, token: str, context: str | None, allow_unbound: bool) -> bytes:
@@ -299,6 +408,41 @@ def decrypt_value(keyring: Keyring, token: str, context: str | None, allow_unbou
         raise
 
 
+def decrypt_row_value(
+    keyring: Keyring, token: str, context: str, row: bytes, allow_unbound: bool
+) -> bytes:
+    """:func:`decrypt_value` for a row-bound column: ``row`` is :func:`row_key_bytes`' encoding.
+
+    A token bound to the row decrypts with it. One bound to the column only, unbound or
+    legacy was written before the column bound its rows (or copied in): it is read as such
+    while ``allow_unbound``, and refused otherwise.
+    """
+    try:
+        if len(token) > _max_size:
+            _check_stored_size(token)
+        head, _, payload = token.rpartition(":")
+        key = keyring.row_token_heads.get(head)
+        if key is not None:
+            try:
+                data = key.for_row(context, row).decrypt(payload)
+            except (InvalidToken, ValueError, TypeError):
+                raise DecryptionError(_INVALID, key_id=key.id) from None
+            next(key.decrypt_counter)
+            return data
+        column_bound = keyring.bound_token_heads.get(head)
+        if column_bound is not None and not allow_unbound:
+            raise DecryptionError(_ROW_UNBOUND_REFUSED, key_id=column_bound.id)
+    except DecryptionError as exc:
+        metrics.count_failure(exc.key_id, isinstance(exc, UnknownKeyError))
+        raise
+    try:
+        return decrypt_value(keyring, token, context, allow_unbound)
+    except DecryptionError as exc:
+        if exc.reason == _UNBOUND_REFUSED:  # counted already
+            raise DecryptionError(_ROW_UNBOUND_REFUSED, key_id=exc.key_id) from None
+        raise
+
+
 def _decrypt_other(keyring: Keyring, token: str, context: str | None, allow_unbound: bool) -> bytes:
     parts = token.split(":", 3)
     if parts[0] == "fc1" and len(parts) > 1:
@@ -315,6 +459,8 @@ def _decrypt_other(keyring: Keyring, token: str, context: str | None, allow_unbo
             return data
         if len(parts) == 4 and parts[2] == BOUND_FLAG and context is None:
             raise DecryptionError(_CONTEXT_MISSING, key_id=key.id)
+        if len(parts) == 4 and parts[2] == ROW_FLAG:
+            raise DecryptionError(_ROW_MISSING, key_id=key.id)
         raise DecryptionError(_INVALID, key_id=key.id)
     if token.startswith(_FERNET_START):
         if context is not None and not allow_unbound:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Column, String, event, false, inspect, type_coerce
 from sqlalchemy.engine.default import DefaultDialect
@@ -84,15 +84,77 @@ class _Plaintext:
     the process that decrypted it: a copy starts empty and decrypts again.
     """
 
-    __slots__ = ("index", "stored", "value")
+    __slots__ = ("index", "row", "stored", "value")
 
-    def __init__(self, stored: Any, value: Any, index: str | None):
+    def __init__(
+        self, stored: Any, value: Any, index: str | None, row: tuple[Any, ...] | None = None
+    ):
         self.stored = stored
         self.value = value
         self.index = index  # the index value checked against the value, if any
+        # Row binding: the row key ``stored`` is bound to; None with ``stored`` None while
+        # the value waits for its row's primary key, to be encrypted at flush.
+        self.row = row
+
+    @property
+    def pending(self) -> bool:
+        """Whether the value waits for its row's primary key to be encrypted (row binding)."""
+        return self.stored is None and self.value is not None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_Plaintext, (None, None, None))
+
+
+@dataclass(frozen=True, slots=True)
+class _RowKey:
+    """How a row-bound hybrid finds the primary key its values are bound to."""
+
+    attrs: tuple[str, ...]  # the attribute of each primary-key column, in the table's order
+    columns: tuple[Column[Any], ...]  # those columns
+    identity: tuple[int, ...]  # where each is in the identity key (mapper.primary_key order)
+
+    def current(self, instance: Any) -> tuple[Any, ...] | None:
+        """The primary key the instance's attributes hold now; None while a part is None."""
+        values = tuple(instance.__dict__.get(attr) for attr in self.attrs)
+        return None if any(v is None for v in values) else values
+
+    def stored(self, instance: Any) -> tuple[Any, ...] | None:
+        """The primary key of the row as the database holds it (its identity), or as set."""
+        key = instance_state(instance).key
+        if key is None:
+            return self.current(instance)
+        return tuple(key[1][position] for position in self.identity)
+
+    def of_mapping(self, mapping: MutableMapping[str, Any] | dict[str, Any]) -> tuple[Any, ...]:
+        """The primary key in a mapping of attribute values (ORM bulk statements)."""
+        values = tuple(mapping.get(attr) for attr in self.attrs)
+        if any(v is None for v in values):
+            raise ConfigurationError(
+                f"a value bound to its row (bind_row=True) needs the row's primary key "
+                f"({', '.join(self.attrs)}) among the values given"
+            )
+        return values
+
+    def fill_defaults(self, instance: Any) -> None:
+        """Set a primary key that a Python-side column default would give at INSERT."""
+        for attr, col in zip(self.attrs, self.columns, strict=True):
+            default = col.default
+            if instance.__dict__.get(attr) is not None or default is None:
+                continue
+            if getattr(default, "is_scalar", False):
+                setattr(instance, attr, default.arg)  # type: ignore[attr-defined]
+            elif getattr(default, "is_callable", False):
+                try:
+                    # SQLAlchemy wraps a default of no arguments to take the execution
+                    # context; one that reads the context cannot run here.
+                    value = default.arg(None)  # type: ignore[attr-defined]
+                except Exception as exc:
+                    raise ConfigurationError(
+                        f"{col.table.fullname}.{col.name}: its default raised "
+                        f"{type(exc).__name__} when called before INSERT, which row binding "
+                        "needs; use a default of no arguments, or assign the key"
+                    ) from None
+                setattr(instance, attr, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +173,7 @@ class _Binding:
     blind_index: BlindIndex | None
     check_index: bool
     cache_key: str
+    row_key: _RowKey | None = None  # bind_row=True: values are bound to their rows too
 
     def plaintext(self, instance: Any, *, check: bool = True) -> Any:
         """The attribute's plaintext, decrypted and checked once per stored value.
@@ -123,45 +186,140 @@ class _Binding:
             DecryptionError: the value does not decrypt, or does not match the row's index.
         """
         stored = getattr(instance, self.source_key)
+        cached = instance.__dict__.get(self.cache_key)
         if stored is None:
-            return None
+            # A row-bound value assigned before its row's primary key was known.
+            pending = isinstance(cached, _Plaintext) and cached.pending
+            return cached.value if pending else None
         index = None
         if check and self.check_index and self.index_key is not None:
             index = getattr(instance, self.index_key)  # None: not indexed yet, nothing to check
-        cached = instance.__dict__.get(self.cache_key)
         if (
             isinstance(cached, _Plaintext)
             and cached.stored == stored
             and (index is None or cached.index == index)
         ):
             return cached.value
-        value = stored if self.decrypt is None else self.decrypt(stored)
+        row = None
+        if self.row_key is not None:
+            row = self._stored_row(instance)
+            value = cast("EncryptedType", self.encrypted_type).from_stored(stored, row)
+        else:
+            value = stored if self.decrypt is None else self.decrypt(stored)
         if index is not None and self.blind_index is not None:
             self.blind_index.check(value, index, column=self.source_label)
-        self._remember(instance, stored, value, index)
+        self._remember(instance, stored, value, index, row)
         return value
 
-    def _remember(self, instance: Any, stored: Any, value: Any, index: str | None) -> None:
+    def _stored_row(self, instance: Any) -> tuple[Any, ...]:
+        row = cast("_RowKey", self.row_key).stored(instance)
+        if row is None:
+            raise ConfigurationError(
+                f"{self.label}: the value is bound to its row (bind_row=True), and this "
+                f"{type(instance).__name__} has no primary key yet; set it first"
+            )
+        return row
+
+    def _remember(
+        self,
+        instance: Any,
+        stored: Any,
+        value: Any,
+        index: str | None,
+        row: tuple[Any, ...] | None = None,
+    ) -> None:
         # Only immutable values: a cached dict could be mutated without being re-encrypted.
-        if isinstance(value, (str, bytes)):
-            instance.__dict__[self.cache_key] = _Plaintext(stored, value, index)
+        # A row-bound value waiting for its row is kept whatever it is: it is the only copy.
+        if isinstance(value, (str, bytes)) or (stored is None and value is not None):
+            instance.__dict__[self.cache_key] = _Plaintext(stored, value, index, row)
 
     def assign(self, instance: Any, value: Any) -> None:
-        """Store ``value``: encrypt it (if needed) and compute its index, then set both."""
+        """Store ``value``: encrypt it (if needed) and compute its index, then set both.
+
+        A row-bound value whose row has no primary key yet is kept in memory and encrypted
+        when the row is flushed.
+        """
         # Everything that can fail runs before the first attribute changes, so a failed
         # assignment never leaves a value without its matching index.
-        pairs = self.column_values(value)
+        row = None
+        if self.row_key is not None:
+            row = self.row_key.current(instance)
+        if self.row_key is not None and row is None:
+            pairs = self._pairs(None, value)
+        else:
+            pairs = self.column_values(value, row)
         for key, stored in pairs:
             setattr(instance, key, stored)
-        self._remember(instance, pairs[0][1], value, pairs[1][1] if len(pairs) > 1 else None)
+        self._remember(instance, pairs[0][1], value, pairs[1][1] if len(pairs) > 1 else None, row)
 
-    def column_values(self, value: Any) -> list[tuple[str, Any]]:
-        """``(attribute key, value)`` pairs that store ``value``, for UPDATE and bulk INSERT."""
-        stored = value if self.encrypt is None else self.encrypt(value)
+    def column_values(
+        self, value: Any, row: tuple[Any, ...] | None = None
+    ) -> list[tuple[str, Any]]:
+        """``(attribute key, value)`` pairs that store ``value``, for UPDATE and bulk INSERT.
+
+        A row-bound hybrid needs ``row``, the primary key of the row the value is for.
+        """
+        if self.row_key is None:
+            stored = value if self.encrypt is None else self.encrypt(value)
+        else:
+            if row is None:
+                raise ConfigurationError(
+                    f"{self.label}: values are bound to their rows (bind_row=True), so an "
+                    "UPDATE statement cannot encrypt them, knowing no row's primary key; load "
+                    "the objects and assign the value to each"
+                )
+            stored = cast("EncryptedType", self.encrypted_type).to_stored(value, row)
+        return self._pairs(stored, value)
+
+    def _pairs(self, stored: Any, value: Any) -> list[tuple[str, Any]]:
         pairs = [(self.source_key, stored)]
         if self.index_key is not None and self.blind_index is not None:
             pairs.append((self.index_key, self.blind_index.compute(value)))
         return pairs
+
+    def bind_row(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        """At flush, bind the value to the row's primary key as it will be stored.
+
+        Encrypts a value assigned before the primary key was known (filling the key from a
+        Python-side column default, such as ``default=uuid.uuid4``), and re-encrypts the
+        value of a row whose primary key changes.
+
+        Raises:
+            ConfigurationError: the primary key is still unknown (a database-generated key).
+        """
+        row_key = cast("_RowKey", self.row_key)
+        codec = cast("EncryptedType", self.encrypted_type)
+        state = instance_state(target)
+        if state.key is None:
+            row_key.fill_defaults(target)
+        row = row_key.current(target)
+        stored = state.dict.get(self.source_key)
+        cached = target.__dict__.get(self.cache_key)
+        if isinstance(cached, _Plaintext) and cached.pending and stored is None:
+            value = cached.value
+        elif stored is None:
+            return
+        elif isinstance(cached, _Plaintext) and cached.stored == stored and cached.row is not None:
+            if cached.row == row:
+                return
+            value = cached.value
+        else:
+            old = row_key.stored(target)
+            if old is None or old == row:
+                return
+            value = codec.from_stored(stored, old)
+        if row is None:
+            raise ConfigurationError(
+                f"{self.label}: the value is bound to its row (bind_row=True), and this "
+                f"{type(target).__name__} has no primary key at flush; row binding needs a key "
+                "known before INSERT (assigned, or a Python-side default such as "
+                "default=uuid.uuid4), not one the database generates"
+            )
+        token = codec.to_stored(value, row)
+        setattr(target, self.source_key, token)
+        self._remember(
+            target, token, value, cached.index if isinstance(cached, _Plaintext) else None, row
+        )
 
     def sync_index(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         """Recompute the index when the source attribute changed by any path.
@@ -312,6 +470,7 @@ class EncryptedHybrid(hybrid_property[_V]):
         blind_index: BlindIndex | str | None = None,
         column_type: EncryptedType[_V] | None = None,
         check_index: bool = True,
+        bind_row: bool = False,
     ):
         if not isinstance(source, str) or not source:
             raise ConfigurationError(
@@ -329,6 +488,7 @@ class EncryptedHybrid(hybrid_property[_V]):
         self._blind_index = blind_index
         self._column_type = column_type
         self._check_index = check_index
+        self._bind_row = bind_row
         self._bindings: weakref.WeakKeyDictionary[type, _Binding] = weakref.WeakKeyDictionary()
         self._named = False  # whether __set_name__ gave the attribute's own name
 
@@ -346,7 +506,9 @@ class EncryptedHybrid(hybrid_property[_V]):
             return [(getattr(cls, key), stored) for key, stored in pairs]
 
         def bulk_dml(cls: Any, mapping: MutableMapping[str, Any], value: Any) -> None:
-            mapping.update(self._binding_for(cls).column_values(value))
+            binding = self._binding_for(cls)
+            row = None if binding.row_key is None else binding.row_key.of_mapping(mapping)
+            mapping.update(binding.column_values(value, row))
 
         super().__init__(fget, fset, custom_comparator=comparator, update_expr=update_expr)  # type: ignore[arg-type]
         # SQLAlchemy 2.1 reads this for ORM bulk INSERT with the plaintext key; 2.0 ignores it.
@@ -409,6 +571,13 @@ class EncryptedHybrid(hybrid_property[_V]):
                     "drop column_type=, which is for columns of a plain type holding ciphertext"
                 )
             encrypted_type = None
+            if self._bind_row:
+                raise ConfigurationError(
+                    f"{label}: bind_row=True needs the hybrid to encrypt, and {source_label} is "
+                    f"an {type(source.type).__name__} column, which encrypts on its own; map it "
+                    "as a plain Text column holding ciphertext, with column_type="
+                    f"{type(source.type).__name__}()"
+                )
         else:
             encrypted_type = self._ciphertext_type(source, label)
 
@@ -436,6 +605,7 @@ class EncryptedHybrid(hybrid_property[_V]):
             blind_index = existing or self._blind_index.bound_to(index_label, source.name)
             index.info[INFO_BLIND_INDEX] = blind_index
 
+        row_key = _row_key(mapper, source, label) if self._bind_row else None
         binding = _Binding(
             label=label,
             source_key=self._source,
@@ -450,8 +620,13 @@ class EncryptedHybrid(hybrid_property[_V]):
             blind_index=blind_index,
             check_index=self._check_index,
             cache_key=f"_sa_fieldcrypt_{self.__name__}",
+            row_key=row_key,
         )
         self._bindings[cls] = binding
+        if row_key is not None:
+            # Before the index is synchronized: it reads the value this binds.
+            event.listen(mapper, "before_insert", binding.bind_row)
+            event.listen(mapper, "before_update", binding.bind_row)
         if index_key is not None:
             event.listen(mapper, "before_insert", binding.sync_index)
             event.listen(mapper, "before_update", binding.sync_index)
@@ -460,6 +635,12 @@ class EncryptedHybrid(hybrid_property[_V]):
     def _ciphertext_type(self, source: Column[Any], label: str) -> EncryptedType:
         existing = column_codec(source)
         if existing is not None:  # recorded already: another class on the table, or by hand
+            if existing.row_bound != self._bind_row:
+                raise ConfigurationError(
+                    f"{label}: {source.table.fullname}.{source.name} is already read "
+                    f"{'with' if existing.row_bound else 'without'} row binding; every hybrid "
+                    "over one column must agree on bind_row"
+                )
             return existing
         if not isinstance(source.type, String):
             raise ConfigurationError(
@@ -468,11 +649,29 @@ class EncryptedHybrid(hybrid_property[_V]):
             )
         template = self._column_type or EncryptedText()
         in_use = any(b.encrypted_type is template for b in self._bindings.values())
-        encrypted_type = template.copy() if in_use else template
+        if self._bind_row:
+            try:
+                encrypted_type = template.bound_to_rows()  # a copy already
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{label}: {exc}") from None
+        else:
+            encrypted_type = template.copy() if in_use else template
         # SQLAlchemy's own way of telling a type which column it serves: errors then name it.
         encrypted_type._set_parent(source)
         source.info[COLUMN_INFO_KEY] = encrypted_type
         return encrypted_type
+
+
+def _row_key(mapper: Mapper[Any], source: Column[Any], label: str) -> _RowKey:
+    columns = tuple(source.table.primary_key.columns)
+    if not columns:
+        raise ConfigurationError(
+            f"{label}: bind_row=True binds values to the primary key, and "
+            f"{source.table.fullname} has none"
+        )
+    attrs = tuple(mapper.get_property_by_column(col).key for col in columns)
+    identity = [mapper.get_property_by_column(col).key for col in mapper.primary_key]
+    return _RowKey(attrs, columns, tuple(identity.index(attr) for attr in attrs))
 
 
 def _mapped_column(mapper: Mapper[Any], key: str, label: str, what: str) -> Column[Any]:
@@ -491,6 +690,7 @@ def encrypted_hybrid(
     blind_index: BlindIndex | str | None = None,
     column_type: EncryptedType[_V] | None = None,
     check_index: bool = True,
+    bind_row: bool = False,
 ) -> EncryptedHybrid[_V]:
     """Declare a plaintext attribute over an encrypted column, optionally with a blind index.
 
@@ -511,6 +711,13 @@ def encrypted_hybrid(
             for the row its index names. A row whose index is still NULL (not backfilled
             yet) or under an index key the keyring no longer holds is not checked. Turn it
             off only for the time a normalizer change waits for ``fieldcrypt reindex``.
+        bind_row: bind each value to its row's primary key as well as to its column, so
+            that a value copied into another row of the same column does not decrypt there,
+            index or not. Only over a plain ciphertext column, and only for a primary key
+            known before INSERT (assigned, or a Python-side default such as
+            ``default=uuid.uuid4``) of int, str or UUID values. Values are then read and
+            written through loaded objects only: UPDATE statements that set the attribute,
+            and ``select(Customer.email)``, are refused. See ``docs/context-binding.md``.
 
     Returns:
         The descriptor; assign it to a class attribute of a mapped class. Type checkers see
@@ -519,7 +726,11 @@ def encrypted_hybrid(
         ``data: EncryptedHybrid[bytes] = encrypted_hybrid("_data")``.
     """
     return EncryptedHybrid(
-        source, blind_index=blind_index, column_type=column_type, check_index=check_index
+        source,
+        blind_index=blind_index,
+        column_type=column_type,
+        check_index=check_index,
+        bind_row=bind_row,
     )
 
 
@@ -544,7 +755,9 @@ def encrypted_values(cls: type, **values: Any) -> dict[str, Any]:
     for key, value in values.items():
         attribute = next((k.__dict__[key] for k in cls.__mro__ if key in k.__dict__), None)
         if isinstance(attribute, EncryptedHybrid):
-            stored.update(attribute._binding_for(cls).column_values(value))
+            binding = attribute._binding_for(cls)
+            row = None if binding.row_key is None else binding.row_key.of_mapping(values)
+            stored.update(binding.column_values(value, row))
         else:
             stored[key] = value
     return stored

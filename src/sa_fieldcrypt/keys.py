@@ -50,11 +50,13 @@ from sa_fieldcrypt import metrics
 from sa_fieldcrypt.errors import ConfigurationError, UnknownKeyError
 
 __all__ = [
+    "BOUND_FLAG",
     "DEFAULT_KINDS",
     "KEY_ID_PATTERN",
     "KEY_KINDS",
     "PURPOSES",
     "PURPOSE_KINDS",
+    "ROW_FLAG",
     "Key",
     "KeyCodec",
     "KeyKind",
@@ -88,6 +90,9 @@ _PURPOSE_OF: dict[str, Purpose] = {k: p for p, kinds in PURPOSE_KINDS.items() fo
 
 #: Flag field of a context-bound token: ``fc1:<key_id>:c:<payload>``.
 BOUND_FLAG = "c"
+#: Flag field of a row-bound token (its context names the column and the row's primary key):
+#: ``fc1:<key_id>:r:<payload>``.
+ROW_FLAG = "r"
 #: Bytes of the random nonce that starts every AES-GCM-SIV payload.
 NONCE_SIZE = 12
 #: Prefix of the HKDF ``info`` that derives a Fernet key for a context; the context follows.
@@ -586,9 +591,7 @@ class Key:
         """
         derived = self._derived.get(info)
         if derived is None:
-            derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
-                self._raw
-            )
+            derived = _hkdf(self._raw, info)
             _bounded_put(self._derived, info, derived)
         return derived
 
@@ -605,6 +608,19 @@ class Key:
         return codec
 
     def _new_context_codec(self, context: str) -> KeyCodec:
+        return _bounded_put(self._contexts, context, self._codec_for(context, None))
+
+    def for_row(self, context: str, row: bytes) -> KeyCodec:
+        """Return the codec that binds values to ``context`` and one row, not cached.
+
+        ``row`` is the row's primary key as :func:`sa_fieldcrypt.cipher.row_key_bytes`
+        encodes it. The associated data (or, for a Fernet key, the HKDF ``info`` after
+        ``FERNET_CONTEXT_INFO``) is the UTF-8 context, a zero byte and ``row``; its tokens
+        start ``fc1:<id>:r:``. Nothing is cached: there is a codec per row.
+        """
+        return self._codec_for(context, row)
+
+    def _codec_for(self, context: str, row: bytes | None) -> KeyCodec:
         if self.purpose != "encryption":
             self.encrypt(b"")  # raises the refusal
         if not isinstance(context, str) or not context:
@@ -613,13 +629,20 @@ class Key:
             info = context.encode("utf-8")
         except UnicodeEncodeError:
             raise ConfigurationError("a context must be encodable as UTF-8") from None
-        prefix = f"{self.token_prefix}{BOUND_FLAG}:"
-        codec: KeyCodec
-        if self._aead is not None:
-            codec = _AeadCodec(self._aead, info, prefix)
+        if b"\x00" in info:
+            raise ConfigurationError("a context cannot hold a zero character")
+        if row is None:
+            prefix = f"{self.token_prefix}{BOUND_FLAG}:"
         else:
-            codec = _FernetCodec(self.derive(FERNET_CONTEXT_INFO + info), prefix)
-        return _bounded_put(self._contexts, context, codec)
+            # A context never holds a zero byte, so the row's part cannot be mistaken for it.
+            info = b"%s\x00%s" % (info, row)
+            prefix = f"{self.token_prefix}{ROW_FLAG}:"
+        if self._aead is not None:
+            return _AeadCodec(self._aead, info, prefix)
+        info = FERNET_CONTEXT_INFO + info
+        # Per-row keys are derived each time: caching them would evict the columns' own.
+        raw = self.derive(info) if row is None else _hkdf(self._raw, info)
+        return _FernetCodec(raw, prefix)
 
     def shares_secret_with(self, other: Key) -> bool:
         """Whether ``other`` holds the same key bytes (compared in constant time)."""
@@ -642,6 +665,10 @@ class Key:
     def __reduce__(self) -> tuple[object, ...]:
         # Rotation workers receive keyrings by pickling; the secret travels, the repr does not.
         return (Key, (self.id, self.export(), self.kind))
+
+
+def _hkdf(raw: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(raw)
 
 
 def _bounded_put(cache: dict[Any, _V], name: object, value: _V) -> _V:
@@ -677,6 +704,7 @@ class Keyring:
         token_heads: token header up to its last ``:`` (``"fc1:<id>"``) to key, for unbound
             tokens: how decryption finds a key in one lookup. Read it, never change it.
         bound_token_heads: the same for context-bound tokens (``"fc1:<id>:c"``).
+        row_token_heads: the same for row-bound tokens (``"fc1:<id>:r"``).
 
     Raises:
         ConfigurationError: no keys, a duplicate or invalid id, one secret under two ids, two
@@ -685,12 +713,20 @@ class Keyring:
             ``primary`` that is not among the keys. The message names the ids, never a key.
     """
 
-    __slots__ = ("_keys", "bound_token_heads", "primary", "purpose", "token_heads")
+    __slots__ = (
+        "_keys",
+        "bound_token_heads",
+        "primary",
+        "purpose",
+        "row_token_heads",
+        "token_heads",
+    )
 
     primary: Key
     purpose: Purpose
     token_heads: Mapping[str, Key]
     bound_token_heads: Mapping[str, Key]
+    row_token_heads: Mapping[str, Key]
 
     def __init__(
         self,
@@ -756,6 +792,7 @@ class Keyring:
         encrypting = {} if purpose != "encryption" else by_id
         self.token_heads = {f"fc1:{kid}": key for kid, key in encrypting.items()}
         self.bound_token_heads = {f"fc1:{kid}:{BOUND_FLAG}": key for kid, key in encrypting.items()}
+        self.row_token_heads = {f"fc1:{kid}:{ROW_FLAG}": key for kid, key in encrypting.items()}
 
     @classmethod
     def parse(

@@ -32,9 +32,9 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from sqlalchemy import CompoundSelect, Over, Select, Text
 from sqlalchemy.dialects import mysql
@@ -45,6 +45,7 @@ from sqlalchemy.types import TypeDecorator
 from typing_extensions import TypeVar
 
 from sa_fieldcrypt import cipher, metrics
+from sa_fieldcrypt.cipher import RowKeyPart
 from sa_fieldcrypt.config import as_key_cache, default_key_cache, unbound_allowed
 from sa_fieldcrypt.errors import (
     ConfigurationError,
@@ -80,6 +81,19 @@ logger = logging.getLogger("sa_fieldcrypt")
 #: hybrid-property style) records the :class:`EncryptedType` that reads and writes it.
 COLUMN_INFO_KEY = "sa_fieldcrypt.type"
 
+
+class _EncryptPath(Protocol):
+    """A value (and, in a row-bound column, its row's encoded key) to its token."""
+
+    def __call__(self, value: Any, row: bytes | None = None, /) -> str | None: ...
+
+
+class _DecryptPath(Protocol):
+    """A stored token (and, in a row-bound column, its row's encoded key) to its value."""
+
+    def __call__(self, stored: Any, row: bytes | None = None, /) -> Any: ...
+
+
 #: The Python type of a column's values (``Any`` where a type does not say).
 _T = TypeVar("_T", default=Any)
 
@@ -98,11 +112,15 @@ class _ContextState:
             the type is attached to. With ``name`` None, every value is refused until then.
         allow_unbound: whether unbound tokens are still read, with a context; None: as
             ``FIELDCRYPT_ALLOW_UNBOUND`` says (:func:`~sa_fieldcrypt.config.unbound_allowed`).
+            In a row-bound column, tokens bound to the column only count as unbound.
+        rows: values are bound to their rows too (``encrypted_hybrid(..., bind_row=True)``):
+            only the row paths, which are given the row's primary key, read and write.
     """
 
     name: str | None
     from_column: bool
     allow_unbound: bool | None
+    rows: bool = False
 
     @property
     def pending(self) -> bool:
@@ -208,7 +226,7 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         self._encrypt_data = self._encryptor(_as_is)
         self._decrypt_data = self._decryptor(_as_is)
 
-    def _encryptor(self, to_bytes: Callable[[Any], bytes]) -> Callable[[Any], str | None]:
+    def _encryptor(self, to_bytes: Callable[[Any], bytes]) -> _EncryptPath:
         """Return the encrypt path: a value (made bytes by ``to_bytes``) to a token.
 
         Everything fixed for the instance is captured; what may change is read per value:
@@ -217,8 +235,9 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         column = self
         own_keys = self._keys
         encrypt = cipher.encrypt_value
+        encrypt_row = cipher.encrypt_row_value
 
-        def encrypt_value(value: Any) -> str | None:
+        def encrypt_value(value: Any, row: bytes | None = None) -> str | None:
             if value is None:
                 return None
             try:
@@ -233,15 +252,19 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
             name = context.name
             if name is None and context.from_column:  # context.pending, without a call
                 raise column._unattached_error()
+            if context.rows is (row is None):
+                raise column._row_error(row)
             keys = own_keys if own_keys is not None else default_key_cache()
             try:
-                return encrypt(keys.get(), data, name)
+                if row is None:
+                    return encrypt(keys.get(), data, name)
+                return encrypt_row(keys.get(), data, cast("str", name), row)
             except ValueTypeError as exc:  # too large to store
                 raise ValueTypeError(f"{column.column_label}: {exc}") from None
 
         return encrypt_value
 
-    def _decryptor(self, from_bytes: Callable[[bytes], Any]) -> Callable[[Any], Any]:
+    def _decryptor(self, from_bytes: Callable[[bytes], Any]) -> _DecryptPath:
         """Return the decrypt path: a stored token to a value (made from bytes by ``from_bytes``).
 
         A token under a key id the keys do not hold is retried once with refreshed keys;
@@ -251,21 +274,29 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         own_keys = self._keys
         allow_plaintext = self.allow_plaintext
         decrypt = cipher.decrypt_value
+        decrypt_row = cipher.decrypt_row_value
 
-        def decrypt_value(stored: Any) -> Any:
+        def decrypt_value(stored: Any, row: bytes | None = None) -> Any:
             if stored is None:
                 return None
             context = column._context
             name = context.name
             if name is None and context.from_column:  # context.pending, without a call
                 raise column._unattached_error()
+            if context.rows is (row is None):
+                raise column._row_error(row)
             if allow_plaintext and not cipher.looks_like_token(stored):
                 return from_bytes(column._read_plaintext(stored))
             keys = own_keys if own_keys is not None else default_key_cache()
             try:
-                data = decrypt(keys.get(), stored, name, _unbound_ok(context))
+                if row is None:
+                    data = decrypt(keys.get(), stored, name, _unbound_ok(context))
+                else:
+                    data = decrypt_row(
+                        keys.get(), stored, cast("str", name), row, _unbound_ok(context)
+                    )
             except DecryptionError as exc:
-                data = column._after_failure(keys, stored, context, exc)
+                data = column._after_failure(keys, stored, context, exc, row)
             return from_bytes(data)
 
         return decrypt_value
@@ -353,16 +384,88 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         """``schema.table.column`` this type is attached to, or a generic description."""
         return self._column_label or f"{type(self).__name__} column"
 
-    def encrypt_bytes(self, data: bytes) -> str:
-        """Encrypt ``data`` with this column's primary key and context; return the token."""
-        return cast("str", self._encrypt_data(data))  # None only for None
+    def encrypt_bytes(self, data: bytes, row_key: Sequence[RowKeyPart] | None = None) -> str:
+        """Encrypt ``data`` with this column's primary key and context; return the token.
 
-    def decrypt_token(self, token: str) -> bytes:
-        """Decrypt a stored token with this column's keys, naming the column on failure."""
-        return cast("bytes", self._decrypt_data(token))
+        A row-bound column (:attr:`row_bound`) needs the row's primary-key values, in the
+        table's primary-key order; any other refuses them.
+        """
+        return cast("str", self._encrypt_data(data, self._row(row_key)))  # None only for None
+
+    def decrypt_token(self, token: str, row_key: Sequence[RowKeyPart] | None = None) -> bytes:
+        """Decrypt a stored token with this column's keys, naming the column on failure.
+
+        ``row_key`` as for :meth:`encrypt_bytes`.
+        """
+        return cast("bytes", self._decrypt_data(token, self._row(row_key)))
+
+    def to_stored(self, value: Any, row_key: Sequence[RowKeyPart] | None = None) -> str | None:
+        """A Python value as the column stores it: its token, or None for None.
+
+        ``row_key`` as for :meth:`encrypt_bytes`: the values of the row the value is for.
+        """
+        return self._encrypt_value(value, self._row(row_key))
+
+    def from_stored(self, stored: Any, row_key: Sequence[RowKeyPart] | None = None) -> Any:
+        """A stored value as the application reads it (None for NULL).
+
+        ``row_key`` as for :meth:`encrypt_bytes`: the values of the row it was read from.
+        """
+        return self._decrypt_value(stored, self._row(row_key))
+
+    @property
+    def row_bound(self) -> bool:
+        """Whether values are bound to their rows (``encrypted_hybrid(..., bind_row=True)``)."""
+        return self._context.rows
+
+    def bound_to_rows(self) -> EncryptedType[_T]:
+        """A copy of this type whose values are bound to their rows as well as their column.
+
+        :func:`~sa_fieldcrypt.encrypted_hybrid` makes it for ``bind_row=True``: only a
+        caller that knows each value's row can use such a type (SQL statements cannot).
+
+        Raises:
+            ConfigurationError: the type has no context (``context=False``).
+        """
+        if not self._context.from_column and self._context.name is None:
+            raise ConfigurationError(
+                f"{type(self).__name__}(context=False) cannot bind values to their rows: a row "
+                "is bound within its column's context; drop context=False"
+            )
+        copied = cast("EncryptedType[_T]", self.copy())
+        copied._context = replace(self._context, rows=True)
+        copied._build_paths()  # a copy's paths still read the state of the type copied
+        return copied
+
+    def _row(self, row_key: Sequence[RowKeyPart] | None) -> bytes | None:
+        if row_key is None:
+            return None
+        try:
+            return cipher.row_key_bytes(row_key)
+        except ValueTypeError as exc:
+            raise ValueTypeError(f"{self.column_label}: {exc}") from None
+
+    def _row_error(self, row: bytes | None) -> FieldCryptError:
+        if row is None:
+            return ConfigurationError(
+                f"{self.column_label}: values are bound to their rows (bind_row=True), so they "
+                "are read and written only through the encrypted_hybrid of loaded objects "
+                "(select(Customer), then customer.email), not by SQL statements "
+                "(select(Customer.email), update().values()), which do not know each row's "
+                "primary key"
+            )
+        return ConfigurationError(
+            f"{self.column_label}: a row key was given, but the column does not bind values "
+            "to rows; give it to columns of encrypted_hybrid(..., bind_row=True) only"
+        )
 
     def _after_failure(
-        self, keys: KeyCache, token: str, context: _ContextState, exc: DecryptionError
+        self,
+        keys: KeyCache,
+        token: str,
+        context: _ContextState,
+        exc: DecryptionError,
+        row: bytes | None = None,
     ) -> bytes:
         """Retry a token under an unknown key id once with refreshed keys, else raise."""
         if isinstance(exc, UnknownKeyError):
@@ -371,8 +474,12 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
             refreshed = keys.refresh_for_key(exc.key_id or "")
             if refreshed is not None:
                 try:
-                    return cipher.decrypt_value(
-                        refreshed, token, context.name, _unbound_ok(context)
+                    if row is None:
+                        return cipher.decrypt_value(
+                            refreshed, token, context.name, _unbound_ok(context)
+                        )
+                    return cipher.decrypt_row_value(
+                        refreshed, token, context.name or "", row, _unbound_ok(context)
                     )
                 except DecryptionError as again:
                     exc = again
@@ -510,6 +617,8 @@ def _check_context(context: object) -> None:
         context.encode("utf-8")
     except UnicodeEncodeError:
         raise ConfigurationError("context must be encodable as UTF-8") from None
+    if "\x00" in context:
+        raise ConfigurationError("context cannot hold a zero character (row binding uses it)")
 
 
 def _is_identity_test(op: OperatorType, expr: Any, other: tuple[Any, ...]) -> bool:

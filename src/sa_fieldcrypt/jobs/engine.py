@@ -14,7 +14,7 @@ Typical usage::
         table=visits,
         read=(visits.c.email,),
         write=(visits.c.email_hash,),
-        transform=lambda old: (digest(old[0]),),
+        transform=lambda key, old: (digest(old[0]),),
         where=visits.c.email_hash.is_(None),
     )
     report = run_job(engine, job, batch_size=1000)
@@ -136,8 +136,9 @@ class Skip:
 #: What a transform returns for a row it leaves alone on purpose (counted as skipped).
 SKIP: Final = Skip()
 
-#: The per-row function of a job: old values of ``read`` to new values of ``write``.
-Transform = Callable[[tuple[Any, ...]], "tuple[Any, ...] | Skip | None"]
+#: The per-row function of a job: a row's primary key and the old values of ``read`` to the
+#: new values of ``write``.
+Transform = Callable[[tuple[Any, ...], tuple[Any, ...]], "tuple[Any, ...] | Skip | None"]
 #: ``(primary key, old values, new values)`` of a row about to be written.
 Item = tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]
 #: Called with the connection and the keys of a batch's rows between its read and its write.
@@ -155,8 +156,9 @@ _DefaultKeys = dict[Purpose, Keyring]
 class BatchJob:
     """One pass over a table: which rows to visit and how each one changes.
 
-    ``transform`` receives the stored values of ``read`` (raw tokens for encrypted columns)
-    and returns the new values of ``write``, or None when the row needs no change, or
+    ``transform`` receives the row's primary-key values (in the table's primary-key order)
+    and the stored values of ``read`` (raw tokens for encrypted columns), and returns the
+    new values of ``write``, or None when the row needs no change, or
     :data:`SKIP` when it is left alone on purpose. It raises a
     :class:`~sa_fieldcrypt.FieldCryptError` (such as :class:`~sa_fieldcrypt.DecryptionError`)
     for a row it cannot handle: the row is reported as failed and the run goes on. A row is
@@ -857,7 +859,7 @@ class _Walk:
                 break
             key, old = tuple(row[:npk]), tuple(row[npk:])
             try:
-                new = transform(old)
+                new = transform(key, old)
             except FieldCryptError as exc:
                 failures.append(self._failure(key, _reason(exc)))
                 continue

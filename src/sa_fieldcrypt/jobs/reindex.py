@@ -59,15 +59,17 @@ def reindex_job(
     """
     table = columns[0].table
     count = len(columns)
-    dialect = engine.dialect
 
-    def index_value(column: IndexedColumn, stored: str | None) -> str | None:
+    def index_value(column: IndexedColumn, stored: str | None, key: tuple[Any, ...]) -> str | None:
         if stored is None:
             return None
-        return column.blind_index.compute(column.codec.process_result_value(stored, dialect))
+        codec = column.codec
+        value = codec.from_stored(stored, key if codec.row_bound else None)
+        return column.blind_index.compute(value)
 
-    def transform(old: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        new = tuple(index_value(c, stored) for c, stored in zip(columns, old[:count], strict=True))
+    def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        stored = old[:count]
+        new = tuple(index_value(c, v, key) for c, v in zip(columns, stored, strict=True))
         # Every index column of the row is written (unchanged ones with their own value), so
         # one statement serves every row of a batch.
         return None if new == old[count:] else new
@@ -100,14 +102,14 @@ def index_check_job(engine: Engine, column: IndexedColumn) -> BatchJob:
     index value, or with one under an index key the keyring no longer holds, are not checked;
     nor are values that do not decrypt, which verifying their column reports.
     """
-    dialect = engine.dialect
     codec, blind_index = column.codec, column.blind_index
     where = f"{column.table.fullname}.{column.value.name}"
+    row_bound = codec.row_bound
 
-    def transform(old: tuple[Any, ...]) -> Skip | None:
+    def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> Skip | None:
         stored, index = old
         try:
-            value = codec.process_result_value(stored, dialect)
+            value = codec.from_stored(stored, key if row_bound else None)
         except DecryptionError:
             return SKIP
         blind_index.check(value, index, column=where)

@@ -23,11 +23,10 @@ shards, state files) is the engine's (:mod:`sa_fieldcrypt.jobs.engine`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, and_
-from sqlalchemy.engine.default import DefaultDialect
 
 from sa_fieldcrypt.cipher import NOT_A_TOKEN, inspect_token, looks_like_token
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeError
@@ -36,7 +35,7 @@ from sa_fieldcrypt.jobs.reindex import index_check_job
 from sa_fieldcrypt.jobs.report import RunReport
 from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn, jobs_per_target
-from sa_fieldcrypt.keys import BOUND_FLAG
+from sa_fieldcrypt.keys import BOUND_FLAG, ROW_FLAG
 from sa_fieldcrypt.types import EncryptedType
 
 __all__ = [
@@ -48,9 +47,6 @@ __all__ = [
     "verify",
     "written_prefix",
 ]
-
-# The types' processors ignore the dialect; a function of a codec alone has none at hand.
-_DIALECT = DefaultDialect()
 
 
 def written_prefix(codec: EncryptedType) -> str:
@@ -70,15 +66,18 @@ def written_prefix(codec: EncryptedType) -> str:
             "or reflect_column()"
         )
     prefix = codec.active_keyring().primary.token_prefix
-    return prefix if context is False else f"{prefix}{BOUND_FLAG}:"
+    if context is False:
+        return prefix
+    return f"{prefix}{ROW_FLAG if codec.row_bound else BOUND_FLAG}:"
 
 
-def reencrypt(codec: EncryptedType, token: str) -> str:
+def reencrypt(codec: EncryptedType, token: str, row_key: Sequence[Any] | None = None) -> str:
     """``token``'s content encrypted under ``codec``'s primary key (and its context).
 
     The token is decrypted with whichever key it names (or, for a legacy token, the key that
     opens it) and the decrypted bytes are encrypted again as they are: they are never turned
-    into a Python value, so what the column reads back is unchanged.
+    into a Python value, so what the column reads back is unchanged. A row-bound column
+    (``codec.row_bound``) needs the primary-key values of the token's row.
 
     Raises:
         DecryptionError: the value is not a token, or does not decrypt.
@@ -86,10 +85,12 @@ def reencrypt(codec: EncryptedType, token: str) -> str:
     # Only allow_plaintext makes decrypt_token() accept plaintext, as it decides; refuse it here.
     if codec.allow_plaintext and not looks_like_token(token):
         raise DecryptionError(NOT_A_TOKEN, column=codec.column_label)
-    return codec.encrypt_bytes(codec.decrypt_token(token))
+    return codec.encrypt_bytes(codec.decrypt_token(token, row_key), row_key)
 
 
-def plaintext_to_token(codec: EncryptedType, stored: str) -> str:
+def plaintext_to_token(
+    codec: EncryptedType, stored: str, row_key: Sequence[Any] | None = None
+) -> str:
     """A value stored as plaintext text, encrypted as ``codec``'s column stores it.
 
     The text is encoded as UTF-8, the encoding the column reads it back with, and the token
@@ -106,9 +107,9 @@ def plaintext_to_token(codec: EncryptedType, stored: str) -> str:
             "one; "
             "plaintext_to_token() encrypts plaintext values only"
         )
-    token = codec.encrypt_bytes(stored.encode("utf-8", "surrogatepass"))
+    token = codec.encrypt_bytes(stored.encode("utf-8", "surrogatepass"), row_key)
     try:
-        codec.process_result_value(token, _DIALECT)
+        codec.from_stored(token, row_key)
     except DecryptionError:
         raise ValueTypeError(
             f"{codec.column_label}: the plaintext value is not valid for "
@@ -128,29 +129,32 @@ def rotation_job(
     (``cipher.looks_like_token``) and does not decrypt is a failure, never encrypted as data.
 
     In a column with a context, unbound tokens (under any key) and legacy tokens are rewritten
-    bound, unless the column is strict (``allow_unbound=False``, or
-    ``FIELDCRYPT_ALLOW_UNBOUND=false``): then each is a failure of the run, not rewritten.
+    bound (in a row-bound column, so are tokens bound to the column only), unless the
+    column is strict (``allow_unbound=False``, or ``FIELDCRYPT_ALLOW_UNBOUND=false``): then
+    each is a failure of the run, not rewritten.
     Rotation cannot tell a value the column wrote before it was bound from one copied in from
     elsewhere, so binding it must stay a choice made before the column is strict.
     """
     codec = target.codec
     prefix = written_prefix(codec)
     strict = codec.context is not False and not codec.allow_unbound
+    row_bound = codec.row_bound
     stored = stored_text(target.column)
     sql = DialectSql(engine.dialect.name)
     where = and_(stored.is_not(None), ~sql.has_prefix(stored, prefix))
 
-    def transform(old: tuple[Any, ...]) -> tuple[Any, ...] | Skip:
+    def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> tuple[Any, ...] | Skip:
         value = old[0]
+        row = key if row_bound else None
         if strict:
             _refuse_unbound(codec, value)
         # As the columns read them: what looks like a token (an edited or re-cased one too)
         # decrypts or fails, and is never taken for plaintext.
         if looks_like_token(value):
-            return (reencrypt(codec, value),)
+            return (reencrypt(codec, value, row),)
         if not encrypt_plaintext:
             return SKIP
-        return (plaintext_to_token(codec, value),)
+        return (plaintext_to_token(codec, value, row),)
 
     # The saved position of a rotation holds only while the same key writes.
     resume = f"rotate {target.label} to {prefix}" + (" with plaintext" if encrypt_plaintext else "")
@@ -168,7 +172,8 @@ def rotation_job(
 def _refuse_unbound(codec: EncryptedType, value: str) -> None:
     """Raise if a strict column's stored ``value`` is an unbound or legacy token."""
     info = inspect_token(value)
-    if info.kind == "legacy" or (info.kind == "fc1" and not info.bound):
+    weaker = info.flag is None or (codec.row_bound and info.flag != ROW_FLAG)
+    if info.kind == "legacy" or (info.kind == "fc1" and weaker):
         raise DecryptionError(
             "the value is not bound to the column's context, and the column is strict "
             "(allow_unbound=False or FIELDCRYPT_ALLOW_UNBOUND=false), so rotation does not bind "
@@ -187,14 +192,14 @@ def verification_job(engine: Engine, target: EncryptedColumn) -> BatchJob:
     they are skipped. A value that looks like a token is never skipped as plaintext.
     """
     codec = target.codec
-    dialect = engine.dialect
+    row_bound = codec.row_bound
     stored = stored_text(target.column)
 
-    def transform(old: tuple[Any, ...]) -> Skip | None:
+    def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> Skip | None:
         value = old[0]
         if codec.allow_plaintext and not looks_like_token(value):
             return SKIP
-        codec.process_result_value(value, dialect)
+        codec.from_stored(value, key if row_bound else None)
         return None
 
     return BatchJob(

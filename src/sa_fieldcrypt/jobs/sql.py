@@ -39,7 +39,7 @@ from sqlalchemy.types import Integer, String, TypeEngine
 
 from sa_fieldcrypt.cipher import TOKEN_PREFIX
 from sa_fieldcrypt.errors import ConfigurationError, RotationError
-from sa_fieldcrypt.keys import BOUND_FLAG
+from sa_fieldcrypt.keys import BOUND_FLAG, ROW_FLAG
 from sa_fieldcrypt.types import EncryptedType
 
 __all__ = [
@@ -217,7 +217,8 @@ class DialectSql:
         The kind is ``"null"``, ``"fc1"`` (key id given), ``"malformed"`` (an ``fc1`` header
         whose key id is too long), ``"legacy"`` or ``"plaintext"``, as
         :func:`sa_fieldcrypt.cipher.inspect_token` decides from the text; whether the key id is
-        valid is left to the caller.
+        valid is left to the caller. Values that may only look like tokens
+        (:meth:`token_suspect`) are ``"suspect"``, for the caller to read and decide.
         """
         tail, colon, named = self._header(expr)
         fc1 = self.has_prefix(expr, TOKEN_PREFIX)
@@ -226,19 +227,33 @@ class DialectSql:
             (named, "fc1"),
             (and_(fc1, colon > _KEY_ID_END), "malformed"),
             (self.has_prefix(expr, LEGACY_TOKEN_START), "legacy"),
+            (self.token_suspect(expr), "suspect"),
             else_="plaintext",
         )
         key_id = case((named, func.substr(tail, 1, colon - 1)), else_=None)
         return kind, key_id
 
-    def token_bound(self, expr: ColumnElement[Any]) -> ColumnElement[Any]:
-        """An expression that is 1 for an ``fc1`` token bound to a context (flag ``c``), else 0.
+    def token_flag(self, expr: ColumnElement[Any]) -> ColumnElement[Any]:
+        """An expression for an ``fc1`` token's flag: ``"c"``, ``"r"``, or NULL (none).
 
-        It agrees with :attr:`sa_fieldcrypt.cipher.TokenInfo.bound`.
+        It agrees with :attr:`sa_fieldcrypt.cipher.TokenInfo.flag`.
         """
         tail, colon, named = self._header(expr)
-        flag = func.substr(tail, colon + 1, len(BOUND_FLAG) + 1)
-        return case((and_(named, flag == f"{BOUND_FLAG}:"), 1), else_=0)
+        flag = func.substr(tail, colon + 1, 2)
+        return case(
+            *((and_(named, flag == f"{f}:"), f) for f in (BOUND_FLAG, ROW_FLAG)), else_=None
+        )
+
+    def token_suspect(self, expr: ColumnElement[Any]) -> ColumnElement[bool]:
+        """Whether a value holds ``fc1:`` or ``gaaaaa`` in any letter case.
+
+        Every value that :func:`~sa_fieldcrypt.cipher.looks_like_token` does (an edited,
+        re-cased or space-padded header), and a few plaintexts, which reading tells apart.
+        """
+        lowered = func.lower(expr)
+        return or_(
+            lowered.like(f"%{TOKEN_PREFIX}%"), lowered.like(f"%{LEGACY_TOKEN_START.lower()}%")
+        )
 
     def _header(
         self, expr: ColumnElement[Any]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, and_, case, func, select
 from sqlalchemy.engine import Connection
 
-from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token, legacy_key
+from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token, legacy_key, looks_like_token
 from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
 from sa_fieldcrypt.jobs.engine import BatchJob, Transform, run_job
@@ -42,7 +42,7 @@ from sa_fieldcrypt.jobs.reindex import reindex_job
 from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, plural, word_for
 from sa_fieldcrypt.jobs.sql import LEGACY_TOKEN_START, DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn
-from sa_fieldcrypt.keys import KEY_ID_PATTERN, PURPOSES, Keyring, Purpose
+from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, PURPOSES, ROW_FLAG, Keyring, Purpose
 from sa_fieldcrypt.providers.env import LEGACY_KEY_ID, keyring_from_settings
 
 if TYPE_CHECKING:
@@ -73,7 +73,10 @@ class ColumnStatus:
         legacy: bare Fernet tokens: they name no key, so they are counted under none.
         plaintext: values that are not tokens at all.
         null: SQL NULLs.
-        malformed: values with an ``fc1`` header whose key id is not valid.
+        malformed: values that look like tokens but are not, which rotation and reading
+            refuse: an ``fc1`` header whose key id is not valid, or a value that
+            :func:`~sa_fieldcrypt.cipher.looks_like_token` (a header in another case or
+            behind spaces, for one), which is never taken for plaintext.
         legacy_candidates: the keys that may open a legacy token: the keyring's Fernet keys.
         legacy_by_key: legacy tokens per id of the key that opens them, found by trial
             (``resolve_legacy``); None when not tried.
@@ -82,11 +85,15 @@ class ColumnStatus:
             unbound tokens (``context=False``).
         strict: the column refuses unbound values (its ``allow_unbound=False``, or
             ``FIELDCRYPT_ALLOW_UNBOUND=false``).
+        row_bound: the column binds its values to their rows too
+            (``encrypted_hybrid(..., bind_row=True)``).
         unbound_by_key: in a column with a context, ``fc1`` tokens per key id that are not
-            bound to any (written before the column was bound, or copied in); also in
-            :attr:`by_key`. Empty for a column without a context.
-        bound_elsewhere: in a column without a context, ``fc1`` tokens bound to one: the
-            column cannot read them. Also in :attr:`by_key`.
+            bound to any (written before the column was bound, or copied in), or, in a
+            row-bound column, not bound to their row; also in :attr:`by_key`. Empty for a
+            column without a context.
+        bound_elsewhere: ``fc1`` tokens bound in a way the column cannot read: to a context
+            in a column without one, or to a row in a column that binds none. Also in
+            :attr:`by_key`.
     """
 
     column: str
@@ -102,6 +109,7 @@ class ColumnStatus:
     legacy_unopened: int | None = None
     context: str | None = None
     strict: bool = False
+    row_bound: bool = False
     unbound_by_key: dict[str, int] = field(default_factory=dict)
     bound_elsewhere: int = 0
 
@@ -403,13 +411,17 @@ def _describe_column(col: ColumnStatus) -> list[str]:
         note = (
             "refused: the column is strict, and rotate does not bind these"
             if col.strict
-            else "not bound to the column: rotate binds these"
+            else f"not bound to the {'row' if col.row_bound else 'column'}: rotate binds these"
         )
         lines.append(f"  {'unbound, of the keys above':<28} {col.unbound:>12,}  {note}")
     if col.bound_elsewhere:
         lines.append(
             f"  {'bound, of the keys above':<28} {col.bound_elsewhere:>12,}  "
-            "the column has no context (context=False): these cannot be decrypted"
+            + (
+                "bound to rows, and the column binds none: these cannot be decrypted"
+                if col.context is not None
+                else "the column has no context (context=False): these cannot be decrypted"
+            )
         )
     if col.legacy_by_key is None:
         legacy = (
@@ -424,7 +436,7 @@ def _describe_column(col: ColumnStatus) -> list[str]:
     for name, rows, note in (
         legacy,
         ("plaintext", col.plaintext, "not encrypted: rotate --encrypt-plaintext"),
-        ("malformed", col.malformed, "fc1 header with an invalid key id"),
+        ("malformed", col.malformed, "looks like a token but is not one: fails to read"),
         ("NULL", col.null, ""),
     ):
         if rows or name == "NULL":
@@ -542,8 +554,8 @@ def status(
     return StatusReport(found, indexed)
 
 
-# What status counts a stored value by: its kind, the key id it names and whether it is bound.
-_Header = tuple[str, str | None, bool]
+# What status counts a stored value by: its kind, the key id it names and its flag.
+_Header = tuple[str, str | None, str | None]
 
 
 def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> ColumnStatus:
@@ -551,17 +563,19 @@ def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> Colum
     keyring = codec.active_keyring()
     context = codec.context
     bound_column = isinstance(context, str)
+    own_flag = ROW_FLAG if codec.row_bound else BOUND_FLAG
     by_key: dict[str, int] = {}
     unbound_by_key: dict[str, int] = {}
     bound_elsewhere = 0
     totals = dict.fromkeys(("legacy", "plaintext", "null", "malformed"), 0)
-    for (kind, key_id, bound), rows in counts.items():
+    # In one order whatever the database's, so that reports compare equal.
+    for (kind, key_id, flag), rows in sorted(counts.items(), key=_header_order):
         if kind == "fc1" and key_id is not None:
             by_key[key_id] = by_key.get(key_id, 0) + rows
-            if bound_column and not bound:
+            if flag is not None and (not bound_column or (flag == ROW_FLAG and flag != own_flag)):
+                bound_elsewhere += rows  # bound to what the column cannot give: context, row
+            elif bound_column and flag != own_flag:
                 unbound_by_key[key_id] = unbound_by_key.get(key_id, 0) + rows
-            elif bound and not bound_column:
-                bound_elsewhere += rows
         else:
             totals[kind] += rows
     return ColumnStatus(
@@ -576,46 +590,63 @@ def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> Colum
         legacy_candidates=tuple(k.id for k in keyring if k.kind == "fernet"),
         context=context if isinstance(context, str) else None,
         strict=bound_column and not codec.allow_unbound,
+        row_bound=codec.row_bound,
         unbound_by_key=unbound_by_key,
         bound_elsewhere=bound_elsewhere,
     )
 
 
+def _header_order(item: tuple[_Header, int]) -> tuple[str, str, str]:
+    kind, key_id, flag = item[0]
+    return kind, key_id or "", flag or ""
+
+
 def _classify(value: str | bytes | None) -> _Header:
     """A stored value's header, exactly as :class:`DialectSql` decides it in SQL."""
     if value is None:
-        return "null", None, False
+        return "null", None, None
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     info = inspect_token(value)
     if info.kind == "fc1":
         if info.key_id is not None and KEY_ID_PATTERN.match(info.key_id):
-            return "fc1", info.key_id, info.bound
-        return "malformed", None, False
-    return info.kind, None, False
+            return "fc1", info.key_id, info.flag
+        return "malformed", None, None
+    if info.kind == "plaintext" and looks_like_token(value):
+        return "malformed", None, None
+    return info.kind, None, None
 
 
 def _count_in_sql(conn: Connection, sql: DialectSql, target: EncryptedColumn) -> dict[_Header, int]:
     stored = stored_text(target.column)
     kind, key_id = sql.token_kind(stored)
+    suspect = kind == "suspect"
     inner = (
-        select(kind.label("kind"), key_id.label("key_id"), sql.token_bound(stored).label("bound"))
+        select(kind.label("kind"), key_id.label("key_id"), sql.token_flag(stored).label("flag"))
         .select_from(target.table)
         .subquery()
     )
-    stmt = select(inner.c.kind, inner.c.key_id, inner.c.bound, func.count()).group_by(
-        inner.c.kind, inner.c.key_id, inner.c.bound
+    stmt = select(inner.c.kind, inner.c.key_id, inner.c.flag, func.count()).group_by(
+        inner.c.kind, inner.c.key_id, inner.c.flag
     )
     counts: Counter[_Header] = Counter()
-    for found_kind, found_key, bound, rows in conn.execute(stmt):
-        if isinstance(found_kind, bytes):
-            found_kind = found_kind.decode("ascii")
-        header: _Header = (found_kind, found_key, False)
+    suspects = 0
+    for found_kind, found_key, flag, rows in conn.execute(stmt):
+        found_kind = _text(found_kind)
+        header: _Header = (found_kind, found_key, None)
         if found_kind == "fc1":
             # The SQL finds where the key id ends; whether it is a valid id is checked here.
             found_kind, found_key, _ = _classify(TOKEN_PREFIX + _text(found_key) + ":")
-            header = (found_kind, found_key, found_kind == "fc1" and bool(bound))
+            header = (found_kind, found_key, (_text(flag) or None) if found_kind == "fc1" else None)
+        elif found_kind == "suspect":
+            suspects += int(rows)
+            continue
         counts[header] += int(rows)
+    if suspects:
+        # Values that may only look like tokens (a header in another case, behind spaces):
+        # few, if any, and read to be classified exactly as reading them would.
+        for header, rows in _count_by_reading(conn.engine, target, suspect).items():
+            counts[header] += rows
     return dict(counts)
 
 
@@ -633,13 +664,15 @@ def _read_each(
     run_job(engine, job, listener=_QUIET)
 
 
-def _count_by_reading(engine: Engine, target: EncryptedColumn) -> dict[_Header, int]:
+def _count_by_reading(
+    engine: Engine, target: EncryptedColumn, where: Any = None
+) -> dict[_Header, int]:
     counts: Counter[_Header] = Counter()
 
-    def classify(old: tuple[Any, ...]) -> None:
+    def classify(key: tuple[Any, ...], old: tuple[Any, ...]) -> None:
         counts[_classify(old[0])] += 1
 
-    _read_each(engine, target, classify)
+    _read_each(engine, target, classify, where)
     return dict(counts)
 
 
@@ -650,11 +683,11 @@ def _with_legacy_resolved(
     keyring = target.codec.active_keyring()
     opened: Counter[str | None] = Counter()
 
-    def trial(old: tuple[Any, ...]) -> None:
+    def trial(key: tuple[Any, ...], old: tuple[Any, ...]) -> None:
         value = old[0]
         if _classify(value)[0] == "legacy":
-            key = legacy_key(keyring, _text(value))
-            opened[None if key is None else key.id] += 1
+            found = legacy_key(keyring, _text(value))
+            opened[None if found is None else found.id] += 1
 
     # Only the legacy tokens are read: the SQL filter is the prefix they all start with.
     stored = stored_text(target.column)
