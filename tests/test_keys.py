@@ -534,6 +534,14 @@ def test_derive_is_hkdf_sha256_of_the_key() -> None:
     assert key.derive(b"ctx") != key.derive(b"other")
 
 
+@given(raw=st.binary(min_size=32, max_size=32), info=st.binary(max_size=200))
+def test_derive_equals_cryptography_hkdf_for_any_key_and_info(raw: bytes, info: bytes) -> None:
+    """The one-HMAC expansion gives exactly cryptography's HKDF-SHA256, for any key and info."""
+    key = Key("b1", base64.urlsafe_b64encode(raw), "hmac-sha256")
+    expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(raw)
+    assert expected == key.derive(info)
+
+
 def test_derive_cache_stays_bounded() -> None:
     """Many distinct infos do not grow a key's derivation cache without end."""
     key = Key("b1", generate_key("hmac-sha256"), "hmac-sha256")

@@ -35,18 +35,24 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import types as sa_types
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import rotation_support
 import sa_fieldcrypt
 from conftest import CONNECT_ARGS, server_url
 from sa_fieldcrypt import (
+    BLIND_INDEX_LENGTH,
+    BlindIndex,
     ConfigurationError,
+    DecryptionError,
     EncryptedText,
     Keyring,
     RotationError,
     ValueTypeError,
+    encrypted_hybrid,
     generate_key,
     jobs,
+    normalize_email,
 )
 from sa_fieldcrypt.cipher import encrypt, inspect_token
 from sa_fieldcrypt.cli import _Progress, cli
@@ -1628,3 +1634,128 @@ def test_failures_name_uuid_and_composite_keys_as_people_read_them(
         in jobs.status(engine, [_column(engine, "fc_rot_composite")]).describe()
     )
     table.metadata.drop_all(engine)
+
+
+# -- row-bound columns ------------------------------------------------------------------------
+
+
+class _RowBase(DeclarativeBase):
+    pass
+
+
+class _RowBound(_RowBase):
+    """A column whose values are bound to their rows, with a blind index."""
+
+    __tablename__ = "fc_rot_rows"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    email_encrypted: Mapped[str | None] = mapped_column(Text)
+    email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email = encrypted_hybrid(
+        "email_encrypted",
+        blind_index=BlindIndex("email_bidx", normalizer=normalize_email),
+        bind_row=True,
+    )
+
+
+_ROWS_CONTEXT = "fc_rot_rows.email_encrypted"
+
+
+@pytest.fixture
+def row_bound(
+    engine: Engine, ring: Keyring, fieldcrypt_blind_index_keyring: Keyring
+) -> Iterator[Engine]:
+    """fc_rot_rows holding what a column holds before row binding: column-bound tokens under
+    two keys, unbound and legacy tokens, and NULL; every index value missing."""
+    _RowBase.metadata.drop_all(engine)
+    _RowBase.metadata.create_all(engine)
+    stored: list[str | None] = []
+    for i in range(40):
+        plaintext = f"user{i}@example.com"
+        stored.append(
+            [
+                _under(ring, "k3", plaintext, _ROWS_CONTEXT),
+                _under(ring, "k2", plaintext, _ROWS_CONTEXT),
+                _under(ring, "k1", plaintext),
+                _legacy(ring, "k1", plaintext),
+                None,
+            ][i % 5]
+        )
+    with engine.begin() as conn:
+        conn.execute(
+            insert(_RowBound.__table__),
+            [{"id": i, "email_encrypted": v} for i, v in enumerate(stored)],
+        )
+    yield engine
+    _RowBase.metadata.drop_all(engine)
+
+
+def _read_all(engine: Engine) -> dict[int, str | None]:
+    with Session(engine) as session:
+        return {c.id: c.email for c in session.scalars(select(_RowBound))}
+
+
+def test_rotate_binds_every_value_to_its_row(row_bound: Engine) -> None:
+    """status counts values not bound to their rows; one rotate binds them all, unchanged."""
+    columns = jobs.find_columns(_RowBound)
+    before = jobs.status(row_bound, columns).columns[0]
+    assert (True, 24, 8) == (before.row_bound, before.unbound, before.legacy)
+    expected = _read_all(row_bound)  # every kind still reads
+    assert 32 == sum(v is not None for v in expected.values())
+
+    report = jobs.rotate(row_bound, columns)
+    assert (32, 0) == (report.written, report.failed)
+    after = jobs.status(row_bound, columns).columns[0]
+    assert ({"k3": 32}, 0, 0, 0) == (after.by_key, after.unbound, after.legacy, after.pending)
+    with row_bound.connect() as conn:
+        tokens = conn.execute(select(_RowBound.__table__.c.email_encrypted)).scalars().all()
+    assert {"r"} == {inspect_token(t).flag for t in tokens if t is not None}
+    assert expected == _read_all(row_bound)
+    assert 0 == jobs.rotate(row_bound, columns).written  # nothing selected the second time
+
+
+def test_verify_and_reindex_read_each_value_with_its_row(row_bound: Engine) -> None:
+    """After binding, reindex fills every index and verify finds a value copied between rows."""
+    columns, indexes = jobs.find_columns(_RowBound), jobs.find_indexes(_RowBound)
+    jobs.rotate(row_bound, columns)
+    assert (32, 0) == (jobs.reindex(row_bound, indexes).written, 0)
+    assert jobs.verify(row_bound, columns, indexes=indexes).ok
+    table = _RowBound.__table__
+    with row_bound.begin() as conn:
+        token, index = conn.execute(
+            select(table.c.email_encrypted, table.c.email_bidx).where(table.c.id == 1)
+        ).one()
+        conn.execute(
+            update(table).where(table.c.id == 2).values(email_encrypted=token, email_bidx=index)
+        )
+    report = jobs.verify(row_bound, columns, indexes=indexes)
+    assert [(("id", 2),)] == [f.primary_key for f in report.total().failures]
+    with Session(row_bound) as session, pytest.raises(DecryptionError):
+        _ = session.get(_RowBound, 2).email  # type: ignore[union-attr]
+
+
+def test_strict_rotation_refuses_values_bound_to_the_column_only(
+    row_bound: Engine, strict_unbound: None
+) -> None:
+    """A strict row-bound column does not bind column-bound, unbound or legacy values."""
+    columns = jobs.find_columns(_RowBound)
+    report = jobs.rotate(row_bound, columns)
+    assert (0, 24) == (report.written, report.failed)  # the k3 column-bound rows too
+    assert all("not bound" in f.reason for f in report.total().failures)
+    assert 32 == jobs.status(row_bound, columns).columns[0].refused
+
+
+def test_status_counts_token_like_values_as_malformed_as_reading_does(
+    engine: Engine, ring: Keyring
+) -> None:
+    """A token behind a space or re-cased is malformed for status, and rotate fails it."""
+    table = _make_table(engine)
+    token = _under(ring, "k3", "ada@example.com", f"{TABLE}.email")
+    values = [f" {token}", token.upper(), "see FC1: later", "a gaaaaa-ish note"]
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": i, "email": v} for i, v in enumerate(values)])
+    column = _column(engine)
+    found = jobs.status(engine, [column]).columns[0]
+    assert (2, 2) == (found.malformed, found.plaintext)
+    report = jobs.rotate(engine, [column], encrypt_plaintext=True)
+    assert (2, 2) == (report.written, report.failed)
+    assert {(("id", 0),), (("id", 1),)} == {f.primary_key for f in report.total().failures}

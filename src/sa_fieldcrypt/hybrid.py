@@ -114,8 +114,16 @@ class _RowKey:
     identity: tuple[int, ...]  # where each is in the identity key (mapper.primary_key order)
 
     def current(self, instance: Any) -> tuple[Any, ...] | None:
-        """The primary key the instance's attributes hold now; None while a part is None."""
-        values = tuple(instance.__dict__.get(attr) for attr in self.attrs)
+        """The primary key the instance's attributes hold now; None while a part is None.
+
+        A part not loaded in a persistent instance (expired by a commit) was not changed
+        since: it is the part of the row's identity.
+        """
+        loaded, key = instance.__dict__, instance_state(instance).key
+        values = tuple(
+            loaded.get(attr) if attr in loaded or key is None else key[1][position]
+            for attr, position in zip(self.attrs, self.identity, strict=True)
+        )
         return None if any(v is None for v in values) else values
 
     def stored(self, instance: Any) -> tuple[Any, ...] | None:
@@ -232,6 +240,9 @@ class _Binding:
         # A row-bound value waiting for its row is kept whatever it is: it is the only copy.
         if isinstance(value, (str, bytes)) or (stored is None and value is not None):
             instance.__dict__[self.cache_key] = _Plaintext(stored, value, index, row)
+        else:
+            # Nor keep an older one: a value waiting for its row would outlive its None.
+            instance.__dict__.pop(self.cache_key, None)
 
     def assign(self, instance: Any, value: Any) -> None:
         """Store ``value``: encrypt it (if needed) and compute its index, then set both.

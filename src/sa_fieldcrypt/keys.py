@@ -42,9 +42,7 @@ from typing import Any, Literal, NoReturn, TypeVar, get_args
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sa_fieldcrypt import metrics
 from sa_fieldcrypt.errors import ConfigurationError, UnknownKeyError
@@ -532,6 +530,7 @@ class Key:
         "_aead",
         "_contexts",
         "_derived",
+        "_prk",
         "_raw",
         "codec",
         "decrypt",
@@ -580,6 +579,9 @@ class Key:
         self.decrypt = self.codec.decrypt
         self._contexts: dict[str, KeyCodec] = {}
         self._derived: dict[bytes, bytes] = {}
+        # HKDF-Extract without a salt depends on the key alone: done once, so that a
+        # derivation (per row, for row-bound values) costs one HMAC.
+        self._prk = hmac.digest(bytes(_KEY_SIZE), self._raw, "sha256")
         # Shared by every Key with this id, so counts survive a keyring reload.
         self.decrypt_counter = metrics.key_counter(self.id)
 
@@ -591,9 +593,14 @@ class Key:
         """
         derived = self._derived.get(info)
         if derived is None:
-            derived = _hkdf(self._raw, info)
+            derived = self._expand(info)
             _bounded_put(self._derived, info, derived)
         return derived
+
+    def _expand(self, info: bytes) -> bytes:
+        # HKDF-Expand (RFC 5869) of 32 bytes, one block: HMAC(PRK, info || 0x01). With the
+        # extract step above, exactly HKDF-SHA256(key, salt=None, info).
+        return hmac.digest(self._prk, info + b"\x01", "sha256")
 
     def for_context(self, context: str) -> KeyCodec:
         """Return the codec that binds values to ``context``, built once and then cached.
@@ -641,7 +648,7 @@ class Key:
             return _AeadCodec(self._aead, info, prefix)
         info = FERNET_CONTEXT_INFO + info
         # Per-row keys are derived each time: caching them would evict the columns' own.
-        raw = self.derive(info) if row is None else _hkdf(self._raw, info)
+        raw = self.derive(info) if row is None else self._expand(info)
         return _FernetCodec(raw, prefix)
 
     def shares_secret_with(self, other: Key) -> bool:
@@ -665,10 +672,6 @@ class Key:
     def __reduce__(self) -> tuple[object, ...]:
         # Rotation workers receive keyrings by pickling; the secret travels, the repr does not.
         return (Key, (self.id, self.export(), self.kind))
-
-
-def _hkdf(raw: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(raw)
 
 
 def _bounded_put(cache: dict[Any, _V], name: object, value: _V) -> _V:
