@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given
-from sqlalchemy import Engine, Integer, String, text
+from sqlalchemy import Engine, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_fieldcrypt
-from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, generate_key
+from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, encrypted_hybrid, generate_key
 from sa_fieldcrypt.cipher import decrypt, encrypt
 from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.testing import assert_encrypted_at_rest, keyrings, temporary_keys
@@ -25,6 +25,13 @@ class Patient(Base):
     diagnosis: Mapped[str | None] = mapped_column(EncryptedText())
 
 
+class Visit(Base):
+    __tablename__ = "fc_testing_visits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    notes_encrypted: Mapped[str | None] = mapped_column(Text)
+    notes = encrypted_hybrid("notes_encrypted", bind_row=True)
+
+
 @pytest.fixture
 def db(engine: Engine, fieldcrypt_keyring: Keyring) -> Engine:
     Base.metadata.drop_all(engine)
@@ -38,6 +45,24 @@ def test_at_rest_assertion_passes_for_tokens(db: Engine) -> None:
         session.add_all([Patient(id=1, diagnosis="flu"), Patient(id=2, diagnosis=None)])
         session.commit()
         assert 1 == assert_encrypted_at_rest(session, Patient)
+
+
+def test_at_rest_assertion_reads_row_bound_values_with_their_rows(db: Engine) -> None:
+    """Row-bound values pass in their own rows; one copied into another row fails."""
+    with Session(db) as session:
+        session.add_all([Visit(id=1, notes="first"), Visit(id=2, notes="second")])
+        session.commit()
+        assert 2 == assert_encrypted_at_rest(session, Visit)
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE fc_testing_visits SET notes_encrypted = "
+                "(SELECT notes_encrypted FROM (SELECT * FROM fc_testing_visits) v WHERE id = 1) "
+                "WHERE id = 2"
+            )
+        )
+    with db.connect() as conn, pytest.raises(DecryptionError):
+        assert_encrypted_at_rest(conn, Visit)
 
 
 def test_at_rest_assertion_catches_plaintext_without_quoting_it(db: Engine) -> None:

@@ -68,6 +68,7 @@ def assert_encrypted_at_rest(
             where = f"{label} at primary key {tuple(key)!r}"
             if inspect_token(raw).kind == "plaintext":
                 raise AssertionError(f"{where} holds plaintext, not a token")
-            codec.decrypt_token(raw)  # raises DecryptionError naming the column
+            # Raises DecryptionError naming the column; a row-bound value opens in its row only.
+            codec.decrypt_token(raw, tuple(key) if codec.row_bound else None)
             checked += 1
     return checked
