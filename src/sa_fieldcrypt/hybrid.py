@@ -27,6 +27,7 @@ Then ``Customer(email="ada@example.com")``, ``customer.email`` (plaintext),
 
 from __future__ import annotations
 
+import uuid
 import weakref
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from sqlalchemy.sql.operators import OperatorType
 from typing_extensions import TypeVar
 
 from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex
-from sa_fieldcrypt.errors import ConfigurationError, UnsupportedComparisonError
+from sa_fieldcrypt.errors import ConfigurationError, UnsupportedComparisonError, ValueTypeError
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
 if TYPE_CHECKING:
@@ -102,6 +103,12 @@ class _Plaintext:
         return self.stored is None and self.value is not None
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self.pending:
+            # Its only copy: dropped, the value would be lost; kept, the pickle holds plaintext.
+            raise ConfigurationError(
+                "an object holding a row-bound value that waits for its primary key cannot be "
+                "pickled or copied: assign the primary key, or flush, first"
+            )
         return (_Plaintext, (None, None, None))
 
 
@@ -133,6 +140,25 @@ class _RowKey:
             return self.current(instance)
         return tuple(key[1][position] for position in self.identity)
 
+    def check(self, values: tuple[Any, ...]) -> None:
+        """Refuse a primary key of another Python type than its column returns.
+
+        A value is bound to the key's text: ``"7"`` for an Integer key would bind it to a
+        row that, read back, has the key ``7``. (A UUID kept as a string must be lower-case
+        and hyphenated, as the database returns it: that is not checked.)
+        """
+        for value, col in zip(values, self.columns, strict=True):
+            try:
+                expected = col.type.python_type
+            except NotImplementedError:
+                continue
+            if expected in (int, str, uuid.UUID) and not isinstance(value, expected):
+                raise ValueTypeError(
+                    f"{col.table.fullname}.{col.name}: a row-bound value is bound to its row's "
+                    f"primary key as the column returns it, a {expected.__name__}; got a "
+                    f"{type(value).__name__}"
+                )
+
     def of_mapping(self, mapping: MutableMapping[str, Any] | dict[str, Any]) -> tuple[Any, ...]:
         """The primary key in a mapping of attribute values (ORM bulk statements)."""
         values = tuple(mapping.get(attr) for attr in self.attrs)
@@ -141,6 +167,7 @@ class _RowKey:
                 f"a value bound to its row (bind_row=True) needs the row's primary key "
                 f"({', '.join(self.attrs)}) among the values given"
             )
+        self.check(values)
         return values
 
     def fill_defaults(self, instance: Any) -> None:
@@ -247,14 +274,20 @@ class _Binding:
     def assign(self, instance: Any, value: Any) -> None:
         """Store ``value``: encrypt it (if needed) and compute its index, then set both.
 
-        A row-bound value whose row has no primary key yet is kept in memory and encrypted
-        when the row is flushed.
+        A row-bound value is encrypted once its row has a primary key: at once when it has
+        one, or can take one from a Python-side column default (``default=uuid.uuid4``, which
+        is then set on the instance); else when the key is assigned, or at flush.
         """
         # Everything that can fail runs before the first attribute changes, so a failed
         # assignment never leaves a value without its matching index.
         row = None
         if self.row_key is not None:
             row = self.row_key.current(instance)
+            if row is None and value is not None and instance_state(instance).key is None:
+                self.row_key.fill_defaults(instance)
+                row = self.row_key.current(instance)
+            if row is not None:
+                self.row_key.check(row)
         if self.row_key is not None and row is None:
             pairs = self._pairs(None, value)
         else:
@@ -272,12 +305,15 @@ class _Binding:
         """
         if self.row_key is None:
             stored = value if self.encrypt is None else self.encrypt(value)
+        elif value is None:
+            stored = None
         else:
             if row is None:
                 raise ConfigurationError(
                     f"{self.label}: values are bound to their rows (bind_row=True), so an "
-                    "UPDATE statement cannot encrypt them, knowing no row's primary key; load "
-                    "the objects and assign the value to each"
+                    "UPDATE or INSERT statement cannot encrypt them, knowing no row's primary "
+                    "key (setting NULL works); load or create the objects and assign the "
+                    "value to each, or give the key to encrypted_values()"
                 )
             stored = cast("EncryptedType", self.encrypted_type).to_stored(value, row)
         return self._pairs(stored, value)
@@ -287,6 +323,23 @@ class _Binding:
         if self.index_key is not None and self.blind_index is not None:
             pairs.append((self.index_key, self.blind_index.compute(value)))
         return pairs
+
+    def key_assigned(self, target: Any, value: Any, old: Any, initiator: Any) -> None:
+        """Encrypt a value waiting for its row's primary key once the key is complete."""
+        cached = target.__dict__.get(self.cache_key)
+        if not (isinstance(cached, _Plaintext) and cached.pending) or value is None:
+            return
+        row_key = cast("_RowKey", self.row_key)
+        attr = initiator.key
+        values = tuple(
+            value if name == attr else target.__dict__.get(name) for name in row_key.attrs
+        )
+        if any(v is None for v in values):
+            return
+        row_key.check(values)
+        token = cast("EncryptedType", self.encrypted_type).to_stored(cached.value, values)
+        setattr(target, self.source_key, token)
+        self._remember(target, token, cached.value, cached.index, values)
 
     def bind_row(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         """At flush, bind the value to the row's primary key as it will be stored.
@@ -326,6 +379,7 @@ class _Binding:
                 "known before INSERT (assigned, or a Python-side default such as "
                 "default=uuid.uuid4), not one the database generates"
             )
+        row_key.check(row)
         token = codec.to_stored(value, row)
         setattr(target, self.source_key, token)
         self._remember(
@@ -638,6 +692,8 @@ class EncryptedHybrid(hybrid_property[_V]):
             # Before the index is synchronized: it reads the value this binds.
             event.listen(mapper, "before_insert", binding.bind_row)
             event.listen(mapper, "before_update", binding.bind_row)
+            for attr in row_key.attrs:
+                event.listen(getattr(cls, attr), "set", binding.key_assigned)
         if index_key is not None:
             event.listen(mapper, "before_insert", binding.sync_index)
             event.listen(mapper, "before_update", binding.sync_index)

@@ -174,8 +174,9 @@ def _refuse_unbound(codec: EncryptedType, value: str) -> None:
     info = inspect_token(value)
     weaker = info.flag is None or (codec.row_bound and info.flag != ROW_FLAG)
     if info.kind == "legacy" or (info.kind == "fc1" and weaker):
+        bound_to = "its row" if codec.row_bound else "the column's context"
         raise DecryptionError(
-            "the value is not bound to the column's context, and the column is strict "
+            f"the value is not bound to {bound_to}, and the column is strict "
             "(allow_unbound=False or FIELDCRYPT_ALLOW_UNBOUND=false), so rotation does not bind "
             "it: it may have been copied in from elsewhere. Find out how it got there; to bind "
             "values that are the column's own, allow unbound values for the run",
