@@ -98,7 +98,9 @@ def test_compare_and_swap_on_a_number_column(engine: Engine) -> None:
     try:
         with engine.begin() as conn:
             conn.execute(insert(table), [{"id": i, "n": i} for i in range(5)])
-        job = BatchJob("numbers", table, (table.c.n,), (table.c.n,), lambda key, old: (old[0] * 10,))
+        job = BatchJob(
+            "numbers", table, (table.c.n,), (table.c.n,), lambda key, old: (old[0] * 10,)
+        )
         assert 5 == run_job(engine, job, batch_size=2).written
         with engine.connect() as conn:
             stored = dict(conn.execute(select(table.c.id, table.c.n)).all())
