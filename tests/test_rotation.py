@@ -1745,6 +1745,47 @@ def test_strict_rotation_refuses_values_bound_to_the_column_only(
     assert 32 == jobs.status(row_bound, columns).columns[0].refused
 
 
+def test_status_in_sql_finds_fernet_shaped_values_of_any_time(
+    engine: Engine, ring: Keyring
+) -> None:
+    """A Fernet-shaped value not starting gAAAAA (a time past 2106), bare or behind a space,
+    is malformed for status in SQL too, as for reading; long plaintext with a g is plaintext."""
+    table = _make_table(engine)
+    late = Fernet(Fernet.generate_key())._encrypt_from_parts(b"x", 2**40, bytes(16)).decode()
+    values = [late, f" {late}", "g" * 120, "FC1:k1:c:abc", "just text"]
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": i, "email": v} for i, v in enumerate(values)])
+    column = _column(engine)
+    in_sql = jobs.status(engine, [column], in_sql=True).columns[0]
+    by_reading = jobs.status(engine, [column], in_sql=False).columns[0]
+    assert (3, 2) == (in_sql.malformed, in_sql.plaintext)
+    assert in_sql.to_dict() == by_reading.to_dict()
+
+
+def test_status_works_under_a_nondeterministic_collation(
+    postgresql_engine: Engine, ring: Keyring
+) -> None:
+    """A PostgreSQL column under a case-insensitive ICU collation, where LIKE is refused."""
+    engine = postgresql_engine
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE COLLATION IF NOT EXISTS fc_ci "
+                "(provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+            )
+        )
+    table = _make_table(engine, TABLE, Column("id", Integer, primary_key=True))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f'ALTER TABLE {TABLE} ALTER COLUMN email TYPE text COLLATE "fc_ci"'))
+            token = _under(ring, "k3", "ada@example.com", f"{TABLE}.email")
+            conn.execute(insert(table), [{"id": 1, "email": token}, {"id": 2, "email": "plain"}])
+        found = jobs.status(engine, [_column(engine)]).columns[0]
+        assert ({"k3": 1}, 1) == (found.by_key, found.plaintext)
+    finally:
+        table.metadata.drop_all(engine)
+
+
 def test_status_counts_token_like_values_as_malformed_as_reading_does(
     engine: Engine, ring: Keyring
 ) -> None:

@@ -8,11 +8,12 @@ there, with a blind index or without one.
 from __future__ import annotations
 
 import base64
+import enum
 import pickle
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from cryptography.fernet import Fernet
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import (
+    CHAR,
     Engine,
     ForeignKey,
     Integer,
@@ -36,7 +38,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    load_only,
+    make_transient,
+    mapped_column,
+    relationship,
+)
 
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
@@ -694,6 +704,35 @@ class Line(Base):
     note_encrypted: Mapped[str | None] = mapped_column(Text)
     note = encrypted_hybrid("note_encrypted", bind_row=True)
     order: Mapped[Order] = relationship(back_populates="lines")
+
+
+class Doc(Base):
+    """A JSON value (which the hybrid does not cache) beside a text one."""
+
+    __tablename__ = "fc_row_docs"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    data_encrypted: Mapped[str | None] = mapped_column(Text)
+    data = encrypted_hybrid("data_encrypted", column_type=EncryptedJSON(), bind_row=True)
+
+
+class Person(Base):
+    """The base of a joined inheritance whose subclass key has another attribute name."""
+
+    __tablename__ = "fc_row_people"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(20))
+    __mapper_args__: ClassVar[dict[str, Any]] = {
+        "polymorphic_on": "kind",
+        "polymorphic_identity": "person",
+    }
+
+
+class Engineer(Person):
+    __tablename__ = "fc_row_engineers"
+    engineer_id: Mapped[int] = mapped_column(ForeignKey("fc_row_people.id"), primary_key=True)
+    badge_encrypted: Mapped[str | None] = mapped_column(Text)
+    badge = encrypted_hybrid("badge_encrypted", bind_row=True)
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "engineer"}
 
 
 MODELS = pytest.mark.parametrize("model", [Member, Device], ids=["int-pk", "uuid-pk"])
@@ -1436,3 +1475,112 @@ def test_a_row_bound_hybrid_over_a_plain_column_declares_fine(keyring: Keyring) 
     row = thing(id=3, email="ada@example.com")
     assert "ada@example.com" == row.email
     assert "r" == inspect_token(row.email_encrypted).flag
+
+
+# -- changes of the key, and values the hybrid does not cache -------------------------------
+
+
+@pytest.mark.parametrize("unload", ["load_only", "expire"])
+def test_changing_the_key_of_a_row_whose_token_is_not_loaded(db: Engine, unload: str) -> None:
+    """A key changed while the token is deferred or expired: the token is loaded and rebound."""
+    with Session(db) as session:
+        session.add(Member(id=10, notes="kept"))
+        session.commit()
+    with Session(db) as session:
+        if unload == "load_only":
+            member = session.scalars(
+                select(Member).options(load_only(Member.id)).where(Member.id == 10)
+            ).one()
+        else:
+            member = session.get(Member, 10)
+            session.expire(member, ["notes_encrypted"])
+        member.id = 11
+        session.commit()
+    with Session(db) as session:
+        assert "kept" == session.get(Member, 11).notes
+
+
+def test_a_json_value_follows_its_row_key(db: Engine) -> None:
+    """Doc(data=..., id=given): the default key taken first, then the given one; both paths."""
+    given_id = uuid.UUID(int=5)
+    with Session(db) as session:
+        session.add(Doc(data={"a": 1}, id=given_id))
+        session.commit()
+    with Session(db) as session:
+        doc = session.get(Doc, given_id)
+        assert {"a": 1} == doc.data
+        doc.id, doc.data = uuid.UUID(int=6), {"b": 2}
+        session.commit()
+    with Session(db) as session:
+        assert {"b": 2} == session.get(Doc, uuid.UUID(int=6)).data
+        doc = session.get(Doc, uuid.UUID(int=6))
+        doc.id = uuid.UUID(int=7)  # the key only: the value is decrypted and bound again
+        session.commit()
+    with Session(db) as session:
+        assert {"b": 2} == session.get(Doc, uuid.UUID(int=7)).data
+
+
+def test_a_copied_object_is_rebound_or_refused(db: Engine) -> None:
+    """make_transient() and a new key: a value read before the copy is bound to the new row;
+    one never read cannot be, and is refused rather than written undecryptable."""
+    with Session(db) as session:
+        session.add_all([Member(id=1, notes="one"), Member(id=2, notes="two")])
+        session.commit()
+    with Session(db) as session:
+        read = session.get(Member, 1)
+        assert "one" == read.notes
+        unread = session.get(Member, 2)
+        _ = unread.notes_encrypted  # loaded, not decrypted
+        session.expunge_all()
+    make_transient(read)
+    make_transient(unread)
+    read.id = 3
+    with pytest.raises(ConfigurationError, match="bound to another row"):
+        unread.id = 4
+    with Session(db) as session:
+        session.add(read)
+        session.commit()
+    with Session(db) as session:
+        assert "one" == session.get(Member, 3).notes
+
+
+def test_a_subclass_key_of_another_name_binds_its_rows(db: Engine) -> None:
+    """Joined inheritance, the subclass key named engineer_id: bound through the base's id."""
+    with Session(db) as session:
+        session.add(Engineer(id=1, badge="b-1"))
+        session.commit()
+    with Session(db) as session:
+        assert "b-1" == session.get(Engineer, 1).badge
+    engineers = Engineer.__table__
+    with db.connect() as conn:
+        token = conn.execute(
+            select(engineers.c.badge_encrypted).where(engineers.c.engineer_id == 1)
+        ).scalar_one()
+    assert "r" == inspect_token(token).flag
+
+
+def test_a_char_key_is_refused() -> None:
+    """The database pads or trims CHAR keys, so row binding refuses them at mapping time."""
+
+    class Other(DeclarativeBase):
+        pass
+
+    with pytest.raises(ConfigurationError, match="fixed-length CHAR key"):
+
+        class Code(Other):
+            __tablename__ = "fc_row_codes"
+            code: Mapped[str] = mapped_column(CHAR(8), primary_key=True)
+            secret_encrypted: Mapped[str | None] = mapped_column(Text)
+            secret = encrypted_hybrid("secret_encrypted", bind_row=True)
+
+
+def test_enum_members_bind_as_the_values_the_database_stores() -> None:
+    """An (int, Enum) or (str, Enum) member encodes as its number or string, not its name."""
+
+    class Number(int, enum.Enum):
+        SEVEN = 7
+
+    class Word(str, enum.Enum):  # noqa: UP042 (the mixin, whose str() is its name)
+        BEE = "bee"
+
+    assert row_key_bytes([7, "bee"]) == row_key_bytes([Number.SEVEN, Word.BEE])

@@ -110,7 +110,8 @@ _CONTEXT_MISSING = (
 )
 _ROW_MISSING = (
     "the value is bound to its row (bind_row=True) and was read without the row's primary "
-    "key; read it through the encrypted_hybrid of a loaded object"
+    "key; read it through the encrypted_hybrid of a loaded object, and point commands at the "
+    "models (--models), which say the column binds rows, not at a reflected table (--column)"
 )
 _ROW_UNBOUND_REFUSED = (
     "the value is not bound to its row, and this column accepts only values bound to their "
@@ -282,11 +283,13 @@ def row_key_bytes(row_key: Sequence[RowKeyPart]) -> bytes:
     """
     parts = []
     for value in row_key:
+        # The base types' own text: an enum member that is an int or a str stands for the
+        # number or the string the database stores, whatever its str() says.
         if isinstance(value, str):
-            text = value
-        elif isinstance(value, uuid.UUID) or (
-            isinstance(value, int) and not isinstance(value, bool)
-        ):
+            text = str.__str__(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            text = int.__repr__(value)
+        elif isinstance(value, uuid.UUID):
             text = str(value)
         else:
             raise ValueTypeError(

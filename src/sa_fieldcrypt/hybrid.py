@@ -33,7 +33,8 @@ from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Column, String, event, false, inspect, type_coerce
+from sqlalchemy import Column, String, event, false, inspect, select, type_coerce
+from sqlalchemy import types as sqltypes
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.ext.hybrid import ExprComparator, hybrid_property
 from sqlalchemy.orm import Mapper
@@ -44,7 +45,12 @@ from sqlalchemy.sql.operators import OperatorType
 from typing_extensions import TypeVar
 
 from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex
-from sa_fieldcrypt.errors import ConfigurationError, UnsupportedComparisonError, ValueTypeError
+from sa_fieldcrypt.errors import (
+    ConfigurationError,
+    DecryptionError,
+    UnsupportedComparisonError,
+    ValueTypeError,
+)
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
 if TYPE_CHECKING:
@@ -100,7 +106,7 @@ class _Plaintext:
     @property
     def pending(self) -> bool:
         """Whether the value waits for its row's primary key to be encrypted (row binding)."""
-        return self.stored is None and self.value is not None
+        return self.stored is None and self.value is not None and self.value is not _UNKEPT
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self.pending:
@@ -112,6 +118,10 @@ class _Plaintext:
         return (_Plaintext, (None, None, None))
 
 
+#: A row-bound value that is not kept (a mutable one): only its token's row is recorded.
+_UNKEPT: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class _RowKey:
     """How a row-bound hybrid finds the primary key its values are bound to."""
@@ -119,6 +129,7 @@ class _RowKey:
     attrs: tuple[str, ...]  # the attribute of each primary-key column, in the table's order
     columns: tuple[Column[Any], ...]  # those columns
     identity: tuple[int, ...]  # where each is in the identity key (mapper.primary_key order)
+    source: Column[Any]  # the column of the tokens
 
     def current(self, instance: Any) -> tuple[Any, ...] | None:
         """The primary key the instance's attributes hold now; None while a part is None.
@@ -126,12 +137,15 @@ class _RowKey:
         A part not loaded in a persistent instance (expired by a commit) was not changed
         since: it is the part of the row's identity.
         """
-        loaded, key = instance.__dict__, instance_state(instance).key
-        values = tuple(
-            loaded.get(attr) if attr in loaded or key is None else key[1][position]
-            for attr, position in zip(self.attrs, self.identity, strict=True)
-        )
+        values = tuple(self.current_part(instance, attr) for attr in self.attrs)
         return None if any(v is None for v in values) else values
+
+    def current_part(self, instance: Any, attr: str) -> Any:
+        """One primary-key attribute's value now (see :meth:`current`)."""
+        loaded, key = instance.__dict__, instance_state(instance).key
+        if attr in loaded or key is None:
+            return loaded.get(attr)
+        return key[1][self.identity[self.attrs.index(attr)]]
 
     def stored(self, instance: Any) -> tuple[Any, ...] | None:
         """The primary key of the row as the database holds it (its identity), or as set."""
@@ -158,6 +172,11 @@ class _RowKey:
                     f"primary key as the column returns it, a {expected.__name__}; got a "
                     f"{type(value).__name__}"
                 )
+
+    def load(self, connection: Any, row: tuple[Any, ...]) -> Any:
+        """The token the database holds for the row whose primary key is ``row``."""
+        match = [col == value for col, value in zip(self.columns, row, strict=True)]
+        return connection.execute(select(self.source).where(*match)).scalar_one_or_none()
 
     def of_mapping(self, mapping: MutableMapping[str, Any] | dict[str, Any]) -> tuple[Any, ...]:
         """The primary key in a mapping of attribute values (ORM bulk statements)."""
@@ -233,11 +252,15 @@ class _Binding:
             isinstance(cached, _Plaintext)
             and cached.stored == stored
             and (index is None or cached.index == index)
+            and cached.value is not _UNKEPT
         ):
             return cached.value
         row = None
         if self.row_key is not None:
-            row = self._stored_row(instance)
+            if isinstance(cached, _Plaintext) and cached.stored == stored and cached.row:
+                row = cached.row  # the row this process bound it to, before a key change
+            else:
+                row = self._stored_row(instance)
             value = cast("EncryptedType", self.encrypted_type).from_stored(stored, row)
         else:
             value = stored if self.decrypt is None else self.decrypt(stored)
@@ -264,9 +287,12 @@ class _Binding:
         row: tuple[Any, ...] | None = None,
     ) -> None:
         # Only immutable values: a cached dict could be mutated without being re-encrypted.
-        # A row-bound value waiting for its row is kept whatever it is: it is the only copy.
+        # A row-bound value waiting for its row is kept whatever it is: it is the only copy;
+        # of another, the row its token is bound to is, to bind it again if the key changes.
         if isinstance(value, (str, bytes)) or (stored is None and value is not None):
             instance.__dict__[self.cache_key] = _Plaintext(stored, value, index, row)
+        elif self.row_key is not None and stored is not None:
+            instance.__dict__[self.cache_key] = _Plaintext(stored, _UNKEPT, index, row)
         else:
             # Nor keep an older one: a value waiting for its row would outlive its None.
             instance.__dict__.pop(self.cache_key, None)
@@ -325,66 +351,96 @@ class _Binding:
         return pairs
 
     def key_assigned(self, target: Any, value: Any, old: Any, initiator: Any) -> None:
-        """Encrypt a value waiting for its row's primary key once the key is complete."""
-        cached = target.__dict__.get(self.cache_key)
-        if not (isinstance(cached, _Plaintext) and cached.pending) or value is None:
-            return
+        """Bind the value to the row's new primary key as soon as the key is complete."""
         row_key = cast("_RowKey", self.row_key)
         attr = initiator.key
-        values = tuple(
-            value if name == attr else target.__dict__.get(name) for name in row_key.attrs
+        row = tuple(
+            value if name == attr else row_key.current_part(target, name) for name in row_key.attrs
         )
-        if any(v is None for v in values):
+        if any(v is None for v in row):
             return
-        row_key.check(values)
-        token = cast("EncryptedType", self.encrypted_type).to_stored(cached.value, values)
-        setattr(target, self.source_key, token)
-        self._remember(target, token, cached.value, cached.index, values)
+        self._rebind(target, row, None)
 
     def bind_row(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         """At flush, bind the value to the row's primary key as it will be stored.
 
         Encrypts a value assigned before the primary key was known (filling the key from a
         Python-side column default, such as ``default=uuid.uuid4``), and re-encrypts the
-        value of a row whose primary key changes.
+        value of a row whose primary key changed by a path the setter did not see.
 
         Raises:
-            ConfigurationError: the primary key is still unknown (a database-generated key).
+            ConfigurationError: the primary key is still unknown (a database-generated key),
+                or a new object holds a token bound to another row.
         """
         row_key = cast("_RowKey", self.row_key)
-        codec = cast("EncryptedType", self.encrypted_type)
         state = instance_state(target)
         if state.key is None:
             row_key.fill_defaults(target)
         row = row_key.current(target)
-        stored = state.dict.get(self.source_key)
-        cached = target.__dict__.get(self.cache_key)
-        if isinstance(cached, _Plaintext) and cached.pending and stored is None:
-            value = cached.value
-        elif stored is None:
+        if row is None:
+            cached = target.__dict__.get(self.cache_key)
+            waiting = isinstance(cached, _Plaintext) and cached.pending
+            if waiting or state.dict.get(self.source_key) is not None:
+                raise ConfigurationError(
+                    f"{self.label}: the value is bound to its row (bind_row=True), and this "
+                    f"{type(target).__name__} has no primary key at flush; row binding needs a "
+                    "key known before INSERT (assigned, or a Python-side default such as "
+                    "default=uuid.uuid4), not one the database generates"
+                )
             return
-        elif isinstance(cached, _Plaintext) and cached.stored == stored and cached.row is not None:
-            if cached.row == row:
-                return
+        self._rebind(target, row, connection)
+
+    def _rebind(self, target: Any, row: tuple[Any, ...], connection: Any) -> None:
+        """Make the instance's token the value's, bound to ``row``; nothing if it is already.
+
+        The value is what is waiting, what this process bound (or read) under another key, or
+        the token decrypted under the row's stored key. ``connection``: in a flush, where the
+        token, if not loaded, is read with it; elsewhere the attribute loads as usual.
+        """
+        row_key = cast("_RowKey", self.row_key)
+        codec = cast("EncryptedType", self.encrypted_type)
+        state = instance_state(target)
+        cached = target.__dict__.get(self.cache_key)
+        if not isinstance(cached, _Plaintext):
+            cached = None
+        if cached is not None and cached.pending:
             value = cached.value
         else:
-            old = row_key.stored(target)
-            if old is None or old == row:
+            if self.source_key in state.dict or state.key is None:
+                stored = state.dict.get(self.source_key)
+            elif connection is None:
+                stored = getattr(target, self.source_key)  # deferred or expired: load it
+            else:
+                stored = row_key.load(connection, cast("tuple[Any, ...]", row_key.stored(target)))
+            if stored is None:
                 return
-            value = codec.from_stored(stored, old)
-        if row is None:
-            raise ConfigurationError(
-                f"{self.label}: the value is bound to its row (bind_row=True), and this "
-                f"{type(target).__name__} has no primary key at flush; row binding needs a key "
-                "known before INSERT (assigned, or a Python-side default such as "
-                "default=uuid.uuid4), not one the database generates"
-            )
+            if cached is not None and cached.stored == stored and cached.row is not None:
+                if cached.row == row:
+                    return
+                kept = cached.value
+                value = codec.from_stored(stored, cached.row) if kept is _UNKEPT else kept
+            elif state.key is not None:
+                old = cast("tuple[Any, ...]", row_key.stored(target))
+                if old == row:
+                    return
+                value = codec.from_stored(stored, old)
+            else:
+                # A new object holding a token this process did not bind: a copied object
+                # (make_transient) or one built from stored values. It must be this row's.
+                try:
+                    value = codec.from_stored(stored, row)
+                except DecryptionError:
+                    raise ConfigurationError(
+                        f"{self.label}: this new {type(target).__name__} holds a token bound to "
+                        "another row (a copied object?), which would not decrypt in this one; "
+                        "assign the value itself"
+                    ) from None
+                self._remember(target, stored, value, cached.index if cached else None, row)
+                return
         row_key.check(row)
         token = codec.to_stored(value, row)
         setattr(target, self.source_key, token)
-        self._remember(
-            target, token, value, cached.index if isinstance(cached, _Plaintext) else None, row
-        )
+        self._remember(target, token, value, cached.index if cached else None, row)
 
     def sync_index(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         """Recompute the index when the source attribute changed by any path.
@@ -736,9 +792,33 @@ def _row_key(mapper: Mapper[Any], source: Column[Any], label: str) -> _RowKey:
             f"{label}: bind_row=True binds values to the primary key, and "
             f"{source.table.fullname} has none"
         )
-    attrs = tuple(mapper.get_property_by_column(col).key for col in columns)
-    identity = [mapper.get_property_by_column(col).key for col in mapper.primary_key]
-    return _RowKey(attrs, columns, tuple(identity.index(attr) for attr in attrs))
+    for col in columns:
+        if isinstance(col.type, (sqltypes.CHAR, sqltypes.NCHAR)):
+            # The database pads (PostgreSQL) or trims (MySQL) such keys: the key read back
+            # is not the one the value was bound to.
+            raise ConfigurationError(
+                f"{label}: bind_row=True cannot bind to the fixed-length CHAR key "
+                f"{col.table.fullname}.{col.name}, which the database returns padded or trimmed; "
+                "use a VARCHAR, integer or UUID key"
+            )
+    identity = tuple(_identity_position(mapper, col, label) for col in columns)
+    # The attributes of the identity's columns: in joined inheritance a subclass table's key
+    # (engineer_id) is filled from the base's (id) only during the flush.
+    primary = list(mapper.primary_key)
+    attrs = tuple(mapper.get_property_by_column(primary[i]).key for i in identity)
+    return _RowKey(attrs, columns, identity, source)
+
+
+def _identity_position(mapper: Mapper[Any], col: Column[Any], label: str) -> int:
+    """Where a table's primary-key column is in the mapper's identity key."""
+    for position, key_col in enumerate(mapper.primary_key):
+        # The column itself, or (joined inheritance) a key that references the base's.
+        if key_col is col or any(fk.column is key_col for fk in col.foreign_keys):
+            return position
+    raise ConfigurationError(
+        f"{label}: bind_row=True cannot tell which part of the mapped identity is "
+        f"{col.table.fullname}.{col.name}; map the table's primary key as the class's"
+    )
 
 
 def _mapped_column(mapper: Mapper[Any], key: str, label: str, what: str) -> Column[Any]:

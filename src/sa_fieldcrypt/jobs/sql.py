@@ -53,6 +53,8 @@ __all__ = [
 
 #: How every bare (legacy) Fernet token starts: its version byte 0x80 in url-safe base64.
 LEGACY_TOKEN_START = "gAAAAA"
+# Characters of the shortest Fernet token: 73 bytes (one AES block) in base64.
+_SHORTEST_FERNET_TOKEN = 100
 #: Longest key id plus one: where the key id of an ``fc1`` header must have ended.
 _KEY_ID_END = 33
 
@@ -245,14 +247,21 @@ class DialectSql:
         )
 
     def token_suspect(self, expr: ColumnElement[Any]) -> ColumnElement[bool]:
-        """Whether a value holds ``fc1:`` or ``gaaaaa`` in any letter case.
+        """Whether a value may look like a token, for the caller to read and decide.
 
-        Every value that :func:`~sa_fieldcrypt.cipher.looks_like_token` does (an edited,
-        re-cased or space-padded header), and a few plaintexts, which reading tells apart.
+        True for every value that :func:`~sa_fieldcrypt.cipher.looks_like_token` accepts (an
+        edited, re-cased or space-padded header, a Fernet-shaped value: at least 100
+        characters, starting with ``g``) and for some plaintexts (any holding ``fc1:`` or
+        ``gaaaaa`` in any case, or long ones holding a ``g``), which reading tells apart.
         """
-        lowered = func.lower(expr)
+        # PostgreSQL refuses LIKE under a nondeterministic collation: compare in "C", where
+        # lower() folds ASCII, all the headers need. MySQL's lower() of bytes folds nothing.
+        text_ = expr if self.mysql else self.exact(expr)
+        lowered = func.lower(text_)
+        starts = (TOKEN_PREFIX, LEGACY_TOKEN_START.lower())
         return or_(
-            lowered.like(f"%{TOKEN_PREFIX}%"), lowered.like(f"%{LEGACY_TOKEN_START.lower()}%")
+            *(lowered.like(f"%{start}%") for start in starts),
+            and_(func.length(text_) >= _SHORTEST_FERNET_TOKEN, text_.like("%g%")),
         )
 
     def _header(
