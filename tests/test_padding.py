@@ -34,8 +34,10 @@ from sa_fieldcrypt.config import swap_default_keys
 KINDS = ("fernet", "aes-gcm-siv")
 RINGS = {kind: Keyring({"k2": generate_key(kind), "k1": generate_key(kind)}) for kind in KINDS}
 CONTEXT = "core.customers.email"
-# (context, row key) of each binding a padded token can have.
-BINDINGS = [(None, None), (CONTEXT, None), (CONTEXT, (7,))]
+#: (context, row key): how a token is bound.
+Binding = tuple[str | None, tuple[int] | None]
+# Each binding a padded token can have.
+BINDINGS: list[Binding] = [(None, None), (CONTEXT, None), (CONTEXT, (7,))]
 CASES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 each_binding = pytest.mark.parametrize(
     ("kind", "binding"),
