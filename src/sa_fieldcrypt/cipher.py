@@ -49,6 +49,7 @@ from sa_fieldcrypt.errors import (
 from sa_fieldcrypt.keys import (
     BOUND_FLAG,
     KEY_ID_PATTERN,
+    PADDED_FLAG,
     ROW_FLAG,
     Key,
     Keyring,
@@ -64,14 +65,18 @@ __all__ = [
     "decrypt_row_value",
     "decrypt_value",
     "encrypt",
+    "encrypt_padded_value",
     "encrypt_row_value",
     "encrypt_value",
     "inspect_token",
     "legacy_key",
     "looks_like_token",
     "max_token_size",
+    "pad",
+    "padding_block",
     "row_key_bytes",
     "set_max_token_size",
+    "unpad",
 ]
 
 #: A primary-key value a token can be bound to (:func:`row_key_bytes`).
@@ -132,13 +137,15 @@ class TokenInfo:
     Attributes:
         kind: ``"fc1"`` (our format), ``"legacy"`` (bare Fernet token) or ``"plaintext"``.
         key_id: the key id of an ``fc1`` token, else None.
-        flag: the flag field of an ``fc1`` token: ``"c"`` bound to a context, ``"r"``
-            bound to a row, None for an unbound token.
+        flag: the binding of an ``fc1`` token: ``"c"`` bound to a context, ``"r"`` bound
+            to a row, None for an unbound token.
+        padded: the token's plaintext is padded (its flag field ends with ``p``).
     """
 
     kind: str
     key_id: str | None = None
     flag: str | None = None
+    padded: bool = False
 
     @property
     def bound(self) -> bool:
@@ -146,7 +153,14 @@ class TokenInfo:
         return self.flag is not None
 
 
-_FLAGS = (BOUND_FLAG, ROW_FLAG)
+#: Every flag field, as its binding letter (or None) and whether it is padded.
+_FLAGS: dict[str, tuple[str | None, bool]] = {
+    BOUND_FLAG: (BOUND_FLAG, False),
+    ROW_FLAG: (ROW_FLAG, False),
+    PADDED_FLAG: (None, True),
+    BOUND_FLAG + PADDED_FLAG: (BOUND_FLAG, True),
+    ROW_FLAG + PADDED_FLAG: (ROW_FLAG, True),
+}
 
 
 def inspect_token(value: str) -> TokenInfo:
@@ -154,9 +168,11 @@ def inspect_token(value: str) -> TokenInfo:
     if value.startswith(TOKEN_PREFIX):
         end = value.find(":", 4)
         if end > 4:
-            flag = value[end + 1 : end + 3]
-            found = flag[0] if len(flag) == 2 and flag[1] == ":" and flag[0] in _FLAGS else None
-            return TokenInfo("fc1", value[4:end], found)
+            field_end = value.find(":", end + 1, end + 4)
+            flags = _FLAGS.get(value[end + 1 : field_end]) if field_end > 0 else None
+            if flags is None:
+                return TokenInfo("fc1", value[4:end])
+            return TokenInfo("fc1", value[4:end], *flags)
         return TokenInfo("plaintext")
     if value.startswith(_FERNET_START):
         return TokenInfo("legacy")
@@ -234,12 +250,56 @@ def _check_written_size(data: bytes, token: str | None) -> None:
         )
 
 
+#: The block that ``padding=True`` pads to, in bytes.
+DEFAULT_PADDING_BLOCK = 16
+_LARGEST_BLOCK = 65536
+
+
+def padding_block(padding: bool | int) -> int | None:
+    """The block size a ``padding=`` argument means: None (no padding), 16 for True, or the int.
+
+    Raises:
+        ConfigurationError: not a bool or an int from 2 to 65536.
+    """
+    if padding is False:
+        return None
+    if padding is True:
+        return DEFAULT_PADDING_BLOCK
+    if not isinstance(padding, int) or not 2 <= padding <= _LARGEST_BLOCK:
+        raise ConfigurationError(
+            "padding must be False, True (16-byte blocks) or a block size in bytes from 2 to "
+            f"{_LARGEST_BLOCK}"
+        )
+    return padding
+
+
+def pad(data: bytes, block: int) -> bytes:
+    """``data`` padded as ISO/IEC 7816-4 does: one 0x80 byte, then zeros to a whole ``block``.
+
+    Every value gets at least the 0x80 byte, so a value of a whole block grows by one block.
+    """
+    return b"%s\x80%s" % (data, bytes(-(len(data) + 1) % block))
+
+
+def unpad(data: bytes) -> bytes:
+    """Remove :func:`pad`'s padding (whatever the block size).
+
+    Raises:
+        DecryptionError: the data does not end with padding.
+    """
+    end = len(data.rstrip(b"\x00")) - 1
+    if end < 0 or data[end] != 0x80:
+        raise DecryptionError("the value decrypted, but its padding is malformed")
+    return data[:end]
+
+
 def encrypt(
     keyring: Keyring,
     data: bytes,
     *,
     context: str | None = None,
     row_key: Sequence[RowKeyPart] | None = None,
+    padding: bool | int = False,
 ) -> str:
     """Encrypt ``data`` under the keyring's primary key and return an ``fc1`` token.
 
@@ -250,17 +310,26 @@ def encrypt(
             :func:`decrypt` with the same context opens it.
         row_key: with a context, also bind the token to one row: its primary-key values,
             in the table's primary-key order (see :func:`row_key_bytes`).
+        padding: pad the plaintext before encrypting (:func:`pad`) so that every value
+            shorter than a block gives a token of one length: True for 16-byte blocks, or a
+            block size. :func:`decrypt` removes it.
 
     Raises:
-        ConfigurationError: the keyring holds blind-index keys, not encryption keys, or a
-            ``row_key`` is given without a context.
+        ConfigurationError: the keyring holds blind-index keys, not encryption keys, a
+            ``row_key`` is given without a context, or ``padding`` is not valid.
         ValueTypeError: the token would be longer than :func:`max_token_size`, or a
             primary-key value is not an int, str or UUID.
     """
     _check_purpose(keyring)
-    if row_key is None:
+    block = padding_block(padding)
+    row = None if row_key is None else row_key_bytes(row_key)
+    if row is not None:
+        context = _row_context(context)
+    if block is not None:
+        return encrypt_padded_value(keyring, data, context, row, block)
+    if row is None:
         return encrypt_value(keyring, data, context)
-    return encrypt_row_value(keyring, data, _row_context(context), row_key_bytes(row_key))
+    return encrypt_row_value(keyring, data, _row_context(context), row)
 
 
 def _row_context(context: str | None) -> str:
@@ -337,6 +406,28 @@ def encrypt_row_value(keyring: Keyring, data: bytes, context: str, row: bytes) -
     token = codec.token_prefix + codec.encrypt(data)
     if len(token) > _max_size:
         _check_written_size(data, token)
+    return token
+
+
+def encrypt_padded_value(
+    keyring: Keyring, data: bytes, context: str | None, row: bytes | None, block: int
+) -> str:
+    """:func:`encrypt_value` (or :func:`encrypt_row_value`) of ``data`` padded to ``block``.
+
+    A padded token's flag field ends with ``p`` and its binding information with
+    :data:`~sa_fieldcrypt.keys.PADDED_INFO`, so it never opens as an unpadded token.
+    """
+    padded = pad(data, block)
+    if len(padded) >= _max_size:
+        _check_written_size(padded, None)
+    key = keyring.primary
+    if row is not None:
+        codec = key.for_row(_row_context(context), row, True)
+    else:
+        codec = key.for_context(context, True)
+    token = codec.token_prefix + codec.encrypt(padded)
+    if len(token) > _max_size:
+        _check_written_size(padded, token)
     return token
 
 
@@ -425,14 +516,19 @@ def decrypt_row_value(
             _check_stored_size(token)
         head, _, payload = token.rpartition(":")
         key = keyring.row_token_heads.get(head)
-        if key is not None:
+        padded = keyring.padded_token_heads.get(head)
+        if key is not None or (padded is not None and padded[1] == ROW_FLAG):
+            if key is None:
+                key = padded[0]  # type: ignore[index]
             try:
-                data = key.for_row(context, row).decrypt(payload)
+                data = key.for_row(context, row, padded is not None).decrypt(payload)
             except (InvalidToken, ValueError, TypeError):
                 raise DecryptionError(_INVALID, key_id=key.id) from None
             next(key.decrypt_counter)
-            return data
+            return data if padded is None else unpad(data)
         column_bound = keyring.bound_token_heads.get(head)
+        if column_bound is None and padded is not None and padded[1] == BOUND_FLAG:
+            column_bound = padded[0]
         if column_bound is not None and not allow_unbound:
             raise DecryptionError(_ROW_UNBOUND_REFUSED, key_id=column_bound.id)
     except DecryptionError as exc:
@@ -460,16 +556,35 @@ def _decrypt_other(keyring: Keyring, token: str, context: str | None, allow_unbo
                 raise DecryptionError(_INVALID, key_id=key.id) from None
             next(key.decrypt_counter)
             return data
-        if len(parts) == 4 and parts[2] == BOUND_FLAG and context is None:
+        binding, padded = _FLAGS.get(parts[2], (None, False)) if len(parts) == 4 else (None, False)
+        if len(parts) == 4 and binding == BOUND_FLAG and context is None:
             raise DecryptionError(_CONTEXT_MISSING, key_id=key.id)
-        if len(parts) == 4 and parts[2] == ROW_FLAG:
+        if len(parts) == 4 and binding == ROW_FLAG:
             raise DecryptionError(_ROW_MISSING, key_id=key.id)
+        if padded:
+            return _decrypt_padded(key, parts[3], binding, context, allow_unbound)
         raise DecryptionError(_INVALID, key_id=key.id)
     if token.startswith(_FERNET_START):
         if context is not None and not allow_unbound:
             raise DecryptionError(_UNBOUND_REFUSED)
         return _decrypt_legacy(keyring, token)
     raise DecryptionError(_TOKEN_LIKE if looks_like_token(token) else NOT_A_TOKEN)
+
+
+def _decrypt_padded(
+    key: Key, payload: str, binding: str | None, context: str | None, allow_unbound: bool
+) -> bytes:
+    """A padded token bound to ``context`` (``cp``), or unbound (``p``), without its padding."""
+    if binding is None:
+        if context is not None and not allow_unbound:
+            raise DecryptionError(_UNBOUND_REFUSED, key_id=key.id)
+        context = None
+    try:
+        data = key.for_context(context, True).decrypt(payload)
+    except (InvalidToken, ValueError, TypeError):
+        raise DecryptionError(_INVALID, key_id=key.id) from None
+    next(key.decrypt_counter)
+    return unpad(data)
 
 
 def _missing_key(keyring: Keyring, key_id: str) -> NoReturn:

@@ -52,6 +52,8 @@ __all__ = [
     "DEFAULT_KINDS",
     "KEY_ID_PATTERN",
     "KEY_KINDS",
+    "PADDED_FLAG",
+    "PADDED_INFO",
     "PURPOSES",
     "PURPOSE_KINDS",
     "ROW_FLAG",
@@ -91,6 +93,11 @@ BOUND_FLAG = "c"
 #: Flag field of a row-bound token (its context names the column and the row's primary key):
 #: ``fc1:<key_id>:r:<payload>``.
 ROW_FLAG = "r"
+#: Flag letter of a padded token, after the binding's if any: ``fc1:<key_id>:cp:<payload>``
+#: (``p`` alone for an unbound one).
+PADDED_FLAG = "p"
+#: What a padded token's binding information ends with (after the context, or alone).
+PADDED_INFO = b"\x00p"
 #: Bytes of the random nonce that starts every AES-GCM-SIV payload.
 NONCE_SIZE = 12
 #: Prefix of the HKDF ``info`` that derives a Fernet key for a context; the context follows.
@@ -577,7 +584,7 @@ class Key:
             self.codec = _RefusingCodec(self.id, self.kind, self.token_prefix)
         self.encrypt = self.codec.encrypt
         self.decrypt = self.codec.decrypt
-        self._contexts: dict[str, KeyCodec] = {}
+        self._contexts: dict[tuple[str | None, bool], KeyCodec] = {}
         self._derived: dict[bytes, bytes] = {}
         # HKDF-Extract without a salt depends on the key alone: done once, so that a
         # derivation (per row, for row-bound values) costs one HMAC.
@@ -602,48 +609,66 @@ class Key:
         # extract step above, exactly HKDF-SHA256(key, salt=None, info).
         return hmac.digest(self._prk, info + b"\x01", "sha256")
 
-    def for_context(self, context: str) -> KeyCodec:
+    def for_context(self, context: str | None, padded: bool = False) -> KeyCodec:
         """Return the codec that binds values to ``context``, built once and then cached.
 
         An ``aes-gcm-siv`` key authenticates the UTF-8 context as associated data. A Fernet
         key encrypts under a per-context Fernet key derived with HKDF-SHA256 (see
         ``docs/token-format.md``). Either way its tokens start ``fc1:<id>:c:``.
+
+        ``padded``: the codec of padded values, whose binding information ends with
+        :data:`PADDED_INFO`, so that a padded token cannot pass for an unpadded one (its
+        tokens start ``fc1:<id>:cp:``). With ``context`` None, the unbound padded codec
+        (``fc1:<id>:p:``); the unbound unpadded one is :attr:`codec`.
         """
-        codec = self._contexts.get(context)
+        codec = self._contexts.get((context, padded))
         if codec is None:
-            codec = self._new_context_codec(context)
+            if context is None and not padded:
+                return self.codec
+            codec = _bounded_put(
+                self._contexts, (context, padded), self._codec_for(context, None, padded)
+            )
         return codec
 
-    def _new_context_codec(self, context: str) -> KeyCodec:
-        return _bounded_put(self._contexts, context, self._codec_for(context, None))
-
-    def for_row(self, context: str, row: bytes) -> KeyCodec:
+    def for_row(self, context: str, row: bytes, padded: bool = False) -> KeyCodec:
         """Return the codec that binds values to ``context`` and one row, not cached.
 
         ``row`` is the row's primary key as :func:`sa_fieldcrypt.cipher.row_key_bytes`
         encodes it. The associated data (or, for a Fernet key, the HKDF ``info`` after
-        ``FERNET_CONTEXT_INFO``) is the UTF-8 context, a zero byte and ``row``; its tokens
-        start ``fc1:<id>:r:``. Nothing is cached: there is a codec per row.
+        ``FERNET_CONTEXT_INFO``) is the UTF-8 context, a zero byte and ``row`` (then
+        :data:`PADDED_INFO` when ``padded``); its tokens start ``fc1:<id>:r:`` (``rp``).
+        Nothing is cached: there is a codec per row.
         """
-        return self._codec_for(context, row)
+        if context is None:
+            raise ConfigurationError("a row is bound within a context; give one")
+        return self._codec_for(context, row, padded)
 
-    def _codec_for(self, context: str, row: bytes | None) -> KeyCodec:
+    def _codec_for(self, context: str | None, row: bytes | None, padded: bool) -> KeyCodec:
         if self.purpose != "encryption":
             self.encrypt(b"")  # raises the refusal
-        if not isinstance(context, str) or not context:
-            raise ConfigurationError("a context is a non-empty str, such as 'schema.table.column'")
-        try:
-            info = context.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ConfigurationError("a context must be encodable as UTF-8") from None
-        if b"\x00" in info:
-            raise ConfigurationError("a context cannot hold a zero character")
-        if row is None:
-            prefix = f"{self.token_prefix}{BOUND_FLAG}:"
+        if context is None:
+            info, flag = b"", ""
         else:
-            # A context never holds a zero byte, so the row's part cannot be mistaken for it.
+            if not isinstance(context, str) or not context:
+                raise ConfigurationError(
+                    "a context is a non-empty str, such as 'schema.table.column'"
+                )
+            try:
+                info = context.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigurationError("a context must be encodable as UTF-8") from None
+            if b"\x00" in info:
+                raise ConfigurationError("a context cannot hold a zero character")
+            flag = BOUND_FLAG
+        if row is not None:
+            # A context never holds a zero byte, so the row's part cannot be mistaken for it;
+            # netstrings start with a digit, so it cannot be mistaken for the padded marker.
             info = b"%s\x00%s" % (info, row)
-            prefix = f"{self.token_prefix}{ROW_FLAG}:"
+            flag = ROW_FLAG
+        if padded:
+            info += PADDED_INFO
+            flag += PADDED_FLAG
+        prefix = f"{self.token_prefix}{flag}:"
         if self._aead is not None:
             return _AeadCodec(self._aead, info, prefix)
         info = FERNET_CONTEXT_INFO + info
@@ -708,6 +733,8 @@ class Keyring:
             tokens: how decryption finds a key in one lookup. Read it, never change it.
         bound_token_heads: the same for context-bound tokens (``"fc1:<id>:c"``).
         row_token_heads: the same for row-bound tokens (``"fc1:<id>:r"``).
+        padded_token_heads: padded tokens' headers (``"fc1:<id>:p"``, ``"fc1:<id>:cp"``,
+            ``"fc1:<id>:rp"``) to the key and the binding letter (``""``, ``"c"``, ``"r"``).
 
     Raises:
         ConfigurationError: no keys, a duplicate or invalid id, one secret under two ids, two
@@ -719,6 +746,7 @@ class Keyring:
     __slots__ = (
         "_keys",
         "bound_token_heads",
+        "padded_token_heads",
         "primary",
         "purpose",
         "row_token_heads",
@@ -730,6 +758,7 @@ class Keyring:
     token_heads: Mapping[str, Key]
     bound_token_heads: Mapping[str, Key]
     row_token_heads: Mapping[str, Key]
+    padded_token_heads: Mapping[str, tuple[Key, str]]
 
     def __init__(
         self,
@@ -796,6 +825,11 @@ class Keyring:
         self.token_heads = {f"fc1:{kid}": key for kid, key in encrypting.items()}
         self.bound_token_heads = {f"fc1:{kid}:{BOUND_FLAG}": key for kid, key in encrypting.items()}
         self.row_token_heads = {f"fc1:{kid}:{ROW_FLAG}": key for kid, key in encrypting.items()}
+        self.padded_token_heads = {
+            f"fc1:{kid}:{binding}{PADDED_FLAG}": (key, binding)
+            for kid, key in encrypting.items()
+            for binding in ("", BOUND_FLAG, ROW_FLAG)
+        }
 
     @classmethod
     def parse(

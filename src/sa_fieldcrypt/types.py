@@ -155,6 +155,12 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
             value that only looks like one (``cipher.looks_like_token``: an ``fc1:`` header
             in another case or behind spaces, a Fernet-like value): ciphertext is never
             returned as data.
+        padding: hide the length of short values: ``True`` pads every plaintext to a
+            multiple of 16 bytes before encrypting (ISO/IEC 7816-4: a 0x80 byte, then zeros),
+            an int to a multiple of that many bytes, so that every value shorter than a block
+            gives a token of one length. Reads accept padded and unpadded tokens alike, so it
+            can be turned on or off at any time; ``fieldcrypt rotate`` then re-encrypts the
+            column's values under its padding. Off by default.
     """
 
     impl = Text
@@ -186,6 +192,7 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         context: str | bool = True,
         allow_unbound: bool | None = None,
         allow_plaintext: bool = False,
+        padding: bool | int = False,
     ):
         super().__init__()
         # Part of the statement-cache key: compared by identity, and free of secrets in repr.
@@ -207,6 +214,8 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
             allow_unbound=allow_unbound,
         )
         self.allow_plaintext = allow_plaintext
+        self.padding = padding
+        self._block = cipher.padding_block(padding)
         self._build_paths()
 
     # -- conversions subclasses provide -------------------------------------------------
@@ -236,6 +245,8 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         own_keys = self._keys
         encrypt = cipher.encrypt_value
         encrypt_row = cipher.encrypt_row_value
+        block = self._block
+        encrypt_padded = cipher.encrypt_padded_value
 
         def encrypt_value(value: Any, row: bytes | None = None) -> str | None:
             if value is None:
@@ -256,6 +267,8 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
                 raise column._row_error(row)
             keys = own_keys if own_keys is not None else default_key_cache()
             try:
+                if block is not None:
+                    return encrypt_padded(keys.get(), data, name, row, block)
                 if row is None:
                     return encrypt(keys.get(), data, name)
                 return encrypt_row(keys.get(), data, cast("str", name), row)
@@ -356,7 +369,7 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         # here the context is one state value that attaching replaces, so it is read each time.
         if type(self).__dict__.get("cache_ok") is not True:
             return super()._static_cache_key  # SQLAlchemy's answer: a warning, no caching
-        return (type(self), self.keyring, self._context, self.allow_plaintext)
+        return (type(self), self.keyring, self._context, self.allow_plaintext, self._block)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -412,6 +425,11 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         ``row_key`` as for :meth:`encrypt_bytes`: the values of the row it was read from.
         """
         return self._decrypt_value(stored, self._row(row_key))
+
+    @property
+    def padding_block(self) -> int | None:
+        """The block the column pads values to (``padding=``), in bytes; None: no padding."""
+        return self._block
 
     @property
     def row_bound(self) -> bool:
@@ -587,6 +605,8 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
             args.append(f"context={state.name or False!r}")
         if state.allow_unbound is not None:
             args.append(f"allow_unbound={state.allow_unbound!r}")
+        if self.padding is not False:
+            args.append(f"padding={self.padding!r}")
         return f"{type(self).__name__}({', '.join(args)})"
 
 

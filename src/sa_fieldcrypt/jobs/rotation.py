@@ -35,7 +35,7 @@ from sa_fieldcrypt.jobs.reindex import index_check_job
 from sa_fieldcrypt.jobs.report import RunReport
 from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn, jobs_per_target
-from sa_fieldcrypt.keys import BOUND_FLAG, ROW_FLAG
+from sa_fieldcrypt.keys import BOUND_FLAG, PADDED_FLAG, ROW_FLAG
 from sa_fieldcrypt.types import EncryptedType
 
 __all__ = [
@@ -53,7 +53,8 @@ def written_prefix(codec: EncryptedType) -> str:
     """The header every token ``codec`` writes now starts with: its primary key's, bound or not.
 
     A stored value with this header needs no re-encryption, so rotation skips it in SQL; for a
-    bound column that is the bound header, so unbound tokens are rewritten bound.
+    bound column that is the bound header, so unbound tokens are rewritten bound, and for a
+    padded one the padded header (``...:cp:``), so a change of padding is rotated in too.
 
     Raises:
         ConfigurationError: a ``context=True`` type not attached to a column yet.
@@ -66,9 +67,10 @@ def written_prefix(codec: EncryptedType) -> str:
             "or reflect_column()"
         )
     prefix = codec.active_keyring().primary.token_prefix
-    if context is False:
-        return prefix
-    return f"{prefix}{ROW_FLAG if codec.row_bound else BOUND_FLAG}:"
+    flag = "" if context is False else ROW_FLAG if codec.row_bound else BOUND_FLAG
+    if codec.padding_block is not None:
+        flag += PADDED_FLAG
+    return f"{prefix}{flag}:" if flag else prefix
 
 
 def reencrypt(codec: EncryptedType, token: str, row_key: Sequence[Any] | None = None) -> str:

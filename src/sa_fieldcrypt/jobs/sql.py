@@ -39,7 +39,7 @@ from sqlalchemy.types import Integer, String, TypeEngine
 
 from sa_fieldcrypt.cipher import TOKEN_PREFIX
 from sa_fieldcrypt.errors import ConfigurationError, RotationError
-from sa_fieldcrypt.keys import BOUND_FLAG, ROW_FLAG
+from sa_fieldcrypt.keys import BOUND_FLAG, PADDED_FLAG, ROW_FLAG
 from sa_fieldcrypt.types import EncryptedType
 
 __all__ = [
@@ -236,14 +236,19 @@ class DialectSql:
         return kind, key_id
 
     def token_flag(self, expr: ColumnElement[Any]) -> ColumnElement[Any]:
-        """An expression for an ``fc1`` token's flag: ``"c"``, ``"r"``, or NULL (none).
+        """An expression for an ``fc1`` token's flag field: ``c``, ``r``, ``p``, ``cp``, ``rp``.
 
-        It agrees with :attr:`sa_fieldcrypt.cipher.TokenInfo.flag`.
+        NULL for an unbound, unpadded token. It agrees with
+        :attr:`sa_fieldcrypt.cipher.TokenInfo.flag` and ``padded``.
         """
         tail, colon, named = self._header(expr)
-        flag = func.substr(tail, colon + 1, 2)
+        field = func.substr(tail, colon + 1, 3)
+        padded = [f"{b}{PADDED_FLAG}" for b in (BOUND_FLAG, ROW_FLAG)]
+        plain = [BOUND_FLAG, ROW_FLAG, PADDED_FLAG]
         return case(
-            *((and_(named, flag == f"{f}:"), f) for f in (BOUND_FLAG, ROW_FLAG)), else_=None
+            *((and_(named, field == f"{f}:"), f) for f in padded),
+            *((and_(named, func.substr(field, 1, 2) == f"{f}:"), f) for f in plain),
+            else_=None,
         )
 
     def token_suspect(self, expr: ColumnElement[Any]) -> ColumnElement[bool]:

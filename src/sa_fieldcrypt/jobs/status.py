@@ -42,7 +42,15 @@ from sa_fieldcrypt.jobs.reindex import reindex_job
 from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, plural, word_for
 from sa_fieldcrypt.jobs.sql import LEGACY_TOKEN_START, DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn
-from sa_fieldcrypt.keys import BOUND_FLAG, KEY_ID_PATTERN, PURPOSES, ROW_FLAG, Keyring, Purpose
+from sa_fieldcrypt.keys import (
+    BOUND_FLAG,
+    KEY_ID_PATTERN,
+    PADDED_FLAG,
+    PURPOSES,
+    ROW_FLAG,
+    Keyring,
+    Purpose,
+)
 from sa_fieldcrypt.providers.env import LEGACY_KEY_ID, keyring_from_settings
 
 if TYPE_CHECKING:
@@ -94,6 +102,10 @@ class ColumnStatus:
         bound_elsewhere: ``fc1`` tokens bound in a way the column cannot read: to a context
             in a column without one, or to a row in a column that binds none. Also in
             :attr:`by_key`.
+        padded: the column pads the values it writes (``padding=``).
+        repad: tokens under the primary key, bound as the column binds, whose padding is not
+            the column's (padded in a column that no longer pads, or the reverse): rotate
+            re-encrypts them. Also in :attr:`by_key`.
     """
 
     column: str
@@ -112,6 +124,8 @@ class ColumnStatus:
     row_bound: bool = False
     unbound_by_key: dict[str, int] = field(default_factory=dict)
     bound_elsewhere: int = 0
+    padded: bool = False
+    repad: int = 0
 
     @property
     def total(self) -> int:
@@ -126,7 +140,8 @@ class ColumnStatus:
         rotation binds them (or, in a strict column, reports them).
         """
         old = sum(n for key_id, n in self.by_key.items() if key_id != self.primary)
-        return old + self.unbound_by_key.get(self.primary, 0) + self.legacy + self.malformed
+        pending = old + self.unbound_by_key.get(self.primary, 0) + self.repad
+        return pending + self.legacy + self.malformed
 
     @property
     def unbound(self) -> int:
@@ -414,6 +429,10 @@ def _describe_column(col: ColumnStatus) -> list[str]:
             else f"not bound to the {'row' if col.row_bound else 'column'}: rotate binds these"
         )
         lines.append(f"  {'unbound, of the keys above':<28} {col.unbound:>12,}  {note}")
+    if col.repad:
+        note = "unpadded, the column pads" if col.padded else "padded, the column does not"
+        label = "padding, of the primary key"
+        lines.append(f"  {label:<28} {col.repad:>12,}  {note}: rotate re-encrypts these")
     if col.bound_elsewhere:
         lines.append(
             f"  {'bound, of the keys above':<28} {col.bound_elsewhere:>12,}  "
@@ -554,7 +573,7 @@ def status(
     return StatusReport(found, indexed)
 
 
-# What status counts a stored value by: its kind, the key id it names and its flag.
+# What status counts a stored value by: its kind, the key id it names and its flag field.
 _Header = tuple[str, str | None, str | None]
 
 
@@ -564,18 +583,22 @@ def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> Colum
     context = codec.context
     bound_column = isinstance(context, str)
     own_flag = ROW_FLAG if codec.row_bound else BOUND_FLAG
+    pads = codec.padding_block is not None
     by_key: dict[str, int] = {}
     unbound_by_key: dict[str, int] = {}
-    bound_elsewhere = 0
+    bound_elsewhere = repad = 0
     totals = dict.fromkeys(("legacy", "plaintext", "null", "malformed"), 0)
     # In one order whatever the database's, so that reports compare equal.
-    for (kind, key_id, flag), rows in sorted(counts.items(), key=_header_order):
+    for (kind, key_id, field_), rows in sorted(counts.items(), key=_header_order):
         if kind == "fc1" and key_id is not None:
             by_key[key_id] = by_key.get(key_id, 0) + rows
+            flag = (field_ or "").rstrip(PADDED_FLAG) or None
             if flag is not None and (not bound_column or (flag == ROW_FLAG and flag != own_flag)):
                 bound_elsewhere += rows  # bound to what the column cannot give: context, row
             elif bound_column and flag != own_flag:
                 unbound_by_key[key_id] = unbound_by_key.get(key_id, 0) + rows
+            elif key_id == keyring.primary.id and (field_ or "").endswith(PADDED_FLAG) != pads:
+                repad += rows
         else:
             totals[kind] += rows
     return ColumnStatus(
@@ -593,6 +616,8 @@ def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> Colum
         row_bound=codec.row_bound,
         unbound_by_key=unbound_by_key,
         bound_elsewhere=bound_elsewhere,
+        padded=pads,
+        repad=repad,
     )
 
 
@@ -610,7 +635,8 @@ def _classify(value: str | bytes | None) -> _Header:
     info = inspect_token(value)
     if info.kind == "fc1":
         if info.key_id is not None and KEY_ID_PATTERN.match(info.key_id):
-            return "fc1", info.key_id, info.flag
+            field_ = (info.flag or "") + (PADDED_FLAG if info.padded else "")
+            return "fc1", info.key_id, field_ or None
         return "malformed", None, None
     if info.kind == "plaintext" and looks_like_token(value):
         return "malformed", None, None
