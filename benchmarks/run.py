@@ -807,6 +807,41 @@ def bench_row_binding(report: Report, rounds: int, number: int) -> None:
     )
 
 
+def bench_padding(report: Report, rounds: int, number: int) -> None:
+    """What ``padding=`` costs per value: EncryptedText as it is vs padded to 16 and 64 bytes."""
+    if "padding" not in inspect.signature(EncryptedText).parameters:
+        report.notes.append("padding skipped: this version has none")
+        return
+    dialect = sqlite.dialect()
+    section = "padding: EncryptedText vs EncryptedText(padding=...)"
+
+    def timers(column: EncryptedText) -> tuple[Timer, Timer]:
+        bind = column.bind_processor(dialect)
+        result = column.result_processor(dialect, None)
+        token = column.process_bind_param(EMAIL, dialect)
+        return (lambda: bind(EMAIL)), (lambda: result(token))
+
+    for kind in ("fernet", "aes-gcm-siv"):
+        keys = Keyring({"k1": generate_key(kind)})  # type: ignore[arg-type]
+        plain = timers(EncryptedText(keyring=keys, context="bench.people.email"))
+        for padding in (True, 64):
+            padded = timers(
+                EncryptedText(keyring=keys, context="bench.people.email", padding=padding)
+            )
+            for i, direction in enumerate(("bind", "result")):
+                m = paired(plain[i], padded[i], rounds=rounds, number=number)
+                report.add(section, subject=f"{kind} key, padding={padding}, {direction}", **m)
+    report.print_section(
+        section,
+        [
+            ("subject", "subject", "s"),
+            ("unpadded us", "baseline_us", ".1f"),
+            ("us", "us", ".1f"),
+            ("x unpadded", "ratio", ".2f"),
+        ],
+    )
+
+
 def _lookup(session: Session, model: type, attribute: Any, targets: list[str]) -> Timer:
     """A timer that finds the next target's row on each call (the targets cycle)."""
     query = select(model)
@@ -937,6 +972,7 @@ def main(argv: list[str] | None = None) -> None:
         bench_blind_index(report, args.rows, args.rounds)
         bench_hybrid_read(report, args.rounds, args.number)
         bench_row_binding(report, args.rounds, args.number)
+        bench_padding(report, args.rounds, args.number)
         bench_import(report, max(args.rounds, 5))
     report.finish(args.output)
 
