@@ -496,6 +496,9 @@ def decrypt_value(keyring: Keyring, token: str, context: str | None, allow_unbou
                     raise DecryptionError(_INVALID, key_id=key.id) from None
                 next(key.decrypt_counter)
                 return data
+            padded = keyring.padded_token_heads.get(head)
+            if padded is not None and padded[1] == BOUND_FLAG:
+                return _decrypt_padded(padded[0], payload, BOUND_FLAG, context, allow_unbound)
         return _decrypt_other(keyring, token, context, allow_unbound)
     except DecryptionError as exc:
         metrics.count_failure(exc.key_id, isinstance(exc, UnknownKeyError))
