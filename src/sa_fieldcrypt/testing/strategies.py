@@ -107,7 +107,9 @@ def integer_plaintexts() -> SearchStrategy[int]:
     """Any ``int``, never a ``bool``, of any size.
 
     Small ones, ones past 64 bits, and now and then one of more than 4300 decimal digits,
-    past what ``str()`` converts.
+    past what ``str()`` converts. Hypothesis shows a failing example with ``repr()``, which
+    refuses such an int: a test that fails on one reports that ``ValueError`` unless it
+    raises the limit (``sys.set_int_max_str_digits(0)``) while it runs.
     """
     from hypothesis import strategies as st
 
