@@ -280,6 +280,29 @@ def test_stored_text_is_not_encrypted_as_a_typed_value() -> None:
     assert "42" == text_column.process_result_value(token, DIALECT)
 
 
+def test_rotation_fails_stored_text_in_a_typed_column_and_leaves_it(
+    tmp_path: Path, keyring: Keyring
+) -> None:
+    """rotate(encrypt_plaintext=True) reports plaintext in a typed column as failed, unchanged."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'members.sqlite3'}", hide_parameters=True)
+    Base.metadata.create_all(engine)
+    try:
+        with Session(engine) as session:
+            session.add(Member(id=1, points=7))
+            session.commit()
+        with engine.begin() as conn:
+            conn.execute(Member.__table__.insert().values(id=2))
+            conn.exec_driver_sql("UPDATE fc_typed_members SET points = '42' WHERE id = 2")
+        columns = [c for c in jobs.find_columns(Member) if c.column.name == "points"]
+        report = jobs.rotate(engine, columns, encrypt_plaintext=True)
+        assert (1, 0) == (report.failed, report.written)
+        assert [(("id", 2),)] == [f.primary_key for f in report.jobs[0].failures]
+        assert "encoding of their own" in report.jobs[0].failures[0].reason
+        assert "42" == _stored(engine, "points", 2)
+    finally:
+        engine.dispose()
+
+
 def test_none_is_null_for_every_typed_column() -> None:
     """None binds as NULL and NULL reads as None, without encrypting anything."""
     for column_type in TYPES.values():
@@ -402,10 +425,11 @@ def _reset(db: Engine) -> None:
         conn.execute(Member.__table__.delete())
 
 
-def _stored(db: Engine, name: str) -> Any:
+def _stored(db: Engine, name: str, row_id: int = 1) -> Any:
     with db.connect() as conn:
-        column = Member.__table__.c[name]
-        return conn.execute(select(coerce(column, Text()))).scalar_one()
+        table = Member.__table__
+        query = select(coerce(table.c[name], Text())).where(table.c.id == row_id)
+        return conn.execute(query).scalar_one()
 
 
 def _assert_same_row(expected: dict[str, Any], member: Member) -> None:
