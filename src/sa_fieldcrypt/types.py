@@ -915,6 +915,25 @@ _DATETIME = re.compile(
 )
 
 
+def _parse_datetime(data: bytes) -> datetime:
+    """Read what EncryptedDateTime writes, field by field."""
+    found = _DATETIME.fullmatch(data)
+    if found is None:
+        raise ValueError("not an ISO 8601 datetime")
+    *fields, sign, hours, minutes, seconds, micros = found.groups()
+    zone = None
+    if sign is not None:
+        offset = timedelta(
+            hours=int(hours),
+            minutes=int(minutes),
+            seconds=int(seconds or 0),
+            microseconds=int(micros or 0),
+        )
+        zone = dt_timezone(-offset if sign == b"-" else offset)
+    year, month, day, hour, minute, second, microsecond = map(int, fields)
+    return datetime(year, month, day, hour, minute, second, microsecond, tzinfo=zone)
+
+
 class EncryptedDateTime(_TypedColumn[datetime]):
     """An encrypted ``datetime.datetime`` column, timezone-aware by default.
 
@@ -955,21 +974,14 @@ class EncryptedDateTime(_TypedColumn[datetime]):
         return value.isoformat(timespec="microseconds").encode("ascii")
 
     def _decode(self, data: bytes) -> datetime:
-        # Not datetime.fromisoformat(): Python 3.11's drops the sign of "-00:00:00.000001".
-        found = _DATETIME.fullmatch(data)
-        if found is None:
-            raise ValueError("not an ISO 8601 datetime")
-        *fields, sign, hours, minutes, seconds, micros = found.groups()
-        zone = None
-        if sign is not None:
-            offset = timedelta(
-                hours=int(hours),
-                minutes=int(minutes),
-                seconds=int(seconds or 0),
-                microseconds=int(micros or 0),
-            )
-            zone = dt_timezone(-offset if sign == b"-" else offset)
-        value = datetime(*map(int, fields), tzinfo=zone)
+        try:
+            value = datetime.fromisoformat(data.decode("ascii"))
+        except ValueError:
+            value = None
+        if value is None or self._encode(value) != data:
+            # Python 3.11's fromisoformat() drops the sign of an offset such as
+            # "-00:00:00.000001"; the pattern of the encoding reads every one.
+            value = _parse_datetime(data)
         if (value.utcoffset() is not None) is not self.timezone:
             kind = "timezone-aware" if value.utcoffset() is not None else "naive"
             raise DecryptionError(
