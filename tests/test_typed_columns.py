@@ -4,6 +4,7 @@ through rotation, wrong Python types, and malformed plaintexts."""
 from __future__ import annotations
 
 import base64
+import decimal
 import json
 import math
 import struct
@@ -309,6 +310,22 @@ def test_none_is_null_for_every_typed_column() -> None:
         column = column_type(keyring=RING, context="fc_typed.loose")
         assert None is column.process_bind_param(None, DIALECT)
         assert None is column.process_result_value(None, DIALECT)
+
+
+def test_decimals_do_not_depend_on_the_current_context() -> None:
+    """No decimal context changes what is stored or read: exponent mark, precision, traps."""
+    column = _attached(EncryptedDecimal(keyring=RING), "fc_typed.balance")
+    value = Decimal("-1.234567890123456789012345678901234567890E+999999999")
+    with decimal.localcontext() as context:
+        context.capitals, context.prec, context.Emax = 0, 3, 10
+        context.traps[decimal.InvalidOperation] = False
+        token = column.process_bind_param(value, DIALECT)
+        back = column.process_result_value(token, DIALECT)
+        with pytest.raises(DecryptionError, match=r"fc_typed\.balance"):
+            column.process_result_value(column.encrypt_bytes(b"not a number"), DIALECT)
+    assert str(value).encode() == column.decrypt_token(token)
+    assert b"E+999999999" in column.decrypt_token(token)
+    assert same(value, back)
 
 
 # -- datetimes -------------------------------------------------------------------------------

@@ -12,7 +12,10 @@ Typical usage::
 
 Every type stores an ``fc1:<key_id>:<payload>`` string in a ``TEXT`` column (``LONGTEXT``
 on MySQL/MariaDB, whose ``TEXT`` stops at 64 KiB). ``None`` stays SQL ``NULL``; every other
-value, ``""`` included, is encrypted.
+value, ``""`` included, is encrypted. The typed columns (:class:`EncryptedDate`,
+:class:`EncryptedDateTime`, :class:`EncryptedInteger`, :class:`EncryptedFloat`,
+:class:`EncryptedDecimal`, :class:`EncryptedBoolean`, :class:`EncryptedUUID`) encrypt one
+fixed encoding of their values, which docs/token-format.md gives byte for byte.
 
 Every column binds its values to a *context*, its name: by default (``context=True``) the
 ``schema.table.column`` it is declared as, or a fixed name (``context="core.customers.email"``);
@@ -965,10 +968,9 @@ class EncryptedDateTime(_TypedColumn[datetime]):
         super().__init__(*args, **kwargs)
 
     def _to_bytes(self, value: Any) -> bytes:
-        data = super()._to_bytes(value)
-        if (value.utcoffset() is not None) is not self.timezone:
-            raise self._awareness_error("aware" if self.timezone else "naive", value)
-        return data
+        if type(value) is datetime and (value.utcoffset() is not None) is not self.timezone:
+            raise self._awareness_error()
+        return super()._to_bytes(value)
 
     def _encode(self, value: datetime) -> bytes:
         return value.isoformat(timespec="microseconds").encode("ascii")
@@ -991,17 +993,16 @@ class EncryptedDateTime(_TypedColumn[datetime]):
             )
         return value
 
-    def _awareness_error(self, wanted: str, value: datetime) -> ValueTypeError:
-        got = "naive" if wanted == "aware" else "timezone-aware"
-        advice = (
-            "give it a tzinfo, or declare EncryptedDateTime(timezone=False) for naive values"
-            if wanted == "aware"
-            else "drop its tzinfo, or declare EncryptedDateTime() for aware values"
-        )
+    def _awareness_error(self) -> ValueTypeError:
+        if self.timezone:
+            wanted, got = "timezone-aware", "naive"
+            advice = "give it a tzinfo, or declare EncryptedDateTime(timezone=False)"
+        else:
+            wanted, got = "naive", "timezone-aware"
+            advice = "drop its tzinfo, or declare EncryptedDateTime() for aware values"
         return ValueTypeError(
             f"{self.column_label}: EncryptedDateTime(timezone={self.timezone}) stores "
-            f"{'timezone-aware' if wanted == 'aware' else 'naive'} datetime values, got a "
-            f"{got} datetime; {advice}"
+            f"{wanted} datetime values, got a {got} datetime; {advice}"
         )
 
     @property
