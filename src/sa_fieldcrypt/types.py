@@ -602,7 +602,7 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
     def __repr__(self) -> str:
         # The arguments that rebuild the type (Alembic renders migrations with it).
         state = self._context
-        args = self._type_arguments()
+        args = list(self._type_arguments())
         if not state.from_column:
             args.append(f"context={state.name or False!r}")
         if state.allow_unbound is not None:
