@@ -542,7 +542,7 @@ def test_a_value_equal_by_eq_but_stored_otherwise_is_written(
 
 
 def test_an_identical_value_is_not_written_again(tmp_path: Path, keyring: Keyring) -> None:
-    """Assigning a value stored alike (a NaN of the same bits, an equal Decimal) writes nothing."""
+    """Assigning a value stored alike (a NaN of the same bits, the same sNaN) writes nothing."""
     engine = create_engine(f"sqlite:///{tmp_path / 'members.sqlite3'}", hide_parameters=True)
     Base.metadata.create_all(engine)
     try:
