@@ -26,9 +26,11 @@ import sys
 import tempfile
 import time
 import timeit
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +381,69 @@ def bench_per_value(report: Report, rounds: int, number: int) -> None:
             ratio("EncryptedText, aes-gcm-siv, context=False", direction, "vs_aead"),
             1.25,
         )
+
+
+# -- typed columns ---------------------------------------------------------------------------
+
+
+def bench_typed(report: Report, rounds: int, number: int) -> None:
+    """Bind and result cost of each typed column, vs EncryptedText on an email (Fernet key).
+
+    Every column is bound to a context, the default; the figures are per value.
+    """
+    try:
+        from sa_fieldcrypt import (
+            EncryptedBoolean,
+            EncryptedDate,
+            EncryptedDateTime,
+            EncryptedDecimal,
+            EncryptedFloat,
+            EncryptedInteger,
+            EncryptedUUID,
+        )
+    except ImportError:
+        report.notes.append("typed columns skipped: this version has none")
+        return
+    dialect = sqlite.dialect()
+    keyring = Keyring({"k1": generate_key()})
+    context = "bench.members.value"
+    text_type = EncryptedText(keyring=keyring, context=context)
+    text_bind = text_type.bind_processor(dialect)
+    text_result = text_type.result_processor(dialect, None)
+    text_stored = text_bind(EMAIL)
+    cases: list[tuple[str, Callable[..., Any], Any]] = [
+        ("EncryptedDate", EncryptedDate, date(1815, 12, 10)),
+        ("EncryptedDateTime", EncryptedDateTime, datetime(2024, 7, 1, 12, 30, tzinfo=UTC)),
+        ("EncryptedInteger", EncryptedInteger, 2**40 + 12345),
+        ("EncryptedFloat", EncryptedFloat, 3.141592653589793),
+        ("EncryptedDecimal", EncryptedDecimal, Decimal("1234567.89")),
+        ("EncryptedBoolean", EncryptedBoolean, True),
+        ("EncryptedUUID", EncryptedUUID, uuid.UUID("f81d4fae-7dec-11d0-a765-00a0c91e6bf6")),
+    ]
+    section = "typed columns, per value: bind and result, vs EncryptedText (Fernet key, bound)"
+    for type_name, type_cls, value in cases:
+        column_type = type_cls(keyring=keyring, context=context)
+        bind = column_type.bind_processor(dialect)
+        result = column_type.result_processor(dialect, None)
+        stored = bind(value)
+        if value != result(stored):
+            raise RuntimeError(f"{type_name} does not round-trip")
+        for direction, baseline, subject in (
+            ("bind", lambda: text_bind(EMAIL), lambda bind=bind, v=value: bind(v)),
+            ("result", lambda: text_result(text_stored), lambda r=result, s=stored: r(s)),
+        ):
+            m = paired(baseline, subject, rounds=rounds, number=number)
+            report.add(section, subject=type_name, direction=direction, **m)
+    report.print_section(
+        section,
+        [
+            ("subject", "subject", "s"),
+            ("op", "direction", "s"),
+            ("EncryptedText us", "baseline_us", ".2f"),
+            ("us", "us", ".2f"),
+            ("x EncryptedText", "ratio", ".2f"),
+        ],
+    )
 
 
 # -- number of keys --------------------------------------------------------------------------
@@ -963,6 +1028,7 @@ def main(argv: list[str] | None = None) -> None:
     report.header()
     with _quiet_warnings():
         bench_per_value(report, args.rounds, args.number)
+        bench_typed(report, args.rounds, args.number)
         bench_keys(report, args.rounds, args.number)
         bench_sqlite(report, args.rows, args.bulk_repeats)
         if args.no_postgres:

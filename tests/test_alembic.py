@@ -16,14 +16,39 @@ from sqlalchemy.dialects import mysql
 
 import sa_fieldcrypt
 from conftest import CONNECT_ARGS, server_url
-from sa_fieldcrypt import EncryptedJSON, EncryptedText, EncryptedType
+from sa_fieldcrypt import (
+    EncryptedBoolean,
+    EncryptedDate,
+    EncryptedDateTime,
+    EncryptedDecimal,
+    EncryptedFloat,
+    EncryptedInteger,
+    EncryptedJSON,
+    EncryptedText,
+    EncryptedType,
+    EncryptedUUID,
+)
 from sa_fieldcrypt.alembic import compare_type, render_item
 
 MODELS = """
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 from sqlalchemy import MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sa_fieldcrypt import EncryptedBytes, EncryptedJSON, EncryptedText
+from sa_fieldcrypt import (
+    EncryptedBoolean,
+    EncryptedBytes,
+    EncryptedDate,
+    EncryptedDateTime,
+    EncryptedDecimal,
+    EncryptedFloat,
+    EncryptedInteger,
+    EncryptedJSON,
+    EncryptedText,
+    EncryptedUUID,
+)
 
 
 class Base(DeclarativeBase):
@@ -41,6 +66,14 @@ class Customer(Base):
     phone: Mapped[str | None] = mapped_column(
         EncryptedText(context="crm.phone", allow_unbound=False), nullable=True
     )
+    born: Mapped[date | None] = mapped_column(EncryptedDate())
+    seen_at: Mapped[datetime | None] = mapped_column(EncryptedDateTime())
+    local_time: Mapped[datetime | None] = mapped_column(EncryptedDateTime(timezone=False))
+    points: Mapped[int | None] = mapped_column(EncryptedInteger())
+    score: Mapped[float | None] = mapped_column(EncryptedFloat())
+    balance: Mapped[Decimal | None] = mapped_column(EncryptedDecimal(context="crm.balance"))
+    verified: Mapped[bool | None] = mapped_column(EncryptedBoolean())
+    ref: Mapped[uuid.UUID | None] = mapped_column(EncryptedUUID())
 """
 
 ENV = """
@@ -109,6 +142,17 @@ def test_autogenerate_renders_types_with_import_then_no_drift(
     assert "sa_fieldcrypt.EncryptedJSON()" in first
     assert "sa_fieldcrypt.EncryptedText(context=False)" in first
     assert "sa_fieldcrypt.EncryptedText(context='crm.phone', allow_unbound=False)" in first
+    for rendered in (
+        "sa_fieldcrypt.EncryptedDate()",
+        "sa_fieldcrypt.EncryptedDateTime()",
+        "sa_fieldcrypt.EncryptedDateTime(timezone=False)",
+        "sa_fieldcrypt.EncryptedInteger()",
+        "sa_fieldcrypt.EncryptedFloat()",
+        "sa_fieldcrypt.EncryptedDecimal(context='crm.balance')",
+        "sa_fieldcrypt.EncryptedBoolean()",
+        "sa_fieldcrypt.EncryptedUUID()",
+    ):
+        assert rendered in first
 
     command.upgrade(config, "head")
     assert "fc_alembic_customers" in inspect(engine).get_table_names()
@@ -155,8 +199,29 @@ class _AutogenContext:
         EncryptedText(context=False),
         EncryptedText(context="crm.notes", allow_unbound=False),
         EncryptedJSON(allow_unbound=True),
+        EncryptedDate(),
+        EncryptedDateTime(),
+        EncryptedDateTime(timezone=False, context="crm.local_time"),
+        EncryptedInteger(context=False),
+        EncryptedFloat(),
+        EncryptedDecimal(allow_unbound=False),
+        EncryptedBoolean(),
+        EncryptedUUID(),
     ],
-    ids=["bound", "unbound", "named-strict", "lenient"],
+    ids=[
+        "bound",
+        "unbound",
+        "named-strict",
+        "lenient",
+        "date",
+        "datetime",
+        "naive-datetime-named",
+        "integer-unbound",
+        "float",
+        "decimal-strict",
+        "boolean",
+        "uuid",
+    ],
 )
 def test_render_item_renders_types_as_declared(declared: EncryptedType) -> None:
     """A rendered type, evaluated in a migration, is the type the model declares."""
@@ -165,6 +230,15 @@ def test_render_item_renders_types_as_declared(declared: EncryptedType) -> None:
     rebuilt = eval(rendered, {"sa_fieldcrypt": sa_fieldcrypt})  # noqa: S307 - our own output
     assert (type(declared), repr(declared)) == (type(rebuilt), repr(rebuilt))
     assert (declared.context, declared.allow_unbound) == (rebuilt.context, rebuilt.allow_unbound)
+    assert getattr(declared, "timezone", None) == getattr(rebuilt, "timezone", None)
+
+
+def test_a_naive_datetime_column_renders_its_argument() -> None:
+    """EncryptedDateTime(timezone=False) renders with it, and with the import."""
+    context = _AutogenContext()
+    rendered = render_item("type", EncryptedDateTime(timezone=False, context=False), context)
+    assert "sa_fieldcrypt.EncryptedDateTime(timezone=False, context=False)" == rendered
+    assert {"import sa_fieldcrypt"} == context.imports
 
 
 def test_render_item_renders_an_attached_type_as_declared() -> None:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import re
+import struct
 import unicodedata
+import uuid
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -30,6 +35,15 @@ from sa_fieldcrypt import (
     generate_key,
     normalize_email,
     normalize_phone,
+    typed_normalizer,
+)
+from sa_fieldcrypt.testing import (
+    date_plaintexts,
+    datetime_plaintexts,
+    decimal_plaintexts,
+    float_plaintexts,
+    integer_plaintexts,
+    uuid_plaintexts,
 )
 
 INDEX_VALUE = re.compile(r"(?P<id>[A-Za-z0-9_-]{1,32}):(?P<mac>[0-9a-f]{64})\Z")
@@ -303,6 +317,126 @@ def test_normalizers_are_idempotent(normalizer: Any, value: str) -> None:
     """Normalizing a normalized value changes nothing, for any text."""
     once = normalizer(value)
     assert once == (None if once is None else normalizer(once))
+
+
+# -- typed values --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("python_type", "value", "indexed"),
+    [
+        (date, date(1815, 12, 10), "1815-12-10"),
+        (datetime, datetime(2024, 7, 1, 12), "2024-07-01T12:00:00.000000"),
+        (datetime, datetime(1970, 1, 1, tzinfo=UTC), "0Z"),
+        (datetime, datetime(1970, 1, 1, 1, tzinfo=timezone(timedelta(hours=1))), "0Z"),
+        (datetime, datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "-1Z"),
+        (int, 0, b"\x00"),
+        (int, -129, b"\xff\x7f"),
+        (float, -0.0, bytes(8)),
+        (float, 1.0, bytes.fromhex("3ff0000000000000")),
+        (float, -math.inf, bytes.fromhex("fff0000000000000")),
+        (Decimal, Decimal("1.00"), "1E0"),
+        (Decimal, Decimal("-12.340"), "-1234E-2"),
+        (Decimal, Decimal("-0.00"), "0"),
+        (Decimal, Decimal("1E+3"), "1E3"),
+        (Decimal, Decimal("-Infinity"), "-Infinity"),
+        (uuid.UUID, uuid.UUID(int=1), bytes(15) + b"\x01"),
+    ],
+)
+def test_typed_normalizer_indexes_the_documented_form(
+    python_type: type, value: Any, indexed: str | bytes
+) -> None:
+    """Each typed value is hashed in the form docs/blind-indexes.md gives."""
+    assert indexed == typed_normalizer(python_type)(value)
+
+
+@pytest.mark.parametrize(
+    ("python_type", "values"),
+    [
+        (date, date_plaintexts()),
+        (datetime, datetime_plaintexts()),
+        (datetime, datetime_plaintexts(timezone=False)),
+        (int, integer_plaintexts()),
+        (float, float_plaintexts().filter(lambda f: not math.isnan(f))),
+        (Decimal, decimal_plaintexts().filter(lambda d: not d.is_nan())),
+        (uuid.UUID, uuid_plaintexts()),
+    ],
+    ids=["date", "aware", "naive", "int", "float", "Decimal", "UUID"],
+)
+@given(data=st.data())
+def test_typed_values_index_alike_exactly_when_equal(
+    python_type: type, values: st.SearchStrategy[Any], data: st.DataObject
+) -> None:
+    """Two values of a type have one index form if and only if Python's == calls them equal."""
+    normalize = typed_normalizer(python_type)
+    x, y = data.draw(values), data.draw(values)
+    assert (x == y) is (normalize(x) == normalize(y))
+    assert normalize(x) == normalize(x)
+
+
+@given(value=datetime_plaintexts(), offset=st.integers(min_value=-1439, max_value=1439))
+def test_one_instant_at_any_offset_indexes_alike(value: datetime, offset: int) -> None:
+    """An aware datetime moved to another offset is the same instant, with the same index."""
+    try:
+        moved = value.astimezone(timezone(timedelta(minutes=offset)))
+    except OverflowError:
+        return  # past datetime.min or max at that offset: no such value to compare
+    normalize = typed_normalizer(datetime)
+    assert normalize(value) == normalize(moved)
+    assert normalize(value) != normalize(value.replace(tzinfo=None))
+
+
+@given(value=decimal_plaintexts().filter(Decimal.is_finite), zeros=st.integers(1, 5))
+def test_trailing_zeros_do_not_change_a_decimal_index(value: Decimal, zeros: int) -> None:
+    """1.5, 1.50 and 1.500 are one number, with one index."""
+    sign, digits, exponent = value.as_tuple()
+    padded = Decimal((sign, (*digits, *(0,) * zeros), int(exponent) - zeros))
+    assert value == padded
+    normalize = typed_normalizer(Decimal)
+    assert normalize(value) == normalize(padded)
+
+
+@pytest.mark.parametrize(
+    ("python_type", "nan"),
+    [
+        (float, math.nan),
+        (float, struct.unpack(">d", bytes.fromhex("fff8deadbeef0001"))[0]),
+        (Decimal, Decimal("NaN")),
+        (Decimal, Decimal("-sNaN7")),
+    ],
+)
+def test_a_nan_is_not_indexed(python_type: type, nan: Any) -> None:
+    """A NaN equals nothing, itself included: it gets no index value and matches no lookup."""
+    assert None is typed_normalizer(python_type)(nan)
+    assert () == _index(normalizer=typed_normalizer(python_type)).candidates(nan)
+
+
+@pytest.mark.parametrize(
+    ("python_type", "value", "got"),
+    [
+        (float, 1, "int"),
+        (int, True, "bool"),
+        (int, 1.0, "float"),
+        (date, datetime(1815, 12, 10), "datetime"),
+        (datetime, date(1815, 12, 10), "date"),
+        (Decimal, 1.5, "float"),
+        (uuid.UUID, "f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "str"),
+    ],
+)
+def test_typed_normalizer_refuses_other_types(python_type: type, value: Any, got: str) -> None:
+    """A lookup value of another type is a ValueTypeError, not a lookup of another value."""
+    with pytest.raises(ValueTypeError, match=f"expects {python_type.__name__}, got {got}") as info:
+        typed_normalizer(python_type)(value)
+    assert str(value) not in str(info.value)
+
+
+@pytest.mark.parametrize(("python_type", "expected"), [(bool, "must not have"), (str, "one of")])
+def test_typed_normalizer_refuses_booleans_and_unknown_types(
+    python_type: type, expected: str
+) -> None:
+    """A boolean has no blind index (two values show everything); other types are unknown."""
+    with pytest.raises(ConfigurationError, match=expected):
+        typed_normalizer(python_type)
 
 
 # -- index values --------------------------------------------------------------------------

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import pickle
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -34,8 +38,15 @@ from sa_fieldcrypt import (
     BlindIndex,
     ConfigurationError,
     DecryptionError,
+    EncryptedBoolean,
+    EncryptedDate,
+    EncryptedDateTime,
+    EncryptedDecimal,
+    EncryptedFloat,
+    EncryptedInteger,
     EncryptedJSON,
     EncryptedText,
+    EncryptedUUID,
     Key,
     Keyring,
     UnsupportedComparisonError,
@@ -43,8 +54,10 @@ from sa_fieldcrypt import (
     encrypted_hybrid,
     encrypted_values,
     generate_key,
+    metrics,
     normalize_email,
     normalize_phone,
+    typed_normalizer,
 )
 from sa_fieldcrypt.cipher import decrypt, encrypt, inspect_token
 from sa_fieldcrypt.config import current_keyring
@@ -1016,3 +1029,188 @@ def test_pickled_objects_carry_no_plaintext_of_a_hybrid(db: Engine) -> None:
     pickled = pickle.dumps(customer)
     assert b"secret-ada" not in pickled
     assert "secret-ada@example.com" == pickle.loads(pickled).email
+
+
+# -- typed values ----------------------------------------------------------------------------
+
+
+class TypedBase(DeclarativeBase):
+    pass
+
+
+class Member(TypedBase):
+    """Typed values in plain Text columns holding ciphertext, each with a blind index."""
+
+    __tablename__ = "fc_hyb_members"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    born_encrypted: Mapped[str | None] = mapped_column(Text)
+    born_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    born = encrypted_hybrid(
+        "born_encrypted",
+        column_type=EncryptedDate(),
+        blind_index=BlindIndex("born_bidx", normalizer=typed_normalizer(date)),
+    )
+    seen_encrypted: Mapped[str | None] = mapped_column(Text)
+    seen_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    seen_at = encrypted_hybrid(
+        "seen_encrypted",
+        column_type=EncryptedDateTime(),
+        blind_index=BlindIndex("seen_bidx", normalizer=typed_normalizer(datetime)),
+    )
+    balance_encrypted: Mapped[str | None] = mapped_column(Text)
+    balance_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    balance = encrypted_hybrid(
+        "balance_encrypted",
+        column_type=EncryptedDecimal(),
+        blind_index=BlindIndex("balance_bidx", normalizer=typed_normalizer(Decimal)),
+    )
+    score_encrypted: Mapped[str | None] = mapped_column(Text)
+    score_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    score = encrypted_hybrid(
+        "score_encrypted",
+        column_type=EncryptedFloat(),
+        blind_index=BlindIndex("score_bidx", normalizer=typed_normalizer(float)),
+    )
+    points_encrypted: Mapped[str | None] = mapped_column(Text)
+    points_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    points = encrypted_hybrid(
+        "points_encrypted",
+        column_type=EncryptedInteger(),
+        blind_index=BlindIndex("points_bidx", normalizer=typed_normalizer(int)),
+    )
+    ref_encrypted: Mapped[str | None] = mapped_column(Text)
+    ref_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    ref = encrypted_hybrid(
+        "ref_encrypted",
+        column_type=EncryptedUUID(),
+        blind_index=BlindIndex("ref_bidx", normalizer=typed_normalizer(uuid.UUID)),
+    )
+    verified_encrypted: Mapped[str | None] = mapped_column(Text)
+    verified = encrypted_hybrid("verified_encrypted", column_type=EncryptedBoolean())
+
+
+PARIS_SUMMER = timezone(timedelta(hours=2))
+HUGE = 7**20_000  # 16,902 decimal digits
+
+
+@pytest.fixture
+def typed_db(engine: Engine, keyring: Keyring, index_keyring: Keyring) -> Iterator[Engine]:
+    """The members table on each database."""
+    TypedBase.metadata.drop_all(engine)
+    TypedBase.metadata.create_all(engine)
+    yield engine
+    TypedBase.metadata.drop_all(engine)
+
+
+def _member_ids(session: Session, condition: Any) -> list[int]:
+    return list(session.scalars(select(Member.id).where(condition).order_by(Member.id)))
+
+
+def test_typed_hybrids_read_their_values_exactly(typed_db: Engine) -> None:
+    """Each hybrid over a ciphertext column reads back its value of its own type."""
+    values = {
+        "born": date(1815, 12, 10),
+        "seen_at": datetime(1843, 7, 1, 12, 30, tzinfo=PARIS_SUMMER),
+        "balance": Decimal("1.00"),
+        "score": -0.0,
+        "points": HUGE,
+        "ref": uuid.UUID("f81d4fae-7dec-11d0-a765-00a0c91e6bf6"),
+        "verified": False,
+    }
+    with Session(typed_db) as session:
+        session.add(Member(id=1, **values))
+        session.commit()
+    with Session(typed_db) as session:
+        member = session.get(Member, 1)
+        read = {name: getattr(member, name) for name in values}
+    assert values == read
+    assert [type(v) for v in values.values()] == [type(v) for v in read.values()]
+    assert ("1.00", "-0.0", PARIS_SUMMER) == (
+        str(read["balance"]),
+        str(read["score"]),
+        read["seen_at"].tzinfo,
+    )
+
+
+def test_a_date_is_found_through_its_blind_index(typed_db: Engine) -> None:
+    """Member.born == date(...) and in_() compare the date's index, computed from its ISO form."""
+    with Session(typed_db) as session:
+        session.add_all(
+            [
+                Member(id=1, born=date(1815, 12, 10)),
+                Member(id=2, born=date(1906, 12, 9)),
+                Member(id=3, born=None),
+            ]
+        )
+        session.commit()
+        assert [1] == _member_ids(session, Member.born == date(1815, 12, 10))
+        assert [1, 2] == _member_ids(
+            session, Member.born.in_([date(1815, 12, 10), date(1906, 12, 9)])
+        )
+        assert [2] == _member_ids(session, Member.born != date(1815, 12, 10))
+        assert [3] == _member_ids(session, Member.born.is_(None))
+        with pytest.raises(ValueTypeError, match="expects date, got datetime"):
+            select(Member).where(Member.born == datetime(1815, 12, 10))
+
+
+def test_typed_lookups_find_the_values_python_calls_equal(typed_db: Engine) -> None:
+    """Decimal 1.0 finds 1.00, 0.0 finds -0.0, an instant is found at any offset."""
+    moment = datetime(2024, 7, 1, 12, tzinfo=PARIS_SUMMER)
+    with Session(typed_db) as session:
+        session.add_all(
+            [
+                Member(id=1, balance=Decimal("1.00"), score=-0.0, seen_at=moment, points=HUGE),
+                Member(
+                    id=2, balance=Decimal("1.01"), score=5e-324, seen_at=moment.replace(hour=13)
+                ),
+            ]
+        )
+        session.commit()
+        assert [1] == _member_ids(session, Member.balance == Decimal("1.0"))
+        assert [1] == _member_ids(session, Member.balance == Decimal("100E-2"))
+        assert [1] == _member_ids(session, Member.score == 0.0)
+        assert [2] == _member_ids(session, Member.score == 5e-324)
+        assert [1] == _member_ids(session, Member.seen_at == datetime(2024, 7, 1, 10, tzinfo=UTC))
+        assert [1] == _member_ids(session, Member.points == HUGE)
+        assert [] == _member_ids(session, Member.points == HUGE + 1)
+        # What was stored is read back as stored, whatever value found it.
+        member = session.get(Member, 1)
+        assert ("1.00", PARIS_SUMMER) == (str(member.balance), member.seen_at.tzinfo)
+
+
+def test_a_nan_is_not_indexed_and_matches_nothing(typed_db: Engine) -> None:
+    """A NaN float or Decimal stores a NULL index, so == NaN finds no row, as NaN != NaN."""
+    with Session(typed_db) as session:
+        session.add(Member(id=1, score=math.nan, balance=Decimal("sNaN")))
+        session.commit()
+        assert [] == _member_ids(session, Member.score == math.nan)
+        assert [] == _member_ids(session, Member.balance == Decimal("NaN"))
+        member = session.get(Member, 1)
+        assert (None, None) == (member.score_bidx, member.balance_bidx)
+        assert math.isnan(member.score)
+        assert member.balance.is_snan()
+
+
+def test_a_typed_value_is_decrypted_once_per_stored_value(typed_db: Engine) -> None:
+    """A hybrid keeps a typed value decrypted: reading it again decrypts nothing."""
+    with Session(typed_db) as session:
+        session.add(Member(id=1, born=date(1815, 12, 10), points=42, ref=uuid.uuid4()))
+        session.commit()
+    with Session(typed_db) as session:
+        member = session.get(Member, 1)
+        before = sum(metrics.snapshot().decrypts.values())
+        first = (member.born, member.points, member.ref)
+        after_first = sum(metrics.snapshot().decrypts.values())
+        again = [(member.born, member.points, member.ref) for _ in range(3)]
+        assert [first] * 3 == again
+        assert (3, after_first) == (after_first - before, sum(metrics.snapshot().decrypts.values()))
+
+
+def test_a_typed_hybrid_refuses_a_wrong_type_naming_its_column(typed_db: Engine) -> None:
+    """Assigning a str to a date hybrid raises ValueTypeError naming the ciphertext column."""
+    member = Member(id=1)
+    with pytest.raises(ValueTypeError) as info:
+        member.born = "1815-12-10"  # type: ignore[assignment]
+    assert str(info.value).startswith("fc_hyb_members.born_encrypted: EncryptedDate stores date")
+    assert "1815" not in str(info.value)

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import struct
+import sys
+import uuid
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
 import pytest
-from hypothesis import given
+from hypothesis import find, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -11,7 +20,18 @@ import sa_fieldcrypt
 from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, encrypted_hybrid, generate_key
 from sa_fieldcrypt.cipher import decrypt, encrypt
 from sa_fieldcrypt.config import current_keyring
-from sa_fieldcrypt.testing import assert_encrypted_at_rest, keyrings, temporary_keys
+from sa_fieldcrypt.testing import (
+    assert_encrypted_at_rest,
+    boolean_plaintexts,
+    date_plaintexts,
+    datetime_plaintexts,
+    decimal_plaintexts,
+    float_plaintexts,
+    integer_plaintexts,
+    keyrings,
+    temporary_keys,
+    uuid_plaintexts,
+)
 
 
 class Base(DeclarativeBase):
@@ -165,3 +185,91 @@ def test_fake_secret_manager_fixture_serves_the_real_client(request: pytest.Fixt
         name=f"{secret}/versions/1", timeout=5.0, retry=None
     )
     assert b"payload" == response.payload.data
+
+
+# -- strategies of typed values ------------------------------------------------------------
+
+TYPED_STRATEGIES = {
+    "date": (date_plaintexts(), date),
+    "aware datetime": (datetime_plaintexts(), datetime),
+    "naive datetime": (datetime_plaintexts(timezone=False), datetime),
+    "int": (integer_plaintexts(), int),
+    "float": (float_plaintexts(), float),
+    "Decimal": (decimal_plaintexts(), Decimal),
+    "bool": (boolean_plaintexts(), bool),
+    "UUID": (uuid_plaintexts(), uuid.UUID),
+}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "python_type"), TYPED_STRATEGIES.values(), ids=TYPED_STRATEGIES
+)
+@given(data=st.data())
+def test_typed_strategies_give_values_of_exactly_their_type(
+    strategy: st.SearchStrategy[Any], python_type: type, data: st.DataObject
+) -> None:
+    """Each strategy draws values of its column's type only: no bool for an int, for instance."""
+    assert python_type is type(data.draw(strategy))
+
+
+@given(aware=datetime_plaintexts(), naive=datetime_plaintexts(timezone=False))
+def test_datetime_strategies_give_aware_or_naive_values(aware: datetime, naive: datetime) -> None:
+    """datetime_plaintexts() gives aware values, timezone=False naive ones."""
+    assert (True, None) == (aware.utcoffset() is not None, naive.utcoffset())
+
+
+def _bits(value: float) -> bytes:
+    return struct.pack(">d", value)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "extreme"),
+    [
+        (date_plaintexts(), lambda d: d.year < 1900),
+        (datetime_plaintexts(), lambda d: d.utcoffset() % timedelta(minutes=1)),
+        (datetime_plaintexts(), lambda d: abs(d.utcoffset()) > timedelta(hours=14)),
+        (integer_plaintexts(), lambda n: 2**63 < abs(n) < 2**200),
+        (integer_plaintexts(), lambda n: abs(n) > 10**4300),
+        (float_plaintexts(), lambda f: _bits(f) == _bits(-0.0)),
+        (float_plaintexts(), lambda f: f == 5e-324),
+        (float_plaintexts(), lambda f: f == math.inf),
+        (float_plaintexts(), lambda f: math.isnan(f) and _bits(f) != _bits(math.nan)),
+        (
+            decimal_plaintexts(),
+            lambda d: (
+                d.is_finite() and len(d.as_tuple().digits) >= 30 and abs(d.adjusted()) > 999_999
+            ),
+        ),
+        (decimal_plaintexts(), lambda d: d.is_snan()),
+        (
+            decimal_plaintexts(),
+            lambda d: d.is_finite() and d.as_tuple().digits[-1:] == (0,) and d != 0,
+        ),
+    ],
+    ids=[
+        "date-before-1900",
+        "offset-with-seconds",
+        "offset-past-14h",
+        "int-past-64-bits",
+        "int-past-4300-digits",
+        "negative-zero",
+        "smallest-subnormal",
+        "infinity",
+        "nan-payload",
+        "decimal-30-digits-odd-exponent",
+        "snan",
+        "decimal-trailing-zero",
+    ],
+)
+def test_typed_strategies_reach_the_extremes(
+    strategy: st.SearchStrategy[Any], extreme: Any
+) -> None:
+    """Each extreme the strategies promise turns up among a thousand examples."""
+    # Hypothesis shows what it shrinks with repr(), which refuses ints past 4300 digits.
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        found = find(strategy, extreme, settings=settings(max_examples=1000, database=None))
+    finally:
+        sys.set_int_max_str_digits(limit)
+    assert extreme(found)

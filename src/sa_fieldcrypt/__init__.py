@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         BlindIndex,
         normalize_email,
         normalize_phone,
+        typed_normalizer,
     )
     from sa_fieldcrypt.config import configure
     from sa_fieldcrypt.errors import (
@@ -42,10 +43,17 @@ if TYPE_CHECKING:
     from sa_fieldcrypt.keys import Key, Keyring, generate_key, parse_key
     from sa_fieldcrypt.providers.base import KeyProvider
     from sa_fieldcrypt.types import (
+        EncryptedBoolean,
         EncryptedBytes,
+        EncryptedDate,
+        EncryptedDateTime,
+        EncryptedDecimal,
+        EncryptedFloat,
+        EncryptedInteger,
         EncryptedJSON,
         EncryptedText,
         EncryptedType,
+        EncryptedUUID,
         PlaintextValueWarning,
     )
 
@@ -54,11 +62,18 @@ __all__ = [
     "BlindIndex",
     "ConfigurationError",
     "DecryptionError",
+    "EncryptedBoolean",
     "EncryptedBytes",
+    "EncryptedDate",
+    "EncryptedDateTime",
+    "EncryptedDecimal",
+    "EncryptedFloat",
     "EncryptedHybrid",
+    "EncryptedInteger",
     "EncryptedJSON",
     "EncryptedText",
     "EncryptedType",
+    "EncryptedUUID",
     "FieldCryptError",
     "Key",
     "KeyProvider",
@@ -77,6 +92,7 @@ __all__ = [
     "normalize_email",
     "normalize_phone",
     "parse_key",
+    "typed_normalizer",
 ]
 
 _HOMES = {
@@ -85,6 +101,7 @@ _HOMES = {
     "BlindIndex": "sa_fieldcrypt.blind_index",
     "normalize_email": "sa_fieldcrypt.blind_index",
     "normalize_phone": "sa_fieldcrypt.blind_index",
+    "typed_normalizer": "sa_fieldcrypt.blind_index",
     "configure": "sa_fieldcrypt.config",
     "ConfigurationError": "sa_fieldcrypt.errors",
     "DecryptionError": "sa_fieldcrypt.errors",
@@ -102,10 +119,17 @@ _HOMES = {
     "generate_key": "sa_fieldcrypt.keys",
     "parse_key": "sa_fieldcrypt.keys",
     "KeyProvider": "sa_fieldcrypt.providers.base",
+    "EncryptedBoolean": "sa_fieldcrypt.types",
     "EncryptedBytes": "sa_fieldcrypt.types",
+    "EncryptedDate": "sa_fieldcrypt.types",
+    "EncryptedDateTime": "sa_fieldcrypt.types",
+    "EncryptedDecimal": "sa_fieldcrypt.types",
+    "EncryptedFloat": "sa_fieldcrypt.types",
+    "EncryptedInteger": "sa_fieldcrypt.types",
     "EncryptedJSON": "sa_fieldcrypt.types",
     "EncryptedText": "sa_fieldcrypt.types",
     "EncryptedType": "sa_fieldcrypt.types",
+    "EncryptedUUID": "sa_fieldcrypt.types",
     "PlaintextValueWarning": "sa_fieldcrypt.types",
 }
 

@@ -41,10 +41,15 @@ from __future__ import annotations
 
 import copy
 import hmac
+import math
 import re
+import struct
 import unicodedata
+import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sa_fieldcrypt.config import as_key_cache, default_key_cache
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeError
@@ -59,6 +64,7 @@ __all__ = [
     "Normalizer",
     "normalize_email",
     "normalize_phone",
+    "typed_normalizer",
 ]
 
 #: Longest stored index value: a 32-character key id, ``:``, 64 hex digits. Size index
@@ -216,6 +222,116 @@ def normalize_phone(value: str) -> str | None:
     extension = _NOT_DIGITS.sub("", text[mark.end() :]) if mark else ""
     plus = "+" if "+" in text[:start] else ""
     return plus + number + (_EXTENSION_SEPARATOR + extension if extension else "")
+
+
+# Equal values of one type index alike: the form of each value below is what equal means.
+_V = TypeVar("_V")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _normalize_date(value: Any) -> str:
+    return _typed(value, date).isoformat()
+
+
+def _normalize_datetime(value: Any) -> str:
+    moment = _typed(value, datetime)
+    if moment.utcoffset() is None:
+        return moment.isoformat(timespec="microseconds")
+    # The instant alone: the same moment at two offsets is one value, as == says. Counted
+    # from the epoch, as converting to UTC would overflow near datetime.min and max.
+    return f"{(moment - _EPOCH) // _MICROSECOND}Z"
+
+
+def _normalize_integer(value: Any) -> bytes:
+    number = _typed(value, int)
+    # Big-endian two's complement, as EncryptedInteger stores it: str() stops at 4300 digits.
+    length = (number + (number < 0)).bit_length() // 8 + 1
+    return number.to_bytes(length, "big", signed=True)
+
+
+def _normalize_float(value: Any) -> bytes | None:
+    number = _typed(value, float)
+    if math.isnan(number):
+        return None  # a NaN equals nothing, itself included
+    return struct.pack(">d", 0.0 if number == 0 else number)  # -0.0 == 0.0
+
+
+def _normalize_decimal(value: Any) -> str | None:
+    number = _typed(value, Decimal)
+    if number.is_nan():
+        return None  # NaN equals nothing; sNaN cannot even be compared
+    if number.is_infinite():
+        return "-Infinity" if number.is_signed() else "Infinity"
+    sign, digits, exponent = number.as_tuple()
+    coefficient = "".join(map(str, digits)).rstrip("0")
+    if not coefficient:
+        return "0"  # every zero, -0 and 0E-7 included
+    exponent = cast("int", exponent) + len(digits) - len(coefficient)
+    return f"{'-' if sign else ''}{coefficient}E{exponent}"
+
+
+def _normalize_uuid(value: Any) -> bytes:
+    return _typed(value, uuid.UUID).bytes
+
+
+_TYPED_NORMALIZERS: dict[type, Normalizer] = {
+    date: _normalize_date,
+    datetime: _normalize_datetime,
+    int: _normalize_integer,
+    float: _normalize_float,
+    Decimal: _normalize_decimal,
+    uuid.UUID: _normalize_uuid,
+}
+
+
+def _typed(value: Any, expected: type[_V]) -> _V:
+    """``value``, if it is exactly of the ``expected`` type (a datetime is no date here)."""
+    if type(value) is not expected:
+        raise ValueTypeError(
+            f"typed_normalizer({expected.__name__}) expects {expected.__name__}, "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
+def typed_normalizer(python_type: type) -> Normalizer:
+    """Return the normalizer of a typed column's values: equal values index alike.
+
+    For the values of :class:`~sa_fieldcrypt.EncryptedDate`, ``EncryptedDateTime``,
+    ``EncryptedInteger``, ``EncryptedFloat``, ``EncryptedDecimal`` and ``EncryptedUUID``:
+    ``BlindIndex("born_bidx", normalizer=typed_normalizer(date))``. Two values find each
+    other exactly when Python's ``==`` says they are equal:
+
+    - ``date``: by its ISO form, ``1815-12-10``;
+    - ``datetime``: an aware one by its instant, so the same moment at two offsets is equal
+      (microseconds since 1970-01-01T00:00:00Z, then ``Z``); a naive one by its ISO form
+      with microseconds. An aware and a naive datetime never match;
+    - ``int``: by value (its big-endian two's complement bytes), of any size;
+    - ``float``: by value, ``-0.0`` as ``0.0``; a NaN is not indexed (None), so it matches
+      nothing, as it equals nothing;
+    - ``Decimal``: by numeric value: ``1.0``, ``1.00`` and ``1`` are equal, ``-0`` is
+      ``0``; NaN and sNaN are not indexed, and match nothing.
+    - ``uuid.UUID``: by its 16 bytes.
+
+    The normalizer refuses a value of another type (``1`` for a float index, a
+    ``datetime`` for a date index) with :class:`~sa_fieldcrypt.ValueTypeError`, as the
+    column does, rather than look up a different value.
+
+    Raises:
+        ConfigurationError: ``python_type`` is ``bool`` (a blind index of two values shows
+            which rows hold each), or not one of the types above.
+    """
+    if python_type is bool:
+        raise ConfigurationError(
+            "typed_normalizer(bool): a boolean must not have a blind index: its two index "
+            "values would show which rows share each value"
+        )
+    normalizer = _TYPED_NORMALIZERS.get(python_type)
+    if normalizer is None:
+        known = ", ".join(t.__name__ for t in _TYPED_NORMALIZERS)
+        raise ConfigurationError(f"typed_normalizer() takes one of {known}, not {python_type!r}")
+    return normalizer
 
 
 # -- the index -----------------------------------------------------------------------------

@@ -31,6 +31,8 @@ import uuid
 import weakref
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Column, String, event, false, inspect, select, type_coerce
@@ -73,6 +75,9 @@ INFO_BLIND_INDEX = "sa_fieldcrypt.blind_index"
 # The attribute has no connection at hand: its processors are built for the default dialect,
 # whose text type, like that of SQLite, PostgreSQL and MariaDB, needs no conversion of its own.
 _DIALECT = DefaultDialect()
+
+# The values a hybrid may keep decrypted on its instance: those that cannot change in place.
+_IMMUTABLE = (str, bytes, date, datetime, int, float, Decimal, bool, uuid.UUID)
 
 _EQUALITY = (operators.eq, operators.ne, operators.in_op, operators.not_in_op)
 # The operators that, against None, become a NULL test of the stored value.
@@ -289,7 +294,7 @@ class _Binding:
         # Only immutable values: a cached dict could be mutated without being re-encrypted.
         # A row-bound value waiting for its row is kept whatever it is: it is the only copy;
         # of another, the row its token is bound to is, to bind it again if the key changes.
-        if isinstance(value, (str, bytes)) or (stored is None and value is not None):
+        if isinstance(value, _IMMUTABLE) or (stored is None and value is not None):
             instance.__dict__[self.cache_key] = _Plaintext(stored, value, index, row)
         elif self.row_key is not None and stored is not None:
             instance.__dict__[self.cache_key] = _Plaintext(stored, _UNKEPT, index, row)
@@ -850,8 +855,9 @@ def encrypted_hybrid(
             attribute name) that makes ``==`` and ``in_()`` work in queries and keeps a unique
             index meaningful.
         column_type: for a plain ciphertext column, the type that encrypts and decrypts it
-            (default ``EncryptedText()``; ``EncryptedJSON()``, or any type with a keyring of
-            its own, also work). Not allowed over an ``EncryptedType`` column.
+            (default ``EncryptedText()``; ``EncryptedJSON()``, a typed column such as
+            ``EncryptedDate()``, or any type with a keyring of its own, also work). Not
+            allowed over an ``EncryptedType`` column.
         check_index: with a blind index, check on each read that the value's index equals
             the row's stored one (one HMAC per stored value), so that a value copied in from
             another row raises :class:`~sa_fieldcrypt.DecryptionError` instead of passing

@@ -12,7 +12,10 @@ Typical usage::
 
 Every type stores an ``fc1:<key_id>:<payload>`` string in a ``TEXT`` column (``LONGTEXT``
 on MySQL/MariaDB, whose ``TEXT`` stops at 64 KiB). ``None`` stays SQL ``NULL``; every other
-value, ``""`` included, is encrypted.
+value, ``""`` included, is encrypted. The typed columns (:class:`EncryptedDate`,
+:class:`EncryptedDateTime`, :class:`EncryptedInteger`, :class:`EncryptedFloat`,
+:class:`EncryptedDecimal`, :class:`EncryptedBoolean`, :class:`EncryptedUUID`) encrypt one
+fixed encoding of their values, which docs/token-format.md gives byte for byte.
 
 Every column binds its values to a *context*, its name: by default (``context=True``) the
 ``schema.table.column`` it is declared as, or a fixed name (``context="core.customers.email"``);
@@ -31,9 +34,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import struct
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from datetime import timezone as dt_timezone
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from sqlalchemy import CompoundSelect, Over, Select, Text
@@ -66,10 +75,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLUMN_INFO_KEY",
+    "EncryptedBoolean",
     "EncryptedBytes",
+    "EncryptedDate",
+    "EncryptedDateTime",
+    "EncryptedDecimal",
+    "EncryptedFloat",
+    "EncryptedInteger",
     "EncryptedJSON",
     "EncryptedText",
     "EncryptedType",
+    "EncryptedUUID",
     "PlaintextValueWarning",
     "column_codec",
     "encrypted_columns",
@@ -597,10 +613,14 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         self.__dict__.update(state)
         self._build_paths()
 
+    def _type_arguments(self) -> list[str]:
+        """The ``name=value`` arguments of a subclass's own that ``repr()`` shows first."""
+        return []
+
     def __repr__(self) -> str:
         # The arguments that rebuild the type (Alembic renders migrations with it).
         state = self._context
-        args = []
+        args = list(self._type_arguments())
         if not state.from_column:
             args.append(f"context={state.name or False!r}")
         if state.allow_unbound is not None:
@@ -819,6 +839,297 @@ class EncryptedJSON(EncryptedType[Any]):
                 "the value decrypted but is not JSON (or is nested too deeply to read)",
                 column=self._column_label,
             ) from None
+
+
+# -- typed columns ---------------------------------------------------------------------------
+
+
+class _TypedColumn(EncryptedType[_T]):
+    """A column of one exact Python type, stored as one canonical plaintext encoding.
+
+    Subclasses give the type and its ``_encode``/``_decode`` pair; docs/token-format.md
+    describes every encoding byte for byte. A decrypted plaintext is accepted only when
+    encoding the value it decodes to gives the same bytes back, so each value has exactly one
+    plaintext and a malformed one is a :class:`DecryptionError`, never a wrong value.
+    """
+
+    cache_ok = True
+    #: The one Python type the column stores: exactly, not a subclass, which could carry
+    #: state the encoding drops (a ``datetime`` is a ``date``) or would come back as the base.
+    _value_type: ClassVar[type]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.allow_plaintext:
+            # Stored plaintext is text; these columns' plaintexts are encodings of their own
+            # (two bytes of "42" would read as the integer 13362).
+            raise ConfigurationError(
+                f"{type(self).__name__} cannot read plaintext values (allow_plaintext=True): "
+                "its values are stored in an encoding of their own, not as text; copy a "
+                "plaintext column into a new encrypted one instead (docs/rotation.md)"
+            )
+
+    def _encode(self, value: Any) -> bytes:
+        raise NotImplementedError
+
+    def _decode(self, data: bytes) -> Any:
+        raise NotImplementedError
+
+    def _to_bytes(self, value: Any) -> bytes:
+        if type(value) is not self._value_type:
+            raise self._type_error(value)
+        return self._encode(value)
+
+    def _from_bytes(self, data: bytes) -> _T:
+        try:
+            value = self._decode(data)
+            canonical = self._encode(value) == data
+        except (ValueError, ArithmeticError, struct.error):
+            canonical = False
+        if not canonical:
+            raise DecryptionError(
+                f"the value decrypted, but its plaintext is not one {type(self).__name__} "
+                "writes (malformed, or written by another column type)",
+                column=self._column_label,
+            )
+        return cast("_T", value)
+
+    def compare_values(self, x: Any, y: Any) -> bool:
+        """Whether two values are stored alike: the same type and the same plaintext bytes.
+
+        The ORM writes a new value only when this says it differs, so ``Decimal("1.00")``
+        replacing ``Decimal("1.0")``, ``-0.0`` replacing ``0.0`` and a datetime moved to
+        another offset are written, though ``==`` calls them equal.
+        """
+        if x is None or y is None:
+            return x is y
+        try:
+            return self._to_bytes(x) == self._to_bytes(y)
+        except FieldCryptError:
+            return False
+
+    @property
+    def python_type(self) -> type[Any]:
+        """The Python type of the column's values."""
+        return self._value_type
+
+
+class EncryptedDate(_TypedColumn[date]):
+    """An encrypted ``datetime.date`` column (years 1 to 9999); a ``datetime`` is refused.
+
+    Stored as ISO 8601 ``YYYY-MM-DD`` in ASCII: ten bytes for every date.
+    """
+
+    cache_ok = True
+    python_type_name = "date"
+    _value_type = date
+
+    def _encode(self, value: date) -> bytes:
+        return value.isoformat().encode("ascii")
+
+    def _decode(self, data: bytes) -> date:
+        return date.fromisoformat(data.decode("ascii"))
+
+
+# What EncryptedDateTime writes: the date and time, then an offset if aware (ASCII digits only).
+_DATETIME = re.compile(
+    rb"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{6})"
+    rb"(?:([+-])([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{6}))?)?)?"
+)
+
+
+def _parse_datetime(data: bytes) -> datetime:
+    """Read what EncryptedDateTime writes, field by field."""
+    found = _DATETIME.fullmatch(data)
+    if found is None:
+        raise ValueError("not an ISO 8601 datetime")
+    *fields, sign, hours, minutes, seconds, micros = found.groups()
+    zone = None
+    if sign is not None:
+        offset = timedelta(
+            hours=int(hours),
+            minutes=int(minutes),
+            seconds=int(seconds or 0),
+            microseconds=int(micros or 0),
+        )
+        zone = dt_timezone(-offset if sign == b"-" else offset)
+    year, month, day, hour, minute, second, microsecond = map(int, fields)
+    return datetime(year, month, day, hour, minute, second, microsecond, tzinfo=zone)
+
+
+class EncryptedDateTime(_TypedColumn[datetime]):
+    """An encrypted ``datetime.datetime`` column, timezone-aware by default.
+
+    An aware value comes back as the same instant with the same UTC offset, its ``tzinfo`` a
+    fixed-offset ``datetime.timezone``: a ``zoneinfo`` zone comes back as its offset at that
+    instant (``ZoneInfo("Europe/Paris")`` in July as ``timezone(timedelta(hours=2))``), and a
+    zone's name is not kept. Naive values are refused, unless ``timezone=False``, which
+    stores naive values and refuses aware ones. ``fold`` is not kept: it only chooses an
+    offset, and the offset is what is stored.
+
+    Stored as ISO 8601 with microseconds, ``YYYY-MM-DDTHH:MM:SS.ffffff``, then for an aware
+    value its offset, ``+HH:MM`` (``+HH:MM:SS`` or ``+HH:MM:SS.ffffff`` when it has seconds
+    or microseconds), in ASCII.
+
+    Args:
+        timezone: True (the default): aware values only; False: naive values only.
+        *args: the arguments of :class:`EncryptedType` (``keyring``, ``context``...).
+        **kwargs: the arguments of :class:`EncryptedType`, by name.
+    """
+
+    cache_ok = True
+    python_type_name = "datetime"
+    _value_type = datetime
+
+    def __init__(self, *args: Any, timezone: bool = True, **kwargs: Any):
+        if not isinstance(timezone, bool):
+            raise ConfigurationError("EncryptedDateTime: timezone must be True or False")
+        self.timezone = timezone
+        super().__init__(*args, **kwargs)
+
+    def _to_bytes(self, value: Any) -> bytes:
+        if type(value) is datetime and (value.utcoffset() is not None) is not self.timezone:
+            raise self._awareness_error()
+        return super()._to_bytes(value)
+
+    def _encode(self, value: datetime) -> bytes:
+        return value.isoformat(timespec="microseconds").encode("ascii")
+
+    def _decode(self, data: bytes) -> datetime:
+        try:
+            value = datetime.fromisoformat(data.decode("ascii"))
+        except ValueError:
+            value = None
+        if value is None or self._encode(value) != data:
+            # Python 3.11's fromisoformat() drops the sign of an offset such as
+            # "-00:00:00.000001"; the pattern of the encoding reads every one.
+            value = _parse_datetime(data)
+        if (value.utcoffset() is not None) is not self.timezone:
+            kind = "timezone-aware" if value.utcoffset() is not None else "naive"
+            raise DecryptionError(
+                f"the value decrypted to a {kind} datetime, and the column stores "
+                f"{'aware' if self.timezone else 'naive'} ones (timezone={self.timezone})",
+                column=self._column_label,
+            )
+        return value
+
+    def _awareness_error(self) -> ValueTypeError:
+        if self.timezone:
+            wanted, got = "timezone-aware", "naive"
+            advice = "give it a tzinfo, or declare EncryptedDateTime(timezone=False)"
+        else:
+            wanted, got = "naive", "timezone-aware"
+            advice = "drop its tzinfo, or declare EncryptedDateTime() for aware values"
+        return ValueTypeError(
+            f"{self.column_label}: EncryptedDateTime(timezone={self.timezone}) stores "
+            f"{wanted} datetime values, got a {got} datetime; {advice}"
+        )
+
+    @property
+    def _static_cache_key(self) -> Any:
+        # Two columns that differ in timezone= must not share compiled statements.
+        key = super()._static_cache_key
+        return (*key, self.timezone) if isinstance(key, tuple) else key
+
+    def _type_arguments(self) -> list[str]:
+        return [] if self.timezone else ["timezone=False"]
+
+
+class EncryptedInteger(_TypedColumn[int]):
+    """An encrypted ``int`` column, of any size; ``bool`` is refused.
+
+    Stored as minimal big-endian two's complement (what Java's ``BigInteger.toByteArray()``
+    gives; ``0`` is one zero byte), so no 64-bit limit applies, nor Python's limit on the
+    digits ``str()`` converts.
+    """
+
+    cache_ok = True
+    python_type_name = "int"
+    _value_type = int
+
+    def _encode(self, value: int) -> bytes:
+        # One sign bit more than the magnitude needs, in whole bytes.
+        length = (value + (value < 0)).bit_length() // 8 + 1
+        return value.to_bytes(length, "big", signed=True)
+
+    def _decode(self, data: bytes) -> int:
+        return int.from_bytes(data, "big", signed=True)
+
+
+class EncryptedFloat(_TypedColumn[float]):
+    """An encrypted ``float`` column: every float comes back bit for bit; ``int`` is refused.
+
+    ``-0.0``, infinities and NaNs round-trip, a NaN with its sign and payload bits. An
+    ``int`` would come back as a float, so it is refused: give ``float(n)``.
+    Stored as IEEE 754 binary64, big-endian: eight bytes for every value.
+    """
+
+    cache_ok = True
+    python_type_name = "float"
+    _value_type = float
+
+    def _encode(self, value: float) -> bytes:
+        return struct.pack(">d", value)
+
+    def _decode(self, data: bytes) -> float:
+        return cast("float", struct.unpack(">d", data)[0])
+
+
+class EncryptedDecimal(_TypedColumn[Decimal]):
+    """An encrypted ``decimal.Decimal`` column, exact: sign, digits and exponent are kept.
+
+    ``Decimal("1.50")`` comes back as ``Decimal("1.50")``, not ``Decimal("1.5")``; ``-0``,
+    infinities, ``NaN`` and ``sNaN`` (with sign and payload, ``Decimal("-NaN7")``) come back
+    as stored. No context applies, so no digit is rounded away. ``float`` (which would
+    silently lose precision) and ``int`` are refused: give ``Decimal(...)``.
+    Stored as the canonical scientific string, ``str(value)``, in ASCII.
+    """
+
+    cache_ok = True
+    python_type_name = "Decimal"
+    _value_type = Decimal
+
+    def _encode(self, value: Decimal) -> bytes:
+        # str() writes the exponent mark as the current context says (capitals=0: "e").
+        return str(value).replace("e", "E").encode("ascii")
+
+    def _decode(self, data: bytes) -> Decimal:
+        return Decimal(data.decode("ascii"))
+
+
+class EncryptedBoolean(_TypedColumn[bool]):
+    """An encrypted ``bool`` column; ``0`` and ``1`` are refused.
+
+    Stored as one byte, ``0x00`` or ``0x01``, so both values have tokens of one length. Never
+    give it a blind index: two index values would show which rows share each value.
+    """
+
+    cache_ok = True
+    python_type_name = "bool"
+    _value_type = bool
+
+    def _encode(self, value: bool) -> bytes:
+        return b"\x01" if value else b"\x00"
+
+    def _decode(self, data: bytes) -> bool:
+        return data == b"\x01"
+
+
+class EncryptedUUID(_TypedColumn[uuid.UUID]):
+    """An encrypted ``uuid.UUID`` column.
+
+    Stored as the UUID's 16 bytes in RFC 4122 order (``UUID.bytes``).
+    """
+
+    cache_ok = True
+    python_type_name = "UUID"
+    _value_type = uuid.UUID
+
+    def _encode(self, value: uuid.UUID) -> bytes:
+        return value.bytes
+
+    def _decode(self, data: bytes) -> uuid.UUID:
+        return uuid.UUID(bytes=data)
 
 
 class PlaintextValueWarning(UserWarning):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
 from typing import reveal_type
 
 from sqlalchemy import String, Text, select
@@ -10,12 +13,20 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
+    EncryptedBoolean,
     EncryptedBytes,
+    EncryptedDate,
+    EncryptedDateTime,
+    EncryptedDecimal,
+    EncryptedFloat,
     EncryptedHybrid,
+    EncryptedInteger,
     EncryptedJSON,
     EncryptedText,
+    EncryptedUUID,
     encrypted_hybrid,
     normalize_email,
+    typed_normalizer,
 )
 
 
@@ -38,6 +49,26 @@ class Customer(Base):
     _avatar: Mapped[bytes] = mapped_column("avatar", EncryptedBytes())
     avatar: EncryptedHybrid[bytes] = encrypted_hybrid("_avatar")
     notes: Mapped[str] = mapped_column(EncryptedText())
+    born_encrypted: Mapped[str | None] = mapped_column(Text)
+    born_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    born = encrypted_hybrid(
+        "born_encrypted",
+        column_type=EncryptedDate(),
+        blind_index=BlindIndex("born_bidx", normalizer=typed_normalizer(date)),
+    )
+    seen_encrypted: Mapped[str | None] = mapped_column(Text)
+    seen_at = encrypted_hybrid("seen_encrypted", column_type=EncryptedDateTime(timezone=False))
+    points_encrypted: Mapped[str | None] = mapped_column(Text)
+    points = encrypted_hybrid("points_encrypted", column_type=EncryptedInteger())
+    score_encrypted: Mapped[str | None] = mapped_column(Text)
+    score = encrypted_hybrid("score_encrypted", column_type=EncryptedFloat())
+    balance_encrypted: Mapped[str | None] = mapped_column(Text)
+    balance = encrypted_hybrid("balance_encrypted", column_type=EncryptedDecimal())
+    verified_encrypted: Mapped[str | None] = mapped_column(Text)
+    verified = encrypted_hybrid("verified_encrypted", column_type=EncryptedBoolean())
+    ref_encrypted: Mapped[str | None] = mapped_column(Text)
+    ref = encrypted_hybrid("ref_encrypted", column_type=EncryptedUUID())
+    renewed: Mapped[date | None] = mapped_column(EncryptedDate())
 
 
 customer = Customer()
@@ -57,6 +88,30 @@ reveal_type(customer.avatar)
 # EXPECTED_TYPE: str
 reveal_type(customer.notes)
 
+# EXPECTED_TYPE: datetime.date
+reveal_type(customer.born)
+
+# EXPECTED_TYPE: datetime.datetime
+reveal_type(customer.seen_at)
+
+# EXPECTED_TYPE: int
+reveal_type(customer.points)
+
+# EXPECTED_TYPE: float
+reveal_type(customer.score)
+
+# EXPECTED_TYPE: Decimal
+reveal_type(customer.balance)
+
+# EXPECTED_TYPE: bool
+reveal_type(customer.verified)
+
+# EXPECTED_TYPE: UUID
+reveal_type(customer.ref)
+
+# EXPECTED_TYPE: datetime.date | None
+reveal_type(customer.renewed)
+
 customer.email = "ada@example.com"
 customer.phone = None
 customer.prefs = {"lang": "en"}
@@ -67,7 +122,26 @@ customer.email = 42
 # EXPECTED_MYPY: Incompatible types in assignment
 customer.avatar = "not bytes"
 
+customer.born = date(1815, 12, 10)
+customer.seen_at = datetime(2024, 7, 1, 12)
+customer.balance = Decimal("1.50")
+customer.ref = uuid.uuid4()
+
+# EXPECTED_MYPY: Incompatible types in assignment
+customer.born = "1815-12-10"
+
+# EXPECTED_MYPY: Incompatible types in assignment
+customer.balance = 1.5
+
+by_birthday = select(Customer.id).where(Customer.born == date(1815, 12, 10))
+
 by_email = select(Customer.id).where(Customer.email == "ada@example.com")
 
 # EXPECTED_TYPE: EncryptedText
 reveal_type(EncryptedText())
+
+# EXPECTED_TYPE: EncryptedDateTime
+reveal_type(EncryptedDateTime(timezone=False))
+
+# EXPECTED_MYPY: Argument "timezone" to "EncryptedDateTime" has incompatible type
+EncryptedDateTime(timezone="UTC")

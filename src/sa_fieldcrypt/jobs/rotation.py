@@ -90,6 +90,10 @@ def reencrypt(codec: EncryptedType, token: str, row_key: Sequence[Any] | None = 
     return codec.encrypt_bytes(codec.decrypt_token(token, row_key), row_key)
 
 
+# The Python types of columns whose values are stored as UTF-8 text (``object``: JSON).
+_TEXT_VALUES = (str, bytes, object)
+
+
 def plaintext_to_token(
     codec: EncryptedType, stored: str, row_key: Sequence[Any] | None = None
 ) -> str:
@@ -99,10 +103,21 @@ def plaintext_to_token(
     is read back once, so text the column could not read (not JSON, for
     :class:`~sa_fieldcrypt.EncryptedJSON`) is refused rather than written.
 
+    Only columns of text, bytes or JSON values (``EncryptedText``, ``EncryptedBytes``,
+    ``EncryptedJSON``) store their plaintext as UTF-8 text; a typed column such as
+    ``EncryptedInteger`` stores an encoding of its own, which stored text is not.
+
     Raises:
         ValueTypeError: the value is, or looks like, a token (``cipher.looks_like_token``: an
-            edited token is not plaintext either), or it is not what the column stores.
+            edited token is not plaintext either), it is not what the column stores, or the
+            column is a typed one.
     """
+    if codec.python_type not in _TEXT_VALUES:
+        raise ValueTypeError(
+            f"{codec.column_label}: {type(codec).__name__} stores {codec.python_type_name} "
+            "values in an encoding of their own, not as text, so stored text cannot be "
+            "encrypted in place; copy the values into a new encrypted column instead"
+        )
     if looks_like_token(stored):
         raise ValueTypeError(
             f"{codec.column_label}: the stored value is already an encrypted token, or looks like "

@@ -6,7 +6,10 @@
 - :func:`temporary_keys` (:mod:`~sa_fieldcrypt.testing.keys`): default keys for a block.
 - :func:`assert_encrypted_at_rest` (:mod:`~sa_fieldcrypt.testing.assertions`).
 - Hypothesis strategies (:mod:`~sa_fieldcrypt.testing.strategies`): :func:`text_plaintexts`,
-  :func:`bytes_plaintexts`, :func:`json_plaintexts`, :func:`keyrings`.
+  :func:`bytes_plaintexts`, :func:`json_plaintexts`, the typed columns' values
+  (:func:`date_plaintexts`, :func:`datetime_plaintexts`, :func:`integer_plaintexts`,
+  :func:`float_plaintexts`, :func:`decimal_plaintexts`, :func:`boolean_plaintexts`,
+  :func:`uuid_plaintexts`), :func:`keyrings`.
 - :class:`FakeSecretManager` (:mod:`~sa_fieldcrypt.testing.secret_manager`, the ``gcp`` extra):
   Google Cloud Secret Manager in process, over real gRPC.
 
@@ -33,30 +36,51 @@ if TYPE_CHECKING:
     from sa_fieldcrypt.testing.keys import temporary_keys
     from sa_fieldcrypt.testing.secret_manager import FakeSecretManager
     from sa_fieldcrypt.testing.strategies import (
+        boolean_plaintexts,
         bytes_plaintexts,
+        date_plaintexts,
+        datetime_plaintexts,
+        decimal_plaintexts,
+        float_plaintexts,
+        integer_plaintexts,
         json_plaintexts,
         keyrings,
         text_plaintexts,
+        uuid_plaintexts,
     )
 
 __all__ = [
     "FakeSecretManager",
     "assert_encrypted_at_rest",
+    "boolean_plaintexts",
     "bytes_plaintexts",
+    "date_plaintexts",
+    "datetime_plaintexts",
+    "decimal_plaintexts",
+    "float_plaintexts",
+    "integer_plaintexts",
     "json_plaintexts",
     "keyrings",
     "temporary_keys",
     "text_plaintexts",
+    "uuid_plaintexts",
 ]
 
 _HOMES = {
     "FakeSecretManager": "sa_fieldcrypt.testing.secret_manager",
     "assert_encrypted_at_rest": "sa_fieldcrypt.testing.assertions",
+    "boolean_plaintexts": "sa_fieldcrypt.testing.strategies",
     "bytes_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "date_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "datetime_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "decimal_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "float_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "integer_plaintexts": "sa_fieldcrypt.testing.strategies",
     "json_plaintexts": "sa_fieldcrypt.testing.strategies",
     "keyrings": "sa_fieldcrypt.testing.strategies",
     "temporary_keys": "sa_fieldcrypt.testing.keys",
     "text_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "uuid_plaintexts": "sa_fieldcrypt.testing.strategies",
 }
 
 
