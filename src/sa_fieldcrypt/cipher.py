@@ -322,14 +322,14 @@ def encrypt(
     """
     _check_purpose(keyring)
     block = padding_block(padding)
-    row = None if row_key is None else row_key_bytes(row_key)
-    if row is not None:
-        context = _row_context(context)
-    if block is not None:
-        return encrypt_padded_value(keyring, data, context, row, block)
-    if row is None:
+    if row_key is None:
+        if block is not None:
+            return encrypt_padded_value(keyring, data, context, None, block)
         return encrypt_value(keyring, data, context)
-    return encrypt_row_value(keyring, data, _row_context(context), row)
+    row, bound_to = row_key_bytes(row_key), _row_context(context)
+    if block is not None:
+        return encrypt_padded_value(keyring, data, bound_to, row, block)
+    return encrypt_row_value(keyring, data, bound_to, row)
 
 
 def _row_context(context: str | None) -> str:
