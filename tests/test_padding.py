@@ -253,22 +253,27 @@ def _table(engine: Engine) -> Table:
     return table
 
 
-def test_rotation_pads_and_unpads_a_column_as_it_says(engine: Engine, ring: Keyring) -> None:
+@pytest.mark.parametrize("context", [True, False], ids=["bound", "unbound"])
+def test_rotation_pads_and_unpads_a_column_as_it_says(
+    engine: Engine, ring: Keyring, context: bool
+) -> None:
     """status counts values padded otherwise than the column; rotate re-encrypts only those."""
     table = _table(engine)
+    bound_to = "fc_padding.email" if context else None
     try:
         plain = [f"user{i}@example.com" for i in range(12)]
         with engine.begin() as conn:
             conn.execute(
                 insert(table),
                 [
-                    {"id": i, "email": encrypt(ring, v.encode(), context="fc_padding.email")}
+                    {"id": i, "email": encrypt(ring, v.encode(), context=bound_to)}
                     for i, v in enumerate(plain)
                 ],
             )
+        # Unbound, the unpadded header (fc1:id:) is a prefix of the padded one (fc1:id:p:).
         for padding, flag in ((True, True), (False, False), (48, True)):
             column = jobs.reflect_column(
-                engine, "fc_padding", "email", EncryptedText(padding=padding)
+                engine, "fc_padding", "email", EncryptedText(padding=padding, context=context)
             )
             before = jobs.status(engine, [column]).columns[0]
             assert (12, 12) == (before.repad, before.pending)
@@ -279,6 +284,7 @@ def test_rotation_pads_and_unpads_a_column_as_it_says(engine: Engine, ring: Keyr
             with engine.connect() as conn:
                 stored = conn.execute(select(table.c.email).order_by(table.c.id)).scalars().all()
             assert {flag} == {inspect_token(t).padded for t in stored}
+            assert {bound_to is not None} == {inspect_token(t).flag is not None for t in stored}
             assert plain == [column.codec.process_result_value(t, None) for t in stored]
             if padding == 48:
                 assert 1 == len({len(t) for t in stored})  # every email under 48 bytes

@@ -301,7 +301,9 @@ def typed_normalizer(python_type: type) -> Normalizer:
     For the values of :class:`~sa_fieldcrypt.EncryptedDate`, ``EncryptedDateTime``,
     ``EncryptedInteger``, ``EncryptedFloat``, ``EncryptedDecimal`` and ``EncryptedUUID``:
     ``BlindIndex("born_bidx", normalizer=typed_normalizer(date))``. Two values find each
-    other exactly when Python's ``==`` says they are equal:
+    other when they index alike, as below; that is Python's ``==`` except for aware
+    datetimes, which compare as instants here even where ``==`` compares wall times (two
+    values sharing one ``tzinfo``, PEP 495's repeated hour):
 
     - ``date``: by its ISO form, ``1815-12-10``;
     - ``datetime``: an aware one by its instant, so the same moment at two offsets is equal

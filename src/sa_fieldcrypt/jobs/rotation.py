@@ -26,7 +26,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, and_
+from sqlalchemy import Engine, and_, or_
 
 from sa_fieldcrypt.cipher import NOT_A_TOKEN, inspect_token, looks_like_token
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeError
@@ -158,7 +158,12 @@ def rotation_job(
     row_bound = codec.row_bound
     stored = stored_text(target.column)
     sql = DialectSql(engine.dialect.name)
-    where = and_(stored.is_not(None), ~sql.has_prefix(stored, prefix))
+    stale = ~sql.has_prefix(stored, prefix)
+    if prefix == codec.active_keyring().primary.token_prefix:
+        # An unflagged header (``fc1:id:``) is a prefix of the padded one (``fc1:id:p:``) too.
+        # Other flags there are bindings this column cannot open: status counts them apart.
+        stale = or_(stale, sql.has_prefix(stored, f"{prefix}{PADDED_FLAG}:"))
+    where = and_(stored.is_not(None), stale)
 
     def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> tuple[Any, ...] | Skip:
         value = old[0]
