@@ -52,13 +52,8 @@ $(OLDEST_VENV)/.installed: pyproject.toml constraints-oldest.txt
 test-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_PY) -m pytest
 
-# Benchmarks also need the `bench` extra (sqlalchemy-utils, the peer they compare with).
-$(VENV)/.installed-bench: $(VENV)/.installed-dev
-	$(PIP) install --quiet -e '.[dev,gcp,bench]'
-	touch $@
-
 # Not part of `make test`: several minutes, and the figures are ratios, not pass/fail.
-bench: $(VENV)/.installed-bench
+bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/blind_index.py
 

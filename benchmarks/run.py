@@ -64,7 +64,7 @@ try:
     from sqlalchemy_utils import StringEncryptedType
     from sqlalchemy_utils.types.encrypted.encrypted_type import FernetEngine
 except ImportError:  # pragma: no cover - the message is the point
-    sys.exit("the benchmarks compare with sqlalchemy-utils: pip install -e '.[bench]'")
+    sys.exit("the benchmarks compare with sqlalchemy-utils: pip install -e '.[dev]'")
 
 RESULTS_DIR = Path(__file__).parent / "results"
 EMAIL = "ada.lovelace@analytical-engine.example"  # 38 bytes, like a real email address

@@ -24,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 import sa_fieldcrypt
 from sa_fieldcrypt import EncryptedText, jobs
 from sa_fieldcrypt.config import current_keyring
+from sa_fieldcrypt.legacy import BareFernet
 
 #: The primary key id the test configures, and the one an application instance that has not
 #: yet picked up the new primary key still encrypts with.
@@ -43,12 +44,13 @@ class Base(DeclarativeBase):
 
 
 class Patient(Base):
-    """One encrypted column, and the version of its value in a plain column."""
+    """One encrypted column, which still holds bare Fernet tokens from before the library
+    (declared), and the version of its value in a plain column."""
 
     __tablename__ = "fc_fault_patients"
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    email: Mapped[str] = mapped_column(EncryptedText())
+    email: Mapped[str] = mapped_column(EncryptedText(legacy=[BareFernet()]))
     version: Mapped[int] = mapped_column(default=0)
 
 

@@ -8,7 +8,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, String, Table, Text, create_engine
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sa_fieldcrypt import (
@@ -20,6 +20,7 @@ from sa_fieldcrypt import (
     jobs,
     normalize_email,
 )
+from sa_fieldcrypt.legacy import BareFernet
 from sa_fieldcrypt.types import COLUMN_INFO_KEY
 
 
@@ -81,6 +82,29 @@ audit = Table(
 )
 
 
+def _legacy_emails(name: str) -> MetaData:
+    """A table ``name`` (id, email) whose email holds tokens and bare Fernet tokens, as declared.
+
+    Each in a MetaData of its own, which ``--models rotation_support:NAME`` names alone: the
+    module's own models (``--models rotation_support``) do not include them.
+    """
+    metadata = MetaData()
+    schema, _, table = name.rpartition(".")
+    Table(
+        table,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("email", EncryptedText(legacy=[BareFernet()])),
+        schema=schema or None,
+    )
+    return metadata
+
+
+#: test_rotation.py's tables of mixed values, and of legacy tokens.
+mixed_emails = _legacy_emails("fc_rot_mixed")
+legacy_emails = _legacy_emails("fc_rot_legacy")
+
+
 class _Announce(jobs.RunListener):
     def batch(self, label: str, rows: int, report: jobs.JobReport) -> None:
         print(f"committed {report.scanned}", flush=True)
@@ -90,7 +114,7 @@ def child(url: str, table_name: str, pause_at: int) -> None:
     """Rotate ``table_name``.email in batches of 10; with ``pause_at`` > 0, block between the
     read and the write of that batch until killed."""
     engine = create_engine(url, hide_parameters=True)
-    column = jobs.reflect_column(engine, table_name, "email")
+    column = jobs.reflect_column(engine, table_name, "email", EncryptedText(legacy=[BareFernet()]))
     seen = 0
 
     def before_write(conn: Any, keys: list[tuple[Any, ...]]) -> None:

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from cryptography.fernet import Fernet
 
-from sa_fieldcrypt import DecryptionError, Keyring, generate_key, metrics
+from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, generate_key, metrics
 from sa_fieldcrypt.cipher import decrypt, encrypt
+from sa_fieldcrypt.legacy import BareFernet
 
 # Key ids unique to this module, so counts from other tests do not mix in.
 OLD, NEW = "metrics-old", "metrics-new"
@@ -49,14 +50,19 @@ def test_counts_survive_a_keyring_reload() -> None:
 
 
 def test_legacy_reads_are_counted() -> None:
-    """A bare Fernet token counts as a legacy read and as a decrypt under its key."""
+    """A bare Fernet token a column declares counts as a legacy read of the format "fernet"
+    and as a decrypt under its key; the exposition text has a sample per format."""
     secret = generate_key()
     ring = Keyring({NEW: generate_key(), OLD: secret})
+    column = EncryptedText(keyring=ring, context=False, legacy=[BareFernet()])
     before = metrics.snapshot()
-    decrypt(ring, Fernet(secret).encrypt(b"x").decode())
+    column.decrypt_token(Fernet(secret).encrypt(b"x").decode())
     after = metrics.snapshot()
-    assert 1 == after.legacy_reads - before.legacy_reads
+    assert 1 == _delta(before.legacy_reads, after.legacy_reads, "fernet")
     assert 1 == _delta(before.decrypts, after.decrypts, OLD)
+    text = metrics.prometheus_text()
+    assert "# TYPE sa_fieldcrypt_legacy_reads_total counter" in text
+    assert re.search(r'^sa_fieldcrypt_legacy_reads_total{format="fernet"} [1-9]\d*$', text, re.M)
 
 
 def test_unknown_ids_and_failures_are_counted() -> None:

@@ -11,7 +11,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-#: The extras a user installs; the others (dev, bench) hold tools, which stay current.
+#: The extras a user installs; the other (dev) holds tools, which stay current.
 RUNTIME_EXTRAS = ("asyncio", "gcp")
 
 

@@ -58,6 +58,7 @@ from sa_fieldcrypt.cipher import encrypt, inspect_token
 from sa_fieldcrypt.cli import _Progress, cli
 from sa_fieldcrypt.config import current_keyring, swap_default_keys
 from sa_fieldcrypt.jobs.rotation import plaintext_to_token
+from sa_fieldcrypt.legacy import BareFernet
 from sa_fieldcrypt.settings import FieldCryptSettings
 
 TABLE = "fc_rot_mixed"
@@ -166,8 +167,9 @@ def _stored(engine: Engine, table: Table) -> dict[Any, Any]:
 
 
 def _reader(table: Table, column: str = "email") -> EncryptedText:
-    """A type that reads the values of ``table.column`` as the column does, bound or not."""
-    return EncryptedText(context=f"{table.fullname}.{column}")
+    """A type that reads the values of ``table.column`` as the column does, bound or not, and
+    bare Fernet tokens, which the column declares."""
+    return EncryptedText(context=f"{table.fullname}.{column}", legacy=[BareFernet()])
 
 
 def _decrypted(engine: Engine, table: Table, column: str = "email") -> dict[Any, Any]:
@@ -179,7 +181,12 @@ def _decrypted(engine: Engine, table: Table, column: str = "email") -> dict[Any,
 
 
 def _column(engine: Engine, name: str = TABLE) -> jobs.EncryptedColumn:
-    return jobs.reflect_column(engine, name, "email")
+    """``name``.email as its models declare it: tokens, and bare Fernet tokens written earlier.
+
+    A codec of its own, so one process only; ``jobs.reflect_column(engine, name, "email")``
+    is the column that declares no legacy format, which worker processes reflect again.
+    """
+    return jobs.reflect_column(engine, name, "email", EncryptedText(legacy=[BareFernet()]))
 
 
 # -- status -------------------------------------------------------------------------------
@@ -240,21 +247,30 @@ _stored_values = st.one_of(
     st.none(),
     st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30),
     st.builds(lambda h, k, t: h + k + t, _header, _key_ish, st.sampled_from(["", ":x", "x"])),
+    # Bare Fernet tokens, whole or with a character more: only their text is classified.
+    st.builds(
+        lambda data, more: Fernet(Fernet.generate_key()).encrypt(data).decode() + more,
+        st.binary(max_size=40),
+        st.sampled_from(["", "A", " "]),
+    ),
 )
 
 
+@pytest.mark.parametrize("declared", [False, True], ids=["undeclared", "bare-fernet"])
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(values=st.lists(_stored_values, max_size=12))
 def test_status_in_sql_matches_reading_every_value(
-    engine: Engine, ring: Keyring, values: list[str | None]
+    engine: Engine, ring: Keyring, declared: bool, values: list[str | None]
 ) -> None:
-    """For any stored values, the SQL GROUP BY classifies exactly as Python does."""
+    """For any stored values, the SQL GROUP BY classifies exactly as Python does, whether the
+    column declares bare Fernet tokens or not."""
     table = _make_table(engine, "fc_rot_status_property")
     try:
         if values:
             with engine.begin() as conn:
                 conn.execute(insert(table), [{"id": i, "email": v} for i, v in enumerate(values)])
-        column = _column(engine, "fc_rot_status_property")
+        name = "fc_rot_status_property"
+        column = _column(engine, name) if declared else jobs.reflect_column(engine, name, "email")
         in_sql = jobs.status(engine, [column], in_sql=True).to_dict()
         by_reading = jobs.status(engine, [column], in_sql=False).to_dict()
         assert by_reading == in_sql
@@ -312,7 +328,10 @@ def test_status_charges_legacy_tokens_to_no_key(legacy: tuple[Engine, Keyring]) 
         key_id: k.needed for key_id, k in keys.items()
     }
     text = report.describe()
-    assert "  legacy, key unknown                    41  bare Fernet tokens name no key" in text
+    assert (
+        f"  {'legacy':<28} {41:>12}  fernet: they name no key: rotate moves these; "
+        "--resolve-legacy tries the keys\n"
+    ) in text
     assert (
         "  cur                          decrypt-only; still needed by 2 rows, and maybe by 41 "
         "legacy tokens (key unknown): run rotate\n"
@@ -350,8 +369,7 @@ def test_status_resolve_legacy_counts_the_key_that_opens_each(
     ] == report.problems()
     text = report.describe()
     assert (
-        "  legacy tokens                          41  bare Fernet tokens, tried: rotate moves "
-        "these\n"
+        f"  {'legacy':<28} {41:>12}  fernet: rotate moves these\n"
         "    opened by cur                        37\n"
         "    opened by old                         3\n"
         "    opened by no key                      1  these cannot be decrypted\n"
@@ -751,7 +769,8 @@ def test_verify_resumes_from_its_state_file(
     it finishes, the file is gone and the next run reads everything again."""
     engine, _, _ = mixed
     state = tmp_path / "verify.json"
-    column = jobs.reflect_column(engine, TABLE, "email", EncryptedText(allow_plaintext=True))
+    codec = EncryptedText(allow_plaintext=True, legacy=[BareFernet()])
+    column = jobs.reflect_column(engine, TABLE, "email", codec)
     with pytest.raises(KeyboardInterrupt):
         jobs.verify(
             engine, [column], batch_size=10, state=jobs.ResumeState(state), listener=_StopAfter(3)
@@ -1054,7 +1073,8 @@ def test_rotate_binds_unbound_and_legacy_values(unbound: tuple[Engine, Table]) -
 def _strict_column(engine: Engine, how: str) -> jobs.EncryptedColumn:
     """The column made strict by its own allow_unbound=False, or by the process setting."""
     if how == "column":
-        return jobs.reflect_column(engine, TABLE, "email", EncryptedText(allow_unbound=False))
+        codec = EncryptedText(allow_unbound=False, legacy=[BareFernet()])
+        return jobs.reflect_column(engine, TABLE, "email", codec)
     sa_fieldcrypt.config.set_unbound_allowed(False)
     return _column(engine)
 
@@ -1099,7 +1119,7 @@ def test_status_and_verify_under_the_strict_switch_name_the_refused_values(
     assert (True, 6, False, 0) == (found.strict, found.refused, report.ready, report.to_bind)
     text = report.describe()
     assert "refused: the column is strict, and rotate does not bind these" in text
-    assert "bare Fernet tokens: refused, as the column is strict" in text
+    assert f"  {'legacy':<28} {2:>12}  fernet: refused, as the column is strict\n" in text
     assert f"{BOUND}: 6 values not bound to the column (unbound or legacy tokens)" in text
     checked = jobs.verify(engine, [column])
     assert [(("id", i),) for i in range(1, 7)] == [f.primary_key for f in checked.jobs[0].failures]
@@ -1141,7 +1161,7 @@ def test_workers_follow_the_strict_setting_of_their_parent(
     with engine.begin() as conn:
         conn.execute(insert(table), rows)
     try:
-        column = _column(engine, "fc_rot_strict_workers")
+        column = jobs.reflect_column(engine, "fc_rot_strict_workers", "email")
         report = jobs.rotate(engine, [column], workers=2, batch_size=5)
         assert (0, 20) == (report.written, report.failed)
     finally:
@@ -1333,15 +1353,17 @@ def sqlite_env(
 
 
 TARGET = ["--table", TABLE, "--column", "email"]
+#: The mixed table as its models declare it: its email column reads bare Fernet tokens too.
+MODELS = ["--models", "rotation_support:mixed_emails"]
 
 
 def test_cli_status_prints_counts_and_json(sqlite_env: tuple[Engine, Table, Keyring]) -> None:
     """status prints per-key and unbound counts; --json prints the same as data."""
-    result = CliRunner().invoke(cli, ["status", *TARGET])
+    result = CliRunner().invoke(cli, ["status", *MODELS])
     assert 0 == result.exit_code, result.output
     assert "fc_rot_mixed.email  (16 rows; primary key id 'k3')" in result.output
     assert f"  {'unbound, of the keys above':<28} {4:>12}  not bound" in result.output
-    data = json.loads(CliRunner().invoke(cli, ["status", *TARGET, "--json"]).output)
+    data = json.loads(CliRunner().invoke(cli, ["status", *MODELS, "--json"]).output)
     assert {"k3": 2, "k2": 2, "k1": 2} == data["columns"][0]["by_key"]
     assert (4, {"k2": 2, "k1": 2}, False) == (
         data["columns"][0]["unbound"],
@@ -1353,14 +1375,14 @@ def test_cli_status_prints_counts_and_json(sqlite_env: tuple[Engine, Table, Keyr
 def test_cli_rotate_then_verify(sqlite_env: tuple[Engine, Table, Keyring]) -> None:
     """rotate prints progress on stderr and a summary on stdout; verify then passes."""
     result = CliRunner().invoke(
-        cli, ["rotate", *TARGET, "--encrypt-plaintext", "--batch-size", "3"]
+        cli, ["rotate", *MODELS, "--encrypt-plaintext", "--batch-size", "3"]
     )
     assert 0 == result.exit_code, result.output
     assert "rows to visit" in result.stderr
     assert "fc_rot_mixed.email: scanned 12, rotated 12, changed concurrently 0, failed 0\n" == (
         result.stdout
     )
-    result = CliRunner().invoke(cli, ["verify", *TARGET])
+    result = CliRunner().invoke(cli, ["verify", *MODELS])
     assert (0, "fc_rot_mixed.email: scanned 14, ok 14, failed 0\n") == (
         result.exit_code,
         result.stdout,
@@ -1373,7 +1395,7 @@ def test_cli_failures_exit_non_zero(sqlite_env: tuple[Engine, Table, Keyring]) -
     stray = encrypt(Keyring({"gone": generate_key()}), b"secret-plaintext")
     with engine.begin() as conn:
         conn.execute(insert(table), [{"id": 99, "email": stray}])
-    result = CliRunner().invoke(cli, ["rotate", *TARGET])
+    result = CliRunner().invoke(cli, ["rotate", *MODELS])
     assert 1 == result.exit_code
     assert "FAILED fc_rot_mixed.email at primary key (id=99): key id 'gone'" in result.stderr
     assert "Error: 1 row could not be handled" in result.stderr
@@ -1381,9 +1403,31 @@ def test_cli_failures_exit_non_zero(sqlite_env: tuple[Engine, Table, Keyring]) -
     assert "  failed id=99: key id 'gone'" in result.stdout
     assert stray[8:40] not in result.output
     assert "secret-plaintext" not in result.output
-    dry = CliRunner().invoke(cli, ["rotate", *TARGET, "--dry-run", "--fail-fast"])
+    dry = CliRunner().invoke(cli, ["rotate", *MODELS, "--dry-run", "--fail-fast"])
     assert 1 == dry.exit_code
     assert "(stopped at the first failure)" in dry.stdout
+
+
+def test_cli_status_of_a_table_names_bare_fernet_tokens_it_does_not_declare(
+    sqlite_env: tuple[Engine, Table, Keyring],
+) -> None:
+    """--table reads tokens only: status counts bare Fernet tokens as undeclared, not ready."""
+    result = CliRunner().invoke(cli, ["status", *TARGET])
+    assert 1 == result.exit_code, result.output
+    assert f"  {'bare Fernet, undeclared':<28} {4:>12}  the column declares no legacy format\n" in (
+        result.stdout
+    )
+    assert (
+        "fc_rot_mixed.email: 4 bare Fernet tokens, which the column does not declare, so it "
+        "cannot read them: declare legacy=[BareFernet()] on the column (sa_fieldcrypt.legacy)"
+    ) in result.stdout
+    data = json.loads(CliRunner().invoke(cli, ["status", *TARGET, "--json"]).stdout)
+    assert (4, 0) == (data["columns"][0]["undeclared"], data["columns"][0]["legacy"])
+    declared = json.loads(CliRunner().invoke(cli, ["status", *MODELS, "--json"]).stdout)
+    assert (0, {"fernet": 4}) == (
+        declared["columns"][0]["undeclared"],
+        declared["columns"][0]["legacy_by_format"],
+    )
 
 
 def test_cli_models_and_workers(
@@ -1419,7 +1463,7 @@ def test_cli_retire_key_prints_ids_and_what_to_do_never_a_key(
     assert 1 == refused.exit_code
     assert "still used" in refused.stderr
     assert "" == refused.stdout
-    CliRunner().invoke(cli, ["rotate", *TARGET])
+    CliRunner().invoke(cli, ["rotate", *MODELS])  # its bare tokens too, as declared
     result = CliRunner().invoke(cli, ["retire-key", "k1", *TARGET])
     assert 0 == result.exit_code, result.output
     assert (
@@ -1436,7 +1480,7 @@ def test_cli_retire_key_takes_several_ids(sqlite_env: tuple[Engine, Table, Keyri
     assert 1 == refused.exit_code
     assert "key 'k1' is still used" in refused.stderr
     assert "key 'k2' is still used" in refused.stderr
-    CliRunner().invoke(cli, ["rotate", *TARGET])
+    CliRunner().invoke(cli, ["rotate", *MODELS])  # its bare tokens too, as declared
     result = CliRunner().invoke(cli, ["retire-key", "k1", "k2", *TARGET])
     assert 0 == result.exit_code, result.output
     assert "  remove the entries 'k1', 'k2' from FIELDCRYPT_KEYS; keep 'k3' (primary)\n" in (
@@ -1533,7 +1577,7 @@ def test_cli_table_in_a_schema(
         conn.execute(text("CREATE TABLE fc_rot_core.customers (id int PRIMARY KEY, email text)"))
         conn.execute(
             text("INSERT INTO fc_rot_core.customers VALUES (1, :a), (2, :b)"),
-            {"a": _under(ring, "k1", "a"), "b": _legacy(ring, "k2", "b")},
+            {"a": _under(ring, "k1", "a"), "b": _under(ring, "k2", "b")},
         )
     try:
         target = ["--table", "fc_rot_core.customers", "--column", "email"]
@@ -1556,10 +1600,10 @@ def test_cli_status_counts_legacy_as_key_unknown_until_resolved(
     """status names no key for legacy tokens; --resolve-legacy counts per key, also in --json."""
     engine, _ = legacy
     url = engine.url.render_as_string(hide_password=False)
-    target = ["--db", url, "--table", "fc_rot_legacy", "--column", "email"]
+    target = ["--db", url, "--models", "rotation_support:legacy_emails"]
     plain = CliRunner().invoke(cli, ["status", *target])
     assert 0 == plain.exit_code, plain.output
-    assert "  legacy, key unknown                    41  bare Fernet tokens name no key" in (
+    assert f"  {'legacy':<28} {41:>12}  fernet: they name no key: rotate moves these;" in (
         plain.stdout
     )
     assert (
@@ -1591,7 +1635,7 @@ def test_cli_retire_key_resolve_legacy(
     engine, keyring = legacy
     monkeypatch.setenv("FIELDCRYPT_KEYS", keyring.export())
     url = engine.url.render_as_string(hide_password=False)
-    target = ["--db", url, "--table", "fc_rot_legacy", "--column", "email"]
+    target = ["--db", url, "--models", "rotation_support:legacy_emails"]
     refused = CliRunner().invoke(cli, ["retire-key", "spare", *target])
     assert (1, "") == (refused.exit_code, refused.stdout)
     assert "--resolve-legacy" in refused.stderr
@@ -1653,6 +1697,7 @@ class _RowBound(_RowBase):
     email = encrypted_hybrid(
         "email_encrypted",
         blind_index=BlindIndex("email_bidx", normalizer=normalize_email),
+        column_type=EncryptedText(legacy=[BareFernet()]),
         bind_row=True,
     )
 
@@ -1749,16 +1794,22 @@ def test_status_in_sql_finds_fernet_shaped_values_of_any_time(
     engine: Engine, ring: Keyring
 ) -> None:
     """A Fernet-shaped value not starting gAAAAA (a time past 2106), bare or behind a space,
-    is malformed for status in SQL too, as for reading; long plaintext with a g is plaintext."""
+    is malformed for status in SQL too, as for reading (bare, it is a legacy value of a column
+    declaring BareFernet); long plaintext with a g is plaintext."""
     table = _make_table(engine)
     late = Fernet(Fernet.generate_key())._encrypt_from_parts(b"x", 2**40, bytes(16)).decode()
     values = [late, f" {late}", "g" * 120, "FC1:k1:c:abc", "just text"]
     with engine.begin() as conn:
         conn.execute(insert(table), [{"id": i, "email": v} for i, v in enumerate(values)])
-    column = _column(engine)
+    column = jobs.reflect_column(engine, TABLE, "email")  # declares no legacy format
     in_sql = jobs.status(engine, [column], in_sql=True).columns[0]
     by_reading = jobs.status(engine, [column], in_sql=False).columns[0]
     assert (3, 2) == (in_sql.malformed, in_sql.plaintext)
+    assert in_sql.to_dict() == by_reading.to_dict()
+    declared = _column(engine)
+    in_sql = jobs.status(engine, [declared], in_sql=True).columns[0]
+    by_reading = jobs.status(engine, [declared], in_sql=False).columns[0]
+    assert ({"fernet": 1}, 2, 2) == (in_sql.legacy_by_format, in_sql.malformed, in_sql.plaintext)
     assert in_sql.to_dict() == by_reading.to_dict()
 
 
@@ -1801,3 +1852,44 @@ def test_status_counts_token_like_values_as_malformed_as_reading_does(
     report = jobs.rotate(engine, [column], encrypt_plaintext=True)
     assert (2, 2) == (report.written, report.failed)
     assert {(("id", 0),), (("id", 1),)} == {f.primary_key for f in report.total().failures}
+
+
+def test_undeclared_bare_tokens_keep_their_key_from_being_retired(
+    engine: Engine, ring: Keyring
+) -> None:
+    """Bare tokens a column does not declare yet still need the key that will read them."""
+    table = _make_table(engine, "fc_rot_undeclared")
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table), [{"id": 1, "email": _legacy(ring, "k1", "a@example.com")}])
+        undeclared = jobs.reflect_column(engine, "fc_rot_undeclared", "email")
+        report = jobs.status(engine, [undeclared])
+        assert (1, 0) == (report.columns[0].undeclared, report.columns[0].legacy)
+        assert not report.ready
+        with pytest.raises(RotationError, match="legacy tokens, which do not say which key"):
+            jobs.retire_keys(engine, [undeclared], ["k1"])
+        # Tried, the key that opens it is found, so only that key stays.
+        assert ["k3", "k1"] == list(
+            jobs.retire_keys(engine, [undeclared], ["k2"], resolve_legacy=True).ids
+        )
+        with pytest.raises(RotationError, match="'k1' is still used"):
+            jobs.retire_keys(engine, [undeclared], ["k1"], resolve_legacy=True)
+    finally:
+        table.metadata.drop_all(engine)
+
+
+def test_resolve_legacy_tries_bare_tokens_of_any_time(engine: Engine, ring: Keyring) -> None:
+    """A bare token from after 2106 (not starting gAAAAA) is tried and charged to its key."""
+    table = _make_table(engine, "fc_rot_late")
+    late = Fernet(ring.get("k1").export())._encrypt_from_parts(b"late", 2**32 + 5, bytes(16))
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table), [{"id": 1, "email": late.decode()}])
+        codec = EncryptedText(legacy=[BareFernet()])
+        column = jobs.reflect_column(engine, "fc_rot_late", "email", codec)
+        found = jobs.status(engine, [column], resolve_legacy=True).columns[0]
+        assert ({"k1": 1}, 0) == (found.legacy_by_key, found.legacy_unopened)
+        with pytest.raises(RotationError, match="'k1' is still used"):
+            jobs.retire_keys(engine, [column], ["k1"], resolve_legacy=True)
+    finally:
+        table.metadata.drop_all(engine)

@@ -73,6 +73,7 @@ from sa_fieldcrypt.cipher import (
     row_key_bytes,
 )
 from sa_fieldcrypt.keys import ROW_FLAG
+from sa_fieldcrypt.legacy import BareFernet
 from sa_fieldcrypt.types import column_codec
 
 RINGS = {
@@ -247,18 +248,18 @@ def test_bit_flips_anywhere_in_a_row_payload(
     [
         lambda ring: encrypt(ring, PLAINTEXT, context=CONTEXT),
         lambda ring: encrypt(ring, PLAINTEXT),
-        lambda ring: Fernet(RINGS["fernet"].get("k2").export()).encrypt(PLAINTEXT).decode(),
     ],
-    ids=["column-bound", "unbound", "legacy"],
+    ids=["column-bound", "unbound"],
 )
 def test_tokens_not_bound_to_a_row_read_only_while_unbound_values_are_allowed(make: Any) -> None:
-    """Column-bound, unbound and legacy tokens read in a row-bound read unless it is strict."""
+    """Column-bound and unbound tokens read in a row-bound read unless it is strict (legacy
+    values, which columns declare, are the column-level tests' "legacy" cases)."""
     ring = RINGS["fernet"]
     token = make(ring)
     assert PLAINTEXT == decrypt(ring, token, context=CONTEXT, row_key=[7])
     with pytest.raises(DecryptionError, match="not bound to its row") as info:
         decrypt(ring, token, context=CONTEXT, row_key=[7], allow_unbound=False)
-    assert inspect_token(token).key_id == info.value.key_id  # a legacy token names no key
+    assert inspect_token(token).key_id == info.value.key_id
 
 
 def test_a_column_token_of_another_column_is_refused_in_a_row_read() -> None:
@@ -635,7 +636,10 @@ class Member(Base):
         bind_row=True,
     )
     notes_encrypted: Mapped[str | None] = mapped_column(Text)
-    notes = encrypted_hybrid("notes_encrypted", bind_row=True)  # no blind index
+    # No blind index; bare Fernet tokens written before the library are declared.
+    notes = encrypted_hybrid(
+        "notes_encrypted", column_type=EncryptedText(legacy=[BareFernet()]), bind_row=True
+    )
 
 
 class Device(Base):

@@ -13,6 +13,7 @@ import sa_fieldcrypt
 from sa_fieldcrypt import BlindIndex, ConfigurationError, EncryptedText, Keyring, generate_key
 from sa_fieldcrypt.cipher import decrypt, encrypt
 from sa_fieldcrypt.config import current_keyring, set_unbound_allowed, unbound_allowed
+from sa_fieldcrypt.legacy import BareFernet
 from sa_fieldcrypt.providers import EnvKeyProvider, StaticKeyProvider
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
@@ -38,25 +39,29 @@ def test_primary_key_id_variable(no_default_keys: None, monkeypatch: pytest.Monk
 def test_legacy_key_is_added_decrypt_only(
     no_default_keys: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """FIELD_ENCRYPTION_KEY joins as 'legacy', so old bare tokens read while new ones use k1."""
+    """FIELD_ENCRYPTION_KEY joins as 'legacy', so old bare tokens read (in a column declaring
+    them) while new ones use k1."""
     old = generate_key()
     monkeypatch.setenv("FIELDCRYPT_KEYS", f"k1:{generate_key()}")
     monkeypatch.setenv("FIELD_ENCRYPTION_KEY", old)
     ring = EnvKeyProvider().load()
     assert ("k1", "legacy") == ring.ids
     assert "k1" == ring.primary.id
-    assert b"seed data" == decrypt(ring, Fernet(old).encrypt(b"seed data").decode())
+    column = EncryptedText(keyring=ring, context=False, legacy=[BareFernet()])
+    assert b"seed data" == column.decrypt_token(Fernet(old).encrypt(b"seed data").decode())
 
 
 def test_two_old_keys_read_bare_tokens_of_both(
     no_default_keys: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """FIELDCRYPT_KEYS with the current key first reads bare tokens of either; cur encrypts."""
+    """FIELDCRYPT_KEYS with the current key first reads bare tokens of either in a column that
+    declares them; cur encrypts."""
     current, older = generate_key(), generate_key()
     monkeypatch.setenv("FIELDCRYPT_KEYS", f"cur:{current},old:{older}")
     ring = EnvKeyProvider().load()
+    column = EncryptedText(keyring=ring, context=False, legacy=[BareFernet()])
     for key in (current, older):
-        assert b"seed data" == decrypt(ring, Fernet(key).encrypt(b"seed data").decode())
+        assert b"seed data" == column.decrypt_token(Fernet(key).encrypt(b"seed data").decode())
     assert encrypt(ring, b"x").startswith("fc1:cur:")
 
 

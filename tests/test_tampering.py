@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.dialects import sqlite
 
-from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, generate_key
+from sa_fieldcrypt import DecryptionError, EncryptedBytes, EncryptedText, Keyring, generate_key
 from sa_fieldcrypt.cipher import decrypt, encrypt
+from sa_fieldcrypt.legacy import BareFernet
 
 RINGS = {
     kind: Keyring({"k2": generate_key(kind), "k1": generate_key(kind)})
@@ -98,7 +99,8 @@ def test_single_character_edits(
         _refused(mutated, kind, context)
 
 
-# Every kind of token: fc1 under either key kind, unbound and bound, and bare legacy Fernet.
+# Every kind of token: fc1 under either key kind, unbound and bound, and bare legacy Fernet
+# (read by a column that declares them).
 TOKEN_KINDS = [
     ("fernet", None),
     ("fernet", "core.customers.email"),
@@ -108,11 +110,24 @@ TOKEN_KINDS = [
 ]
 
 
+#: A column that reads bare Fernet tokens of RING's keys, as a column holding them declares.
+LEGACY_READER = EncryptedBytes(keyring=RING, context=False, legacy=[BareFernet()])
+
+
 def _token(kind: str, context: str | None, plaintext: bytes) -> tuple[str, str]:
     """A token of ``kind`` and the key kind of the keyring that reads it."""
     if kind == "legacy":
-        return Fernet(RING.get("k1").export()).encrypt(plaintext).decode(), "fernet"
+        token = Fernet(RING.get("k1").export()).encrypt(plaintext).decode()
+        assert plaintext == LEGACY_READER.decrypt_token(token)  # the unedited token reads
+        return token, "legacy"
     return encrypt(RINGS[kind], plaintext, context=context), kind
+
+
+def _read(ring_kind: str, token: str, context: str | None) -> bytes:
+    """``token`` read as its kind is: legacy through a declaring column, others by the cipher."""
+    if ring_kind == "legacy":
+        return LEGACY_READER.decrypt_token(token)
+    return decrypt(RINGS[ring_kind], token, context=context)
 
 
 @pytest.mark.parametrize(("kind", "context"), TOKEN_KINDS, ids=lambda v: str(v))
@@ -138,7 +153,7 @@ def test_any_single_character_edit_is_refused(
     if mutated == token:
         return
     with pytest.raises(DecryptionError):
-        decrypt(RINGS[ring_kind], mutated, context=context)
+        _read(ring_kind, mutated, context)
 
 
 @pytest.mark.parametrize(("kind", "context"), TOKEN_KINDS, ids=lambda v: str(v))
@@ -154,7 +169,7 @@ def test_ascii_edits_near_the_alphabet_are_refused(
     for mutated in (token[:at] + char + token[at:], token[:at] + char + token[at + 1 :]):
         if mutated != token:
             with pytest.raises(DecryptionError):
-                decrypt(RINGS[ring_kind], mutated, context=context)
+                _read(ring_kind, mutated, context)
 
 
 @each_key
@@ -216,9 +231,12 @@ def test_malformed_tokens(value: str) -> None:
 @CASES
 @given(st.text())
 def test_arbitrary_strings_never_raise_foreign_errors(value: str) -> None:
-    """Whatever string is stored, decryption raises DecryptionError or nothing at all."""
+    """Whatever string is stored, decryption raises DecryptionError or nothing at all, in a
+    column declaring bare Fernet tokens too."""
     for kind in RINGS:
         _decrypts_to_original_or_fails(value, kind, None, original=b"")
+    with pytest.raises(DecryptionError):
+        LEGACY_READER.decrypt_token(value)
 
 
 @pytest.mark.parametrize("prefix", ["", "fc1:k2:", "fc1:k9:", "gAAAAA"])
@@ -228,7 +246,8 @@ def test_column_reports_only_our_error(prefix: str, value: str) -> None:
     """Through a column type, arbitrary stored text raises DecryptionError quoting none of it."""
     # The snowman never occurs in our messages, so finding it would mean the value was quoted.
     stored = prefix + "\u2603" + value
-    column = EncryptedText(keyring=RING, context="fc_tamper.notes")
-    with pytest.raises(DecryptionError) as info:
-        column.process_result_value(stored, sqlite.dialect())
-    assert "\u2603" not in str(info.value)
+    for legacy in ((), [BareFernet()]):
+        column = EncryptedText(keyring=RING, context="fc_tamper.notes", legacy=legacy)
+        with pytest.raises(DecryptionError) as info:
+            column.process_result_value(stored, sqlite.dialect())
+        assert "\u2603" not in str(info.value)

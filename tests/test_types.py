@@ -47,6 +47,7 @@ from sa_fieldcrypt import (
 from sa_fieldcrypt.cipher import decrypt, encrypt, inspect_token, set_max_token_size
 from sa_fieldcrypt.config import swap_default_keys
 from sa_fieldcrypt.jobs.rotation import plaintext_to_token, reencrypt, written_prefix
+from sa_fieldcrypt.legacy import BareFernet
 from sa_fieldcrypt.testing import (
     assert_encrypted_at_rest,
     bytes_plaintexts,
@@ -124,7 +125,9 @@ class Customer(Base):
     __tablename__ = "fc_type_customers"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    email: Mapped[str | None] = mapped_column("email_encrypted", EncryptedText())
+    email: Mapped[str | None] = mapped_column(
+        "email_encrypted", EncryptedText(legacy=[BareFernet()])
+    )
     avatar: Mapped[bytes | None] = mapped_column(EncryptedBytes())
     prefs: Mapped[Any] = mapped_column(EncryptedJSON(), nullable=True)
     name: Mapped[str | None] = mapped_column(String(50))
@@ -184,7 +187,8 @@ def test_database_holds_tokens_not_plaintext(db: Engine, fieldcrypt_keyring: Key
 
 
 def test_plain_fernet_legacy_values_are_read(db: Engine, fieldcrypt_keyring: Keyring) -> None:
-    """Rows written by a hand-rolled encrypt_field() (bare Fernet tokens) load as plaintext."""
+    """Rows written by a hand-rolled encrypt_field() (bare Fernet tokens) load as plaintext
+    in a column that declares them (legacy=[BareFernet()])."""
     legacy = Fernet(fieldcrypt_keyring.get("k1").export()).encrypt(b"old@example.com").decode()
     with db.begin() as conn:
         conn.execute(
@@ -340,7 +344,7 @@ class Contact(BoundBase):
     __tablename__ = "fc_type_contacts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    email: Mapped[str | None] = mapped_column(EncryptedText(context=True))
+    email: Mapped[str | None] = mapped_column(EncryptedText(context=True, legacy=[BareFernet()]))
     notes: Mapped[str | None] = mapped_column(EncryptedText(context="crm.notes"))
     plain: Mapped[str | None] = mapped_column(EncryptedText(context=False))
     strict: Mapped[str | None] = mapped_column(
@@ -505,6 +509,7 @@ def test_strict_setting_refuses_planted_unbound_values(
         with Session(bound_db) as session, pytest.raises(DecryptionError) as info:
             session.get(Contact, 1)
         assert "fc_type_contacts.email" in str(info.value)
+        assert "allow_unbound=False" in str(info.value)  # refused as strict, not as unknown
         assert "mallory" not in str(info.value)
 
 
@@ -740,8 +745,9 @@ OLD_AND_NEW = Keyring({"new": generate_key(), "old": generate_key()})
 
 @given(st.binary())
 def test_reencrypt_moves_any_value_to_the_primary_key(data: bytes) -> None:
-    """reencrypt() turns an old-key or legacy token into a primary-key token of the same bytes."""
-    column_type = EncryptedBytes(keyring=OLD_AND_NEW, context=LOOSE)
+    """reencrypt() turns an old-key or (declared) legacy token into a primary-key token of the
+    same bytes."""
+    column_type = EncryptedBytes(keyring=OLD_AND_NEW, context=LOOSE, legacy=[BareFernet()])
     old = OLD_AND_NEW.with_primary("old")
     legacy = Fernet(OLD_AND_NEW.get("old").export()).encrypt(data).decode()
     for token in (encrypt(old, data), legacy):

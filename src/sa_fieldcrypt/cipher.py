@@ -13,9 +13,9 @@ column's and the row's primary key (:func:`row_key_bytes`), so it decrypts in it
 only. Flags are not secret and not trusted: removing, adding or changing one only makes
 decryption fail.
 
-A bare Fernet token (no header) is a *legacy* token, as hand-written ``encrypt_field()``
-helpers store them. It is still read, by trying each Fernet key of the keyring in turn, if
-it is shaped as a Fernet token.
+A bare Fernet token (no header), as hand-written ``encrypt_field()`` helpers store them, is
+not one of ours: a column that may hold such values declares them
+(:class:`sa_fieldcrypt.legacy.BareFernet`), and reads them there.
 
 Every payload must be canonical url-safe base64 (the one spelling of its bytes), and no
 stored value longer than :func:`max_token_size` is decrypted: both are checked before any
@@ -31,7 +31,6 @@ Typical usage::
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ __all__ = [
     "TOKEN_PREFIX",
     "RowKeyPart",
     "TokenInfo",
+    "check_stored_size",
     "decrypt",
     "decrypt_row_value",
     "decrypt_value",
@@ -69,7 +69,6 @@ __all__ = [
     "encrypt_row_value",
     "encrypt_value",
     "inspect_token",
-    "legacy_key",
     "looks_like_token",
     "max_token_size",
     "pad",
@@ -122,6 +121,11 @@ _ROW_UNBOUND_REFUSED = (
     "the value is not bound to its row, and this column accepts only values bound to their "
     "rows (allow_unbound=False); re-encrypt the column's values with `fieldcrypt rotate`, or "
     "set allow_unbound=True while they are migrated"
+)
+_BARE_FERNET = (
+    "the stored value is a bare Fernet token (no 'fc1:' header), which the column does not "
+    "declare: if it holds values an earlier helper wrote, declare "
+    "legacy=[BareFernet()] (sa_fieldcrypt.legacy), and `fieldcrypt rotate` rewrites them"
 )
 _TOKEN_LIKE = (
     "the stored value looks like an encrypted token but is not one as written (its header is "
@@ -229,7 +233,8 @@ def set_max_token_size(size: int | None) -> None:
     _max_size = size
 
 
-def _check_stored_size(token: str) -> None:
+def check_stored_size(token: str) -> None:
+    """Raise :class:`DecryptionError` if ``token`` is longer than :func:`max_token_size`."""
     limit = max_token_size()
     if len(token) > limit:
         raise DecryptionError(
@@ -475,7 +480,7 @@ def decrypt_value(keyring: Keyring, token: str, context: str | None, allow_unbou
     try:
         # Before any cryptography; -1 until the limit is read, and the long way reads it.
         if len(token) > _max_size:
-            _check_stored_size(token)
+            check_stored_size(token)
         head, _, payload = token.rpartition(":")
         if context is None:
             key = keyring.token_heads.get(head)
@@ -516,7 +521,7 @@ def decrypt_row_value(
     """
     try:
         if len(token) > _max_size:
-            _check_stored_size(token)
+            check_stored_size(token)
         head, _, payload = token.rpartition(":")
         key = keyring.row_token_heads.get(head)
         padded = keyring.padded_token_heads.get(head)
@@ -567,10 +572,8 @@ def _decrypt_other(keyring: Keyring, token: str, context: str | None, allow_unbo
         if padded:
             return _decrypt_padded(key, parts[3], binding, context, allow_unbound)
         raise DecryptionError(_INVALID, key_id=key.id)
-    if token.startswith(_FERNET_START):
-        if context is not None and not allow_unbound:
-            raise DecryptionError(_UNBOUND_REFUSED)
-        return _decrypt_legacy(keyring, token)
+    if is_fernet_token(token):
+        raise DecryptionError(_BARE_FERNET)
     raise DecryptionError(_TOKEN_LIKE if looks_like_token(token) else NOT_A_TOKEN)
 
 
@@ -594,46 +597,6 @@ def _missing_key(keyring: Keyring, key_id: str) -> NoReturn:
     if KEY_ID_PATTERN.match(key_id):
         keyring.get(key_id)  # raises UnknownKeyError naming the id
     raise DecryptionError(_INVALID)
-
-
-def legacy_key(keyring: Keyring, token: str) -> Key | None:
-    """The key of ``keyring`` that opens the legacy (bare Fernet) ``token``, or None.
-
-    A legacy token names no key, so this tries each Fernet key, the primary first, as reading
-    the token does. Nothing is counted in :mod:`sa_fieldcrypt.metrics`: finding a key is not
-    a read by the application.
-    """
-    opened = _open_legacy(keyring, token)
-    return None if opened is None else opened[0]
-
-
-def _open_legacy(keyring: Keyring, token: str) -> tuple[Key, bytes] | None:
-    # Legacy tokens carry no key id, so every Fernet key is tried, the primary first; this is
-    # the one path that is O(number of keys), and `fieldcrypt rotate` removes it from the data.
-    # Only a value shaped as a Fernet token is tried, it is decoded once, and each key costs
-    # one HMAC over it; only the key that signed it decrypts.
-    if not is_fernet_token(token):
-        return None
-    decoded = base64.urlsafe_b64decode(token)  # canonical: strict and lenient agree
-    primary = keyring.primary
-    for key in (primary, *(k for k in keyring if k is not primary)):
-        if key.kind != "fernet" or not key.codec.signed(decoded):
-            continue
-        try:
-            return key, key.decrypt(token)
-        except (InvalidToken, ValueError, TypeError):
-            return None  # signed by this key, and still not a valid token
-    return None
-
-
-def _decrypt_legacy(keyring: Keyring, token: str) -> bytes:
-    opened = _open_legacy(keyring, token)
-    if opened is None:
-        raise DecryptionError(_INVALID + " (a legacy Fernet token: no key of the keyring opens it)")
-    key, data = opened
-    next(key.decrypt_counter)
-    metrics.count_legacy_read()
-    return data
 
 
 def _encrypt_from_parts(keyring: Keyring, data: bytes, current_time: int, iv: bytes) -> str:

@@ -40,7 +40,7 @@ __all__ = [
 _lock = threading.Lock()
 _decrypts: dict[str, itertools.count[int]] = {}
 _unknown: dict[str, itertools.count[int]] = {}
-_legacy = itertools.count()
+_legacy: dict[str, itertools.count[int]] = {}
 _failures = itertools.count()
 _plaintext: dict[str, itertools.count[int]] = {}
 _load_failures: dict[str, itertools.count[int]] = {}
@@ -61,7 +61,9 @@ class FieldCryptMetrics:
     Attributes:
         decrypts: values decrypted, by key id (legacy tokens count under the key that
             opened them).
-        legacy_reads: bare Fernet tokens (no ``fc1:`` header) decrypted.
+        legacy_reads: values read in a legacy format a column declares
+            (:mod:`sa_fieldcrypt.legacy`), by the format's name (``fernet``,
+            ``sqlalchemy-utils:AesEngine:pkcs5``...).
         plaintext_reads: values read as plaintext by columns with ``allow_plaintext``, by
             ``schema.table.column``.
         unknown_key_ids: tokens naming a key id the keyring did not hold, by that id.
@@ -78,7 +80,7 @@ class FieldCryptMetrics:
     """
 
     decrypts: dict[str, int] = field(default_factory=dict)
-    legacy_reads: int = 0
+    legacy_reads: dict[str, int] = field(default_factory=dict)
     plaintext_reads: dict[str, int] = field(default_factory=dict)
     unknown_key_ids: dict[str, int] = field(default_factory=dict)
     failures: int = 0
@@ -93,11 +95,12 @@ def snapshot() -> FieldCryptMetrics:
         decrypts = dict(_decrypts)
         unknown = dict(_unknown)
         plaintext = dict(_plaintext)
+        legacy = dict(_legacy)
         load_failures = dict(_load_failures)
         skipped = dict(_skipped)
     return FieldCryptMetrics(
         decrypts={kid: _value(c) for kid, c in decrypts.items()},
-        legacy_reads=_value(_legacy),
+        legacy_reads={name: _value(c) for name, c in legacy.items()},
         plaintext_reads={label: _value(c) for label, c in plaintext.items()},
         unknown_key_ids={kid: _value(c) for kid, c in unknown.items()},
         failures=_value(_failures),
@@ -124,7 +127,11 @@ def prometheus_text(prefix: str = "sa_fieldcrypt") -> str:
         "Values decrypted, by key id.",
         [(f'{{key_id="{kid}"}}', n) for kid, n in sorted(now.decrypts.items())],
     )
-    family("legacy_reads_total", "Bare Fernet tokens decrypted.", [("", now.legacy_reads)])
+    family(
+        "legacy_reads_total",
+        "Values read in a declared legacy format, by format.",
+        [(f'{{format="{_label(n)}"}}', c) for n, c in sorted(now.legacy_reads.items())],
+    )
     family(
         "plaintext_reads_total",
         "Plaintext values read during a migration, by column.",
@@ -173,9 +180,13 @@ def key_counter(key_id: str) -> itertools.count[int]:
     return counter
 
 
-def count_legacy_read() -> None:
-    """Count one bare Fernet token decrypted."""
-    next(_legacy)
+def count_legacy_read(legacy_format: str) -> None:
+    """Count one value read in the legacy format named ``legacy_format``."""
+    counter = _legacy.get(legacy_format)
+    if counter is None:
+        with _lock:
+            counter = _legacy.setdefault(legacy_format, itertools.count())
+    next(counter)
 
 
 def count_plaintext_read(column: str) -> bool:

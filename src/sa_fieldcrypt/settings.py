@@ -115,7 +115,7 @@ class FieldCryptSettings(BaseSettings):
     allow_unbound: bool = Field(
         default=True,
         description="Whether bound columns (every column, unless it says context=False) read "
-        "unbound values: tokens written before the column was bound, and bare legacy tokens. "
+        "unbound values: tokens written before the column was bound, and legacy values. "
         "Set it to false once `fieldcrypt rotate` has bound every value (`fieldcrypt status` "
         "counts none unbound): such values copied in from elsewhere are then refused, and "
         "rotate reports them instead of binding them. A column's own allow_unbound= wins.",

@@ -38,7 +38,7 @@ import re
 import struct
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -65,6 +65,7 @@ from sa_fieldcrypt.errors import (
     ValueTypeError,
 )
 from sa_fieldcrypt.keys import Keyring
+from sa_fieldcrypt.legacy import LegacyFormat, check_formats, unopened
 from sa_fieldcrypt.providers.base import KeyCache, KeyProvider
 
 if TYPE_CHECKING:
@@ -177,6 +178,12 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
             gives a token of one length. Reads accept padded and unpadded tokens alike, so it
             can be turned on or off at any time; ``fieldcrypt rotate`` then re-encrypts the
             column's values under its padding. Off by default.
+        legacy: earlier formats the column's stored values may still be in, each with its
+            key material (:mod:`sa_fieldcrypt.legacy`: ``BareFernet()``,
+            ``SqlalchemyUtils(...)``). They are read, counted by ``fieldcrypt status`` and
+            rewritten as the column's own tokens by ``fieldcrypt rotate``; nothing is written
+            in them. Legacy values are unbound: a strict column (``allow_unbound=False``)
+            refuses them. ``repr()`` leaves them out (migrations do not need them).
     """
 
     impl = Text
@@ -209,6 +216,7 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         allow_unbound: bool | None = None,
         allow_plaintext: bool = False,
         padding: bool | int = False,
+        legacy: Iterable[LegacyFormat] = (),
     ):
         super().__init__()
         # Part of the statement-cache key: compared by identity, and free of secrets in repr.
@@ -232,6 +240,7 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         self.allow_plaintext = allow_plaintext
         self.padding = padding
         self._block = cipher.padding_block(padding)
+        self.legacy = check_formats(legacy, type(self).__name__)
         self._build_paths()
 
     # -- conversions subclasses provide -------------------------------------------------
@@ -302,8 +311,10 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         column = self
         own_keys = self._keys
         allow_plaintext = self.allow_plaintext
+        legacy = bool(self.legacy)
         decrypt = cipher.decrypt_value
         decrypt_row = cipher.decrypt_row_value
+        fc1 = cipher.TOKEN_PREFIX
 
         def decrypt_value(stored: Any, row: bytes | None = None) -> Any:
             if stored is None:
@@ -314,6 +325,10 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
                 raise column._unattached_error()
             if context.rows is (row is None):
                 raise column._row_error(row)
+            if legacy and not stored.startswith(fc1):
+                data = column._read_legacy(stored, context)
+                if data is not None:
+                    return from_bytes(data)
             if allow_plaintext and not cipher.looks_like_token(stored):
                 return from_bytes(column._read_plaintext(stored))
             keys = own_keys if own_keys is not None else default_key_cache()
@@ -385,7 +400,14 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         # here the context is one state value that attaching replaces, so it is read each time.
         if type(self).__dict__.get("cache_ok") is not True:
             return super()._static_cache_key  # SQLAlchemy's answer: a warning, no caching
-        return (type(self), self.keyring, self._context, self.allow_plaintext, self._block)
+        return (
+            type(self),
+            self.keyring,
+            self._context,
+            self.allow_plaintext,
+            self._block,
+            self.legacy,
+        )
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -427,6 +449,62 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         ``row_key`` as for :meth:`encrypt_bytes`.
         """
         return cast("bytes", self._decrypt_data(token, self._row(row_key)))
+
+    def to_plaintext(self, value: Any) -> bytes:
+        """The bytes the column encrypts for ``value``: its plaintext encoding.
+
+        Raises:
+            ValueTypeError: ``value`` is not of the column's type.
+        """
+        return self._to_bytes(value)
+
+    def legacy_format(self, stored: str) -> LegacyFormat | None:
+        """The first declared legacy format whose shape ``stored`` has, or None.
+
+        From the text alone: nothing is decrypted. An ``fc1`` token is in no legacy format.
+        """
+        if stored.startswith(cipher.TOKEN_PREFIX):
+            return None
+        return next((f for f in self.legacy if f.shaped(stored)), None)
+
+    def is_ciphertext(self, stored: str) -> bool:
+        """Whether the column takes ``stored`` for ciphertext, never for plaintext.
+
+        True when it looks like a token (:func:`~sa_fieldcrypt.cipher.looks_like_token`) or
+        has the shape of a legacy format the column declares.
+        """
+        return cipher.looks_like_token(stored) or self.legacy_format(stored) is not None
+
+    def _read_legacy(self, stored: str, context: _ContextState) -> bytes | None:
+        try:
+            # Before any decoding, as for tokens: a planted value of gigabytes costs a length.
+            cipher.check_stored_size(stored)
+        except DecryptionError as exc:
+            metrics.count_failure(None, False)
+            raise exc.with_column(self._column_label) from None
+        shaped = [f for f in self.legacy if f.shaped(stored)]
+        if not shaped:
+            return None
+        if not _unbound_ok(context):
+            metrics.count_failure(None, False)
+            raise DecryptionError(
+                f"the value is in a legacy format ({shaped[0].name}), which is not bound to "
+                f"its {'row' if context.rows else 'column'}, and the column accepts only "
+                "bound values (allow_unbound=False); re-encrypt it with `fieldcrypt rotate`, "
+                "or set allow_unbound=True while the column's values are migrated",
+                column=self._column_label,
+            )
+        for legacy_format in shaped:
+            try:
+                data = legacy_format.read(stored, self)
+            except DecryptionError as exc:
+                metrics.count_failure(None, False)
+                raise exc.with_column(self._column_label) from None
+            if data is not None:
+                metrics.count_legacy_read(legacy_format.name)
+                return data
+        metrics.count_failure(None, False)
+        raise unopened(shaped).with_column(self._column_label)
 
     def to_stored(self, value: Any, row_key: Sequence[RowKeyPart] | None = None) -> str | None:
         """A Python value as the column stores it: its token, or None for None.

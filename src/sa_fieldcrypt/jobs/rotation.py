@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, or_
 
-from sa_fieldcrypt.cipher import NOT_A_TOKEN, inspect_token, looks_like_token
+from sa_fieldcrypt.cipher import NOT_A_TOKEN, inspect_token
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeError
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Skip, run_jobs
 from sa_fieldcrypt.jobs.reindex import index_check_job
@@ -76,16 +76,17 @@ def written_prefix(codec: EncryptedType) -> str:
 def reencrypt(codec: EncryptedType, token: str, row_key: Sequence[Any] | None = None) -> str:
     """``token``'s content encrypted under ``codec``'s primary key (and its context).
 
-    The token is decrypted with whichever key it names (or, for a legacy token, the key that
-    opens it) and the decrypted bytes are encrypted again as they are: they are never turned
-    into a Python value, so what the column reads back is unchanged. A row-bound column
+    The token is decrypted with whichever key it names (or, for a value in a legacy format
+    the column declares, as that format reads it, into the column's own encoding) and the
+    decrypted bytes are encrypted again as they are: they are never turned into a Python
+    value, so what the column reads back is unchanged. A row-bound column
     (``codec.row_bound``) needs the primary-key values of the token's row.
 
     Raises:
         DecryptionError: the value is not a token, or does not decrypt.
     """
     # Only allow_plaintext makes decrypt_token() accept plaintext, as it decides; refuse it here.
-    if codec.allow_plaintext and not looks_like_token(token):
+    if codec.allow_plaintext and not codec.is_ciphertext(token):
         raise DecryptionError(NOT_A_TOKEN, column=codec.column_label)
     return codec.encrypt_bytes(codec.decrypt_token(token, row_key), row_key)
 
@@ -118,10 +119,10 @@ def plaintext_to_token(
             "values in an encoding of their own, not as text, so stored text cannot be "
             "encrypted in place; copy the values into a new encrypted column instead"
         )
-    if looks_like_token(stored):
+    if codec.is_ciphertext(stored):
         raise ValueTypeError(
             f"{codec.column_label}: the stored value is already an encrypted token, or looks like "
-            "one; "
+            "one (or a value in a legacy format the column declares); "
             "plaintext_to_token() encrypts plaintext values only"
         )
     token = codec.encrypt_bytes(stored.encode("utf-8", "surrogatepass"), row_key)
@@ -145,7 +146,10 @@ def rotation_job(
     ``encrypt_plaintext``, else skipped. A value that looks like a token
     (``cipher.looks_like_token``) and does not decrypt is a failure, never encrypted as data.
 
-    In a column with a context, unbound tokens (under any key) and legacy tokens are rewritten
+    Values in a legacy format the column declares (:mod:`sa_fieldcrypt.legacy`) are rewritten
+    as its own tokens, whatever ``encrypt_plaintext`` says; one in such a format's shape that
+    does not open is a failure.
+    In a column with a context, unbound tokens (under any key) and legacy values are rewritten
     bound (in a row-bound column, so are tokens bound to the column only), unless the
     column is strict (``allow_unbound=False``, or ``FIELDCRYPT_ALLOW_UNBOUND=false``): then
     each is a failure of the run, not rewritten.
@@ -170,9 +174,10 @@ def rotation_job(
         row = key if row_bound else None
         if strict:
             _refuse_unbound(codec, value)
-        # As the columns read them: what looks like a token (an edited or re-cased one too)
-        # decrypts or fails, and is never taken for plaintext.
-        if looks_like_token(value):
+        # As the columns read them: what looks like a token (an edited or re-cased one too, or
+        # a value in a declared legacy format's shape) decrypts or fails, and is never taken
+        # for plaintext.
+        if codec.is_ciphertext(value):
             return (reencrypt(codec, value, row),)
         if not encrypt_plaintext:
             return SKIP
@@ -195,7 +200,8 @@ def _refuse_unbound(codec: EncryptedType, value: str) -> None:
     """Raise if a strict column's stored ``value`` is an unbound or legacy token."""
     info = inspect_token(value)
     weaker = info.flag is None or (codec.row_bound and info.flag != ROW_FLAG)
-    if info.kind == "legacy" or (info.kind == "fc1" and weaker):
+    legacy = info.kind == "legacy" or codec.legacy_format(value) is not None
+    if legacy or (info.kind == "fc1" and weaker):
         bound_to = "its row" if codec.row_bound else "the column's context"
         raise DecryptionError(
             f"the value is not bound to {bound_to}, and the column is strict "
@@ -220,7 +226,7 @@ def verification_job(engine: Engine, target: EncryptedColumn) -> BatchJob:
 
     def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> Skip | None:
         value = old[0]
-        if codec.allow_plaintext and not looks_like_token(value):
+        if codec.allow_plaintext and not codec.is_ciphertext(value):
             return SKIP
         codec.from_stored(value, key if row_bound else None)
         return None

@@ -17,11 +17,14 @@ says whether a token is bound to its column: in a bound column (every column tha
 say ``context=False``) the tokens that are not are counted as unbound, which rotation binds,
 whatever they are; a strict column refuses them.
 
-A legacy token (a bare Fernet token, without the ``fc1:<key id>:`` header) names no key, so it
-is counted as "legacy, key unknown" and charged to no key: every key of its column's keyring
-that can open one may be needed by it. ``status(..., resolve_legacy=True)`` (``fieldcrypt
-status --resolve-legacy``) finds out by trial: it reads each legacy token and counts which
-key opens it, so the keys that open none can be retired.
+Values in a legacy format the column declares (:mod:`sa_fieldcrypt.legacy`) are counted per
+format, by their shape: the rows that hold no ``fc1`` token are read to tell. A bare Fernet
+token opened by the column's own keys names none of them, so it is charged to no key: every
+Fernet key of the keyring may be needed by it. ``status(..., resolve_legacy=True)``
+(``fieldcrypt status --resolve-legacy``) finds out by trial: it reads each such token and
+counts which key opens it, so the keys that open none can be retired. Bare Fernet tokens in a
+column that declares no legacy format are counted apart (:attr:`ColumnStatus.undeclared`):
+the column cannot read them.
 """
 
 from __future__ import annotations
@@ -34,13 +37,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, and_, case, func, select
 from sqlalchemy.engine import Connection
 
-from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token, legacy_key, looks_like_token
+from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token, looks_like_token
 from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
 from sa_fieldcrypt.jobs.engine import BatchJob, Transform, run_job
 from sa_fieldcrypt.jobs.reindex import reindex_job
 from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, plural, word_for
-from sa_fieldcrypt.jobs.sql import LEGACY_TOKEN_START, DialectSql, stored_text
+from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn
 from sa_fieldcrypt.keys import (
     BOUND_FLAG,
@@ -51,11 +54,13 @@ from sa_fieldcrypt.keys import (
     Keyring,
     Purpose,
 )
+from sa_fieldcrypt.legacy import BareFernet
 from sa_fieldcrypt.providers.env import LEGACY_KEY_ID, keyring_from_settings
 
 if TYPE_CHECKING:
     # Imported when the settings are read: pydantic is a tenth of a second of start-up.
     from sa_fieldcrypt.settings import FieldCryptSettings
+    from sa_fieldcrypt.types import EncryptedType
 
 __all__ = [
     "ColumnStatus",
@@ -78,14 +83,20 @@ class ColumnStatus:
         primary: the id of the key that encrypts the column's new values.
         keyring_ids: every key id of the column's keyring.
         by_key: rows per key id of ``fc1`` tokens, including ids the keyring lacks.
-        legacy: bare Fernet tokens: they name no key, so they are counted under none.
+        legacy: values in a legacy format the column declares; they name no key of its,
+            so they are counted under none.
+        legacy_by_format: :attr:`legacy` per format name (``fernet``,
+            ``sqlalchemy-utils:AesEngine:pkcs5``...).
+        undeclared: bare Fernet tokens in a column that declares no legacy format they are
+            in: it cannot read them (declare ``legacy=[BareFernet()]``).
         plaintext: values that are not tokens at all.
         null: SQL NULLs.
         malformed: values that look like tokens but are not, which rotation and reading
             refuse: an ``fc1`` header whose key id is not valid, or a value that
             :func:`~sa_fieldcrypt.cipher.looks_like_token` (a header in another case or
             behind spaces, for one), which is never taken for plaintext.
-        legacy_candidates: the keys that may open a legacy token: the keyring's Fernet keys.
+        legacy_candidates: the keys that may open a legacy token: the keyring's Fernet
+            keys, if a declared format opens values with the column's keys (``BareFernet()``).
         legacy_by_key: legacy tokens per id of the key that opens them, found by trial
             (``resolve_legacy``); None when not tried.
         legacy_unopened: legacy tokens that no key of the keyring opens; None when not tried.
@@ -116,6 +127,8 @@ class ColumnStatus:
     plaintext: int = 0
     null: int = 0
     malformed: int = 0
+    legacy_by_format: dict[str, int] = field(default_factory=dict)
+    undeclared: int = 0
     legacy_candidates: tuple[str, ...] = ()
     legacy_by_key: dict[str, int] | None = None
     legacy_unopened: int | None = None
@@ -130,7 +143,8 @@ class ColumnStatus:
     @property
     def total(self) -> int:
         """Every row of the table."""
-        return sum(self.by_key.values()) + self.legacy + self.plaintext + self.null + self.malformed
+        counted = self.legacy + self.undeclared + self.plaintext + self.null + self.malformed
+        return sum(self.by_key.values()) + counted
 
     @property
     def pending(self) -> int:
@@ -141,7 +155,7 @@ class ColumnStatus:
         """
         old = sum(n for key_id, n in self.by_key.items() if key_id != self.primary)
         pending = old + self.unbound_by_key.get(self.primary, 0) + self.repad
-        return pending + self.legacy + self.malformed
+        return pending + self.legacy + self.undeclared + self.malformed
 
     @property
     def unbound(self) -> int:
@@ -159,9 +173,20 @@ class ColumnStatus:
         return {k: n for k, n in self.by_key.items() if k not in self.keyring_ids}
 
     @property
+    def keyed_legacy(self) -> int:
+        """Bare Fernet tokens the column's own keys open, declared (``BareFernet()``) or not.
+
+        An undeclared one counts: declaring the format is how the column reads it, with the
+        keys it has then.
+        """
+        if not self.legacy_candidates:
+            return 0
+        return self.legacy_by_format.get(BareFernet.name, 0) + self.undeclared
+
+    @property
     def legacy_unresolved(self) -> int:
         """Legacy tokens whose key is unknown: any of :attr:`legacy_candidates` may open them."""
-        return self.legacy if self.legacy_by_key is None else 0
+        return self.keyed_legacy if self.legacy_by_key is None else 0
 
     def to_dict(self) -> dict[str, Any]:
         """The status as plain data, for JSON."""
@@ -305,6 +330,12 @@ class StatusReport:
                     f"{col.column}: {plural(col.malformed, 'value')} with an fc1 header whose "
                     "key id is invalid (`fieldcrypt verify` names them)"
                 )
+            if col.undeclared:
+                found.append(
+                    f"{col.column}: {plural(col.undeclared, 'bare Fernet token')}, which the "
+                    "column does not declare, so it cannot read them: declare "
+                    "legacy=[BareFernet()] on the column (sa_fieldcrypt.legacy)"
+                )
             if col.legacy_unopened:
                 found.append(
                     f"{col.column}: {plural(col.legacy_unopened, 'legacy token')} that no key "
@@ -363,7 +394,9 @@ class StatusReport:
             lines += _describe_index(index)
         lines.append("keys:")
         for key in self.key_usage():
-            legacy_left = any(c.legacy and key.key_id in c.legacy_candidates for c in self.columns)
+            legacy_left = any(
+                c.keyed_legacy and key.key_id in c.legacy_candidates for c in self.columns
+            )
             lines.append(f"  {key.key_id:<28} {_verdict(key, legacy_left)}")
         problems = self.problems()
         unresolved = sum(c.legacy_unresolved for c in self.columns)
@@ -442,31 +475,29 @@ def _describe_column(col: ColumnStatus) -> list[str]:
                 else "the column has no context (context=False): these cannot be decrypted"
             )
         )
-    if col.legacy_by_key is None:
-        legacy = (
-            "legacy, key unknown",
-            col.legacy,
-            "bare Fernet tokens name no key: rotate moves these; --resolve-legacy tries the keys",
-        )
-    else:
-        legacy = ("legacy tokens", col.legacy, "bare Fernet tokens, tried: rotate moves these")
-    if col.strict:
-        legacy = (legacy[0], col.legacy, "bare Fernet tokens: refused, as the column is strict")
+    for name, rows in col.legacy_by_format.items():
+        if col.strict:
+            note = "refused, as the column is strict"
+        elif name == BareFernet.name and col.legacy_candidates and col.legacy_by_key is None:
+            note = "they name no key: rotate moves these; --resolve-legacy tries the keys"
+        else:
+            note = "rotate moves these"
+        lines.append(f"  {'legacy':<28} {rows:>12,}  {name}: {note}")
+        if name == BareFernet.name and col.legacy_by_key is not None:
+            lines += _describe_opened(col)
     for name, rows, note in (
-        legacy,
+        ("bare Fernet, undeclared", col.undeclared, "the column declares no legacy format"),
         ("plaintext", col.plaintext, "not encrypted: rotate --encrypt-plaintext"),
         ("malformed", col.malformed, "looks like a token but is not one: fails to read"),
         ("NULL", col.null, ""),
     ):
         if rows or name == "NULL":
             lines.append(f"  {name:<28} {rows:>12,}  {note}".rstrip())
-        if name == legacy[0] and rows and col.legacy_by_key is not None:
-            lines += _describe_opened(col)
     return lines
 
 
 def _describe_opened(col: ColumnStatus) -> list[str]:
-    """Which key opens how many of a column's legacy tokens, and how many none opens."""
+    """Which key opens how many of a column's bare Fernet tokens, and how many none opens."""
     opened = col.legacy_by_key or {}
     order = {key_id: i for i, key_id in enumerate((col.primary, *col.keyring_ids))}
     lines = [
@@ -562,7 +593,9 @@ def status(
             indexed.append(_index_status(conn, sql, index))
     if resolve_legacy:
         found = [
-            _with_legacy_resolved(engine, target, status) if status.legacy else _none_to_try(status)
+            _with_legacy_resolved(engine, target, status)
+            if status.keyed_legacy
+            else _none_to_try(status)
             for target, status in zip(columns, found, strict=True)
         ]
     if count_missing:
@@ -586,8 +619,9 @@ def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> Colum
     pads = codec.padding_block is not None
     by_key: dict[str, int] = {}
     unbound_by_key: dict[str, int] = {}
-    bound_elsewhere = repad = 0
-    totals = dict.fromkeys(("legacy", "plaintext", "null", "malformed"), 0)
+    legacy_by_format: dict[str, int] = {}
+    bound_elsewhere = repad = undeclared = 0
+    totals = dict.fromkeys(("plaintext", "null", "malformed"), 0)
     # In one order whatever the database's, so that reports compare equal.
     for (kind, key_id, field_), rows in sorted(counts.items(), key=_header_order):
         if kind == "fc1" and key_id is not None:
@@ -599,6 +633,10 @@ def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> Colum
                 unbound_by_key[key_id] = unbound_by_key.get(key_id, 0) + rows
             elif key_id == keyring.primary.id and (field_ or "").endswith(PADDED_FLAG) != pads:
                 repad += rows
+        elif kind == "legacy" and key_id is not None:
+            legacy_by_format[key_id] = legacy_by_format.get(key_id, 0) + rows
+        elif kind == "legacy":
+            undeclared += rows
         else:
             totals[kind] += rows
     return ColumnStatus(
@@ -606,11 +644,17 @@ def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> Colum
         primary=keyring.primary.id,
         keyring_ids=keyring.ids,
         by_key=by_key,
-        legacy=totals["legacy"],
+        legacy=sum(legacy_by_format.values()),
+        legacy_by_format=legacy_by_format,
+        undeclared=undeclared,
         plaintext=totals["plaintext"],
         null=totals["null"],
         malformed=totals["malformed"],
-        legacy_candidates=tuple(k.id for k in keyring if k.kind == "fernet"),
+        legacy_candidates=(
+            tuple(k.id for k in keyring if k.kind == "fernet")
+            if undeclared or any(f.uses_column_keys() for f in codec.legacy)
+            else ()
+        ),
         context=context if isinstance(context, str) else None,
         strict=bound_column and not codec.allow_unbound,
         row_bound=codec.row_bound,
@@ -626,8 +670,13 @@ def _header_order(item: tuple[_Header, int]) -> tuple[str, str, str]:
     return kind, key_id or "", flag or ""
 
 
-def _classify(value: str | bytes | None) -> _Header:
-    """A stored value's header, exactly as :class:`DialectSql` decides it in SQL."""
+def _classify(value: str | bytes | None, codec: EncryptedType | None = None) -> _Header:
+    """A stored value's header, exactly as :class:`DialectSql` decides it in SQL.
+
+    With the ``codec`` of a column that declares legacy formats, a value in one's shape is
+    ``("legacy", <format name>, None)``; ``("legacy", None, None)`` is a bare Fernet token
+    the column does not declare.
+    """
     if value is None:
         return "null", None, None
     if isinstance(value, bytes):
@@ -638,6 +687,12 @@ def _classify(value: str | bytes | None) -> _Header:
             field_ = (info.flag or "") + (PADDED_FLAG if info.padded else "")
             return "fc1", info.key_id, field_ or None
         return "malformed", None, None
+    if codec is not None and codec.legacy:
+        found = codec.legacy_format(value)
+        if found is not None:
+            return "legacy", found.name, None
+        if info.kind == "legacy":
+            return "malformed", None, None  # starts as a Fernet token, and is in no format
     if info.kind == "plaintext" and looks_like_token(value):
         return "malformed", None, None
     return info.kind, None, None
@@ -646,7 +701,10 @@ def _classify(value: str | bytes | None) -> _Header:
 def _count_in_sql(conn: Connection, sql: DialectSql, target: EncryptedColumn) -> dict[_Header, int]:
     stored = stored_text(target.column)
     kind, key_id = sql.token_kind(stored)
-    suspect = kind == "suspect"
+    # Only a value's text tells a legacy format from plaintext: a column declaring any reads
+    # the values that are not fc1 tokens.
+    read_kinds = ("suspect", "legacy", "plaintext") if target.codec.legacy else ("suspect",)
+    suspect = kind.in_(read_kinds)
     inner = (
         select(kind.label("kind"), key_id.label("key_id"), sql.token_flag(stored).label("flag"))
         .select_from(target.table)
@@ -664,7 +722,7 @@ def _count_in_sql(conn: Connection, sql: DialectSql, target: EncryptedColumn) ->
             # The SQL finds where the key id ends; whether it is a valid id is checked here.
             found_kind, found_key, _ = _classify(TOKEN_PREFIX + _text(found_key) + ":")
             header = (found_kind, found_key, (_text(flag) or None) if found_kind == "fc1" else None)
-        elif found_kind == "suspect":
+        elif found_kind in read_kinds:
             suspects += int(rows)
             continue
         counts[header] += int(rows)
@@ -695,8 +753,10 @@ def _count_by_reading(
 ) -> dict[_Header, int]:
     counts: Counter[_Header] = Counter()
 
+    codec = target.codec
+
     def classify(key: tuple[Any, ...], old: tuple[Any, ...]) -> None:
-        counts[_classify(old[0])] += 1
+        counts[_classify(old[0], codec)] += 1
 
     _read_each(engine, target, classify, where)
     return dict(counts)
@@ -705,30 +765,33 @@ def _count_by_reading(
 def _with_legacy_resolved(
     engine: Engine, target: EncryptedColumn, found: ColumnStatus
 ) -> ColumnStatus:
-    """``found`` with its legacy tokens counted by the key that opens each (None: no key)."""
-    keyring = target.codec.active_keyring()
+    """``found`` with its bare Fernet tokens counted by the column key that opens each."""
+    codec = target.codec
     opened: Counter[str | None] = Counter()
 
     def trial(key: tuple[Any, ...], old: tuple[Any, ...]) -> None:
-        value = old[0]
-        if _classify(value)[0] == "legacy":
-            found = legacy_key(keyring, _text(value))
+        value = _text(old[0])
+        legacy_format = codec.legacy_format(value)
+        if legacy_format is None and not codec.legacy and _classify(value)[0] == "legacy":
+            legacy_format = _UNDECLARED  # as the column would read it, once declared
+        if legacy_format is not None and legacy_format.uses_column_keys():
+            found = legacy_format.keyring_key(value, codec)
             opened[None if found is None else found.id] += 1
 
-    # Only the legacy tokens are read: the SQL filter is the prefix they all start with.
+    # Every value that is not a token of ours is tried: a bare Fernet token starts with
+    # "gAAAAA" only until 2106 (its timestamp), so no prefix selects them all.
     stored = stored_text(target.column)
-    where = DialectSql(engine.dialect.name).has_prefix(stored, LEGACY_TOKEN_START)
-    _read_each(engine, target, trial, where)
+    sql = DialectSql(engine.dialect.name)
+    _read_each(
+        engine, target, trial, and_(stored.is_not(None), ~sql.has_prefix(stored, TOKEN_PREFIX))
+    )
     unopened = opened.pop(None, 0)
     by_key = {key_id: rows for key_id, rows in opened.items() if key_id is not None}
-    # The trial's own count replaces the one in SQL, so the lines under it add up even if the
-    # table changed in between.
-    return replace(
-        found,
-        legacy=sum(by_key.values()) + unopened,
-        legacy_by_key=by_key,
-        legacy_unopened=unopened,
-    )
+    return replace(found, legacy_by_key=by_key, legacy_unopened=unopened)
+
+
+#: How a column that declares no legacy format would read its bare Fernet tokens.
+_UNDECLARED = BareFernet()
 
 
 def _none_to_try(found: ColumnStatus) -> ColumnStatus:
@@ -842,9 +905,9 @@ def retire_keys(
     _refuse_used(key_ids, counted, "`fieldcrypt rotate`, then `fieldcrypt status`")
     # Only a Fernet key can open a legacy token: retiring other keys needs no trial.
     legacy = [
-        f"{c.column} ({plural(c.legacy, 'row')})"
+        f"{c.column} ({plural(c.keyed_legacy, 'row')})"
         for c in report.columns
-        if c.legacy and any(k in c.legacy_candidates for k in key_ids)
+        if c.keyed_legacy and any(k in c.legacy_candidates for k in key_ids)
     ]
     if legacy and not resolve_legacy:
         raise RotationError(
