@@ -399,6 +399,7 @@ def bench_typed(report: Report, rounds: int, number: int) -> None:
             EncryptedDecimal,
             EncryptedFloat,
             EncryptedInteger,
+            EncryptedTime,
             EncryptedUUID,
         )
     except ImportError:
@@ -414,6 +415,7 @@ def bench_typed(report: Report, rounds: int, number: int) -> None:
     cases: list[tuple[str, Callable[..., Any], Any]] = [
         ("EncryptedDate", EncryptedDate, date(1815, 12, 10)),
         ("EncryptedDateTime", EncryptedDateTime, datetime(2024, 7, 1, 12, 30, tzinfo=UTC)),
+        ("EncryptedTime", EncryptedTime, datetime(2024, 7, 1, 9, 30, 15, 250000).time()),
         ("EncryptedInteger", EncryptedInteger, 2**40 + 12345),
         ("EncryptedFloat", EncryptedFloat, 3.141592653589793),
         ("EncryptedDecimal", EncryptedDecimal, Decimal("1234567.89")),

@@ -25,6 +25,7 @@ from sa_fieldcrypt import (
     EncryptedInteger,
     EncryptedJSON,
     EncryptedText,
+    EncryptedTime,
     EncryptedType,
     EncryptedUUID,
 )
@@ -32,7 +33,7 @@ from sa_fieldcrypt.alembic import compare_type, render_item
 
 MODELS = """
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 from sqlalchemy import MetaData, String
@@ -47,6 +48,7 @@ from sa_fieldcrypt import (
     EncryptedInteger,
     EncryptedJSON,
     EncryptedText,
+    EncryptedTime,
     EncryptedUUID,
 )
 
@@ -69,6 +71,7 @@ class Customer(Base):
     born: Mapped[date | None] = mapped_column(EncryptedDate())
     seen_at: Mapped[datetime | None] = mapped_column(EncryptedDateTime())
     local_time: Mapped[datetime | None] = mapped_column(EncryptedDateTime(timezone=False))
+    contact_time: Mapped[time | None] = mapped_column(EncryptedTime())
     points: Mapped[int | None] = mapped_column(EncryptedInteger())
     score: Mapped[float | None] = mapped_column(EncryptedFloat())
     balance: Mapped[Decimal | None] = mapped_column(EncryptedDecimal(context="crm.balance"))
@@ -146,6 +149,7 @@ def test_autogenerate_renders_types_with_import_then_no_drift(
         "sa_fieldcrypt.EncryptedDate()",
         "sa_fieldcrypt.EncryptedDateTime()",
         "sa_fieldcrypt.EncryptedDateTime(timezone=False)",
+        "sa_fieldcrypt.EncryptedTime()",
         "sa_fieldcrypt.EncryptedInteger()",
         "sa_fieldcrypt.EncryptedFloat()",
         "sa_fieldcrypt.EncryptedDecimal(context='crm.balance')",
@@ -202,6 +206,7 @@ class _AutogenContext:
         EncryptedDate(),
         EncryptedDateTime(),
         EncryptedDateTime(timezone=False, context="crm.local_time"),
+        EncryptedTime(context="crm.contact_time"),
         EncryptedInteger(context=False),
         EncryptedFloat(),
         EncryptedDecimal(allow_unbound=False),
@@ -216,6 +221,7 @@ class _AutogenContext:
         "date",
         "datetime",
         "naive-datetime-named",
+        "time-named",
         "integer-unbound",
         "float",
         "decimal-strict",

@@ -9,7 +9,7 @@ import re
 import struct
 import unicodedata
 import uuid
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -43,6 +43,7 @@ from sa_fieldcrypt.testing import (
     decimal_plaintexts,
     float_plaintexts,
     integer_plaintexts,
+    time_plaintexts,
     uuid_plaintexts,
 )
 
@@ -330,6 +331,8 @@ def test_normalizers_are_idempotent(normalizer: Any, value: str) -> None:
         (datetime, datetime(1970, 1, 1, tzinfo=UTC), "0Z"),
         (datetime, datetime(1970, 1, 1, 1, tzinfo=timezone(timedelta(hours=1))), "0Z"),
         (datetime, datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "-1Z"),
+        (time, time(9, 30), "09:30:00.000000"),
+        (time, time(23, 59, 59, 999999, fold=1), "23:59:59.999999"),
         (int, 0, b"\x00"),
         (int, -129, b"\xff\x7f"),
         (float, -0.0, bytes(8)),
@@ -356,12 +359,13 @@ def test_typed_normalizer_indexes_the_documented_form(
         (date, date_plaintexts()),
         (datetime, datetime_plaintexts()),
         (datetime, datetime_plaintexts(timezone=False)),
+        (time, time_plaintexts()),
         (int, integer_plaintexts()),
         (float, float_plaintexts().filter(lambda f: not math.isnan(f))),
         (Decimal, decimal_plaintexts().filter(lambda d: not d.is_nan())),
         (uuid.UUID, uuid_plaintexts()),
     ],
-    ids=["date", "aware", "naive", "int", "float", "Decimal", "UUID"],
+    ids=["date", "aware", "naive", "time", "int", "float", "Decimal", "UUID"],
 )
 @given(data=st.data())
 def test_typed_values_index_alike_exactly_when_equal(
@@ -419,6 +423,8 @@ def test_a_nan_is_not_indexed(python_type: type, nan: Any) -> None:
         (int, 1.0, "float"),
         (date, datetime(1815, 12, 10), "datetime"),
         (datetime, date(1815, 12, 10), "date"),
+        (time, datetime(1815, 12, 10, 9, 30), "datetime"),
+        (time, "09:30:00", "str"),
         (Decimal, 1.5, "float"),
         (uuid.UUID, "f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "str"),
     ],
@@ -428,6 +434,12 @@ def test_typed_normalizer_refuses_other_types(python_type: type, value: Any, got
     with pytest.raises(ValueTypeError, match=f"expects {python_type.__name__}, got {got}") as info:
         typed_normalizer(python_type)(value)
     assert str(value) not in str(info.value)
+
+
+def test_typed_normalizer_refuses_a_time_with_a_tzinfo() -> None:
+    """A time with a tzinfo, which EncryptedTime refuses, is refused as a lookup value too."""
+    with pytest.raises(ValueTypeError, match="expects a naive time, got one with a tzinfo"):
+        typed_normalizer(time)(time(9, 30, tzinfo=UTC))
 
 
 @pytest.mark.parametrize(("python_type", "expected"), [(bool, "must not have"), (str, "one of")])

@@ -6,7 +6,7 @@ import math
 import pickle
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -46,6 +46,7 @@ from sa_fieldcrypt import (
     EncryptedInteger,
     EncryptedJSON,
     EncryptedText,
+    EncryptedTime,
     EncryptedUUID,
     Key,
     Keyring,
@@ -1058,6 +1059,13 @@ class Member(TypedBase):
         column_type=EncryptedDateTime(),
         blind_index=BlindIndex("seen_bidx", normalizer=typed_normalizer(datetime)),
     )
+    calls_encrypted: Mapped[str | None] = mapped_column(Text)
+    calls_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    calls_at = encrypted_hybrid(
+        "calls_encrypted",
+        column_type=EncryptedTime(),
+        blind_index=BlindIndex("calls_bidx", normalizer=typed_normalizer(time)),
+    )
     balance_encrypted: Mapped[str | None] = mapped_column(Text)
     balance_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
     balance = encrypted_hybrid(
@@ -1112,6 +1120,7 @@ def test_typed_hybrids_read_their_values_exactly(typed_db: Engine) -> None:
     values = {
         "born": date(1815, 12, 10),
         "seen_at": datetime(1843, 7, 1, 12, 30, tzinfo=PARIS_SUMMER),
+        "calls_at": time(23, 59, 59, 999999),
         "balance": Decimal("1.00"),
         "score": -0.0,
         "points": HUGE,
@@ -1152,6 +1161,18 @@ def test_a_date_is_found_through_its_blind_index(typed_db: Engine) -> None:
         assert [3] == _member_ids(session, Member.born.is_(None))
         with pytest.raises(ValueTypeError, match="expects date, got datetime"):
             select(Member).where(Member.born == datetime(1815, 12, 10))
+
+
+def test_a_time_is_found_through_its_blind_index(typed_db: Engine) -> None:
+    """Member.calls_at == time(...) compares the time's index; a datetime is refused there."""
+    with Session(typed_db) as session:
+        session.add_all([Member(id=1, calls_at=time(9, 30)), Member(id=2, calls_at=time(18))])
+        session.commit()
+        assert [1] == _member_ids(session, Member.calls_at == time(9, 30))
+        assert [1, 2] == _member_ids(session, Member.calls_at.in_([time(9, 30), time(18)]))
+        assert [] == _member_ids(session, Member.calls_at == time(9, 30, 0, 1))
+        with pytest.raises(ValueTypeError, match="expects time, got datetime"):
+            select(Member).where(Member.calls_at == datetime(2024, 7, 1, 9, 30))
 
 
 def test_typed_lookups_find_the_values_python_calls_equal(typed_db: Engine) -> None:
@@ -1195,16 +1216,18 @@ def test_a_nan_is_not_indexed_and_matches_nothing(typed_db: Engine) -> None:
 def test_a_typed_value_is_decrypted_once_per_stored_value(typed_db: Engine) -> None:
     """A hybrid keeps a typed value decrypted: reading it again decrypts nothing."""
     with Session(typed_db) as session:
-        session.add(Member(id=1, born=date(1815, 12, 10), points=42, ref=uuid.uuid4()))
+        session.add(
+            Member(id=1, born=date(1815, 12, 10), calls_at=time(9, 30), points=42, ref=uuid.uuid4())
+        )
         session.commit()
     with Session(typed_db) as session:
         member = session.get(Member, 1)
         before = sum(metrics.snapshot().decrypts.values())
-        first = (member.born, member.points, member.ref)
+        first = (member.born, member.calls_at, member.points, member.ref)
         after_first = sum(metrics.snapshot().decrypts.values())
-        again = [(member.born, member.points, member.ref) for _ in range(3)]
+        again = [(member.born, member.calls_at, member.points, member.ref) for _ in range(3)]
         assert [first] * 3 == again
-        assert (3, after_first) == (after_first - before, sum(metrics.snapshot().decrypts.values()))
+        assert (4, after_first) == (after_first - before, sum(metrics.snapshot().decrypts.values()))
 
 
 def test_a_typed_hybrid_refuses_a_wrong_type_naming_its_column(typed_db: Engine) -> None:

@@ -6,7 +6,7 @@ import math
 import struct
 import sys
 import uuid
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +30,7 @@ from sa_fieldcrypt.testing import (
     integer_plaintexts,
     keyrings,
     temporary_keys,
+    time_plaintexts,
     uuid_plaintexts,
 )
 
@@ -193,6 +194,7 @@ TYPED_STRATEGIES = {
     "date": (date_plaintexts(), date),
     "aware datetime": (datetime_plaintexts(), datetime),
     "naive datetime": (datetime_plaintexts(timezone=False), datetime),
+    "time": (time_plaintexts(), time),
     "int": (integer_plaintexts(), int),
     "float": (float_plaintexts(), float),
     "Decimal": (decimal_plaintexts(), Decimal),
@@ -218,6 +220,12 @@ def test_datetime_strategies_give_aware_or_naive_values(aware: datetime, naive: 
     assert (True, None) == (aware.utcoffset() is not None, naive.utcoffset())
 
 
+@given(value=time_plaintexts())
+def test_the_time_strategy_gives_naive_times(value: time) -> None:
+    """time_plaintexts() gives times without a tzinfo, the only ones EncryptedTime stores."""
+    assert None is value.tzinfo
+
+
 def _bits(value: float) -> bytes:
     return struct.pack(">d", value)
 
@@ -228,6 +236,8 @@ def _bits(value: float) -> bytes:
         (date_plaintexts(), lambda d: d.year < 1900),
         (datetime_plaintexts(), lambda d: d.utcoffset() % timedelta(minutes=1)),
         (datetime_plaintexts(), lambda d: abs(d.utcoffset()) > timedelta(hours=14)),
+        (time_plaintexts(), lambda t: t == time.max),
+        (time_plaintexts(), lambda t: t.microsecond % 1000 != 0),
         (integer_plaintexts(), lambda n: 2**63 < abs(n) < 2**200),
         (integer_plaintexts(), lambda n: abs(n) > 10**4300),
         (float_plaintexts(), lambda f: _bits(f) == _bits(-0.0)),
@@ -250,6 +260,8 @@ def _bits(value: float) -> bytes:
         "date-before-1900",
         "offset-with-seconds",
         "offset-past-14h",
+        "last-microsecond",
+        "time-microseconds",
         "int-past-64-bits",
         "int-past-4300-digits",
         "negative-zero",

@@ -10,7 +10,7 @@ import math
 import struct
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from sa_fieldcrypt import (
     EncryptedFloat,
     EncryptedInteger,
     EncryptedText,
+    EncryptedTime,
     EncryptedUUID,
     Keyring,
     ValueTypeError,
@@ -51,6 +52,7 @@ from sa_fieldcrypt.testing import (
     float_plaintexts,
     integer_plaintexts,
     temporary_keys,
+    time_plaintexts,
     uuid_plaintexts,
 )
 from sa_fieldcrypt.types import EncryptedType
@@ -60,6 +62,7 @@ VECTORS = Path(__file__).parent / "vectors" / "typed"
 TYPES: dict[str, type[EncryptedType]] = {
     "date": EncryptedDate,
     "datetime": EncryptedDateTime,
+    "time": EncryptedTime,
     "integer": EncryptedInteger,
     "float": EncryptedFloat,
     "decimal": EncryptedDecimal,
@@ -111,6 +114,8 @@ def _value(name: str, case: dict[str, Any]) -> Any:
         zone = None if offset is None else timezone(timedelta(microseconds=offset))
         fields = ("year", "month", "day", "hour", "minute", "second", "microsecond")
         return datetime(*(value[field] for field in fields), tzinfo=zone)
+    if name == "time":
+        return time(value["hour"], value["minute"], value["second"], value["microsecond"])
     if name == "integer":
         return int(value["hex"], 16)
     if name == "float":
@@ -205,6 +210,8 @@ WRONG_TYPES = [
     ("born", datetime(1815, 12, 10, 9, 30), "date", "datetime"),
     ("born", "1815-12-10", "date", "str"),
     ("seen_at", date(1815, 12, 10), "datetime", "date"),
+    ("contact_time", datetime(2024, 7, 1, 9, 30), "time", "datetime"),
+    ("contact_time", "09:30:00", "time", "str"),
     ("points", True, "int", "bool"),
     ("points", 7.0, "int", "float"),
     ("points", Decimal(7), "int", "Decimal"),
@@ -390,6 +397,66 @@ def test_a_datetime_column_takes_the_base_arguments_by_position() -> None:
     assert value == column.process_result_value(column.process_bind_param(value, DIALECT), DIALECT)
 
 
+# -- times ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [time(0, 0), time(23, 59, 59, 999999), time(0, 0, 0, 1), time(9, 30, 15, 250000)],
+    ids=["midnight", "last-microsecond", "one-microsecond", "microseconds"],
+)
+def test_a_time_is_stored_as_fifteen_ascii_bytes(value: time) -> None:
+    """Every time, midnight to the last microsecond, is HH:MM:SS.ffffff and comes back equal."""
+    column = _attached(EncryptedTime(keyring=RING), "fc_typed.contact_time")
+    token = column.process_bind_param(value, DIALECT)
+    assert value.isoformat(timespec="microseconds").encode("ascii") == column.decrypt_token(token)
+    assert 15 == len(column.decrypt_token(token))
+    assert same(value, column.process_result_value(token, DIALECT))
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [
+        (time(9, 30, tzinfo=UTC), "got a timezone-aware time"),
+        (time(9, 30, tzinfo=timezone(timedelta(hours=2))), "got a timezone-aware time"),
+    ],
+    ids=["utc", "plus-two-hours"],
+)
+def test_an_aware_time_is_refused_saying_why(value: time, got: str) -> None:
+    """A time with an offset raises ValueTypeError naming the column, both types and why."""
+    column = _attached(EncryptedTime(keyring=RING), "fc_typed.contact_time")
+    with pytest.raises(ValueTypeError) as info:
+        column.process_bind_param(value, DIALECT)
+    message = str(info.value)
+    assert message.startswith(
+        f"fc_typed.contact_time: EncryptedTime stores naive time values, {got}"
+    )
+    assert "ambiguous across daylight saving time" in message
+    assert "EncryptedDateTime" in message
+    assert "09" not in message
+
+
+def test_a_time_in_a_zone_without_an_offset_is_refused() -> None:
+    """A zoneinfo time has no offset (utcoffset() is None), yet its zone would be lost: refused."""
+    zoneinfo = pytest.importorskip("zoneinfo")
+    try:
+        paris = zoneinfo.ZoneInfo("Europe/Paris")
+    except zoneinfo.ZoneInfoNotFoundError:
+        pytest.skip("no time zone data (install tzdata)")
+    column = _attached(EncryptedTime(keyring=RING), "fc_typed.contact_time")
+    with pytest.raises(ValueTypeError, match="got a time with a tzinfo"):
+        column.process_bind_param(time(9, 30, tzinfo=paris), DIALECT)
+
+
+def test_a_times_fold_is_not_kept() -> None:
+    """fold=1 is stored as fold=0 would be: the same bytes, back as an equal time of fold 0."""
+    column = _attached(EncryptedTime(keyring=RING), "fc_typed.contact_time")
+    first, second = time(2, 30), time(2, 30, fold=1)
+    back = column.process_result_value(column.process_bind_param(second, DIALECT), DIALECT)
+    assert (first, 0) == (back, back.fold)
+    assert column.compare_values(first, second)
+
+
 # -- through every database ------------------------------------------------------------------
 
 
@@ -404,6 +471,7 @@ class Member(Base):
     born: Mapped[date | None] = mapped_column(EncryptedDate())
     seen_at: Mapped[datetime | None] = mapped_column(EncryptedDateTime())
     local_time: Mapped[datetime | None] = mapped_column(EncryptedDateTime(timezone=False))
+    contact_time: Mapped[time | None] = mapped_column(EncryptedTime())
     # Padded: an integer's and a decimal's lengths show their magnitude, unpadded.
     points: Mapped[int | None] = mapped_column(EncryptedInteger(padding=True))
     score: Mapped[float | None] = mapped_column(EncryptedFloat())
@@ -416,6 +484,7 @@ STRATEGIES = {
     "born": date_plaintexts(),
     "seen_at": datetime_plaintexts(),
     "local_time": datetime_plaintexts(timezone=False),
+    "contact_time": time_plaintexts(),
     "points": integer_plaintexts(),
     "score": float_plaintexts(),
     "balance": decimal_plaintexts(),

@@ -47,7 +47,7 @@ import struct
 import unicodedata
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -243,6 +243,14 @@ def _normalize_datetime(value: Any) -> str:
     return f"{(moment - _EPOCH) // _MICROSECOND}Z"
 
 
+def _normalize_time(value: Any) -> str:
+    moment = _typed(value, time)
+    if moment.tzinfo is not None:
+        # As EncryptedTime refuses it: not a lookup of the naive time it would otherwise be.
+        raise ValueTypeError("typed_normalizer(time) expects a naive time, got one with a tzinfo")
+    return moment.isoformat(timespec="microseconds")
+
+
 def _normalize_integer(value: Any) -> bytes:
     number = _typed(value, int)
     # Big-endian two's complement, as EncryptedInteger stores it: str() stops at 4300 digits.
@@ -278,6 +286,7 @@ def _normalize_uuid(value: Any) -> bytes:
 _TYPED_NORMALIZERS: dict[type, Normalizer] = {
     date: _normalize_date,
     datetime: _normalize_datetime,
+    time: _normalize_time,
     int: _normalize_integer,
     float: _normalize_float,
     Decimal: _normalize_decimal,
@@ -299,16 +308,17 @@ def typed_normalizer(python_type: type) -> Normalizer:
     """Return the normalizer of a typed column's values: equal values index alike.
 
     For the values of :class:`~sa_fieldcrypt.EncryptedDate`, ``EncryptedDateTime``,
-    ``EncryptedInteger``, ``EncryptedFloat``, ``EncryptedDecimal`` and ``EncryptedUUID``:
-    ``BlindIndex("born_bidx", normalizer=typed_normalizer(date))``. Two values find each
-    other when they index alike, as below; that is Python's ``==`` except for aware
-    datetimes, which compare as instants here even where ``==`` compares wall times (two
-    values sharing one ``tzinfo``, PEP 495's repeated hour):
+    ``EncryptedTime``, ``EncryptedInteger``, ``EncryptedFloat``, ``EncryptedDecimal`` and
+    ``EncryptedUUID``: ``BlindIndex("born_bidx", normalizer=typed_normalizer(date))``. Two
+    values find each other when they index alike, as below; that is Python's ``==`` except
+    for aware datetimes, which compare as instants here even where ``==`` compares wall times
+    (two values sharing one ``tzinfo``, PEP 495's repeated hour):
 
     - ``date``: by its ISO form, ``1815-12-10``;
     - ``datetime``: an aware one by its instant, so the same moment at two offsets is equal
       (microseconds since 1970-01-01T00:00:00Z, then ``Z``); a naive one by its ISO form
       with microseconds. An aware and a naive datetime never match;
+    - ``time``: by its ISO form with microseconds, ``09:30:00.000000``;
     - ``int``: by value (its big-endian two's complement bytes), of any size;
     - ``float``: by value, ``-0.0`` as ``0.0``; a NaN is not indexed (None), so it matches
       nothing, as it equals nothing;
@@ -317,8 +327,9 @@ def typed_normalizer(python_type: type) -> Normalizer:
     - ``uuid.UUID``: by its 16 bytes.
 
     The normalizer refuses a value of another type (``1`` for a float index, a
-    ``datetime`` for a date index) with :class:`~sa_fieldcrypt.ValueTypeError`, as the
-    column does, rather than look up a different value.
+    ``datetime`` for a date index, a ``time`` with a ``tzinfo``) with
+    :class:`~sa_fieldcrypt.ValueTypeError`, as the column does, rather than look up a
+    different value.
 
     Raises:
         ConfigurationError: ``python_type`` is ``bool`` (a blind index of two values shows

@@ -31,7 +31,7 @@ import uuid
 import weakref
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
@@ -77,7 +77,7 @@ INFO_BLIND_INDEX = "sa_fieldcrypt.blind_index"
 _DIALECT = DefaultDialect()
 
 # The values a hybrid may keep decrypted on its instance: those that cannot change in place.
-_IMMUTABLE = (str, bytes, date, datetime, int, float, Decimal, bool, uuid.UUID)
+_IMMUTABLE = (str, bytes, date, datetime, time, int, float, Decimal, bool, uuid.UUID)
 
 _EQUALITY = (operators.eq, operators.ne, operators.in_op, operators.not_in_op)
 # The operators that, against None, become a NULL test of the stored value.

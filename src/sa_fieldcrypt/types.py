@@ -13,9 +13,10 @@ Typical usage::
 Every type stores an ``fc1:<key_id>:<payload>`` string in a ``TEXT`` column (``LONGTEXT``
 on MySQL/MariaDB, whose ``TEXT`` stops at 64 KiB). ``None`` stays SQL ``NULL``; every other
 value, ``""`` included, is encrypted. The typed columns (:class:`EncryptedDate`,
-:class:`EncryptedDateTime`, :class:`EncryptedInteger`, :class:`EncryptedFloat`,
-:class:`EncryptedDecimal`, :class:`EncryptedBoolean`, :class:`EncryptedUUID`) encrypt one
-fixed encoding of their values, which docs/token-format.md gives byte for byte.
+:class:`EncryptedDateTime`, :class:`EncryptedTime`, :class:`EncryptedInteger`,
+:class:`EncryptedFloat`, :class:`EncryptedDecimal`, :class:`EncryptedBoolean`,
+:class:`EncryptedUUID`) encrypt one fixed encoding of their values, which
+docs/token-format.md gives byte for byte.
 
 Every column binds its values to a *context*, its name: by default (``context=True``) the
 ``schema.table.column`` it is declared as, or a fixed name (``context="core.customers.email"``);
@@ -40,7 +41,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
@@ -85,6 +86,7 @@ __all__ = [
     "EncryptedInteger",
     "EncryptedJSON",
     "EncryptedText",
+    "EncryptedTime",
     "EncryptedType",
     "EncryptedUUID",
     "PlaintextValueWarning",
@@ -1111,6 +1113,41 @@ class EncryptedDateTime(_TypedColumn[datetime]):
 
     def _type_arguments(self) -> list[str]:
         return [] if self.timezone else ["timezone=False"]
+
+
+class EncryptedTime(_TypedColumn[time]):
+    """An encrypted ``datetime.time`` column, of naive times of day; a ``datetime`` is refused.
+
+    A time with a ``tzinfo`` is refused too: without a date, a UTC offset is ambiguous
+    across daylight saving time; store a ``datetime`` in :class:`EncryptedDateTime` instead.
+    ``fold`` is not kept: a time comes back with ``fold=0``, and ``==`` ignores it.
+
+    Stored as ISO 8601 with microseconds, ``HH:MM:SS.ffffff``, in ASCII: fifteen bytes for
+    every time.
+    """
+
+    cache_ok = True
+    python_type_name = "time"
+    _value_type = time
+
+    def _to_bytes(self, value: Any) -> bytes:
+        if type(value) is time and value.tzinfo is not None:
+            kind = "timezone-aware time" if value.utcoffset() is not None else "time with a tzinfo"
+            raise ValueTypeError(
+                f"{self.column_label}: EncryptedTime stores naive time values, got a {kind}; "
+                "a UTC offset without a date is ambiguous across daylight saving time: drop "
+                "its tzinfo, or store a datetime in EncryptedDateTime"
+            )
+        return super()._to_bytes(value)
+
+    def _encode(self, value: time) -> bytes:
+        return value.isoformat(timespec="microseconds").encode("ascii")
+
+    def _decode(self, data: bytes) -> time:
+        value = time.fromisoformat(data.decode("ascii"))
+        if value.tzinfo is not None:
+            raise ValueError("EncryptedTime writes naive times only")
+        return value
 
 
 class EncryptedInteger(_TypedColumn[int]):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, time
 from decimal import Decimal
 from typing import reveal_type
 
@@ -23,6 +23,7 @@ from sa_fieldcrypt import (
     EncryptedInteger,
     EncryptedJSON,
     EncryptedText,
+    EncryptedTime,
     EncryptedUUID,
     encrypted_hybrid,
     normalize_email,
@@ -58,6 +59,8 @@ class Customer(Base):
     )
     seen_encrypted: Mapped[str | None] = mapped_column(Text)
     seen_at = encrypted_hybrid("seen_encrypted", column_type=EncryptedDateTime(timezone=False))
+    calls_encrypted: Mapped[str | None] = mapped_column(Text)
+    calls_at = encrypted_hybrid("calls_encrypted", column_type=EncryptedTime())
     points_encrypted: Mapped[str | None] = mapped_column(Text)
     points = encrypted_hybrid("points_encrypted", column_type=EncryptedInteger())
     score_encrypted: Mapped[str | None] = mapped_column(Text)
@@ -69,6 +72,7 @@ class Customer(Base):
     ref_encrypted: Mapped[str | None] = mapped_column(Text)
     ref = encrypted_hybrid("ref_encrypted", column_type=EncryptedUUID())
     renewed: Mapped[date | None] = mapped_column(EncryptedDate())
+    wakes_at: Mapped[time | None] = mapped_column(EncryptedTime())
 
 
 customer = Customer()
@@ -94,6 +98,9 @@ reveal_type(customer.born)
 # EXPECTED_TYPE: datetime.datetime
 reveal_type(customer.seen_at)
 
+# EXPECTED_TYPE: datetime.time
+reveal_type(customer.calls_at)
+
 # EXPECTED_TYPE: int
 reveal_type(customer.points)
 
@@ -112,6 +119,9 @@ reveal_type(customer.ref)
 # EXPECTED_TYPE: datetime.date | None
 reveal_type(customer.renewed)
 
+# EXPECTED_TYPE: datetime.time | None
+reveal_type(customer.wakes_at)
+
 customer.email = "ada@example.com"
 customer.phone = None
 customer.prefs = {"lang": "en"}
@@ -124,6 +134,7 @@ customer.avatar = "not bytes"
 
 customer.born = date(1815, 12, 10)
 customer.seen_at = datetime(2024, 7, 1, 12)
+customer.calls_at = time(9, 30)
 customer.balance = Decimal("1.50")
 customer.ref = uuid.uuid4()
 
@@ -132,6 +143,9 @@ customer.born = "1815-12-10"
 
 # EXPECTED_MYPY: Incompatible types in assignment
 customer.balance = 1.5
+
+# EXPECTED_MYPY: Incompatible types in assignment
+customer.calls_at = datetime(2024, 7, 1, 9, 30)
 
 by_birthday = select(Customer.id).where(Customer.born == date(1815, 12, 10))
 

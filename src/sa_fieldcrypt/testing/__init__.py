@@ -7,9 +7,9 @@
 - :func:`assert_encrypted_at_rest` (:mod:`~sa_fieldcrypt.testing.assertions`).
 - Hypothesis strategies (:mod:`~sa_fieldcrypt.testing.strategies`): :func:`text_plaintexts`,
   :func:`bytes_plaintexts`, :func:`json_plaintexts`, the typed columns' values
-  (:func:`date_plaintexts`, :func:`datetime_plaintexts`, :func:`integer_plaintexts`,
-  :func:`float_plaintexts`, :func:`decimal_plaintexts`, :func:`boolean_plaintexts`,
-  :func:`uuid_plaintexts`), :func:`keyrings`.
+  (:func:`date_plaintexts`, :func:`datetime_plaintexts`, :func:`time_plaintexts`,
+  :func:`integer_plaintexts`, :func:`float_plaintexts`, :func:`decimal_plaintexts`,
+  :func:`boolean_plaintexts`, :func:`uuid_plaintexts`), :func:`keyrings`.
 - :class:`FakeSecretManager` (:mod:`~sa_fieldcrypt.testing.secret_manager`, the ``gcp`` extra):
   Google Cloud Secret Manager in process, over real gRPC.
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         json_plaintexts,
         keyrings,
         text_plaintexts,
+        time_plaintexts,
         uuid_plaintexts,
     )
 
@@ -63,6 +64,7 @@ __all__ = [
     "keyrings",
     "temporary_keys",
     "text_plaintexts",
+    "time_plaintexts",
     "uuid_plaintexts",
 ]
 
@@ -80,6 +82,7 @@ _HOMES = {
     "keyrings": "sa_fieldcrypt.testing.strategies",
     "temporary_keys": "sa_fieldcrypt.testing.keys",
     "text_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "time_plaintexts": "sa_fieldcrypt.testing.strategies",
     "uuid_plaintexts": "sa_fieldcrypt.testing.strategies",
 }
 

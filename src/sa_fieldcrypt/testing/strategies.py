@@ -15,7 +15,7 @@ Typical usage::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -36,6 +36,7 @@ __all__ = [
     "json_plaintexts",
     "keyrings",
     "text_plaintexts",
+    "time_plaintexts",
     "uuid_plaintexts",
 ]
 
@@ -101,6 +102,16 @@ def datetime_plaintexts(*, timezone: bool = True) -> SearchStrategy[datetime]:
     offsets = st.timedeltas(min_value=-day + _MICROSECOND, max_value=day - _MICROSECOND)
     zones = st.just(dt.UTC) | st.builds(dt.timezone, offsets)
     return st.datetimes(timezones=zones)
+
+
+def time_plaintexts() -> SearchStrategy[time]:
+    """Any naive ``datetime.time``, to the microsecond, ``00:00:00`` to ``23:59:59.999999``.
+
+    Never a ``datetime``, nor a time with a ``tzinfo``; ``fold`` is 0 or 1.
+    """
+    from hypothesis import strategies as st
+
+    return st.times() | st.sampled_from([time.min, time.max, time(0, 0, 0, 1)])
 
 
 def integer_plaintexts() -> SearchStrategy[int]:
