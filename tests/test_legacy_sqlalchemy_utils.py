@@ -11,7 +11,7 @@ import math
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +35,7 @@ from sa_fieldcrypt import (
     EncryptedInteger,
     EncryptedJSON,
     EncryptedText,
+    EncryptedTime,
     EncryptedUUID,
     Keyring,
     jobs,
@@ -81,6 +82,12 @@ TYPES: dict[str, tuple[Any, Callable[..., EncryptedType], list[Any]]] = {
         sa.DateTime(timezone=True),
         EncryptedDateTime,
         [datetime(2024, 2, 29, 12, 0, 0, 1, tzinfo=OFFSET), datetime(1970, 1, 1, tzinfo=UTC)],
+    ),
+    "time": (
+        sa.Time,
+        EncryptedTime,
+        # sqlalchemy-utils drops a time's offset when it reads it back: so do we.
+        [time(0, 0), time(23, 59, 59, 999999), time(9, 30, tzinfo=OFFSET)],
     ),
     "float": (sa.Float, EncryptedFloat, [5e-324, -0.0, 1.7976931348623157e308, 0.1, math.inf]),
     "decimal": (sa.Numeric, EncryptedDecimal, [Decimal("1.500"), Decimal("-0"), Decimal("1" * 35)]),
@@ -246,6 +253,7 @@ STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
         timezones=st.just(UTC)
         | st.builds(timezone, st.integers(-23 * 60, 23 * 60).map(lambda m: timedelta(minutes=m)))
     ),
+    "time": st.times(timezones=st.none() | st.just(UTC) | st.just(OFFSET)),
     "float": st.floats(),
     "decimal": st.decimals(allow_nan=False),
     "uuid": st.uuids(),
