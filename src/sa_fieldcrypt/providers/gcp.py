@@ -49,17 +49,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Self
 
 try:
     import google_crc32c
     from google.api_core import exceptions as api_exceptions
-    from google.api_core import retry as api_retry
     from google.auth import exceptions as auth_exceptions
     from google.cloud import secretmanager_v1
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
@@ -82,6 +80,7 @@ from sa_fieldcrypt.keys import (
     parse_key,
 )
 from sa_fieldcrypt.providers.base import DEFAULT_MAX_STALE, check_max_stale
+from sa_fieldcrypt.providers.google import NO_CREDENTIALS_HELP, Deadline, status_name
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
 __all__ = [
@@ -105,12 +104,6 @@ _ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}\Z")
 _RESERVED_ALIASES = frozenset({"latest", "NEW"})
 _ENABLED = secretmanager_v1.SecretVersion.State.ENABLED
 _PAGE_SIZE = 250
-# Transient failures worth another attempt inside the load's deadline. Writes are never
-# retried: a retried AddSecretVersion could add the same key twice.
-_TRANSIENT = api_retry.if_exception_type(
-    api_exceptions.ServiceUnavailable, api_exceptions.ResourceExhausted
-)
-
 _READ_HINTS = {
     "PERMISSION_DENIED": "the caller may not read it: grant the application's service account "
     "roles/secretmanager.secretAccessor and roles/secretmanager.viewer on the secret",
@@ -132,10 +125,6 @@ _COMMON_HINTS = {
     "RESOURCE_EXHAUSTED": "the project's Secret Manager quota is used up: refresh less often "
     "(FIELDCRYPT_GCP_CACHE_TTL) or raise the quota",
 }
-_NO_CREDENTIALS = (
-    "no Google credentials were found: run `gcloud auth application-default login`, or run "
-    "with a service account (GOOGLE_APPLICATION_CREDENTIALS, or the metadata server)"
-)
 # Why a listed version gives no key. None quotes the payload.
 _GONE = "it was disabled or destroyed while the keys were read (FAILED_PRECONDITION)"
 _DAMAGED = (
@@ -202,33 +191,6 @@ class SecretVersions:
     def primary(self) -> KeyVersion | None:
         """The version that encrypts (writes), or None when instances cannot load the keys."""
         return next((version for version in self.versions if version.primary), None)
-
-
-class _Deadline:
-    """One time budget shared by every call of one operation."""
-
-    def __init__(self, seconds: float):
-        self._end = time.monotonic() + seconds
-
-    def read(self) -> dict[str, Any]:
-        """Explicit timeout and retry for an idempotent call, within what is left."""
-        left = self._left()
-        retry = api_retry.Retry(
-            predicate=_TRANSIENT, initial=0.1, maximum=1.0, multiplier=2.0, timeout=left
-        )
-        return {"timeout": left, "retry": retry}
-
-    def write(self) -> dict[str, Any]:
-        """Explicit timeout and no retry, for a call that must not run twice."""
-        return {"timeout": self._left(), "retry": None}
-
-    def _left(self) -> float:
-        left = self._end - time.monotonic()
-        if left <= 0:
-            raise api_exceptions.DeadlineExceeded(  # type: ignore[no-untyped-call]
-                "the time allowed for the operation ran out"
-            )
-        return left
 
 
 class GoogleSecretManagerKeyProvider:
@@ -372,7 +334,7 @@ class GoogleSecretManagerKeyProvider:
                 version that is not enabled); or the primary cannot be read as a key. The
                 message names the secret and versions, never a payload.
         """
-        deadline = _Deadline(self.timeout)
+        deadline = Deadline(self.timeout)
         with self._errors("read the keys", _READ_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
@@ -412,7 +374,7 @@ class GoogleSecretManagerKeyProvider:
         Raises:
             KeyProviderError: the secret could not be read.
         """
-        deadline = _Deadline(self.timeout)
+        deadline = Deadline(self.timeout)
         with self._errors("list its versions", _READ_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
@@ -482,7 +444,7 @@ class GoogleSecretManagerKeyProvider:
         if kind is not None and parsed.kind != kind:
             raise ConfigurationError(f"the key given is of kind {parsed.kind!r}, not {kind!r}")
         data = text.strip().encode("ascii")
-        deadline = _Deadline(self.timeout)
+        deadline = Deadline(self.timeout)
         with self._errors("add a key", _WRITE_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
@@ -529,7 +491,7 @@ class GoogleSecretManagerKeyProvider:
             ConfigurationError: no such version, it is not enabled, or it is too young.
             KeyProviderError: Secret Manager refused or could not be reached.
         """
-        deadline = _Deadline(self.timeout)
+        deadline = Deadline(self.timeout)
         with self._errors("promote a key", _WRITE_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
@@ -583,7 +545,7 @@ class GoogleSecretManagerKeyProvider:
             return self._client
 
     def _aliases(
-        self, client: secretmanager_v1.SecretManagerServiceClient, deadline: _Deadline
+        self, client: secretmanager_v1.SecretManagerServiceClient, deadline: Deadline
     ) -> dict[str, int]:
         found = client.get_secret(request={"name": self.secret}, **deadline.read())
         return dict(found.version_aliases)
@@ -591,7 +553,7 @@ class GoogleSecretManagerKeyProvider:
     def _list(
         self,
         client: secretmanager_v1.SecretManagerServiceClient,
-        deadline: _Deadline,
+        deadline: Deadline,
         *,
         enabled_only: bool = True,
     ) -> list[tuple[int, secretmanager_v1.SecretVersion.State, datetime | None]]:
@@ -627,7 +589,7 @@ class GoogleSecretManagerKeyProvider:
         return found
 
     def _enabled(
-        self, client: secretmanager_v1.SecretManagerServiceClient, deadline: _Deadline
+        self, client: secretmanager_v1.SecretManagerServiceClient, deadline: Deadline
     ) -> list[int]:
         return [number for number, _, _ in self._list(client, deadline)]
 
@@ -635,7 +597,7 @@ class GoogleSecretManagerKeyProvider:
         self,
         client: secretmanager_v1.SecretManagerServiceClient,
         number: int,
-        deadline: _Deadline,
+        deadline: Deadline,
     ) -> Key | str:
         """The version's key, or why it gives none (the payload is never quoted)."""
         # By number, never `latest` or an alias: `latest` is the newest version whatever its
@@ -717,7 +679,7 @@ class GoogleSecretManagerKeyProvider:
         client: secretmanager_v1.SecretManagerServiceClient,
         aliases: dict[str, int],
         number: int,
-        deadline: _Deadline,
+        deadline: Deadline,
     ) -> None:
         aliases[self.primary_alias] = number
         # The update mask names the whole map: Secret Manager replaces it, so the other
@@ -736,10 +698,10 @@ class GoogleSecretManagerKeyProvider:
             yield
         except auth_exceptions.GoogleAuthError as exc:
             raise KeyProviderError(
-                f"Secret Manager secret {self.secret!r}: could not {action}: {_NO_CREDENTIALS}"
+                f"Secret Manager secret {self.secret!r}: could not {action}: {NO_CREDENTIALS_HELP}"
             ) from exc
         except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as exc:
-            code = _status_name(exc)
+            code = status_name(exc)
             hint = hints.get(code) or _COMMON_HINTS.get(code) or "see the chained exception"
             # Only the status name and our own hint: a service message is not ours to vouch for.
             raise KeyProviderError(
@@ -752,20 +714,6 @@ class GoogleSecretManagerKeyProvider:
             f"GoogleSecretManagerKeyProvider(secret={self.secret!r}, purpose={self.purpose!r}, "
             f"primary_alias={self.primary_alias!r}, cache_ttl={self.cache_ttl!r})"
         )
-
-
-def _status_name(exc: Exception) -> str:
-    if isinstance(exc, api_exceptions.RetryError):
-        # The retry budget ran out: the last attempt's error says why.
-        cause = exc.cause
-        if isinstance(cause, api_exceptions.GoogleAPICallError):
-            exc = cause
-        else:
-            return "DEADLINE_EXCEEDED"
-    status = getattr(exc, "grpc_status_code", None)
-    if status is not None:
-        return str(status.name)
-    return type(exc).__name__
 
 
 def _check_secret_name(name: str, source: str) -> str:
