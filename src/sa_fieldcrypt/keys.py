@@ -881,6 +881,10 @@ class Key:
         """Whether ``other`` holds the same key bytes (compared in constant time)."""
         return hmac.compare_digest(self._raw, other._raw)
 
+    def material(self) -> bytes:
+        """Return the raw key bytes, for wrapping them (Cloud KMS). Handle with care."""
+        return self._raw
+
     def export(self) -> str:
         """Return the key text, for writing it into settings. Handle with care.
 
