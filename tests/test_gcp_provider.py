@@ -1425,3 +1425,22 @@ def test_add_key_wrap_refuses_a_version_number_it_did_not_expect(
     with pytest.raises(KeyProviderError, match="another version was added"):
         provider.add_key(wrap=KEK)
     assert "DISABLED" == {v.number: v.state for v in provider.describe().versions}[3]
+
+
+def test_rewrap_with_wrap_turns_plaintext_versions_into_wrapped_ones(
+    fake: FakeSecretManager, kms_fake: Any
+) -> None:
+    """rewrap(wrap=) moves each plaintext key to a wrapped version with the same id."""
+    provider = _wrapping_provider(fake, kms_fake)
+    keys = [provider.add_key(), provider.add_key()]
+    provider.promote(2)
+    before = provider.load()
+    done = provider.rewrap(wrap=KEK)
+    assert [("v2", 2, 3), ("v1", 1, 4)] == [(m.key_id, m.old, m.new) for m in done.moved]
+    after = provider.load()
+    assert "v2" == after.primary.id
+    assert [True, True] == [
+        after.get(k.key_id).shares_secret_with(before.get(k.key_id)) for k in keys
+    ]
+    assert all(key.wrapped is not None for key in after)
+    assert {"fieldcrypt-primary": 3} == fake.aliases(SECRET)

@@ -466,3 +466,14 @@ def _stored(engine: Engine) -> list[tuple[int, str]]:
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT id, name FROM kms_patients ORDER BY id"))
         return [(row[0], row[1]) for row in rows]
+
+
+def test_rewrap_keyring_wraps_plain_entries_when_asked(wrapper: Any, fake: Any) -> None:
+    """With wrap=, plaintext entries come back wrapped under that KMS key, same ids and keys."""
+    plain = Keyring.parse(f"k2:{generate_key()},k1:{generate_key('aes-gcm-siv')}")
+    done = kms.rewrap_keyring(plain.export(), wrapper, wrap=KEK)
+    assert (("k2", "k1"), ()) == (done.rewrapped, done.plain)
+    ring = Keyring.parse(done.text, unwrap=wrapper)
+    assert [True, True] == [ring.get(k.id).shares_secret_with(k) for k in plain]
+    assert [k.export() for k in plain] == [k.export() for k in ring]
+    assert all(k.export().split(":")[-1] not in done.text for k in plain)

@@ -318,8 +318,14 @@ def keys_promote(
     help="Re-wrap the entries of FIELDCRYPT_KEYS (FIELDCRYPT_BLIND_INDEX_KEYS with --purpose "
     "blind-index) instead, and print the new value; plain entries are copied as they are.",
 )
+@_wrap_option(
+    "Also wrap the keys held in plaintext, under this Cloud KMS key: how a plaintext keyring "
+    "becomes a wrapped one, with the same key ids."
+)
 @click.pass_context
-def keys_rewrap(ctx: click.Context, secret: str | None, purpose: Purpose, from_env: bool) -> None:
+def keys_rewrap(
+    ctx: click.Context, secret: str | None, purpose: Purpose, from_env: bool, wrap: str | None
+) -> None:
     """Re-wrap every wrapped key under its Cloud KMS key's current primary version.
 
     For after the KMS key rotates. Key ids and keys stay the same, so no stored value is
@@ -329,10 +335,10 @@ def keys_rewrap(ctx: click.Context, secret: str | None, purpose: Purpose, from_e
     if from_env:
         if secret is not None:
             raise click.UsageError("--from-env and --secret name different places; give one")
-        _rewrap_env(ctx, purpose)
+        _rewrap_env(ctx, purpose, wrap)
         return
     provider = _gcp_provider(ctx, secret, purpose)
-    done = provider.rewrap()
+    done = provider.rewrap(wrap=wrap)
     for moved in done.moved:
         click.echo(
             f"Key {moved.key_id}: moved from version {moved.old} (now disabled) to version "
@@ -345,9 +351,14 @@ def keys_rewrap(ctx: click.Context, secret: str | None, purpose: Purpose, from_e
         click.echo(f"Version {number} could not be read, and was left as it is: {reason}")
     if not done.moved and not done.unchanged:
         click.echo("No wrapped key in the secret: nothing to re-wrap.")
+    elif wrap is not None and done.moved:
+        click.echo(
+            "Disabled versions keep their payloads: once every instance has refreshed, destroy "
+            "the versions that held keys in plaintext (gcloud secrets versions destroy)."
+        )
 
 
-def _rewrap_env(ctx: click.Context, purpose: Purpose) -> None:
+def _rewrap_env(ctx: click.Context, purpose: Purpose, wrap: str | None) -> None:
     try:
         from sa_fieldcrypt.providers.kms import rewrap_keyring
     except ImportError as exc:
@@ -358,7 +369,7 @@ def _rewrap_env(ctx: click.Context, purpose: Purpose) -> None:
     if text is None:
         raise ConfigurationError(f"{setting} is not set: there is nothing to re-wrap")
     done = rewrap_keyring(
-        text.get_secret_value(), _kms_wrapper(ctx), purpose=purpose, source=setting
+        text.get_secret_value(), _kms_wrapper(ctx), purpose=purpose, source=setting, wrap=wrap
     )
     click.echo(done.text)
     summary = f"{setting}: re-wrapped {', '.join(done.rewrapped) or 'none'}"

@@ -70,6 +70,7 @@ from sa_fieldcrypt import metrics
 from sa_fieldcrypt.errors import ConfigurationError, KeyProviderError
 from sa_fieldcrypt.keys import (
     DEFAULT_KINDS,
+    KMS_KEY_PATTERN,
     PURPOSE_KINDS,
     PURPOSES,
     Key,
@@ -580,7 +581,7 @@ class GoogleSecretManagerKeyProvider:
             number, "ENABLED", _as_datetime(added.create_time), not enabled, wrapped_by=wrap
         )
 
-    def rewrap(self) -> SecretRewrap:
+    def rewrap(self, *, wrap: str | None = None) -> SecretRewrap:
         """Move every wrapped key to a new version, wrapped under its KMS key's primary.
 
         For after the Cloud KMS key rotates: each enabled version whose wrapped key Cloud KMS
@@ -589,6 +590,12 @@ class GoogleSecretManagerKeyProvider:
         follows the primary's key, and the old versions are disabled. No stored value
         changes: the keys are the same. Run it again safely: keys already under the primary
         are left alone. One ``Decrypt`` per wrapped version, one ``Encrypt`` per key moved.
+
+        Args:
+            wrap: a Cloud KMS key to wrap the plaintext keys with too: each plaintext version
+                ``vN`` moves to a new version holding ``vN:wrapped:...``, and is disabled
+                (destroy it once every instance has refreshed: a disabled version keeps its
+                payload). How a plaintext secret becomes a wrapped one.
 
         Returns:
             What moved, what was already under the primary, and the enabled versions that
@@ -600,6 +607,11 @@ class GoogleSecretManagerKeyProvider:
                 before the failure stay moved (their old versions may still be enabled:
                 run it again).
         """
+        if wrap is not None and not KMS_KEY_PATTERN.match(wrap):
+            raise ConfigurationError(
+                f"wrap: {wrap!r} is not a Cloud KMS key name; expected "
+                "projects/P/locations/L/keyRings/R/cryptoKeys/K"
+            )
         deadline = Deadline(self.timeout)
         moved: list[RewrappedVersion] = []
         unchanged: list[str] = []
@@ -632,6 +644,8 @@ class GoogleSecretManagerKeyProvider:
                 elif read.wrapped is not None:
                     holder[read.id] = (number, read)
                     unchanged.append(read.id)
+                elif wrap is not None:
+                    stale.append((number, read, wrap))
             for number, key, kms_key in stale:
                 if key.id not in holder and kms_key is not None:
                     new = self._wrapper.wrap(key, kms_key).entry.encode("ascii")

@@ -101,7 +101,7 @@ class Rewrapped:
     Attributes:
         text: the new keyring text, entries in the same order: each wrapped entry under its
             KMS key's primary version, every other entry as it was (key text included).
-        rewrapped: the ids of the entries wrapped anew.
+        rewrapped: the ids of the entries wrapped anew (plaintext ones included, when asked).
         unchanged: the ids of the wrapped entries already under the primary version.
         plain: the ids of the entries that are not wrapped.
     """
@@ -334,7 +334,12 @@ def is_outage(exc: BaseException) -> bool:
 
 
 def rewrap_keyring(
-    text: str, wrapper: KmsKeyWrapper, *, purpose: Purpose = "encryption", source: str = "keys"
+    text: str,
+    wrapper: KmsKeyWrapper,
+    *,
+    purpose: Purpose = "encryption",
+    source: str = "keys",
+    wrap: str | None = None,
 ) -> Rewrapped:
     """Re-wrap every wrapped entry of keyring text under its KMS key's primary version.
 
@@ -342,6 +347,15 @@ def rewrap_keyring(
     primary. Key ids, kinds, order and the keys themselves stay as they are, so no stored
     value changes; put the new text where the old was (``FIELDCRYPT_KEYS``), and once every
     instance runs with it, the old KMS key versions may be disabled.
+
+    Args:
+        text: keyring text, as ``FIELDCRYPT_KEYS`` holds it.
+        wrapper: the KMS client wrapper.
+        purpose: the keyring's purpose.
+        source: how messages name the text (a setting).
+        wrap: a Cloud KMS key to wrap the plaintext entries with too (one ``Encrypt``
+            each): how a plaintext keyring becomes a wrapped one. Without it they are
+            copied as they are.
 
     Raises:
         ConfigurationError: the text is not a keyring of ``purpose``.
@@ -361,7 +375,10 @@ def rewrap_keyring(
     plain: list[str] = []
     for key in keyring:
         wrapped = key.wrapped
-        if wrapped is None:
+        if wrapped is None and wrap is not None:
+            rewrapped.append(key.id)
+            entries.append(wrapper.wrap(key, wrap).entry)
+        elif wrapped is None:
             plain.append(key.id)
             entries.append(f"{key.id}:{key.export()}")
         elif opened[key.id].used_primary:
