@@ -615,6 +615,19 @@ def test_missing_credentials_are_reported(monkeypatch: pytest.MonkeyPatch, tmp_p
         GoogleSecretManagerKeyProvider(SECRET).load()
 
 
+def test_missing_credentials_are_reported_for_kms_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Without application default credentials, unwrapping says how to provide them."""
+    from sa_fieldcrypt.keys import WrappedKey
+    from sa_fieldcrypt.providers.kms import KmsKeyWrapper
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
+    wrapped = WrappedKey("k1", "fernet", KEK, b"x" * 40)
+    with pytest.raises(KeyProviderError, match=r"key 'k1'.*no Google credentials were found"):
+        KmsKeyWrapper().unwrap(wrapped)
+
+
 def test_regional_secrets_use_the_regional_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """A secret under projects/P/locations/L is read from L's regional endpoint."""
     from google.auth import credentials as google_credentials
@@ -1000,8 +1013,10 @@ _BLOCK_GOOGLE = """
         "import sa_fieldcrypt.testing.secret_manager",
         "import os; os.environ.update(FIELDCRYPT_PROVIDER='gcp', FIELDCRYPT_GCP_SECRET="
         f"'{SECRET}'); from sa_fieldcrypt.config import current_keyring; current_keyring()",
+        "import sa_fieldcrypt.providers.kms",
+        "import sa_fieldcrypt.testing.kms",
     ],
-    ids=["provider", "fake", "settings"],
+    ids=["provider", "fake", "settings", "kms", "kms-fake"],
 )
 def test_missing_extra_says_how_to_install_it(statement: str) -> None:
     """Without the Google packages, using the gcp provider raises ImportError with the fix."""
@@ -1015,6 +1030,26 @@ def test_missing_extra_says_how_to_install_it(statement: str) -> None:
     """
     )
     assert "pip install 'sa-fieldcrypt[gcp]'" in result.stdout, result.stderr
+
+
+def test_a_wrapped_env_key_without_the_extra_says_how_to_install_it() -> None:
+    """A wrapped key in FIELDCRYPT_KEYS without the Google packages is a ConfigurationError."""
+    result = _run(
+        _BLOCK_GOOGLE
+        + """
+    import os
+    from sa_fieldcrypt import ConfigurationError
+    from sa_fieldcrypt.providers import EnvKeyProvider
+    kek = "projects/p/locations/l/keyRings/r/cryptoKeys/k"
+    os.environ["FIELDCRYPT_KEYS"] = f"k1:wrapped:fernet:{kek}:AAAA"
+    try:
+        EnvKeyProvider().load()
+    except ConfigurationError as exc:
+        print(exc)
+    """
+    )
+    assert "wrapped by Cloud KMS" in result.stdout, result.stderr
+    assert "pip install 'sa-fieldcrypt[gcp]'" in result.stdout
 
 
 # -- the guide ---------------------------------------------------------------------------
