@@ -503,6 +503,7 @@ def test_keys_add_wrap_then_rewrap(wrapping: dict[str, Any]) -> None:
     assert "Already under the primary version, left as they are: v1.\n" == again.output
     listed = _keys(wrapping, "list")
     assert re.search(r"^2 +v1 +ENABLED .*yes \(alias fieldcrypt-primary\)$", listed.output, re.M)
+    assert f"Wrapped by Cloud KMS key {KEK}: version 2.\n" in listed.output
 
 
 def test_keys_rewrap_from_env_prints_the_new_value(

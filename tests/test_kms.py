@@ -477,3 +477,11 @@ def test_rewrap_keyring_wraps_plain_entries_when_asked(wrapper: Any, fake: Any) 
     assert [True, True] == [ring.get(k.id).shares_secret_with(k) for k in plain]
     assert [k.export() for k in plain] == [k.export() for k in ring]
     assert all(k.export().split(":")[-1] not in done.text for k in plain)
+
+
+def test_the_legacy_key_cannot_be_wrapped(wrapper: Any) -> None:
+    """A wrapped key in FIELD_ENCRYPTION_KEY is refused with where to put it instead."""
+    _, wrapped = _wrapped(wrapper, "legacy")
+    provider = EnvKeyProvider(_settings(FIELD_ENCRYPTION_KEY=wrapped.text))
+    with pytest.raises(ConfigurationError, match="move it into FIELDCRYPT_KEYS as 'legacy:wrapped"):
+        provider.load()

@@ -229,6 +229,12 @@ def keys_list(ctx: click.Context, secret: str | None, purpose: Purpose) -> None:
         click.echo(
             f"{version.number:<9}{version.key_id:<9}{version.state:<11}{created:<27}{mark}".rstrip()
         )
+    wrapped: dict[str, list[str]] = {}
+    for version in described.versions:
+        if version.wrapped_by:
+            wrapped.setdefault(version.wrapped_by, []).append(str(version.number))
+    for kms_key, numbers in wrapped.items():
+        click.echo(f"Wrapped by Cloud KMS key {kms_key}: version {', '.join(numbers)}.")
     for version in described.versions:
         if version.skipped:
             click.echo(f"Version {version.number} is skipped: {version.skipped}")

@@ -91,6 +91,12 @@ def holds_wrapped_keys(settings: FieldCryptSettings, purpose: Purpose) -> bool:
 def _encryption_keyring(settings: FieldCryptSettings, unwrap: Unwrap | None) -> Keyring:
     legacy = None
     if settings.legacy_key is not None:
+        if has_wrapped_entries(f"{LEGACY_KEY_ID}:{settings.legacy_key.get_secret_value()}"):
+            raise ConfigurationError(
+                "FIELD_ENCRYPTION_KEY holds a wrapped key, which it cannot: move it into "
+                f"FIELDCRYPT_KEYS as '{LEGACY_KEY_ID}:wrapped:...' (wrapped for the id "
+                f"{LEGACY_KEY_ID!r})"
+            )
         try:
             legacy = parse_key(settings.legacy_key.get_secret_value(), key_id=LEGACY_KEY_ID)
         except ConfigurationError:
