@@ -148,7 +148,9 @@ def keys() -> None:
 
     Each enabled version of the secret is a key. Rotate in two phases: `keys add`, wait until
     every instance has refreshed (FIELDCRYPT_GCP_CACHE_TTL), then `keys promote`. Blind-index
-    keys live in a secret of their own: pass --purpose blind-index.
+    keys live in a secret of their own: pass --purpose blind-index. Keys wrapped by Cloud KMS
+    (`keys add --wrap`) are re-wrapped after a KMS key rotation with `keys rewrap`, which also
+    re-wraps FIELDCRYPT_KEYS (--from-env).
     """
 
 
