@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import os
@@ -445,3 +446,90 @@ def test_keys_add_refuses_a_kind_of_another_purpose(gcp: dict[str, Any]) -> None
     assert 1 == result.exit_code
     assert "holds keys of kind fernet or aes-gcm-siv" in result.stderr
     assert 0 == gcp["fake"].call_count("AddSecretVersion")
+
+
+# -- keys wrapped by Cloud KMS ----------------------------------------------------------------
+
+KEK = "projects/test/locations/global/keyRings/app/cryptoKeys/fieldcrypt"
+
+
+@pytest.fixture
+def wrapping(gcp: dict[str, Any], request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The context object with a fake Secret Manager and a fake Cloud KMS holding KEK."""
+    kms_fake = request.getfixturevalue("fake_kms")
+    kms_fake.create_key(KEK)
+    return {**gcp, "kms": kms_fake, "kms_client": kms_fake.client()}
+
+
+def _unwrapper(wrapping: dict[str, Any]) -> Any:
+    from sa_fieldcrypt.providers.kms import KmsKeyWrapper
+
+    return KmsKeyWrapper(client=wrapping["kms"].client())
+
+
+def test_keygen_wrap_prints_only_the_wrapped_entry(wrapping: dict[str, Any]) -> None:
+    """keygen --wrap prints one 'id:wrapped:...' entry that unwraps to a key of that kind."""
+    args = ["keygen", "--id", "k3", "--kind", "aes-gcm-siv", "--wrap", KEK]
+    result = CliRunner().invoke(cli, args, obj=wrapping)
+    assert 0 == result.exit_code, result.output
+    entry = result.output.strip()
+    assert entry.startswith(f"k3:wrapped:aes-gcm-siv:{KEK}:")
+    key = parse_key(entry, unwrap=_unwrapper(wrapping))
+    assert ("k3", "aes-gcm-siv") == (key.id, key.kind)
+    assert key.export().split(":")[-1] not in result.output
+
+
+def test_keygen_wrap_needs_an_id(wrapping: dict[str, Any]) -> None:
+    """keygen --wrap without --id is a usage error: the id is bound into the wrapping."""
+    result = CliRunner().invoke(cli, ["keygen", "--wrap", KEK], obj=wrapping)
+    assert 2 == result.exit_code
+    assert "--wrap needs --id" in result.output
+
+
+def test_keys_add_wrap_then_rewrap(wrapping: dict[str, Any]) -> None:
+    """keys add --wrap stores a wrapped version; after a KMS rotation keys rewrap moves it."""
+    added = _keys(wrapping, "add", "--wrap", KEK)
+    assert 0 == added.exit_code, added.output
+    assert "Added version 1 (key id v1)" in added.output
+    assert (wrapping["fake"].payload(GCP_SECRET, 1) or b"").startswith(b"v1:wrapped:fernet:")
+    wrapping["kms"].rotate(KEK)
+    moved = _keys(wrapping, "rewrap")
+    assert 0 == moved.exit_code, moved.output
+    assert (
+        "Key v1: moved from version 1 (now disabled) to version 2, wrapped under the KMS key's "
+        "primary version.\n" == moved.output
+    )
+    again = _keys(wrapping, "rewrap")
+    assert "Already under the primary version, left as they are: v1.\n" == again.output
+    listed = _keys(wrapping, "list")
+    assert re.search(r"^2 +v1 +ENABLED .*yes \(alias fieldcrypt-primary\)$", listed.output, re.M)
+    assert f"Wrapped by Cloud KMS key {KEK}: version 2.\n" in listed.output
+
+
+def test_keys_rewrap_from_env_prints_the_new_value(
+    wrapping: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keys rewrap --from-env prints FIELDCRYPT_KEYS re-wrapped, and a summary on stderr."""
+    entry = CliRunner().invoke(cli, ["keygen", "--id", "k2", "--wrap", KEK], obj=wrapping)
+    plain = f"k1:{generate_key()}"
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"{entry.output.strip()},{plain}")
+    wrapping["kms"].rotate(KEK)
+    result = CliRunner().invoke(cli, ["keys", "rewrap", "--from-env"], obj=wrapping)
+    assert 0 == result.exit_code, result.output
+    value, summary = result.stdout.strip(), result.stderr
+    assert plain == value.split(",")[1]
+    assert 2 == wrapping["kms"].version_of(
+        base64.urlsafe_b64decode(value.split(",")[0].rsplit(":", 1)[1])
+    )
+    assert "re-wrapped k2; not wrapped, copied as they are (keys in plaintext): k1." in summary
+
+
+def test_a_kms_refusal_prints_one_clean_line(wrapping: dict[str, Any]) -> None:
+    """A KMS failure is one 'Error:' line naming the role, exit status 1."""
+    import grpc
+
+    wrapping["kms"].fail_next("Encrypt", grpc.StatusCode.PERMISSION_DENIED)
+    result = CliRunner().invoke(cli, ["keygen", "--id", "k1", "--wrap", KEK], obj=wrapping)
+    assert 1 == result.exit_code
+    assert result.output.startswith("Error: key 'k1': Cloud KMS key")
+    assert "roles/cloudkms.cryptoKeyEncrypter" in result.output

@@ -615,6 +615,19 @@ def test_missing_credentials_are_reported(monkeypatch: pytest.MonkeyPatch, tmp_p
         GoogleSecretManagerKeyProvider(SECRET).load()
 
 
+def test_missing_credentials_are_reported_for_kms_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Without application default credentials, unwrapping says how to provide them."""
+    from sa_fieldcrypt.keys import WrappedKey
+    from sa_fieldcrypt.providers.kms import KmsKeyWrapper
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
+    wrapped = WrappedKey("k1", "fernet", KEK, b"x" * 40)
+    with pytest.raises(KeyProviderError, match=r"key 'k1'.*no Google credentials were found"):
+        KmsKeyWrapper().unwrap(wrapped)
+
+
 def test_regional_secrets_use_the_regional_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """A secret under projects/P/locations/L is read from L's regional endpoint."""
     from google.auth import credentials as google_credentials
@@ -1000,8 +1013,10 @@ _BLOCK_GOOGLE = """
         "import sa_fieldcrypt.testing.secret_manager",
         "import os; os.environ.update(FIELDCRYPT_PROVIDER='gcp', FIELDCRYPT_GCP_SECRET="
         f"'{SECRET}'); from sa_fieldcrypt.config import current_keyring; current_keyring()",
+        "import sa_fieldcrypt.providers.kms",
+        "import sa_fieldcrypt.testing.kms",
     ],
-    ids=["provider", "fake", "settings"],
+    ids=["provider", "fake", "settings", "kms", "kms-fake"],
 )
 def test_missing_extra_says_how_to_install_it(statement: str) -> None:
     """Without the Google packages, using the gcp provider raises ImportError with the fix."""
@@ -1015,6 +1030,26 @@ def test_missing_extra_says_how_to_install_it(statement: str) -> None:
     """
     )
     assert "pip install 'sa-fieldcrypt[gcp]'" in result.stdout, result.stderr
+
+
+def test_a_wrapped_env_key_without_the_extra_says_how_to_install_it() -> None:
+    """A wrapped key in FIELDCRYPT_KEYS without the Google packages is a ConfigurationError."""
+    result = _run(
+        _BLOCK_GOOGLE
+        + """
+    import os
+    from sa_fieldcrypt import ConfigurationError
+    from sa_fieldcrypt.providers import EnvKeyProvider
+    kek = "projects/p/locations/l/keyRings/r/cryptoKeys/k"
+    os.environ["FIELDCRYPT_KEYS"] = f"k1:wrapped:fernet:{kek}:AAAA"
+    try:
+        EnvKeyProvider().load()
+    except ConfigurationError as exc:
+        print(exc)
+    """
+    )
+    assert "wrapped by Cloud KMS" in result.stdout, result.stderr
+    assert "pip install 'sa-fieldcrypt[gcp]'" in result.stdout
 
 
 # -- the guide ---------------------------------------------------------------------------
@@ -1252,3 +1287,195 @@ def test_max_stale_none_serves_old_keys_through_any_outage(fake: FakeSecretManag
     fake.stop()
     clock.now += 720 * 3600
     assert b"ada@example.com" == decrypt(cache.get(), token)
+
+
+# -- keys wrapped by Cloud KMS -----------------------------------------------------------------
+
+KEK = "projects/test/locations/global/keyRings/app/cryptoKeys/fieldcrypt"
+
+
+@pytest.fixture
+def kms_fake(fake_kms: Any) -> Any:
+    """A fake Cloud KMS with the key-encrypting key created (version 1 primary)."""
+    fake_kms.create_key(KEK)
+    return fake_kms
+
+
+def _wrapping_provider(fake: FakeSecretManager, kms_fake: Any, **kwargs: Any) -> Any:
+    return _provider(fake, kms_client=kms_fake.client(), **kwargs)
+
+
+def test_a_wrapped_version_is_a_key_that_carries_its_id(
+    fake: FakeSecretManager, kms_fake: Any
+) -> None:
+    """add_key(wrap=) stores 'v<N>:wrapped:...', no key in plaintext; it loads as key v<N>."""
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key()
+    added = provider.add_key(wrap=KEK, kind="aes-gcm-siv")
+    assert (2, KEK) == (added.number, added.wrapped_by)
+    payload = fake.payload(SECRET, 2) or b""
+    assert payload.startswith(f"v2:wrapped:aes-gcm-siv:{KEK}:".encode())
+    ring = provider.load()
+    assert ("v2", "v1") == ring.ids
+    assert ring.get("v2").wrapped is not None
+    assert ring.get("v1").wrapped is None
+    assert 1 == kms_fake.call_count("Decrypt")
+
+
+def test_a_wrapped_payload_moved_to_another_version_keeps_its_id(
+    fake: FakeSecretManager, kms_fake: Any
+) -> None:
+    """A wrapped entry copied into a new version loads under the id it carries, once."""
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key(wrap=KEK)
+    fake.add_version(SECRET, fake.payload(SECRET, 1) or b"")
+    fake.set_alias(SECRET, "fieldcrypt-primary", 2)
+    ring = provider.load()
+    assert ("v1",) == ring.ids
+    assert "v1" == ring.primary.id
+
+
+def test_a_relabelled_wrapped_version_is_skipped(
+    fake: FakeSecretManager, kms_fake: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrapped payload edited to another key id does not unwrap: that version is skipped."""
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key()
+    provider.add_key(wrap=KEK)
+    relabelled = (fake.payload(SECRET, 2) or b"").replace(b"v2:", b"v9:", 1)
+    fake.add_version(SECRET, relabelled)
+    with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
+        ring = provider.load()
+    assert ("v2", "v1") == ring.ids
+    assert "relabelled or corrupted" in caplog.text
+    assert relabelled.decode().rsplit(":", 1)[-1] not in caplog.text
+
+
+def test_a_kms_outage_fails_the_whole_load(fake: FakeSecretManager, kms_fake: Any) -> None:
+    """KMS unreachable: the load fails (the cache keeps the old keys), no key is left out."""
+    provider = _wrapping_provider(fake, kms_fake, timeout=0.5)
+    provider.add_key()
+    provider.add_key(wrap=KEK)
+    kms_fake.stop()
+    with pytest.raises(KeyProviderError, match=r"key 'v2'.*could not unwrap"):
+        provider.load()
+
+
+def test_a_disabled_kms_version_under_the_primary_fails_the_load(
+    fake: FakeSecretManager, kms_fake: Any
+) -> None:
+    """The primary's wrapping version disabled: the load fails, naming the version's state."""
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key(wrap=KEK)
+    kms_fake.rotate(KEK)
+    kms_fake.set_state(KEK, 1, "DISABLED")
+    with pytest.raises(
+        KeyProviderError, match=r"cryptoKeyVersions/1', which wrapped this key, is DISABLED"
+    ):
+        provider.load()
+
+
+def test_a_model_reads_and_writes_through_wrapped_secret_manager_keys(
+    fake: FakeSecretManager, kms_fake: Any, engine: Engine, no_default_keys: None
+) -> None:
+    """Rows round-trip through a Secret Manager key wrapped by KMS, and survive a rewrap."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Customer(Base):
+        __tablename__ = "fc_gcp_wrapped_customers"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+        email: Mapped[str] = mapped_column(EncryptedText())
+
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    try:
+        operator = _wrapping_provider(fake, kms_fake)
+        operator.add_key(wrap=KEK)
+        operator.add_key(wrap=KEK, kind="aes-gcm-siv")
+        sa_fieldcrypt.configure(provider=_wrapping_provider(fake, kms_fake))
+        with Session(engine) as session:
+            session.add(Customer(id=1, email="v1@example.com"))
+            session.commit()
+        operator.promote(2)
+        sa_fieldcrypt.configure(provider=_wrapping_provider(fake, kms_fake))
+        with Session(engine) as session:
+            session.add(Customer(id=2, email="v2@example.com"))
+            session.commit()
+        with engine.connect() as conn:
+            before = conn.execute(text("SELECT id, email FROM fc_gcp_wrapped_customers")).all()
+        assert {"fc1:v1", "fc1:v2"} == {token[:6] for _, token in before}
+
+        kms_fake.rotate(KEK)
+        done = operator.rewrap()
+        assert [("v2", 2, 3), ("v1", 1, 4)] == [(m.key_id, m.old, m.new) for m in done.moved]
+        kms_fake.set_state(KEK, 1, "DISABLED")  # only the new wrappings open now
+        assert {"fieldcrypt-primary": 3} == fake.aliases(SECRET)
+
+        sa_fieldcrypt.configure(provider=_wrapping_provider(fake, kms_fake))
+        with engine.connect() as conn:
+            after = conn.execute(text("SELECT id, email FROM fc_gcp_wrapped_customers")).all()
+        assert sorted(before) == sorted(after)
+        with Session(engine) as session:
+            assert "v1@example.com" == session.get(Customer, 1).email
+            assert "v2@example.com" == session.get(Customer, 2).email
+        assert {"v2", "v1"} == set(current_keyring().ids)
+        assert "v2" == current_keyring().primary.id
+    finally:
+        Base.metadata.drop_all(engine)
+
+
+def test_rewrap_disables_old_versions_and_is_idempotent(
+    fake: FakeSecretManager, kms_fake: Any
+) -> None:
+    """rewrap moves wrapped keys only, disables their old versions, and then has nothing to do."""
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key()  # v1, plain: left as it is
+    provider.add_key(wrap=KEK)  # v2
+    kms_fake.rotate(KEK)
+    done = provider.rewrap()
+    assert [("v2", 2, 3)] == [(m.key_id, m.old, m.new) for m in done.moved]
+    states = {v.number: (v.state, v.key_id) for v in provider.describe().versions}
+    assert {3: ("ENABLED", "v2"), 2: ("DISABLED", "v2"), 1: ("ENABLED", "v1")} == states
+    kms_fake.calls.clear()
+    again = provider.rewrap()
+    assert ((), ("v2",)) == (again.moved, again.unchanged)
+    assert ["Decrypt"] == kms_fake.calls
+
+
+def test_add_key_wrap_refuses_a_version_number_it_did_not_expect(
+    fake: FakeSecretManager, kms_fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If another version lands first, the wrapped one is disabled and the add fails."""
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key()
+    real_wrap = provider._wrapper.wrap
+
+    def racing_wrap(key: Any, kms_key: str) -> Any:
+        fake.add_version(SECRET, generate_key().encode())  # someone else adds v2
+        return real_wrap(key, kms_key)
+
+    monkeypatch.setattr(provider._wrapper, "wrap", racing_wrap)
+    with pytest.raises(KeyProviderError, match="another version was added"):
+        provider.add_key(wrap=KEK)
+    assert "DISABLED" == {v.number: v.state for v in provider.describe().versions}[3]
+
+
+def test_rewrap_with_wrap_turns_plaintext_versions_into_wrapped_ones(
+    fake: FakeSecretManager, kms_fake: Any
+) -> None:
+    """rewrap(wrap=) moves each plaintext key to a wrapped version with the same id."""
+    provider = _wrapping_provider(fake, kms_fake)
+    keys = [provider.add_key(), provider.add_key()]
+    provider.promote(2)
+    before = provider.load()
+    done = provider.rewrap(wrap=KEK)
+    assert [("v2", 2, 3), ("v1", 1, 4)] == [(m.key_id, m.old, m.new) for m in done.moved]
+    after = provider.load()
+    assert "v2" == after.primary.id
+    assert [True, True] == [
+        after.get(k.key_id).shares_secret_with(before.get(k.key_id)) for k in keys
+    ]
+    assert all(key.wrapped is not None for key in after)
+    assert {"fieldcrypt-primary": 3} == fake.aliases(SECRET)

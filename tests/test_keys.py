@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import pickle
+import re
 
 import pytest
 from cryptography.fernet import Fernet
@@ -23,7 +24,16 @@ from sa_fieldcrypt import (
     parse_key,
 )
 from sa_fieldcrypt.cipher import decrypt, encrypt
-from sa_fieldcrypt.keys import KEY_KINDS, PURPOSE_KINDS, PURPOSES
+from sa_fieldcrypt.keys import (
+    KEY_KINDS,
+    PURPOSE_KINDS,
+    PURPOSES,
+    KeyKind,
+    Unwrap,
+    WrappedKey,
+    has_wrapped_entries,
+    wrapped_associated_data,
+)
 
 key_ids = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
 
@@ -598,3 +608,122 @@ def test_keyrings_accept_exactly_distinct_secrets(secrets: list[bytes]) -> None:
     else:
         with pytest.raises(ConfigurationError, match="hold the same secret"):
             Keyring(texts)
+
+
+# -- wrapped keys: the entry format -----------------------------------------------------------
+
+KMS_KEY = "projects/p-1/locations/europe-west1/keyRings/app/cryptoKeys/fieldcrypt"
+kms_ids = st.from_regex(r"[A-Za-z0-9_-]{1,63}", fullmatch=True)
+kms_keys = st.builds(
+    "projects/{}/locations/{}/keyRings/{}/cryptoKeys/{}".format,
+    st.from_regex(r"[a-z0-9.-]{1,30}", fullmatch=True),
+    st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True),
+    kms_ids,
+    kms_ids,
+)
+
+
+def _capture(seen: list[WrappedKey]) -> Unwrap:
+    """An unwrap that records what it is given and opens it as 32 fixed bytes."""
+
+    def unwrap(wrapped: WrappedKey) -> Key:
+        seen.append(wrapped)
+        return wrapped.open(bytes(range(32)))
+
+    return unwrap
+
+
+@given(
+    key_id=key_ids,
+    kind=st.sampled_from(KEY_KINDS),
+    kms_key=kms_keys,
+    ciphertext=st.binary(min_size=1, max_size=200),
+)
+def test_wrapped_entries_round_trip_through_the_parser(
+    key_id: str, kind: KeyKind, kms_key: str, ciphertext: bytes
+) -> None:
+    """Any wrapped key's entry parses back to the same id, kind, KMS key and ciphertext."""
+    wrapped = WrappedKey(key_id, kind, kms_key, ciphertext)
+    seen: list[WrappedKey] = []
+    purpose = "blind-index" if kind == "hmac-sha256" else "encryption"
+    key = parse_key(wrapped.entry, purpose=purpose, unwrap=_capture(seen))
+    assert [wrapped] == seen
+    assert (key_id, kind, wrapped) == (key.id, key.kind, key.wrapped)
+    assert [wrapped] == [
+        k.wrapped for k in Keyring.parse(wrapped.entry, purpose=purpose, unwrap=_capture([]))
+    ]
+
+
+def test_the_associated_data_binds_id_purpose_and_kind() -> None:
+    """The associated data is the documented bytes: prefix, purpose, kind, id, NUL-separated."""
+    assert b"sa-fieldcrypt/wrapped-key/v1\x00encryption\x00aes-gcm-siv\x00k3" == (
+        wrapped_associated_data("k3", "aes-gcm-siv")
+    )
+    assert b"sa-fieldcrypt/wrapped-key/v1\x00blind-index\x00hmac-sha256\x00b1" == (
+        WrappedKey("b1", "hmac-sha256", KMS_KEY, b"x").associated_data
+    )
+
+
+def test_a_wrapped_entry_without_an_unwrapper_is_refused() -> None:
+    """No keyring holds a wrapped key unopened: the parser refuses it, naming id and KMS key."""
+    entry = WrappedKey("k1", "fernet", KMS_KEY, b"\x00secret-ciphertext").entry
+    with pytest.raises(ConfigurationError) as caught:
+        Keyring.parse(entry)
+    message = str(caught.value)
+    assert f"key 'k1' is wrapped by Cloud KMS key '{KMS_KEY}'" in message
+    assert entry.rsplit(":", 1)[-1] not in message
+
+
+def test_a_wrapped_text_is_no_key_text() -> None:
+    """Key() itself refuses wrapped text, pointing at the parser's unwrap=."""
+    with pytest.raises(ConfigurationError, match=r"unwrap="):
+        Key("k1", WrappedKey("k1", "fernet", KMS_KEY, b"x").text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"k1:wrapped:rot13:{KMS_KEY}:AAAA", "its kind is not known"),
+        (f"k1:wrapped:hmac-sha256:{KMS_KEY}:AAAA", "for blind indexes, and this keyring is for"),
+        ("k1:wrapped:fernet:projects/p/keyRings/r/cryptoKeys/k:AAAA", "names its Cloud KMS key"),
+        (f"k1:wrapped:fernet:{KMS_KEY}/cryptoKeyVersions/1:AAAA", "names its Cloud KMS key"),
+        (f"k1:wrapped:fernet:{KMS_KEY}:AAA", "not canonical url-safe base64"),
+        (f"k1:wrapped:fernet:{KMS_KEY}:", "not canonical url-safe base64"),
+        (f"k1:wrapped:fernet:{KMS_KEY}", "names its Cloud KMS key"),
+    ],
+    ids=["kind", "purpose", "kms-name", "kms-version", "base64", "empty", "no-ciphertext"],
+)
+def test_malformed_wrapped_entries_say_what_is_wrong(text: str, expected: str) -> None:
+    """Each malformed part of a wrapped entry is named, with the entry's id."""
+    with pytest.raises(ConfigurationError, match=re.escape(expected)) as caught:
+        Keyring.parse(text, unwrap=_capture([]))
+    assert "(id 'k1')" in str(caught.value)
+
+
+def test_an_unwrapper_must_return_the_key_it_was_given() -> None:
+    """An unwrap that returns some other key is refused: only WrappedKey.open decides."""
+    entry = WrappedKey("k1", "fernet", KMS_KEY, b"x").entry
+    with pytest.raises(ConfigurationError, match=r"not the Key that WrappedKey\.open built"):
+        parse_key(entry, unwrap=lambda wrapped: parse_key(generate_key(), key_id="k1"))
+
+
+def test_what_unwraps_must_be_a_key_of_the_kind() -> None:
+    """Bytes of the wrong length from KMS are refused as not a key, without showing them."""
+    with pytest.raises(ConfigurationError, match="is not a 32-byte key"):
+        WrappedKey("k1", "fernet", KMS_KEY, b"x").open(b"short")
+
+
+def test_wrapped_keys_are_redacted() -> None:
+    """A wrapped key's repr shows id, kind and KMS key, never the ciphertext."""
+    wrapped = WrappedKey("k1", "fernet", KMS_KEY, b"\xffciphertext")
+    assert (
+        f"WrappedKey(key_id='k1', kind='fernet', kms_key='{KMS_KEY}', ciphertext=<redacted>)"
+        == repr(wrapped)
+    )
+
+
+def test_has_wrapped_entries_finds_exactly_wrapped_entries() -> None:
+    """has_wrapped_entries is true for a keyring with a wrapped entry, false for plain keys."""
+    wrapped = WrappedKey("k2", "fernet", KMS_KEY, b"x").entry
+    plain = f"k1:{generate_key()},k0:{generate_key('aes-gcm-siv')}"
+    assert (True, False) == (has_wrapped_entries(f"{plain},{wrapped}"), has_wrapped_entries(plain))

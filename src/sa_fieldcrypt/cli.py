@@ -46,10 +46,24 @@ from sa_fieldcrypt.jobs.targets import (
     find_indexes,
     reflect_column,
 )
-from sa_fieldcrypt.keys import KEY_ID_PATTERN, KEY_KINDS, PURPOSES, KeyKind, Purpose, generate_key
+from sa_fieldcrypt.keys import (
+    KEY_ID_PATTERN,
+    KEY_KINDS,
+    PURPOSE_KINDS,
+    PURPOSES,
+    KeyKind,
+    Purpose,
+    generate_key,
+    parse_key,
+)
 from sa_fieldcrypt.settings import load_settings
 
 __all__ = ["cli", "main"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_PURPOSE_OF_KIND: dict[KeyKind, Purpose] = {
+    kind: purpose for purpose, kinds in PURPOSE_KINDS.items() for kind in kinds
+}
 
 
 class _Group(click.Group):
@@ -86,6 +100,12 @@ def _key_ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...])
     return value
 
 
+def _wrap_option(help_text: str) -> Callable[[_F], _F]:
+    return click.option(
+        "--wrap", metavar="projects/P/locations/L/keyRings/R/cryptoKeys/K", help=help_text
+    )
+
+
 _KIND_HELP = (
     "fernet (an encryption key), aes-gcm-siv (a faster encryption key, printed as "
     "'aes-gcm-siv:<key>') or hmac-sha256 (a blind-index key)."
@@ -102,10 +122,24 @@ _KIND_HELP = (
 @click.option(
     "--kind", type=click.Choice(KEY_KINDS), default="fernet", show_default=True, help=_KIND_HELP
 )
-def keygen(key_id: str | None, kind: KeyKind) -> None:
+@_wrap_option(
+    "Print the new key only wrapped by this Cloud KMS key, as the entry "
+    "'ID:wrapped:KIND:KMS_KEY:CIPHERTEXT' (needs --id, which the wrapping binds; the gcp "
+    "extra). The key itself is never printed."
+)
+@click.pass_context
+def keygen(ctx: click.Context, key_id: str | None, kind: KeyKind, wrap: str | None) -> None:
     """Print a new random key."""
     key = generate_key(kind)
-    click.echo(f"{key_id}:{key}" if key_id else key)
+    if wrap is None:
+        click.echo(f"{key_id}:{key}" if key_id else key)
+        return
+    if key_id is None:
+        raise click.UsageError(
+            "--wrap needs --id: the key id is bound into the wrapping, so it is chosen now"
+        )
+    parsed = parse_key(key, purpose=_PURPOSE_OF_KIND[kind], key_id=key_id)
+    click.echo(_kms_wrapper(ctx).wrap(parsed, wrap).entry)
 
 
 @cli.group()
@@ -114,7 +148,9 @@ def keys() -> None:
 
     Each enabled version of the secret is a key. Rotate in two phases: `keys add`, wait until
     every instance has refreshed (FIELDCRYPT_GCP_CACHE_TTL), then `keys promote`. Blind-index
-    keys live in a secret of their own: pass --purpose blind-index.
+    keys live in a secret of their own: pass --purpose blind-index. Keys wrapped by Cloud KMS
+    (`keys add --wrap`) are re-wrapped after a KMS key rotation with `keys rewrap`, which also
+    re-wraps FIELDCRYPT_KEYS (--from-env).
     """
 
 
@@ -145,11 +181,26 @@ def _gcp_provider(ctx: click.Context, secret: str | None, purpose: Purpose) -> A
     except ImportError as exc:
         raise click.ClickException(str(exc)) from exc
 
-    # Programs that embed the command line may pass obj={"gcp_client": client}.
-    client = ctx.obj.get("gcp_client") if isinstance(ctx.obj, dict) else None
+    # Programs that embed the command line may pass obj={"gcp_client": ..., "kms_client": ...}.
+    obj = ctx.obj if isinstance(ctx.obj, dict) else {}
     return GoogleSecretManagerKeyProvider.from_settings(
-        secret=secret, client=client, purpose=purpose
+        secret=secret,
+        client=obj.get("gcp_client"),
+        purpose=purpose,
+        kms_client=obj.get("kms_client"),
     )
+
+
+def _kms_wrapper(ctx: click.Context) -> Any:
+    # Imported here: `fieldcrypt keygen` without --wrap must work without the Google packages.
+    try:
+        from sa_fieldcrypt.providers.kms import KmsKeyWrapper
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    # Programs that embed the command line may pass obj={"kms_client": client}.
+    client = ctx.obj.get("kms_client") if isinstance(ctx.obj, dict) else None
+    return KmsKeyWrapper.from_settings(client=client)
 
 
 def _writes(purpose: Purpose) -> str:
@@ -180,6 +231,12 @@ def keys_list(ctx: click.Context, secret: str | None, purpose: Purpose) -> None:
         click.echo(
             f"{version.number:<9}{version.key_id:<9}{version.state:<11}{created:<27}{mark}".rstrip()
         )
+    wrapped: dict[str, list[str]] = {}
+    for version in described.versions:
+        if version.wrapped_by:
+            wrapped.setdefault(version.wrapped_by, []).append(str(version.number))
+    for kms_key, numbers in wrapped.items():
+        click.echo(f"Wrapped by Cloud KMS key {kms_key}: version {', '.join(numbers)}.")
     for version in described.versions:
         if version.skipped:
             click.echo(f"Version {version.number} is skipped: {version.skipped}")
@@ -201,13 +258,21 @@ def keys_list(ctx: click.Context, secret: str | None, purpose: Purpose) -> None:
     help="The new key's kind; by default fernet, or hmac-sha256 with --purpose blind-index. "
     + _KIND_HELP,
 )
+@_wrap_option(
+    "Store the key wrapped by this Cloud KMS key instead of in plaintext: whoever reads the "
+    "secret then also needs roles/cloudkms.cryptoKeyDecrypter on it to use the key."
+)
 @click.pass_context
 def keys_add(
-    ctx: click.Context, secret: str | None, purpose: Purpose, kind: KeyKind | None
+    ctx: click.Context,
+    secret: str | None,
+    purpose: Purpose,
+    kind: KeyKind | None,
+    wrap: str | None,
 ) -> None:
     """Add a new random key as a new version; it is read at once but does not write yet."""
     provider = _gcp_provider(ctx, secret, purpose)
-    added = provider.add_key(kind=kind)
+    added = provider.add_key(kind=kind, wrap=wrap)
     if added.primary:
         click.echo(
             f"Added version {added.number} (key id {added.key_id}), the secret's first key: "
@@ -253,6 +318,78 @@ def keys_promote(
     )
 
 
+@keys.command("rewrap")
+@_secret_options
+@click.option(
+    "--from-env",
+    is_flag=True,
+    help="Re-wrap the entries of FIELDCRYPT_KEYS (FIELDCRYPT_BLIND_INDEX_KEYS with --purpose "
+    "blind-index) instead, and print the new value; plain entries are copied as they are.",
+)
+@_wrap_option(
+    "Also wrap the keys held in plaintext, under this Cloud KMS key: how a plaintext keyring "
+    "becomes a wrapped one, with the same key ids."
+)
+@click.pass_context
+def keys_rewrap(
+    ctx: click.Context, secret: str | None, purpose: Purpose, from_env: bool, wrap: str | None
+) -> None:
+    """Re-wrap every wrapped key under its Cloud KMS key's current primary version.
+
+    For after the KMS key rotates. Key ids and keys stay the same, so no stored value is
+    touched: in Secret Manager each key moves to a new version that carries its key id, the
+    alias follows the primary's, and the old versions are disabled. Run it again safely.
+    """
+    if from_env:
+        if secret is not None:
+            raise click.UsageError("--from-env and --secret name different places; give one")
+        _rewrap_env(ctx, purpose, wrap)
+        return
+    provider = _gcp_provider(ctx, secret, purpose)
+    done = provider.rewrap(wrap=wrap)
+    for moved in done.moved:
+        click.echo(
+            f"Key {moved.key_id}: moved from version {moved.old} (now disabled) to version "
+            f"{moved.new}, wrapped under the KMS key's primary version."
+        )
+    if done.unchanged:
+        ids = ", ".join(done.unchanged)
+        click.echo(f"Already under the primary version, left as they are: {ids}.")
+    for number, reason in done.skipped.items():
+        click.echo(f"Version {number} could not be read, and was left as it is: {reason}")
+    if not done.moved and not done.unchanged:
+        click.echo("No wrapped key in the secret: nothing to re-wrap.")
+    elif wrap is not None and done.moved:
+        click.echo(
+            "Disabled versions keep their payloads: once every instance has refreshed, destroy "
+            "the versions that held keys in plaintext (gcloud secrets versions destroy)."
+        )
+
+
+def _rewrap_env(ctx: click.Context, purpose: Purpose, wrap: str | None) -> None:
+    try:
+        from sa_fieldcrypt.providers.kms import rewrap_keyring
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    settings = load_settings()
+    setting = "FIELDCRYPT_KEYS" if purpose == "encryption" else "FIELDCRYPT_BLIND_INDEX_KEYS"
+    text = settings.keys if purpose == "encryption" else settings.blind_index_keys
+    if text is None:
+        raise ConfigurationError(f"{setting} is not set: there is nothing to re-wrap")
+    done = rewrap_keyring(
+        text.get_secret_value(), _kms_wrapper(ctx), purpose=purpose, source=setting, wrap=wrap
+    )
+    click.echo(done.text)
+    summary = f"{setting}: re-wrapped {', '.join(done.rewrapped) or 'none'}"
+    if done.unchanged:
+        summary += f"; already under the primary version: {', '.join(done.unchanged)}"
+    if done.plain:
+        summary += f"; not wrapped, copied as they are (keys in plaintext): {', '.join(done.plain)}"
+    click.echo(
+        f"{summary}. Put the value above in {setting} everywhere the application runs.", err=True
+    )
+
+
 def _schema_map(
     ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 ) -> dict[str | None, str | None]:
@@ -270,8 +407,6 @@ def _schema_map(
 # One vocabulary: every data command takes the same target options, every job command the
 # same run options, every report prints as text or --json, and the exit status gates a
 # deploy: 0 ready or done, 1 failed or not ready, 2 a usage error.
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _options(*options: Callable[[_F], _F]) -> Callable[[_F], _F]:

@@ -16,7 +16,11 @@ written under them can still be read (or found) until ``fieldcrypt rotate`` (or
 ``fieldcrypt reindex``) has moved it to the primary key.
 
 Key text is read by one parser, :func:`parse_key` (``Keyring.parse`` splits a settings string
-on commas and calls it): ``[kind:]key``, where bare text is the purpose's default kind.
+on commas and calls it): ``[kind:]key``, where bare text is the purpose's default kind, or
+``wrapped:<kind>:<Cloud KMS key name>:<ciphertext>``, a key wrapped by a Cloud KMS key
+(:class:`WrappedKey`; see ``docs/kms.md``). A wrapped key becomes a :class:`Key` only through
+an *unwrap* function (:data:`Unwrap`, e.g. :class:`sa_fieldcrypt.providers.kms.KmsKeyWrapper`)
+given to the parser; without one it is refused, so no keyring ever holds a key it cannot use.
 
 Typical usage::
 
@@ -38,7 +42,8 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Literal, NoReturn, TypeVar, get_args
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn, TypeAlias, TypeVar, get_args
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.fernet import Fernet, InvalidToken
@@ -52,20 +57,27 @@ __all__ = [
     "DEFAULT_KINDS",
     "KEY_ID_PATTERN",
     "KEY_KINDS",
+    "KMS_KEY_PATTERN",
     "PADDED_FLAG",
     "PADDED_INFO",
     "PURPOSES",
     "PURPOSE_KINDS",
     "ROW_FLAG",
+    "WRAPPED_AAD_PREFIX",
+    "WRAPPED_MARKER",
     "Key",
     "KeyCodec",
     "KeyKind",
     "Keyring",
     "Purpose",
+    "Unwrap",
+    "WrappedKey",
     "generate_key",
+    "has_wrapped_entries",
     "is_fernet_token",
     "parse_key",
     "show_key_id",
+    "wrapped_associated_data",
 ]
 
 #: Key ids are short, printable and safe inside a token header and a settings string.
@@ -102,6 +114,18 @@ PADDED_INFO = b"\x00p"
 NONCE_SIZE = 12
 #: Prefix of the HKDF ``info`` that derives a Fernet key for a context; the context follows.
 FERNET_CONTEXT_INFO = b"sa-fieldcrypt/fc1/fernet-context:"
+
+#: What starts the text of a key wrapped by Cloud KMS: ``wrapped:<kind>:<KMS key>:<ciphertext>``.
+WRAPPED_MARKER = "wrapped"
+#: What the associated data of a wrapped key starts with; see :func:`wrapped_associated_data`.
+WRAPPED_AAD_PREFIX = b"sa-fieldcrypt/wrapped-key/v1"
+#: A Cloud KMS symmetric key's name, as a wrapped key names the key that wraps it. Every part
+#: is an id of letters, digits, ``_``, ``-`` (and ``.`` in project and location ids); none can
+#: hold the ``:`` and ``,`` that separate entries and fields.
+KMS_KEY_PATTERN = re.compile(
+    r"projects/[A-Za-z0-9._-]{1,100}/locations/[A-Za-z0-9._-]{1,63}"
+    r"/keyRings/[A-Za-z0-9_-]{1,63}/cryptoKeys/[A-Za-z0-9_-]{1,63}\Z"
+)
 
 _REDACTED = "<redacted>"
 _V = TypeVar("_V")
@@ -229,6 +253,11 @@ def _split_key_text(
     named, sep, rest = text.partition(":")
     if sep:
         named, text = named.strip(), rest
+        if named == WRAPPED_MARKER:
+            raise ConfigurationError(
+                "the key is wrapped by Cloud KMS: read it with parse_key(..., unwrap=...) or "
+                "from a provider that unwraps it (docs/kms.md)"
+            )
         if named not in KEY_KINDS:
             # The text before the colon is part of the key text, so it is not quoted either.
             raise ConfigurationError(_unknown_kind(purpose or "encryption"))
@@ -254,7 +283,11 @@ def _split_key_text(
 
 
 def parse_key(
-    text: str | bytes, *, purpose: Purpose = "encryption", key_id: str | None = None
+    text: str | bytes,
+    *,
+    purpose: Purpose = "encryption",
+    key_id: str | None = None,
+    unwrap: Unwrap | None = None,
 ) -> Key:
     """Read one key from its text: the parser behind every setting, payload and keyring.
 
@@ -262,13 +295,19 @@ def parse_key(
         text: with ``key_id`` given, ``[kind:]key`` (a Secret Manager payload, a single-key
             setting); without, ``id:[kind:]key`` (one entry of ``FIELDCRYPT_KEYS``). Bare key
             text is the purpose's default kind (:data:`DEFAULT_KINDS`). Whitespace around
-            the key is ignored; the key itself must be canonical url-safe base64.
+            the key is ignored; the key itself must be canonical url-safe base64. Either form
+            may hold, in place of ``[kind:]key``, a wrapped key:
+            ``wrapped:<kind>:<Cloud KMS key name>:<url-safe base64 ciphertext>``.
         purpose: what the key must be for; a key of another purpose is refused.
         key_id: the key's id, when the text does not start with it.
+        unwrap: what opens a wrapped key (:data:`Unwrap`), called once per wrapped key with
+            its :class:`WrappedKey`; a wrapped key without it is refused.
 
     Raises:
-        ConfigurationError: the id, kind or key is malformed, or the kind serves another
-            purpose. The message names the id, never the key text.
+        ConfigurationError: the id, kind or key is malformed, the kind serves another
+            purpose, or the key is wrapped and no ``unwrap`` is given. The message names the
+            id (and a wrapped key's KMS key), never the key text or the ciphertext.
+        KeyProviderError: ``unwrap`` could not open a wrapped key (raised by ``unwrap``).
     """
     if key_id is None:
         if isinstance(text, bytes):
@@ -277,7 +316,94 @@ def parse_key(
         key_id = head.strip()
         if not sep or not key_id:
             raise ConfigurationError("the entry is not of the form 'id:key'")
-    return Key(key_id, text, purpose=purpose)
+    wrapped = _read_wrapped(text, key_id, purpose)
+    if wrapped is None:
+        return Key(key_id, text, purpose=purpose)
+    if unwrap is None:
+        raise ConfigurationError(
+            f"key {key_id!r} is wrapped by Cloud KMS key {wrapped.kms_key!r}, and nothing here "
+            "unwraps keys: load it through a provider with a KMS client (EnvKeyProvider, "
+            "GoogleSecretManagerKeyProvider; the gcp extra), or pass unwrap= (docs/kms.md)"
+        )
+    key = unwrap(wrapped)
+    if not isinstance(key, Key) or key.wrapped is not wrapped:
+        # The unwrapper must build the key with WrappedKey.open, which carries id, kind and
+        # purpose over: nothing else may decide what a wrapped key is.
+        raise ConfigurationError(
+            f"key {key_id!r}: unwrap= returned {type(key).__name__}, not the Key that "
+            "WrappedKey.open built"
+        )
+    return key
+
+
+def has_wrapped_entries(text: str) -> bool:
+    """Whether keyring text (``FIELDCRYPT_KEYS``) holds an entry ``id:wrapped:...``.
+
+    True exactly when :meth:`Keyring.parse` would need ``unwrap=``: no key text, id or Cloud
+    KMS key name can hold ``:wrapped:`` otherwise.
+    """
+    return f":{WRAPPED_MARKER}:" in text
+
+
+def wrapped_associated_data(key_id: str, kind: KeyKind) -> bytes:
+    """The associated data that binds a wrapped key to its id, purpose and kind.
+
+    ``b"sa-fieldcrypt/wrapped-key/v1" 0x00 purpose 0x00 kind 0x00 key_id``, all ASCII (none of
+    the three holds a zero byte, so no two triples give the same bytes). Cloud KMS opens the
+    ciphertext only with the same bytes, so a wrapped key moved to another id, purpose or
+    kind fails to unwrap instead of becoming that key.
+
+    Raises:
+        ConfigurationError: a malformed key id or an unknown kind.
+    """
+    _check_key_id(key_id, "wrapped_associated_data")
+    if kind not in KEY_KINDS:
+        raise ConfigurationError(f"kind must be one of {', '.join(KEY_KINDS)}")
+    return b"\x00".join(
+        [WRAPPED_AAD_PREFIX, _PURPOSE_OF[kind].encode(), kind.encode(), key_id.encode()]
+    )
+
+
+def _read_wrapped(text: str | bytes, key_id: str, purpose: Purpose) -> WrappedKey | None:
+    """The wrapped key that ``text`` holds, or None when it holds a plain key."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            return None  # not wrapped text; the key reader refuses it
+    if not isinstance(text, str):
+        return None
+    marker, sep, rest = text.strip().partition(":")
+    if not sep or marker.strip() != WRAPPED_MARKER:
+        return None
+    _check_key_id(key_id, "Key")
+    where = f"key {key_id!r}"
+    kind, _, rest = rest.partition(":")
+    kind = kind.strip()
+    if kind not in KEY_KINDS:
+        raise ConfigurationError(
+            f"{where}: a wrapped key is 'wrapped:<kind>:<KMS key name>:<ciphertext>', and its "
+            f"kind is not known (known: {', '.join(KEY_KINDS)})"
+        )
+    if _PURPOSE_OF[kind] != purpose:
+        raise ConfigurationError(f"{where}: {_wrong_purpose(kind, purpose)}")
+    kms_key, sep, ciphertext = rest.rpartition(":")
+    if not sep or not KMS_KEY_PATTERN.match(kms_key):
+        # The name is not quoted: a malformed entry may be a key pasted in the wrong place.
+        raise ConfigurationError(
+            f"{where}: a wrapped key names its Cloud KMS key as "
+            "projects/P/locations/L/keyRings/R/cryptoKeys/K, and this one does not"
+        )
+    try:
+        raw = _urlsafe_b64decode(ciphertext.strip())
+    except ValueError:
+        raw = b""
+    if not raw:
+        raise ConfigurationError(
+            f"{where}: the wrapped key's ciphertext is not canonical url-safe base64; copy the "
+            "entry again from `fieldcrypt keygen --wrap` or `fieldcrypt keys rewrap`"
+        )
+    return WrappedKey(key_id, kind, kms_key, raw)
 
 
 def _urlsafe_b64decode(text: str | bytes) -> bytes:
@@ -503,6 +629,76 @@ class _RefusingCodec(KeyCodec):
         raise ConfigurationError(self._message)
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class WrappedKey:
+    """A key encrypted ("wrapped") by a Cloud KMS symmetric key: what a wrapped entry holds.
+
+    It is not a key: it encrypts nothing until an unwrapper (:data:`Unwrap`) has had Cloud
+    KMS decrypt it and built the :class:`Key` with :meth:`open`. Its ``repr`` shows the id,
+    kind and KMS key, never the ciphertext.
+
+    Attributes:
+        key_id: the id of the key inside.
+        kind: the kind of the key inside.
+        kms_key: the Cloud KMS key that wraps it, ``projects/P/locations/L/keyRings/R/
+            cryptoKeys/K``.
+        ciphertext: what Cloud KMS returned from ``Encrypt`` (it names the KMS key version).
+    """
+
+    key_id: str
+    kind: KeyKind
+    kms_key: str
+    ciphertext: bytes
+
+    @property
+    def purpose(self) -> Purpose:
+        """What the key inside is for, as its kind says."""
+        return _PURPOSE_OF[self.kind]
+
+    @property
+    def associated_data(self) -> bytes:
+        """The bytes KMS must be given to open it: :func:`wrapped_associated_data`."""
+        return wrapped_associated_data(self.key_id, self.kind)
+
+    @property
+    def text(self) -> str:
+        """Its key text, ``wrapped:<kind>:<kms_key>:<url-safe base64 ciphertext>``."""
+        return f"{WRAPPED_MARKER}:{self.kind}:{self.kms_key}:{_urlsafe_b64encode(self.ciphertext)}"
+
+    @property
+    def entry(self) -> str:
+        """Its entry in keyring text (``FIELDCRYPT_KEYS``): ``<key_id>:`` then :attr:`text`."""
+        return f"{self.key_id}:{self.text}"
+
+    def open(self, raw: bytes) -> Key:
+        """Build the key from the bytes KMS decrypted; for unwrappers only.
+
+        Raises:
+            ConfigurationError: ``raw`` is not a key of this kind (32 bytes).
+        """
+        if len(raw) != _KEY_SIZE:
+            raise ConfigurationError(
+                f"key {self.key_id!r}: what Cloud KMS key {self.kms_key!r} unwrapped is not a "
+                f"{_KEY_SIZE}-byte key; the entry was not made by `fieldcrypt keygen --wrap`"
+            )
+        key = Key(self.key_id, _urlsafe_b64encode(raw), self.kind)
+        key.wrapped = self
+        return key
+
+    def __repr__(self) -> str:
+        return (
+            f"WrappedKey(key_id={self.key_id!r}, kind={self.kind!r}, kms_key={self.kms_key!r}, "
+            f"ciphertext={_REDACTED})"
+        )
+
+    __str__ = __repr__
+
+
+#: What opens a wrapped key: given the :class:`WrappedKey`, returns ``wrapped.open(...)`` of
+#: the bytes Cloud KMS decrypted, or raises :class:`~sa_fieldcrypt.errors.KeyProviderError`.
+Unwrap: TypeAlias = Callable[[WrappedKey], "Key"]
+
+
 class Key:
     """One named key: an encryption key (``fernet``, ``aes-gcm-siv``) or a blind-index key.
 
@@ -526,6 +722,8 @@ class Key:
         decrypt: decrypt an unbound payload; raises ``cryptography.fernet.InvalidToken``.
         decrypt_counter: advanced once per value this key decrypts (read by
             :mod:`sa_fieldcrypt.metrics`); shared by every key object with this id.
+        wrapped: the :class:`WrappedKey` it was unwrapped from, or None for a key read in
+            plaintext.
 
     Raises:
         ConfigurationError: a malformed id or key, or a kind of another purpose. The message
@@ -547,12 +745,14 @@ class Key:
         "kind",
         "purpose",
         "token_prefix",
+        "wrapped",
     )
 
     id: str
     kind: KeyKind
     purpose: Purpose
     token_prefix: str
+    wrapped: WrappedKey | None
     codec: KeyCodec
     encrypt: Callable[[bytes], str]
     decrypt: Callable[[str | bytes], bytes]
@@ -571,6 +771,7 @@ class Key:
         except ConfigurationError as exc:
             raise ConfigurationError(f"key {key_id!r}: {exc}") from None
         self.purpose = _PURPOSE_OF[self.kind]
+        self.wrapped = None
         self.token_prefix = f"fc1:{self.id}:"
         # Everything per key is built once here: parsing a key or constructing a cipher
         # must stay off the per-value path.
@@ -679,6 +880,10 @@ class Key:
     def shares_secret_with(self, other: Key) -> bool:
         """Whether ``other`` holds the same key bytes (compared in constant time)."""
         return hmac.compare_digest(self._raw, other._raw)
+
+    def material(self) -> bytes:
+        """Return the raw key bytes, for wrapping them (Cloud KMS). Handle with care."""
+        return self._raw
 
     def export(self) -> str:
         """Return the key text, for writing it into settings. Handle with care.
@@ -839,14 +1044,16 @@ class Keyring:
         purpose: Purpose = "encryption",
         primary: str | None = None,
         source: str = "keys",
+        unwrap: Unwrap | None = None,
     ) -> Keyring:
         """Build a keyring from ``"id:key,id:kind:key"`` text, as ``FIELDCRYPT_KEYS`` holds it.
 
         Each comma-separated entry is read by :func:`parse_key`: ``id:key`` (the purpose's
-        default kind) or ``id:kind:key``, e.g. ``k3:aes-gcm-siv:<key>``. The first entry is
-        primary unless ``primary`` names another. ``source`` names the setting in error
-        messages, which give the entry's position and id, never its key. Whitespace around
-        entries is ignored.
+        default kind) or ``id:kind:key``, e.g. ``k3:aes-gcm-siv:<key>``, or a wrapped key
+        ``id:wrapped:<kind>:<KMS key>:<ciphertext>``, opened by ``unwrap`` (one call per
+        wrapped entry). The first entry is primary unless ``primary`` names another.
+        ``source`` names the setting in error messages, which give the entry's position and
+        id, never its key. Whitespace around entries is ignored.
         """
         entries = [entry.strip() for entry in text.split(",")]
         if entries == [""]:
@@ -860,7 +1067,7 @@ class Keyring:
             where = f"{source}: entry {position}"
             _check_key_id(kid, where)
             try:
-                keys.append(parse_key(secret, purpose=purpose, key_id=kid))
+                keys.append(parse_key(secret, purpose=purpose, key_id=kid, unwrap=unwrap))
             except ConfigurationError as exc:
                 reason = str(exc).removeprefix(f"key {kid!r}: ")
                 raise ConfigurationError(f"{where} (id {kid!r}): {reason}") from None

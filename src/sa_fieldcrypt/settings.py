@@ -33,7 +33,8 @@ class FieldCryptSettings(BaseSettings):
     keys: SecretStr | None = Field(
         default=None,
         description="The keyring as `id:key,id:key`; the first entry encrypts "
-        "unless FIELDCRYPT_PRIMARY_KEY_ID names another.",
+        "unless FIELDCRYPT_PRIMARY_KEY_ID names another. An entry may hold its key wrapped by "
+        "Cloud KMS, `id:wrapped:<kind>:<KMS key>:<ciphertext>` (docs/kms.md).",
     )
     primary_key_id: str | None = Field(
         default=None, description="Id of the key in FIELDCRYPT_KEYS that encrypts new values."
@@ -53,16 +54,17 @@ class FieldCryptSettings(BaseSettings):
     gcp_cache_ttl: float = Field(
         default=300.0,
         ge=1,
-        description="Seconds a keyring read from Secret Manager is used before it is read again "
-        "(encryption and blind-index keys alike).",
+        description="Seconds a keyring read from Secret Manager, or holding keys wrapped by Cloud "
+        "KMS, is used before it is read (and unwrapped) again (encryption and blind-index keys "
+        "alike).",
     )
     gcp_max_stale: float | None = Field(
         default=86400.0,
         gt=0,
-        description="Seconds since keys were last read from Secret Manager after which, while "
-        "refreshes fail, they are no longer used and loading keys fails instead, so a disabled "
-        "version stops working within this time even through an outage; at least "
-        "FIELDCRYPT_GCP_CACHE_TTL. `none` keeps old keys in use for ever.",
+        description="Seconds since keys were last read from Secret Manager (or unwrapped by Cloud "
+        "KMS) after which, while refreshes fail, they are no longer used and loading keys fails "
+        "instead, so a disabled version stops working within this time even through an outage; "
+        "at least FIELDCRYPT_GCP_CACHE_TTL. `none` keeps old keys in use for ever.",
     )
     gcp_primary_alias: str = Field(
         default="fieldcrypt-primary",
@@ -73,7 +75,8 @@ class FieldCryptSettings(BaseSettings):
         default=5.0,
         gt=0,
         le=60,
-        description="Seconds one read of a secret may take, retries included, before it fails.",
+        description="Seconds one read of a secret, or one Cloud KMS call, may take, retries "
+        "included, before it fails.",
     )
     blind_index_provider: Literal["env", "gcp"] = Field(
         default="env",
@@ -92,7 +95,7 @@ class FieldCryptSettings(BaseSettings):
         default=None,
         description="Blind-index keys (kind hmac-sha256) as `id:key,id:key`, separate from the "
         "encryption keys; the first entry computes new index values, every entry matches in "
-        "lookups.",
+        "lookups. Entries may be wrapped by Cloud KMS, as in FIELDCRYPT_KEYS.",
     )
     blind_index_key: SecretStr | None = Field(
         default=None,

@@ -1,12 +1,22 @@
 """Keys from settings: ``FIELDCRYPT_KEYS`` and ``FIELD_ENCRYPTION_KEY`` for encryption,
-``FIELDCRYPT_BLIND_INDEX_KEYS`` and ``FIELDCRYPT_BLIND_INDEX_KEY`` for blind indexes."""
+``FIELDCRYPT_BLIND_INDEX_KEYS`` and ``FIELDCRYPT_BLIND_INDEX_KEY`` for blind indexes.
+
+Entries of ``FIELDCRYPT_KEYS``, ``FIELDCRYPT_BLIND_INDEX_KEYS`` and the single
+``FIELDCRYPT_BLIND_INDEX_KEY`` may be wrapped by Cloud KMS (``id:wrapped:...``, see
+:mod:`sa_fieldcrypt.providers.kms`; the ``gcp`` extra). The provider then unwraps them at each
+load, one KMS ``Decrypt`` per wrapped entry, and is refreshed as the Secret Manager provider
+is: every ``FIELDCRYPT_GCP_CACHE_TTL`` seconds, serving the last keys through a KMS outage for
+at most ``FIELDCRYPT_GCP_MAX_STALE`` seconds, so that a revoked KMS permission or a disabled
+KMS key version stops the keys within that time.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
 from sa_fieldcrypt.errors import ConfigurationError
-from sa_fieldcrypt.keys import PURPOSES, Keyring, Purpose, parse_key
+from sa_fieldcrypt.keys import PURPOSES, Keyring, Purpose, Unwrap, has_wrapped_entries, parse_key
 
 if TYPE_CHECKING:
     # Imported when keys are first loaded: pydantic is a tenth of a second of start-up.
@@ -33,7 +43,7 @@ _NO_BLIND_INDEX_KEYS_HELP = (
 
 
 def keyring_from_settings(
-    settings: FieldCryptSettings, *, purpose: Purpose = "encryption"
+    settings: FieldCryptSettings, *, purpose: Purpose = "encryption", unwrap: Unwrap | None = None
 ) -> Keyring:
     """Build the keyring of ``purpose`` that ``settings`` describe.
 
@@ -48,20 +58,45 @@ def keyring_from_settings(
     A blind-index key that is also an encryption key is refused where both are loaded, by
     the key caches (:mod:`sa_fieldcrypt.providers.base`), whichever providers serve them.
 
+    Args:
+        settings: the settings.
+        purpose: which keys: ``"encryption"`` or ``"blind-index"``.
+        unwrap: what opens wrapped entries (a :class:`~sa_fieldcrypt.providers.kms.
+            KmsKeyWrapper`); without it a wrapped entry is refused.
+
     Raises:
-        ConfigurationError: no keys, a malformed key, or conflicting settings. The message
-            names the setting, never a key.
+        ConfigurationError: no keys, a malformed key, a wrapped key and no ``unwrap``, or
+            conflicting settings. The message names the setting, never a key.
+        KeyProviderError: a wrapped entry could not be unwrapped.
     """
     if purpose == "encryption":
-        return _encryption_keyring(settings)
+        return _encryption_keyring(settings, unwrap)
     if purpose == "blind-index":
-        return _blind_index_keyring(settings)
+        return _blind_index_keyring(settings, unwrap)
     raise ConfigurationError(f"purpose must be one of {', '.join(PURPOSES)}")
 
 
-def _encryption_keyring(settings: FieldCryptSettings) -> Keyring:
+def holds_wrapped_keys(settings: FieldCryptSettings, purpose: Purpose) -> bool:
+    """Whether the settings' keys of ``purpose`` include one wrapped by Cloud KMS."""
+    if purpose == "encryption":
+        many, one = settings.keys, None
+    else:
+        many, one = settings.blind_index_keys, settings.blind_index_key
+    # The single key is read as the entry it stands for, with its fixed id.
+    return (many is not None and has_wrapped_entries(many.get_secret_value())) or (
+        one is not None and has_wrapped_entries(f"{BLIND_INDEX_KEY_ID}:{one.get_secret_value()}")
+    )
+
+
+def _encryption_keyring(settings: FieldCryptSettings, unwrap: Unwrap | None) -> Keyring:
     legacy = None
     if settings.legacy_key is not None:
+        if has_wrapped_entries(f"{LEGACY_KEY_ID}:{settings.legacy_key.get_secret_value()}"):
+            raise ConfigurationError(
+                "FIELD_ENCRYPTION_KEY holds a wrapped key, which it cannot: move it into "
+                f"FIELDCRYPT_KEYS as '{LEGACY_KEY_ID}:wrapped:...' (wrapped for the id "
+                f"{LEGACY_KEY_ID!r})"
+            )
         try:
             legacy = parse_key(settings.legacy_key.get_secret_value(), key_id=LEGACY_KEY_ID)
         except ConfigurationError:
@@ -84,6 +119,7 @@ def _encryption_keyring(settings: FieldCryptSettings) -> Keyring:
         settings.keys.get_secret_value(),
         primary=settings.primary_key_id,
         source="FIELDCRYPT_KEYS",
+        unwrap=unwrap,
     )
     if legacy is None:
         return keyring
@@ -95,7 +131,7 @@ def _encryption_keyring(settings: FieldCryptSettings) -> Keyring:
     return Keyring([*keyring, legacy], primary=keyring.primary.id)
 
 
-def _blind_index_keyring(settings: FieldCryptSettings) -> Keyring:
+def _blind_index_keyring(settings: FieldCryptSettings, unwrap: Unwrap | None) -> Keyring:
     many, one = settings.blind_index_keys, settings.blind_index_key
     if many is not None and one is not None:
         raise ConfigurationError(
@@ -104,12 +140,17 @@ def _blind_index_keyring(settings: FieldCryptSettings) -> Keyring:
         )
     if many is not None:
         return Keyring.parse(
-            many.get_secret_value(), purpose="blind-index", source="FIELDCRYPT_BLIND_INDEX_KEYS"
+            many.get_secret_value(),
+            purpose="blind-index",
+            source="FIELDCRYPT_BLIND_INDEX_KEYS",
+            unwrap=unwrap,
         )
     if one is None:
         raise ConfigurationError(_NO_BLIND_INDEX_KEYS_HELP)
     try:
-        key = parse_key(one.get_secret_value(), purpose="blind-index", key_id=BLIND_INDEX_KEY_ID)
+        key = parse_key(
+            one.get_secret_value(), purpose="blind-index", key_id=BLIND_INDEX_KEY_ID, unwrap=unwrap
+        )
     except ConfigurationError as exc:
         reason = str(exc).removeprefix(f"key {BLIND_INDEX_KEY_ID!r}: ")
         raise ConfigurationError(f"FIELDCRYPT_BLIND_INDEX_KEY: {reason}") from None
@@ -119,15 +160,24 @@ def _blind_index_keyring(settings: FieldCryptSettings) -> Keyring:
 class EnvKeyProvider:
     """Load keys from the ``FIELDCRYPT_*`` settings each time :meth:`load` is called.
 
+    Keys held in plaintext are loaded once (``cache_ttl`` None). When the keys include one
+    wrapped by Cloud KMS, ``cache_ttl`` and ``max_stale`` are ``FIELDCRYPT_GCP_CACHE_TTL``
+    and ``FIELDCRYPT_GCP_MAX_STALE``, as for Secret Manager: the keys are unwrapped again at
+    each refresh, and served through a KMS outage for at most ``max_stale`` seconds.
+
     Args:
         settings: settings to use instead of reading the environment (tests, explicit setup).
         purpose: which keys to load: ``"encryption"`` or ``"blind-index"``.
+        kms_client: a Cloud KMS ``KeyManagementServiceClient`` to unwrap keys with; by
+            default one is made when a wrapped key is first met (the ``gcp`` extra).
     """
 
-    cache_ttl: float | None = None
-
     def __init__(
-        self, settings: FieldCryptSettings | None = None, *, purpose: Purpose = "encryption"
+        self,
+        settings: FieldCryptSettings | None = None,
+        *,
+        purpose: Purpose = "encryption",
+        kms_client: Any = None,
     ):
         if purpose not in PURPOSES:
             raise ConfigurationError(
@@ -135,12 +185,52 @@ class EnvKeyProvider:
             )
         self._settings = settings
         self.purpose: Purpose = purpose
+        self._kms_client = kms_client
+        self._wrapper: Unwrap | None = None
+        self._wrapper_lock = threading.Lock()
+
+    @property
+    def cache_ttl(self) -> float | None:
+        """Seconds keys stay fresh: None (loaded once) unless some are wrapped by Cloud KMS."""
+        settings = self._current_settings()
+        if settings is None or not holds_wrapped_keys(settings, self.purpose):
+            return None
+        return settings.gcp_cache_ttl
+
+    @property
+    def max_stale(self) -> float | None:
+        """How old wrapped keys may grow while refreshes fail: ``FIELDCRYPT_GCP_MAX_STALE``."""
+        settings = self._current_settings()
+        return None if settings is None else settings.gcp_max_stale
 
     def load(self) -> Keyring:
-        """Read the settings and build the keyring."""
+        """Read the settings and build the keyring, unwrapping wrapped keys with Cloud KMS."""
         from sa_fieldcrypt.settings import load_settings
 
-        return keyring_from_settings(self._settings or load_settings(), purpose=self.purpose)
+        settings = self._settings or load_settings()
+        unwrap = self._unwrapper(settings) if holds_wrapped_keys(settings, self.purpose) else None
+        return keyring_from_settings(settings, purpose=self.purpose, unwrap=unwrap)
+
+    def _current_settings(self) -> FieldCryptSettings | None:
+        from sa_fieldcrypt.settings import load_settings
+
+        try:
+            return self._settings or load_settings()
+        except ConfigurationError:
+            return None  # load() raises it, where a caller expects it
+
+    def _unwrapper(self, settings: FieldCryptSettings) -> Unwrap:
+        with self._wrapper_lock:
+            if self._wrapper is None:
+                # Imported here: only wrapped keys need the optional Google packages.
+                try:
+                    from sa_fieldcrypt.providers.kms import KmsKeyWrapper
+                except ImportError as exc:
+                    raise ConfigurationError(
+                        f"the {self.purpose} keys include one wrapped by Cloud KMS: {exc}"
+                    ) from exc
+                self._wrapper = KmsKeyWrapper.from_settings(settings, client=self._kms_client)
+            return self._wrapper
 
     def __repr__(self) -> str:
         return f"EnvKeyProvider(purpose={self.purpose!r})"

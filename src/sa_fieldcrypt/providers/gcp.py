@@ -49,19 +49,17 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Self
 
 try:
     import google_crc32c
     from google.api_core import exceptions as api_exceptions
-    from google.api_core import retry as api_retry
     from google.auth import exceptions as auth_exceptions
-    from google.cloud import secretmanager_v1
+    from google.cloud import kms_v1, secretmanager_v1
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "the Google Cloud Secret Manager key provider needs the gcp extra: "
@@ -72,22 +70,30 @@ from sa_fieldcrypt import metrics
 from sa_fieldcrypt.errors import ConfigurationError, KeyProviderError
 from sa_fieldcrypt.keys import (
     DEFAULT_KINDS,
+    KMS_KEY_PATTERN,
     PURPOSE_KINDS,
     PURPOSES,
     Key,
     KeyKind,
     Keyring,
     Purpose,
+    Unwrap,
+    WrappedKey,
     generate_key,
+    has_wrapped_entries,
     parse_key,
 )
 from sa_fieldcrypt.providers.base import DEFAULT_MAX_STALE, check_max_stale
+from sa_fieldcrypt.providers.google import NO_CREDENTIALS_HELP, Deadline, status_name
+from sa_fieldcrypt.providers.kms import KmsKeyWrapper, Unwrapped, is_outage
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
 __all__ = [
     "DEFAULT_PRIMARY_ALIAS",
     "GoogleSecretManagerKeyProvider",
     "KeyVersion",
+    "RewrappedVersion",
+    "SecretRewrap",
     "SecretVersions",
 ]
 
@@ -105,12 +111,6 @@ _ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}\Z")
 _RESERVED_ALIASES = frozenset({"latest", "NEW"})
 _ENABLED = secretmanager_v1.SecretVersion.State.ENABLED
 _PAGE_SIZE = 250
-# Transient failures worth another attempt inside the load's deadline. Writes are never
-# retried: a retried AddSecretVersion could add the same key twice.
-_TRANSIENT = api_retry.if_exception_type(
-    api_exceptions.ServiceUnavailable, api_exceptions.ResourceExhausted
-)
-
 _READ_HINTS = {
     "PERMISSION_DENIED": "the caller may not read it: grant the application's service account "
     "roles/secretmanager.secretAccessor and roles/secretmanager.viewer on the secret",
@@ -132,10 +132,6 @@ _COMMON_HINTS = {
     "RESOURCE_EXHAUSTED": "the project's Secret Manager quota is used up: refresh less often "
     "(FIELDCRYPT_GCP_CACHE_TTL) or raise the quota",
 }
-_NO_CREDENTIALS = (
-    "no Google credentials were found: run `gcloud auth application-default login`, or run "
-    "with a service account (GOOGLE_APPLICATION_CREDENTIALS, or the metadata server)"
-)
 # Why a listed version gives no key. None quotes the payload.
 _GONE = "it was disabled or destroyed while the keys were read (FAILED_PRECONDITION)"
 _DAMAGED = (
@@ -144,13 +140,17 @@ _DAMAGED = (
 )
 
 
-def _key_from_payload(data: bytes, key_id: str, purpose: Purpose) -> Key:
+def _key_from_payload(data: bytes, number: int, purpose: Purpose, unwrap: Unwrap) -> Key:
     # A trailing newline (from `echo`) is whitespace around the key, which the parser ignores.
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         text = ""
-    return parse_key(text, purpose=purpose, key_id=key_id)
+    if has_wrapped_entries(text):
+        # A wrapped entry that carries its key id (as `keys add --wrap` and `keys rewrap`
+        # write it): its id is bound into the wrapping, so it cannot be the version's.
+        return parse_key(text, purpose=purpose, unwrap=unwrap)
+    return parse_key(text, purpose=purpose, key_id=f"v{number}", unwrap=unwrap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +165,10 @@ class KeyVersion:
         skipped: why instances leave this enabled version's key out of their keyring (its
             payload is not a key, or fails its checksum), or None. It names the version,
             never its content.
+        carried_key_id: the key id a wrapped entry in the payload carries (see
+            :attr:`key_id`), or None.
+        wrapped_by: the Cloud KMS key that wraps this version's key, or None (not wrapped,
+            or not read).
     """
 
     number: int
@@ -172,11 +176,17 @@ class KeyVersion:
     created: datetime | None
     primary: bool
     skipped: str | None = None
+    carried_key_id: str | None = None
+    wrapped_by: str | None = None
 
     @property
     def key_id(self) -> str:
-        """The key id of this version's key in the keyring and in tokens: ``v<number>``."""
-        return f"v{self.number}"
+        """The key id of this version's key in the keyring and in tokens.
+
+        ``v<number>``, unless the payload is a wrapped entry that carries its own id (which
+        ``keys rewrap`` keeps when it moves a key to a new version).
+        """
+        return self.carried_key_id or f"v{self.number}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,31 +214,34 @@ class SecretVersions:
         return next((version for version in self.versions if version.primary), None)
 
 
-class _Deadline:
-    """One time budget shared by every call of one operation."""
+@dataclass(frozen=True, slots=True)
+class RewrappedVersion:
+    """One key that ``rewrap`` moved to a version wrapped under the KMS key's primary.
 
-    def __init__(self, seconds: float):
-        self._end = time.monotonic() + seconds
+    Attributes:
+        key_id: the key's id, the same before and after.
+        old: the version it was in, now disabled.
+        new: the version that holds it now.
+    """
 
-    def read(self) -> dict[str, Any]:
-        """Explicit timeout and retry for an idempotent call, within what is left."""
-        left = self._left()
-        retry = api_retry.Retry(
-            predicate=_TRANSIENT, initial=0.1, maximum=1.0, multiplier=2.0, timeout=left
-        )
-        return {"timeout": left, "retry": retry}
+    key_id: str
+    old: int
+    new: int
 
-    def write(self) -> dict[str, Any]:
-        """Explicit timeout and no retry, for a call that must not run twice."""
-        return {"timeout": self._left(), "retry": None}
 
-    def _left(self) -> float:
-        left = self._end - time.monotonic()
-        if left <= 0:
-            raise api_exceptions.DeadlineExceeded(  # type: ignore[no-untyped-call]
-                "the time allowed for the operation ran out"
-            )
-        return left
+@dataclass(frozen=True, slots=True)
+class SecretRewrap:
+    """What :meth:`GoogleSecretManagerKeyProvider.rewrap` did; no key in it.
+
+    Attributes:
+        moved: the keys moved to new versions, in the order they were moved.
+        unchanged: the ids of the wrapped keys already under their KMS key's primary.
+        skipped: the enabled versions that could not be read, and why.
+    """
+
+    moved: tuple[RewrappedVersion, ...]
+    unchanged: tuple[str, ...]
+    skipped: Mapping[int, str]
 
 
 class GoogleSecretManagerKeyProvider:
@@ -259,7 +272,9 @@ class GoogleSecretManagerKeyProvider:
             ``cache_ttl``. None serves old keys for ever: only ask for it knowingly, as a
             key disabled in the secret then never stops working during an outage.
         timeout: seconds one load (or one ``add_key``/``promote``) may take, retries
-            included, before it fails.
+            included, before it fails; also the time one Cloud KMS call may take.
+        kms_client: a Cloud KMS ``KeyManagementServiceClient`` to unwrap (and wrap) keys
+            with; by default one is made when a wrapped key is first met.
 
     Raises:
         ConfigurationError: a malformed secret name, alias name, purpose, timeout or
@@ -276,6 +291,7 @@ class GoogleSecretManagerKeyProvider:
         cache_ttl: float | None = 300.0,
         max_stale: float | None = DEFAULT_MAX_STALE,
         timeout: float = 5.0,
+        kms_client: kms_v1.KeyManagementServiceClient | None = None,
     ):
         self.secret = _check_secret_name(secret, "GoogleSecretManagerKeyProvider")
         self.primary_alias = _check_alias(primary_alias, "GoogleSecretManagerKeyProvider")
@@ -293,6 +309,7 @@ class GoogleSecretManagerKeyProvider:
         self.timeout = float(timeout)
         self._client = client
         self._client_lock = threading.Lock()
+        self._wrapper = KmsKeyWrapper(client=kms_client, timeout=self.timeout)
 
     @property
     def source(self) -> str:
@@ -307,6 +324,7 @@ class GoogleSecretManagerKeyProvider:
         secret: str | None = None,
         client: secretmanager_v1.SecretManagerServiceClient | None = None,
         purpose: Purpose = "encryption",
+        kms_client: kms_v1.KeyManagementServiceClient | None = None,
     ) -> Self:
         """Build the provider that the ``FIELDCRYPT_GCP_*`` settings describe.
 
@@ -319,6 +337,7 @@ class GoogleSecretManagerKeyProvider:
             secret: a secret name that overrides the setting.
             client: a client to use instead of the default one.
             purpose: ``"encryption"`` or ``"blind-index"``.
+            kms_client: a Cloud KMS client to unwrap keys with instead of the default one.
 
         Raises:
             ConfigurationError: no secret is configured, a setting is malformed, or the
@@ -358,6 +377,7 @@ class GoogleSecretManagerKeyProvider:
             cache_ttl=settings.gcp_cache_ttl,
             max_stale=max_stale,
             timeout=settings.gcp_timeout,
+            kms_client=kms_client,
         )
 
     def load(self) -> Keyring:
@@ -372,7 +392,7 @@ class GoogleSecretManagerKeyProvider:
                 version that is not enabled); or the primary cannot be read as a key. The
                 message names the secret and versions, never a payload.
         """
-        deadline = _Deadline(self.timeout)
+        deadline = Deadline(self.timeout)
         with self._errors("read the keys", _READ_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
@@ -380,14 +400,7 @@ class GoogleSecretManagerKeyProvider:
             # Decided before any payload is read: which key encrypts never depends on
             # which payloads happen to parse.
             primary = self._primary_version(aliases, enabled)
-            keys: dict[int, Key] = {}
-            skipped: dict[int, str] = {}
-            for number in enabled:
-                read = self._read_key(client, number, deadline)
-                if isinstance(read, Key):
-                    keys[number] = read
-                else:
-                    skipped[number] = read
+            keys, skipped = self._read_keys(client, enabled, deadline)
         for number, reason in skipped.items():
             metrics.count_skipped_version(f"{self.secret}/versions/{number}")
             if number != primary:
@@ -401,7 +414,37 @@ class GoogleSecretManagerKeyProvider:
                 )
         if primary in skipped:
             raise self._unusable_primary(aliases, primary, skipped[primary])
-        return Keyring(keys.values(), primary=keys[primary].id, purpose=self.purpose)
+        # Newest first, one key per id: a key moved to a new version by `keys rewrap` is
+        # the same key under the same id in both until the old version is disabled.
+        unique: dict[str, Key] = {}
+        for key in keys.values():
+            unique.setdefault(key.id, key)
+        return Keyring(unique.values(), primary=keys[primary].id, purpose=self.purpose)
+
+    def _read_keys(
+        self,
+        client: secretmanager_v1.SecretManagerServiceClient,
+        numbers: Sequence[int],
+        deadline: Deadline,
+    ) -> tuple[dict[int, Key], dict[int, str]]:
+        """Each version's key, or why it is skipped; ``numbers`` newest first."""
+        keys: dict[int, Key] = {}
+        skipped: dict[int, str] = {}
+        holder: dict[str, int] = {}  # key id -> the newest version that holds it
+        for number in numbers:
+            read = self._read_key(client, number, deadline)
+            if not isinstance(read, Key):
+                skipped[number] = read
+                continue
+            newer = holder.setdefault(read.id, number)
+            if newer != number and not keys[newer].shares_secret_with(read):
+                skipped[number] = (
+                    f"it holds key id {read.id!r}, which the newer version {newer} holds with "
+                    "another key; disable the version that is wrong"
+                )
+                continue
+            keys[number] = read
+        return keys, skipped
 
     def describe(self) -> SecretVersions:
         """Describe every version of the secret, which one writes, and which are skipped.
@@ -412,7 +455,7 @@ class GoogleSecretManagerKeyProvider:
         Raises:
             KeyProviderError: the secret could not be read.
         """
-        deadline = _Deadline(self.timeout)
+        deadline = Deadline(self.timeout)
         with self._errors("list its versions", _READ_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
@@ -424,16 +467,13 @@ class GoogleSecretManagerKeyProvider:
                 primary = self._primary_version(aliases, enabled)
             except KeyProviderError as exc:
                 problem = str(exc)
+            keys: dict[int, Key] = {}
             skipped: dict[int, str] = {}
             checked = True
-            for number in enabled:
-                try:
-                    read = self._read_key(client, number, deadline)
-                except api_exceptions.PermissionDenied:
-                    checked = False  # an operator's role need not read keys
-                    break
-                if not isinstance(read, Key):
-                    skipped[number] = read
+            try:
+                keys, skipped = self._read_keys(client, enabled, deadline)
+            except api_exceptions.PermissionDenied:
+                checked = False  # an operator's role need not read keys
         if checked and primary in skipped:
             problem = str(self._unusable_primary(aliases, primary, skipped[primary]))
         versions = tuple(
@@ -443,12 +483,16 @@ class GoogleSecretManagerKeyProvider:
                 created,
                 primary=number == primary and problem is None,
                 skipped=skipped.get(number),
+                carried_key_id=_carried_id(keys.get(number), number),
+                wrapped_by=_wrapped_by(keys.get(number)),
             )
             for number, state, created in found
         )
         return SecretVersions(versions, aliases.get(self.primary_alias), problem, checked)
 
-    def add_key(self, key: str | None = None, *, kind: KeyKind | None = None) -> KeyVersion:
+    def add_key(
+        self, key: str | None = None, *, kind: KeyKind | None = None, wrap: str | None = None
+    ) -> KeyVersion:
         """Add a version holding a new key; it is read everywhere, but does not write yet.
 
         The first phase of a rotation: after every instance's next refresh it decrypts (or,
@@ -463,6 +507,11 @@ class GoogleSecretManagerKeyProvider:
             key: the key text to store, ``[kind:]key``; by default a new random key.
             kind: the kind of the new random key (or the kind ``key`` must be); by default
                 the purpose's default kind (``fernet``, or ``hmac-sha256`` for blind indexes).
+            wrap: a Cloud KMS key (``projects/P/locations/L/keyRings/R/cryptoKeys/K``) to
+                store the key wrapped by, instead of in plaintext. The payload is then the
+                entry ``v<N>:wrapped:...``, which carries its key id ``v<N>`` (N the new
+                version's number) so that ``rewrap`` can move it to another version; one
+                KMS ``Encrypt`` call.
 
         Returns:
             The new version.
@@ -482,11 +531,21 @@ class GoogleSecretManagerKeyProvider:
         if kind is not None and parsed.kind != kind:
             raise ConfigurationError(f"the key given is of kind {parsed.kind!r}, not {kind!r}")
         data = text.strip().encode("ascii")
-        deadline = _Deadline(self.timeout)
+        deadline = Deadline(self.timeout)
         with self._errors("add a key", _WRITE_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
             enabled = self._enabled(client, deadline)
+            expected: int | None = None
+            if wrap is not None:
+                # The key id is bound into the wrapping, so it is chosen before the version
+                # exists: the number the service gives next, checked once it has.
+                found = self._list(client, deadline, enabled_only=False)
+                expected = max((number for number, _, _ in found), default=0) + 1
+                wrapped = self._wrapper.wrap(
+                    parse_key(text, purpose=self.purpose, key_id=f"v{expected}"), wrap
+                )
+                data = wrapped.entry.encode("ascii")
             if enabled:
                 try:
                     current = self._primary_version(aliases, enabled)
@@ -502,6 +561,14 @@ class GoogleSecretManagerKeyProvider:
                 **deadline.write(),
             )
             number = _version_number(added.name)
+            if expected is not None and number != expected:
+                # Another version was added meanwhile; this one's key id would not be v<N>.
+                client.disable_secret_version(request={"name": added.name}, **deadline.write())
+                raise KeyProviderError(
+                    f"Secret Manager secret {self.secret!r}: another version was added while "
+                    f"this key was wrapped, so version {number} holds key id v{expected}; it "
+                    "was disabled, and no key was added: run the command again"
+                )
             if not enabled:
                 self._set_alias(client, aliases, number, deadline)
         logger.info(
@@ -510,7 +577,107 @@ class GoogleSecretManagerKeyProvider:
             self.secret,
             "primary: the secret had no enabled version" if not enabled else "decrypt-only",
         )
-        return KeyVersion(number, "ENABLED", _as_datetime(added.create_time), not enabled)
+        return KeyVersion(
+            number, "ENABLED", _as_datetime(added.create_time), not enabled, wrapped_by=wrap
+        )
+
+    def rewrap(self, *, wrap: str | None = None) -> SecretRewrap:
+        """Move every wrapped key to a new version, wrapped under its KMS key's primary.
+
+        For after the Cloud KMS key rotates: each enabled version whose wrapped key Cloud KMS
+        opens with a version that is not the primary is added again, wrapped under the
+        primary, with the same key id (carried in the payload) and the same key; the alias
+        follows the primary's key, and the old versions are disabled. No stored value
+        changes: the keys are the same. Run it again safely: keys already under the primary
+        are left alone. One ``Decrypt`` per wrapped version, one ``Encrypt`` per key moved.
+
+        Args:
+            wrap: a Cloud KMS key to wrap the plaintext keys with too: each plaintext version
+                ``vN`` moves to a new version holding ``vN:wrapped:...``, and is disabled
+                (destroy it once every instance has refreshed: a disabled version keeps its
+                payload). How a plaintext secret becomes a wrapped one.
+
+        Returns:
+            What moved, what was already under the primary, and the enabled versions that
+            could not be read (instances skip them too), each by version and key id.
+
+        Raises:
+            KeyProviderError: the secret has no primary, its primary cannot be read,
+                Secret Manager or Cloud KMS refused or could not be reached. Keys moved
+                before the failure stay moved (their old versions may still be enabled:
+                run it again).
+        """
+        if wrap is not None and not KMS_KEY_PATTERN.match(wrap):
+            raise ConfigurationError(
+                f"wrap: {wrap!r} is not a Cloud KMS key name; expected "
+                "projects/P/locations/L/keyRings/R/cryptoKeys/K"
+            )
+        deadline = Deadline(self.timeout)
+        moved: list[RewrappedVersion] = []
+        unchanged: list[str] = []
+        skipped: dict[int, str] = {}
+        with self._errors("re-wrap its keys", _WRITE_HINTS):
+            client = self._get_client()
+            aliases = self._aliases(client, deadline)
+            enabled = self._enabled(client, deadline)
+            primary = self._primary_version(aliases, enabled)
+            holder: dict[str, tuple[int, Key]] = {}  # key id -> version under the primary
+            # Versions to disable: (number, key, the KMS key to wrap it with anew, or None
+            # for an older copy of a key that a newer version already holds).
+            stale: list[tuple[int, Key, str | None]] = []
+            for number in enabled:  # newest first
+                opened: list[Unwrapped] = []
+
+                def unwrap(wrapped: WrappedKey, opened: list[Unwrapped] = opened) -> Key:
+                    opened.append(self._wrapper.open(wrapped))
+                    return opened[-1].key
+
+                read = self._read_key(client, number, deadline, unwrap=unwrap)
+                if not isinstance(read, Key):
+                    if number == primary:
+                        raise self._unusable_primary(aliases, primary, read)
+                    skipped[number] = read
+                elif read.id in holder:
+                    stale.append((number, read, None))
+                elif read.wrapped is not None and opened and not opened[0].used_primary:
+                    stale.append((number, read, read.wrapped.kms_key))
+                elif read.wrapped is not None:
+                    holder[read.id] = (number, read)
+                    unchanged.append(read.id)
+                elif wrap is not None:
+                    stale.append((number, read, wrap))
+            for number, key, kms_key in stale:
+                if key.id not in holder and kms_key is not None:
+                    new = self._wrapper.wrap(key, kms_key).entry.encode("ascii")
+                    added = client.add_secret_version(
+                        request={
+                            "parent": self.secret,
+                            "payload": {"data": new, "data_crc32c": google_crc32c.value(new)},
+                        },
+                        **deadline.write(),
+                    )
+                    holder[key.id] = (_version_number(added.name), key)
+                    if key.id in unchanged:
+                        unchanged.remove(key.id)
+                target, held = holder[key.id]
+                if not held.shares_secret_with(key):
+                    skipped[number] = (
+                        f"it holds key id {key.id!r}, which version {target} holds with another "
+                        "key; disable the version that is wrong"
+                    )
+                    continue
+                if number == primary:
+                    self._set_alias(client, aliases, target, deadline)
+                client.disable_secret_version(
+                    request={"name": f"{self.secret}/versions/{number}"}, **deadline.write()
+                )
+                moved.append(RewrappedVersion(key.id, number, target))
+        logger.info(
+            "sa_fieldcrypt: re-wrapped %d key(s) of %s under their KMS keys' primary versions",
+            len(moved),
+            self.secret,
+        )
+        return SecretRewrap(tuple(moved), tuple(unchanged), skipped)
 
     def promote(self, version: int | None = None, *, min_age: float = 0.0) -> KeyVersion:
         """Point the alias at ``version``, so its key encrypts from each instance's next refresh.
@@ -529,7 +696,7 @@ class GoogleSecretManagerKeyProvider:
             ConfigurationError: no such version, it is not enabled, or it is too young.
             KeyProviderError: Secret Manager refused or could not be reached.
         """
-        deadline = _Deadline(self.timeout)
+        deadline = Deadline(self.timeout)
         with self._errors("promote a key", _WRITE_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
@@ -583,7 +750,7 @@ class GoogleSecretManagerKeyProvider:
             return self._client
 
     def _aliases(
-        self, client: secretmanager_v1.SecretManagerServiceClient, deadline: _Deadline
+        self, client: secretmanager_v1.SecretManagerServiceClient, deadline: Deadline
     ) -> dict[str, int]:
         found = client.get_secret(request={"name": self.secret}, **deadline.read())
         return dict(found.version_aliases)
@@ -591,7 +758,7 @@ class GoogleSecretManagerKeyProvider:
     def _list(
         self,
         client: secretmanager_v1.SecretManagerServiceClient,
-        deadline: _Deadline,
+        deadline: Deadline,
         *,
         enabled_only: bool = True,
     ) -> list[tuple[int, secretmanager_v1.SecretVersion.State, datetime | None]]:
@@ -627,7 +794,7 @@ class GoogleSecretManagerKeyProvider:
         return found
 
     def _enabled(
-        self, client: secretmanager_v1.SecretManagerServiceClient, deadline: _Deadline
+        self, client: secretmanager_v1.SecretManagerServiceClient, deadline: Deadline
     ) -> list[int]:
         return [number for number, _, _ in self._list(client, deadline)]
 
@@ -635,7 +802,9 @@ class GoogleSecretManagerKeyProvider:
         self,
         client: secretmanager_v1.SecretManagerServiceClient,
         number: int,
-        deadline: _Deadline,
+        deadline: Deadline,
+        *,
+        unwrap: Unwrap | None = None,
     ) -> Key | str:
         """The version's key, or why it gives none (the payload is never quoted)."""
         # By number, never `latest` or an alias: `latest` is the newest version whatever its
@@ -651,12 +820,18 @@ class GoogleSecretManagerKeyProvider:
         if "data_crc32c" not in payload or google_crc32c.value(data) != payload.data_crc32c:
             return _DAMAGED
         try:
-            return _key_from_payload(data, f"v{number}", self.purpose)
+            return _key_from_payload(data, number, self.purpose, unwrap or self._wrapper)
         except ConfigurationError as exc:
             return (
                 f"its payload is not a usable key ({exc}); add the key again and disable "
                 "this version"
             )
+        except KeyProviderError as exc:
+            if is_outage(exc):
+                # Says nothing of this version: the whole load fails, and the cache serves
+                # the previous keys, rather than a keyring that lacks this key.
+                raise
+            return f"its wrapped key does not unwrap: {exc}"
 
     def _primary_version(self, aliases: Mapping[str, int], enabled: Sequence[int]) -> int:
         """The version that writes: the alias's, or the only enabled one; never a guess."""
@@ -717,7 +892,7 @@ class GoogleSecretManagerKeyProvider:
         client: secretmanager_v1.SecretManagerServiceClient,
         aliases: dict[str, int],
         number: int,
-        deadline: _Deadline,
+        deadline: Deadline,
     ) -> None:
         aliases[self.primary_alias] = number
         # The update mask names the whole map: Secret Manager replaces it, so the other
@@ -736,10 +911,10 @@ class GoogleSecretManagerKeyProvider:
             yield
         except auth_exceptions.GoogleAuthError as exc:
             raise KeyProviderError(
-                f"Secret Manager secret {self.secret!r}: could not {action}: {_NO_CREDENTIALS}"
+                f"Secret Manager secret {self.secret!r}: could not {action}: {NO_CREDENTIALS_HELP}"
             ) from exc
         except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as exc:
-            code = _status_name(exc)
+            code = status_name(exc)
             hint = hints.get(code) or _COMMON_HINTS.get(code) or "see the chained exception"
             # Only the status name and our own hint: a service message is not ours to vouch for.
             raise KeyProviderError(
@@ -754,18 +929,12 @@ class GoogleSecretManagerKeyProvider:
         )
 
 
-def _status_name(exc: Exception) -> str:
-    if isinstance(exc, api_exceptions.RetryError):
-        # The retry budget ran out: the last attempt's error says why.
-        cause = exc.cause
-        if isinstance(cause, api_exceptions.GoogleAPICallError):
-            exc = cause
-        else:
-            return "DEADLINE_EXCEEDED"
-    status = getattr(exc, "grpc_status_code", None)
-    if status is not None:
-        return str(status.name)
-    return type(exc).__name__
+def _carried_id(key: Key | None, number: int) -> str | None:
+    return None if key is None or key.id == f"v{number}" else key.id
+
+
+def _wrapped_by(key: Key | None) -> str | None:
+    return None if key is None or key.wrapped is None else key.wrapped.kms_key
 
 
 def _check_secret_name(name: str, source: str) -> str:

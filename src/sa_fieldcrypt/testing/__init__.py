@@ -2,7 +2,7 @@
 
 - Fixtures (:mod:`~sa_fieldcrypt.testing.plugin`, loaded by pytest in every project that
   installs sa-fieldcrypt, at no cost until used): ``fieldcrypt_keyring``,
-  ``fieldcrypt_blind_index_keyring``, ``fake_secret_manager``.
+  ``fieldcrypt_blind_index_keyring``, ``fake_secret_manager``, ``fake_kms``.
 - :func:`temporary_keys` (:mod:`~sa_fieldcrypt.testing.keys`): default keys for a block.
 - :func:`assert_encrypted_at_rest` (:mod:`~sa_fieldcrypt.testing.assertions`).
 - Hypothesis strategies (:mod:`~sa_fieldcrypt.testing.strategies`): :func:`text_plaintexts`,
@@ -12,6 +12,8 @@
   :func:`boolean_plaintexts`, :func:`uuid_plaintexts`), :func:`keyrings`.
 - :class:`FakeSecretManager` (:mod:`~sa_fieldcrypt.testing.secret_manager`, the ``gcp`` extra):
   Google Cloud Secret Manager in process, over real gRPC.
+- :class:`FakeKms` (:mod:`~sa_fieldcrypt.testing.kms`, the ``gcp`` extra): Google Cloud KMS in
+  process, over real gRPC.
 
 Typical usage::
 
@@ -34,6 +36,7 @@ from sa_fieldcrypt.exports import lazy_exports
 if TYPE_CHECKING:
     from sa_fieldcrypt.testing.assertions import assert_encrypted_at_rest
     from sa_fieldcrypt.testing.keys import temporary_keys
+    from sa_fieldcrypt.testing.kms import FakeKms
     from sa_fieldcrypt.testing.secret_manager import FakeSecretManager
     from sa_fieldcrypt.testing.strategies import (
         boolean_plaintexts,
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "FakeKms",
     "FakeSecretManager",
     "assert_encrypted_at_rest",
     "boolean_plaintexts",
@@ -69,6 +73,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "FakeKms": "sa_fieldcrypt.testing.kms",
     "FakeSecretManager": "sa_fieldcrypt.testing.secret_manager",
     "assert_encrypted_at_rest": "sa_fieldcrypt.testing.assertions",
     "boolean_plaintexts": "sa_fieldcrypt.testing.strategies",

@@ -8,6 +8,8 @@ them pays nothing for it.
 - ``fieldcrypt_blind_index_keyring``: fresh default blind-index keys (``b1``) for the test.
 - ``fake_secret_manager``: an in-process Google Cloud Secret Manager
   (:class:`~sa_fieldcrypt.testing.secret_manager.FakeSecretManager`; the ``gcp`` extra).
+- ``fake_kms``: an in-process Google Cloud KMS (:class:`~sa_fieldcrypt.testing.kms.FakeKms`;
+  the ``gcp`` extra).
 """
 
 from __future__ import annotations
@@ -19,9 +21,15 @@ import pytest
 
 if TYPE_CHECKING:
     from sa_fieldcrypt.keys import Keyring
+    from sa_fieldcrypt.testing.kms import FakeKms
     from sa_fieldcrypt.testing.secret_manager import FakeSecretManager
 
-__all__ = ["fake_secret_manager", "fieldcrypt_blind_index_keyring", "fieldcrypt_keyring"]
+__all__ = [
+    "fake_kms",
+    "fake_secret_manager",
+    "fieldcrypt_blind_index_keyring",
+    "fieldcrypt_keyring",
+]
 
 
 @pytest.fixture
@@ -54,4 +62,17 @@ def fake_secret_manager() -> Iterator[FakeSecretManager]:
     from sa_fieldcrypt.testing.secret_manager import FakeSecretManager
 
     with FakeSecretManager() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_kms() -> Iterator[FakeKms]:
+    """A fake Google Cloud KMS on a local port, for this test only (the gcp extra).
+
+    Raises:
+        ImportError: the gcp extra is not installed; the message says how to install it.
+    """
+    from sa_fieldcrypt.testing.kms import FakeKms
+
+    with FakeKms() as fake:
         yield fake

@@ -45,12 +45,10 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 
 try:
     import google_crc32c
@@ -65,9 +63,10 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
         "the Secret Manager fake needs the gcp extra: pip install 'sa-fieldcrypt[gcp]'"
     ) from exc
 
+from sa_fieldcrypt.testing.grpc_service import FakeStatusError, LocalGrpcService, Method
+
 __all__ = ["FakeSecretManager", "FakeStatusError"]
 
-_SERVICE = "google.cloud.secretmanager.v1.SecretManagerService"
 # States are kept by name; messages take the enum's number.
 _STATES = {"ENABLED": 1, "DISABLED": 2, "DESTROYED": 3}
 _PARENT = re.compile(r"projects/[^/\s]+(?:/locations/[^/\s]+)?\Z")
@@ -78,29 +77,7 @@ _FILTER_TERM = re.compile(r"state[:=]([A-Za-z]+)\Z")
 _MAX_PAYLOAD = 64 * 1024
 _MAX_PAGE = 25000
 _MAX_ALIASES = 50
-# Each client gets its own connection (gRPC otherwise shares one per target, and with it a
-# reconnect backoff left by an earlier outage), and reconnects quickly after a restart.
-_CHANNEL_OPTIONS = [
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 _UPDATABLE = frozenset({"version_aliases", "labels", "annotations"})
-
-
-class FakeStatusError(Exception):
-    """A call to the fake failed with a gRPC status (the helpers raise it directly).
-
-    Attributes:
-        code: the gRPC status code the service answers with.
-        details: the status message.
-    """
-
-    def __init__(self, code: grpc.StatusCode, details: str):
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
 
 
 @dataclass
@@ -127,7 +104,7 @@ class _Secret:
     generation: int = 1
 
 
-class FakeSecretManager:
+class FakeSecretManager(LocalGrpcService):
     """Secret Manager's v1 gRPC service in memory, on a local port.
 
     Use it as a context manager, or call :meth:`start` and :meth:`close`. Thread-safe.
@@ -139,74 +116,22 @@ class FakeSecretManager:
             ``page_size`` asks for; lower it to exercise paging.
     """
 
+    service = "google.cloud.secretmanager.v1.SecretManagerService"
+
     def __init__(
         self,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_page_size: int = _MAX_PAGE,
     ):
+        super().__init__()
         self.clock = clock
         self.max_page_size = max_page_size
-        #: Every method called over gRPC, in order, e.g. ``"AccessSecretVersion"``.
-        self.calls: list[str] = []
-        self._lock = threading.RLock()
         self._secrets: dict[str, _Secret] = {}
-        self._faults: dict[str, list[tuple[grpc.StatusCode, str]]] = {}
-        self._server: grpc.Server | None = None
-        self._port = 0
-        self._channels: list[grpc.Channel] = []
-
-    # -- server ---------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Serve on 127.0.0.1 (a free port the first time, the same port after a stop)."""
-        with self._lock:
-            if self._server is not None:
-                return self
-            server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-            server.add_generic_rpc_handlers((self._handler(),))
-            port = server.add_insecure_port(f"127.0.0.1:{self._port}")
-            if port == 0:
-                raise RuntimeError(f"FakeSecretManager: cannot listen on 127.0.0.1:{self._port}")
-            server.start()
-            self._server, self._port = server, port
-            return self
-
-    def stop(self) -> None:
-        """Stop serving, as in an outage; the secrets are kept for a later :meth:`start`."""
-        with self._lock:
-            server, self._server = self._server, None
-        if server is not None:
-            server.stop(grace=None).wait()
-
-    def close(self) -> None:
-        """Close the channels of every client made by :meth:`client`, and stop serving."""
-        with self._lock:
-            channels, self._channels = self._channels, []
-        # Channels first: a server that stops under open channels makes gRPC log a GOAWAY.
-        for channel in channels:
-            channel.close()
-        self.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @property
-    def target(self) -> str:
-        """The ``host:port`` the fake serves on."""
-        if not self._port:
-            raise RuntimeError("FakeSecretManager: not started")
-        return f"127.0.0.1:{self._port}"
 
     def client(self) -> secretmanager_v1.SecretManagerServiceClient:
         """Return a real ``SecretManagerServiceClient`` connected to the fake (no TLS)."""
-        channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
-        with self._lock:
-            self._channels.append(channel)
-        transport = SecretManagerServiceGrpcTransport(channel=channel)
+        transport = SecretManagerServiceGrpcTransport(channel=self.channel())
         return secretmanager_v1.SecretManagerServiceClient(transport=transport)
 
     # -- direct state access, for test setup ----------------------------------------------
@@ -214,13 +139,13 @@ class FakeSecretManager:
     def create_secret(self, name: str) -> str:
         """Create an empty secret named ``projects/P/secrets/S`` and return its name."""
         parent, _, secret_id = name.rpartition("/secrets/")
-        with self._lock:
+        with self.lock:
             return self._create_secret(parent, secret_id, secretmanager_v1.Secret()).name
 
     def add_version(self, secret: str, data: bytes, *, state: str = "ENABLED") -> int:
         """Add a version holding ``data`` in ``state``; return its number."""
         _check_state_name(state)
-        with self._lock:
+        with self.lock:
             version = self._add_version(secret, data, None)
             if state != "ENABLED":
                 self._set_state(secret, str(version.number), state)
@@ -229,50 +154,39 @@ class FakeSecretManager:
     def set_state(self, secret: str, number: int, state: str) -> None:
         """Move a version to ``ENABLED``, ``DISABLED`` or ``DESTROYED`` (under the API's rules)."""
         _check_state_name(state)
-        with self._lock:
+        with self.lock:
             self._set_state(secret, str(number), state)
 
     def set_alias(self, secret: str, alias: str, number: int) -> None:
         """Point the version alias ``alias`` at version ``number``."""
-        with self._lock:
+        with self.lock:
             aliases = dict(self._secret(secret).aliases)
             aliases[alias] = number
             self._replace_aliases(self._secret(secret), aliases)
 
     def aliases(self, secret: str) -> dict[str, int]:
         """Return the secret's version aliases."""
-        with self._lock:
+        with self.lock:
             return dict(self._secret(secret).aliases)
 
     def payload(self, secret: str, number: int) -> bytes | None:
         """Return the stored data of a version (None once destroyed)."""
-        with self._lock:
+        with self.lock:
             return self._version(self._secret(secret), str(number), symbolic=False).data
 
     def corrupt_checksum(self, secret: str, number: int, *, missing: bool = False) -> None:
         """Make every later access to the version return a wrong ``data_crc32c`` (or none)."""
-        with self._lock:
+        with self.lock:
             version = self._version(self._secret(secret), str(number), symbolic=False)
             version.corrupt = "missing" if missing else "wrong"
 
-    def fail_next(
-        self, method: str, code: grpc.StatusCode, *, times: int = 1, details: str = "injected"
-    ) -> None:
-        """Make the next ``times`` calls of ``method`` (e.g. ``"AccessSecretVersion"``) fail."""
-        with self._lock:
-            self._faults.setdefault(method, []).extend([(code, details)] * times)
-
-    def call_count(self, method: str) -> int:
-        """How many times ``method`` was called over gRPC."""
-        with self._lock:
-            return self.calls.count(method)
-
     # -- the service ----------------------------------------------------------------------
 
-    def _handler(self) -> grpc.GenericRpcHandler:
+    def methods(self) -> dict[str, Method]:
+        """The v1 methods the fake implements; the others answer UNIMPLEMENTED."""
         svc = secretmanager_v1.types.service
         res = secretmanager_v1.types.resources
-        methods: dict[str, tuple[Callable[[Any], Any], Any, Callable[[Any], bytes]]] = {
+        return {
             "CreateSecret": (
                 self._rpc_create_secret,
                 svc.CreateSecretRequest,
@@ -325,33 +239,6 @@ class FakeSecretManager:
                 res.SecretVersion.serialize,
             ),
         }
-        handlers = {
-            name: grpc.unary_unary_rpc_method_handler(
-                self._serve(name, behaviour),
-                request_deserializer=request_type.deserialize,
-                response_serializer=serialize,
-            )
-            for name, (behaviour, request_type, serialize) in methods.items()
-        }
-        return grpc.method_handlers_generic_handler(_SERVICE, handlers)
-
-    def _serve(
-        self, method: str, behaviour: Callable[[Any], Any]
-    ) -> Callable[[Any, grpc.ServicerContext], Any]:
-        def serve(request: Any, context: grpc.ServicerContext) -> Any:
-            with self._lock:
-                self.calls.append(method)
-                faults = self._faults.get(method)
-                fault = faults.pop(0) if faults else None
-                if fault is None:
-                    try:
-                        return behaviour(request)
-                    except FakeStatusError as exc:
-                        fault = (exc.code, exc.details)
-            context.abort(*fault)
-            raise AssertionError("unreachable: abort raises")  # pragma: no cover
-
-        return serve
 
     def _rpc_create_secret(self, request: Any) -> secretmanager_v1.Secret:
         return self._secret_message(

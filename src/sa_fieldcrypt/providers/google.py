@@ -1,0 +1,82 @@
+"""What every Google Cloud call of the providers shares: deadlines, retries, status names.
+
+Needs the ``gcp`` extra (``google-api-core``). The Secret Manager provider
+(:mod:`~sa_fieldcrypt.providers.gcp`) and the Cloud KMS key wrapper
+(:mod:`~sa_fieldcrypt.providers.kms`) both call through it, so both retry the same failures
+within one time budget per operation and name failures the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+try:
+    from google.api_core import exceptions as api_exceptions
+    from google.api_core import retry as api_retry
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
+    raise ImportError(
+        "the Google Cloud key providers need the gcp extra: pip install 'sa-fieldcrypt[gcp]'"
+    ) from exc
+
+__all__ = ["NO_CREDENTIALS_HELP", "Deadline", "status_name"]
+
+#: What to do when no Google credentials are found.
+NO_CREDENTIALS_HELP = (
+    "no Google credentials were found: run `gcloud auth application-default login`, or run "
+    "with a service account (GOOGLE_APPLICATION_CREDENTIALS, or the metadata server)"
+)
+
+# Transient failures worth another attempt inside the operation's deadline. Writes are never
+# retried: a retried AddSecretVersion could add the same key twice.
+_TRANSIENT = api_retry.if_exception_type(
+    api_exceptions.ServiceUnavailable, api_exceptions.ResourceExhausted
+)
+
+
+class Deadline:
+    """One time budget shared by every call of one operation.
+
+    Args:
+        seconds: how long the whole operation may take, retries included.
+    """
+
+    def __init__(self, seconds: float):
+        self._end = time.monotonic() + seconds
+
+    def read(self) -> dict[str, Any]:
+        """Explicit timeout and retry for an idempotent call, within what is left."""
+        left = self._left()
+        retry = api_retry.Retry(
+            predicate=_TRANSIENT, initial=0.1, maximum=1.0, multiplier=2.0, timeout=left
+        )
+        return {"timeout": left, "retry": retry}
+
+    def write(self) -> dict[str, Any]:
+        """Explicit timeout and no retry, for a call that must not run twice."""
+        return {"timeout": self._left(), "retry": None}
+
+    def _left(self) -> float:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise api_exceptions.DeadlineExceeded(  # type: ignore[no-untyped-call]
+                "the time allowed for the operation ran out"
+            )
+        return left
+
+
+def status_name(exc: Exception) -> str:
+    """The gRPC status name of a failed call (``"PERMISSION_DENIED"``), or its type's name.
+
+    A retry budget that ran out names the status of its last attempt.
+    """
+    if isinstance(exc, api_exceptions.RetryError):
+        cause = exc.cause
+        if isinstance(cause, api_exceptions.GoogleAPICallError):
+            exc = cause
+        else:
+            return "DEADLINE_EXCEEDED"
+    status = getattr(exc, "grpc_status_code", None)
+    if status is not None:
+        return str(status.name)
+    return type(exc).__name__
