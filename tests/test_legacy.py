@@ -349,13 +349,14 @@ def test_repr_shows_no_key() -> None:
 @pytest.mark.parametrize(
     ("formats", "message"),
     [
-        ("BareFernet()", "not text"),
-        (b"fernet", "not text"),
+        ("BareFernet()", "takes a list of legacy formats"),
+        (b"fernet", "takes a list of legacy formats"),
+        (BareFernet(), "takes a list of legacy formats"),
         (["fernet"], "legacy entry 1 is a str, not a legacy format"),
         ([BareFernet(), BareFernet], "legacy entry 2 is a type, not a legacy format"),
         ([object()], "legacy entry 1 is a object, not a legacy format"),
     ],
-    ids=["text", "bytes", "name", "class", "object"],
+    ids=["text", "bytes", "one", "name", "class", "object"],
 )
 def test_check_formats_refuses_what_is_not_a_format(formats: Any, message: str) -> None:
     """legacy= takes legacy format instances only: text or another entry is a ConfigurationError."""

@@ -38,6 +38,7 @@ from sa_fieldcrypt import (
     EncryptedTime,
     EncryptedUUID,
     Keyring,
+    RotationError,
     jobs,
     metrics,
 )
@@ -311,7 +312,7 @@ def test_each_value_reads_as_sqlalchemy_utils_reads_it(
 def test_a_tampered_legacy_value_is_reported_by_primary_key(
     su_table: Engine, keyring: Keyring, su_engine: type, padding: str | None
 ) -> None:
-    """rotate and verify name the row of a legacy value that does not open, and keep it."""
+    """verify names the row of a legacy value that does not open; rotate keeps the value."""
     engine = su_table
     theirs = _table(MetaData(), {"email": _theirs(sa.Unicode, su_engine, padding)})
     theirs.create(engine)
@@ -338,15 +339,25 @@ def test_a_tampered_legacy_value_is_reported_by_primary_key(
     target = jobs.EncryptedColumn(_table(MetaData(), {"email": codec}).c.email, codec)
     assert codec.legacy_format(forged) is not None
     before = _stored(engine, ["email"])
-    for report in (jobs.verify(engine, [target]), jobs.rotate(engine, [target])):
-        failures = report.total().failures
-        assert [(("id", 1),)] == [f.primary_key for f in failures]
-        assert "none of them opens it" in failures[0].reason
-        assert forged not in str(report.to_dict())
-        assert "user1" not in str(report.to_dict())
+    verified = jobs.verify(engine, [target]).total()
+    assert [(("id", 1),)] == [f.primary_key for f in verified.failures]
+    assert "none of them opens it" in verified.failures[0].reason
+    assert forged not in str(verified.to_dict())
+    if su_engine is AesEngine:
+        # Not authenticated: while one of its values does not open, none is written, since
+        # under a wrong key a few would still open, to garbage.
+        with pytest.raises(RotationError, match="1 value in the shape of") as refused:
+            jobs.rotate(engine, [target])
+        assert forged not in str(refused.value)
+        assert before == _stored(engine, ["email"])
+        return
+    rotated = jobs.rotate(engine, [target]).total()
+    assert [(("id", 1),)] == [f.primary_key for f in rotated.failures]
+    assert forged not in str(rotated.to_dict())
+    assert "user1" not in str(rotated.to_dict())
     after = _stored(engine, ["email"])
     assert forged == after[1][1]
-    assert before[0] != after[0]
+    assert before[0] != after[0]  # the others were rotated
     assert before[2] != after[2]
 
 
@@ -468,3 +479,119 @@ def test_an_encrypted_type_column_is_read_once_converted_to_text(
     assert 1 == jobs.rotate(engine, [jobs.EncryptedColumn(table.c.email, ours)]).written
     with engine.connect() as conn:
         assert "ada@example.com" == conn.execute(select(table.c.email)).scalar_one()
+
+
+@pytest.mark.parametrize("padding", ["naive", "pkcs5", "oneandzeroes", "zeroes"])
+def test_aes_values_under_another_key_do_not_open(keyring: Keyring, padding: str) -> None:
+    """AES-CBC is not authenticated: only padding sqlalchemy-utils writes is taken as its."""
+    theirs = _theirs(sa.Unicode, AesEngine, padding, key="another key")
+    ours = EncryptedText(context="a.b", legacy=[SqlalchemyUtils(key=KEY, padding=padding)])
+    opened = 0
+    for i in range(3000):
+        stored = theirs.process_bind_param(f"{i}", SQLITE)
+        try:
+            ours.from_stored(stored)
+            opened += 1
+        except DecryptionError:
+            pass
+    # A wrong key opens a value only if it decrypts to padding pad() writes and to UTF-8:
+    # under one in 10,000 for each padding, so none of these.
+    assert 0 == opened
+
+
+def test_a_failing_key_callable_is_a_configuration_error(keyring: Keyring) -> None:
+    """A key callable that raises, or returns no key, says so: values are not called tampered."""
+    stored = _theirs(sa.Unicode, AesGcmEngine, None).process_bind_param("ada", SQLITE)
+
+    def unavailable() -> str:
+        raise ValueError("the secret store is down: token abc123")
+
+    for key, message in ((unavailable, "raised ValueError"), (lambda: None, "returned a None")):
+        column = EncryptedText(context="a.b", legacy=[SqlalchemyUtils("AesGcmEngine", key=key)])
+        with pytest.raises(ConfigurationError, match=message) as caught:
+            column.from_stored(stored)
+        assert "abc123" not in str(caught.value)
+
+
+def test_columns_it_cannot_fill_are_refused_when_declared() -> None:
+    """sqlalchemy-utils reads no bytes back: EncryptedBytes refuses the declaration at once."""
+    from sa_fieldcrypt import EncryptedBytes
+
+    with pytest.raises(ConfigurationError, match="stores no bytes values"):
+        EncryptedBytes(legacy=[SqlalchemyUtils(key=KEY)])
+    with pytest.raises(ConfigurationError, match="the key goes in key=") as caught:
+        SqlalchemyUtils(KEY, key="x")
+    assert KEY not in str(caught.value)
+
+
+def test_authenticated_formats_are_tried_first(keyring: Keyring) -> None:
+    """Whatever the declared order, a value an authenticated format opens is read as its own."""
+    stored = _theirs(sa.Unicode, AesGcmEngine, None).process_bind_param("x" * 20, SQLITE)
+    formats = [SqlalchemyUtils("AesEngine", key=KEY), SqlalchemyUtils("AesGcmEngine", key=KEY)]
+    column = EncryptedText(context="a.b", legacy=formats)
+    assert ["AesGcmEngine", "AesEngine"] == [f.engine for f in column.legacy]  # type: ignore[attr-defined]
+    assert "x" * 20 == column.from_stored(stored)
+
+
+def test_over_long_values_are_in_no_legacy_format(keyring: Keyring) -> None:
+    """A value over FIELDCRYPT_MAX_TOKEN_SIZE is not decoded as legacy; plaintext rules apply."""
+    from sa_fieldcrypt.cipher import set_max_token_size
+
+    set_max_token_size(1024)
+    try:
+        long_text = base64.b64encode(bytes(32 * 40)).decode()  # AES-shaped, 1,708 characters
+        formats = [SqlalchemyUtils("AesEngine", key=KEY)]
+        lenient = EncryptedText(context="a.b", legacy=formats, allow_plaintext=True)
+        assert lenient.legacy_format(long_text) is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert long_text == lenient.from_stored(long_text)
+        with pytest.raises(DecryptionError, match="over the limit"):
+            EncryptedText(context="a.b", legacy=formats).from_stored(long_text)
+    finally:
+        set_max_token_size(None)
+
+
+def test_fernet_engine_reads_count_under_no_key_id(keyring: Keyring) -> None:
+    """FernetEngine's key is not a key of ours: its reads are counted by format only."""
+    stored = _theirs(sa.Unicode, FernetEngine, None).process_bind_param("ada", SQLITE)
+    column = EncryptedText(context="a.b", legacy=[SqlalchemyUtils("FernetEngine", key=KEY)])
+    assert "ada" == column.from_stored(stored)
+    assert "sqlalchemy-utils" not in metrics.snapshot().decrypts
+
+
+def test_bare_tokens_keep_their_key_whatever_else_the_column_declares(
+    su_table: Engine, keyring: Keyring
+) -> None:
+    """A bare token shaped like another format too still needs the column key that opens it."""
+    from cryptography.fernet import Fernet
+
+    from sa_fieldcrypt.legacy import BareFernet
+
+    engine = su_table
+    old = keyring.get("k1")
+    bare = Fernet(old.export()).encrypt(b"ada@example.com").decode()
+    su_fernet = _theirs(sa.Unicode, FernetEngine, None).process_bind_param("bob", SQLITE)
+    table = _table(MetaData(), {"email": sa.Text()})
+    table.create(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": 1, "email": bare}, {"id": 2, "email": su_fernet}])
+    declarations = {
+        "both": [SqlalchemyUtils("FernetEngine", key=KEY), BareFernet()],
+        "reversed": [BareFernet(), SqlalchemyUtils("FernetEngine", key=KEY)],
+        "other": [SqlalchemyUtils("AesEngine", key=KEY)],  # the bare token: undeclared
+    }
+    for name, formats in declarations.items():
+        codec = EncryptedText(legacy=formats)
+        target = jobs.EncryptedColumn(_table(MetaData(), {"email": codec}).c.email, codec)
+        with pytest.raises(RotationError, match="legacy tokens, which do not say which key"):
+            jobs.retire_keys(engine, [target], ["k1"])
+        with pytest.raises(RotationError, match="'k1' is still used"):
+            jobs.retire_keys(engine, [target], ["k1"], resolve_legacy=True)
+        tried = jobs.status(engine, [target], resolve_legacy=True).columns[0]
+        assert {"k1": 1} == tried.legacy_by_key, name
+        if name == "other":
+            # Both are bare Fernet tokens to it, and none of its keys opens the second.
+            assert (2, 1) == (tried.undeclared, tried.legacy_unopened)
+        else:
+            assert (0, 0) == (tried.undeclared, tried.legacy_unopened), name

@@ -60,7 +60,6 @@ __all__ = [
     "TOKEN_PREFIX",
     "RowKeyPart",
     "TokenInfo",
-    "check_stored_size",
     "decrypt",
     "decrypt_row_value",
     "decrypt_value",
@@ -233,8 +232,7 @@ def set_max_token_size(size: int | None) -> None:
     _max_size = size
 
 
-def check_stored_size(token: str) -> None:
-    """Raise :class:`DecryptionError` if ``token`` is longer than :func:`max_token_size`."""
+def _check_stored_size(token: str) -> None:
     limit = max_token_size()
     if len(token) > limit:
         raise DecryptionError(
@@ -480,7 +478,7 @@ def decrypt_value(keyring: Keyring, token: str, context: str | None, allow_unbou
     try:
         # Before any cryptography; -1 until the limit is read, and the long way reads it.
         if len(token) > _max_size:
-            check_stored_size(token)
+            _check_stored_size(token)
         head, _, payload = token.rpartition(":")
         if context is None:
             key = keyring.token_heads.get(head)
@@ -521,7 +519,7 @@ def decrypt_row_value(
     """
     try:
         if len(token) > _max_size:
-            check_stored_size(token)
+            _check_stored_size(token)
         head, _, payload = token.rpartition(":")
         key = keyring.row_token_heads.get(head)
         padded = keyring.padded_token_heads.get(head)

@@ -44,7 +44,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.fernet import InvalidToken
+from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -96,9 +96,18 @@ class LegacyFormat:
 
     Attributes:
         name: how ``status`` and :mod:`sa_fieldcrypt.metrics` name the format.
+        authenticated: whether a value that opens is known to be one the format wrote
+            (False for sqlalchemy-utils' ``AesEngine``: under a wrong key, about one value
+            in millions still opens, to garbage). Authenticated formats are tried first, and
+            ``fieldcrypt rotate`` writes no value of an unauthenticated format while any of
+            the column's values in it fails to open.
     """
 
     name: str = "legacy"
+    authenticated: bool = True
+
+    def check_column(self, column: LegacyColumn) -> None:
+        """Raise :class:`~sa_fieldcrypt.ConfigurationError` if ``column``'s type cannot be read."""
 
     def shaped(self, stored: str) -> bool:
         """Whether ``stored`` has this format's shape, from its text alone (no key is used)."""
@@ -134,8 +143,10 @@ def check_formats(formats: Iterable[object], where: str) -> tuple[LegacyFormat, 
     Raises:
         ConfigurationError: an entry is not a legacy format, or a string was given.
     """
-    if isinstance(formats, (str, bytes)):
-        raise ConfigurationError(f"{where}: legacy= takes a list of legacy formats, not text")
+    if isinstance(formats, (str, bytes, LegacyFormat)):
+        raise ConfigurationError(
+            f"{where}: legacy= takes a list of legacy formats, such as legacy=[BareFernet()]"
+        )
     checked: list[LegacyFormat] = []
     for position, item in enumerate(formats, start=1):
         if not isinstance(item, LegacyFormat):
@@ -256,19 +267,31 @@ def _standard_b64(text: str) -> bytes | None:
 
 
 def _unpad(padding: str, data: bytes) -> bytes:
-    """sqlalchemy-utils' ``unpad()`` of each mechanism, exactly (flaws included)."""
+    """sqlalchemy-utils' ``unpad()`` of each mechanism, of padding its ``pad()`` could write.
+
+    What ``pad()`` never writes is refused (``ValueError``), though sqlalchemy-utils' own
+    ``unpad()`` takes it: AES-CBC is not authenticated, so this check is most of what tells
+    a value under a wrong key. What is kept is exactly what sqlalchemy-utils keeps, flaws
+    included: ``naive`` strips every trailing ``*`` of the value too, ``oneandzeroes`` every
+    trailing NUL and 0x80 byte.
+    """
+    count = data[-1]  # data is whole blocks, at least one
     if padding == "pkcs5":
-        count = data[-1] if data else 0
-        if not data or len(data) % _BLOCK or not 0 < count <= _BLOCK:
+        if not 0 < count <= _BLOCK or data[-count:] != bytes((count,)) * count:
             raise ValueError("bad padding")
-        if data[-count:] != bytes((count,)) * count:
+        return data[:-count]
+    if padding == "zeroes":
+        if not 0 < count <= _BLOCK or data[-count:-1].strip(b"\x00"):
             raise ValueError("bad padding")
         return data[:-count]
     if padding == "oneandzeroes":
+        zeros = len(data) - len(data.rstrip(b"\x00"))
+        if zeros >= _BLOCK or data[-zeros - 1] != 0x80:
+            raise ValueError("bad padding")
         return data.rstrip(b"\x00").rstrip(b"\x80")
-    if padding == "zeroes":
-        return data[0 : -data[-1]]  # a last byte of 0 leaves nothing, as there
-    return data.rstrip(b"*")  # naive: any trailing '*' of the value goes too, as there
+    if count != ord("*"):  # naive: one to sixteen '*'
+        raise ValueError("bad padding")
+    return data.rstrip(b"*")
 
 
 class SqlalchemyUtils(LegacyFormat):
@@ -308,9 +331,11 @@ class SqlalchemyUtils(LegacyFormat):
     ):
         engine_name = engine if isinstance(engine, str) else getattr(engine, "__name__", "")
         if engine_name not in _ENGINES:
+            # Not quoted: sqlalchemy-utils takes (type, key, engine), so a call ported in the
+            # wrong order puts the key here.
             raise ConfigurationError(
-                f"SqlalchemyUtils: engine must be one of {', '.join(_ENGINES)}, "
-                f"not {engine_name or type(engine).__name__!r}"
+                f"SqlalchemyUtils: engine must be one of {', '.join(_ENGINES)} (the class or "
+                "its name); the key goes in key="
             )
         if padding is not None and engine_name != "AesEngine":
             raise ConfigurationError(
@@ -330,6 +355,7 @@ class SqlalchemyUtils(LegacyFormat):
             )
         self.engine = engine_name
         self.padding = padding
+        self.authenticated = engine_name != "AesEngine"
         self._key = key
         self._derived: tuple[bytes, _Opener] | None = None
         self.name = f"sqlalchemy-utils:{engine_name}" + (f":{padding}" if padding else "")
@@ -345,29 +371,60 @@ class SqlalchemyUtils(LegacyFormat):
             return len(raw) >= _BLOCK and len(raw) % _BLOCK == 0
         return len(raw) >= _GCM_IV + _GCM_TAG
 
+    def check_column(self, column: LegacyColumn) -> None:
+        """Refuse a column type it stores no readable values of (``EncryptedBytes``)."""
+        if column.python_type not in _READABLE:
+            raise ConfigurationError(
+                f"SqlalchemyUtils: sqlalchemy-utils stores no {column.python_type.__name__} "
+                "values it reads back; declare the column type of its underlying type "
+                "(EncryptedText for String and Unicode, EncryptedInteger for Integer, ...)"
+            )
+
     def read(self, stored: str, column: LegacyColumn) -> bytes | None:
         """The value sqlalchemy-utils stored, as ``column`` encrypts it; None if it does not open.
 
-        A value that does not decrypt, unpad or decode as UTF-8 does not open, as in
-        sqlalchemy-utils, which raises there.
+        A value that does not decrypt, unpad as sqlalchemy-utils pads, or decode as UTF-8
+        does not open.
+
+        Raises:
+            ConfigurationError: the key callable failed, or returned neither text nor bytes.
+            DecryptionError: the value opens, and is not a value of the column's type.
         """
+        opener = self._opener()
         try:
-            text = self._opener()(stored).decode("utf-8")
+            text: str | None = opener(stored).decode("utf-8")
         except (InvalidToken, ValueError, TypeError):
+            text = None
+        if text is None:
             return None
+        data: bytes | None
         try:
-            return column.to_plaintext(_read_value(text, column.python_type))
+            data = column.to_plaintext(_read_value(text, column.python_type))
         except (ValueError, ArithmeticError, TypeError):
             # TypeError: ValueTypeError too (a naive datetime for a timezone-aware column).
+            data = None
+        if data is None:
+            # Raised outside the handler: the parser's own error, which may quote the value,
+            # is not kept as this one's context.
             raise DecryptionError(
                 f"the value opens ({self.name}), but what it holds does not read as a value "
                 f"of the column's type ({column.python_type.__name__}); declare the column type "
                 "that matches the sqlalchemy-utils underlying type (EncryptedDateTime("
                 "timezone=False) for naive datetimes)"
-            ) from None
+            )
+        return data
 
     def _opener(self) -> _Opener:
-        key = self._key() if callable(self._key) else self._key
+        if callable(self._key):
+            try:
+                key = self._key()
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"{self.name}: the key callable raised {type(exc).__name__} (its message "
+                    "is not shown); the column cannot open legacy values without its key"
+                ) from None
+        else:
+            key = self._key
         if isinstance(key, str):
             key = key.encode()
         if not isinstance(key, bytes):
@@ -394,8 +451,8 @@ _Opener = Callable[[str], bytes]
 
 def _opener_for(engine: str, padding: str | None, digest: bytes) -> _Opener:
     if engine == "FernetEngine":
-        fernet = Key("sqlalchemy-utils", base64.urlsafe_b64encode(digest), "fernet")
-        return fernet.decrypt
+        # Not a Key of ours: its decrypts are no key id's (metrics count them by format).
+        return Fernet(base64.urlsafe_b64encode(digest)).decrypt
     if engine == "AesGcmEngine":
         aead = AESGCM(digest)
 
@@ -420,6 +477,10 @@ def _opener_for(engine: str, padding: str | None, digest: bytes) -> _Opener:
     return open_cbc
 
 
+#: The Python types of the columns whose values sqlalchemy-utils stores as text it reads back.
+_READABLE = frozenset({str, bool, int, float, date, datetime, time, Decimal, uuid.UUID, object})
+
+
 def _read_value(text: str, python_type: type[Any]) -> Any:
     """``text`` as sqlalchemy-utils' underlying type of ``python_type`` reads it."""
     if python_type is str:
@@ -440,7 +501,10 @@ def _read_value(text: str, python_type: type[Any]) -> Any:
         except ValueError:
             return datetime.fromisoformat(text).date()  # a datetime given to a Date column
     if python_type is time:
-        return time.fromisoformat(text).replace(tzinfo=None)
+        try:
+            return time.fromisoformat(text).replace(tzinfo=None)
+        except ValueError:
+            return datetime.fromisoformat(text).time()  # a datetime given to a Time column
     if python_type in (Decimal, uuid.UUID):
         found = _REPR.match(text)
         inner = found.group(2) if found is not None else text

@@ -242,7 +242,11 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         self.allow_plaintext = allow_plaintext
         self.padding = padding
         self._block = cipher.padding_block(padding)
-        self.legacy = check_formats(legacy, type(self).__name__)
+        formats = check_formats(legacy, type(self).__name__)
+        for legacy_format in formats:
+            legacy_format.check_column(self)
+        # Authenticated formats first: a value one of them opens is certainly its own.
+        self.legacy = tuple(sorted(formats, key=lambda f: not f.authenticated))
         self._build_paths()
 
     # -- conversions subclasses provide -------------------------------------------------
@@ -465,8 +469,8 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
 
         From the text alone: nothing is decrypted. An ``fc1`` token is in no legacy format.
         """
-        if stored.startswith(cipher.TOKEN_PREFIX):
-            return None
+        if stored.startswith(cipher.TOKEN_PREFIX) or len(stored) > cipher.max_token_size():
+            return None  # an over-long value is refused as a token is, before any decoding
         return next((f for f in self.legacy if f.shaped(stored)), None)
 
     def is_ciphertext(self, stored: str) -> bool:
@@ -478,12 +482,8 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         return cipher.looks_like_token(stored) or self.legacy_format(stored) is not None
 
     def _read_legacy(self, stored: str, context: _ContextState) -> bytes | None:
-        try:
-            # Before any decoding, as for tokens: a planted value of gigabytes costs a length.
-            cipher.check_stored_size(stored)
-        except DecryptionError as exc:
-            metrics.count_failure(None, False)
-            raise exc.with_column(self._column_label) from None
+        if len(stored) > cipher.max_token_size():
+            return None  # refused where tokens are, before any decoding
         shaped = [f for f in self.legacy if f.shaped(stored)]
         if not shaped:
             return None

@@ -26,6 +26,7 @@ __all__ = [
     "Failure",
     "JobReport",
     "PrimaryKey",
+    "QuietListener",
     "RunListener",
     "RunReport",
     "format_key",
@@ -247,6 +248,22 @@ class RunListener:
             report.written,
             report.failed,
         )
+
+
+class QuietListener(RunListener):
+    """A listener that says nothing: for reads that are not a run to report (a status)."""
+
+    def started(self, label: str, total: int) -> None:
+        """Say nothing."""
+
+    def batch(self, label: str, rows: int, report: JobReport) -> None:
+        """Say nothing."""
+
+    def failure(self, failure: Failure) -> None:
+        """Say nothing."""
+
+    def finished(self, report: JobReport) -> None:
+        """Say nothing."""
 
 
 def _plain(value: Any) -> Any:

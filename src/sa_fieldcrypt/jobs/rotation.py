@@ -28,11 +28,11 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, or_
 
-from sa_fieldcrypt.cipher import NOT_A_TOKEN, inspect_token
-from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeError
-from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Skip, run_jobs
+from sa_fieldcrypt.cipher import NOT_A_TOKEN, TOKEN_PREFIX, inspect_token
+from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, RotationError, ValueTypeError
+from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Skip, run_job, run_jobs
 from sa_fieldcrypt.jobs.reindex import index_check_job
-from sa_fieldcrypt.jobs.report import RunReport
+from sa_fieldcrypt.jobs.report import QuietListener, RunReport, plural
 from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn, jobs_per_target
 from sa_fieldcrypt.keys import BOUND_FLAG, PADDED_FLAG, ROW_FLAG
@@ -259,12 +259,53 @@ def rotate(
     (``batch_size``, ``dry_run``, ``fail_fast``, ``shard``, ``state``, ``listener``,
     ``before_write``) are those of :func:`~sa_fieldcrypt.jobs.run_job`.
 
+    A column declaring a legacy format that is not authenticated (sqlalchemy-utils'
+    ``AesEngine``) has its values in that format read first: if any does not open, nothing
+    is rotated, since under a wrong key a few values would still open, to garbage, and be
+    written over for good.
+
     Returns:
         One report per column; ``report.ok`` is False if any value could not be decrypted.
+
+    Raises:
+        RotationError: a value in an unauthenticated legacy format does not open.
     """
+    columns = list(columns)
+    if not options.get("dry_run"):
+        for target in columns:
+            _check_unauthenticated(engine, target, options.get("batch_size"))
     build = functools.partial(rotation_job, encrypt_plaintext=encrypt_plaintext)
     jobs = jobs_per_target(engine, columns, build, workers)
     return run_jobs(engine, jobs, workers=workers, **options)
+
+
+def _check_unauthenticated(engine: Engine, target: EncryptedColumn, batch_size: Any) -> None:
+    """Raise unless every value of ``target`` in an unauthenticated legacy format opens."""
+    codec = target.codec
+    names = [f.name for f in codec.legacy if not f.authenticated]
+    if not names:
+        return
+    row_bound = codec.row_bound
+
+    def check(key: tuple[Any, ...], old: tuple[Any, ...]) -> None:
+        legacy_format = codec.legacy_format(old[0])
+        if legacy_format is not None and not legacy_format.authenticated:
+            codec.from_stored(old[0], key if row_bound else None)
+
+    stored = stored_text(target.column)
+    sql = DialectSql(engine.dialect.name)
+    where = and_(stored.is_not(None), ~sql.has_prefix(stored, TOKEN_PREFIX))
+    job = BatchJob(f"check {target.label}", target.table, (target.column,), (), check, where)
+    sizes = {} if batch_size is None else {"batch_size": batch_size}
+    report = run_job(engine, job, listener=QuietListener(), **sizes)
+    if report.failed:
+        raise RotationError(
+            f"{target.label}: {plural(report.failed, 'value')} in the shape of "
+            f"{', '.join(names)} {'does' if report.failed == 1 else 'do'} not open, so "
+            "nothing was rotated: that format is not authenticated, and under a wrong key a "
+            "few values still open, to garbage, which rotate would write for good. "
+            "`fieldcrypt verify` names the rows: correct the key, or those values, then rotate"
+        )
 
 
 def verify(

@@ -39,10 +39,15 @@ from sqlalchemy.engine import Connection
 
 from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token, looks_like_token
 from sa_fieldcrypt.config import current_keyring
-from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
+from sa_fieldcrypt.errors import (
+    ConfigurationError,
+    DecryptionError,
+    FieldCryptError,
+    RotationError,
+)
 from sa_fieldcrypt.jobs.engine import BatchJob, Transform, run_job
 from sa_fieldcrypt.jobs.reindex import reindex_job
-from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, plural, word_for
+from sa_fieldcrypt.jobs.report import QuietListener, plural, word_for
 from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
 from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn
 from sa_fieldcrypt.keys import (
@@ -53,8 +58,9 @@ from sa_fieldcrypt.keys import (
     ROW_FLAG,
     Keyring,
     Purpose,
+    is_fernet_token,
 )
-from sa_fieldcrypt.legacy import BareFernet
+from sa_fieldcrypt.legacy import BareFernet, LegacyFormat
 from sa_fieldcrypt.providers.env import LEGACY_KEY_ID, keyring_from_settings
 
 if TYPE_CHECKING:
@@ -89,6 +95,10 @@ class ColumnStatus:
             ``sqlalchemy-utils:AesEngine:pkcs5``...).
         undeclared: bare Fernet tokens in a column that declares no legacy format they are
             in: it cannot read them (declare ``legacy=[BareFernet()]``).
+        keyed_legacy: the values the column's own keys may open: those in the shape of a
+            declared format that uses them (``BareFernet()``), and the undeclared ones, which
+            it reads with them once declared. Until tried (``resolve_legacy``), every Fernet
+            key of the keyring may be needed by them.
         plaintext: values that are not tokens at all.
         null: SQL NULLs.
         malformed: values that look like tokens but are not, which rotation and reading
@@ -129,6 +139,7 @@ class ColumnStatus:
     malformed: int = 0
     legacy_by_format: dict[str, int] = field(default_factory=dict)
     undeclared: int = 0
+    keyed_legacy: int = 0
     legacy_candidates: tuple[str, ...] = ()
     legacy_by_key: dict[str, int] | None = None
     legacy_unopened: int | None = None
@@ -171,17 +182,6 @@ class ColumnStatus:
     def unknown_keys(self) -> dict[str, int]:
         """Rows under key ids the keyring does not hold: they cannot be decrypted."""
         return {k: n for k, n in self.by_key.items() if k not in self.keyring_ids}
-
-    @property
-    def keyed_legacy(self) -> int:
-        """Bare Fernet tokens the column's own keys open, declared (``BareFernet()``) or not.
-
-        An undeclared one counts: declaring the format is how the column reads it, with the
-        keys it has then.
-        """
-        if not self.legacy_candidates:
-            return 0
-        return self.legacy_by_format.get(BareFernet.name, 0) + self.undeclared
 
     @property
     def legacy_unresolved(self) -> int:
@@ -606,8 +606,10 @@ def status(
     return StatusReport(found, indexed)
 
 
-# What status counts a stored value by: its kind, the key id it names and its flag field.
+# What status counts a stored value by: its kind, the key id it names and its flag field
+# (for a legacy value: its format's name, and whether the column's keys may open it).
 _Header = tuple[str, str | None, str | None]
+_KEYED = "keyed"
 
 
 def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> ColumnStatus:
@@ -620,7 +622,7 @@ def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> Colum
     by_key: dict[str, int] = {}
     unbound_by_key: dict[str, int] = {}
     legacy_by_format: dict[str, int] = {}
-    bound_elsewhere = repad = undeclared = 0
+    bound_elsewhere = repad = undeclared = keyed = 0
     totals = dict.fromkeys(("plaintext", "null", "malformed"), 0)
     # In one order whatever the database's, so that reports compare equal.
     for (kind, key_id, field_), rows in sorted(counts.items(), key=_header_order):
@@ -635,8 +637,10 @@ def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> Colum
                 repad += rows
         elif kind == "legacy" and key_id is not None:
             legacy_by_format[key_id] = legacy_by_format.get(key_id, 0) + rows
+            keyed += rows if field_ == _KEYED else 0
         elif kind == "legacy":
             undeclared += rows
+            keyed += rows
         else:
             totals[kind] += rows
     return ColumnStatus(
@@ -647,12 +651,13 @@ def _column_status(target: EncryptedColumn, counts: dict[_Header, int]) -> Colum
         legacy=sum(legacy_by_format.values()),
         legacy_by_format=legacy_by_format,
         undeclared=undeclared,
+        keyed_legacy=keyed,
         plaintext=totals["plaintext"],
         null=totals["null"],
         malformed=totals["malformed"],
         legacy_candidates=(
             tuple(k.id for k in keyring if k.kind == "fernet")
-            if undeclared or any(f.uses_column_keys() for f in codec.legacy)
+            if keyed or any(f.uses_column_keys() for f in codec.legacy)
             else ()
         ),
         context=context if isinstance(context, str) else None,
@@ -674,8 +679,9 @@ def _classify(value: str | bytes | None, codec: EncryptedType | None = None) -> 
     """A stored value's header, exactly as :class:`DialectSql` decides it in SQL.
 
     With the ``codec`` of a column that declares legacy formats, a value in one's shape is
-    ``("legacy", <format name>, None)``; ``("legacy", None, None)`` is a bare Fernet token
-    the column does not declare.
+    ``("legacy", <format name>, flag)``, the first such format's name, and the flag
+    :data:`_KEYED` when it is in the shape of one that opens values with the column's keys
+    too; ``("legacy", None, None)`` is a bare Fernet token the column does not declare.
     """
     if value is None:
         return "null", None, None
@@ -690,9 +696,10 @@ def _classify(value: str | bytes | None, codec: EncryptedType | None = None) -> 
     if codec is not None and codec.legacy:
         found = codec.legacy_format(value)
         if found is not None:
-            return "legacy", found.name, None
-        if info.kind == "legacy":
-            return "malformed", None, None  # starts as a Fernet token, and is in no format
+            keyed = any(f.uses_column_keys() and f.shaped(value) for f in codec.legacy)
+            return "legacy", found.name, _KEYED if keyed else None
+        if info.kind == "legacy" and not is_fernet_token(value):
+            return "malformed", None, None  # starts as a Fernet token, and is not one
     if info.kind == "plaintext" and looks_like_token(value):
         return "malformed", None, None
     return info.kind, None, None
@@ -771,12 +778,22 @@ def _with_legacy_resolved(
 
     def trial(key: tuple[Any, ...], old: tuple[Any, ...]) -> None:
         value = _text(old[0])
-        legacy_format = codec.legacy_format(value)
-        if legacy_format is None and not codec.legacy and _classify(value)[0] == "legacy":
-            legacy_format = _UNDECLARED  # as the column would read it, once declared
-        if legacy_format is not None and legacy_format.uses_column_keys():
+        shaped: list[LegacyFormat] = []
+        if codec.legacy_format(value) is not None:
+            shaped = [f for f in codec.legacy if f.shaped(value)]
+        elif _classify(value)[0] == "legacy":
+            shaped = [_UNDECLARED]  # as the column will read it, once it declares it
+        keyed = [f for f in shaped if f.uses_column_keys()]
+        if not keyed:
+            return
+        for legacy_format in keyed:
             found = legacy_format.keyring_key(value, codec)
-            opened[None if found is None else found.id] += 1
+            if found is not None:
+                opened[found.id] += 1
+                return
+        # In the shape of a format with key material of its own too, which may be its own.
+        if not any(_opens(f, value, codec) for f in shaped if not f.uses_column_keys()):
+            opened[None] += 1
 
     # Every value that is not a token of ours is tried: a bare Fernet token starts with
     # "gAAAAA" only until 2106 (its timestamp), so no prefix selects them all.
@@ -792,6 +809,14 @@ def _with_legacy_resolved(
 
 #: How a column that declares no legacy format would read its bare Fernet tokens.
 _UNDECLARED = BareFernet()
+
+
+def _opens(legacy_format: LegacyFormat, value: str, codec: EncryptedType) -> bool:
+    """Whether ``legacy_format`` opens ``value`` (a value of another type opens, too)."""
+    try:
+        return legacy_format.read(value, codec) is not None
+    except DecryptionError:
+        return True
 
 
 def _none_to_try(found: ColumnStatus) -> ColumnStatus:
@@ -828,23 +853,7 @@ def _with_missing(engine: Engine, column: IndexedColumn, found: IndexStatus) -> 
     return replace(found, missing=report.written + report.failed)
 
 
-class _Quiet(RunListener):
-    """A listener that says nothing: the reads of a status are not a run to report."""
-
-    def started(self, label: str, total: int) -> None:
-        """Say nothing."""
-
-    def batch(self, label: str, rows: int, report: JobReport) -> None:
-        """Say nothing."""
-
-    def failure(self, failure: Failure) -> None:
-        """Say nothing."""
-
-    def finished(self, report: JobReport) -> None:
-        """Say nothing."""
-
-
-_QUIET = _Quiet()
+_QUIET = QuietListener()
 
 
 def retire_keys(
