@@ -218,6 +218,12 @@ def test_what_sqlalchemy_utils_read_is_read_then_rotated_into_ours(
     assert stored == _stored(engine, list(TYPES))
 
 
+def _attached(name: str, column_type: EncryptedType) -> EncryptedType:
+    """``column_type`` on a column of its own: the first plaintext read per column warns."""
+    Table(name, MetaData(), Column("id", Integer, primary_key=True), Column("value", column_type))
+    return column_type
+
+
 def _read_column(engine: Engine, table: Table, name: str) -> list[Any] | None:
     """Column ``name`` of every row, in id order, as ``table`` reads it; None if it cannot."""
     try:
@@ -377,7 +383,7 @@ def test_a_value_in_no_declared_shape_is_not_taken_for_legacy(keyring: Keyring) 
     """Plaintext and base64 of another length are no legacy value: plaintext rules apply."""
     formats = [SqlalchemyUtils("AesEngine", key=KEY, padding="pkcs5")]
     strict = EncryptedText(context="a.b", legacy=formats)
-    lenient = EncryptedText(context="a.b", legacy=formats, allow_plaintext=True)
+    lenient = _attached("fc_su_plain", EncryptedText(legacy=formats, allow_plaintext=True))
     for plaintext in ("ada@example.com", base64.b64encode(b"x" * 15).decode()):
         assert strict.legacy_format(plaintext) is None
         with pytest.raises(DecryptionError, match="not an encrypted token"):
@@ -541,7 +547,7 @@ def test_over_long_values_are_in_no_legacy_format(keyring: Keyring) -> None:
     try:
         long_text = base64.b64encode(bytes(32 * 40)).decode()  # AES-shaped, 1,708 characters
         formats = [SqlalchemyUtils("AesEngine", key=KEY)]
-        lenient = EncryptedText(context="a.b", legacy=formats, allow_plaintext=True)
+        lenient = _attached("fc_su_long", EncryptedText(legacy=formats, allow_plaintext=True))
         assert lenient.legacy_format(long_text) is None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

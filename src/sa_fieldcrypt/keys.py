@@ -72,6 +72,7 @@ __all__ = [
     "Purpose",
     "Unwrap",
     "WrappedKey",
+    "canonical_b64decode",
     "generate_key",
     "has_wrapped_entries",
     "is_fernet_token",
@@ -138,6 +139,7 @@ _cache_lock = threading.Lock()
 # url-safe alphabet in, standard alphabet out; '+' and '/' become invalid characters so that
 # strict decoding accepts the url-safe alphabet only.
 _FROM_URLSAFE = bytes.maketrans(b"-_+/", b"+/!!")
+_FROM_STANDARD = bytes.maketrans(b"-_", b"!!")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 # The url-safe alphabet, then at most two '=' of padding: what a canonical payload may hold.
 _URLSAFE_TEXT = re.compile(r"[A-Za-z0-9_-]*={0,2}")
@@ -274,7 +276,7 @@ def _split_key_text(
     try:
         # Only the canonical spelling is accepted: lenient base64 would take a key with a stray
         # character appended (a copy-paste slip) for the key itself.
-        raw = _urlsafe_b64decode(text)
+        raw = canonical_b64decode(text)
     except ValueError:  # binascii.Error and non-ASCII text are both ValueErrors
         raw = b""
     if len(raw) != _KEY_SIZE:
@@ -395,7 +397,7 @@ def _read_wrapped(text: str | bytes, key_id: str, purpose: Purpose) -> WrappedKe
             "projects/P/locations/L/keyRings/R/cryptoKeys/K, and this one does not"
         )
     try:
-        raw = _urlsafe_b64decode(ciphertext.strip())
+        raw = canonical_b64decode(ciphertext.strip())
     except ValueError:
         raw = b""
     if not raw:
@@ -406,18 +408,20 @@ def _read_wrapped(text: str | bytes, key_id: str, purpose: Purpose) -> WrappedKe
     return WrappedKey(key_id, kind, kms_key, raw)
 
 
-def _urlsafe_b64decode(text: str | bytes) -> bytes:
-    """Decode canonical url-safe base64 with padding; raises ValueError for any other text.
+def canonical_b64decode(text: str | bytes, *, urlsafe: bool = True) -> bytes:
+    """Decode canonical base64 with padding; raises ValueError for any other text.
 
-    Canonical: only the url-safe alphabet, the padding that the length needs, and zero unused
-    bits in the last character, so that encoding the result again gives ``text`` back. Every
-    byte string then has exactly one spelling, and an edited payload never decodes to the
-    bytes of the original.
+    Canonical: only the alphabet (url-safe by default, else the standard one of
+    ``base64.b64encode``), the padding that the length needs, and zero unused bits in the
+    last character, so that encoding the result again gives ``text`` back. Every byte string
+    then has exactly one spelling, and an edited payload never decodes to the bytes of the
+    original.
     """
     if isinstance(text, str):
         text = text.encode("ascii")  # UnicodeEncodeError is a ValueError
     # Strict mode refuses other characters, missing or misplaced padding, and data after it.
-    raw = binascii.a2b_base64(text.translate(_FROM_URLSAFE), strict_mode=True)
+    alphabet = _FROM_URLSAFE if urlsafe else _FROM_STANDARD
+    raw = binascii.a2b_base64(text.translate(alphabet), strict_mode=True)
     # It still takes padding after a whole group ("AAAA==") and ignores unused bits ("QR=="
     # decodes as "QQ==" does): only the canonical length and zero unused bits are left.
     if len(text) != (len(raw) + 2) // 3 * 4:
@@ -581,7 +585,7 @@ class _AeadCodec(KeyCodec):
 
     def _decrypt(self, payload: str | bytes) -> bytes:
         try:
-            raw = _urlsafe_b64decode(payload)
+            raw = canonical_b64decode(payload)
             if len(raw) < _AEAD_OVERHEAD:
                 raise InvalidToken
             return self._open(raw[:NONCE_SIZE], raw[NONCE_SIZE:], self._associated_data)

@@ -32,7 +32,6 @@ that reads plaintext: ciphertext is never handed to the application as data.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -50,7 +49,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sa_fieldcrypt.config import as_key_cache
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError
-from sa_fieldcrypt.keys import Key, Keyring, is_fernet_token
+from sa_fieldcrypt.keys import Key, Keyring, canonical_b64decode, is_fernet_token
 from sa_fieldcrypt.providers.base import KeyCache, KeyProvider
 
 __all__ = [
@@ -247,7 +246,6 @@ _PADDINGS = ("naive", "pkcs5", "oneandzeroes", "zeroes")
 _BLOCK = 16
 _GCM_IV = 12
 _GCM_TAG = 16
-_STANDARD_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
 # How sqlalchemy-utils writes a Decimal or UUID (repr(), which it cannot read back itself).
 _REPR = re.compile(r"(Decimal|UUID)\('([^']*)'\)\Z")
 
@@ -257,13 +255,10 @@ SqlalchemyUtilsKey = str | bytes | Callable[[], str | bytes]
 
 def _standard_b64(text: str) -> bytes | None:
     """The bytes of canonical standard base64 ``text`` (as ``base64.b64encode`` writes it)."""
-    if len(text) % 4 or _STANDARD_B64.match(text) is None:
-        return None
     try:
-        raw = binascii.a2b_base64(text, strict_mode=True)
-    except binascii.Error:
+        return canonical_b64decode(text, urlsafe=False)
+    except ValueError:
         return None
-    return raw if binascii.b2a_base64(raw, newline=False).decode("ascii") == text else None
 
 
 def _unpad(padding: str, data: bytes) -> bytes:
