@@ -25,9 +25,11 @@ from sa_fieldcrypt import (
     ConfigurationError,
     DecryptionError,
     EncryptedText,
+    Key,
     KeyProviderError,
     generate_key,
     metrics,
+    parse_key,
 )
 from sa_fieldcrypt.cipher import decrypt, encrypt
 from sa_fieldcrypt.config import current_keyring, provider_from_settings
@@ -1479,3 +1481,41 @@ def test_rewrap_with_wrap_turns_plaintext_versions_into_wrapped_ones(
     ]
     assert all(key.wrapped is not None for key in after)
     assert {"fieldcrypt-primary": 3} == fake.aliases(SECRET)
+
+
+def test_a_refused_wrapped_copy_is_not_stood_in_for_by_a_plaintext_one(
+    fake: FakeSecretManager, kms_fake: Any
+) -> None:
+    """With KMS refusing, a key is not read from its plaintext copy: revoking access works."""
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key()  # v1, plaintext and primary
+    # A `keys rewrap --wrap` stopped after adding the wrapped copy, before the alias moved.
+    fake.add_version(SECRET, _wrapped_entry(kms_fake, provider.load().get("v1")))
+    assert ("v1",) == provider.load().ids  # both copies open: one key
+    kms_fake.fail_next("Decrypt", grpc.StatusCode.PERMISSION_DENIED, times=5)
+    with pytest.raises(KeyProviderError, match="whose wrapped copy in another version"):
+        provider.load()
+
+
+def test_a_newer_version_cannot_take_the_id_of_an_older_key(
+    fake: FakeSecretManager, kms_fake: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A version added under an existing key id with another key is skipped; the older stays."""
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key()
+    provider.add_key()
+    provider.promote(2)
+    before = provider.load()
+    rogue = parse_key(generate_key(), key_id="v1")
+    fake.add_version(SECRET, _wrapped_entry(kms_fake, rogue))
+    with caplog.at_level(logging.WARNING):
+        after = provider.load()
+    assert after.get("v1").shares_secret_with(before.get("v1"))
+    assert "which the older version 1 holds with another key" in caplog.text
+
+
+def _wrapped_entry(kms_fake: Any, key: Key) -> bytes:
+    """``key``'s wrapped entry, carrying its id, as `keys add --wrap` writes it."""
+    from sa_fieldcrypt.providers.kms import KmsKeyWrapper
+
+    return KmsKeyWrapper(client=kms_fake.client()).wrap(key, KEK).entry.encode("ascii")

@@ -153,6 +153,38 @@ def _key_from_payload(data: bytes, number: int, purpose: Purpose, unwrap: Unwrap
     return parse_key(text, purpose=purpose, key_id=f"v{number}", unwrap=unwrap)
 
 
+class _UnopenedWrapped(str):
+    """Why a version is skipped (its wrapped key does not unwrap), with the key id it holds."""
+
+    key_id: str
+
+    def __new__(cls, reason: str, key_id: str) -> _UnopenedWrapped:
+        made = super().__new__(cls, reason)
+        made.key_id = key_id
+        return made
+
+
+class _Carried(Exception):
+    def __init__(self, key_id: str):
+        super().__init__(key_id)
+        self.key_id = key_id
+
+
+def _carried_key_id(data: bytes, number: int, purpose: Purpose) -> str:
+    """The key id a version's wrapped payload holds, read by the one parser, not unwrapped."""
+
+    def capture(wrapped: WrappedKey) -> Key:
+        raise _Carried(wrapped.key_id)
+
+    try:
+        _key_from_payload(data, number, purpose, capture)
+    except _Carried as found:
+        return found.key_id
+    except (ConfigurationError, KeyProviderError):
+        pass
+    return f"v{number}"
+
+
 @dataclass(frozen=True, slots=True)
 class KeyVersion:
     """One version of the secret, described without its key.
@@ -427,23 +459,33 @@ class GoogleSecretManagerKeyProvider:
         numbers: Sequence[int],
         deadline: Deadline,
     ) -> tuple[dict[int, Key], dict[int, str]]:
-        """Each version's key, or why it is skipped; ``numbers`` newest first."""
-        keys: dict[int, Key] = {}
-        skipped: dict[int, str] = {}
-        holder: dict[str, int] = {}  # key id -> the newest version that holds it
-        for number in numbers:
-            read = self._read_key(client, number, deadline)
+        """Each version's key, or why it is skipped; ``numbers`` newest first (kept so)."""
+        reads = {number: self._read_key(client, number, deadline) for number in numbers}
+        skipped: dict[int, str] = {n: r for n, r in reads.items() if not isinstance(r, Key)}
+        # A key id whose wrapped copy does not unwrap (a KMS permission revoked, say) is not
+        # read from another copy either: a plaintext one must not stand in for it.
+        refused = {r.key_id for r in skipped.values() if isinstance(r, _UnopenedWrapped)}
+        holder: dict[str, int] = {}  # key id -> the oldest version that holds it
+        for number in sorted(reads):
+            read = reads[number]
             if not isinstance(read, Key):
-                skipped[number] = read
                 continue
-            newer = holder.setdefault(read.id, number)
-            if newer != number and not keys[newer].shares_secret_with(read):
+            if read.id in refused:
                 skipped[number] = (
-                    f"it holds key id {read.id!r}, which the newer version {newer} holds with "
-                    "another key; disable the version that is wrong"
+                    f"it holds key id {read.id!r}, whose wrapped copy in another version does "
+                    "not unwrap; a key is not read from one copy while another is refused"
                 )
                 continue
-            keys[number] = read
+            # The oldest holds its id: whoever may add versions cannot replace a key by
+            # adding another under its id (a copy of the same key, as rewrap adds, is fine).
+            older = holder.setdefault(read.id, number)
+            held = reads[older]
+            if older != number and isinstance(held, Key) and not held.shares_secret_with(read):
+                skipped[number] = (
+                    f"it holds key id {read.id!r}, which the older version {older} holds with "
+                    "another key; disable the version that is wrong"
+                )
+        keys = {n: r for n, r in reads.items() if isinstance(r, Key) and n not in skipped}
         return keys, skipped
 
     def describe(self) -> SecretVersions:
@@ -831,7 +873,10 @@ class GoogleSecretManagerKeyProvider:
                 # Says nothing of this version: the whole load fails, and the cache serves
                 # the previous keys, rather than a keyring that lacks this key.
                 raise
-            return f"its wrapped key does not unwrap: {exc}"
+            return _UnopenedWrapped(
+                f"its wrapped key does not unwrap: {exc}",
+                _carried_key_id(data, number, self.purpose),
+            )
 
     def _primary_version(self, aliases: Mapping[str, int], enabled: Sequence[int]) -> int:
         """The version that writes: the alias's, or the only enabled one; never a guess."""
