@@ -510,18 +510,37 @@ def test_keys_rewrap_from_env_prints_the_new_value(
     wrapping: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """keys rewrap --from-env prints FIELDCRYPT_KEYS re-wrapped, and a summary on stderr."""
-    entry = CliRunner().invoke(cli, ["keygen", "--id", "k2", "--wrap", KEK], obj=wrapping)
-    plain = f"k1:{generate_key()}"
-    monkeypatch.setenv("FIELDCRYPT_KEYS", f"{entry.output.strip()},{plain}")
+    entries = [
+        CliRunner().invoke(cli, ["keygen", "--id", key_id, "--wrap", KEK], obj=wrapping)
+        for key_id in ("k2", "k1")
+    ]
+    monkeypatch.setenv("FIELDCRYPT_KEYS", ",".join(e.output.strip() for e in entries))
     wrapping["kms"].rotate(KEK)
     result = CliRunner().invoke(cli, ["keys", "rewrap", "--from-env"], obj=wrapping)
     assert 0 == result.exit_code, result.output
     value, summary = result.stdout.strip(), result.stderr
-    assert plain == value.split(",")[1]
-    assert 2 == wrapping["kms"].version_of(
-        base64.urlsafe_b64decode(value.split(",")[0].rsplit(":", 1)[1])
-    )
-    assert "re-wrapped k2; not wrapped, copied as they are (keys in plaintext): k1." in summary
+    assert [2, 2] == [
+        wrapping["kms"].version_of(base64.urlsafe_b64decode(entry.rsplit(":", 1)[1]))
+        for entry in value.split(",")
+    ]
+    assert "re-wrapped k2, k1." in summary
+
+
+def test_keys_rewrap_from_env_never_prints_a_plaintext_key(
+    wrapping: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With keys in plaintext among them, the new value is not printed, unless --wrap wraps them."""
+    entry = CliRunner().invoke(cli, ["keygen", "--id", "k2", "--wrap", KEK], obj=wrapping)
+    secret = generate_key()
+    monkeypatch.setenv("FIELDCRYPT_KEYS", f"{entry.output.strip()},k1:{secret}")
+    refused = CliRunner().invoke(cli, ["keys", "rewrap", "--from-env"], obj=wrapping)
+    assert 1 == refused.exit_code
+    assert "holds keys in plaintext (k1)" in refused.output
+    assert secret not in refused.output
+    wrapped = CliRunner().invoke(cli, ["keys", "rewrap", "--from-env", "--wrap", KEK], obj=wrapping)
+    assert 0 == wrapped.exit_code, wrapped.output
+    assert secret not in wrapped.output
+    assert 2 == wrapped.stdout.count(":wrapped:")
 
 
 def test_a_kms_refusal_prints_one_clean_line(wrapping: dict[str, Any]) -> None:

@@ -324,7 +324,8 @@ def keys_promote(
     "--from-env",
     is_flag=True,
     help="Re-wrap the entries of FIELDCRYPT_KEYS (FIELDCRYPT_BLIND_INDEX_KEYS with --purpose "
-    "blind-index) instead, and print the new value; plain entries are copied as they are.",
+    "blind-index) instead, and print the new value; refused while a key there is held in "
+    "plaintext (which the value would print), unless --wrap wraps it too.",
 )
 @_wrap_option(
     "Also wrap the keys held in plaintext, under this Cloud KMS key: how a plaintext keyring "
@@ -379,12 +380,16 @@ def _rewrap_env(ctx: click.Context, purpose: Purpose, wrap: str | None) -> None:
     done = rewrap_keyring(
         text.get_secret_value(), _kms_wrapper(ctx), purpose=purpose, source=setting, wrap=wrap
     )
+    if done.plain:
+        # The new value holds every entry: printed, it would put these keys in a log.
+        raise click.ClickException(
+            f"{setting} holds keys in plaintext ({', '.join(done.plain)}), which the new value "
+            "would print; wrap them too (--wrap KMS_KEY), or re-wrap where no key is plaintext"
+        )
     click.echo(done.text)
     summary = f"{setting}: re-wrapped {', '.join(done.rewrapped) or 'none'}"
     if done.unchanged:
         summary += f"; already under the primary version: {', '.join(done.unchanged)}"
-    if done.plain:
-        summary += f"; not wrapped, copied as they are (keys in plaintext): {', '.join(done.plain)}"
     click.echo(
         f"{summary}. Put the value above in {setting} everywhere the application runs.", err=True
     )
