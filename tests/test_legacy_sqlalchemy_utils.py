@@ -601,3 +601,26 @@ def test_bare_tokens_keep_their_key_whatever_else_the_column_declares(
             assert (2, 1) == (tried.undeclared, tried.legacy_unopened)
         else:
             assert (0, 0) == (tried.undeclared, tried.legacy_unopened), name
+
+
+def test_legacy_values_are_rotated_under_the_columns_padding(
+    su_table: Engine, keyring: Keyring
+) -> None:
+    """rotate writes legacy values as the column writes: bound to it and padded, if it pads."""
+    engine = su_table
+    theirs = _table(MetaData(), {"email": _theirs(sa.Unicode, AesGcmEngine, None)})
+    theirs.create(engine)
+    emails = ["a@example.com", "bartholomew@example.com"]
+    with engine.begin() as conn:
+        conn.execute(theirs.insert(), [{"id": i, "email": e} for i, e in enumerate(emails)])
+    _widen(engine, ["email"])
+    codec = EncryptedText(padding=32, legacy=[SqlalchemyUtils("AesGcmEngine", key=KEY)])
+    table = _table(MetaData(), {"email": codec})
+    assert 2 == jobs.rotate(engine, [jobs.EncryptedColumn(table.c.email, codec)]).written
+    tokens = [row[1] for row in _stored(engine, ["email"])]
+    assert [("c", True), ("c", True)] == [
+        (inspect_token(t).flag, inspect_token(t).padded) for t in tokens
+    ]
+    assert 1 == len({len(t) for t in tokens})  # both under 32 bytes: one length
+    with engine.connect() as conn:
+        assert emails == list(conn.execute(select(table.c.email).order_by(table.c.id)).scalars())
