@@ -465,9 +465,11 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         return self._to_bytes(value)
 
     def legacy_format(self, stored: str) -> LegacyFormat | None:
-        """The first declared legacy format whose shape ``stored`` has, or None.
+        """The first legacy format whose shape ``stored`` has, or None.
 
-        From the text alone: nothing is decrypted. An ``fc1`` token is in no legacy format.
+        Authenticated formats come first, then the others, each in declared order. From the
+        text alone: nothing is decrypted. An ``fc1`` token, or a value longer than
+        :func:`~sa_fieldcrypt.cipher.max_token_size`, is in no legacy format.
         """
         if stored.startswith(cipher.TOKEN_PREFIX) or len(stored) > cipher.max_token_size():
             return None  # an over-long value is refused as a token is, before any decoding
