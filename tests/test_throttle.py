@@ -368,6 +368,43 @@ def test_workers_run_under_a_throttle(ring: Keyring) -> None:
     engine.dispose()
 
 
+class _ResumeOnPause(Timeline):
+    """Removes the pause file as soon as the run says it paused."""
+
+    def __init__(self, pause: Path):
+        super().__init__()
+        self.pause = pause
+
+    def paused(self, label: str, reason: str) -> None:
+        super().paused(label, reason)
+        self.pause.unlink(missing_ok=True)
+
+
+def test_workers_pause_on_the_pause_file(tmp_path: Path, ring: Keyring) -> None:
+    """Worker processes hold while the pause file exists, and the listener hears of it."""
+    engine = create_engine(server_url("postgresql"), connect_args=CONNECT_ARGS)
+    table = _old_rows(engine, ring, 40)
+    pause = tmp_path / "pause"
+    pause.touch()
+    listener = _ResumeOnPause(pause)
+    report = jobs.rotate(
+        engine,
+        [jobs.reflect_column(engine, TABLE, "email")],
+        workers=2,
+        throttle=Throttle(pause_file=pause, check_interval=0.1),
+        listener=listener,
+    )
+    assert (40, {"k2"}) == (report.written, _key_ids(engine, table))
+    # Workers pausing together are one pause; events of two processes may arrive out of
+    # order, though, so a worker that paused late can be heard of as a pause of its own.
+    paused = f"paused: the pause file {pause} exists; remove it to resume"
+    assert paused == listener.events[0]
+    assert listener.events.count(paused) == listener.events.count("resumed")
+    assert report.jobs[0].throttled_seconds > 0
+    table.metadata.drop_all(engine)
+    engine.dispose()
+
+
 # -- lag sources --------------------------------------------------------------------------
 
 

@@ -374,6 +374,10 @@ class _JobProgress:
         # held back as long as the longest, and one after the other as long as all of them.
         self.parallel = parallel
         self.throttled: dict[int, float] = {}
+        # Ranges paused now, and since when the first of them was: workers watch the same
+        # replicas and pause file, so the listener hears of one pause, not one per worker.
+        self.pausing: set[int] = set()
+        self.paused_at = 0.0
         # Ranges with a row not handled (failed, or still changing): their saved position
         # stays before that row, and they are never saved as done, so a rerun reads it again.
         self.unsettled: set[int] = set()
@@ -405,11 +409,18 @@ class _JobProgress:
         self.report.keep(failure)
         self.listener.failure(failure)
 
-    def paused(self, reason: str) -> None:
-        self.listener.paused(self.report.label, reason)
+    def paused(self, index: int, reason: str) -> None:
+        if not self.pausing:
+            self.paused_at = time.monotonic()
+            self.listener.paused(self.report.label, reason)
+        self.pausing.add(index)
 
-    def resumed(self, seconds: float) -> None:
-        self.listener.resumed(self.report.label, seconds)
+    def resumed(self, index: int, seconds: float) -> None:
+        self.pausing.discard(index)
+        if not self.pausing:
+            # One process's own clock (an injected one, in tests) says how long it paused.
+            spent = seconds if not self.parallel else time.monotonic() - self.paused_at
+            self.listener.resumed(self.report.label, spent)
 
     def ended(self, index: int, completed: bool, throttled: float) -> None:
         self.clocked(index, throttled)
@@ -449,10 +460,10 @@ class _RangeProgress:
         self.run.failed(failure)
 
     def paused(self, reason: str) -> None:
-        self.run.paused(reason)
+        self.run.paused(self.index, reason)
 
     def resumed(self, seconds: float) -> None:
-        self.run.resumed(seconds)
+        self.run.resumed(self.index, seconds)
 
     def ended(self, completed: bool, throttled: float) -> None:
         self.run.ended(self.index, completed, throttled)
@@ -1088,9 +1099,9 @@ def _run_workers(
                 if options.fail_fast:
                     stop.set()
             elif kind == "paused":
-                progress.paused(payload)
+                progress.paused(index, payload)
             elif kind == "resumed":
-                progress.resumed(payload)
+                progress.resumed(index, payload)
             elif kind == "done":
                 running.discard(index)
                 progress.ended(index, *payload)

@@ -256,11 +256,11 @@ class RunListener:
         logger.warning("%s", failure)
 
     def paused(self, label: str, reason: str) -> None:
-        """A throttle paused the job (in one worker, with workers) for ``reason``."""
+        """A throttle paused the job for ``reason`` (with workers: the first to pause)."""
         logger.warning("%s: paused: %s", label, reason)
 
     def resumed(self, label: str, seconds: float) -> None:
-        """The job goes on after a pause of ``seconds``."""
+        """The job goes on after a pause of ``seconds`` (with workers: the last to resume)."""
         logger.info("%s: resumed after %.1f s paused", label, seconds)
 
     def finished(self, report: JobReport) -> None:
