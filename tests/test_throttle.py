@@ -425,7 +425,7 @@ def test_a_postgresql_primary_is_not_a_replica() -> None:
 
 
 def test_a_mariadb_server_without_replication_is_not_a_replica() -> None:
-    """SHOW REPLICA STATUS with no row means the URL names no replica: ConfigurationError."""
+    """No replication channel (SHOW ALL SLAVES STATUS has no row) is a ConfigurationError."""
     source = replica_lag(server_url("mariadb"))
     assert isinstance(source, MySQLReplicaLag)
     with pytest.raises(ConfigurationError, match="is not a replica"):
@@ -439,6 +439,17 @@ def test_only_postgresql_primaries_are_watched_without_replicas() -> None:
         primary_lag("mysql+pymysql://root@127.0.0.1/app")
     with pytest.raises(ConfigurationError, match="has no replicas"):
         replica_lag("sqlite://")
+
+
+def test_a_lag_source_queries_through_an_engine_it_is_given() -> None:
+    """Given an engine (with its connect_args), a source uses it and leaves it open."""
+    engine = create_engine(server_url("postgresql"), connect_args=CONNECT_ARGS)
+    source = primary_lag(engine)
+    assert 0.0 == source()
+    Throttle(max_replica_lag=1, replicas=[source]).close()
+    with engine.connect() as conn:
+        assert 1 == conn.exec_driver_sql("SELECT 1").scalar()
+    engine.dispose()
 
 
 def test_a_lag_source_names_its_server_without_the_password() -> None:

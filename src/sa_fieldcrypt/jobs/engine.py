@@ -277,7 +277,8 @@ def run_job(
         )
     with contextlib.ExitStack() as stack:
         if throttle is not None:
-            watched = throttle.watching(engine.url)
+            # On the run's engine, with its connect_args (worker processes connect to its URL).
+            watched = throttle.watching(engine)
             if watched is not throttle:
                 # The lag source made for this run is closed with it.
                 stack.callback(watched.close)

@@ -40,9 +40,10 @@ Lag is measured per database:
   when it has replayed all it received (an idle primary sends nothing, so the timestamp
   ages without any lag). A server not in recovery is not a replica: ConfigurationError.
 - MariaDB and MySQL replica (:func:`replica_lag`): ``Seconds_Behind_Master`` (or
-  ``_Source``) of ``SHOW REPLICA STATUS`` (``SHOW SLAVE STATUS`` before it existed), the
-  largest of every replication channel. NULL means replication is stopped: the lag is
-  unknown and the run pauses. No row means the server is not a replica: ConfigurationError.
+  ``_Source``) of ``SHOW ALL SLAVES STATUS`` on MariaDB, ``SHOW REPLICA STATUS`` on MySQL
+  (``SHOW SLAVE STATUS`` before it existed), the largest of every replication channel. NULL
+  means replication is stopped: the lag is unknown and the run pauses. No row means the
+  server is not a replica: ConfigurationError.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class Throttle:
             part.max_rate = self.max_rate / parts
         return part
 
-    def watching(self, url: str | URL) -> Throttle:
+    def watching(self, url: str | URL | Engine) -> Throttle:
         """This throttle, watching the database at ``url`` as a primary if no replica is named.
 
         Raises:
@@ -241,20 +242,25 @@ class Throttle:
 
 
 class _SqlLag:
-    """A lag query on a database of its own, connected on first use (and in each worker)."""
+    """A lag query on a database of its own, connected on first use (and in each worker).
 
-    query = ""
+    Given an engine, it queries through that engine, and leaves disposing of it to its
+    owner; worker processes connect to its URL on their own (its ``connect_args`` and
+    ``creator`` do not reach them). Given a URL, it makes its engine and closes it.
+    """
 
-    def __init__(self, url: str | URL):
-        self.url = make_url(url)
+    def __init__(self, database: str | URL | Engine):
+        given = database if isinstance(database, Engine) else None
+        self.url = database.url if isinstance(database, Engine) else make_url(database)
         host = self.url.host or "localhost"
         port = f":{self.url.port}" if self.url.port else ""
         self.name = f"{host}{port}/{self.url.database or ''}"
-        self._engine: Engine | None = None
+        self._engine = given
+        self._owned = given is None
 
     def __getstate__(self) -> dict[str, Any]:
         # An engine does not pickle: a worker process connects on its own.
-        return {**self.__dict__, "_engine": None}
+        return {**self.__dict__, "_engine": None, "_owned": True}
 
     def __call__(self) -> float | None:
         """The lag now, in seconds; None when unknown."""
@@ -267,8 +273,8 @@ class _SqlLag:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Close the connections of the lag queries."""
-        if self._engine is not None:
+        """Close the connections of the lag queries, if this source made their engine."""
+        if self._engine is not None and self._owned:
             self._engine.dispose()
             self._engine = None
 
@@ -333,15 +339,20 @@ class MySQLReplicaLag(_SqlLag):
     """
 
     def _lag(self, conn: Any) -> float | None:
-        try:
-            rows = conn.execute(text("SHOW REPLICA STATUS")).mappings().all()
-        except DBAPIError:
-            # Servers older than MariaDB 10.5 and MySQL 8.0.22 only know the old name.
-            conn.rollback()
-            rows = conn.execute(text("SHOW SLAVE STATUS")).mappings().all()
+        if getattr(conn.dialect, "is_mariadb", False):
+            # Plain SHOW SLAVE STATUS shows only MariaDB's default connection; this shows the
+            # named connections of multi-source replication too.
+            rows = conn.execute(text("SHOW ALL SLAVES STATUS")).mappings().all()
+        else:
+            try:
+                rows = conn.execute(text("SHOW REPLICA STATUS")).mappings().all()
+            except DBAPIError:
+                # MySQL before 8.0.22 only knows the old name.
+                conn.rollback()
+                rows = conn.execute(text("SHOW SLAVE STATUS")).mappings().all()
         if not rows:
             raise ConfigurationError(
-                f"{self.name} is not a replica (SHOW REPLICA STATUS has no row); name a "
+                f"{self.name} is not a replica (it reports no replication channel); name a "
                 "replica's URL"
             )
         lags = [row.get("Seconds_Behind_Master", row.get("Seconds_Behind_Source")) for row in rows]
@@ -350,14 +361,15 @@ class MySQLReplicaLag(_SqlLag):
         return float(max(lags))
 
 
-def primary_lag(url: str | URL) -> LagSource:
-    """The lag source of a primary at ``url``: the lag its replicas report to it.
+def primary_lag(url: str | URL | Engine) -> LagSource:
+    """The lag source of a primary at ``url`` (or an engine): the lag its replicas report to it.
 
     Raises:
         ConfigurationError: not PostgreSQL (MariaDB and MySQL primaries do not know their
             replicas' lag: name the replicas).
     """
-    if make_url(url).get_backend_name() != "postgresql":
+    backend = url.dialect.name if isinstance(url, Engine) else make_url(url).get_backend_name()
+    if backend != "postgresql":
         raise ConfigurationError(
             "only a PostgreSQL primary knows its replicas' lag; name the replicas to watch "
             "(--replica URL)"
@@ -365,15 +377,15 @@ def primary_lag(url: str | URL) -> LagSource:
     return PostgresPrimaryLag(url)
 
 
-def replica_lag(url: str | URL) -> LagSource:
-    """The lag source of the replica at ``url`` (PostgreSQL, MariaDB or MySQL).
+def replica_lag(url: str | URL | Engine) -> LagSource:
+    """The lag source of the replica at ``url``, or of an engine (PostgreSQL, MariaDB or MySQL).
 
     Raises:
         ConfigurationError: a database that has no replicas (SQLite), or a URL that is not
             a SQLAlchemy URL.
     """
     try:
-        backend = make_url(url).get_backend_name()
+        backend = url.dialect.name if isinstance(url, Engine) else make_url(url).get_backend_name()
     except (ArgumentError, ValueError):
         # Not chained: the driver's message may quote the URL, password included.
         raise ConfigurationError("a replica URL is not a SQLAlchemy URL") from None
