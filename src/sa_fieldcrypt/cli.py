@@ -662,8 +662,8 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
             "--max-rate",
             metavar="ROWS_PER_S",
             type=click.FloatRange(min=0, min_open=True),
-            help="Write at most this many rows per second (read, for jobs that write "
-            "nothing), split evenly among the workers.",
+            help="Write at most this many rows per second (read, for verify), split evenly "
+            "among the workers.",
         ),
         click.option(
             "--max-replica-lag",

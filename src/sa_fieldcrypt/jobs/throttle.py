@@ -22,12 +22,13 @@ Typical usage::
     )
     rotate(engine, columns, throttle=throttle)
 
-The rate counts rows written (rows a job only reads, as ``verify`` and dry runs do, count
-when it writes nothing): after a batch that wrote ``n`` rows the next one starts no sooner
-than ``n / max_rate`` seconds after it started, and a batch is at most a tenth of a second's
-rows, so any window of ``W`` seconds holds at most ``max_rate * W`` rows plus two batches'
-worth (the batch in flight on a database server included). With ``workers``, each worker
-process gets ``max_rate / workers`` and watches the lag and the pause file itself.
+The rate counts rows written (in a dry run, rows that would be; a job that writes no column,
+as ``verify``, counts the rows it reads): after a batch that wrote ``n`` rows the next one
+starts no sooner than ``n / max_rate`` seconds after it started, and a batch is at most a
+tenth of a second's rows, so any window of ``W`` seconds holds at most ``max_rate * W`` rows
+plus two batches' worth (the batch in flight on a database server included). With
+``workers``, each worker process gets ``max_rate / workers`` and watches the lag and the
+pause file itself.
 
 Lag is measured per database:
 
