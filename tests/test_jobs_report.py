@@ -8,7 +8,7 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sa_fieldcrypt.jobs import Failure, JobReport
+from sa_fieldcrypt.jobs import Failure, JobReport, RunReport
 from sa_fieldcrypt.jobs.report import format_key, plural, word_for
 
 UID = uuid.UUID("01b4c3d2-0000-4000-8000-00000000abcd")
@@ -58,3 +58,16 @@ def test_plural_is_the_count_and_one_noun(count: int) -> None:
     """For any count the text is the count, a space, and the noun; singular only for 1."""
     number, noun = plural(count, "row").split(" ")
     assert (count, "row" if count == 1 else "rows") == (int(number.replace(",", "")), noun)
+
+
+def test_a_report_carries_its_times_and_rate() -> None:
+    """to_dict gives elapsed and throttled seconds and rows scanned per second; totals add."""
+    report = JobReport("t.email", scanned=300, elapsed=2.0, throttled_seconds=0.5)
+    assert (150.0, 2.0, 0.5) == tuple(
+        report.to_dict()[k] for k in ("rows_per_second", "elapsed_seconds", "throttled_seconds")
+    )
+    run = RunReport([report, JobReport("t.phone", scanned=100, elapsed=2.0)])
+    assert (4.0, 0.5, 100.0) == tuple(
+        run.to_dict()["total"][k]
+        for k in ("elapsed_seconds", "throttled_seconds", "rows_per_second")
+    )

@@ -46,6 +46,7 @@ from sa_fieldcrypt.jobs.targets import (
     find_indexes,
     reflect_column,
 )
+from sa_fieldcrypt.jobs.throttle import Throttle, replica_lag
 from sa_fieldcrypt.keys import (
     KEY_ID_PATTERN,
     KEY_KINDS,
@@ -603,8 +604,22 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
         shard: tuple[int, int] | None,
         dry_run: bool,
         state: str | None,
+        max_rate: float | None,
+        max_replica_lag: float | None,
+        replicas: tuple[str, ...],
+        pause_file: str | None,
         **rest: Any,
     ) -> None:
+        if replicas and max_replica_lag is None:
+            raise click.UsageError("--replica needs --max-replica-lag")
+        throttle = None
+        if max_rate is not None or max_replica_lag is not None or pause_file is not None:
+            throttle = Throttle(
+                max_rate=max_rate,
+                max_replica_lag=max_replica_lag,
+                replicas=[replica_lag(url) for url in replicas],
+                pause_file=pause_file,
+            )
         run = {
             "batch_size": batch_size,
             "fail_fast": fail_fast,
@@ -612,8 +627,13 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
             "shard": shard,
             "dry_run": dry_run,
             "state": None if state is None else ResumeState(state),
+            "throttle": throttle,
         }
-        func(run=run, **rest)
+        try:
+            func(run=run, **rest)
+        finally:
+            if throttle is not None:
+                throttle.close()
 
     return _options(
         click.option(
@@ -643,6 +663,32 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
             help="Progress file: a run stopped for any reason resumes from it.",
         ),
         click.option("--fail-fast", is_flag=True, help="Stop at the first row that fails."),
+        click.option(
+            "--max-rate",
+            metavar="ROWS_PER_S",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Write at most this many rows per second (read, for verify), split evenly "
+            "among the workers.",
+        ),
+        click.option(
+            "--max-replica-lag",
+            metavar="SECONDS",
+            type=click.FloatRange(min=0),
+            help="Pause while a replica lags more than this (or its lag is unknown); "
+            "watches --replica, or else a PostgreSQL primary's pg_stat_replication.",
+        ),
+        click.option(
+            "--replica",
+            "replicas",
+            metavar="URL",
+            multiple=True,
+            help="A replica whose lag --max-replica-lag watches (repeatable).",
+        ),
+        click.option(
+            "--pause-file",
+            type=click.Path(dir_okay=False),
+            help="Pause while this file exists; remove it to resume.",
+        ),
         _json_option,
     )(command)
 
@@ -680,6 +726,12 @@ class _Progress(RunListener):
     def failure(self, failure: Failure) -> None:
         self._line(("\n" if self.bar is not None else "") + f"FAILED {failure}")
 
+    def paused(self, label: str, reason: str) -> None:
+        self._line(("\n" if self.bar is not None else "") + f"{label}: paused: {reason}")
+
+    def resumed(self, label: str, seconds: float) -> None:
+        self._line(f"{label}: resumed after {_duration(seconds)} paused")
+
     def finished(self, report: JobReport) -> None:
         if self.bar is not None:
             self.bar.render_finish()
@@ -688,14 +740,34 @@ class _Progress(RunListener):
             self._progress_line(report)
 
     def _progress_line(self, report: JobReport) -> None:
-        self._line(
-            f"{report.label}: {report.scanned:,}/{plural(self.total, 'row')} scanned, "
-            f"{report.written:,} written, {report.failed:,} failed"
-        )
+        parts = [
+            f"{report.label}: {report.scanned:,}/{plural(self.total, 'row')} scanned",
+            f"{report.written:,} written",
+            f"{report.failed:,} failed",
+        ]
+        if report.elapsed > 0:
+            parts.append(f"{report.rate:,.0f} rows/s")
+            left = self.total - report.scanned
+            if left > 0 and report.rate > 0:
+                parts.append(f"ETA {_duration(left / report.rate)}")
+        if report.throttled_seconds >= 0.05:
+            parts.append(f"throttled {_duration(report.throttled_seconds)}")
+        self._line(", ".join(parts))
 
     def _line(self, text: str) -> None:
         self.last_line = time.monotonic()
         click.echo(text, file=self.stream)
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as people read them: ``4.2 s``, ``3 min 5 s``, ``2 h 10 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
 
 
 #: How each job command names its counters: (written, unchanged, skipped).

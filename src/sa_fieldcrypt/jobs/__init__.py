@@ -11,6 +11,8 @@ processes or shards, resumes from a state file and reports in one vocabulary; th
 - :mod:`~sa_fieldcrypt.jobs.reindex`: :func:`reindex`.
 - :mod:`~sa_fieldcrypt.jobs.status`: :func:`status`, :func:`retire_keys` and
   :func:`env_key_changes`.
+- :mod:`~sa_fieldcrypt.jobs.throttle`: :class:`Throttle` (a row rate, replica lag, a pause
+  file) and the lag sources :func:`replica_lag` and :func:`primary_lag`.
 - :mod:`~sa_fieldcrypt.jobs.report`, :mod:`~sa_fieldcrypt.jobs.state`,
   :mod:`~sa_fieldcrypt.jobs.sql`: reports and listeners, resume state, per-database SQL.
 
@@ -49,6 +51,7 @@ from sa_fieldcrypt.jobs.targets import (
     find_indexes,
     reflect_column,
 )
+from sa_fieldcrypt.jobs.throttle import LagSource, Throttle, primary_lag, replica_lag
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -59,16 +62,20 @@ __all__ = [
     "IndexedColumn",
     "JobReport",
     "KeySettingsChange",
+    "LagSource",
     "ResumeState",
     "RunListener",
     "RunReport",
     "StatusReport",
+    "Throttle",
     "env_key_changes",
     "find_columns",
     "find_indexes",
     "parse_shard",
+    "primary_lag",
     "reflect_column",
     "reindex",
+    "replica_lag",
     "retire_keys",
     "rotate",
     "run_job",

@@ -42,11 +42,14 @@ How a run works, and why it is safe with the application running:
   collides with, and the rest of the batch is written.
 - ``workers`` processes split the rows into primary-key ranges; ``shard`` lets several
   machines split a table without talking to each other.
+- A :class:`~sa_fieldcrypt.jobs.throttle.Throttle` holds batches back, before each is read:
+  to a row rate, while a replica lags, while a pause file exists.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -97,6 +100,7 @@ from sa_fieldcrypt.jobs.sql import (
     stored_type,
 )
 from sa_fieldcrypt.jobs.state import KeyRange, ResumeState, check_resumable
+from sa_fieldcrypt.jobs.throttle import Throttle
 from sa_fieldcrypt.keys import PURPOSES, Keyring, Purpose
 
 __all__ = [
@@ -221,6 +225,7 @@ def run_job(
     listener: RunListener | None = None,
     before_write: BeforeWrite | None = None,
     reread_changed: bool = True,
+    throttle: Throttle | None = None,
 ) -> JobReport:
     """Run a :class:`BatchJob` over its table, batch by batch.
 
@@ -246,6 +251,9 @@ def run_job(
             process only.
         reread_changed: read a row that changed between read and write again and handle it
             in this run; with False it is only counted (``concurrent``) and left as it is.
+        throttle: holds batches back to a row rate, while a replica lags or while a pause
+            file exists; with ``workers``, each worker gets an equal share of the rate. A
+            rate also caps ``batch_size`` at a tenth of a second's rows.
 
     Returns:
         The counts of the run; failures are also passed to ``listener`` as they happen.
@@ -267,35 +275,47 @@ def run_job(
             "workers > 1 need a picklable job factory (a module-level function of the "
             "engine), not a BatchJob"
         )
-    listener = listener or RunListener()
-    built = job if isinstance(job, BatchJob) else job(engine)
-    pk = _primary_key(built)
-    shard0 = None if shard is None else (shard[0] - 1, shard[1])
-    options = _Options(batch_size, dry_run, fail_fast, shard0, reread_changed)
-    name = _resume_name(built, shard, dry_run)
-    ranges = None
-    if state is not None:
-        check_resumable(built.label, pk)
-        ranges = state.ranges(name)
-    report = JobReport(built.label, dry_run=dry_run, resumed=ranges is not None)
-    if ranges is None:
-        total, ranges = _split(engine, built, options, workers)
+    with contextlib.ExitStack() as stack:
+        if throttle is not None:
+            # On the run's engine, with its connect_args (worker processes connect to its URL).
+            watched = throttle.watching(engine)
+            if watched is not throttle:
+                # The lag source made for this run is closed with it.
+                stack.callback(watched.close)
+            throttle = watched
+        listener = listener or RunListener()
+        built = job if isinstance(job, BatchJob) else job(engine)
+        pk = _primary_key(built)
+        shard0 = None if shard is None else (shard[0] - 1, shard[1])
+        options = _Options(batch_size, dry_run, fail_fast, shard0, reread_changed)
+        name = _resume_name(built, shard, dry_run)
+        ranges = None
         if state is not None:
-            state.begin(name, ranges)
-    else:
-        total = _count_rows(engine, built, options, [r for r in ranges if not r.done])
-    progress = _JobProgress(state, name, listener, report)
-    listener.started(built.label, total)
-    pending = [i for i, r in enumerate(ranges) if not r.done]
-    if workers == 1 or len(pending) < 2:
-        for index in pending:
-            walk = _Walk(engine, built, options, progress.at(index), before_write)
-            if not walk.run(ranges[index]):
-                break
-    elif not isinstance(job, BatchJob):  # a BatchJob with workers was refused above
-        _run_workers(engine, job, built, options, [(i, ranges[i]) for i in pending], progress)
-    listener.finished(report)
-    return report
+            check_resumable(built.label, pk)
+            ranges = state.ranges(name)
+        report = JobReport(built.label, dry_run=dry_run, resumed=ranges is not None)
+        if ranges is None:
+            total, ranges = _split(engine, built, options, workers)
+            if state is not None:
+                state.begin(name, ranges)
+        else:
+            total = _count_rows(engine, built, options, [r for r in ranges if not r.done])
+        pending = [i for i, r in enumerate(ranges) if not r.done]
+        parallel = workers > 1 and len(pending) > 1
+        if throttle is not None:
+            options = options.throttled(throttle.split(len(pending)) if parallel else throttle)
+        progress = _JobProgress(state, name, listener, report, parallel)
+        listener.started(built.label, total)
+        if not parallel:
+            for index in pending:
+                walk = _Walk(engine, built, options, progress.at(index), before_write)
+                if not walk.run(ranges[index]):
+                    break
+        elif not isinstance(job, BatchJob):  # a BatchJob with workers was refused above
+            _run_workers(engine, job, built, options, [(i, ranges[i]) for i in pending], progress)
+        progress.clocked()
+        listener.finished(report)
+        return report
 
 
 def run_jobs(
@@ -339,12 +359,26 @@ class _JobProgress:
     """Adds each committed batch to the job's report, saves the state, tells the listener."""
 
     def __init__(
-        self, state: ResumeState | None, name: str, listener: RunListener, report: JobReport
+        self,
+        state: ResumeState | None,
+        name: str,
+        listener: RunListener,
+        report: JobReport,
+        parallel: bool = False,
     ):
         self.state = state
         self.name = name
         self.listener = listener
         self.report = report
+        self.started = time.monotonic()
+        # Seconds each range was held back; parallel ranges overlap in time, so the job was
+        # held back as long as the longest, and one after the other as long as all of them.
+        self.parallel = parallel
+        self.throttled: dict[int, float] = {}
+        # Ranges paused now, and since when the first of them was: workers watch the same
+        # replicas and pause file, so the listener hears of one pause, not one per worker.
+        self.pausing: set[int] = set()
+        self.paused_at = 0.0
         # Ranges with a row not handled (failed, or still changing): their saved position
         # stays before that row, and they are never saved as done, so a rerun reads it again.
         self.unsettled: set[int] = set()
@@ -352,8 +386,17 @@ class _JobProgress:
     def at(self, index: int) -> _RangeProgress:
         return _RangeProgress(self, index)
 
+    def clocked(self, index: int | None = None, throttled: float = 0.0) -> None:
+        """Bring the report's times up to date, adding ``throttled`` seconds of a range."""
+        if index is not None:
+            self.throttled[index] = self.throttled.get(index, 0.0) + throttled
+        spent = list(self.throttled.values()) or [0.0]
+        self.report.throttled_seconds = max(spent) if self.parallel else sum(spent)
+        self.report.elapsed = time.monotonic() - self.started
+
     def committed(self, index: int, rows: int, counts: dict[str, int], done: _Done) -> None:
         self.report.count(counts)
+        self.clocked(index, done.throttled)
         if done.last is not None:
             self.report.last_key = done.last
         if self.state is not None and index not in self.unsettled:
@@ -367,7 +410,21 @@ class _JobProgress:
         self.report.keep(failure)
         self.listener.failure(failure)
 
-    def ended(self, index: int, completed: bool) -> None:
+    def paused(self, index: int, reason: str) -> None:
+        if not self.pausing:
+            self.paused_at = time.monotonic()
+            self.listener.paused(self.report.label, reason)
+        self.pausing.add(index)
+
+    def resumed(self, index: int, seconds: float) -> None:
+        self.pausing.discard(index)
+        if not self.pausing:
+            # One process's own clock (an injected one, in tests) says how long it paused.
+            spent = seconds if not self.parallel else time.monotonic() - self.paused_at
+            self.listener.resumed(self.report.label, spent)
+
+    def ended(self, index: int, completed: bool, throttled: float) -> None:
+        self.clocked(index, throttled)
         self.report.completed = self.report.completed and completed
         if completed and self.state is not None and index not in self.unsettled:
             self.state.advance(self.name, index, None, done=True)
@@ -381,11 +438,13 @@ class _Done:
         last: the batch's last row.
         settled: the last row before the first one the batch did not handle (None: none).
         clean: every row of the batch was handled.
+        throttled: seconds the throttle held the range back since the batch before.
     """
 
     last: tuple[Any, ...] | None
     settled: tuple[Any, ...] | None
     clean: bool
+    throttled: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -401,8 +460,14 @@ class _RangeProgress:
     def failed(self, failure: Failure) -> None:
         self.run.failed(failure)
 
-    def ended(self, completed: bool) -> None:
-        self.run.ended(self.index, completed)
+    def paused(self, reason: str) -> None:
+        self.run.paused(self.index, reason)
+
+    def resumed(self, seconds: float) -> None:
+        self.run.resumed(self.index, seconds)
+
+    def ended(self, completed: bool, throttled: float) -> None:
+        self.run.ended(self.index, completed, throttled)
 
 
 # -- one process's walk --------------------------------------------------------------------
@@ -428,6 +493,12 @@ class _Options:
     fail_fast: bool
     shard: tuple[int, int] | None  # (index from 0, count)
     reread_changed: bool = True
+    throttle: Throttle | None = None
+
+    def throttled(self, throttle: Throttle) -> _Options:
+        """These options under ``throttle``, batches no larger than its rate allows."""
+        size = min(self.batch_size, throttle.max_batch or self.batch_size)
+        return dataclasses.replace(self, throttle=throttle, batch_size=size)
 
 
 class _Conflict(Exception):
@@ -591,6 +662,8 @@ class _Walk:
         self.progress = progress
         self.before_write = before_write
         self.should_stop = should_stop
+        self.throttle = options.throttle
+        self.waited = 0.0  # seconds the throttle held this walk back, not yet reported
         self.completed = True
         self.conflicts = 0
         # Rows of the batch being written that a unique constraint refuses, and why: the
@@ -625,8 +698,25 @@ class _Walk:
                     )
         except SQLAlchemyError as exc:
             raise _database_error(self.job.label, exc) from exc
-        self.progress.ended(self.completed)
+        self.progress.ended(self.completed, self._take_waited())
         return self.completed
+
+    def _hold(self) -> None:
+        """Wait as long as the throttle says before the next batch."""
+        if self.throttle is not None:
+            self.waited += self.throttle.wait(
+                self.should_stop, self.progress.paused, self.progress.resumed
+            )
+
+    def _charge(self, batch: _Batch) -> None:
+        # Rows written count (in a dry run: would be); a job that writes nothing is paced by
+        # the rows it reads.
+        if self.throttle is not None:
+            self.throttle.charge(len(batch.items) if self.job.write else len(batch.keys))
+
+    def _take_waited(self) -> float:
+        waited, self.waited = self.waited, 0.0
+        return waited
 
     def _page(self, sql: DialectSql, last: tuple[Any, ...] | None) -> Any:
         where = [*self.base, sql.after(self.pk, last)] if last is not None else self.base
@@ -641,8 +731,12 @@ class _Walk:
         last: tuple[Any, ...] | None,
     ) -> None:
         while not self.should_stop():
+            self._hold()
+            if self.should_stop():
+                break
             stmt = self._page(sql, last)
             batch, missed = self._transaction(conn, self._read_and_write, writer, stmt, True)
+            self._charge(batch)
             if not batch.keys:
                 return
             last = batch.keys[-1]
@@ -681,8 +775,12 @@ class _Walk:
             pending: Future[_Batch] | None = None
             try:
                 while not self.should_stop():
+                    self._hold()
+                    if self.should_stop():
+                        break
                     stmt = self._page(sql, last)
                     batch = self._transaction(conn, self._read, stmt, True)
+                    self._charge(batch)
                     if pending is not None:
                         # Taken out first: a listener that raises must not see it twice.
                         done, pending = pending, None
@@ -839,9 +937,8 @@ class _Walk:
                 break
             settled = key
         last = batch.keys[-1] if batch.keys else None
-        self.progress.committed(
-            len(batch.keys), batch.counts, _Done(last, settled, not not_handled)
-        )
+        done = _Done(last, settled, not not_handled, self._take_waited())
+        self.progress.committed(len(batch.keys), batch.counts, done)
 
     def _transform(
         self, rows: Sequence[Sequence[Any]]
@@ -1002,9 +1099,13 @@ def _run_workers(
                 progress.failed(payload)
                 if options.fail_fast:
                     stop.set()
+            elif kind == "paused":
+                progress.paused(index, payload)
+            elif kind == "resumed":
+                progress.resumed(index, payload)
             elif kind == "done":
                 running.discard(index)
-                progress.ended(index, payload)
+                progress.ended(index, *payload)
             else:
                 running.discard(index)
                 error = error or payload
@@ -1053,8 +1154,14 @@ class _Relay:
     def failed(self, failure: Failure) -> None:
         self.events.put(("failure", self.index, failure))
 
-    def ended(self, completed: bool) -> None:
-        self.events.put(("done", self.index, completed))
+    def paused(self, reason: str) -> None:
+        self.events.put(("paused", self.index, reason))
+
+    def resumed(self, seconds: float) -> None:
+        self.events.put(("resumed", self.index, seconds))
+
+    def ended(self, completed: bool, throttled: float) -> None:
+        self.events.put(("done", self.index, (completed, throttled)))
 
 
 def _worker(

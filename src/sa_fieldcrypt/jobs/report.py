@@ -122,6 +122,9 @@ class JobReport:
         completed: False when the job stopped early (``fail_fast``, or a stop request).
         last_key: the primary key of the last row of the last committed batch (one process).
         resumed: the job resumed from a saved state instead of starting over.
+        elapsed: seconds the job has run.
+        throttled_seconds: seconds of ``elapsed`` a throttle held the job back (paused, or
+            slowed to its row rate); with workers, the longest any worker was held back.
     """
 
     label: str
@@ -136,12 +139,22 @@ class JobReport:
     completed: bool = True
     last_key: tuple[Any, ...] | None = None
     resumed: bool = False
+    elapsed: float = 0.0
+    throttled_seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Rows scanned per second of ``elapsed`` (0 before any time has passed)."""
+        return self.scanned / self.elapsed if self.elapsed > 0 else 0.0
 
     def add(self, other: JobReport) -> None:
         """Add another report's counts (of another worker, shard or job) to this one."""
         self.count({name: getattr(other, name) for name in COUNTS})
         self.failures.extend(other.failures[: MAX_KEPT_FAILURES - len(self.failures)])
         self.completed = self.completed and other.completed
+        # The jobs of a run go one after the other, so their times add up.
+        self.elapsed += other.elapsed
+        self.throttled_seconds += other.throttled_seconds
 
     def count(self, counts: dict[str, int]) -> None:
         """Add ``counts`` (counter name to rows) to this report's counters."""
@@ -161,6 +174,9 @@ class JobReport:
             "dry_run": self.dry_run,
             "completed": self.completed,
             "resumed": self.resumed,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "throttled_seconds": round(self.throttled_seconds, 3),
+            "rows_per_second": round(self.rate, 1),
             "failures": [f.to_dict() for f in self.failures],
         }
 
@@ -239,6 +255,14 @@ class RunListener:
         """A row could not be handled."""
         logger.warning("%s", failure)
 
+    def paused(self, label: str, reason: str) -> None:
+        """A throttle paused the job for ``reason`` (with workers: the first to pause)."""
+        logger.warning("%s: paused: %s", label, reason)
+
+    def resumed(self, label: str, seconds: float) -> None:
+        """The job goes on after a pause of ``seconds`` (with workers: the last to resume)."""
+        logger.info("%s: resumed after %.1f s paused", label, seconds)
+
     def finished(self, report: JobReport) -> None:
         """A job ended."""
         logger.info(
@@ -260,6 +284,12 @@ class QuietListener(RunListener):
         """Say nothing."""
 
     def failure(self, failure: Failure) -> None:
+        """Say nothing."""
+
+    def paused(self, label: str, reason: str) -> None:
+        """Say nothing."""
+
+    def resumed(self, label: str, seconds: float) -> None:
         """Say nothing."""
 
     def finished(self, report: JobReport) -> None:
