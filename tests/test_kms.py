@@ -185,6 +185,20 @@ def test_an_unusable_key_version_says_which_and_how(wrapper: Any, fake: Any, sta
     _assert_quotes_nothing(message, key, wrapped)
 
 
+def test_a_precondition_that_names_no_version_is_not_taken_for_one(wrapper: Any, fake: Any) -> None:
+    """FAILED_PRECONDITION without a version state (the API off, say) gets no version advice."""
+    import grpc
+
+    key, wrapped = _wrapped(wrapper)
+    fake.fail_next(
+        "Decrypt", grpc.StatusCode.FAILED_PRECONDITION, details="Cloud KMS API has not been used"
+    )
+    with pytest.raises(KeyProviderError, match="Cloud KMS API is enabled") as caught:
+        wrapper.unwrap(wrapped)
+    assert "enable it again" not in str(caught.value)
+    _assert_quotes_nothing(str(caught.value), key, wrapped)
+
+
 def test_wrapping_under_a_disabled_primary_says_so(wrapper: Any, fake: Any) -> None:
     """Encrypt with a disabled primary version fails, telling to make an enabled one primary."""
     fake.set_state(KEK, 1, "DISABLED")

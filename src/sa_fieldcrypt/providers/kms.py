@@ -279,14 +279,26 @@ class KmsKeyWrapper:
                 role = "viewer"
             return (
                 f"the caller may not use the KMS key: grant its service account "
-                f"roles/cloudkms.{role} on that key (reading the wrapped key from the settings "
-                "or Secret Manager is a separate permission, and not enough)"
+                f"roles/cloudkms.{role} on that key"
+                + (
+                    " (reading the wrapped key from the settings or Secret Manager is a "
+                    "separate permission, and not enough)"
+                    if action != "wrap"
+                    else ""
+                )
             )
         if code == "FAILED_PRECONDITION":
             detail = getattr(exc, "message", "") or ""
             version = _VERSION_NAME.search(detail)
             state = next((s for s in _VERSION_STATES if s in detail), None)
             which = f"version {version.group(0)!r}" if version else "the key version"
+            if version is None and state is None:
+                # Not a version's state: the KMS API not enabled in the project, say.
+                return (
+                    "Cloud KMS refused the call in the state the project or key is in: check "
+                    "that the Cloud KMS API is enabled in the key's project, and the key's "
+                    "versions (gcloud kms keys versions list)"
+                )
             if action == "wrap":
                 return (
                     f"{which}, the primary, is {state or 'not enabled'}: make an enabled "
