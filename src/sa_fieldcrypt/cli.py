@@ -50,21 +50,18 @@ from sa_fieldcrypt.jobs.throttle import Throttle, replica_lag
 from sa_fieldcrypt.keys import (
     KEY_ID_PATTERN,
     KEY_KINDS,
-    PURPOSE_KINDS,
     PURPOSES,
     KeyKind,
     Purpose,
     generate_key,
     parse_key,
+    purpose_of,
 )
 from sa_fieldcrypt.settings import load_settings
 
 __all__ = ["cli", "main"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-_PURPOSE_OF_KIND: dict[KeyKind, Purpose] = {
-    kind: purpose for purpose, kinds in PURPOSE_KINDS.items() for kind in kinds
-}
 
 
 class _Group(click.Group):
@@ -139,7 +136,7 @@ def keygen(ctx: click.Context, key_id: str | None, kind: KeyKind, wrap: str | No
         raise click.UsageError(
             "--wrap needs --id: the key id is bound into the wrapping, so it is chosen now"
         )
-    parsed = parse_key(key, purpose=_PURPOSE_OF_KIND[kind], key_id=key_id)
+    parsed = parse_key(key, purpose=purpose_of(kind), key_id=key_id)
     click.echo(_kms_wrapper(ctx).wrap(parsed, wrap).entry)
 
 

@@ -77,6 +77,7 @@ __all__ = [
     "has_wrapped_entries",
     "is_fernet_token",
     "parse_key",
+    "purpose_of",
     "show_key_id",
     "wrapped_associated_data",
 ]
@@ -100,6 +101,12 @@ PURPOSE_KINDS: Mapping[Purpose, tuple[KeyKind, ...]] = {
 #: The kind that bare key text (no ``kind:`` prefix) has, per purpose.
 DEFAULT_KINDS: Mapping[Purpose, KeyKind] = {p: kinds[0] for p, kinds in PURPOSE_KINDS.items()}
 _PURPOSE_OF: dict[str, Purpose] = {k: p for p, kinds in PURPOSE_KINDS.items() for k in kinds}
+
+
+def purpose_of(kind: KeyKind) -> Purpose:
+    """The purpose a key of ``kind`` serves: ``"encryption"`` or ``"blind-index"``."""
+    return _PURPOSE_OF[kind]
+
 
 #: Flag field of a context-bound token: ``fc1:<key_id>:c:<payload>``.
 BOUND_FLAG = "c"

@@ -84,7 +84,7 @@ from sa_fieldcrypt.keys import (
     parse_key,
 )
 from sa_fieldcrypt.providers.base import DEFAULT_MAX_STALE, check_max_stale
-from sa_fieldcrypt.providers.google import NO_CREDENTIALS_HELP, Deadline, status_name
+from sa_fieldcrypt.providers.google import NO_CREDENTIALS_HELP, Deadline, common_hint, status_name
 from sa_fieldcrypt.providers.kms import KmsKeyWrapper, Unwrapped, is_outage
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
@@ -123,14 +123,6 @@ _WRITE_HINTS = {
     "secretmanager.secrets.update (in roles/secretmanager.admin)",
     "NOT_FOUND": "the secret does not exist: create it first "
     "(gcloud secrets create NAME --replication-policy=automatic)",
-}
-_COMMON_HINTS = {
-    "UNAUTHENTICATED": "the credentials were refused: check the application default credentials",
-    "UNAVAILABLE": "Secret Manager could not be reached: check the network path to it",
-    "DEADLINE_EXCEEDED": "Secret Manager did not answer within {timeout:g} s "
-    "(FIELDCRYPT_GCP_TIMEOUT)",
-    "RESOURCE_EXHAUSTED": "the project's Secret Manager quota is used up: refresh less often "
-    "(FIELDCRYPT_GCP_CACHE_TTL) or raise the quota",
 }
 # Why a listed version gives no key. None quotes the payload.
 _GONE = "it was disabled or destroyed while the keys were read (FAILED_PRECONDITION)"
@@ -960,7 +952,11 @@ class GoogleSecretManagerKeyProvider:
             ) from exc
         except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as exc:
             code = status_name(exc)
-            hint = hints.get(code) or _COMMON_HINTS.get(code) or "see the chained exception"
+            hint = (
+                hints.get(code)
+                or common_hint(code, "Secret Manager", self.timeout)
+                or "see the chained exception"
+            )
             # Only the status name and our own hint: a service message is not ours to vouch for.
             raise KeyProviderError(
                 f"Secret Manager secret {self.secret!r}: could not {action} ({code}); "

@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
         "the Google Cloud key providers need the gcp extra: pip install 'sa-fieldcrypt[gcp]'"
     ) from exc
 
-__all__ = ["NO_CREDENTIALS_HELP", "Deadline", "status_name"]
+__all__ = ["NO_CREDENTIALS_HELP", "Deadline", "common_hint", "status_name"]
 
 #: What to do when no Google credentials are found.
 NO_CREDENTIALS_HELP = (
@@ -80,3 +80,23 @@ def status_name(exc: Exception) -> str:
     if status is not None:
         return str(status.name)
     return type(exc).__name__
+
+
+def common_hint(code: str, service: str, timeout: float) -> str | None:
+    """The fix for a status any Google Cloud API may answer ``code`` with, or None.
+
+    Args:
+        code: the gRPC status name (``"UNAVAILABLE"``).
+        service: how the message names the service (``"Cloud KMS"``).
+        timeout: the operation's time limit, in seconds.
+    """
+    hints = {
+        "UNAUTHENTICATED": "the credentials were refused: check the application default "
+        "credentials",
+        "UNAVAILABLE": f"{service} could not be reached: check the network path to it",
+        "DEADLINE_EXCEEDED": f"{service} did not answer within {timeout:g} s "
+        "(FIELDCRYPT_GCP_TIMEOUT)",
+        "RESOURCE_EXHAUSTED": f"the project's {service} quota is used up: refresh less often "
+        "(FIELDCRYPT_GCP_CACHE_TTL) or raise the quota",
+    }
+    return hints.get(code)

@@ -57,7 +57,12 @@ from sa_fieldcrypt.keys import (
     WrappedKey,
     wrapped_associated_data,
 )
-from sa_fieldcrypt.providers.google import NO_CREDENTIALS_HELP, Deadline, status_name
+from sa_fieldcrypt.providers.google import (
+    NO_CREDENTIALS_HELP,
+    Deadline,
+    common_hint,
+    status_name,
+)
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
 __all__ = ["KmsKeyWrapper", "Rewrapped", "Unwrapped", "is_outage", "rewrap_keyring"]
@@ -316,17 +321,9 @@ class KmsKeyWrapper:
             )
         if code == "NOT_FOUND":
             return "the KMS key does not exist: check its name (or the caller may not see it)"
-        if code == "UNAUTHENTICATED":
-            return "the credentials were refused: check the application default credentials"
-        if code == "UNAVAILABLE":
-            return "Cloud KMS could not be reached: check the network path to it"
-        if code == "DEADLINE_EXCEEDED":
-            return f"Cloud KMS did not answer within {self.timeout:g} s (FIELDCRYPT_GCP_TIMEOUT)"
-        if code == "RESOURCE_EXHAUSTED":
-            return (
-                "the project's Cloud KMS quota is used up: refresh less often "
-                "(FIELDCRYPT_GCP_CACHE_TTL) or raise the quota"
-            )
+        common = common_hint(code, "Cloud KMS", self.timeout)
+        if common is not None:
+            return common
         return "see the chained exception"
 
     def __repr__(self) -> str:
