@@ -1411,9 +1411,9 @@ def test_a_model_reads_and_writes_through_wrapped_secret_manager_keys(
 
         kms_fake.rotate(KEK)
         done = operator.rewrap()
-        assert [("v2", 2, 3), ("v1", 1, 4)] == [(m.key_id, m.old, m.new) for m in done.moved]
+        assert [("v1", 1, 3), ("v2", 2, 4)] == [(m.key_id, m.old, m.new) for m in done.moved]
         kms_fake.set_state(KEK, 1, "DISABLED")  # only the new wrappings open now
-        assert {"fieldcrypt-primary": 3} == fake.aliases(SECRET)
+        assert {"fieldcrypt-primary": 4} == fake.aliases(SECRET)
 
         sa_fieldcrypt.configure(provider=_wrapping_provider(fake, kms_fake))
         with engine.connect() as conn:
@@ -1454,9 +1454,9 @@ def test_add_key_wrap_refuses_a_version_number_it_did_not_expect(
     provider.add_key()
     real_wrap = provider._wrapper.wrap
 
-    def racing_wrap(key: Any, kms_key: str) -> Any:
+    def racing_wrap(key: Any, kms_key: str, **options: Any) -> Any:
         fake.add_version(SECRET, generate_key().encode())  # someone else adds v2
-        return real_wrap(key, kms_key)
+        return real_wrap(key, kms_key, **options)
 
     monkeypatch.setattr(provider._wrapper, "wrap", racing_wrap)
     with pytest.raises(KeyProviderError, match="another version was added"):
@@ -1473,14 +1473,14 @@ def test_rewrap_with_wrap_turns_plaintext_versions_into_wrapped_ones(
     provider.promote(2)
     before = provider.load()
     done = provider.rewrap(wrap=KEK)
-    assert [("v2", 2, 3), ("v1", 1, 4)] == [(m.key_id, m.old, m.new) for m in done.moved]
+    assert [("v1", 1, 3), ("v2", 2, 4)] == [(m.key_id, m.old, m.new) for m in done.moved]
     after = provider.load()
     assert "v2" == after.primary.id
     assert [True, True] == [
         after.get(k.key_id).shares_secret_with(before.get(k.key_id)) for k in keys
     ]
     assert all(key.wrapped is not None for key in after)
-    assert {"fieldcrypt-primary": 3} == fake.aliases(SECRET)
+    assert {"fieldcrypt-primary": 4} == fake.aliases(SECRET)
 
 
 def test_a_refused_wrapped_copy_is_not_stood_in_for_by_a_plaintext_one(

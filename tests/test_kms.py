@@ -227,17 +227,28 @@ def test_an_unknown_kms_key_is_not_found(wrapper: Any) -> None:
 def test_a_damaged_response_fails_its_checksum(
     wrapper: Any, fake: Any, method: str, field: str
 ) -> None:
-    """A response whose checksum does not match, or that was not verified, is refused."""
+    """A response that keeps failing its checksum (or was not verified) is refused.
+
+    The call is made three times, as the KMS documentation advises for a damaged response;
+    a response damaged twice and then whole is used, and is the right one.
+    """
     key, wrapped = _wrapped(wrapper)
-    fake.corrupt_next(method, field)
     call = (
         (lambda: wrapper.unwrap(wrapped))
         if method == "Decrypt"
-        else (lambda: wrapper.wrap(key, KEK))
+        else (lambda: wrapper.unwrap(wrapper.wrap(key, KEK)))
     )
-    with pytest.raises(KeyProviderError, match="CRC32C") as caught:
+    before = fake.call_count(method)
+    fake.corrupt_next(method, field, times=3)
+    with pytest.raises(KeyProviderError, match=r"CRC32C check .*3 times") as caught:
         call()
     _assert_quotes_nothing(str(caught.value), key, wrapped)
+    assert fake.call_count(method) - before == 3
+
+    before = fake.call_count(method)
+    fake.corrupt_next(method, field, times=2)
+    assert call().shares_secret_with(key)
+    assert fake.call_count(method) - before == 3
 
 
 def test_an_unreachable_kms_is_an_outage(wrapper: Any, fake: Any) -> None:

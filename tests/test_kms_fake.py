@@ -126,11 +126,52 @@ def test_an_unusable_version_fails_with_its_state(fake: Any, client: Any, state:
 
 
 def test_destroyed_is_final(fake: Any) -> None:
-    """A destroyed version cannot be enabled again."""
+    """A destroyed version cannot be enabled again, nor restored."""
     fake.rotate(KEY)
     fake.set_state(KEY, 1, "DESTROYED")
-    with pytest.raises(fake_module.FakeStatusError, match="final"):
+    for state in ("ENABLED", "DISABLED", "DESTROY_SCHEDULED", "DESTROYED"):
+        with pytest.raises(ValueError, match="current state is: DESTROYED"):
+            fake.set_state(KEY, 1, state)
+
+
+def test_destruction_is_scheduled_and_restored_as_the_service_does(fake: Any, client: Any) -> None:
+    """Destroy schedules; restore brings the version back DISABLED, never ENABLED at once."""
+    ciphertext = _encrypt(client, b"key").ciphertext
+    fake.rotate(KEY)
+    name = f"{KEY}/cryptoKeyVersions/1"
+    scheduled = client.destroy_crypto_key_version(request={"name": name}, **FAST)
+    assert State.DESTROY_SCHEDULED == scheduled.state
+    assert scheduled.destroy_time is not None
+    with pytest.raises(api_exceptions.FailedPrecondition, match="DESTROY_SCHEDULED"):
+        _decrypt(client, ciphertext)
+    with pytest.raises(api_exceptions.FailedPrecondition, match="cannot become ENABLED"):
+        client.update_crypto_key_version(
+            request={
+                "crypto_key_version": {"name": name, "state": State.ENABLED},
+                "update_mask": {"paths": ["state"]},
+            },
+            **FAST,
+        )
+    with pytest.raises(ValueError, match="cannot become ENABLED"):
         fake.set_state(KEY, 1, "ENABLED")
+    with pytest.raises(api_exceptions.FailedPrecondition, match="cannot become"):
+        client.destroy_crypto_key_version(request={"name": name}, **FAST)
+
+    restored = client.restore_crypto_key_version(request={"name": name}, **FAST)
+    assert State.DISABLED == restored.state
+    with pytest.raises(api_exceptions.FailedPrecondition, match="not scheduled"):
+        client.restore_crypto_key_version(request={"name": name}, **FAST)
+    fake.set_state(KEY, 1, "ENABLED")
+    assert b"key" == _decrypt(client, ciphertext).plaintext
+
+
+def test_delay_next_makes_a_call_late(fake: Any, client: Any) -> None:
+    """A delayed call ends with DEADLINE_EXCEEDED when the client's deadline is shorter."""
+    ciphertext = _encrypt(client, b"key").ciphertext
+    fake.delay_next("Decrypt", 1.0)
+    with pytest.raises(api_exceptions.DeadlineExceeded):
+        client.decrypt(request={"name": KEY, "ciphertext": ciphertext}, timeout=0.2, retry=None)
+    assert b"key" == _decrypt(client, ciphertext).plaintext
 
 
 def test_versions_are_managed_over_grpc(client: Any) -> None:

@@ -73,6 +73,7 @@ __all__ = [
     "Unwrap",
     "WrappedKey",
     "canonical_b64decode",
+    "check_kms_key",
     "generate_key",
     "has_wrapped_entries",
     "is_fernet_token",
@@ -348,10 +349,42 @@ def parse_key(
 def has_wrapped_entries(text: str) -> bool:
     """Whether keyring text (``FIELDCRYPT_KEYS``) holds an entry ``id:wrapped:...``.
 
-    True exactly when :meth:`Keyring.parse` would need ``unwrap=``: no key text, id or Cloud
-    KMS key name can hold ``:wrapped:`` otherwise.
+    True exactly when :meth:`Keyring.parse` would need ``unwrap=``: entries and fields are
+    split as the parser splits them, whitespace around each ignored alike.
     """
-    return f":{WRAPPED_MARKER}:" in text
+    for entry in text.split(","):
+        _, sep, rest = entry.partition(":")
+        if sep and _is_wrapped_text(rest):
+            return True
+    return False
+
+
+def _is_wrapped_text(text: str) -> bool:
+    """Whether key text (no id) is ``wrapped:...``: the one test of the parser and its callers."""
+    marker, sep, _ = text.strip().partition(":")
+    return bool(sep) and marker.strip() == WRAPPED_MARKER
+
+
+def check_kms_key(name: object, where: str = "wrap") -> str:
+    """Return ``name`` if it is a Cloud KMS symmetric key's name (:data:`KMS_KEY_PATTERN`).
+
+    Args:
+        name: what should be ``projects/P/locations/L/keyRings/R/cryptoKeys/K``.
+        where: how the message names the value (a parameter, a setting, an option).
+
+    Raises:
+        ConfigurationError: it is not such a name (a key version's name, say).
+    """
+    if isinstance(name, str) and KMS_KEY_PATTERN.match(name):
+        return name
+    shown = repr(name) if isinstance(name, str) and len(name) <= 300 else "the value"
+    version = ""
+    if "/cryptoKeyVersions/" in str(name):
+        version = " (name the key, not one of its versions)"
+    raise ConfigurationError(
+        f"{where}: {shown} is not a Cloud KMS key name{version}; expected "
+        "projects/P/locations/L/keyRings/R/cryptoKeys/K"
+    )
 
 
 def wrapped_associated_data(key_id: str, kind: KeyKind) -> bytes:
@@ -382,9 +415,9 @@ def _read_wrapped(text: str | bytes, key_id: str, purpose: Purpose) -> WrappedKe
             return None  # not wrapped text; the key reader refuses it
     if not isinstance(text, str):
         return None
-    marker, sep, rest = text.strip().partition(":")
-    if not sep or marker.strip() != WRAPPED_MARKER:
+    if not _is_wrapped_text(text):
         return None
+    _, _, rest = text.partition(":")
     _check_key_id(key_id, "Key")
     where = f"key {key_id!r}"
     kind, _, rest = rest.partition(":")
@@ -397,6 +430,7 @@ def _read_wrapped(text: str | bytes, key_id: str, purpose: Purpose) -> WrappedKe
     if _PURPOSE_OF[kind] != purpose:
         raise ConfigurationError(f"{where}: {_wrong_purpose(kind, purpose)}")
     kms_key, sep, ciphertext = rest.rpartition(":")
+    kms_key = kms_key.strip()
     if not sep or not KMS_KEY_PATTERN.match(kms_key):
         # The name is not quoted: a malformed entry may be a key pasted in the wrong place.
         raise ConfigurationError(

@@ -20,6 +20,7 @@ from sa_fieldcrypt.keys import PURPOSES, Keyring, Purpose, Unwrap, has_wrapped_e
 
 if TYPE_CHECKING:
     # Imported when keys are first loaded: pydantic is a tenth of a second of start-up.
+    from sa_fieldcrypt.providers.kms import KmsKeyWrapper
     from sa_fieldcrypt.settings import FieldCryptSettings
 
 __all__ = ["BLIND_INDEX_KEY_ID", "LEGACY_KEY_ID", "EnvKeyProvider", "keyring_from_settings"]
@@ -186,7 +187,7 @@ class EnvKeyProvider:
         self._settings = settings
         self.purpose: Purpose = purpose
         self._kms_client = kms_client
-        self._wrapper: Unwrap | None = None
+        self._wrapper: KmsKeyWrapper | None = None
         self._wrapper_lock = threading.Lock()
 
     @property
@@ -204,11 +205,17 @@ class EnvKeyProvider:
         return None if settings is None else settings.gcp_max_stale
 
     def load(self) -> Keyring:
-        """Read the settings and build the keyring, unwrapping wrapped keys with Cloud KMS."""
+        """Read the settings and build the keyring, unwrapping wrapped keys with Cloud KMS.
+
+        Every unwrap of one load shares one ``FIELDCRYPT_GCP_TIMEOUT``.
+        """
         from sa_fieldcrypt.settings import load_settings
 
         settings = self._settings or load_settings()
-        unwrap = self._unwrapper(settings) if holds_wrapped_keys(settings, self.purpose) else None
+        unwrap = None
+        if holds_wrapped_keys(settings, self.purpose):
+            # One time budget for the load, however many keys it unwraps.
+            unwrap = self._unwrapper(settings).within()
         return keyring_from_settings(settings, purpose=self.purpose, unwrap=unwrap)
 
     def _current_settings(self) -> FieldCryptSettings | None:
@@ -219,7 +226,7 @@ class EnvKeyProvider:
         except ConfigurationError:
             return None  # load() raises it, where a caller expects it
 
-    def _unwrapper(self, settings: FieldCryptSettings) -> Unwrap:
+    def _unwrapper(self, settings: FieldCryptSettings) -> KmsKeyWrapper:
         with self._wrapper_lock:
             if self._wrapper is None:
                 # Imported here: only wrapped keys need the optional Google packages.

@@ -70,7 +70,6 @@ from sa_fieldcrypt import metrics
 from sa_fieldcrypt.errors import ConfigurationError, KeyProviderError
 from sa_fieldcrypt.keys import (
     DEFAULT_KINDS,
-    KMS_KEY_PATTERN,
     PURPOSE_KINDS,
     PURPOSES,
     Key,
@@ -79,13 +78,14 @@ from sa_fieldcrypt.keys import (
     Purpose,
     Unwrap,
     WrappedKey,
+    check_kms_key,
     generate_key,
     has_wrapped_entries,
     parse_key,
 )
 from sa_fieldcrypt.providers.base import DEFAULT_MAX_STALE, check_max_stale
 from sa_fieldcrypt.providers.google import NO_CREDENTIALS_HELP, Deadline, common_hint, status_name
-from sa_fieldcrypt.providers.kms import KmsKeyWrapper, Unwrapped, is_outage
+from sa_fieldcrypt.providers.kms import KmsKeyWrapper, is_outage, refusal_status
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
 __all__ = [
@@ -156,25 +156,25 @@ class _UnopenedWrapped(str):
         return made
 
 
-class _Carried(Exception):
-    def __init__(self, key_id: str):
-        super().__init__(key_id)
-        self.key_id = key_id
+class _Found(Exception):
+    def __init__(self, wrapped: WrappedKey):
+        super().__init__(wrapped.key_id)
+        self.wrapped = wrapped
 
 
-def _carried_key_id(data: bytes, number: int, purpose: Purpose) -> str:
-    """The key id a version's wrapped payload holds, read by the one parser, not unwrapped."""
+def _wrapped_in(data: bytes, number: int, purpose: Purpose) -> WrappedKey | None:
+    """The wrapped key a version's payload holds, read by the one parser, not unwrapped."""
 
     def capture(wrapped: WrappedKey) -> Key:
-        raise _Carried(wrapped.key_id)
+        raise _Found(wrapped)
 
     try:
         _key_from_payload(data, number, purpose, capture)
-    except _Carried as found:
-        return found.key_id
+    except _Found as found:
+        return found.wrapped
     except (ConfigurationError, KeyProviderError):
         pass
-    return f"v{number}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,12 +225,17 @@ class SecretVersions:
         checked: whether the enabled versions' payloads were read and checked, as
             instances read them; False when the caller may not read them
             (``secretmanager.versions.access``), so ``skipped`` is not known.
+        not_unwrapped: the enabled versions whose wrapped key the caller may not have
+            Cloud KMS open (``roles/cloudkms.cryptoKeyDecrypter``, which instances have and
+            an operator need not), so whether it opens is not known; their key id and KMS
+            key are read from the payload.
     """
 
     versions: tuple[KeyVersion, ...]
     alias: int | None
     problem: str | None
     checked: bool
+    not_unwrapped: tuple[int, ...] = ()
 
     @property
     def primary(self) -> KeyVersion | None:
@@ -424,7 +429,7 @@ class GoogleSecretManagerKeyProvider:
             # Decided before any payload is read: which key encrypts never depends on
             # which payloads happen to parse.
             primary = self._primary_version(aliases, enabled)
-            keys, skipped = self._read_keys(client, enabled, deadline)
+            keys, skipped, _ = self._read_keys(client, enabled, deadline)
         for number, reason in skipped.items():
             metrics.count_skipped_version(f"{self.secret}/versions/{number}")
             if number != primary:
@@ -450,10 +455,25 @@ class GoogleSecretManagerKeyProvider:
         client: secretmanager_v1.SecretManagerServiceClient,
         numbers: Sequence[int],
         deadline: Deadline,
-    ) -> tuple[dict[int, Key], dict[int, str]]:
-        """Each version's key, or why it is skipped; ``numbers`` newest first (kept so)."""
-        reads = {number: self._read_key(client, number, deadline) for number in numbers}
-        skipped: dict[int, str] = {n: r for n, r in reads.items() if not isinstance(r, Key)}
+        *,
+        unwrap: Unwrap | None = None,
+        may_be_denied: bool = False,
+    ) -> tuple[dict[int, Key], dict[int, str], dict[int, WrappedKey]]:
+        """Each version's key, or why it is skipped; ``numbers`` newest first (kept so).
+
+        The one reading of a secret's keys (loads, ``describe`` and ``rewrap``), so that all
+        three agree on which version holds which key. With ``may_be_denied``, a wrapped key
+        that Cloud KMS refuses to open for this caller (PERMISSION_DENIED) is returned, not
+        unwrapped, in the third mapping rather than skipped.
+        """
+        reads = {
+            number: self._read_key(
+                client, number, deadline, unwrap=unwrap, may_be_denied=may_be_denied
+            )
+            for number in numbers
+        }
+        denied = {n: r for n, r in reads.items() if isinstance(r, WrappedKey)}
+        skipped: dict[int, str] = {n: r for n, r in reads.items() if isinstance(r, str)}
         # A key id whose wrapped copy does not unwrap (a KMS permission revoked, say) is not
         # read from another copy either: a plaintext one must not stand in for it.
         refused = {r.key_id for r in skipped.values() if isinstance(r, _UnopenedWrapped)}
@@ -478,7 +498,7 @@ class GoogleSecretManagerKeyProvider:
                     "another key; disable the version that is wrong"
                 )
         keys = {n: r for n, r in reads.items() if isinstance(r, Key) and n not in skipped}
-        return keys, skipped
+        return keys, skipped, denied
 
     def describe(self) -> SecretVersions:
         """Describe every version of the secret, which one writes, and which are skipped.
@@ -503,9 +523,12 @@ class GoogleSecretManagerKeyProvider:
                 problem = str(exc)
             keys: dict[int, Key] = {}
             skipped: dict[int, str] = {}
+            denied: dict[int, WrappedKey] = {}
             checked = True
             try:
-                keys, skipped = self._read_keys(client, enabled, deadline)
+                keys, skipped, denied = self._read_keys(
+                    client, enabled, deadline, may_be_denied=True
+                )
             except api_exceptions.PermissionDenied:
                 checked = False  # an operator's role need not read keys
         if checked and primary in skipped:
@@ -517,12 +540,14 @@ class GoogleSecretManagerKeyProvider:
                 created,
                 primary=number == primary and problem is None,
                 skipped=skipped.get(number),
-                carried_key_id=_carried_id(keys.get(number), number),
-                wrapped_by=_wrapped_by(keys.get(number)),
+                carried_key_id=_carried_id(keys.get(number) or denied.get(number), number),
+                wrapped_by=_wrapped_by(keys.get(number) or denied.get(number)),
             )
             for number, state, created in found
         )
-        return SecretVersions(versions, aliases.get(self.primary_alias), problem, checked)
+        return SecretVersions(
+            versions, aliases.get(self.primary_alias), problem, checked, tuple(denied)
+        )
 
     def add_key(
         self, key: str | None = None, *, kind: KeyKind | None = None, wrap: str | None = None
@@ -577,7 +602,9 @@ class GoogleSecretManagerKeyProvider:
                 found = self._list(client, deadline, enabled_only=False)
                 expected = max((number for number, _, _ in found), default=0) + 1
                 wrapped = self._wrapper.wrap(
-                    parse_key(text, purpose=self.purpose, key_id=f"v{expected}"), wrap
+                    parse_key(text, purpose=self.purpose, key_id=f"v{expected}"),
+                    wrap,
+                    deadline=deadline,
                 )
                 data = wrapped.entry.encode("ascii")
             if enabled:
@@ -641,71 +668,60 @@ class GoogleSecretManagerKeyProvider:
                 before the failure stay moved (their old versions may still be enabled:
                 run it again).
         """
-        if wrap is not None and not KMS_KEY_PATTERN.match(wrap):
-            raise ConfigurationError(
-                f"wrap: {wrap!r} is not a Cloud KMS key name; expected "
-                "projects/P/locations/L/keyRings/R/cryptoKeys/K"
-            )
+        if wrap is not None:
+            check_kms_key(wrap)
         deadline = Deadline(self.timeout)
         moved: list[RewrappedVersion] = []
         unchanged: list[str] = []
-        skipped: dict[int, str] = {}
         with self._errors("re-wrap its keys", _WRITE_HINTS):
             client = self._get_client()
             aliases = self._aliases(client, deadline)
             enabled = self._enabled(client, deadline)
             primary = self._primary_version(aliases, enabled)
-            holder: dict[str, tuple[int, Key]] = {}  # key id -> version under the primary
-            # Versions to disable: (number, key, the KMS key to wrap it with anew, or None
-            # for an older copy of a key that a newer version already holds).
-            stale: list[tuple[int, Key, str | None]] = []
-            for number in enabled:  # newest first
-                opened: list[Unwrapped] = []
+            current: set[WrappedKey] = set()  # those the KMS key's primary version opened
 
-                def unwrap(wrapped: WrappedKey, opened: list[Unwrapped] = opened) -> Key:
-                    opened.append(self._wrapper.open(wrapped))
-                    return opened[-1].key
+            def unwrap(wrapped: WrappedKey) -> Key:
+                opened = self._wrapper.open(wrapped, deadline=deadline)
+                if opened.used_primary:
+                    current.add(wrapped)
+                return opened.key
 
-                read = self._read_key(client, number, deadline, unwrap=unwrap)
-                if not isinstance(read, Key):
-                    if number == primary:
-                        raise self._unusable_primary(aliases, primary, read)
-                    skipped[number] = read
-                elif read.id in holder:
-                    stale.append((number, read, None))
-                elif read.wrapped is not None and opened and not opened[0].used_primary:
-                    stale.append((number, read, read.wrapped.kms_key))
-                elif read.wrapped is not None:
-                    holder[read.id] = (number, read)
-                    unchanged.append(read.id)
-                elif wrap is not None:
-                    stale.append((number, read, wrap))
-            for number, key, kms_key in stale:
-                if key.id not in holder and kms_key is not None:
-                    new = self._wrapper.wrap(key, kms_key).entry.encode("ascii")
+            # Read as instances read them: the same versions skipped, the same key per id.
+            keys, skipped, _ = self._read_keys(client, enabled, deadline, unwrap=unwrap)
+            if primary in skipped:
+                raise self._unusable_primary(aliases, primary, skipped[primary])
+            copies: dict[str, list[int]] = {}  # key id -> the versions holding it, oldest first
+            for number in sorted(keys):
+                copies.setdefault(keys[number].id, []).append(number)
+            for key_id, numbers in copies.items():
+                fresh = [n for n in numbers if keys[n].wrapped in current]
+                if fresh:
+                    target = fresh[-1]
+                    unchanged.append(key_id)
+                else:
+                    wrapped_by = [w.kms_key for n in numbers if (w := keys[n].wrapped)]
+                    kms_key = wrapped_by[-1] if wrapped_by else wrap
+                    if kms_key is None:
+                        continue  # held in plaintext only, and not asked to wrap it
+                    new = self._wrapper.wrap(keys[numbers[0]], kms_key, deadline=deadline)
+                    data = new.entry.encode("ascii")
                     added = client.add_secret_version(
                         request={
                             "parent": self.secret,
-                            "payload": {"data": new, "data_crc32c": google_crc32c.value(new)},
+                            "payload": {"data": data, "data_crc32c": google_crc32c.value(data)},
                         },
                         **deadline.write(),
                     )
-                    holder[key.id] = (_version_number(added.name), key)
-                    if key.id in unchanged:
-                        unchanged.remove(key.id)
-                target, held = holder[key.id]
-                if not held.shares_secret_with(key):
-                    skipped[number] = (
-                        f"it holds key id {key.id!r}, which version {target} holds with another "
-                        "key; disable the version that is wrong"
-                    )
-                    continue
-                if number == primary:
+                    target = _version_number(added.name)
+                if primary in numbers and primary != target:
                     self._set_alias(client, aliases, target, deadline)
-                client.disable_secret_version(
-                    request={"name": f"{self.secret}/versions/{number}"}, **deadline.write()
-                )
-                moved.append(RewrappedVersion(key.id, number, target))
+                for number in numbers:
+                    if number != target:
+                        client.disable_secret_version(
+                            request={"name": f"{self.secret}/versions/{number}"},
+                            **deadline.write(),
+                        )
+                        moved.append(RewrappedVersion(key_id, number, target))
         logger.info(
             "sa_fieldcrypt: re-wrapped %d key(s) of %s under their KMS keys' primary versions",
             len(moved),
@@ -839,8 +855,13 @@ class GoogleSecretManagerKeyProvider:
         deadline: Deadline,
         *,
         unwrap: Unwrap | None = None,
-    ) -> Key | str:
-        """The version's key, or why it gives none (the payload is never quoted)."""
+        may_be_denied: bool = False,
+    ) -> Key | WrappedKey | str:
+        """The version's key, or why it gives none (the payload is never quoted).
+
+        A wrapped key opens within ``deadline``, the load's. With ``may_be_denied``, one that
+        Cloud KMS refuses to open for this caller is returned as it is (see ``_read_keys``).
+        """
         # By number, never `latest` or an alias: `latest` is the newest version whatever its
         # state, and the versions to read are exactly the enabled ones just listed.
         try:
@@ -854,7 +875,9 @@ class GoogleSecretManagerKeyProvider:
         if "data_crc32c" not in payload or google_crc32c.value(data) != payload.data_crc32c:
             return _DAMAGED
         try:
-            return _key_from_payload(data, number, self.purpose, unwrap or self._wrapper)
+            return _key_from_payload(
+                data, number, self.purpose, unwrap or self._wrapper.within(deadline)
+            )
         except ConfigurationError as exc:
             return (
                 f"its payload is not a usable key ({exc}); add the key again and disable "
@@ -865,9 +888,12 @@ class GoogleSecretManagerKeyProvider:
                 # Says nothing of this version: the whole load fails, and the cache serves
                 # the previous keys, rather than a keyring that lacks this key.
                 raise
+            wrapped = _wrapped_in(data, number, self.purpose)
+            if may_be_denied and wrapped and refusal_status(exc) == "PERMISSION_DENIED":
+                return wrapped
             return _UnopenedWrapped(
                 f"its wrapped key does not unwrap: {exc}",
-                _carried_key_id(data, number, self.purpose),
+                wrapped.key_id if wrapped else f"v{number}",
             )
 
     def _primary_version(self, aliases: Mapping[str, int], enabled: Sequence[int]) -> int:
@@ -970,12 +996,14 @@ class GoogleSecretManagerKeyProvider:
         )
 
 
-def _carried_id(key: Key | None, number: int) -> str | None:
-    return None if key is None or key.id == f"v{number}" else key.id
+def _carried_id(read: Key | WrappedKey | None, number: int) -> str | None:
+    key_id = read.id if isinstance(read, Key) else read.key_id if read is not None else None
+    return None if key_id == f"v{number}" else key_id
 
 
-def _wrapped_by(key: Key | None) -> str | None:
-    return None if key is None or key.wrapped is None else key.wrapped.kms_key
+def _wrapped_by(read: Key | WrappedKey | None) -> str | None:
+    wrapped = read.wrapped if isinstance(read, Key) else read
+    return None if wrapped is None else wrapped.kms_key
 
 
 def _check_secret_name(name: str, source: str) -> str:

@@ -94,8 +94,8 @@ def common_hint(code: str, service: str, timeout: float) -> str | None:
         "UNAUTHENTICATED": "the credentials were refused: check the application default "
         "credentials",
         "UNAVAILABLE": f"{service} could not be reached: check the network path to it",
-        "DEADLINE_EXCEEDED": f"{service} did not answer within {timeout:g} s "
-        "(FIELDCRYPT_GCP_TIMEOUT)",
+        "DEADLINE_EXCEEDED": f"{service} did not answer within the {timeout:g} s the whole "
+        "operation may take (FIELDCRYPT_GCP_TIMEOUT)",
         "RESOURCE_EXHAUSTED": f"the project's {service} quota is used up: refresh less often "
         "(FIELDCRYPT_GCP_CACHE_TTL) or raise the quota",
     }

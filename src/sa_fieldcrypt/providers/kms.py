@@ -50,11 +50,12 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
 
 from sa_fieldcrypt.errors import ConfigurationError, KeyProviderError
 from sa_fieldcrypt.keys import (
-    KMS_KEY_PATTERN,
     Key,
     Keyring,
     Purpose,
+    Unwrap,
     WrappedKey,
+    check_kms_key,
     wrapped_associated_data,
 )
 from sa_fieldcrypt.providers.google import (
@@ -65,10 +66,20 @@ from sa_fieldcrypt.providers.google import (
 )
 from sa_fieldcrypt.settings import FieldCryptSettings, load_settings
 
-__all__ = ["KmsKeyWrapper", "Rewrapped", "Unwrapped", "is_outage", "rewrap_keyring"]
+__all__ = [
+    "KmsKeyWrapper",
+    "Rewrapped",
+    "Unwrapped",
+    "is_outage",
+    "refusal_status",
+    "rewrap_keyring",
+]
 
 # The statuses of a KMS that cannot be reached now (as opposed to one that refuses).
 _OUTAGES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL"})
+# How many times one call is made while its response fails its CRC32C check, as the KMS
+# documentation advises ("retry a limited number of times"), within the call's deadline.
+_CHECKSUM_ATTEMPTS = 3
 # What a FAILED_PRECONDITION names: the version and its state. Only these tokens are read from
 # the service's message, never quoted whole.
 _VERSION_NAME = re.compile(r"projects/[A-Za-z0-9._/-]+/cryptoKeyVersions/\d+")
@@ -157,45 +168,56 @@ class KmsKeyWrapper:
         settings = settings or load_settings()
         return cls(client=client, timeout=settings.gcp_timeout)
 
-    def wrap(self, key: Key, kms_key: str) -> WrappedKey:
+    def wrap(self, key: Key, kms_key: str, *, deadline: Deadline | None = None) -> WrappedKey:
         """Have Cloud KMS encrypt ``key`` under ``kms_key``'s primary version; one call.
+
+        Args:
+            key: the key to wrap.
+            kms_key: the Cloud KMS key, ``projects/P/locations/L/keyRings/R/cryptoKeys/K``.
+            deadline: the time budget of the operation this call is part of; by default
+                ``timeout`` seconds of its own.
 
         Raises:
             ConfigurationError: ``kms_key`` is not a crypto key name.
             KeyProviderError: KMS refused (the message says which role is missing, or which
                 version is unusable) or could not be reached, or a checksum failed.
         """
-        _check_kms_key(kms_key)
+        check_kms_key(kms_key)
         raw = key.material()
         aad = wrapped_associated_data(key.id, key.kind)
-        deadline = Deadline(self.timeout)
-        with self._errors("wrap", key.id, kms_key):
-            response = self._get_client().encrypt(
-                request={
-                    "name": kms_key,
-                    "plaintext": raw,
-                    "plaintext_crc32c": google_crc32c.value(raw),
-                    "additional_authenticated_data": aad,
-                    "additional_authenticated_data_crc32c": google_crc32c.value(aad),
-                },
-                **deadline.read(),
-            )
-        ciphertext = bytes(response.ciphertext)
-        if (
-            not response.verified_plaintext_crc32c
-            or not response.verified_additional_authenticated_data_crc32c
-            or _checksum(response, "ciphertext_crc32c") != google_crc32c.value(ciphertext)
-            or not response.name.startswith(f"{kms_key}/cryptoKeyVersions/")
-        ):
-            raise KeyProviderError(
-                f"key {key.id!r}: Cloud KMS key {kms_key!r}: the Encrypt request or response "
-                "failed its CRC32C check (or named another key), so it was damaged on the way; "
-                "nothing was wrapped: try again"
-            )
-        return WrappedKey(key.id, key.kind, kms_key, ciphertext)
+        deadline = deadline or Deadline(self.timeout)
+        request = {
+            "name": kms_key,
+            "plaintext": raw,
+            "plaintext_crc32c": google_crc32c.value(raw),
+            "additional_authenticated_data": aad,
+            "additional_authenticated_data_crc32c": google_crc32c.value(aad),
+        }
+        for _ in range(_CHECKSUM_ATTEMPTS):
+            with self._errors("wrap", key.id, kms_key):
+                response = self._get_client().encrypt(request=request, **deadline.read())
+            ciphertext = bytes(response.ciphertext)
+            if (
+                response.verified_plaintext_crc32c
+                and response.verified_additional_authenticated_data_crc32c
+                and _checksum(response, "ciphertext_crc32c") == google_crc32c.value(ciphertext)
+                and response.name.startswith(f"{kms_key}/cryptoKeyVersions/")
+            ):
+                return WrappedKey(key.id, key.kind, kms_key, ciphertext)
+        raise KeyProviderError(
+            f"key {key.id!r}: Cloud KMS key {kms_key!r}: the Encrypt request or response "
+            f"failed its CRC32C check (or named another key) {_CHECKSUM_ATTEMPTS} times, so it "
+            "was damaged on the way; nothing was wrapped: check the network path to Cloud KMS, "
+            "and try again"
+        )
 
-    def open(self, wrapped: WrappedKey) -> Unwrapped:
+    def open(self, wrapped: WrappedKey, *, deadline: Deadline | None = None) -> Unwrapped:
         """Have Cloud KMS decrypt ``wrapped``; one ``Decrypt`` call.
+
+        Args:
+            wrapped: the wrapped key.
+            deadline: the time budget of the operation this call is part of (a key load);
+                by default ``timeout`` seconds of its own.
 
         Raises:
             KeyProviderError: the wrapped key does not open under its key id, purpose and
@@ -204,24 +226,26 @@ class KmsKeyWrapper:
                 disabled or destroyed, a checksum failed, or KMS could not be reached.
         """
         ciphertext, aad = wrapped.ciphertext, wrapped.associated_data
-        deadline = Deadline(self.timeout)
-        with self._errors("unwrap", wrapped.key_id, wrapped.kms_key):
-            response = self._get_client().decrypt(
-                request={
-                    "name": wrapped.kms_key,
-                    "ciphertext": ciphertext,
-                    "ciphertext_crc32c": google_crc32c.value(ciphertext),
-                    "additional_authenticated_data": aad,
-                    "additional_authenticated_data_crc32c": google_crc32c.value(aad),
-                },
-                **deadline.read(),
-            )
-        plaintext = bytes(response.plaintext)
-        if _checksum(response, "plaintext_crc32c") != google_crc32c.value(plaintext):
+        deadline = deadline or Deadline(self.timeout)
+        request = {
+            "name": wrapped.kms_key,
+            "ciphertext": ciphertext,
+            "ciphertext_crc32c": google_crc32c.value(ciphertext),
+            "additional_authenticated_data": aad,
+            "additional_authenticated_data_crc32c": google_crc32c.value(aad),
+        }
+        for _ in range(_CHECKSUM_ATTEMPTS):
+            with self._errors("unwrap", wrapped.key_id, wrapped.kms_key):
+                response = self._get_client().decrypt(request=request, **deadline.read())
+            plaintext = bytes(response.plaintext)
+            if _checksum(response, "plaintext_crc32c") == google_crc32c.value(plaintext):
+                break
+        else:
             raise KeyProviderError(
                 f"key {wrapped.key_id!r}: Cloud KMS key {wrapped.kms_key!r}: the Decrypt "
-                "response failed its CRC32C check, so it was damaged on the way; the key was "
-                "not used: try again"
+                f"response failed its CRC32C check {_CHECKSUM_ATTEMPTS} times, so it was "
+                "damaged on the way; the key was not used: check the network path to Cloud "
+                "KMS, and try again"
             )
         try:
             key = wrapped.open(plaintext)
@@ -229,26 +253,44 @@ class KmsKeyWrapper:
             raise KeyProviderError(str(exc)) from None
         return Unwrapped(key, bool(response.used_primary))
 
-    def unwrap(self, wrapped: WrappedKey) -> Key:
+    def unwrap(self, wrapped: WrappedKey, *, deadline: Deadline | None = None) -> Key:
         """Return the key ``wrapped`` holds, opened by Cloud KMS (see :meth:`open`)."""
-        return self.open(wrapped).key
+        return self.open(wrapped, deadline=deadline).key
 
     __call__ = unwrap
+
+    def within(self, deadline: Deadline | None = None) -> Unwrap:
+        """An :data:`~sa_fieldcrypt.keys.Unwrap` whose calls all share one time budget.
+
+        For one key load: however many wrapped keys it opens, the load ends within its
+        budget, and a slow KMS is named as the cause.
+
+        Args:
+            deadline: the load's budget; by default ``timeout`` seconds from now.
+        """
+        deadline = deadline or Deadline(self.timeout)
+
+        def unwrap(wrapped: WrappedKey) -> Key:
+            return self.open(wrapped, deadline=deadline).key
+
+        return unwrap
 
     def rewrap(self, wrapped: WrappedKey) -> WrappedKey | None:
         """Wrap the key again under its KMS key's primary version; None if it is already.
 
-        Two calls (``Decrypt``, then ``Encrypt`` when needed). The key inside, its id and
-        its kind do not change, so nothing encrypted under it changes either.
+        Two calls (``Decrypt``, then ``Encrypt`` when needed), within one ``timeout``. The
+        key inside, its id and its kind do not change, so nothing encrypted under it changes
+        either.
         """
-        opened = self.open(wrapped)
+        deadline = Deadline(self.timeout)
+        opened = self.open(wrapped, deadline=deadline)
         if opened.used_primary:
             return None
-        return self.wrap(opened.key, wrapped.kms_key)
+        return self.wrap(opened.key, wrapped.kms_key, deadline=deadline)
 
     def primary_version(self, kms_key: str) -> str:
         """The name of ``kms_key``'s primary version: what :meth:`wrap` encrypts under now."""
-        _check_kms_key(kms_key)
+        check_kms_key(kms_key)
         deadline = Deadline(self.timeout)
         with self._errors("read", None, kms_key):
             found = self._get_client().get_crypto_key(request={"name": kms_key}, **deadline.read())
@@ -342,6 +384,19 @@ def is_outage(exc: BaseException) -> bool:
     )
 
 
+def refusal_status(exc: BaseException) -> str | None:
+    """The status Cloud KMS refused a :class:`KmsKeyWrapper` call with, or None.
+
+    ``"PERMISSION_DENIED"``, ``"FAILED_PRECONDITION"``…: what the service answered, read from
+    the exception ``exc`` chains. None when it did not answer (:func:`is_outage`) or the
+    failure was not the service's (a checksum, a key that is not one).
+    """
+    cause = exc.__cause__
+    if not isinstance(cause, api_exceptions.GoogleAPICallError) or is_outage(exc):
+        return None
+    return status_name(cause)
+
+
 def rewrap_keyring(
     text: str,
     wrapper: KmsKeyWrapper,
@@ -402,12 +457,3 @@ def rewrap_keyring(
 def _checksum(message: Any, name: str) -> int | None:
     """A response's CRC32C field (an ``Int64Value``, read as an int), or None when absent."""
     return int(getattr(message, name)) if name in message else None
-
-
-def _check_kms_key(kms_key: str) -> None:
-    if not isinstance(kms_key, str) or not KMS_KEY_PATTERN.match(kms_key):
-        shown = repr(kms_key) if isinstance(kms_key, str) and len(kms_key) <= 300 else "the value"
-        raise ConfigurationError(
-            f"{shown} is not a Cloud KMS key name; expected "
-            "projects/P/locations/L/keyRings/R/cryptoKeys/K (a key, not one of its versions)"
-        )

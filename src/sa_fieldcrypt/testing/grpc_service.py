@@ -10,6 +10,7 @@ that the real Google clients talk through. The Secret Manager fake
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent import futures
 from typing import Any, Self
@@ -69,6 +70,7 @@ class LocalGrpcService:
         #: Held while a call runs or the state is set up; reentrant.
         self.lock = threading.RLock()
         self._faults: dict[str, list[tuple[grpc.StatusCode, str]]] = {}
+        self._delays: dict[str, list[float]] = {}
         self._server: grpc.Server | None = None
         self._port = 0
         self._channels: list[grpc.Channel] = []
@@ -136,6 +138,15 @@ class LocalGrpcService:
         with self.lock:
             self._faults.setdefault(method, []).extend([(code, details)] * times)
 
+    def delay_next(self, method: str, seconds: float, *, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``method`` answer ``seconds`` late, as a slow service.
+
+        The call waits before it is served (without holding the fake's lock), so a client
+        deadline shorter than the delay ends it with DEADLINE_EXCEEDED.
+        """
+        with self.lock:
+            self._delays.setdefault(method, []).extend([float(seconds)] * times)
+
     def call_count(self, method: str) -> int:
         """How many times ``method`` was called over gRPC."""
         with self.lock:
@@ -156,6 +167,11 @@ class LocalGrpcService:
         self, method: str, behaviour: Callable[[Any], Any]
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def serve(request: Any, context: grpc.ServicerContext) -> Any:
+            with self.lock:
+                delays = self._delays.get(method)
+                delay = delays.pop(0) if delays else 0.0
+            if delay:
+                time.sleep(delay)
             with self.lock:
                 self.calls.append(method)
                 faults = self._faults.get(method)

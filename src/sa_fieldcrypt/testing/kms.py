@@ -28,8 +28,12 @@ What it imitates, as the v1 API documents it, for symmetric ``ENCRYPT_DECRYPT`` 
   requests are verified (a mismatch is INVALID_ARGUMENT), ``verified_*_crc32c`` say so on the
   ``Encrypt`` response, and responses carry ``ciphertext_crc32c`` / ``plaintext_crc32c``;
 - ``GetCryptoKey`` (with its primary version), ``GetCryptoKeyVersion``,
-  ``CreateCryptoKeyVersion`` (a new ENABLED version), ``UpdateCryptoKeyPrimaryVersion`` and
-  ``UpdateCryptoKeyVersion`` with the update mask ``state``.
+  ``CreateCryptoKeyVersion`` (a new ENABLED version), ``UpdateCryptoKeyPrimaryVersion``,
+  ``UpdateCryptoKeyVersion`` with the update mask ``state`` (between ENABLED and DISABLED
+  only), ``DestroyCryptoKeyVersion`` (to DESTROY_SCHEDULED, with a ``destroy_time``) and
+  ``RestoreCryptoKeyVersion`` (from DESTROY_SCHEDULED back to DISABLED, never straight to
+  ENABLED); a version leaves DESTROY_SCHEDULED only so, or by being destroyed, and never
+  leaves DESTROYED.
 
 What it does not: IAM (every caller may do everything; :meth:`~FakeKms.fail_next` with
 PERMISSION_DENIED stands in), key rings and key creation over gRPC, asymmetric and MAC keys,
@@ -37,7 +41,8 @@ import, rotation schedules, and the other methods (UNIMPLEMENTED).
 
 For tests of failure handling: :meth:`~FakeKms.stop` takes the server down (the state is
 kept, :meth:`~FakeKms.start` brings it back on the same port), :meth:`~FakeKms.fail_next`
-makes the next calls of a method fail with a status, and :meth:`~FakeKms.corrupt_next`
+makes the next calls of a method fail with a status, :meth:`~FakeKms.delay_next` makes
+them answer late, and :meth:`~FakeKms.corrupt_next`
 makes the next responses of a method arrive damaged (a wrong checksum, or a checksum the
 service says it did not verify). :attr:`~FakeKms.calls` records every method called.
 """
@@ -49,7 +54,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 try:
@@ -72,6 +77,17 @@ __all__ = ["CORRUPTIONS", "FakeKms"]
 
 _State = kms_v1.CryptoKeyVersion.CryptoKeyVersionState
 _STATES = ("ENABLED", "DISABLED", "DESTROY_SCHEDULED", "DESTROYED")
+# The moves the service allows between states (DESTROY_SCHEDULED -> DESTROYED is the end of
+# the scheduled destruction period). ENABLED or DISABLED -> DESTROYED is the setup shortcut
+# of set_state only: destroy, then let the period pass.
+_MOVES = {
+    "ENABLED": frozenset({"ENABLED", "DISABLED", "DESTROY_SCHEDULED"}),
+    "DISABLED": frozenset({"ENABLED", "DISABLED", "DESTROY_SCHEDULED"}),
+    "DESTROY_SCHEDULED": frozenset({"DISABLED", "DESTROYED"}),
+    "DESTROYED": frozenset(),
+}
+# Cloud KMS's default scheduled destruction period.
+_DESTROY_PERIOD = timedelta(days=30)
 _KEY_NAME = re.compile(
     r"projects/[A-Za-z0-9._-]+/locations/[A-Za-z0-9._-]+/keyRings/[A-Za-z0-9_-]+"
     r"/cryptoKeys/[A-Za-z0-9_-]+\Z"
@@ -100,6 +116,7 @@ class _Version:
     material: bytes | None
     state: str
     create_time: datetime
+    destroy_time: datetime | None = None
 
 
 @dataclass
@@ -163,11 +180,26 @@ class FakeKms(LocalGrpcService):
             self._set_primary(self._key(name), number)
 
     def set_state(self, name: str, number: int, state: str) -> None:
-        """Move a version to ENABLED, DISABLED, DESTROY_SCHEDULED or DESTROYED."""
+        """Move a version to ENABLED, DISABLED, DESTROY_SCHEDULED or DESTROYED.
+
+        Only as the service moves it: a version scheduled for destruction is restored to
+        DISABLED (not ENABLED), and a DESTROYED one stays so. ENABLED or DISABLED may go
+        straight to DESTROYED, standing for a destruction whose period has passed.
+
+        Raises:
+            ValueError: an unknown state, or a move the service does not make.
+        """
         if state not in _STATES:
             raise ValueError(f"state must be one of {', '.join(_STATES)}, not {state!r}")
         with self.lock:
-            self._set_state(self._key(name), number, state)
+            key = self._key(name)
+            current = self._version(key, number).state
+            if state != "DESTROYED" or current == "DESTROYED":
+                try:
+                    self._check_move(key, number, current, state)
+                except FakeStatusError as exc:
+                    raise ValueError(exc.details) from None
+            self._set_state(key, number, state)
 
     def primary(self, name: str) -> int:
         """The number of the key's primary version."""
@@ -222,6 +254,16 @@ class FakeKms(LocalGrpcService):
             "UpdateCryptoKeyVersion": (
                 self._rpc_update_version,
                 kms_v1.UpdateCryptoKeyVersionRequest,
+                kms_v1.CryptoKeyVersion.serialize,
+            ),
+            "DestroyCryptoKeyVersion": (
+                self._rpc_destroy_version,
+                kms_v1.DestroyCryptoKeyVersionRequest,
+                kms_v1.CryptoKeyVersion.serialize,
+            ),
+            "RestoreCryptoKeyVersion": (
+                self._rpc_restore_version,
+                kms_v1.RestoreCryptoKeyVersionRequest,
                 kms_v1.CryptoKeyVersion.serialize,
             ),
         }
@@ -323,7 +365,26 @@ class FakeKms(LocalGrpcService):
             raise FakeStatusError(
                 grpc.StatusCode.INVALID_ARGUMENT, "state may only become ENABLED or DISABLED"
             )
+        self._check_move(key, number, self._version(key, number).state, state)
         return _version_message(key.name, self._set_state(key, number, state))
+
+    def _rpc_destroy_version(self, request: Any) -> kms_v1.CryptoKeyVersion:
+        key_name, number = _split_version_name(request.name)
+        key = self._key(key_name)
+        self._check_move(key, number, self._version(key, number).state, "DESTROY_SCHEDULED")
+        return _version_message(key.name, self._set_state(key, number, "DESTROY_SCHEDULED"))
+
+    def _rpc_restore_version(self, request: Any) -> kms_v1.CryptoKeyVersion:
+        key_name, number = _split_version_name(request.name)
+        key = self._key(key_name)
+        current = self._version(key, number).state
+        if current != "DESTROY_SCHEDULED":
+            raise FakeStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{_version_name(key.name, number)} is not scheduled for destruction, current "
+                f"state is: {current}.",
+            )
+        return _version_message(key.name, self._set_state(key, number, "DISABLED"))
 
     # -- state ----------------------------------------------------------------------------
 
@@ -362,6 +423,14 @@ class FakeKms(LocalGrpcService):
         self._usable(key, number)
         key.primary = number
 
+    def _check_move(self, key: _CryptoKey, number: int, current: str, state: str) -> None:
+        if state not in _MOVES[current]:
+            raise FakeStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{_version_name(key.name, number)} cannot become {state}, current state is: "
+                f"{current}.",
+            )
+
     def _set_state(self, key: _CryptoKey, number: int, state: str) -> _Version:
         version = self._version(key, number)
         if version.state == "DESTROYED":
@@ -370,6 +439,9 @@ class FakeKms(LocalGrpcService):
                 f"{_version_name(key.name, number)} is DESTROYED, which is final",
             )
         version.state = state
+        version.destroy_time = (
+            self.clock() + _DESTROY_PERIOD if state == "DESTROY_SCHEDULED" else None
+        )
         if state == "DESTROYED":
             version.material = None
         return version
@@ -405,6 +477,7 @@ def _version_message(key_name: str, version: _Version) -> kms_v1.CryptoKeyVersio
         protection_level=kms_v1.ProtectionLevel.SOFTWARE,
         algorithm=kms_v1.CryptoKeyVersion.CryptoKeyVersionAlgorithm.GOOGLE_SYMMETRIC_ENCRYPTION,
         create_time=version.create_time,
+        destroy_time=version.destroy_time,
     )
 
 
