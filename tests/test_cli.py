@@ -543,6 +543,57 @@ def test_keys_rewrap_from_env_never_prints_a_plaintext_key(
     assert 2 == wrapped.stdout.count(":wrapped:")
 
 
+def test_keys_rewrap_from_env_rewraps_the_single_blind_index_key(
+    wrapping: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIELDCRYPT_BLIND_INDEX_KEY is re-wrapped too, and printed as that setting holds it."""
+    args = ["keygen", "--id", "b0", "--kind", "hmac-sha256", "--wrap", KEK]
+    entry = CliRunner().invoke(cli, args, obj=wrapping).output.strip()
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEY", entry.removeprefix("b0:"))
+    wrapping["kms"].rotate(KEK)
+    rewrap = ["keys", "rewrap", "--from-env", "--purpose", "blind-index"]
+    result = CliRunner().invoke(cli, rewrap, obj=wrapping)
+    assert 0 == result.exit_code, result.output
+    value = result.stdout.strip()
+    assert value.startswith(f"wrapped:hmac-sha256:{KEK}:")
+    assert 2 == wrapping["kms"].version_of(base64.urlsafe_b64decode(value.rsplit(":", 1)[1]))
+    assert "FIELDCRYPT_BLIND_INDEX_KEY: re-wrapped b0." in result.stderr
+    old = parse_key(entry, purpose="blind-index", unwrap=_unwrapper(wrapping))
+    new = parse_key(value, purpose="blind-index", key_id="b0", unwrap=_unwrapper(wrapping))
+    assert new.shares_secret_with(old)
+
+    monkeypatch.setenv("FIELDCRYPT_BLIND_INDEX_KEYS", entry)
+    both = CliRunner().invoke(cli, rewrap, obj=wrapping)
+    assert 1 == both.exit_code
+    assert "both FIELDCRYPT_BLIND_INDEX_KEYS and FIELDCRYPT_BLIND_INDEX_KEY are set" in both.output
+
+
+def test_keys_list_without_the_decrypter_role(wrapping: dict[str, Any]) -> None:
+    """An operator who may not unwrap sees the wrapped versions' ids, not skips, exit 0."""
+    import grpc
+
+    for _ in range(2):
+        assert 0 == _keys(wrapping, "add", "--wrap", KEK).exit_code
+    assert 0 == _keys(wrapping, "promote", "2", "--force").exit_code
+    wrapping["kms"].fail_next("Decrypt", grpc.StatusCode.PERMISSION_DENIED, times=2)
+    listed = _keys(wrapping, "list")
+    assert 0 == listed.exit_code, listed.output
+    assert re.search(r"^2 +v2 +ENABLED .*yes \(alias fieldcrypt-primary\)$", listed.output, re.M)
+    assert re.search(r"^1 +v1 +ENABLED +\S+$", listed.output, re.M)
+    assert f"Wrapped by Cloud KMS key {KEK}: version 2, 1.\n" in listed.output
+    assert "skipped" not in listed.output
+    assert (
+        "The wrapped keys of version 2, 1 were not unwrapped, so whether they open is not "
+        "checked: that needs roles/cloudkms.cryptoKeyDecrypter" in listed.output
+    )
+    # A wrapped key that does not open for another reason is still reported as skipped.
+    wrapping["kms"].set_state(KEK, 1, "DISABLED")
+    disabled = _keys(wrapping, "list")
+    assert 1 == disabled.exit_code
+    assert "Version 1 is skipped: its wrapped key does not unwrap" in disabled.output
+    assert "is DISABLED" in disabled.output
+
+
 def test_a_kms_refusal_prints_one_clean_line(wrapping: dict[str, Any]) -> None:
     """A KMS failure is one 'Error:' line naming the role, exit status 1."""
     import grpc

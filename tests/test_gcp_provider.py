@@ -1307,6 +1307,24 @@ def _wrapping_provider(fake: FakeSecretManager, kms_fake: Any, **kwargs: Any) ->
     return _provider(fake, kms_client=kms_fake.client(), **kwargs)
 
 
+def test_unwrapping_shares_the_load_deadline(fake: FakeSecretManager, kms_fake: Any) -> None:
+    """Secret Manager reads and KMS unwraps of one load share its timeout; KMS is named.
+
+    Each Decrypt alone answers within the timeout; the two together do not, so the load fails
+    as an outage (the cache would serve the previous keys), not after twice its timeout.
+    """
+    operator = _wrapping_provider(fake, kms_fake)
+    operator.add_key(wrap=KEK)
+    operator.add_key(wrap=KEK)
+    provider = _wrapping_provider(fake, kms_fake, timeout=1.0)
+    kms_fake.delay_next("Decrypt", 0.7, times=2)
+    with pytest.raises(KeyProviderError, match=r"Cloud KMS key .*could not unwrap") as caught:
+        provider.load()
+    assert "DEADLINE_EXCEEDED" in str(caught.value)
+    assert "Secret Manager did not answer" not in str(caught.value)
+    assert {"v1", "v2"} == set(provider.load().ids)
+
+
 def test_a_wrapped_version_is_a_key_that_carries_its_id(
     fake: FakeSecretManager, kms_fake: Any
 ) -> None:
@@ -1519,3 +1537,43 @@ def _wrapped_entry(kms_fake: Any, key: Key) -> bytes:
     from sa_fieldcrypt.providers.kms import KmsKeyWrapper
 
     return KmsKeyWrapper(client=kms_fake.client()).wrap(key, KEK).entry.encode("ascii")
+
+
+def test_rewrap_keeps_the_key_the_oldest_version_holds(
+    fake: FakeSecretManager, kms_fake: Any
+) -> None:
+    """rewrap decides which version holds an id as loads do: while a newer version holds the
+    id with another key, both are reported and left alone (moving the older one would hand
+    the id to the newer), and the newer is never wrapped in its place."""
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key(wrap=KEK)
+    before = provider.load()
+    rogue = parse_key(generate_key(), key_id="v1")
+    fake.add_version(SECRET, _wrapped_entry(kms_fake, rogue))
+    kms_fake.rotate(KEK)
+    done = provider.rewrap()
+    assert ((), ()) == (done.moved, done.unchanged)
+    assert "which the older version 1 holds with another key" in done.skipped[2]
+    after = provider.load()
+    assert after.get("v1").shares_secret_with(before.get("v1"))
+    assert not after.get("v1").shares_secret_with(rogue)
+    fake.set_state(SECRET, 2, "DISABLED")  # what the message says to do
+    assert [("v1", 1, 3)] == [(m.key_id, m.old, m.new) for m in provider.rewrap().moved]
+    assert provider.load().get("v1").shares_secret_with(before.get("v1"))
+
+
+def test_rewrap_finishes_an_interrupted_wrap(fake: FakeSecretManager, kms_fake: Any) -> None:
+    """A plaintext copy left enabled beside its wrapped copy (a rewrap --wrap cut short) is
+    disabled by the next rewrap, which needs no --wrap for it."""
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key()
+    key = provider.load().get("v1")
+    fake.add_version(SECRET, _wrapped_entry(kms_fake, key))  # the copy, not yet switched to
+    done = provider.rewrap()
+    assert [("v1", 1, 2)] == [(m.key_id, m.old, m.new) for m in done.moved]
+    assert ("v1",) == done.unchanged
+    assert {1: "DISABLED", 2: "ENABLED"} == {
+        v.number: v.state for v in provider.describe().versions
+    }
+    assert {"fieldcrypt-primary": 2} == fake.aliases(SECRET)
+    assert provider.load().get("v1").shares_secret_with(key)

@@ -11,7 +11,7 @@ import pytest
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sa_fieldcrypt import (
@@ -727,3 +727,47 @@ def test_has_wrapped_entries_finds_exactly_wrapped_entries() -> None:
     wrapped = WrappedKey("k2", "fernet", KMS_KEY, b"x").entry
     plain = f"k1:{generate_key()},k0:{generate_key('aes-gcm-siv')}"
     assert (True, False) == (has_wrapped_entries(f"{plain},{wrapped}"), has_wrapped_entries(plain))
+
+
+spaces = st.sampled_from(["", " ", "  ", "\t", "\n"])
+
+
+@settings(max_examples=200)
+@given(
+    key_ids=st.lists(key_ids, min_size=1, max_size=4, unique=True),
+    wrapped=st.lists(st.booleans(), min_size=4, max_size=4),
+    pads=st.lists(spaces, min_size=24, max_size=24),
+)
+def test_has_wrapped_entries_agrees_with_the_parser(
+    key_ids: list[str], wrapped: list[bool], pads: list[str]
+) -> None:
+    """Whatever whitespace surrounds ids, markers and KMS key names, has_wrapped_entries is
+    true exactly when Keyring.parse needs unwrap=, and the parser reads the same KMS key."""
+    entries = []
+    for n, key_id in enumerate(key_ids):
+        p = pads[6 * n : 6 * n + 6]
+        if wrapped[n]:
+            text = WrappedKey(key_id, "fernet", KMS_KEY, b"wrapped bytes").text
+            _, kind, name, ciphertext = text.split(":")
+            entries.append(
+                f"{p[0]}{key_id}{p[1]}:{p[2]}wrapped{p[3]}:{kind}:{p[4]}{name}{p[5]}:{ciphertext}"
+            )
+        else:
+            entries.append(f"{p[0]}{key_id}{p[1]}:{p[2]}{generate_key()}{p[3]}")
+    text = ",".join(entries)
+    seen: list[WrappedKey] = []
+
+    def unwrap(found: WrappedKey) -> Key:
+        seen.append(found)
+        return found.open(base64.urlsafe_b64decode(generate_key()))
+
+    expected = any(wrapped[: len(key_ids)])
+    assert expected == has_wrapped_entries(text)
+    if expected:
+        with pytest.raises(ConfigurationError, match="nothing here unwraps keys"):
+            Keyring.parse(text)
+    else:
+        Keyring.parse(text)
+    Keyring.parse(text, unwrap=unwrap)
+    assert all(KMS_KEY == found.kms_key for found in seen)
+    assert sum(wrapped[: len(key_ids)]) == len(seen)

@@ -354,6 +354,25 @@ def test_env_keys_unwrap_once_per_load(wrapper: Any, fake: Any) -> None:
     assert 4 == fake.call_count("Decrypt")
 
 
+def test_one_env_load_unwraps_within_one_timeout(wrapper: Any, fake: Any) -> None:
+    """The unwraps of one load share FIELDCRYPT_GCP_TIMEOUT: a slow KMS is named as the cause.
+
+    Each Decrypt alone answers within the timeout; the two together do not.
+    """
+    _, w2 = _wrapped(wrapper, "k2")
+    _, w1 = _wrapped(wrapper, "k1")
+    settings = _settings(keys=f"{w2.entry},{w1.entry}", gcp_timeout=1.0)
+    provider = EnvKeyProvider(settings, kms_client=fake.client())
+    fake.delay_next("Decrypt", 0.7, times=2)
+    with pytest.raises(KeyProviderError, match="could not unwrap") as caught:
+        provider.load()
+    assert "Cloud KMS did not answer within the 1 s the whole operation may take" in str(
+        caught.value
+    )
+    assert kms.is_outage(caught.value)
+    assert {"k2", "k1"} == set(provider.load().ids)  # each load has a budget of its own
+
+
 def test_wrapped_env_keys_refresh_like_secret_manager_keys(wrapper: Any, fake: Any) -> None:
     """With a wrapped key, the env provider takes the GCP cache TTL and staleness bound."""
     _, wrapped = _wrapped(wrapper)
@@ -379,8 +398,12 @@ def test_a_kms_outage_serves_the_last_keys_until_max_stale(
     with caplog.at_level(logging.WARNING, logger="sa_fieldcrypt"):
         assert first is cache.get()
     assert "still serving the previously loaded keys" in caplog.text
+    assert "(max_stale 300 s, FIELDCRYPT_GCP_MAX_STALE)" in caplog.text
     clock.now += 200
-    with pytest.raises(KeyProviderError, match=r"longer than max_stale.*could not unwrap"):
+    with pytest.raises(
+        KeyProviderError,
+        match=r"longer than max_stale \(300 s, FIELDCRYPT_GCP_MAX_STALE\) allows.*could not unwrap",
+    ):
         cache.get()
     fake.start()
     clock.now += 10

@@ -57,6 +57,7 @@ from sa_fieldcrypt.keys import (
     parse_key,
     purpose_of,
 )
+from sa_fieldcrypt.providers.env import BLIND_INDEX_KEY_ID, keys_setting
 from sa_fieldcrypt.settings import load_settings
 
 __all__ = ["cli", "main"]
@@ -243,6 +244,13 @@ def keys_list(ctx: click.Context, secret: str | None, purpose: Purpose) -> None:
             "The payloads were not checked: reading them needs secretmanager.versions.access "
             "(roles/secretmanager.secretAccessor), as the application has."
         )
+    if described.not_unwrapped:
+        unopened = ", ".join(str(number) for number in described.not_unwrapped)
+        click.echo(
+            f"The wrapped keys of version {unopened} were not unwrapped, so whether they open "
+            "is not checked: that needs roles/cloudkms.cryptoKeyDecrypter on their KMS key, "
+            "as the application has."
+        )
     if described.problem:
         click.echo(f"Error: instances cannot load these keys: {described.problem}", err=True)
         ctx.exit(1)
@@ -371,12 +379,19 @@ def _rewrap_env(ctx: click.Context, purpose: Purpose, wrap: str | None) -> None:
     except ImportError as exc:
         raise click.ClickException(str(exc)) from exc
     settings = load_settings()
-    setting = "FIELDCRYPT_KEYS" if purpose == "encryption" else "FIELDCRYPT_BLIND_INDEX_KEYS"
-    text = settings.keys if purpose == "encryption" else settings.blind_index_keys
-    if text is None:
-        raise ConfigurationError(f"{setting} is not set: there is nothing to re-wrap")
+    setting, value = keys_setting(settings, purpose)
+    if value is None:
+        alone = " (FIELD_ENCRYPTION_KEY cannot hold a wrapped key)" if settings.legacy_key else ""
+        raise ConfigurationError(f"{setting} is not set: there is nothing to re-wrap{alone}")
+    # The single blind-index key is read as the entry it stands for, and printed back
+    # without its fixed id, as the setting holds it.
+    entry_id = f"{BLIND_INDEX_KEY_ID}:" if setting == "FIELDCRYPT_BLIND_INDEX_KEY" else ""
     done = rewrap_keyring(
-        text.get_secret_value(), _kms_wrapper(ctx), purpose=purpose, source=setting, wrap=wrap
+        value,
+        _kms_wrapper(ctx),
+        purpose=purpose,
+        source=setting,
+        wrap=wrap,
     )
     if done.plain:
         # The new value holds every entry: printed, it would put these keys in a log.
@@ -384,7 +399,7 @@ def _rewrap_env(ctx: click.Context, purpose: Purpose, wrap: str | None) -> None:
             f"{setting} holds keys in plaintext ({', '.join(done.plain)}), which the new value "
             "would print; wrap them too (--wrap KMS_KEY), or re-wrap where no key is plaintext"
         )
-    click.echo(done.text)
+    click.echo(done.text.removeprefix(entry_id))
     summary = f"{setting}: re-wrapped {', '.join(done.rewrapped) or 'none'}"
     if done.unchanged:
         summary += f"; already under the primary version: {', '.join(done.unchanged)}"

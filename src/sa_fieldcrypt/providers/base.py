@@ -55,9 +55,10 @@ class KeyProvider(Protocol):
     Providers may also define ``cache_ttl: float | None``: how long a loaded keyring stays
     fresh. Without it, a keyring is loaded once and refreshed only on an unknown key id.
     With it, ``max_stale: float | None`` bounds how old keys may grow while refreshes fail
-    (:data:`DEFAULT_MAX_STALE` when absent). ``source: str`` names where the keys come from,
-    without secrets, in messages and :mod:`~sa_fieldcrypt.metrics` (by default the class
-    name).
+    (:data:`DEFAULT_MAX_STALE` when absent), and ``max_stale_setting: str`` names the
+    setting it comes from in messages (``"FIELDCRYPT_GCP_MAX_STALE"``). ``source: str``
+    names where the keys come from, without secrets, in messages and
+    :mod:`~sa_fieldcrypt.metrics` (by default the class name).
     """
 
     def load(self) -> Keyring:
@@ -157,12 +158,17 @@ class KeyCache:
         ttl = getattr(provider, "cache_ttl", None)
         self._ttl: float | None = None if ttl is None else float(ttl)
         default = DEFAULT_MAX_STALE if self._ttl is None else max(DEFAULT_MAX_STALE, self._ttl)
+        setting = getattr(provider, "max_stale_setting", None)
         self.max_stale: float | None = check_max_stale(
             getattr(provider, "max_stale", default),
             self._ttl,
-            stale_name=f"{name}.max_stale",
+            stale_name=setting if isinstance(setting, str) else f"{name}.max_stale",
             ttl_name=f"{name}.cache_ttl",
         )
+        # How messages give the bound: its value, and the setting to change it with.
+        self._bound = "" if self.max_stale is None else f"{self.max_stale:g} s"
+        if isinstance(setting, str) and self._bound:
+            self._bound += f", {setting}"
         self._min_refresh_interval = min_refresh_interval
         self._clock = clock
         self._lock = threading.Lock()
@@ -258,7 +264,7 @@ class KeyCache:
         left = (
             "with no limit (max_stale=None)"
             if math.isinf(deadline)
-            else f"for at most {deadline - now:.0f} s more (max_stale {self.max_stale:g} s)"
+            else f"for at most {deadline - now:.0f} s more (max_stale {self._bound})"
         )
         logger.warning(
             "sa_fieldcrypt: %s failed to refresh (%s); still serving the previously loaded "
@@ -279,7 +285,7 @@ class KeyCache:
         age = self.age() or 0.0
         return KeyProviderError(
             f"{self._who}: the keys were last loaded {age:.0f} s ago, longer than max_stale "
-            f"({self.max_stale:g} s) allows, and refreshing them failed, so they are no longer "
+            f"({self._bound}) allows, and refreshing them failed, so they are no longer "
             f"served; fix what the last failure names, and the next load that succeeds serves "
             f"keys again (last failure: {self._last_failure})"
         )

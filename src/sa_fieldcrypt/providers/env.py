@@ -20,10 +20,19 @@ from sa_fieldcrypt.keys import PURPOSES, Keyring, Purpose, Unwrap, has_wrapped_e
 
 if TYPE_CHECKING:
     # Imported when keys are first loaded: pydantic is a tenth of a second of start-up.
+    from pydantic import SecretStr
+
     from sa_fieldcrypt.providers.kms import KmsKeyWrapper
     from sa_fieldcrypt.settings import FieldCryptSettings
 
-__all__ = ["BLIND_INDEX_KEY_ID", "LEGACY_KEY_ID", "EnvKeyProvider", "keyring_from_settings"]
+__all__ = [
+    "BLIND_INDEX_KEY_ID",
+    "LEGACY_KEY_ID",
+    "EnvKeyProvider",
+    "holds_wrapped_keys",
+    "keyring_from_settings",
+    "keys_setting",
+]
 
 #: The id given to ``FIELD_ENCRYPTION_KEY``, the single key of pre-library deployments.
 LEGACY_KEY_ID = "legacy"
@@ -77,16 +86,41 @@ def keyring_from_settings(
     raise ConfigurationError(f"purpose must be one of {', '.join(PURPOSES)}")
 
 
+def keys_setting(settings: FieldCryptSettings, purpose: Purpose) -> tuple[str, str | None]:
+    """The setting that holds the keyring of ``purpose``, and its value as keyring text.
+
+    ``FIELDCRYPT_KEYS``; for blind indexes ``FIELDCRYPT_BLIND_INDEX_KEYS``, or the single
+    ``FIELDCRYPT_BLIND_INDEX_KEY`` read as the entry it stands for,
+    ``b0:<its value>``. The value is None when the setting is not set
+    (``FIELD_ENCRYPTION_KEY``, a key apart, is not part of it).
+
+    Raises:
+        ConfigurationError: both blind-index settings are set.
+    """
+    if purpose == "encryption":
+        return "FIELDCRYPT_KEYS", _value(settings.keys)
+    many, one = settings.blind_index_keys, settings.blind_index_key
+    if many is not None and one is not None:
+        raise ConfigurationError(
+            "both FIELDCRYPT_BLIND_INDEX_KEYS and FIELDCRYPT_BLIND_INDEX_KEY are set; keep one "
+            f"(the single key is the id {BLIND_INDEX_KEY_ID!r} in FIELDCRYPT_BLIND_INDEX_KEYS)"
+        )
+    if one is not None:
+        return "FIELDCRYPT_BLIND_INDEX_KEY", f"{BLIND_INDEX_KEY_ID}:{one.get_secret_value()}"
+    return "FIELDCRYPT_BLIND_INDEX_KEYS", _value(many)
+
+
 def holds_wrapped_keys(settings: FieldCryptSettings, purpose: Purpose) -> bool:
     """Whether the settings' keys of ``purpose`` include one wrapped by Cloud KMS."""
-    if purpose == "encryption":
-        many, one = settings.keys, None
-    else:
-        many, one = settings.blind_index_keys, settings.blind_index_key
-    # The single key is read as the entry it stands for, with its fixed id.
-    return (many is not None and has_wrapped_entries(many.get_secret_value())) or (
-        one is not None and has_wrapped_entries(f"{BLIND_INDEX_KEY_ID}:{one.get_secret_value()}")
-    )
+    try:
+        _, text = keys_setting(settings, purpose)
+    except ConfigurationError:
+        return False  # the load says so, where a caller expects it
+    return text is not None and has_wrapped_entries(text)
+
+
+def _value(setting: SecretStr | None) -> str | None:
+    return None if setting is None else setting.get_secret_value()
 
 
 def _encryption_keyring(settings: FieldCryptSettings, unwrap: Unwrap | None) -> Keyring:
@@ -133,12 +167,8 @@ def _encryption_keyring(settings: FieldCryptSettings, unwrap: Unwrap | None) -> 
 
 
 def _blind_index_keyring(settings: FieldCryptSettings, unwrap: Unwrap | None) -> Keyring:
+    keys_setting(settings, "blind-index")  # refuses both settings at once
     many, one = settings.blind_index_keys, settings.blind_index_key
-    if many is not None and one is not None:
-        raise ConfigurationError(
-            "both FIELDCRYPT_BLIND_INDEX_KEYS and FIELDCRYPT_BLIND_INDEX_KEY are set; keep one "
-            f"(the single key is the id {BLIND_INDEX_KEY_ID!r} in FIELDCRYPT_BLIND_INDEX_KEYS)"
-        )
     if many is not None:
         return Keyring.parse(
             many.get_secret_value(),
@@ -203,6 +233,9 @@ class EnvKeyProvider:
         """How old wrapped keys may grow while refreshes fail: ``FIELDCRYPT_GCP_MAX_STALE``."""
         settings = self._current_settings()
         return None if settings is None else settings.gcp_max_stale
+
+    #: The setting :attr:`max_stale` comes from, as the key cache's messages name it.
+    max_stale_setting = "FIELDCRYPT_GCP_MAX_STALE"
 
     def load(self) -> Keyring:
         """Read the settings and build the keyring, unwrapping wrapped keys with Cloud KMS.

@@ -145,14 +145,20 @@ def _key_from_payload(data: bytes, number: int, purpose: Purpose, unwrap: Unwrap
     return parse_key(text, purpose=purpose, key_id=f"v{number}", unwrap=unwrap)
 
 
-class _UnopenedWrapped(str):
-    """Why a version is skipped (its wrapped key does not unwrap), with the key id it holds."""
+class _Skip(str):
+    """Why a version is skipped, with the key id it holds, when that is why.
+
+    ``unopened``: its wrapped key does not unwrap; else another version holds its id with
+    another key.
+    """
 
     key_id: str
+    unopened: bool
 
-    def __new__(cls, reason: str, key_id: str) -> _UnopenedWrapped:
+    def __new__(cls, reason: str, key_id: str, *, unopened: bool) -> _Skip:
         made = super().__new__(cls, reason)
         made.key_id = key_id
+        made.unopened = unopened
         return made
 
 
@@ -335,6 +341,9 @@ class GoogleSecretManagerKeyProvider:
         self.max_stale = check_max_stale(
             max_stale, cache_ttl, stale_name="GoogleSecretManagerKeyProvider: max_stale"
         )
+        #: The setting :attr:`max_stale` came from, as the key cache's messages name it;
+        #: None when it was passed in.
+        self.max_stale_setting: str | None = None
         self.timeout = float(timeout)
         self._client = client
         self._client_lock = threading.Lock()
@@ -398,7 +407,7 @@ class GoogleSecretManagerKeyProvider:
             stale_name="FIELDCRYPT_GCP_MAX_STALE",
             ttl_name="FIELDCRYPT_GCP_CACHE_TTL",
         )
-        return cls(
+        provider = cls(
             _check_secret_name(name, "secret" if secret else setting),
             purpose=purpose,
             client=client,
@@ -408,6 +417,8 @@ class GoogleSecretManagerKeyProvider:
             timeout=settings.gcp_timeout,
             kms_client=kms_client,
         )
+        provider.max_stale_setting = "FIELDCRYPT_GCP_MAX_STALE"
+        return provider
 
     def load(self) -> Keyring:
         """Read every enabled version and return the keyring; blocks, at most ``timeout`` s.
@@ -476,7 +487,7 @@ class GoogleSecretManagerKeyProvider:
         skipped: dict[int, str] = {n: r for n, r in reads.items() if isinstance(r, str)}
         # A key id whose wrapped copy does not unwrap (a KMS permission revoked, say) is not
         # read from another copy either: a plaintext one must not stand in for it.
-        refused = {r.key_id for r in skipped.values() if isinstance(r, _UnopenedWrapped)}
+        refused = {r.key_id for r in skipped.values() if isinstance(r, _Skip) and r.unopened}
         holder: dict[str, int] = {}  # key id -> the oldest version that holds it
         for number in sorted(reads):
             read = reads[number]
@@ -493,9 +504,11 @@ class GoogleSecretManagerKeyProvider:
             older = holder.setdefault(read.id, number)
             held = reads[older]
             if older != number and isinstance(held, Key) and not held.shares_secret_with(read):
-                skipped[number] = (
+                skipped[number] = _Skip(
                     f"it holds key id {read.id!r}, which the older version {older} holds with "
-                    "another key; disable the version that is wrong"
+                    "another key; disable the version that is wrong",
+                    read.id,
+                    unopened=False,
                 )
         keys = {n: r for n, r in reads.items() if isinstance(r, Key) and n not in skipped}
         return keys, skipped, denied
@@ -690,9 +703,13 @@ class GoogleSecretManagerKeyProvider:
             keys, skipped, _ = self._read_keys(client, enabled, deadline, unwrap=unwrap)
             if primary in skipped:
                 raise self._unusable_primary(aliases, primary, skipped[primary])
+            # An id two versions hold with different keys is left as it is: disabling its
+            # older version would hand the id to the newer one.
+            contested = {r.key_id for r in skipped.values() if isinstance(r, _Skip)}
             copies: dict[str, list[int]] = {}  # key id -> the versions holding it, oldest first
             for number in sorted(keys):
-                copies.setdefault(keys[number].id, []).append(number)
+                if keys[number].id not in contested:
+                    copies.setdefault(keys[number].id, []).append(number)
             for key_id, numbers in copies.items():
                 fresh = [n for n in numbers if keys[n].wrapped in current]
                 if fresh:
@@ -891,9 +908,10 @@ class GoogleSecretManagerKeyProvider:
             wrapped = _wrapped_in(data, number, self.purpose)
             if may_be_denied and wrapped and refusal_status(exc) == "PERMISSION_DENIED":
                 return wrapped
-            return _UnopenedWrapped(
+            return _Skip(
                 f"its wrapped key does not unwrap: {exc}",
                 wrapped.key_id if wrapped else f"v{number}",
+                unopened=True,
             )
 
     def _primary_version(self, aliases: Mapping[str, int], enabled: Sequence[int]) -> int:
