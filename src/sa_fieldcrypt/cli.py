@@ -23,7 +23,12 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from sa_fieldcrypt._version import __version__
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
-from sa_fieldcrypt.jobs.engine import DEFAULT_BATCH_SIZE, parse_shard
+from sa_fieldcrypt.jobs.engine import (
+    DEFAULT_BATCH_SIZE,
+    SHARD_INDEX_VARIABLE,
+    parse_shard,
+    shard_from_env,
+)
 from sa_fieldcrypt.jobs.reindex import reindex
 from sa_fieldcrypt.jobs.report import (
     Failure,
@@ -599,6 +604,7 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
         fail_fast: bool,
         workers: int,
         shard: tuple[int, int] | None,
+        shards: int | None,
         dry_run: bool,
         state: str | None,
         max_rate: float | None,
@@ -609,6 +615,10 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
     ) -> None:
         if replicas and max_replica_lag is None:
             raise click.UsageError("--replica needs --max-replica-lag")
+        if shards is not None:
+            if shard is not None:
+                raise click.UsageError("--shard and --shards both choose the shard; give one")
+            shard = shard_from_env(shards)
         throttle = None
         if max_rate is not None or max_replica_lag is not None or pause_file is not None:
             throttle = Throttle(
@@ -652,6 +662,13 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
             metavar="I/N",
             callback=_shard,
             help="Only shard I of N (from 1), so N machines split the tables.",
+        ),
+        click.option(
+            "--shards",
+            metavar="N",
+            type=click.IntRange(min=1),
+            help=f"Only one shard of N, the one ${SHARD_INDEX_VARIABLE} names (from 0, as "
+            "in each pod of a Kubernetes Indexed Job): index K is --shard K+1/N.",
         ),
         click.option("--dry-run", is_flag=True, help="Do all the work but write nothing."),
         click.option(
