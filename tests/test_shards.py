@@ -268,8 +268,8 @@ class Scheduler:
         return started
 
 
-def _report(process: subprocess.Popen[str]) -> dict[str, Any]:
-    """Wait for a ``--json`` run; its one job's report, once it succeeded."""
+def _report(process: subprocess.Popen[str], shard: int) -> dict[str, Any]:
+    """Wait for a ``--json`` run of ``shard``; its one job's report, once it succeeded."""
     try:
         out, err = process.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -278,7 +278,7 @@ def _report(process: subprocess.Popen[str]) -> dict[str, Any]:
         raise AssertionError(f"still running after {TIMEOUT:g} s:\n{out}{err}") from None
     assert 0 == process.returncode, out + err
     run = json.loads(out)
-    assert run["ok"], out
+    assert (True, f"{shard}/{SHARDS}") == (run["ok"], run["shard"]), out
     (job,) = run["jobs"]
     assert LABEL == job["job"]
     return dict(job)
@@ -302,7 +302,7 @@ def test_shards_rotate_every_row_once_beside_a_live_writer(
     try:
         application.wait_for(HEAD_START)
         started = application.writes
-        reports = [_report(shard) for shard in scheduler.shards()]
+        reports = [_report(p, shard) for shard, p in enumerate(scheduler.shards(), start=1)]
         during = application.writes - started
     finally:
         application.finish()
@@ -326,7 +326,7 @@ def test_shards_rotate_every_row_once_beside_a_live_writer(
     assert {("k2", True): len(expected)} == kinds
 
     # A pod that fails is replaced by one with the same index: it finds nothing left to do.
-    replaced = _report(scheduler.start(*ROTATE, "--shards", str(SHARDS), index=2))
+    replaced = _report(scheduler.start(*ROTATE, "--shards", str(SHARDS), index=2), 3)
     assert (0, 0) == (replaced["scanned"], replaced["written"])
     assert stored == _stored(engine)
 

@@ -818,10 +818,17 @@ def _failure_lines(report: JobReport) -> list[str]:
     return lines
 
 
-def _finish(run: RunReport, action: str, as_json: bool) -> None:
-    """Print a job command's report; exit 1 unless every row was handled."""
+def _finish(
+    run: RunReport, action: str, as_json: bool, shard: tuple[int, int] | None = None
+) -> None:
+    """Print a job command's report; exit 1 unless every row was handled.
+
+    The JSON names the run's shard (``"2/4"``, or null), so the reports of N shards' logs
+    can be told apart and added up.
+    """
     if as_json:
-        click.echo(json.dumps(run.to_dict(), indent=2))
+        data = {"shard": None if shard is None else f"{shard[0]}/{shard[1]}", **run.to_dict()}
+        click.echo(json.dumps(data, indent=2))
     else:
         for report in run.jobs:
             click.echo(f"{report.label}: {_summary(report, action)}")
@@ -907,7 +914,7 @@ def rotate(target: _Target, run: dict[str, Any], as_json: bool, encrypt_plaintex
         report = rotate_columns(
             engine, columns, encrypt_plaintext=encrypt_plaintext, listener=_Progress(), **run
         )
-    _finish(report, "rotate", as_json)
+    _finish(report, "rotate", as_json, run["shard"])
 
 
 @cli.command()
@@ -921,7 +928,7 @@ def verify(target: _Target, run: dict[str, Any], as_json: bool) -> None:
     """
     with target.open(indexes=True) as (engine, columns, indexes):
         report = verify_columns(engine, columns, indexes=indexes, listener=_Progress(), **run)
-    _finish(report, "verify", as_json)
+    _finish(report, "verify", as_json, run["shard"])
 
 
 @cli.command("reindex")
@@ -944,7 +951,7 @@ def reindex_command(target: _Target, run: dict[str, Any], as_json: bool, check: 
         if not check:
             report = reindex(engine, indexes, listener=_Progress(), **run)
             if report.failed or not report.ok or as_json:
-                _finish(report, "reindex", as_json)
+                _finish(report, "reindex", as_json, run["shard"])
                 return
             for job in report.jobs:
                 click.echo(f"{job.label}: {_summary(job, 'reindex')}")
