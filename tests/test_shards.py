@@ -9,8 +9,9 @@ first and notes whether the value it replaces was still under the old key, so th
 exactly which rows the shards had to rotate: each shard's report must count exactly the
 rows of its own shard that were left to it, and together they must cover the table. Then
 every row must read back with the last value written to it, every value must be under the
-new key, rerunning the shards must change no stored byte, and one ``fieldcrypt status`` over
-the whole table must say that the old key is no longer needed.
+new key, a shard run again (a pod replaced under the same index) must find nothing and change
+no stored byte, and one ``fieldcrypt status`` over the whole table must say that the old key
+is no longer needed.
 
 On SQLite, which has no ``SELECT ... FOR UPDATE``, the application's transactions begin with
 ``BEGIN IMMEDIATE`` instead: the write lock taken before the read makes the read and the
@@ -240,7 +241,7 @@ class Scheduler:
         self.env |= {
             "FIELDCRYPT_DATABASE_URL": engine.url.render_as_string(hide_password=False),
             "FIELDCRYPT_KEYS": ring.export(),
-            "PYTHONPATH": os.pathsep.join([library, os.environ.get("PYTHONPATH", "")]),
+            "PYTHONPATH": os.pathsep.join(filter(None, [library, os.environ.get("PYTHONPATH")])),
         }
 
     def start(self, *args: str, index: int | None = None) -> subprocess.Popen[str]:
