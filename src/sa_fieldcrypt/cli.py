@@ -23,7 +23,12 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from sa_fieldcrypt._version import __version__
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
-from sa_fieldcrypt.jobs.engine import DEFAULT_BATCH_SIZE, parse_shard
+from sa_fieldcrypt.jobs.engine import (
+    DEFAULT_BATCH_SIZE,
+    SHARD_INDEX_VARIABLE,
+    parse_shard,
+    shard_from_env,
+)
 from sa_fieldcrypt.jobs.reindex import reindex
 from sa_fieldcrypt.jobs.report import (
     Failure,
@@ -614,6 +619,7 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
         fail_fast: bool,
         workers: int,
         shard: tuple[int, int] | None,
+        shards: int | None,
         dry_run: bool,
         state: str | None,
         max_rate: float | None,
@@ -624,6 +630,10 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
     ) -> None:
         if replicas and max_replica_lag is None:
             raise click.UsageError("--replica needs --max-replica-lag")
+        if shards is not None:
+            if shard is not None:
+                raise click.UsageError("--shard and --shards both choose the shard; give one")
+            shard = shard_from_env(shards)
         throttle = None
         if max_rate is not None or max_replica_lag is not None or pause_file is not None:
             throttle = Throttle(
@@ -667,6 +677,13 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
             metavar="I/N",
             callback=_shard,
             help="Only shard I of N (from 1), so N machines split the tables.",
+        ),
+        click.option(
+            "--shards",
+            metavar="N",
+            type=click.IntRange(min=1),
+            help=f"Only one shard of N, the one ${SHARD_INDEX_VARIABLE} names (from 0, as "
+            "in each pod of a Kubernetes Indexed Job): index K is --shard K+1/N.",
         ),
         click.option("--dry-run", is_flag=True, help="Do all the work but write nothing."),
         click.option(
@@ -816,10 +833,17 @@ def _failure_lines(report: JobReport) -> list[str]:
     return lines
 
 
-def _finish(run: RunReport, action: str, as_json: bool) -> None:
-    """Print a job command's report; exit 1 unless every row was handled."""
+def _finish(
+    run: RunReport, action: str, as_json: bool, shard: tuple[int, int] | None = None
+) -> None:
+    """Print a job command's report; exit 1 unless every row was handled.
+
+    The JSON names the run's shard (``"2/4"``, or null), so the reports of N shards' logs
+    can be told apart and added up.
+    """
     if as_json:
-        click.echo(json.dumps(run.to_dict(), indent=2))
+        data = {"shard": None if shard is None else f"{shard[0]}/{shard[1]}", **run.to_dict()}
+        click.echo(json.dumps(data, indent=2))
     else:
         for report in run.jobs:
             click.echo(f"{report.label}: {_summary(report, action)}")
@@ -905,7 +929,7 @@ def rotate(target: _Target, run: dict[str, Any], as_json: bool, encrypt_plaintex
         report = rotate_columns(
             engine, columns, encrypt_plaintext=encrypt_plaintext, listener=_Progress(), **run
         )
-    _finish(report, "rotate", as_json)
+    _finish(report, "rotate", as_json, run["shard"])
 
 
 @cli.command()
@@ -919,7 +943,7 @@ def verify(target: _Target, run: dict[str, Any], as_json: bool) -> None:
     """
     with target.open(indexes=True) as (engine, columns, indexes):
         report = verify_columns(engine, columns, indexes=indexes, listener=_Progress(), **run)
-    _finish(report, "verify", as_json)
+    _finish(report, "verify", as_json, run["shard"])
 
 
 @cli.command("reindex")
@@ -942,7 +966,7 @@ def reindex_command(target: _Target, run: dict[str, Any], as_json: bool, check: 
         if not check:
             report = reindex(engine, indexes, listener=_Progress(), **run)
             if report.failed or not report.ok or as_json:
-                _finish(report, "reindex", as_json)
+                _finish(report, "reindex", as_json, run["shard"])
                 return
             for job in report.jobs:
                 click.echo(f"{job.label}: {_summary(job, 'reindex')}")

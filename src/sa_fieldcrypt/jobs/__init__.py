@@ -27,11 +27,13 @@ Typical usage::
 
 from sa_fieldcrypt.jobs.engine import (
     DEFAULT_BATCH_SIZE,
+    SHARD_INDEX_VARIABLE,
     SKIP,
     BatchJob,
     parse_shard,
     run_job,
     run_jobs,
+    shard_from_env,
 )
 from sa_fieldcrypt.jobs.reindex import reindex
 from sa_fieldcrypt.jobs.report import Failure, JobReport, RunListener, RunReport
@@ -55,6 +57,7 @@ from sa_fieldcrypt.jobs.throttle import LagSource, Throttle, primary_lag, replic
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "SHARD_INDEX_VARIABLE",
     "SKIP",
     "BatchJob",
     "EncryptedColumn",
@@ -80,6 +83,7 @@ __all__ = [
     "rotate",
     "run_job",
     "run_jobs",
+    "shard_from_env",
     "status",
     "verify",
 ]

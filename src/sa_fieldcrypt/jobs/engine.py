@@ -59,7 +59,7 @@ import queue as queue_module
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -105,6 +105,7 @@ from sa_fieldcrypt.keys import PURPOSES, Keyring, Purpose
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "SHARD_INDEX_VARIABLE",
     "SKIP",
     "BatchJob",
     "BeforeWrite",
@@ -116,6 +117,7 @@ __all__ = [
     "parse_shard",
     "run_job",
     "run_jobs",
+    "shard_from_env",
 ]
 
 logger = logging.getLogger("sa_fieldcrypt.jobs")
@@ -210,6 +212,44 @@ def parse_shard(text_: str) -> tuple[int, int]:
     if not 1 <= index <= count:
         raise ConfigurationError(f"shard {text_!r}: I must be between 1 and N")
     return index, count
+
+
+#: Where :func:`shard_from_env` reads a shard's index: the variable a Kubernetes Indexed Job
+#: sets in each pod (the pod's ``batch.kubernetes.io/job-completion-index``), from 0.
+SHARD_INDEX_VARIABLE: Final = "JOB_COMPLETION_INDEX"
+
+
+def shard_from_env(count: int, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """The shard ``(I, N)`` of ``count`` that ``JOB_COMPLETION_INDEX`` (from 0) names.
+
+    Index ``k`` is shard ``k + 1`` of ``count``, so the pods of a Kubernetes Indexed Job with
+    ``completions: count`` run every shard once.
+
+    Args:
+        count: how many shards the table is split into (N).
+        environ: where to read the variable; by default the process environment.
+
+    Raises:
+        ConfigurationError: the variable is not set, not a number, or not below ``count``.
+    """
+    if count < 1:
+        raise ConfigurationError("the number of shards must be at least 1")
+    name = SHARD_INDEX_VARIABLE
+    text_ = (os.environ if environ is None else environ).get(name)
+    wanted = f"a shard of {count} needs an index from 0 to {count - 1}"
+    if text_ is None:
+        raise ConfigurationError(
+            f"{name} is not set: {wanted}, as a Kubernetes Indexed Job with completions: "
+            f"{count} sets it; elsewhere, name the shard itself (--shard I/N)"
+        )
+    if not re.fullmatch(r"\s*\d{1,6}\s*", text_):
+        raise ConfigurationError(f"{name} is {text_!r}: {wanted}")
+    index = int(text_)
+    if index >= count:
+        raise ConfigurationError(
+            f"{name} is {index}: {wanted}; the Job's completions must equal the number of shards"
+        )
+    return index + 1, count
 
 
 def run_job(
