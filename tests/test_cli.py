@@ -15,12 +15,20 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_fieldcrypt
-from sa_fieldcrypt import ConfigurationError, Keyring, __version__, generate_key, parse_key
+from sa_fieldcrypt import (
+    ConfigurationError,
+    EncryptedText,
+    Keyring,
+    __version__,
+    generate_key,
+    parse_key,
+)
 from sa_fieldcrypt.cipher import encrypt
 from sa_fieldcrypt.cli import cli
+from sa_fieldcrypt.testing import temporary_keys
 
 
 def test_keygen_prints_a_key() -> None:
@@ -62,6 +70,71 @@ def test_python_dash_m_runs_the_command_line() -> None:
         result.stdout,
         result.stderr,
     )
+
+
+class _BarBase(DeclarativeBase):
+    pass
+
+
+class _BarPerson(_BarBase):
+    __tablename__ = "people"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(EncryptedText())
+
+
+def test_the_progress_bar_shows_the_rate_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal, rotate's bar shows its position, ETA and the rows per second."""
+    import os
+    import pty
+
+    old, new = generate_key(), generate_key()
+    url = f"sqlite:///{tmp_path / 'bar.db'}"
+    engine = create_engine(url)
+    _BarBase.metadata.create_all(engine)
+    with temporary_keys(Keyring({"k1": old})), Session(engine) as session:
+        session.add_all(_BarPerson(id=n, email=f"p{n}@x.example") for n in range(60))
+        session.commit()
+    engine.dispose()
+    leader, follower = pty.openpty()
+    env = dict(os.environ, FIELDCRYPT_KEYS=f"k2:{new},k1:{old}", COLUMNS="200")
+    with open(os.devnull, "w") as quiet:
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sa_fieldcrypt.cli",
+                "rotate",
+                "--db",
+                url,
+                "--table",
+                "people",
+                "--column",
+                "email",
+                "--batch-size",
+                "5",
+                "--max-rate",
+                "100",
+            ],
+            stdout=quiet,
+            stderr=follower,
+            env=env,
+        )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert 0 == child.wait(timeout=60)
+    text = shown.decode("utf-8", "replace")
+    assert "people.email" in text
+    assert re.search(r"\d+/60", text)
+    assert re.search(r"[\d,]+ rows/s, throttled \d", text), text
 
 
 @cli.command("raise-config-error", hidden=True)

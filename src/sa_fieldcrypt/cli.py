@@ -741,14 +741,21 @@ class _Progress(RunListener):
     def started(self, label: str, total: int) -> None:
         self.total = total
         if self.tty:
-            self.bar = click.progressbar(length=total, label=label, file=self.stream, show_pos=True)
+            # The bar shows position and ETA itself; the rate and the time held back follow.
+            self.bar = click.progressbar(
+                length=total,
+                label=label,
+                file=self.stream,
+                show_pos=True,
+                item_show_func=self._pace,
+            )
             self.bar.render_progress()
         else:
             self._line(f"{label}: {plural(total, 'row')} to visit")
 
     def batch(self, label: str, rows: int, report: JobReport) -> None:
         if self.bar is not None:
-            self.bar.update(rows)
+            self.bar.update(rows, report)
         elif time.monotonic() - self.last_line >= self.interval:
             self._progress_line(report)
 
@@ -767,6 +774,16 @@ class _Progress(RunListener):
             self.bar = None
         else:
             self._progress_line(report)
+
+    @staticmethod
+    def _pace(report: JobReport | None) -> str | None:
+        """What the bar shows after its ETA: the rate, and the time a throttle held it."""
+        if report is None or report.elapsed <= 0:
+            return None
+        pace = f"{report.rate:,.0f} rows/s"
+        if report.throttled_seconds >= 0.05:
+            pace += f", throttled {_duration(report.throttled_seconds)}"
+        return pace
 
     def _progress_line(self, report: JobReport) -> None:
         parts = [
