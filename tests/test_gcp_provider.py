@@ -47,6 +47,9 @@ from google.cloud.secretmanager_v1.services.secret_manager_service.transports im
     SecretManagerServiceGrpcTransport,
 )
 
+from sa_fieldcrypt.keys import WrappedKey  # noqa: E402
+from sa_fieldcrypt.providers.kms import KmsKeyWrapper  # noqa: E402
+
 GoogleSecretManagerKeyProvider = gcp.GoogleSecretManagerKeyProvider
 FakeSecretManager = secret_manager.FakeSecretManager
 SECRET = "projects/test/secrets/fieldcrypt-keys"
@@ -1501,18 +1504,48 @@ def test_rewrap_with_wrap_turns_plaintext_versions_into_wrapped_ones(
     assert {"fieldcrypt-primary": 4} == fake.aliases(SECRET)
 
 
-def test_a_refused_wrapped_copy_is_not_stood_in_for_by_a_plaintext_one(
+def test_a_refused_wrapped_copy_is_not_stood_in_for_by_a_newer_copy(
+    fake: FakeSecretManager, kms_fake: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the oldest copy of a key does not unwrap, no newer copy is read: revoking works."""
+    other = kms_fake.create_key(KEK.replace("fieldcrypt", "other"))
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key(wrap=KEK)  # v1, wrapped and primary
+    key = provider.load().get("v1")
+    # A copy of v1 under another KMS key, which still opens.
+    copy = KmsKeyWrapper(client=kms_fake.client()).wrap(key, other).entry.encode("ascii")
+    fake.add_version(SECRET, copy)
+    assert ("v1",) == provider.load().ids  # both copies open: one key
+    kms_fake.set_state(KEK, 1, "DISABLED")
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyProviderError, match="is DISABLED"):
+        provider.load()
+    assert "version 2 is skipped, so key v1 is not read from it" in caplog.text
+    assert "whose wrapped copy in the older version 1 does not unwrap" in caplog.text
+
+
+def test_a_newer_version_that_does_not_unwrap_takes_nothing(
     fake: FakeSecretManager, kms_fake: Any
 ) -> None:
-    """With KMS refusing, a key is not read from its plaintext copy: revoking access works."""
+    """A version added under an existing key id that does not unwrap (garbage, another KMS
+    key) is skipped alone: whoever may only add versions cannot remove a key."""
     provider = _wrapping_provider(fake, kms_fake)
-    provider.add_key()  # v1, plaintext and primary
-    # A `keys rewrap --wrap` stopped after adding the wrapped copy, before the alias moved.
-    fake.add_version(SECRET, _wrapped_entry(kms_fake, provider.load().get("v1")))
-    assert ("v1",) == provider.load().ids  # both copies open: one key
-    kms_fake.fail_next("Decrypt", grpc.StatusCode.PERMISSION_DENIED, times=5)
-    with pytest.raises(KeyProviderError, match="whose wrapped copy in another version"):
-        provider.load()
+    provider.add_key(wrap=KEK)
+    provider.add_key(wrap=KEK)
+    provider.promote(2)
+    before = provider.load()
+    bogus = WrappedKey("v2", "fernet", KEK, b"not a ciphertext of this key").entry
+    fake.add_version(SECRET, bogus.encode("ascii"))
+    after = provider.load()
+    assert ("v2", "v1") == after.ids
+    assert after.primary.shares_secret_with(before.primary)
+    described = provider.describe()
+    assert described.problem is None
+    assert "its wrapped key does not unwrap" in (described.versions[0].skipped or "")
+    kms_fake.rotate(KEK)
+    done = provider.rewrap()  # v2 is contested: left alone, and said so
+    assert [("v1", 1, 4)] == [(m.key_id, m.old, m.new) for m in done.moved]
+    assert 3 in done.skipped
+    assert provider.load().get("v2").shares_secret_with(before.get("v2"))
 
 
 def test_a_newer_version_cannot_take_the_id_of_an_older_key(
@@ -1570,10 +1603,49 @@ def test_rewrap_finishes_an_interrupted_wrap(fake: FakeSecretManager, kms_fake: 
     key = provider.load().get("v1")
     fake.add_version(SECRET, _wrapped_entry(kms_fake, key))  # the copy, not yet switched to
     done = provider.rewrap()
-    assert [("v1", 1, 2)] == [(m.key_id, m.old, m.new) for m in done.moved]
+    assert [("v1", 1, 2, True)] == [(m.key_id, m.old, m.new, m.plaintext) for m in done.moved]
     assert ("v1",) == done.unchanged
     assert {1: "DISABLED", 2: "ENABLED"} == {
         v.number: v.state for v in provider.describe().versions
     }
     assert {"fieldcrypt-primary": 2} == fake.aliases(SECRET)
     assert provider.load().get("v1").shares_secret_with(key)
+
+
+def test_describe_does_not_vouch_for_a_version_it_cannot_compare(
+    fake: FakeSecretManager, kms_fake: Any
+) -> None:
+    """An operator who may open one KMS key but not another is told what is not checked,
+    rather than shown as loading a version instances skip."""
+    rogue_kek = kms_fake.create_key(KEK.replace("fieldcrypt", "rogue"))
+    operator = _wrapping_provider(fake, kms_fake)
+    operator.add_key(wrap=KEK)
+    operator.add_key(wrap=KEK)
+    operator.promote(2)
+    rogue = parse_key(generate_key(), key_id="v1")
+    entry = KmsKeyWrapper(client=kms_fake.client()).wrap(rogue, rogue_kek).entry
+    fake.add_version(SECRET, entry.encode("ascii"))
+    assert ("v2", "v1") == operator.load().ids  # instances skip version 3
+    kms_fake.deny(KEK)
+    described = operator.describe()
+    assert described.problem is None
+    assert {1, 2, 3} == set(described.unchecked)
+    assert "as the older version 1 does, and whether with the same key" in described.unchecked[3]
+    assert "needs roles/cloudkms.cryptoKeyDecrypter on " + KEK in described.unchecked[1]
+    assert all(version.skipped is None for version in described.versions)
+
+
+def test_rewrap_changes_nothing_while_a_version_cannot_be_read(
+    fake: FakeSecretManager, kms_fake: Any
+) -> None:
+    """A version whose key id cannot be known (its payload is no key) stops rewrap before
+    it changes anything: no copy is safe to disable without knowing what that version holds."""
+    provider = _wrapping_provider(fake, kms_fake)
+    provider.add_key(wrap=KEK)
+    fake.add_version(SECRET, b"not a key")
+    kms_fake.rotate(KEK)
+    before = [(v.number, v.state) for v in provider.describe().versions]
+    with pytest.raises(KeyProviderError, match=r"version 2 cannot be read .*Nothing was changed"):
+        provider.rewrap()
+    assert before == [(v.number, v.state) for v in provider.describe().versions]
+    assert {"fieldcrypt-primary": 1} == fake.aliases(SECRET)

@@ -251,6 +251,47 @@ def test_a_damaged_response_fails_its_checksum(
     assert fake.call_count(method) - before == 3
 
 
+def test_a_request_damaged_on_the_way_is_sent_again(wrapper: Any, fake: Any) -> None:
+    """KMS saying a request's checksum did not match (INVALID_ARGUMENT) is a damaged request,
+    sent again up to three times, not a relabelled key."""
+    key, wrapped = _wrapped(wrapper)
+    damaged = "The checksum in field ciphertext_crc32c did not match the data in field ciphertext."
+    fake.fail_next("Decrypt", grpc.StatusCode.INVALID_ARGUMENT, times=2, details=damaged)
+    before = fake.call_count("Decrypt")
+    assert wrapper.unwrap(wrapped).shares_secret_with(key)
+    assert 3 == fake.call_count("Decrypt") - before
+    fake.fail_next("Decrypt", grpc.StatusCode.INVALID_ARGUMENT, times=3, details=damaged)
+    with pytest.raises(KeyProviderError, match="failed its CRC32C check 3 times") as caught:
+        wrapper.unwrap(wrapped)
+    assert "relabelled" not in str(caught.value)
+
+
+def test_a_retried_call_stays_within_the_budget(wrapper: Any, fake: Any) -> None:
+    """An attempt retried late in the budget gets what is left of it, not a whole timeout."""
+    _, wrapped = _wrapped(wrapper)
+    slow = KmsKeyWrapper(client=fake.client(), timeout=1.0)
+    # The first attempt answers UNAVAILABLE after 0.8 s; the retry would answer after 0.8 s
+    # more, past the budget.
+    fake.delay_next("Decrypt", 0.8, times=2)
+    fake.fail_next("Decrypt", grpc.StatusCode.UNAVAILABLE)
+    with pytest.raises(KeyProviderError, match="DEADLINE_EXCEEDED") as caught:
+        slow.unwrap(wrapped)
+    assert kms.is_outage(caught.value)
+
+
+def test_a_spent_budget_is_not_blamed_on_the_next_service() -> None:
+    """When the budget runs out before a call, the hint says so instead of blaming the service."""
+    from sa_fieldcrypt.providers.google import BudgetSpent, Deadline, common_hint
+
+    spent = Deadline(0.0)
+    with pytest.raises(BudgetSpent) as caught:
+        spent.read()
+    hint = common_hint("DEADLINE_EXCEEDED", "Secret Manager", 1.0, caught.value)
+    assert hint is not None
+    assert "ran out before Secret Manager was called" in hint
+    assert "did not answer" not in hint
+
+
 def test_an_unreachable_kms_is_an_outage(wrapper: Any, fake: Any) -> None:
     """With KMS down, unwrapping fails as an outage (is_outage), naming the KMS key."""
     _, wrapped = _wrapped(wrapper)

@@ -152,6 +152,14 @@ def test_destruction_is_scheduled_and_restored_as_the_service_does(fake: Any, cl
             },
             **FAST,
         )
+    with pytest.raises(api_exceptions.FailedPrecondition, match="cannot become DISABLED"):
+        client.update_crypto_key_version(
+            request={
+                "crypto_key_version": {"name": name, "state": State.DISABLED},
+                "update_mask": {"paths": ["state"]},
+            },
+            **FAST,
+        )
     with pytest.raises(ValueError, match="cannot become ENABLED"):
         fake.set_state(KEY, 1, "ENABLED")
     with pytest.raises(api_exceptions.FailedPrecondition, match="cannot become"):

@@ -62,7 +62,7 @@ from sa_fieldcrypt.keys import (
     parse_key,
     purpose_of,
 )
-from sa_fieldcrypt.providers.env import BLIND_INDEX_KEY_ID, keys_setting
+from sa_fieldcrypt.providers.env import BLIND_INDEX_KEY_ID, LEGACY_KEY_ID, keys_setting
 from sa_fieldcrypt.settings import load_settings
 
 __all__ = ["cli", "main"]
@@ -249,13 +249,8 @@ def keys_list(ctx: click.Context, secret: str | None, purpose: Purpose) -> None:
             "The payloads were not checked: reading them needs secretmanager.versions.access "
             "(roles/secretmanager.secretAccessor), as the application has."
         )
-    if described.not_unwrapped:
-        unopened = ", ".join(str(number) for number in described.not_unwrapped)
-        click.echo(
-            f"The wrapped keys of version {unopened} were not unwrapped, so whether they open "
-            "is not checked: that needs roles/cloudkms.cryptoKeyDecrypter on their KMS key, "
-            "as the application has."
-        )
+    for number, reason in described.unchecked.items():
+        click.echo(f"Version {number} is not checked: {reason}.")
     if described.problem:
         click.echo(f"Error: instances cannot load these keys: {described.problem}", err=True)
         ctx.exit(1)
@@ -371,7 +366,7 @@ def keys_rewrap(
         click.echo(f"Version {number} could not be read, and was left as it is: {reason}")
     if not done.moved and not done.unchanged:
         click.echo("No wrapped key in the secret: nothing to re-wrap.")
-    elif wrap is not None and done.moved:
+    if any(moved.plaintext for moved in done.moved):
         click.echo(
             "Disabled versions keep their payloads: once every instance has refreshed, destroy "
             "the versions that held keys in plaintext (gcloud secrets versions destroy)."
@@ -386,7 +381,12 @@ def _rewrap_env(ctx: click.Context, purpose: Purpose, wrap: str | None) -> None:
     settings = load_settings()
     setting, value = keys_setting(settings, purpose)
     if value is None:
-        alone = " (FIELD_ENCRYPTION_KEY cannot hold a wrapped key)" if settings.legacy_key else ""
+        alone = ""
+        if purpose == "encryption" and settings.legacy_key is not None:
+            alone = (
+                " (FIELD_ENCRYPTION_KEY cannot hold a wrapped key: to wrap it, move it into "
+                f"FIELDCRYPT_KEYS as '{LEGACY_KEY_ID}:<key>', unset it, and run this with --wrap)"
+            )
         raise ConfigurationError(f"{setting} is not set: there is nothing to re-wrap{alone}")
     # The single blind-index key is read as the entry it stands for, and printed back
     # without its fixed id, as the setting holds it.

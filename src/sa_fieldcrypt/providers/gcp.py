@@ -51,7 +51,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Self
 
@@ -146,20 +146,29 @@ def _key_from_payload(data: bytes, number: int, purpose: Purpose, unwrap: Unwrap
 
 
 class _Skip(str):
-    """Why a version is skipped, with the key id it holds, when that is why.
-
-    ``unopened``: its wrapped key does not unwrap; else another version holds its id with
-    another key.
-    """
+    """Why a version is skipped, with the key id it holds (which a plain reason lacks)."""
 
     key_id: str
-    unopened: bool
 
-    def __new__(cls, reason: str, key_id: str, *, unopened: bool) -> _Skip:
+    def __new__(cls, reason: str, key_id: str) -> _Skip:
         made = super().__new__(cls, reason)
         made.key_id = key_id
-        made.unopened = unopened
         return made
+
+
+@dataclass(frozen=True, slots=True)
+class _Reads:
+    """What reading a secret's enabled versions gave, by version number.
+
+    ``keys``: the keys instances load. ``skipped``: why the others give none. ``denied``:
+    wrapped keys Cloud KMS would not open for this caller (``describe`` only). ``unchecked``:
+    why what a version gives could not be checked as instances check it (``describe`` only).
+    """
+
+    keys: dict[int, Key]
+    skipped: dict[int, str]
+    denied: dict[int, WrappedKey]
+    unchecked: dict[int, str]
 
 
 class _Found(Exception):
@@ -231,17 +240,18 @@ class SecretVersions:
         checked: whether the enabled versions' payloads were read and checked, as
             instances read them; False when the caller may not read them
             (``secretmanager.versions.access``), so ``skipped`` is not known.
-        not_unwrapped: the enabled versions whose wrapped key the caller may not have
-            Cloud KMS open (``roles/cloudkms.cryptoKeyDecrypter``, which instances have and
-            an operator need not), so whether it opens is not known; their key id and KMS
-            key are read from the payload.
+        unchecked: the enabled versions that could not be checked as instances check them,
+            and why: their wrapped key, which the caller may not have Cloud KMS open
+            (``roles/cloudkms.cryptoKeyDecrypter``, which instances have and an operator
+            need not), or whether they hold the same key as another version of their key id.
+            Their key id and KMS key are read from the payload.
     """
 
     versions: tuple[KeyVersion, ...]
     alias: int | None
     problem: str | None
     checked: bool
-    not_unwrapped: tuple[int, ...] = ()
+    unchecked: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def primary(self) -> KeyVersion | None:
@@ -257,11 +267,14 @@ class RewrappedVersion:
         key_id: the key's id, the same before and after.
         old: the version it was in, now disabled.
         new: the version that holds it now.
+        plaintext: whether ``old`` held the key in plaintext: a disabled version keeps its
+            payload, so destroy it once every instance has refreshed.
     """
 
     key_id: str
     old: int
     new: int
+    plaintext: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,16 +453,18 @@ class GoogleSecretManagerKeyProvider:
             # Decided before any payload is read: which key encrypts never depends on
             # which payloads happen to parse.
             primary = self._primary_version(aliases, enabled)
-            keys, skipped, _ = self._read_keys(client, enabled, deadline)
+            read = self._read_keys(client, enabled, deadline)
+        keys, skipped = read.keys, read.skipped
         for number, reason in skipped.items():
             metrics.count_skipped_version(f"{self.secret}/versions/{number}")
             if number != primary:
+                held = f"key {reason.key_id}" if isinstance(reason, _Skip) else "its key"
                 logger.warning(
-                    "sa_fieldcrypt: Secret Manager secret %s: version %d is skipped, so key "
-                    "v%d is left out of the keyring: %s",
+                    "sa_fieldcrypt: Secret Manager secret %s: version %d is skipped, so %s "
+                    "is not read from it: %s",
                     self.secret,
                     number,
-                    number,
+                    held,
                     reason,
                 )
         if primary in skipped:
@@ -469,13 +484,17 @@ class GoogleSecretManagerKeyProvider:
         *,
         unwrap: Unwrap | None = None,
         may_be_denied: bool = False,
-    ) -> tuple[dict[int, Key], dict[int, str], dict[int, WrappedKey]]:
-        """Each version's key, or why it is skipped; ``numbers`` newest first (kept so).
+    ) -> _Reads:
+        """Each version's key, or why it gives none; ``numbers`` newest first.
 
         The one reading of a secret's keys (loads, ``describe`` and ``rewrap``), so that all
-        three agree on which version holds which key. With ``may_be_denied``, a wrapped key
-        that Cloud KMS refuses to open for this caller (PERMISSION_DENIED) is returned, not
-        unwrapped, in the third mapping rather than skipped.
+        three agree on which version holds which key: the oldest version holding a key id
+        holds it. A newer version holding it with another key is skipped; while the oldest
+        is a wrapped key that does not unwrap (its KMS permission revoked, say), no newer
+        copy stands in for it. A newer version never takes a key from an older one, so
+        whoever may only add versions cannot remove or replace a key. With
+        ``may_be_denied``, a wrapped key that Cloud KMS refuses to open for this caller
+        (PERMISSION_DENIED) is kept, not unwrapped, and what it makes uncheckable said.
         """
         reads = {
             number: self._read_key(
@@ -483,35 +502,48 @@ class GoogleSecretManagerKeyProvider:
             )
             for number in numbers
         }
-        denied = {n: r for n, r in reads.items() if isinstance(r, WrappedKey)}
         skipped: dict[int, str] = {n: r for n, r in reads.items() if isinstance(r, str)}
-        # A key id whose wrapped copy does not unwrap (a KMS permission revoked, say) is not
-        # read from another copy either: a plaintext one must not stand in for it.
-        refused = {r.key_id for r in skipped.values() if isinstance(r, _Skip) and r.unopened}
-        holder: dict[str, int] = {}  # key id -> the oldest version that holds it
-        for number in sorted(reads):
-            read = reads[number]
-            if not isinstance(read, Key):
-                continue
-            if read.id in refused:
-                skipped[number] = (
-                    f"it holds key id {read.id!r}, whose wrapped copy in another version does "
-                    "not unwrap; a key is not read from one copy while another is refused"
-                )
-                continue
-            # The oldest holds its id: whoever may add versions cannot replace a key by
-            # adding another under its id (a copy of the same key, as rewrap adds, is fine).
-            older = holder.setdefault(read.id, number)
-            held = reads[older]
-            if older != number and isinstance(held, Key) and not held.shares_secret_with(read):
+        denied = {n: r for n, r in reads.items() if isinstance(r, WrappedKey)}
+        unchecked = {
+            n: "its wrapped key was not unwrapped, so whether it opens is not checked: that "
+            f"needs roles/cloudkms.cryptoKeyDecrypter on {r.kms_key}, as the application has"
+            for n, r in denied.items()
+        }
+        held: dict[int, str] = {}  # the key id each version holds, where it is known
+        for number, read in reads.items():
+            if isinstance(read, Key):
+                held[number] = read.id
+            elif isinstance(read, WrappedKey | _Skip):
+                held[number] = read.key_id
+        oldest: dict[str, int] = {}
+        for number in sorted(held):
+            oldest.setdefault(held[number], number)
+        for number in sorted(held):
+            key_id, first = held[number], oldest[held[number]]
+            older, read = reads[first], reads[number]
+            if first == number or isinstance(read, str):
+                continue  # the holder, or skipped for a reason of its own
+            if isinstance(older, str):
                 skipped[number] = _Skip(
-                    f"it holds key id {read.id!r}, which the older version {older} holds with "
+                    f"it holds key id {key_id!r}, whose wrapped copy in the older version "
+                    f"{first} does not unwrap; a key is not read from one copy while another "
+                    "is refused",
+                    key_id,
+                )
+            elif isinstance(older, WrappedKey) or isinstance(read, WrappedKey):
+                unchecked[number] = (
+                    f"it holds key id {key_id!r}, as the older version {first} does, and "
+                    "whether with the same key (else instances skip it) is not checked: one "
+                    "of them was not unwrapped"
+                )
+            elif not older.shares_secret_with(read):
+                skipped[number] = _Skip(
+                    f"it holds key id {key_id!r}, which the older version {first} holds with "
                     "another key; disable the version that is wrong",
-                    read.id,
-                    unopened=False,
+                    key_id,
                 )
         keys = {n: r for n, r in reads.items() if isinstance(r, Key) and n not in skipped}
-        return keys, skipped, denied
+        return _Reads(keys, skipped, denied, unchecked)
 
     def describe(self) -> SecretVersions:
         """Describe every version of the secret, which one writes, and which are skipped.
@@ -534,16 +566,13 @@ class GoogleSecretManagerKeyProvider:
                 primary = self._primary_version(aliases, enabled)
             except KeyProviderError as exc:
                 problem = str(exc)
-            keys: dict[int, Key] = {}
-            skipped: dict[int, str] = {}
-            denied: dict[int, WrappedKey] = {}
+            read = _Reads({}, {}, {}, {})
             checked = True
             try:
-                keys, skipped, denied = self._read_keys(
-                    client, enabled, deadline, may_be_denied=True
-                )
+                read = self._read_keys(client, enabled, deadline, may_be_denied=True)
             except api_exceptions.PermissionDenied:
                 checked = False  # an operator's role need not read keys
+        keys, skipped, denied = read.keys, read.skipped, read.denied
         if checked and primary in skipped:
             problem = str(self._unusable_primary(aliases, primary, skipped[primary]))
         versions = tuple(
@@ -559,7 +588,7 @@ class GoogleSecretManagerKeyProvider:
             for number, state, created in found
         )
         return SecretVersions(
-            versions, aliases.get(self.primary_alias), problem, checked, tuple(denied)
+            versions, aliases.get(self.primary_alias), problem, checked, read.unchecked
         )
 
     def add_key(
@@ -700,9 +729,18 @@ class GoogleSecretManagerKeyProvider:
                 return opened.key
 
             # Read as instances read them: the same versions skipped, the same key per id.
-            keys, skipped, _ = self._read_keys(client, enabled, deadline, unwrap=unwrap)
+            read = self._read_keys(client, enabled, deadline, unwrap=unwrap)
+            keys, skipped = read.keys, read.skipped
             if primary in skipped:
                 raise self._unusable_primary(aliases, primary, skipped[primary])
+            unknown = [n for n, reason in skipped.items() if not isinstance(reason, _Skip)]
+            if unknown:
+                # Which key such a version holds is not known, so no copy is safe to disable.
+                raise KeyProviderError(
+                    f"Secret Manager secret {self.secret!r}: version {unknown[0]} cannot be "
+                    f"read ({skipped[unknown[0]]}), so which key it holds is not known; "
+                    "disable it (or add its key again), then re-wrap. Nothing was changed"
+                )
             # An id two versions hold with different keys is left as it is: disabling its
             # older version would hand the id to the newer one.
             contested = {r.key_id for r in skipped.values() if isinstance(r, _Skip)}
@@ -738,7 +776,8 @@ class GoogleSecretManagerKeyProvider:
                             request={"name": f"{self.secret}/versions/{number}"},
                             **deadline.write(),
                         )
-                        moved.append(RewrappedVersion(key_id, number, target))
+                        plain = keys[number].wrapped is None
+                        moved.append(RewrappedVersion(key_id, number, target, plain))
         logger.info(
             "sa_fieldcrypt: re-wrapped %d key(s) of %s under their KMS keys' primary versions",
             len(moved),
@@ -911,7 +950,6 @@ class GoogleSecretManagerKeyProvider:
             return _Skip(
                 f"its wrapped key does not unwrap: {exc}",
                 wrapped.key_id if wrapped else f"v{number}",
-                unopened=True,
             )
 
     def _primary_version(self, aliases: Mapping[str, int], enabled: Sequence[int]) -> int:
@@ -998,7 +1036,7 @@ class GoogleSecretManagerKeyProvider:
             code = status_name(exc)
             hint = (
                 hints.get(code)
-                or common_hint(code, "Secret Manager", self.timeout)
+                or common_hint(code, "Secret Manager", self.timeout, exc)
                 or "see the chained exception"
             )
             # Only the status name and our own hint: a service message is not ours to vouch for.

@@ -9,6 +9,7 @@ within one time budget per operation and name failures the same way.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -19,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
         "the Google Cloud key providers need the gcp extra: pip install 'sa-fieldcrypt[gcp]'"
     ) from exc
 
-__all__ = ["NO_CREDENTIALS_HELP", "Deadline", "common_hint", "status_name"]
+__all__ = ["NO_CREDENTIALS_HELP", "BudgetSpent", "Deadline", "common_hint", "status_name"]
 
 #: What to do when no Google credentials are found.
 NO_CREDENTIALS_HELP = (
@@ -34,6 +35,13 @@ _TRANSIENT = api_retry.if_exception_type(
 )
 
 
+class BudgetSpent(api_exceptions.DeadlineExceeded):
+    """An operation's time budget ran out before one of its calls could be made.
+
+    Raised by :class:`Deadline`, not by a service: the calls before it took the time.
+    """
+
+
 class Deadline:
     """One time budget shared by every call of one operation.
 
@@ -46,23 +54,34 @@ class Deadline:
 
     def read(self) -> dict[str, Any]:
         """Explicit timeout and retry for an idempotent call, within what is left."""
-        left = self._left()
+        left = self.left()
         retry = api_retry.Retry(
             predicate=_TRANSIENT, initial=0.1, maximum=1.0, multiplier=2.0, timeout=left
         )
-        return {"timeout": left, "retry": retry}
+        return {"timeout": self._per_attempt, "retry": retry}
 
     def write(self) -> dict[str, Any]:
         """Explicit timeout and no retry, for a call that must not run twice."""
-        return {"timeout": self._left(), "retry": None}
+        return {"timeout": self._per_attempt, "retry": None}
 
-    def _left(self) -> float:
+    def left(self) -> float:
+        """Seconds left; raises :class:`BudgetSpent` when none are."""
         left = self._end - time.monotonic()
         if left <= 0:
-            raise api_exceptions.DeadlineExceeded(  # type: ignore[no-untyped-call]
+            raise BudgetSpent(  # type: ignore[no-untyped-call]
                 "the time allowed for the operation ran out"
             )
         return left
+
+    def _per_attempt(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        # A timeout decorator, as google-api-core applies one to each attempt: every attempt
+        # of a retried call gets what is left of this budget. (A number would be made a
+        # TimeToDeadlineTimeout, which hands a late attempt its whole initial timeout again.)
+        def attempt(*args: Any, **kwargs: Any) -> Any:
+            kwargs["timeout"] = self.left()
+            return func(*args, **kwargs)
+
+        return attempt
 
 
 def status_name(exc: Exception) -> str:
@@ -82,14 +101,25 @@ def status_name(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def common_hint(code: str, service: str, timeout: float) -> str | None:
+def common_hint(
+    code: str, service: str, timeout: float, exc: BaseException | None = None
+) -> str | None:
     """The fix for a status any Google Cloud API may answer ``code`` with, or None.
 
     Args:
         code: the gRPC status name (``"UNAVAILABLE"``).
         service: how the message names the service (``"Cloud KMS"``).
         timeout: the operation's time limit, in seconds.
+        exc: the failure; a :class:`BudgetSpent` is not the service's doing, and is named so.
     """
+    if isinstance(exc, BudgetSpent) or (
+        isinstance(exc, api_exceptions.RetryError) and isinstance(exc.cause, BudgetSpent)
+    ):
+        return (
+            f"the {timeout:g} s the whole operation may take (FIELDCRYPT_GCP_TIMEOUT) ran out "
+            f"before {service} was called: the calls before it (to Secret Manager or Cloud "
+            "KMS) took them"
+        )
     hints = {
         "UNAUTHENTICATED": "the credentials were refused: check the application default "
         "credentials",

@@ -80,6 +80,8 @@ _OUTAGES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", 
 # How many times one call is made while its response fails its CRC32C check, as the KMS
 # documentation advises ("retry a limited number of times"), within the call's deadline.
 _CHECKSUM_ATTEMPTS = 3
+# How Cloud KMS says a request's checksum did not match its data (INVALID_ARGUMENT).
+_DAMAGED_REQUEST = re.compile(r"checksum in field \w+ did not match", re.IGNORECASE)
 # What a FAILED_PRECONDITION names: the version and its state. Only these tokens are read from
 # the service's message, never quoted whole.
 _VERSION_NAME = re.compile(r"projects/[A-Za-z0-9._/-]+/cryptoKeyVersions/\d+")
@@ -194,8 +196,9 @@ class KmsKeyWrapper:
             "additional_authenticated_data_crc32c": google_crc32c.value(aad),
         }
         for _ in range(_CHECKSUM_ATTEMPTS):
-            with self._errors("wrap", key.id, kms_key):
-                response = self._get_client().encrypt(request=request, **deadline.read())
+            response = self._send("encrypt", request, deadline, "wrap", key.id, kms_key)
+            if response is None:
+                continue
             ciphertext = bytes(response.ciphertext)
             if (
                 response.verified_plaintext_crc32c
@@ -235,17 +238,20 @@ class KmsKeyWrapper:
             "additional_authenticated_data_crc32c": google_crc32c.value(aad),
         }
         for _ in range(_CHECKSUM_ATTEMPTS):
-            with self._errors("unwrap", wrapped.key_id, wrapped.kms_key):
-                response = self._get_client().decrypt(request=request, **deadline.read())
+            response = self._send(
+                "decrypt", request, deadline, "unwrap", wrapped.key_id, wrapped.kms_key
+            )
+            if response is None:
+                continue
             plaintext = bytes(response.plaintext)
             if _checksum(response, "plaintext_crc32c") == google_crc32c.value(plaintext):
                 break
         else:
             raise KeyProviderError(
                 f"key {wrapped.key_id!r}: Cloud KMS key {wrapped.kms_key!r}: the Decrypt "
-                f"response failed its CRC32C check {_CHECKSUM_ATTEMPTS} times, so it was "
-                "damaged on the way; the key was not used: check the network path to Cloud "
-                "KMS, and try again"
+                f"request or response failed its CRC32C check {_CHECKSUM_ATTEMPTS} times, so "
+                "it was damaged on the way; the key was not used: check the network path to "
+                "Cloud KMS, and try again"
             )
         try:
             key = wrapped.open(plaintext)
@@ -295,6 +301,25 @@ class KmsKeyWrapper:
         with self._errors("read", None, kms_key):
             found = self._get_client().get_crypto_key(request={"name": kms_key}, **deadline.read())
         return str(found.primary.name)
+
+    def _send(
+        self,
+        method: str,
+        request: dict[str, Any],
+        deadline: Deadline,
+        action: str,
+        key_id: str,
+        kms_key: str,
+    ) -> Any:
+        """One ``Encrypt`` or ``Decrypt`` call; None when KMS says the request arrived damaged."""
+        with self._errors(action, key_id, kms_key):
+            try:
+                return getattr(self._get_client(), method)(request=request, **deadline.read())
+            except api_exceptions.InvalidArgument as exc:
+                # A request checksum that did not match what arrived: worth sending again.
+                if _DAMAGED_REQUEST.search(getattr(exc, "message", "") or ""):
+                    return None
+                raise
 
     def _get_client(self) -> kms_v1.KeyManagementServiceClient:
         with self._client_lock:
@@ -363,7 +388,7 @@ class KmsKeyWrapper:
             )
         if code == "NOT_FOUND":
             return "the KMS key does not exist: check its name (or the caller may not see it)"
-        common = common_hint(code, "Cloud KMS", self.timeout)
+        common = common_hint(code, "Cloud KMS", self.timeout, exc)
         if common is not None:
             return common
         return "see the chained exception"

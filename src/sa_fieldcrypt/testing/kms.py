@@ -35,8 +35,9 @@ What it imitates, as the v1 API documents it, for symmetric ``ENCRYPT_DECRYPT`` 
   ENABLED); a version leaves DESTROY_SCHEDULED only so, or by being destroyed, and never
   leaves DESTROYED.
 
-What it does not: IAM (every caller may do everything; :meth:`~FakeKms.fail_next` with
-PERMISSION_DENIED stands in), key rings and key creation over gRPC, asymmetric and MAC keys,
+What it does not: IAM (every caller may do everything, but for the keys
+:meth:`~FakeKms.deny` names, which answer PERMISSION_DENIED; :meth:`~FakeKms.fail_next` with
+PERMISSION_DENIED also stands in), key rings and key creation over gRPC, asymmetric and MAC keys,
 import, rotation schedules, and the other methods (UNIMPLEMENTED).
 
 For tests of failure handling: :meth:`~FakeKms.stop` takes the server down (the state is
@@ -143,6 +144,7 @@ class FakeKms(LocalGrpcService):
         self.clock = clock
         self._keys: dict[str, _CryptoKey] = {}
         self._corruptions: dict[str, list[str]] = {}
+        self._denied: set[str] = set()
 
     def client(self) -> kms_v1.KeyManagementServiceClient:
         """Return a real ``KeyManagementServiceClient`` connected to the fake (no TLS)."""
@@ -200,6 +202,18 @@ class FakeKms(LocalGrpcService):
                 except FakeStatusError as exc:
                     raise ValueError(exc.details) from None
             self._set_state(key, number, state)
+
+    def deny(self, name: str, denied: bool = True) -> None:
+        """Refuse (or, with ``denied=False``, allow again) every call on key ``name``.
+
+        Calls answer PERMISSION_DENIED, as for a caller without a role on that key only.
+        """
+        with self.lock:
+            self._key(name)
+            if denied:
+                self._denied.add(name)
+            else:
+                self._denied.discard(name)
 
     def primary(self, name: str) -> int:
         """The number of the key's primary version."""
@@ -276,7 +290,7 @@ class FakeKms(LocalGrpcService):
         _check_crc(request, "plaintext_crc32c", plaintext)
         _check_crc(request, "additional_authenticated_data_crc32c", aad)
         key_name, _, ref = request.name.partition("/cryptoKeyVersions/")
-        key = self._key(key_name)
+        key = self._rpc_key(key_name)
         version, material = self._usable(key, int(ref) if ref.isdigit() else key.primary)
         nonce = os.urandom(_NONCE)
         header = _MAGIC + struct.pack(">H", len(key.name)) + key.name.encode()
@@ -306,7 +320,7 @@ class FakeKms(LocalGrpcService):
         aad = bytes(request.additional_authenticated_data)
         _check_crc(request, "ciphertext_crc32c", ciphertext)
         _check_crc(request, "additional_authenticated_data_crc32c", aad)
-        key = self._key(request.name)
+        key = self._rpc_key(request.name)
         invalid = FakeStatusError(
             grpc.StatusCode.INVALID_ARGUMENT, "Decryption failed: the ciphertext is invalid."
         )
@@ -335,19 +349,19 @@ class FakeKms(LocalGrpcService):
         )
 
     def _rpc_get_key(self, request: Any) -> kms_v1.CryptoKey:
-        return self._key_message(self._key(request.name))
+        return self._key_message(self._rpc_key(request.name))
 
     def _rpc_get_version(self, request: Any) -> kms_v1.CryptoKeyVersion:
         key_name, number = _split_version_name(request.name)
-        key = self._key(key_name)
+        key = self._rpc_key(key_name)
         return _version_message(key.name, self._version(key, number))
 
     def _rpc_create_version(self, request: Any) -> kms_v1.CryptoKeyVersion:
-        key = self._key(request.parent)
+        key = self._rpc_key(request.parent)
         return _version_message(key.name, self._new_version(key))
 
     def _rpc_update_primary(self, request: Any) -> kms_v1.CryptoKey:
-        key = self._key(request.name)
+        key = self._rpc_key(request.name)
         ref = request.crypto_key_version_id
         if not ref.isdigit():
             raise FakeStatusError(grpc.StatusCode.INVALID_ARGUMENT, "invalid version id")
@@ -359,24 +373,31 @@ class FakeKms(LocalGrpcService):
         if paths != ["state"]:
             raise FakeStatusError(grpc.StatusCode.INVALID_ARGUMENT, "only state can be updated")
         key_name, number = _split_version_name(request.crypto_key_version.name)
-        key = self._key(key_name)
+        key = self._rpc_key(key_name)
         state = _State(request.crypto_key_version.state).name
         if state not in ("ENABLED", "DISABLED"):
             raise FakeStatusError(
                 grpc.StatusCode.INVALID_ARGUMENT, "state may only become ENABLED or DISABLED"
             )
-        self._check_move(key, number, self._version(key, number).state, state)
+        current = self._version(key, number).state
+        if current not in ("ENABLED", "DISABLED"):
+            # Only RestoreCryptoKeyVersion brings back a version scheduled for destruction.
+            raise FakeStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{_version_name(key.name, number)} cannot become {state}, current state is: "
+                f"{current}.",
+            )
         return _version_message(key.name, self._set_state(key, number, state))
 
     def _rpc_destroy_version(self, request: Any) -> kms_v1.CryptoKeyVersion:
         key_name, number = _split_version_name(request.name)
-        key = self._key(key_name)
+        key = self._rpc_key(key_name)
         self._check_move(key, number, self._version(key, number).state, "DESTROY_SCHEDULED")
         return _version_message(key.name, self._set_state(key, number, "DESTROY_SCHEDULED"))
 
     def _rpc_restore_version(self, request: Any) -> kms_v1.CryptoKeyVersion:
         key_name, number = _split_version_name(request.name)
-        key = self._key(key_name)
+        key = self._rpc_key(key_name)
         current = self._version(key, number).state
         if current != "DESTROY_SCHEDULED":
             raise FakeStatusError(
@@ -394,6 +415,16 @@ class FakeKms(LocalGrpcService):
         key = self._keys.get(name)
         if key is None:
             raise FakeStatusError(grpc.StatusCode.NOT_FOUND, f"{name} not found.")
+        return key
+
+    def _rpc_key(self, name: str) -> _CryptoKey:
+        """The key a call names, if this caller may use it (see :meth:`deny`)."""
+        key = self._key(name)
+        if name in self._denied:
+            raise FakeStatusError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"Permission denied on resource '{name}' (or it may not exist).",
+            )
         return key
 
     def _version(self, key: _CryptoKey, number: int) -> _Version:
