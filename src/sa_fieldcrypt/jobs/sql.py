@@ -141,6 +141,8 @@ class DialectSql:
         exactly: then each row needs a statement of its own.
         """
         carried = _JSON_KEYS if self.name == "postgresql" else (int,) if self.mysql else ()
+        if self.mysql and not _has_json_table(dialect):
+            return None
         for position, type_ in enumerate(types):
             if _python_type(type_) not in (carried if position < keys else (str,)):
                 return None
@@ -355,3 +357,11 @@ def _python_type(type_: TypeEngine[Any]) -> type | None:
         return type_.python_type
     except NotImplementedError:
         return None
+
+
+def _has_json_table(dialect: Dialect) -> bool:
+    """Whether the MariaDB (10.6 on) or MySQL (8.0.4 on) server has ``JSON_TABLE``."""
+    version = tuple(getattr(dialect, "server_version_info", None) or ())
+    if getattr(dialect, "is_mariadb", False):
+        return version >= (10, 6)
+    return version >= (8, 0, 4)
