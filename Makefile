@@ -57,9 +57,10 @@ bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/blind_index.py
 
-# Key rotation of 100,000 and 1,000,000 rows on PostgreSQL, 1 and 2 workers, and a reindex of
-# 1,000,000 rows with 1 and 2 workers (a few minutes;
-# FIELDCRYPT_BENCH_POSTGRES_URL, else FIELDCRYPT_TEST_POSTGRES_URL, names the server).
+# Key rotation of 100,000 and 1,000,000 rows on PostgreSQL and MariaDB, 1 and 2 workers, each
+# with its ratio to the crypto-bound rate, and a reindex of 1,000,000 rows on PostgreSQL with 1
+# and 2 workers (about a quarter of an hour; FIELDCRYPT_BENCH_POSTGRES_URL and
+# FIELDCRYPT_BENCH_MARIADB_URL, else the FIELDCRYPT_TEST_* ones, name the servers).
 bench-rotation: $(VENV)/.installed-dev
 	$(PY) benchmarks/rotation.py
 

@@ -1,12 +1,18 @@
-"""Key rotation of a large PostgreSQL table: rows/s, peak RSS, and the ratio to pure crypto.
+"""Key rotation of a large table on PostgreSQL and MariaDB: rows/s, peak RSS, ratio to crypto.
 
-Run with ``make bench-rotation`` (100,000 and 1,000,000 rows, 1 and 2 workers), or
-``python benchmarks/rotation.py --rows 100000 --workers 1``. It needs a PostgreSQL server:
-``FIELDCRYPT_BENCH_POSTGRES_URL``, else ``FIELDCRYPT_TEST_POSTGRES_URL``, else the test default.
-The benchmark owns the tables ``fc_bench_rotation*`` there.
+Run with ``make bench-rotation`` (100,000 and 1,000,000 rows, 1 and 2 workers, on each
+database), or ``python benchmarks/rotation.py --databases mariadb --rows 100000 --workers 1``.
+It needs the servers: ``FIELDCRYPT_BENCH_POSTGRES_URL`` (else ``FIELDCRYPT_TEST_POSTGRES_URL``,
+else the test default) and ``FIELDCRYPT_BENCH_MARIADB_URL`` (else
+``FIELDCRYPT_TEST_MARIADB_URL``, else the test default). The benchmark owns the tables
+``fc_bench_rotation*`` there.
 
-Then reindexes a table of ``--reindex-rows`` rows (1,000,000 by default) under a new blind-index
-key with 1 and with 2 workers: the speedup shows whether the worker processes pay.
+Then reindexes a PostgreSQL table of ``--reindex-rows`` rows (1,000,000 by default) under a new
+blind-index key with 1 and with 2 workers: the speedup shows whether the worker processes pay.
+
+``--profile DIR`` runs each rotation under cProfile and writes its statistics to
+``DIR/rotate-<database>-<rows>-<workers>.prof`` (with one worker: the walk's thread and the
+writer thread, each in a file of its own; read them with ``python -m pstats``).
 
 Each rotation runs in a fresh process, so its peak RSS is its own. The crypto-bound rate is
 measured in the same run: raw ``cryptography`` Fernet, one decrypt under the old key plus one
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import cProfile
 import io
 import json
 import os
@@ -26,49 +33,77 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import cryptography
 import sqlalchemy
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, inspect, text
 
 import sa_fieldcrypt
 from sa_fieldcrypt import Keyring, generate_key, jobs
 
 TABLE = "fc_bench_rotation"
-DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+#: Each database: the variable naming its server, the test suite's, and the test default.
+SERVERS = {
+    "postgresql": (
+        "FIELDCRYPT_BENCH_POSTGRES_URL",
+        "FIELDCRYPT_TEST_POSTGRES_URL",
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    ),
+    "mariadb": (
+        "FIELDCRYPT_BENCH_MARIADB_URL",
+        "FIELDCRYPT_TEST_MARIADB_URL",
+        "mysql+pymysql://root@127.0.0.1:3306/test",
+    ),
+}
 # Emails of realistic length (30-45 bytes), all distinct.
 EMAIL = "customer.{:07d}@bookings.example.com"
+# Rows per INSERT where there is no COPY.
+_INSERT_CHUNK = 5000
 
 
-def server_url() -> str:
-    """The PostgreSQL URL to benchmark against."""
-    return os.environ.get(
-        "FIELDCRYPT_BENCH_POSTGRES_URL",
-        os.environ.get("FIELDCRYPT_TEST_POSTGRES_URL", DEFAULT_URL),
-    )
+def server_url(database: str) -> str:
+    """The URL of the ``database`` server to benchmark against."""
+    bench, test, default = SERVERS[database]
+    return os.environ.get(bench, os.environ.get(test, default))
+
+
+def is_mysql(engine: Engine) -> bool:
+    """Whether ``engine`` is a MariaDB (or MySQL) server."""
+    return engine.dialect.name in ("mysql", "mariadb")
 
 
 def make_source(engine: Engine, rows: int, old: Keyring) -> str:
     """Create ``fc_bench_rotation_src_<rows>`` with distinct tokens under the old key, once."""
     source = f"{TABLE}_src_{rows}"
-    with engine.connect() as conn:
-        present = conn.execute(
-            text("SELECT count(*) FROM pg_tables WHERE tablename = :t"), {"t": source}
-        ).scalar_one()
-    if present:
+    if inspect(engine).has_table(source):
         return source
     print(f"  writing {rows:,} tokens into {source} (once) ...", flush=True)
     fernet = old.primary
     prefix = fernet.token_prefix
+
+    def token(i: int) -> str:
+        return f"{prefix}{fernet.encrypt(EMAIL.format(i).encode())}"
+
     with engine.begin() as conn:
+        if is_mysql(engine):
+            conn.execute(text(f"CREATE TABLE {source} (id bigint, email longtext)"))
+            insert = text(f"INSERT INTO {source} (id, email) VALUES (:id, :email)")
+            for low in range(1, rows + 1, _INSERT_CHUNK):
+                high = min(low + _INSERT_CHUNK, rows + 1)
+                conn.execute(insert, [{"id": i, "email": token(i)} for i in range(low, high)])
+            return source
         conn.execute(text(f"CREATE TABLE {source} (id bigint, email text)"))
         raw = conn.connection.driver_connection
         with raw.cursor() as cursor, cursor.copy(f"COPY {source} (id, email) FROM STDIN") as copy:
             buffer = io.StringIO()
             for i in range(1, rows + 1):
-                buffer.write(f"{i}\t{prefix}{fernet.encrypt(EMAIL.format(i).encode())}\n")
+                buffer.write(f"{i}\t{token(i)}\n")
                 if i % 50_000 == 0:
                     copy.write(buffer.getvalue())
                     buffer = io.StringIO()
@@ -78,6 +113,15 @@ def make_source(engine: Engine, rows: int, old: Keyring) -> str:
 
 def fresh_table(engine: Engine, source: str) -> None:
     """Recreate the table the rotation works on, as a copy of ``source``."""
+    if is_mysql(engine):
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
+            # The key first: InnoDB stores rows in primary-key order, so adding it later
+            # would copy the table again.
+            conn.execute(text(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, email longtext)"))
+            conn.execute(text(f"INSERT INTO {TABLE} (id, email) SELECT id, email FROM {source}"))
+            conn.execute(text(f"ANALYZE TABLE {TABLE}"))
+        return
     with engine.begin() as conn:
         conn.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
         conn.execute(text(f"CREATE TABLE {TABLE} AS SELECT * FROM {source}"))
@@ -110,11 +154,15 @@ def _crypto_rate(job: tuple[str, str, list[bytes]]) -> float:
     return len(bare) / statistics.median(runs)
 
 
-def run_child(url: str, workers: int, batch_size: int, keys: str) -> dict[str, float]:
+def run_child(
+    url: str, workers: int, batch_size: int, keys: str, profile: str | None = None
+) -> dict[str, float]:
     """Rotate the table in a fresh process; return its timing and peak RSS."""
     env = {**os.environ, "FIELDCRYPT_KEYS": keys}
     args = [sys.executable, __file__, "--child", "--url", url, "--workers", str(workers)]
     args += ["--batch-size", str(batch_size)]
+    if profile is not None:
+        args += ["--profile", profile]
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"rotation failed:\n{out.stderr}")
@@ -122,13 +170,41 @@ def run_child(url: str, workers: int, batch_size: int, keys: str) -> dict[str, f
     return result
 
 
-def child(url: str, worker_count: int, batch_size: int) -> None:
+@contextmanager
+def profiled(path: str | None) -> Iterator[None]:
+    """Profile this thread, and each thread it starts, into ``path`` (``-<n>`` per thread)."""
+    if path is None:
+        yield
+        return
+    threads: list[cProfile.Profile] = []
+
+    def start_in_thread(*_: Any) -> None:
+        # The first event of a new thread: from here on it has a profiler of its own.
+        profiler = cProfile.Profile()
+        threads.append(profiler)
+        profiler.enable()
+
+    main = cProfile.Profile()
+    threading.setprofile(start_in_thread)
+    main.enable()
+    try:
+        yield
+    finally:
+        main.disable()
+        threading.setprofile(None)  # type: ignore[arg-type]
+        main.dump_stats(f"{path}.prof")
+        for n, profiler in enumerate(threads, 1):
+            profiler.dump_stats(f"{path}-thread{n}.prof")
+
+
+def child(url: str, worker_count: int, batch_size: int, profile: str | None) -> None:
     """The measured process: rotate, then print seconds and peak RSS as JSON."""
     engine = create_engine(url, hide_parameters=True)
     column = jobs.reflect_column(engine, TABLE, "email")
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    report = jobs.rotate(engine, [column], batch_size=batch_size, workers=worker_count)
+    with profiled(profile):
+        report = jobs.rotate(engine, [column], batch_size=batch_size, workers=worker_count)
     seconds = time.perf_counter() - start
     own = resource.getrusage(resource.RUSAGE_SELF)
     workers = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -206,47 +282,27 @@ def check_done(engine: Engine, rows: int) -> None:
         raise SystemExit(f"rotation incomplete: {found}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=server_url())
-    parser.add_argument("--rows", default="100000,1000000")
-    parser.add_argument("--workers", default="1,2")
-    parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument(
-        "--reindex-rows", type=int, default=1_000_000, help="rows to reindex (0: no reindex)"
-    )
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--child-reindex", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    worker_counts = [int(w) for w in args.workers.split(",")]
-    if args.child:
-        child(args.url, worker_counts[0], args.batch_size)
-        return
-    if args.child_reindex:
-        reindex_child(args.url, worker_counts[0], args.batch_size)
-        return
-
-    engine = create_engine(args.url, hide_parameters=True)
-    # Fixed keys: the source tables are reused between runs of the benchmark.
-    old_key = "wPA1iwhKLxcSoQOnOkL9vLK9Ttq1Ki3lTqFj2zS0Qnc="
-    new_key = generate_key()
+def bench_rotation(
+    database: str, url: str, args: argparse.Namespace, old_key: str, new_key: str
+) -> list[tuple[int, int, float, float, float, float]]:
+    """Rotate each row count with each worker count on one database; print each run."""
+    engine = create_engine(url, hide_parameters=True)
     old = Keyring({"old": old_key})
     keys = f"new:{new_key},old:{old_key}"
-    sa_fieldcrypt.configure(keyring=Keyring.parse(keys))
-    print(
-        f"sa-fieldcrypt {sa_fieldcrypt.__version__}, cryptography {cryptography.__version__}, "
-        f"SQLAlchemy {sqlalchemy.__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
-        f"batch size {args.batch_size}"
-    )
+    worker_counts = [int(w) for w in args.workers.split(",")]
     results = []
+    print(f"\n{database} ({engine.dialect.driver}):", flush=True)
     for rows in [int(r) for r in args.rows.split(",")]:
         source = make_source(engine, rows, old)
         for workers in worker_counts:
             fresh_table(engine, source)
             crypto = crypto_rate(engine, old_key, new_key, workers)
             single = crypto if workers == 1 else crypto_rate(engine, old_key, new_key, 1)
-            measured = run_child(args.url, workers, args.batch_size, keys)
+            profile = None
+            if args.profile:
+                os.makedirs(args.profile, exist_ok=True)
+                profile = os.path.join(args.profile, f"rotate-{database}-{rows}-{workers}")
+            measured = run_child(url, workers, args.batch_size, keys, profile)
             check_done(engine, rows)
             rate = rows / measured["seconds"]
             peak = max(measured["rss_mb"], measured["worker_rss_mb"])
@@ -260,7 +316,13 @@ def main() -> None:
                 f"peak RSS {peak:5.0f} MB",
                 flush=True,
             )
-    print("\nsummary (crypto-bound rate: raw Fernet, as many processes as workers):")
+    engine.dispose()
+    return results
+
+
+def summarize(database: str, results: list[tuple[int, int, float, float, float, float]]) -> None:
+    """Print a database's ratios, speedups and linearity."""
+    print(f"\n{database} summary (crypto-bound rate: raw Fernet, as many processes as workers):")
     by = {(r, w): (s, rate, crypto) for r, w, s, rate, crypto, _ in results}
     for rows, workers, _, rate, crypto, peak in results:
         line = f"  {rows:>9,} rows x{workers}: {rate / crypto:5.2f} of the crypto-bound rate"
@@ -272,17 +334,67 @@ def main() -> None:
         line += f", peak RSS {peak:.0f} MB"
         print(line)
     sizes = sorted({r for r, *_ in results})
-    for workers in worker_counts:
+    for workers in sorted({w for _, w, *_ in results}):
         if len(sizes) >= 2 and all((s, workers) in by for s in sizes[:2]):
-            small, large = sizes[0], sizes[1]
+            small, large = sizes[0], sizes[-1]
             per_row = (by[large, workers][0] / large) / (by[small, workers][0] / small)
             print(
                 f"  time per row, {large:,} vs {small:,} rows, {workers} worker(s): "
                 f"{per_row:4.2f}x (1.00 = linear)"
             )
-    if args.reindex_rows:
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--databases", default="postgresql,mariadb", help="of: " + ", ".join(SERVERS)
+    )
+    parser.add_argument("--rows", default="100000,1000000")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument(
+        "--reindex-rows",
+        type=int,
+        default=1_000_000,
+        help="rows to reindex on PostgreSQL (0: no reindex)",
+    )
+    parser.add_argument("--profile", metavar="DIR", help="write each rotation's profile here")
+    parser.add_argument("--url", help=argparse.SUPPRESS)  # a child's server
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-reindex", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    if args.child:
+        child(args.url, worker_counts[0], args.batch_size, args.profile)
+        return
+    if args.child_reindex:
+        reindex_child(args.url, worker_counts[0], args.batch_size)
+        return
+    databases = [d.strip() for d in args.databases.split(",") if d.strip()]
+    unknown = set(databases) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown databases: {', '.join(sorted(unknown))}")
+
+    # Fixed keys: the source tables are reused between runs of the benchmark.
+    old_key = "wPA1iwhKLxcSoQOnOkL9vLK9Ttq1Ki3lTqFj2zS0Qnc="
+    new_key = generate_key()
+    old = Keyring({"old": old_key})
+    keys = f"new:{new_key},old:{old_key}"
+    sa_fieldcrypt.configure(keyring=Keyring.parse(keys))
+    print(
+        f"sa-fieldcrypt {sa_fieldcrypt.__version__}, cryptography {cryptography.__version__}, "
+        f"SQLAlchemy {sqlalchemy.__version__}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+        f"batch size {args.batch_size}"
+    )
+    results = {d: bench_rotation(d, server_url(d), args, old_key, new_key) for d in databases}
+    for database, found in results.items():
+        summarize(database, found)
+    if args.reindex_rows and "postgresql" in databases:
+        url = server_url("postgresql")
+        engine = create_engine(url, hide_parameters=True)
         make_source(engine, args.reindex_rows, old)
-        bench_reindex(args.url, engine, args.reindex_rows, args.batch_size, keys)
+        bench_reindex(url, engine, args.reindex_rows, args.batch_size, keys)
 
 
 if __name__ == "__main__":

@@ -58,21 +58,17 @@ import os
 import queue as queue_module
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
-    JSON,
     Column,
     Engine,
     Table,
-    Text,
     and_,
     bindparam,
-    cast,
     column,
     create_engine,
     func,
@@ -81,10 +77,9 @@ from sqlalchemy import (
     select,
     table,
     tuple_,
-    type_coerce,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
@@ -588,9 +583,7 @@ class _Writer:
         )
         self.keep = keep
         self.statement = self._statement()
-        bulk = sql.name == "postgresql" and all(_python_type(c.type) in _JSON_KEYS for c in pk)
-        bulk = bulk and all(_python_type(stored_type(c)) is str for c in (*job.read, *job.write))
-        self.bulk = self._bulk_statement() if bulk else None
+        self.bulk = self._bulk_statement(conn.dialect)
 
     def _statement(self) -> Any:
         c = self.lite.c
@@ -606,26 +599,20 @@ class _Writer:
         values.update({c[n]: c[n] for n in self.keep})
         return update(self.lite).where(*where).values(values)
 
-    def _bulk_statement(self) -> Any:
-        # PostgreSQL: the whole batch in one statement with one JSON parameter, much cheaper
-        # than a statement per row.
+    def _bulk_statement(self, dialect: Dialect) -> Any:
+        # The whole batch in one statement with one JSON parameter, much cheaper than a
+        # statement per row (a round trip each, on drivers without pipelining).
         c = self.lite.c
-        rows = (
-            func.json_array_elements(cast(bindparam("doc", type_=Text()), JSON()))
-            .table_valued("value")
-            .alias("fc_batch")
-        )
-
-        def item(position: int) -> ColumnElement[Any]:
-            return type_coerce(rows.c.value.op("->>")(literal_column(str(position))), Text())
-
-        at = {("k", n): i for i, n in enumerate(self.pk_names)}
-        at.update({("o", n): len(self.pk_names) + i for i, n in enumerate(self.read_names)})
-        base = len(self.pk_names) + len(self.read_names)
-        at.update({("n", n): base + i for i, n in enumerate(self.write_names)})
-        where = [c[n] == cast(item(at["k", n]), c[n].type) for n in self.pk_names]
-        where += [self.sql.same(c[n], item(at["o", n])) for n in self.read_names]
-        values = {c[n]: item(at["n", n]) for n in self.write_names}
+        names = [*self.pk_names, *self.read_names, *self.write_names]
+        rows = self.sql.json_rows(dialect, [c[n].type for n in names], keys=len(self.pk_names))
+        if rows is None:
+            return None
+        keys, rest = rows[: len(self.pk_names)], rows[len(self.pk_names) :]
+        old, new = rest[: len(self.read_names)], rest[len(self.read_names) :]
+        where = [c[n] == k for n, k in zip(self.pk_names, keys, strict=True)]
+        where += [self.sql.same(c[n], o) for n, o in zip(self.read_names, old, strict=True)]
+        values: dict[Any, Any] = {c[n]: v for n, v in zip(self.write_names, new, strict=True)}
+        values.update({c[n]: c[n] for n in self.keep})
         return update(self.lite).where(*where).values(values)
 
     def write(self, conn: Connection, items: list[Item]) -> set[tuple[Any, ...]]:
@@ -667,24 +654,13 @@ class _Writer:
         return {k for k, old, new in items if now.get(k) != (*new, *(old[i] for i, _ in only_read))}
 
 
-#: Primary-key types the PostgreSQL one-statement write carries through JSON exactly.
-_JSON_KEYS: Final = (int, str, uuid.UUID)
-
-
-def _python_type(type_: TypeEngine[Any]) -> type | None:
-    try:
-        return type_.python_type
-    except NotImplementedError:
-        return None
-
-
 class _Walk:
     """One process's pass over a range of primary keys of a job.
 
-    On a database server, a writer thread commits batch N while this thread reads and
-    transforms batch N+1: the database's work overlaps with the crypto instead of adding to
-    it. SQLite (one writer at a time) and dry runs go one batch after the other, reading and
-    writing each batch in one transaction.
+    On a database server, a writer thread commits batch N while this thread transforms batch
+    N+1 and a reader thread reads batch N+2 (unthrottled runs): the database's work overlaps
+    with the crypto instead of adding to it. SQLite (one writer at a time) and dry runs go one
+    batch after the other, reading and writing each batch in one transaction.
     """
 
     def __init__(
@@ -811,15 +787,32 @@ class _Walk:
             self._retry(write_conn, writer, batch, missed)
             return batch
 
-        with ThreadPoolExecutor(1, thread_name_prefix="fieldcrypt-writer") as executor:
+        def fetch(after: tuple[Any, ...] | None) -> Sequence[Sequence[Any]]:
+            return self._transaction(conn, self._fetch, self._page(sql, after))
+
+        npk = len(self.pk)
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="fieldcrypt-writer") as executor,
+            ThreadPoolExecutor(1, thread_name_prefix="fieldcrypt-reader") as reader,
+        ):
             pending: Future[_Batch] | None = None
+            ahead: Future[Sequence[Sequence[Any]]] | None = None
             try:
                 while not self.should_stop():
-                    self._hold()
-                    if self.should_stop():
-                        break
-                    stmt = self._page(sql, last)
-                    batch = self._transaction(conn, self._read, stmt, True)
+                    if ahead is None:
+                        self._hold()
+                        if self.should_stop():
+                            break
+                        rows = fetch(last)
+                    else:
+                        reading, ahead = ahead, None
+                        rows = reading.result()
+                    if rows and self.throttle is None:
+                        # The next page is read while this one is transformed: the database
+                        # and the network overlap with the crypto too. (A throttle decides
+                        # when each page is read, after the batch before it is counted.)
+                        ahead = reader.submit(fetch, tuple(rows[-1][:npk]))
+                    batch = self._batch(rows, True)
                     self._charge(batch)
                     if pending is not None:
                         # Taken out first: a listener that raises must not see it twice.
@@ -885,7 +878,15 @@ class _Walk:
             ) from cause
 
     def _read(self, conn: Connection, stmt: Any, scanned: bool) -> _Batch:
-        items, counts, failures, rows = self._transform(conn.execute(stmt).all())
+        return self._batch(self._fetch(conn, stmt), scanned)
+
+    @staticmethod
+    def _fetch(conn: Connection, stmt: Any) -> Sequence[Sequence[Any]]:
+        return conn.execute(stmt).all()
+
+    def _batch(self, rows: Sequence[Sequence[Any]], scanned: bool) -> _Batch:
+        """Transform rows read into a batch to write."""
+        items, counts, failures, rows = self._transform(rows)
         if scanned:
             counts["scanned"] = len(rows)
         return _Batch([tuple(r[: len(self.pk)]) for r in rows], items, counts, failures)

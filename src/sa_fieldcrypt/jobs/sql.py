@@ -14,25 +14,30 @@ Typical usage::
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Column,
     Text,
     and_,
+    bindparam,
     case,
     cast,
     collate,
+    column,
     func,
     literal,
+    literal_column,
     or_,
     text,
     tuple_,
     type_coerce,
 )
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Integer, String, TypeEngine
@@ -57,6 +62,8 @@ LEGACY_TOKEN_START = "gAAAAA"
 _SHORTEST_FERNET_TOKEN = 100
 #: Longest key id plus one: where the key id of an ``fc1`` header must have ended.
 _KEY_ID_END = 33
+#: The name of the table :meth:`DialectSql.json_rows` makes of a JSON parameter.
+_JSON_ROWS = "fc_batch"
 
 
 def stored_text(col: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -121,6 +128,47 @@ class DialectSql:
             charset = conn.execute(text("SELECT @@character_set_connection")).scalar_one()
             collation = f"{charset}_bin"
         return cls(conn.dialect.name, collation)
+
+    def json_rows(
+        self, dialect: Dialect, types: Sequence[TypeEngine[Any]], *, keys: int
+    ) -> list[ColumnElement[Any]] | None:
+        """The columns of a table made of the JSON parameter ``doc``: an array of rows.
+
+        Each row is an array of values, the ``i``-th of type ``types[i]``; the first ``keys``
+        are primary-key values, the others text. A statement over this table handles a whole
+        batch of rows in one round trip, with one parameter that the driver does not parse.
+        None where the database has no such table, or cannot carry these types through JSON
+        exactly: then each row needs a statement of its own.
+        """
+        carried = _JSON_KEYS if self.name == "postgresql" else (int,) if self.mysql else ()
+        if self.mysql and not _has_json_table(dialect):
+            return None
+        for position, type_ in enumerate(types):
+            if _python_type(type_) not in (carried if position < keys else (str,)):
+                return None
+        doc = bindparam("doc", type_=Text())
+        if self.name == "postgresql":
+            rows = func.json_array_elements(cast(doc, JSON())).table_valued("value")
+            value = rows.alias(_JSON_ROWS).c.value
+
+            def item(position: int, type_: TypeEngine[Any]) -> ColumnElement[Any]:
+                found = type_coerce(value.op("->>")(literal_column(str(position))), Text())
+                return found if position >= keys else cast(found, type_)
+
+            return [item(i, t) for i, t in enumerate(types)]
+        if self.binary_collation is None:
+            raise RotationError("internal: json_rows() needs DialectSql.connected()")
+        # Text in the connection's character set, which the exact comparisons (same()) use.
+        charset = self.binary_collation.removesuffix("_bin")
+        spelled = [
+            t.compile(dialect) if i < keys else f"LONGTEXT CHARACTER SET {charset}"
+            for i, t in enumerate(types)
+        ]
+        # ERROR ON ERROR: a value that does not convert must fail the write, not become NULL.
+        columns = ", ".join(f"c{i} {s} PATH '$[{i}]' ERROR ON ERROR" for i, s in enumerate(spelled))
+        table_ = func.json_table(doc, literal_column(f"'$[*]' COLUMNS ({columns})"))
+        rows = table_.table_valued(*(column(f"c{i}", t) for i, t in enumerate(types)))
+        return list(rows.alias(_JSON_ROWS).c)
 
     def exact(self, expr: ColumnElement[Any]) -> ColumnElement[Any]:
         """``expr`` compared byte for byte, case and trailing spaces included."""
@@ -298,3 +346,22 @@ class DialectSql:
             {"schema": schema, "name": name},
         )
         return [row[0] for row in rows]
+
+
+#: Primary-key types that PostgreSQL's JSON rows (:meth:`DialectSql.json_rows`) carry exactly.
+_JSON_KEYS = (int, str, uuid.UUID)
+
+
+def _python_type(type_: TypeEngine[Any]) -> type | None:
+    try:
+        return type_.python_type
+    except NotImplementedError:
+        return None
+
+
+def _has_json_table(dialect: Dialect) -> bool:
+    """Whether the MariaDB (10.6 on) or MySQL (8.0.4 on) server has ``JSON_TABLE``."""
+    version = tuple(getattr(dialect, "server_version_info", None) or ())
+    if getattr(dialect, "is_mariadb", False):
+        return version >= (10, 6)
+    return version >= (8, 0, 4)
