@@ -1566,7 +1566,9 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
 
 def test_the_progress_line_shows_rate_eta_and_time_throttled() -> None:
     """A plain progress line says rows per second, the time left and the time throttled."""
-    report = jobs.JobReport("t.email", scanned=500, written=400, elapsed=10, throttled_seconds=3)
+    report = jobs.JobReport(
+        "t.email", scanned=500, written=400, elapsed=10, throttled_seconds=5, paused_seconds=3
+    )
     plain = io.StringIO()
     lines = _Progress(plain, interval=0)
     lines.started("t.email", 2000)
@@ -1578,7 +1580,7 @@ def test_the_progress_line_shows_rate_eta_and_time_throttled() -> None:
         "t.email: paused: replica lag 9.0 s is over 5 s",
         "t.email: resumed after 3.0 s paused",
         "t.email: 500/2,000 rows scanned, 400 written, 0 failed, 50 rows/s, ETA 30.0 s, "
-        "throttled 3.0 s",
+        "throttled 5.0 s (paused 3.0 s)",
     ] == plain.getvalue().splitlines()
 
 

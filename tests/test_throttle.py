@@ -303,7 +303,40 @@ def test_a_pause_file_pauses_a_rotation_until_it_is_removed(
     assert [f"paused: the pause file {pause} exists; remove it to resume", "resumed"] == (
         timeline.events
     )
-    assert 4.0 == report.jobs[0].throttled_seconds
+    assert (4.0, 4.0) == (report.jobs[0].throttled_seconds, report.jobs[0].paused_seconds)
+
+
+def test_the_report_tells_pauses_from_the_row_rate(
+    tmp_path: Path, engine: Engine, ring: Keyring
+) -> None:
+    """throttled_seconds counts both; paused_seconds only the pause, the rest is the rate."""
+    _old_rows(engine, ring, 20)
+    pause = tmp_path / "pause"
+    fake = FakeTime()
+    written: list[int] = []
+
+    def before_write(conn: Any, keys: list[tuple[Any, ...]]) -> None:
+        if keys:
+            written.append(len(keys))
+        if len(written) == 1 and not pause.exists():
+            pause.touch()
+
+    def on_sleep(count: int) -> None:
+        if pause.exists() and fake.clock() >= 3.0:
+            pause.unlink()
+
+    fake.on_sleep = on_sleep
+    throttle = Throttle(max_rate=10, pause_file=pause, clock=fake.clock, sleep=fake.sleep)
+    report = jobs.rotate(
+        engine,
+        [jobs.reflect_column(engine, TABLE, "email")],
+        batch_size=10,
+        throttle=throttle,
+        before_write=before_write,
+    ).jobs[0]
+    assert 20 == report.written
+    assert 0 < report.paused_seconds < report.throttled_seconds
+    assert report.to_dict()["paused_seconds"] == round(report.paused_seconds, 3)
 
 
 def test_a_pause_file_present_at_the_start_holds_the_first_batch(
@@ -329,7 +362,12 @@ def test_a_pause_file_present_at_the_start_holds_the_first_batch(
         throttle=throttle,
         before_write=lambda conn, keys: written.extend([len(keys)] if keys else []),
     )
-    assert (10, [10], 2.0) == (report.written, written, report.jobs[0].throttled_seconds)
+    assert (10, [10], 2.0, 2.0) == (
+        report.written,
+        written,
+        report.jobs[0].throttled_seconds,
+        report.jobs[0].paused_seconds,
+    )
 
 
 def test_max_rate_holds_every_five_second_window_under_110_percent(

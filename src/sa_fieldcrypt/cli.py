@@ -780,10 +780,7 @@ class _Progress(RunListener):
         """What the bar shows after its ETA: the rate, and the time a throttle held it."""
         if report is None or report.elapsed <= 0:
             return None
-        pace = f"{report.rate:,.0f} rows/s"
-        if report.throttled_seconds >= 0.05:
-            pace += f", throttled {_duration(report.throttled_seconds)}"
-        return pace
+        return ", ".join([f"{report.rate:,.0f} rows/s", *_held(report)])
 
     def _progress_line(self, report: JobReport) -> None:
         parts = [
@@ -796,13 +793,22 @@ class _Progress(RunListener):
             left = self.total - report.scanned
             if left > 0 and report.rate > 0:
                 parts.append(f"ETA {_duration(left / report.rate)}")
-        if report.throttled_seconds >= 0.05:
-            parts.append(f"throttled {_duration(report.throttled_seconds)}")
+        parts.extend(_held(report))
         self._line(", ".join(parts))
 
     def _line(self, text: str) -> None:
         self.last_line = time.monotonic()
         click.echo(text, file=self.stream)
+
+
+def _held(report: JobReport) -> list[str]:
+    """How long a throttle held the job back, and how much of it was paused."""
+    if report.throttled_seconds < 0.05:
+        return []
+    held = f"throttled {_duration(report.throttled_seconds)}"
+    if report.paused_seconds >= 0.05:
+        held += f" (paused {_duration(report.paused_seconds)})"
+    return [held]
 
 
 def _duration(seconds: float) -> str:

@@ -410,6 +410,7 @@ class _JobProgress:
         # held back as long as the longest, and one after the other as long as all of them.
         self.parallel = parallel
         self.throttled: dict[int, float] = {}
+        self.paused_for: dict[int, float] = {}  # of which paused (the rest: the row rate)
         # Ranges paused now, and since when the first of them was: workers watch the same
         # replicas and pause file, so the listener hears of one pause, not one per worker.
         self.pausing: set[int] = set()
@@ -427,6 +428,8 @@ class _JobProgress:
             self.throttled[index] = self.throttled.get(index, 0.0) + throttled
         spent = list(self.throttled.values()) or [0.0]
         self.report.throttled_seconds = max(spent) if self.parallel else sum(spent)
+        paused = list(self.paused_for.values()) or [0.0]
+        self.report.paused_seconds = max(paused) if self.parallel else sum(paused)
         self.report.elapsed = time.monotonic() - self.started
 
     def committed(self, index: int, rows: int, counts: dict[str, int], done: _Done) -> None:
@@ -452,6 +455,7 @@ class _JobProgress:
         self.pausing.add(index)
 
     def resumed(self, index: int, seconds: float) -> None:
+        self.paused_for[index] = self.paused_for.get(index, 0.0) + seconds
         self.pausing.discard(index)
         if not self.pausing:
             # One process's own clock (an injected one, in tests) says how long it paused.

@@ -125,6 +125,8 @@ class JobReport:
         elapsed: seconds the job has run.
         throttled_seconds: seconds of ``elapsed`` a throttle held the job back (paused, or
             slowed to its row rate); with workers, the longest any worker was held back.
+        paused_seconds: of ``throttled_seconds``, the seconds paused (the pause file,
+            replica lag); the rest is the row rate's. With workers, the longest any paused.
     """
 
     label: str
@@ -141,6 +143,7 @@ class JobReport:
     resumed: bool = False
     elapsed: float = 0.0
     throttled_seconds: float = 0.0
+    paused_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -155,6 +158,7 @@ class JobReport:
         # The jobs of a run go one after the other, so their times add up.
         self.elapsed += other.elapsed
         self.throttled_seconds += other.throttled_seconds
+        self.paused_seconds += other.paused_seconds
 
     def count(self, counts: dict[str, int]) -> None:
         """Add ``counts`` (counter name to rows) to this report's counters."""
@@ -176,6 +180,7 @@ class JobReport:
             "resumed": self.resumed,
             "elapsed_seconds": round(self.elapsed, 3),
             "throttled_seconds": round(self.throttled_seconds, 3),
+            "paused_seconds": round(self.paused_seconds, 3),
             "rows_per_second": round(self.rate, 1),
             "failures": [f.to_dict() for f in self.failures],
         }
