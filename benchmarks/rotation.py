@@ -14,6 +14,11 @@ blind-index key with 1 and with 2 workers: the speedup shows whether the worker 
 ``DIR/rotate-<database>-<rows>-<workers>.prof`` (with one worker: the walk's thread and the
 writer thread, each in a file of its own; read them with ``python -m pstats``).
 
+Last, the write ceiling: ``--capacity-rows`` rows (300,000 by default) rewritten by the same
+job engine with a transform that costs nothing, with each ``--workers`` count, on each
+database: what the reads, the compare-and-set writes and the database's own work allow, which
+every shard of a rotation shares.
+
 Each rotation runs in a fresh process, so its peak RSS is its own. The crypto-bound rate is
 measured in the same run: raw ``cryptography`` Fernet, one decrypt under the old key plus one
 encrypt under the new key per value, on one core. Figures come from one run on whatever
@@ -42,7 +47,7 @@ from typing import Any
 import cryptography
 import sqlalchemy
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import Engine, MetaData, Table, create_engine, inspect, text
 
 import sa_fieldcrypt
 from sa_fieldcrypt import Keyring, generate_key, jobs
@@ -320,6 +325,44 @@ def bench_rotation(
     return results
 
 
+def _swap_job(engine: Engine) -> jobs.BatchJob:
+    """A job that rewrites every value of the table with no crypto: each text reversed."""
+    table = Table(TABLE, MetaData(), autoload_with=engine)
+
+    def transform(key: tuple[Any, ...], values: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (values[0][::-1],)
+
+    return jobs.BatchJob(
+        f"{TABLE}.email", table, (table.c.email,), (table.c.email,), transform, resume_key="swap"
+    )
+
+
+def bench_write_capacity(
+    database: str, url: str, rows: int, workers: list[int], batch_size: int, old: Keyring
+) -> None:
+    """Rows/s the engine and the database sustain with no crypto: the ceiling shards share.
+
+    The same job engine (keyset pages, one compare-and-set UPDATE per batch) rewrites every
+    value with a transform that costs next to nothing, so what is measured is reading,
+    writing and the database's own work (its WAL or binlog included).
+    """
+    engine = create_engine(url, hide_parameters=True)
+    source = make_source(engine, rows, old)
+    for count in workers:
+        fresh_table(engine, source)
+        start = time.perf_counter()
+        report = jobs.run_job(engine, _swap_job, workers=count, batch_size=batch_size)
+        seconds = time.perf_counter() - start
+        if report.written != rows:
+            raise SystemExit(f"{database}: rewrote {report.written:,} of {rows:,} rows")
+        print(
+            f"  {database}: {rows:,} rows rewritten without crypto by {count} worker(s): "
+            f"{seconds:6.1f} s, {rows / seconds:9,.0f} rows/s",
+            flush=True,
+        )
+    engine.dispose()
+
+
 def summarize(database: str, results: list[tuple[int, int, float, float, float, float]]) -> None:
     """Print a database's ratios, speedups and linearity."""
     print(f"\n{database} summary (crypto-bound rate: raw Fernet, as many processes as workers):")
@@ -359,6 +402,12 @@ def main() -> None:
         help="rows to reindex on PostgreSQL (0: no reindex)",
     )
     parser.add_argument("--profile", metavar="DIR", help="write each rotation's profile here")
+    parser.add_argument(
+        "--capacity-rows",
+        type=int,
+        default=300_000,
+        help="rows to rewrite without crypto, to measure the write ceiling (0: none)",
+    )
     parser.add_argument("--url", help=argparse.SUPPRESS)  # a child's server
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-reindex", action="store_true", help=argparse.SUPPRESS)
@@ -390,6 +439,17 @@ def main() -> None:
     results = {d: bench_rotation(d, server_url(d), args, old_key, new_key) for d in databases}
     for database, found in results.items():
         summarize(database, found)
+    if args.capacity_rows:
+        print("\nwrite ceiling (the job engine with a transform that costs nothing):")
+        for database in databases:
+            bench_write_capacity(
+                database,
+                server_url(database),
+                args.capacity_rows,
+                worker_counts,
+                args.batch_size,
+                old,
+            )
     if args.reindex_rows and "postgresql" in databases:
         url = server_url("postgresql")
         engine = create_engine(url, hide_parameters=True)
