@@ -756,6 +756,50 @@ def test_reencrypt_moves_any_value_to_the_primary_key(data: bytes) -> None:
         assert data == column_type.process_result_value(moved, DIALECT)
 
 
+@given(st.binary(), st.sampled_from([False, True, 5]), st.sampled_from(["", "c", "p", "cp"]))
+def test_token_rewriter_writes_what_reencrypt_writes(
+    data: bytes, padding: bool | int, flags: str
+) -> None:
+    """token_rewriter() turns an old-key token, padded or not, bound or not, into a token with
+    the header and content reencrypt() gives it (an unbound padded one goes the long way)."""
+    column_type = EncryptedBytes(keyring=OLD_AND_NEW, context=LOOSE, padding=padding)
+    old = OLD_AND_NEW.with_primary("old")
+    token = encrypt(
+        old, data, context=LOOSE if "c" in flags else None, padding=16 if "p" in flags else False
+    )
+    moved = column_type.token_rewriter()(token)
+    assert (flags == "p") == (moved is None)
+    if moved is None:
+        return
+    expected = reencrypt(column_type, token)
+    assert expected.rsplit(":", 1)[0] == moved.rsplit(":", 1)[0]
+    assert data == column_type.decrypt_token(moved)
+
+
+def test_token_rewriter_leaves_every_other_value_to_reencrypt() -> None:
+    """token_rewriter() answers None for what it does not open; reencrypt() then says why."""
+    column_type = EncryptedText(keyring=OLD_AND_NEW, context=LOOSE, allow_unbound=False)
+    rewrite = column_type.token_rewriter()
+    old = OLD_AND_NEW.with_primary("old")
+    good = encrypt(old, b"x", context=LOOSE)
+    tampered = good[:-3] + ("A" if good[-3] != "A" else "B") + good[-2:]
+    others = [
+        tampered,
+        encrypt(old, b"x"),  # unbound, in a strict column
+        encrypt(old, b"x", context="another.column"),
+        encrypt(Keyring({"gone": generate_key()}), b"x", context=LOOSE),
+        "ada@example.com",
+        "fc1:old:c:not-base64",
+    ]
+    assert rewrite(good) is not None
+    for value in others:
+        assert rewrite(value) is None
+        with pytest.raises(DecryptionError):
+            reencrypt(column_type, value)
+    row_bound = EncryptedText(keyring=OLD_AND_NEW, context=LOOSE).bound_to_rows()
+    assert row_bound.token_rewriter()(good) is None
+
+
 def test_reencrypt_keeps_json_text_byte_for_byte() -> None:
     """A JSON value is re-encrypted as stored: key order and spacing are not rewritten."""
     stored = b'{"b": 1,  "a": [2, 1]}'

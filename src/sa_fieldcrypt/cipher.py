@@ -51,6 +51,7 @@ from sa_fieldcrypt.keys import (
     PADDED_FLAG,
     ROW_FLAG,
     Key,
+    KeyCodec,
     Keyring,
     is_fernet_token,
 )
@@ -72,9 +73,11 @@ __all__ = [
     "max_token_size",
     "pad",
     "padding_block",
+    "reading_codec",
     "row_key_bytes",
     "set_max_token_size",
     "unpad",
+    "writing_codec",
 ]
 
 #: A primary-key value a token can be bound to (:func:`row_key_bytes`).
@@ -473,49 +476,63 @@ def decrypt_value(keyring: Keyring, token: str, context: str | None, allow_unbou
 
     The column types call it once per value read, with a keyring their cache checked.
     """
-    # One partition and one dict lookup find the key, whatever the keyring's size; payloads
-    # never hold ':', so the last ':' ends the header. Anything unusual goes the long way.
     try:
         # Before any cryptography; -1 until the limit is read, and the long way reads it.
         if len(token) > _max_size:
             _check_stored_size(token)
+        # Payloads never hold ':', so the last ':' ends the header.
         head, _, payload = token.rpartition(":")
-        if context is None:
-            key = keyring.token_heads.get(head)
-            if key is not None:
-                try:
-                    data = key.decrypt(payload)
-                except (InvalidToken, ValueError, TypeError):
-                    # ValueError/TypeError: non-ASCII text never reaches Fernet's own check.
-                    raise DecryptionError(_INVALID, key_id=key.id) from None
-                next(key.decrypt_counter)
-                return data
-        else:
-            key = keyring.bound_token_heads.get(head)
-            if key is not None:
-                try:
-                    data = key.for_context(context).decrypt(payload)
-                except (InvalidToken, ValueError, TypeError):
-                    raise DecryptionError(_INVALID, key_id=key.id) from None
-                next(key.decrypt_counter)
-                return data
-            padded = keyring.padded_token_heads.get(head)
-            if padded is not None and padded[1] == BOUND_FLAG:
-                return _decrypt_padded(padded[0], payload, BOUND_FLAG, context, allow_unbound)
-            key = keyring.token_heads.get(head) if allow_unbound else None
-            if key is not None:
-                # An unbound token read by a bound column (written before it was bound): what
-                # a rotation that binds a column reads a million times.
-                try:
-                    data = key.decrypt(payload)
-                except (InvalidToken, ValueError, TypeError):
-                    raise DecryptionError(_INVALID, key_id=key.id) from None
-                next(key.decrypt_counter)
-                return data
-        return _decrypt_other(keyring, token, context, allow_unbound)
+        found = reading_codec(keyring, head, context, allow_unbound)
+        if found is None:
+            return _decrypt_other(keyring, token, context, allow_unbound)
+        key, codec, padded = found
+        try:
+            data = codec.decrypt(payload)
+        except (InvalidToken, ValueError, TypeError):
+            # ValueError/TypeError: non-ASCII text never reaches Fernet's own check.
+            raise DecryptionError(_INVALID, key_id=key.id) from None
+        next(key.decrypt_counter)
+        return unpad(data) if padded else data
     except DecryptionError as exc:
         metrics.count_failure(exc.key_id, isinstance(exc, UnknownKeyError))
         raise
+
+
+def reading_codec(
+    keyring: Keyring, head: str, context: str | None, allow_unbound: bool
+) -> tuple[Key, KeyCodec, bool] | None:
+    """The key and codec that open tokens whose header up to its last ``:`` is ``head``.
+
+    For a column of ``context`` (None: unbound) that reads unbound tokens if
+    ``allow_unbound``; the bool says whether the plaintext is padded (:func:`unpad`). None
+    for every other header (unknown key ids, refusals, row-bound, unbound padded, not a
+    token): :func:`decrypt_value` decides those the long way. A few dict lookups, whatever
+    the keyring's size; the same header always gives the same answer for one keyring.
+    """
+    if context is None:
+        key = keyring.token_heads.get(head)
+        return None if key is None else (key, key.codec, False)
+    key = keyring.bound_token_heads.get(head)
+    if key is not None:
+        return key, key.for_context(context), False
+    padded = keyring.padded_token_heads.get(head)
+    if padded is not None and padded[1] == BOUND_FLAG:
+        return padded[0], padded[0].for_context(context, True), True
+    key = keyring.token_heads.get(head) if allow_unbound else None
+    # An unbound token read by a bound column (written before it was bound): what a
+    # rotation that binds a column reads a million times.
+    return None if key is None else (key, key.codec, False)
+
+
+def writing_codec(keyring: Keyring, context: str | None, padded: bool) -> KeyCodec:
+    """The codec that writes a column's tokens: the primary key's, bound to ``context``.
+
+    ``padded``: the codec of padded values; the caller pads (:func:`pad`).
+    """
+    key = keyring.primary
+    if context is None and not padded:
+        return key.codec
+    return key.for_context(context, padded)
 
 
 def decrypt_row_value(

@@ -46,6 +46,7 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
+from cryptography.fernet import InvalidToken
 from sqlalchemy import CompoundSelect, Over, Select, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.compiler import compiles
@@ -456,6 +457,60 @@ class EncryptedType(TypeDecorator[_T], SchemaEventTarget):
         """
         return cast("bytes", self._decrypt_data(token, self._row(row_key)))
 
+    def token_rewriter(self) -> Callable[[str], str | None]:
+        """A function from a stored token to the token the column writes now for its content.
+
+        The token's content is encrypted again as :meth:`encrypt_bytes` encrypts it, after
+        :meth:`decrypt_token` would have decrypted it, with the keys and context of this
+        moment, looked up once here: rotation takes one per batch. It answers None for
+        anything but a token this keyring opens in this column (failures, legacy values,
+        plaintext, unknown key ids, row-bound columns): :meth:`decrypt_token` then decides,
+        and its errors name what went wrong.
+        """
+        state = self._context
+        if state.rows or state.pending:
+            return _no_rewrite  # every value needs its row, or is refused
+        try:
+            keyring = self.active_keyring()
+            block = self._block
+            write = cipher.writing_codec(keyring, state.name, block is not None)
+        except FieldCryptError:
+            return _no_rewrite  # each value goes the long way, and fails there
+        name, allow_unbound = state.name, _unbound_ok(state)
+        limit = cipher.max_token_size()
+        prefix, encrypt = write.token_prefix, write.encrypt
+        reading_codec, pad, unpad = cipher.reading_codec, cipher.pad, cipher.unpad
+        # Only headers this keyring opens are kept: as many as its keys and flags, whatever
+        # the stored values hold.
+        readers: dict[str, tuple[Any, Any, bool]] = {}
+
+        def rewrite(token: str) -> str | None:
+            if len(token) > limit:
+                return None
+            head, _, payload = token.rpartition(":")
+            found = readers.get(head)
+            if found is None:
+                found = reading_codec(keyring, head, name, allow_unbound)
+                if found is None:
+                    return None
+                readers[head] = found
+            key, codec, padded = found
+            try:
+                data = codec.decrypt(payload)
+                if padded:
+                    data = unpad(data)
+            except (InvalidToken, ValueError, TypeError, DecryptionError):
+                return None  # decrypted again the long way, which reports it
+            next(key.decrypt_counter)
+            if block is not None:
+                data = pad(data, block)
+            if len(data) >= limit:
+                return None
+            new = prefix + encrypt(data)
+            return new if len(new) <= limit else None
+
+        return rewrite
+
     def to_plaintext(self, value: Any) -> bytes:
         """The bytes the column encrypts for ``value``: its plaintext encoding.
 
@@ -722,6 +777,11 @@ def _unbound_ok(context: _ContextState) -> bool:
         return True  # context=False: unbound tokens are the column's own
     allowed = context.allow_unbound
     return unbound_allowed() if allowed is None else allowed
+
+
+def _no_rewrite(token: str) -> str | None:
+    """The token rewriter of a column whose every value goes the long way."""
+    return None
 
 
 def _as_is(data: bytes) -> bytes:

@@ -178,6 +178,9 @@ class BatchJob:
         explain_conflict: how to find and name the rows of a unique-constraint conflict, all
             of a batch's at once (each becomes a failure, the rest of the batch is written);
             without it a conflict stops the run with the driver's message.
+        batch_transform: called once per batch for the transform of that batch's rows, so
+            that what stays fixed within a batch (keys, codecs) is looked up once; it must
+            give each row what ``transform`` gives it. Without it, ``transform`` is used.
     """
 
     label: str
@@ -188,6 +191,7 @@ class BatchJob:
     where: ColumnElement[bool] | None = None
     resume_key: str = ""
     explain_conflict: ExplainConflict | None = field(default=None, compare=False)
+    batch_transform: Callable[[], Transform] | None = field(default=None, compare=False)
 
 
 #: Builds a job from an engine; worker processes call it to build their own.
@@ -991,7 +995,9 @@ class _Walk:
         """Transform rows; with fail_fast, only those up to the first failure."""
         npk = len(self.pk)
         fail_fast = self.options.fail_fast
-        transform = self.job.transform
+        prepare = self.job.batch_transform
+        transform = self.job.transform if prepare is None else prepare()
+        has_limits = self.has_limits
         items: list[Item] = []
         failures: list[Failure] = []
         unchanged = skipped = 0
@@ -1005,16 +1011,17 @@ class _Walk:
             except FieldCryptError as exc:
                 failures.append(self._failure(key, _reason(exc)))
                 continue
-            if new is None:
-                unchanged += 1
-            elif isinstance(new, Skip):
-                skipped += 1
-            elif isinstance(new, tuple):
-                too_long = self._too_long(new) if self.has_limits else None
+            # The common case first: a row to write.
+            if isinstance(new, tuple):
+                too_long = self._too_long(new) if has_limits else None
                 if too_long is not None:
                     failures.append(self._failure(key, too_long))
                 else:
                     items.append((key, old, new))
+            elif new is None:
+                unchanged += 1
+            elif isinstance(new, Skip):
+                skipped += 1
         counts = {"unchanged": unchanged, "skipped": skipped, "failed": len(failures)}
         return items, counts, failures, rows
 
