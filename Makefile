@@ -58,8 +58,9 @@ bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/blind_index.py
 
 # Key rotation of 100,000 and 1,000,000 rows on PostgreSQL and MariaDB, 1 and 2 workers, each
-# with its ratio to the crypto-bound rate, and a reindex of 1,000,000 rows on PostgreSQL with 1
-# and 2 workers (about a quarter of an hour; FIELDCRYPT_BENCH_POSTGRES_URL and
+# with its ratio to the crypto-bound rate, the write ceiling (300,000 rows rewritten with no
+# crypto), and a reindex of 1,000,000 rows on PostgreSQL with 1 and 2 workers (about a quarter
+# of an hour; FIELDCRYPT_BENCH_POSTGRES_URL and
 # FIELDCRYPT_BENCH_MARIADB_URL, else the FIELDCRYPT_TEST_* ones, name the servers).
 bench-rotation: $(VENV)/.installed-dev
 	$(PY) benchmarks/rotation.py
