@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from sa_fieldcrypt import RotationError
-from sa_fieldcrypt.jobs import BatchJob, run_job
+from sa_fieldcrypt import ConfigurationError, DecryptionError, RotationError
+from sa_fieldcrypt.jobs import BatchJob, Throttle, run_job
 
 TABLE = "fc_batch_values"
 
@@ -170,3 +173,179 @@ def test_a_worker_error_stops_the_run_with_its_first_line(tmp_path: Path) -> Non
         run_job(engine, _exploding_job, workers=2, batch_size=5)
     assert "worker failed: RuntimeError: transform broke" == str(raised.value)
     engine.dispose()
+
+
+# -- the transform process -------------------------------------------------------------------
+
+PROCESS_TABLE = "fc_batch_transform_process"
+#: The transform process serves the walks that pipeline their batches: database servers only.
+SERVERS = ["postgresql", "mariadb"]
+
+
+def _process_table() -> Table:
+    return Table(
+        PROCESS_TABLE,
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("v", String(40)),
+    )
+
+
+def _pid_job(engine: Engine) -> BatchJob:
+    """Appends the transforming process's id to each value; "bad" fails, "die" kills it."""
+    table = _process_table()
+
+    def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> tuple[Any, ...]:
+        if old[0] == "bad":
+            raise DecryptionError("cannot be opened")
+        if old[0] == "die":
+            os._exit(3)
+        if old[0] == "broken":
+            raise RuntimeError("transform broke\nsecond line with details")
+        return (f"{old[0]}@{os.getpid()}",)
+
+    return BatchJob(
+        "transforms", table, (table.c.v,), (table.c.v,), transform, where=~table.c.v.contains("@")
+    )
+
+
+@pytest.fixture
+def process_table(engine: Engine) -> Iterator[Table]:
+    table = _process_table()
+    table.metadata.drop_all(engine)
+    table.metadata.create_all(engine)
+    yield table
+    table.metadata.drop_all(engine)
+
+
+def _fill(engine: Engine, table: Table, values: dict[int, str]) -> None:
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": k, "v": v} for k, v in values.items()])
+
+
+def _stored(engine: Engine, table: Table) -> dict[int, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(table.c.id, table.c.v)).all())
+
+
+def _by_whom(stored: dict[int, str]) -> set[str]:
+    """The process ids the values were transformed in."""
+    return {v.partition("@")[2] for v in stored.values() if "@" in v}
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_transform_process_transforms_every_batch_elsewhere(
+    engine: Engine, process_table: Table
+) -> None:
+    """With transform_process, each row is transformed in another process, and written once."""
+    _fill(engine, process_table, {i: "bad" if i == 17 else f"v{i}" for i in range(60)})
+    report = run_job(engine, _pid_job, batch_size=7, transform_process=True)
+    assert (60, 59, 1) == (report.scanned, report.written, report.failed)
+    assert [(17,)] == [f.key for f in report.failures]
+    stored = _stored(engine, process_table)
+    assert {i: f"v{i}" for i in range(60) if i != 17} == {
+        k: v.partition("@")[0] for k, v in stored.items() if k != 17
+    }
+    (pid,) = _by_whom(stored)
+    assert str(os.getpid()) != pid
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+@pytest.mark.parametrize("option", [False, None])
+def test_small_runs_and_runs_without_one_transform_here(
+    engine: Engine, process_table: Table, option: bool | None
+) -> None:
+    """By default a run of a few rows starts no process; False starts none at all."""
+    _fill(engine, process_table, {i: f"v{i}" for i in range(30)})
+    assert 30 == run_job(engine, _pid_job, batch_size=7, transform_process=option).written
+    assert {str(os.getpid())} == _by_whom(_stored(engine, process_table))
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_transform_process_with_a_throttle(engine: Engine, process_table: Table) -> None:
+    """A throttled run, which reads each page only when the batch before is counted."""
+    _fill(engine, process_table, {i: f"v{i}" for i in range(40)})
+    report = run_job(
+        engine, _pid_job, batch_size=5, transform_process=True, throttle=Throttle(max_rate=2000)
+    )
+    assert (40, 40) == (report.scanned, report.written)
+    assert str(os.getpid()) not in _by_whom(_stored(engine, process_table))
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_transform_process_stops_at_the_first_failure(
+    engine: Engine, process_table: Table
+) -> None:
+    """fail_fast: rows up to the failing one are written, none after it."""
+    _fill(engine, process_table, {i: "bad" if i == 12 else f"v{i}" for i in range(40)})
+    report = run_job(engine, _pid_job, batch_size=5, transform_process=True, fail_fast=True)
+    assert not report.completed
+    stored = _stored(engine, process_table)
+    assert all("@" in stored[i] for i in range(12))
+    assert all("@" not in stored[i] for i in range(12, 40))
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_transform_process_that_dies_stops_the_run_and_a_rerun_finishes(
+    engine: Engine, process_table: Table
+) -> None:
+    """Its batches committed stay, no value is half-written, and a rerun does the rest."""
+    _fill(engine, process_table, {i: "die" if i == 23 else f"v{i}" for i in range(40)})
+    with pytest.raises(RotationError) as raised:
+        run_job(engine, _pid_job, batch_size=5, transform_process=True)
+    assert "transforms: the transform process exited with code 3; rerun to resume" == str(
+        raised.value
+    )
+    stored = _stored(engine, process_table)
+    assert {i for i, v in stored.items() if "@" in v} <= set(range(20))
+    with engine.begin() as conn:
+        conn.execute(update(process_table).where(process_table.c.id == 23).values(v="v23"))
+    report = run_job(engine, _pid_job, batch_size=5, transform_process=True)
+    stored = _stored(engine, process_table)
+    assert (True, 0) == (report.completed, report.failed)
+    assert {i: f"v{i}" for i in range(40)} == {k: v.partition("@")[0] for k, v in stored.items()}
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_an_error_in_the_transform_process_names_its_first_line(
+    engine: Engine, process_table: Table
+) -> None:
+    _fill(engine, process_table, {1: "v1", 2: "broken"})
+    with pytest.raises(RotationError) as raised:
+        run_job(engine, _pid_job, transform_process=True)
+    assert "the transform process failed: RuntimeError: transform broke" == str(raised.value)
+
+
+def test_a_transform_process_needs_a_factory(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'job.sqlite3'}")
+    with pytest.raises(ConfigurationError, match="transform_process needs a picklable job"):
+        run_job(engine, _pid_job(engine), transform_process=True)
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_script_without_a_main_guard_runs_its_top_level_once(
+    engine: Engine, process_table: Table, tmp_path: Path
+) -> None:
+    """The transform process imports none of the caller's script, unlike a spawned one."""
+    _fill(engine, process_table, {i: f"v{i}" for i in range(30)})
+    ran = tmp_path / "ran.txt"
+    script = tmp_path / "rotate_everything.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from sqlalchemy import create_engine\n"
+        "from sa_fieldcrypt.jobs import run_job\n"
+        "from test_jobs_engine import _pid_job\n"
+        f"with open({str(ran)!r}, 'a') as out:\n"
+        "    out.write('ran\\n')\n"
+        f"engine = create_engine({engine.url.render_as_string(hide_password=False)!r})\n"
+        "written = run_job(engine, _pid_job, transform_process=True).written\n"
+        "print(written, os.getpid())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (0, "ran\n") == (done.returncode, ran.read_text()), done.stderr
+    written, script_pid = done.stdout.split()
+    (pid,) = _by_whom(_stored(engine, process_table))
+    assert ("30", True) == (written, pid not in (str(os.getpid()), script_pid))

@@ -54,11 +54,14 @@ import itertools
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue as queue_module
 import re
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -79,7 +82,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
@@ -151,6 +154,14 @@ ExplainConflict = Callable[[Engine, list[Item]], "list[Failure]"]
 _T = TypeVar("_T")
 #: The default keyrings a worker process is given, by purpose.
 _DefaultKeys = dict[Purpose, Keyring]
+#: What a child process needs to run a job as this one would: the engine's URL and execution
+#: options, the default keys, whether unbound tokens are read.
+_ChildSettings = tuple[str, dict[str, Any], _DefaultKeys, "bool | None"]
+#: A batch transformed: ``(position in the batch, new values)`` of each row to write, the
+#: counts, the failures, and how many rows of the batch were taken (fail_fast stops early).
+_Transformed = tuple[list[tuple[int, tuple[Any, ...]]], dict[str, int], list[Failure], int]
+#: Rows a walk's range must hold for its transform to get a process of its own.
+_TRANSFORM_PROCESS_ROWS: Final = 20_000
 
 
 @dataclass(frozen=True)
@@ -265,6 +276,7 @@ def run_job(
     before_write: BeforeWrite | None = None,
     reread_changed: bool = True,
     throttle: Throttle | None = None,
+    transform_process: bool | None = None,
 ) -> JobReport:
     """Run a :class:`BatchJob` over its table, batch by batch.
 
@@ -293,6 +305,12 @@ def run_job(
         throttle: holds batches back to a row rate, while a replica lags or while a pause
             file exists; with ``workers``, each worker gets an equal share of the rate. A
             rate also caps ``batch_size`` at a tenth of a second's rows.
+        transform_process: run the transform in a process of its own, which ``job`` (a
+            factory) builds its job in, while this one reads and writes: on a database
+            server, with one worker, the crypto then has a core to itself. By default
+            (None), it does when ``job`` is a factory and at least 20,000 rows need work.
+            Ignored with ``workers > 1`` (each worker reads, transforms and writes its range),
+            with SQLite and in a dry run (one batch after the other).
 
     Returns:
         The counts of the run; failures are also passed to ``listener`` as they happen.
@@ -309,6 +327,11 @@ def run_job(
         parse_shard(f"{shard[0]}/{shard[1]}")
     if workers > 1 and before_write is not None:
         raise ConfigurationError("before_write runs in one process only; use workers=1")
+    if transform_process and isinstance(job, BatchJob):
+        raise ConfigurationError(
+            "transform_process needs a picklable job factory (a module-level function of the "
+            "engine), not a BatchJob"
+        )
     if workers > 1 and isinstance(job, BatchJob):
         raise ConfigurationError(
             "workers > 1 need a picklable job factory (a module-level function of the "
@@ -346,8 +369,15 @@ def run_job(
         progress = _JobProgress(state, name, listener, report, parallel)
         listener.started(built.label, total)
         if not parallel:
+            factory = None
+            if not isinstance(job, BatchJob):
+                if transform_process is None:
+                    transform_process = total >= _TRANSFORM_PROCESS_ROWS
+                factory = job if transform_process else None
             for index in pending:
-                walk = _Walk(engine, built, options, progress.at(index), before_write)
+                walk = _Walk(
+                    engine, built, options, progress.at(index), before_write, factory=factory
+                )
                 if not walk.run(ranges[index]):
                     break
         elif not isinstance(job, BatchJob):  # a BatchJob with workers was refused above
@@ -679,8 +709,10 @@ class _Walk:
         progress: _RangeProgress | _Relay,
         before_write: BeforeWrite | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        factory: JobFactory | None = None,
     ):
         self.engine = engine
+        self.factory = factory  # builds the job in a transform process, if given
         self.job = job
         self.options = options
         self.progress = progress
@@ -717,9 +749,14 @@ class _Walk:
                 if writer is None or sql.name == "sqlite":
                     self._one_by_one(conn, sql, writer, low)
                 else:
-                    self._pipelined(
-                        conn, stack.enter_context(self.engine.connect()), sql, writer, low
-                    )
+                    transform = None
+                    if self.factory is not None:
+                        transform = _TransformProcess(
+                            self.engine, self.factory, self.options, self.job.label
+                        )
+                        stack.callback(transform.close)
+                    write_conn = stack.enter_context(self.engine.connect())
+                    self._pipelined(conn, write_conn, sql, writer, low, transform)
         except SQLAlchemyError as exc:
             raise _database_error(self.job.label, exc) from exc
         self.progress.ended(self.completed, self._take_waited())
@@ -779,6 +816,7 @@ class _Walk:
         sql: DialectSql,
         writer: _Writer,
         last: tuple[Any, ...] | None,
+        transform: _TransformProcess | None,
     ) -> None:
         # A page is one SELECT; it needs no transaction around it, since writes compare and
         # swap. Without BEGIN and COMMIT it is one round trip instead of three.
@@ -798,29 +836,13 @@ class _Walk:
         def fetch(after: tuple[Any, ...] | None) -> Sequence[Sequence[Any]]:
             return self._transaction(conn, self._fetch, self._page(sql, after))
 
-        npk = len(self.pk)
         with (
             ThreadPoolExecutor(1, thread_name_prefix="fieldcrypt-writer") as executor,
             ThreadPoolExecutor(1, thread_name_prefix="fieldcrypt-reader") as reader,
         ):
             pending: Future[_Batch] | None = None
-            ahead: Future[Sequence[Sequence[Any]]] | None = None
             try:
-                while not self.should_stop():
-                    if ahead is None:
-                        self._hold()
-                        if self.should_stop():
-                            break
-                        rows = fetch(last)
-                    else:
-                        reading, ahead = ahead, None
-                        rows = reading.result()
-                    if rows and self.throttle is None:
-                        # The next page is read while this one is transformed: the database
-                        # and the network overlap with the crypto too. (A throttle decides
-                        # when each page is read, after the batch before it is counted.)
-                        ahead = reader.submit(fetch, tuple(rows[-1][:npk]))
-                    batch = self._batch(rows, True)
+                for batch in self._batches(self._pages(reader, fetch, last), transform):
                     self._charge(batch)
                     if pending is not None:
                         # Taken out first: a listener that raises must not see it twice.
@@ -833,7 +855,6 @@ class _Walk:
                             return
                     if not batch.keys:
                         return
-                    last = batch.keys[-1]
                     pending = executor.submit(write, batch)
                     if self.options.fail_fast and batch.failures:
                         self.completed = False
@@ -843,6 +864,68 @@ class _Walk:
                 if pending is not None:
                     # The batch in flight is committed (or fails) before the run reports.
                     self._apply(pending.result())
+
+    def _pages(
+        self,
+        reader: ThreadPoolExecutor,
+        fetch: Callable[[tuple[Any, ...] | None], Sequence[Sequence[Any]]],
+        last: tuple[Any, ...] | None,
+    ) -> Iterator[Sequence[Sequence[Any]]]:
+        """Each page of rows in turn, up to an empty one, while the walk is not stopped."""
+        npk = len(self.pk)
+        ahead: Future[Sequence[Sequence[Any]]] | None = None
+        while not self.should_stop():
+            if ahead is None:
+                self._hold()
+                if self.should_stop():
+                    return
+                rows = fetch(last)
+            else:
+                reading, ahead = ahead, None
+                rows = reading.result()
+            if not rows:
+                yield rows
+                return
+            last = tuple(rows[-1][:npk])
+            if self.throttle is None:
+                # The next page is read while this one is transformed: the database and the
+                # network overlap with the crypto too. (A throttle decides when each page is
+                # read, after the batch before it is counted.)
+                ahead = reader.submit(fetch, last)
+            yield rows
+
+    def _batches(
+        self, pages: Iterator[Sequence[Sequence[Any]]], transform: _TransformProcess | None
+    ) -> Iterator[_Batch]:
+        """The batch of each page, transformed here or in ``transform``'s process.
+
+        The process is given the next page before this one's result is awaited, so that it
+        always has a batch to work on (unthrottled runs): waiting for the interpreter lock
+        here must not leave it idle.
+        """
+        if transform is None:
+            for page in pages:
+                yield self._batch(page, True)
+            return
+        rows = next(pages, None)
+        if rows is None:
+            return
+        transform.send(rows)
+        while True:
+            following: Sequence[Sequence[Any]] | None = None
+            if rows and self.throttle is None:
+                following = next(pages, None)
+                if following is not None:
+                    transform.send(following)
+            yield self._batch(rows, True, transform.receive())
+            if rows and self.throttle is not None:
+                # The next page is read once this batch is counted.
+                following = next(pages, None)
+                if following is not None:
+                    transform.send(following)
+            if following is None:
+                return
+            rows = following
 
     def _transaction(self, conn: Connection, work: Callable[..., _T], *args: Any) -> _T:
         """Run ``work(conn, *args)`` in one transaction; retried after a deadlock.
@@ -892,12 +975,18 @@ class _Walk:
     def _fetch(conn: Connection, stmt: Any) -> Sequence[Sequence[Any]]:
         return conn.execute(stmt).all()
 
-    def _batch(self, rows: Sequence[Sequence[Any]], scanned: bool) -> _Batch:
-        """Transform rows read into a batch to write."""
-        items, counts, failures, rows = self._transform(rows)
+    def _batch(
+        self, rows: Sequence[Sequence[Any]], scanned: bool, done: _Transformed | None = None
+    ) -> _Batch:
+        """Transform rows read into a batch to write (unless ``done`` is their transform)."""
+        changes, counts, failures, taken = self._transform(rows) if done is None else done
+        rows = rows[:taken]
         if scanned:
-            counts["scanned"] = len(rows)
-        return _Batch([tuple(r[: len(self.pk)]) for r in rows], items, counts, failures)
+            counts["scanned"] = taken
+        npk = len(self.pk)
+        keys = [tuple(r[:npk]) for r in rows]
+        items = [(keys[p], tuple(rows[p][npk:]), new) for p, new in changes]
+        return _Batch(keys, items, counts, failures)
 
     def _write(
         self, conn: Connection, writer: _Writer | None, batch: _Batch, hook: bool
@@ -989,21 +1078,20 @@ class _Walk:
         done = _Done(last, settled, not not_handled, self._take_waited())
         self.progress.committed(len(batch.keys), batch.counts, done)
 
-    def _transform(
-        self, rows: Sequence[Sequence[Any]]
-    ) -> tuple[list[Item], dict[str, int], list[Failure], Sequence[Sequence[Any]]]:
+    def _transform(self, rows: Sequence[Sequence[Any]]) -> _Transformed:
         """Transform rows; with fail_fast, only those up to the first failure."""
         npk = len(self.pk)
         fail_fast = self.options.fail_fast
         prepare = self.job.batch_transform
         transform = self.job.transform if prepare is None else prepare()
         has_limits = self.has_limits
-        items: list[Item] = []
+        changes: list[tuple[int, tuple[Any, ...]]] = []
         failures: list[Failure] = []
         unchanged = skipped = 0
+        taken = len(rows)
         for position, row in enumerate(rows):
             if fail_fast and failures:
-                rows = rows[:position]
+                taken = position
                 break
             key, old = tuple(row[:npk]), tuple(row[npk:])
             try:
@@ -1017,13 +1105,13 @@ class _Walk:
                 if too_long is not None:
                     failures.append(self._failure(key, too_long))
                 else:
-                    items.append((key, old, new))
+                    changes.append((position, new))
             elif new is None:
                 unchanged += 1
             elif isinstance(new, Skip):
                 skipped += 1
         counts = {"unchanged": unchanged, "skipped": skipped, "failed": len(failures)}
-        return items, counts, failures, rows
+        return changes, counts, failures, taken
 
     def _too_long(self, new: tuple[Any, ...]) -> str | None:
         for col, limit, value in zip(self.job.write, self.limits, new, strict=True):
@@ -1116,8 +1204,7 @@ def _run_workers(
     context = multiprocessing.get_context("spawn")
     events: Any = context.Queue()
     stop = context.Event()
-    url = engine.url.render_as_string(hide_password=False)
-    settings = (url, dict(engine.get_execution_options()), _default_keys(), _default_unbound())
+    settings = _child_settings(engine)
     processes = {
         index: context.Process(
             target=_worker,
@@ -1174,6 +1261,21 @@ def _run_workers(
         raise error
 
 
+def _child_settings(engine: Engine) -> _ChildSettings:
+    url = engine.url.render_as_string(hide_password=False)
+    return (url, dict(engine.get_execution_options()), _default_keys(), _default_unbound())
+
+
+def _child_job(settings: _ChildSettings, factory: JobFactory) -> tuple[Engine, BatchJob]:
+    """In a child process: the engine and the job, with the parent's default keys."""
+    url, execution_options, keyrings, allow_unbound = settings
+    for purpose, keyring in keyrings.items():
+        configure(keyring=keyring, purpose=purpose)
+    set_unbound_allowed(allow_unbound)
+    engine = create_engine(url, hide_parameters=True).execution_options(**execution_options)
+    return engine, factory(engine)
+
+
 def _default_keys() -> _DefaultKeys:
     """The process default keys that worker processes start with, as far as they load."""
     found: _DefaultKeys = {}
@@ -1218,7 +1320,7 @@ class _Relay:
 
 def _worker(
     index: int,
-    settings: tuple[str, dict[str, Any], _DefaultKeys, bool | None],
+    settings: _ChildSettings,
     factory: JobFactory,
     keys: KeyRange,
     options: _Options,
@@ -1226,14 +1328,9 @@ def _worker(
     stop: Any,
     parent: int,
 ) -> None:
-    url, execution_options, keyrings, allow_unbound = settings
     engine = None
     try:
-        for purpose, keyring in keyrings.items():
-            configure(keyring=keyring, purpose=purpose)
-        set_unbound_allowed(allow_unbound)
-        engine = create_engine(url, hide_parameters=True).execution_options(**execution_options)
-        job = factory(engine)
+        engine, job = _child_job(settings, factory)
 
         def should_stop() -> bool:
             # An orphan (its parent was killed) stops at the next batch.
@@ -1247,8 +1344,127 @@ def _worker(
             engine.dispose()
 
 
-def _portable(exc: BaseException) -> BaseException:
+def _portable(exc: BaseException, who: str = "worker") -> BaseException:
     """An exception the parent can unpickle and show without leaking data."""
     if isinstance(exc, FieldCryptError):
         return exc
-    return RotationError(f"worker failed: {driver_message(exc)}")
+    return RotationError(f"{who} failed: {driver_message(exc)}")
+
+
+# -- the transform process -------------------------------------------------------------------
+
+
+class _TransformProcess:
+    """A walk's transform, in a process of its own.
+
+    The crypto of a batch then has a core to itself while the walk's process reads the next
+    batch and writes the one before: in one process they take turns, since the drivers' and
+    SQLAlchemy's Python work holds the interpreter lock the crypto needs.
+
+    The process is a fresh interpreter that imports this module and nothing of the caller's
+    script (unlike a multiprocessing ``spawn``, which runs the main module again: a script
+    without an ``if __name__ == "__main__":`` guard would run its own top level twice). The
+    job factory and the keys reach it pickled, over a pipe.
+    """
+
+    def __init__(self, engine: Engine, factory: JobFactory, options: _Options, label: str):
+        self.label = label
+        to_child, self._to_child = os.pipe()
+        self._from_child, from_parent = os.pipe()
+        command = (
+            "from sa_fieldcrypt.jobs.engine import serve_transform; "
+            f"serve_transform({to_child}, {from_parent})"
+        )
+        try:
+            # This interpreter running this module's own code: no input of anyone's.
+            self.process = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-c", command], pass_fds=(to_child, from_parent), close_fds=True
+            )
+        finally:
+            os.close(to_child)
+            os.close(from_parent)
+        self.conn_out = multiprocessing.connection.Connection(self._to_child, readable=False)
+        self.conn_in = multiprocessing.connection.Connection(self._from_child, writable=False)
+        self.ready = False
+        # Batches are sent from a thread of their own: a send blocks while the pipe is full,
+        # and the process cannot read while it sends a result that is waiting to be received.
+        self.sender = ThreadPoolExecutor(1, thread_name_prefix="fieldcrypt-transform-send")
+        # The module path first, so that the factory's modules import there as they do here;
+        # the throttle stays here (it holds connections, and paces only the reads).
+        self.send(sys.path)
+        self.send((_child_settings(engine), factory, dataclasses.replace(options, throttle=None)))
+
+    def send(self, message: Any) -> None:
+        """Give the process a message (a batch's rows, to transform after those it has)."""
+        self.sender.submit(self._send, message)
+
+    def _send(self, message: Any) -> None:
+        if isinstance(message, (list, tuple)) and message and isinstance(message[0], Row):
+            # Plain tuples: a Row would pickle its result's metadata with it.
+            message = [tuple(r) for r in message]
+        with contextlib.suppress(OSError):  # it ended: receive() says why
+            self.conn_out.send(message)
+
+    def receive(self) -> _Transformed:
+        """The transform of the oldest batch sent; raise what the transform raised."""
+        if not self.ready:
+            self._receive()  # the job is built there first: its errors come first
+            self.ready = True
+        result: _Transformed = self._receive()
+        return result
+
+    def _receive(self) -> Any:
+        try:
+            kind, payload = self.conn_in.recv()
+        except (EOFError, OSError):
+            code = self.process.wait()
+            raise RotationError(
+                f"{self.label}: the transform process exited with code {code}; rerun to resume"
+            ) from None
+        if kind == "error":
+            raise payload
+        return payload
+
+    def close(self) -> None:
+        """Stop the process, with any batch it still has: it writes nothing, keeps nothing."""
+        self.process.terminate()
+        self.process.wait()
+        self.sender.shutdown()  # a send still waiting fails now
+        self.conn_out.close()
+        self.conn_in.close()
+
+
+def serve_transform(read_fd: int, write_fd: int) -> None:
+    """The transform process: transform each batch the walk's process sends, in turn.
+
+    Not for use of its own: :func:`run_job` starts it with ``transform_process``.
+    """
+    incoming = multiprocessing.connection.Connection(read_fd, writable=False)
+    outgoing = multiprocessing.connection.Connection(write_fd, readable=False)
+    engine = None
+    try:
+        try:
+            sys.path[:] = incoming.recv()
+            settings, factory, options = incoming.recv()
+            engine, job = _child_job(settings, factory)
+            walk = _Walk(engine, job, options, _Relay(0, None))
+        except (EOFError, KeyboardInterrupt):
+            return
+        except BaseException as exc:
+            outgoing.send(("error", _portable(exc, "the transform process")))
+            return
+        outgoing.send(("ready", None))
+        while True:
+            # The walk's process closing its end (it ended, or was killed) ends this one too.
+            rows = incoming.recv()
+            try:
+                result = walk._transform(rows)
+            except BaseException as exc:
+                outgoing.send(("error", _portable(exc, "the transform process")))
+                return
+            outgoing.send(("batch", result))
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
+    finally:
+        if engine is not None:
+            engine.dispose()

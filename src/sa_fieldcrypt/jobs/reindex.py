@@ -150,10 +150,11 @@ def reindex(
         by_table.setdefault(column.table, []).append(column)
     jobs: list[BatchJob | JobFactory] = []
     for columns in by_table.values():
-        if workers == 1:
+        if workers == 1 and any(c.source is None for c in columns):
             jobs.append(reindex_job(engine, columns))
             continue
-        # Each worker process finds the columns again and builds its own job.
+        # Each process that runs it (workers, a transform process) finds the columns again
+        # and builds its own job.
         jobs.append(functools.partial(_build_again, tuple(portable(c) for c in columns)))
     # A row the application changed meanwhile has the index the application wrote.
     options.setdefault("reread_changed", False)

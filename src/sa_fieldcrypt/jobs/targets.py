@@ -290,14 +290,19 @@ def jobs_per_target(
     build: Callable[[Engine, _Target], BatchJob],
     workers: int,
 ) -> list[BatchJob | JobFactory]:
-    """One job per target: built here with one worker, else in each worker process.
+    """One job per target: a factory where the target can be found again, else the job.
 
-    A worker process gets a factory that finds its target again by name (:func:`portable`,
-    :func:`find_again`) and builds its own job with ``build``.
+    A factory finds its target again by name (:func:`portable`, :func:`find_again`) and
+    builds its job with ``build``, in each process that runs it (worker processes, a
+    transform process). A target built by hand is built here, for one worker only.
     """
-    if workers == 1:
-        return [build(engine, target) for target in targets]
-    return [functools.partial(_build_again, build, *portable(target)) for target in targets]
+    jobs: list[BatchJob | JobFactory] = []
+    for target in targets:
+        if workers == 1 and target.source is None:
+            jobs.append(build(engine, target))
+        else:
+            jobs.append(functools.partial(_build_again, build, *portable(target)))
+    return jobs
 
 
 def _build_again(
