@@ -910,6 +910,41 @@ def test_workers_split_the_table_without_overlap(engine: Engine, ring: Keyring) 
         rotation_support.Base.metadata.drop_all(engine)
 
 
+def test_a_transform_process_rotates_under_this_process_keys(
+    server_engine: Engine, ring: Keyring
+) -> None:
+    """The keys configured here reach the transform process; a value it cannot open is a
+    failure of the run, and a rerun writes nothing."""
+    engine = server_engine
+    rotation_support.Base.metadata.drop_all(engine)
+    rotation_support.Base.metadata.create_all(engine)
+    try:
+        bookings = rotation_support.Booking.__table__
+        rows = [
+            {"id": i, "phone_encrypted": _under(ring, ("k1", "k2", "k3")[i % 3], f"+1 555 {i}")}
+            for i in range(90)
+        ]
+        rows[40]["phone_encrypted"] = _under(Keyring({"k1": generate_key()}), "k1", "lost")
+        with engine.begin() as conn:
+            conn.execute(insert(bookings), rows)
+        columns = [c for c in jobs.find_columns("rotation_support") if c.table is bookings]
+        report = jobs.rotate(engine, columns, batch_size=8, transform_process=True)
+        # The k3 tokens too: written before the column was bound, they are bound now.
+        assert (90, 89, 1) == (report.scanned, report.written, report.failed)
+        assert [(40,)] == [f.key for f in report.jobs[0].failures]
+        assert {"k3": 89, "k1": 1} == jobs.status(engine, columns).columns[0].by_key
+        with engine.connect() as conn:
+            phones = dict(conn.execute(select(bookings.c.id, bookings.c.phone_encrypted)).all())
+        reader = columns[0].codec
+        assert all(
+            reader.decrypt_token(phones[i]).decode() == f"+1 555 {i}" for i in range(90) if i != 40
+        )
+        again = jobs.rotate(engine, columns, batch_size=8, transform_process=True)
+        assert (1, 0, 1) == (again.scanned, again.written, again.failed)
+    finally:
+        rotation_support.Base.metadata.drop_all(engine)
+
+
 def _check_shards(engine: Engine, ring: Keyring, id_column: Column[Any], ids: list[Any]) -> None:
     table = _make_table(engine, "fc_rot_shards", id_column)
     try:
