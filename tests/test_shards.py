@@ -258,14 +258,19 @@ class Scheduler:
         )
 
     def shards(self) -> list[subprocess.Popen[str]]:
-        """Start every shard of ``rotate`` at once: odd ones as pods, even ones as hosts."""
+        """Start every shard of ``rotate`` at once: odd ones as pods, even ones as hosts.
+
+        The hosts transform in a process of their own (on a database server), as a shard of
+        a large table does by default.
+        """
         started = []
         for shard in range(1, SHARDS + 1):
             if shard % 2:
                 pod = self.start(*ROTATE, "--shards", str(SHARDS), index=shard - 1)
                 started.append(pod)
             else:
-                started.append(self.start(*ROTATE, "--shard", f"{shard}/{SHARDS}"))
+                host = self.start(*ROTATE, "--shard", f"{shard}/{SHARDS}", "--transform-process")
+                started.append(host)
         return started
 
 

@@ -618,6 +618,7 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
         batch_size: int,
         fail_fast: bool,
         workers: int,
+        transform_process: bool | None,
         shard: tuple[int, int] | None,
         shards: int | None,
         dry_run: bool,
@@ -646,6 +647,7 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
             "batch_size": batch_size,
             "fail_fast": fail_fast,
             "workers": workers,
+            "transform_process": transform_process,
             "shard": shard,
             "dry_run": dry_run,
             "state": None if state is None else ResumeState(state),
@@ -671,6 +673,12 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
             default=1,
             show_default=True,
             help="Processes, each over its own range of primary keys.",
+        ),
+        click.option(
+            "--transform-process/--no-transform-process",
+            default=None,
+            help="With one worker, decrypt and encrypt in a process of its own while this "
+            "one reads and writes (default: from 20,000 rows to visit).",
         ),
         click.option(
             "--shard",

@@ -41,7 +41,9 @@ How a run works, and why it is safe with the application running:
   (``explain_conflict``): every row that collides is reported as failed, naming the rows it
   collides with, and the rest of the batch is written.
 - ``workers`` processes split the rows into primary-key ranges; ``shard`` lets several
-  machines split a table without talking to each other.
+  machines split a table without talking to each other. With one worker on a database
+  server, a *transform process* runs the transform (the crypto) while the run's own process
+  reads and writes (``transform_process``; by default for runs of 20,000 rows or more).
 - A :class:`~sa_fieldcrypt.jobs.throttle.Throttle` holds batches back, before each is read:
   to a row rate, while a replica lags, while a pause file exists.
 """
@@ -1447,6 +1449,7 @@ def serve_transform(read_fd: int, write_fd: int) -> None:
             sys.path[:] = incoming.recv()
             settings, factory, options = incoming.recv()
             engine, job = _child_job(settings, factory)
+            # It only transforms: the walk's own process reports the progress.
             walk = _Walk(engine, job, options, _Relay(0, None))
         except (EOFError, KeyboardInterrupt):
             return
