@@ -678,7 +678,7 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
             "--transform-process/--no-transform-process",
             default=None,
             help="With one worker, decrypt and encrypt in a process of its own while this "
-            "one reads and writes (default: from 20,000 rows to visit).",
+            "one reads and writes (default: from 50,000 rows to visit).",
         ),
         click.option(
             "--shard",

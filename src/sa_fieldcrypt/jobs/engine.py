@@ -43,7 +43,7 @@ How a run works, and why it is safe with the application running:
 - ``workers`` processes split the rows into primary-key ranges; ``shard`` lets several
   machines split a table without talking to each other. With one worker on a database
   server, a *transform process* runs the transform (the crypto) while the run's own process
-  reads and writes (``transform_process``; by default for runs of 20,000 rows or more).
+  reads and writes (``transform_process``; by default for runs of 50,000 rows or more).
 - A :class:`~sa_fieldcrypt.jobs.throttle.Throttle` holds batches back, before each is read:
   to a row rate, while a replica lags, while a pause file exists.
 """
@@ -162,8 +162,9 @@ _ChildSettings = tuple[str, dict[str, Any], _DefaultKeys, "bool | None"]
 #: A batch transformed: ``(position in the batch, new values)`` of each row to write, the
 #: counts, the failures, and how many rows of the batch were taken (fail_fast stops early).
 _Transformed = tuple[list[tuple[int, tuple[Any, ...]]], dict[str, int], list[Failure], int]
-#: Rows a walk's range must hold for its transform to get a process of its own.
-_TRANSFORM_PROCESS_ROWS: Final = 20_000
+#: Rows a run must visit for its transform to get a process of its own: starting one costs
+#: about as much as transforming 20,000 to 50,000 Fernet values here.
+_TRANSFORM_PROCESS_ROWS: Final = 50_000
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,7 @@ def run_job(
         transform_process: run the transform in a process of its own, which ``job`` (a
             factory) builds its job in, while this one reads and writes: on a database
             server, with one worker, the crypto then has a core to itself. By default
-            (None), it does when ``job`` is a factory and at least 20,000 rows need work.
+            (None), it does when ``job`` is a factory and at least 50,000 rows need work.
             Ignored with ``workers > 1`` (each worker reads, transforms and writes its range),
             with SQLite and in a dry run (one batch after the other).
 
