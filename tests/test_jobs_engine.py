@@ -322,6 +322,109 @@ def test_a_transform_process_needs_a_factory(tmp_path: Path) -> None:
         run_job(engine, _pid_job(engine), transform_process=True)
 
 
+def _built_here_only(engine: Engine) -> BatchJob:
+    """The job of _pid_job, which a transform process (started with ``-c``) cannot build."""
+    if sys.argv[0] == "-c":
+        raise RuntimeError("cannot build the job in this process")
+    return _pid_job(engine)
+
+
+#: Enough rows for a run to start a transform process by default.
+MANY = 50_000
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_large_run_transforms_elsewhere_by_default(engine: Engine, process_table: Table) -> None:
+    """From 50,000 rows, a run given a factory transforms in a process of its own."""
+    _fill(engine, process_table, {i: f"v{i}" for i in range(MANY)})
+    report = run_job(engine, _pid_job, batch_size=2000)
+    assert (MANY, MANY) == (report.scanned, report.written)
+    (pid,) = _by_whom(_stored(engine, process_table))
+    assert str(os.getpid()) != pid
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_transform_process_that_cannot_build_the_job_leaves_it_here_by_default(
+    engine: Engine, process_table: Table, caplog: pytest.LogCaptureFixture
+) -> None:
+    """By default the run transforms here, and logs why; asked for, the run stops instead."""
+    _fill(engine, process_table, {i: f"v{i}" for i in range(MANY)})
+    with pytest.raises(RotationError) as raised:
+        run_job(engine, _built_here_only, batch_size=2000, transform_process=True)
+    assert "the transform process failed: RuntimeError: cannot build the job in this process" == (
+        str(raised.value)
+    )
+    assert {""} == _by_whom(_stored(engine, process_table)) | {""}
+    with caplog.at_level("INFO", logger="sa_fieldcrypt.jobs"):
+        report = run_job(engine, _built_here_only, batch_size=2000)
+    assert (MANY, MANY) == (report.scanned, report.written)
+    assert {str(os.getpid())} == _by_whom(_stored(engine, process_table))
+    assert any(
+        "the transform process could not start" in r.getMessage()
+        and "transforming in this process" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_factory_that_does_not_pickle_is_refused_or_run_here(
+    engine: Engine, process_table: Table
+) -> None:
+    """A factory another interpreter cannot get: refused when asked for, else run here."""
+    _fill(engine, process_table, {i: f"v{i}" for i in range(MANY)})
+
+    def factory(engine: Engine) -> BatchJob:
+        return _pid_job(engine)
+
+    with pytest.raises(ConfigurationError) as raised:
+        run_job(engine, factory, transform_process=True)
+    assert (
+        "transforms: cannot start the transform process: the job factory cannot be pickled "
+        "(AttributeError)"
+    ) == str(raised.value)
+    # A dry run goes one batch after the other, with no transform process to refuse.
+    assert MANY == run_job(engine, factory, transform_process=True, dry_run=True).written
+    report = run_job(engine, factory, batch_size=2000)
+    assert (MANY, MANY) == (report.scanned, report.written)
+    assert {str(os.getpid())} == _by_whom(_stored(engine, process_table))
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_factory_of_the_main_module_is_refused_or_run_here(
+    engine: Engine, process_table: Table, tmp_path: Path
+) -> None:
+    """A script's own factory: another interpreter cannot import it, so the script runs it."""
+    _fill(engine, process_table, {i: f"v{i}" for i in range(MANY)})
+    script = tmp_path / "rotate_here.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from sqlalchemy import create_engine\n"
+        "from sa_fieldcrypt import ConfigurationError\n"
+        "from sa_fieldcrypt.jobs import run_job\n"
+        "import test_jobs_engine\n"
+        "def factory(engine):\n"
+        "    return test_jobs_engine._pid_job(engine)\n"
+        f"engine = create_engine({engine.url.render_as_string(hide_password=False)!r})\n"
+        "try:\n"
+        "    run_job(engine, factory, transform_process=True)\n"
+        "except ConfigurationError as exc:\n"
+        "    print(exc)\n"
+        "print(run_job(engine, factory, batch_size=2000).written, os.getpid())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert 0 == done.returncode, done.stderr
+    refusal, outcome = done.stdout.splitlines()
+    assert (
+        "transforms: cannot start the transform process: the job factory refers to factory "
+        "of the main module, which another interpreter cannot import; define it in a module"
+    ) == refusal
+    written, script_pid = outcome.split()
+    assert (str(MANY), {script_pid}) == (written, _by_whom(_stored(engine, process_table)))
+
+
 @pytest.mark.parametrize("engine", SERVERS, indirect=True)
 def test_a_script_without_a_main_guard_runs_its_top_level_once(
     engine: Engine, process_table: Table, tmp_path: Path

@@ -677,8 +677,9 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--transform-process/--no-transform-process",
             default=None,
-            help="With one worker, decrypt and encrypt in a process of its own while this "
-            "one reads and writes (default: from 50,000 rows to visit).",
+            help="With one worker, rotate and reindex transform in a process of their own "
+            "while this one reads and writes (default: from 50,000 rows to visit, where it "
+            "can start; with the flag, a run where it cannot start fails).",
         ),
         click.option(
             "--shard",

@@ -50,6 +50,7 @@ How a run works, and why it is safe with the application running:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -63,9 +64,11 @@ import re
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
@@ -309,11 +312,20 @@ def run_job(
             file exists; with ``workers``, each worker gets an equal share of the rate. A
             rate also caps ``batch_size`` at a tenth of a second's rows.
         transform_process: run the transform in a process of its own, which ``job`` (a
-            factory) builds its job in, while this one reads and writes: on a database
-            server, with one worker, the crypto then has a core to itself. By default
-            (None), it does when ``job`` is a factory and at least 50,000 rows need work.
-            Ignored with ``workers > 1`` (each worker reads, transforms and writes its range),
-            with SQLite and in a dry run (one batch after the other).
+            picklable factory) builds its job in, while this one reads and writes: on a
+            database server, with one worker, the crypto then has a core to itself. One
+            process serves the whole run. By default (None), it does when ``job`` is a
+            factory and at least 50,000 rows need work, and the run transforms here instead
+            (logging why, at INFO) when the process cannot be used: a factory or model of
+            the ``__main__`` module, a batch that does not pickle, an engine that only its
+            ``connect_args``, ``creator`` or event listeners make work (the process connects
+            to ``engine``'s URL with its execution options), or no POSIX system. True
+            raises instead. It does not apply with ``workers > 1`` (each worker reads,
+            transforms and writes its range), on SQLite, in a dry run, or to jobs that write
+            nothing (verification): those go one batch after the other. The process's own
+            log records and warnings go to its standard error, not to this process's
+            logging; an error it raises that is not a ``FieldCryptError`` arrives as a
+            ``RotationError`` naming its type and first line.
 
     Returns:
         The counts of the run; failures are also passed to ``listener`` as they happen.
@@ -333,7 +345,8 @@ def run_job(
     if transform_process and isinstance(job, BatchJob):
         raise ConfigurationError(
             "transform_process needs a picklable job factory (a module-level function of the "
-            "engine), not a BatchJob"
+            "engine), not a BatchJob; rotate() and reindex() make one for columns found by "
+            "find_columns(), find_indexes() or reflect_column()"
         )
     if workers > 1 and isinstance(job, BatchJob):
         raise ConfigurationError(
@@ -372,14 +385,20 @@ def run_job(
         progress = _JobProgress(state, name, listener, report, parallel)
         listener.started(built.label, total)
         if not parallel:
-            factory = None
-            if not isinstance(job, BatchJob):
-                if transform_process is None:
-                    transform_process = total >= _TRANSFORM_PROCESS_ROWS
-                factory = job if transform_process else None
+            transform = None
+            # Only walks that pipeline their batches hand them to another process.
+            pipelined = built.write and not dry_run and engine.dialect.name != "sqlite"
+            wanted = transform_process is True or (
+                transform_process is None and total >= _TRANSFORM_PROCESS_ROWS
+            )
+            if pipelined and wanted and not isinstance(job, BatchJob):
+                transform = _TransformProcess(
+                    engine, job, options, built.label, required=transform_process is True
+                )
+                stack.callback(transform.close)
             for index in pending:
                 walk = _Walk(
-                    engine, built, options, progress.at(index), before_write, factory=factory
+                    engine, built, options, progress.at(index), before_write, transform=transform
                 )
                 if not walk.run(ranges[index]):
                     break
@@ -712,10 +731,10 @@ class _Walk:
         progress: _RangeProgress | _Relay,
         before_write: BeforeWrite | None = None,
         should_stop: Callable[[], bool] = lambda: False,
-        factory: JobFactory | None = None,
+        transform: _TransformProcess | None = None,
     ):
         self.engine = engine
-        self.factory = factory  # builds the job in a transform process, if given
+        self.transform = transform  # where pipelined batches are transformed, if given
         self.job = job
         self.options = options
         self.progress = progress
@@ -752,14 +771,8 @@ class _Walk:
                 if writer is None or sql.name == "sqlite":
                     self._one_by_one(conn, sql, writer, low)
                 else:
-                    transform = None
-                    if self.factory is not None:
-                        transform = _TransformProcess(
-                            self.engine, self.factory, self.options, self.job.label
-                        )
-                        stack.callback(transform.close)
                     write_conn = stack.enter_context(self.engine.connect())
-                    self._pipelined(conn, write_conn, sql, writer, low, transform)
+                    self._pipelined(conn, write_conn, sql, writer, low, self.transform)
         except SQLAlchemyError as exc:
             raise _database_error(self.job.label, exc) from exc
         self.progress.ended(self.completed, self._take_waited())
@@ -910,25 +923,29 @@ class _Walk:
             for page in pages:
                 yield self._batch(page, True)
             return
-        rows = next(pages, None)
-        if rows is None:
-            return
-        transform.send(rows)
-        while True:
-            following: Sequence[Sequence[Any]] | None = None
-            if rows and self.throttle is None:
-                following = next(pages, None)
-                if following is not None:
-                    transform.send(following)
-            yield self._batch(rows, True, transform.receive())
-            if rows and self.throttle is not None:
-                # The next page is read once this batch is counted.
-                following = next(pages, None)
-                if following is not None:
-                    transform.send(following)
-            if following is None:
+        try:
+            rows = next(pages, None)
+            if rows is None:
                 return
-            rows = following
+            transform.send(rows)
+            while True:
+                following: Sequence[Sequence[Any]] | None = None
+                if rows and self.throttle is None:
+                    following = next(pages, None)
+                    if following is not None:
+                        transform.send(following)
+                yield self._batch(rows, True, transform.receive(self._transform))
+                if rows and self.throttle is not None:
+                    # The next page is read once this batch is counted.
+                    following = next(pages, None)
+                    if following is not None:
+                        transform.send(following)
+                if following is None:
+                    return
+                rows = following
+        finally:
+            # A walk that stops early leaves a batch there, which the next walk must not get.
+            transform.abandon()
 
     def _transaction(self, conn: Connection, work: Callable[..., _T], *args: Any) -> _T:
         """Run ``work(conn, *args)`` in one transaction; retried after a deadlock.
@@ -1356,9 +1373,50 @@ def _portable(exc: BaseException, who: str = "worker") -> BaseException:
 
 # -- the transform process -------------------------------------------------------------------
 
+#: Started with ``-c``: the standard library only, until the module path has arrived, so that
+#: this package is imported from where the caller's process imports it.
+_BOOTSTRAP: Final = (
+    "import sys\n"
+    "from multiprocessing.connection import Connection\n"
+    "incoming = Connection({read}, writable=False)\n"
+    "sys.path[:] = incoming.recv()\n"
+    "from sa_fieldcrypt.jobs.engine import serve_transform\n"
+    "serve_transform(incoming, Connection({write}, readable=False))\n"
+)
+
+
+class _NotImportable(Exception):
+    """A class or function of the main module, which another interpreter cannot import."""
+
+
+class _ImportablePickler(ForkingPickler):
+    """Pickles what another interpreter can unpickle: nothing of the ``__main__`` module."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)) and obj.__module__ == "__main__":
+            raise _NotImportable(obj.__qualname__)
+        return NotImplemented
+
+
+def _transform_unavailable() -> str | None:
+    """Why this interpreter cannot start a transform process, or None when it can."""
+    if os.name != "posix":
+        return "it needs a POSIX system (it inherits its pipes)"
+    if getattr(sys, "frozen", False) or not sys.executable:
+        return "it needs a Python interpreter to start (sys.executable), not a frozen program"
+    return None
+
+
+class _StartFailed(Exception):
+    """The transform process did not get as far as building its job."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
 
 class _TransformProcess:
-    """A walk's transform, in a process of its own.
+    """The transform of a run's walks, in a process of its own.
 
     The crypto of a batch then has a core to itself while the walk's process reads the next
     batch and writes the one before: in one process they take turns, since the drivers' and
@@ -1367,87 +1425,188 @@ class _TransformProcess:
     The process is a fresh interpreter that imports this module and nothing of the caller's
     script (unlike a multiprocessing ``spawn``, which runs the main module again: a script
     without an ``if __name__ == "__main__":`` guard would run its own top level twice). The
-    job factory and the keys reach it pickled, over a pipe.
+    job factory and the keys reach it pickled, over a pipe. It starts with the first batch
+    sent, and serves every walk of one run in turn.
+
+    Unless ``required``, whatever keeps it from working (a factory or a model of the main
+    module, a batch that does not pickle, an engine it cannot connect as, no POSIX) makes
+    the run transform here instead, from the batch it could not take on, and logs why.
+
+    Raises:
+        ConfigurationError: ``required``, and the process cannot be used at all.
     """
 
-    def __init__(self, engine: Engine, factory: JobFactory, options: _Options, label: str):
+    def __init__(
+        self,
+        engine: Engine,
+        factory: JobFactory,
+        options: _Options,
+        label: str,
+        *,
+        required: bool,
+    ):
         self.label = label
-        to_child, self._to_child = os.pipe()
-        self._from_child, from_parent = os.pipe()
-        command = (
-            "from sa_fieldcrypt.jobs.engine import serve_transform; "
-            f"serve_transform({to_child}, {from_parent})"
-        )
+        self.required = required
+        self.local = False  # transforming in this process after all
+        self.sent: collections.deque[Sequence[Sequence[Any]]] = collections.deque()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ready = False
+        self.send_error: BaseException | None = None
+        self.setup = b""
+        reason = _transform_unavailable()
+        if reason is None:
+            # The throttle stays here: it holds connections, and paces only the reads.
+            child = (_child_settings(engine), factory, dataclasses.replace(options, throttle=None))
+            try:
+                self.setup = bytes(_ImportablePickler.dumps(child))
+            except _NotImportable as exc:
+                reason = (
+                    f"the job factory refers to {exc} of the main module, which another "
+                    "interpreter cannot import; define it in a module"
+                )
+            except Exception as exc:  # pickle raises many kinds
+                reason = f"the job factory cannot be pickled ({type(exc).__name__})"
+        if reason is not None:
+            self._go_local(f"cannot start the transform process: {reason}")
+
+    def send(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Give the process a batch's rows, to transform after those it has."""
+        self.sent.append(rows)
+        if self.local:
+            return
+        if self.process is None:
+            self._start()
+        self.sender.submit(self._send, rows)
+
+    def receive(self, here: Callable[[Sequence[Sequence[Any]]], _Transformed]) -> _Transformed:
+        """The transform of the oldest batch sent (by ``here`` after a fallback).
+
+        Raises:
+            RotationError: the process died, or the transform raised what is not ours.
+            FieldCryptError: what the transform raised.
+        """
+        rows = self.sent.popleft()
+        if not self.local:
+            try:
+                if not self.ready:
+                    self._receive()  # the job is built there first: its errors come first
+                    self.ready = True
+                result: _Transformed = self._receive()
+                return result
+            except _StartFailed as failed:
+                if self.required:
+                    raise failed.error from None
+                self._go_local(f"the transform process could not start: {failed.error}")
+        return here(rows)
+
+    def abandon(self) -> None:
+        """Forget batches sent and not received: a walk that stopped early leaves them."""
+        if self.sent:
+            self.sent.clear()
+            if not self.local:
+                self._stop()
+
+    def close(self) -> None:
+        """Stop the process, with any batch it still has: it writes nothing, keeps nothing."""
+        self.sent.clear()
+        self._stop()
+
+    def _start(self) -> None:
+        to_child, to_child_w = os.pipe()
+        from_child_r, from_parent = os.pipe()
         try:
+            command = _BOOTSTRAP.format(read=to_child, write=from_parent)
             # This interpreter running this module's own code: no input of anyone's.
             self.process = subprocess.Popen(  # noqa: S603
                 [sys.executable, "-c", command], pass_fds=(to_child, from_parent), close_fds=True
             )
+        except BaseException:
+            for fd in (to_child_w, from_child_r):
+                os.close(fd)
+            raise
         finally:
             os.close(to_child)
             os.close(from_parent)
-        self.conn_out = multiprocessing.connection.Connection(self._to_child, readable=False)
-        self.conn_in = multiprocessing.connection.Connection(self._from_child, writable=False)
+        self.conn_out = multiprocessing.connection.Connection(to_child_w, readable=False)
+        self.conn_in = multiprocessing.connection.Connection(from_child_r, writable=False)
         self.ready = False
+        self.send_error = None
         # Batches are sent from a thread of their own: a send blocks while the pipe is full,
         # and the process cannot read while it sends a result that is waiting to be received.
         self.sender = ThreadPoolExecutor(1, thread_name_prefix="fieldcrypt-transform-send")
-        # The module path first, so that the factory's modules import there as they do here;
-        # the throttle stays here (it holds connections, and paces only the reads).
-        self.send(sys.path)
-        self.send((_child_settings(engine), factory, dataclasses.replace(options, throttle=None)))
-
-    def send(self, message: Any) -> None:
-        """Give the process a message (a batch's rows, to transform after those it has)."""
-        self.sender.submit(self._send, message)
+        self.sender.submit(self._send, sys.path)
+        self.sender.submit(self._send_bytes, self.setup)
 
     def _send(self, message: Any) -> None:
         if isinstance(message, (list, tuple)) and message and isinstance(message[0], Row):
             # Plain tuples: a Row would pickle its result's metadata with it.
             message = [tuple(r) for r in message]
-        with contextlib.suppress(OSError):  # it ended: receive() says why
-            self.conn_out.send(message)
+        try:
+            data = ForkingPickler.dumps(message)
+        except Exception as exc:  # pickle raises many kinds
+            # Closing the pipe ends the process after the batches before this one.
+            self.send_error = exc
+            self.conn_out.close()
+            return
+        self._send_bytes(data)
 
-    def receive(self) -> _Transformed:
-        """The transform of the oldest batch sent; raise what the transform raised."""
-        if not self.ready:
-            self._receive()  # the job is built there first: its errors come first
-            self.ready = True
-        result: _Transformed = self._receive()
-        return result
+    def _send_bytes(self, data: bytes | memoryview) -> None:
+        with contextlib.suppress(OSError):  # it ended: receive() says why
+            self.conn_out.send_bytes(data)
 
     def _receive(self) -> Any:
         try:
             kind, payload = self.conn_in.recv()
         except (EOFError, OSError):
-            code = self.process.wait()
-            raise RotationError(
+            code = None if self.process is None else self.process.wait()
+            if self.send_error is not None:
+                error = RotationError(
+                    f"{self.label}: a batch could not be sent to the transform process "
+                    f"({type(self.send_error).__name__}); run with transform_process=False "
+                    "(--no-transform-process)"
+                )
+                raise _StartFailed(error) from None
+            error = RotationError(
                 f"{self.label}: the transform process exited with code {code}; rerun to resume"
-            ) from None
+            )
+            if self.ready:
+                raise error from None
+            raise _StartFailed(error) from None
         if kind == "error":
-            raise payload
+            if self.ready:
+                raise payload
+            raise _StartFailed(payload)
         return payload
 
-    def close(self) -> None:
-        """Stop the process, with any batch it still has: it writes nothing, keeps nothing."""
+    def _go_local(self, reason: str) -> None:
+        if self.required:
+            raise ConfigurationError(f"{self.label}: {reason}")
+        logger.info("%s: %s; transforming in this process", self.label, reason)
+        self.local = True
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.process is None:
+            return
         self.process.terminate()
         self.process.wait()
         self.sender.shutdown()  # a send still waiting fails now
         self.conn_out.close()
         self.conn_in.close()
+        self.process = None
 
 
-def serve_transform(read_fd: int, write_fd: int) -> None:
+def serve_transform(
+    incoming: multiprocessing.connection.Connection,
+    outgoing: multiprocessing.connection.Connection,
+) -> None:
     """The transform process: transform each batch the walk's process sends, in turn.
 
-    Not for use of its own: :func:`run_job` starts it with ``transform_process``.
+    Not for use of its own: ``run_job(..., transform_process=...)`` starts it.
     """
-    incoming = multiprocessing.connection.Connection(read_fd, writable=False)
-    outgoing = multiprocessing.connection.Connection(write_fd, readable=False)
     engine = None
     try:
         try:
-            sys.path[:] = incoming.recv()
             settings, factory, options = incoming.recv()
             engine, job = _child_job(settings, factory)
             # It only transforms: the walk's own process reports the progress.

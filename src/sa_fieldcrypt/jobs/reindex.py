@@ -132,8 +132,10 @@ def reindex(
     """Recompute every blind-index column of ``indexes`` under the writing index key.
 
     One job per table. The other arguments (``batch_size``, ``dry_run``, ``fail_fast``,
-    ``shard``, ``state``, ``listener``, ``before_write``) are those of
-    :func:`~sa_fieldcrypt.jobs.run_job`.
+    ``shard``, ``state``, ``listener``, ``before_write``, ``throttle``,
+    ``transform_process``) are those of :func:`~sa_fieldcrypt.jobs.run_job`; ``workers`` and
+    ``transform_process`` need indexes found by name
+    (:func:`~sa_fieldcrypt.jobs.find_indexes`).
 
     Returns:
         One report per table. A row whose new index value collides with another row's under

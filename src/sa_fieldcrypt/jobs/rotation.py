@@ -270,7 +270,10 @@ def rotate(
     application writes, to stop at any moment and to run again. ``encrypt_plaintext`` also
     encrypts values stored as plaintext. The other arguments
     (``batch_size``, ``dry_run``, ``fail_fast``, ``shard``, ``state``, ``listener``,
-    ``before_write``) are those of :func:`~sa_fieldcrypt.jobs.run_job`.
+    ``before_write``, ``throttle``, ``transform_process``) are those of
+    :func:`~sa_fieldcrypt.jobs.run_job`; ``workers`` and ``transform_process`` need columns
+    found by name (:func:`~sa_fieldcrypt.jobs.find_columns`,
+    :func:`~sa_fieldcrypt.jobs.reflect_column`), which another process can find again.
 
     A column declaring a legacy format that is not authenticated (sqlalchemy-utils'
     ``AesEngine``) has its values in that format read first: if any does not open, nothing
