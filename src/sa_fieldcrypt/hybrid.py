@@ -27,23 +27,38 @@ Then ``Customer(email="ada@example.com")``, ``customer.email`` (plaintext),
 
 from __future__ import annotations
 
+import hmac
 import uuid
 import weakref
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Column, String, event, false, inspect, select, type_coerce
+from sqlalchemy import (
+    Column,
+    Engine,
+    Result,
+    Select,
+    String,
+    UniqueConstraint,
+    event,
+    false,
+    inspect,
+    select,
+    type_coerce,
+)
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.ext.hybrid import ExprComparator, hybrid_property
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, ORMExecuteState, Session
 from sqlalchemy.orm.attributes import instance_state
-from sqlalchemy.sql import ClauseElement, operators
-from sqlalchemy.sql.elements import Null
+from sqlalchemy.sql import ClauseElement, operators, visitors
+from sqlalchemy.sql.elements import BooleanClauseList, ColumnElement, Null
 from sqlalchemy.sql.operators import OperatorType
+from sqlalchemy.sql.visitors import InternalTraversal
 from typing_extensions import TypeVar
 
 from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex
@@ -61,6 +76,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INFO_BLIND_INDEX",
     "EncryptedHybrid",
+    "IndexComparator",
     "bind_hybrids",
     "encrypted_hybrid",
     "encrypted_values",
@@ -99,11 +115,15 @@ class _Plaintext:
     __slots__ = ("index", "row", "stored", "value")
 
     def __init__(
-        self, stored: Any, value: Any, index: str | None, row: tuple[Any, ...] | None = None
+        self,
+        stored: Any,
+        value: Any,
+        index: tuple[str | None, ...] | None,
+        row: tuple[Any, ...] | None = None,
     ):
         self.stored = stored
         self.value = value
-        self.index = index  # the index value checked against the value, if any
+        self.index = index  # the index values checked against the value, if any
         # Row binding: the row key ``stored`` is bound to; None with ``stored`` None while
         # the value waits for its row's primary key, to be encrypted at flush.
         self.row = row
@@ -217,6 +237,15 @@ class _RowKey:
 
 
 @dataclass(frozen=True, slots=True)
+class _BoundIndex:
+    """One blind index of a hybrid on one mapped class."""
+
+    key: str  # attribute of the index column
+    label: str  # "core.customers.phone_last4", for messages
+    blind_index: BlindIndex  # bound: named, its source column set
+
+
+@dataclass(frozen=True, slots=True)
 class _Binding:
     """What one mapped class's use of an :class:`EncryptedHybrid` resolved to."""
 
@@ -227,9 +256,8 @@ class _Binding:
     # The type's bind and result processors (None with encrypted_type): its per-value path.
     encrypt: Callable[[Any], Any] | None
     decrypt: Callable[[Any], Any] | None
-    index_key: str | None
-    index_label: str | None
-    blind_index: BlindIndex | None
+    indexes: tuple[_BoundIndex, ...]
+    equality: _BoundIndex | None  # the index of whole values that answers == and in_()
     check_index: bool
     cache_key: str
     row_key: _RowKey | None = None  # bind_row=True: values are bound to their rows too
@@ -250,9 +278,12 @@ class _Binding:
             # A row-bound value assigned before its row's primary key was known.
             pending = isinstance(cached, _Plaintext) and cached.pending
             return cached.value if pending else None
-        index = None
-        if check and self.check_index and self.index_key is not None:
-            index = getattr(instance, self.index_key)  # None: not indexed yet, nothing to check
+        index: tuple[str | None, ...] | None = None
+        if check and self.check_index and self.indexes:
+            # None: not indexed yet, nothing to check.
+            index = tuple(getattr(instance, bound.key) for bound in self.indexes)
+            if all(v is None for v in index):
+                index = None
         if (
             isinstance(cached, _Plaintext)
             and cached.stored == stored
@@ -269,8 +300,9 @@ class _Binding:
             value = cast("EncryptedType", self.encrypted_type).from_stored(stored, row)
         else:
             value = stored if self.decrypt is None else self.decrypt(stored)
-        if index is not None and self.blind_index is not None:
-            self.blind_index.check(value, index, column=self.source_label)
+        for bound, stored_index in zip(self.indexes, index or (), strict=False):
+            if stored_index is not None:
+                bound.blind_index.check(value, stored_index, column=self.source_label)
         self._remember(instance, stored, value, index, row)
         return value
 
@@ -288,7 +320,7 @@ class _Binding:
         instance: Any,
         stored: Any,
         value: Any,
-        index: str | None,
+        index: tuple[str | None, ...] | None,
         row: tuple[Any, ...] | None = None,
     ) -> None:
         # Only immutable values: a cached dict could be mutated without being re-encrypted.
@@ -325,7 +357,7 @@ class _Binding:
             pairs = self.column_values(value, row)
         for key, stored in pairs:
             setattr(instance, key, stored)
-        self._remember(instance, pairs[0][1], value, pairs[1][1] if len(pairs) > 1 else None, row)
+        self._remember(instance, pairs[0][1], value, tuple(v for _, v in pairs[1:]) or None, row)
 
     def column_values(
         self, value: Any, row: tuple[Any, ...] | None = None
@@ -351,8 +383,7 @@ class _Binding:
 
     def _pairs(self, stored: Any, value: Any) -> list[tuple[str, Any]]:
         pairs = [(self.source_key, stored)]
-        if self.index_key is not None and self.blind_index is not None:
-            pairs.append((self.index_key, self.blind_index.compute(value)))
+        pairs.extend((bound.key, bound.blind_index.compute(value)) for bound in self.indexes)
         return pairs
 
     def key_assigned(self, target: Any, value: Any, old: Any, initiator: Any) -> None:
@@ -453,15 +484,17 @@ class _Binding:
         The setter already sets both; this catches direct writes to the source attribute
         (``customer._email = ...``, a copied token) so an index never disagrees with its value.
         """
-        if self.index_key is None or self.blind_index is None:
+        if not self.indexes:
             return
         state = instance_state(target)
         if state.key is not None and not state.attrs[self.source_key].history.has_changes():
             return
-        # Unchecked: the index is what is being brought in step with the value.
-        index = self.blind_index.compute(self.plaintext(target, check=False))
-        if state.dict.get(self.index_key) != index:
-            setattr(target, self.index_key, index)
+        # Unchecked: the indexes are what is being brought in step with the value.
+        value = self.plaintext(target, check=False)
+        for bound in self.indexes:
+            index = bound.blind_index.compute(value)
+            if state.dict.get(bound.key) != index:
+                setattr(target, bound.key, index)
 
 
 class _EncryptedComparator(ExprComparator[Any]):
@@ -475,9 +508,31 @@ class _EncryptedComparator(ExprComparator[Any]):
             # Selecting the hybrid then decrypts, exactly as an EncryptedText column would.
             expression = type_coerce(source, binding.encrypted_type)
         super().__init__(cls, expression, hybrid)
+        self._entity = cls
+        self._hybrid = hybrid
         self._binding = binding
         self._source = source
-        self._index = getattr(cls, binding.index_key) if binding.index_key else None
+
+    def index(self, column: str) -> IndexComparator:
+        """Return the comparisons of one of the attribute's blind indexes, by its column.
+
+        ``Customer.phone.index("phone_last4") == "0000"`` compares the index column
+        ``phone_last4`` with the index of the term ``"0000"``: the term is of what the index
+        holds (four digits here, a domain for :data:`~sa_fieldcrypt.email_domain`), not a
+        whole value.
+
+        Raises:
+            ConfigurationError: the attribute has no blind index in that column.
+        """
+        binding = self._binding
+        for bound in binding.indexes:
+            if bound.key == column:
+                return IndexComparator(self._entity, self._hybrid, binding, bound)
+        known = ", ".join(repr(b.key) for b in binding.indexes) or "none"
+        raise ConfigurationError(
+            f"{binding.label} has no blind index in the column attribute {column!r} "
+            f"(its index columns: {known})"
+        )
 
     def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
         if op in _NULL_TESTS and other and _is_null(other[0]):
@@ -495,65 +550,309 @@ class _EncryptedComparator(ExprComparator[Any]):
 
     def _equality(self, op: OperatorType, other: Any) -> Any:
         binding = self._binding
-        if self._index is None or binding.blind_index is None:
+        bound = binding.equality
+        if bound is None:
+            attr = _attr(binding.label)
+            if binding.indexes:
+                raise UnsupportedComparisonError(
+                    f"{binding.label}: {_op_name(op)} compares whole values, and each of its "
+                    "blind indexes is of part of the value; compare an index with "
+                    f"{attr}.index({binding.indexes[0].key!r}) == ..., or add an index of "
+                    "whole values"
+                )
             raise UnsupportedComparisonError(
                 f"{binding.label} has no blind index, so {_op_name(op)} cannot run in SQL: "
                 f"{binding.source_label} is encrypted with randomized encryption. Add an index "
-                f"column, e.g. {_attr(binding.label)}_bidx = "
+                f"column, e.g. {attr}_bidx = "
                 "mapped_column(String(BLIND_INDEX_LENGTH)), and pass "
-                f"blind_index=BlindIndex('{_attr(binding.label)}_bidx', ...) to "
+                f"blind_index=BlindIndex('{attr}_bidx', ...) to "
                 "encrypted_hybrid()"
             )
-        index = self._index
-        if op in (operators.eq, operators.ne):
-            self._require_value(op, other)
-            values = binding.blind_index.candidates(other)
-        else:
-            if not _is_collection(other):
-                raise UnsupportedComparisonError(
-                    f"{binding.label}: {_op_name(op)} needs a list of plaintext values; a "
-                    "blind index cannot be computed inside SQL (subqueries, bound parameters)"
-                )
-            found: dict[str, None] = {}
-            for item in other:
-                if item is None:
-                    continue  # as in SQL, NULL in an IN list matches nothing
-                self._require_value(op, item)
-                found.update(dict.fromkeys(binding.blind_index.candidates(item)))
-            values = tuple(found)
-        negated = op in (operators.ne, operators.not_in_op)
-        if not values:
-            # Not indexed (e.g. an empty email): it matches no row, like SQL NULL.
-            return index.is_not(None) if negated else false()
-        if len(values) == 1:
-            return index != values[0] if negated else index == values[0]
-        return index.not_in(values) if negated else index.in_(values)
-
-    def _require_value(self, op: OperatorType, value: Any) -> None:
-        if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
-            raise UnsupportedComparisonError(
-                f"{self._binding.label}: {_op_name(op)} needs a plaintext Python value; a "
-                "blind index cannot be computed from an SQL expression or another column"
-            )
+        return _lookup(self._entity, self._hybrid, binding, bound, op, other, term=False)
 
     def _refusal(self, op: OperatorType) -> UnsupportedComparisonError:
         binding = self._binding
-        if binding.index_key is None:
+        if not binding.indexes:
             reason = (
                 f"{binding.source_label} is encrypted with randomized encryption, so the "
                 "database cannot compare, order or search its values; only is_(None) and "
                 "is_not(None) work"
             )
         else:
+            labels = ", ".join(b.label for b in binding.indexes)
             reason = (
-                f"{binding.source_label} is encrypted, and its blind index "
-                f"{binding.index_label} holds keyed hashes of whole normalized values, which "
-                "support only ==, !=, in_() and not_in() with Python values (and is_(None) "
-                "on the value itself; no ordering, pattern matching or arithmetic)"
+                f"{binding.source_label} is encrypted, and its blind indexes ({labels}) hold "
+                "keyed hashes of normalized values, which support only ==, !=, in_() and "
+                "not_in() with Python values (and is_(None) on the value itself; no "
+                "ordering, pattern matching or arithmetic)"
             )
         return UnsupportedComparisonError(
             f"{binding.label}: cannot apply {_op_name(op)} in SQL: {reason}"
         )
+
+
+class IndexComparator:
+    """The SQL comparisons of one blind index of an encrypted attribute.
+
+    Returned by ``Customer.phone.index("phone_last4")``. Terms are of what the index holds:
+    ``Customer.phone.index("phone_last4") == "0000"``,
+    ``Customer.email.index("email_domain").in_(["example.com", "example.org"])``.
+
+    A full-size index is exact on what it holds: ``==``, ``!=``, ``in_()`` and ``not_in()``
+    run in SQL alone. A truncated one (``bits=`` below 256) finds candidates, which the ORM
+    filters to the exact matches after decrypting them (``docs/blind-indexes.md``); ``!=``
+    and ``not_in()`` are refused there, since rows that only share a truncated index value
+    with the term would be left out.
+    """
+
+    __hash__ = object.__hash__
+
+    def __init__(
+        self, entity: Any, hybrid: EncryptedHybrid[Any], binding: _Binding, bound: _BoundIndex
+    ):
+        self._entity = entity
+        self._hybrid = hybrid
+        self._binding = binding
+        self._bound = bound
+
+    def __eq__(self, other: object) -> ColumnElement[bool]:  # type: ignore[override]
+        return self._compare(operators.eq, other)
+
+    def __ne__(self, other: object) -> ColumnElement[bool]:  # type: ignore[override]
+        return self._compare(operators.ne, other)
+
+    def in_(self, other: Any) -> ColumnElement[bool]:
+        """Return the condition that the index is that of one of the terms ``other``."""
+        return self._compare(operators.in_op, other)
+
+    def not_in(self, other: Any) -> ColumnElement[bool]:
+        """Return the condition that the index is of none of the terms (full size only)."""
+        return self._compare(operators.not_in_op, other)
+
+    def _compare(self, op: OperatorType, other: Any) -> ColumnElement[bool]:
+        if other is None or isinstance(other, Null):
+            raise UnsupportedComparisonError(
+                f"{self._bound.label}: compare the value itself with None "
+                f"({self._binding.label}.is_(None)), not one of its indexes"
+            )
+        return _lookup(self._entity, self._hybrid, self._binding, self._bound, op, other, term=True)
+
+    def __repr__(self) -> str:
+        return f"IndexComparator({self._bound.label!r})"
+
+
+def _lookup(
+    entity: Any,
+    hybrid: EncryptedHybrid[Any],
+    binding: _Binding,
+    bound: _BoundIndex,
+    op: OperatorType,
+    other: Any,
+    *,
+    term: bool,
+) -> ColumnElement[bool]:
+    """The SQL condition of ``<index> <op> other``; candidates to filter if truncated."""
+    blind_index = bound.blind_index
+    normalize = blind_index.normalize_term if term else blind_index.normalize
+    if op in (operators.eq, operators.ne):
+        _require_value(binding, op, other)
+        items = [other]
+    else:
+        if not _is_collection(other):
+            raise UnsupportedComparisonError(
+                f"{binding.label}: {_op_name(op)} needs a list of plaintext values; a "
+                "blind index cannot be computed inside SQL (subqueries, bound parameters)"
+            )
+        items = []
+        for item in other:
+            if item is None:
+                continue  # as in SQL, NULL in an IN list matches nothing
+            _require_value(binding, op, item)
+            items.append(item)
+    negated = op in (operators.ne, operators.not_in_op)
+    if negated and blind_index.truncated:
+        raise UnsupportedComparisonError(
+            f"{bound.label}: {_op_name(op)} cannot run on a truncated blind index "
+            f"({blind_index.bits} bits): rows that only share its index value with the term "
+            "would be left out. Select the candidates of == and leave out the matches in "
+            "Python, or use a full-size index"
+        )
+    data = [d for d in map(normalize, items) if d is not None]
+    values = tuple(dict.fromkeys(h for d in data for h in blind_index.hashes(d)))
+    index = getattr(entity, bound.key)
+    if not values:
+        # Not indexed (e.g. an empty email): it matches no row, like SQL NULL.
+        return cast("ColumnElement[bool]", index.is_not(None) if negated else false())
+    if len(values) == 1:
+        condition = index != values[0] if negated else index == values[0]
+    else:
+        condition = index.not_in(values) if negated else index.in_(values)
+    if not blind_index.truncated:
+        return cast("ColumnElement[bool]", condition)
+    primary = blind_index.active_keyring().primary.id
+    digests = tuple(dict.fromkeys(blind_index.digest(d, primary) for d in data))
+    _install_filtering()
+    return _Candidates(condition, _ExactMatch(entity, hybrid, bound, primary, digests))
+
+
+def _require_value(binding: _Binding, op: OperatorType, value: Any) -> None:
+    if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
+        raise UnsupportedComparisonError(
+            f"{binding.label}: {_op_name(op)} needs a plaintext Python value; a "
+            "blind index cannot be computed from an SQL expression or another column"
+        )
+
+
+# -- exact filtering of truncated indexes ----------------------------------------------------
+#
+# A truncated index's condition is wrapped in _Candidates, which compiles to the condition
+# itself and marks the compiled statement. The ORM hook below finds the marks in a statement,
+# runs it, and keeps the rows whose decrypted value hashes (at full size) as a term does. A
+# statement it cannot filter exactly is refused, and so is one that reaches a cursor without
+# it (Core): candidates must never pass for matches.
+
+#: Execution option the ORM hook sets on statements whose candidates it filters.
+_FILTERED = "sa_fieldcrypt_filtered"
+# Attribute of a compiled statement whose SQL holds a truncated index's condition.
+_MARKED = "_sa_fieldcrypt_candidates"
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class _ExactMatch:
+    """How to tell a candidate row from a match: the terms' full-size index values."""
+
+    entity: Any  # the mapped class or aliased class compared
+    hybrid: EncryptedHybrid[Any]
+    bound: _BoundIndex
+    key_id: str  # the index key the digests are under
+    digests: tuple[str, ...]  # full HMACs of the terms: no plaintext is kept
+
+    def keeps(self, instance: Any) -> bool:
+        """Whether the loaded ``instance`` matches one of the terms (constant-time compares)."""
+        if instance is None:
+            return False
+        value = self.hybrid._binding_for(type(instance)).plaintext(instance)
+        data = self.bound.blind_index.normalize(value)
+        if data is None:
+            return False
+        digest = self.bound.blind_index.digest(data, self.key_id).encode("ascii")
+        found = False
+        for term in self.digests:
+            found |= hmac.compare_digest(digest, term.encode("ascii"))
+        return found
+
+
+class _Candidates(ColumnElement[bool]):
+    """A truncated index's condition: true for every match, and for some other rows."""
+
+    __visit_name__ = "sa_fieldcrypt_candidates"
+    inherit_cache = False  # the cache key is the condition's: see _cache_key_traversal
+    # Lists, as SQLAlchemy declares them; never mutated.
+    _traverse_internals = [("clause", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+    # The terms (in ``exact``) are not part of the SQL, only of its filtering.
+    _cache_key_traversal = [("clause", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+
+    def __init__(self, clause: ColumnElement[bool], exact: _ExactMatch):
+        self.clause = clause
+        self.exact = exact
+        self.type = sqltypes.Boolean()
+
+    @property
+    def _from_objects(self) -> list[Any]:
+        return self.clause._from_objects
+
+
+@compiles(_Candidates)
+def _compile_candidates(element: _Candidates, compiler: Any, **kw: Any) -> str:
+    setattr(compiler, _MARKED, True)
+    return cast("str", compiler.process(element.clause, **kw))
+
+
+_installed = False
+
+
+def _install_filtering() -> None:
+    """Listen, once per process, to every Session's ORM executions and every Engine's cursor.
+
+    Installed when the first truncated index's condition is built; both listeners return at
+    once for statements without one.
+    """
+    global _installed
+    if not _installed:
+        event.listen(Session, "do_orm_execute", _filter_candidates)
+        event.listen(Engine, "before_cursor_execute", _refuse_unfiltered)
+        _installed = True
+
+
+def _refuse_unfiltered(
+    conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any, executemany: bool
+) -> None:
+    compiled = getattr(context, "compiled", None)
+    if getattr(compiled, _MARKED, False) and not context.execution_options.get(_FILTERED):
+        raise UnsupportedComparisonError(
+            "this statement compares a truncated blind index, whose matches are only "
+            "candidates, and it runs outside a Session (Core), where nothing filters them; "
+            "run select(<mapped class>).where(...) through a Session instead"
+        )
+
+
+def _conjuncts(clause: Any) -> Iterator[Any]:
+    """The terms ANDed together at the top of a WHERE clause."""
+    if clause is None:
+        return
+    if isinstance(clause, BooleanClauseList) and clause.operator is operators.and_:
+        for inner in clause.clauses:
+            yield from _conjuncts(inner)
+    else:
+        yield clause
+
+
+def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
+    """Run an ORM statement holding truncated-index conditions; keep only the exact matches."""
+    if state.is_column_load or state.is_relationship_load:
+        return None
+    statement = state.statement
+    marks = [e for e in visitors.iterate(cast(Any, statement)) if isinstance(e, _Candidates)]
+    if not marks:
+        return None
+    label = marks[0].exact.bound.label
+    if not state.is_select or not isinstance(statement, Select):
+        raise UnsupportedComparisonError(
+            f"{label}: a truncated blind index finds candidates, which only a SELECT of "
+            "entities can filter; an UPDATE or DELETE would change rows that merely share "
+            "its index value. Select the objects, then change or delete them"
+        )
+    top = [c for c in _conjuncts(statement.whereclause) if isinstance(c, _Candidates)]
+    if {id(m) for m in marks} != {id(c) for c in top}:
+        raise UnsupportedComparisonError(
+            f"{label}: a truncated blind index's condition can be filtered exactly only as "
+            "a term ANDed into the WHERE clause of the statement itself, not under OR or "
+            "NOT, in a join condition, HAVING or a subquery"
+        )
+    if any(
+        getattr(statement, part, None) is not None
+        for part in ("_limit_clause", "_offset_clause", "_fetch_clause")
+    ):
+        raise UnsupportedComparisonError(
+            f"{label}: LIMIT and OFFSET would count the candidates of a truncated blind "
+            "index, not its matches; drop them and slice the results in Python"
+        )
+    positions = []
+    described = statement.column_descriptions
+    for candidates in top:
+        entity = candidates.exact.entity
+        found = [i for i, d in enumerate(described) if d.get("expr") is entity]
+        if not found:
+            raise UnsupportedComparisonError(
+                f"{label}: a truncated blind index finds candidates, which are filtered by "
+                f"decrypting the {getattr(entity, '__name__', 'entity')} objects selected; "
+                "this statement selects columns only (or counts), so its rows could not be "
+                "checked. Select the entity: select(<mapped class>).where(...)"
+            )
+        positions.append((found[0], candidates.exact))
+    frozen = state.invoke_statement(execution_options={_FILTERED: True}).freeze()
+    rows = [row for row in frozen().all() if all(match.keeps(row[i]) for i, match in positions)]
+    return frozen.with_new_rows(rows)()
 
 
 def _op_name(op: OperatorType) -> str:
@@ -593,7 +892,7 @@ class EncryptedHybrid(hybrid_property[_V]):
         self,
         source: str,
         *,
-        blind_index: BlindIndex | str | None = None,
+        blind_index: BlindIndex | str | Sequence[BlindIndex | str] | None = None,
         column_type: EncryptedType[_V] | None = None,
         check_index: bool = True,
         bind_row: bool = False,
@@ -602,16 +901,31 @@ class EncryptedHybrid(hybrid_property[_V]):
             raise ConfigurationError(
                 "encrypted_hybrid(): source must name the mapped attribute of the encrypted column"
             )
-        if isinstance(blind_index, str):
-            blind_index = BlindIndex(blind_index)
-        if blind_index is not None and not isinstance(blind_index, BlindIndex):
-            raise ConfigurationError("encrypted_hybrid(): blind_index must be a BlindIndex or str")
+        declared = (
+            ()
+            if blind_index is None
+            else (blind_index,)
+            if isinstance(blind_index, (str, BlindIndex))
+            else tuple(blind_index)
+        )
+        indexes = tuple(BlindIndex(i) if isinstance(i, str) else i for i in declared)
+        if not all(isinstance(i, BlindIndex) for i in indexes):
+            raise ConfigurationError(
+                "encrypted_hybrid(): blind_index must be a BlindIndex or str, or a list of them"
+            )
+        columns = [i.column for i in indexes]
+        if len(set(columns)) != len(columns):
+            raise ConfigurationError(
+                "encrypted_hybrid(): each blind index needs a column of its own; "
+                f"{', '.join(sorted(c for c in set(columns) if columns.count(c) > 1))} is "
+                "given twice"
+            )
         if column_type is not None and not isinstance(column_type, EncryptedType):
             raise ConfigurationError(
                 "encrypted_hybrid(): column_type must be an EncryptedType such as EncryptedText()"
             )
         self._source = source
-        self._blind_index = blind_index
+        self._blind_indexes = indexes
         self._column_type = column_type
         self._check_index = check_index
         self._bind_row = bind_row
@@ -707,29 +1021,13 @@ class EncryptedHybrid(hybrid_property[_V]):
         else:
             encrypted_type = self._ciphertext_type(source, label)
 
-        index_key = index_label = None
-        blind_index = None
-        if self._blind_index is not None:
-            index_key = self._blind_index.column
-            index = _mapped_column(mapper, index_key, label, "blind-index column")
-            index_label = f"{index.table.fullname}.{index.name}"
-            length = getattr(index.type, "length", None)
-            if not isinstance(index.type, String) or (
-                length is not None and length < BLIND_INDEX_LENGTH
-            ):
-                raise ConfigurationError(
-                    f"{label}: the blind-index column {index_label} must be a string column "
-                    "of at least BLIND_INDEX_LENGTH characters: "
-                    f"mapped_column(String({BLIND_INDEX_LENGTH}))"
-                )
-            existing = index.info.get(INFO_BLIND_INDEX)
-            if existing is not None and existing.source_column != source.name:
-                raise ConfigurationError(
-                    f"{label}: {index_label} is already the blind index of "
-                    f"{existing.source_column!r}; every encrypted column needs its own"
-                )
-            blind_index = existing or self._blind_index.bound_to(index_label, source.name)
-            index.info[INFO_BLIND_INDEX] = blind_index
+        indexes = tuple(
+            _bind_index(mapper, declared, source, label) for declared in self._blind_indexes
+        )
+        # == compares whole values: the first index of them, a full-size one if any.
+        whole = [bound for bound in indexes if not bound.blind_index.derived]
+        full = [bound for bound in whole if not bound.blind_index.truncated]
+        equality = next(iter(full or whole), None)
 
         row_key = _row_key(mapper, source, label) if self._bind_row else None
         binding = _Binding(
@@ -741,9 +1039,8 @@ class EncryptedHybrid(hybrid_property[_V]):
             decrypt=(
                 None if encrypted_type is None else encrypted_type.result_processor(_DIALECT, None)
             ),
-            index_key=index_key,
-            index_label=index_label,
-            blind_index=blind_index,
+            indexes=indexes,
+            equality=equality,
             check_index=self._check_index,
             cache_key=f"_sa_fieldcrypt_{self.__name__}",
             row_key=row_key,
@@ -755,7 +1052,7 @@ class EncryptedHybrid(hybrid_property[_V]):
             event.listen(mapper, "before_update", binding.bind_row)
             for attr in row_key.attrs:
                 event.listen(getattr(cls, attr), "set", binding.key_assigned)
-        if index_key is not None:
+        if indexes:
             event.listen(mapper, "before_insert", binding.sync_index)
             event.listen(mapper, "before_update", binding.sync_index)
         return binding
@@ -788,6 +1085,47 @@ class EncryptedHybrid(hybrid_property[_V]):
         encrypted_type._set_parent(source)
         source.info[COLUMN_INFO_KEY] = encrypted_type
         return encrypted_type
+
+
+def _bind_index(
+    mapper: Mapper[Any], declared: BlindIndex, source: Column[Any], label: str
+) -> _BoundIndex:
+    """Check one declared index's column, and record the bound index in its ``info``."""
+    column = _mapped_column(mapper, declared.column, label, "blind-index column")
+    index_label = f"{column.table.fullname}.{column.name}"
+    length = getattr(column.type, "length", None)
+    if not isinstance(column.type, String) or (length is not None and length < BLIND_INDEX_LENGTH):
+        raise ConfigurationError(
+            f"{label}: the blind-index column {index_label} must be a string column "
+            "of at least BLIND_INDEX_LENGTH characters: "
+            f"mapped_column(String({BLIND_INDEX_LENGTH}))"
+        )
+    existing = column.info.get(INFO_BLIND_INDEX)
+    if existing is not None and existing.source_column != source.name:
+        raise ConfigurationError(
+            f"{label}: {index_label} is already the blind index of "
+            f"{existing.source_column!r}; every encrypted column needs its own"
+        )
+    if declared.truncated and _is_unique(column):
+        raise ConfigurationError(
+            f"{label}: {index_label} is in a unique constraint or index, and its blind index "
+            f"is truncated to {declared.bits} bits, so two different values could collide; "
+            "a unique index needs the full size (drop bits=), or drop the constraint"
+        )
+    bound = existing or declared.bound_to(index_label, source.name)
+    column.info[INFO_BLIND_INDEX] = bound
+    return _BoundIndex(declared.column, index_label, bound)
+
+
+def _is_unique(column: Column[Any]) -> bool:
+    """Whether the column is part of a unique constraint or unique index of its table."""
+    table = column.table
+    if column.unique or column.primary_key:
+        return True
+    constraints = [c for c in table.constraints if isinstance(c, UniqueConstraint)]
+    return any(column in c.columns.values() for c in constraints) or any(
+        index.unique and column in index.columns.values() for index in table.indexes
+    )
 
 
 def _row_key(mapper: Mapper[Any], source: Column[Any], label: str) -> _RowKey:
@@ -839,7 +1177,7 @@ def _mapped_column(mapper: Mapper[Any], key: str, label: str, what: str) -> Colu
 def encrypted_hybrid(
     source: str,
     *,
-    blind_index: BlindIndex | str | None = None,
+    blind_index: BlindIndex | str | Sequence[BlindIndex | str] | None = None,
     column_type: EncryptedType[_V] | None = None,
     check_index: bool = True,
     bind_row: bool = False,
@@ -853,7 +1191,11 @@ def encrypted_hybrid(
             (``email_encrypted: Mapped[str] = mapped_column(Text)``).
         blind_index: a :class:`~sa_fieldcrypt.BlindIndex` (or just the index column's
             attribute name) that makes ``==`` and ``in_()`` work in queries and keeps a unique
-            index meaningful.
+            index meaningful; or a list of them, each in a column of its own, with its own
+            name and so its own key. The first of whole values (no
+            :class:`~sa_fieldcrypt.Transform`), a full-size one if any, answers
+            ``Customer.phone == x``; every one answers
+            ``Customer.phone.index("<index column attribute>") == term``.
         column_type: for a plain ciphertext column, the type that encrypts and decrypts it
             (default ``EncryptedText()``; ``EncryptedJSON()``, a typed column such as
             ``EncryptedDate()``, or any type with a keyring of its own, also work). Not
@@ -864,6 +1206,7 @@ def encrypted_hybrid(
             for the row its index names. A row whose index is still NULL (not backfilled
             yet) or under an index key the keyring no longer holds is not checked. Turn it
             off only for the time a normalizer change waits for ``fieldcrypt reindex``.
+            Every index of the attribute is checked (a truncated one at its size).
         bind_row: bind each value to its row's primary key as well as to its column, so
             that a value copied into another row of the same column does not decrypt there,
             index or not. Only over a plain ciphertext column, and only for a primary key
