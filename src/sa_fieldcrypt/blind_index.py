@@ -371,7 +371,7 @@ class Transform:
     :func:`first_chars`, :data:`email_domain` and :data:`letters_lower`; wrap any callable to
     make your own::
 
-        initials = Transform(lambda name: "".join(w[:1] for w in name.split()).lower() or None)
+        top_level_domain = Transform(lambda email: email.rpartition(".")[2].lower() or None)
 
     Args:
         function: maps a stored value to the text (or bytes) indexed; None: not indexed.
@@ -486,8 +486,8 @@ def _email_domain(value: Any) -> str | None:
 
 def _domain_term(value: Any) -> str | None:
     # A domain, folded as the domain of an address is: "Example.COM." is "example.com".
-    domain = _email_domain("@" + _text(value, "email_domain"))
-    return domain if domain is not None and "@" not in domain else None
+    text = _text(value, "email_domain")
+    return None if "@" in _fold(text) else _email_domain("@" + text)
 
 
 #: Transform indexing an email address's domain, folded as :func:`normalize_email` folds

@@ -56,7 +56,7 @@ from sqlalchemy.ext.hybrid import ExprComparator, hybrid_property
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql import ClauseElement, operators, visitors
-from sqlalchemy.sql.elements import BooleanClauseList, ColumnElement, Null
+from sqlalchemy.sql.elements import BooleanClauseList, ColumnElement, Grouping, Null
 from sqlalchemy.sql.operators import OperatorType
 from sqlalchemy.sql.visitors import InternalTraversal
 from typing_extensions import TypeVar
@@ -760,6 +760,18 @@ class _Candidates(ColumnElement[bool]):
     @property
     def _from_objects(self) -> list[Any]:
         return self.clause._from_objects
+
+    def self_group(self, against: OperatorType | None = None) -> ColumnElement[Any]:
+        # A condition already (not a boolean value to compare with true), as its clause is.
+        if against in (None, operators.and_, operators.or_, operators._asbool):
+            return self
+        return Grouping(self)
+
+    def _negate(self) -> ColumnElement[Any]:
+        raise UnsupportedComparisonError(
+            f"{self.exact.bound.label}: NOT of a truncated blind index's condition cannot be "
+            "filtered exactly (rows that only share its index value would be left out)"
+        )
 
 
 @compiles(_Candidates)
