@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from sqlalchemy import (
     Column,
@@ -71,6 +71,9 @@ from sa_fieldcrypt.errors import (
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
 if TYPE_CHECKING:
+    from typing import Self
+
+    from sqlalchemy.ext.hybrid import _HybridClassLevelAccessor
     from sqlalchemy.sql.elements import SQLCoreOperations
 
 __all__ = [
@@ -888,6 +891,14 @@ def _is_collection(value: Any) -> bool:
     return isinstance(value, (list, tuple, set, frozenset))
 
 
+if TYPE_CHECKING:
+
+    class _ClassAttribute(_HybridClassLevelAccessor[_V]):
+        """What ``Customer.phone`` is to a type checker: a hybrid with its indexes."""
+
+        def index(self, column: str) -> IndexComparator: ...
+
+
 class EncryptedHybrid(hybrid_property[_V]):
     """A hybrid property over an encrypted column and, optionally, its blind index.
 
@@ -972,6 +983,15 @@ class EncryptedHybrid(hybrid_property[_V]):
         # Declared here for type checkers only: before 2.0.44 SQLAlchemy's hybrid_property
         # takes any value in __set__, and assigning 42 to a str attribute must be an error.
         def __set__(self, instance: object, value: SQLCoreOperations[_V] | _V) -> None: ...
+
+        # And so that type checkers know Customer.phone.index(...).
+        @overload
+        def __get__(self, instance: Any, owner: None) -> Self: ...
+        @overload
+        def __get__(self, instance: None, owner: type[object]) -> _ClassAttribute[_V]: ...
+        @overload
+        def __get__(self, instance: object, owner: type[object]) -> _V: ...
+        def __get__(self, instance: object, owner: type[object] | None) -> Any: ...
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.__name__ = name
