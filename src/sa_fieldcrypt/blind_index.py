@@ -62,8 +62,10 @@ __all__ = [
     "BLIND_INDEX_LENGTH",
     "FULL_BITS",
     "BlindIndex",
+    "Compound",
     "Normalizer",
     "Transform",
+    "compound",
     "email_domain",
     "first_chars",
     "last_digits",
@@ -505,6 +507,98 @@ def _letters_lower(value: Any) -> str | None:
 #: indexes ``"obriensmith"``, so spellings that differ in punctuation, spaces, digits or case
 #: find each other. A text without letters is not indexed. Terms are folded alike.
 letters_lower = Transform(_letters_lower, name="letters_lower")
+
+
+class Compound(Transform):
+    """A normalizer of several attributes of a row at once, for a compound index.
+
+    Made by :func:`compound`; declared on a model with
+    :func:`~sa_fieldcrypt.compound_index`. It indexes a tuple of values, one per part, in
+    the order given, each through its part's normalizer. The parts are encoded without
+    ambiguity: each one's bytes after their length (4 bytes, big-endian), so
+    ``("ab", "c")`` and ``("a", "bc")`` index differently. A part that is None, or that its
+    normalizer does not index, leaves the whole row unindexed.
+
+    Attributes:
+        attributes: the attribute names of the parts, in order.
+    """
+
+    __slots__ = ("attributes", "parts")
+
+    def __init__(self, parts: dict[str, Normalizer | None]):
+        if not parts:
+            raise ConfigurationError("compound() needs at least one part: attribute=normalizer")
+        for attribute, normalizer in parts.items():
+            if normalizer is not None and not callable(normalizer):
+                raise ConfigurationError(
+                    f"compound(): the normalizer of {attribute} is not callable"
+                )
+        self.parts = dict(parts)
+        self.attributes = tuple(parts)
+        label = ", ".join(self.attributes)
+        super().__init__(self._encode_values, self._encode_terms, name=f"compound({label})")
+
+    def _encode_values(self, values: Any) -> bytes | None:
+        return self._encode(values, term=False)
+
+    def _encode_terms(self, terms: Any) -> bytes | None:
+        return self._encode(terms, term=True)
+
+    def _encode(self, values: Any, *, term: bool) -> bytes | None:
+        if not isinstance(values, tuple) or len(values) != len(self.attributes):
+            raise ValueTypeError(
+                f"{self.name} indexes a tuple of {len(self.attributes)} values "
+                f"({', '.join(self.attributes)}), got {type(values).__name__}"
+            )
+        encoded = bytearray()
+        for (attribute, normalizer), value in zip(self.parts.items(), values, strict=True):
+            part = _part_bytes(attribute, normalizer, value, term=term)
+            if part is None:
+                return None
+            encoded += len(part).to_bytes(4, "big") + part
+        return bytes(encoded)
+
+
+def _part_bytes(
+    attribute: str, normalizer: Normalizer | None, value: Any, *, term: bool
+) -> bytes | None:
+    if value is None:
+        return None
+    if normalizer is None:
+        if isinstance(value, bool):
+            normalized: str | bytes | None = "true" if value else "false"
+        elif isinstance(value, int):
+            normalized = str(value)
+        else:
+            normalized = value
+    elif term and isinstance(normalizer, Transform):
+        normalized = normalizer.term(value)
+    else:
+        normalized = normalizer(value)
+    if isinstance(normalized, str):
+        return normalized.encode("utf-8", "surrogatepass")
+    if normalized is None or isinstance(normalized, bytes):
+        return normalized
+    raise ValueTypeError(
+        f"compound part {attribute}: expected str, bytes, int or bool (or a normalizer that "
+        f"returns str or bytes), got {type(normalized).__name__}"
+    )
+
+
+def compound(**parts: Normalizer | None) -> Compound:
+    """Return the normalizer of a compound index over several attributes, in the order given.
+
+    ``compound(first_name=first_chars(1), last_name=letters_lower)`` indexes a first initial
+    with a last name; ``compound(consent_sms=None, phone=last_digits(4))`` a plain consent
+    flag with a phone's last four digits. A part's normalizer reads the attribute's value
+    (an encrypted hybrid's plaintext, or a plain column's value); None takes it as it is
+    (str, bytes, int or bool). Query terms are tuples in the same order, each read as its
+    part's transform reads terms: ``Customer.name_search == ("a", "Lovelace")``.
+
+    Raises:
+        ConfigurationError: no part, or a normalizer that is not callable.
+    """
+    return Compound(parts)
 
 
 # -- the index -----------------------------------------------------------------------------

@@ -530,7 +530,7 @@ class _EncryptedComparator(ExprComparator[Any]):
         binding = self._binding
         for bound in binding.indexes:
             if bound.key == column:
-                return IndexComparator(self._entity, self._hybrid, binding, bound)
+                return IndexComparator(self._target(bound))
         known = ", ".join(repr(b.key) for b in binding.indexes) or "none"
         raise ConfigurationError(
             f"{binding.label} has no blind index in the column attribute {column!r} "
@@ -571,7 +571,15 @@ class _EncryptedComparator(ExprComparator[Any]):
                 f"blind_index=BlindIndex('{attr}_bidx', ...) to "
                 "encrypted_hybrid()"
             )
-        return _lookup(self._entity, self._hybrid, binding, bound, op, other, term=False)
+        return _lookup(self._target(bound), op, other, term=False)
+
+    def _target(self, bound: _BoundIndex) -> _Target:
+        hybrid = self._hybrid
+
+        def read(instance: Any) -> Any:
+            return hybrid._binding_for(type(instance)).plaintext(instance)
+
+        return _Target(self._entity, self._binding.label, bound, read)
 
     def _refusal(self, op: OperatorType) -> UnsupportedComparisonError:
         binding = self._binding
@@ -594,12 +602,24 @@ class _EncryptedComparator(ExprComparator[Any]):
         )
 
 
-class IndexComparator:
-    """The SQL comparisons of one blind index of an encrypted attribute.
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One blind index as a query sees it: its column on an entity, and what it indexes."""
 
-    Returned by ``Customer.phone.index("phone_last4")``. Terms are of what the index holds:
+    entity: Any  # the mapped class or aliased class compared
+    owner: str  # "Customer.phone", for messages
+    bound: _BoundIndex
+    read: Callable[[Any], Any]  # a loaded instance's value that the index is of
+
+
+class IndexComparator:
+    """The SQL comparisons of one blind index of an encrypted attribute (or a compound index).
+
+    Returned by ``Customer.phone.index("phone_last4")``, and by a
+    :func:`compound_index` attribute. Terms are of what the index holds:
     ``Customer.phone.index("phone_last4") == "0000"``,
-    ``Customer.email.index("email_domain").in_(["example.com", "example.org"])``.
+    ``Customer.email.index("email_domain").in_(["example.com", "example.org"])``, a tuple
+    for a compound index.
 
     A full-size index is exact on what it holds: ``==``, ``!=``, ``in_()`` and ``not_in()``
     run in SQL alone. A truncated one (``bits=`` below 256) finds candidates, which the ORM
@@ -610,13 +630,8 @@ class IndexComparator:
 
     __hash__ = object.__hash__
 
-    def __init__(
-        self, entity: Any, hybrid: EncryptedHybrid[Any], binding: _Binding, bound: _BoundIndex
-    ):
-        self._entity = entity
-        self._hybrid = hybrid
-        self._binding = binding
-        self._bound = bound
+    def __init__(self, target: _Target):
+        self._target = target
 
     def __eq__(self, other: object) -> ColumnElement[bool]:  # type: ignore[override]
         return self._compare(operators.eq, other)
@@ -635,42 +650,34 @@ class IndexComparator:
     def _compare(self, op: OperatorType, other: Any) -> ColumnElement[bool]:
         if other is None or isinstance(other, Null):
             raise UnsupportedComparisonError(
-                f"{self._bound.label}: compare the value itself with None "
-                f"({self._binding.label}.is_(None)), not one of its indexes"
+                f"{self._target.bound.label}: an index compares with terms, not None; test the "
+                "indexed value itself with is_(None)"
             )
-        return _lookup(self._entity, self._hybrid, self._binding, self._bound, op, other, term=True)
+        return _lookup(self._target, op, other, term=True)
 
     def __repr__(self) -> str:
-        return f"IndexComparator({self._bound.label!r})"
+        return f"IndexComparator({self._target.bound.label!r})"
 
 
-def _lookup(
-    entity: Any,
-    hybrid: EncryptedHybrid[Any],
-    binding: _Binding,
-    bound: _BoundIndex,
-    op: OperatorType,
-    other: Any,
-    *,
-    term: bool,
-) -> ColumnElement[bool]:
+def _lookup(target: _Target, op: OperatorType, other: Any, *, term: bool) -> ColumnElement[bool]:
     """The SQL condition of ``<index> <op> other``; candidates to filter if truncated."""
+    bound = target.bound
     blind_index = bound.blind_index
     normalize = blind_index.normalize_term if term else blind_index.normalize
     if op in (operators.eq, operators.ne):
-        _require_value(binding, op, other)
+        _require_value(target.owner, op, other)
         items = [other]
     else:
         if not _is_collection(other):
             raise UnsupportedComparisonError(
-                f"{binding.label}: {_op_name(op)} needs a list of plaintext values; a "
+                f"{target.owner}: {_op_name(op)} needs a list of plaintext values; a "
                 "blind index cannot be computed inside SQL (subqueries, bound parameters)"
             )
         items = []
         for item in other:
             if item is None:
                 continue  # as in SQL, NULL in an IN list matches nothing
-            _require_value(binding, op, item)
+            _require_value(target.owner, op, item)
             items.append(item)
     negated = op in (operators.ne, operators.not_in_op)
     if negated and blind_index.truncated:
@@ -682,7 +689,7 @@ def _lookup(
         )
     data = [d for d in map(normalize, items) if d is not None]
     values = tuple(dict.fromkeys(h for d in data for h in blind_index.hashes(d)))
-    index = getattr(entity, bound.key)
+    index = getattr(target.entity, bound.key)
     if not values:
         # Not indexed (e.g. an empty email): it matches no row, like SQL NULL.
         return cast("ColumnElement[bool]", index.is_not(None) if negated else false())
@@ -695,13 +702,14 @@ def _lookup(
     primary = blind_index.active_keyring().primary.id
     digests = tuple(dict.fromkeys(blind_index.digest(d, primary) for d in data))
     _install_filtering()
-    return _Candidates(condition, _ExactMatch(entity, hybrid, bound, primary, digests))
+    return _Candidates(condition, _ExactMatch(target, primary, digests))
 
 
-def _require_value(binding: _Binding, op: OperatorType, value: Any) -> None:
-    if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
+def _require_value(owner: str, op: OperatorType, value: Any) -> None:
+    parts = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(v, ClauseElement) or hasattr(v, "__clause_element__") for v in parts):
         raise UnsupportedComparisonError(
-            f"{binding.label}: {_op_name(op)} needs a plaintext Python value; a "
+            f"{owner}: {_op_name(op)} needs a plaintext Python value; a "
             "blind index cannot be computed from an SQL expression or another column"
         )
 
@@ -724,9 +732,7 @@ _MARKED = "_sa_fieldcrypt_candidates"
 class _ExactMatch:
     """How to tell a candidate row from a match: the terms' full-size index values."""
 
-    entity: Any  # the mapped class or aliased class compared
-    hybrid: EncryptedHybrid[Any]
-    bound: _BoundIndex
+    target: _Target
     key_id: str  # the index key the digests are under
     digests: tuple[str, ...]  # full HMACs of the terms: no plaintext is kept
 
@@ -734,11 +740,11 @@ class _ExactMatch:
         """Whether the loaded ``instance`` matches one of the terms (constant-time compares)."""
         if instance is None:
             return False
-        value = self.hybrid._binding_for(type(instance)).plaintext(instance)
-        data = self.bound.blind_index.normalize(value)
+        blind_index = self.target.bound.blind_index
+        data = blind_index.normalize(self.target.read(instance))
         if data is None:
             return False
-        digest = self.bound.blind_index.digest(data, self.key_id).encode("ascii")
+        digest = blind_index.digest(data, self.key_id).encode("ascii")
         found = False
         for term in self.digests:
             found |= hmac.compare_digest(digest, term.encode("ascii"))
@@ -772,8 +778,9 @@ class _Candidates(ColumnElement[bool]):
 
     def _negate(self) -> ColumnElement[Any]:
         raise UnsupportedComparisonError(
-            f"{self.exact.bound.label}: NOT of a truncated blind index's condition cannot be "
-            "filtered exactly (rows that only share its index value would be left out)"
+            f"{self.exact.target.bound.label}: NOT of a truncated blind index's condition "
+            "cannot be filtered exactly (rows that only share its index value would be left "
+            "out)"
         )
 
 
@@ -783,20 +790,16 @@ def _compile_candidates(element: _Candidates, compiler: Any, **kw: Any) -> str:
     return cast("str", compiler.process(element.clause, **kw))
 
 
-_installed = False
-
-
 def _install_filtering() -> None:
     """Listen, once per process, to every Session's ORM executions and every Engine's cursor.
 
     Installed when the first truncated index's condition is built; both listeners return at
     once for statements without one.
     """
-    global _installed
-    if not _installed:
+    if not event.contains(Session, "do_orm_execute", _filter_candidates):
         event.listen(Session, "do_orm_execute", _filter_candidates)
+    if not event.contains(Engine, "before_cursor_execute", _refuse_unfiltered):
         event.listen(Engine, "before_cursor_execute", _refuse_unfiltered)
-        _installed = True
 
 
 def _refuse_unfiltered(
@@ -830,7 +833,7 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     marks = [e for e in visitors.iterate(cast(Any, statement)) if isinstance(e, _Candidates)]
     if not marks:
         return None
-    label = marks[0].exact.bound.label
+    label = marks[0].exact.target.bound.label
     if not state.is_select or not isinstance(statement, Select):
         raise UnsupportedComparisonError(
             f"{label}: a truncated blind index finds candidates, which only a SELECT of "
@@ -855,7 +858,7 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     positions = []
     described = statement.column_descriptions
     for candidates in top:
-        entity = candidates.exact.entity
+        entity = candidates.exact.target.entity
         found = [i for i, d in enumerate(described) if d.get("expr") is entity]
         if not found:
             raise UnsupportedComparisonError(
