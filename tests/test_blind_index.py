@@ -32,6 +32,7 @@ from sa_fieldcrypt import (
     Keyring,
     Transform,
     ValueTypeError,
+    compound,
     email_domain,
     encrypted_hybrid,
     first_chars,
@@ -829,6 +830,51 @@ def test_a_custom_transform_uses_its_function_for_terms_by_default() -> None:
     assert b"com" == index.normalize("Ada@Example.COM")
     assert b"com" == index.normalize_term("COM")
     assert not _index().derived
+
+
+# -- compound normalizers ----------------------------------------------------------------------
+
+parts = st.tuples(st.text(max_size=6), st.text(max_size=6), st.text(max_size=6))
+
+
+@given(a=parts, b=parts)
+def test_compound_encoding_is_unambiguous(a: tuple[str, ...], b: tuple[str, ...]) -> None:
+    """Two tuples of parts encode alike exactly when their parts are equal, whatever they hold."""
+    three = compound(x=None, y=None, z=None)
+    assert (a == b) == (three(a) == three(b))
+
+
+def test_compound_parts_are_length_prefixed() -> None:
+    """Each part is its 4-byte big-endian length, then its bytes: ("ab", "c") is not ("a", "bc")."""
+    two = compound(first=None, last=None)
+    assert b"\x00\x00\x00\x02ab\x00\x00\x00\x01c" == two(("ab", "c"))
+    assert two(("ab", "c")) != two(("a", "bc"))
+
+
+def test_compound_parts_go_through_their_normalizers_and_terms() -> None:
+    """Values go through each part's normalizer; terms through a transform's term reading."""
+    name = compound(first=first_chars(1), last=letters_lower)
+    index = _index(normalizer=name)
+    assert index.normalize(("Ada", "Love-lace")) == index.normalize_term(("A", "LOVELACE"))
+    assert name(("", "Lovelace")) is None  # a part with nothing to index
+    assert name((None, "Lovelace")) is None
+    flags = compound(consent=None, count=None)
+    assert flags((True, 3)) == flags.term((True, 3))
+    assert flags((True, 3)) != flags((False, 3))
+
+
+def test_compound_refuses_other_shapes() -> None:
+    """No part, a non-callable part, a non-tuple or a tuple of the wrong size are refused."""
+    with pytest.raises(ConfigurationError, match="at least one part"):
+        compound()
+    with pytest.raises(ConfigurationError, match="not callable"):
+        compound(first="lower")  # type: ignore[arg-type]
+    with pytest.raises(ValueTypeError, match="tuple of 2 values"):
+        compound(first=None, last=None)(("Ada",))
+    with pytest.raises(ValueTypeError, match="tuple of 2 values"):
+        compound(first=None, last=None)("Ada Lovelace")
+    with pytest.raises(ValueTypeError, match="compound part first"):
+        compound(first=None, last=None)((1.5, "x"))
 
 
 # -- truncated index values ------------------------------------------------------------------

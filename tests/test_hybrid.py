@@ -54,11 +54,15 @@ from sa_fieldcrypt import (
     Keyring,
     UnsupportedComparisonError,
     ValueTypeError,
+    compound,
+    compound_index,
     email_domain,
     encrypted_hybrid,
     encrypted_values,
+    first_chars,
     generate_key,
     last_digits,
+    letters_lower,
     metrics,
     normalize_email,
     normalize_phone,
@@ -1589,3 +1593,148 @@ def test_every_index_is_written_and_checked_on_read(search_db: Engine) -> None:
                 continue  # one chance in 16 that 4 bits cannot tell the two apart
             with pytest.raises(DecryptionError, match="does not match the row's blind index"):
                 _ = second.phone
+
+
+class Person(SearchBase):
+    """Compound indexes: initial and surname (full size); SMS consent and last four (4 bits)."""
+
+    __tablename__ = "fc_hyb_people"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    first_encrypted: Mapped[str | None] = mapped_column(Text)
+    first_name = encrypted_hybrid("first_encrypted")
+    _last_name: Mapped[str | None] = mapped_column("last_encrypted", EncryptedText())
+    last_name = encrypted_hybrid("_last_name")
+    consent_sms: Mapped[bool] = mapped_column(default=False)
+    phone_encrypted: Mapped[str | None] = mapped_column(Text)
+    phone = encrypted_hybrid("phone_encrypted")
+    initial_surname_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    sms_last4_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    initial_surname = compound_index(
+        BlindIndex(
+            "initial_surname_bidx",
+            normalizer=compound(first_name=first_chars(1), last_name=letters_lower),
+        )
+    )
+    sms_last4 = compound_index(
+        BlindIndex(
+            "sms_last4_bidx", normalizer=compound(consent_sms=None, phone=last_digits(4)), bits=4
+        )
+    )
+
+
+SURNAMES = ["Lovelace", "Love-lace", "Hopper", "Turing", "O'Brien"]
+FIRST_NAMES = ["Ada", "alan", "Grace", "Grete", "", None]
+Folk = tuple[str | None, str | None, bool, str | None]
+
+
+def _store_people(engine: Engine, rows: dict[int, Folk]) -> None:
+    with Session(engine) as session:
+        session.execute(SearchBase.metadata.tables["fc_hyb_people"].delete())
+        session.add_all(
+            Person(id=i, first_name=f, last_name=s, consent_sms=c, phone=p)
+            for i, (f, s, c, p) in rows.items()
+        )
+        session.commit()
+
+
+def _people(session: Session, condition: Any) -> list[int]:
+    return sorted(p.id for p in session.scalars(select(Person).where(condition)))
+
+
+def _initial_surname(first: str | None, last: str | None) -> tuple[str, str] | None:
+    if first is None or last is None:
+        return None
+    initial, surname = first_chars(1)(first), letters_lower(last)
+    return None if initial is None or surname is None else (initial, surname)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(FIRST_NAMES),
+            st.sampled_from([*SURNAMES, None]),
+            st.booleans(),
+            st.one_of(st.none(), st.from_regex(PHONE_SHAPES, fullmatch=True)),
+        ),
+        max_size=40,
+    ),
+    data=st.data(),
+)
+def test_compound_lookups_match_a_plaintext_model(
+    search_db: Engine, rows: list[Folk], data: st.DataObject
+) -> None:
+    """Compound lookups, full-size and 4-bit, return the rows the plaintext model says."""
+    people = dict(enumerate(rows))
+    _store_people(search_db, people)
+    initial = data.draw(st.sampled_from(["a", "G", "z"]), label="initial")
+    surname = data.draw(st.sampled_from(SURNAMES), label="surname")
+    endings = [_last4(p) for *_, p in people.values() if _last4(p)] + ["0000"]
+    ending = data.draw(st.sampled_from(endings), label="ending")
+    term = (initial.lower(), letters_lower(surname))
+    with Session(search_db) as session:
+        expected = sorted(i for i, (f, s, _, _) in people.items() if _initial_surname(f, s) == term)
+        assert expected == _people(session, Person.initial_surname == (initial, surname))
+        expected = sorted(i for i, (_, _, c, p) in people.items() if c and _last4(p) == ending)
+        assert expected == _people(session, Person.sms_last4 == (True, ending))
+        pairs = [(True, ending), (False, "0000")]
+        expected = sorted(
+            i for i, (_, _, c, p) in people.items() if (c, _last4(p)) in pairs and _last4(p)
+        )
+        assert expected == _people(session, Person.sms_last4.in_(pairs))
+
+
+def test_a_4_bit_compound_index_finds_candidates_and_returns_matches(search_db: Engine) -> None:
+    """Over 300 rows a 4-bit compound index has false positives; results are still exact."""
+    people: dict[int, Folk] = {
+        i: (FIRST_NAMES[i % 4], SURNAMES[i % 5], i % 3 == 0, f"+1 555 {i:04d} {i % 50:04d}")
+        for i in range(300)
+    }
+    _store_people(search_db, people)
+    expected = sorted(i for i, (_, _, c, p) in people.items() if c and _last4(p) == "0007")
+    tiny = Person.sms_last4 == (True, "0007")
+    with Session(search_db) as session:
+        assert expected == _people(session, tiny)
+        with search_db.connect() as conn:
+            candidates = conn.execute(
+                select(func.count()).select_from(Person.__table__).where(tiny.clause)
+            ).scalar_one()
+        assert candidates > len(expected)
+        with pytest.raises(UnsupportedComparisonError):
+            session.scalars(select(Person.id).where(tiny)).all()
+
+
+def test_a_compound_index_follows_changes_to_any_part(search_db: Engine) -> None:
+    """Changing an encrypted or a plain part at flush recomputes the compound index."""
+    _store_people(search_db, {1: ("Ada", "Lovelace", False, "+1 555 010 0000")})
+    with Session(search_db) as session:
+        assert [] == _people(session, Person.sms_last4 == (True, "0000"))
+        person = session.get(Person, 1)
+        assert person is not None
+        person.consent_sms = True
+        session.commit()
+        assert [1] == _people(session, Person.sms_last4 == (True, "0000"))
+        person.phone = "+1 555 010 1234"
+        person.last_name = "Hopper"
+        session.commit()
+        assert [1] == _people(session, Person.sms_last4 == (True, "1234"))
+        assert [1] == _people(session, Person.initial_surname == ("A", "hopper"))
+        assert [] == _people(session, Person.initial_surname == ("A", "Lovelace"))
+        assert person.initial_surname == person.initial_surname_bidx
+
+
+def test_compound_index_declarations_are_checked() -> None:
+    """A compound index needs a compound normalizer, and parts that are model attributes."""
+    with pytest.raises(ConfigurationError, match="normalizer is compound"):
+        compound_index(BlindIndex("name_bidx", normalizer=letters_lower))
+
+    class Checked(DeclarativeBase):
+        pass
+
+    with pytest.raises(ConfigurationError, match="compound part 'nickname'"):
+
+        class Nobody(Checked):
+            __tablename__ = "fc_hyb_nobody"
+            id: Mapped[int] = mapped_column(Integer, primary_key=True)
+            name_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+            name = compound_index(BlindIndex("name_bidx", normalizer=compound(nickname=None)))

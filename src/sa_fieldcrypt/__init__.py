@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from sa_fieldcrypt.blind_index import (
         BLIND_INDEX_LENGTH,
         BlindIndex,
+        Compound,
         Transform,
+        compound,
         email_domain,
         first_chars,
         last_digits,
@@ -45,8 +47,10 @@ if TYPE_CHECKING:
         ValueTypeError,
     )
     from sa_fieldcrypt.hybrid import (
+        CompoundIndex,
         EncryptedHybrid,
         IndexComparator,
+        compound_index,
         encrypted_hybrid,
         encrypted_values,
     )
@@ -71,6 +75,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BLIND_INDEX_LENGTH",
     "BlindIndex",
+    "Compound",
+    "CompoundIndex",
     "ConfigurationError",
     "DecryptionError",
     "EncryptedBoolean",
@@ -99,6 +105,8 @@ __all__ = [
     "UnsupportedComparisonError",
     "ValueTypeError",
     "__version__",
+    "compound",
+    "compound_index",
     "configure",
     "email_domain",
     "encrypted_hybrid",
@@ -121,6 +129,8 @@ _HOMES = {
     "normalize_phone": "sa_fieldcrypt.blind_index",
     "typed_normalizer": "sa_fieldcrypt.blind_index",
     "Transform": "sa_fieldcrypt.blind_index",
+    "Compound": "sa_fieldcrypt.blind_index",
+    "compound": "sa_fieldcrypt.blind_index",
     "email_domain": "sa_fieldcrypt.blind_index",
     "first_chars": "sa_fieldcrypt.blind_index",
     "last_digits": "sa_fieldcrypt.blind_index",
@@ -136,6 +146,8 @@ _HOMES = {
     "ValueTypeError": "sa_fieldcrypt.errors",
     "EncryptedHybrid": "sa_fieldcrypt.hybrid",
     "IndexComparator": "sa_fieldcrypt.hybrid",
+    "CompoundIndex": "sa_fieldcrypt.hybrid",
+    "compound_index": "sa_fieldcrypt.hybrid",
     "encrypted_hybrid": "sa_fieldcrypt.hybrid",
     "encrypted_values": "sa_fieldcrypt.hybrid",
     "Key": "sa_fieldcrypt.keys",

@@ -676,10 +676,11 @@ class BlindIndex:
         #: Name of the table column holding the encrypted value; set when bound to a model.
         self.source_column: str | None = None
 
-    def bound_to(self, name: str, source_column: str) -> BlindIndex:
+    def bound_to(self, name: str, source_column: str | None) -> BlindIndex:
         """Return a copy bound to a table: ``name`` unless one was given, and its source.
 
-        :func:`~sa_fieldcrypt.encrypted_hybrid` calls it when the model is mapped.
+        :func:`~sa_fieldcrypt.encrypted_hybrid` calls it when the model is mapped; a
+        compound index has no one source column (None).
         """
         bound = copy.copy(self)
         bound.name = self.name or name

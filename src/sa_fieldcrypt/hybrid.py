@@ -61,7 +61,7 @@ from sqlalchemy.sql.operators import OperatorType
 from sqlalchemy.sql.visitors import InternalTraversal
 from typing_extensions import TypeVar
 
-from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex
+from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex, Compound
 from sa_fieldcrypt.errors import (
     ConfigurationError,
     DecryptionError,
@@ -78,9 +78,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INFO_BLIND_INDEX",
+    "CompoundIndex",
     "EncryptedHybrid",
     "IndexComparator",
     "bind_hybrids",
+    "compound_index",
     "encrypted_hybrid",
     "encrypted_values",
 ]
@@ -1057,7 +1059,7 @@ class EncryptedHybrid(hybrid_property[_V]):
             encrypted_type = self._ciphertext_type(source, label)
 
         indexes = tuple(
-            _bind_index(mapper, declared, source, label) for declared in self._blind_indexes
+            _bind_index(mapper, declared, source.name, label) for declared in self._blind_indexes
         )
         # == compares whole values: the first index of them, a full-size one if any.
         whole = [bound for bound in indexes if not bound.blind_index.derived]
@@ -1123,9 +1125,12 @@ class EncryptedHybrid(hybrid_property[_V]):
 
 
 def _bind_index(
-    mapper: Mapper[Any], declared: BlindIndex, source: Column[Any], label: str
+    mapper: Mapper[Any], declared: BlindIndex, source: str | None, label: str
 ) -> _BoundIndex:
-    """Check one declared index's column, and record the bound index in its ``info``."""
+    """Check one declared index's column, and record the bound index in its ``info``.
+
+    ``source``: the name of the encrypted column the index is of; None for a compound index.
+    """
     column = _mapped_column(mapper, declared.column, label, "blind-index column")
     index_label = f"{column.table.fullname}.{column.name}"
     length = getattr(column.type, "length", None)
@@ -1136,10 +1141,10 @@ def _bind_index(
             f"mapped_column(String({BLIND_INDEX_LENGTH}))"
         )
     existing = column.info.get(INFO_BLIND_INDEX)
-    if existing is not None and existing.source_column != source.name:
+    if existing is not None and existing.source_column != source:
         raise ConfigurationError(
             f"{label}: {index_label} is already the blind index of "
-            f"{existing.source_column!r}; every encrypted column needs its own"
+            f"{existing.source_column or 'a compound index'!r}; every index needs its own column"
         )
     if declared.truncated and _is_unique(column):
         raise ConfigurationError(
@@ -1147,7 +1152,7 @@ def _bind_index(
             f"is truncated to {declared.bits} bits, so two different values could collide; "
             "a unique index needs the full size (drop bits=), or drop the constraint"
         )
-    bound = existing or declared.bound_to(index_label, source.name)
+    bound = existing or declared.bound_to(index_label, source)
     column.info[INFO_BLIND_INDEX] = bound
     return _BoundIndex(declared.column, index_label, bound)
 
@@ -1265,6 +1270,132 @@ def encrypted_hybrid(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _CompoundBinding:
+    """What one mapped class's use of a :class:`CompoundIndex` resolved to."""
+
+    label: str  # "Customer.name_search"
+    bound: _BoundIndex
+    attributes: tuple[str, ...]
+    watched: tuple[str, ...]  # the stored attributes whose changes change the index
+
+    def values(self, instance: Any) -> tuple[Any, ...]:
+        """The parts' values of a loaded or new instance: plaintexts of hybrids."""
+        return tuple(getattr(instance, attr) for attr in self.attributes)
+
+    def sync(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        """Recompute the index at flush when one of its parts changed."""
+        state = instance_state(target)
+        if state.key is not None and not any(
+            state.attrs[key].history.has_changes() for key in self.watched
+        ):
+            return
+        index = self.bound.blind_index.compute(self.values(target))
+        if state.dict.get(self.bound.key) != index:
+            setattr(target, self.bound.key, index)
+
+
+class CompoundIndex:
+    """A blind index over several attributes of a row, declared on the model.
+
+    Create it with :func:`compound_index`. On the class it compares, on an instance it is
+    the stored index value::
+
+        initial_surname = compound_index(
+            BlindIndex("initial_surname_bidx",
+                       normalizer=compound(first_name=first_chars(1), last_name=letters_lower))
+        )
+        select(Customer).where(Customer.initial_surname == ("A", "Lovelace"))
+    """
+
+    def __init__(self, blind_index: BlindIndex):
+        if not isinstance(blind_index, BlindIndex) or not isinstance(
+            blind_index.normalizer, Compound
+        ):
+            raise ConfigurationError(
+                "compound_index() takes a BlindIndex whose normalizer is compound(...): "
+                'BlindIndex("name_bidx", normalizer=compound(first_name=..., last_name=...))'
+            )
+        self._declared = blind_index
+        self._parts = blind_index.normalizer
+        self._bindings: weakref.WeakKeyDictionary[type, _CompoundBinding] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.__name__ = blind_index.column
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.__name__ = name
+
+    @overload
+    def __get__(self, instance: None, owner: Any) -> IndexComparator: ...
+    @overload
+    def __get__(self, instance: object, owner: Any) -> str | None: ...
+    def __get__(self, instance: object | None, owner: Any) -> IndexComparator | str | None:
+        if instance is None:
+            binding = self._binding_for(owner)
+            attrs = binding.attributes
+
+            def read(loaded: Any) -> tuple[Any, ...]:
+                return tuple(getattr(loaded, attr) for attr in attrs)
+
+            return IndexComparator(_Target(owner, binding.label, binding.bound, read))
+        return cast("str | None", getattr(instance, self._declared.column))
+
+    def _binding_for(self, cls: Any) -> _CompoundBinding:
+        if not isinstance(cls, type):  # an AliasedClass
+            cls = inspect(cls).class_
+        binding = self._bindings.get(cls)
+        if binding is not None:
+            return binding
+        mapper = inspect(cls, raiseerr=False)
+        if not isinstance(mapper, Mapper):
+            raise ConfigurationError(
+                f"{cls.__name__}.{self.__name__}: compound_index works on mapped classes only"
+            )
+        return self._bind(mapper)
+
+    def _bind(self, mapper: Mapper[Any]) -> _CompoundBinding:
+        cls = mapper.class_
+        known = self._bindings.get(cls)
+        if known is not None:
+            return known
+        label = f"{cls.__name__}.{self.__name__}"
+        watched = []
+        for attr in self._parts.attributes:
+            part = next((k.__dict__[attr] for k in cls.__mro__ if attr in k.__dict__), None)
+            if isinstance(part, EncryptedHybrid):
+                watched.append(part._bind(mapper).source_key)
+            elif isinstance(mapper.columns.get(attr), Column):
+                watched.append(attr)
+            else:
+                raise ConfigurationError(
+                    f"{label}: the compound part {attr!r} is neither an encrypted_hybrid nor a "
+                    f"mapped column attribute of {cls.__name__}"
+                )
+        bound = _bind_index(mapper, self._declared, None, label)
+        binding = _CompoundBinding(label, bound, self._parts.attributes, tuple(watched))
+        self._bindings[cls] = binding
+        event.listen(mapper, "before_insert", binding.sync)
+        event.listen(mapper, "before_update", binding.sync)
+        return binding
+
+
+def compound_index(blind_index: BlindIndex) -> CompoundIndex:
+    """Declare a blind index over several attributes of a row: a model attribute that compares.
+
+    ``blind_index`` names the index column and gives a :func:`~sa_fieldcrypt.compound`
+    normalizer, whose parts are attributes of the model: encrypted hybrids (read as
+    plaintext) or plain mapped columns. The column is recomputed at flush whenever a part
+    changed. Compare it with a tuple of terms, in the parts' order, each read as its part
+    reads terms: ``Customer.initial_surname == ("A", "Lovelace")``, ``.in_([...])``; a
+    truncated one (``bits=``) is filtered exactly, as for any index.
+
+    Rows written without the model (raw SQL) are not indexed; ``fieldcrypt reindex`` does
+    not fill a compound index yet, and reads do not check it.
+    """
+    return CompoundIndex(blind_index)
+
+
 def encrypted_values(cls: type, **values: Any) -> dict[str, Any]:
     """Turn plaintext keyword values into what a mapped class's columns store.
 
@@ -1304,6 +1435,7 @@ def bind_hybrids(mapper: Mapper[Any]) -> None:
     mappers.
     """
     seen: set[str] = set()
+    compounds = []
     for klass in mapper.class_.__mro__:
         for name, attr in list(vars(klass).items()):
             if name in seen:
@@ -1311,6 +1443,10 @@ def bind_hybrids(mapper: Mapper[Any]) -> None:
             seen.add(name)
             if isinstance(attr, EncryptedHybrid):
                 attr._bind(mapper)
+            elif isinstance(attr, CompoundIndex):
+                compounds.append(attr)
+    for compound in compounds:  # after the hybrids they read
+        compound._bind(mapper)
 
 
 # Bind at mapping time, not at first use: column.info must be set before anything (rotation,
