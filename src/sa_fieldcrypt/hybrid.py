@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INFO_BLIND_INDEX",
+    "INFO_COMPOUND_PARTS",
     "CompoundIndex",
     "EncryptedHybrid",
     "IndexComparator",
@@ -92,6 +93,8 @@ _V = TypeVar("_V", default=str)
 
 #: ``column.info`` key of a blind-index column: its bound :class:`~sa_fieldcrypt.BlindIndex`.
 INFO_BLIND_INDEX = "sa_fieldcrypt.blind_index"
+#: ``column.info`` key of a compound index's column: the keys of its parts' table columns.
+INFO_COMPOUND_PARTS = "sa_fieldcrypt.compound_parts"
 
 # The attribute has no connection at hand: its processors are built for the default dialect,
 # whose text type, like that of SQLite, PostgreSQL and MariaDB, needs no conversion of its own.
@@ -1361,18 +1364,25 @@ class CompoundIndex:
             return known
         label = f"{cls.__name__}.{self.__name__}"
         watched = []
+        columns = []
         for attr in self._parts.attributes:
             part = next((k.__dict__[attr] for k in cls.__mro__ if attr in k.__dict__), None)
             if isinstance(part, EncryptedHybrid):
-                watched.append(part._bind(mapper).source_key)
+                key = part._bind(mapper).source_key
+                watched.append(key)
+                columns.append(mapper.columns[key].key)
             elif isinstance(mapper.columns.get(attr), Column):
                 watched.append(attr)
+                columns.append(mapper.columns[attr].key)
             else:
                 raise ConfigurationError(
                     f"{label}: the compound part {attr!r} is neither an encrypted_hybrid nor a "
                     f"mapped column attribute of {cls.__name__}"
                 )
         bound = _bind_index(mapper, self._declared, None, label)
+        index_column = mapper.columns[bound.key]
+        # Where the jobs (reindex, status) find the parts in the table.
+        index_column.info[INFO_COMPOUND_PARTS] = tuple(columns)
         binding = _CompoundBinding(label, bound, self._parts.attributes, tuple(watched))
         self._bindings[cls] = binding
         event.listen(mapper, "before_insert", binding.sync)
@@ -1390,8 +1400,9 @@ def compound_index(blind_index: BlindIndex) -> CompoundIndex:
     reads terms: ``Customer.initial_surname == ("A", "Lovelace")``, ``.in_([...])``; a
     truncated one (``bits=``) is filtered exactly, as for any index.
 
-    Rows written without the model (raw SQL) are not indexed; ``fieldcrypt reindex`` does
-    not fill a compound index yet, and reads do not check it.
+    ``fieldcrypt reindex``, ``status`` and ``verify`` find the index column and read its
+    parts from the table (recorded in the column's ``info[INFO_COMPOUND_PARTS]``). Reading a
+    row does not check a compound index against its parts; ``verify`` does.
     """
     return CompoundIndex(blind_index)
 
