@@ -1738,3 +1738,11 @@ def test_compound_index_declarations_are_checked() -> None:
             id: Mapped[int] = mapped_column(Integer, primary_key=True)
             name_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
             name = compound_index(BlindIndex("name_bidx", normalizer=compound(nickname=None)))
+
+
+def test_an_update_statement_setting_a_compound_part_is_refused(search_db: Engine) -> None:
+    """UPDATE ... SET phone cannot recompute the compound index that reads phone: refused."""
+    _store_people(search_db, {1: ("Ada", "Lovelace", True, "+1 555 010 0000")})
+    refused = pytest.raises(ConfigurationError, match=r"Person\.sms_last4")
+    with Session(search_db) as session, refused:
+        session.execute(update(Person).where(Person.id == 1).values(phone="+1 555 010 1234"))

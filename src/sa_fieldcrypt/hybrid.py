@@ -962,6 +962,8 @@ class EncryptedHybrid(hybrid_property[_V]):
         self._bind_row = bind_row
         self._bindings: weakref.WeakKeyDictionary[type, _Binding] = weakref.WeakKeyDictionary()
         self._named = False  # whether __set_name__ gave the attribute's own name
+        # The compound indexes reading this attribute, by the class declaring them.
+        self._compounds: weakref.WeakKeyDictionary[type, list[str]] = weakref.WeakKeyDictionary()
 
         def fget(instance: Any) -> Any:
             return self._binding_for(type(instance)).plaintext(instance)
@@ -973,6 +975,16 @@ class EncryptedHybrid(hybrid_property[_V]):
             return _EncryptedComparator(cls, self, self._binding_for(cls))
 
         def update_expr(cls: Any, value: Any) -> Sequence[tuple[Any, Any]]:
+            compounds = [
+                c for k, found in self._compounds.items() if issubclass(cls, k) for c in found
+            ]
+            if compounds:
+                # Their other parts are in the rows, not here: the index would go stale.
+                raise ConfigurationError(
+                    f"{self._binding_for(cls).label} is a part of the compound index "
+                    f"{', '.join(compounds)}, which an UPDATE statement cannot recompute; "
+                    "load the objects and assign the value to each"
+                )
             pairs = self._binding_for(cls).column_values(value)
             return [(getattr(cls, key), stored) for key, stored in pairs]
 
@@ -1369,6 +1381,7 @@ class CompoundIndex:
             part = next((k.__dict__[attr] for k in cls.__mro__ if attr in k.__dict__), None)
             if isinstance(part, EncryptedHybrid):
                 key = part._bind(mapper).source_key
+                part._compounds.setdefault(cls, []).append(label)
                 watched.append(key)
                 columns.append(mapper.columns[key].key)
             elif isinstance(mapper.columns.get(attr), Column):

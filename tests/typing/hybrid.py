@@ -25,6 +25,8 @@ from sa_fieldcrypt import (
     EncryptedText,
     EncryptedTime,
     EncryptedUUID,
+    compound,
+    compound_index,
     encrypted_hybrid,
     last_digits,
     normalize_email,
@@ -83,6 +85,12 @@ class Customer(Base):
             BlindIndex("contact_bidx", normalizer=normalize_phone),
             BlindIndex("contact_last4", normalizer=last_digits(4), bits=16),
         ],
+    )
+    verified_last4_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    verified_last4 = compound_index(
+        BlindIndex(
+            "verified_last4_bidx", normalizer=compound(verified=None, contact=last_digits(4))
+        )
     )
     wakes_at: Mapped[time | None] = mapped_column(EncryptedTime())
 
@@ -170,6 +178,14 @@ reveal_type(Customer.contact.index("contact_last4"))
 
 # EXPECTED_TYPE: ColumnElement[bool]
 reveal_type(Customer.contact.index("contact_last4").in_(["0000", "1234"]))
+
+by_compound = select(Customer).where(Customer.verified_last4 == (True, "0000"))
+
+# EXPECTED_TYPE: IndexComparator
+reveal_type(Customer.verified_last4)
+
+# EXPECTED_TYPE: str | None
+reveal_type(customer.verified_last4)
 
 # EXPECTED_TYPE: EncryptedText
 reveal_type(EncryptedText())
