@@ -23,6 +23,13 @@ Then ``Customer(email="ada@example.com")``, ``customer.email`` (plaintext),
 ``customer.email = ...`` (encrypts and sets ``email_bidx``), and in queries
 ``Customer.email == " Ada@Example.com"`` or ``Customer.email.in_([...])``, which compare
 ``email_bidx`` with the value's index under every active index key.
+
+With several indexes (``blind_index=[...]``), ``Customer.phone.index("phone_last4") == "0000"``
+compares one of them; :func:`compound_index` declares an index over several attributes. The
+conditions of truncated indexes (``bits=``) find candidates: the first one built installs a
+``do_orm_execute`` listener on :class:`~sqlalchemy.orm.Session` that decrypts the entities an
+ORM select returns and keeps the exact matches, and a ``before_cursor_execute`` listener on
+:class:`~sqlalchemy.engine.Engine` that refuses such a condition anywhere it was not filtered.
 """
 
 from __future__ import annotations
