@@ -1746,3 +1746,26 @@ def test_an_update_statement_setting_a_compound_part_is_refused(search_db: Engin
     refused = pytest.raises(ConfigurationError, match=r"Person\.sms_last4")
     with Session(search_db) as session, refused:
         session.execute(update(Person).where(Person.id == 1).values(phone="+1 555 010 1234"))
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        lambda: update(Person).where(Person.id == 1).values(consent_sms=False),
+        lambda: update(Person).where(Person.id == 1).values({Person.consent_sms: False}),
+        lambda: update(Person).ordered_values((Person.consent_sms, False)),
+    ],
+    ids=["keyword", "attribute", "ordered"],
+)
+def test_an_update_statement_setting_a_plain_compound_part_is_refused(
+    search_db: Engine, statement: Any
+) -> None:
+    """UPDATE ... SET consent_sms would leave the consent-and-phone index stale: refused."""
+    _store_people(search_db, {1: ("Ada", "Lovelace", True, "+1 555 010 0000")})
+    with Session(search_db) as session:
+        with pytest.raises(ConfigurationError, match=r"compound index Person\.sms_last4"):
+            session.execute(statement())
+        with pytest.raises(ConfigurationError, match=r"compound index Person\.sms_last4"):
+            session.execute(update(Person), [{"id": 1, "consent_sms": False}])
+        session.rollback()
+        session.execute(update(Person).where(Person.id == 1).values(first_encrypted=None))

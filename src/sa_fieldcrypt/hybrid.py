@@ -837,6 +837,44 @@ def _conjuncts(clause: Any) -> Iterator[Any]:
         yield clause
 
 
+#: The plain-column parts of compound indexes: class -> {attribute: compound index label}.
+_PLAIN_PARTS: weakref.WeakKeyDictionary[type, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _watch_plain_parts(cls: type, attributes: Sequence[str], label: str) -> None:
+    """Refuse, from now on, ORM UPDATE statements that set these attributes of ``cls``."""
+    parts = _PLAIN_PARTS.setdefault(cls, {})
+    parts.update(dict.fromkeys(attributes, label))
+    if not event.contains(Session, "do_orm_execute", _refuse_stale_compounds):
+        event.listen(Session, "do_orm_execute", _refuse_stale_compounds)
+
+
+def _refuse_stale_compounds(state: ORMExecuteState) -> None:
+    """Refuse an ORM UPDATE that sets a plain part of a compound index: it would go stale."""
+    mapper = state.bind_mapper
+    if not state.is_update or mapper is None:
+        return
+    watched: dict[str, str] = {}
+    for cls in mapper.class_.__mro__:
+        watched.update(_PLAIN_PARTS.get(cls, {}))
+    if not watched:
+        return
+    statement: Any = state.statement
+    given: list[Any] = list(getattr(statement, "_values", None) or ())
+    given += [k for k, _ in getattr(statement, "_ordered_values", None) or ()]
+    rows = state.parameters
+    for row in rows if isinstance(rows, list) else [rows] if rows else []:
+        given += list(row)
+    names = {k if isinstance(k, str) else getattr(k, "key", None) for k in given}
+    stale = sorted({watched[n] for n in names if n in watched})
+    if stale:
+        raise ConfigurationError(
+            f"this UPDATE sets a part of the compound index {', '.join(stale)}, which it cannot "
+            "recompute (the other parts are in the rows); load the objects and assign the "
+            "value to each, or run `fieldcrypt reindex` after the UPDATE"
+        )
+
+
 def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     """Run an ORM statement holding truncated-index conditions; keep only the exact matches."""
     if state.is_column_load or state.is_relationship_load:
@@ -1384,6 +1422,7 @@ class CompoundIndex:
         label = f"{cls.__name__}.{self.__name__}"
         watched = []
         columns = []
+        plain = []
         for attr in self._parts.attributes:
             part = next((k.__dict__[attr] for k in cls.__mro__ if attr in k.__dict__), None)
             if isinstance(part, EncryptedHybrid):
@@ -1393,6 +1432,7 @@ class CompoundIndex:
                 columns.append(mapper.columns[key].key)
             elif isinstance(mapper.columns.get(attr), Column):
                 watched.append(attr)
+                plain.append(attr)
                 columns.append(mapper.columns[attr].key)
             else:
                 raise ConfigurationError(
@@ -1404,6 +1444,8 @@ class CompoundIndex:
         # Where the jobs (reindex, status) find the parts in the table.
         index_column.info[INFO_COMPOUND_PARTS] = tuple(columns)
         binding = _CompoundBinding(label, bound, self._parts.attributes, tuple(watched))
+        if plain:
+            _watch_plain_parts(cls, plain, label)
         self._bindings[cls] = binding
         event.listen(mapper, "before_insert", binding.sync)
         event.listen(mapper, "before_update", binding.sync)
