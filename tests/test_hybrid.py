@@ -27,6 +27,7 @@ from sqlalchemy import (
     null,
     select,
     text,
+    union,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -1451,11 +1452,13 @@ def test_filtering_works_for_aliases_joins_get_and_legacy_queries(search_db: Eng
         lambda tiny: select(func.count()).select_from(Contact).where(tiny),
         lambda tiny: select(Contact).where(tiny | (Contact.id == 1)),
         lambda tiny: select(Contact).where(tiny).limit(5),
+        lambda tiny: select(Contact).where(tiny).group_by(Contact.id),
+        lambda tiny: union(select(Contact.id).where(tiny), select(Contact.id)),
         lambda tiny: select(Contact).where(Contact.id.in_(select(Contact.id).where(tiny))),
         lambda tiny: update(Contact).where(tiny).values(phone_bidx=None),
         lambda tiny: Contact.__table__.delete().where(tiny),
     ],
-    ids=["columns", "count", "or", "limit", "subquery", "update", "delete"],
+    ids=["columns", "count", "or", "limit", "group", "union", "subquery", "update", "delete"],
 )
 def test_statements_that_cannot_be_filtered_exactly_are_refused(
     search_db: Engine, statement: Any

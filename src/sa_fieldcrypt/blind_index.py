@@ -23,12 +23,12 @@ with the value)::
 
 Stored format: ``<key id>:<64 lowercase hex digits>``, for example ``b1:3f0c...``; a
 truncated index (``bits=16``) keeps the first ``bits / 4`` of those digits. Hex, not
-base64, because MySQL and MariaDB compare strings case-insensitively by default.
+base64, because MySQL and MariaDB compare strings case-insensitively by default. The key id
+says which index key wrote the value, so a rotation's progress can be counted in SQL.
 
 Besides normalizers of whole values, a :class:`Transform` indexes part of one
 (:func:`last_digits`, :func:`first_chars`, :data:`email_domain`, :data:`letters_lower`), and
-:func:`compound` several attributes of a row, length-prefixed. The key id
-says which index key wrote the value, so a rotation's progress can be counted in SQL.
+:func:`compound` several attributes of a row, length-prefixed.
 
 Keys: blind-index keys are keys of purpose ``"blind-index"`` (kind ``hmac-sha256``), held in a
 :class:`~sa_fieldcrypt.Keyring` of that purpose and served by the same providers as the

@@ -884,11 +884,16 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     if not marks:
         return None
     label = marks[0].exact.target.bound.label
-    if not state.is_select or not isinstance(statement, Select):
+    if not state.is_select:
         raise UnsupportedComparisonError(
             f"{label}: a truncated blind index finds candidates, which only a SELECT of "
             "entities can filter; an UPDATE or DELETE would change rows that merely share "
             "its index value. Select the objects, then change or delete them"
+        )
+    if not isinstance(statement, Select):
+        raise UnsupportedComparisonError(
+            f"{label}: a truncated blind index's candidates can be filtered in a plain "
+            "select() of entities, not in a UNION or other compound select"
         )
     top = [c for c in _conjuncts(statement.whereclause) if isinstance(c, _Candidates)]
     if {id(m) for m in marks} != {id(c) for c in top}:
@@ -900,10 +905,11 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     if any(
         getattr(statement, part, None) is not None
         for part in ("_limit_clause", "_offset_clause", "_fetch_clause")
-    ):
+    ) or bool(statement._group_by_clauses):
         raise UnsupportedComparisonError(
-            f"{label}: LIMIT and OFFSET would count the candidates of a truncated blind "
-            "index, not its matches; drop them and slice the results in Python"
+            f"{label}: LIMIT, OFFSET and GROUP BY would count or group the candidates of a "
+            "truncated blind index, not its matches; drop them and slice or group the "
+            "results in Python"
         )
     positions = []
     described = statement.column_descriptions
