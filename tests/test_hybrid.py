@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta, timezone
@@ -1772,3 +1773,24 @@ def test_an_update_statement_setting_a_plain_compound_part_is_refused(
             session.execute(update(Person), [{"id": 1, "consent_sms": False}])
         session.rollback()
         session.execute(update(Person).where(Person.id == 1).values(first_encrypted=None))
+
+
+def test_a_truncated_condition_keeps_full_hmacs_of_its_terms_not_the_terms(
+    index_keyring: Keyring,
+) -> None:
+    """What filtering needs stays on the statement as full-size HMACs: no plaintext term."""
+    tiny = Contact.phone.index("phone_last4_tiny").in_(["0000", "1234"])
+    assert 2 == len(tiny.exact.digests)
+    assert all(re.fullmatch(r"b1:[0-9a-f]{64}", d) for d in tiny.exact.digests)
+    assert {"target", "key_id", "digests"} == set(type(tiny.exact).__dataclass_fields__)
+
+
+def test_statements_without_truncated_conditions_pass_the_listeners(search_db: Engine) -> None:
+    """Once the listeners are installed, Core and ORM statements without a mark run as ever."""
+    _store(search_db, _contacts(10))
+    _ = Contact.phone.index("phone_last4_tiny") == "0000"  # installs the listeners
+    with search_db.connect() as conn:
+        assert 10 == conn.execute(select(func.count()).select_from(Contact.__table__)).scalar()
+    with Session(search_db) as session:
+        assert 10 == session.scalar(select(func.count()).select_from(Contact))
+        assert 5 == len(session.scalars(select(Contact).limit(5)).all())
