@@ -832,6 +832,16 @@ def test_a_custom_transform_uses_its_function_for_terms_by_default() -> None:
     assert not _index().derived
 
 
+@given(value=st.text(min_size=1))
+def test_two_indexes_of_one_transform_under_two_names_never_share_values(value: str) -> None:
+    """Each index's key comes from its own name: same text, same transform, different values."""
+    first = _index("contacts.phone_last4", normalizer=letters_lower).compute(value)
+    second = _index("contacts.phone_letters", normalizer=letters_lower).compute(value)
+    assert (first is None) == (second is None)
+    if first is not None:
+        assert first != second
+
+
 # -- compound normalizers ----------------------------------------------------------------------
 
 parts = st.tuples(st.text(max_size=6), st.text(max_size=6), st.text(max_size=6))

@@ -1794,3 +1794,22 @@ def test_statements_without_truncated_conditions_pass_the_listeners(search_db: E
     with Session(search_db) as session:
         assert 10 == session.scalar(select(func.count()).select_from(Contact))
         assert 5 == len(session.scalars(select(Contact).limit(5)).all())
+
+
+def test_compound_indexes_of_an_aliased_class_compare_the_alias(search_db: Engine) -> None:
+    """aliased(Person).sms_last4 compares the alias's column, and filters the alias's rows."""
+    _store_people(
+        search_db,
+        {
+            1: ("Ada", "Lovelace", True, "+1 555 010 0000"),
+            2: ("Grace", "Hopper", True, "+1 555 010 1234"),
+        },
+    )
+    other = aliased(Person)
+    condition = other.sms_last4 == (True, "0000")
+    assert "fc_hyb_people_1.sms_last4_bidx" in str(condition.compile())
+    with Session(search_db) as session:
+        pairs = session.execute(
+            select(Person, other).join(other, other.id != Person.id).where(condition)
+        ).all()
+        assert [(2, 1)] == [(p.id, o.id) for p, o in pairs]

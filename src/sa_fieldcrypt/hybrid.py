@@ -38,7 +38,7 @@ import hmac
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast, overload
@@ -666,6 +666,10 @@ class IndexComparator:
                 "indexed value itself with is_(None)"
             )
         return _lookup(self._target, op, other, term=True)
+
+    def adapt_to_entity(self, adapt_to_entity: Any) -> IndexComparator:
+        """Return these comparisons for an aliased class (``aliased(Customer)``)."""
+        return IndexComparator(replace(self._target, entity=adapt_to_entity.entity))
 
     def __repr__(self) -> str:
         return f"IndexComparator({self._target.bound.label!r})"
