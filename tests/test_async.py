@@ -20,7 +20,10 @@ from sa_fieldcrypt import (
     EncryptedText,
     Keyring,
     UnsupportedComparisonError,
+    compound,
+    compound_index,
     encrypted_hybrid,
+    last_digits,
     normalize_email,
     normalize_phone,
 )
@@ -148,6 +151,70 @@ def test_async_hybrids_and_blind_index_queries(
                 session.add(Guest(id=2, email=" grace@EXAMPLE.com"))
                 with pytest.raises(IntegrityError):
                     await session.commit()
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
+class Caller(Base):
+    """A phone with a full-size and a 4-bit index of its last four digits, and a compound."""
+
+    __tablename__ = "fc_async_callers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    phone_encrypted: Mapped[str | None] = mapped_column(Text)
+    phone_last4: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone_last4_tiny: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone = encrypted_hybrid(
+        "phone_encrypted",
+        blind_index=[
+            BlindIndex("phone_last4", normalizer=last_digits(4)),
+            BlindIndex("phone_last4_tiny", normalizer=last_digits(4), bits=4),
+        ],
+    )
+    consent_sms: Mapped[bool] = mapped_column(default=False)
+    sms_last4_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    sms_last4 = compound_index(
+        BlindIndex(
+            "sms_last4_bidx", normalizer=compound(consent_sms=None, phone=last_digits(4)), bits=4
+        )
+    )
+
+
+def test_async_truncated_lookups_return_exact_matches(
+    async_url: str, fieldcrypt_keyring: Keyring, fieldcrypt_blind_index_keyring: Keyring
+) -> None:
+    """Through AsyncSession, 4-bit indexes' candidates are filtered to the exact matches."""
+    phones = {i: f"+1 555 {i:03d} {['0000', '1234', f'{i:04d}'][i % 3]}" for i in range(200)}
+    expected = sorted(i for i, p in phones.items() if p.endswith("0000"))
+    texting = sorted(i for i in expected if i % 2)
+
+    async def main() -> None:
+        engine = create_async_engine(async_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+                await conn.run_sync(Base.metadata.create_all)
+            sessions = async_sessionmaker(engine, expire_on_commit=False)
+            async with sessions() as session:
+                session.add_all(
+                    Caller(id=i, phone=p, consent_sms=bool(i % 2)) for i, p in phones.items()
+                )
+                await session.commit()
+            async with sessions() as session:
+                for index in ("phone_last4", "phone_last4_tiny"):
+                    condition = Caller.phone.index(index) == "0000"
+                    found = await session.scalars(select(Caller).where(condition))
+                    assert expected == sorted(c.id for c in found)
+                    rows = await session.execute(select(Caller).where(condition))
+                    assert expected == sorted(c.id for (c,) in rows)
+                consenting = select(Caller).where(Caller.sms_last4 == (True, "0000"))
+                assert texting == sorted(c.id for c in await session.scalars(consenting))
+                tiny = Caller.phone.index("phone_last4_tiny") == "0000"
+                with pytest.raises(UnsupportedComparisonError):
+                    await session.scalars(select(Caller.id).where(tiny))
             async with engine.begin() as conn:
                 await conn.run_sync(Base.metadata.drop_all)
         finally:

@@ -30,9 +30,15 @@ from sa_fieldcrypt import (
     Key,
     KeyProviderError,
     Keyring,
+    Transform,
     ValueTypeError,
+    compound,
+    email_domain,
     encrypted_hybrid,
+    first_chars,
     generate_key,
+    last_digits,
+    letters_lower,
     normalize_email,
     normalize_phone,
     typed_normalizer,
@@ -696,6 +702,230 @@ def test_email_lookup_uses_the_documented_index(
         engine.dispose()
     assert used in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+# -- transforms ------------------------------------------------------------------------------
+
+ascii_digits = st.text(st.sampled_from("0123456789"), min_size=4, max_size=15)
+# Text with decimal digits of any script, and separators phones are written with.
+phoneish = st.text(
+    st.one_of(st.sampled_from("0123456789 +-().#x"), st.characters(categories=["Nd"])),
+    max_size=25,
+)
+
+
+@given(number=ascii_digits, noise=st.lists(st.sampled_from(" -().+"), max_size=6))
+def test_last_digits_indexes_the_last_n_digits(number: str, noise: list[str]) -> None:
+    """last_digits(4) of a number however punctuated is its last four ASCII digits."""
+    spelled = "".join(ch + (noise.pop() if noise else "") for ch in number)
+    assert number[-4:] == last_digits(4)(spelled)
+
+
+@given(value=phoneish)
+def test_last_digits_agrees_with_plain_digit_arithmetic(value: str) -> None:
+    """The index is the value's decimal digits (as ASCII), last n; None with fewer than n."""
+    decimals = (unicodedata.decimal(ch, None) for ch in value)
+    digits = "".join(str(d) for d in decimals if d is not None)
+    assert (digits[-3:] if len(digits) >= 3 else None) == last_digits(3)(value)
+
+
+@given(value=phoneish)
+def test_a_stored_values_digits_are_a_term_that_finds_it(value: str) -> None:
+    """The term of what a value indexes is what it indexes: a lookup finds the value."""
+    transform = last_digits(4)
+    indexed = transform(value)
+    if indexed is not None:
+        assert indexed == transform.term(indexed)
+
+
+def test_last_digits_terms_are_exactly_n_digits() -> None:
+    """A term of more or fewer digits than n matches nothing, not its last n digits."""
+    transform = last_digits(4)
+    assert "0000" == transform.term("00-00")
+    assert transform.term("10000") is None
+    assert transform.term("000") is None
+    assert transform("123") is None
+
+
+@given(value=st.text(), n=st.integers(1, 6))
+def test_first_chars_is_a_prefix_of_the_folded_text(value: str, n: int) -> None:
+    """first_chars(n) is the first n characters of the folded, stripped text, or None."""
+    folded = normalize_email(value) or ""
+    expected = folded[:n] if len(folded) >= n else None
+    assert expected == first_chars(n)(value)
+
+
+@given(value=st.text())
+def test_first_chars_terms_find_their_values(value: str) -> None:
+    """A value's indexed prefix, as a term, hashes as the value does: folding is idempotent."""
+    transform = first_chars(2)
+    indexed = transform(value)
+    if indexed is not None and len(indexed.strip()) == 2:
+        assert indexed == transform.term(indexed)
+
+
+def test_first_chars_folds_case_and_width() -> None:
+    """Case, full-width letters and surrounding space do not change the prefix."""
+    assert "ada" == first_chars(3)("  Ada Lovelace")
+    assert "ada" == first_chars(3)("\uff21\uff24\uff21 Lovelace")
+    assert "ada" == first_chars(3).term("ADA")
+    assert first_chars(3).term("Ad") is None
+
+
+@given(
+    local=st.text(st.characters(codec="ascii", exclude_characters="@"), min_size=1),
+    domain=st.from_regex(r"[a-z]{1,10}\.(com|org|example)", fullmatch=True),
+)
+def test_email_domain_indexes_the_folded_domain(local: str, domain: str) -> None:
+    """The domain of any address is its folded domain, and that domain as a term."""
+    address = f"{local}@{domain.upper()}."
+    assert domain == email_domain(address)
+    assert domain == email_domain.term(domain.title())
+
+
+def test_email_domain_of_an_address_without_a_domain_is_none() -> None:
+    """No "@" or nothing after it: not indexed; a term holding "@" matches nothing."""
+    assert email_domain("ada.example.com") is None
+    assert email_domain("ada@") is None
+    assert email_domain.term("ada@example.com") is None
+
+
+@given(value=st.text())
+def test_letters_lower_keeps_folded_letters_only(value: str) -> None:
+    """letters_lower is idempotent, holds letters only, and is None without any."""
+    indexed = letters_lower(value)
+    if indexed is None:
+        assert not any(ch.isalpha() for ch in normalize_email(value) or "")
+    else:
+        assert all(ch.isalpha() for ch in indexed)
+        assert indexed == letters_lower(indexed)
+
+
+def test_letters_lower_ignores_punctuation_and_case() -> None:
+    """O'Brien-Smith and obrien smith index alike."""
+    assert "obriensmith" == letters_lower("O'Brien-Smith")
+    assert letters_lower("O'Brien-Smith") == letters_lower("obrien smith")
+
+
+@pytest.mark.parametrize("make", [last_digits, first_chars])
+@pytest.mark.parametrize("n", [0, -1, 2.0, True, "4"])
+def test_transform_sizes_must_be_positive_ints(make: Any, n: Any) -> None:
+    """A size that is not a positive int is refused when the transform is made."""
+    with pytest.raises(ConfigurationError, match="positive int"):
+        make(n)
+
+
+@pytest.mark.parametrize("transform", [last_digits(4), first_chars(2), email_domain, letters_lower])
+def test_transforms_refuse_non_text(transform: Transform) -> None:
+    """A value that is not a str raises ValueTypeError, as the normalizers do."""
+    with pytest.raises(ValueTypeError, match="expects str"):
+        transform(1234)
+
+
+def test_a_custom_transform_uses_its_function_for_terms_by_default() -> None:
+    """Transform(f) indexes f(value), and looks terms up as f(term)."""
+    top_level_domain = Transform(lambda email: email.rpartition(".")[2].lower() or None)
+    index = _index(normalizer=top_level_domain)
+    assert index.derived
+    assert b"com" == index.normalize("Ada@Example.COM")
+    assert b"com" == index.normalize_term("COM")
+    assert not _index().derived
+
+
+@given(value=st.text(min_size=1))
+def test_two_indexes_of_one_transform_under_two_names_never_share_values(value: str) -> None:
+    """Each index's key comes from its own name: same text, same transform, different values."""
+    first = _index("contacts.phone_last4", normalizer=letters_lower).compute(value)
+    second = _index("contacts.phone_letters", normalizer=letters_lower).compute(value)
+    assert (first is None) == (second is None)
+    if first is not None:
+        assert first != second
+
+
+# -- compound normalizers ----------------------------------------------------------------------
+
+parts = st.tuples(st.text(max_size=6), st.text(max_size=6), st.text(max_size=6))
+
+
+@given(a=parts, b=parts)
+def test_compound_encoding_is_unambiguous(a: tuple[str, ...], b: tuple[str, ...]) -> None:
+    """Two tuples of parts encode alike exactly when their parts are equal, whatever they hold."""
+    three = compound(x=None, y=None, z=None)
+    assert (a == b) == (three(a) == three(b))
+
+
+def test_compound_parts_are_length_prefixed() -> None:
+    """Each part is its 4-byte big-endian length, then its bytes: ("ab", "c") is not ("a", "bc")."""
+    two = compound(first=None, last=None)
+    assert b"\x00\x00\x00\x02ab\x00\x00\x00\x01c" == two(("ab", "c"))
+    assert two(("ab", "c")) != two(("a", "bc"))
+
+
+def test_compound_parts_go_through_their_normalizers_and_terms() -> None:
+    """Values go through each part's normalizer; terms through a transform's term reading."""
+    name = compound(first=first_chars(1), last=letters_lower)
+    index = _index(normalizer=name)
+    assert index.normalize(("Ada", "Love-lace")) == index.normalize_term(("A", "LOVELACE"))
+    assert name(("", "Lovelace")) is None  # a part with nothing to index
+    assert name((None, "Lovelace")) is None
+    flags = compound(consent=None, count=None)
+    assert flags((True, 3)) == flags.term((True, 3))
+    assert flags((True, 3)) != flags((False, 3))
+
+
+def test_compound_refuses_other_shapes() -> None:
+    """No part, a non-callable part, a non-tuple or a tuple of the wrong size are refused."""
+    with pytest.raises(ConfigurationError, match="at least one part"):
+        compound()
+    with pytest.raises(ConfigurationError, match="not callable"):
+        compound(first="lower")  # type: ignore[arg-type]
+    with pytest.raises(ValueTypeError, match="tuple of 2 values"):
+        compound(first=None, last=None)(("Ada",))
+    with pytest.raises(ValueTypeError, match="tuple of 2 values"):
+        compound(first=None, last=None)("Ada Lovelace")
+    with pytest.raises(ValueTypeError, match="compound part first"):
+        compound(first=None, last=None)((1.5, "x"))
+
+
+# -- truncated index values ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [4, 16, 64, 128, 252])
+def test_a_truncated_value_is_a_prefix_of_the_full_one(bits: int) -> None:
+    """bits=n keeps the key id and the first n / 4 hex digits of the full HMAC."""
+    full = _index().compute("ada@example.com")
+    short = _index(bits=bits).compute("ada@example.com")
+    assert full is not None
+    assert short is not None
+    assert full[: len("b1:") + bits // 4] == short
+    assert _index(bits=bits).matches("ada@example.com", short)
+    assert _index(bits=bits).truncated
+    assert not _index().truncated
+
+
+@pytest.mark.parametrize("bits", [0, 2, 6, 260, 16.0, "16"])
+def test_sizes_must_be_multiples_of_four_up_to_256(bits: Any) -> None:
+    """A size that is no multiple of 4 from 4 to 256 is refused, naming the range."""
+    with pytest.raises(ConfigurationError, match="multiple of 4 from 4 to 256"):
+        _index(bits=bits)
+
+
+def test_a_unique_index_must_be_full_size() -> None:
+    """unique=True with a truncated size is refused: collisions would be violations."""
+    with pytest.raises(ConfigurationError, match="unique index needs the full 256 bits"):
+        _index(bits=32, unique=True)
+    assert _index(unique=True).unique
+
+
+def test_digest_is_the_full_size_value_whatever_the_size() -> None:
+    """digest() gives the 256-bit value, which exact filtering compares."""
+    index = _index(bits=8)
+    data = index.normalize("ada@example.com")
+    assert data is not None
+    assert _index().compute("ada@example.com") == index.digest(data)
+    assert _index().compute("ada@example.com") == index.digest(data, "b1")
+    with pytest.raises(ConfigurationError, match="no longer holds key 'gone'"):
+        index.digest(data, "gone")
 
 
 # -- strategies ------------------------------------------------------------------------------

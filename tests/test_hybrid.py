@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta, timezone
@@ -15,16 +16,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import (
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
     event,
+    func,
     insert,
     null,
     select,
     text,
+    union,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -52,9 +56,15 @@ from sa_fieldcrypt import (
     Keyring,
     UnsupportedComparisonError,
     ValueTypeError,
+    compound,
+    compound_index,
+    email_domain,
     encrypted_hybrid,
     encrypted_values,
+    first_chars,
     generate_key,
+    last_digits,
+    letters_lower,
     metrics,
     normalize_email,
     normalize_phone,
@@ -1237,3 +1247,569 @@ def test_a_typed_hybrid_refuses_a_wrong_type_naming_its_column(typed_db: Engine)
         member.born = "1815-12-10"  # type: ignore[assignment]
     assert str(info.value).startswith("fc_hyb_members.born_encrypted: EncryptedDate stores date")
     assert "1815" not in str(info.value)
+
+
+# -- several indexes, transforms and truncated indexes ---------------------------------------
+
+
+class SearchBase(DeclarativeBase):
+    pass
+
+
+class Contact(SearchBase):
+    """Full-size and 4-bit indexes, of whole values and of parts of them."""
+
+    __tablename__ = "fc_hyb_contacts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    phone_encrypted: Mapped[str | None] = mapped_column(Text)
+    phone_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone_last4: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone_last4_tiny: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone = encrypted_hybrid(
+        "phone_encrypted",
+        blind_index=[
+            BlindIndex("phone_bidx", normalizer=normalize_phone),
+            BlindIndex("phone_last4", normalizer=last_digits(4)),
+            BlindIndex("phone_last4_tiny", normalizer=last_digits(4), bits=4),
+        ],
+    )
+    # Only a truncated index of whole values: == itself finds candidates, then filters.
+    _email: Mapped[str | None] = mapped_column("email_encrypted", EncryptedText())
+    email_tiny: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email_host: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email_host_tiny: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email = encrypted_hybrid(
+        "_email",
+        blind_index=[
+            BlindIndex("email_tiny", normalizer=normalize_email, bits=4),
+            BlindIndex("email_host", normalizer=email_domain),
+            BlindIndex("email_host_tiny", normalizer=email_domain, bits=4),
+        ],
+    )
+
+
+DOMAINS = ["example.com", "example.org", "mail.test", "a.example"]
+# Few digits, so that random phones share their last four often.
+PHONE_SHAPES = r"\+?[01]{0,3}[ -]?[0-9]{0,3}[ -]?[01]{0,5}"
+
+
+@pytest.fixture
+def search_db(engine: Engine, keyring: Keyring, index_keyring: Keyring) -> Iterator[Engine]:
+    SearchBase.metadata.drop_all(engine)
+    SearchBase.metadata.create_all(engine)
+    yield engine
+    SearchBase.metadata.drop_all(engine)
+
+
+def _contacts(count: int) -> dict[int, tuple[str | None, str | None]]:
+    """Deterministic data: phones with few distinct endings, emails over a few domains."""
+    rows: dict[int, tuple[str | None, str | None]] = {}
+    for i in range(count):
+        ending = ["0000", "1234", "0100", f"{i % 97:04d}"][i % 4]
+        phone = None if i % 11 == 0 else f"+1 (555) {i % 1000:03d}-{ending}"
+        email = None if i % 13 == 0 else f"User{i % 40}@{DOMAINS[i % len(DOMAINS)].upper()}"
+        rows[i] = (phone, email)
+    return rows
+
+
+def _store(engine: Engine, rows: dict[int, tuple[str | None, str | None]]) -> None:
+    with Session(engine) as session:
+        session.execute(SearchBase.metadata.tables["fc_hyb_contacts"].delete())
+        session.add_all(Contact(id=i, phone=p, email=e) for i, (p, e) in rows.items())
+        session.commit()
+
+
+def _found(session: Session, condition: Any) -> list[int]:
+    return sorted(c.id for c in session.scalars(select(Contact).where(condition)))
+
+
+def _last4(phone: str | None) -> str | None:
+    return None if phone is None else last_digits(4)(phone)
+
+
+def _domain(email: str | None) -> str | None:
+    return None if email is None else email_domain(email)
+
+
+def test_phone_ends_in_0000_finds_exactly_those_rows(search_db: Engine) -> None:
+    """Full-size and 4-bit indexes of the last four digits find what a plaintext scan finds."""
+    rows = _contacts(300)
+    _store(search_db, rows)
+    expected = sorted(i for i, (phone, _) in rows.items() if _last4(phone) == "0000")
+    with Session(search_db) as session:
+        assert expected == _found(session, Contact.phone.index("phone_last4") == "0000")
+        assert expected == _found(session, Contact.phone.index("phone_last4_tiny") == "0000")
+        # Exact for the database too: a full-size index needs no filtering, columns-only works.
+        by_column = session.scalars(
+            select(Contact.id).where(Contact.phone.index("phone_last4") == "0000")
+        )
+        assert expected == sorted(by_column)
+        # The 4-bit index really finds candidates that are not matches.
+        tiny = Contact.phone.index("phone_last4_tiny") == "0000"
+        with search_db.connect() as conn:
+            candidates = conn.execute(
+                select(func.count()).select_from(Contact.__table__).where(tiny.clause)
+            ).scalar_one()
+        assert candidates > len(expected)
+
+
+def test_domain_and_truncated_equality_find_exactly_the_plaintext_rows(search_db: Engine) -> None:
+    """email_domain lookups, and == through a 4-bit index, return exactly the matching rows."""
+    rows = _contacts(200)
+    _store(search_db, rows)
+    with Session(search_db) as session:
+        for domain in DOMAINS:
+            expected = sorted(i for i, (_, e) in rows.items() if _domain(e) == domain)
+            term = domain.title()
+            assert expected == _found(session, Contact.email.index("email_host") == term)
+            assert expected == _found(session, Contact.email.index("email_host_tiny") == term)
+        wanted = ["user7@example.org", "USER3@a.example ", "nobody@example.com"]
+        normalized = {normalize_email(w) for w in wanted}
+        expected = sorted(i for i, (_, e) in rows.items() if e and normalize_email(e) in normalized)
+        assert expected
+        assert expected == _found(session, Contact.email.in_(wanted))
+        one = "user7@example.org"
+        first = sorted(i for i, (_, e) in rows.items() if e and normalize_email(e) == one)
+        assert first == _found(session, Contact.email == "User7@Example.org")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    phones=st.lists(
+        st.one_of(st.none(), st.from_regex(PHONE_SHAPES, fullmatch=True)),
+        max_size=40,
+    ),
+    domains=st.lists(st.sampled_from([*DOMAINS, "EXAMPLE.com.", "x"]), min_size=40, max_size=40),
+    data=st.data(),
+)
+def test_random_data_queries_match_a_plaintext_model(
+    search_db: Engine, phones: list[str | None], domains: list[str], data: st.DataObject
+) -> None:
+    """On random rows, every kind of index lookup returns the rows the plaintext model says."""
+    rows = {
+        i: (phone, None if domains[i] == "x" else f"u{i % 3}@{domains[i]}")
+        for i, phone in enumerate(phones)
+    }
+    _store(search_db, rows)
+    endings = [_last4(p) for p, _ in rows.values() if _last4(p)] + ["0000", "9999"]
+    ending = data.draw(st.sampled_from(endings), label="ending")
+    domain = data.draw(st.sampled_from(DOMAINS), label="domain")
+    with Session(search_db) as session:
+        for index in ("phone_last4", "phone_last4_tiny"):
+            expected = sorted(i for i, (p, _) in rows.items() if _last4(p) == ending)
+            assert expected == _found(session, Contact.phone.index(index) == ending)
+            pair = {ending, "1234"}
+            expected = sorted(i for i, (p, _) in rows.items() if _last4(p) in pair)
+            assert expected == _found(session, Contact.phone.index(index).in_(sorted(pair)))
+        for index in ("email_host", "email_host_tiny"):
+            expected = sorted(i for i, (_, e) in rows.items() if _domain(e) == domain)
+            assert expected == _found(session, Contact.email.index(index) == domain)
+        email = f"U1@{domain}"
+        expected = sorted(
+            i for i, (_, e) in rows.items() if e and normalize_email(e) == normalize_email(email)
+        )
+        assert expected == _found(session, Contact.email == email)
+
+
+def test_a_full_size_derived_index_is_exact_for_not_equal(search_db: Engine) -> None:
+    """!= and not_in() on a full-size index of part of the value run in SQL, exactly."""
+    rows = _contacts(60)
+    _store(search_db, rows)
+    with Session(search_db) as session:
+        expected = sorted(i for i, (p, _) in rows.items() if _last4(p) not in (None, "0000"))
+        assert expected == _found(session, Contact.phone.index("phone_last4") != "0000")
+        assert expected == _found(session, Contact.phone.index("phone_last4").not_in(["0000"]))
+
+
+def test_filtering_works_for_aliases_joins_get_and_legacy_queries(search_db: Engine) -> None:
+    """Filtering keeps exact matches for aliased and joined entities and Query; get is untouched."""
+    rows = _contacts(120)
+    _store(search_db, rows)
+    expected = sorted(i for i, (p, _) in rows.items() if _last4(p) == "0000")
+    with Session(search_db) as session:
+        other = aliased(Contact)
+        joined = session.execute(
+            select(Contact, other)
+            .join(other, other.id == Contact.id)
+            .where(other.phone.index("phone_last4_tiny") == "0000")
+        ).all()
+        assert expected == sorted(o.id for _, o in joined)
+        assert all(c.id == o.id for c, o in joined)
+        legacy = session.query(Contact).filter(Contact.phone.index("phone_last4_tiny") == "0000")
+        assert expected == sorted(c.id for c in legacy)
+        both = (Contact.phone.index("phone_last4_tiny") == "0000") & (
+            Contact.email.index("email_host_tiny") == "example.com"
+        )
+        assert sorted(
+            i for i, (p, e) in rows.items() if _last4(p) == "0000" and _domain(e) == "example.com"
+        ) == _found(session, both)
+        assert session.get(Contact, expected[0]) is not None
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        lambda tiny: select(Contact.id).where(tiny),
+        lambda tiny: select(func.count()).select_from(Contact).where(tiny),
+        lambda tiny: select(Contact).where(tiny | (Contact.id == 1)),
+        lambda tiny: select(Contact).where(tiny).limit(5),
+        lambda tiny: select(Contact).where(tiny).group_by(Contact.id),
+        lambda tiny: union(select(Contact.id).where(tiny), select(Contact.id)),
+        lambda tiny: select(Contact).where(Contact.id.in_(select(Contact.id).where(tiny))),
+        lambda tiny: update(Contact).where(tiny).values(phone_bidx=None),
+        lambda tiny: Contact.__table__.delete().where(tiny),
+    ],
+    ids=["columns", "count", "or", "limit", "group", "union", "subquery", "update", "delete"],
+)
+def test_statements_that_cannot_be_filtered_exactly_are_refused(
+    search_db: Engine, statement: Any
+) -> None:
+    """A truncated index's candidates are never returned or changed as if they were matches."""
+    _store(search_db, _contacts(20))
+    tiny = Contact.phone.index("phone_last4_tiny") == "0000"
+    with Session(search_db) as session, pytest.raises(UnsupportedComparisonError):
+        session.execute(statement(tiny))
+
+
+def test_core_statements_with_truncated_conditions_are_refused(search_db: Engine) -> None:
+    """Outside a Session nothing filters candidates, so the statement refuses to run."""
+    tiny = Contact.phone.index("phone_last4_tiny") == "0000"
+    with search_db.connect() as conn, pytest.raises(UnsupportedComparisonError, match="Core"):
+        conn.execute(select(Contact.__table__).where(tiny))
+
+
+def test_negated_truncated_comparisons_refuse_at_once(index_keyring: Keyring) -> None:
+    """!=, not_in() and NOT of a truncated index refuse when the statement is built."""
+    tiny = Contact.phone.index("phone_last4_tiny")
+    with pytest.raises(UnsupportedComparisonError, match="truncated"):
+        _ = tiny != "0000"
+    with pytest.raises(UnsupportedComparisonError, match="truncated"):
+        tiny.not_in(["0000"])
+    with pytest.raises(UnsupportedComparisonError, match="truncated"):
+        _ = ~(tiny == "0000")
+    with pytest.raises(UnsupportedComparisonError, match="truncated"):
+        _ = Contact.email != "a@example.com"
+
+
+def test_index_lookups_by_column_and_their_errors(index_keyring: Keyring) -> None:
+    """index() names an index column; an unknown one, None and SQL terms are refused."""
+    with pytest.raises(ConfigurationError, match="'phone_last4', 'phone_last4_tiny'"):
+        Contact.phone.index("phone_last5")
+    with pytest.raises(UnsupportedComparisonError, match="is_"):
+        _ = Contact.phone.index("phone_last4") == None  # noqa: E711
+    with pytest.raises(UnsupportedComparisonError, match="plaintext Python value"):
+        _ = Contact.phone.index("phone_last4") == Contact.phone_bidx
+    last4 = Contact.phone.index("phone_last4")
+    assert "IndexComparator('fc_hyb_contacts.phone_last4')" == repr(last4)
+
+
+def test_a_term_that_is_not_indexable_matches_nothing(search_db: Engine) -> None:
+    """A term of the wrong shape (five digits for last four) matches no row."""
+    _store(search_db, _contacts(20))
+    with Session(search_db) as session:
+        assert [] == _found(session, Contact.phone.index("phone_last4") == "10000")
+        assert [] == _found(session, Contact.phone.index("phone_last4_tiny") == "000")
+
+
+def test_only_derived_indexes_do_not_answer_equality() -> None:
+    """== on an attribute whose indexes are all of parts of it says to use index()."""
+
+    class Only(DeclarativeBase):
+        pass
+
+    class Person(Only):
+        __tablename__ = "fc_hyb_only_derived"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        phone_encrypted: Mapped[str | None] = mapped_column(Text)
+        phone_last4: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        phone = encrypted_hybrid(
+            "phone_encrypted", blind_index=BlindIndex("phone_last4", normalizer=last_digits(4))
+        )
+
+    with pytest.raises(UnsupportedComparisonError, match=r"phone.index\('phone_last4'\)"):
+        _ = Person.phone == "+15550100000"
+
+
+@pytest.mark.parametrize(
+    "table_args",
+    [
+        (UniqueConstraint("phone_tiny", name="uq_fc_hyb_tiny"),),
+        (Index("ix_fc_hyb_tiny", "id", "phone_tiny", unique=True),),
+    ],
+    ids=["constraint", "index"],
+)
+def test_a_truncated_index_in_a_unique_constraint_is_refused(table_args: Any) -> None:
+    """Binding a truncated index to a column under a unique constraint or index fails clearly."""
+
+    class Unique(DeclarativeBase):
+        pass
+
+    with pytest.raises(ConfigurationError, match=r"unique constraint or index.*drop bits="):
+
+        class Person(Unique):
+            __tablename__ = "fc_hyb_unique_tiny"
+            __table_args__ = table_args
+            id: Mapped[int] = mapped_column(Integer, primary_key=True)
+            phone_encrypted: Mapped[str | None] = mapped_column(Text)
+            phone_tiny: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+            phone = encrypted_hybrid(
+                "phone_encrypted", blind_index=BlindIndex("phone_tiny", bits=16)
+            )
+
+
+def test_two_indexes_in_one_column_are_refused() -> None:
+    """Each index of an attribute needs a column of its own."""
+    with pytest.raises(ConfigurationError, match="phone_bidx is given twice"):
+        encrypted_hybrid("phone_encrypted", blind_index=["phone_bidx", BlindIndex("phone_bidx")])
+
+
+def test_every_index_is_written_and_checked_on_read(search_db: Engine) -> None:
+    """Assignment fills every index column, and each one detects a value copied from a row."""
+    with Session(search_db) as session:
+        session.add_all(
+            [Contact(id=1, phone="+1 555 010 0000"), Contact(id=2, phone="+1 555 010 1234")]
+        )
+        session.commit()
+        first = session.get(Contact, 1)
+        assert first is not None
+        assert all(
+            v is not None for v in (first.phone_bidx, first.phone_last4, first.phone_last4_tiny)
+        )
+        assert first.phone_last4_tiny.startswith("b1:")
+        assert len("b1:") + 1 == len(first.phone_last4_tiny)
+    for kept in ("phone_last4", "phone_last4_tiny"):
+        others = {"phone_bidx", "phone_last4", "phone_last4_tiny"} - {kept}
+        with Session(search_db) as session:
+            session.merge(Contact(id=2, phone="+1 555 010 1234"))
+            session.commit()
+        with search_db.begin() as conn:
+            table = Contact.__table__
+            token = conn.execute(select(table.c.phone_encrypted).where(table.c.id == 1)).scalar()
+            conn.execute(
+                update(table)
+                .where(table.c.id == 2)
+                .values(phone_encrypted=token, **dict.fromkeys(others))
+            )
+        with Session(search_db) as session:
+            second = session.get(Contact, 2)
+            assert second is not None
+            if kept == "phone_last4_tiny" and second.phone_last4_tiny == first.phone_last4_tiny:
+                continue  # one chance in 16 that 4 bits cannot tell the two apart
+            with pytest.raises(DecryptionError, match="does not match the row's blind index"):
+                _ = second.phone
+
+
+class Person(SearchBase):
+    """Compound indexes: initial and surname (full size); SMS consent and last four (4 bits)."""
+
+    __tablename__ = "fc_hyb_people"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    first_encrypted: Mapped[str | None] = mapped_column(Text)
+    first_name = encrypted_hybrid("first_encrypted")
+    _last_name: Mapped[str | None] = mapped_column("last_encrypted", EncryptedText())
+    last_name = encrypted_hybrid("_last_name")
+    consent_sms: Mapped[bool] = mapped_column(default=False)
+    phone_encrypted: Mapped[str | None] = mapped_column(Text)
+    phone = encrypted_hybrid("phone_encrypted")
+    initial_surname_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    sms_last4_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    initial_surname = compound_index(
+        BlindIndex(
+            "initial_surname_bidx",
+            normalizer=compound(first_name=first_chars(1), last_name=letters_lower),
+        )
+    )
+    sms_last4 = compound_index(
+        BlindIndex(
+            "sms_last4_bidx", normalizer=compound(consent_sms=None, phone=last_digits(4)), bits=4
+        )
+    )
+
+
+SURNAMES = ["Lovelace", "Love-lace", "Hopper", "Turing", "O'Brien"]
+FIRST_NAMES = ["Ada", "alan", "Grace", "Grete", "", None]
+Folk = tuple[str | None, str | None, bool, str | None]
+
+
+def _store_people(engine: Engine, rows: dict[int, Folk]) -> None:
+    with Session(engine) as session:
+        session.execute(SearchBase.metadata.tables["fc_hyb_people"].delete())
+        session.add_all(
+            Person(id=i, first_name=f, last_name=s, consent_sms=c, phone=p)
+            for i, (f, s, c, p) in rows.items()
+        )
+        session.commit()
+
+
+def _people(session: Session, condition: Any) -> list[int]:
+    return sorted(p.id for p in session.scalars(select(Person).where(condition)))
+
+
+def _initial_surname(first: str | None, last: str | None) -> tuple[str, str] | None:
+    if first is None or last is None:
+        return None
+    initial, surname = first_chars(1)(first), letters_lower(last)
+    return None if initial is None or surname is None else (initial, surname)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(FIRST_NAMES),
+            st.sampled_from([*SURNAMES, None]),
+            st.booleans(),
+            st.one_of(st.none(), st.from_regex(PHONE_SHAPES, fullmatch=True)),
+        ),
+        max_size=40,
+    ),
+    data=st.data(),
+)
+def test_compound_lookups_match_a_plaintext_model(
+    search_db: Engine, rows: list[Folk], data: st.DataObject
+) -> None:
+    """Compound lookups, full-size and 4-bit, return the rows the plaintext model says."""
+    people = dict(enumerate(rows))
+    _store_people(search_db, people)
+    initial = data.draw(st.sampled_from(["a", "G", "z"]), label="initial")
+    surname = data.draw(st.sampled_from(SURNAMES), label="surname")
+    endings = [_last4(p) for *_, p in people.values() if _last4(p)] + ["0000"]
+    ending = data.draw(st.sampled_from(endings), label="ending")
+    term = (initial.lower(), letters_lower(surname))
+    with Session(search_db) as session:
+        expected = sorted(i for i, (f, s, _, _) in people.items() if _initial_surname(f, s) == term)
+        assert expected == _people(session, Person.initial_surname == (initial, surname))
+        expected = sorted(i for i, (_, _, c, p) in people.items() if c and _last4(p) == ending)
+        assert expected == _people(session, Person.sms_last4 == (True, ending))
+        pairs = [(True, ending), (False, "0000")]
+        expected = sorted(
+            i for i, (_, _, c, p) in people.items() if (c, _last4(p)) in pairs and _last4(p)
+        )
+        assert expected == _people(session, Person.sms_last4.in_(pairs))
+
+
+def test_a_4_bit_compound_index_finds_candidates_and_returns_matches(search_db: Engine) -> None:
+    """Over 300 rows a 4-bit compound index has false positives; results are still exact."""
+    people: dict[int, Folk] = {
+        i: (FIRST_NAMES[i % 4], SURNAMES[i % 5], i % 3 == 0, f"+1 555 {i:04d} {i % 50:04d}")
+        for i in range(300)
+    }
+    _store_people(search_db, people)
+    expected = sorted(i for i, (_, _, c, p) in people.items() if c and _last4(p) == "0007")
+    tiny = Person.sms_last4 == (True, "0007")
+    with Session(search_db) as session:
+        assert expected == _people(session, tiny)
+        with search_db.connect() as conn:
+            candidates = conn.execute(
+                select(func.count()).select_from(Person.__table__).where(tiny.clause)
+            ).scalar_one()
+        assert candidates > len(expected)
+        with pytest.raises(UnsupportedComparisonError):
+            session.scalars(select(Person.id).where(tiny)).all()
+
+
+def test_a_compound_index_follows_changes_to_any_part(search_db: Engine) -> None:
+    """Changing an encrypted or a plain part at flush recomputes the compound index."""
+    _store_people(search_db, {1: ("Ada", "Lovelace", False, "+1 555 010 0000")})
+    with Session(search_db) as session:
+        assert [] == _people(session, Person.sms_last4 == (True, "0000"))
+        person = session.get(Person, 1)
+        assert person is not None
+        person.consent_sms = True
+        session.commit()
+        assert [1] == _people(session, Person.sms_last4 == (True, "0000"))
+        person.phone = "+1 555 010 1234"
+        person.last_name = "Hopper"
+        session.commit()
+        assert [1] == _people(session, Person.sms_last4 == (True, "1234"))
+        assert [1] == _people(session, Person.initial_surname == ("A", "hopper"))
+        assert [] == _people(session, Person.initial_surname == ("A", "Lovelace"))
+        assert person.initial_surname == person.initial_surname_bidx
+
+
+def test_compound_index_declarations_are_checked() -> None:
+    """A compound index needs a compound normalizer, and parts that are model attributes."""
+    with pytest.raises(ConfigurationError, match="normalizer is compound"):
+        compound_index(BlindIndex("name_bidx", normalizer=letters_lower))
+
+    class Checked(DeclarativeBase):
+        pass
+
+    with pytest.raises(ConfigurationError, match="compound part 'nickname'"):
+
+        class Nobody(Checked):
+            __tablename__ = "fc_hyb_nobody"
+            id: Mapped[int] = mapped_column(Integer, primary_key=True)
+            name_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+            name = compound_index(BlindIndex("name_bidx", normalizer=compound(nickname=None)))
+
+
+def test_an_update_statement_setting_a_compound_part_is_refused(search_db: Engine) -> None:
+    """UPDATE ... SET phone cannot recompute the compound index that reads phone: refused."""
+    _store_people(search_db, {1: ("Ada", "Lovelace", True, "+1 555 010 0000")})
+    refused = pytest.raises(ConfigurationError, match=r"Person\.sms_last4")
+    with Session(search_db) as session, refused:
+        session.execute(update(Person).where(Person.id == 1).values(phone="+1 555 010 1234"))
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        lambda: update(Person).where(Person.id == 1).values(consent_sms=False),
+        lambda: update(Person).where(Person.id == 1).values({Person.consent_sms: False}),
+        lambda: update(Person).ordered_values((Person.consent_sms, False)),
+    ],
+    ids=["keyword", "attribute", "ordered"],
+)
+def test_an_update_statement_setting_a_plain_compound_part_is_refused(
+    search_db: Engine, statement: Any
+) -> None:
+    """UPDATE ... SET consent_sms would leave the consent-and-phone index stale: refused."""
+    _store_people(search_db, {1: ("Ada", "Lovelace", True, "+1 555 010 0000")})
+    with Session(search_db) as session:
+        with pytest.raises(ConfigurationError, match=r"compound index Person\.sms_last4"):
+            session.execute(statement())
+        with pytest.raises(ConfigurationError, match=r"compound index Person\.sms_last4"):
+            session.execute(update(Person), [{"id": 1, "consent_sms": False}])
+        session.rollback()
+        session.execute(update(Person).where(Person.id == 1).values(first_encrypted=None))
+
+
+def test_a_truncated_condition_keeps_full_hmacs_of_its_terms_not_the_terms(
+    index_keyring: Keyring,
+) -> None:
+    """What filtering needs stays on the statement as full-size HMACs: no plaintext term."""
+    tiny = Contact.phone.index("phone_last4_tiny").in_(["0000", "1234"])
+    assert 2 == len(tiny.exact.digests)
+    assert all(re.fullmatch(r"b1:[0-9a-f]{64}", d) for d in tiny.exact.digests)
+    assert {"target", "key_id", "digests"} == set(type(tiny.exact).__dataclass_fields__)
+
+
+def test_statements_without_truncated_conditions_pass_the_listeners(search_db: Engine) -> None:
+    """Once the listeners are installed, Core and ORM statements without a mark run as ever."""
+    _store(search_db, _contacts(10))
+    _ = Contact.phone.index("phone_last4_tiny") == "0000"  # installs the listeners
+    with search_db.connect() as conn:
+        assert 10 == conn.execute(select(func.count()).select_from(Contact.__table__)).scalar()
+    with Session(search_db) as session:
+        assert 10 == session.scalar(select(func.count()).select_from(Contact))
+        assert 5 == len(session.scalars(select(Contact).limit(5)).all())
+
+
+def test_compound_indexes_of_an_aliased_class_compare_the_alias(search_db: Engine) -> None:
+    """aliased(Person).sms_last4 compares the alias's column, and filters the alias's rows."""
+    _store_people(
+        search_db,
+        {
+            1: ("Ada", "Lovelace", True, "+1 555 010 0000"),
+            2: ("Grace", "Hopper", True, "+1 555 010 1234"),
+        },
+    )
+    other = aliased(Person)
+    condition = other.sms_last4 == (True, "0000")
+    assert "fc_hyb_people_1.sms_last4_bidx" in str(condition.compile())
+    with Session(search_db) as session:
+        pairs = session.execute(
+            select(Person, other).join(other, other.id != Person.id).where(condition)
+        ).all()
+        assert [(2, 1)] == [(p.id, o.id) for p, o in pairs]

@@ -35,8 +35,11 @@ from sa_fieldcrypt import (
     Key,
     Keyring,
     RotationError,
+    compound,
+    compound_index,
     encrypted_hybrid,
     generate_key,
+    last_digits,
     normalize_email,
     normalize_phone,
 )
@@ -444,7 +447,7 @@ def test_missing_indexes_are_told_from_values_not_indexed(
 
 def test_finds_index_columns_of_both_model_styles() -> None:
     """Both the Text-with-hybrid and the EncryptedText style are found, with their decryptors."""
-    found = {c.label: (c.value.name, type(c.codec).__name__) for c in find_indexes(Base)}
+    found = {c.label: (c.values[0].name, type(c.codecs[0]).__name__) for c in find_indexes(Base)}
     assert {
         "fc_rx_customers.email_bidx": ("email_encrypted", "EncryptedText"),
         "fc_rx_customers.phone_bidx": ("phone_encrypted", "EncryptedText"),
@@ -803,3 +806,110 @@ def test_verify_with_indexes_names_rows_whose_value_was_swapped_in(
     reason = next(f.reason for job in report.jobs for f in job.failures)
     assert "copied in from another row" in reason
     assert "mallory" not in reason
+
+
+class SearchBase(DeclarativeBase):
+    pass
+
+
+class Caller(SearchBase):
+    """One attribute, three indexes: whole values, last four digits, and those in 8 bits."""
+
+    __tablename__ = "fc_rx_callers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    phone_encrypted: Mapped[str | None] = mapped_column(Text)
+    phone_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone_last4: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone_last4_tiny: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone = encrypted_hybrid(
+        "phone_encrypted",
+        blind_index=[
+            BlindIndex("phone_bidx", normalizer=normalize_phone),
+            BlindIndex("phone_last4", normalizer=last_digits(4)),
+            BlindIndex("phone_last4_tiny", normalizer=last_digits(4), bits=8),
+        ],
+    )
+
+
+def test_reindex_fills_every_index_of_an_attribute(
+    engine: Engine, keyring: Keyring, index_keyring: Keyring
+) -> None:
+    """Rows written without indexes get all three index columns, which lookups then use."""
+    SearchBase.metadata.drop_all(engine)
+    SearchBase.metadata.create_all(engine)
+    try:
+        phones = {i: f"+1 555 010 {['0000', '1234'][i % 2]}" for i in range(1, 7)}
+        with engine.begin() as conn:
+            conn.execute(
+                insert(Caller.__table__),
+                [
+                    {"id": i, "phone_encrypted": encrypt(keyring, p.encode())}
+                    for i, p in phones.items()
+                ],
+            )
+        indexes = find_indexes(Caller)
+        labels = ["fc_rx_callers.phone_bidx", "fc_rx_callers.phone_last4"]
+        assert [*labels, "fc_rx_callers.phone_last4_tiny"] == [c.label for c in indexes]
+        assert [6, 6, 6] == [s.no_index for s in status(engine, indexes=indexes).indexes]
+        report = reindex(engine, indexes)
+        assert (6, 6) == (report.scanned, report.written)
+        after = status(engine, indexes=indexes).indexes
+        assert [(0, {"b1": 6})] * 3 == [(s.no_index, s.by_key) for s in after]
+        with Session(engine) as session:
+            for index in ("phone_last4", "phone_last4_tiny"):
+                found = session.scalars(select(Caller).where(Caller.phone.index(index) == "0000"))
+                assert [2, 4, 6] == sorted(c.id for c in found)
+    finally:
+        SearchBase.metadata.drop_all(engine)
+
+
+class Texter(SearchBase):
+    """A compound index over an encrypted hybrid and a plain column, in 8 bits."""
+
+    __tablename__ = "fc_rx_members_compound"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    consent_sms: Mapped[bool] = mapped_column(default=False)
+    phone_encrypted: Mapped[str | None] = mapped_column(Text)
+    phone = encrypted_hybrid("phone_encrypted")
+    sms_last4_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    sms_last4 = compound_index(
+        BlindIndex(
+            "sms_last4_bidx", normalizer=compound(consent_sms=None, phone=last_digits(4)), bits=8
+        )
+    )
+
+
+def test_reindex_fills_and_checks_compound_indexes(
+    engine: Engine, keyring: Keyring, index_keyring: Keyring
+) -> None:
+    """A compound index is found, counted, filled from its parts and checked like any other."""
+    SearchBase.metadata.drop_all(engine)
+    SearchBase.metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(Texter.__table__),
+                [
+                    {
+                        "id": i,
+                        "consent_sms": i % 2 == 0,
+                        "phone_encrypted": encrypt(keyring, f"+1 555 010 {i:04d}".encode()),
+                    }
+                    for i in range(1, 7)
+                ],
+            )
+        (index,) = find_indexes(Texter)
+        assert ("fc_rx_members_compound.sms_last4_bidx", ["consent_sms", "phone_encrypted"]) == (
+            index.label,
+            [v.name for v in index.values],
+        )
+        assert 6 == status(engine, indexes=[index]).indexes[0].no_index
+        assert 6 == reindex(engine, [index]).written
+        assert 0 == status(engine, indexes=[index]).indexes[0].no_index
+        assert 0 == reindex(engine, [index]).written
+        assert 0 == verify(engine, [], indexes=[index]).failed
+        with Session(engine) as session:
+            found = session.scalars(select(Texter).where(Texter.sms_last4 == (True, "0004")))
+            assert [4] == [m.id for m in found]
+    finally:
+        SearchBase.metadata.drop_all(engine)

@@ -21,9 +21,14 @@ with the value)::
 
     session.scalars(select(Customer).where(Customer.email == " Ada@Example.com"))
 
-Stored format: ``<key id>:<64 lowercase hex digits>``, for example ``b1:3f0c...``. Hex, not
+Stored format: ``<key id>:<64 lowercase hex digits>``, for example ``b1:3f0c...``; a
+truncated index (``bits=16``) keeps the first ``bits / 4`` of those digits. Hex, not
 base64, because MySQL and MariaDB compare strings case-insensitively by default. The key id
 says which index key wrote the value, so a rotation's progress can be counted in SQL.
+
+Besides normalizers of whole values, a :class:`Transform` indexes part of one
+(:func:`last_digits`, :func:`first_chars`, :data:`email_domain`, :data:`letters_lower`), and
+:func:`compound` several attributes of a row, length-prefixed.
 
 Keys: blind-index keys are keys of purpose ``"blind-index"`` (kind ``hmac-sha256``), held in a
 :class:`~sa_fieldcrypt.Keyring` of that purpose and served by the same providers as the
@@ -60,8 +65,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BLIND_INDEX_LENGTH",
+    "FULL_BITS",
     "BlindIndex",
+    "Compound",
     "Normalizer",
+    "Transform",
+    "compound",
+    "email_domain",
+    "first_chars",
+    "last_digits",
+    "letters_lower",
     "normalize_email",
     "normalize_phone",
     "typed_normalizer",
@@ -73,6 +86,11 @@ BLIND_INDEX_LENGTH = 32 + 1 + 64
 
 #: Turns an attribute value into the text (or bytes) that is indexed; None: do not index.
 Normalizer = Callable[[Any], "str | bytes | None"]
+
+#: Size of a full (untruncated) index value in bits: the whole HMAC-SHA256.
+FULL_BITS = 256
+# Truncated sizes: whole hex digits, and at least one of them.
+_MIN_BITS = 4
 
 # Versioned domain separation: a future format can derive different keys from the same secret.
 _HKDF_INFO_PREFIX = b"sa-fieldcrypt blind index v1\x00"
@@ -347,6 +365,247 @@ def typed_normalizer(python_type: type) -> Normalizer:
     return normalizer
 
 
+# -- transforms: indexes of part of a value ------------------------------------------------
+
+
+class Transform:
+    """A normalizer of *part* of a value (its last digits, its domain): an index of a property.
+
+    A :class:`BlindIndex` whose normalizer is a transform does not answer ``==`` on the
+    attribute (``Customer.phone == x`` compares whole values); it answers
+    ``Customer.phone.index("phone_last4") == "0000"``, where the term is already of the
+    transformed kind (four digits, a domain). The built-ins are :func:`last_digits`,
+    :func:`first_chars`, :data:`email_domain` and :data:`letters_lower`; wrap any callable to
+    make your own::
+
+        top_level_domain = Transform(lambda email: email.rpartition(".")[2].lower() or None)
+
+    Args:
+        function: maps a stored value to the text (or bytes) indexed; None: not indexed.
+        term: maps a query term to the text it must equal; by default ``function`` itself,
+            which suits a transform whose result it leaves unchanged (``last_digits(4)`` of
+            ``"0000"`` is ``"0000"``). A term that maps to None matches nothing.
+        name: how messages and ``repr`` name the transform.
+    """
+
+    __slots__ = ("function", "name", "term")
+
+    def __init__(
+        self,
+        function: Normalizer,
+        term: Normalizer | None = None,
+        *,
+        name: str | None = None,
+    ):
+        if not callable(function) or (term is not None and not callable(term)):
+            raise ConfigurationError("Transform: function and term must be callable")
+        self.function = function
+        self.term = term or function
+        self.name = name or getattr(function, "__name__", "transform")
+
+    def __call__(self, value: Any) -> str | bytes | None:
+        """Return the indexed text of a stored value, or None when it has nothing to index."""
+        return self.function(value)
+
+    def __repr__(self) -> str:
+        return f"Transform({self.name})"
+
+
+def _text(value: Any, transform: str) -> str:
+    if not isinstance(value, str):
+        raise ValueTypeError(f"{transform} expects str, got {type(value).__name__}")
+    return value
+
+
+def _positive(n: Any, transform: str) -> int:
+    if type(n) is not int or n < 1:
+        raise ConfigurationError(f"{transform}(n): n must be a positive int, got {n!r}")
+    return n
+
+
+def _decimal_digits(text: str) -> str:
+    return "".join(
+        _DIGITS[digit]
+        for digit in (unicodedata.decimal(ch, None) for ch in text)
+        if digit is not None
+    )
+
+
+def last_digits(n: int) -> Transform:
+    """Return a transform indexing a value's last ``n`` decimal digits, e.g. a phone's last four.
+
+    Digits are any Unicode decimal digits, as :func:`normalize_phone` reads them (full-width
+    and Arabic-Indic ones count as their ASCII digit); everything else is skipped, so
+    ``"+1 (555) 010-0000"`` indexes ``"0000"``. An extension's digits count too: index
+    ``last_digits(4)`` of numbers stored without one. A value with fewer than ``n`` digits
+    is not indexed (None), and a term of other than ``n`` digits matches nothing.
+
+    Raises:
+        ConfigurationError: ``n`` is not a positive int.
+    """
+    count = _positive(n, "last_digits")
+    label = f"last_digits({count})"
+
+    def digits(value: Any) -> str | None:
+        found = _decimal_digits(_text(value, label))
+        return found[-count:] if len(found) >= count else None
+
+    def term(value: Any) -> str | None:
+        found = _decimal_digits(_text(value, label))
+        # "10000" is no spelling of four digits: it would look up "0000".
+        return found if len(found) == count else None
+
+    return Transform(digits, term, name=label)
+
+
+def first_chars(n: int) -> Transform:
+    """Return a transform indexing a text's first ``n`` characters, case-folded.
+
+    The text is folded as :func:`normalize_email` folds it (NFKC, case-folded, invisible
+    characters removed) and stripped of surrounding white space, so ``"  Ada Lovelace"``
+    indexes ``"ada"`` for ``first_chars(3)``. A text shorter than ``n`` characters is not
+    indexed (None), and a term of other than ``n`` characters matches nothing.
+
+    Raises:
+        ConfigurationError: ``n`` is not a positive int.
+    """
+    count = _positive(n, "first_chars")
+    label = f"first_chars({count})"
+
+    def prefix(value: Any) -> str | None:
+        text = _fold(_text(value, label)).strip()
+        return text[:count] if len(text) >= count else None
+
+    def term(value: Any) -> str | None:
+        text = _fold(_text(value, label)).strip()
+        return text if len(text) == count else None
+
+    return Transform(prefix, term, name=label)
+
+
+def _email_domain(value: Any) -> str | None:
+    email = normalize_email(_text(value, "email_domain"))
+    if email is None:
+        return None
+    _, at, domain = email.rpartition("@")
+    return domain if at and domain else None
+
+
+def _domain_term(value: Any) -> str | None:
+    # A domain, folded as the domain of an address is: "Example.COM." is "example.com".
+    text = _text(value, "email_domain")
+    return None if "@" in _fold(text) else _email_domain("@" + text)
+
+
+#: Transform indexing an email address's domain, folded as :func:`normalize_email` folds
+#: it: ``"Ada@Example.COM."`` indexes ``"example.com"``. A value without ``@`` (or with
+#: nothing after the last one) is not indexed. Terms are domains: ``"example.com"``.
+email_domain = Transform(_email_domain, _domain_term, name="email_domain")
+
+
+def _letters_lower(value: Any) -> str | None:
+    text = _fold(_text(value, "letters_lower"))
+    return "".join(ch for ch in text if ch.isalpha()) or None
+
+
+#: Transform indexing a text's letters only, folded to lower case: ``"O'Brien-Smith"``
+#: indexes ``"obriensmith"``, so spellings that differ in punctuation, spaces, digits or case
+#: find each other. A text without letters is not indexed. Terms are folded alike.
+letters_lower = Transform(_letters_lower, name="letters_lower")
+
+
+class Compound(Transform):
+    """A normalizer of several attributes of a row at once, for a compound index.
+
+    Made by :func:`compound`; declared on a model with
+    :func:`~sa_fieldcrypt.compound_index`. It indexes a tuple of values, one per part, in
+    the order given, each through its part's normalizer. The parts are encoded without
+    ambiguity: each one's bytes after their length (4 bytes, big-endian), so
+    ``("ab", "c")`` and ``("a", "bc")`` index differently. A part that is None, or that its
+    normalizer does not index, leaves the whole row unindexed.
+
+    Attributes:
+        attributes: the attribute names of the parts, in order.
+    """
+
+    __slots__ = ("attributes", "parts")
+
+    def __init__(self, parts: dict[str, Normalizer | None]):
+        if not parts:
+            raise ConfigurationError("compound() needs at least one part: attribute=normalizer")
+        for attribute, normalizer in parts.items():
+            if normalizer is not None and not callable(normalizer):
+                raise ConfigurationError(
+                    f"compound(): the normalizer of {attribute} is not callable"
+                )
+        self.parts = dict(parts)
+        self.attributes = tuple(parts)
+        label = ", ".join(self.attributes)
+        super().__init__(self._encode_values, self._encode_terms, name=f"compound({label})")
+
+    def _encode_values(self, values: Any) -> bytes | None:
+        return self._encode(values, term=False)
+
+    def _encode_terms(self, terms: Any) -> bytes | None:
+        return self._encode(terms, term=True)
+
+    def _encode(self, values: Any, *, term: bool) -> bytes | None:
+        if not isinstance(values, tuple) or len(values) != len(self.attributes):
+            raise ValueTypeError(
+                f"{self.name} indexes a tuple of {len(self.attributes)} values "
+                f"({', '.join(self.attributes)}), got {type(values).__name__}"
+            )
+        encoded = bytearray()
+        for (attribute, normalizer), value in zip(self.parts.items(), values, strict=True):
+            part = _part_bytes(attribute, normalizer, value, term=term)
+            if part is None:
+                return None
+            encoded += len(part).to_bytes(4, "big") + part
+        return bytes(encoded)
+
+
+def _part_bytes(
+    attribute: str, normalizer: Normalizer | None, value: Any, *, term: bool
+) -> bytes | None:
+    if value is None:
+        return None
+    if normalizer is None:
+        if isinstance(value, bool):
+            normalized: str | bytes | None = "true" if value else "false"
+        elif isinstance(value, int):
+            normalized = str(value)
+        else:
+            normalized = value
+    elif term and isinstance(normalizer, Transform):
+        normalized = normalizer.term(value)
+    else:
+        normalized = normalizer(value)
+    if isinstance(normalized, str):
+        return normalized.encode("utf-8", "surrogatepass")
+    if normalized is None or isinstance(normalized, bytes):
+        return normalized
+    raise ValueTypeError(
+        f"compound part {attribute}: expected str, bytes, int or bool (or a normalizer that "
+        f"returns str or bytes), got {type(normalized).__name__}"
+    )
+
+
+def compound(**parts: Normalizer | None) -> Compound:
+    """Return the normalizer of a compound index over several attributes, in the order given.
+
+    ``compound(first_name=first_chars(1), last_name=letters_lower)`` indexes a first initial
+    with a last name; ``compound(consent_sms=None, phone=last_digits(4))`` a plain consent
+    flag with a phone's last four digits. A part's normalizer reads the attribute's value
+    (an encrypted hybrid's plaintext, or a plain column's value); None takes it as it is
+    (str, bytes, int or bool). Query terms are tuples in the same order, each read as its
+    part's transform reads terms: ``Customer.name_search == ("a", "Lovelace")``.
+
+    Raises:
+        ConfigurationError: no part, or a normalizer that is not callable.
+    """
+    return Compound(parts)
+
+
 # -- the index -----------------------------------------------------------------------------
 
 
@@ -370,6 +629,19 @@ class BlindIndex:
             for a table declared without one); set it explicitly to keep index values stable
             across a table rename, or to give two columns deliberately joinable indexes.
             A ``schema_translate_map`` does not change it: it applies when statements run.
+            Two indexes of one attribute have different names, so never share values.
+        bits: size of the stored hash, a multiple of 4 from 4 to 256 (the default, the whole
+            HMAC). A truncated index (say 16 to 64 bits) gives many values the same index
+            value, so the database learns less about which rows are equal; a lookup then
+            returns candidate rows, which :func:`~sa_fieldcrypt.encrypted_hybrid` decrypts
+            and filters to the exact matches (see ``docs/blind-indexes.md``).
+        unique: the index column carries a unique constraint. Only a full-size index can
+            (two values may share a truncated one), so ``unique=True`` with ``bits`` below
+            256 is refused; so is binding a truncated index to a column in a unique
+            constraint or index of its table.
+
+    Raises:
+        ConfigurationError: an argument is malformed, or ``unique`` with a truncated size.
     """
 
     def __init__(
@@ -379,14 +651,28 @@ class BlindIndex:
         normalizer: Normalizer | None = None,
         keyring: Keyring | KeyProvider | None = None,
         name: str | None = None,
+        bits: int = FULL_BITS,
+        unique: bool = False,
     ):
         if not isinstance(column, str) or not column:
             raise ConfigurationError("BlindIndex: column must be the index column's attribute")
         if normalizer is not None and not callable(normalizer):
             raise ConfigurationError("BlindIndex: normalizer must be callable")
+        if type(bits) is not int or not _MIN_BITS <= bits <= FULL_BITS or bits % 4:
+            raise ConfigurationError(
+                f"BlindIndex({column!r}): bits must be a multiple of 4 from {_MIN_BITS} to "
+                f"{FULL_BITS}, got {bits!r}"
+            )
+        if unique and bits < FULL_BITS:
+            raise ConfigurationError(
+                f"BlindIndex({column!r}): a unique index needs the full {FULL_BITS} bits "
+                f"(two values may share a {bits}-bit index value); drop bits= or unique=True"
+            )
         self.column = column
         self.normalizer = normalizer
         self.name = name
+        self.bits = bits
+        self.unique = unique
         # What was given, as EncryptedType keeps it; the cache is what is read.
         self.keyring = keyring
         self._keys: KeyCache | None = (
@@ -395,10 +681,11 @@ class BlindIndex:
         #: Name of the table column holding the encrypted value; set when bound to a model.
         self.source_column: str | None = None
 
-    def bound_to(self, name: str, source_column: str) -> BlindIndex:
+    def bound_to(self, name: str, source_column: str | None) -> BlindIndex:
         """Return a copy bound to a table: ``name`` unless one was given, and its source.
 
-        :func:`~sa_fieldcrypt.encrypted_hybrid` calls it when the model is mapped.
+        :func:`~sa_fieldcrypt.encrypted_hybrid` calls it when the model is mapped; a
+        compound index has no one source column (None).
         """
         bound = copy.copy(self)
         bound.name = self.name or name
@@ -409,11 +696,35 @@ class BlindIndex:
         """Return the keyring this index uses now: its own, else the process default."""
         return (self._keys or default_key_cache("blind-index")).get()
 
+    @property
+    def truncated(self) -> bool:
+        """Whether index values are shorter than the full HMAC: lookups return candidates."""
+        return self.bits < FULL_BITS
+
+    @property
+    def derived(self) -> bool:
+        """Whether the index is of part of the value (a :class:`Transform`), not all of it."""
+        return isinstance(self.normalizer, Transform)
+
     def normalize(self, value: Any) -> bytes | None:
         """Return the bytes that are hashed for ``value``, or None when it is not indexed."""
+        return self._encoded(value, self.normalizer)
+
+    def normalize_term(self, term: Any) -> bytes | None:
+        """Return the bytes a query term is hashed as, or None when it matches nothing.
+
+        A :class:`Transform`'s term normalizer reads the term (``"0000"`` of
+        ``last_digits(4)``); any other normalizer reads it as a value, as :meth:`normalize`.
+        """
+        normalizer = self.normalizer
+        if isinstance(normalizer, Transform):
+            normalizer = normalizer.term
+        return self._encoded(term, normalizer)
+
+    def _encoded(self, value: Any, normalizer: Normalizer | None) -> bytes | None:
         if value is None:
             return None
-        normalized = value if self.normalizer is None else self.normalizer(value)
+        normalized = value if normalizer is None else normalizer(value)
         if isinstance(normalized, str):
             return normalized.encode("utf-8", "surrogatepass")
         if normalized is None or isinstance(normalized, bytes):
@@ -445,7 +756,14 @@ class BlindIndex:
 
         Empty when the value is not indexed (None, or the normalizer returns None).
         """
-        data = self.normalize(value)
+        return self.hashes(self.normalize(value))
+
+    def hashes(self, data: bytes | None) -> tuple[str, ...]:
+        """Return the stored index values of normalized ``data``, one per key, primary first.
+
+        Empty for None. :meth:`candidates` of a value, or of a term with
+        ``hashes(normalize_term(term))``.
+        """
         if data is None:
             return ()
         keyring = self.active_keyring()
@@ -454,6 +772,25 @@ class BlindIndex:
             self._hash(primary, data),
             *(self._hash(key, data) for key in keyring if key is not primary),
         )
+
+    def digest(self, data: bytes, key_id: str | None = None) -> str:
+        """Return the full-size (256-bit) index value of normalized ``data``, whatever ``bits``.
+
+        What exact filtering compares: the full HMAC of a term against that of a row's
+        value, so that no plaintext needs to be kept. Under the key ``key_id`` names, by
+        default the primary one.
+
+        Raises:
+            ConfigurationError: the keyring holds no key ``key_id``.
+        """
+        keyring = self.active_keyring()
+        key = keyring.primary if key_id is None else keyring.find(key_id)
+        if key is None:
+            raise ConfigurationError(
+                f"{self._label}: the blind-index keyring no longer holds key {key_id!r}; "
+                "run the query again"
+            )
+        return self._hash(key, data, bits=FULL_BITS)
 
     def matches(self, value: Any, stored: str) -> bool | None:
         """Whether ``stored`` is the index of ``value`` under the key id ``stored`` names.
@@ -491,18 +828,21 @@ class BlindIndex:
                 column=column,
             )
 
-    def _hash(self, key: Key, data: bytes) -> str:
+    def _hash(self, key: Key, data: bytes, *, bits: int | None = None) -> str:
         if self.name is None:
             raise ConfigurationError(
                 f"BlindIndex({self.column!r}) has no name: use it through encrypted_hybrid() "
                 "on a mapped class, or pass name="
             )
         column_key = key.derive(_HKDF_INFO_PREFIX + self.name.encode("utf-8", "surrogatepass"))
-        return f"{key.id}:{hmac.digest(column_key, data, 'sha256').hex()}"
+        # Truncation keeps the first digits of the HMAC, as RFC 2104 section 5 recommends.
+        digits = (self.bits if bits is None else bits) // 4
+        return f"{key.id}:{hmac.digest(column_key, data, 'sha256').hex()[:digits]}"
 
     @property
     def _label(self) -> str:
         return f"blind index {self.name or self.column}"
 
     def __repr__(self) -> str:
-        return f"BlindIndex({self.column!r}, name={self.name!r})"
+        bits = "" if self.bits == FULL_BITS else f", bits={self.bits}"
+        return f"BlindIndex({self.column!r}, name={self.name!r}{bits})"

@@ -23,30 +23,52 @@ Then ``Customer(email="ada@example.com")``, ``customer.email`` (plaintext),
 ``customer.email = ...`` (encrypts and sets ``email_bidx``), and in queries
 ``Customer.email == " Ada@Example.com"`` or ``Customer.email.in_([...])``, which compare
 ``email_bidx`` with the value's index under every active index key.
+
+With several indexes (``blind_index=[...]``), ``Customer.phone.index("phone_last4") == "0000"``
+compares one of them; :func:`compound_index` declares an index over several attributes. The
+conditions of truncated indexes (``bits=``) find candidates: the first one built installs a
+``do_orm_execute`` listener on :class:`~sqlalchemy.orm.Session` that decrypts the entities an
+ORM select returns and keeps the exact matches, and a ``before_cursor_execute`` listener on
+:class:`~sqlalchemy.engine.Engine` that refuses such a condition anywhere it was not filtered.
 """
 
 from __future__ import annotations
 
+import hmac
 import uuid
 import weakref
-from collections.abc import Callable, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, cast, overload
 
-from sqlalchemy import Column, String, event, false, inspect, select, type_coerce
+from sqlalchemy import (
+    Column,
+    Engine,
+    Result,
+    Select,
+    String,
+    UniqueConstraint,
+    event,
+    false,
+    inspect,
+    select,
+    type_coerce,
+)
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.ext.hybrid import ExprComparator, hybrid_property
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, ORMExecuteState, Session
 from sqlalchemy.orm.attributes import instance_state
-from sqlalchemy.sql import ClauseElement, operators
-from sqlalchemy.sql.elements import Null
+from sqlalchemy.sql import ClauseElement, operators, visitors
+from sqlalchemy.sql.elements import BooleanClauseList, ColumnElement, Grouping, Null
 from sqlalchemy.sql.operators import OperatorType
+from sqlalchemy.sql.visitors import InternalTraversal
 from typing_extensions import TypeVar
 
-from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex
+from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex, Compound
 from sa_fieldcrypt.errors import (
     ConfigurationError,
     DecryptionError,
@@ -56,12 +78,19 @@ from sa_fieldcrypt.errors import (
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
 if TYPE_CHECKING:
+    from typing import Self
+
+    from sqlalchemy.ext.hybrid import _HybridClassLevelAccessor
     from sqlalchemy.sql.elements import SQLCoreOperations
 
 __all__ = [
     "INFO_BLIND_INDEX",
+    "INFO_COMPOUND_PARTS",
+    "CompoundIndex",
     "EncryptedHybrid",
+    "IndexComparator",
     "bind_hybrids",
+    "compound_index",
     "encrypted_hybrid",
     "encrypted_values",
 ]
@@ -71,6 +100,8 @@ _V = TypeVar("_V", default=str)
 
 #: ``column.info`` key of a blind-index column: its bound :class:`~sa_fieldcrypt.BlindIndex`.
 INFO_BLIND_INDEX = "sa_fieldcrypt.blind_index"
+#: ``column.info`` key of a compound index's column: the keys of its parts' table columns.
+INFO_COMPOUND_PARTS = "sa_fieldcrypt.compound_parts"
 
 # The attribute has no connection at hand: its processors are built for the default dialect,
 # whose text type, like that of SQLite, PostgreSQL and MariaDB, needs no conversion of its own.
@@ -99,11 +130,15 @@ class _Plaintext:
     __slots__ = ("index", "row", "stored", "value")
 
     def __init__(
-        self, stored: Any, value: Any, index: str | None, row: tuple[Any, ...] | None = None
+        self,
+        stored: Any,
+        value: Any,
+        index: tuple[str | None, ...] | None,
+        row: tuple[Any, ...] | None = None,
     ):
         self.stored = stored
         self.value = value
-        self.index = index  # the index value checked against the value, if any
+        self.index = index  # the index values checked against the value, if any
         # Row binding: the row key ``stored`` is bound to; None with ``stored`` None while
         # the value waits for its row's primary key, to be encrypted at flush.
         self.row = row
@@ -217,6 +252,15 @@ class _RowKey:
 
 
 @dataclass(frozen=True, slots=True)
+class _BoundIndex:
+    """One blind index of a hybrid on one mapped class."""
+
+    key: str  # attribute of the index column
+    label: str  # "core.customers.phone_last4", for messages
+    blind_index: BlindIndex  # bound: named, its source column set
+
+
+@dataclass(frozen=True, slots=True)
 class _Binding:
     """What one mapped class's use of an :class:`EncryptedHybrid` resolved to."""
 
@@ -227,9 +271,8 @@ class _Binding:
     # The type's bind and result processors (None with encrypted_type): its per-value path.
     encrypt: Callable[[Any], Any] | None
     decrypt: Callable[[Any], Any] | None
-    index_key: str | None
-    index_label: str | None
-    blind_index: BlindIndex | None
+    indexes: tuple[_BoundIndex, ...]
+    equality: _BoundIndex | None  # the index of whole values that answers == and in_()
     check_index: bool
     cache_key: str
     row_key: _RowKey | None = None  # bind_row=True: values are bound to their rows too
@@ -250,9 +293,12 @@ class _Binding:
             # A row-bound value assigned before its row's primary key was known.
             pending = isinstance(cached, _Plaintext) and cached.pending
             return cached.value if pending else None
-        index = None
-        if check and self.check_index and self.index_key is not None:
-            index = getattr(instance, self.index_key)  # None: not indexed yet, nothing to check
+        index: tuple[str | None, ...] | None = None
+        if check and self.check_index and self.indexes:
+            # None: not indexed yet, nothing to check.
+            index = tuple(getattr(instance, bound.key) for bound in self.indexes)
+            if all(v is None for v in index):
+                index = None
         if (
             isinstance(cached, _Plaintext)
             and cached.stored == stored
@@ -269,8 +315,9 @@ class _Binding:
             value = cast("EncryptedType", self.encrypted_type).from_stored(stored, row)
         else:
             value = stored if self.decrypt is None else self.decrypt(stored)
-        if index is not None and self.blind_index is not None:
-            self.blind_index.check(value, index, column=self.source_label)
+        for bound, stored_index in zip(self.indexes, index or (), strict=False):
+            if stored_index is not None:
+                bound.blind_index.check(value, stored_index, column=self.source_label)
         self._remember(instance, stored, value, index, row)
         return value
 
@@ -288,7 +335,7 @@ class _Binding:
         instance: Any,
         stored: Any,
         value: Any,
-        index: str | None,
+        index: tuple[str | None, ...] | None,
         row: tuple[Any, ...] | None = None,
     ) -> None:
         # Only immutable values: a cached dict could be mutated without being re-encrypted.
@@ -325,7 +372,7 @@ class _Binding:
             pairs = self.column_values(value, row)
         for key, stored in pairs:
             setattr(instance, key, stored)
-        self._remember(instance, pairs[0][1], value, pairs[1][1] if len(pairs) > 1 else None, row)
+        self._remember(instance, pairs[0][1], value, tuple(v for _, v in pairs[1:]) or None, row)
 
     def column_values(
         self, value: Any, row: tuple[Any, ...] | None = None
@@ -351,8 +398,7 @@ class _Binding:
 
     def _pairs(self, stored: Any, value: Any) -> list[tuple[str, Any]]:
         pairs = [(self.source_key, stored)]
-        if self.index_key is not None and self.blind_index is not None:
-            pairs.append((self.index_key, self.blind_index.compute(value)))
+        pairs.extend((bound.key, bound.blind_index.compute(value)) for bound in self.indexes)
         return pairs
 
     def key_assigned(self, target: Any, value: Any, old: Any, initiator: Any) -> None:
@@ -453,15 +499,17 @@ class _Binding:
         The setter already sets both; this catches direct writes to the source attribute
         (``customer._email = ...``, a copied token) so an index never disagrees with its value.
         """
-        if self.index_key is None or self.blind_index is None:
+        if not self.indexes:
             return
         state = instance_state(target)
         if state.key is not None and not state.attrs[self.source_key].history.has_changes():
             return
-        # Unchecked: the index is what is being brought in step with the value.
-        index = self.blind_index.compute(self.plaintext(target, check=False))
-        if state.dict.get(self.index_key) != index:
-            setattr(target, self.index_key, index)
+        # Unchecked: the indexes are what is being brought in step with the value.
+        value = self.plaintext(target, check=False)
+        for bound in self.indexes:
+            index = bound.blind_index.compute(value)
+            if state.dict.get(bound.key) != index:
+                setattr(target, bound.key, index)
 
 
 class _EncryptedComparator(ExprComparator[Any]):
@@ -475,9 +523,31 @@ class _EncryptedComparator(ExprComparator[Any]):
             # Selecting the hybrid then decrypts, exactly as an EncryptedText column would.
             expression = type_coerce(source, binding.encrypted_type)
         super().__init__(cls, expression, hybrid)
+        self._entity = cls
+        self._hybrid = hybrid
         self._binding = binding
         self._source = source
-        self._index = getattr(cls, binding.index_key) if binding.index_key else None
+
+    def index(self, column: str) -> IndexComparator:
+        """Return the comparisons of one of the attribute's blind indexes, by its column.
+
+        ``Customer.phone.index("phone_last4") == "0000"`` compares the index column
+        ``phone_last4`` with the index of the term ``"0000"``: the term is of what the index
+        holds (four digits here, a domain for :data:`~sa_fieldcrypt.email_domain`), not a
+        whole value.
+
+        Raises:
+            ConfigurationError: the attribute has no blind index in that column.
+        """
+        binding = self._binding
+        for bound in binding.indexes:
+            if bound.key == column:
+                return IndexComparator(self._target(bound))
+        known = ", ".join(repr(b.key) for b in binding.indexes) or "none"
+        raise ConfigurationError(
+            f"{binding.label} has no blind index in the column attribute {column!r} "
+            f"(its index columns: {known})"
+        )
 
     def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
         if op in _NULL_TESTS and other and _is_null(other[0]):
@@ -495,65 +565,372 @@ class _EncryptedComparator(ExprComparator[Any]):
 
     def _equality(self, op: OperatorType, other: Any) -> Any:
         binding = self._binding
-        if self._index is None or binding.blind_index is None:
+        bound = binding.equality
+        if bound is None:
+            attr = _attr(binding.label)
+            if binding.indexes:
+                raise UnsupportedComparisonError(
+                    f"{binding.label}: {_op_name(op)} compares whole values, and each of its "
+                    "blind indexes is of part of the value; compare an index with "
+                    f"{attr}.index({binding.indexes[0].key!r}) == ..., or add an index of "
+                    "whole values"
+                )
             raise UnsupportedComparisonError(
                 f"{binding.label} has no blind index, so {_op_name(op)} cannot run in SQL: "
                 f"{binding.source_label} is encrypted with randomized encryption. Add an index "
-                f"column, e.g. {_attr(binding.label)}_bidx = "
+                f"column, e.g. {attr}_bidx = "
                 "mapped_column(String(BLIND_INDEX_LENGTH)), and pass "
-                f"blind_index=BlindIndex('{_attr(binding.label)}_bidx', ...) to "
+                f"blind_index=BlindIndex('{attr}_bidx', ...) to "
                 "encrypted_hybrid()"
             )
-        index = self._index
-        if op in (operators.eq, operators.ne):
-            self._require_value(op, other)
-            values = binding.blind_index.candidates(other)
-        else:
-            if not _is_collection(other):
-                raise UnsupportedComparisonError(
-                    f"{binding.label}: {_op_name(op)} needs a list of plaintext values; a "
-                    "blind index cannot be computed inside SQL (subqueries, bound parameters)"
-                )
-            found: dict[str, None] = {}
-            for item in other:
-                if item is None:
-                    continue  # as in SQL, NULL in an IN list matches nothing
-                self._require_value(op, item)
-                found.update(dict.fromkeys(binding.blind_index.candidates(item)))
-            values = tuple(found)
-        negated = op in (operators.ne, operators.not_in_op)
-        if not values:
-            # Not indexed (e.g. an empty email): it matches no row, like SQL NULL.
-            return index.is_not(None) if negated else false()
-        if len(values) == 1:
-            return index != values[0] if negated else index == values[0]
-        return index.not_in(values) if negated else index.in_(values)
+        return _lookup(self._target(bound), op, other, term=False)
 
-    def _require_value(self, op: OperatorType, value: Any) -> None:
-        if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
-            raise UnsupportedComparisonError(
-                f"{self._binding.label}: {_op_name(op)} needs a plaintext Python value; a "
-                "blind index cannot be computed from an SQL expression or another column"
-            )
+    def _target(self, bound: _BoundIndex) -> _Target:
+        hybrid = self._hybrid
+
+        def read(instance: Any) -> Any:
+            return hybrid._binding_for(type(instance)).plaintext(instance)
+
+        return _Target(self._entity, self._binding.label, bound, read)
 
     def _refusal(self, op: OperatorType) -> UnsupportedComparisonError:
         binding = self._binding
-        if binding.index_key is None:
+        if not binding.indexes:
             reason = (
                 f"{binding.source_label} is encrypted with randomized encryption, so the "
                 "database cannot compare, order or search its values; only is_(None) and "
                 "is_not(None) work"
             )
         else:
+            labels = ", ".join(b.label for b in binding.indexes)
             reason = (
-                f"{binding.source_label} is encrypted, and its blind index "
-                f"{binding.index_label} holds keyed hashes of whole normalized values, which "
-                "support only ==, !=, in_() and not_in() with Python values (and is_(None) "
-                "on the value itself; no ordering, pattern matching or arithmetic)"
+                f"{binding.source_label} is encrypted, and its blind indexes ({labels}) hold "
+                "keyed hashes of normalized values, which support only ==, !=, in_() and "
+                "not_in() with Python values (and is_(None) on the value itself; no "
+                "ordering, pattern matching or arithmetic)"
             )
         return UnsupportedComparisonError(
             f"{binding.label}: cannot apply {_op_name(op)} in SQL: {reason}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One blind index as a query sees it: its column on an entity, and what it indexes."""
+
+    entity: Any  # the mapped class or aliased class compared
+    owner: str  # "Customer.phone", for messages
+    bound: _BoundIndex
+    read: Callable[[Any], Any]  # a loaded instance's value that the index is of
+
+
+class IndexComparator:
+    """The SQL comparisons of one blind index of an encrypted attribute (or a compound index).
+
+    Returned by ``Customer.phone.index("phone_last4")``, and by a
+    :func:`compound_index` attribute. Terms are of what the index holds:
+    ``Customer.phone.index("phone_last4") == "0000"``,
+    ``Customer.email.index("email_domain").in_(["example.com", "example.org"])``, a tuple
+    for a compound index.
+
+    A full-size index is exact on what it holds: ``==``, ``!=``, ``in_()`` and ``not_in()``
+    run in SQL alone. A truncated one (``bits=`` below 256) finds candidates, which the ORM
+    filters to the exact matches after decrypting them (``docs/blind-indexes.md``); ``!=``
+    and ``not_in()`` are refused there, since rows that only share a truncated index value
+    with the term would be left out.
+    """
+
+    __hash__ = object.__hash__
+
+    def __init__(self, target: _Target):
+        self._target = target
+
+    def __eq__(self, other: object) -> ColumnElement[bool]:  # type: ignore[override]
+        return self._compare(operators.eq, other)
+
+    def __ne__(self, other: object) -> ColumnElement[bool]:  # type: ignore[override]
+        return self._compare(operators.ne, other)
+
+    def in_(self, other: Any) -> ColumnElement[bool]:
+        """Return the condition that the index is that of one of the terms ``other``."""
+        return self._compare(operators.in_op, other)
+
+    def not_in(self, other: Any) -> ColumnElement[bool]:
+        """Return the condition that the index is of none of the terms (full size only)."""
+        return self._compare(operators.not_in_op, other)
+
+    def _compare(self, op: OperatorType, other: Any) -> ColumnElement[bool]:
+        if other is None or isinstance(other, Null):
+            raise UnsupportedComparisonError(
+                f"{self._target.bound.label}: an index compares with terms, not None; test the "
+                "indexed value itself with is_(None)"
+            )
+        return _lookup(self._target, op, other, term=True)
+
+    def adapt_to_entity(self, adapt_to_entity: Any) -> IndexComparator:
+        """Return these comparisons for an aliased class (``aliased(Customer)``)."""
+        return IndexComparator(replace(self._target, entity=adapt_to_entity.entity))
+
+    def __repr__(self) -> str:
+        return f"IndexComparator({self._target.bound.label!r})"
+
+
+def _lookup(target: _Target, op: OperatorType, other: Any, *, term: bool) -> ColumnElement[bool]:
+    """The SQL condition of ``<index> <op> other``; candidates to filter if truncated."""
+    bound = target.bound
+    blind_index = bound.blind_index
+    normalize = blind_index.normalize_term if term else blind_index.normalize
+    if op in (operators.eq, operators.ne):
+        _require_value(target.owner, op, other)
+        items = [other]
+    else:
+        if not _is_collection(other):
+            raise UnsupportedComparisonError(
+                f"{target.owner}: {_op_name(op)} needs a list of plaintext values; a "
+                "blind index cannot be computed inside SQL (subqueries, bound parameters)"
+            )
+        items = []
+        for item in other:
+            if item is None:
+                continue  # as in SQL, NULL in an IN list matches nothing
+            _require_value(target.owner, op, item)
+            items.append(item)
+    negated = op in (operators.ne, operators.not_in_op)
+    if negated and blind_index.truncated:
+        raise UnsupportedComparisonError(
+            f"{bound.label}: {_op_name(op)} cannot run on a truncated blind index "
+            f"({blind_index.bits} bits): rows that only share its index value with the term "
+            "would be left out. Select the candidates of == and leave out the matches in "
+            "Python, or use a full-size index"
+        )
+    data = [d for d in map(normalize, items) if d is not None]
+    values = tuple(dict.fromkeys(h for d in data for h in blind_index.hashes(d)))
+    index = getattr(target.entity, bound.key)
+    if not values:
+        # Not indexed (e.g. an empty email): it matches no row, like SQL NULL.
+        return cast("ColumnElement[bool]", index.is_not(None) if negated else false())
+    if len(values) == 1:
+        condition = index != values[0] if negated else index == values[0]
+    else:
+        condition = index.not_in(values) if negated else index.in_(values)
+    if not blind_index.truncated:
+        return cast("ColumnElement[bool]", condition)
+    primary = blind_index.active_keyring().primary.id
+    digests = tuple(dict.fromkeys(blind_index.digest(d, primary) for d in data))
+    _install_filtering()
+    return _Candidates(condition, _ExactMatch(target, primary, digests))
+
+
+def _require_value(owner: str, op: OperatorType, value: Any) -> None:
+    parts = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(v, ClauseElement) or hasattr(v, "__clause_element__") for v in parts):
+        raise UnsupportedComparisonError(
+            f"{owner}: {_op_name(op)} needs a plaintext Python value; a "
+            "blind index cannot be computed from an SQL expression or another column"
+        )
+
+
+# -- exact filtering of truncated indexes ----------------------------------------------------
+#
+# A truncated index's condition is wrapped in _Candidates, which compiles to the condition
+# itself and marks the compiled statement. The ORM hook below finds the marks in a statement,
+# runs it, and keeps the rows whose decrypted value hashes (at full size) as a term does. A
+# statement it cannot filter exactly is refused, and so is one that reaches a cursor without
+# it (Core): candidates must never pass for matches.
+
+#: Execution option the ORM hook sets on statements whose candidates it filters.
+_FILTERED = "sa_fieldcrypt_filtered"
+# Attribute of a compiled statement whose SQL holds a truncated index's condition.
+_MARKED = "_sa_fieldcrypt_candidates"
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class _ExactMatch:
+    """How to tell a candidate row from a match: the terms' full-size index values."""
+
+    target: _Target
+    key_id: str  # the index key the digests are under
+    digests: tuple[str, ...]  # full HMACs of the terms: no plaintext is kept
+
+    def keeps(self, instance: Any) -> bool:
+        """Whether the loaded ``instance`` matches one of the terms (constant-time compares)."""
+        if instance is None:
+            return False
+        blind_index = self.target.bound.blind_index
+        data = blind_index.normalize(self.target.read(instance))
+        if data is None:
+            return False
+        digest = blind_index.digest(data, self.key_id).encode("ascii")
+        found = False
+        for term in self.digests:
+            found |= hmac.compare_digest(digest, term.encode("ascii"))
+        return found
+
+
+class _Candidates(ColumnElement[bool]):
+    """A truncated index's condition: true for every match, and for some other rows."""
+
+    __visit_name__ = "sa_fieldcrypt_candidates"
+    inherit_cache = False  # the cache key is the condition's: see _cache_key_traversal
+    # Lists, as SQLAlchemy declares them; never mutated.
+    _traverse_internals = [("clause", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+    # The terms (in ``exact``) are not part of the SQL, only of its filtering.
+    _cache_key_traversal = [("clause", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+
+    def __init__(self, clause: ColumnElement[bool], exact: _ExactMatch):
+        self.clause = clause
+        self.exact = exact
+        self.type = sqltypes.Boolean()
+
+    @property
+    def _from_objects(self) -> list[Any]:
+        return self.clause._from_objects
+
+    def self_group(self, against: OperatorType | None = None) -> ColumnElement[Any]:
+        # A condition already (not a boolean value to compare with true), as its clause is.
+        if against in (None, operators.and_, operators.or_, operators._asbool):
+            return self
+        return Grouping(self)
+
+    def _negate(self) -> ColumnElement[Any]:
+        raise UnsupportedComparisonError(
+            f"{self.exact.target.bound.label}: NOT of a truncated blind index's condition "
+            "cannot be filtered exactly (rows that only share its index value would be left "
+            "out)"
+        )
+
+
+@compiles(_Candidates)
+def _compile_candidates(element: _Candidates, compiler: Any, **kw: Any) -> str:
+    setattr(compiler, _MARKED, True)
+    return cast("str", compiler.process(element.clause, **kw))
+
+
+def _install_filtering() -> None:
+    """Listen, once per process, to every Session's ORM executions and every Engine's cursor.
+
+    Installed when the first truncated index's condition is built; both listeners return at
+    once for statements without one.
+    """
+    if not event.contains(Session, "do_orm_execute", _filter_candidates):
+        event.listen(Session, "do_orm_execute", _filter_candidates)
+    if not event.contains(Engine, "before_cursor_execute", _refuse_unfiltered):
+        event.listen(Engine, "before_cursor_execute", _refuse_unfiltered)
+
+
+def _refuse_unfiltered(
+    conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any, executemany: bool
+) -> None:
+    compiled = getattr(context, "compiled", None)
+    if getattr(compiled, _MARKED, False) and not context.execution_options.get(_FILTERED):
+        raise UnsupportedComparisonError(
+            "this statement compares a truncated blind index, whose matches are only "
+            "candidates, and it runs outside a Session (Core), where nothing filters them; "
+            "run select(<mapped class>).where(...) through a Session instead"
+        )
+
+
+def _conjuncts(clause: Any) -> Iterator[Any]:
+    """The terms ANDed together at the top of a WHERE clause."""
+    if clause is None:
+        return
+    if isinstance(clause, BooleanClauseList) and clause.operator is operators.and_:
+        for inner in clause.clauses:
+            yield from _conjuncts(inner)
+    else:
+        yield clause
+
+
+#: The plain-column parts of compound indexes: class -> {attribute: compound index label}.
+_PLAIN_PARTS: weakref.WeakKeyDictionary[type, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _watch_plain_parts(cls: type, attributes: Sequence[str], label: str) -> None:
+    """Refuse, from now on, ORM UPDATE statements that set these attributes of ``cls``."""
+    parts = _PLAIN_PARTS.setdefault(cls, {})
+    parts.update(dict.fromkeys(attributes, label))
+    if not event.contains(Session, "do_orm_execute", _refuse_stale_compounds):
+        event.listen(Session, "do_orm_execute", _refuse_stale_compounds)
+
+
+def _refuse_stale_compounds(state: ORMExecuteState) -> None:
+    """Refuse an ORM UPDATE that sets a plain part of a compound index: it would go stale."""
+    mapper = state.bind_mapper
+    if not state.is_update or mapper is None:
+        return
+    watched: dict[str, str] = {}
+    for cls in mapper.class_.__mro__:
+        watched.update(_PLAIN_PARTS.get(cls, {}))
+    if not watched:
+        return
+    statement: Any = state.statement
+    given: list[Any] = list(getattr(statement, "_values", None) or ())
+    given += [k for k, _ in getattr(statement, "_ordered_values", None) or ()]
+    rows = state.parameters
+    for row in rows if isinstance(rows, list) else [rows] if rows else []:
+        given += list(row)
+    names = {k if isinstance(k, str) else getattr(k, "key", None) for k in given}
+    stale = sorted({watched[n] for n in names if n in watched})
+    if stale:
+        raise ConfigurationError(
+            f"this UPDATE sets a part of the compound index {', '.join(stale)}, which it cannot "
+            "recompute (the other parts are in the rows); load the objects and assign the "
+            "value to each, or run `fieldcrypt reindex` after the UPDATE"
+        )
+
+
+def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
+    """Run an ORM statement holding truncated-index conditions; keep only the exact matches."""
+    if state.is_column_load or state.is_relationship_load:
+        return None
+    statement = state.statement
+    marks = [e for e in visitors.iterate(cast(Any, statement)) if isinstance(e, _Candidates)]
+    if not marks:
+        return None
+    label = marks[0].exact.target.bound.label
+    if not state.is_select:
+        raise UnsupportedComparisonError(
+            f"{label}: a truncated blind index finds candidates, which only a SELECT of "
+            "entities can filter; an UPDATE or DELETE would change rows that merely share "
+            "its index value. Select the objects, then change or delete them"
+        )
+    if not isinstance(statement, Select):
+        raise UnsupportedComparisonError(
+            f"{label}: a truncated blind index's candidates can be filtered in a plain "
+            "select() of entities, not in a UNION or other compound select"
+        )
+    top = [c for c in _conjuncts(statement.whereclause) if isinstance(c, _Candidates)]
+    if {id(m) for m in marks} != {id(c) for c in top}:
+        raise UnsupportedComparisonError(
+            f"{label}: a truncated blind index's condition can be filtered exactly only as "
+            "a term ANDed into the WHERE clause of the statement itself, not under OR or "
+            "NOT, in a join condition, HAVING or a subquery"
+        )
+    if any(
+        getattr(statement, part, None) is not None
+        for part in ("_limit_clause", "_offset_clause", "_fetch_clause")
+    ) or bool(statement._group_by_clauses):
+        raise UnsupportedComparisonError(
+            f"{label}: LIMIT, OFFSET and GROUP BY would count or group the candidates of a "
+            "truncated blind index, not its matches; drop them and slice or group the "
+            "results in Python"
+        )
+    positions = []
+    described = statement.column_descriptions
+    for candidates in top:
+        entity = candidates.exact.target.entity
+        found = [i for i, d in enumerate(described) if d.get("expr") is entity]
+        if not found:
+            raise UnsupportedComparisonError(
+                f"{label}: a truncated blind index finds candidates, which are filtered by "
+                f"decrypting the {getattr(entity, '__name__', 'entity')} objects selected; "
+                "this statement selects columns only (or counts), so its rows could not be "
+                "checked. Select the entity: select(<mapped class>).where(...)"
+            )
+        positions.append((found[0], candidates.exact))
+    frozen = state.invoke_statement(execution_options={_FILTERED: True}).freeze()
+    rows = [row for row in frozen().all() if all(match.keeps(row[i]) for i, match in positions)]
+    return frozen.with_new_rows(rows)()
 
 
 def _op_name(op: OperatorType) -> str:
@@ -577,6 +954,14 @@ def _is_collection(value: Any) -> bool:
     return isinstance(value, (list, tuple, set, frozenset))
 
 
+if TYPE_CHECKING:
+
+    class _ClassAttribute(_HybridClassLevelAccessor[_V]):
+        """What ``Customer.phone`` is to a type checker: a hybrid with its indexes."""
+
+        def index(self, column: str) -> IndexComparator: ...
+
+
 class EncryptedHybrid(hybrid_property[_V]):
     """A hybrid property over an encrypted column and, optionally, its blind index.
 
@@ -593,7 +978,7 @@ class EncryptedHybrid(hybrid_property[_V]):
         self,
         source: str,
         *,
-        blind_index: BlindIndex | str | None = None,
+        blind_index: BlindIndex | str | Sequence[BlindIndex | str] | None = None,
         column_type: EncryptedType[_V] | None = None,
         check_index: bool = True,
         bind_row: bool = False,
@@ -602,21 +987,38 @@ class EncryptedHybrid(hybrid_property[_V]):
             raise ConfigurationError(
                 "encrypted_hybrid(): source must name the mapped attribute of the encrypted column"
             )
-        if isinstance(blind_index, str):
-            blind_index = BlindIndex(blind_index)
-        if blind_index is not None and not isinstance(blind_index, BlindIndex):
-            raise ConfigurationError("encrypted_hybrid(): blind_index must be a BlindIndex or str")
+        declared = (
+            ()
+            if blind_index is None
+            else (blind_index,)
+            if isinstance(blind_index, (str, BlindIndex))
+            else tuple(blind_index)
+        )
+        indexes = tuple(BlindIndex(i) if isinstance(i, str) else i for i in declared)
+        if not all(isinstance(i, BlindIndex) for i in indexes):
+            raise ConfigurationError(
+                "encrypted_hybrid(): blind_index must be a BlindIndex or str, or a list of them"
+            )
+        columns = [i.column for i in indexes]
+        if len(set(columns)) != len(columns):
+            raise ConfigurationError(
+                "encrypted_hybrid(): each blind index needs a column of its own; "
+                f"{', '.join(sorted(c for c in set(columns) if columns.count(c) > 1))} is "
+                "given twice"
+            )
         if column_type is not None and not isinstance(column_type, EncryptedType):
             raise ConfigurationError(
                 "encrypted_hybrid(): column_type must be an EncryptedType such as EncryptedText()"
             )
         self._source = source
-        self._blind_index = blind_index
+        self._blind_indexes = indexes
         self._column_type = column_type
         self._check_index = check_index
         self._bind_row = bind_row
         self._bindings: weakref.WeakKeyDictionary[type, _Binding] = weakref.WeakKeyDictionary()
         self._named = False  # whether __set_name__ gave the attribute's own name
+        # The compound indexes reading this attribute, by the class declaring them.
+        self._compounds: weakref.WeakKeyDictionary[type, list[str]] = weakref.WeakKeyDictionary()
 
         def fget(instance: Any) -> Any:
             return self._binding_for(type(instance)).plaintext(instance)
@@ -628,6 +1030,16 @@ class EncryptedHybrid(hybrid_property[_V]):
             return _EncryptedComparator(cls, self, self._binding_for(cls))
 
         def update_expr(cls: Any, value: Any) -> Sequence[tuple[Any, Any]]:
+            compounds = [
+                c for k, found in self._compounds.items() if issubclass(cls, k) for c in found
+            ]
+            if compounds:
+                # Their other parts are in the rows, not here: the index would go stale.
+                raise ConfigurationError(
+                    f"{self._binding_for(cls).label} is a part of the compound index "
+                    f"{', '.join(compounds)}, which an UPDATE statement cannot recompute; "
+                    "load the objects and assign the value to each"
+                )
             pairs = self._binding_for(cls).column_values(value)
             return [(getattr(cls, key), stored) for key, stored in pairs]
 
@@ -646,6 +1058,15 @@ class EncryptedHybrid(hybrid_property[_V]):
         # Declared here for type checkers only: before 2.0.44 SQLAlchemy's hybrid_property
         # takes any value in __set__, and assigning 42 to a str attribute must be an error.
         def __set__(self, instance: object, value: SQLCoreOperations[_V] | _V) -> None: ...
+
+        # And so that type checkers know Customer.phone.index(...).
+        @overload
+        def __get__(self, instance: Any, owner: None) -> Self: ...
+        @overload
+        def __get__(self, instance: None, owner: type[object]) -> _ClassAttribute[_V]: ...
+        @overload
+        def __get__(self, instance: object, owner: type[object]) -> _V: ...
+        def __get__(self, instance: object, owner: type[object] | None) -> Any: ...
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.__name__ = name
@@ -707,29 +1128,13 @@ class EncryptedHybrid(hybrid_property[_V]):
         else:
             encrypted_type = self._ciphertext_type(source, label)
 
-        index_key = index_label = None
-        blind_index = None
-        if self._blind_index is not None:
-            index_key = self._blind_index.column
-            index = _mapped_column(mapper, index_key, label, "blind-index column")
-            index_label = f"{index.table.fullname}.{index.name}"
-            length = getattr(index.type, "length", None)
-            if not isinstance(index.type, String) or (
-                length is not None and length < BLIND_INDEX_LENGTH
-            ):
-                raise ConfigurationError(
-                    f"{label}: the blind-index column {index_label} must be a string column "
-                    "of at least BLIND_INDEX_LENGTH characters: "
-                    f"mapped_column(String({BLIND_INDEX_LENGTH}))"
-                )
-            existing = index.info.get(INFO_BLIND_INDEX)
-            if existing is not None and existing.source_column != source.name:
-                raise ConfigurationError(
-                    f"{label}: {index_label} is already the blind index of "
-                    f"{existing.source_column!r}; every encrypted column needs its own"
-                )
-            blind_index = existing or self._blind_index.bound_to(index_label, source.name)
-            index.info[INFO_BLIND_INDEX] = blind_index
+        indexes = tuple(
+            _bind_index(mapper, declared, source.name, label) for declared in self._blind_indexes
+        )
+        # == compares whole values: the first index of them, a full-size one if any.
+        whole = [bound for bound in indexes if not bound.blind_index.derived]
+        full = [bound for bound in whole if not bound.blind_index.truncated]
+        equality = next(iter(full or whole), None)
 
         row_key = _row_key(mapper, source, label) if self._bind_row else None
         binding = _Binding(
@@ -741,9 +1146,8 @@ class EncryptedHybrid(hybrid_property[_V]):
             decrypt=(
                 None if encrypted_type is None else encrypted_type.result_processor(_DIALECT, None)
             ),
-            index_key=index_key,
-            index_label=index_label,
-            blind_index=blind_index,
+            indexes=indexes,
+            equality=equality,
             check_index=self._check_index,
             cache_key=f"_sa_fieldcrypt_{self.__name__}",
             row_key=row_key,
@@ -755,7 +1159,7 @@ class EncryptedHybrid(hybrid_property[_V]):
             event.listen(mapper, "before_update", binding.bind_row)
             for attr in row_key.attrs:
                 event.listen(getattr(cls, attr), "set", binding.key_assigned)
-        if index_key is not None:
+        if indexes:
             event.listen(mapper, "before_insert", binding.sync_index)
             event.listen(mapper, "before_update", binding.sync_index)
         return binding
@@ -788,6 +1192,50 @@ class EncryptedHybrid(hybrid_property[_V]):
         encrypted_type._set_parent(source)
         source.info[COLUMN_INFO_KEY] = encrypted_type
         return encrypted_type
+
+
+def _bind_index(
+    mapper: Mapper[Any], declared: BlindIndex, source: str | None, label: str
+) -> _BoundIndex:
+    """Check one declared index's column, and record the bound index in its ``info``.
+
+    ``source``: the name of the encrypted column the index is of; None for a compound index.
+    """
+    column = _mapped_column(mapper, declared.column, label, "blind-index column")
+    index_label = f"{column.table.fullname}.{column.name}"
+    length = getattr(column.type, "length", None)
+    if not isinstance(column.type, String) or (length is not None and length < BLIND_INDEX_LENGTH):
+        raise ConfigurationError(
+            f"{label}: the blind-index column {index_label} must be a string column "
+            "of at least BLIND_INDEX_LENGTH characters: "
+            f"mapped_column(String({BLIND_INDEX_LENGTH}))"
+        )
+    existing = column.info.get(INFO_BLIND_INDEX)
+    if existing is not None and existing.source_column != source:
+        raise ConfigurationError(
+            f"{label}: {index_label} is already the blind index of "
+            f"{existing.source_column or 'a compound index'!r}; every index needs its own column"
+        )
+    if declared.truncated and _is_unique(column):
+        raise ConfigurationError(
+            f"{label}: {index_label} is in a unique constraint or index, and its blind index "
+            f"is truncated to {declared.bits} bits, so two different values could collide; "
+            "a unique index needs the full size (drop bits=), or drop the constraint"
+        )
+    bound = existing or declared.bound_to(index_label, source)
+    column.info[INFO_BLIND_INDEX] = bound
+    return _BoundIndex(declared.column, index_label, bound)
+
+
+def _is_unique(column: Column[Any]) -> bool:
+    """Whether the column is part of a unique constraint or unique index of its table."""
+    table = column.table
+    if column.unique or column.primary_key:
+        return True
+    constraints = [c for c in table.constraints if isinstance(c, UniqueConstraint)]
+    return any(column in c.columns.values() for c in constraints) or any(
+        index.unique and column in index.columns.values() for index in table.indexes
+    )
 
 
 def _row_key(mapper: Mapper[Any], source: Column[Any], label: str) -> _RowKey:
@@ -839,7 +1287,7 @@ def _mapped_column(mapper: Mapper[Any], key: str, label: str, what: str) -> Colu
 def encrypted_hybrid(
     source: str,
     *,
-    blind_index: BlindIndex | str | None = None,
+    blind_index: BlindIndex | str | Sequence[BlindIndex | str] | None = None,
     column_type: EncryptedType[_V] | None = None,
     check_index: bool = True,
     bind_row: bool = False,
@@ -853,7 +1301,11 @@ def encrypted_hybrid(
             (``email_encrypted: Mapped[str] = mapped_column(Text)``).
         blind_index: a :class:`~sa_fieldcrypt.BlindIndex` (or just the index column's
             attribute name) that makes ``==`` and ``in_()`` work in queries and keeps a unique
-            index meaningful.
+            index meaningful; or a list of them, each in a column of its own, with its own
+            name and so its own key. The first of whole values (no
+            :class:`~sa_fieldcrypt.Transform`), a full-size one if any, answers
+            ``Customer.phone == x``; every one answers
+            ``Customer.phone.index("<index column attribute>") == term``.
         column_type: for a plain ciphertext column, the type that encrypts and decrypts it
             (default ``EncryptedText()``; ``EncryptedJSON()``, a typed column such as
             ``EncryptedDate()``, or any type with a keyring of its own, also work). Not
@@ -864,6 +1316,7 @@ def encrypted_hybrid(
             for the row its index names. A row whose index is still NULL (not backfilled
             yet) or under an index key the keyring no longer holds is not checked. Turn it
             off only for the time a normalizer change waits for ``fieldcrypt reindex``.
+            Every index of the attribute is checked (a truncated one at its size).
         bind_row: bind each value to its row's primary key as well as to its column, so
             that a value copied into another row of the same column does not decrypt there,
             index or not. Only over a plain ciphertext column, and only for a primary key
@@ -885,6 +1338,145 @@ def encrypted_hybrid(
         check_index=check_index,
         bind_row=bind_row,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _CompoundBinding:
+    """What one mapped class's use of a :class:`CompoundIndex` resolved to."""
+
+    label: str  # "Customer.name_search"
+    bound: _BoundIndex
+    attributes: tuple[str, ...]
+    watched: tuple[str, ...]  # the stored attributes whose changes change the index
+
+    def values(self, instance: Any) -> tuple[Any, ...]:
+        """The parts' values of a loaded or new instance: plaintexts of hybrids."""
+        return tuple(getattr(instance, attr) for attr in self.attributes)
+
+    def sync(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        """Recompute the index at flush when one of its parts changed."""
+        state = instance_state(target)
+        if state.key is not None and not any(
+            state.attrs[key].history.has_changes() for key in self.watched
+        ):
+            return
+        index = self.bound.blind_index.compute(self.values(target))
+        if state.dict.get(self.bound.key) != index:
+            setattr(target, self.bound.key, index)
+
+
+class CompoundIndex:
+    """A blind index over several attributes of a row, declared on the model.
+
+    Create it with :func:`compound_index`. On the class it compares, on an instance it is
+    the stored index value::
+
+        initial_surname = compound_index(
+            BlindIndex("initial_surname_bidx",
+                       normalizer=compound(first_name=first_chars(1), last_name=letters_lower))
+        )
+        select(Customer).where(Customer.initial_surname == ("A", "Lovelace"))
+    """
+
+    def __init__(self, blind_index: BlindIndex):
+        if not isinstance(blind_index, BlindIndex) or not isinstance(
+            blind_index.normalizer, Compound
+        ):
+            raise ConfigurationError(
+                "compound_index() takes a BlindIndex whose normalizer is compound(...): "
+                'BlindIndex("name_bidx", normalizer=compound(first_name=..., last_name=...))'
+            )
+        self._declared = blind_index
+        self._parts = blind_index.normalizer
+        self._bindings: weakref.WeakKeyDictionary[type, _CompoundBinding] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.__name__ = blind_index.column
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.__name__ = name
+
+    @overload
+    def __get__(self, instance: None, owner: Any) -> IndexComparator: ...
+    @overload
+    def __get__(self, instance: object, owner: Any) -> str | None: ...
+    def __get__(self, instance: object | None, owner: Any) -> IndexComparator | str | None:
+        if instance is None:
+            binding = self._binding_for(owner)
+            attrs = binding.attributes
+
+            def read(loaded: Any) -> tuple[Any, ...]:
+                return tuple(getattr(loaded, attr) for attr in attrs)
+
+            return IndexComparator(_Target(owner, binding.label, binding.bound, read))
+        return cast("str | None", getattr(instance, self._declared.column))
+
+    def _binding_for(self, cls: Any) -> _CompoundBinding:
+        if not isinstance(cls, type):  # an AliasedClass
+            cls = inspect(cls).class_
+        binding = self._bindings.get(cls)
+        if binding is not None:
+            return binding
+        mapper = inspect(cls, raiseerr=False)
+        if not isinstance(mapper, Mapper):
+            raise ConfigurationError(
+                f"{cls.__name__}.{self.__name__}: compound_index works on mapped classes only"
+            )
+        return self._bind(mapper)
+
+    def _bind(self, mapper: Mapper[Any]) -> _CompoundBinding:
+        cls = mapper.class_
+        known = self._bindings.get(cls)
+        if known is not None:
+            return known
+        label = f"{cls.__name__}.{self.__name__}"
+        watched = []
+        columns = []
+        plain = []
+        for attr in self._parts.attributes:
+            part = next((k.__dict__[attr] for k in cls.__mro__ if attr in k.__dict__), None)
+            if isinstance(part, EncryptedHybrid):
+                key = part._bind(mapper).source_key
+                part._compounds.setdefault(cls, []).append(label)
+                watched.append(key)
+                columns.append(mapper.columns[key].key)
+            elif isinstance(mapper.columns.get(attr), Column):
+                watched.append(attr)
+                plain.append(attr)
+                columns.append(mapper.columns[attr].key)
+            else:
+                raise ConfigurationError(
+                    f"{label}: the compound part {attr!r} is neither an encrypted_hybrid nor a "
+                    f"mapped column attribute of {cls.__name__}"
+                )
+        bound = _bind_index(mapper, self._declared, None, label)
+        index_column = mapper.columns[bound.key]
+        # Where the jobs (reindex, status) find the parts in the table.
+        index_column.info[INFO_COMPOUND_PARTS] = tuple(columns)
+        binding = _CompoundBinding(label, bound, self._parts.attributes, tuple(watched))
+        if plain:
+            _watch_plain_parts(cls, plain, label)
+        self._bindings[cls] = binding
+        event.listen(mapper, "before_insert", binding.sync)
+        event.listen(mapper, "before_update", binding.sync)
+        return binding
+
+
+def compound_index(blind_index: BlindIndex) -> CompoundIndex:
+    """Declare a blind index over several attributes of a row: a model attribute that compares.
+
+    ``blind_index`` names the index column and gives a :func:`~sa_fieldcrypt.compound`
+    normalizer, whose parts are attributes of the model: encrypted hybrids (read as
+    plaintext) or plain mapped columns. The column is recomputed at flush whenever a part
+    changed. Compare it with a tuple of terms, in the parts' order, each read as its part
+    reads terms: ``Customer.initial_surname == ("A", "Lovelace")``, ``.in_([...])``; a
+    truncated one (``bits=``) is filtered exactly, as for any index.
+
+    ``fieldcrypt reindex``, ``status`` and ``verify`` find the index column and read its
+    parts from the table (recorded in the column's ``info[INFO_COMPOUND_PARTS]``). Reading a
+    row does not check a compound index against its parts; ``verify`` does.
+    """
+    return CompoundIndex(blind_index)
 
 
 def encrypted_values(cls: type, **values: Any) -> dict[str, Any]:
@@ -926,6 +1518,7 @@ def bind_hybrids(mapper: Mapper[Any]) -> None:
     mappers.
     """
     seen: set[str] = set()
+    compounds = []
     for klass in mapper.class_.__mro__:
         for name, attr in list(vars(klass).items()):
             if name in seen:
@@ -933,6 +1526,10 @@ def bind_hybrids(mapper: Mapper[Any]) -> None:
             seen.add(name)
             if isinstance(attr, EncryptedHybrid):
                 attr._bind(mapper)
+            elif isinstance(attr, CompoundIndex):
+                compounds.append(attr)
+    for compound in compounds:  # after the hybrids they read
+        compound._bind(mapper)
 
 
 # Bind at mapping time, not at first use: column.info must be set before anything (rotation,

@@ -25,8 +25,12 @@ from sa_fieldcrypt import (
     EncryptedText,
     EncryptedTime,
     EncryptedUUID,
+    compound,
+    compound_index,
     encrypted_hybrid,
+    last_digits,
     normalize_email,
+    normalize_phone,
     typed_normalizer,
 )
 
@@ -72,6 +76,22 @@ class Customer(Base):
     ref_encrypted: Mapped[str | None] = mapped_column(Text)
     ref = encrypted_hybrid("ref_encrypted", column_type=EncryptedUUID())
     renewed: Mapped[date | None] = mapped_column(EncryptedDate())
+    contact_encrypted: Mapped[str | None] = mapped_column(Text)
+    contact_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    contact_last4: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    contact = encrypted_hybrid(
+        "contact_encrypted",
+        blind_index=[
+            BlindIndex("contact_bidx", normalizer=normalize_phone),
+            BlindIndex("contact_last4", normalizer=last_digits(4), bits=16),
+        ],
+    )
+    verified_last4_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    verified_last4 = compound_index(
+        BlindIndex(
+            "verified_last4_bidx", normalizer=compound(verified=None, contact=last_digits(4))
+        )
+    )
     wakes_at: Mapped[time | None] = mapped_column(EncryptedTime())
 
 
@@ -150,6 +170,22 @@ customer.calls_at = datetime(2024, 7, 1, 9, 30)
 by_birthday = select(Customer.id).where(Customer.born == date(1815, 12, 10))
 
 by_email = select(Customer.id).where(Customer.email == "ada@example.com")
+
+by_last4 = select(Customer).where(Customer.contact.index("contact_last4") == "0000")
+
+# EXPECTED_TYPE: IndexComparator
+reveal_type(Customer.contact.index("contact_last4"))
+
+# EXPECTED_TYPE: ColumnElement[bool]
+reveal_type(Customer.contact.index("contact_last4").in_(["0000", "1234"]))
+
+by_compound = select(Customer).where(Customer.verified_last4 == (True, "0000"))
+
+# EXPECTED_TYPE: IndexComparator
+reveal_type(Customer.verified_last4)
+
+# EXPECTED_TYPE: str | None
+reveal_type(customer.verified_last4)
 
 # EXPECTED_TYPE: EncryptedText
 reveal_type(EncryptedText())

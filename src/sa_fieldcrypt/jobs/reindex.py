@@ -58,18 +58,18 @@ def reindex_job(
             ``fieldcrypt reindex --check`` does to tell unindexed values from missing indexes).
     """
     table = columns[0].table
-    count = len(columns)
-
-    def index_value(column: IndexedColumn, stored: str | None, key: tuple[Any, ...]) -> str | None:
-        if stored is None:
-            return None
-        codec = column.codec
-        value = codec.from_stored(stored, key if codec.row_bound else None)
-        return column.blind_index.compute(value)
+    count = _value_count(columns)
+    spans = []  # where each index's values are in a row
+    start = 0
+    for c in columns:
+        spans.append(slice(start, start + len(c.values)))
+        start += len(c.values)
 
     def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        stored = old[:count]
-        new = tuple(index_value(c, v, key) for c, v in zip(columns, stored, strict=True))
+        new = tuple(
+            c.blind_index.compute(c.plaintext(old[span], key))
+            for c, span in zip(columns, spans, strict=True)
+        )
         # Every index column of the row is written (unchanged ones with their own value), so
         # one statement serves every row of a batch.
         return None if new == old[count:] else new
@@ -78,14 +78,16 @@ def reindex_job(
     label = f"{table.fullname}.{names}" if count == 1 else f"{table.fullname}.({names})"
     where = None
     if only_unindexed:
-        where = or_(*(and_(c.index.is_(None), c.value.is_not(None)) for c in columns))
+        where = or_(
+            *(and_(c.index.is_(None), *(v.is_not(None) for v in c.values)) for c in columns)
+        )
     keys = ", ".join(
         f"{c.blind_index.name}={c.blind_index.active_keyring().primary.id}" for c in columns
     )
     return BatchJob(
         label,
         table,
-        (*(c.value for c in columns), *(c.index for c in columns)),
+        (*(v for c in columns for v in c.values), *(c.index for c in columns)),
         tuple(c.index for c in columns),
         transform,
         where,
@@ -102,26 +104,24 @@ def index_check_job(engine: Engine, column: IndexedColumn) -> BatchJob:
     index value, or with one under an index key the keyring no longer holds, are not checked;
     nor are values that do not decrypt, which verifying their column reports.
     """
-    codec, blind_index = column.codec, column.blind_index
-    where = f"{column.table.fullname}.{column.value.name}"
-    row_bound = codec.row_bound
+    blind_index = column.blind_index
+    where = column.label if column.compound else f"{column.table.fullname}.{column.values[0].name}"
 
     def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> Skip | None:
-        stored, index = old
         try:
-            value = codec.from_stored(stored, key if row_bound else None)
+            value = column.plaintext(old[:-1], key)
         except DecryptionError:
             return SKIP
-        blind_index.check(value, index, column=where)
+        blind_index.check(value, old[-1], column=where)
         return None
 
     return BatchJob(
         column.label,
         column.table,
-        (column.value, column.index),
+        (*column.values, column.index),
         (),
         transform,
-        and_(column.value.is_not(None), column.index.is_not(None)),
+        and_(*(v.is_not(None) for v in column.values), column.index.is_not(None)),
         resume_key=f"verify index {column.label}",
     )
 
@@ -215,7 +215,7 @@ def _collision(
 ) -> Failure:
     """The failure of a row whose new index values a constraint refused: who holds them, why."""
     names = [c.name for c in pk]
-    count = len(columns)
+    count = _value_count(columns)
     for column, value, before in zip(columns, new, old[count:], strict=True):
         if value is None or value == before:
             continue
@@ -264,6 +264,11 @@ def _collision_reason(
             "could not see the duplicate"
         )
     return f"{head}; {why}. Merge the rows or change one, then run reindex again"
+
+
+def _value_count(columns: Sequence[IndexedColumn]) -> int:
+    """How many value columns a row of the job holds before its index columns."""
+    return sum(len(c.values) for c in columns)
 
 
 def _key_id(index_value: str) -> str:

@@ -830,7 +830,8 @@ def _index_status(conn: Connection, sql: DialectSql, column: IndexedColumn) -> I
     # count(CASE ...) rather than FILTER, which MariaDB lacks.
     counts = [func.count(case((sql.has_prefix(column.index, f"{kid}:"), 1))) for kid in key_ids]
     total = func.count(column.index)
-    no_index = func.count(case((and_(column.index.is_(None), column.value.is_not(None)), 1)))
+    has_values = [value.is_not(None) for value in column.values]
+    no_index = func.count(case((and_(column.index.is_(None), *has_values), 1)))
     row = conn.execute(select(total, no_index, *counts).select_from(column.table)).one()
     by_key = dict(zip(key_ids, (int(n) for n in row[2:]), strict=True))
     return IndexStatus(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,9 +32,9 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.orm import Mapper
 
-from sa_fieldcrypt.blind_index import BlindIndex
+from sa_fieldcrypt.blind_index import BlindIndex, Compound
 from sa_fieldcrypt.errors import ConfigurationError, RotationError
-from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX, bind_hybrids
+from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX, INFO_COMPOUND_PARTS, bind_hybrids
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
 if TYPE_CHECKING:
@@ -124,25 +124,44 @@ class EncryptedColumn(_OnTable):
 
 @dataclass(frozen=True, eq=False)
 class IndexedColumn(_OnTable):
-    """A blind-index column and the encrypted column whose values it indexes.
+    """A blind-index column and the column (or, compound, columns) whose values it indexes.
 
     Attributes:
         index: the blind-index column.
-        value: the column holding the encrypted value.
+        values: the columns holding the indexed values: one encrypted column, or the parts
+            of a compound index (encrypted or plain), in the order of its parts.
         blind_index: how index values are computed.
-        codec: the type that decrypts ``value``.
+        codecs: for each of ``values``, the type that decrypts it; None for a plain column.
         source: how to find the column again in a worker process, as for
             :class:`EncryptedColumn`.
     """
 
     index: Column[Any]
-    value: Column[Any]
+    values: tuple[Column[Any], ...]
     blind_index: BlindIndex
-    codec: EncryptedType
+    codecs: tuple[EncryptedType | None, ...]
     source: Source | None = None
 
     def _named(self) -> Column[Any]:
         return self.index  # the label is the index column's
+
+    @property
+    def compound(self) -> bool:
+        """Whether the index is over several columns (:func:`~sa_fieldcrypt.compound_index`)."""
+        return isinstance(self.blind_index.normalizer, Compound)
+
+    def plaintext(self, stored: Sequence[Any], key: tuple[Any, ...]) -> Any:
+        """The value the index is of, from a row's stored ``values`` and its primary ``key``.
+
+        A tuple of the parts for a compound index. Raises what decrypting raises.
+        """
+        decoded = tuple(
+            value
+            if codec is None or value is None
+            else codec.from_stored(value, key if codec.row_bound else None)
+            for value, codec in zip(stored, self.codecs, strict=True)
+        )
+        return decoded if self.compound else decoded[0]
 
     def __repr__(self) -> str:
         return f"IndexedColumn({self.label!r}, {self.blind_index!r})"
@@ -180,9 +199,16 @@ def find_indexes(*specs: ModelSpec, required: bool = True) -> list[IndexedColumn
 
     def indexed(column_: Column[Any], source: Source | None) -> IndexedColumn | None:
         bound = column_.info.get(INFO_BLIND_INDEX)
-        if not isinstance(bound, BlindIndex) or bound.source_column is None:
+        if not isinstance(bound, BlindIndex):
             return None
         table_ = _table_of(column_)
+        parts = column_.info.get(INFO_COMPOUND_PARTS)
+        if parts is not None:
+            values = tuple(table_.c[key] for key in parts)
+            codecs = tuple(column_codec(value) for value in values)
+            return IndexedColumn(column_, values, bound, codecs, source)
+        if bound.source_column is None:
+            return None
         value = table_.c[bound.source_column]
         codec = column_codec(value)
         if codec is None:
@@ -190,7 +216,7 @@ def find_indexes(*specs: ModelSpec, required: bool = True) -> list[IndexedColumn
                 f"{table_.fullname}.{value.name}: no encrypted type is recorded for the column "
                 "that the blind index reads; declare it through encrypted_hybrid()"
             )
-        return IndexedColumn(column_, value, bound, codec, source)
+        return IndexedColumn(column_, (value,), bound, (codec,), source)
 
     missing = "defines no blind index (no encrypted_hybrid with blind_index=)"
     return _collect(specs, indexed, missing if required else None)
