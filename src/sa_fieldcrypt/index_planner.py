@@ -189,8 +189,9 @@ def plan_index_sizes(
     up to its recommendation is as safe, and fewer bits leak less.
 
     Args:
-        rows: the number of rows the table is expected to hold (plan for its growth: a
-            table that grows shares each index value among more rows, never fewer).
+        rows: the number of rows the table holds. Pass its size now, not a future one: as
+            it grows, each index value is shared by more rows, so the rule keeps holding
+            while lookups decrypt more false positives; plan again then.
         distinct: each index's expected number of distinct normalized values, by index
             name, or as a sequence (named ``index 1``, ``index 2``, ...).
         min_coincidence: the fewest rows that should share each combination of the
