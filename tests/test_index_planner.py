@@ -41,9 +41,8 @@ def test_one_index_takes_the_most_bits_that_keep_two_rows_per_value() -> None:
     assert 1_000_000 / 900_000 < 2  # at 20 bits every email has its own index value
 
 
-def test_the_recommendation_is_ciphersweets_bound_on_the_step_grid() -> None:
-    """CipherSweet's planner allows up to ceil(log2(R / 2)) bits; the plan keeps the largest
-    multiple of the step at which R / 2 ** bits is still at least 2."""
+def test_one_unique_index_keeps_the_most_bits_on_the_step_grid() -> None:
+    """The plan keeps the largest multiple of the step at which R / 2 ** bits is at least 2."""
     for rows in (100, 5_000, 65_536, 1_000_000, 10**9):
         bits = plan_index_sizes(rows, {"email": rows})["email"].bits
         assert rows / 2**bits >= 2
@@ -167,6 +166,58 @@ def test_invalid_arguments_say_what_to_pass(
     """Each malformed argument raises ConfigurationError naming the argument and what it takes."""
     with pytest.raises(ConfigurationError, match=message):
         plan_index_sizes(rows, distinct, **options)
+
+
+def _ciphersweet_range(rows: int, existing: list[tuple[int, float]], k: float) -> tuple[int, int]:
+    """CipherSweet's FieldIndexPlanner::recommend(), in Python: the (min, max) bits of a new
+    index of ``k`` bits of distinct values, beside ``existing`` (bits, distinct bits) pairs."""
+
+    def count(indexes: list[tuple[int, float]]) -> float:
+        return max(1, rows) / 2 ** sum(min(bits, distinct) for bits, distinct in indexes)
+
+    boundary = max(2, count([*existing, (257, k)]))
+    low = high = None
+    for bits in range(256, 0, -1):
+        coincidence = count([*existing, (bits, k)])
+        if high is None and coincidence > boundary:
+            high = bits + 1
+        if 2 <= coincidence <= math.sqrt(rows):
+            low = bits
+    assert high is not None  # the plans below never reach CipherSweet's fallback
+    return min(low or 1, high), high
+
+
+@pytest.mark.parametrize(
+    ("rows", "distinct"),
+    [
+        (1_000, [1_000]),
+        (65_536, [65_536]),
+        (1_000_000, [900_000]),
+        (1_000_000, [1_000_000, 10_000]),
+        (10**9, [10**9, 50_000, 10_000]),
+        (10**7, [300, 9 * 10**6]),
+    ],
+)
+def test_with_a_step_of_one_bit_the_range_is_ciphersweets(rows: int, distinct: list[int]) -> None:
+    """With 1-bit steps, each index's range is CipherSweet's beside the others as planned.
+
+    CipherSweet's most bits are the first to bring the count to 2 or below, where the plan keeps
+    it at 2 or above: one bit less unless the count is exactly 2. Its fewest bits bound the
+    combined count by sqrt(R), the plan each lookup's false positives: the same for one index,
+    and never fewer bits beside others, whose values a one-index lookup does not narrow by."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sa_fieldcrypt.index_planner.MIN_BITS", 1)
+        patch.setattr("sa_fieldcrypt.index_planner.BITS_STEP", 1)
+        plan = plan_index_sizes(rows, distinct)
+    assert plan.meets_coincidence
+    for index in plan:
+        others = [(o.bits, math.log2(o.distinct)) for o in plan if o is not index]
+        low, high = _ciphersweet_range(rows, others, math.log2(index.distinct))
+        at_high = _coincidence(plan, {index.name: high})
+        assert high - (at_high < 2) == index.max_bits == index.bits
+        if not others:
+            assert low == index.min_bits
+        assert low <= index.min_bits
 
 
 @st.composite

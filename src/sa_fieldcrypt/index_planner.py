@@ -223,9 +223,9 @@ def plan_index_sizes(
 
     growing = [name for name in names if bits[name] < caps[name]]
     while growing:
-        # The index whose lookups decrypt the most non-matching rows gains the next step;
-        # max() keeps the first of equals, so the plan does not depend on dict order beyond
-        # the order the indexes were passed in.
+        # The index whose lookups decrypt the most non-matching rows gains the next step (a
+        # tie goes to the index passed first). The others only grow, so an index whose step
+        # does not fit now never will.
         name = max(growing, key=lambda n: _false_positives(rows, counts[n], bits[n]))
         trial = {**bits, name: bits[name] + BITS_STEP}
         if fits(trial):
