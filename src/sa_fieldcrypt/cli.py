@@ -1127,7 +1127,7 @@ def _describe_plan(plan: IndexPlan) -> list[str]:
 
 @cli.command("plan-indexes")
 @click.option(
-    "--rows", type=int, required=True, help="The number of rows the table is expected to hold."
+    "--rows", type=int, required=True, metavar="N", help="The number of rows the table holds now."
 )
 @click.option(
     "--index",
@@ -1136,7 +1136,7 @@ def _describe_plan(plan: IndexPlan) -> list[str]:
     multiple=True,
     required=True,
     callback=_index_counts,
-    help="An index of the column and its expected number of distinct values (repeatable).",
+    help="An index of the column and its number of distinct normalized values (repeatable).",
 )
 @click.option(
     "--min-coincidence",

@@ -22,14 +22,14 @@ combined count, not one index's, that must stay at or above two (``min_coinciden
 no row is singled out by its index values. Bits beyond ``log2 D_i`` would not change the count,
 so an index never needs more than that (rounded up to :data:`BITS_STEP`).
 
-The lower bound bounds the work: a lookup through index ``i`` decrypts the ``R / D_i`` rows
-that match plus about ``(R - R / D_i) / 2 ** L_i`` false positives, rows whose other value has
-the same truncated index value. CipherSweet bounds its count by the square root of ``R``; here
-the bound (``max_false_positives``, by default ``sqrt(R)``) applies to each index's false
-positives, because a lookup here goes through one index.
+The lower end of an index's range bounds the work: a lookup through index ``i`` decrypts the
+``R / D_i`` rows that match plus about ``(R - R / D_i) / 2 ** L_i`` false positives, rows whose
+other value has the same truncated index value. CipherSweet bounds its count by the square
+root of ``R``; here the bound (``max_false_positives``, by default ``sqrt(R)``) applies to each
+index's false positives, because a lookup here goes through one index.
 
-Sizes run from :data:`MIN_BITS` to :data:`MAX_BITS` in steps of :data:`BITS_STEP`, as
-truncated index values are whole hex digits.
+Sizes run from :data:`MIN_BITS` to :data:`MAX_BITS` in steps of :data:`BITS_STEP`: index values
+are stored as hex digits of four bits each, so a size is a whole number of digits.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ __all__ = [
 MIN_BITS = 4
 #: Most bits an index keeps: the whole HMAC-SHA256 output, as an untruncated index has it.
 MAX_BITS = 256
-#: Sizes are multiples of this: each truncated index value is a whole number of hex digits.
+#: Sizes are multiples of this: a stored index value is a whole number of hex digits.
 BITS_STEP = 4
 
 #: The coincidence count CipherSweet keeps every column at or above.
