@@ -40,7 +40,6 @@ if TYPE_CHECKING:
         ValueTypeError,
     )
     from sa_fieldcrypt.hybrid import EncryptedHybrid, encrypted_hybrid, encrypted_values
-    from sa_fieldcrypt.index_planner import IndexPlan, IndexSize, plan_index_sizes
     from sa_fieldcrypt.keys import Key, Keyring, generate_key, parse_key
     from sa_fieldcrypt.providers.base import KeyProvider
     from sa_fieldcrypt.types import (
@@ -78,8 +77,6 @@ __all__ = [
     "EncryptedType",
     "EncryptedUUID",
     "FieldCryptError",
-    "IndexPlan",
-    "IndexSize",
     "Key",
     "KeyProvider",
     "KeyProviderError",
@@ -97,7 +94,6 @@ __all__ = [
     "normalize_email",
     "normalize_phone",
     "parse_key",
-    "plan_index_sizes",
     "typed_normalizer",
 ]
 
@@ -120,9 +116,6 @@ _HOMES = {
     "EncryptedHybrid": "sa_fieldcrypt.hybrid",
     "encrypted_hybrid": "sa_fieldcrypt.hybrid",
     "encrypted_values": "sa_fieldcrypt.hybrid",
-    "IndexPlan": "sa_fieldcrypt.index_planner",
-    "IndexSize": "sa_fieldcrypt.index_planner",
-    "plan_index_sizes": "sa_fieldcrypt.index_planner",
     "Key": "sa_fieldcrypt.keys",
     "Keyring": "sa_fieldcrypt.keys",
     "generate_key": "sa_fieldcrypt.keys",
