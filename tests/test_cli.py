@@ -28,6 +28,7 @@ from sa_fieldcrypt import (
 )
 from sa_fieldcrypt.cipher import encrypt
 from sa_fieldcrypt.cli import cli
+from sa_fieldcrypt.index_planner import plan_index_sizes
 from sa_fieldcrypt.testing import temporary_keys
 
 
@@ -677,3 +678,89 @@ def test_a_kms_refusal_prints_one_clean_line(wrapping: dict[str, Any]) -> None:
     assert 1 == result.exit_code
     assert result.output.startswith("Error: key 'k1': Cloud KMS key")
     assert "roles/cloudkms.cryptoKeyEncrypter" in result.output
+
+
+PLAN = ["plan-indexes", "--rows", "1000000"]
+
+
+def test_plan_indexes_prints_a_table_and_the_columns_coincidence() -> None:
+    """plan-indexes prints each index's bits, range and lookup cost, then the combined count."""
+    result = CliRunner().invoke(cli, [*PLAN, "--index", "email=900000"])
+    assert 0 == result.exit_code, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "INDEX",
+        "DISTINCT",
+        "BITS",
+        "RANGE",
+        "ROWS/VALUE",
+        "CANDIDATES",
+        "FALSE",
+        "POS.",
+    ]
+    assert ["email", "900,000", "16", "12-16", "15.3", "16.4", "15.3"] == lines[1].split()
+    assert (
+        "1,000,000 rows: each combination of index values is shared by about 15.3 rows "
+        "(at least 2 wanted)."
+    ) == lines[2]
+    assert 3 == len(lines)
+
+
+def test_plan_indexes_says_which_lookups_exceed_the_false_positive_bound() -> None:
+    """Two indexes share the column's bits; lookups over the bound are named, with the budget."""
+    result = CliRunner().invoke(
+        cli, [*PLAN, "--index", "email=1,000,000", "--index", "phone_last4=10000"]
+    )
+    assert 0 == result.exit_code, result.output
+    assert re.search(r"^phone_last4 +10,000 +8 +8-8 ", result.stdout, re.M)
+    assert (
+        "Lookups through email, phone_last4 decrypt more than 1,000 non-matching rows: "
+        "1,000,000 rows keep 18.9 bits secret across the column's indexes"
+    ) in result.stdout
+
+
+def test_plan_indexes_json_is_the_plan() -> None:
+    """--json prints plan_index_sizes' result as JSON, options passed through."""
+    result = CliRunner().invoke(
+        cli,
+        [*PLAN, "--index", "email=900000", "--min-coincidence", "64", "--json"],
+    )
+    assert 0 == result.exit_code, result.output
+    data = json.loads(result.stdout)
+    expected = plan_index_sizes(1_000_000, {"email": 900_000}, min_coincidence=64)
+    assert expected.to_dict() == data
+    assert 12 == data["indexes"][0]["bits"]
+
+
+def test_plan_indexes_exits_1_when_the_table_is_too_small() -> None:
+    """A table too small for its indexes prints the plan, then one error line, exit status 1."""
+    result = CliRunner().invoke(cli, ["plan-indexes", "--rows", "30", "--index", "code=30"])
+    assert 1 == result.exit_code
+    assert result.stdout.startswith("INDEX")
+    assert result.stderr.startswith("Error: 30 rows are too few for these indexes")
+    assert "index fewer distinct values or fewer indexes\n" in result.stderr
+
+
+def test_plan_indexes_reports_invalid_counts_cleanly() -> None:
+    """More distinct values than rows is a library error: one line naming the index."""
+    result = CliRunner().invoke(cli, ["plan-indexes", "--rows", "10", "--index", "email=11"])
+    assert 1 == result.exit_code
+    assert result.stderr.startswith("Error: index 'email' cannot have more distinct values")
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--index", "email"], "is not NAME=DISTINCT"),
+        (["--index", "=5"], "is not NAME=DISTINCT"),
+        (["--index", "email=many"], "DISTINCT is a whole number"),
+        (["--index", "email=5", "--index", "email=6"], "index 'email' is given twice"),
+        ([], "Missing option '--index'"),
+    ],
+)
+def test_plan_indexes_rejects_malformed_indexes(arguments: list[str], message: str) -> None:
+    """A malformed or repeated --index is a usage error, exit status 2."""
+    result = CliRunner().invoke(cli, [*PLAN, *arguments])
+    assert 2 == result.exit_code
+    assert message in result.output

@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from sa_fieldcrypt._version import __version__
 from sa_fieldcrypt.errors import ConfigurationError, FieldCryptError, RotationError
+from sa_fieldcrypt.index_planner import DEFAULT_MIN_COINCIDENCE, IndexPlan, plan_index_sizes
 from sa_fieldcrypt.jobs.engine import (
     DEFAULT_BATCH_SIZE,
     SHARD_INDEX_VARIABLE,
@@ -1072,6 +1073,114 @@ def retire_key(
     click.echo(f"No value of {', '.join(checked)} uses {ids}. Everywhere the application runs:")
     for step in steps:
         click.echo(f"  {step}")
+
+
+def _index_counts(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in value:
+        name, equals, count = entry.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise click.BadParameter(f"{entry!r} is not NAME=DISTINCT, for example email=90000")
+        if name in counts:
+            raise click.BadParameter(f"index {name!r} is given twice")
+        try:
+            counts[name] = int(count.replace(",", ""))
+        except ValueError:
+            raise click.BadParameter(
+                f"{entry!r}: DISTINCT is a whole number of distinct values"
+            ) from None
+    return counts
+
+
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def _describe_plan(plan: IndexPlan) -> list[str]:
+    """The plan as a table, then the column's coincidence count and what falls outside."""
+    width = max(len("INDEX"), *(len(index.name) for index in plan))
+    header = f"{'INDEX':<{width}}  {'DISTINCT':>11}  BITS  RANGE    {'ROWS/VALUE':>11}  "
+    lines = [f"{header}{'CANDIDATES':>11}  {'FALSE POS.':>11}"]
+    for index in plan:
+        sizes = f"{index.min_bits}-{index.max_bits}"
+        lines.append(
+            f"{index.name:<{width}}  {index.distinct:>11,}  {index.bits:>4}  {sizes:<7}  "
+            f"{_figure(index.coincidence):>11}  {_figure(index.candidates):>11}  "
+            f"{_figure(index.false_positives):>11}"
+        )
+    lines.append(
+        f"{plan.rows:,} rows: each combination of index values is shared by about "
+        f"{_figure(plan.coincidence)} rows (at least {plan.min_coincidence:g} wanted)."
+    )
+    unbounded = [index.name for index in plan if not index.bounded]
+    if unbounded:
+        lines.append(
+            f"Lookups through {', '.join(unbounded)} decrypt more than "
+            f"{_figure(plan.max_false_positives)} non-matching rows: {plan.rows:,} rows keep "
+            f"{plan.budget:.1f} bits secret across the column's indexes, and fewer indexes "
+            "would leave each more of them."
+        )
+    return lines
+
+
+@cli.command("plan-indexes")
+@click.option(
+    "--rows", type=int, required=True, metavar="N", help="The number of rows the table holds now."
+)
+@click.option(
+    "--index",
+    "counts",
+    metavar="NAME=DISTINCT",
+    multiple=True,
+    required=True,
+    callback=_index_counts,
+    help="An index of the column and its number of distinct normalized values (repeatable).",
+)
+@click.option(
+    "--min-coincidence",
+    type=float,
+    default=DEFAULT_MIN_COINCIDENCE,
+    show_default=True,
+    help="The fewest rows that should share each combination of the column's index values.",
+)
+@click.option(
+    "--max-false-positives",
+    type=float,
+    help="The most non-matching rows a lookup should decrypt; by default sqrt(rows).",
+)
+@_json_option
+def plan_indexes(
+    rows: int,
+    counts: dict[str, int],
+    min_coincidence: float,
+    max_false_positives: float | None,
+    as_json: bool,
+) -> None:
+    """Recommend output sizes in bits for the truncated blind indexes of one column.
+
+    Every combination of the column's index values stays shared by at least
+    --min-coincidence rows (CipherSweet's rule), and the bits that allows go where lookups
+    decrypt the most non-matching rows. RANGE is the sizes an index may take, the others as
+    recommended: fewer bits leak less and decrypt more. Exits 1 when the table is too small
+    for its indexes even at the fewest bits.
+    """
+    plan = plan_index_sizes(
+        rows, counts, min_coincidence=min_coincidence, max_false_positives=max_false_positives
+    )
+    if as_json:
+        click.echo(json.dumps(plan.to_dict(), indent=2))
+    else:
+        for line in _describe_plan(plan):
+            click.echo(line)
+    if not plan.meets_coincidence:
+        raise ConfigurationError(
+            f"{rows:,} rows are too few for these indexes: even at the fewest bits each "
+            f"combination of index values is shared by about {_figure(plan.coincidence)} rows, "
+            f"under {plan.min_coincidence:g}; index fewer distinct values or fewer indexes"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
