@@ -10,14 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sa_fieldcrypt.blind_index import BITS_STEP, FULL_BITS, MIN_BITS
 from sa_fieldcrypt.errors import ConfigurationError
-from sa_fieldcrypt.index_planner import (
-    BITS_STEP,
-    MAX_BITS,
-    MIN_BITS,
-    IndexPlan,
-    plan_index_sizes,
-)
+from sa_fieldcrypt.index_planner import IndexPlan, plan_index_sizes
 
 
 def _effective(plan: IndexPlan, bits: dict[str, int] | None = None) -> float:
@@ -229,9 +224,9 @@ def _columns(draw: st.DrawFn) -> tuple[int, dict[str, int]]:
 
 @given(_columns())
 def test_sizes_are_on_the_grid_and_within_their_range(column: tuple[int, dict[str, int]]) -> None:
-    """Every size is a multiple of the step between MIN_BITS and MAX_BITS, inside its range."""
+    """Every size is a multiple of the step between MIN_BITS and FULL_BITS, inside its range."""
     for index in plan_index_sizes(*column):
-        assert MIN_BITS <= index.min_bits <= index.bits <= index.max_bits <= MAX_BITS
+        assert MIN_BITS <= index.min_bits <= index.bits <= index.max_bits <= FULL_BITS
         assert 0 == index.bits % BITS_STEP == index.min_bits % BITS_STEP
 
 
@@ -255,7 +250,7 @@ def test_no_index_could_take_another_step(column: tuple[int, dict[str, int]]) ->
     if not plan.meets_coincidence:
         return
     for index in plan:
-        capped = index.bits >= math.log2(index.distinct) or index.bits == MAX_BITS
+        capped = index.bits >= math.log2(index.distinct) or index.bits == FULL_BITS
         grown = _coincidence(plan, {index.name: index.bits + BITS_STEP})
         assert capped or grown < 2
 

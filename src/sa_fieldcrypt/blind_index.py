@@ -64,8 +64,10 @@ if TYPE_CHECKING:
     from sa_fieldcrypt.providers.base import KeyCache, KeyProvider
 
 __all__ = [
+    "BITS_STEP",
     "BLIND_INDEX_LENGTH",
     "FULL_BITS",
+    "MIN_BITS",
     "BlindIndex",
     "Compound",
     "Normalizer",
@@ -89,8 +91,10 @@ Normalizer = Callable[[Any], "str | bytes | None"]
 
 #: Size of a full (untruncated) index value in bits: the whole HMAC-SHA256.
 FULL_BITS = 256
-# Truncated sizes: whole hex digits, and at least one of them.
-_MIN_BITS = 4
+#: Fewest bits a truncated index keeps: one hex digit.
+MIN_BITS = 4
+#: Index sizes are multiples of this: a stored index value is a whole number of hex digits.
+BITS_STEP = 4
 
 # Versioned domain separation: a future format can derive different keys from the same secret.
 _HKDF_INFO_PREFIX = b"sa-fieldcrypt blind index v1\x00"
@@ -658,10 +662,10 @@ class BlindIndex:
             raise ConfigurationError("BlindIndex: column must be the index column's attribute")
         if normalizer is not None and not callable(normalizer):
             raise ConfigurationError("BlindIndex: normalizer must be callable")
-        if type(bits) is not int or not _MIN_BITS <= bits <= FULL_BITS or bits % 4:
+        if type(bits) is not int or not MIN_BITS <= bits <= FULL_BITS or bits % BITS_STEP:
             raise ConfigurationError(
-                f"BlindIndex({column!r}): bits must be a multiple of 4 from {_MIN_BITS} to "
-                f"{FULL_BITS}, got {bits!r}"
+                f"BlindIndex({column!r}): bits must be a multiple of {BITS_STEP} from "
+                f"{MIN_BITS} to {FULL_BITS}, got {bits!r}"
             )
         if unique and bits < FULL_BITS:
             raise ConfigurationError(

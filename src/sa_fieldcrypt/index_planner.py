@@ -28,8 +28,9 @@ other value has the same truncated index value. CipherSweet bounds its count by 
 root of ``R``; here the bound (``max_false_positives``, by default ``sqrt(R)``) applies to each
 index's false positives, because a lookup here goes through one index.
 
-Sizes run from :data:`MIN_BITS` to :data:`MAX_BITS` in steps of :data:`BITS_STEP`: index values
-are stored as hex digits of four bits each, so a size is a whole number of digits.
+Sizes run from ``MIN_BITS`` to ``FULL_BITS`` in steps of ``BITS_STEP`` (all three of
+:mod:`sa_fieldcrypt.blind_index`): index values are stored as hex digits of four bits each, so
+a size is a whole number of digits.
 """
 
 from __future__ import annotations
@@ -39,24 +40,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sa_fieldcrypt.blind_index import BITS_STEP, FULL_BITS, MIN_BITS
 from sa_fieldcrypt.errors import ConfigurationError
 
 __all__ = [
-    "BITS_STEP",
     "DEFAULT_MIN_COINCIDENCE",
-    "MAX_BITS",
-    "MIN_BITS",
     "IndexPlan",
     "IndexSize",
     "plan_index_sizes",
 ]
-
-#: Fewest bits a truncated index keeps: one hex digit.
-MIN_BITS = 4
-#: Most bits an index keeps: the whole HMAC-SHA256 output, as an untruncated index has it.
-MAX_BITS = 256
-#: Sizes are multiples of this: a stored index value is a whole number of hex digits.
-BITS_STEP = 4
 
 #: The coincidence count CipherSweet keeps every column at or above.
 DEFAULT_MIN_COINCIDENCE = 2.0
@@ -265,7 +257,7 @@ def plan_index_sizes(
 def _grid_ceil(bits: float) -> int:
     """The smallest allowed size of at least ``bits``."""
     steps = math.ceil(bits / BITS_STEP - _TOLERANCE)
-    return min(MAX_BITS, max(MIN_BITS, steps * BITS_STEP))
+    return min(FULL_BITS, max(MIN_BITS, steps * BITS_STEP))
 
 
 def _coincidence(rows: int, counts: Mapping[str, int], bits: Mapping[str, int]) -> float:
