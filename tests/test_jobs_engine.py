@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -316,10 +317,23 @@ def test_an_error_in_the_transform_process_names_its_first_line(
     assert "the transform process failed: RuntimeError: transform broke" == str(raised.value)
 
 
-def test_a_transform_process_needs_a_factory(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'job.sqlite3'}")
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_transform_process_needs_a_factory(engine: Engine, process_table: Table) -> None:
+    """Asked for with a built job, it is refused before anything is read."""
+    _fill(engine, process_table, {1: "v1"})
     with pytest.raises(ConfigurationError, match="transform_process needs a picklable job"):
         run_job(engine, _pid_job(engine), transform_process=True)
+    assert {1: "v1"} == _stored(engine, process_table)
+
+
+def test_a_transform_process_does_not_apply_to_sqlite(tmp_path: Path) -> None:
+    """SQLite goes one batch after the other: asking for the process changes nothing."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'job.sqlite3'}")
+    table = _process_table()
+    table.metadata.create_all(engine)
+    _fill(engine, table, {i: f"v{i}" for i in range(10)})
+    assert 10 == run_job(engine, _pid_job(engine), transform_process=True).written
+    assert {str(os.getpid())} == _by_whom(_stored(engine, table))
 
 
 def _built_here_only(engine: Engine) -> BatchJob:
@@ -327,6 +341,34 @@ def _built_here_only(engine: Engine) -> BatchJob:
     if sys.argv[0] == "-c":
         raise RuntimeError("cannot build the job in this process")
     return _pid_job(engine)
+
+
+class _NoPickle(str):
+    """A value that cannot be pickled."""
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("not picklable")
+
+
+def _unsendable_job(engine: Engine) -> BatchJob:
+    """_pid_job, whose values a transform process (started with ``-c``) cannot send back."""
+    job = _pid_job(engine)
+    if sys.argv[0] != "-c":
+        return job
+    transform = job.transform
+
+    def unsendable(key: tuple[Any, ...], old: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(_NoPickle(v) for v in transform(key, old))
+
+    return dataclasses.replace(job, transform=unsendable)
+
+
+def _built_otherwise(engine: Engine) -> BatchJob:
+    """_pid_job here; in a transform process, a job over other columns."""
+    job = _pid_job(engine)
+    if sys.argv[0] != "-c":
+        return job
+    return dataclasses.replace(job, read=(job.table.c.id,))
 
 
 #: Enough rows for a run to start a transform process by default.
@@ -360,7 +402,7 @@ def test_a_transform_process_that_cannot_build_the_job_leaves_it_here_by_default
     assert (MANY, MANY) == (report.scanned, report.written)
     assert {str(os.getpid())} == _by_whom(_stored(engine, process_table))
     assert any(
-        "the transform process could not start" in r.getMessage()
+        "the transform process could not build the job" in r.getMessage()
         and "transforming in this process" in r.getMessage()
         for r in caplog.records
     )
@@ -379,7 +421,7 @@ def test_a_factory_that_does_not_pickle_is_refused_or_run_here(
     with pytest.raises(ConfigurationError) as raised:
         run_job(engine, factory, transform_process=True)
     assert (
-        "transforms: cannot start the transform process: the job factory cannot be pickled "
+        "transforms: cannot use a transform process: the job factory cannot be pickled "
         "(AttributeError)"
     ) == str(raised.value)
     # A dry run goes one batch after the other, with no transform process to refuse.
@@ -418,11 +460,81 @@ def test_a_factory_of_the_main_module_is_refused_or_run_here(
     assert 0 == done.returncode, done.stderr
     refusal, outcome = done.stdout.splitlines()
     assert (
-        "transforms: cannot start the transform process: the job factory refers to factory "
-        "of the main module, which another interpreter cannot import; define it in a module"
+        "transforms: cannot use a transform process: the job refers to factory of the main "
+        "module, which another interpreter cannot import; define it in a module"
     ) == refusal
     written, script_pid = outcome.split()
     assert (str(MANY), {script_pid}) == (written, _by_whom(_stored(engine, process_table)))
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+@pytest.mark.parametrize(
+    ("factory", "reason"),
+    [
+        (_unsendable_job, "could not send a transform back (TypeError)"),
+        (_built_otherwise, "built another job than this process"),
+    ],
+)
+def test_a_transform_process_that_cannot_serve_the_run_leaves_it_here_by_default(
+    engine: Engine, process_table: Table, factory: Any, reason: str
+) -> None:
+    """A transform it cannot send back, or another job than this one's: refused or done here."""
+    _fill(engine, process_table, {i: f"v{i}" for i in range(MANY)})
+    with pytest.raises(RotationError) as raised:
+        run_job(engine, factory, batch_size=2000, transform_process=True)
+    assert str(raised.value).startswith(f"transforms: the transform process {reason}")
+    assert "run with transform_process=False (--no-transform-process)" in str(raised.value)
+    assert {""} == _by_whom(_stored(engine, process_table)) | {""}
+    report = run_job(engine, factory, batch_size=2000)
+    assert (MANY, MANY) == (report.scanned, report.written)
+    assert {str(os.getpid())} == _by_whom(_stored(engine, process_table))
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_transform_process_that_cannot_start_leaves_the_run_here_by_default(
+    engine: Engine, process_table: Table, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No interpreter to start: asked for, the run stops with why; by default it goes on here."""
+    _fill(engine, process_table, {i: f"v{i}" for i in range(MANY)})
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    with pytest.raises(RotationError, match=r"could not start \(FileNotFoundError: "):
+        run_job(engine, _pid_job, batch_size=2000, transform_process=True)
+    assert MANY == run_job(engine, _pid_job, batch_size=2000).written
+
+
+@pytest.mark.parametrize("engine", SERVERS, indirect=True)
+def test_a_transform_process_that_ignores_sigterm_does_not_hold_the_run(
+    engine: Engine, process_table: Table, tmp_path: Path
+) -> None:
+    """A run ends, at its end or at a failure, though the process inherits an ignored SIGTERM."""
+    _fill(engine, process_table, {i: "bad" if i == 12 else f"v{i}" for i in range(40)})
+    shadow = tmp_path / "cwd"
+    shadow.mkdir()
+    marker = tmp_path / "shadowed"
+    # The process must not import this from the directory it starts in.
+    (shadow / "tempfile.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    script = tmp_path / "ignores_sigterm.py"
+    script.write_text(
+        "import signal, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "from sqlalchemy import create_engine\n"
+        "from sa_fieldcrypt.jobs import run_job\n"
+        "from test_jobs_engine import _pid_job\n"
+        f"engine = create_engine({engine.url.render_as_string(hide_password=False)!r})\n"
+        "first = run_job(engine, _pid_job, batch_size=5, transform_process=True, fail_fast=True)\n"
+        "rest = run_job(engine, _pid_job, batch_size=5, transform_process=True)\n"
+        "print(first.written, rest.written)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=shadow,
+    )
+    assert (0, "12 27\n", False) == (done.returncode, done.stdout, marker.exists()), done.stderr
 
 
 @pytest.mark.parametrize("engine", SERVERS, indirect=True)

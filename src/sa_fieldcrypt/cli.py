@@ -678,9 +678,10 @@ def _run_options(func: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--transform-process/--no-transform-process",
             default=None,
-            help="With one worker, rotate and reindex transform in a process of their own "
-            "while this one reads and writes (default: from 50,000 rows to visit, where it "
-            "can start; with the flag, a run where it cannot start fails).",
+            help="With one worker on a database server, rotate and reindex transform in a "
+            "process of their own while this one reads and writes (default: from 50,000 rows "
+            "to visit, where it can be used; with the flag, a run where it cannot be used "
+            "fails).",
         ),
         click.option(
             "--shard",

@@ -59,13 +59,13 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickletools
 import queue as queue_module
 import re
 import subprocess
 import sys
 import time
-import types
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.reduction import ForkingPickler
@@ -317,10 +317,12 @@ def run_job(
             process serves the whole run. By default (None), it does when ``job`` is a
             factory and at least 50,000 rows need work, and the run transforms here instead
             (logging why, at INFO) when the process cannot be used: a factory or model of
-            the ``__main__`` module, a batch that does not pickle, an engine that only its
-            ``connect_args``, ``creator`` or event listeners make work (the process connects
-            to ``engine``'s URL with its execution options), or no POSIX system. True
-            raises instead. It does not apply with ``workers > 1`` (each worker reads,
+            the ``__main__`` module, a batch or a transform that does not pickle, a job it
+            cannot build or builds with another table or columns than this process (it
+            connects to ``engine``'s URL with its execution options, without
+            ``connect_args``, ``creator`` or event listeners), an interpreter that does not
+            start, or no POSIX system. True raises instead, before the run reads anything
+            where that can be known. It does not apply with ``workers > 1`` (each worker reads,
             transforms and writes its range), on SQLite, in a dry run, or to jobs that write
             nothing (verification): those go one batch after the other. The process's own
             log records and warnings go to its standard error, not to this process's
@@ -342,12 +344,6 @@ def run_job(
         parse_shard(f"{shard[0]}/{shard[1]}")
     if workers > 1 and before_write is not None:
         raise ConfigurationError("before_write runs in one process only; use workers=1")
-    if transform_process and isinstance(job, BatchJob):
-        raise ConfigurationError(
-            "transform_process needs a picklable job factory (a module-level function of the "
-            "engine), not a BatchJob; rotate() and reindex() make one for columns found by "
-            "find_columns(), find_indexes() or reflect_column()"
-        )
     if workers > 1 and isinstance(job, BatchJob):
         raise ConfigurationError(
             "workers > 1 need a picklable job factory (a module-level function of the "
@@ -372,6 +368,12 @@ def run_job(
             check_resumable(built.label, pk)
             ranges = state.ranges(name)
         report = JobReport(built.label, dry_run=dry_run, resumed=ranges is not None)
+        # Only walks that pipeline their batches (one worker, a server) hand them on; asked
+        # for, the process is checked before anything is counted or saved.
+        pipelined = bool(built.write) and not dry_run and engine.dialect.name != "sqlite"
+        transform = None
+        if transform_process and pipelined and workers == 1:
+            transform = _transform_process(engine, job, built, options, required=True)
         if ranges is None:
             total, ranges = _split(engine, built, options, workers)
             if state is not None:
@@ -385,16 +387,13 @@ def run_job(
         progress = _JobProgress(state, name, listener, report, parallel)
         listener.started(built.label, total)
         if not parallel:
-            transform = None
-            # Only walks that pipeline their batches hand them to another process.
-            pipelined = built.write and not dry_run and engine.dialect.name != "sqlite"
-            wanted = transform_process is True or (
+            wanted = transform_process or (
                 transform_process is None and total >= _TRANSFORM_PROCESS_ROWS
             )
-            if pipelined and wanted and not isinstance(job, BatchJob):
-                transform = _TransformProcess(
-                    engine, job, options, built.label, required=transform_process is True
-                )
+            if transform is None and pipelined and wanted:
+                required = transform_process is True
+                transform = _transform_process(engine, job, built, options, required=required)
+            if transform is not None:
                 stack.callback(transform.close)
             for index in pending:
                 walk = _Walk(
@@ -407,6 +406,26 @@ def run_job(
         progress.clocked()
         listener.finished(report)
         return report
+
+
+def _transform_process(
+    engine: Engine,
+    job: BatchJob | JobFactory,
+    built: BatchJob,
+    options: _Options,
+    *,
+    required: bool,
+) -> _TransformProcess | None:
+    """The run's transform process, if ``job`` is a factory another process can call."""
+    if isinstance(job, BatchJob):
+        if required:
+            raise ConfigurationError(
+                "transform_process needs a picklable job factory (a module-level function of "
+                "the engine), not a BatchJob; rotate() and reindex() make one for columns "
+                "found by find_columns(), find_indexes() or reflect_column()"
+            )
+        return None
+    return _TransformProcess(engine, job, built, options, required=required)
 
 
 def run_jobs(
@@ -858,24 +877,28 @@ class _Walk:
         ):
             pending: Future[_Batch] | None = None
             try:
-                for batch in self._batches(self._pages(reader, fetch, last), transform):
-                    self._charge(batch)
-                    if pending is not None:
-                        # Taken out first: a listener that raises must not see it twice.
-                        done, pending = pending, None
-                        written = done.result()
-                        self._apply(written)
-                        if self.options.fail_fast and written.failures:
-                            # A row refused at the write; the batch just read is not written.
+                # Closed on every way out: a batch the transform process still has is forgotten.
+                with contextlib.closing(
+                    self._batches(self._pages(reader, fetch, last), transform)
+                ) as batches:
+                    for batch in batches:
+                        self._charge(batch)
+                        if pending is not None:
+                            # Taken out first: a listener that raises must not see it twice.
+                            done, pending = pending, None
+                            written = done.result()
+                            self._apply(written)
+                            if self.options.fail_fast and written.failures:
+                                # A row refused at the write; the batch just read is not written.
+                                self.completed = False
+                                return
+                        if not batch.keys:
+                            return
+                        pending = executor.submit(write, batch)
+                        if self.options.fail_fast and batch.failures:
                             self.completed = False
                             return
-                    if not batch.keys:
-                        return
-                    pending = executor.submit(write, batch)
-                    if self.options.fail_fast and batch.failures:
-                        self.completed = False
-                        return
-                self.completed = False
+                    self.completed = False
             finally:
                 if pending is not None:
                     # The batch in flight is committed (or fails) before the run reports.
@@ -912,7 +935,7 @@ class _Walk:
 
     def _batches(
         self, pages: Iterator[Sequence[Sequence[Any]]], transform: _TransformProcess | None
-    ) -> Iterator[_Batch]:
+    ) -> Generator[_Batch, None, None]:
         """The batch of each page, transformed here or in ``transform``'s process.
 
         The process is given the next page before this one's result is awaited, so that it
@@ -1373,29 +1396,42 @@ def _portable(exc: BaseException, who: str = "worker") -> BaseException:
 
 # -- the transform process -------------------------------------------------------------------
 
-#: Started with ``-c``: the standard library only, until the module path has arrived, so that
-#: this package is imported from where the caller's process imports it.
+#: Started with ``-P -c`` (no current directory on the path): the standard library only, and
+#: pipes no further program inherits, until the module path has arrived; so this package is
+#: imported from where the caller's process imports it.
 _BOOTSTRAP: Final = (
-    "import sys\n"
+    "import os, sys\n"
     "from multiprocessing.connection import Connection\n"
+    "os.set_inheritable({read}, False)\n"
+    "os.set_inheritable({write}, False)\n"
     "incoming = Connection({read}, writable=False)\n"
-    "sys.path[:] = incoming.recv()\n"
-    "from sa_fieldcrypt.jobs.engine import serve_transform\n"
-    "serve_transform(incoming, Connection({write}, readable=False))\n"
+    "outgoing = Connection({write}, readable=False)\n"
+    "try:\n"
+    "    sys.path[:] = incoming.recv()\n"
+    "    from sa_fieldcrypt.jobs.engine import serve_transform\n"
+    "except BaseException as exc:\n"
+    "    outgoing.send(('unusable', f'could not start ({{type(exc).__name__}})'))\n"
+    "    raise SystemExit(1) from None\n"
+    "serve_transform(incoming, outgoing)\n"
 )
+#: Seconds the process has to build its job (imports, reflection) before the run goes on
+#: without it: a ``sys.executable`` that is no Python would otherwise never answer.
+_READY_SECONDS: Final = 120.0
+#: Seconds each way of stopping the process (end of input, SIGTERM, SIGKILL) is given.
+_STOP_SECONDS: Final = 5.0
+_MAIN_MODULES: Final = ("__main__", "__mp_main__")
 
 
-class _NotImportable(Exception):
-    """A class or function of the main module, which another interpreter cannot import."""
-
-
-class _ImportablePickler(ForkingPickler):
-    """Pickles what another interpreter can unpickle: nothing of the ``__main__`` module."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, (type, types.FunctionType)) and obj.__module__ == "__main__":
-            raise _NotImportable(obj.__qualname__)
-        return NotImplemented
+def _main_module_reference(data: bytes) -> str | None:
+    """What of the main module a pickle refers to (another interpreter has another one)."""
+    strings = [arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)]
+    for position, text_ in enumerate(strings):
+        if text_ in _MAIN_MODULES:  # a class or function: its module, then its name
+            return strings[position + 1] if position + 1 < len(strings) else text_
+        module, sep, name = text_.partition(":")
+        if sep and module in _MAIN_MODULES:  # models found by name: "__main__:Base"
+            return name
+    return None
 
 
 def _transform_unavailable() -> str | None:
@@ -1407,12 +1443,22 @@ def _transform_unavailable() -> str | None:
     return None
 
 
-class _StartFailed(Exception):
-    """The transform process did not get as far as building its job."""
+def _fingerprint(job: BatchJob) -> tuple[Any, ...]:
+    """What two builds of one job agree on: its label, table and columns, with their types."""
+    return (
+        job.label,
+        job.table.fullname,
+        *((c.name, repr(c.type)) for c in (*job.read, *job.write)),
+    )
 
-    def __init__(self, error: BaseException):
-        super().__init__(str(error))
-        self.error = error
+
+class _Unusable(Exception):
+    """The transform process cannot take this batch on: the run may transform it here."""
+
+    def __init__(self, reason: str, error: BaseException | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error  # what to raise when the process was asked for
 
 
 class _TransformProcess:
@@ -1429,8 +1475,9 @@ class _TransformProcess:
     sent, and serves every walk of one run in turn.
 
     Unless ``required``, whatever keeps it from working (a factory or a model of the main
-    module, a batch that does not pickle, an engine it cannot connect as, no POSIX) makes
-    the run transform here instead, from the batch it could not take on, and logs why.
+    module, a batch that does not pickle, a job it cannot build or builds otherwise, no
+    POSIX) makes the run transform here instead, from the batch it could not take on, and
+    logs why at INFO.
 
     Raises:
         ConfigurationError: ``required``, and the process cannot be used at all.
@@ -1440,34 +1487,39 @@ class _TransformProcess:
         self,
         engine: Engine,
         factory: JobFactory,
+        job: BatchJob,
         options: _Options,
-        label: str,
         *,
         required: bool,
     ):
-        self.label = label
+        self.label = job.label
+        self.fingerprint = _fingerprint(job)
         self.required = required
         self.local = False  # transforming in this process after all
         self.sent: collections.deque[Sequence[Sequence[Any]]] = collections.deque()
         self.process: subprocess.Popen[bytes] | None = None
         self.ready = False
         self.send_error: BaseException | None = None
-        self.setup = b""
+        # The throttle stays here: it holds connections, and paces only the reads.
+        self.setup = (_child_settings(engine), factory, dataclasses.replace(options, throttle=None))
         reason = _transform_unavailable()
         if reason is None:
-            # The throttle stays here: it holds connections, and paces only the reads.
-            child = (_child_settings(engine), factory, dataclasses.replace(options, throttle=None))
             try:
-                self.setup = bytes(_ImportablePickler.dumps(child))
-            except _NotImportable as exc:
-                reason = (
-                    f"the job factory refers to {exc} of the main module, which another "
-                    "interpreter cannot import; define it in a module"
-                )
+                # Pickled once now to know it can be, and again at each start: the keys it
+                # holds are not kept in memory as bytes.
+                main = _main_module_reference(ForkingPickler.dumps(self.setup).tobytes())
             except Exception as exc:  # pickle raises many kinds
                 reason = f"the job factory cannot be pickled ({type(exc).__name__})"
+            else:
+                if main is not None:
+                    reason = (
+                        f"the job refers to {main} of the main module, which another "
+                        "interpreter cannot import; define it in a module"
+                    )
         if reason is not None:
-            self._go_local(f"cannot start the transform process: {reason}")
+            if required:
+                raise ConfigurationError(f"{self.label}: cannot use a transform process: {reason}")
+            self._go_local(f"cannot be used: {reason}")
 
     def send(self, rows: Sequence[Sequence[Any]]) -> None:
         """Give the process a batch's rows, to transform after those it has."""
@@ -1475,41 +1527,41 @@ class _TransformProcess:
         if self.local:
             return
         if self.process is None:
-            self._start()
+            try:
+                self._start()
+            except OSError as exc:
+                self._unusable(_Unusable(f"could not start ({type(exc).__name__}: {exc.strerror})"))
+                return
         self.sender.submit(self._send, rows)
 
     def receive(self, here: Callable[[Sequence[Sequence[Any]]], _Transformed]) -> _Transformed:
         """The transform of the oldest batch sent (by ``here`` after a fallback).
 
         Raises:
-            RotationError: the process died, or the transform raised what is not ours.
+            RotationError: the process died, or raised what is not ours.
             FieldCryptError: what the transform raised.
         """
         rows = self.sent.popleft()
         if not self.local:
             try:
                 if not self.ready:
-                    self._receive()  # the job is built there first: its errors come first
-                    self.ready = True
+                    self._receive_ready()
                 result: _Transformed = self._receive()
                 return result
-            except _StartFailed as failed:
-                if self.required:
-                    raise failed.error from None
-                self._go_local(f"the transform process could not start: {failed.error}")
+            except _Unusable as unusable:
+                self._unusable(unusable)
         return here(rows)
 
     def abandon(self) -> None:
         """Forget batches sent and not received: a walk that stopped early leaves them."""
         if self.sent:
+            self._stop()
             self.sent.clear()
-            if not self.local:
-                self._stop()
 
     def close(self) -> None:
         """Stop the process, with any batch it still has: it writes nothing, keeps nothing."""
-        self.sent.clear()
         self._stop()
+        self.sent.clear()
 
     def _start(self) -> None:
         to_child, to_child_w = os.pipe()
@@ -1518,7 +1570,10 @@ class _TransformProcess:
             command = _BOOTSTRAP.format(read=to_child, write=from_parent)
             # This interpreter running this module's own code: no input of anyone's.
             self.process = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-c", command], pass_fds=(to_child, from_parent), close_fds=True
+                [sys.executable, "-P", "-c", command],
+                pass_fds=(to_child, from_parent),
+                close_fds=True,
+                stdin=subprocess.DEVNULL,
             )
         except BaseException:
             for fd in (to_child_w, from_child_r):
@@ -1535,7 +1590,7 @@ class _TransformProcess:
         # and the process cannot read while it sends a result that is waiting to be received.
         self.sender = ThreadPoolExecutor(1, thread_name_prefix="fieldcrypt-transform-send")
         self.sender.submit(self._send, sys.path)
-        self.sender.submit(self._send_bytes, self.setup)
+        self.sender.submit(self._send, self.setup)
 
     def _send(self, message: Any) -> None:
         if isinstance(message, (list, tuple)) and message and isinstance(message[0], Row):
@@ -1548,11 +1603,20 @@ class _TransformProcess:
             self.send_error = exc
             self.conn_out.close()
             return
-        self._send_bytes(data)
-
-    def _send_bytes(self, data: bytes | memoryview) -> None:
         with contextlib.suppress(OSError):  # it ended: receive() says why
             self.conn_out.send_bytes(data)
+
+    def _receive_ready(self) -> None:
+        """Wait for the process to have built its job: the same job as this process's."""
+        if not self.conn_in.poll(_READY_SECONDS):
+            raise _Unusable(f"did not start within {_READY_SECONDS:.0f} s")
+        fingerprint = self._receive()
+        if fingerprint != self.fingerprint:
+            raise _Unusable(
+                "built another job than this process (its engine connects elsewhere, or the "
+                "factory finds other columns there)"
+            )
+        self.ready = True
 
     def _receive(self) -> Any:
         try:
@@ -1560,40 +1624,62 @@ class _TransformProcess:
         except (EOFError, OSError):
             code = None if self.process is None else self.process.wait()
             if self.send_error is not None:
-                error = RotationError(
-                    f"{self.label}: a batch could not be sent to the transform process "
-                    f"({type(self.send_error).__name__}); run with transform_process=False "
-                    "(--no-transform-process)"
-                )
-                raise _StartFailed(error) from None
+                raise _Unusable(
+                    f"could not be sent a batch ({type(self.send_error).__name__})"
+                ) from None
             error = RotationError(
                 f"{self.label}: the transform process exited with code {code}; rerun to resume"
             )
             if self.ready:
                 raise error from None
-            raise _StartFailed(error) from None
+            raise _Unusable(f"exited with code {code} before it was ready", error) from None
+        if kind == "unusable":
+            raise _Unusable(payload)
         if kind == "error":
             if self.ready:
                 raise payload
-            raise _StartFailed(payload)
+            raise _Unusable(f"could not build the job ({payload})", payload)
         return payload
 
-    def _go_local(self, reason: str) -> None:
+    def _unusable(self, unusable: _Unusable) -> None:
+        """Go on without the process, unless it was asked for."""
         if self.required:
-            raise ConfigurationError(f"{self.label}: {reason}")
-        logger.info("%s: %s; transforming in this process", self.label, reason)
+            self._stop()
+            raise unusable.error or RotationError(
+                f"{self.label}: the transform process {unusable.reason}; run with "
+                "transform_process=False (--no-transform-process) to transform in this process"
+            )
+        self._go_local(unusable.reason)
+
+    def _go_local(self, reason: str) -> None:
+        logger.info(
+            "%s: the transform process %s; transforming in this process", self.label, reason
+        )
         self.local = True
         self._stop()
 
     def _stop(self) -> None:
-        if self.process is None:
+        process, self.process = self.process, None
+        if process is None:
             return
-        self.process.terminate()
-        self.process.wait()
+        # With nothing outstanding, the end of its input ends it, and it closes its own
+        # connections; else (or if that does not do) a signal, then SIGKILL: one that ignores
+        # SIGTERM must not keep the run from ending.
+        stops = [process.terminate, process.kill]
+        if not self.sent:
+            self.sender.submit(self.conn_out.close)
+            stops.insert(0, lambda: None)
+        for stop in stops:
+            stop()
+            try:
+                process.wait(timeout=_STOP_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        process.wait()
         self.sender.shutdown()  # a send still waiting fails now
         self.conn_out.close()
         self.conn_in.close()
-        self.process = None
 
 
 def serve_transform(
@@ -1616,16 +1702,29 @@ def serve_transform(
         except BaseException as exc:
             outgoing.send(("error", _portable(exc, "the transform process")))
             return
-        outgoing.send(("ready", None))
+        outgoing.send(("ready", _fingerprint(job)))
         while True:
             # The walk's process closing its end (it ended, or was killed) ends this one too.
-            rows = incoming.recv()
+            try:
+                rows = incoming.recv()
+            except (EOFError, OSError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # unpickling raises many kinds
+                outgoing.send(("unusable", f"could not read a batch ({type(exc).__name__})"))
+                return
             try:
                 result = walk._transform(rows)
             except BaseException as exc:
                 outgoing.send(("error", _portable(exc, "the transform process")))
                 return
-            outgoing.send(("batch", result))
+            try:
+                data = ForkingPickler.dumps(("batch", result))
+            except Exception as exc:  # pickle raises many kinds
+                outgoing.send(
+                    ("unusable", f"could not send a transform back ({type(exc).__name__})")
+                )
+                return
+            outgoing.send_bytes(data)
     except (EOFError, OSError, KeyboardInterrupt):
         return
     finally:
