@@ -15,6 +15,7 @@ blind-index key with 1 and with 2 workers: the speedup shows whether the worker 
 writer thread, each in a file of its own; read them with ``python -m pstats``). With one
 worker and 50,000 rows or more, the decrypting and encrypting happen in the transform process,
 which the profile does not cover: what it shows is the reading and writing around it.
+``--in-process`` transforms in the worker's own process instead, to compare the two.
 
 Last, the write ceiling: ``--capacity-rows`` rows (300,000 by default) rewritten by the same
 job engine with a transform that costs nothing, with each ``--workers`` count, on each
@@ -162,12 +163,19 @@ def _crypto_rate(job: tuple[str, str, list[bytes]]) -> float:
 
 
 def run_child(
-    url: str, workers: int, batch_size: int, keys: str, profile: str | None = None
+    url: str,
+    workers: int,
+    batch_size: int,
+    keys: str,
+    profile: str | None = None,
+    in_process: bool = False,
 ) -> dict[str, float]:
     """Rotate the table in a fresh process; return its timing and peak RSS."""
     env = {**os.environ, "FIELDCRYPT_KEYS": keys}
     args = [sys.executable, __file__, "--child", "--url", url, "--workers", str(workers)]
     args += ["--batch-size", str(batch_size)]
+    if in_process:
+        args.append("--in-process")
     if profile is not None:
         args += ["--profile", profile]
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
@@ -204,14 +212,22 @@ def profiled(path: str | None) -> Iterator[None]:
             profiler.dump_stats(f"{path}-thread{n}.prof")
 
 
-def child(url: str, worker_count: int, batch_size: int, profile: str | None) -> None:
+def child(
+    url: str, worker_count: int, batch_size: int, profile: str | None, in_process: bool
+) -> None:
     """The measured process: rotate, then print seconds and peak RSS as JSON."""
     engine = create_engine(url, hide_parameters=True)
     column = jobs.reflect_column(engine, TABLE, "email")
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     with profiled(profile):
-        report = jobs.rotate(engine, [column], batch_size=batch_size, workers=worker_count)
+        report = jobs.rotate(
+            engine,
+            [column],
+            batch_size=batch_size,
+            workers=worker_count,
+            transform_process=False if in_process else None,
+        )
     seconds = time.perf_counter() - start
     own = resource.getrusage(resource.RUSAGE_SELF)
     workers = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -309,7 +325,7 @@ def bench_rotation(
             if args.profile:
                 os.makedirs(args.profile, exist_ok=True)
                 profile = os.path.join(args.profile, f"rotate-{database}-{rows}-{workers}")
-            measured = run_child(url, workers, args.batch_size, keys, profile)
+            measured = run_child(url, workers, args.batch_size, keys, profile, args.in_process)
             check_done(engine, rows)
             rate = rows / measured["seconds"]
             peak = max(measured["rss_mb"], measured["worker_rss_mb"])
@@ -409,6 +425,11 @@ def main() -> None:
     )
     parser.add_argument("--profile", metavar="DIR", help="write each rotation's profile here")
     parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="transform in the worker's own process (no transform process), to compare",
+    )
+    parser.add_argument(
         "--capacity-rows",
         type=int,
         default=300_000,
@@ -420,7 +441,7 @@ def main() -> None:
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",")]
     if args.child:
-        child(args.url, worker_counts[0], args.batch_size, args.profile)
+        child(args.url, worker_counts[0], args.batch_size, args.profile, args.in_process)
         return
     if args.child_reindex:
         reindex_child(args.url, worker_counts[0], args.batch_size)
