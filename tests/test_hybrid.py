@@ -626,7 +626,7 @@ def _declare(**attributes: Any) -> None:
                 "email_bidx": mapped_column(String(64)),
                 "email": encrypted_hybrid("email_encrypted", blind_index="email_bidx"),
             },
-            "String\\(97\\)",
+            "at least 97 characters",
         ),
         (
             {

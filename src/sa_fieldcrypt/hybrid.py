@@ -1204,10 +1204,11 @@ def _bind_index(
     column = _mapped_column(mapper, declared.column, label, "blind-index column")
     index_label = f"{column.table.fullname}.{column.name}"
     length = getattr(column.type, "length", None)
-    if not isinstance(column.type, String) or (length is not None and length < BLIND_INDEX_LENGTH):
+    needed = declared.max_length
+    if not isinstance(column.type, String) or (length is not None and length < needed):
         raise ConfigurationError(
             f"{label}: the blind-index column {index_label} must be a string column "
-            "of at least BLIND_INDEX_LENGTH characters: "
+            f"of at least {needed} characters (BLIND_INDEX_LENGTH fits every index): "
             f"mapped_column(String({BLIND_INDEX_LENGTH}))"
         )
     existing = column.info.get(INFO_BLIND_INDEX)
