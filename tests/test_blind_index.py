@@ -464,7 +464,7 @@ def test_typed_normalizer_refuses_booleans_and_unknown_types(
 
 
 def test_index_value_format_and_length() -> None:
-    """A value is '<key id>:<64 lowercase hex>', as long as max_length, within BLIND_INDEX_LENGTH."""
+    """A value is '<key id>:<64 lowercase hex>': max_length long, within BLIND_INDEX_LENGTH."""
     long_id = "k" * 32
     ring = Keyring({long_id: generate_key("hmac-sha256")}, purpose="blind-index")
     index = _index(keyring=ring)

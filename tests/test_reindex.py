@@ -1025,8 +1025,8 @@ def test_slow_index_key_rotation_finds_rows_under_both_keys(
         session.add(SlowPatient(id=5, ward="a", code="0042"))
         session.commit()
     assert [[1, 2, 5]] * 3 == _slow_ids(slow_db, SlowPatient, "0042")
-    (full, tiny, ward) = status(slow_db, indexes=find_indexes(SlowPatient)).indexes
-    assert ({"b2": 1, "b1": 4}, 4) == (full.by_key, full.stale)
+    counted = status(slow_db, indexes=find_indexes(SlowPatient)).indexes
+    assert [({"b2": 1, "b1": 4}, 4)] * 3 == [(i.by_key, i.stale) for i in counted]
     with pytest.raises(RotationError, match="'b1' is still used"):
         retire_keys(slow_db, [], ["b1"], indexes=find_indexes(SlowPatient))
     assert 4 == reindex(slow_db, find_indexes(SlowPatient)).written
