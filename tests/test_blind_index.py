@@ -1073,3 +1073,14 @@ def test_a_slow_index_checks_only_values_of_its_own_parameters() -> None:
     fast = _index().compute("1234")
     assert (None, None) == (index.matches("1234", other or ""), index.matches("1234", fast or ""))
     assert _index().matches("1234", stored) is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(value=st.text(max_size=20))
+def test_slow_index_values_check_and_find_their_value(value: str) -> None:
+    """For any value, a slow index's stored value matches it, and its candidates hold it."""
+    index = _index(slow=FAST_SCRYPT)
+    stored = index.compute(value)
+    assert stored is not None
+    assert index.matches(value, stored) is True
+    assert (stored,) == index.candidates(value)
