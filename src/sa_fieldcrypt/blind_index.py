@@ -22,12 +22,14 @@ with the value)::
     session.scalars(select(Customer).where(Customer.email == " Ada@Example.com"))
 
 Stored format: ``<key id>:<64 lowercase hex digits>``, for example ``b1:3f0c...``; a
-truncated index (``bits=16``) keeps the first ``bits / 4`` of those digits. A slow index
-(``slow=Scrypt(...)``) records its cost parameters after the key id:
-``<key id>$s<log2 n>.<r>.<p>:<hex>``, for example ``b1$s14.8.1:3f0c...``, so that values
-written with other parameters are told apart (:func:`parse_index_value` reads both forms). Hex, not
+truncated index (``bits=16``) keeps the first ``bits / 4`` of those digits. Hex, not
 base64, because MySQL and MariaDB compare strings case-insensitively by default. The key id
 says which index key wrote the value, so a rotation's progress can be counted in SQL.
+
+A slow index (``slow=Scrypt(...)``, for values of few possible values such as dates of
+birth) hashes with scrypt instead of one HMAC, and records its cost parameters after the
+key id, ``<key id>$s<log2 n>.<r>.<p>:<hex>`` (``b1$s14.8.1:3f0c...``), so that values
+written with other parameters are told apart; :func:`parse_index_value` reads both forms.
 
 Besides normalizers of whole values, a :class:`Transform` indexes part of one
 (:func:`last_digits`, :func:`first_chars`, :data:`email_domain`, :data:`letters_lower`), and
