@@ -1004,6 +1004,7 @@ def test_changed_cost_parameters_are_stale_until_reindexed(slow_db: Engine) -> N
     report = status(slow_db, indexes=find_indexes(ChangedPatient))
     assert not report.reindexed
     assert any("other cost parameters" in p for p in report.problems())
+    assert "writing index key id 'b1', cost parameters s12.2.1)" in report.describe()
     assert "other cost parameters" in report.describe()
     assert [[]] * 3 == _slow_ids(slow_db, ChangedPatient, "0042")  # lookups miss them
 

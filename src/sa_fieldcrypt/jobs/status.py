@@ -211,6 +211,7 @@ class IndexStatus:
         other_cost: rows per active index key id made with other cost parameters (of a slow
             index, :class:`~sa_fieldcrypt.Scrypt`; or fast values of a slow index, or the
             reverse): lookups cannot find them until reindexed.
+        cost: the cost label new values carry (``$s14.8.1``); empty for a fast index.
         no_index: rows with a value but no index value: values the normalizer does not
             index, or rows written without the hybrid.
         missing: of ``no_index``, the rows whose value the normalizer does index (or that do
@@ -226,6 +227,7 @@ class IndexStatus:
     no_index: int
     missing: int | None = None
     other_cost: dict[str, int] = field(default_factory=dict)
+    cost: str = ""
 
     @property
     def stale(self) -> int:
@@ -529,7 +531,8 @@ def _describe_opened(col: ColumnStatus) -> list[str]:
 
 
 def _describe_index(index: IndexStatus) -> list[str]:
-    lines = [f"{index.column}  (blind index; writing index key id {index.primary!r})"]
+    slow = f", cost parameters {index.cost[1:]}" if index.cost else ""
+    lines = [f"{index.column}  (blind index; writing index key id {index.primary!r}{slow})"]
     for key_id, rows in index.by_key.items():
         note = "writing" if key_id == index.primary else "matching: reindex moves these"
         lines.append(f"  key {key_id:<24} {rows:>12,}  {note}")
@@ -877,6 +880,7 @@ def _index_status(conn: Connection, sql: DialectSql, column: IndexedColumn) -> I
         other_keys=int(row[0]) - sum(all_by_key.values()),
         no_index=int(row[1]),
         other_cost=other_cost,
+        cost=blind_index.cost,
     )
 
 
