@@ -93,8 +93,13 @@ __all__ = [
     "typed_normalizer",
 ]
 
+# Below 2**12 an scrypt costs little more than the HMAC it replaces; above 2**20 it takes
+# seconds per value. r and p are bounded so that the cost label stays short.
+_SCRYPT_LOG_N = range(12, 21)
+_SCRYPT_R = range(1, 33)
+_SCRYPT_P = range(1, 17)
 # The longest cost label of a slow index: "$s" and the largest log2 n, r and p allowed.
-_COST_LENGTH = len("$s20.32.16")
+_COST_LENGTH = len(f"$s{_SCRYPT_LOG_N[-1]}.{_SCRYPT_R[-1]}.{_SCRYPT_P[-1]}")
 
 #: Longest stored index value: a 32-character key id, a slow index's cost label
 #: (``$s14.8.1``, at most 10 characters), ``:``, 64 hex digits. Size index columns with it:
@@ -119,11 +124,6 @@ _HKDF_SLOW_INFO_PREFIX = b"sa-fieldcrypt slow blind index v1\x00"
 #: Most memory one slow hash may take, in bytes (256 MiB): parameters that need more are
 #: refused, since every lookup, insert and checked read in every process pays it.
 MAX_SCRYPT_MEMORY = 256 * 1024 * 1024
-# Below 2**12 an scrypt costs little more than the HMAC it replaces; above 2**20 it takes
-# seconds per value. r and p are bounded so that the cost label stays short.
-_SCRYPT_LOG_N = range(12, 21)
-_SCRYPT_R = range(1, 33)
-_SCRYPT_P = range(1, 17)
 
 
 # -- normalizers ---------------------------------------------------------------------------
