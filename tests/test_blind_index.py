@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import math
 import re
@@ -30,6 +31,7 @@ from sa_fieldcrypt import (
     Key,
     KeyProviderError,
     Keyring,
+    Scrypt,
     Transform,
     ValueTypeError,
     compound,
@@ -43,6 +45,7 @@ from sa_fieldcrypt import (
     normalize_phone,
     typed_normalizer,
 )
+from sa_fieldcrypt.blind_index import MAX_SCRYPT_MEMORY, IndexValue, parse_index_value
 from sa_fieldcrypt.testing import (
     date_plaintexts,
     datetime_plaintexts,
@@ -461,15 +464,17 @@ def test_typed_normalizer_refuses_booleans_and_unknown_types(
 
 
 def test_index_value_format_and_length() -> None:
-    """A value is '<key id>:<64 lowercase hex>', never longer than BLIND_INDEX_LENGTH."""
+    """A value is '<key id>:<64 lowercase hex>': max_length long, within BLIND_INDEX_LENGTH."""
     long_id = "k" * 32
     ring = Keyring({long_id: generate_key("hmac-sha256")}, purpose="blind-index")
-    value = _index(keyring=ring).compute("ada@example.com")
+    index = _index(keyring=ring)
+    value = index.compute("ada@example.com")
     assert value is not None
     match = INDEX_VALUE.match(value)
     assert match is not None
     assert long_id == match["id"]
-    assert BLIND_INDEX_LENGTH == len(value)
+    assert (97, 97) == (index.max_length, len(value))
+    assert BLIND_INDEX_LENGTH >= len(value)
 
 
 def test_index_value_matches_the_documented_construction() -> None:
@@ -942,3 +947,140 @@ def _email_variants(value: str) -> st.SearchStrategy[str]:
         .map(lambda p: "".join(p))
         .filter(lambda v: normalize_email(v) == normalize_email(value))
     )
+
+
+# -- slow indexes ----------------------------------------------------------------------------
+
+# Small parameters: the tests check the construction, not the cost.
+FAST_SCRYPT = Scrypt(n=2**12, r=1, p=1)
+
+
+def test_scrypt_defaults_and_label() -> None:
+    """The defaults are n=2**14, r=8, p=1 (16 MiB), recorded as '$s14.8.1'."""
+    assert ((2**14, 8, 1), "$s14.8.1") == ((Scrypt().n, Scrypt().r, Scrypt().p), Scrypt().label)
+    assert 128 * 8 * (2**14 + 3) == Scrypt().memory
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"n": 2**11}, "power of two from 2\\*\\*12 to 2\\*\\*20"),
+        ({"n": 3 * 2**12}, "power of two"),
+        ({"n": 2**21}, "power of two"),
+        ({"n": 2.0**14}, "power of two"),
+        ({"r": 0}, "r must be an int from 1 to 32"),
+        ({"r": 33}, "r must be an int from 1 to 32"),
+        ({"p": 17}, "p must be an int from 1 to 16"),
+        ({"p": True}, "p must be an int"),
+        ({"n": 2**20, "r": 8}, "more than MAX_SCRYPT_MEMORY"),
+    ],
+)
+def test_scrypt_refuses_parameters_outside_their_range(
+    kwargs: dict[str, Any], expected: str
+) -> None:
+    """Too weak to be worth it, malformed, or above the memory cap: ConfigurationError."""
+    with pytest.raises(ConfigurationError, match=expected):
+        Scrypt(**kwargs)
+
+
+def test_the_memory_cap_admits_what_it_states() -> None:
+    """The largest parameters under the cap are accepted; the cap is 256 MiB."""
+    assert 256 * 1024 * 1024 == MAX_SCRYPT_MEMORY
+    assert MAX_SCRYPT_MEMORY >= Scrypt(n=2**20, r=1, p=16).memory
+
+
+def test_slow_must_be_a_scrypt() -> None:
+    """Anything else as slow= is refused when the index is declared."""
+    with pytest.raises(ConfigurationError, match="slow must be a Scrypt"):
+        BlindIndex("dob_bidx", slow=14)  # type: ignore[arg-type]
+
+
+def test_slow_index_value_matches_the_documented_construction() -> None:
+    """HMAC(k, scrypt(value, salt=k)), k = HKDF(key, info=slow prefix + name), labelled."""
+    secret = bytes(range(32))
+    ring = Keyring({"b1": base64.urlsafe_b64encode(secret)}, purpose="blind-index")
+    column_key = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"sa-fieldcrypt slow blind index v1\x00customers.email_bidx",
+    ).derive(secret)
+    stretched = hashlib.scrypt(b"1990-01-01", salt=column_key, n=2**12, r=1, p=1, dklen=32)
+    mac = HMAC(column_key, hashes.SHA256())
+    mac.update(stretched)
+    expected = "b1$s12.1.1:" + mac.finalize().hex()
+    index = _index(keyring=ring, normalizer=typed_normalizer(date), slow=FAST_SCRYPT)
+    assert expected == index.compute(date(1990, 1, 1))
+
+
+def test_slow_index_values_differ_from_fast_ones_and_by_parameters() -> None:
+    """The same value under one key and name gives unrelated digests fast, slow, and per cost."""
+    indexes = [_index(), _index(slow=FAST_SCRYPT), _index(slow=Scrypt(n=2**12, r=2, p=1))]
+    values = [i.compute("ada@example.com") for i in indexes]
+    parsed = [parse_index_value(v or "") for v in values]
+    assert ["", "$s12.1.1", "$s12.2.1"] == [p.cost for p in parsed if p]
+    assert 3 == len({p.digest for p in parsed if p})
+
+
+def test_the_longest_slow_index_value_fits_blind_index_length() -> None:
+    """A 32-character key id with the longest cost label fills BLIND_INDEX_LENGTH exactly."""
+    ring = Keyring({"k" * 32: generate_key("hmac-sha256")}, purpose="blind-index")
+    index = _index(keyring=ring, slow=Scrypt(n=2**12, r=10, p=10))
+    value = index.compute("x")
+    assert value is not None
+    assert (BLIND_INDEX_LENGTH, BLIND_INDEX_LENGTH) == (index.max_length, len(value))
+
+
+@given(
+    key_id=key_ids,
+    cost=st.sampled_from(["", "$s12.1.1", "$s14.8.1", "$s20.32.16"]),
+    digest=st.text("0123456789abcdef", max_size=64),
+)
+def test_parse_index_value_round_trips(key_id: str, cost: str, digest: str) -> None:
+    """Any key id, cost label and digest joined as stored parse back to themselves."""
+    assert IndexValue(key_id, cost, digest) == parse_index_value(f"{key_id}{cost}:{digest}")
+
+
+@pytest.mark.parametrize("stored", ["", "b1", ":abc", "$s14.8.1:abc", "b1$s14.8.1"])
+def test_parse_index_value_refuses_malformed_values(stored: str) -> None:
+    """A value without its ':' or key id is not an index value."""
+    assert parse_index_value(stored) is None
+
+
+def test_slow_candidates_digest_and_truncation() -> None:
+    """Candidates cover every key; a truncated value is its full digest's first digits."""
+    both = Keyring(
+        [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *RING],
+        purpose="blind-index",
+    )
+    index = _index(keyring=both, slow=FAST_SCRYPT, bits=16)
+    old = _index(keyring=RING, slow=FAST_SCRYPT, bits=16)
+    candidates = index.candidates("1234")
+    assert 2 == len(candidates)
+    assert candidates[0].startswith("b2$s12.1.1:")
+    assert old.compute("1234") == candidates[1]
+    full = index.digest(b"1234")
+    assert (len("b2$s12.1.1:") + 64, full[: len(candidates[0])]) == (len(full), candidates[0])
+
+
+def test_a_slow_index_checks_only_values_of_its_own_parameters() -> None:
+    """matches() is True or False for its own cost; None for a value of other parameters."""
+    index = _index(slow=FAST_SCRYPT)
+    stored = index.compute("1234")
+    assert stored is not None
+    assert (True, False) == (index.matches("1234", stored), index.matches("4321", stored))
+    other = _index(slow=Scrypt(n=2**12, r=2, p=1)).compute("1234")
+    fast = _index().compute("1234")
+    assert (None, None) == (index.matches("1234", other or ""), index.matches("1234", fast or ""))
+    assert _index().matches("1234", stored) is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(value=st.text(max_size=20))
+def test_slow_index_values_check_and_find_their_value(value: str) -> None:
+    """For any value, a slow index's stored value matches it, and its candidates hold it."""
+    index = _index(slow=FAST_SCRYPT)
+    stored = index.compute(value)
+    assert stored is not None
+    assert index.matches(value, stored) is True
+    assert (stored,) == index.candidates(value)

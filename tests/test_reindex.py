@@ -31,10 +31,12 @@ from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
     ConfigurationError,
+    DecryptionError,
     EncryptedText,
     Key,
     Keyring,
     RotationError,
+    Scrypt,
     compound,
     compound_index,
     encrypted_hybrid,
@@ -913,3 +915,159 @@ def test_reindex_fills_and_checks_compound_indexes(
             assert [4] == [m.id for m in found]
     finally:
         SearchBase.metadata.drop_all(engine)
+
+
+# -- slow indexes ----------------------------------------------------------------------------
+#
+# One table, declared twice: before and after its cost parameters change. Small parameters
+# keep the tests fast; the construction is the same at any cost.
+
+BEFORE = Scrypt(n=2**12, r=1, p=1)
+AFTER = Scrypt(n=2**12, r=2, p=1)
+
+
+class SlowBase(DeclarativeBase):
+    pass
+
+
+class ChangedBase(DeclarativeBase):
+    pass
+
+
+def _slow_patient(base: type[DeclarativeBase], cost: Scrypt, name: str) -> Any:
+    """The patients table with a full-size and a truncated slow index, and a compound one."""
+
+    class Patient(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "fc_rx_patients"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+        ward: Mapped[str] = mapped_column(String(8))
+        code_encrypted: Mapped[str | None] = mapped_column(Text)
+        code_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        code_tiny: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        code = encrypted_hybrid(
+            "code_encrypted",
+            blind_index=[
+                BlindIndex("code_bidx", slow=cost),
+                BlindIndex("code_tiny", slow=cost, bits=8),
+            ],
+        )
+        ward_code_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        ward_code = compound_index(
+            BlindIndex("ward_code_bidx", normalizer=compound(ward=None, code=None), slow=cost)
+        )
+
+    Patient.__name__ = Patient.__qualname__ = name
+    return Patient
+
+
+SlowPatient = _slow_patient(SlowBase, BEFORE, "SlowPatient")
+ChangedPatient = _slow_patient(ChangedBase, AFTER, "ChangedPatient")
+CODES = {1: "0042", 2: "0042", 3: "1234", 4: "9999"}
+
+
+@pytest.fixture
+def slow_db(engine: Engine, keyring: Keyring, index_keyring: Keyring) -> Iterator[Engine]:
+    SlowBase.metadata.drop_all(engine)
+    SlowBase.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all(SlowPatient(id=i, ward="a", code=c) for i, c in CODES.items())
+        session.commit()
+    yield engine
+    SlowBase.metadata.drop_all(engine)
+
+
+def _slow_ids(engine: Engine, model: Any, code: str) -> list[list[int]]:
+    """The rows each index of ``model`` finds for ``code``: full size, truncated, compound."""
+    with Session(engine) as session:
+        conditions = [
+            model.code == code,
+            model.code.index("code_tiny") == code,
+            model.ward_code == ("a", code),
+        ]
+        return [sorted(p.id for p in session.scalars(select(model).where(c))) for c in conditions]
+
+
+def test_slow_indexes_find_exactly_their_rows(slow_db: Engine) -> None:
+    """Full-size, truncated and compound slow indexes each find the rows of the term."""
+    assert [[1, 2]] * 3 == _slow_ids(slow_db, SlowPatient, "0042")
+    assert [[4]] * 3 == _slow_ids(slow_db, SlowPatient, "9999")
+    assert [[]] * 3 == _slow_ids(slow_db, SlowPatient, "0000")
+    with slow_db.connect() as conn:
+        stored = conn.execute(select(SlowPatient.__table__.c.code_bidx)).scalars().all()
+    assert all(v.startswith("b1$s12.1.1:") for v in stored)
+
+
+def test_changed_cost_parameters_are_stale_until_reindexed(slow_db: Engine) -> None:
+    """After a parameter change, status counts every row stale and reindex rewrites them all."""
+    before = status(slow_db, indexes=find_indexes(ChangedPatient)).indexes
+    assert [({"b1": 0}, {"b1": 4}, 4)] * 3 == [(i.by_key, i.other_cost, i.stale) for i in before]
+    report = status(slow_db, indexes=find_indexes(ChangedPatient))
+    assert not report.reindexed
+    assert any("other cost parameters" in p for p in report.problems())
+    assert "writing index key id 'b1', cost parameters s12.2.1)" in report.describe()
+    assert "other cost parameters" in report.describe()
+    assert [[]] * 3 == _slow_ids(slow_db, ChangedPatient, "0042")  # lookups miss them
+
+    assert 4 == reindex(slow_db, find_indexes(ChangedPatient)).written
+    after = status(slow_db, indexes=find_indexes(ChangedPatient)).indexes
+    assert [({"b1": 4}, {}, 0)] * 3 == [(i.by_key, i.other_cost, i.stale) for i in after]
+    assert [[1, 2]] * 3 == _slow_ids(slow_db, ChangedPatient, "0042")
+    assert 0 == reindex(slow_db, find_indexes(ChangedPatient)).written
+    # Seen from the old parameters, the rows are now the stale ones.
+    assert 4 == status(slow_db, indexes=find_indexes(SlowPatient)).indexes[0].stale
+
+
+def test_slow_index_key_rotation_finds_rows_under_both_keys(
+    slow_db: Engine, index_keyring: Keyring
+) -> None:
+    """Under a new writing key, old rows are found and counted stale; retiring waits for reindex."""
+    keys = _rotate(index_keyring)
+    with Session(slow_db) as session:
+        session.add(SlowPatient(id=5, ward="a", code="0042"))
+        session.commit()
+    assert [[1, 2, 5]] * 3 == _slow_ids(slow_db, SlowPatient, "0042")
+    counted = status(slow_db, indexes=find_indexes(SlowPatient)).indexes
+    assert [({"b2": 1, "b1": 4}, 4)] * 3 == [(i.by_key, i.stale) for i in counted]
+    with pytest.raises(RotationError, match="'b1' is still used"):
+        retire_keys(slow_db, [], ["b1"], indexes=find_indexes(SlowPatient))
+    assert 4 == reindex(slow_db, find_indexes(SlowPatient)).written
+    _retire(keys)
+    assert [[1, 2, 5]] * 3 == _slow_ids(slow_db, SlowPatient, "0042")
+    assert 0 == status(slow_db, indexes=find_indexes(SlowPatient)).indexes[0].stale
+
+
+def test_retiring_a_key_counts_its_rows_of_other_cost_parameters(
+    slow_db: Engine, index_keyring: Keyring
+) -> None:
+    """Rows under an old key with old parameters still need that key: retire-key refuses."""
+    _rotate(index_keyring)
+    with pytest.raises(RotationError, match="'b1' is still used"):
+        retire_keys(slow_db, [], ["b1"], indexes=find_indexes(ChangedPatient))
+
+
+def test_a_value_swapped_into_a_slow_indexed_row_is_refused(slow_db: Engine) -> None:
+    """check_index works on slow indexes: a copied-in value does not match the row's index."""
+    table = SlowPatient.__table__
+    with slow_db.begin() as conn:
+        token = conn.execute(select(table.c.code_encrypted).where(table.c.id == 4)).scalar_one()
+        conn.execute(update(table).where(table.c.id == 1).values(code_encrypted=token))
+    with Session(slow_db) as session:
+        found = session.scalars(select(SlowPatient).where(SlowPatient.code == "0042")).all()
+        assert [1, 2] == sorted(p.id for p in found)
+        with pytest.raises(DecryptionError, match="altered"):
+            session.get(SlowPatient, 1).code  # noqa: B018 -- the read is the test
+    assert 1 == verify(slow_db, [], indexes=find_indexes(SlowPatient)[:1]).failed
+
+
+def test_cli_reindex_check_exits_1_while_rows_have_other_cost_parameters(
+    slow_db: Engine,
+) -> None:
+    """`reindex --check` fails on rows of old parameters; `reindex` rewrites; --check passes."""
+    url = slow_db.url.render_as_string(hide_password=False)
+    arguments = ["reindex", "--db", url, "--models", "test_reindex:ChangedPatient"]
+    before = CliRunner().invoke(cli, [*arguments, "--check", "--json"])
+    assert 1 == before.exit_code, before.output
+    counts = json.loads(before.output)["indexes"]
+    assert [4, 4, 4] == [c["stale"] for c in counts]
+    assert 0 == CliRunner().invoke(cli, arguments).exit_code
+    assert 0 == CliRunner().invoke(cli, [*arguments, "--check"]).exit_code

@@ -26,6 +26,11 @@ truncated index (``bits=16``) keeps the first ``bits / 4`` of those digits. Hex,
 base64, because MySQL and MariaDB compare strings case-insensitively by default. The key id
 says which index key wrote the value, so a rotation's progress can be counted in SQL.
 
+A slow index (``slow=Scrypt(...)``, for values of few possible values such as dates of
+birth) hashes with scrypt instead of one HMAC, and records its cost parameters after the
+key id, ``<key id>$s<log2 n>.<r>.<p>:<hex>`` (``b1$s14.8.1:3f0c...``), so that values
+written with other parameters are told apart; :func:`parse_index_value` reads both forms.
+
 Besides normalizers of whole values, a :class:`Transform` indexes part of one
 (:func:`last_digits`, :func:`first_chars`, :data:`email_domain`, :data:`letters_lower`), and
 :func:`compound` several attributes of a row, length-prefixed.
@@ -45,6 +50,7 @@ downtime.
 from __future__ import annotations
 
 import copy
+import hashlib
 import hmac
 import math
 import re
@@ -52,9 +58,10 @@ import struct
 import unicodedata
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from sa_fieldcrypt.config import as_key_cache, default_key_cache
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, ValueTypeError
@@ -67,10 +74,13 @@ __all__ = [
     "BITS_STEP",
     "BLIND_INDEX_LENGTH",
     "FULL_BITS",
+    "MAX_SCRYPT_MEMORY",
     "MIN_BITS",
     "BlindIndex",
     "Compound",
+    "IndexValue",
     "Normalizer",
+    "Scrypt",
     "Transform",
     "compound",
     "email_domain",
@@ -79,12 +89,22 @@ __all__ = [
     "letters_lower",
     "normalize_email",
     "normalize_phone",
+    "parse_index_value",
     "typed_normalizer",
 ]
 
-#: Longest stored index value: a 32-character key id, ``:``, 64 hex digits. Size index
-#: columns with it: ``mapped_column(String(BLIND_INDEX_LENGTH))``.
-BLIND_INDEX_LENGTH = 32 + 1 + 64
+# Below 2**12 an scrypt costs little more than the HMAC it replaces; above 2**20 it takes
+# seconds per value. r and p are bounded so that the cost label stays short.
+_SCRYPT_LOG_N = range(12, 21)
+_SCRYPT_R = range(1, 33)
+_SCRYPT_P = range(1, 17)
+# The longest cost label of a slow index: "$s" and the largest log2 n, r and p allowed.
+_COST_LENGTH = len(f"$s{_SCRYPT_LOG_N[-1]}.{_SCRYPT_R[-1]}.{_SCRYPT_P[-1]}")
+
+#: Longest stored index value: a 32-character key id, a slow index's cost label
+#: (``$s14.8.1``, at most 10 characters), ``:``, 64 hex digits. Size index columns with it:
+#: ``mapped_column(String(BLIND_INDEX_LENGTH))``.
+BLIND_INDEX_LENGTH = 32 + _COST_LENGTH + 1 + 64
 
 #: Turns an attribute value into the text (or bytes) that is indexed; None: do not index.
 Normalizer = Callable[[Any], "str | bytes | None"]
@@ -98,6 +118,12 @@ BITS_STEP = 4
 
 # Versioned domain separation: a future format can derive different keys from the same secret.
 _HKDF_INFO_PREFIX = b"sa-fieldcrypt blind index v1\x00"
+# A slow index's key: never that of a fast index of the same name.
+_HKDF_SLOW_INFO_PREFIX = b"sa-fieldcrypt slow blind index v1\x00"
+
+#: Most memory one slow hash may take, in bytes (256 MiB): parameters that need more are
+#: refused, since every lookup, insert and checked read in every process pays it.
+MAX_SCRYPT_MEMORY = 256 * 1024 * 1024
 
 
 # -- normalizers ---------------------------------------------------------------------------
@@ -610,6 +636,106 @@ def compound(**parts: Normalizer | None) -> Compound:
     return Compound(parts)
 
 
+# -- slow hashing --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scrypt:
+    """Cost parameters of a slow (memory-hard) blind index: scrypt, from ``hashlib``.
+
+    Typical usage, for a value of few possible values (a date of birth, a short code)::
+
+        BlindIndex("birth_date_bidx", normalizer=typed_normalizer(date), slow=Scrypt())
+
+    Each index value is then ``HMAC-SHA256(k, scrypt(value, salt=k, n, r, p))``, where ``k``
+    is the index's own key (derived from the index key and the index name). The salt is the
+    secret key, so nothing can be computed ahead of a theft of the key: whoever holds the
+    key and the table pays one scrypt per guessed value. The HMAC around it keeps the index
+    a keyed PRF of the value, by HMAC's standard assumption, for whoever does not hold the
+    key, whatever scrypt is worth with a secret salt.
+
+    The parameters are recorded in every stored value (``$s14.8.1``): after changing them,
+    lookups find only rows written with the new ones, ``fieldcrypt status`` counts the others
+    as stale, and ``fieldcrypt reindex`` rewrites them.
+
+    Args:
+        n: CPU and memory cost, a power of two from ``2**12`` to ``2**20``.
+        r: block size, 1 to 32.
+        p: parallelization, 1 to 16 (``hashlib`` computes the lanes one after another, so
+            time grows with it).
+
+    Raises:
+        ConfigurationError: a parameter is outside its range, or the hash needs more than
+            :data:`MAX_SCRYPT_MEMORY` bytes (``128 * r * (n + p + 2)``).
+    """
+
+    n: int = 2**14
+    r: int = 8
+    p: int = 1
+
+    def __post_init__(self) -> None:
+        n, r, p = self.n, self.r, self.p
+        if type(n) is not int or n <= 0 or n & (n - 1) or n.bit_length() - 1 not in _SCRYPT_LOG_N:
+            raise ConfigurationError(
+                f"Scrypt: n must be a power of two from 2**{_SCRYPT_LOG_N[0]} to "
+                f"2**{_SCRYPT_LOG_N[-1]}, got {n!r} (below 2**{_SCRYPT_LOG_N[0]} it costs "
+                "little more than the HMAC of a fast index)"
+            )
+        if type(r) is not int or r not in _SCRYPT_R:
+            raise ConfigurationError(
+                f"Scrypt: r must be an int from {_SCRYPT_R[0]} to {_SCRYPT_R[-1]}, got {r!r}"
+            )
+        if type(p) is not int or p not in _SCRYPT_P:
+            raise ConfigurationError(
+                f"Scrypt: p must be an int from {_SCRYPT_P[0]} to {_SCRYPT_P[-1]}, got {p!r}"
+            )
+        if self.memory > MAX_SCRYPT_MEMORY:
+            raise ConfigurationError(
+                f"Scrypt(n=2**{n.bit_length() - 1}, r={r}, p={p}) needs {self.memory:,} bytes "
+                f"per hash, more than MAX_SCRYPT_MEMORY ({MAX_SCRYPT_MEMORY:,}); lower n or r"
+            )
+
+    @property
+    def memory(self) -> int:
+        """Bytes one hash takes, as OpenSSL counts them against ``maxmem``."""
+        return 128 * self.r * (self.n + self.p + 2)
+
+    @property
+    def label(self) -> str:
+        """The parameters as stored values record them: ``$s14.8.1`` for the defaults."""
+        return f"$s{self.n.bit_length() - 1}.{self.r}.{self.p}"
+
+    def hash(self, key: bytes, data: bytes) -> bytes:
+        """Return the 32-byte slow hash of ``data`` under ``key`` (see the class docstring)."""
+        stretched = hashlib.scrypt(
+            data, salt=key, n=self.n, r=self.r, p=self.p, maxmem=self.memory, dklen=32
+        )
+        return hmac.digest(key, stretched, "sha256")
+
+
+class IndexValue(NamedTuple):
+    """A stored index value, in its parts (see :func:`parse_index_value`)."""
+
+    key_id: str
+    #: The cost label of a slow index (``$s14.8.1``); empty for a fast (HMAC) index.
+    cost: str
+    #: The hex digits.
+    digest: str
+
+
+def parse_index_value(stored: str) -> IndexValue | None:
+    """Split a stored index value into key id, cost label and digest; None if malformed.
+
+    ``"b1:3f0c"`` is ``IndexValue("b1", "", "3f0c")``; ``"b1$s14.8.1:3f0c"`` is
+    ``IndexValue("b1", "$s14.8.1", "3f0c")``. Key ids hold neither ``$`` nor ``:``.
+    """
+    head, sep, digest = stored.partition(":")
+    key_id, dollar, cost = head.partition("$")
+    if not sep or not key_id:
+        return None
+    return IndexValue(key_id, dollar + cost, digest)
+
+
 # -- the index -----------------------------------------------------------------------------
 
 
@@ -643,6 +769,10 @@ class BlindIndex:
             (two values may share a truncated one), so ``unique=True`` with ``bits`` below
             256 is refused; so is binding a truncated index to a column in a unique
             constraint or index of its table.
+        slow: a :class:`Scrypt` of cost parameters, for values of few possible values
+            (dates of birth, short codes): each index value is then a memory-hard hash
+            instead of one HMAC, and every insert, lookup term (per active key) and checked
+            read pays one (see ``docs/blind-indexes.md``). None (the default): HMAC-SHA256.
 
     Raises:
         ConfigurationError: an argument is malformed, or ``unique`` with a truncated size.
@@ -657,6 +787,7 @@ class BlindIndex:
         name: str | None = None,
         bits: int = FULL_BITS,
         unique: bool = False,
+        slow: Scrypt | None = None,
     ):
         if not isinstance(column, str) or not column:
             raise ConfigurationError("BlindIndex: column must be the index column's attribute")
@@ -672,11 +803,17 @@ class BlindIndex:
                 f"BlindIndex({column!r}): a unique index needs the full {FULL_BITS} bits "
                 f"(two values may share a {bits}-bit index value); drop bits= or unique=True"
             )
+        if slow is not None and not isinstance(slow, Scrypt):
+            raise ConfigurationError(
+                f"BlindIndex({column!r}): slow must be a Scrypt of cost parameters, "
+                f"got {type(slow).__name__}"
+            )
         self.column = column
         self.normalizer = normalizer
         self.name = name
         self.bits = bits
         self.unique = unique
+        self.slow = slow
         # What was given, as EncryptedType keeps it; the cache is what is read.
         self.keyring = keyring
         self._keys: KeyCache | None = (
@@ -704,6 +841,20 @@ class BlindIndex:
     def truncated(self) -> bool:
         """Whether index values are shorter than the full HMAC: lookups return candidates."""
         return self.bits < FULL_BITS
+
+    @property
+    def cost(self) -> str:
+        """The cost label stored values of this index carry: ``$s14.8.1``; empty if fast."""
+        return "" if self.slow is None else self.slow.label
+
+    @property
+    def max_length(self) -> int:
+        """Longest value this index stores at full size: what its column must hold."""
+        return 32 + len(self.cost) + 1 + FULL_BITS // 4
+
+    def prefix(self, key_id: str) -> str:
+        """What every value this index stores under ``key_id`` starts with: ``b1:``."""
+        return f"{key_id}{self.cost}:"
 
     @property
     def derived(self) -> bool:
@@ -799,11 +950,15 @@ class BlindIndex:
     def matches(self, value: Any, stored: str) -> bool | None:
         """Whether ``stored`` is the index of ``value`` under the key id ``stored`` names.
 
-        One HMAC, compared in constant time. None when the keyring holds no key of that id
-        (a retired index key): it cannot be checked, and no lookup matches it either.
+        One HMAC (or slow hash), compared in constant time. None when the keyring holds no
+        key of that id (a retired index key), or the value was made with other cost
+        parameters (a fast value of a slow index, or the reverse): it cannot be checked,
+        and no lookup matches it either, until ``fieldcrypt reindex`` rewrites it.
         """
-        key_id, sep, _ = stored.partition(":")
-        key = self.active_keyring().find(key_id) if sep else None
+        parsed = parse_index_value(stored)
+        if parsed is None or parsed.cost != self.cost:
+            return None
+        key = self.active_keyring().find(parsed.key_id)
         if key is None:
             return None
         data = self.normalize(value)
@@ -838,10 +993,14 @@ class BlindIndex:
                 f"BlindIndex({self.column!r}) has no name: use it through encrypted_hybrid() "
                 "on a mapped class, or pass name="
             )
-        column_key = key.derive(_HKDF_INFO_PREFIX + self.name.encode("utf-8", "surrogatepass"))
+        name = self.name.encode("utf-8", "surrogatepass")
+        if self.slow is None:
+            digest = hmac.digest(key.derive(_HKDF_INFO_PREFIX + name), data, "sha256")
+        else:
+            digest = self.slow.hash(key.derive(_HKDF_SLOW_INFO_PREFIX + name), data)
         # Truncation keeps the first digits of the HMAC, as RFC 2104 section 5 recommends.
         digits = (self.bits if bits is None else bits) // 4
-        return f"{key.id}:{hmac.digest(column_key, data, 'sha256').hex()[:digits]}"
+        return f"{self.prefix(key.id)}{digest.hex()[:digits]}"
 
     @property
     def _label(self) -> str:
@@ -849,4 +1008,5 @@ class BlindIndex:
 
     def __repr__(self) -> str:
         bits = "" if self.bits == FULL_BITS else f", bits={self.bits}"
-        return f"BlindIndex({self.column!r}, name={self.name!r}{bits})"
+        slow = "" if self.slow is None else f", slow={self.slow!r}"
+        return f"BlindIndex({self.column!r}, name={self.name!r}{bits}{slow})"

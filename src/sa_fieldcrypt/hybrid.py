@@ -1204,10 +1204,11 @@ def _bind_index(
     column = _mapped_column(mapper, declared.column, label, "blind-index column")
     index_label = f"{column.table.fullname}.{column.name}"
     length = getattr(column.type, "length", None)
-    if not isinstance(column.type, String) or (length is not None and length < BLIND_INDEX_LENGTH):
+    needed = declared.max_length
+    if not isinstance(column.type, String) or (length is not None and length < needed):
         raise ConfigurationError(
             f"{label}: the blind-index column {index_label} must be a string column "
-            "of at least BLIND_INDEX_LENGTH characters: "
+            f"of at least {needed} characters (BLIND_INDEX_LENGTH fits every index): "
             f"mapped_column(String({BLIND_INDEX_LENGTH}))"
         )
     existing = column.info.get(INFO_BLIND_INDEX)
@@ -1311,10 +1312,12 @@ def encrypted_hybrid(
             ``EncryptedDate()``, or any type with a keyring of its own, also work). Not
             allowed over an ``EncryptedType`` column.
         check_index: with a blind index, check on each read that the value's index equals
-            the row's stored one (one HMAC per stored value), so that a value copied in from
-            another row raises :class:`~sa_fieldcrypt.DecryptionError` instead of passing
-            for the row its index names. A row whose index is still NULL (not backfilled
-            yet) or under an index key the keyring no longer holds is not checked. Turn it
+            the row's stored one (one HMAC, or one scrypt for a slow index, per stored
+            value), so that a value copied in from another row raises
+            :class:`~sa_fieldcrypt.DecryptionError` instead of passing for the row its index
+            names. A row whose index is still NULL (not backfilled yet), under an index key
+            the keyring no longer holds, or made with other cost parameters than a slow
+            index's, is not checked. Turn it
             off only for the time a normalizer change waits for ``fieldcrypt reindex``.
             Every index of the attribute is checked (a truncated one at its size).
         bind_row: bind each value to its row's primary key as well as to its column, so

@@ -25,6 +25,7 @@ from sa_fieldcrypt import (
     EncryptedText,
     EncryptedTime,
     EncryptedUUID,
+    Scrypt,
     compound,
     compound_index,
     encrypted_hybrid,
@@ -59,7 +60,7 @@ class Customer(Base):
     born = encrypted_hybrid(
         "born_encrypted",
         column_type=EncryptedDate(),
-        blind_index=BlindIndex("born_bidx", normalizer=typed_normalizer(date)),
+        blind_index=BlindIndex("born_bidx", normalizer=typed_normalizer(date), slow=Scrypt()),
     )
     seen_encrypted: Mapped[str | None] = mapped_column(Text)
     seen_at = encrypted_hybrid("seen_encrypted", column_type=EncryptedDateTime(timezone=False))

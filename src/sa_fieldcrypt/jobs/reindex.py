@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Column, Engine, Table, UniqueConstraint, and_, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from sa_fieldcrypt.blind_index import IndexValue, parse_index_value
 from sa_fieldcrypt.errors import DecryptionError
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Item, JobFactory, Skip, run_jobs
 from sa_fieldcrypt.jobs.report import Failure, PrimaryKey, RunReport, format_key, word_for
@@ -81,8 +82,10 @@ def reindex_job(
         where = or_(
             *(and_(c.index.is_(None), *(v.is_not(None) for v in c.values)) for c in columns)
         )
+    # The writing key and cost parameters: a state file of a run under others is not resumed.
     keys = ", ".join(
-        f"{c.blind_index.name}={c.blind_index.active_keyring().primary.id}" for c in columns
+        f"{c.blind_index.name}={c.blind_index.active_keyring().primary.id}{c.blind_index.cost}"
+        for c in columns
     )
     return BatchJob(
         label,
@@ -246,16 +249,23 @@ def _collision_reason(
         f"the same normalized value as {word_for(len(holders), 'row')} {others} (its new "
         f"{column.index.name} collides with {theirs} under {under})"
     )
+    was = None if before is None else parse_index_value(before)
+    now = _parts(value)
     if before is None:
         why = (
             "this row had no index value, so the constraint never compared the two: a "
             "duplicate in data written before the index or without it (legacy data)"
         )
-    elif _key_id(before) != _key_id(value):
+    elif was is not None and was.key_id != now.key_id:
         why = (
-            f"this row's index value is under index key {_key_id(before)!r} and the other "
-            f"row's under {_key_id(value)!r}, so the constraint, which compares stored index "
+            f"this row's index value is under index key {was.key_id!r} and the other "
+            f"row's under {now.key_id!r}, so the constraint, which compares stored index "
             "values, could not see the duplicate (written while both keys were active)"
+        )
+    elif was is not None and was.cost != now.cost:
+        why = (
+            "this row's index value was made with other cost parameters (slow=), so the "
+            "constraint, which compares stored index values, could not see the duplicate"
         )
     else:
         why = (
@@ -271,9 +281,9 @@ def _value_count(columns: Sequence[IndexedColumn]) -> int:
     return sum(len(c.values) for c in columns)
 
 
-def _key_id(index_value: str) -> str:
-    """The index key id in front of a stored index value (``<key id>:<digest>``)."""
-    return index_value.partition(":")[0]
+def _parts(index_value: str) -> IndexValue:
+    """The parts of an index value this run computed (always well formed)."""
+    return cast("IndexValue", parse_index_value(index_value))
 
 
 def _holders(

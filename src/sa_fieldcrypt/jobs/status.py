@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, and_, case, func, select
+from sqlalchemy import Engine, and_, case, func, or_, select
 from sqlalchemy.engine import Connection
 
 from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token, looks_like_token
@@ -206,8 +206,12 @@ class IndexStatus:
         column: ``schema.table.column`` of the index column.
         primary: the id of the index key that computes new index values.
         keyring_ids: every active index key id; lookups match each of them.
-        by_key: rows per active index key id.
+        by_key: rows per active index key id, made with the index's cost parameters.
         other_keys: rows under a key id that is no longer active: lookups cannot find them.
+        other_cost: rows per active index key id made with other cost parameters (of a slow
+            index, :class:`~sa_fieldcrypt.Scrypt`; or fast values of a slow index, or the
+            reverse): lookups cannot find them until reindexed.
+        cost: the cost label new values carry (``$s14.8.1``); empty for a fast index.
         no_index: rows with a value but no index value: values the normalizer does not
             index, or rows written without the hybrid.
         missing: of ``no_index``, the rows whose value the normalizer does index (or that do
@@ -222,11 +226,19 @@ class IndexStatus:
     other_keys: int
     no_index: int
     missing: int | None = None
+    other_cost: dict[str, int] = field(default_factory=dict)
+    cost: str = ""
 
     @property
     def stale(self) -> int:
-        """Rows not under the writing key; 0 means the other keys can retire."""
-        return sum(n for k, n in self.by_key.items() if k != self.primary) + self.other_keys
+        """Rows not under the writing key and cost; 0 means the other keys can retire."""
+        old = sum(n for k, n in self.by_key.items() if k != self.primary)
+        return old + self.other_keys + sum(self.other_cost.values())
+
+    @property
+    def rows_by_key(self) -> dict[str, int]:
+        """Rows per active index key id, whatever their cost parameters: who needs which key."""
+        return {k: n + self.other_cost.get(k, 0) for k, n in self.by_key.items()}
 
     @property
     def done(self) -> bool:
@@ -309,7 +321,7 @@ class StatusReport:
                 KeyUsage(
                     key_id=key_id,
                     purpose="blind-index",
-                    rows=sum(i.by_key.get(key_id, 0) for i in self.indexes),
+                    rows=sum(i.rows_by_key.get(key_id, 0) for i in self.indexes),
                     primary=any(i.primary == key_id for i in self.indexes),
                     in_keyring=True,
                 )
@@ -360,6 +372,12 @@ class StatusReport:
                     f"{index.column}: {plural(index.other_keys, 'index value')} under index "
                     "keys that are no longer active, so lookups miss those rows: add the key "
                     "back or run `fieldcrypt reindex`"
+                )
+            if index.other_cost:
+                found.append(
+                    f"{index.column}: {plural(sum(index.other_cost.values()), 'index value')} "
+                    "made with other cost parameters than the index's, so lookups miss those "
+                    "rows: run `fieldcrypt reindex`"
                 )
         return found
 
@@ -513,10 +531,16 @@ def _describe_opened(col: ColumnStatus) -> list[str]:
 
 
 def _describe_index(index: IndexStatus) -> list[str]:
-    lines = [f"{index.column}  (blind index; writing index key id {index.primary!r})"]
+    slow = f", cost parameters {index.cost[1:]}" if index.cost else ""
+    lines = [f"{index.column}  (blind index; writing index key id {index.primary!r}{slow})"]
     for key_id, rows in index.by_key.items():
         note = "writing" if key_id == index.primary else "matching: reindex moves these"
         lines.append(f"  key {key_id:<24} {rows:>12,}  {note}")
+        if index.other_cost.get(key_id):
+            lines.append(
+                f"  {'  other cost parameters':<28} {index.other_cost[key_id]:>12,}  "
+                "lookups miss these: reindex rewrites them"
+            )
     if index.other_keys:
         lines.append(f"  {'retired keys':<28} {index.other_keys:>12,}  lookups miss these")
     lines.append(f"  {'no index value':<28} {index.no_index:>12,}")
@@ -827,20 +851,36 @@ def _index_status(conn: Connection, sql: DialectSql, column: IndexedColumn) -> I
     keyring = column.blind_index.active_keyring()
     # The writing key first, wherever the provider lists it.
     key_ids = (keyring.primary.id, *(i for i in keyring.ids if i != keyring.primary.id))
-    # count(CASE ...) rather than FILTER, which MariaDB lacks.
-    counts = [func.count(case((sql.has_prefix(column.index, f"{kid}:"), 1))) for kid in key_ids]
-    total = func.count(column.index)
+    blind_index = column.blind_index
+    index = column.index
+    # count(CASE ...) rather than FILTER, which MariaDB lacks. Per key: the rows made with
+    # the index's cost parameters, then every row under it ("<id>:" or "<id>$<cost>:").
+    current = [
+        func.count(case((sql.has_prefix(index, blind_index.prefix(kid)), 1))) for kid in key_ids
+    ]
+    under = [
+        func.count(
+            case((or_(sql.has_prefix(index, f"{kid}:"), sql.has_prefix(index, f"{kid}$")), 1))
+        )
+        for kid in key_ids
+    ]
+    total = func.count(index)
     has_values = [value.is_not(None) for value in column.values]
-    no_index = func.count(case((and_(column.index.is_(None), *has_values), 1)))
-    row = conn.execute(select(total, no_index, *counts).select_from(column.table)).one()
-    by_key = dict(zip(key_ids, (int(n) for n in row[2:]), strict=True))
+    no_index = func.count(case((and_(index.is_(None), *has_values), 1)))
+    row = conn.execute(select(total, no_index, *current, *under).select_from(column.table)).one()
+    counts = [int(n) for n in row[2:]]
+    by_key = dict(zip(key_ids, counts[: len(key_ids)], strict=True))
+    all_by_key = dict(zip(key_ids, counts[len(key_ids) :], strict=True))
+    other_cost = {k: all_by_key[k] - n for k, n in by_key.items() if all_by_key[k] != n}
     return IndexStatus(
         column=column.label,
         primary=keyring.primary.id,
         keyring_ids=key_ids,
         by_key=by_key,
-        other_keys=int(row[0]) - sum(by_key.values()),
+        other_keys=int(row[0]) - sum(all_by_key.values()),
         no_index=int(row[1]),
+        other_cost=other_cost,
+        cost=blind_index.cost,
     )
 
 
@@ -906,7 +946,7 @@ def retire_keys(
         )
     if keyring.purpose == "blind-index":
         report = status(engine, indexes=indexes)
-        counted = [(i.column, i.by_key, "index value") for i in report.indexes]
+        counted = [(i.column, i.rows_by_key, "index value") for i in report.indexes]
         _refuse_used(key_ids, counted, "`fieldcrypt reindex`, then --check")
         return remaining
     report = status(engine, columns, resolve_legacy=resolve_legacy)
