@@ -719,6 +719,19 @@ def test_plan_indexes_says_which_lookups_exceed_the_false_positive_bound() -> No
     ) in result.stdout
 
 
+def test_plan_indexes_names_no_negative_budget_for_a_table_too_small() -> None:
+    """A --min-coincidence above the row count is explained, not shown as negative bits."""
+    result = CliRunner().invoke(
+        cli,
+        ["plan-indexes", "--rows", "1000", "--index", "email=900", "--min-coincidence", "1e300"],
+    )
+    assert 1 == result.exit_code, result.output
+    assert "bits secret" not in result.stdout
+    assert "a table of 1,000 rows cannot give each combination the 1e+300 rows wanted" in (
+        result.stdout
+    )
+
+
 def test_plan_indexes_json_is_the_plan() -> None:
     """--json prints plan_index_sizes' result as JSON, options passed through."""
     result = CliRunner().invoke(

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import (
     Engine,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -32,9 +33,20 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    aliased,
+    joinedload,
+    mapped_column,
+    relationship,
+    selectinload,
+    subqueryload,
+    with_loader_criteria,
+)
 
 import sa_fieldcrypt
 from sa_fieldcrypt import (
@@ -1833,3 +1845,180 @@ def test_a_slow_index_needs_room_for_its_cost_label() -> None:
                 "code_encrypted",
                 blind_index=BlindIndex("code_bidx", slow=Scrypt(n=2**12, r=1, p=1)),
             )
+
+
+class Account(SearchBase):
+    """A 4-bit index only, on both sides of a one-to-many relationship."""
+
+    __tablename__ = "fc_hyb_accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    phone_encrypted: Mapped[str | None] = mapped_column(Text)
+    phone_tiny: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone = encrypted_hybrid(
+        "phone_encrypted", blind_index=BlindIndex("phone_tiny", normalizer=normalize_phone, bits=4)
+    )
+    purchases: Mapped[list[Purchase]] = relationship(
+        back_populates="account", order_by="Purchase.id"
+    )
+
+
+class Purchase(SearchBase):
+    __tablename__ = "fc_hyb_purchases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    account_id: Mapped[int] = mapped_column(ForeignKey("fc_hyb_accounts.id"))
+    code_encrypted: Mapped[str | None] = mapped_column(Text)
+    code_tiny: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    code = encrypted_hybrid("code_encrypted", blind_index=BlindIndex("code_tiny", bits=4))
+    account: Mapped[Account] = relationship(back_populates="purchases")
+
+
+def _store_accounts(engine: Engine, count: int = 48) -> None:
+    """Accounts 0..count-1, each phone distinct; every purchase belongs to account 0."""
+    with Session(engine) as session:
+        session.add_all(Account(id=i, phone=f"+1555{i:06d}") for i in range(count))
+        session.flush()
+        session.add_all(Purchase(id=i, account_id=0, code=f"code{i}") for i in range(count))
+        session.commit()
+
+
+_FIRST = "+1555000000"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        lambda: (
+            select(Account)
+            .where(Account.phone == _FIRST)
+            .options(joinedload(Account.purchases.and_(Purchase.code == "code5")))
+        ),
+        lambda: (
+            select(Account)
+            .where(Account.phone == _FIRST)
+            .options(selectinload(Account.purchases.and_(Purchase.code == "code5")))
+        ),
+        lambda: (
+            select(Account)
+            .where(Account.phone == _FIRST)
+            .options(
+                with_loader_criteria(Purchase, Purchase.code == "code5"),
+                selectinload(Account.purchases),
+            )
+        ),
+        lambda: (
+            select(Account)
+            .where(Account.phone == _FIRST)
+            .options(with_loader_criteria(Account, Account.phone == "+1555000007"))
+        ),
+        lambda: (
+            select(Account)
+            .where(Account.id == 0)
+            .options(selectinload(Account.purchases.and_(Purchase.code == "code5")))
+        ),
+        lambda: select(Account).options(with_loader_criteria(Account, Account.phone == _FIRST)),
+        lambda: (
+            select(Account).where(Account.phone == _FIRST).options(subqueryload(Account.purchases))
+        ),
+    ],
+    ids=[
+        "joined-and",
+        "selectin-and",
+        "criteria-child",
+        "criteria-parent",
+        "no-top",
+        "only-opt",
+        "subquery",
+    ],
+)
+def test_truncated_conditions_in_loader_options_are_refused(
+    search_db: Engine, statement: Any
+) -> None:
+    """A truncated condition a loader option or derived load carries is refused, not trusted."""
+    _store_accounts(search_db)
+    with Session(search_db) as session:
+        with pytest.raises(UnsupportedComparisonError, match="loader option") as raised:
+            session.scalars(statement()).unique().all()
+        assert "Core" not in str(raised.value)
+
+
+def test_relationships_load_in_full_beside_a_truncated_condition(search_db: Engine) -> None:
+    """Eager and lazy loads of a filtered entity's relationships return every related row."""
+    _store_accounts(search_db)
+    expected = list(range(48))
+    with Session(search_db) as session:
+        for option in (selectinload(Account.purchases), joinedload(Account.purchases)):
+            found = session.scalars(
+                select(Account).where(Account.phone == _FIRST).options(option)
+            ).unique()
+            assert [(0, expected)] == [(a.id, [p.id for p in a.purchases]) for a in found]
+            session.expunge_all()
+        lazy = session.scalars(select(Purchase).where(Purchase.code == "code5")).all()
+        assert [(5, 0)] == [(p.id, p.account.id) for p in lazy]
+
+
+def test_a_joined_collection_load_still_requires_unique(search_db: Engine) -> None:
+    """Filtering keeps SQLAlchemy's rule that a joined collection load needs .unique()."""
+    _store_accounts(search_db)
+    statement = (
+        select(Account).where(Account.phone == _FIRST).options(joinedload(Account.purchases))
+    )
+    with Session(search_db) as session, pytest.raises(InvalidRequestError, match="unique"):
+        session.scalars(statement).all()
+
+
+def test_populate_existing_and_for_update_refuse_a_truncated_condition(
+    search_db: Engine,
+) -> None:
+    """Refreshing or locking every candidate would act on rows that are not matches: refused."""
+    _store_accounts(search_db)
+    condition = Account.phone == _FIRST
+    with Session(search_db) as session:
+        for statement in (
+            select(Account).where(condition).execution_options(populate_existing=True),
+            select(Account).where(condition).with_for_update(),
+        ):
+            with pytest.raises(UnsupportedComparisonError, match="populate_existing"):
+                session.scalars(statement).all()
+        with pytest.raises(UnsupportedComparisonError, match="populate_existing"):
+            session.query(Account).filter(condition).populate_existing().all()
+
+
+def test_a_reused_condition_in_a_subquery_is_refused(search_db: Engine) -> None:
+    """One condition object in the WHERE clause and again in a subquery is not filtered once."""
+    _store_accounts(search_db)
+    condition = Account.phone == _FIRST
+    statement = select(Account).where(
+        condition, Account.id.in_(select(Account.id).where(condition))
+    )
+    with Session(search_db) as session, pytest.raises(UnsupportedComparisonError, match="subquery"):
+        session.scalars(statement).all()
+
+
+def test_an_altered_candidate_fails_only_the_lookups_it_would_match(search_db: Engine) -> None:
+    """A row whose token was swapped in is dropped from other lookups, and still fails its read."""
+    rows = _contacts(200)
+    _store(search_db, rows)
+    table = SearchBase.metadata.tables["fc_hyb_contacts"]
+    with Session(search_db) as session:
+        stored = {c.id: (c.email, c.email_tiny) for c in session.scalars(select(Contact))}
+    # Copy row a's token into row b (another domain, so b's full-size domain index disagrees),
+    # then look up a third value c sharing b's 4-bit index value.
+    a, b, c = next(
+        (a, b, c)
+        for a, b, c in ((a, b, c) for a in stored for b in stored for c in stored)
+        if None not in (stored[a][0], stored[b][0], stored[c][0])
+        and _domain(stored[a][0]) != _domain(stored[b][0])
+        and len({normalize_email(stored[i][0] or "") for i in (a, b, c)}) == 3
+        and stored[c][1] == stored[b][1]
+    )
+    with search_db.begin() as conn:
+        token = conn.scalar(select(table.c.email_encrypted).where(table.c.id == a))
+        conn.execute(update(table).where(table.c.id == b).values(email_encrypted=token))
+    wanted = normalize_email(stored[c][0] or "")
+    expected = sorted(i for i, (_, e) in rows.items() if e and normalize_email(e) == wanted)
+    with Session(search_db) as session:
+        assert expected == _found(session, Contact.email == stored[c][0])
+        altered = session.get(Contact, b)
+        assert altered is not None
+        with pytest.raises(DecryptionError):
+            _ = altered.email

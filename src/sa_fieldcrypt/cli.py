@@ -1118,11 +1118,18 @@ def _describe_plan(plan: IndexPlan) -> list[str]:
     )
     unbounded = [index.name for index in plan if not index.bounded]
     if unbounded:
+        # The budget is log2(rows / min_coincidence): negative when fewer rows than wanted
+        # per combination are in the table, which no size (nor fewer indexes) can mend.
+        why = (
+            f"{plan.rows:,} rows keep {plan.budget:.1f} bits secret across the column's "
+            "indexes, and fewer indexes would leave each more of them."
+            if plan.budget > 0
+            else f"a table of {plan.rows:,} rows cannot give each combination the "
+            f"{plan.min_coincidence:g} rows wanted, at any size."
+        )
         lines.append(
             f"Lookups through {', '.join(unbounded)} decrypt more than "
-            f"{_figure(plan.max_false_positives)} non-matching rows: {plan.rows:,} rows keep "
-            f"{plan.budget:.1f} bits secret across the column's indexes, and fewer indexes "
-            "would leave each more of them."
+            f"{_figure(plan.max_false_positives)} non-matching rows: {why}"
         )
     return lines
 

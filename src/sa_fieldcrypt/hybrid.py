@@ -588,8 +588,8 @@ class _EncryptedComparator(ExprComparator[Any]):
     def _target(self, bound: _BoundIndex) -> _Target:
         hybrid = self._hybrid
 
-        def read(instance: Any) -> Any:
-            return hybrid._binding_for(type(instance)).plaintext(instance)
+        def read(instance: Any, check: bool) -> Any:
+            return hybrid._binding_for(type(instance)).plaintext(instance, check=check)
 
         return _Target(self._entity, self._binding.label, bound, read)
 
@@ -621,7 +621,8 @@ class _Target:
     entity: Any  # the mapped class or aliased class compared
     owner: str  # "Customer.phone", for messages
     bound: _BoundIndex
-    read: Callable[[Any], Any]  # a loaded instance's value that the index is of
+    # A loaded instance's value that the index is of; True: check the row's stored indexes.
+    read: Callable[[Any, bool], Any]
 
 
 class IndexComparator:
@@ -733,15 +734,25 @@ def _require_value(owner: str, op: OperatorType, value: Any) -> None:
 # -- exact filtering of truncated indexes ----------------------------------------------------
 #
 # A truncated index's condition is wrapped in _Candidates, which compiles to the condition
-# itself and marks the compiled statement. The ORM hook below finds the marks in a statement,
-# runs it, and keeps the rows whose decrypted value hashes (at full size) as a term does. A
-# statement it cannot filter exactly is refused, and so is one that reaches a cursor without
-# it (Core): candidates must never pass for matches.
+# itself and counts itself on the compiled statement. The ORM hook below finds the marks in a
+# statement's WHERE clause, runs it, and keeps the rows whose decrypted value hashes (at full
+# size) as a term does. The cursor hook lets a compiled statement with marks run only when it
+# is the very statement the ORM hook filtered and its SQL holds no marks besides the ones the
+# hook checked: a mark anywhere else (a loader option, a subquery, a relationship load that
+# inherited the parent's options) is refused, since candidates must never pass for matches.
 
-#: Execution option the ORM hook sets on statements whose candidates it filters.
+#: Execution option the ORM hook sets on the statement it filters: a _Filtered.
 _FILTERED = "sa_fieldcrypt_filtered"
-# Attribute of a compiled statement whose SQL holds a truncated index's condition.
+# Attribute of a compiled statement: how many truncated-index conditions its SQL holds.
 _MARKED = "_sa_fieldcrypt_candidates"
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class _Filtered:
+    """What the ORM hook filters: one statement, and the marks it checks in its WHERE clause."""
+
+    statement: Any
+    marks: int
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -753,17 +764,24 @@ class _ExactMatch:
     digests: tuple[str, ...]  # full HMACs of the terms: no plaintext is kept
 
     def keeps(self, instance: Any) -> bool:
-        """Whether the loaded ``instance`` matches one of the terms (constant-time compares)."""
+        """Whether the loaded ``instance`` matches one of the terms (constant-time compares).
+
+        The match is decided on the decrypted value before the row's stored indexes are
+        checked against it, so a stale or altered row among the candidates raises
+        :class:`~sa_fieldcrypt.DecryptionError` only when it would be returned.
+        """
         if instance is None:
             return False
         blind_index = self.target.bound.blind_index
-        data = blind_index.normalize(self.target.read(instance))
+        data = blind_index.normalize(self.target.read(instance, False))
         if data is None:
             return False
         digest = blind_index.digest(data, self.key_id).encode("ascii")
         found = False
         for term in self.digests:
             found |= hmac.compare_digest(digest, term.encode("ascii"))
+        if found:
+            self.target.read(instance, True)  # the read-time index check, for a match
         return found
 
 
@@ -802,7 +820,7 @@ class _Candidates(ColumnElement[bool]):
 
 @compiles(_Candidates)
 def _compile_candidates(element: _Candidates, compiler: Any, **kw: Any) -> str:
-    setattr(compiler, _MARKED, True)
+    setattr(compiler, _MARKED, getattr(compiler, _MARKED, 0) + 1)
     return cast("str", compiler.process(element.clause, **kw))
 
 
@@ -822,12 +840,31 @@ def _refuse_unfiltered(
     conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any, executemany: bool
 ) -> None:
     compiled = getattr(context, "compiled", None)
-    if getattr(compiled, _MARKED, False) and not context.execution_options.get(_FILTERED):
+    marks = getattr(compiled, _MARKED, 0)
+    if not marks:
+        return
+    filtered = context.execution_options.get(_FILTERED)
+    if (
+        isinstance(filtered, _Filtered)
+        and filtered.statement is context.invoked_statement
+        and filtered.marks == marks
+    ):
+        return
+    if isinstance(filtered, _Filtered):
+        # An ORM statement: the mark is in a loader option, or in a load the ORM derived.
         raise UnsupportedComparisonError(
             "this statement compares a truncated blind index, whose matches are only "
-            "candidates, and it runs outside a Session (Core), where nothing filters them; "
-            "run select(<mapped class>).where(...) through a Session instead"
+            "candidates, in SQL the Session does not filter: a loader option "
+            "(joinedload/selectinload(... .and_(...)), with_loader_criteria()) or a load "
+            "derived from the statement (subqueryload, a relationship or deferred column "
+            "load). Filter only in the WHERE clause of select(<mapped class>), and load "
+            "related objects without truncated conditions (select them and filter in Python)"
         )
+    raise UnsupportedComparisonError(
+        "this statement compares a truncated blind index, whose matches are only "
+        "candidates, and it runs outside a Session (Core), where nothing filters them; "
+        "run select(<mapped class>).where(...) through a Session instead"
+    )
 
 
 def _conjuncts(clause: Any) -> Iterator[Any]:
@@ -881,11 +918,12 @@ def _refuse_stale_compounds(state: ORMExecuteState) -> None:
 
 def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     """Run an ORM statement holding truncated-index conditions; keep only the exact matches."""
-    if state.is_column_load or state.is_relationship_load:
-        return None
     statement = state.statement
     marks = [e for e in visitors.iterate(cast(Any, statement)) if isinstance(e, _Candidates)]
-    if not marks:
+    if not marks or state.is_column_load or state.is_relationship_load:
+        # Nothing filtered here; a mark elsewhere (in a loader option, or in a load the ORM
+        # derived) is refused by the cursor hook, which this tells the statement is ORM's.
+        state.update_execution_options(**{_FILTERED: _Filtered(statement, 0)})
         return None
     label = marks[0].exact.target.bound.label
     if not state.is_select:
@@ -900,7 +938,8 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
             "select() of entities, not in a UNION or other compound select"
         )
     top = [c for c in _conjuncts(statement.whereclause) if isinstance(c, _Candidates)]
-    if {id(m) for m in marks} != {id(c) for c in top}:
+    # Compared as lists: one condition object used twice (also in a subquery) counts twice.
+    if len(marks) != len(top) or {id(m) for m in marks} != {id(c) for c in top}:
         raise UnsupportedComparisonError(
             f"{label}: a truncated blind index's condition can be filtered exactly only as "
             "a term ANDed into the WHERE clause of the statement itself, not under OR or "
@@ -928,9 +967,25 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
                 "checked. Select the entity: select(<mapped class>).where(...)"
             )
         positions.append((found[0], candidates.exact))
-    frozen = state.invoke_statement(execution_options={_FILTERED: True}).freeze()
+    populate = state.execution_options.get("populate_existing")
+    if populate or state.load_options._populate_existing or statement._for_update_arg is not None:
+        raise UnsupportedComparisonError(
+            f"{label}: populate_existing and with_for_update() would act on every candidate of "
+            "a truncated blind index (overwriting unsaved changes of objects it does not "
+            "return, locking rows that merely share its index value); select the objects "
+            "first, then refresh or lock the matches by primary key"
+        )
+    filtered = _Filtered(statement, len(top))
+    result = state.invoke_statement(execution_options={_FILTERED: filtered})
+    # A joined eager load of a collection makes a result require unique(); a result rebuilt
+    # from rows loses that guard, so it is carried over (SQLAlchemy keeps it there).
+    unique = getattr(result, "_unique_filter_state", None)
+    frozen = result.freeze()
     rows = [row for row in frozen().all() if all(match.keeps(row[i]) for i, match in positions)]
-    return frozen.with_new_rows(rows)()
+    kept = frozen.with_new_rows(rows)()
+    if unique is not None:
+        kept._unique_filter_state = unique
+    return kept
 
 
 def _op_name(op: OperatorType) -> str:
@@ -1408,8 +1463,18 @@ class CompoundIndex:
             binding = self._binding_for(owner)
             attrs = binding.attributes
 
-            def read(loaded: Any) -> tuple[Any, ...]:
-                return tuple(getattr(loaded, attr) for attr in attrs)
+            def read(loaded: Any, check: bool) -> tuple[Any, ...]:
+                cls = type(loaded)
+                parts = [
+                    next((k.__dict__[a] for k in cls.__mro__ if a in k.__dict__), None)
+                    for a in attrs
+                ]
+                return tuple(
+                    part._binding_for(cls).plaintext(loaded, check=check)
+                    if isinstance(part, EncryptedHybrid)
+                    else getattr(loaded, attr)
+                    for attr, part in zip(attrs, parts, strict=True)
+                )
 
             return IndexComparator(_Target(owner, binding.label, binding.bound, read))
         return cast("str | None", getattr(instance, self._declared.column))

@@ -22,6 +22,11 @@ combined count, not one index's, that must stay at or above two (``min_coinciden
 no row is singled out by its index values. Bits beyond ``log2 D_i`` would not change the count,
 so an index never needs more than that (rounded up to :data:`BITS_STEP`).
 
+The plan sizes every index it is given, so its guarantee holds only for a column with no
+full-size index: one beside the planned ones separates its own ``log2 D_i`` bits, and over
+near-unique values (a full-size index of whole phone numbers) it groups the rows by value
+whatever sizes the others take.
+
 The lower end of an index's range bounds the work: a lookup through index ``i`` decrypts the
 ``R / D_i`` rows that match plus about ``(R - R / D_i) / 2 ** L_i`` false positives, rows whose
 other value has the same truncated index value. CipherSweet bounds its count by the square
