@@ -916,11 +916,21 @@ def _refuse_stale_compounds(state: ORMExecuteState) -> None:
         )
 
 
+def _is_loader_load(state: ORMExecuteState) -> bool:
+    """Whether the ORM runs this statement to load columns or a relationship of objects."""
+    try:
+        return state.is_column_load or state.is_relationship_load
+    except AttributeError:
+        # Early SQLAlchemy 2.0 releases raise this for a statement that is no ORM select (a UNION):
+        # not a load of the ORM's.
+        return False
+
+
 def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     """Run an ORM statement holding truncated-index conditions; keep only the exact matches."""
     statement = state.statement
     marks = [e for e in visitors.iterate(cast(Any, statement)) if isinstance(e, _Candidates)]
-    if not marks or state.is_column_load or state.is_relationship_load:
+    if not marks or _is_loader_load(state):
         # Nothing filtered here; a mark elsewhere (in a loader option, or in a load the ORM
         # derived) is refused by the cursor hook, which this tells the statement is ORM's.
         state.update_execution_options(**{_FILTERED: _Filtered(statement, 0)})
