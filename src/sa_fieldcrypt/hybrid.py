@@ -80,7 +80,7 @@ from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, c
 if TYPE_CHECKING:
     from typing import Self
 
-    from sqlalchemy.ext.hybrid import _HybridClassLevelAccessor
+    from sqlalchemy.orm.base import SQLORMOperations
     from sqlalchemy.sql.elements import SQLCoreOperations
 
 __all__ = [
@@ -1021,7 +1021,9 @@ def _is_collection(value: Any) -> bool:
 
 if TYPE_CHECKING:
 
-    class _ClassAttribute(_HybridClassLevelAccessor[_V]):
+    # SQLORMOperations, not SQLAlchemy's hybrid class-level accessor: that one is private and
+    # newer than the oldest SQLAlchemy this library allows.
+    class _ClassAttribute(SQLORMOperations[_V]):
         """What ``Customer.phone`` is to a type checker: a hybrid with its indexes."""
 
         def index(self, column: str) -> IndexComparator: ...
@@ -1124,8 +1126,9 @@ class EncryptedHybrid(hybrid_property[_V]):
         # takes any value in __set__, and assigning 42 to a str attribute must be an error.
         def __set__(self, instance: object, value: SQLCoreOperations[_V] | _V) -> None: ...
 
-        # And so that type checkers know Customer.phone.index(...).
-        @overload
+        # And so that type checkers know Customer.phone.index(...). The class-level type
+        # differs from hybrid_property's, which differs between SQLAlchemy releases.
+        @overload  # type: ignore[override]
         def __get__(self, instance: Any, owner: None) -> Self: ...
         @overload
         def __get__(self, instance: None, owner: type[object]) -> _ClassAttribute[_V]: ...
