@@ -115,10 +115,11 @@ _V = TypeVar("_V", default=str)
 INFO_BLIND_INDEX = "sa_fieldcrypt.blind_index"
 #: ``column.info`` key of a compound index's column: the keys of its parts' table columns.
 INFO_COMPOUND_PARTS = "sa_fieldcrypt.compound_parts"
-#: Key of a substring index's side table's ``info``: the bound SubstringIndex, and the
-#: encrypted column it indexes (``"<table>.<column>"``) under INFO_SUBSTRING_SOURCE.
-INFO_SUBSTRING = "sa_fieldcrypt.substring_index"
-INFO_SUBSTRING_SOURCE = "sa_fieldcrypt.substring_source"
+#: The side tables of substring indexes: each one's bound index and the encrypted column it
+#: indexes (``"<table>.<column>"``). Not in ``Table.info``, which Alembic renders.
+_SIDE_TABLES: weakref.WeakKeyDictionary[Table, tuple[SubstringIndex, str]] = (
+    weakref.WeakKeyDictionary()
+)
 
 # The attribute has no connection at hand: its processors are built for the default dialect,
 # whose text type, like that of SQLite, PostgreSQL and MariaDB, needs no conversion of its own.
@@ -599,28 +600,26 @@ def _side_table(
     source_label = f"{owner.fullname}.{source.name}"
     table = metadata.tables.get(key)
     if table is not None:
-        if table.info.get(INFO_SUBSTRING_SOURCE) != source_label:
+        known = _SIDE_TABLES.get(table)
+        if known is None or known[1] != source_label:
             raise ConfigurationError(
                 f"{label}: the table {key} already exists in the MetaData; a substring index "
                 "needs a side table of its own"
             )
-        bound = table.info[INFO_SUBSTRING]
+        bound = known[0]
     else:
         bound = declared.bound_to(key)
         names = [f"owner_{c.name}" for c in pk]
         table = Table(
             declared.table,
             metadata,
-            *(
-                Column(name, c.type, primary_key=True, autoincrement=False)
-                for name, c in zip(names, pk, strict=True)
-            ),
+            *(Column(name, c.type, primary_key=True) for name, c in zip(names, pk, strict=True)),
             Column(_TRIGRAM_COLUMN, String(TRIGRAM_LENGTH), primary_key=True),
             ForeignKeyConstraint(names, pk, ondelete="CASCADE"),
             Index(f"ix_{declared.table}_{_TRIGRAM_COLUMN}", _TRIGRAM_COLUMN),
             schema=owner.schema,
-            info={INFO_SUBSTRING: bound, INFO_SUBSTRING_SOURCE: source_label},
         )
+        _SIDE_TABLES[table] = (bound, source_label)
     owner_keys = tuple(mapper.get_property_by_column(c).key for c in pk)
     return bound, table, owner_keys
 
