@@ -49,6 +49,7 @@ from sqlalchemy.orm import (
     subqueryload,
     with_loader_criteria,
 )
+from sqlalchemy.orm.attributes import flag_modified
 
 import sa_fieldcrypt
 from sa_fieldcrypt import (
@@ -2242,3 +2243,57 @@ def test_contains_refuses_what_it_cannot_answer(memo_db: Engine) -> None:
         with pytest.raises(ConfigurationError, match="substring index"):
             session.execute(update(Memo).where(Memo.id == 1).values(body_encrypted=None))
         assert [1] == _memos(session, condition)
+
+
+def test_flushing_an_object_again_repairs_its_side_rows(memo_db: Engine) -> None:
+    """A bulk update leaves the side table stale; flag_modified and a flush rewrite it."""
+    _store_memos(memo_db, {1: ("first draft", None)})
+    with Session(memo_db) as session:
+        stored = encrypted_values(Memo, body="final text")["body_encrypted"]
+        session.bulk_update_mappings(Memo, [{"id": 1, "body_encrypted": stored}])  # type: ignore[arg-type]
+        session.commit()
+        assert [] == _memos(session, Memo.body.contains("final"))  # not in the side table
+        assert [] == _memos(session, Memo.body.contains("draft"))  # a candidate, not a match
+        memo = session.get(Memo, 1)
+        assert memo is not None
+        flag_modified(memo, "body_encrypted")
+        session.commit()
+        assert [1] == _memos(session, Memo.body.contains("final"))
+
+
+class PairBase(DeclarativeBase):
+    pass
+
+
+class Remark(PairBase):
+    """A composite primary key, and the value in an EncryptedText column."""
+
+    __tablename__ = "fc_hyb_remarks"
+    station: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    number: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    _text: Mapped[str | None] = mapped_column("text", EncryptedText())
+    text = encrypted_hybrid("_text", substring=SubstringIndex("fc_hyb_remark_trigrams", bits=8))
+
+
+def test_a_composite_primary_key_owns_its_side_rows(
+    engine: Engine, keyring: Keyring, index_keyring: Keyring
+) -> None:
+    """Side rows carry every primary-key column; lookups compare them as a tuple."""
+    PairBase.metadata.drop_all(engine)
+    PairBase.metadata.create_all(engine)
+    try:
+        with Session(engine) as session:
+            session.add_all(
+                Remark(station=s, number=n, text=f"station {s} remark {n}")
+                for s in (1, 2)
+                for n in (1, 2, 3)
+            )
+            session.commit()
+            found = session.scalars(select(Remark).where(Remark.text.contains("station 2")))
+            assert [(2, 1), (2, 2), (2, 3)] == sorted((r.station, r.number) for r in found)
+            session.delete(session.get(Remark, (2, 2)))
+            session.commit()
+            found = session.scalars(select(Remark).where(Remark.text.contains("remark 2")))
+            assert [(1, 2)] == [(r.station, r.number) for r in found]
+    finally:
+        PairBase.metadata.drop_all(engine)
