@@ -190,7 +190,9 @@ def test_autogenerate_emits_a_substring_index_side_table(
     created = first.split("op.create_table('fc_alembic_memo_trigrams'", 1)[1].split("\n    )", 1)[0]
     assert "sa.Column('owner_id', sa.Integer(), nullable=False)" in created
     assert "sa.Column('trigram', sa.String(length=97), nullable=False)" in created
-    assert "['owner_id'], ['fc_alembic_memos.id'], ondelete='CASCADE'" in created
+    assert (
+        "['owner_id'], ['fc_alembic_memos.id'], onupdate='CASCADE', ondelete='CASCADE'" in created
+    )
     assert "sa.PrimaryKeyConstraint('owner_id', 'trigram')" in created
     assert (
         "op.create_index('ix_fc_alembic_memo_trigrams_trigram', 'fc_alembic_memo_trigrams'" in first

@@ -2297,3 +2297,16 @@ def test_a_composite_primary_key_owns_its_side_rows(
             assert [(1, 2)] == [(r.station, r.number) for r in found]
     finally:
         PairBase.metadata.drop_all(engine)
+
+
+def test_a_changed_primary_key_carries_its_side_rows_on_servers(memo_db: Engine) -> None:
+    """ON UPDATE CASCADE moves a row's side rows to its new key (SQLite enforces no FK)."""
+    if memo_db.dialect.name == "sqlite":
+        pytest.skip("SQLite enforces foreign keys only with PRAGMA foreign_keys=ON")
+    _store_memos(memo_db, {1: ("moving house", None)})
+    with Session(memo_db) as session:
+        memo = session.get(Memo, 1)
+        assert memo is not None
+        memo.id = 9
+        session.commit()
+        assert [9] == _memos(session, Memo.body.contains("house"))

@@ -615,7 +615,8 @@ def _side_table(
             metadata,
             *(Column(name, c.type, primary_key=True) for name, c in zip(names, pk, strict=True)),
             Column(_TRIGRAM_COLUMN, String(TRIGRAM_LENGTH), primary_key=True),
-            ForeignKeyConstraint(names, pk, ondelete="CASCADE"),
+            # A changed primary key carries its side rows along where foreign keys are enforced.
+            ForeignKeyConstraint(names, pk, ondelete="CASCADE", onupdate="CASCADE"),
             Index(f"ix_{declared.table}_{_TRIGRAM_COLUMN}", _TRIGRAM_COLUMN),
             schema=owner.schema,
         )
