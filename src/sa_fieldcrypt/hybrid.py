@@ -1011,7 +1011,7 @@ class _Candidates(ColumnElement[bool]):
 
     def _negate(self) -> ColumnElement[Any]:
         raise UnsupportedComparisonError(
-            f"{self.exact.label}: NOT of a truncated blind index's condition "
+            f"{self.exact.label}: NOT of a truncated or substring index's condition "
             "cannot be filtered exactly (rows that only share its index value would be left "
             "out)"
         )
@@ -1052,7 +1052,7 @@ def _refuse_unfiltered(
     if isinstance(filtered, _Filtered):
         # An ORM statement: the mark is in a loader option, or in a load the ORM derived.
         raise UnsupportedComparisonError(
-            "this statement compares a truncated blind index, whose matches are only "
+            "this statement compares a truncated or substring index, whose matches are only "
             "candidates, in SQL the Session does not filter: a loader option "
             "(joinedload/selectinload(... .and_(...)), with_loader_criteria()) or a load "
             "derived from the statement (subqueryload, a relationship or deferred column "
@@ -1060,7 +1060,7 @@ def _refuse_unfiltered(
             "related objects without truncated conditions (select them and filter in Python)"
         )
     raise UnsupportedComparisonError(
-        "this statement compares a truncated blind index, whose matches are only "
+        "this statement compares a truncated or substring index, whose matches are only "
         "candidates, and it runs outside a Session (Core), where nothing filters them; "
         "run select(<mapped class>).where(...) through a Session instead"
     )
@@ -1128,20 +1128,20 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     label = marks[0].exact.label
     if not state.is_select:
         raise UnsupportedComparisonError(
-            f"{label}: a truncated blind index finds candidates, which only a SELECT of "
+            f"{label}: a truncated or substring index finds candidates, which only a SELECT of "
             "entities can filter; an UPDATE or DELETE would change rows that merely share "
             "its index value. Select the objects, then change or delete them"
         )
     if not isinstance(statement, Select):
         raise UnsupportedComparisonError(
-            f"{label}: a truncated blind index's candidates can be filtered in a plain "
+            f"{label}: a truncated or substring index's candidates can be filtered in a plain "
             "select() of entities, not in a UNION or other compound select"
         )
     top = [c for c in _conjuncts(statement.whereclause) if isinstance(c, _Candidates)]
     # Compared as lists: one condition object used twice (also in a subquery) counts twice.
     if len(marks) != len(top) or {id(m) for m in marks} != {id(c) for c in top}:
         raise UnsupportedComparisonError(
-            f"{label}: a truncated blind index's condition can be filtered exactly only as "
+            f"{label}: a truncated or substring index's condition can be filtered exactly only as "
             "a term ANDed into the WHERE clause of the statement itself, not under OR or "
             "NOT, in a join condition, HAVING or a subquery"
         )
@@ -1151,7 +1151,7 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     ) or bool(statement._group_by_clauses):
         raise UnsupportedComparisonError(
             f"{label}: LIMIT, OFFSET and GROUP BY would count or group the candidates of a "
-            "truncated blind index, not its matches; drop them and slice or group the "
+            "truncated or substring index, not its matches; drop them and slice or group the "
             "results in Python"
         )
     positions = []
@@ -1161,7 +1161,7 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
         found = [i for i, d in enumerate(described) if d.get("expr") is entity]
         if not found:
             raise UnsupportedComparisonError(
-                f"{label}: a truncated blind index finds candidates, which are filtered by "
+                f"{label}: a truncated or substring index finds candidates, which are filtered by "
                 f"decrypting the {getattr(entity, '__name__', 'entity')} objects selected; "
                 "this statement selects columns only (or counts), so its rows could not be "
                 "checked. Select the entity: select(<mapped class>).where(...)"
@@ -1171,7 +1171,7 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     if populate or state.load_options._populate_existing or statement._for_update_arg is not None:
         raise UnsupportedComparisonError(
             f"{label}: populate_existing and with_for_update() would act on every candidate of "
-            "a truncated blind index (overwriting unsaved changes of objects it does not "
+            "a truncated or substring index (overwriting unsaved changes of objects it does not "
             "return, locking rows that merely share its index value); select the objects "
             "first, then refresh or lock the matches by primary key"
         )
