@@ -36,9 +36,11 @@ import uuid
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
-from sqlalchemy import MetaData, String
+from sqlalchemy import MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sa_fieldcrypt import (
+    SubstringIndex,
+    encrypted_hybrid,
     EncryptedBoolean,
     EncryptedBytes,
     EncryptedDate,
@@ -77,7 +79,17 @@ class Customer(Base):
     balance: Mapped[Decimal | None] = mapped_column(EncryptedDecimal(context="crm.balance"))
     verified: Mapped[bool | None] = mapped_column(EncryptedBoolean())
     ref: Mapped[uuid.UUID | None] = mapped_column(EncryptedUUID())
+
+
+class Memo(Base):
+    __tablename__ = "fc_alembic_memos"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body_encrypted: Mapped[str | None] = mapped_column(Text)
+    body = encrypted_hybrid("body_encrypted", substring=SubstringIndex("fc_alembic_memo_trigrams"))
 """
+
+#: Every table the models declare, dependents first.
+TABLES = ("fc_alembic_memo_trigrams", "fc_alembic_memos", "fc_alembic_customers", "alembic_version")
 
 ENV = """
 from alembic import context
@@ -106,9 +118,7 @@ def alembic_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
     """A migration environment over a real server, with models using every encrypted type."""
     url = server_url(request.param)
     engine = create_engine(url, connect_args=CONNECT_ARGS)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE IF EXISTS fc_alembic_customers")
-        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    _drop(engine)
     (tmp_path / "fc_alembic_models.py").write_text(MODELS)
     config = Config(str(tmp_path / "alembic.ini"))
     command.init(config, str(tmp_path / "migrations"), template="generic")
@@ -121,10 +131,14 @@ def alembic_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("fc_alembic_models", None)
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE IF EXISTS fc_alembic_customers")
-            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+        _drop(engine)
         engine.dispose()
+
+
+def _drop(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for table in TABLES:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
 
 
 def _revision_text(config: Config, message: str) -> str:
@@ -165,6 +179,26 @@ def test_autogenerate_renders_types_with_import_then_no_drift(
     upgrade_body = second.split("def upgrade()", 1)[1].split("def downgrade()", 1)[0]
     assert "op." not in upgrade_body
     assert "pass" in upgrade_body
+
+
+def test_autogenerate_emits_a_substring_index_side_table(
+    alembic_env: tuple[Config, Engine],
+) -> None:
+    """The side table a substring index declares is in the migration, key, index and all."""
+    config, engine = alembic_env
+    first = _revision_text(config, "create memos")
+    created = first.split("op.create_table('fc_alembic_memo_trigrams'", 1)[1].split("\n    )", 1)[0]
+    assert "sa.Column('owner_id', sa.Integer(), nullable=False)" in created
+    assert "sa.Column('trigram', sa.String(length=97), nullable=False)" in created
+    assert (
+        "['owner_id'], ['fc_alembic_memos.id'], onupdate='CASCADE', ondelete='CASCADE'" in created
+    )
+    assert "sa.PrimaryKeyConstraint('owner_id', 'trigram')" in created
+    assert (
+        "op.create_index('ix_fc_alembic_memo_trigrams_trigram', 'fc_alembic_memo_trigrams'" in first
+    )
+    command.upgrade(config, "head")
+    assert "fc_alembic_memo_trigrams" in inspect(engine).get_table_names()
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from sa_fieldcrypt import (
     EncryptedJSON,
     EncryptedText,
     Keyring,
+    SubstringIndex,
     UnsupportedComparisonError,
     compound,
     compound_index,
@@ -215,6 +216,62 @@ def test_async_truncated_lookups_return_exact_matches(
                 tiny = Caller.phone.index("phone_last4_tiny") == "0000"
                 with pytest.raises(UnsupportedComparisonError):
                     await session.scalars(select(Caller.id).where(tiny))
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
+class Memo(Base):
+    """Notes searched by substring, through a 4-bit substring index."""
+
+    __tablename__ = "fc_async_memos"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    body_encrypted: Mapped[str | None] = mapped_column(Text)
+    body = encrypted_hybrid(
+        "body_encrypted", substring=SubstringIndex("fc_async_memo_trigrams", bits=4)
+    )
+
+
+def test_async_contains_returns_exact_matches(
+    async_url: str, fieldcrypt_keyring: Keyring, fieldcrypt_blind_index_keyring: Keyring
+) -> None:
+    """Through AsyncSession, the side table is kept at flush and contains() is exact."""
+    bodies = {
+        i: f"note {i}: {['call Ada Lovelace', 'email Grace', 'visit Alan'][i % 3]}"
+        for i in range(60)
+    }
+
+    def expected(term: str) -> list[int]:
+        return sorted(i for i, b in bodies.items() if term.lower() in b.lower())
+
+    async def main() -> None:
+        engine = create_async_engine(async_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+                await conn.run_sync(Base.metadata.create_all)
+            sessions = async_sessionmaker(engine, expire_on_commit=False)
+            async with sessions() as session:
+                session.add_all(Memo(id=i, body=b) for i, b in bodies.items())
+                await session.commit()
+            async with sessions() as session:
+                for term in ("lovelace", "GRACE", "note 1", "zzz"):
+                    found = await session.scalars(select(Memo).where(Memo.body.contains(term)))
+                    assert expected(term) == sorted(m.id for m in found)
+                memo = await session.get(Memo, 1)
+                assert memo is not None
+                memo.body = "now about Lovelace"
+                bodies[1] = memo.body
+                await session.delete(await session.get(Memo, 0))
+                del bodies[0]
+                await session.commit()
+                found = await session.scalars(select(Memo).where(Memo.body.contains("lovelace")))
+                assert expected("lovelace") == sorted(m.id for m in found)
+                with pytest.raises(UnsupportedComparisonError):
+                    await session.scalars(select(Memo.id).where(Memo.body.contains("grace")))
             async with engine.begin() as conn:
                 await conn.run_sync(Base.metadata.drop_all)
         finally:

@@ -32,8 +32,10 @@ from sa_fieldcrypt import (
     KeyProviderError,
     Keyring,
     Scrypt,
+    SubstringIndex,
     Transform,
     ValueTypeError,
+    casefold,
     compound,
     email_domain,
     encrypted_hybrid,
@@ -1084,3 +1086,63 @@ def test_slow_index_values_check_and_find_their_value(value: str) -> None:
     assert stored is not None
     assert index.matches(value, stored) is True
     assert (stored,) == index.candidates(value)
+
+
+# -- substring indexes -------------------------------------------------------------------------
+
+
+def test_substring_index_values_are_truncated_hmacs_of_each_distinct_trigram() -> None:
+    """Each trigram value is HMAC(HKDF(key, substring prefix + name), trigram), truncated."""
+    secret = bytes(range(32))
+    ring = Keyring({"b1": base64.urlsafe_b64encode(secret)}, purpose="blind-index")
+    index = SubstringIndex("notes_trigrams", keyring=ring, name="notes_trigrams", bits=16)
+    key = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"sa-fieldcrypt substring index v1\x00notes_trigrams",
+    ).derive(secret)
+
+    def value(trigram: str) -> str:
+        mac = HMAC(key, hashes.SHA256())
+        mac.update(trigram.encode())
+        return "b1:" + mac.finalize().hex()[:4]
+
+    assert {value(t) for t in ("ada", "dad", "ad ", "d a")} == index.trigram_values("Adad A")
+    assert set() == index.trigram_values("ab")
+    assert set() == index.trigram_values(None)
+    assert {"b1": tuple(sorted({value("ada"), value("dad")}))} == index.term_values("adad")
+
+
+def test_substring_index_contains_compares_windows_of_the_terms_length() -> None:
+    """contains() finds the term's full HMAC among the text's windows of its length only."""
+    index = SubstringIndex("t", keyring=RING, name="t")
+    digest = index.digest("love", "b1")
+    assert index.contains("ada lovelace", 4, digest, "b1")
+    assert not index.contains("ada loveless", 3, digest, "b1")
+    assert not index.contains("lov", 4, digest, "b1")
+    with pytest.raises(ConfigurationError, match="no longer holds key 'b9'"):
+        index.contains("ada lovelace", 4, digest, "b9")
+
+
+@given(st.text(max_size=20))
+def test_casefold_folds_case_and_look_alikes_and_keeps_the_rest(text: str) -> None:
+    """casefold() is idempotent and keeps spaces and punctuation of ASCII text."""
+    folded = casefold(text)
+    assert folded is None or folded == casefold(folded)
+    if text.isascii():
+        assert (text.lower() or None) == folded
+
+
+def test_substring_index_refuses_malformed_arguments() -> None:
+    """A table name, a callable normalizer, bits in range; normalizers return str."""
+    with pytest.raises(ConfigurationError, match="table"):
+        SubstringIndex("")
+    with pytest.raises(ConfigurationError, match="callable"):
+        SubstringIndex("t", normalizer="lower")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="multiple of 4"):
+        SubstringIndex("t", bits=10)
+    with pytest.raises(ValueTypeError, match="returned bytes"):
+        SubstringIndex("t", normalizer=lambda v: b"x", name="t").normalize("abc")
+    with pytest.raises(ConfigurationError, match="has no name"):
+        SubstringIndex("t", keyring=RING).trigram_values("abc")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import re
@@ -23,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    create_engine,
     event,
     func,
     insert,
@@ -47,6 +49,7 @@ from sqlalchemy.orm import (
     subqueryload,
     with_loader_criteria,
 )
+from sqlalchemy.orm.attributes import flag_modified
 
 import sa_fieldcrypt
 from sa_fieldcrypt import (
@@ -67,6 +70,7 @@ from sa_fieldcrypt import (
     Key,
     Keyring,
     Scrypt,
+    SubstringIndex,
     UnsupportedComparisonError,
     ValueTypeError,
     compound,
@@ -81,6 +85,7 @@ from sa_fieldcrypt import (
     metrics,
     normalize_email,
     normalize_phone,
+    parse_key,
     typed_normalizer,
 )
 from sa_fieldcrypt.cipher import decrypt, encrypt, inspect_token
@@ -2022,3 +2027,286 @@ def test_an_altered_candidate_fails_only_the_lookups_it_would_match(search_db: E
         assert altered is not None
         with pytest.raises(DecryptionError):
             _ = altered.email
+
+
+# -- substring indexes -------------------------------------------------------------------------
+
+
+class MemoBase(DeclarativeBase):
+    pass
+
+
+class Memo(MemoBase):
+    """Two substring indexes: one over a ciphertext column, one over an EncryptedText column."""
+
+    __tablename__ = "fc_hyb_memos"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body_encrypted: Mapped[str | None] = mapped_column(Text)
+    body = encrypted_hybrid(
+        "body_encrypted", substring=SubstringIndex("fc_hyb_memo_body_trigrams", bits=8)
+    )
+    _title: Mapped[str | None] = mapped_column("title", EncryptedText())
+    title = encrypted_hybrid(
+        "_title",
+        substring=SubstringIndex("fc_hyb_memo_title_trigrams", normalizer=letters_lower, bits=4),
+    )
+
+
+BODY_TRIGRAMS = MemoBase.metadata.tables["fc_hyb_memo_body_trigrams"]
+
+
+@pytest.fixture
+def memo_db(engine: Engine, keyring: Keyring, index_keyring: Keyring) -> Iterator[Engine]:
+    MemoBase.metadata.drop_all(engine)
+    MemoBase.metadata.create_all(engine)
+    yield engine
+    MemoBase.metadata.drop_all(engine)
+
+
+@pytest.fixture
+def memo_sqlite(
+    tmp_path_factory: pytest.TempPathFactory, keyring: Keyring, index_keyring: Keyring
+) -> Iterator[Engine]:
+    eng = create_engine(f"sqlite:///{tmp_path_factory.mktemp('memos') / 'memos.sqlite3'}")
+    MemoBase.metadata.create_all(eng)
+    yield eng
+    eng.dispose()
+
+
+def _memos(session: Session, condition: Any) -> list[int]:
+    return sorted(m.id for m in session.scalars(select(Memo).where(condition)))
+
+
+def _store_memos(engine: Engine, rows: dict[int, tuple[str | None, str | None]]) -> None:
+    with Session(engine) as session:
+        for memo in session.scalars(select(Memo)):
+            session.delete(memo)
+        session.flush()
+        session.add_all(Memo(id=i, body=b, title=t) for i, (b, t) in rows.items())
+        session.commit()
+
+
+def _letters(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalpha())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.text(alphabet="abcAB -", max_size=12)),
+            st.one_of(st.none(), st.text(alphabet="abAB.'", max_size=8)),
+        ),
+        max_size=25,
+    ),
+    term=st.text(alphabet="abcAB -", min_size=3, max_size=5),
+    title_term=st.text(alphabet="abAB", min_size=3, max_size=4),
+)
+def test_contains_matches_a_plaintext_scan(
+    memo_sqlite: Engine,
+    rows: list[tuple[str | None, str | None]],
+    term: str,
+    title_term: str,
+) -> None:
+    """contains() returns exactly the rows whose normalized value holds the normalized term."""
+    memos = dict(enumerate(rows, start=1))
+    _store_memos(memo_sqlite, memos)
+    with Session(memo_sqlite) as session:
+        expected = sorted(i for i, (b, _) in memos.items() if b and term.lower() in b.lower())
+        assert expected == _memos(session, Memo.body.contains(term))
+        wanted = _letters(title_term)
+        expected = sorted(i for i, (_, t) in memos.items() if t and wanted in _letters(t))
+        assert expected == _memos(session, Memo.title.contains(title_term))
+
+
+NOTES = [
+    "Met Ada Lovelace at the conference",
+    "call grace about the COBOL compiler",
+    "Lovelace? No: Love-lace, with a hyphen",
+    "ada",
+    None,
+    "Élodie prefers email; no calls before 10:00",
+]
+
+
+def test_contains_on_a_fixed_dataset(memo_db: Engine) -> None:
+    """On every database, contains() finds the rows holding the term, in any case."""
+    rows = {i: (note, note) for i, note in enumerate(NOTES * 20, start=1)}
+    # Some 300 distinct trigrams: at 4 bits, a candidate for any term (about 1 in 10**7 not).
+    letters = "".join(chr(97 + b % 26) for b in hashlib.shake_256(b"memo").digest(300))
+    rows[len(rows) + 1] = (None, letters)
+    _store_memos(memo_db, rows)
+    with Session(memo_db) as session:
+        for term in ["lovelace", "LOVE", "ada", "the c", "élodie", "10:00", "zzz", "e-l"]:
+            expected = sorted(i for i, (b, _) in rows.items() if b and term.lower() in b.lower())
+            assert expected == _memos(session, Memo.body.contains(term)), term
+        expected = sorted(i for i, (_, t) in rows.items() if t and "lovelace" in _letters(t))
+        assert expected == _memos(session, Memo.title.contains("Love-Lace"))
+        both = _memos(session, Memo.body.contains("ada") & Memo.title.contains("lovelace"))
+        assert [i for i in rows if i % len(NOTES) == 1 and rows[i][0]] == both
+        with memo_db.connect() as conn:
+            candidates = conn.execute(
+                select(func.count()).where(Memo.title.contains("lovelace").clause)
+            ).scalar_one()
+        assert candidates > len(expected)  # 4 bits: false positives, filtered out
+
+
+def test_the_side_table_follows_insert_update_and_delete(memo_db: Engine) -> None:
+    """Each flush rewrites a row's trigram values with its value, and deletes them with it."""
+
+    def stored(memo_id: int) -> set[str]:
+        with memo_db.connect() as conn:
+            found = conn.execute(
+                select(BODY_TRIGRAMS.c.trigram).where(BODY_TRIGRAMS.c.owner_id == memo_id)
+            )
+            return set(found.scalars())
+
+    with Session(memo_db) as session:
+        memo = Memo(body="abcdef")  # the database assigns the primary key
+        session.add(memo)
+        session.commit()
+        memo_id = memo.id
+        first = stored(memo_id)
+        assert 1 <= len(first) <= 4  # four trigrams, 8-bit values may coincide
+        assert all(v.startswith("b1:") and len(v) == 5 for v in first)
+        assert [memo_id] == _memos(session, Memo.body.contains("BCD"))
+        memo.body = "xyz uvw"
+        session.commit()
+        assert [] == _memos(session, Memo.body.contains("bcd"))
+        assert [memo_id] == _memos(session, Memo.body.contains("z u"))
+        memo.title = "changed"  # another attribute: the body's values stay
+        before = stored(memo_id)
+        session.commit()
+        assert before == stored(memo_id)
+        memo.body = None
+        session.commit()
+        assert set() == stored(memo_id)
+        memo.body = "again"
+        session.commit()
+        session.delete(memo)
+        session.commit()
+        assert set() == stored(memo_id)
+
+
+def test_the_side_table_is_declared_in_the_models_metadata() -> None:
+    """The side table: the owner's key as a cascading foreign key, the trigram, an index."""
+    table = MemoBase.metadata.tables["fc_hyb_memo_body_trigrams"]
+    assert ["owner_id", "trigram"] == [c.name for c in table.primary_key.columns]
+    (fk,) = table.foreign_key_constraints
+    assert ("CASCADE", "fc_hyb_memos") == (fk.ondelete, fk.referred_table.name)
+    assert ["ix_fc_hyb_memo_body_trigrams_trigram"] == [i.name for i in table.indexes]
+
+
+def test_contains_survives_an_index_key_rotation(memo_db: Engine, index_keyring: Keyring) -> None:
+    """Rows written under the old index key are found while both keys are active."""
+    _store_memos(memo_db, {1: ("old key row", None)})
+    new = parse_key(generate_key("hmac-sha256"), purpose="blind-index", key_id="b2")
+    keys = Keyring([new, *index_keyring], purpose="blind-index")
+    sa_fieldcrypt.configure(keyring=keys, purpose="blind-index")
+    with Session(memo_db) as session:
+        session.add(Memo(id=2, body="new key row"))
+        session.commit()
+        assert [1, 2] == _memos(session, Memo.body.contains("key row"))
+        assert [2] == _memos(session, Memo.body.contains("new key"))
+    with memo_db.connect() as conn:
+        keys = {v.split(":")[0] for v in conn.execute(select(BODY_TRIGRAMS.c.trigram)).scalars()}
+    assert {"b1", "b2"} == keys
+
+
+def test_contains_refuses_what_it_cannot_answer(memo_db: Engine) -> None:
+    """Short terms, non-text terms, columns-only selects, counts, OR and ORM UPDATEs refuse."""
+    _store_memos(memo_db, {1: ("hello world", "hello")})
+    with pytest.raises(UnsupportedComparisonError, match="at least 3 characters"):
+        Memo.body.contains("ab")
+    with pytest.raises(UnsupportedComparisonError, match="at least 3 characters"):
+        Memo.title.contains("a-b")  # two letters once normalized
+    with pytest.raises(UnsupportedComparisonError, match="plaintext str"):
+        Memo.body.contains(Memo.id)
+    with pytest.raises(UnsupportedComparisonError, match="escape"):
+        Memo.body.contains("hello", autoescape=True)
+    with pytest.raises(UnsupportedComparisonError):
+        Memo.body.like("%hello%")
+    condition = Memo.body.contains("world")
+    with Session(memo_db) as session:
+        for statement in (
+            select(Memo.id).where(condition),
+            select(func.count()).select_from(Memo).where(condition),
+            select(Memo).where(condition).limit(1),
+            select(Memo).where(condition | (Memo.id == 1)),
+        ):
+            with pytest.raises(UnsupportedComparisonError):
+                session.execute(statement).all()
+        with pytest.raises(UnsupportedComparisonError):
+            session.execute(update(Memo).where(condition).values(id=5))
+        with pytest.raises(ConfigurationError, match="substring index"):
+            session.execute(update(Memo).where(Memo.id == 1).values(body="changed"))
+        with pytest.raises(ConfigurationError, match="substring index"):
+            session.execute(update(Memo).where(Memo.id == 1).values(body_encrypted=None))
+        assert [1] == _memos(session, condition)
+
+
+def test_flushing_an_object_again_repairs_its_side_rows(memo_db: Engine) -> None:
+    """A bulk update leaves the side table stale; flag_modified and a flush rewrite it."""
+    _store_memos(memo_db, {1: ("first draft", None)})
+    with Session(memo_db) as session:
+        stored = encrypted_values(Memo, body="final text")["body_encrypted"]
+        session.bulk_update_mappings(Memo, [{"id": 1, "body_encrypted": stored}])  # type: ignore[arg-type]
+        session.commit()
+        assert [] == _memos(session, Memo.body.contains("final"))  # not in the side table
+        assert [] == _memos(session, Memo.body.contains("draft"))  # a candidate, not a match
+        memo = session.get(Memo, 1)
+        assert memo is not None
+        flag_modified(memo, "body_encrypted")
+        session.commit()
+        assert [1] == _memos(session, Memo.body.contains("final"))
+
+
+class PairBase(DeclarativeBase):
+    pass
+
+
+class Remark(PairBase):
+    """A composite primary key, and the value in an EncryptedText column."""
+
+    __tablename__ = "fc_hyb_remarks"
+    station: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    number: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    _text: Mapped[str | None] = mapped_column("text", EncryptedText())
+    text = encrypted_hybrid("_text", substring=SubstringIndex("fc_hyb_remark_trigrams", bits=8))
+
+
+def test_a_composite_primary_key_owns_its_side_rows(
+    engine: Engine, keyring: Keyring, index_keyring: Keyring
+) -> None:
+    """Side rows carry every primary-key column; lookups compare them as a tuple."""
+    PairBase.metadata.drop_all(engine)
+    PairBase.metadata.create_all(engine)
+    try:
+        with Session(engine) as session:
+            session.add_all(
+                Remark(station=s, number=n, text=f"station {s} remark {n}")
+                for s in (1, 2)
+                for n in (1, 2, 3)
+            )
+            session.commit()
+            found = session.scalars(select(Remark).where(Remark.text.contains("station 2")))
+            assert [(2, 1), (2, 2), (2, 3)] == sorted((r.station, r.number) for r in found)
+            session.delete(session.get(Remark, (2, 2)))
+            session.commit()
+            found = session.scalars(select(Remark).where(Remark.text.contains("remark 2")))
+            assert [(1, 2)] == [(r.station, r.number) for r in found]
+    finally:
+        PairBase.metadata.drop_all(engine)
+
+
+def test_a_changed_primary_key_carries_its_side_rows_on_servers(memo_db: Engine) -> None:
+    """ON UPDATE CASCADE moves a row's side rows to its new key (SQLite enforces no FK)."""
+    if memo_db.dialect.name == "sqlite":
+        pytest.skip("SQLite enforces foreign keys only with PRAGMA foreign_keys=ON")
+    _store_memos(memo_db, {1: ("moving house", None)})
+    with Session(memo_db) as session:
+        memo = session.get(Memo, 1)
+        assert memo is not None
+        memo.id = 9
+        session.commit()
+        assert [9] == _memos(session, Memo.body.contains("house"))

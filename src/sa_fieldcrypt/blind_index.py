@@ -76,12 +76,16 @@ __all__ = [
     "FULL_BITS",
     "MAX_SCRYPT_MEMORY",
     "MIN_BITS",
+    "TRIGRAM",
+    "TRIGRAM_LENGTH",
     "BlindIndex",
     "Compound",
     "IndexValue",
     "Normalizer",
     "Scrypt",
+    "SubstringIndex",
     "Transform",
+    "casefold",
     "compound",
     "email_domain",
     "first_chars",
@@ -1010,3 +1014,194 @@ class BlindIndex:
         bits = "" if self.bits == FULL_BITS else f", bits={self.bits}"
         slow = "" if self.slow is None else f", slow={self.slow!r}"
         return f"BlindIndex({self.column!r}, name={self.name!r}{bits}{slow})"
+
+
+# -- substring indexes -----------------------------------------------------------------------
+
+#: Characters in a trigram: what a substring index hashes, and the shortest term it finds.
+TRIGRAM = 3
+
+#: Length of a substring index's stored trigram values at any size: a key id, ``:``, the
+#: hex digits of the full HMAC.
+TRIGRAM_LENGTH = 32 + 1 + FULL_BITS // 4
+
+_HKDF_SUBSTRING_INFO_PREFIX = b"sa-fieldcrypt substring index v1\x00"
+
+
+def _casefold(value: Any) -> str | None:
+    return _fold(_text(value, "casefold")) or None
+
+
+#: Normalizer folding look-alike spellings and case, as :func:`normalize_email` folds them,
+#: and keeping every other character (spaces and punctuation included); the default of a
+#: :class:`SubstringIndex`.
+casefold = Transform(_casefold, name="casefold")
+
+
+class SubstringIndex:
+    """A substring index: keyed, truncated hashes of a value's trigrams, in a side table.
+
+    Typical usage::
+
+        notes = encrypted_hybrid(
+            "notes_encrypted", substring=SubstringIndex("customer_notes_trigrams", bits=16)
+        )
+        select(Customer).where(Customer.notes.contains("lovelace"))
+
+    The value is normalized (by default :data:`casefold`), and each of its distinct trigrams
+    (three consecutive characters) is hashed with HMAC-SHA256 under the index's own derived
+    key and truncated to ``bits``. :func:`~sa_fieldcrypt.encrypted_hybrid` declares the side
+    table, one row per (owner row, trigram value), and keeps it in step at flush. A query
+    for a term finds the rows holding all of the term's trigram values (candidates), which
+    the ORM decrypts and keeps when the normalized value contains the normalized term.
+
+    Args:
+        table: name of the side table, in the owner table's schema.
+        normalizer: maps a value to the text whose trigrams are indexed; it must return
+            ``str`` (or None: not indexed). Terms go through it too.
+        keyring: a keyring or key provider of purpose ``"blind-index"`` for this index only;
+            by default the process default.
+        name: what the index key is derived from; by default ``"<schema>.<table>"`` of the
+            side table.
+        bits: size of each stored trigram hash, a multiple of 4 from 4 to 256 (default 16).
+            Fewer bits blur which trigrams a row holds, and make more rows candidates.
+
+    Raises:
+        ConfigurationError: an argument is malformed.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        *,
+        normalizer: Normalizer | None = casefold,
+        keyring: Keyring | KeyProvider | None = None,
+        name: str | None = None,
+        bits: int = 16,
+    ):
+        if not isinstance(table, str) or not table:
+            raise ConfigurationError("SubstringIndex: table must name the side table")
+        if normalizer is not None and not callable(normalizer):
+            raise ConfigurationError("SubstringIndex: normalizer must be callable")
+        if type(bits) is not int or not MIN_BITS <= bits <= FULL_BITS or bits % BITS_STEP:
+            raise ConfigurationError(
+                f"SubstringIndex({table!r}): bits must be a multiple of {BITS_STEP} from "
+                f"{MIN_BITS} to {FULL_BITS}, got {bits!r}"
+            )
+        self.table = table
+        self.normalizer = normalizer
+        self.name = name
+        self.bits = bits
+        self.keyring = keyring
+        self._keys: KeyCache | None = (
+            None if keyring is None else as_key_cache(keyring, purpose="blind-index")
+        )
+
+    def bound_to(self, name: str) -> SubstringIndex:
+        """Return a copy named ``name`` unless it was given one; done when the model is mapped."""
+        bound = copy.copy(self)
+        bound.name = self.name or name
+        return bound
+
+    def active_keyring(self) -> Keyring:
+        """Return the keyring this index uses now: its own, else the process default."""
+        return (self._keys or default_key_cache("blind-index")).get()
+
+    def normalize(self, value: Any) -> str | None:
+        """Return the text whose trigrams are indexed, or None when the value is not indexed.
+
+        Raises:
+            ValueTypeError: the normalizer returned something other than ``str`` or None.
+        """
+        if value is None:
+            return None
+        normalized = value if self.normalizer is None else self.normalizer(value)
+        if normalized is None or isinstance(normalized, str):
+            return normalized or None
+        raise ValueTypeError(
+            f"{self._label}: a substring index reads text; the normalizer returned "
+            f"{type(normalized).__name__} (a normalizer returns str or None)"
+        )
+
+    def trigram_values(self, value: Any) -> set[str]:
+        """Return the stored trigram values of ``value`` under the primary key (a set)."""
+        text = self.normalize(value)
+        if text is None:
+            return set()
+        key = self.active_keyring().primary
+        return {self._hash(key, t) for t in _trigrams(text)}
+
+    def term_values(self, text: str) -> dict[str, tuple[str, ...]]:
+        """Return, per active key id (primary first), the distinct trigram values of ``text``.
+
+        ``text`` is a normalized term of at least :data:`TRIGRAM` characters.
+        """
+        trigrams = sorted(set(_trigrams(text)))
+        return {
+            key.id: tuple(sorted({self._hash(key, t) for t in trigrams}))
+            for key in self._ordered_keys()
+        }
+
+    def digest(self, text: str, key_id: str) -> bytes:
+        """Return the full-size HMAC of normalized ``text``: what exact filtering compares.
+
+        Raises:
+            ConfigurationError: the keyring holds no key ``key_id``.
+        """
+        key = self.active_keyring().find(key_id)
+        if key is None:
+            raise ConfigurationError(
+                f"{self._label}: the blind-index keyring no longer holds key {key_id!r}; "
+                "run the query again"
+            )
+        return self._mac(key, text)
+
+    def contains(self, text: str, length: int, digest: bytes, key_id: str) -> bool:
+        """Whether normalized ``text`` has a substring of ``length`` characters whose HMAC
+        under ``key_id`` is ``digest`` (see :meth:`digest`); compared in constant time.
+
+        Raises:
+            ConfigurationError: the keyring holds no key ``key_id``.
+        """
+        key = self.active_keyring().find(key_id)
+        if key is None:
+            raise ConfigurationError(
+                f"{self._label}: the blind-index keyring no longer holds key {key_id!r}; "
+                "run the query again"
+            )
+        derived = self._derived(key)
+        found = False
+        for i in range(len(text) - length + 1):
+            window = text[i : i + length].encode("utf-8", "surrogatepass")
+            found |= hmac.compare_digest(hmac.digest(derived, window, "sha256"), digest)
+        return found
+
+    def _ordered_keys(self) -> list[Key]:
+        keyring = self.active_keyring()
+        primary = keyring.primary
+        return [primary, *(key for key in keyring if key is not primary)]
+
+    def _derived(self, key: Key) -> bytes:
+        if self.name is None:
+            raise ConfigurationError(
+                f"SubstringIndex({self.table!r}) has no name: use it through "
+                "encrypted_hybrid() on a mapped class, or pass name="
+            )
+        return key.derive(_HKDF_SUBSTRING_INFO_PREFIX + self.name.encode("utf-8", "surrogatepass"))
+
+    def _mac(self, key: Key, text: str) -> bytes:
+        return hmac.digest(self._derived(key), text.encode("utf-8", "surrogatepass"), "sha256")
+
+    def _hash(self, key: Key, trigram: str) -> str:
+        return f"{key.id}:{self._mac(key, trigram).hex()[: self.bits // 4]}"
+
+    @property
+    def _label(self) -> str:
+        return f"substring index {self.name or self.table}"
+
+    def __repr__(self) -> str:
+        return f"SubstringIndex({self.table!r}, name={self.name!r}, bits={self.bits})"
+
+
+def _trigrams(text: str) -> list[str]:
+    return [text[i : i + TRIGRAM] for i in range(len(text) - TRIGRAM + 1)]

@@ -46,14 +46,20 @@ from typing import TYPE_CHECKING, Any, cast, overload
 from sqlalchemy import (
     Column,
     Engine,
+    ForeignKeyConstraint,
+    Index,
     Result,
     Select,
     String,
+    Table,
     UniqueConstraint,
     event,
     false,
+    func,
     inspect,
+    or_,
     select,
+    tuple_,
     type_coerce,
 )
 from sqlalchemy import types as sqltypes
@@ -68,7 +74,14 @@ from sqlalchemy.sql.operators import OperatorType
 from sqlalchemy.sql.visitors import InternalTraversal
 from typing_extensions import TypeVar
 
-from sa_fieldcrypt.blind_index import BLIND_INDEX_LENGTH, BlindIndex, Compound
+from sa_fieldcrypt.blind_index import (
+    BLIND_INDEX_LENGTH,
+    TRIGRAM,
+    TRIGRAM_LENGTH,
+    BlindIndex,
+    Compound,
+    SubstringIndex,
+)
 from sa_fieldcrypt.errors import (
     ConfigurationError,
     DecryptionError,
@@ -102,6 +115,11 @@ _V = TypeVar("_V", default=str)
 INFO_BLIND_INDEX = "sa_fieldcrypt.blind_index"
 #: ``column.info`` key of a compound index's column: the keys of its parts' table columns.
 INFO_COMPOUND_PARTS = "sa_fieldcrypt.compound_parts"
+#: The side tables of substring indexes: each one's bound index and the encrypted column it
+#: indexes (``"<table>.<column>"``). Not in ``Table.info``, which Alembic renders.
+_SIDE_TABLES: weakref.WeakKeyDictionary[Table, tuple[SubstringIndex, str]] = (
+    weakref.WeakKeyDictionary()
+)
 
 # The attribute has no connection at hand: its processors are built for the default dialect,
 # whose text type, like that of SQLite, PostgreSQL and MariaDB, needs no conversion of its own.
@@ -276,6 +294,7 @@ class _Binding:
     check_index: bool
     cache_key: str
     row_key: _RowKey | None = None  # bind_row=True: values are bound to their rows too
+    substring: _BoundSubstring | None = None
 
     def plaintext(self, instance: Any, *, check: bool = True) -> Any:
         """The attribute's plaintext, decrypted and checked once per stored value.
@@ -512,6 +531,100 @@ class _Binding:
                 setattr(target, bound.key, index)
 
 
+@dataclass(frozen=True, slots=True)
+class _BoundSubstring:
+    """A hybrid's substring index on one mapped class: its side table, kept at flush."""
+
+    label: str  # the side table's full name, for messages
+    index: SubstringIndex  # bound: named
+    table: Table
+    owner_keys: tuple[str, ...]  # attributes of the owner's primary key, in order
+    read: Callable[[Any], Any]  # a flushed instance's plaintext, unchecked
+    source_key: str
+
+    def owner_columns(self) -> list[Column[Any]]:
+        """The side table's columns that hold the owner's primary key."""
+        return [c for c in self.table.columns if c.name != _TRIGRAM_COLUMN]
+
+    def _owner(self, target: Any) -> dict[str, Any]:
+        state = instance_state(target)
+        values = state.mapper.primary_key_from_instance(target)
+        return {c.name: v for c, v in zip(self.owner_columns(), values, strict=True)}
+
+    def _delete(self, connection: Any, owner: dict[str, Any]) -> None:
+        columns = self.table.c
+        connection.execute(
+            self.table.delete().where(*(columns[name] == v for name, v in owner.items()))
+        )
+
+    def _insert(self, connection: Any, owner: dict[str, Any], target: Any) -> None:
+        values = sorted(self.index.trigram_values(self.read(target)))
+        if values:
+            connection.execute(self.table.insert(), [{**owner, _TRIGRAM_COLUMN: v} for v in values])
+
+    def inserted(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        """After the owner's INSERT, in the same flush: write its trigram values."""
+        self._insert(connection, self._owner(target), target)
+
+    def updated(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        """After the owner's UPDATE: rewrite its trigram values if the value changed."""
+        if not instance_state(target).attrs[self.source_key].history.has_changes():
+            return
+        owner = self._owner(target)
+        self._delete(connection, owner)
+        self._insert(connection, owner, target)
+
+    def deleting(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        """Before the owner's DELETE: delete its trigram values (SQLite enforces no FK)."""
+        self._delete(connection, self._owner(target))
+
+
+#: The side table's column of trigram values; the others are the owner's primary key.
+_TRIGRAM_COLUMN = "trigram"
+
+
+def _side_table(
+    mapper: Mapper[Any], source: Column[Any], declared: SubstringIndex, label: str
+) -> tuple[SubstringIndex, Table, tuple[str, ...]]:
+    """Declare (once per table) the side table of a substring index in the owner's MetaData."""
+    owner = source.table
+    if not isinstance(owner, Table):
+        raise ConfigurationError(f"{label}: a substring index needs a mapped Table")
+    pk = list(owner.primary_key.columns)
+    if not pk:
+        raise ConfigurationError(
+            f"{label}: a substring index needs the table {owner.fullname} to have a primary key"
+        )
+    metadata = owner.metadata
+    key = f"{owner.schema}.{declared.table}" if owner.schema else declared.table
+    source_label = f"{owner.fullname}.{source.name}"
+    table = metadata.tables.get(key)
+    if table is not None:
+        known = _SIDE_TABLES.get(table)
+        if known is None or known[1] != source_label:
+            raise ConfigurationError(
+                f"{label}: the table {key} already exists in the MetaData; a substring index "
+                "needs a side table of its own"
+            )
+        bound = known[0]
+    else:
+        bound = declared.bound_to(key)
+        names = [f"owner_{c.name}" for c in pk]
+        table = Table(
+            declared.table,
+            metadata,
+            *(Column(name, c.type, primary_key=True) for name, c in zip(names, pk, strict=True)),
+            Column(_TRIGRAM_COLUMN, String(TRIGRAM_LENGTH), primary_key=True),
+            # A changed primary key carries its side rows along where foreign keys are enforced.
+            ForeignKeyConstraint(names, pk, ondelete="CASCADE", onupdate="CASCADE"),
+            Index(f"ix_{declared.table}_{_TRIGRAM_COLUMN}", _TRIGRAM_COLUMN),
+            schema=owner.schema,
+        )
+        _SIDE_TABLES[table] = (bound, source_label)
+    owner_keys = tuple(mapper.get_property_by_column(c).key for c in pk)
+    return bound, table, owner_keys
+
+
 class _EncryptedComparator(ExprComparator[Any]):
     """Class-level behaviour: equality goes to the blind index, everything else refuses."""
 
@@ -556,7 +669,60 @@ class _EncryptedComparator(ExprComparator[Any]):
             return _NULL_TESTS[op](self._source, None)
         if op in _EQUALITY:
             return self._equality(op, other[0] if other else None)
+        if op is operators.contains_op and self._binding.substring is not None:
+            return self._contains(other[0] if other else None, kwargs)
         raise self._refusal(op)
+
+    def _contains(self, term: Any, kwargs: dict[str, Any]) -> ColumnElement[bool]:
+        binding = self._binding
+        bound = cast("_BoundSubstring", binding.substring)
+        if kwargs.get("autoescape") or kwargs.get("escape") is not None:
+            raise UnsupportedComparisonError(
+                f"{binding.label}: contains() on a substring index takes no escape options; "
+                "the term is matched as text, with no wildcards"
+            )
+        if not isinstance(term, str):
+            raise UnsupportedComparisonError(
+                f"{binding.label}: contains() needs a plaintext str term; a substring index "
+                "cannot be computed from an SQL expression, another column or None"
+            )
+        index = bound.index
+        text = index.normalize(term)
+        if text is None or len(text) < TRIGRAM:
+            raise UnsupportedComparisonError(
+                f"{binding.label}: a substring index finds terms of at least {TRIGRAM} "
+                f"characters once normalized, and this one has {len(text or '')}; a shorter "
+                "term would match by far too many rows to decrypt"
+            )
+        entity = self._entity
+        owners = [getattr(entity, k) for k in bound.owner_keys]
+        columns = bound.owner_columns()
+        trigram = bound.table.c[_TRIGRAM_COLUMN]
+        per_key: list[ColumnElement[bool]] = []
+        values = index.term_values(text)
+        for hashes in values.values():
+            # Stored values are unique per (owner, trigram value): counting rows counts
+            # the distinct trigram values of the term each owner holds.
+            held = (
+                select(*columns)
+                .where(trigram.in_(hashes))
+                .group_by(*columns)
+                .having(func.count() == len(hashes))
+            )
+            owner = owners[0] if len(owners) == 1 else tuple_(*owners)
+            per_key.append(owner.in_(held))
+        condition = per_key[0] if len(per_key) == 1 else or_(*per_key)
+        primary = next(iter(values))
+        _install_filtering()
+        hybrid = self._hybrid
+
+        def read(instance: Any, check: bool) -> Any:
+            return hybrid._binding_for(type(instance)).plaintext(instance, check=check)
+
+        match = _ContainsMatch(
+            entity, binding.label, read, index, primary, index.digest(text, primary), len(text)
+        )
+        return _Candidates(condition, match)
 
     def reverse_operate(self, op: OperatorType, other: Any, **kwargs: Any) -> Any:
         if op in (operators.eq, operators.ne):
@@ -763,6 +929,16 @@ class _ExactMatch:
     key_id: str  # the index key the digests are under
     digests: tuple[str, ...]  # full HMACs of the terms: no plaintext is kept
 
+    @property
+    def entity(self) -> Any:
+        """The mapped class or aliased class whose objects are filtered."""
+        return self.target.entity
+
+    @property
+    def label(self) -> str:
+        """The index, for messages."""
+        return self.target.bound.label
+
     def keeps(self, instance: Any) -> bool:
         """Whether the loaded ``instance`` matches one of the terms (constant-time compares).
 
@@ -785,6 +961,29 @@ class _ExactMatch:
         return found
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class _ContainsMatch:
+    """How to tell a substring index's candidate from a match: the term's full HMAC."""
+
+    entity: Any
+    label: str
+    read: Callable[[Any, bool], Any]
+    index: SubstringIndex
+    key_id: str
+    digest: bytes  # full HMAC of the normalized term: no plaintext is kept
+    length: int  # of the normalized term, in characters
+
+    def keeps(self, instance: Any) -> bool:
+        """Whether the loaded ``instance``'s normalized value contains the normalized term."""
+        if instance is None:
+            return False
+        text = self.index.normalize(self.read(instance, False))
+        if text is None or not self.index.contains(text, self.length, self.digest, self.key_id):
+            return False
+        self.read(instance, True)  # the read-time index check, for a match
+        return True
+
+
 class _Candidates(ColumnElement[bool]):
     """A truncated index's condition: true for every match, and for some other rows."""
 
@@ -795,7 +994,7 @@ class _Candidates(ColumnElement[bool]):
     # The terms (in ``exact``) are not part of the SQL, only of its filtering.
     _cache_key_traversal = [("clause", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
 
-    def __init__(self, clause: ColumnElement[bool], exact: _ExactMatch):
+    def __init__(self, clause: ColumnElement[bool], exact: _ExactMatch | _ContainsMatch):
         self.clause = clause
         self.exact = exact
         self.type = sqltypes.Boolean()
@@ -812,7 +1011,7 @@ class _Candidates(ColumnElement[bool]):
 
     def _negate(self) -> ColumnElement[Any]:
         raise UnsupportedComparisonError(
-            f"{self.exact.target.bound.label}: NOT of a truncated blind index's condition "
+            f"{self.exact.label}: NOT of a truncated or substring index's condition "
             "cannot be filtered exactly (rows that only share its index value would be left "
             "out)"
         )
@@ -853,7 +1052,7 @@ def _refuse_unfiltered(
     if isinstance(filtered, _Filtered):
         # An ORM statement: the mark is in a loader option, or in a load the ORM derived.
         raise UnsupportedComparisonError(
-            "this statement compares a truncated blind index, whose matches are only "
+            "this statement compares a truncated or substring index, whose matches are only "
             "candidates, in SQL the Session does not filter: a loader option "
             "(joinedload/selectinload(... .and_(...)), with_loader_criteria()) or a load "
             "derived from the statement (subqueryload, a relationship or deferred column "
@@ -861,7 +1060,7 @@ def _refuse_unfiltered(
             "related objects without truncated conditions (select them and filter in Python)"
         )
     raise UnsupportedComparisonError(
-        "this statement compares a truncated blind index, whose matches are only "
+        "this statement compares a truncated or substring index, whose matches are only "
         "candidates, and it runs outside a Session (Core), where nothing filters them; "
         "run select(<mapped class>).where(...) through a Session instead"
     )
@@ -910,9 +1109,10 @@ def _refuse_stale_compounds(state: ORMExecuteState) -> None:
     stale = sorted({watched[n] for n in names if n in watched})
     if stale:
         raise ConfigurationError(
-            f"this UPDATE sets a part of the compound index {', '.join(stale)}, which it cannot "
-            "recompute (the other parts are in the rows); load the objects and assign the "
-            "value to each, or run `fieldcrypt reindex` after the UPDATE"
+            f"this UPDATE sets a part of {', '.join(stale)}, which it cannot recompute (a "
+            "compound index's other parts are in the rows, a substring index is in its side "
+            "table); load the objects and assign the value to each, or run "
+            "`fieldcrypt reindex` after the UPDATE"
         )
 
 
@@ -935,23 +1135,23 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
         # derived) is refused by the cursor hook, which this tells the statement is ORM's.
         state.update_execution_options(**{_FILTERED: _Filtered(statement, 0)})
         return None
-    label = marks[0].exact.target.bound.label
+    label = marks[0].exact.label
     if not state.is_select:
         raise UnsupportedComparisonError(
-            f"{label}: a truncated blind index finds candidates, which only a SELECT of "
+            f"{label}: a truncated or substring index finds candidates, which only a SELECT of "
             "entities can filter; an UPDATE or DELETE would change rows that merely share "
             "its index value. Select the objects, then change or delete them"
         )
     if not isinstance(statement, Select):
         raise UnsupportedComparisonError(
-            f"{label}: a truncated blind index's candidates can be filtered in a plain "
+            f"{label}: a truncated or substring index's candidates can be filtered in a plain "
             "select() of entities, not in a UNION or other compound select"
         )
     top = [c for c in _conjuncts(statement.whereclause) if isinstance(c, _Candidates)]
     # Compared as lists: one condition object used twice (also in a subquery) counts twice.
     if len(marks) != len(top) or {id(m) for m in marks} != {id(c) for c in top}:
         raise UnsupportedComparisonError(
-            f"{label}: a truncated blind index's condition can be filtered exactly only as "
+            f"{label}: a truncated or substring index's condition can be filtered exactly only as "
             "a term ANDed into the WHERE clause of the statement itself, not under OR or "
             "NOT, in a join condition, HAVING or a subquery"
         )
@@ -961,17 +1161,17 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     ) or bool(statement._group_by_clauses):
         raise UnsupportedComparisonError(
             f"{label}: LIMIT, OFFSET and GROUP BY would count or group the candidates of a "
-            "truncated blind index, not its matches; drop them and slice or group the "
+            "truncated or substring index, not its matches; drop them and slice or group the "
             "results in Python"
         )
     positions = []
     described = statement.column_descriptions
     for candidates in top:
-        entity = candidates.exact.target.entity
+        entity = candidates.exact.entity
         found = [i for i, d in enumerate(described) if d.get("expr") is entity]
         if not found:
             raise UnsupportedComparisonError(
-                f"{label}: a truncated blind index finds candidates, which are filtered by "
+                f"{label}: a truncated or substring index finds candidates, which are filtered by "
                 f"decrypting the {getattr(entity, '__name__', 'entity')} objects selected; "
                 "this statement selects columns only (or counts), so its rows could not be "
                 "checked. Select the entity: select(<mapped class>).where(...)"
@@ -981,7 +1181,7 @@ def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
     if populate or state.load_options._populate_existing or statement._for_update_arg is not None:
         raise UnsupportedComparisonError(
             f"{label}: populate_existing and with_for_update() would act on every candidate of "
-            "a truncated blind index (overwriting unsaved changes of objects it does not "
+            "a truncated or substring index (overwriting unsaved changes of objects it does not "
             "return, locking rows that merely share its index value); select the objects "
             "first, then refresh or lock the matches by primary key"
         )
@@ -1049,6 +1249,7 @@ class EncryptedHybrid(hybrid_property[_V]):
         column_type: EncryptedType[_V] | None = None,
         check_index: bool = True,
         bind_row: bool = False,
+        substring: SubstringIndex | None = None,
     ):
         if not isinstance(source, str) or not source:
             raise ConfigurationError(
@@ -1077,7 +1278,10 @@ class EncryptedHybrid(hybrid_property[_V]):
             raise ConfigurationError(
                 "encrypted_hybrid(): column_type must be an EncryptedType such as EncryptedText()"
             )
+        if substring is not None and not isinstance(substring, SubstringIndex):
+            raise ConfigurationError("encrypted_hybrid(): substring must be a SubstringIndex")
         self._source = source
+        self._substring = substring
         self._blind_indexes = indexes
         self._column_type = column_type
         self._check_index = check_index
@@ -1100,6 +1304,12 @@ class EncryptedHybrid(hybrid_property[_V]):
             compounds = [
                 c for k, found in self._compounds.items() if issubclass(cls, k) for c in found
             ]
+            if self._substring is not None:
+                raise ConfigurationError(
+                    f"{self._binding_for(cls).label} has a substring index, whose side table "
+                    "an UPDATE statement cannot rewrite; load the objects and assign the value "
+                    "to each, or run `fieldcrypt reindex` after the UPDATE"
+                )
             if compounds:
                 # Their other parts are in the rows, not here: the index would go stale.
                 raise ConfigurationError(
@@ -1205,6 +1415,16 @@ class EncryptedHybrid(hybrid_property[_V]):
         equality = next(iter(full or whole), None)
 
         row_key = _row_key(mapper, source, label) if self._bind_row else None
+        substring = None
+        if self._substring is not None:
+            index, table, owner_keys = _side_table(mapper, source, self._substring, label)
+
+            def read(instance: Any) -> Any:
+                return self._binding_for(type(instance)).plaintext(instance, check=False)
+
+            substring = _BoundSubstring(
+                table.fullname, index, table, owner_keys, read, self._source
+            )
         binding = _Binding(
             label=label,
             source_key=self._source,
@@ -1219,6 +1439,7 @@ class EncryptedHybrid(hybrid_property[_V]):
             check_index=self._check_index,
             cache_key=f"_sa_fieldcrypt_{self.__name__}",
             row_key=row_key,
+            substring=substring,
         )
         self._bindings[cls] = binding
         if row_key is not None:
@@ -1230,6 +1451,11 @@ class EncryptedHybrid(hybrid_property[_V]):
         if indexes:
             event.listen(mapper, "before_insert", binding.sync_index)
             event.listen(mapper, "before_update", binding.sync_index)
+        if substring is not None:
+            event.listen(mapper, "after_insert", substring.inserted)
+            event.listen(mapper, "after_update", substring.updated)
+            event.listen(mapper, "before_delete", substring.deleting)
+            _watch_plain_parts(cls, [self._source], f"the substring index {substring.label}")
         return binding
 
     def _ciphertext_type(self, source: Column[Any], label: str) -> EncryptedType:
@@ -1360,6 +1586,7 @@ def encrypted_hybrid(
     column_type: EncryptedType[_V] | None = None,
     check_index: bool = True,
     bind_row: bool = False,
+    substring: SubstringIndex | None = None,
 ) -> EncryptedHybrid[_V]:
     """Declare a plaintext attribute over an encrypted column, optionally with a blind index.
 
@@ -1395,6 +1622,11 @@ def encrypted_hybrid(
             ``default=uuid.uuid4``) of int, str or UUID values. Values are then read and
             written through loaded objects only: UPDATE statements that set the attribute,
             and ``select(Customer.email)``, are refused. See ``docs/context-binding.md``.
+        substring: a :class:`~sa_fieldcrypt.SubstringIndex`, for
+            ``Customer.notes.contains("term")``: the value's trigrams, hashed and truncated,
+            in a side table the hybrid declares in the model's MetaData and rewrites at flush.
+            ORM UPDATE statements that set the attribute are then refused. See
+            ``docs/blind-indexes.md``.
 
     Returns:
         The descriptor; assign it to a class attribute of a mapped class. Type checkers see
@@ -1408,6 +1640,7 @@ def encrypted_hybrid(
         column_type=column_type,
         check_index=check_index,
         bind_row=bind_row,
+        substring=substring,
     )
 
 
@@ -1536,7 +1769,7 @@ class CompoundIndex:
         index_column.info[INFO_COMPOUND_PARTS] = tuple(columns)
         binding = _CompoundBinding(label, bound, self._parts.attributes, tuple(watched))
         if plain:
-            _watch_plain_parts(cls, plain, label)
+            _watch_plain_parts(cls, plain, f"the compound index {label}")
         self._bindings[cls] = binding
         event.listen(mapper, "before_insert", binding.sync)
         event.listen(mapper, "before_update", binding.sync)
