@@ -1220,7 +1220,6 @@ def _is_collection(value: Any) -> bool:
 
 
 if TYPE_CHECKING:
-
     # SQLORMOperations, not SQLAlchemy's hybrid class-level accessor: that one is private and
     # newer than the oldest SQLAlchemy this library allows.
     class _ClassAttribute(SQLORMOperations[_V]):
