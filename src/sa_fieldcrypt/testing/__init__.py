@@ -4,7 +4,8 @@
   installs sa-fieldcrypt, at no cost until used): ``fieldcrypt_keyring``,
   ``fieldcrypt_blind_index_keyring``, ``fake_secret_manager``, ``fake_kms``.
 - :func:`temporary_keys` (:mod:`~sa_fieldcrypt.testing.keys`): default keys for a block.
-- :func:`assert_encrypted_at_rest` (:mod:`~sa_fieldcrypt.testing.assertions`).
+- :func:`assert_encrypted_at_rest`, :func:`assert_indexes_current`
+  (:mod:`~sa_fieldcrypt.testing.assertions`).
 - Hypothesis strategies (:mod:`~sa_fieldcrypt.testing.strategies`): :func:`text_plaintexts`,
   :func:`bytes_plaintexts`, :func:`json_plaintexts`, the typed columns' values
   (:func:`date_plaintexts`, :func:`datetime_plaintexts`, :func:`time_plaintexts`,
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 from sa_fieldcrypt.exports import lazy_exports
 
 if TYPE_CHECKING:
-    from sa_fieldcrypt.testing.assertions import assert_encrypted_at_rest
+    from sa_fieldcrypt.testing.assertions import assert_encrypted_at_rest, assert_indexes_current
     from sa_fieldcrypt.testing.keys import temporary_keys
     from sa_fieldcrypt.testing.kms import FakeKms
     from sa_fieldcrypt.testing.secret_manager import FakeSecretManager
@@ -57,6 +58,7 @@ __all__ = [
     "FakeKms",
     "FakeSecretManager",
     "assert_encrypted_at_rest",
+    "assert_indexes_current",
     "boolean_plaintexts",
     "bytes_plaintexts",
     "date_plaintexts",
@@ -76,6 +78,7 @@ _HOMES = {
     "FakeKms": "sa_fieldcrypt.testing.kms",
     "FakeSecretManager": "sa_fieldcrypt.testing.secret_manager",
     "assert_encrypted_at_rest": "sa_fieldcrypt.testing.assertions",
+    "assert_indexes_current": "sa_fieldcrypt.testing.assertions",
     "boolean_plaintexts": "sa_fieldcrypt.testing.strategies",
     "bytes_plaintexts": "sa_fieldcrypt.testing.strategies",
     "date_plaintexts": "sa_fieldcrypt.testing.strategies",
