@@ -10,7 +10,9 @@
   :func:`bytes_plaintexts`, :func:`json_plaintexts`, the typed columns' values
   (:func:`date_plaintexts`, :func:`datetime_plaintexts`, :func:`time_plaintexts`,
   :func:`integer_plaintexts`, :func:`float_plaintexts`, :func:`decimal_plaintexts`,
-  :func:`boolean_plaintexts`, :func:`uuid_plaintexts`), :func:`keyrings`.
+  :func:`boolean_plaintexts`, :func:`uuid_plaintexts`), :func:`keyrings`, and spellings
+  that the built-in normalizers and transforms fold (:func:`phone_numbers`,
+  :func:`email_addresses`).
 - :class:`FakeSecretManager` (:mod:`~sa_fieldcrypt.testing.secret_manager`, the ``gcp`` extra):
   Google Cloud Secret Manager in process, over real gRPC.
 - :class:`FakeKms` (:mod:`~sa_fieldcrypt.testing.kms`, the ``gcp`` extra): Google Cloud KMS in
@@ -45,10 +47,12 @@ if TYPE_CHECKING:
         date_plaintexts,
         datetime_plaintexts,
         decimal_plaintexts,
+        email_addresses,
         float_plaintexts,
         integer_plaintexts,
         json_plaintexts,
         keyrings,
+        phone_numbers,
         text_plaintexts,
         time_plaintexts,
         uuid_plaintexts,
@@ -64,10 +68,12 @@ __all__ = [
     "date_plaintexts",
     "datetime_plaintexts",
     "decimal_plaintexts",
+    "email_addresses",
     "float_plaintexts",
     "integer_plaintexts",
     "json_plaintexts",
     "keyrings",
+    "phone_numbers",
     "temporary_keys",
     "text_plaintexts",
     "time_plaintexts",
@@ -84,10 +90,12 @@ _HOMES = {
     "date_plaintexts": "sa_fieldcrypt.testing.strategies",
     "datetime_plaintexts": "sa_fieldcrypt.testing.strategies",
     "decimal_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "email_addresses": "sa_fieldcrypt.testing.strategies",
     "float_plaintexts": "sa_fieldcrypt.testing.strategies",
     "integer_plaintexts": "sa_fieldcrypt.testing.strategies",
     "json_plaintexts": "sa_fieldcrypt.testing.strategies",
     "keyrings": "sa_fieldcrypt.testing.strategies",
+    "phone_numbers": "sa_fieldcrypt.testing.strategies",
     "temporary_keys": "sa_fieldcrypt.testing.keys",
     "text_plaintexts": "sa_fieldcrypt.testing.strategies",
     "time_plaintexts": "sa_fieldcrypt.testing.strategies",
