@@ -20,9 +20,12 @@ default), in tables named ``fc_bench_*`` that it creates and drops.
 - Inserts: for each index kind alone, and for none (the encrypted value only), the time per
   row of adding ``INSERT_ROWS`` objects through the ORM in one flush and committing, median
   of ``INSERT_REPEATS`` runs in a fresh table; and its ratio to no index. The plain column's
-  row stores the phone number in plaintext, for scale.
-
-The slow index's hash time is ``benchmarks/slow_index.py``'s. Figures are medians of this one
+  row stores the phone number in plaintext, for scale. The slow index (``Scrypt()``, the
+  defaults) inserts ``SLOW_INSERT_ROWS`` rows only: its cost is one scrypt per row, the slow
+  index's hash time, which ``benchmarks/slow_index.py`` measures per parameter set. It has no
+  lookup row: filling 100,000 rows would take that hash 100,000 times, and a lookup costs a
+  full-size one plus one hash per active index key.
+ Figures are medians of this one
 run; compare the ratios, not the absolute times.
 """
 
@@ -34,6 +37,7 @@ import random
 import statistics
 import tempfile
 import time
+import timeit
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +53,7 @@ from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
     Keyring,
+    Scrypt,
     compound,
     compound_index,
     email_domain,
@@ -63,6 +68,7 @@ from sa_fieldcrypt.jobs import find_indexes
 ROWS = 100_000
 LOOKUPS = 41
 INSERT_ROWS = 2000
+SLOW_INSERT_ROWS = 20
 INSERT_REPEATS = 5
 DOMAINS = 1000
 POSTGRES = (
@@ -159,6 +165,9 @@ LOOKUP_KINDS: list[tuple[str, int, Callable[[int], Any]]] = [
 ]
 
 
+SLOW = "slow (Scrypt() defaults)"
+
+
 def insert_models() -> dict[str, type[Base]]:
     """One small table per insert kind: the encrypted phone (and email) and one index."""
     kinds: dict[str, dict[str, Any]] = {
@@ -174,6 +183,7 @@ def insert_models() -> dict[str, type[Base]]:
         },
         "truncated, 16 bits": {"index": BlindIndex("bidx", normalizer=normalize_phone, bits=16)},
         "truncated, 8 bits": {"index": BlindIndex("bidx", normalizer=normalize_phone, bits=8)},
+        SLOW: {"index": BlindIndex("bidx", normalizer=normalize_phone, slow=Scrypt())},
     }
     models: dict[str, type[Base]] = {}
     for n, (label, spec) in enumerate(kinds.items()):
@@ -235,8 +245,8 @@ def median_lookup_ms(engine: Engine, condition: Callable[[int], Any], rows: int)
     return statistics.median(times[1:]) * 1000  # the first warms the statement cache
 
 
-def insert_us(engine: Engine, model: type[Base]) -> float:
-    """Median time per row of an ORM insert of ``INSERT_ROWS`` objects, in microseconds."""
+def insert_us(engine: Engine, model: type[Base], count: int) -> float:
+    """Median time per row of an ORM insert of ``count`` objects, in microseconds."""
     table = model.__table__
     times = []
     for _ in range(INSERT_REPEATS):
@@ -244,7 +254,7 @@ def insert_us(engine: Engine, model: type[Base]) -> float:
         table.create(engine)
         with Session(engine) as session:
             objects = []
-            for i in range(INSERT_ROWS):
+            for i in range(count):
                 obj = model(id=i, consent_sms=consent(i), phone=phone(i), email=email(i))
                 if "plain" in table.c:
                     obj.plain = phone(i)  # type: ignore[attr-defined]
@@ -254,7 +264,7 @@ def insert_us(engine: Engine, model: type[Base]) -> float:
             session.commit()
             times.append(time.perf_counter() - started)
     table.drop(engine)
-    return statistics.median(times) / INSERT_ROWS * 1e6
+    return statistics.median(times) / count * 1e6
 
 
 def bench(name: str, engine: Engine) -> None:
@@ -274,11 +284,14 @@ def bench(name: str, engine: Engine) -> None:
         print(f"  lookup (median of {LOOKUPS} terms)    rows       ms   ratio")
         for label, (rows, ms) in lookups.items():
             print(f"  {label:<32} {rows:5d} {ms:8.3f} {ms / base:6.1f}x")
-        inserts = {label: insert_us(engine, model) for label, model in INSERT_MODELS.items()}
+        inserts = {
+            label: insert_us(engine, model, SLOW_INSERT_ROWS if label == SLOW else INSERT_ROWS)
+            for label, model in INSERT_MODELS.items()
+        }
         none = inserts["no index (encrypted value only)"]
-        print(f"  insert ({INSERT_ROWS} rows, ORM flush)     us/row   ratio")
+        print(f"  insert ({INSERT_ROWS} rows, ORM flush)       us/row    ratio")
         for label, us in inserts.items():
-            print(f"  {label:<32}   {us:8.1f} {us / none:6.2f}x")
+            print(f"  {label:<32} {us:10.1f} {us / none:7.2f}x")
     finally:
         for table in tables:
             table.drop(engine, checkfirst=True)
@@ -322,12 +335,25 @@ def main() -> None:
         f"Python {platform.python_version()}, load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
+    slow = BlindIndex("bidx", normalizer=normalize_phone, slow=Scrypt(), name="fc_bench.bidx")
+    fast = BlindIndex("bidx", normalizer=normalize_phone, name="fc_bench.bidx")
+    hash_ms = {
+        label: statistics.median(timeit.repeat(lambda i=i: i.compute(phone(1)), number=n, repeat=7))
+        / n
+        * 1000
+        for label, i, n in (("full-size HMAC", fast, 2000), (f"slow, {Scrypt().label}", slow, 3))
+    }
+    print("one index value (median of 7):")
+    for label, ms in hash_ms.items():
+        print(f"  {label:<32} {ms:10.3f} ms")
+    started = time.perf_counter()
     with sqlite_engine() as engine:
         bench("SQLite (file)", engine)
     engine_pg = postgres_engine()
     if engine_pg is not None:
         version = ".".join(map(str, engine_pg.dialect.server_version_info or ()))
         bench(f"PostgreSQL {version}", engine_pg)
+    print(f"\n{time.perf_counter() - started:.0f} s in all")
 
 
 if __name__ == "__main__":
