@@ -15,18 +15,20 @@ default), in tables named ``fc_bench_*`` that it creates and drops.
   (about 390). For each kind: the median time of an ORM ``select(Customer).where(...)`` that
   loads its rows (decrypting both encrypted attributes of each, and for the truncated ones
   decrypting every candidate to drop the false positives), in a fresh session, over
-  ``LOOKUPS`` different terms; and its ratio to the plain column's lookup, which returns one
+  ``LOOKUPS`` different terms, the kinds taking turns term by term so that a change of load
+  weighs on all alike; and its ratio to the plain column's lookup, which returns one
   row. A kind that returns more rows pays for decrypting them: the rows column says how many.
 - Inserts: for each index kind alone, and for none (the encrypted value only), the time per
   row of adding ``INSERT_ROWS`` objects through the ORM in one flush and committing, median
-  of ``INSERT_REPEATS`` runs in a fresh table; and its ratio to no index. The plain column's
-  row stores the phone number in plaintext, for scale. The slow index (``Scrypt()``, the
-  defaults) inserts ``SLOW_INSERT_ROWS`` rows only: its cost is one scrypt per row, the slow
-  index's hash time, which ``benchmarks/slow_index.py`` measures per parameter set. It has no
-  lookup row: filling 100,000 rows would take that hash 100,000 times, and a lookup costs a
-  full-size one plus one hash per active index key.
- Figures are medians of this one
-run; compare the ratios, not the absolute times.
+  of ``INSERT_REPEATS`` runs in a fresh table (the kinds taking turns); and its ratio to no
+  index. The plain column's row stores the phone number in plaintext, for scale.
+- The slow index (``Scrypt()``, the defaults): the time of one index value against one
+  HMAC, and the insert cost of ``SLOW_INSERT_ROWS`` rows (one scrypt each);
+  ``benchmarks/slow_index.py`` measures other parameters. It has no lookup row: filling
+  100,000 rows would hash 100,000 times, and its lookup costs a full-size one plus one hash
+  per active index key.
+
+Figures are medians of this one run; compare the ratios, not the absolute times.
 """
 
 from __future__ import annotations
@@ -229,42 +231,67 @@ def fill(engine: Engine) -> None:
             conn.execute(insert(Customer), rows)
 
 
-def median_lookup_ms(engine: Engine, condition: Callable[[int], Any], rows: int) -> float:
-    """Median time of an ORM lookup that loads its rows, over ``LOOKUPS`` terms, in ms."""
+def lookup_s(engine: Engine, condition: Callable[[int], Any], rows: int, i: int) -> float:
+    """Time of one ORM lookup, for row ``i``'s term, that loads its rows, in seconds."""
+    with Session(engine) as session:
+        stmt = select(Customer).where(condition(i))
+        started = time.perf_counter()
+        found = session.scalars(stmt).all()
+        elapsed = time.perf_counter() - started
+    if len(found) != rows:
+        raise RuntimeError(f"expected {rows} rows, got {len(found)}")
+    return elapsed
+
+
+def lookup_ms(engine: Engine) -> dict[str, tuple[int, float]]:
+    """Each kind's rows and median lookup time over ``LOOKUPS`` terms, in milliseconds.
+
+    The kinds take turns, term by term, so that a change of load weighs on all of them.
+    """
+    times: dict[str, list[float]] = {label: [] for label, _, _ in LOOKUP_KINDS}
     chooser = random.Random(7)
-    times = []
-    for _ in range(LOOKUPS + 1):
+    for turn in range(LOOKUPS + 1):
         i = chooser.randrange(ROWS)
-        with Session(engine) as session:
-            stmt = select(Customer).where(condition(i))
-            started = time.perf_counter()
-            found = session.scalars(stmt).all()
-            times.append(time.perf_counter() - started)
-        if len(found) != rows:
-            raise RuntimeError(f"expected {rows} rows, got {len(found)}")
-    return statistics.median(times[1:]) * 1000  # the first warms the statement cache
+        for label, rows, condition in LOOKUP_KINDS:
+            elapsed = lookup_s(engine, condition, rows, i)
+            if turn:  # the first warms the statement cache
+                times[label].append(elapsed)
+    return {
+        label: (rows, statistics.median(times[label]) * 1000) for label, rows, _ in LOOKUP_KINDS
+    }
 
 
-def insert_us(engine: Engine, model: type[Base], count: int) -> float:
-    """Median time per row of an ORM insert of ``count`` objects, in microseconds."""
+def insert_s(engine: Engine, model: type[Base], count: int) -> float:
+    """Time of an ORM insert of ``count`` objects into a fresh table, in seconds."""
     table = model.__table__
-    times = []
-    for _ in range(INSERT_REPEATS):
-        table.drop(engine, checkfirst=True)
-        table.create(engine)
-        with Session(engine) as session:
-            objects = []
-            for i in range(count):
-                obj = model(id=i, consent_sms=consent(i), phone=phone(i), email=email(i))
-                if "plain" in table.c:
-                    obj.plain = phone(i)  # type: ignore[attr-defined]
-                objects.append(obj)
-            started = time.perf_counter()
-            session.add_all(objects)
-            session.commit()
-            times.append(time.perf_counter() - started)
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    with Session(engine) as session:
+        objects = []
+        for i in range(count):
+            obj = model(id=i, consent_sms=consent(i), phone=phone(i), email=email(i))
+            if "plain" in table.c:
+                obj.plain = phone(i)  # type: ignore[attr-defined]
+            objects.append(obj)
+        started = time.perf_counter()
+        session.add_all(objects)
+        session.commit()
+        elapsed = time.perf_counter() - started
     table.drop(engine)
-    return statistics.median(times) / count * 1e6
+    return elapsed
+
+
+def insert_us(engine: Engine) -> dict[str, float]:
+    """Each insert kind's median time per row over ``INSERT_REPEATS`` runs, in microseconds.
+
+    The kinds take turns, run by run, as the lookups do.
+    """
+    counts = {label: SLOW_INSERT_ROWS if label == SLOW else INSERT_ROWS for label in INSERT_MODELS}
+    times: dict[str, list[float]] = {label: [] for label in INSERT_MODELS}
+    for _ in range(INSERT_REPEATS):
+        for label, model in INSERT_MODELS.items():
+            times[label].append(insert_s(engine, model, counts[label]) / counts[label])
+    return {label: statistics.median(runs) * 1e6 for label, runs in times.items()}
 
 
 def bench(name: str, engine: Engine) -> None:
@@ -276,18 +303,12 @@ def bench(name: str, engine: Engine) -> None:
         started = time.perf_counter()
         fill(engine)
         print(f"\n{name}: {ROWS:,} rows written in {time.perf_counter() - started:.0f} s")
-        lookups = {
-            label: (rows, median_lookup_ms(engine, condition, rows))
-            for label, rows, condition in LOOKUP_KINDS
-        }
+        lookups = lookup_ms(engine)
         base = lookups["plain indexed Text column"][1]
         print(f"  lookup (median of {LOOKUPS} terms)    rows       ms   ratio")
         for label, (rows, ms) in lookups.items():
             print(f"  {label:<32} {rows:5d} {ms:8.3f} {ms / base:6.1f}x")
-        inserts = {
-            label: insert_us(engine, model, SLOW_INSERT_ROWS if label == SLOW else INSERT_ROWS)
-            for label, model in INSERT_MODELS.items()
-        }
+        inserts = insert_us(engine)
         none = inserts["no index (encrypted value only)"]
         print(f"  insert ({INSERT_ROWS} rows, ORM flush)       us/row    ratio")
         for label, us in inserts.items():
