@@ -233,12 +233,13 @@ def fill(engine: Engine) -> None:
 
 
 @contextmanager
-def no_gc() -> Iterator[None]:
-    """Collect garbage first, then none while timing, as ``timeit`` does.
+def no_gc(*, collect: bool = True) -> Iterator[None]:
+    """Collect garbage first (unless not ``collect``), then none while timing, as ``timeit``.
 
     Otherwise a collection that the objects of one lookup made due lands in the next one.
     """
-    gc.collect()
+    if collect:
+        gc.collect()
     gc.disable()
     try:
         yield
@@ -250,7 +251,7 @@ def lookup_s(engine: Engine, condition: Callable[[int], Any], rows: int, i: int)
     """Time of one ORM lookup, for row ``i``'s term, that loads its rows, in seconds."""
     with Session(engine) as session:
         stmt = select(Customer).where(condition(i))
-        with no_gc():
+        with no_gc(collect=False):
             started = time.perf_counter()
             found = session.scalars(stmt).all()
             elapsed = time.perf_counter() - started
@@ -262,13 +263,17 @@ def lookup_s(engine: Engine, condition: Callable[[int], Any], rows: int, i: int)
 def lookup_ms(engine: Engine) -> dict[str, tuple[int, float]]:
     """Each kind's rows and median lookup time over ``LOOKUPS`` terms, in milliseconds.
 
-    The kinds take turns, term by term, so that a change of load weighs on all of them.
+    The kinds take turns, term by term, so that a change of load weighs on all of them, each
+    kind first in turn as often as the others; garbage is collected between turns only, since
+    a collection before each lookup would leave the processor's caches cold for it.
     """
     times: dict[str, list[float]] = {label: [] for label, _, _ in LOOKUP_KINDS}
     chooser = random.Random(7)
     for turn in range(LOOKUPS + 1):
         i = chooser.randrange(ROWS)
-        for label, rows, condition in LOOKUP_KINDS:
+        gc.collect()
+        start = turn % len(LOOKUP_KINDS)
+        for label, rows, condition in LOOKUP_KINDS[start:] + LOOKUP_KINDS[:start]:
             elapsed = lookup_s(engine, condition, rows, i)
             if turn:  # the first warms the statement cache
                 times[label].append(elapsed)
