@@ -263,17 +263,17 @@ def lookup_s(engine: Engine, condition: Callable[[int], Any], rows: int, i: int)
 def lookup_ms(engine: Engine) -> dict[str, tuple[int, float]]:
     """Each kind's rows and median lookup time over ``LOOKUPS`` terms, in milliseconds.
 
-    The kinds take turns, term by term, so that a change of load weighs on all of them, each
-    kind first in turn as often as the others; garbage is collected between turns only, since
-    a collection before each lookup would leave the processor's caches cold for it.
+    The kinds take turns, term by term, so that a change of load weighs on all of them, in an
+    order shuffled each turn: no kind always follows the one that churns the caches (the
+    8-bit index reads 390 rows). Garbage is collected between turns only, since a collection
+    before each lookup would leave the processor's caches cold for it.
     """
     times: dict[str, list[float]] = {label: [] for label, _, _ in LOOKUP_KINDS}
     chooser = random.Random(7)
     for turn in range(LOOKUPS + 1):
         i = chooser.randrange(ROWS)
         gc.collect()
-        start = turn % len(LOOKUP_KINDS)
-        for label, rows, condition in LOOKUP_KINDS[start:] + LOOKUP_KINDS[:start]:
+        for label, rows, condition in chooser.sample(LOOKUP_KINDS, len(LOOKUP_KINDS)):
             elapsed = lookup_s(engine, condition, rows, i)
             if turn:  # the first warms the statement cache
                 times[label].append(elapsed)
