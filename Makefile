@@ -56,6 +56,7 @@ test-oldest: $(OLDEST_VENV)/.installed
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/blind_index.py
+	$(PY) benchmarks/index_kinds.py
 	$(PY) benchmarks/slow_index.py
 
 # Key rotation of 100,000 and 1,000,000 rows on PostgreSQL and MariaDB, 1 and 2 workers, each

@@ -17,6 +17,7 @@ from sqlalchemy.dialects import mysql
 import sa_fieldcrypt
 from conftest import CONNECT_ARGS, server_url
 from sa_fieldcrypt import (
+    BLIND_INDEX_LENGTH,
     EncryptedBoolean,
     EncryptedDate,
     EncryptedDateTime,
@@ -141,6 +142,86 @@ def _drop(engine: Engine) -> None:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
 
 
+INDEX_MODELS = """
+from sqlalchemy import MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sa_fieldcrypt import (
+    BLIND_INDEX_LENGTH,
+    BlindIndex,
+    compound,
+    compound_index,
+    email_domain,
+    encrypted_hybrid,
+    first_chars,
+    last_digits,
+    letters_lower,
+    normalize_phone,
+)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Member(Base):
+    __tablename__ = "fc_alembic_members"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    consent_sms: Mapped[bool] = mapped_column(default=False)
+    phone_encrypted: Mapped[str | None] = mapped_column(Text)
+    phone_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH), index=True)
+    phone_last4: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH), index=True)
+    phone = encrypted_hybrid(
+        "phone_encrypted",
+        blind_index=[
+            BlindIndex("phone_bidx", normalizer=normalize_phone, bits=16),
+            BlindIndex("phone_last4", normalizer=last_digits(4)),
+        ],
+    )
+    email_encrypted: Mapped[str | None] = mapped_column(Text)
+    email_domain_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email = encrypted_hybrid(
+        "email_encrypted", blind_index=BlindIndex("email_domain_bidx", normalizer=email_domain)
+    )
+    last_name_encrypted: Mapped[str | None] = mapped_column(Text)
+    last_name = encrypted_hybrid("last_name_encrypted")
+    initial_surname_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    initial_surname = compound_index(
+        BlindIndex(
+            "initial_surname_bidx",
+            normalizer=compound(email=first_chars(1), last_name=letters_lower),
+        )
+    )
+"""
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def index_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Config, Engine]]:
+    """A migration environment over a real server, with several and compound blind indexes."""
+    url = server_url(request.param)
+    engine = create_engine(url, connect_args=CONNECT_ARGS)
+
+    def drop() -> None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS fc_alembic_members")
+            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+
+    drop()
+    (tmp_path / "fc_alembic_models.py").write_text(INDEX_MODELS)
+    config = Config(str(tmp_path / "alembic.ini"))
+    command.init(config, str(tmp_path / "migrations"), template="generic")
+    config = Config(str(tmp_path / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", url)
+    (tmp_path / "migrations" / "env.py").write_text(textwrap.dedent(ENV))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield config, engine
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("fc_alembic_models", None)
+        drop()
+        engine.dispose()
+
+
 def _revision_text(config: Config, message: str) -> str:
     script = command.revision(config, message=message, autogenerate=True)
     assert script is not None
@@ -199,6 +280,27 @@ def test_autogenerate_emits_a_substring_index_side_table(
     )
     command.upgrade(config, "head")
     assert "fc_alembic_memo_trigrams" in inspect(engine).get_table_names()
+
+
+def test_autogenerate_emits_the_columns_of_several_and_compound_blind_indexes(
+    index_env: tuple[Config, Engine],
+) -> None:
+    """Every index column (several per hybrid, truncated, compound) is created; then no drift."""
+    config, engine = index_env
+    first = _revision_text(config, "create members")
+    for name in ("phone_bidx", "phone_last4", "email_domain_bidx", "initial_surname_bidx"):
+        assert f"sa.Column('{name}', sa.String(length={BLIND_INDEX_LENGTH})" in first
+    for name in ("phone_encrypted", "email_encrypted", "last_name_encrypted"):
+        assert f"sa.Column('{name}', sa.Text()" in first
+    assert "op.f('ix_fc_alembic_members_phone_last4')" in first
+
+    command.upgrade(config, "head")
+    columns = {c["name"] for c in inspect(engine).get_columns("fc_alembic_members")}
+    assert {"phone_bidx", "phone_last4", "email_domain_bidx", "initial_surname_bidx"} <= columns
+
+    second = _revision_text(config, "nothing changed")
+    upgrade_body = second.split("def upgrade()", 1)[1].split("def downgrade()", 1)[0]
+    assert "op." not in upgrade_body
 
 
 @pytest.mark.parametrize(

@@ -13,22 +13,42 @@ from typing import Any
 import pytest
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, Integer, String, Text, text
+from sqlalchemy import Engine, Integer, String, Text, create_engine, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_fieldcrypt
-from sa_fieldcrypt import DecryptionError, EncryptedText, Keyring, encrypted_hybrid, generate_key
+from sa_fieldcrypt import (
+    BLIND_INDEX_LENGTH,
+    BlindIndex,
+    DecryptionError,
+    EncryptedText,
+    Keyring,
+    Scrypt,
+    compound,
+    compound_index,
+    email_domain,
+    encrypted_hybrid,
+    first_chars,
+    generate_key,
+    last_digits,
+    letters_lower,
+    normalize_email,
+    normalize_phone,
+)
 from sa_fieldcrypt.cipher import decrypt, encrypt
 from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.testing import (
     assert_encrypted_at_rest,
+    assert_indexes_current,
     boolean_plaintexts,
     date_plaintexts,
     datetime_plaintexts,
     decimal_plaintexts,
+    email_addresses,
     float_plaintexts,
     integer_plaintexts,
     keyrings,
+    phone_numbers,
     temporary_keys,
     time_plaintexts,
     uuid_plaintexts,
@@ -51,6 +71,57 @@ class Visit(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     notes_encrypted: Mapped[str | None] = mapped_column(Text)
     notes = encrypted_hybrid("notes_encrypted", bind_row=True)
+
+
+class Member(Base):
+    """Every kind of index: several per hybrid, parts, truncated, slow and compound."""
+
+    __tablename__ = "fc_testing_members"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    consent_sms: Mapped[bool] = mapped_column(default=False)
+    phone_encrypted: Mapped[str | None] = mapped_column(Text)
+    phone_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone_last4: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone_b16: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    phone = encrypted_hybrid(
+        "phone_encrypted",
+        bind_row=True,
+        blind_index=[
+            BlindIndex("phone_bidx", normalizer=normalize_phone),
+            BlindIndex("phone_last4", normalizer=last_digits(4)),
+            BlindIndex("phone_b16", normalizer=normalize_phone, bits=16),
+        ],
+    )
+    email_encrypted: Mapped[str | None] = mapped_column(Text)
+    email_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email_domain_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    email = encrypted_hybrid(
+        "email_encrypted",
+        blind_index=[
+            BlindIndex("email_bidx", normalizer=normalize_email, slow=Scrypt(n=2**12, r=1, p=1)),
+            BlindIndex("email_domain_bidx", normalizer=email_domain),
+        ],
+    )
+    last_name_encrypted: Mapped[str | None] = mapped_column(Text)
+    last_name = encrypted_hybrid("last_name_encrypted")
+    initial_surname_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    initial_surname = compound_index(
+        BlindIndex(
+            "initial_surname_bidx",
+            normalizer=compound(email=first_chars(1), last_name=letters_lower),
+            bits=8,
+        )
+    )
+    sms_last4_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+    sms_last4 = compound_index(
+        BlindIndex("sms_last4_bidx", normalizer=compound(consent_sms=None, phone=last_digits(4)))
+    )
+
+
+MEMBER_INDEXES = (
+    *("phone_bidx", "phone_last4", "phone_b16", "email_bidx", "email_domain_bidx"),
+    *("initial_surname_bidx", "sms_last4_bidx"),
+)
 
 
 @pytest.fixture
@@ -285,3 +356,198 @@ def test_typed_strategies_reach_the_extremes(
     finally:
         sys.set_int_max_str_digits(limit)
     assert extreme(found)
+
+
+def _members(session: Session) -> None:
+    session.add_all(
+        [
+            Member(
+                id=1,
+                consent_sms=True,
+                phone="+1 555 010 0000",
+                email="Ada@Example.com",
+                last_name="Lovelace",
+            ),
+            # consent_sms given: a column default applies in SQL, after the index is computed.
+            Member(
+                id=2,
+                consent_sms=False,
+                phone="+44 20 7946 1234",
+                email="alan@example.org",
+                last_name="Turing",
+            ),
+            Member(id=3, consent_sms=False),
+        ]
+    )
+    session.flush()
+
+
+def test_index_assertion_passes_for_rows_written_through_the_model(
+    db: Engine, fieldcrypt_blind_index_keyring: Keyring
+) -> None:
+    """Every index of every row is checked, flushed rows included, NULL rows counted."""
+    with Session(db) as session:
+        _members(session)
+        assert 3 * len(MEMBER_INDEXES) == assert_indexes_current(session, Member)
+        assert 3 == assert_indexes_current(session, Member, indexes=["sms_last4_bidx"])
+
+
+@pytest.mark.parametrize("index", MEMBER_INDEXES)
+def test_index_assertion_catches_an_index_written_by_core(
+    db: Engine, fieldcrypt_blind_index_keyring: Keyring, index: str
+) -> None:
+    """A Core UPDATE that swaps one index column between rows fails, naming column and key."""
+    with Session(db) as session:
+        _members(session)
+        session.commit()
+    with db.begin() as conn:
+        select_first = f"SELECT {index} FROM fc_testing_members WHERE id = 1"  # noqa: S608 - test's own names
+        first = conn.execute(text(select_first))
+        conn.execute(
+            text(f"UPDATE fc_testing_members SET {index} = :v WHERE id = 2"),  # noqa: S608 - test's own names
+            {"v": first.scalar_one()},
+        )
+    with db.connect() as conn, pytest.raises(AssertionError) as caught:
+        assert_indexes_current(conn, Member)
+    message = str(caught.value)
+    assert f"fc_testing_members.{index} at primary key (2,)" in message
+    for value in ("Turing", "turing", "alan", "7946", "1234", "example.org"):
+        assert value not in message
+
+
+def test_index_assertion_catches_a_core_update_of_a_part(
+    db: Engine, fieldcrypt_blind_index_keyring: Keyring
+) -> None:
+    """A plain part set by Core leaves its compound index stale, which the assertion names."""
+    with Session(db) as session:
+        _members(session)
+        session.commit()
+    with db.begin() as conn:
+        conn.execute(
+            text("UPDATE fc_testing_members SET consent_sms = :f WHERE id = 1"), {"f": False}
+        )
+    with (
+        Session(db) as session,
+        pytest.raises(
+            AssertionError,
+            match=r"sms_last4_bidx at primary key \(1,\) holds the index of other values",
+        ),
+    ):
+        assert_indexes_current(session, Member)
+
+
+def test_index_assertion_catches_missing_and_orphan_indexes(
+    db: Engine, fieldcrypt_blind_index_keyring: Keyring
+) -> None:
+    """A value without its index, and an index without a value, both fail."""
+    with Session(db) as session:
+        _members(session)
+        session.commit()
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE fc_testing_members SET email_domain_bidx = "
+                "(SELECT email_domain_bidx FROM fc_testing_members WHERE id = 2) WHERE id = 3"
+            )
+        )
+    with db.connect() as conn, pytest.raises(AssertionError, match=r"\(3,\) .*nothing to index"):
+        assert_indexes_current(conn, Member, indexes=["email_domain_bidx"])
+    with db.begin() as conn:
+        conn.execute(text("UPDATE fc_testing_members SET email_domain_bidx = NULL WHERE id <> 2"))
+    with db.connect() as conn, pytest.raises(AssertionError, match=r"\(1,\) has no index value"):
+        assert_indexes_current(conn, Member)
+
+
+def test_index_assertion_fails_for_an_index_under_a_retired_key(db: Engine) -> None:
+    """An index value under a key the keyring no longer holds is not current: lookups miss it."""
+    with (
+        temporary_keys(
+            Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index"),
+            purpose="blind-index",
+        ),
+        Session(db) as session,
+    ):
+        _members(session)
+        session.commit()
+    with (
+        temporary_keys(
+            Keyring({"b2": generate_key("hmac-sha256")}, purpose="blind-index"),
+            purpose="blind-index",
+        ),
+        db.connect() as conn,
+        pytest.raises(AssertionError, match="no longer has"),
+    ):
+        assert_indexes_current(conn, Member)
+
+
+def test_index_assertion_refuses_models_without_indexes(db: Engine) -> None:
+    """A model without blind indexes, or an unknown index name, is refused."""
+    with Session(db) as session:
+        with pytest.raises(AssertionError, match="has no blind index"):
+            assert_indexes_current(session, Patient)
+        with pytest.raises(AssertionError, match="not blind-index columns"):
+            assert_indexes_current(session, Member, indexes=["phone_encrypted"])
+
+
+@settings(max_examples=200)
+@given(data=st.data())
+def test_phone_numbers_are_spellings_that_normalize_phone_folds(data: st.DataObject) -> None:
+    """Every spelling of a number normalizes to it, and its last four digits are its own."""
+    number = data.draw(st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True))
+    spelling = data.draw(phone_numbers(number))
+    assert number == normalize_phone(spelling)
+    assert number[-4:] == last_digits(4)(spelling)
+
+
+@settings(max_examples=200)
+@given(data=st.data())
+def test_email_addresses_are_spellings_that_normalize_email_folds(data: st.DataObject) -> None:
+    """Two spellings of one address normalize alike and index one domain."""
+    first = data.draw(email_addresses())
+    canonical = normalize_email(first)
+    assert canonical is not None
+    second = data.draw(email_addresses(canonical))
+    assert canonical == normalize_email(second)
+    assert email_domain(first) == email_domain(second) == canonical.rpartition("@")[2]
+
+
+def test_spelling_strategies_vary_what_the_normalizers_fold() -> None:
+    """The strategies reach full-width digits, plus-sign look-alikes, mixed case and unicode."""
+    find(phone_numbers(), lambda s: "\uff10" <= s.strip()[-1] <= "\uff19")
+    find(phone_numbers(), lambda s: "(" in s and "tel:" in s)
+    find(email_addresses(), lambda s: s != s.strip() and any(c.isupper() for c in s))
+    find(email_addresses(), lambda s: not s.strip().isascii())
+
+
+def test_spelling_strategies_refuse_what_they_cannot_spell() -> None:
+    """A number that is not E.164 and a text without one @ are refused."""
+    with pytest.raises(ValueError, match=r"E\.164"):
+        phone_numbers("555 0100")
+    with pytest.raises(ValueError, match=r"E\.164"):
+        phone_numbers("+1234")
+    with pytest.raises(ValueError, match="address"):
+        email_addresses("ada.example.com")
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_a_stored_spelling_is_found_by_any_other(data: st.DataObject) -> None:
+    """A row stored under one spelling is found by another, and its indexes are current."""
+    index_keys = Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index")
+    engine = create_engine("sqlite://")
+    with (
+        temporary_keys(Keyring({"k1": generate_key()})),
+        temporary_keys(index_keys, purpose="blind-index"),
+    ):
+        Base.metadata.create_all(engine)
+        number = data.draw(st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True))
+        stored = data.draw(phone_numbers(number))
+        with Session(engine) as session:
+            session.add(
+                Member(id=1, consent_sms=True, phone=stored, email=data.draw(email_addresses()))
+            )
+            session.flush()
+            other = data.draw(phone_numbers(number))
+            assert 1 == session.scalar(select(func.count()).where(Member.phone == other))
+            assert len(MEMBER_INDEXES) == assert_indexes_current(session, Member)
+    engine.dispose()

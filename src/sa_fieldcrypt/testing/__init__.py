@@ -4,12 +4,15 @@
   installs sa-fieldcrypt, at no cost until used): ``fieldcrypt_keyring``,
   ``fieldcrypt_blind_index_keyring``, ``fake_secret_manager``, ``fake_kms``.
 - :func:`temporary_keys` (:mod:`~sa_fieldcrypt.testing.keys`): default keys for a block.
-- :func:`assert_encrypted_at_rest` (:mod:`~sa_fieldcrypt.testing.assertions`).
+- :func:`assert_encrypted_at_rest`, :func:`assert_indexes_current`
+  (:mod:`~sa_fieldcrypt.testing.assertions`).
 - Hypothesis strategies (:mod:`~sa_fieldcrypt.testing.strategies`): :func:`text_plaintexts`,
   :func:`bytes_plaintexts`, :func:`json_plaintexts`, the typed columns' values
   (:func:`date_plaintexts`, :func:`datetime_plaintexts`, :func:`time_plaintexts`,
   :func:`integer_plaintexts`, :func:`float_plaintexts`, :func:`decimal_plaintexts`,
-  :func:`boolean_plaintexts`, :func:`uuid_plaintexts`), :func:`keyrings`.
+  :func:`boolean_plaintexts`, :func:`uuid_plaintexts`), :func:`keyrings`, and spellings
+  that the built-in normalizers and transforms fold (:func:`phone_numbers`,
+  :func:`email_addresses`).
 - :class:`FakeSecretManager` (:mod:`~sa_fieldcrypt.testing.secret_manager`, the ``gcp`` extra):
   Google Cloud Secret Manager in process, over real gRPC.
 - :class:`FakeKms` (:mod:`~sa_fieldcrypt.testing.kms`, the ``gcp`` extra): Google Cloud KMS in
@@ -34,7 +37,7 @@ from typing import TYPE_CHECKING
 from sa_fieldcrypt.exports import lazy_exports
 
 if TYPE_CHECKING:
-    from sa_fieldcrypt.testing.assertions import assert_encrypted_at_rest
+    from sa_fieldcrypt.testing.assertions import assert_encrypted_at_rest, assert_indexes_current
     from sa_fieldcrypt.testing.keys import temporary_keys
     from sa_fieldcrypt.testing.kms import FakeKms
     from sa_fieldcrypt.testing.secret_manager import FakeSecretManager
@@ -44,10 +47,12 @@ if TYPE_CHECKING:
         date_plaintexts,
         datetime_plaintexts,
         decimal_plaintexts,
+        email_addresses,
         float_plaintexts,
         integer_plaintexts,
         json_plaintexts,
         keyrings,
+        phone_numbers,
         text_plaintexts,
         time_plaintexts,
         uuid_plaintexts,
@@ -57,15 +62,18 @@ __all__ = [
     "FakeKms",
     "FakeSecretManager",
     "assert_encrypted_at_rest",
+    "assert_indexes_current",
     "boolean_plaintexts",
     "bytes_plaintexts",
     "date_plaintexts",
     "datetime_plaintexts",
     "decimal_plaintexts",
+    "email_addresses",
     "float_plaintexts",
     "integer_plaintexts",
     "json_plaintexts",
     "keyrings",
+    "phone_numbers",
     "temporary_keys",
     "text_plaintexts",
     "time_plaintexts",
@@ -76,15 +84,18 @@ _HOMES = {
     "FakeKms": "sa_fieldcrypt.testing.kms",
     "FakeSecretManager": "sa_fieldcrypt.testing.secret_manager",
     "assert_encrypted_at_rest": "sa_fieldcrypt.testing.assertions",
+    "assert_indexes_current": "sa_fieldcrypt.testing.assertions",
     "boolean_plaintexts": "sa_fieldcrypt.testing.strategies",
     "bytes_plaintexts": "sa_fieldcrypt.testing.strategies",
     "date_plaintexts": "sa_fieldcrypt.testing.strategies",
     "datetime_plaintexts": "sa_fieldcrypt.testing.strategies",
     "decimal_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "email_addresses": "sa_fieldcrypt.testing.strategies",
     "float_plaintexts": "sa_fieldcrypt.testing.strategies",
     "integer_plaintexts": "sa_fieldcrypt.testing.strategies",
     "json_plaintexts": "sa_fieldcrypt.testing.strategies",
     "keyrings": "sa_fieldcrypt.testing.strategies",
+    "phone_numbers": "sa_fieldcrypt.testing.strategies",
     "temporary_keys": "sa_fieldcrypt.testing.keys",
     "text_plaintexts": "sa_fieldcrypt.testing.strategies",
     "time_plaintexts": "sa_fieldcrypt.testing.strategies",

@@ -2,12 +2,13 @@
 
 Typical usage::
 
-    from sa_fieldcrypt.testing import assert_encrypted_at_rest
+    from sa_fieldcrypt.testing import assert_encrypted_at_rest, assert_indexes_current
 
-    def test_signup(fieldcrypt_keyring, session):
+    def test_signup(fieldcrypt_keyring, fieldcrypt_blind_index_keyring, session):
         session.add(Customer(email="ada@example.com"))
         session.flush()
         assert 1 == assert_encrypted_at_rest(session, Customer)
+        assert_indexes_current(session, Customer)
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from sqlalchemy import Text, select, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from sa_fieldcrypt.blind_index import BlindIndex
 from sa_fieldcrypt.cipher import inspect_token
+from sa_fieldcrypt.jobs.sql import stored_text
+from sa_fieldcrypt.jobs.targets import find_indexes
 from sa_fieldcrypt.types import column_codec, encrypted_columns
 
-__all__ = ["assert_encrypted_at_rest"]
+__all__ = ["assert_encrypted_at_rest", "assert_indexes_current"]
 
 
 def assert_encrypted_at_rest(
@@ -72,3 +76,83 @@ def assert_encrypted_at_rest(
             codec.decrypt_token(raw, tuple(key) if codec.row_bound else None)
             checked += 1
     return checked
+
+
+def assert_indexes_current(
+    bind: Session | Connection,
+    model_or_table: Any,
+    indexes: Iterable[str] | None = None,
+) -> int:
+    """Assert that every blind-index column of every row holds the index of the row's values.
+
+    Covers every index the model declares: each of a hybrid's indexes (whole values, parts
+    such as ``last_digits(4)``, truncated ``bits=`` and ``slow=`` ones) and every
+    :func:`~sa_fieldcrypt.compound_index`, whose parts it reads from the row. The indexes are
+    found and checked as ``fieldcrypt verify --indexes`` finds and checks them
+    (:func:`~sa_fieldcrypt.jobs.find_indexes`, :meth:`~sa_fieldcrypt.BlindIndex.matches`),
+    but through ``bind``, so rows flushed in the test's own transaction count. A stored index
+    under an older key that the keyring still holds is current: lookups find it.
+
+    A row fails when its index is of other values (written by Core or a bulk method, which
+    run no mapper events, or copied from another row), when it has values to index but no
+    index, when it has an index but nothing to index, or when its index is under a key or
+    cost parameters the index no longer has (lookups miss it until ``fieldcrypt reindex``).
+
+    Args:
+        bind: a session or connection that sees the rows (flush first).
+        model_or_table: a mapped class, a declarative base (all its tables) or a ``Table``.
+        indexes: names of the index columns to check; by default every one.
+
+    Returns:
+        The number of index values checked (rows times indexes, NULLs included).
+
+    Raises:
+        AssertionError: naming the index column and the row's primary key, never a value;
+            or the model has no blind index (none of ``indexes``).
+        DecryptionError: a value does not decrypt (naming its column).
+    """
+    found = find_indexes(model_or_table, required=False)
+    if indexes is not None:
+        wanted = set(indexes)
+        found = [c for c in found if c.index.name in wanted or c.index.key in wanted]
+        missing = wanted - {c.index.name for c in found} - {c.index.key for c in found}
+        if missing:
+            raise AssertionError(f"not blind-index columns: {sorted(missing)}")
+    if not found:
+        raise AssertionError(f"{model_or_table!r} has no blind index")
+    checked = 0
+    for column in found:
+        pk = list(column.table.primary_key)
+        size = len(column.values)
+        stmt = select(*(stored_text(v) for v in column.values), column.index, *pk)
+        for row in bind.execute(stmt):
+            key = tuple(row[size + 1 :])
+            stored = row[size]
+            value = column.plaintext(tuple(row[:size]), key)
+            problem = _index_problem(column.blind_index, value, stored)
+            if problem is not None:
+                raise AssertionError(f"{column.label} at primary key {key!r} {problem}")
+            checked += 1
+    return checked
+
+
+def _index_problem(blind_index: BlindIndex, value: Any, stored: str | None) -> str | None:
+    """Why ``stored`` is not a current index of ``value``; None when it is."""
+    if stored is None:
+        if blind_index.normalize(value) is None:
+            return None
+        return "has no index value for the row's values; run `fieldcrypt reindex`"
+    verdict = blind_index.matches(value, stored)
+    if verdict is None:
+        return (
+            "holds an index value under a key or cost parameters the index no longer has, "
+            "which lookups miss; run `fieldcrypt reindex`"
+        )
+    if not verdict:
+        if blind_index.normalize(value) is None:
+            return "holds an index value, but the row's values have nothing to index"
+        return (
+            "holds the index of other values: written by Core or a bulk method (no mapper "
+            "events), or copied from another row; run `fieldcrypt reindex`"
+        )
+    return None

@@ -31,10 +31,12 @@ __all__ = [
     "date_plaintexts",
     "datetime_plaintexts",
     "decimal_plaintexts",
+    "email_addresses",
     "float_plaintexts",
     "integer_plaintexts",
     "json_plaintexts",
     "keyrings",
+    "phone_numbers",
     "text_plaintexts",
     "time_plaintexts",
     "uuid_plaintexts",
@@ -224,3 +226,134 @@ def keyrings(
         )
 
     return build()
+
+
+# Spellings that the built-in normalizers and transforms fold into one value.
+_PHONE_DIGIT_ZEROS = (0x30, 0xFF10, 0x0660, 0x0966)  # ASCII, full-width, Arabic-Indic, Devanagari
+_PHONE_PLUS_SIGNS = ("+", "\uff0b", "\ufe62", "\u207a")
+_PHONE_SEPARATORS = (" ", "-", ".", "\u00a0", " - ", "/")
+_PHONE_WRAPS = (("", ""), ("tel:", ""), ("\u202a", "\u202c"), ("\u200e", ""))
+_INVISIBLE = ("\u200b", "\u00ad", "\u2060", "\ufeff")
+_SPACES = ("", " ", "  ", "\t", "\n", "\u3000")
+# Domain labels beyond ASCII, as users type them (not their IDNA xn-- form).
+_UNICODE_LABELS = ("bücher", "müller", "例え", "пример", "δοκιμή", "café", "straße", "日本")
+_TLDS = ("com", "org", "example", "de", "co.uk", "рф", "中国")
+
+
+def phone_numbers(number: str | None = None) -> SearchStrategy[str]:
+    """Phone numbers as people type them, which :func:`~sa_fieldcrypt.normalize_phone` folds.
+
+    Each is a spelling of an E.164 number (``number``, such as ``"+15550100000"``, or one
+    drawn with 8 to 15 digits): digits grouped by spaces, dashes, dots, slashes or no-break
+    spaces, the first group now and then in parentheses, in ASCII, full-width, Arabic-Indic
+    or Devanagari digits, with any of the plus signs, a ``tel:`` prefix, invisible direction
+    marks or surrounding white space. ``normalize_phone`` gives the E.164 number back for
+    every one, and :func:`~sa_fieldcrypt.last_digits` its last digits, so a property test
+    that stores one spelling and looks up with another exercises both.
+
+    Args:
+        number: the number to spell, ``+`` and digits only; by default any.
+
+    Raises:
+        ValueError: ``number`` is not ``+`` and 8 to 15 ASCII digits.
+    """
+    from hypothesis import strategies as st
+
+    if number is not None and not (
+        number.startswith("+") and number[1:].isascii() and number[1:].isdigit()
+    ):
+        raise ValueError("phone_numbers(number=) takes an E.164 number: '+' and ASCII digits")
+    if number is not None and not 8 <= len(number) - 1 <= 15:
+        raise ValueError("phone_numbers(number=) takes an E.164 number of 8 to 15 digits")
+    numbers = (
+        st.just(number)
+        if number is not None
+        else st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True)
+    )
+
+    @st.composite
+    def spell(draw: st.DrawFn) -> str:
+        digits = draw(numbers)[1:]
+        zero = draw(st.sampled_from(_PHONE_DIGIT_ZEROS))
+        written = "".join(chr(zero + int(d)) for d in digits)
+        # Cut the digits into groups: the country code first, then groups of 1 to 4.
+        cuts = sorted(draw(st.sets(st.integers(1, len(written) - 1), max_size=5)))
+        groups = [written[a:b] for a, b in zip([0, *cuts], [*cuts, len(written)], strict=True)]
+        if len(groups) > 2 and draw(st.booleans()):
+            groups[1] = f"({groups[1]})"
+        separator = draw(st.sampled_from(_PHONE_SEPARATORS))
+        body = draw(st.sampled_from(_PHONE_PLUS_SIGNS)) + separator.join(groups)
+        before, after = draw(st.sampled_from(_PHONE_WRAPS))
+        pad = st.sampled_from(_SPACES)
+        return f"{draw(pad)}{before}{body}{after}{draw(pad)}"
+
+    return spell()
+
+
+def email_addresses(address: str | None = None) -> SearchStrategy[str]:
+    """Email addresses as people type them, which :func:`~sa_fieldcrypt.normalize_email` folds.
+
+    Each is a spelling of one address (``address``, or one drawn with an ASCII local part and
+    a domain of ASCII or Unicode labels such as ``bücher`` or ``пример``): letters in mixed
+    case, now and then in full-width forms, zero-width spaces or soft hyphens inside,
+    surrounding white space, a trailing dot after the domain or ideographic full stops
+    between its labels. ``normalize_email`` folds every spelling of one address alike, and
+    :data:`~sa_fieldcrypt.email_domain` gives their one domain, so a property test that
+    stores one spelling and looks up with another exercises both.
+
+    Args:
+        address: the address to spell, one ``@``; by default any.
+
+    Raises:
+        ValueError: ``address`` does not hold exactly one ``@`` between a local part and a
+            domain.
+    """
+    from hypothesis import strategies as st
+
+    if address is not None and (address.count("@") != 1 or address.split("@")[1] == ""):
+        raise ValueError("email_addresses(address=) takes an address: local part, '@', domain")
+    label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+    domains = st.builds(
+        lambda names, tld: ".".join([*names, tld]),
+        st.lists(label | st.sampled_from(_UNICODE_LABELS), min_size=1, max_size=3),
+        st.sampled_from(_TLDS),
+    )
+    addresses = (
+        st.just(address)
+        if address is not None
+        else st.builds(
+            "{}@{}".format,
+            st.from_regex(r"[a-z0-9]([a-z0-9._+-]{0,15}[a-z0-9])?", fullmatch=True),
+            domains,
+        )
+    )
+
+    def letter(ch: str, upper: bool, wide: bool, hidden: str) -> str:
+        if upper and ch.upper().casefold() == ch.casefold():
+            ch = ch.upper()
+        if wide and len(ch) == 1 and "!" <= ch <= "~" and ch != "@":
+            ch = chr(ord(ch) + 0xFEE0)  # the full-width form, which NFKC folds back
+        return hidden + ch
+
+    @st.composite
+    def spell(draw: st.DrawFn) -> str:
+        text = draw(addresses)
+        local, _, domain = text.rpartition("@")
+        upper = draw(st.booleans())
+        wide = draw(st.integers(0, 9)) == 0
+        hidden = draw(st.sampled_from(("", "", *_INVISIBLE)))
+
+        def each(part: str) -> str:
+            return "".join(
+                letter(ch, upper and draw(st.booleans()), wide, hidden if i == 1 else "")
+                for i, ch in enumerate(part)
+            )
+
+        dot = draw(st.sampled_from((".", ".", "\u3002")))
+        domain = each(domain).replace(".", dot)
+        if draw(st.booleans()):
+            domain += "."
+        pad = st.sampled_from(_SPACES)
+        return f"{draw(pad)}{each(local)}@{domain}{draw(pad)}"
+
+    return spell()
