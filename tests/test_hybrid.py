@@ -1726,6 +1726,19 @@ def test_a_4_bit_compound_index_finds_candidates_and_returns_matches(search_db: 
             session.scalars(select(Person.id).where(tiny)).all()
 
 
+def test_a_compound_part_left_to_its_column_default_is_indexed(search_db: Engine) -> None:
+    """consent_sms defaults to False: a person created without it is found with False."""
+    with Session(search_db) as session:
+        session.execute(SearchBase.metadata.tables["fc_hyb_people"].delete())
+        session.add(Person(id=1, phone="+1 555 010 1234"))
+        session.commit()
+    with Session(search_db) as session:
+        assert [1] == [
+            p.id for p in session.scalars(select(Person).where(Person.sms_last4 == (False, "1234")))
+        ]
+        assert [] == list(session.scalars(select(Person).where(Person.sms_last4 == (True, "1234"))))
+
+
 def test_a_compound_index_follows_changes_to_any_part(search_db: Engine) -> None:
     """Changing an encrypted or a plain part at flush recomputes the compound index."""
     _store_people(search_db, {1: ("Ada", "Lovelace", False, "+1 555 010 0000")})

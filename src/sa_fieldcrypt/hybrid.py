@@ -37,7 +37,7 @@ from __future__ import annotations
 import hmac
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -66,7 +66,7 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.ext.hybrid import ExprComparator, hybrid_property
-from sqlalchemy.orm import Mapper, ORMExecuteState, Session
+from sqlalchemy.orm import ColumnProperty, Mapper, ORMExecuteState, Session
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql import ClauseElement, operators, visitors
 from sqlalchemy.sql.elements import BooleanClauseList, ColumnElement, Grouping, Null
@@ -249,24 +249,35 @@ class _RowKey:
 
     def fill_defaults(self, instance: Any) -> None:
         """Set a primary key that a Python-side column default would give at INSERT."""
-        for attr, col in zip(self.attrs, self.columns, strict=True):
-            default = col.default
-            if instance.__dict__.get(attr) is not None or default is None:
-                continue
-            if getattr(default, "is_scalar", False):
-                setattr(instance, attr, default.arg)  # type: ignore[attr-defined]
-            elif getattr(default, "is_callable", False):
-                try:
-                    # SQLAlchemy wraps a default of no arguments to take the execution
-                    # context; one that reads the context cannot run here.
-                    value = default.arg(None)  # type: ignore[attr-defined]
-                except Exception as exc:
-                    raise ConfigurationError(
-                        f"{col.table.fullname}.{col.name}: its default raised "
-                        f"{type(exc).__name__} when called before INSERT, which row binding "
-                        "needs; use a default of no arguments, or assign the key"
-                    ) from None
-                setattr(instance, attr, value)
+        _fill_defaults(instance, zip(self.attrs, self.columns, strict=True), "row binding needs")
+
+
+def _fill_defaults(
+    instance: Any, columns: Iterable[tuple[str, Column[Any]]], needed_by: str
+) -> None:
+    """Give unset attributes of a new ``instance`` what their Python-side defaults would.
+
+    For values needed before the INSERT that applies the defaults (a row-bound key, a part of
+    a compound index); ``needed_by`` says which, in the error of a default that cannot run.
+    """
+    for attr, col in columns:
+        default = col.default
+        if instance.__dict__.get(attr) is not None or default is None:
+            continue
+        if getattr(default, "is_scalar", False):
+            setattr(instance, attr, default.arg)  # type: ignore[attr-defined]
+        elif getattr(default, "is_callable", False):
+            try:
+                # SQLAlchemy wraps a default of no arguments to take the execution context;
+                # one that reads the context cannot run here.
+                value = default.arg(None)  # type: ignore[attr-defined]
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"{col.table.fullname}.{col.name}: its default raised "
+                    f"{type(exc).__name__} when called before INSERT, which {needed_by}; use "
+                    "a default of no arguments, or assign the value"
+                ) from None
+            setattr(instance, attr, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1663,6 +1674,14 @@ class _CompoundBinding:
             state.attrs[key].history.has_changes() for key in self.watched
         ):
             return
+        if state.key is None:
+            # A plain part left to its column default has it only at the INSERT, after this.
+            plain = [
+                (attr, cast("Column[Any]", prop.columns[0]))
+                for attr in self.attributes
+                if isinstance(prop := mapper.attrs.get(attr), ColumnProperty)
+            ]
+            _fill_defaults(target, plain, "a compound index needs")
         index = self.bound.blind_index.compute(self.values(target))
         if state.dict.get(self.bound.key) != index:
             setattr(target, self.bound.key, index)
