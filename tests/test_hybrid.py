@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -2201,6 +2202,64 @@ def test_the_side_table_follows_insert_update_and_delete(memo_db: Engine) -> Non
         assert set() == stored(memo_id)
 
 
+def test_a_primary_key_used_again_gets_only_its_own_side_rows(memo_db: Engine) -> None:
+    """Side rows an ORM DELETE statement left behind (no foreign key enforced) do not collide."""
+    _store_memos(memo_db, {1: ("old words here", None)})
+    with Session(memo_db) as session:
+        if memo_db.dialect.name == "sqlite":
+            session.execute(delete(Memo).where(Memo.id == 1))  # bypasses the mapper's events
+        else:
+            session.delete(session.get(Memo, 1))
+        session.commit()
+        session.add(Memo(id=1, body="new text"))
+        session.commit()
+        assert [1] == _memos(session, Memo.body.contains("new"))
+        assert [] == _memos(session, Memo.body.contains("old"))
+
+
+def test_a_mapper_primary_key_other_than_the_tables_is_not_the_owner(
+    keyring: Keyring, index_keyring: Keyring
+) -> None:
+    """The side rows refer to the table's primary key, whatever the mapper declares as its key."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Note(Base):
+        __tablename__ = "fc_hyb_mapper_pk_notes"
+        __mapper_args__: ClassVar[dict[str, Any]] = {"primary_key": ["num"]}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        num: Mapped[int] = mapped_column(unique=True)
+        text_encrypted: Mapped[str | None] = mapped_column(Text)
+        text = encrypted_hybrid(
+            "text_encrypted", substring=SubstringIndex("fc_hyb_mapper_pk_trigrams")
+        )
+
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all([Note(id=1, num=500, text="alpha"), Note(id=2, num=1, text="beta")])
+        session.commit()
+        side = Base.metadata.tables["fc_hyb_mapper_pk_trigrams"]
+        assert {1, 2} == set(session.scalars(select(side.c.owner_id)))
+        assert [1] == [n.id for n in session.scalars(select(Note).where(Note.text.contains("alp")))]
+
+
+def test_a_side_table_name_too_long_for_its_index_is_refused() -> None:
+    """PostgreSQL takes identifiers of up to 63 characters: the side table's index is one."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    with pytest.raises(ConfigurationError, match=r"too long: .* use at most 52 characters"):
+
+        class Ticket(Base):
+            __tablename__ = "fc_hyb_long_names"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            text_encrypted: Mapped[str | None] = mapped_column(Text)
+            text = encrypted_hybrid("text_encrypted", substring=SubstringIndex("t" * 53))
+
+
 def test_the_side_table_is_declared_in_the_models_metadata() -> None:
     """The side table: the owner's key as a cascading foreign key, the trigram, an index."""
     table = MemoBase.metadata.tables["fc_hyb_memo_body_trigrams"]
@@ -2255,6 +2314,9 @@ def test_contains_refuses_what_it_cannot_answer(memo_db: Engine) -> None:
             session.execute(update(Memo).where(Memo.id == 1).values(body="changed"))
         with pytest.raises(ConfigurationError, match="substring index"):
             session.execute(update(Memo).where(Memo.id == 1).values(body_encrypted=None))
+        with pytest.raises(ConfigurationError, match="substring index"):
+            # ORM bulk UPDATE by primary key sets the hybrid by its own name.
+            session.execute(update(Memo), [{"id": 1, "body": "changed"}])
         assert [1] == _memos(session, condition)
 
 

@@ -558,9 +558,10 @@ class _BoundSubstring:
         return [c for c in self.table.columns if c.name != _TRIGRAM_COLUMN]
 
     def _owner(self, target: Any) -> dict[str, Any]:
-        state = instance_state(target)
-        values = state.mapper.primary_key_from_instance(target)
-        return {c.name: v for c, v in zip(self.owner_columns(), values, strict=True)}
+        # The table's primary key, which the side table refers to: a mapper may declare
+        # another one (__mapper_args__ = {"primary_key": ...}).
+        columns = self.owner_columns()
+        return {c.name: getattr(target, k) for c, k in zip(columns, self.owner_keys, strict=True)}
 
     def _delete(self, connection: Any, owner: dict[str, Any]) -> None:
         columns = self.table.c
@@ -575,7 +576,12 @@ class _BoundSubstring:
 
     def inserted(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         """After the owner's INSERT, in the same flush: write its trigram values."""
-        self._insert(connection, self._owner(target), target)
+        owner = self._owner(target)
+        if connection.dialect.name == "sqlite":
+            # SQLite enforces no foreign key unless asked to: side rows of a deleted owner
+            # whose key is used again may still be there.
+            self._delete(connection, owner)
+        self._insert(connection, owner, target)
 
     def updated(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         """After the owner's UPDATE: rewrite its trigram values if the value changed."""
@@ -592,6 +598,8 @@ class _BoundSubstring:
 
 #: The side table's column of trigram values; the others are the owner's primary key.
 _TRIGRAM_COLUMN = "trigram"
+#: The longest identifier PostgreSQL takes (MariaDB takes 64).
+_MAX_IDENTIFIER = 63
 
 
 def _side_table(
@@ -605,6 +613,13 @@ def _side_table(
     if not pk:
         raise ConfigurationError(
             f"{label}: a substring index needs the table {owner.fullname} to have a primary key"
+        )
+    index_name = f"ix_{declared.table}_{_TRIGRAM_COLUMN}"
+    if len(index_name) > _MAX_IDENTIFIER:
+        raise ConfigurationError(
+            f"{label}: the side table's name {declared.table!r} is too long: its index "
+            f"{index_name!r} would be over the {_MAX_IDENTIFIER} characters PostgreSQL allows; "
+            f"use at most {_MAX_IDENTIFIER - len(index_name) + len(declared.table)} characters"
         )
     metadata = owner.metadata
     key = f"{owner.schema}.{declared.table}" if owner.schema else declared.table
@@ -628,7 +643,7 @@ def _side_table(
             Column(_TRIGRAM_COLUMN, String(TRIGRAM_LENGTH), primary_key=True),
             # A changed primary key carries its side rows along where foreign keys are enforced.
             ForeignKeyConstraint(names, pk, ondelete="CASCADE", onupdate="CASCADE"),
-            Index(f"ix_{declared.table}_{_TRIGRAM_COLUMN}", _TRIGRAM_COLUMN),
+            Index(index_name, _TRIGRAM_COLUMN),
             schema=owner.schema,
         )
         _SIDE_TABLES[table] = (bound, source_label)
@@ -1465,7 +1480,10 @@ class EncryptedHybrid(hybrid_property[_V]):
             event.listen(mapper, "after_insert", substring.inserted)
             event.listen(mapper, "after_update", substring.updated)
             event.listen(mapper, "before_delete", substring.deleting)
-            _watch_plain_parts(cls, [self._source], f"the substring index {substring.label}")
+            # Either name: ORM bulk UPDATE by primary key sets the hybrid by its own name.
+            _watch_plain_parts(
+                cls, [self._source, self.__name__], f"the substring index {substring.label}"
+            )
         return binding
 
     def _ciphertext_type(self, source: Column[Any], label: str) -> EncryptedType:
