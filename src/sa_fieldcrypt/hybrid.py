@@ -99,6 +99,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INFO_BLIND_INDEX",
     "INFO_COMPOUND_PARTS",
+    "TRIGRAM_COLUMN",
     "CompoundIndex",
     "EncryptedHybrid",
     "IndexComparator",
@@ -106,6 +107,7 @@ __all__ = [
     "compound_index",
     "encrypted_hybrid",
     "encrypted_values",
+    "substring_index_of",
 ]
 
 #: The Python type of a hybrid's values: what its column type stores, ``str`` by default.
@@ -580,7 +582,17 @@ class _BoundSubstring:
 
 
 #: The side table's column of trigram values; the others are the owner's primary key.
-_TRIGRAM_COLUMN = "trigram"
+TRIGRAM_COLUMN = "trigram"
+_TRIGRAM_COLUMN = TRIGRAM_COLUMN
+
+
+def substring_index_of(table: Table) -> tuple[SubstringIndex, str] | None:
+    """The substring index whose side table ``table`` is, and the column it indexes.
+
+    The column is named ``"<table>.<column>"`` (the owner table's full name); None when
+    ``table`` is no side table of an :func:`encrypted_hybrid`.
+    """
+    return _SIDE_TABLES.get(table)
 
 
 def _side_table(

@@ -49,8 +49,10 @@ from sa_fieldcrypt.jobs.status import (
 from sa_fieldcrypt.jobs.targets import (
     EncryptedColumn,
     IndexedColumn,
+    SubstringColumn,
     find_columns,
     find_indexes,
+    find_substring_indexes,
     reflect_column,
 )
 from sa_fieldcrypt.jobs.throttle import LagSource, Throttle, primary_lag, replica_lag
@@ -70,10 +72,12 @@ __all__ = [
     "RunListener",
     "RunReport",
     "StatusReport",
+    "SubstringColumn",
     "Throttle",
     "env_key_changes",
     "find_columns",
     "find_indexes",
+    "find_substring_indexes",
     "parse_shard",
     "primary_lag",
     "reflect_column",
