@@ -354,8 +354,10 @@ class StatusReport:
                 )
             )
         index_ids: list[str] = []
-        for index in [*self.indexes, *self.substrings]:
+        for index in self.indexes:
             index_ids += [index.primary, *index.keyring_ids]
+        for substring in self.substrings:
+            index_ids += [substring.primary, *substring.keyring_ids]
         for key_id in dict.fromkeys(index_ids):
             usage.append(
                 KeyUsage(
@@ -363,7 +365,8 @@ class StatusReport:
                     purpose="blind-index",
                     rows=sum(i.rows_by_key.get(key_id, 0) for i in self.indexes)
                     + sum(s.by_key.get(key_id, 0) for s in self.substrings),
-                    primary=any(i.primary == key_id for i in [*self.indexes, *self.substrings]),
+                    primary=key_id
+                    in {i.primary for i in self.indexes} | {s.primary for s in self.substrings},
                     in_keyring=True,
                 )
             )
