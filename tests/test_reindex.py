@@ -37,6 +37,7 @@ from sa_fieldcrypt import (
     Keyring,
     RotationError,
     Scrypt,
+    SubstringIndex,
     compound,
     compound_index,
     encrypted_hybrid,
@@ -54,6 +55,7 @@ from sa_fieldcrypt.jobs import (
     env_key_changes,
     find_columns,
     find_indexes,
+    find_substring_indexes,
     reindex,
     retire_keys,
     status,
@@ -1071,3 +1073,67 @@ def test_cli_reindex_check_exits_1_while_rows_have_other_cost_parameters(
     assert [4, 4, 4] == [c["stale"] for c in counts]
     assert 0 == CliRunner().invoke(cli, arguments).exit_code
     assert 0 == CliRunner().invoke(cli, [*arguments, "--check"]).exit_code
+
+
+# -- substring indexes -------------------------------------------------------------------------
+
+
+class NoteBase(DeclarativeBase):
+    pass
+
+
+class Note(NoteBase):
+    """A substring index over a ciphertext column, with its side table of trigram values."""
+
+    __tablename__ = "fc_rx_notes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    body_encrypted: Mapped[str | None] = mapped_column(Text)
+    body = encrypted_hybrid("body_encrypted", substring=SubstringIndex("fc_rx_note_trigrams"))
+
+
+NOTE_TRIGRAMS = NoteBase.metadata.tables["fc_rx_note_trigrams"]
+NOTE_BODIES = {1: "Ada Lovelace", 2: "Grace Hopper", 3: "Alan Turing", 4: "ab"}
+
+
+@pytest.fixture
+def notes(engine: Engine, keyring: Keyring, index_keyring: Keyring) -> Iterator[Engine]:
+    NoteBase.metadata.drop_all(engine)
+    NoteBase.metadata.create_all(engine)
+    yield engine
+    NoteBase.metadata.drop_all(engine)
+
+
+def _core_notes(engine: Engine, keyring: Keyring) -> None:
+    """Notes written by Core, as a migration would: their side table is empty."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Note.__table__),
+            [{"id": i, "body_encrypted": encrypt(keyring, b.encode())} for i, b in NOTE_BODIES.items()],
+        )
+
+
+def _containing(engine: Engine, term: str) -> list[int]:
+    with Session(engine) as session:
+        return sorted(n.id for n in session.scalars(select(Note).where(Note.body.contains(term))))
+
+
+def _side_key_ids(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        values = conn.execute(select(NOTE_TRIGRAMS.c.trigram)).scalars()
+        return {v.partition(":")[0] for v in values}
+
+
+def test_substring_reindex_fills_side_rows_of_core_rows(notes: Engine, keyring: Keyring) -> None:
+    """Rows written by Core are found by contains() only after reindex, which writes each once."""
+    _core_notes(notes, keyring)
+    assert [] == _containing(notes, "lovel")
+    report = reindex(notes, find_substring_indexes(Note))
+    assert (4, 3, 1) == (report.scanned, report.written, report.unchanged)
+    assert [1] == _containing(notes, "LOVEL")
+    assert [1, 2] == _containing(notes, "ace")
+    statements: list[str] = []
+    event.listen(notes, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    again = reindex(notes, find_substring_indexes(Note))
+    assert (4, 0, 4) == (again.scanned, again.written, again.unchanged)
+    written = ("UPDATE", "DELETE", "INSERT")
+    assert not [s for s in statements if s.lstrip().upper().startswith(written)]
