@@ -1091,6 +1091,16 @@ class Note(NoteBase):
     body = encrypted_hybrid("body_encrypted", substring=SubstringIndex("fc_rx_note_trigrams"))
 
 
+class Memo(NoteBase):
+    """A substring index whose owner has a composite primary key."""
+
+    __tablename__ = "fc_rx_memos"
+    tenant: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    _text: Mapped[str | None] = mapped_column("text", EncryptedText())
+    text = encrypted_hybrid("_text", substring=SubstringIndex("fc_rx_memo_trigrams", bits=8))
+
+
 NOTE_TRIGRAMS = NoteBase.metadata.tables["fc_rx_note_trigrams"]
 NOTE_BODIES = {1: "Ada Lovelace", 2: "Grace Hopper", 3: "Alan Turing", 4: "ab"}
 
@@ -1275,3 +1285,46 @@ def test_cli_substring_reindex_check_exits_1_until_side_rows_are_current(
     assert "stale or missing" in after.stdout
     verified = CliRunner().invoke(cli, ["verify", "--db", url, "--models", "test_reindex:Note"])
     assert 0 == verified.exit_code, verified.output
+    shown = CliRunner().invoke(cli, ["status", "--db", url, "--models", "test_reindex:Note"])
+    assert 0 == shown.exit_code, shown.output
+    assert "fc_rx_note_trigrams  (substring index; writing index key id 'b1')" in shown.stdout
+    assert "reindex: every index value is under the writing key" in shown.stdout
+
+
+def test_substring_reindex_in_worker_processes(notes: Engine, keyring: Keyring) -> None:
+    """Worker processes find the substring index again by name and split the owners."""
+    if notes.dialect.name == "sqlite":
+        pytest.skip("worker processes need a server database")
+    with notes.begin() as conn:
+        conn.execute(
+            insert(Note.__table__),
+            [
+                {"id": i, "body_encrypted": encrypt(keyring, f"note {i:03d}".encode())}
+                for i in range(40)
+            ],
+        )
+    report = reindex(notes, find_substring_indexes("test_reindex:Note"), workers=2, batch_size=7)
+    assert (40, 40) == (report.scanned, report.written)
+    assert [17] == _containing(notes, "e 017")
+    again = reindex(notes, find_substring_indexes("test_reindex:Note"), transform_process=True)
+    assert (40, 0) == (again.scanned, again.written)
+
+
+def test_substring_reindex_composite_owner_keys(notes: Engine) -> None:
+    """Owners with a composite key get their own side rows, paged and compared by tuple."""
+    with Session(notes) as session:
+        session.add_all(Memo(tenant=t, id=i, text=f"memo {t}-{i}") for t in (1, 2) for i in (1, 2))
+        session.commit()
+    memo = Memo.__table__
+    with notes.begin() as conn:
+        conn.execute(
+            update(memo)
+            .where(memo.c.tenant == 2, memo.c.id == 1)
+            .values(text="rewritten by Core")  # the column type encrypts it
+        )
+    report = reindex(notes, find_substring_indexes(Memo), batch_size=3)
+    assert (4, 1) == (report.scanned, report.written)
+    with Session(notes) as session:
+        hits = session.scalars(select(Memo).where(Memo.text.contains("by core")))
+        assert [(2, 1)] == [(m.tenant, m.id) for m in hits]
+        assert [] == session.scalars(select(Memo).where(Memo.text.contains("2-1"))).all()

@@ -6,7 +6,7 @@ processes or shards, resumes from a state file and reports in one vocabulary; th
 
 - :mod:`~sa_fieldcrypt.jobs.engine`: :class:`BatchJob` and :func:`run_job`, for jobs of your own.
 - :mod:`~sa_fieldcrypt.jobs.targets`: which columns a job runs over (:func:`find_columns`,
-  :func:`find_indexes`, :func:`reflect_column`).
+  :func:`find_indexes`, :func:`find_substring_indexes`, :func:`reflect_column`).
 - :mod:`~sa_fieldcrypt.jobs.rotation`: :func:`rotate` and :func:`verify`.
 - :mod:`~sa_fieldcrypt.jobs.reindex`: :func:`reindex`.
 - :mod:`~sa_fieldcrypt.jobs.status`: :func:`status`, :func:`retire_keys` and

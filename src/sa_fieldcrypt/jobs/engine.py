@@ -33,6 +33,9 @@ How a run works, and why it is safe with the application running:
   read (compare and swap): a row the application changed between the read and the write is
   left alone, read again and, if it still needs it, written. ORM events and ``onupdate``
   columns do not fire. (Database triggers still do.)
+- A job with ``side`` (:class:`SideWrites`) carries rows of another table along: they are
+  read with each page, and those of every row written are rewritten in the same transaction,
+  after the compare and swap that locks the row (a substring index's side rows).
 - A row the transform cannot handle (it raises a :class:`~sa_fieldcrypt.FieldCryptError`) is
   reported by label and primary key (never its content) and the run goes on, unless
   ``fail_fast``. Any other exception from the transform or the listener stops the run: its
