@@ -1233,6 +1233,11 @@ def test_substring_rotation_rewrites_side_rows_under_the_new_key(
     assert {"b2"} == _side_key_ids(notes)
     retire_keys(notes, (), ["b1"], indexes=find_substring_indexes(Note))
     _retire(keys)
+    with notes.begin() as conn:  # a side row under the retired key, as a restored backup has
+        conn.execute(insert(NOTE_TRIGRAMS), [{"owner_id": 4, "trigram": "b1:00ff"}])
+    report_after = status(notes, indexes=find_substring_indexes(Note))
+    assert (1, False) == (report_after.substrings[0].retired, report_after.ready)
+    assert "fc_rx_note_trigrams: 1 owner with side rows under index keys" in str(report_after)
     assert [1] == _containing(notes, "lovelace")
     assert [3] == _containing(notes, "turing")
 

@@ -300,6 +300,8 @@ class SubstringStatus:
         by_key: owners with side rows per active index key id (who needs which key).
         no_side_rows: owners with a value but no side rows: values too short to have a
             trigram, values the normalizer does not index, or rows written without the ORM.
+        retired: of ``older``, owners with side rows under a key id that is no longer
+            active: lookups miss those rows.
         stale: owners whose side rows are not those of their decrypted value under the
             writing key (missing, stale, under an older key), or whose value does not
             decrypt; counted only when asked (it decrypts every value), else None.
@@ -313,6 +315,7 @@ class SubstringStatus:
     by_key: dict[str, int]
     no_side_rows: int
     stale: int | None = None
+    retired: int = 0
 
     @property
     def done(self) -> bool:
@@ -409,6 +412,13 @@ class StatusReport:
                     f"{col.column}: {plural(col.bound_elsewhere, 'value')} bound to a context, "
                     "which this column (context=False) cannot read: declare the context they "
                     "were written under (`fieldcrypt verify` names them)"
+                )
+        for substring in self.substrings:
+            if substring.retired:
+                found.append(
+                    f"{substring.index}: {plural(substring.retired, 'owner')} with side rows "
+                    "under index keys that are no longer active, so substring lookups miss "
+                    "them: add the key back or run `fieldcrypt reindex`"
                 )
         for index in self.indexes:
             if index.other_keys:
@@ -601,6 +611,8 @@ def _describe_substring(found: SubstringStatus) -> list[str]:
     lines = [f"{found.index}  (substring index; writing index key id {found.primary!r})"]
     lines.append(f"  {'owners under the writing key':<28} {found.current:>12,}")
     lines.append(f"  {'under older keys':<28} {found.older:>12,}  reindex rewrites these")
+    if found.retired:
+        lines.append(f"  {'  of which retired keys':<28} {found.retired:>12,}  lookups miss these")
     lines.append(f"  {'no side rows':<28} {found.no_side_rows:>12,}")
     if found.stale is not None:
         lines.append(f"  {'stale or missing':<28} {found.stale:>12,}  reindex writes these")
@@ -974,8 +986,13 @@ def _substring_status(
     under = [sql.has_prefix(trigram, f"{kid}:") for kid in key_ids]
     flags = [func.max(case((u, 1), else_=0)) for u in under]
     not_primary = func.max(case((under[0], 0), else_=1))
+    retired = func.max(case((or_(*under), 0), else_=1))
     per_owner = (
-        select(*(f.label(f"k{i}") for i, f in enumerate(flags)), not_primary.label("other"))
+        select(
+            *(f.label(f"k{i}") for i, f in enumerate(flags)),
+            not_primary.label("other"),
+            retired.label("retired"),
+        )
         .group_by(*owner)
         .subquery()
     )
@@ -984,6 +1001,7 @@ def _substring_status(
         select(
             func.count(),
             func.coalesce(func.sum(c.other), 0),
+            func.coalesce(func.sum(c.retired), 0),
             *(func.coalesce(func.sum(c[f"k{i}"]), 0) for i in range(len(key_ids))),
         )
     ).one()
@@ -1004,8 +1022,9 @@ def _substring_status(
         keyring_ids=key_ids,
         current=owners - older,
         older=older,
-        by_key=dict(zip(key_ids, (int(n) for n in row[2:]), strict=True)),
+        by_key=dict(zip(key_ids, (int(n) for n in row[3:]), strict=True)),
         no_side_rows=int(no_side),
+        retired=int(row[2]),
     )
 
 
