@@ -37,6 +37,7 @@ from sa_fieldcrypt import (
     Keyring,
     RotationError,
     Scrypt,
+    SubstringIndex,
     compound,
     compound_index,
     encrypted_hybrid,
@@ -54,6 +55,7 @@ from sa_fieldcrypt.jobs import (
     env_key_changes,
     find_columns,
     find_indexes,
+    find_substring_indexes,
     reindex,
     retire_keys,
     status,
@@ -1071,3 +1073,263 @@ def test_cli_reindex_check_exits_1_while_rows_have_other_cost_parameters(
     assert [4, 4, 4] == [c["stale"] for c in counts]
     assert 0 == CliRunner().invoke(cli, arguments).exit_code
     assert 0 == CliRunner().invoke(cli, [*arguments, "--check"]).exit_code
+
+
+# -- substring indexes -------------------------------------------------------------------------
+
+
+class NoteBase(DeclarativeBase):
+    pass
+
+
+class Note(NoteBase):
+    """A substring index over a ciphertext column, with its side table of trigram values."""
+
+    __tablename__ = "fc_rx_notes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    body_encrypted: Mapped[str | None] = mapped_column(Text)
+    body = encrypted_hybrid("body_encrypted", substring=SubstringIndex("fc_rx_note_trigrams"))
+
+
+class Memo(NoteBase):
+    """A substring index whose owner has a composite primary key."""
+
+    __tablename__ = "fc_rx_memos"
+    tenant: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    _text: Mapped[str | None] = mapped_column("text", EncryptedText())
+    text = encrypted_hybrid("_text", substring=SubstringIndex("fc_rx_memo_trigrams", bits=8))
+
+
+NOTE_TRIGRAMS = NoteBase.metadata.tables["fc_rx_note_trigrams"]
+NOTE_BODIES = {1: "Ada Lovelace", 2: "Grace Hopper", 3: "Alan Turing", 4: "ab"}
+
+
+@pytest.fixture
+def notes(engine: Engine, keyring: Keyring, index_keyring: Keyring) -> Iterator[Engine]:
+    NoteBase.metadata.drop_all(engine)
+    NoteBase.metadata.create_all(engine)
+    yield engine
+    NoteBase.metadata.drop_all(engine)
+
+
+def _core_notes(engine: Engine, keyring: Keyring) -> None:
+    """Notes written by Core, as a migration would: their side table is empty."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Note.__table__),
+            [
+                {"id": i, "body_encrypted": encrypt(keyring, b.encode())}
+                for i, b in NOTE_BODIES.items()
+            ],
+        )
+
+
+def _containing(engine: Engine, term: str) -> list[int]:
+    with Session(engine) as session:
+        return sorted(n.id for n in session.scalars(select(Note).where(Note.body.contains(term))))
+
+
+def _side_key_ids(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        values = conn.execute(select(NOTE_TRIGRAMS.c.trigram)).scalars()
+        return {v.partition(":")[0] for v in values}
+
+
+def test_substring_reindex_fills_side_rows_of_core_rows(notes: Engine, keyring: Keyring) -> None:
+    """Rows written by Core are found by contains() only after reindex, which writes each once."""
+    _core_notes(notes, keyring)
+    assert [] == _containing(notes, "lovel")
+    report = reindex(notes, find_substring_indexes(Note))
+    assert (4, 3, 1) == (report.scanned, report.written, report.unchanged)
+    assert [1] == _containing(notes, "LOVEL")
+    assert [1, 2] == _containing(notes, "ace")
+    statements: list[str] = []
+    event.listen(notes, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    again = reindex(notes, find_substring_indexes(Note))
+    assert (4, 0, 4) == (again.scanned, again.written, again.unchanged)
+    written = ("UPDATE", "DELETE", "INSERT")
+    assert not [s for s in statements if s.lstrip().upper().startswith(written)]
+
+
+def test_substring_reindex_replaces_stale_side_rows(notes: Engine, keyring: Keyring) -> None:
+    """A value changed by Core keeps its old side rows until reindex replaces them."""
+    with Session(notes) as session:
+        session.add_all(Note(id=i, body=b) for i, b in NOTE_BODIES.items())
+        session.commit()
+    with notes.begin() as conn:
+        conn.execute(
+            update(Note.__table__)
+            .where(Note.__table__.c.id == 2)
+            .values(body_encrypted=encrypt(keyring, b"Barbara Liskov"))
+        )
+    assert [] == _containing(notes, "liskov")
+    report = reindex(notes, find_substring_indexes(Note))
+    assert (4, 1) == (report.scanned, report.written)
+    assert [2] == _containing(notes, "liskov")
+    with notes.connect() as conn:
+        owners = conn.execute(select(NOTE_TRIGRAMS.c.owner_id).distinct()).scalars().all()
+    assert [1, 2, 3] == sorted(owners)
+
+
+def test_substring_reindex_leaves_a_row_the_application_changed(
+    notes: Engine, keyring: Keyring
+) -> None:
+    """A row rewritten by the application between read and write keeps the application's rows."""
+    if notes.dialect.name == "sqlite":
+        pytest.skip("SQLite allows one writer: the application cannot write during a batch")
+    _core_notes(notes, keyring)
+
+    def application_writes(conn: Any, keys: list[tuple[Any, ...]]) -> None:
+        with Session(notes) as session:
+            note = session.get(Note, 1)
+            assert note is not None
+            note.body = "Katherine Johnson"
+            session.commit()
+
+    report = reindex(notes, find_substring_indexes(Note), before_write=application_writes)
+    assert (2, 1) == (report.written, report.concurrent)
+    assert [1] == _containing(notes, "katherine")
+    assert [] == _containing(notes, "lovelace")
+    assert [2] == _containing(notes, "hopper")
+
+
+def test_substring_status_counts_owners_per_key(notes: Engine, keyring: Keyring) -> None:
+    """Status counts owners under the writing key, under older keys, and without side rows."""
+    _core_notes(notes, keyring)
+    (found,) = status(notes, indexes=find_substring_indexes(Note)).substrings
+    assert (0, 0, 4, None) == (found.current, found.older, found.no_side_rows, found.stale)
+    (checked,) = status(notes, indexes=find_substring_indexes(Note), count_missing=True).substrings
+    assert (3, False) == (checked.stale, checked.done)
+    reindex(notes, find_substring_indexes(Note))
+    report = status(notes, indexes=find_substring_indexes(Note), count_missing=True)
+    (done,) = report.substrings
+    assert (3, 0, 1, 0, True) == (
+        done.current,
+        done.older,
+        done.no_side_rows,
+        done.stale,
+        done.done,
+    )
+    assert report.reindexed
+    assert "fc_rx_note_trigrams  (substring index; writing index key id 'b1')" in report.describe()
+
+
+def test_substring_rotation_rewrites_side_rows_under_the_new_key(
+    notes: Engine, index_keyring: Keyring
+) -> None:
+    """Under a new index key lookups find old side rows; reindex moves them; the old key retires."""
+    with Session(notes) as session:
+        session.add_all(Note(id=i, body=b) for i, b in NOTE_BODIES.items())
+        session.commit()
+    keys = _rotate(index_keyring)
+    assert [1] == _containing(notes, "lovelace")
+    (before,) = status(notes, indexes=find_substring_indexes(Note)).substrings
+    assert (0, 3, {"b2": 0, "b1": 3}) == (before.current, before.older, before.by_key)
+    with pytest.raises(RotationError, match="fc_rx_note_trigrams"):
+        retire_keys(notes, (), ["b1"], indexes=find_substring_indexes(Note))
+    report = reindex(notes, find_substring_indexes(Note), batch_size=2)
+    assert (4, 3) == (report.scanned, report.written)
+    assert {"b2"} == _side_key_ids(notes)
+    retire_keys(notes, (), ["b1"], indexes=find_substring_indexes(Note))
+    _retire(keys)
+    with notes.begin() as conn:  # a side row under the retired key, as a restored backup has
+        conn.execute(insert(NOTE_TRIGRAMS), [{"owner_id": 4, "trigram": "b1:00ff"}])
+    report_after = status(notes, indexes=find_substring_indexes(Note))
+    assert (1, False) == (report_after.substrings[0].retired, report_after.ready)
+    assert "fc_rx_note_trigrams: 1 owner with side rows under index keys" in str(report_after)
+    assert [1] == _containing(notes, "lovelace")
+    assert [3] == _containing(notes, "turing")
+
+
+def test_substring_verify_finds_a_tampered_side_row(notes: Engine, index_keyring: Keyring) -> None:
+    """Verify names the owner whose side rows were altered, and passes the others."""
+    with Session(notes) as session:
+        session.add_all(Note(id=i, body=b) for i, b in NOTE_BODIES.items())
+        session.commit()
+    assert verify(notes, [], indexes=find_substring_indexes(Note)).ok
+    with notes.begin() as conn:
+        one = conn.execute(
+            select(NOTE_TRIGRAMS.c.trigram).where(NOTE_TRIGRAMS.c.owner_id == 1).limit(1)
+        ).scalar_one()
+        taken = set(
+            conn.execute(
+                select(NOTE_TRIGRAMS.c.trigram).where(NOTE_TRIGRAMS.c.owner_id == 3)
+            ).scalars()
+        )
+        if one not in taken:
+            conn.execute(insert(NOTE_TRIGRAMS), [{"owner_id": 3, "trigram": one}])
+        else:
+            conn.execute(
+                NOTE_TRIGRAMS.delete().where(
+                    NOTE_TRIGRAMS.c.owner_id == 3, NOTE_TRIGRAMS.c.trigram == one
+                )
+            )
+    report = verify(notes, [], indexes=find_substring_indexes(Note))
+    (job,) = report.jobs
+    assert [(3,)] == [f.key for f in job.failures]
+    assert "does not match its side rows in fc_rx_note_trigrams" in job.failures[0].reason
+
+
+def test_cli_substring_reindex_check_exits_1_until_side_rows_are_current(
+    notes: Engine, keyring: Keyring
+) -> None:
+    """fieldcrypt reindex --check exits 1 while side rows are stale, 0 after a reindex."""
+    _core_notes(notes, keyring)
+    url = notes.url.render_as_string(hide_password=False)
+    args = ["reindex", "--db", url, "--models", "test_reindex:Note"]
+    before = CliRunner().invoke(cli, [*args, "--check", "--json"])
+    assert 1 == before.exit_code, before.output
+    assert [3] == [s["stale"] for s in json.loads(before.stdout)["substrings"]]
+    assert [] == _containing(notes, "lovelace")
+    run = CliRunner().invoke(cli, args)
+    assert 0 == run.exit_code, run.output
+    assert "fc_rx_note_trigrams: scanned 4, reindexed 3" in run.stdout
+    after = CliRunner().invoke(cli, [*args, "--check"])
+    assert 0 == after.exit_code, after.output
+    assert "stale or missing" in after.stdout
+    verified = CliRunner().invoke(cli, ["verify", "--db", url, "--models", "test_reindex:Note"])
+    assert 0 == verified.exit_code, verified.output
+    shown = CliRunner().invoke(cli, ["status", "--db", url, "--models", "test_reindex:Note"])
+    assert 0 == shown.exit_code, shown.output
+    assert "fc_rx_note_trigrams  (substring index; writing index key id 'b1')" in shown.stdout
+    assert "reindex: every index value is under the writing key" in shown.stdout
+
+
+def test_substring_reindex_in_worker_processes(notes: Engine, keyring: Keyring) -> None:
+    """Worker processes find the substring index again by name and split the owners."""
+    if notes.dialect.name == "sqlite":
+        pytest.skip("worker processes need a server database")
+    with notes.begin() as conn:
+        conn.execute(
+            insert(Note.__table__),
+            [
+                {"id": i, "body_encrypted": encrypt(keyring, f"note {i:03d}".encode())}
+                for i in range(40)
+            ],
+        )
+    report = reindex(notes, find_substring_indexes("test_reindex:Note"), workers=2, batch_size=7)
+    assert (40, 40) == (report.scanned, report.written)
+    assert [17] == _containing(notes, "e 017")
+    again = reindex(notes, find_substring_indexes("test_reindex:Note"), transform_process=True)
+    assert (40, 0) == (again.scanned, again.written)
+
+
+def test_substring_reindex_composite_owner_keys(notes: Engine) -> None:
+    """Owners with a composite key get their own side rows, paged and compared by tuple."""
+    with Session(notes) as session:
+        session.add_all(Memo(tenant=t, id=i, text=f"memo {t}-{i}") for t in (1, 2) for i in (1, 2))
+        session.commit()
+    memo = Memo.__table__
+    with notes.begin() as conn:
+        conn.execute(
+            update(memo)
+            .where(memo.c.tenant == 2, memo.c.id == 1)
+            .values(text="rewritten by Core")  # the column type encrypts it
+        )
+    report = reindex(notes, find_substring_indexes(Memo), batch_size=3)
+    assert (4, 1) == (report.scanned, report.written)
+    with Session(notes) as session:
+        hits = session.scalars(select(Memo).where(Memo.text.contains("by core")))
+        assert [(2, 1)] == [(m.tenant, m.id) for m in hits]
+        assert [] == session.scalars(select(Memo).where(Memo.text.contains("2-1"))).all()

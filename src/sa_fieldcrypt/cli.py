@@ -48,8 +48,10 @@ from sa_fieldcrypt.jobs.status import status as status_of
 from sa_fieldcrypt.jobs.targets import (
     EncryptedColumn,
     IndexedColumn,
+    SubstringColumn,
     find_columns,
     find_indexes,
+    find_substring_indexes,
     reflect_column,
 )
 from sa_fieldcrypt.jobs.throttle import Throttle, replica_lag
@@ -521,8 +523,8 @@ class _Target:
     @contextlib.contextmanager
     def open(
         self, *, indexes: bool = False, columns: bool = True
-    ) -> Iterator[tuple[Engine, list[EncryptedColumn], list[IndexedColumn]]]:
-        """The engine, the encrypted columns and (from models) the blind-index columns."""
+    ) -> Iterator[tuple[Engine, list[EncryptedColumn], list[IndexedColumn | SubstringColumn]]]:
+        """The engine, the encrypted columns and (from models) the blind and substring indexes."""
         self.check()
         if indexes and not columns and self.table_name:
             raise click.UsageError(
@@ -531,13 +533,15 @@ class _Target:
             )
         with _engine(self.db_url, self.schema_map) as engine:
             found: list[EncryptedColumn] = []
-            indexed: list[IndexedColumn] = []
+            indexed: list[IndexedColumn | SubstringColumn] = []
             if self.models:
                 _importable_cwd()
                 if columns:
                     found = find_columns(*self.models)
                 if indexes:
-                    indexed = find_indexes(*self.models, required=not columns)
+                    substrings = find_substring_indexes(*self.models)
+                    required = not columns and not substrings
+                    indexed = [*find_indexes(*self.models, required=required), *substrings]
             else:
                 table_name = self.table_name or ""
                 found = [reflect_column(engine, table_name, c) for c in self.column_names]
@@ -973,7 +977,7 @@ def verify(target: _Target, run: dict[str, Any], as_json: bool) -> None:
     """Decrypt every value, report failures; change nothing.
 
     With --models, each row's blind indexes are checked against its decrypted values too: a
-    value copied in from another row fails there.
+    value copied in from another row fails there; and so are its substring-index side rows.
     """
     with target.open(indexes=True) as (engine, columns, indexes):
         report = verify_columns(engine, columns, indexes=indexes, listener=_Progress(), **run)
@@ -989,12 +993,13 @@ def verify(target: _Target, run: dict[str, Any], as_json: bool) -> None:
     help="Change nothing; exit 1 while any row lacks its index or is not under the writing key.",
 )
 def reindex_command(target: _Target, run: dict[str, Any], as_json: bool, check: bool) -> None:
-    """Recompute blind indexes of the models under the writing index key.
+    """Recompute blind indexes and substring-index side rows under the writing index key.
 
     With --check, nothing is written: each index column is counted by index key, the rows
     with a value but no index value are decrypted to tell the values the normalizer does
-    not index from missing indexes, and the command exits 1 until every row is indexed
-    under the writing key.
+    not index from missing indexes, every owner of a substring index is decrypted to find
+    stale or missing side rows, and the command exits 1 until every row is indexed under the
+    writing key.
     """
     with target.open(indexes=True, columns=False) as (engine, _, indexes):
         if not check:

@@ -99,6 +99,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INFO_BLIND_INDEX",
     "INFO_COMPOUND_PARTS",
+    "TRIGRAM_COLUMN",
     "CompoundIndex",
     "EncryptedHybrid",
     "IndexComparator",
@@ -106,6 +107,7 @@ __all__ = [
     "compound_index",
     "encrypted_hybrid",
     "encrypted_values",
+    "substring_index_of",
 ]
 
 #: The Python type of a hybrid's values: what its column type stores, ``str`` by default.
@@ -555,7 +557,7 @@ class _BoundSubstring:
 
     def owner_columns(self) -> list[Column[Any]]:
         """The side table's columns that hold the owner's primary key."""
-        return [c for c in self.table.columns if c.name != _TRIGRAM_COLUMN]
+        return [c for c in self.table.columns if c.name != TRIGRAM_COLUMN]
 
     def _owner(self, target: Any) -> dict[str, Any]:
         # The table's primary key, which the side table refers to: a mapper may declare
@@ -572,7 +574,7 @@ class _BoundSubstring:
     def _insert(self, connection: Any, owner: dict[str, Any], target: Any) -> None:
         values = sorted(self.index.trigram_values(self.read(target)))
         if values:
-            connection.execute(self.table.insert(), [{**owner, _TRIGRAM_COLUMN: v} for v in values])
+            connection.execute(self.table.insert(), [{**owner, TRIGRAM_COLUMN: v} for v in values])
 
     def inserted(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         """After the owner's INSERT, in the same flush: write its trigram values."""
@@ -597,9 +599,18 @@ class _BoundSubstring:
 
 
 #: The side table's column of trigram values; the others are the owner's primary key.
-_TRIGRAM_COLUMN = "trigram"
+TRIGRAM_COLUMN = "trigram"
 #: The longest identifier PostgreSQL takes (MariaDB takes 64).
 _MAX_IDENTIFIER = 63
+
+
+def substring_index_of(table: Table) -> tuple[SubstringIndex, str] | None:
+    """The substring index whose side table ``table`` is, and the column it indexes.
+
+    The column is named ``"<table>.<column>"`` (the owner table's full name); None when
+    ``table`` is no side table of an :func:`encrypted_hybrid`.
+    """
+    return _SIDE_TABLES.get(table)
 
 
 def _side_table(
@@ -614,7 +625,7 @@ def _side_table(
         raise ConfigurationError(
             f"{label}: a substring index needs the table {owner.fullname} to have a primary key"
         )
-    index_name = f"ix_{declared.table}_{_TRIGRAM_COLUMN}"
+    index_name = f"ix_{declared.table}_{TRIGRAM_COLUMN}"
     if len(index_name) > _MAX_IDENTIFIER:
         raise ConfigurationError(
             f"{label}: the side table's name {declared.table!r} is too long: its index "
@@ -640,10 +651,10 @@ def _side_table(
             declared.table,
             metadata,
             *(Column(name, c.type, primary_key=True) for name, c in zip(names, pk, strict=True)),
-            Column(_TRIGRAM_COLUMN, String(TRIGRAM_LENGTH), primary_key=True),
+            Column(TRIGRAM_COLUMN, String(TRIGRAM_LENGTH), primary_key=True),
             # A changed primary key carries its side rows along where foreign keys are enforced.
             ForeignKeyConstraint(names, pk, ondelete="CASCADE", onupdate="CASCADE"),
-            Index(index_name, _TRIGRAM_COLUMN),
+            Index(index_name, TRIGRAM_COLUMN),
             schema=owner.schema,
         )
         _SIDE_TABLES[table] = (bound, source_label)
@@ -723,7 +734,7 @@ class _EncryptedComparator(ExprComparator[Any]):
         entity = self._entity
         owners = [getattr(entity, k) for k in bound.owner_keys]
         columns = bound.owner_columns()
-        trigram = bound.table.c[_TRIGRAM_COLUMN]
+        trigram = bound.table.c[TRIGRAM_COLUMN]
         per_key: list[ColumnElement[bool]] = []
         values = index.term_values(text)
         for hashes in values.values():

@@ -6,7 +6,7 @@ processes or shards, resumes from a state file and reports in one vocabulary; th
 
 - :mod:`~sa_fieldcrypt.jobs.engine`: :class:`BatchJob` and :func:`run_job`, for jobs of your own.
 - :mod:`~sa_fieldcrypt.jobs.targets`: which columns a job runs over (:func:`find_columns`,
-  :func:`find_indexes`, :func:`reflect_column`).
+  :func:`find_indexes`, :func:`find_substring_indexes`, :func:`reflect_column`).
 - :mod:`~sa_fieldcrypt.jobs.rotation`: :func:`rotate` and :func:`verify`.
 - :mod:`~sa_fieldcrypt.jobs.reindex`: :func:`reindex`.
 - :mod:`~sa_fieldcrypt.jobs.status`: :func:`status`, :func:`retire_keys` and
@@ -49,8 +49,10 @@ from sa_fieldcrypt.jobs.status import (
 from sa_fieldcrypt.jobs.targets import (
     EncryptedColumn,
     IndexedColumn,
+    SubstringColumn,
     find_columns,
     find_indexes,
+    find_substring_indexes,
     reflect_column,
 )
 from sa_fieldcrypt.jobs.throttle import LagSource, Throttle, primary_lag, replica_lag
@@ -70,10 +72,12 @@ __all__ = [
     "RunListener",
     "RunReport",
     "StatusReport",
+    "SubstringColumn",
     "Throttle",
     "env_key_changes",
     "find_columns",
     "find_indexes",
+    "find_substring_indexes",
     "parse_shard",
     "primary_lag",
     "reflect_column",

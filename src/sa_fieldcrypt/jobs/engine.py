@@ -33,6 +33,9 @@ How a run works, and why it is safe with the application running:
   read (compare and swap): a row the application changed between the read and the write is
   left alone, read again and, if it still needs it, written. ORM events and ``onupdate``
   columns do not fire. (Database triggers still do.)
+- A job with ``side`` (:class:`SideWrites`) carries rows of another table along: they are
+  read with each page, and those of every row written are rewritten in the same transaction,
+  after the compare and swap that locks the row (a substring index's side rows).
 - A row the transform cannot handle (it raises a :class:`~sa_fieldcrypt.FieldCryptError`) is
   reported by label and primary key (never its content) and the run goes on, unless
   ``fail_fast``. Any other exception from the transform or the listener stops the run: its
@@ -69,7 +72,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -115,6 +118,7 @@ __all__ = [
     "ExplainConflict",
     "Item",
     "JobFactory",
+    "SideWrites",
     "Skip",
     "Transform",
     "parse_shard",
@@ -157,6 +161,29 @@ BeforeWrite = Callable[[Connection, list[tuple[Any, ...]]], None]
 #: conflicting row changed meanwhile), and the batch is written again as it is.
 ExplainConflict = Callable[[Engine, list[Item]], "list[Failure]"]
 _T = TypeVar("_T")
+
+
+class SideWrites(Protocol):
+    """Rows of another table that a job's rows carry along, rewritten with them.
+
+    A substring index's side rows are one: the job's transform compares what they hold with
+    what they should hold, and the rows found stale are written (compare and swap on
+    ``read``) and their side rows replaced, in the same transaction.
+    """
+
+    def read(self, conn: Connection, keys: list[tuple[Any, ...]]) -> Mapping[tuple[Any, ...], Any]:
+        """What the side table holds for each of ``keys`` (primary keys of a page's rows).
+
+        Each row's entry (None when absent) is given to the transform after the values of
+        ``read``; it must pickle, for a transform process.
+        """
+        ...
+
+    def write(self, conn: Connection, items: list[Item]) -> None:
+        """Rewrite the side rows of ``items``, rows just written, in the batch's transaction."""
+        ...
+
+
 #: The default keyrings a worker process is given, by purpose.
 _DefaultKeys = dict[Purpose, Keyring]
 #: What a child process needs to run a job as this one would: the engine's URL and execution
@@ -198,6 +225,9 @@ class BatchJob:
         batch_transform: called once per batch for the transform of that batch's rows, so
             that what stays fixed within a batch (keys, codecs) is looked up once; it must
             give each row what ``transform`` gives it. Without it, ``transform`` is used.
+        side: rows of another table the job rewrites with its own (:class:`SideWrites`):
+            ``transform`` is given each row's side state after the values of ``read``, and
+            the side rows of every row written are rewritten in its batch's transaction.
     """
 
     label: str
@@ -209,6 +239,7 @@ class BatchJob:
     resume_key: str = ""
     explain_conflict: ExplainConflict | None = field(default=None, compare=False)
     batch_transform: Callable[[], Transform] | None = field(default=None, compare=False)
+    side: SideWrites | None = field(default=None, compare=False)
 
 
 #: Builds a job from an engine; worker processes call it to build their own.
@@ -856,7 +887,7 @@ class _Walk:
         # A page is one SELECT; it needs no transaction around it, since writes compare and
         # swap. Without BEGIN and COMMIT it is one round trip instead of three.
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        if writer.bulk is not None:
+        if writer.bulk is not None and self.job.side is None:
             # A batch is one UPDATE statement, atomic on its own: without BEGIN and COMMIT it
             # is one round trip, and each round trip costs the writer a wait for the GIL,
             # which the crypto holds.
@@ -1014,9 +1045,14 @@ class _Walk:
     def _read(self, conn: Connection, stmt: Any, scanned: bool) -> _Batch:
         return self._batch(self._fetch(conn, stmt), scanned)
 
-    @staticmethod
-    def _fetch(conn: Connection, stmt: Any) -> Sequence[Sequence[Any]]:
-        return conn.execute(stmt).all()
+    def _fetch(self, conn: Connection, stmt: Any) -> Sequence[Sequence[Any]]:
+        rows = conn.execute(stmt).all()
+        side = self.job.side
+        if side is None or not rows:
+            return rows
+        npk = len(self.pk)
+        held = side.read(conn, [tuple(r[:npk]) for r in rows])
+        return [(*r, held.get(tuple(r[:npk]))) for r in rows]
 
     def _batch(
         self, rows: Sequence[Sequence[Any]], scanned: bool, done: _Transformed | None = None
@@ -1028,7 +1064,8 @@ class _Walk:
             counts["scanned"] = taken
         npk = len(self.pk)
         keys = [tuple(r[:npk]) for r in rows]
-        items = [(keys[p], tuple(rows[p][npk:]), new) for p, new in changes]
+        end = npk + len(self.job.read)  # without a side state: the writer compares ``read``
+        items = [(keys[p], tuple(rows[p][npk:end]), new) for p, new in changes]
         return _Batch(keys, items, counts, failures)
 
     def _write(
@@ -1043,9 +1080,14 @@ class _Walk:
         if not batch.items:
             return set()
         try:
-            return writer.write(conn, batch.items)
+            missed = writer.write(conn, batch.items)
         except IntegrityError as exc:
             raise _Conflict(batch.items) from exc
+        if self.job.side is not None:
+            # The owner rows just written are locked until the commit, so an application
+            # writing one of them waits, and replaces its side rows after these.
+            self.job.side.write(conn, [i for i in batch.items if i[0] not in missed])
+        return missed
 
     def _read_and_write(
         self, conn: Connection, writer: _Writer | None, stmt: Any, first: bool

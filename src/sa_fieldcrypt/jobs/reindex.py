@@ -26,15 +26,33 @@ runs and one report vocabulary.
   data; its index was under another index key; or the normalizer changed); the run goes on,
   so one run lists every collision. Of the rows that hold one value, the first to be written
   (in primary-key order, or one the application wrote) keeps it.
+
+A substring index (:class:`~sa_fieldcrypt.SubstringIndex`) is a job of its own over the owner
+table (:func:`substring_job`): each page's side rows are read with it, each value decrypted
+and its trigram values computed under the writing index key, and for the owners whose side
+rows differ, the owner row is written with its own ciphertext (compare and swap: it locks
+the row, so an application writing it meanwhile waits, and replaces the side rows after the
+run's) and its side rows are replaced, in the batch's transaction.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Column, Engine, Table, UniqueConstraint, and_, or_, select, update
+from sqlalchemy import (
+    Column,
+    Engine,
+    Table,
+    UniqueConstraint,
+    and_,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -42,9 +60,22 @@ from sa_fieldcrypt.blind_index import IndexValue, parse_index_value
 from sa_fieldcrypt.errors import DecryptionError
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Item, JobFactory, Skip, run_jobs
 from sa_fieldcrypt.jobs.report import Failure, PrimaryKey, RunReport, format_key, word_for
-from sa_fieldcrypt.jobs.targets import IndexedColumn, Source, find_again, portable
+from sa_fieldcrypt.jobs.targets import (
+    IndexedColumn,
+    Source,
+    SubstringColumn,
+    find_again,
+    jobs_per_target,
+    portable,
+)
 
-__all__ = ["index_check_job", "reindex", "reindex_job"]
+__all__ = [
+    "index_check_job",
+    "reindex",
+    "reindex_job",
+    "substring_check_job",
+    "substring_job",
+]
 
 
 def reindex_job(
@@ -129,16 +160,132 @@ def index_check_job(engine: Engine, column: IndexedColumn) -> BatchJob:
     )
 
 
-def reindex(
-    engine: Engine, indexes: Iterable[IndexedColumn], *, workers: int = 1, **options: Any
-) -> RunReport:
-    """Recompute every blind-index column of ``indexes`` under the writing index key.
+def substring_job(engine: Engine, target: SubstringColumn) -> BatchJob:
+    """The job that rewrites a substring index's side rows under the writing index key.
 
-    One job per table. The other arguments (``batch_size``, ``dry_run``, ``fail_fast``,
-    ``shard``, ``state``, ``listener``, ``before_write``, ``throttle``,
-    ``transform_process``) are those of :func:`~sa_fieldcrypt.jobs.run_job`; ``workers`` and
-    ``transform_process`` need indexes found by name
-    (:func:`~sa_fieldcrypt.jobs.find_indexes`).
+    Every owner row is read with its side rows; an owner whose side rows are not the trigram
+    values of its decrypted value under the writing key (missing, stale, under an older key)
+    is written: its ciphertext is written back as it is, compared and swapped, and its side
+    rows are deleted and inserted anew in the same transaction. An owner the application
+    changed meanwhile is left alone: the application wrote its side rows.
+    """
+    substring = target.substring
+
+    def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        wanted = tuple(sorted(substring.trigram_values(target.plaintext(old[0], key))))
+        return None if wanted == (old[1] or ()) else (old[0],)
+
+    primary = substring.active_keyring().primary.id
+    return BatchJob(
+        target.label,
+        target.table,
+        (target.value,),
+        (target.value,),
+        transform,
+        resume_key=f"reindex {target.label} under {primary}",
+        side=_SideRows(target),
+    )
+
+
+def substring_check_job(engine: Engine, target: SubstringColumn) -> BatchJob:
+    """The job that checks each owner's side rows against its decrypted value; writes nothing.
+
+    An owner fails when its side rows are not the trigram values of its value under the
+    index key they are under (rows altered, or stale after a normalizer change). Owners
+    without side rows, or with side rows under an index key the keyring no longer holds,
+    are not checked (``fieldcrypt status`` counts them); nor are values that do not
+    decrypt, which verifying their column reports.
+    """
+    substring = target.substring
+    where = f"{target.table.fullname}.{target.value.name}"
+
+    def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> Skip | None:
+        held: tuple[str, ...] = old[1] or ()
+        if not held:
+            return SKIP
+        try:
+            value = target.plaintext(old[0], key)
+        except DecryptionError:
+            return SKIP
+        key_ids = {v.partition(":")[0] for v in held}
+        text = substring.normalize(value)
+        expected = substring.term_values(text) if text is not None else {}
+        if len(key_ids) == 1:
+            (key_id,) = key_ids
+            if key_id not in substring.active_keyring().ids:
+                return SKIP
+            if expected.get(key_id, ()) == held:
+                return None
+        raise DecryptionError(
+            f"the value does not match its side rows in {target.label}: they were altered, "
+            "or are stale; `fieldcrypt reindex` rewrites stale side rows",
+            column=where,
+        )
+
+    return BatchJob(
+        target.label,
+        target.table,
+        (target.value,),
+        (),
+        transform,
+        resume_key=f"verify substring index {target.label}",
+        side=_SideRows(target),
+    )
+
+
+@dataclass(frozen=True)
+class _SideRows:
+    """The side rows of a substring index's owners, read and rewritten by the engine."""
+
+    target: SubstringColumn
+
+    def _owned_by(self, keys: list[tuple[Any, ...]]) -> Any:
+        owner = self.target.owner
+        if len(owner) == 1:
+            return owner[0].in_([k[0] for k in keys])
+        return tuple_(*owner).in_(keys)
+
+    def read(self, conn: Connection, keys: list[tuple[Any, ...]]) -> Mapping[tuple[Any, ...], Any]:
+        """Each owner's stored trigram values, sorted."""
+        owner, trigram = self.target.owner, self.target.trigram
+        stmt = select(*owner, trigram).where(self._owned_by(keys))
+        held: dict[tuple[Any, ...], list[str]] = {}
+        for row in conn.execute(stmt):
+            held.setdefault(tuple(row[:-1]), []).append(row[-1])
+        # Sorted here: the database's collation may order them otherwise.
+        return {k: tuple(sorted(v)) for k, v in held.items()}
+
+    def write(self, conn: Connection, items: list[Item]) -> None:
+        """Replace the side rows of the owners written with their values' trigram values."""
+        if not items:
+            return
+        target = self.target
+        names = [c.name for c in target.owner]
+        rows = [
+            {**dict(zip(names, key, strict=True)), target.trigram.name: value}
+            for key, old, _ in items
+            for value in sorted(target.substring.trigram_values(target.plaintext(old[0], key)))
+        ]
+        conn.execute(target.side.delete().where(self._owned_by([k for k, _, _ in items])))
+        if rows:
+            conn.execute(target.side.insert(), rows)
+
+
+def reindex(
+    engine: Engine,
+    indexes: Iterable[IndexedColumn | SubstringColumn],
+    *,
+    workers: int = 1,
+    **options: Any,
+) -> RunReport:
+    """Recompute every blind index and substring index of ``indexes`` under the writing key.
+
+    One job per table, and one per substring index (:func:`substring_job`). The other
+    arguments (``batch_size``, ``dry_run``, ``fail_fast``, ``shard``, ``state``,
+    ``listener``, ``before_write``, ``throttle``, ``transform_process``) are those of
+    :func:`~sa_fieldcrypt.jobs.run_job`; ``workers`` and ``transform_process`` need indexes
+    found by name (:func:`~sa_fieldcrypt.jobs.find_indexes`,
+    :func:`~sa_fieldcrypt.jobs.find_substring_indexes`).
 
     Returns:
         One report per table. A row whose new index value collides with another row's under
@@ -151,8 +298,12 @@ def reindex(
         ConfigurationError: no index key, or invalid options.
     """
     by_table: dict[Table, list[IndexedColumn]] = {}
+    substrings: list[SubstringColumn] = []
     for column in indexes:
-        by_table.setdefault(column.table, []).append(column)
+        if isinstance(column, SubstringColumn):
+            substrings.append(column)
+        else:
+            by_table.setdefault(column.table, []).append(column)
     jobs: list[BatchJob | JobFactory] = []
     for columns in by_table.values():
         if workers == 1 and any(c.source is None for c in columns):
@@ -161,6 +312,7 @@ def reindex(
         # Each process that runs it (workers, a transform process) finds the columns again
         # and builds its own job.
         jobs.append(functools.partial(_build_again, tuple(portable(c) for c in columns)))
+    jobs += jobs_per_target(engine, substrings, substring_job, workers)
     # A row the application changed meanwhile has the index the application wrote.
     options.setdefault("reread_changed", False)
     return run_jobs(engine, jobs, workers=workers, **options)

@@ -31,10 +31,15 @@ from sqlalchemy import Engine, and_, or_
 from sa_fieldcrypt.cipher import NOT_A_TOKEN, TOKEN_PREFIX, inspect_token
 from sa_fieldcrypt.errors import ConfigurationError, DecryptionError, RotationError, ValueTypeError
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Skip, Transform, run_job, run_jobs
-from sa_fieldcrypt.jobs.reindex import index_check_job
+from sa_fieldcrypt.jobs.reindex import index_check_job, substring_check_job
 from sa_fieldcrypt.jobs.report import QuietListener, RunReport, plural
 from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
-from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn, jobs_per_target
+from sa_fieldcrypt.jobs.targets import (
+    EncryptedColumn,
+    IndexedColumn,
+    SubstringColumn,
+    jobs_per_target,
+)
 from sa_fieldcrypt.keys import BOUND_FLAG, PADDED_FLAG, ROW_FLAG
 from sa_fieldcrypt.types import EncryptedType
 
@@ -328,7 +333,7 @@ def verify(
     engine: Engine,
     columns: Iterable[EncryptedColumn],
     *,
-    indexes: Iterable[IndexedColumn] = (),
+    indexes: Iterable[IndexedColumn | SubstringColumn] = (),
     workers: int = 1,
     **options: Any,
 ) -> RunReport:
@@ -336,10 +341,16 @@ def verify(
 
     With ``indexes``, each row's blind index is also checked against its decrypted value
     (:func:`~sa_fieldcrypt.jobs.reindex.index_check_job`): a value copied in from another
-    row decrypts, but not to the value its row's index says. The other arguments are those
+    row decrypts, but not to the value its row's index says; and each owner's substring-index
+    side rows against its decrypted value (:func:`~sa_fieldcrypt.jobs.reindex.substring_check_job`).
+    The other arguments are those
     of :func:`~sa_fieldcrypt.jobs.run_job`; a dry run is the same as a run, since nothing is
     written either way.
     """
     jobs = jobs_per_target(engine, columns, verification_job, workers)
-    jobs += jobs_per_target(engine, indexes, index_check_job, workers)
+    indexes = list(indexes)
+    blind = [i for i in indexes if isinstance(i, IndexedColumn)]
+    substrings = [i for i in indexes if isinstance(i, SubstringColumn)]
+    jobs += jobs_per_target(engine, blind, index_check_job, workers)
+    jobs += jobs_per_target(engine, substrings, substring_check_job, workers)
     return run_jobs(engine, jobs, workers=workers, **options)

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, and_, case, func, or_, select
+from sqlalchemy import Engine, and_, case, func, literal, or_, select
 from sqlalchemy.engine import Connection
 
 from sa_fieldcrypt.cipher import TOKEN_PREFIX, inspect_token, looks_like_token
@@ -46,10 +46,10 @@ from sa_fieldcrypt.errors import (
     RotationError,
 )
 from sa_fieldcrypt.jobs.engine import BatchJob, Transform, run_job
-from sa_fieldcrypt.jobs.reindex import reindex_job
+from sa_fieldcrypt.jobs.reindex import reindex_job, substring_job
 from sa_fieldcrypt.jobs.report import QuietListener, plural, word_for
 from sa_fieldcrypt.jobs.sql import DialectSql, stored_text
-from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn
+from sa_fieldcrypt.jobs.targets import EncryptedColumn, IndexedColumn, SubstringColumn
 from sa_fieldcrypt.keys import (
     BOUND_FLAG,
     KEY_ID_PATTERN,
@@ -74,6 +74,7 @@ __all__ = [
     "KeySettingsChange",
     "KeyUsage",
     "StatusReport",
+    "SubstringStatus",
     "env_key_changes",
     "retire_keys",
     "status",
@@ -286,11 +287,53 @@ class KeyUsage:
 
 
 @dataclass(frozen=True)
+class SubstringStatus:
+    """How the owners of a substring index's side rows divide among index keys.
+
+    Attributes:
+        index: the side table's full name.
+        primary: the id of the index key that computes new trigram values.
+        keyring_ids: every active index key id; lookups search under each of them.
+        current: owners whose side rows are all under the writing key.
+        older: owners with side rows under another key (an older active one, or one no
+            longer active, which lookups miss): reindex rewrites them.
+        by_key: owners with side rows per active index key id (who needs which key).
+        no_side_rows: owners with a value but no side rows: values too short to have a
+            trigram, values the normalizer does not index, or rows written without the ORM.
+        retired: of ``older``, owners with side rows under a key id that is no longer
+            active: lookups miss those rows.
+        stale: owners whose side rows are not those of their decrypted value under the
+            writing key (missing, stale, under an older key), or whose value does not
+            decrypt; counted only when asked (it decrypts every value), else None.
+    """
+
+    index: str
+    primary: str
+    keyring_ids: tuple[str, ...]
+    current: int
+    older: int
+    by_key: dict[str, int]
+    no_side_rows: int
+    stale: int | None = None
+    retired: int = 0
+
+    @property
+    def done(self) -> bool:
+        """Every owner's side rows are under the writing key (and current, when counted)."""
+        return self.older == 0 and not self.stale
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as plain data, for JSON."""
+        return {**asdict(self), "done": self.done}
+
+
+@dataclass(frozen=True)
 class StatusReport:
     """The status of encrypted and blind-index columns, and what it says about each key."""
 
     columns: list[ColumnStatus] = field(default_factory=list)
     indexes: list[IndexStatus] = field(default_factory=list)
+    substrings: list[SubstringStatus] = field(default_factory=list)
 
     def key_usage(self) -> list[KeyUsage]:
         """Every key id in the columns' keyrings or their data, primary keys first."""
@@ -316,13 +359,17 @@ class StatusReport:
         index_ids: list[str] = []
         for index in self.indexes:
             index_ids += [index.primary, *index.keyring_ids]
+        for substring in self.substrings:
+            index_ids += [substring.primary, *substring.keyring_ids]
         for key_id in dict.fromkeys(index_ids):
             usage.append(
                 KeyUsage(
                     key_id=key_id,
                     purpose="blind-index",
-                    rows=sum(i.rows_by_key.get(key_id, 0) for i in self.indexes),
-                    primary=any(i.primary == key_id for i in self.indexes),
+                    rows=sum(i.rows_by_key.get(key_id, 0) for i in self.indexes)
+                    + sum(s.by_key.get(key_id, 0) for s in self.substrings),
+                    primary=key_id
+                    in {i.primary for i in self.indexes} | {s.primary for s in self.substrings},
                     in_keyring=True,
                 )
             )
@@ -366,6 +413,13 @@ class StatusReport:
                     "which this column (context=False) cannot read: declare the context they "
                     "were written under (`fieldcrypt verify` names them)"
                 )
+        for substring in self.substrings:
+            if substring.retired:
+                found.append(
+                    f"{substring.index}: {plural(substring.retired, 'owner')} with side rows "
+                    "under index keys that are no longer active, so substring lookups miss "
+                    "them: add the key back or run `fieldcrypt reindex`"
+                )
         for index in self.indexes:
             if index.other_keys:
                 found.append(
@@ -396,7 +450,7 @@ class StatusReport:
     @property
     def reindexed(self) -> bool:
         """Every index value is under the writing key, and none is missing (as counted)."""
-        return all(index.done for index in self.indexes)
+        return all(i.done for i in self.indexes) and all(s.done for s in self.substrings)
 
     @property
     def ready(self) -> bool:
@@ -410,6 +464,8 @@ class StatusReport:
             lines += _describe_column(col)
         for index in self.indexes:
             lines += _describe_index(index)
+        for substring in self.substrings:
+            lines += _describe_substring(substring)
         lines.append("keys:")
         for key in self.key_usage():
             legacy_left = any(
@@ -435,8 +491,9 @@ class StatusReport:
                 "`fieldcrypt rotate` binds whatever value a column holds, so check first that "
                 "they are the column's own"
             )
-        if self.indexes:
+        if self.indexes or self.substrings:
             left = sum(i.stale + (i.missing or 0) for i in self.indexes)
+            left += sum(s.older if s.stale is None else s.stale for s in self.substrings)
             lines.append(
                 f"reindex: {plural(left, 'index value')} to rewrite (`fieldcrypt reindex`)"
                 if left
@@ -453,6 +510,7 @@ class StatusReport:
             "problems": self.problems(),
             "columns": [c.to_dict() for c in self.columns],
             "indexes": [i.to_dict() for i in self.indexes],
+            "substrings": [s.to_dict() for s in self.substrings],
             "keys": [k.to_dict() for k in self.key_usage()],
         }
 
@@ -549,6 +607,18 @@ def _describe_index(index: IndexStatus) -> list[str]:
     return lines
 
 
+def _describe_substring(found: SubstringStatus) -> list[str]:
+    lines = [f"{found.index}  (substring index; writing index key id {found.primary!r})"]
+    lines.append(f"  {'owners under the writing key':<28} {found.current:>12,}")
+    lines.append(f"  {'under older keys':<28} {found.older:>12,}  reindex rewrites these")
+    if found.retired:
+        lines.append(f"  {'  of which retired keys':<28} {found.retired:>12,}  lookups miss these")
+    lines.append(f"  {'no side rows':<28} {found.no_side_rows:>12,}")
+    if found.stale is not None:
+        lines.append(f"  {'stale or missing':<28} {found.stale:>12,}  reindex writes these")
+    return lines
+
+
 def _verdict(key: KeyUsage, legacy_left: bool) -> str:
     """Whether a key is needed, in words; ``legacy_left``: legacy tokens it may open remain."""
     if key.purpose == "blind-index":
@@ -581,7 +651,7 @@ def _verdict(key: KeyUsage, legacy_left: bool) -> str:
 def status(
     engine: Engine,
     columns: Iterable[EncryptedColumn] = (),
-    indexes: Iterable[IndexedColumn] = (),
+    indexes: Iterable[IndexedColumn | SubstringColumn] = (),
     *,
     in_sql: bool | None = None,
     count_missing: bool = False,
@@ -592,17 +662,22 @@ def status(
     Args:
         engine: the database.
         columns: the encrypted columns to count.
-        indexes: the blind-index columns to count.
+        indexes: the blind-index columns and substring indexes to count.
         in_sql: count encrypted columns with one ``GROUP BY`` query each (the default on
             PostgreSQL, MySQL/MariaDB and SQLite), or by reading every value's header.
         count_missing: also decrypt the rows with a value but no index value, to count
-            those whose index is missing (:attr:`IndexStatus.missing`).
+            those whose index is missing (:attr:`IndexStatus.missing`), and every value of
+            a substring index's owners, to count those whose side rows are stale
+            (:attr:`SubstringStatus.stale`).
         resolve_legacy: also try the keys on every legacy token (it decrypts them, in
             batches), to count which key opens how many (:attr:`ColumnStatus.legacy_by_key`)
             and how many none opens.
     """
     found: list[ColumnStatus] = []
     indexed: list[IndexStatus] = []
+    substrings = [i for i in indexes if isinstance(i, SubstringColumn)]
+    blind = [i for i in indexes if isinstance(i, IndexedColumn)]
+    counted: list[SubstringStatus] = []
     with engine.connect() as conn:
         sql = DialectSql(conn.dialect.name)
         use_sql = (
@@ -613,8 +688,10 @@ def status(
                 _count_in_sql(conn, sql, target) if use_sql else _count_by_reading(engine, target)
             )
             found.append(_column_status(target, counts))
-        for index in indexes:
+        for index in blind:
             indexed.append(_index_status(conn, sql, index))
+        for substring in substrings:
+            counted.append(_substring_status(conn, sql, substring))
     if resolve_legacy:
         found = [
             _with_legacy_resolved(engine, target, status)
@@ -625,9 +702,13 @@ def status(
     if count_missing:
         indexed = [
             _with_missing(engine, index, status)
-            for index, status in zip(indexes, indexed, strict=True)
+            for index, status in zip(blind, indexed, strict=True)
         ]
-    return StatusReport(found, indexed)
+        counted = [
+            _with_stale(engine, substring, status)
+            for substring, status in zip(substrings, counted, strict=True)
+        ]
+    return StatusReport(found, indexed, counted)
 
 
 # What status counts a stored value by: its kind, the key id it names and its flag field
@@ -894,6 +975,66 @@ def _with_missing(engine: Engine, column: IndexedColumn, found: IndexStatus) -> 
     return replace(found, missing=report.written + report.failed)
 
 
+def _substring_status(
+    conn: Connection, sql: DialectSql, target: SubstringColumn
+) -> SubstringStatus:
+    keyring = target.substring.active_keyring()
+    primary = keyring.primary.id
+    key_ids = (primary, *(i for i in keyring.ids if i != primary))
+    owner, trigram = target.owner, target.trigram
+    # One row per owner: whether it has side rows under each active key, and under others.
+    under = [sql.has_prefix(trigram, f"{kid}:") for kid in key_ids]
+    flags = [func.max(case((u, 1), else_=0)) for u in under]
+    not_primary = func.max(case((under[0], 0), else_=1))
+    retired = func.max(case((or_(*under), 0), else_=1))
+    per_owner = (
+        select(
+            *(f.label(f"k{i}") for i, f in enumerate(flags)),
+            not_primary.label("other"),
+            retired.label("retired"),
+        )
+        .group_by(*owner)
+        .subquery()
+    )
+    c = per_owner.c
+    row = conn.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(c.other), 0),
+            func.coalesce(func.sum(c.retired), 0),
+            *(func.coalesce(func.sum(c[f"k{i}"]), 0) for i in range(len(key_ids))),
+        )
+    ).one()
+    pk = list(target.table.primary_key.columns)
+    has_side = (
+        select(literal(1))
+        .where(*(o == p for o, p in zip(owner, pk, strict=True)))
+        .correlate(target.table)
+        .exists()
+    )
+    no_side = conn.execute(
+        select(func.count()).select_from(target.table).where(target.value.is_not(None), ~has_side)
+    ).scalar_one()
+    owners, older = int(row[0]), int(row[1])
+    return SubstringStatus(
+        index=target.label,
+        primary=primary,
+        keyring_ids=key_ids,
+        current=owners - older,
+        older=older,
+        by_key=dict(zip(key_ids, (int(n) for n in row[3:]), strict=True)),
+        no_side_rows=int(no_side),
+        retired=int(row[2]),
+    )
+
+
+def _with_stale(engine: Engine, target: SubstringColumn, found: SubstringStatus) -> SubstringStatus:
+    # A dry run of the reindex: what it would write is stale; a value that does not decrypt
+    # cannot be indexed either.
+    report = run_job(engine, substring_job(engine, target), dry_run=True, listener=_QUIET)
+    return replace(found, stale=report.written + report.failed)
+
+
 _QUIET = QuietListener()
 
 
@@ -903,7 +1044,7 @@ def retire_keys(
     key_ids: Sequence[str],
     keyring: Keyring | None = None,
     *,
-    indexes: Iterable[IndexedColumn] = (),
+    indexes: Iterable[IndexedColumn | SubstringColumn] = (),
     purpose: Purpose | None = None,
     resolve_legacy: bool = False,
 ) -> Keyring:
@@ -947,6 +1088,7 @@ def retire_keys(
     if keyring.purpose == "blind-index":
         report = status(engine, indexes=indexes)
         counted = [(i.column, i.rows_by_key, "index value") for i in report.indexes]
+        counted += [(s.index, s.by_key, "owner's side rows") for s in report.substrings]
         _refuse_used(key_ids, counted, "`fieldcrypt reindex`, then --check")
         return remaining
     report = status(engine, columns, resolve_legacy=resolve_legacy)

@@ -32,9 +32,15 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.orm import Mapper
 
-from sa_fieldcrypt.blind_index import BlindIndex, Compound
+from sa_fieldcrypt.blind_index import BlindIndex, Compound, SubstringIndex
 from sa_fieldcrypt.errors import ConfigurationError, RotationError
-from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX, INFO_COMPOUND_PARTS, bind_hybrids
+from sa_fieldcrypt.hybrid import (
+    INFO_BLIND_INDEX,
+    INFO_COMPOUND_PARTS,
+    TRIGRAM_COLUMN,
+    bind_hybrids,
+    substring_index_of,
+)
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
 if TYPE_CHECKING:
@@ -45,9 +51,11 @@ __all__ = [
     "IndexedColumn",
     "ModelSpec",
     "Source",
+    "SubstringColumn",
     "find_again",
     "find_columns",
     "find_indexes",
+    "find_substring_indexes",
     "jobs_per_target",
     "portable",
     "reflect_column",
@@ -167,6 +175,93 @@ class IndexedColumn(_OnTable):
         return f"IndexedColumn({self.label!r}, {self.blind_index!r})"
 
 
+@dataclass(frozen=True, eq=False)
+class SubstringColumn:
+    """A substring index: its side table and the encrypted column whose values it indexes.
+
+    Attributes:
+        side: the side table, one row per (owner row, trigram value).
+        value: the encrypted column of the owner table.
+        substring: how trigram values are computed.
+        codec: the type that decrypts ``value``.
+        source: how to find the index again in a worker process, as for
+            :class:`EncryptedColumn`.
+    """
+
+    side: Table
+    value: Column[Any]
+    substring: SubstringIndex
+    codec: EncryptedType
+    source: Source | None = None
+
+    @property
+    def table(self) -> Table:
+        """The owner table, whose rows the jobs visit."""
+        return _table_of(self.value)
+
+    @property
+    def label(self) -> str:
+        """The side table's full name, as messages name the index."""
+        return self.side.fullname
+
+    @property
+    def trigram(self) -> Column[Any]:
+        """The side table's column of trigram values."""
+        return self.side.c[TRIGRAM_COLUMN]
+
+    @property
+    def owner(self) -> list[Column[Any]]:
+        """The side table's columns holding the owner's primary key, in its order."""
+        return [c for c in self.side.columns if c.name != TRIGRAM_COLUMN]
+
+    def plaintext(self, stored: Any, key: tuple[Any, ...]) -> Any:
+        """The value a row's stored ``value`` decrypts to. Raises what decrypting raises."""
+        if stored is None:
+            return None
+        return self.codec.from_stored(stored, key if self.codec.row_bound else None)
+
+    def __repr__(self) -> str:
+        return f"SubstringColumn({self.label!r}, {self.substring!r})"
+
+
+def find_substring_indexes(*specs: ModelSpec) -> list[SubstringColumn]:
+    """Every substring index of the models ``specs`` name (none is required).
+
+    Raises:
+        ConfigurationError: a module cannot be imported, or an indexed column has no
+            encrypted type recorded.
+    """
+    found: list[SubstringColumn] = []
+    seen: set[int] = set()
+    for spec in specs:
+        name, tables = _tables(spec)
+        candidates = {id(t): t for t in tables}
+        for table_ in tables:
+            # A side table is in the owner's MetaData, whether or not the spec names it.
+            for other in table_.metadata.tables.values():
+                candidates.setdefault(id(other), other)
+        owners = {id(t) for t in tables}
+        for side in candidates.values():
+            known = substring_index_of(side)
+            if known is None or id(side) in seen:
+                continue
+            substring, indexed = known
+            owner_name, _, column_name = indexed.rpartition(".")
+            owner = side.metadata.tables.get(owner_name)
+            if owner is None or (id(owner) not in owners and id(side) not in owners):
+                continue
+            value = owner.c[column_name]
+            codec = column_codec(value)
+            if codec is None:
+                raise ConfigurationError(
+                    f"{indexed}: no encrypted type is recorded for the column that the "
+                    "substring index reads; declare it through encrypted_hybrid()"
+                )
+            seen.add(id(side))
+            found.append(SubstringColumn(side, value, substring, codec, _source(spec, name)))
+    return found
+
+
 def find_columns(*specs: ModelSpec) -> list[EncryptedColumn]:
     """Every encrypted column of the models ``specs`` name (see the module documentation).
 
@@ -223,7 +318,7 @@ def find_indexes(*specs: ModelSpec, required: bool = True) -> list[IndexedColumn
 
 
 _T = TypeVar("_T", EncryptedColumn, IndexedColumn)
-_Target = TypeVar("_Target", EncryptedColumn, IndexedColumn)
+_Target = TypeVar("_Target", EncryptedColumn, IndexedColumn, SubstringColumn)
 
 
 def _collect(
@@ -295,7 +390,7 @@ def reflect_column(
     return EncryptedColumn(found, codec, source)
 
 
-def portable(target: EncryptedColumn | IndexedColumn) -> tuple[Source, str]:
+def portable(target: EncryptedColumn | IndexedColumn | SubstringColumn) -> tuple[Source, str]:
     """What a worker process needs to find ``target`` again: its source and its label.
 
     Raises:
@@ -349,7 +444,11 @@ def find_again(source: Source, label: str, engine: Engine) -> Any:
     if kind == "table":
         table_name, _, column_name = label.rpartition(".")
         return reflect_column(engine, table_name, column_name)
-    targets: list[Any] = [*find_columns(spec), *find_indexes(spec, required=False)]
+    targets: list[Any] = [
+        *find_columns(spec),
+        *find_indexes(spec, required=False),
+        *find_substring_indexes(spec),
+    ]
     for target in targets:
         if target.label == label:
             return target
