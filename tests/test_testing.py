@@ -396,16 +396,19 @@ def test_index_assertion_passes_for_rows_written_through_the_model(
 def test_index_assertion_catches_an_index_written_by_core(
     db: Engine, fieldcrypt_blind_index_keyring: Keyring, index: str
 ) -> None:
-    """A Core UPDATE that swaps one index column between rows fails, naming column and key."""
+    """A Core UPDATE that alters one index value of a row fails, naming column and key."""
     with Session(db) as session:
         _members(session)
         session.commit()
     with db.begin() as conn:
-        select_first = f"SELECT {index} FROM fc_testing_members WHERE id = 1"  # noqa: S608 - test's own names
-        first = conn.execute(text(select_first))
+        select_own = f"SELECT {index} FROM fc_testing_members WHERE id = 2"  # noqa: S608 - test's own names
+        own = conn.execute(text(select_own)).scalar_one()
+        # Its last hex digit changed: another value of the same shape, never this row's (a
+        # value copied from another row may coincide with it under a truncated index).
+        altered = own[:-1] + ("1" if own[-1] == "0" else "0")
         conn.execute(
             text(f"UPDATE fc_testing_members SET {index} = :v WHERE id = 2"),  # noqa: S608 - test's own names
-            {"v": first.scalar_one()},
+            {"v": altered},
         )
     with db.connect() as conn, pytest.raises(AssertionError) as caught:
         assert_indexes_current(conn, Member)
