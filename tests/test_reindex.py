@@ -1130,6 +1130,12 @@ def _containing(engine: Engine, term: str) -> list[int]:
         return sorted(n.id for n in session.scalars(select(Note).where(Note.body.contains(term))))
 
 
+def _side_rows_of(engine: Engine, owner: int) -> set[str]:
+    with engine.connect() as conn:
+        stmt = select(NOTE_TRIGRAMS.c.trigram).where(NOTE_TRIGRAMS.c.owner_id == owner)
+        return set(conn.execute(stmt).scalars())
+
+
 def _side_key_ids(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         values = conn.execute(select(NOTE_TRIGRAMS.c.trigram)).scalars()
@@ -1170,6 +1176,40 @@ def test_substring_reindex_replaces_stale_side_rows(notes: Engine, keyring: Keyr
     with notes.connect() as conn:
         owners = conn.execute(select(NOTE_TRIGRAMS.c.owner_id).distinct()).scalars().all()
     assert [1, 2, 3] == sorted(owners)
+
+
+def test_substring_reindex_on_an_autocommit_engine_writes_a_row_and_its_side_rows_at_once(
+    notes: Engine, keyring: Keyring
+) -> None:
+    """An AUTOCOMMIT engine too: a batch whose side INSERT fails leaves the old side rows."""
+    with Session(notes) as session:
+        session.add_all(Note(id=i, body=b) for i, b in NOTE_BODIES.items())
+        session.commit()
+    with notes.begin() as conn:
+        conn.execute(
+            update(Note.__table__)
+            .where(Note.__table__.c.id == 2)
+            .values(body_encrypted=encrypt(keyring, b"Barbara Liskov"))
+        )
+    autocommit = notes.execution_options(isolation_level="AUTOCOMMIT")
+    before = _side_rows_of(notes, 2)
+    assert before
+
+    def fail_side_inserts(*args: Any) -> None:
+        if args[2].lstrip().upper().startswith("INSERT INTO FC_RX_NOTE_TRIGRAMS"):
+            raise RuntimeError("the run is killed here")
+
+    event.listen(notes, "before_cursor_execute", fail_side_inserts)
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            reindex(autocommit, find_substring_indexes(Note))
+    finally:
+        event.remove(notes, "before_cursor_execute", fail_side_inserts)
+    # Its old side rows stay: they were not deleted in a commit of their own.
+    assert before == _side_rows_of(notes, 2)
+    assert [] == _containing(notes, "liskov")
+    reindex(notes, find_substring_indexes(Note))
+    assert [2] == _containing(notes, "liskov")
 
 
 def test_substring_reindex_leaves_a_row_the_application_changed(

@@ -819,14 +819,22 @@ class _Walk:
                 if high is not None:
                     self.base.append(sql.not_after(self.pk, high))
                 if writer is None or sql.name == "sqlite":
-                    self._one_by_one(conn, sql, writer, low)
+                    self._one_by_one(self._transactional(conn), sql, writer, low)
                 else:
-                    write_conn = stack.enter_context(self.engine.connect())
+                    write_conn = self._transactional(stack.enter_context(self.engine.connect()))
                     self._pipelined(conn, write_conn, sql, writer, low, self.transform)
         except SQLAlchemyError as exc:
             raise _database_error(self.job.label, exc) from exc
         self.progress.ended(self.completed, self._take_waited())
         return self.completed
+
+    def _transactional(self, conn: Connection) -> Connection:
+        """``conn``, in real transactions where the job writes side rows, even on an
+        AUTOCOMMIT engine: a row and its side rows are committed together or not at all."""
+        if self.job.side is None:
+            return conn
+        # Set whatever the engine says: its AUTOCOMMIT is not what get_isolation_level() reads.
+        return conn.execution_options(isolation_level=conn.default_isolation_level)
 
     def _hold(self) -> None:
         """Wait as long as the throttle says before the next batch."""
