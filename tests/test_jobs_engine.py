@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     create_engine,
+    event,
     insert,
     select,
     text,
@@ -86,6 +88,56 @@ def test_compare_and_swap_is_exact_under_caseless_collations(
         stored = dict(conn.execute(select(table.c.id, table.c.v)).all())
     assert (0, 2) == (report.written, report.concurrent)
     assert changed == stored
+
+
+def test_a_row_written_and_changed_at_once_is_counted_written(engine: Engine) -> None:
+    """A batch in which one row changed before the write and another changes the moment
+    after it: the first is counted concurrent, the second written (and its new value kept)."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer at a time: no row changes during a batch's write")
+    metadata = MetaData()
+    table = Table(
+        "fc_batch_racing",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("v", String(40)),
+    )
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    late: list[threading.Thread] = []
+    changed_first: list[bool] = []
+
+    def meanwhile(conn: Connection, keys: list[tuple[Any, ...]]) -> None:
+        _in_another_transaction(engine, conn, update(table).where(table.c.id == 1).values(v="a"))
+        changed_first.append(True)
+
+    def change_row_2() -> None:
+        with engine.begin() as other:
+            other.execute(update(table).where(table.c.id == 2).values(v="b"))
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def right_after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if late or not changed_first or not statement.lstrip().upper().startswith("UPDATE"):
+            return
+        # The application changes a row the batch just wrote, as soon as it may: on a
+        # server that holds the batch's row locks, once the batch is committed.
+        late.append(threading.Thread(target=change_row_2))
+        late[0].start()
+        late[0].join(timeout=1.0)
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table), [{"id": i, "v": "old"} for i in range(1, 5)])
+        job = BatchJob("racing", table, (table.c.v,), (table.c.v,), lambda key, old: ("new",))
+        report = run_job(engine, job, before_write=meanwhile, reread_changed=False)
+        late[0].join(timeout=30)
+        with engine.connect() as conn:
+            stored = dict(conn.execute(select(table.c.id, table.c.v)).all())
+        assert (3, 1) == (report.written, report.concurrent)
+        assert {1: "a", 2: "b", 3: "new", 4: "new"} == stored
+    finally:
+        event.remove(engine, "after_cursor_execute", right_after)
+        metadata.drop_all(engine)
 
 
 def test_compare_and_swap_on_a_number_column(engine: Engine) -> None:

@@ -694,6 +694,11 @@ class _Writer:
         self.keep = keep
         self.statement = self._statement()
         self.bulk = self._bulk_statement(conn.dialect)
+        # Where the bulk statement returns the keys it wrote, it says on its own which rows
+        # it wrote: it needs no transaction around it to read back the others.
+        self.returning = self.bulk is not None and conn.dialect.update_returning_multifrom
+        if self.returning:
+            self.bulk = self.bulk.returning(*(self.lite.c[n] for n in self.pk_names))
 
     def _statement(self) -> Any:
         c = self.lite.c
@@ -729,7 +734,11 @@ class _Writer:
         """Write ``(pk, old, new)`` items; return the keys of rows that changed meanwhile."""
         if self.bulk is not None:
             doc = json.dumps([[*k, *o, *n] for k, o, n in items], default=str)
-            if conn.execute(self.bulk, {"doc": doc}).rowcount == len(items):
+            result = conn.execute(self.bulk, {"doc": doc})
+            if self.returning:
+                wrote = {tuple(row) for row in result}
+                return {k for k, _, _ in items if k not in wrote}
+            if result.rowcount == len(items):
                 return set()
             return self._not_written(conn, items)
         params = [
@@ -750,7 +759,9 @@ class _Writer:
         # Some rows were not written, or the driver cannot count them: read back what is there
         # now, in the same transaction. A row was written by this statement if it holds the
         # new values and still holds what was read in the other columns read (a deterministic
-        # new value, such as a blind index, may also have been written by someone else).
+        # new value, such as a blind index, may also have been written by someone else). The
+        # read locks, so that InnoDB reads what is committed now, not the transaction's
+        # snapshot.
         pk = [self.lite.c[n] for n in self.pk_names]
         written = [self.lite.c[n] for n in self.write_names]
         only_read = [(i, n) for i, n in enumerate(self.read_names) if n not in self.write_names]
@@ -759,7 +770,9 @@ class _Writer:
         match = pk[0].in_([k[0] for k in keys]) if len(pk) == 1 else tuple_(*pk).in_(keys)
         now = {
             tuple(row[: len(pk)]): tuple(row[len(pk) :])
-            for row in conn.execute(select(*pk, *written, *checked).where(match))
+            for row in conn.execute(
+                select(*pk, *written, *checked).where(match).with_for_update(read=True)
+            )
         }
         return {k for k, old, new in items if now.get(k) != (*new, *(old[i] for i, _ in only_read))}
 
@@ -895,10 +908,12 @@ class _Walk:
         # A page is one SELECT; it needs no transaction around it, since writes compare and
         # swap. Without BEGIN and COMMIT it is one round trip instead of three.
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        if writer.bulk is not None and self.job.side is None:
-            # A batch is one UPDATE statement, atomic on its own: without BEGIN and COMMIT it
-            # is one round trip, and each round trip costs the writer a wait for the GIL,
-            # which the crypto holds.
+        if writer.returning and self.job.side is None:
+            # A batch is one UPDATE statement, atomic on its own, that returns the keys it
+            # wrote: without BEGIN and COMMIT it is one round trip, and each round trip costs
+            # the writer a wait for the GIL, which the crypto holds. (Without RETURNING, rows
+            # it did not write are read back in its transaction, before anyone else can
+            # change the rows it did write.)
             write_conn = write_conn.execution_options(isolation_level="AUTOCOMMIT")
 
         def write(batch: _Batch) -> _Batch:
