@@ -1,4 +1,4 @@
-"""The column types under AsyncSession, with aiosqlite and asyncpg."""
+"""The column types under AsyncSession, with aiosqlite, asyncpg, psycopg and aiomysql."""
 
 from __future__ import annotations
 
@@ -60,13 +60,17 @@ class Guest(Base):
     )
 
 
-@pytest.fixture(params=["aiosqlite", "asyncpg"])
+@pytest.fixture(params=["aiosqlite", "asyncpg", "psycopg", "aiomysql"])
 def async_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An async driver URL for SQLite or PostgreSQL."""
+    """An async driver URL for SQLite, PostgreSQL or MariaDB."""
     if request.param == "aiosqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'async.sqlite3'}"
-    sync = server_url("postgresql")
-    return "postgresql+asyncpg://" + sync.split("://", 1)[1]
+    server, scheme = {
+        "asyncpg": ("postgresql", "postgresql+asyncpg"),
+        "psycopg": ("postgresql", "postgresql+psycopg"),
+        "aiomysql": ("mariadb", "mysql+aiomysql"),
+    }[request.param]
+    return f"{scheme}://" + server_url(server).split("://", 1)[1]
 
 
 async def _scenario(engine: AsyncEngine) -> None:
