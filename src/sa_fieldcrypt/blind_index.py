@@ -743,7 +743,66 @@ def parse_index_value(stored: str) -> IndexValue | None:
 # -- the index -----------------------------------------------------------------------------
 
 
-class BlindIndex:
+class _KeyedIndex:
+    """What every keyed index shares: its size, its keys, and the key derived for its name.
+
+    ``given`` is what the index was declared with (its column or side table), for messages.
+    """
+
+    _kind = "index"
+
+    def __init__(self, given: str, keyring: Keyring | KeyProvider | None, bits: Any):
+        if type(bits) is not int or not MIN_BITS <= bits <= FULL_BITS or bits % BITS_STEP:
+            raise ConfigurationError(
+                f"{type(self).__name__}({given!r}): bits must be a multiple of {BITS_STEP} "
+                f"from {MIN_BITS} to {FULL_BITS}, got {bits!r}"
+            )
+        self.name: str | None = None
+        self.bits: int = bits
+        # What was given, as EncryptedType keeps it; the cache is what is read.
+        self.keyring = keyring
+        self._keys: KeyCache | None = (
+            None if keyring is None else as_key_cache(keyring, purpose="blind-index")
+        )
+        self._given = given
+
+    def active_keyring(self) -> Keyring:
+        """Return the keyring this index uses now: its own, else the process default."""
+        return (self._keys or default_key_cache("blind-index")).get()
+
+    def _ordered_keys(self) -> list[Key]:
+        keyring = self.active_keyring()
+        primary = keyring.primary
+        return [primary, *(key for key in keyring if key is not primary)]
+
+    def _key(self, key_id: str | None) -> Key:
+        keyring = self.active_keyring()
+        key = keyring.primary if key_id is None else keyring.find(key_id)
+        if key is None:
+            raise ConfigurationError(
+                f"{self._label}: the blind-index keyring no longer holds key {key_id!r}; "
+                "run the query again"
+            )
+        return key
+
+    def _derived(self, key: Key, prefix: bytes) -> bytes:
+        if self.name is None:
+            raise ConfigurationError(
+                f"{type(self).__name__}({self._given!r}) has no name: use it through "
+                "encrypted_hybrid() on a mapped class, or pass name="
+            )
+        return key.derive(prefix + self.name.encode("utf-8", "surrogatepass"))
+
+    def _truncated(self, digest: bytes, bits: int | None = None) -> str:
+        # Truncation keeps the first digits of the HMAC, as RFC 2104 section 5 recommends.
+        return digest.hex()[: (self.bits if bits is None else bits) // 4]
+
+    @property
+    def _label(self) -> str:
+        return f"{self._kind} {self.name or self._given}"
+
+
+class BlindIndex(_KeyedIndex):
     """How one column's blind index is computed: which column, normalizer, keys and name.
 
     Pass it to :func:`~sa_fieldcrypt.encrypted_hybrid`, which fills in the default ``name``
@@ -782,6 +841,8 @@ class BlindIndex:
         ConfigurationError: an argument is malformed, or ``unique`` with a truncated size.
     """
 
+    _kind = "blind index"
+
     def __init__(
         self,
         column: str,
@@ -797,11 +858,7 @@ class BlindIndex:
             raise ConfigurationError("BlindIndex: column must be the index column's attribute")
         if normalizer is not None and not callable(normalizer):
             raise ConfigurationError("BlindIndex: normalizer must be callable")
-        if type(bits) is not int or not MIN_BITS <= bits <= FULL_BITS or bits % BITS_STEP:
-            raise ConfigurationError(
-                f"BlindIndex({column!r}): bits must be a multiple of {BITS_STEP} from "
-                f"{MIN_BITS} to {FULL_BITS}, got {bits!r}"
-            )
+        super().__init__(column, keyring, bits)
         if unique and bits < FULL_BITS:
             raise ConfigurationError(
                 f"BlindIndex({column!r}): a unique index needs the full {FULL_BITS} bits "
@@ -815,14 +872,8 @@ class BlindIndex:
         self.column = column
         self.normalizer = normalizer
         self.name = name
-        self.bits = bits
         self.unique = unique
         self.slow = slow
-        # What was given, as EncryptedType keeps it; the cache is what is read.
-        self.keyring = keyring
-        self._keys: KeyCache | None = (
-            None if keyring is None else as_key_cache(keyring, purpose="blind-index")
-        )
         #: Name of the table column holding the encrypted value; set when bound to a model.
         self.source_column: str | None = None
 
@@ -836,10 +887,6 @@ class BlindIndex:
         bound.name = self.name or name
         bound.source_column = source_column
         return bound
-
-    def active_keyring(self) -> Keyring:
-        """Return the keyring this index uses now: its own, else the process default."""
-        return (self._keys or default_key_cache("blind-index")).get()
 
     @property
     def truncated(self) -> bool:
@@ -925,12 +972,7 @@ class BlindIndex:
         """
         if data is None:
             return ()
-        keyring = self.active_keyring()
-        primary = keyring.primary
-        return (
-            self._hash(primary, data),
-            *(self._hash(key, data) for key in keyring if key is not primary),
-        )
+        return tuple(self._hash(key, data) for key in self._ordered_keys())
 
     def digest(self, data: bytes, key_id: str | None = None) -> str:
         """Return the full-size (256-bit) index value of normalized ``data``, whatever ``bits``.
@@ -942,14 +984,7 @@ class BlindIndex:
         Raises:
             ConfigurationError: the keyring holds no key ``key_id``.
         """
-        keyring = self.active_keyring()
-        key = keyring.primary if key_id is None else keyring.find(key_id)
-        if key is None:
-            raise ConfigurationError(
-                f"{self._label}: the blind-index keyring no longer holds key {key_id!r}; "
-                "run the query again"
-            )
-        return self._hash(key, data, bits=FULL_BITS)
+        return self._hash(self._key(key_id), data, bits=FULL_BITS)
 
     def matches(self, value: Any, stored: str) -> bool | None:
         """Whether ``stored`` is the index of ``value`` under the key id ``stored`` names.
@@ -992,23 +1027,11 @@ class BlindIndex:
             )
 
     def _hash(self, key: Key, data: bytes, *, bits: int | None = None) -> str:
-        if self.name is None:
-            raise ConfigurationError(
-                f"BlindIndex({self.column!r}) has no name: use it through encrypted_hybrid() "
-                "on a mapped class, or pass name="
-            )
-        name = self.name.encode("utf-8", "surrogatepass")
         if self.slow is None:
-            digest = hmac.digest(key.derive(_HKDF_INFO_PREFIX + name), data, "sha256")
+            digest = hmac.digest(self._derived(key, _HKDF_INFO_PREFIX), data, "sha256")
         else:
-            digest = self.slow.hash(key.derive(_HKDF_SLOW_INFO_PREFIX + name), data)
-        # Truncation keeps the first digits of the HMAC, as RFC 2104 section 5 recommends.
-        digits = (self.bits if bits is None else bits) // 4
-        return f"{self.prefix(key.id)}{digest.hex()[:digits]}"
-
-    @property
-    def _label(self) -> str:
-        return f"blind index {self.name or self.column}"
+            digest = self.slow.hash(self._derived(key, _HKDF_SLOW_INFO_PREFIX), data)
+        return f"{self.prefix(key.id)}{self._truncated(digest, bits)}"
 
     def __repr__(self) -> str:
         bits = "" if self.bits == FULL_BITS else f", bits={self.bits}"
@@ -1038,7 +1061,7 @@ def _casefold(value: Any) -> str | None:
 casefold = Transform(_casefold, name="casefold")
 
 
-class SubstringIndex:
+class SubstringIndex(_KeyedIndex):
     """A substring index: keyed, truncated hashes of a value's trigrams, in a side table.
 
     Typical usage::
@@ -1070,6 +1093,8 @@ class SubstringIndex:
         ConfigurationError: an argument is malformed.
     """
 
+    _kind = "substring index"
+
     def __init__(
         self,
         table: str,
@@ -1083,29 +1108,16 @@ class SubstringIndex:
             raise ConfigurationError("SubstringIndex: table must name the side table")
         if normalizer is not None and not callable(normalizer):
             raise ConfigurationError("SubstringIndex: normalizer must be callable")
-        if type(bits) is not int or not MIN_BITS <= bits <= FULL_BITS or bits % BITS_STEP:
-            raise ConfigurationError(
-                f"SubstringIndex({table!r}): bits must be a multiple of {BITS_STEP} from "
-                f"{MIN_BITS} to {FULL_BITS}, got {bits!r}"
-            )
+        super().__init__(table, keyring, bits)
         self.table = table
         self.normalizer = normalizer
         self.name = name
-        self.bits = bits
-        self.keyring = keyring
-        self._keys: KeyCache | None = (
-            None if keyring is None else as_key_cache(keyring, purpose="blind-index")
-        )
 
     def bound_to(self, name: str) -> SubstringIndex:
         """Return a copy named ``name`` unless it was given one; done when the model is mapped."""
         bound = copy.copy(self)
         bound.name = self.name or name
         return bound
-
-    def active_keyring(self) -> Keyring:
-        """Return the keyring this index uses now: its own, else the process default."""
-        return (self._keys or default_key_cache("blind-index")).get()
 
     def normalize(self, value: Any) -> str | None:
         """Return the text whose trigrams are indexed, or None when the value is not indexed.
@@ -1148,13 +1160,7 @@ class SubstringIndex:
         Raises:
             ConfigurationError: the keyring holds no key ``key_id``.
         """
-        key = self.active_keyring().find(key_id)
-        if key is None:
-            raise ConfigurationError(
-                f"{self._label}: the blind-index keyring no longer holds key {key_id!r}; "
-                "run the query again"
-            )
-        return self._mac(key, text)
+        return self._mac(self._key(key_id), text)
 
     def contains(self, text: str, length: int, digest: bytes, key_id: str) -> bool:
         """Whether normalized ``text`` has a substring of ``length`` characters whose HMAC
@@ -1163,41 +1169,19 @@ class SubstringIndex:
         Raises:
             ConfigurationError: the keyring holds no key ``key_id``.
         """
-        key = self.active_keyring().find(key_id)
-        if key is None:
-            raise ConfigurationError(
-                f"{self._label}: the blind-index keyring no longer holds key {key_id!r}; "
-                "run the query again"
-            )
-        derived = self._derived(key)
+        derived = self._derived(self._key(key_id), _HKDF_SUBSTRING_INFO_PREFIX)
         found = False
         for i in range(len(text) - length + 1):
             window = text[i : i + length].encode("utf-8", "surrogatepass")
             found |= hmac.compare_digest(hmac.digest(derived, window, "sha256"), digest)
         return found
 
-    def _ordered_keys(self) -> list[Key]:
-        keyring = self.active_keyring()
-        primary = keyring.primary
-        return [primary, *(key for key in keyring if key is not primary)]
-
-    def _derived(self, key: Key) -> bytes:
-        if self.name is None:
-            raise ConfigurationError(
-                f"SubstringIndex({self.table!r}) has no name: use it through "
-                "encrypted_hybrid() on a mapped class, or pass name="
-            )
-        return key.derive(_HKDF_SUBSTRING_INFO_PREFIX + self.name.encode("utf-8", "surrogatepass"))
-
     def _mac(self, key: Key, text: str) -> bytes:
-        return hmac.digest(self._derived(key), text.encode("utf-8", "surrogatepass"), "sha256")
+        derived = self._derived(key, _HKDF_SUBSTRING_INFO_PREFIX)
+        return hmac.digest(derived, text.encode("utf-8", "surrogatepass"), "sha256")
 
     def _hash(self, key: Key, trigram: str) -> str:
-        return f"{key.id}:{self._mac(key, trigram).hex()[: self.bits // 4]}"
-
-    @property
-    def _label(self) -> str:
-        return f"substring index {self.name or self.table}"
+        return f"{key.id}:{self._truncated(self._mac(key, trigram))}"
 
     def __repr__(self) -> str:
         return f"SubstringIndex({self.table!r}, name={self.name!r}, bits={self.bits})"
