@@ -38,7 +38,7 @@ import hmac
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast, overload
@@ -308,17 +308,28 @@ class _Binding:
     cache_key: str
     row_key: _RowKey | None = None  # bind_row=True: values are bound to their rows too
     substring: _BoundSubstring | None = None
+    # The compound indexes of the class that read the attribute, added as each one binds.
+    compounds: list[_CompoundBinding] = field(default_factory=list, compare=False)
 
     def plaintext(self, instance: Any, *, check: bool = True) -> Any:
         """The attribute's plaintext, decrypted and checked once per stored value.
 
         With a blind index (and ``check``), the value's index must equal the row's stored
         one, under the key id it names: a token copied in from another row decrypts, but
-        its index says which row it came from.
+        its index says which row it came from. So must every compound index that reads the
+        attribute equal the index of the row's parts (see :meth:`_CompoundBinding.check`).
 
         Raises:
-            DecryptionError: the value does not decrypt, or does not match the row's index.
+            DecryptionError: the value does not decrypt, or does not match the row's index
+                or a compound index of the row.
         """
+        value = self._decrypted(instance, check=check)
+        if check:
+            for compound in self.compounds:
+                compound.check(instance)
+        return value
+
+    def _decrypted(self, instance: Any, *, check: bool) -> Any:
         stored = getattr(instance, self.source_key)
         cached = instance.__dict__.get(self.cache_key)
         if stored is None:
@@ -1683,6 +1694,22 @@ def encrypted_hybrid(
     )
 
 
+class _Checked:
+    """The stored values a compound index was last checked against, kept on the instance.
+
+    They include what an ``EncryptedType`` part's column reads, plaintext: like
+    :class:`_Plaintext`, never pickled or copied (a copy checks again).
+    """
+
+    __slots__ = ("stored",)
+
+    def __init__(self, stored: tuple[Any, ...] | None):
+        self.stored = stored
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Checked, (None,))
+
+
 @dataclass(frozen=True, slots=True)
 class _CompoundBinding:
     """What one mapped class's use of a :class:`CompoundIndex` resolved to."""
@@ -1690,11 +1717,65 @@ class _CompoundBinding:
     label: str  # "Customer.name_search"
     bound: _BoundIndex
     attributes: tuple[str, ...]
+    # Each part's hybrid binding on the class; None for a plain column.
+    parts: tuple[_Binding | None, ...]
     watched: tuple[str, ...]  # the stored attributes whose changes change the index
+    check_index: bool
+    cache_key: str
 
-    def values(self, instance: Any) -> tuple[Any, ...]:
-        """The parts' values of a loaded or new instance: plaintexts of hybrids."""
-        return tuple(getattr(instance, attr) for attr in self.attributes)
+    def values(self, instance: Any, *, check: bool = True) -> tuple[Any, ...]:
+        """The parts' values of a loaded or new instance: plaintexts of hybrids.
+
+        ``check``: read each hybrid part as its attribute reads (checking the row's indexes);
+        False reads them unchecked.
+        """
+        return tuple(
+            getattr(instance, attr)
+            if part is None or check
+            else part.plaintext(instance, check=False)
+            for attr, part in zip(self.attributes, self.parts, strict=True)
+        )
+
+    def check(self, instance: Any) -> None:
+        """Raise unless the row's stored index value is the index of the row's parts.
+
+        Runs when a hybrid part is read (and for a match of a truncated index's lookup), once
+        per stored state of the row: the index value and the parts' stored values. An
+        attacker with write access who copies an index value, or a part's token, in from
+        another row makes the parts disagree with the index. Not checked: a new object or one
+        with a part (or the index) assigned and not flushed yet, whose index the flush
+        computes; a row whose index is NULL (not computed yet); an index value under a key
+        the keyring no longer holds, or of other cost parameters (see
+        :meth:`~sa_fieldcrypt.BlindIndex.matches`). An index under an older key the keyring
+        still holds is checked under that key.
+
+        Raises:
+            DecryptionError: the parts do not match the row's compound index.
+        """
+        if not self.check_index:
+            return
+        state = instance_state(instance)
+        if state.key is None:
+            return
+        index = getattr(instance, self.bound.key)
+        if index is None:
+            return
+        stored = (index, *(getattr(instance, key) for key in self.watched))
+        if any(state.attrs[key].history.has_changes() for key in (self.bound.key, *self.watched)):
+            return
+        checked = instance.__dict__.get(self.cache_key)
+        if isinstance(checked, _Checked) and checked.stored == stored:
+            return
+        if self.bound.blind_index.matches(self.values(instance, check=False), index) is False:
+            raise DecryptionError(
+                f"the row's parts ({', '.join(self.attributes)}) do not match its compound "
+                f"index {self.label}: the row was altered (a part's value or the index value "
+                "copied in from another row, or a part changed outside the ORM) or its index "
+                "is stale; `fieldcrypt verify` lists such rows, `fieldcrypt reindex` rewrites "
+                "stale indexes",
+                column=self.bound.label,
+            )
+        instance.__dict__[self.cache_key] = _Checked(stored)
 
     def sync(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         """Recompute the index at flush when one of its parts changed."""
@@ -1727,9 +1808,12 @@ class CompoundIndex:
                        normalizer=compound(first_name=first_chars(1), last_name=letters_lower))
         )
         select(Customer).where(Customer.initial_surname == ("A", "Lovelace"))
+
+    Reading a part that is an encrypted hybrid checks the stored index value against the
+    row's parts (``check_index``; see :func:`compound_index`).
     """
 
-    def __init__(self, blind_index: BlindIndex):
+    def __init__(self, blind_index: BlindIndex, *, check_index: bool = True):
         if not isinstance(blind_index, BlindIndex) or not isinstance(
             blind_index.normalizer, Compound
         ):
@@ -1739,6 +1823,7 @@ class CompoundIndex:
             )
         self._declared = blind_index
         self._parts = blind_index.normalizer
+        self._check_index = check_index
         self._bindings: weakref.WeakKeyDictionary[type, _CompoundBinding] = (
             weakref.WeakKeyDictionary()
         )
@@ -1754,20 +1839,15 @@ class CompoundIndex:
     def __get__(self, instance: object | None, owner: Any) -> IndexComparator | str | None:
         if instance is None:
             binding = self._binding_for(owner)
-            attrs = binding.attributes
 
             def read(loaded: Any, check: bool) -> tuple[Any, ...]:
-                cls = type(loaded)
-                parts = [
-                    next((k.__dict__[a] for k in cls.__mro__ if a in k.__dict__), None)
-                    for a in attrs
-                ]
-                return tuple(
-                    part._binding_for(cls).plaintext(loaded, check=check)
-                    if isinstance(part, EncryptedHybrid)
-                    else getattr(loaded, attr)
-                    for attr, part in zip(attrs, parts, strict=True)
-                )
+                of_class = self._binding_for(type(loaded))
+                values = of_class.values(loaded, check=check)
+                if check:
+                    # Reading a hybrid part checked it already; a compound of plain columns
+                    # only is checked here, for a match of a truncated index.
+                    of_class.check(loaded)
+                return values
 
             return IndexComparator(_Target(owner, binding.label, binding.bound, read))
         return cast("str | None", getattr(instance, self._declared.column))
@@ -1794,17 +1874,21 @@ class CompoundIndex:
         watched = []
         columns = []
         plain = []
+        parts: list[_Binding | None] = []
         for attr in self._parts.attributes:
             part = next((k.__dict__[attr] for k in cls.__mro__ if attr in k.__dict__), None)
             if isinstance(part, EncryptedHybrid):
-                key = part._bind(mapper).source_key
+                part_binding = part._bind(mapper)
+                key = part_binding.source_key
                 part._compounds.setdefault(cls, []).append(label)
                 watched.append(key)
                 columns.append(mapper.columns[key].key)
+                parts.append(part_binding)
             elif isinstance(mapper.columns.get(attr), Column):
                 watched.append(attr)
                 plain.append(attr)
                 columns.append(mapper.columns[attr].key)
+                parts.append(None)
             else:
                 raise ConfigurationError(
                     f"{label}: the compound part {attr!r} is neither an encrypted_hybrid nor a "
@@ -1814,7 +1898,18 @@ class CompoundIndex:
         index_column = mapper.columns[bound.key]
         # Where the jobs (reindex, status) find the parts in the table.
         index_column.info[INFO_COMPOUND_PARTS] = tuple(columns)
-        binding = _CompoundBinding(label, bound, self._parts.attributes, tuple(watched))
+        binding = _CompoundBinding(
+            label,
+            bound,
+            self._parts.attributes,
+            tuple(parts),
+            tuple(watched),
+            self._check_index,
+            f"_sa_fieldcrypt_checked_{self.__name__}",
+        )
+        for reader in parts:
+            if reader is not None and all(c is not binding for c in reader.compounds):
+                reader.compounds.append(binding)
         if plain:
             _watch_plain_parts(cls, plain, f"the compound index {label}")
         self._bindings[cls] = binding
@@ -1823,7 +1918,7 @@ class CompoundIndex:
         return binding
 
 
-def compound_index(blind_index: BlindIndex) -> CompoundIndex:
+def compound_index(blind_index: BlindIndex, *, check_index: bool = True) -> CompoundIndex:
     """Declare a blind index over several attributes of a row: a model attribute that compares.
 
     ``blind_index`` names the index column and gives a :func:`~sa_fieldcrypt.compound`
@@ -1834,10 +1929,21 @@ def compound_index(blind_index: BlindIndex) -> CompoundIndex:
     truncated one (``bits=``) is filtered exactly, as for any index.
 
     ``fieldcrypt reindex``, ``status`` and ``verify`` find the index column and read its
-    parts from the table (recorded in the column's ``info[INFO_COMPOUND_PARTS]``). Reading a
-    row does not check a compound index against its parts; ``verify`` does.
+    parts from the table (recorded in the column's ``info[INFO_COMPOUND_PARTS]``).
+
+    Args:
+        blind_index: the index column and its ``compound(...)`` normalizer.
+        check_index: check, when a part that is an encrypted hybrid is read, that the row's
+            index value is the index of the row's parts (decrypting the other encrypted
+            parts, once per stored state of the row), so that an index value or a part's
+            token copied in from another row raises :class:`~sa_fieldcrypt.DecryptionError`
+            instead of passing for the row the index names. Pending (unflushed) changes,
+            a NULL index and an index under a key the keyring no longer holds are not
+            checked; an index of plain columns only is checked by ``verify``, and for the
+            matches of its truncated lookups. Turn it off only for the time a normalizer
+            change waits for ``fieldcrypt reindex``.
     """
-    return CompoundIndex(blind_index)
+    return CompoundIndex(blind_index, check_index=check_index)
 
 
 def encrypted_values(cls: type, **values: Any) -> dict[str, Any]:
