@@ -1782,6 +1782,22 @@ def test_compound_index_declarations_are_checked() -> None:
             name = compound_index(BlindIndex("name_bidx", normalizer=compound(nickname=None)))
 
 
+def test_hybrids_and_compound_indexes_refuse_classes_that_are_not_mapped() -> None:
+    """On a class that is not mapped, either descriptor says it works on mapped classes only."""
+
+    class Plain:
+        email = encrypted_hybrid("email_encrypted")
+        name = compound_index(BlindIndex("name_bidx", normalizer=compound(email=None)))
+
+    hybrid = r"^Plain\.email: encrypted_hybrid works on mapped classes only$"
+    with pytest.raises(ConfigurationError, match=hybrid):
+        _ = Plain().email
+    with pytest.raises(ConfigurationError, match=hybrid):
+        _ = Plain.email == "ada@example.com"
+    with pytest.raises(ConfigurationError, match=r"^Plain\.name: compound_index works on mapped"):
+        _ = Plain.name == ("ada@example.com",)
+
+
 def test_an_update_statement_setting_a_compound_part_is_refused(search_db: Engine) -> None:
     """UPDATE ... SET phone cannot recompute the compound index that reads phone: refused."""
     _store_people(search_db, {1: ("Ada", "Lovelace", True, "+1 555 010 0000")})

@@ -1407,17 +1407,7 @@ class EncryptedHybrid(hybrid_property[_V]):
     # -- binding to mapped classes -------------------------------------------------------
 
     def _binding_for(self, cls: Any) -> _Binding:
-        if not isinstance(cls, type):  # an AliasedClass
-            cls = inspect(cls).class_
-        binding = self._bindings.get(cls)
-        if binding is not None:
-            return binding
-        mapper = inspect(cls, raiseerr=False)
-        if not isinstance(mapper, Mapper):
-            raise ConfigurationError(
-                f"{cls.__name__}.{self.__name__}: encrypted_hybrid works on mapped classes only"
-            )
-        return self._bind(mapper)
+        return _binding_on(cls, self._bindings, self._bind, self.__name__, "encrypted_hybrid")
 
     def _bind(self, mapper: Mapper[Any]) -> _Binding:
         cls = mapper.class_
@@ -1536,6 +1526,32 @@ class EncryptedHybrid(hybrid_property[_V]):
         encrypted_type._set_parent(source)
         source.info[COLUMN_INFO_KEY] = encrypted_type
         return encrypted_type
+
+
+_Bound = TypeVar("_Bound")
+
+
+def _binding_on(
+    cls: Any,
+    bindings: MutableMapping[type, _Bound],
+    bind: Callable[[Mapper[Any]], _Bound],
+    name: str,
+    what: str,
+) -> _Bound:
+    """What a descriptor (``what``, named ``name``) resolved to on ``cls``, bound on first use.
+
+    ``cls`` is a mapped class or an aliased one (its class's binding); ``bindings`` are the
+    descriptor's, one per mapped class, which ``bind`` fills.
+    """
+    if not isinstance(cls, type):  # an AliasedClass
+        cls = inspect(cls).class_
+    binding = bindings.get(cls)
+    if binding is not None:
+        return binding
+    mapper = inspect(cls, raiseerr=False)
+    if not isinstance(mapper, Mapper):
+        raise ConfigurationError(f"{cls.__name__}.{name}: {what} works on mapped classes only")
+    return bind(mapper)
 
 
 def _bind_index(
@@ -1853,17 +1869,7 @@ class CompoundIndex:
         return cast("str | None", getattr(instance, self._declared.column))
 
     def _binding_for(self, cls: Any) -> _CompoundBinding:
-        if not isinstance(cls, type):  # an AliasedClass
-            cls = inspect(cls).class_
-        binding = self._bindings.get(cls)
-        if binding is not None:
-            return binding
-        mapper = inspect(cls, raiseerr=False)
-        if not isinstance(mapper, Mapper):
-            raise ConfigurationError(
-                f"{cls.__name__}.{self.__name__}: compound_index works on mapped classes only"
-            )
-        return self._bind(mapper)
+        return _binding_on(cls, self._bindings, self._bind, self.__name__, "compound_index")
 
     def _bind(self, mapper: Mapper[Any]) -> _CompoundBinding:
         cls = mapper.class_
