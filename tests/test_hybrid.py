@@ -1782,6 +1782,22 @@ def test_compound_index_declarations_are_checked() -> None:
             name = compound_index(BlindIndex("name_bidx", normalizer=compound(nickname=None)))
 
 
+def test_hybrids_and_compound_indexes_refuse_classes_that_are_not_mapped() -> None:
+    """On a class that is not mapped, either descriptor says it works on mapped classes only."""
+
+    class Plain:
+        email = encrypted_hybrid("email_encrypted")
+        name = compound_index(BlindIndex("name_bidx", normalizer=compound(email=None)))
+
+    hybrid = r"^Plain\.email: encrypted_hybrid works on mapped classes only$"
+    with pytest.raises(ConfigurationError, match=hybrid):
+        _ = Plain().email
+    with pytest.raises(ConfigurationError, match=hybrid):
+        _ = Plain.email == "ada@example.com"
+    with pytest.raises(ConfigurationError, match=r"^Plain\.name: compound_index works on mapped"):
+        _ = Plain.name == ("ada@example.com",)
+
+
 def test_an_update_statement_setting_a_compound_part_is_refused(search_db: Engine) -> None:
     """UPDATE ... SET phone cannot recompute the compound index that reads phone: refused."""
     _store_people(search_db, {1: ("Ada", "Lovelace", True, "+1 555 010 0000")})
@@ -1851,6 +1867,245 @@ def test_compound_indexes_of_an_aliased_class_compare_the_alias(search_db: Engin
             select(Person, other).join(other, other.id != Person.id).where(condition)
         ).all()
         assert [(2, 1)] == [(p.id, o.id) for p, o in pairs]
+
+
+# -- reads check compound indexes ----------------------------------------------------------
+
+ADA: Folk = ("Ada", "Lovelace", True, "+1 555 010 0000")
+GRACE: Folk = ("Grace", "Hopper", True, "+1 555 010 1234")
+
+
+def _copy_stored(engine: Engine, column: str, from_id: int, to_id: int) -> None:
+    """As an attacker with write access and no keys: copy one person's stored value to another."""
+    table = Person.__table__
+    with engine.begin() as conn:
+        value = conn.execute(select(table.c[column]).where(table.c.id == from_id)).scalar_one()
+        conn.execute(update(table).where(table.c.id == to_id).values({column: value}))
+
+
+def _parts(person: Person) -> Folk:
+    return (person.first_name, person.last_name, person.consent_sms, person.phone)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(FIRST_NAMES),
+            st.sampled_from([*SURNAMES, None]),
+            st.booleans(),
+            st.one_of(st.none(), st.from_regex(PHONE_SHAPES, fullmatch=True)),
+        ),
+        max_size=20,
+    )
+)
+def test_rows_written_through_the_orm_read_back_whatever_their_parts(
+    search_db: Engine, rows: list[Folk]
+) -> None:
+    """Every part of every stored row reads back: the compound checks raise no false alarm."""
+    people = dict(enumerate(rows))
+    _store_people(search_db, people)
+    with Session(search_db) as session:
+        assert people == {p.id: _parts(p) for p in session.scalars(select(Person))}
+
+
+def test_a_compound_index_value_swapped_in_from_another_row_is_refused(search_db: Engine) -> None:
+    """A lookup by Grace's parts finds Ada's row holding Grace's index; reading a part raises."""
+    _store_people(search_db, {1: ADA, 2: GRACE})
+    _copy_stored(search_db, "initial_surname_bidx", from_id=2, to_id=1)
+    with Session(search_db) as session:
+        found = session.scalars(select(Person).where(Person.initial_surname == ("G", "Hopper")))
+        assert [1, 2] == sorted(p.id for p in found)
+        ada = session.get(Person, 1)
+        assert ada is not None
+        for attribute in ("first_name", "last_name"):
+            with pytest.raises(DecryptionError) as info:
+                getattr(ada, attribute)
+            message = str(info.value)
+            assert "fc_hyb_people.initial_surname_bidx" in message
+            assert "do not match its compound index Person.initial_surname" in message
+            assert "reindex" in message
+            words = set(re.findall(r"\w+", message.lower()))
+            assert not {"ada", "lovelace", "grace", "hopper", "0000", "1234"} & words
+            assert (ada.first_encrypted or "") not in message
+        # The other compound index reading the phone is intact.
+        assert "+1 555 010 0000" == ada.phone
+        assert GRACE == _parts(session.get(Person, 2))
+
+
+def test_a_part_without_an_index_of_its_own_swapped_in_is_refused(search_db: Engine) -> None:
+    """first_name has no index of its own: Grace's token copied into Ada's row fails a compound."""
+    _store_people(search_db, {1: ADA, 2: GRACE})
+    _copy_stored(search_db, "first_encrypted", from_id=2, to_id=1)
+    with Session(search_db) as session:
+        ada = session.get(Person, 1)
+        assert ada is not None
+        with pytest.raises(DecryptionError, match=r"compound index Person\.initial_surname"):
+            _ = ada.first_name
+
+
+def test_a_truncated_compound_index_is_checked_at_its_size(search_db: Engine) -> None:
+    """A 4-bit value copied in from a row of another 4-bit value is refused when phone is read."""
+    people: dict[int, Folk] = {
+        i: ("Ada", "Lovelace", True, f"+1 555 010 {i:04d}") for i in range(16)
+    }
+    _store_people(search_db, people)
+    table = Person.__table__
+    with search_db.connect() as conn:
+        stored = dict(conn.execute(select(table.c.id, table.c.sms_last4_bidx)).all())
+    # Fifteen rows: that none has another of the sixteen 4-bit values is a chance of 16**-15.
+    donor = next(i for i in range(1, 16) if stored[i] != stored[0])
+    _copy_stored(search_db, "sms_last4_bidx", from_id=donor, to_id=0)
+    with Session(search_db) as session:
+        # Ada's row is a candidate of the donor's ending now, and is filtered out by its value.
+        found = session.scalars(select(Person).where(Person.sms_last4 == (True, f"{donor:04d}")))
+        assert [donor] == [p.id for p in found]
+        person = session.get(Person, 0)
+        assert person is not None
+        with pytest.raises(DecryptionError, match=r"compound index Person\.sms_last4"):
+            _ = person.phone
+        assert "Ada" == person.first_name  # initial_surname is intact
+
+
+def test_a_plain_part_changed_outside_the_orm_is_found_stale_and_repaired_by_assigning(
+    search_db: Engine,
+) -> None:
+    """A Core UPDATE of consent_sms leaves sms_last4 stale: reading phone says so until assigned."""
+    people: dict[int, Folk] = {
+        i: ("Ada", "Lovelace", True, f"+1 555 010 {i:04d}") for i in range(16)
+    }
+    _store_people(search_db, people)
+    table = Person.__table__
+    with search_db.begin() as conn:
+        conn.execute(update(table).values(consent_sms=False))
+    index = table.c.sms_last4_bidx.info[INFO_BLIND_INDEX]
+    with Session(search_db) as session:
+        # At 4 bits, one row in 16 keeps its index value whatever its consent: not stale.
+        stale = [
+            i
+            for i, (*_, phone) in people.items()
+            if index.compute((False, phone)) != session.get(Person, i).sms_last4_bidx
+        ]
+        person = session.get(Person, stale[0])
+        assert person is not None
+        with pytest.raises(DecryptionError, match=r"compound index Person\.sms_last4"):
+            _ = person.phone
+        person.phone = f"+1 555 010 {stale[0]:04d}"
+        session.commit()
+        assert ("Ada", "Lovelace", False, f"+1 555 010 {stale[0]:04d}") == _parts(person)
+        assert [stale[0]] == _people(session, Person.sms_last4 == (False, f"{stale[0]:04d}"))
+
+
+def test_pending_changes_null_indexes_and_retired_index_keys_are_not_checked(
+    search_db: Engine,
+) -> None:
+    """Unflushed assignments, a NULL index or part, and an index under a key no longer held read."""
+    alan: Folk = ("Alan", "Turing", False, None)
+    _store_people(search_db, {1: ADA, 2: GRACE, 3: GRACE, 4: alan})
+    table = Person.__table__
+    with search_db.begin() as conn:
+        conn.execute(update(table).where(table.c.id == 2).values(initial_surname_bidx=None))
+        retired = "gone:" + "0" * 64
+        conn.execute(update(table).where(table.c.id == 3).values(initial_surname_bidx=retired))
+    with Session(search_db, autoflush=False) as session:
+        assert GRACE == _parts(session.get(Person, 2))
+        assert GRACE == _parts(session.get(Person, 3))
+        assert alan == _parts(session.get(Person, 4))
+        person = session.get(Person, 1)
+        assert person is not None
+        # The stored indexes are of Ada's parts until the flush recomputes them.
+        person.first_name = "Grace"
+        person.consent_sms = False
+        assert ("Grace", "Lovelace", False, "+1 555 010 0000") == _parts(person)
+        session.commit()
+        assert ("Grace", "Lovelace", False, "+1 555 010 0000") == _parts(person)
+        assert [1] == _people(session, Person.initial_surname == ("G", "Lovelace"))
+
+
+def test_rows_indexed_under_an_older_active_index_key_are_checked_under_it(
+    search_db: Engine, index_keyring: Keyring
+) -> None:
+    """After a new index key comes first, rows under the old one read, and a swap is still found."""
+    _store_people(search_db, {1: ADA, 2: GRACE})
+    sa_fieldcrypt.configure(
+        purpose="blind-index",
+        keyring=Keyring(
+            [Key("b2", generate_key("hmac-sha256"), purpose="blind-index"), *index_keyring],
+            purpose="blind-index",
+        ),
+    )
+    with Session(search_db) as session:
+        ada = session.get(Person, 1)
+        assert ada is not None
+        assert ADA == _parts(ada)
+        assert (ada.initial_surname or "").startswith("b1:")
+        session.add(Person(id=3, first_name="Alan", last_name="Turing", phone="+1 555 010 0003"))
+        session.commit()
+        alan = session.get(Person, 3)
+        assert alan is not None
+        assert (alan.initial_surname or "").startswith("b2:")
+        assert ("Alan", "Turing", False, "+1 555 010 0003") == _parts(alan)
+    _copy_stored(search_db, "initial_surname_bidx", from_id=2, to_id=1)
+    with Session(search_db) as session:
+        ada = session.get(Person, 1)
+        assert ada is not None
+        with pytest.raises(DecryptionError, match=r"compound index Person\.initial_surname"):
+            _ = ada.last_name
+
+
+def test_the_compound_check_costs_one_hmac_per_stored_state(
+    search_db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the parts again checks nothing again; a flushed change is checked anew."""
+    _store_people(search_db, {1: ADA})
+    calls: list[str] = []
+    original = BlindIndex.matches
+
+    def counting(self: BlindIndex, value: Any, stored: str) -> bool | None:
+        calls.append(stored)
+        return original(self, value, stored)
+
+    monkeypatch.setattr(BlindIndex, "matches", counting)
+    with Session(search_db) as session:
+        person = session.get(Person, 1)
+        assert person is not None
+        for _ in range(3):
+            assert ADA == _parts(person)
+        assert 2 == len(calls)  # one per compound index
+        person.last_name = "Byron"
+        session.commit()
+        assert "Byron" == person.last_name
+        assert 3 == len(calls)
+
+
+def test_check_index_false_reads_a_compound_index_swapped_in(search_db: Engine) -> None:
+    """With check_index=False (while a normalizer change awaits reindex) nothing is checked."""
+
+    class Unchecked(DeclarativeBase):
+        pass
+
+    class LaxPerson(Unchecked):
+        __tablename__ = "fc_hyb_people"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+        first_encrypted: Mapped[str | None] = mapped_column(Text)
+        first_name = encrypted_hybrid("first_encrypted")
+        _last_name: Mapped[str | None] = mapped_column("last_encrypted", EncryptedText())
+        last_name = encrypted_hybrid("_last_name")
+        initial_surname_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        initial_surname = compound_index(
+            BlindIndex(
+                "initial_surname_bidx",
+                normalizer=compound(first_name=first_chars(1), last_name=letters_lower),
+            ),
+            check_index=False,
+        )
+
+    _store_people(search_db, {1: ADA, 2: GRACE})
+    _copy_stored(search_db, "initial_surname_bidx", from_id=2, to_id=1)
+    with Session(search_db) as session:
+        lax = session.get(LaxPerson, 1)
+        assert lax is not None
+        assert ("Ada", "Lovelace") == (lax.first_name, lax.last_name)
 
 
 def test_a_slow_index_needs_room_for_its_cost_label() -> None:

@@ -26,35 +26,28 @@ Then ``Customer(email="ada@example.com")``, ``customer.email`` (plaintext),
 
 With several indexes (``blind_index=[...]``), ``Customer.phone.index("phone_last4") == "0000"``
 compares one of them; :func:`compound_index` declares an index over several attributes. The
-conditions of truncated indexes (``bits=``) find candidates: the first one built installs a
-``do_orm_execute`` listener on :class:`~sqlalchemy.orm.Session` that decrypts the entities an
-ORM select returns and keeps the exact matches, and a ``before_cursor_execute`` listener on
-:class:`~sqlalchemy.engine.Engine` that refuses such a condition anywhere it was not filtered.
+conditions of truncated indexes (``bits=``) and substring indexes find candidates, which
+:mod:`sa_fieldcrypt.filtering` filters to the exact matches after decryption.
 """
 
 from __future__ import annotations
 
-import hmac
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast, overload
 
 from sqlalchemy import (
     Column,
-    Engine,
     ForeignKeyConstraint,
     Index,
-    Result,
-    Select,
     String,
     Table,
     UniqueConstraint,
     event,
-    false,
     func,
     inspect,
     or_,
@@ -64,14 +57,12 @@ from sqlalchemy import (
 )
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine.default import DefaultDialect
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.ext.hybrid import ExprComparator, hybrid_property
 from sqlalchemy.orm import ColumnProperty, Mapper, ORMExecuteState, Session
 from sqlalchemy.orm.attributes import instance_state
-from sqlalchemy.sql import ClauseElement, operators, visitors
-from sqlalchemy.sql.elements import BooleanClauseList, ColumnElement, Grouping, Null
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import ColumnElement, Null
 from sqlalchemy.sql.operators import OperatorType
-from sqlalchemy.sql.visitors import InternalTraversal
 from typing_extensions import TypeVar
 
 from sa_fieldcrypt.blind_index import (
@@ -87,6 +78,14 @@ from sa_fieldcrypt.errors import (
     DecryptionError,
     UnsupportedComparisonError,
     ValueTypeError,
+)
+from sa_fieldcrypt.filtering import (
+    Candidates,
+    ContainsMatch,
+    IndexTarget,
+    index_condition,
+    install_filtering,
+    operator_name,
 )
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
@@ -308,17 +307,28 @@ class _Binding:
     cache_key: str
     row_key: _RowKey | None = None  # bind_row=True: values are bound to their rows too
     substring: _BoundSubstring | None = None
+    # The compound indexes of the class that read the attribute, added as each one binds.
+    compounds: list[_CompoundBinding] = field(default_factory=list, compare=False)
 
     def plaintext(self, instance: Any, *, check: bool = True) -> Any:
         """The attribute's plaintext, decrypted and checked once per stored value.
 
         With a blind index (and ``check``), the value's index must equal the row's stored
         one, under the key id it names: a token copied in from another row decrypts, but
-        its index says which row it came from.
+        its index says which row it came from. So must every compound index that reads the
+        attribute equal the index of the row's parts (see :meth:`_CompoundBinding.check`).
 
         Raises:
-            DecryptionError: the value does not decrypt, or does not match the row's index.
+            DecryptionError: the value does not decrypt, or does not match the row's index
+                or a compound index of the row.
         """
+        value = self._decrypted(instance, check=check)
+        if check:
+            for compound in self.compounds:
+                compound.check(instance)
+        return value
+
+    def _decrypted(self, instance: Any, *, check: bool) -> Any:
         stored = getattr(instance, self.source_key)
         cached = instance.__dict__.get(self.cache_key)
         if stored is None:
@@ -750,16 +760,16 @@ class _EncryptedComparator(ExprComparator[Any]):
             per_key.append(owner.in_(held))
         condition = per_key[0] if len(per_key) == 1 else or_(*per_key)
         primary = next(iter(values))
-        _install_filtering()
+        install_filtering()
         hybrid = self._hybrid
 
         def read(instance: Any, check: bool) -> Any:
             return hybrid._binding_for(type(instance)).plaintext(instance, check=check)
 
-        match = _ContainsMatch(
+        match = ContainsMatch(
             entity, binding.label, read, index, primary, index.digest(text, primary), len(text)
         )
-        return _Candidates(condition, match)
+        return Candidates(condition, match)
 
     def reverse_operate(self, op: OperatorType, other: Any, **kwargs: Any) -> Any:
         if op in (operators.eq, operators.ne):
@@ -773,28 +783,30 @@ class _EncryptedComparator(ExprComparator[Any]):
             attr = _attr(binding.label)
             if binding.indexes:
                 raise UnsupportedComparisonError(
-                    f"{binding.label}: {_op_name(op)} compares whole values, and each of its "
+                    f"{binding.label}: {operator_name(op)} compares whole values, and each of its "
                     "blind indexes is of part of the value; compare an index with "
                     f"{attr}.index({binding.indexes[0].key!r}) == ..., or add an index of "
                     "whole values"
                 )
             raise UnsupportedComparisonError(
-                f"{binding.label} has no blind index, so {_op_name(op)} cannot run in SQL: "
+                f"{binding.label} has no blind index, so {operator_name(op)} cannot run in SQL: "
                 f"{binding.source_label} is encrypted with randomized encryption. Add an index "
                 f"column, e.g. {attr}_bidx = "
                 "mapped_column(String(BLIND_INDEX_LENGTH)), and pass "
                 f"blind_index=BlindIndex('{attr}_bidx', ...) to "
                 "encrypted_hybrid()"
             )
-        return _lookup(self._target(bound), op, other, term=False)
+        return index_condition(self._target(bound), op, other, term=False)
 
-    def _target(self, bound: _BoundIndex) -> _Target:
+    def _target(self, bound: _BoundIndex) -> IndexTarget:
         hybrid = self._hybrid
 
         def read(instance: Any, check: bool) -> Any:
             return hybrid._binding_for(type(instance)).plaintext(instance, check=check)
 
-        return _Target(self._entity, self._binding.label, bound, read)
+        return IndexTarget(
+            self._entity, self._binding.label, bound.key, bound.label, bound.blind_index, read
+        )
 
     def _refusal(self, op: OperatorType) -> UnsupportedComparisonError:
         binding = self._binding
@@ -813,19 +825,8 @@ class _EncryptedComparator(ExprComparator[Any]):
                 "ordering, pattern matching or arithmetic)"
             )
         return UnsupportedComparisonError(
-            f"{binding.label}: cannot apply {_op_name(op)} in SQL: {reason}"
+            f"{binding.label}: cannot apply {operator_name(op)} in SQL: {reason}"
         )
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """One blind index as a query sees it: its column on an entity, and what it indexes."""
-
-    entity: Any  # the mapped class or aliased class compared
-    owner: str  # "Customer.phone", for messages
-    bound: _BoundIndex
-    # A loaded instance's value that the index is of; True: check the row's stored indexes.
-    read: Callable[[Any, bool], Any]
 
 
 class IndexComparator:
@@ -846,7 +847,7 @@ class IndexComparator:
 
     __hash__ = object.__hash__
 
-    def __init__(self, target: _Target):
+    def __init__(self, target: IndexTarget):
         self._target = target
 
     def __eq__(self, other: object) -> ColumnElement[bool]:  # type: ignore[override]
@@ -866,252 +867,17 @@ class IndexComparator:
     def _compare(self, op: OperatorType, other: Any) -> ColumnElement[bool]:
         if other is None or isinstance(other, Null):
             raise UnsupportedComparisonError(
-                f"{self._target.bound.label}: an index compares with terms, not None; test the "
+                f"{self._target.label}: an index compares with terms, not None; test the "
                 "indexed value itself with is_(None)"
             )
-        return _lookup(self._target, op, other, term=True)
+        return index_condition(self._target, op, other, term=True)
 
     def adapt_to_entity(self, adapt_to_entity: Any) -> IndexComparator:
         """Return these comparisons for an aliased class (``aliased(Customer)``)."""
         return IndexComparator(replace(self._target, entity=adapt_to_entity.entity))
 
     def __repr__(self) -> str:
-        return f"IndexComparator({self._target.bound.label!r})"
-
-
-def _lookup(target: _Target, op: OperatorType, other: Any, *, term: bool) -> ColumnElement[bool]:
-    """The SQL condition of ``<index> <op> other``; candidates to filter if truncated."""
-    bound = target.bound
-    blind_index = bound.blind_index
-    normalize = blind_index.normalize_term if term else blind_index.normalize
-    if op in (operators.eq, operators.ne):
-        _require_value(target.owner, op, other)
-        items = [other]
-    else:
-        if not _is_collection(other):
-            raise UnsupportedComparisonError(
-                f"{target.owner}: {_op_name(op)} needs a list of plaintext values; a "
-                "blind index cannot be computed inside SQL (subqueries, bound parameters)"
-            )
-        items = []
-        for item in other:
-            if item is None:
-                continue  # as in SQL, NULL in an IN list matches nothing
-            _require_value(target.owner, op, item)
-            items.append(item)
-    negated = op in (operators.ne, operators.not_in_op)
-    if negated and blind_index.truncated:
-        raise UnsupportedComparisonError(
-            f"{bound.label}: {_op_name(op)} cannot run on a truncated blind index "
-            f"({blind_index.bits} bits): rows that only share its index value with the term "
-            "would be left out. Select the candidates of == and leave out the matches in "
-            "Python, or use a full-size index"
-        )
-    data = [d for d in map(normalize, items) if d is not None]
-    values = tuple(dict.fromkeys(h for d in data for h in blind_index.hashes(d)))
-    index = getattr(target.entity, bound.key)
-    if not values:
-        # Not indexed (e.g. an empty email): it matches no row, like SQL NULL.
-        return cast("ColumnElement[bool]", index.is_not(None) if negated else false())
-    if len(values) == 1:
-        condition = index != values[0] if negated else index == values[0]
-    else:
-        condition = index.not_in(values) if negated else index.in_(values)
-    if not blind_index.truncated:
-        return cast("ColumnElement[bool]", condition)
-    primary = blind_index.active_keyring().primary.id
-    digests = tuple(dict.fromkeys(blind_index.digest(d, primary) for d in data))
-    _install_filtering()
-    return _Candidates(condition, _ExactMatch(target, primary, digests))
-
-
-def _require_value(owner: str, op: OperatorType, value: Any) -> None:
-    parts = value if isinstance(value, tuple) else (value,)
-    if any(isinstance(v, ClauseElement) or hasattr(v, "__clause_element__") for v in parts):
-        raise UnsupportedComparisonError(
-            f"{owner}: {_op_name(op)} needs a plaintext Python value; a "
-            "blind index cannot be computed from an SQL expression or another column"
-        )
-
-
-# -- exact filtering of truncated indexes ----------------------------------------------------
-#
-# A truncated index's condition is wrapped in _Candidates, which compiles to the condition
-# itself and counts itself on the compiled statement. The ORM hook below finds the marks in a
-# statement's WHERE clause, runs it, and keeps the rows whose decrypted value hashes (at full
-# size) as a term does. The cursor hook lets a compiled statement with marks run only when it
-# is the very statement the ORM hook filtered and its SQL holds no marks besides the ones the
-# hook checked: a mark anywhere else (a loader option, a subquery, a relationship load that
-# inherited the parent's options) is refused, since candidates must never pass for matches.
-
-#: Execution option the ORM hook sets on the statement it filters: a _Filtered.
-_FILTERED = "sa_fieldcrypt_filtered"
-# Attribute of a compiled statement: how many truncated-index conditions its SQL holds.
-_MARKED = "_sa_fieldcrypt_candidates"
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class _Filtered:
-    """What the ORM hook filters: one statement, and the marks it checks in its WHERE clause."""
-
-    statement: Any
-    marks: int
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class _ExactMatch:
-    """How to tell a candidate row from a match: the terms' full-size index values."""
-
-    target: _Target
-    key_id: str  # the index key the digests are under
-    digests: tuple[str, ...]  # full HMACs of the terms: no plaintext is kept
-
-    @property
-    def entity(self) -> Any:
-        """The mapped class or aliased class whose objects are filtered."""
-        return self.target.entity
-
-    @property
-    def label(self) -> str:
-        """The index, for messages."""
-        return self.target.bound.label
-
-    def keeps(self, instance: Any) -> bool:
-        """Whether the loaded ``instance`` matches one of the terms (constant-time compares).
-
-        The match is decided on the decrypted value before the row's stored indexes are
-        checked against it, so a stale or altered row among the candidates raises
-        :class:`~sa_fieldcrypt.DecryptionError` only when it would be returned.
-        """
-        if instance is None:
-            return False
-        blind_index = self.target.bound.blind_index
-        data = blind_index.normalize(self.target.read(instance, False))
-        if data is None:
-            return False
-        digest = blind_index.digest(data, self.key_id).encode("ascii")
-        found = False
-        for term in self.digests:
-            found |= hmac.compare_digest(digest, term.encode("ascii"))
-        if found:
-            self.target.read(instance, True)  # the read-time index check, for a match
-        return found
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class _ContainsMatch:
-    """How to tell a substring index's candidate from a match: the term's full HMAC."""
-
-    entity: Any
-    label: str
-    read: Callable[[Any, bool], Any]
-    index: SubstringIndex
-    key_id: str
-    digest: bytes  # full HMAC of the normalized term: no plaintext is kept
-    length: int  # of the normalized term, in characters
-
-    def keeps(self, instance: Any) -> bool:
-        """Whether the loaded ``instance``'s normalized value contains the normalized term."""
-        if instance is None:
-            return False
-        text = self.index.normalize(self.read(instance, False))
-        if text is None or not self.index.contains(text, self.length, self.digest, self.key_id):
-            return False
-        self.read(instance, True)  # the read-time index check, for a match
-        return True
-
-
-class _Candidates(ColumnElement[bool]):
-    """A truncated index's condition: true for every match, and for some other rows."""
-
-    __visit_name__ = "sa_fieldcrypt_candidates"
-    inherit_cache = False  # the cache key is the condition's: see _cache_key_traversal
-    # Lists, as SQLAlchemy declares them; never mutated.
-    _traverse_internals = [("clause", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
-    # The terms (in ``exact``) are not part of the SQL, only of its filtering.
-    _cache_key_traversal = [("clause", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
-
-    def __init__(self, clause: ColumnElement[bool], exact: _ExactMatch | _ContainsMatch):
-        self.clause = clause
-        self.exact = exact
-        self.type = sqltypes.Boolean()
-
-    @property
-    def _from_objects(self) -> list[Any]:
-        return self.clause._from_objects
-
-    def self_group(self, against: OperatorType | None = None) -> ColumnElement[Any]:
-        # A condition already (not a boolean value to compare with true), as its clause is.
-        if against in (None, operators.and_, operators.or_, operators._asbool):
-            return self
-        return Grouping(self)
-
-    def _negate(self) -> ColumnElement[Any]:
-        raise UnsupportedComparisonError(
-            f"{self.exact.label}: NOT of a truncated or substring index's condition "
-            "cannot be filtered exactly (rows that only share its index value would be left "
-            "out)"
-        )
-
-
-@compiles(_Candidates)
-def _compile_candidates(element: _Candidates, compiler: Any, **kw: Any) -> str:
-    setattr(compiler, _MARKED, getattr(compiler, _MARKED, 0) + 1)
-    return cast("str", compiler.process(element.clause, **kw))
-
-
-def _install_filtering() -> None:
-    """Listen, once per process, to every Session's ORM executions and every Engine's cursor.
-
-    Installed when the first truncated index's condition is built; both listeners return at
-    once for statements without one.
-    """
-    if not event.contains(Session, "do_orm_execute", _filter_candidates):
-        event.listen(Session, "do_orm_execute", _filter_candidates)
-    if not event.contains(Engine, "before_cursor_execute", _refuse_unfiltered):
-        event.listen(Engine, "before_cursor_execute", _refuse_unfiltered)
-
-
-def _refuse_unfiltered(
-    conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any, executemany: bool
-) -> None:
-    compiled = getattr(context, "compiled", None)
-    marks = getattr(compiled, _MARKED, 0)
-    if not marks:
-        return
-    filtered = context.execution_options.get(_FILTERED)
-    if (
-        isinstance(filtered, _Filtered)
-        and filtered.statement is context.invoked_statement
-        and filtered.marks == marks
-    ):
-        return
-    if isinstance(filtered, _Filtered):
-        # An ORM statement: the mark is in a loader option, or in a load the ORM derived.
-        raise UnsupportedComparisonError(
-            "this statement compares a truncated or substring index, whose matches are only "
-            "candidates, in SQL the Session does not filter: a loader option "
-            "(joinedload/selectinload(... .and_(...)), with_loader_criteria()) or a load "
-            "derived from the statement (subqueryload, a relationship or deferred column "
-            "load). Filter only in the WHERE clause of select(<mapped class>), and load "
-            "related objects without truncated conditions (select them and filter in Python)"
-        )
-    raise UnsupportedComparisonError(
-        "this statement compares a truncated or substring index, whose matches are only "
-        "candidates, and it runs outside a Session (Core), where nothing filters them; "
-        "run select(<mapped class>).where(...) through a Session instead"
-    )
-
-
-def _conjuncts(clause: Any) -> Iterator[Any]:
-    """The terms ANDed together at the top of a WHERE clause."""
-    if clause is None:
-        return
-    if isinstance(clause, BooleanClauseList) and clause.operator is operators.and_:
-        for inner in clause.clauses:
-            yield from _conjuncts(inner)
-    else:
-        yield clause
+        return f"IndexComparator({self._target.label!r})"
 
 
 #: The plain-column parts of compound indexes: class -> {attribute: compound index label}.
@@ -1153,107 +919,12 @@ def _refuse_stale_compounds(state: ORMExecuteState) -> None:
         )
 
 
-def _is_loader_load(state: ORMExecuteState) -> bool:
-    """Whether the ORM runs this statement to load columns or a relationship of objects."""
-    try:
-        return state.is_column_load or state.is_relationship_load
-    except AttributeError:
-        # Early SQLAlchemy 2.0 releases raise this for a statement that is no ORM select (a UNION):
-        # not a load of the ORM's.
-        return False
-
-
-def _filter_candidates(state: ORMExecuteState) -> Result[Any] | None:
-    """Run an ORM statement holding truncated-index conditions; keep only the exact matches."""
-    statement = state.statement
-    marks = [e for e in visitors.iterate(cast(Any, statement)) if isinstance(e, _Candidates)]
-    if not marks or _is_loader_load(state):
-        # Nothing filtered here; a mark elsewhere (in a loader option, or in a load the ORM
-        # derived) is refused by the cursor hook, which this tells the statement is ORM's.
-        state.update_execution_options(**{_FILTERED: _Filtered(statement, 0)})
-        return None
-    label = marks[0].exact.label
-    if not state.is_select:
-        raise UnsupportedComparisonError(
-            f"{label}: a truncated or substring index finds candidates, which only a SELECT of "
-            "entities can filter; an UPDATE or DELETE would change rows that merely share "
-            "its index value. Select the objects, then change or delete them"
-        )
-    if not isinstance(statement, Select):
-        raise UnsupportedComparisonError(
-            f"{label}: a truncated or substring index's candidates can be filtered in a plain "
-            "select() of entities, not in a UNION or other compound select"
-        )
-    top = [c for c in _conjuncts(statement.whereclause) if isinstance(c, _Candidates)]
-    # Compared as lists: one condition object used twice (also in a subquery) counts twice.
-    if len(marks) != len(top) or {id(m) for m in marks} != {id(c) for c in top}:
-        raise UnsupportedComparisonError(
-            f"{label}: a truncated or substring index's condition can be filtered exactly only as "
-            "a term ANDed into the WHERE clause of the statement itself, not under OR or "
-            "NOT, in a join condition, HAVING or a subquery"
-        )
-    if any(
-        getattr(statement, part, None) is not None
-        for part in ("_limit_clause", "_offset_clause", "_fetch_clause")
-    ) or bool(statement._group_by_clauses):
-        raise UnsupportedComparisonError(
-            f"{label}: LIMIT, OFFSET and GROUP BY would count or group the candidates of a "
-            "truncated or substring index, not its matches; drop them and slice or group the "
-            "results in Python"
-        )
-    positions = []
-    described = statement.column_descriptions
-    for candidates in top:
-        entity = candidates.exact.entity
-        found = [i for i, d in enumerate(described) if d.get("expr") is entity]
-        if not found:
-            raise UnsupportedComparisonError(
-                f"{label}: a truncated or substring index finds candidates, which are filtered by "
-                f"decrypting the {getattr(entity, '__name__', 'entity')} objects selected; "
-                "this statement selects columns only (or counts), so its rows could not be "
-                "checked. Select the entity: select(<mapped class>).where(...)"
-            )
-        positions.append((found[0], candidates.exact))
-    populate = state.execution_options.get("populate_existing")
-    if populate or state.load_options._populate_existing or statement._for_update_arg is not None:
-        raise UnsupportedComparisonError(
-            f"{label}: populate_existing and with_for_update() would act on every candidate of "
-            "a truncated or substring index (overwriting unsaved changes of objects it does not "
-            "return, locking rows that merely share its index value); select the objects "
-            "first, then refresh or lock the matches by primary key"
-        )
-    filtered = _Filtered(statement, len(top))
-    result = state.invoke_statement(execution_options={_FILTERED: filtered})
-    # A joined eager load of a collection makes a result require unique(); a result rebuilt
-    # from rows loses that guard, so it is carried over (SQLAlchemy keeps it there).
-    unique = getattr(result, "_unique_filter_state", None)
-    frozen = result.freeze()
-    rows = [row for row in frozen().all() if all(match.keeps(row[i]) for i, match in positions)]
-    kept = frozen.with_new_rows(rows)()
-    if unique is not None:
-        kept._unique_filter_state = unique
-    return kept
-
-
-def _op_name(op: OperatorType) -> str:
-    return {
-        operators.eq: "==",
-        operators.ne: "!=",
-        operators.in_op: "in_()",
-        operators.not_in_op: "not_in()",
-    }.get(op, getattr(op, "__name__", str(op)))
-
-
 def _attr(label: str) -> str:
     return label.rpartition(".")[2]
 
 
 def _is_null(value: Any) -> bool:
     return value is None or isinstance(value, Null)
-
-
-def _is_collection(value: Any) -> bool:
-    return isinstance(value, (list, tuple, set, frozenset))
 
 
 if TYPE_CHECKING:
@@ -1396,17 +1067,7 @@ class EncryptedHybrid(hybrid_property[_V]):
     # -- binding to mapped classes -------------------------------------------------------
 
     def _binding_for(self, cls: Any) -> _Binding:
-        if not isinstance(cls, type):  # an AliasedClass
-            cls = inspect(cls).class_
-        binding = self._bindings.get(cls)
-        if binding is not None:
-            return binding
-        mapper = inspect(cls, raiseerr=False)
-        if not isinstance(mapper, Mapper):
-            raise ConfigurationError(
-                f"{cls.__name__}.{self.__name__}: encrypted_hybrid works on mapped classes only"
-            )
-        return self._bind(mapper)
+        return _binding_on(cls, self._bindings, self._bind, self.__name__, "encrypted_hybrid")
 
     def _bind(self, mapper: Mapper[Any]) -> _Binding:
         cls = mapper.class_
@@ -1525,6 +1186,32 @@ class EncryptedHybrid(hybrid_property[_V]):
         encrypted_type._set_parent(source)
         source.info[COLUMN_INFO_KEY] = encrypted_type
         return encrypted_type
+
+
+_Bound = TypeVar("_Bound")
+
+
+def _binding_on(
+    cls: Any,
+    bindings: MutableMapping[type, _Bound],
+    bind: Callable[[Mapper[Any]], _Bound],
+    name: str,
+    what: str,
+) -> _Bound:
+    """What a descriptor (``what``, named ``name``) resolved to on ``cls``, bound on first use.
+
+    ``cls`` is a mapped class or an aliased one (its class's binding); ``bindings`` are the
+    descriptor's, one per mapped class, which ``bind`` fills.
+    """
+    if not isinstance(cls, type):  # an AliasedClass
+        cls = inspect(cls).class_
+    binding = bindings.get(cls)
+    if binding is not None:
+        return binding
+    mapper = inspect(cls, raiseerr=False)
+    if not isinstance(mapper, Mapper):
+        raise ConfigurationError(f"{cls.__name__}.{name}: {what} works on mapped classes only")
+    return bind(mapper)
 
 
 def _bind_index(
@@ -1683,6 +1370,22 @@ def encrypted_hybrid(
     )
 
 
+class _Checked:
+    """The stored values a compound index was last checked against, kept on the instance.
+
+    They include what an ``EncryptedType`` part's column reads, plaintext: like
+    :class:`_Plaintext`, never pickled or copied (a copy checks again).
+    """
+
+    __slots__ = ("stored",)
+
+    def __init__(self, stored: tuple[Any, ...] | None):
+        self.stored = stored
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Checked, (None,))
+
+
 @dataclass(frozen=True, slots=True)
 class _CompoundBinding:
     """What one mapped class's use of a :class:`CompoundIndex` resolved to."""
@@ -1690,11 +1393,65 @@ class _CompoundBinding:
     label: str  # "Customer.name_search"
     bound: _BoundIndex
     attributes: tuple[str, ...]
+    # Each part's hybrid binding on the class; None for a plain column.
+    parts: tuple[_Binding | None, ...]
     watched: tuple[str, ...]  # the stored attributes whose changes change the index
+    check_index: bool
+    cache_key: str
 
-    def values(self, instance: Any) -> tuple[Any, ...]:
-        """The parts' values of a loaded or new instance: plaintexts of hybrids."""
-        return tuple(getattr(instance, attr) for attr in self.attributes)
+    def values(self, instance: Any, *, check: bool = True) -> tuple[Any, ...]:
+        """The parts' values of a loaded or new instance: plaintexts of hybrids.
+
+        ``check``: read each hybrid part as its attribute reads (checking the row's indexes);
+        False reads them unchecked.
+        """
+        return tuple(
+            getattr(instance, attr)
+            if part is None or check
+            else part.plaintext(instance, check=False)
+            for attr, part in zip(self.attributes, self.parts, strict=True)
+        )
+
+    def check(self, instance: Any) -> None:
+        """Raise unless the row's stored index value is the index of the row's parts.
+
+        Runs when a hybrid part is read (and for a match of a truncated index's lookup), once
+        per stored state of the row: the index value and the parts' stored values. An
+        attacker with write access who copies an index value, or a part's token, in from
+        another row makes the parts disagree with the index. Not checked: a new object or one
+        with a part (or the index) assigned and not flushed yet, whose index the flush
+        computes; a row whose index is NULL (not computed yet); an index value under a key
+        the keyring no longer holds, or of other cost parameters (see
+        :meth:`~sa_fieldcrypt.BlindIndex.matches`). An index under an older key the keyring
+        still holds is checked under that key.
+
+        Raises:
+            DecryptionError: the parts do not match the row's compound index.
+        """
+        if not self.check_index:
+            return
+        state = instance_state(instance)
+        if state.key is None:
+            return
+        index = getattr(instance, self.bound.key)
+        if index is None:
+            return
+        stored = (index, *(getattr(instance, key) for key in self.watched))
+        if any(state.attrs[key].history.has_changes() for key in (self.bound.key, *self.watched)):
+            return
+        checked = instance.__dict__.get(self.cache_key)
+        if isinstance(checked, _Checked) and checked.stored == stored:
+            return
+        if self.bound.blind_index.matches(self.values(instance, check=False), index) is False:
+            raise DecryptionError(
+                f"the row's parts ({', '.join(self.attributes)}) do not match its compound "
+                f"index {self.label}: the row was altered (a part's value or the index value "
+                "copied in from another row, or a part changed outside the ORM) or its index "
+                "is stale; `fieldcrypt verify` lists such rows, `fieldcrypt reindex` rewrites "
+                "stale indexes",
+                column=self.bound.label,
+            )
+        instance.__dict__[self.cache_key] = _Checked(stored)
 
     def sync(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         """Recompute the index at flush when one of its parts changed."""
@@ -1727,9 +1484,12 @@ class CompoundIndex:
                        normalizer=compound(first_name=first_chars(1), last_name=letters_lower))
         )
         select(Customer).where(Customer.initial_surname == ("A", "Lovelace"))
+
+    Reading a part that is an encrypted hybrid checks the stored index value against the
+    row's parts (``check_index``; see :func:`compound_index`).
     """
 
-    def __init__(self, blind_index: BlindIndex):
+    def __init__(self, blind_index: BlindIndex, *, check_index: bool = True):
         if not isinstance(blind_index, BlindIndex) or not isinstance(
             blind_index.normalizer, Compound
         ):
@@ -1739,6 +1499,7 @@ class CompoundIndex:
             )
         self._declared = blind_index
         self._parts = blind_index.normalizer
+        self._check_index = check_index
         self._bindings: weakref.WeakKeyDictionary[type, _CompoundBinding] = (
             weakref.WeakKeyDictionary()
         )
@@ -1754,36 +1515,25 @@ class CompoundIndex:
     def __get__(self, instance: object | None, owner: Any) -> IndexComparator | str | None:
         if instance is None:
             binding = self._binding_for(owner)
-            attrs = binding.attributes
 
             def read(loaded: Any, check: bool) -> tuple[Any, ...]:
-                cls = type(loaded)
-                parts = [
-                    next((k.__dict__[a] for k in cls.__mro__ if a in k.__dict__), None)
-                    for a in attrs
-                ]
-                return tuple(
-                    part._binding_for(cls).plaintext(loaded, check=check)
-                    if isinstance(part, EncryptedHybrid)
-                    else getattr(loaded, attr)
-                    for attr, part in zip(attrs, parts, strict=True)
-                )
+                of_class = self._binding_for(type(loaded))
+                values = of_class.values(loaded, check=check)
+                if check:
+                    # Reading a hybrid part checked it already; a compound of plain columns
+                    # only is checked here, for a match of a truncated index.
+                    of_class.check(loaded)
+                return values
 
-            return IndexComparator(_Target(owner, binding.label, binding.bound, read))
+            bound = binding.bound
+            target = IndexTarget(
+                owner, binding.label, bound.key, bound.label, bound.blind_index, read
+            )
+            return IndexComparator(target)
         return cast("str | None", getattr(instance, self._declared.column))
 
     def _binding_for(self, cls: Any) -> _CompoundBinding:
-        if not isinstance(cls, type):  # an AliasedClass
-            cls = inspect(cls).class_
-        binding = self._bindings.get(cls)
-        if binding is not None:
-            return binding
-        mapper = inspect(cls, raiseerr=False)
-        if not isinstance(mapper, Mapper):
-            raise ConfigurationError(
-                f"{cls.__name__}.{self.__name__}: compound_index works on mapped classes only"
-            )
-        return self._bind(mapper)
+        return _binding_on(cls, self._bindings, self._bind, self.__name__, "compound_index")
 
     def _bind(self, mapper: Mapper[Any]) -> _CompoundBinding:
         cls = mapper.class_
@@ -1794,17 +1544,21 @@ class CompoundIndex:
         watched = []
         columns = []
         plain = []
+        parts: list[_Binding | None] = []
         for attr in self._parts.attributes:
             part = next((k.__dict__[attr] for k in cls.__mro__ if attr in k.__dict__), None)
             if isinstance(part, EncryptedHybrid):
-                key = part._bind(mapper).source_key
+                part_binding = part._bind(mapper)
+                key = part_binding.source_key
                 part._compounds.setdefault(cls, []).append(label)
                 watched.append(key)
                 columns.append(mapper.columns[key].key)
+                parts.append(part_binding)
             elif isinstance(mapper.columns.get(attr), Column):
                 watched.append(attr)
                 plain.append(attr)
                 columns.append(mapper.columns[attr].key)
+                parts.append(None)
             else:
                 raise ConfigurationError(
                     f"{label}: the compound part {attr!r} is neither an encrypted_hybrid nor a "
@@ -1814,7 +1568,18 @@ class CompoundIndex:
         index_column = mapper.columns[bound.key]
         # Where the jobs (reindex, status) find the parts in the table.
         index_column.info[INFO_COMPOUND_PARTS] = tuple(columns)
-        binding = _CompoundBinding(label, bound, self._parts.attributes, tuple(watched))
+        binding = _CompoundBinding(
+            label,
+            bound,
+            self._parts.attributes,
+            tuple(parts),
+            tuple(watched),
+            self._check_index,
+            f"_sa_fieldcrypt_checked_{self.__name__}",
+        )
+        for reader in parts:
+            if reader is not None and all(c is not binding for c in reader.compounds):
+                reader.compounds.append(binding)
         if plain:
             _watch_plain_parts(cls, plain, f"the compound index {label}")
         self._bindings[cls] = binding
@@ -1823,7 +1588,7 @@ class CompoundIndex:
         return binding
 
 
-def compound_index(blind_index: BlindIndex) -> CompoundIndex:
+def compound_index(blind_index: BlindIndex, *, check_index: bool = True) -> CompoundIndex:
     """Declare a blind index over several attributes of a row: a model attribute that compares.
 
     ``blind_index`` names the index column and gives a :func:`~sa_fieldcrypt.compound`
@@ -1834,10 +1599,21 @@ def compound_index(blind_index: BlindIndex) -> CompoundIndex:
     truncated one (``bits=``) is filtered exactly, as for any index.
 
     ``fieldcrypt reindex``, ``status`` and ``verify`` find the index column and read its
-    parts from the table (recorded in the column's ``info[INFO_COMPOUND_PARTS]``). Reading a
-    row does not check a compound index against its parts; ``verify`` does.
+    parts from the table (recorded in the column's ``info[INFO_COMPOUND_PARTS]``).
+
+    Args:
+        blind_index: the index column and its ``compound(...)`` normalizer.
+        check_index: check, when a part that is an encrypted hybrid is read, that the row's
+            index value is the index of the row's parts (decrypting the other encrypted
+            parts, once per stored state of the row), so that an index value or a part's
+            token copied in from another row raises :class:`~sa_fieldcrypt.DecryptionError`
+            instead of passing for the row the index names. Pending (unflushed) changes,
+            a NULL index and an index under a key the keyring no longer holds are not
+            checked; an index of plain columns only is checked by ``verify``, and for the
+            matches of its truncated lookups. Turn it off only for the time a normalizer
+            change waits for ``fieldcrypt reindex``.
     """
-    return CompoundIndex(blind_index)
+    return CompoundIndex(blind_index, check_index=check_index)
 
 
 def encrypted_values(cls: type, **values: Any) -> dict[str, Any]:
