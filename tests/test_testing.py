@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import struct
 import sys
 import uuid
@@ -13,7 +14,19 @@ from typing import Any
 import pytest
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, Integer, String, Text, create_engine, func, select, text
+from sqlalchemy import (
+    Engine,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_fieldcrypt
@@ -24,10 +37,12 @@ from sa_fieldcrypt import (
     EncryptedText,
     Keyring,
     Scrypt,
+    SubstringIndex,
     compound,
     compound_index,
     email_domain,
     encrypted_hybrid,
+    encrypted_values,
     first_chars,
     generate_key,
     last_digits,
@@ -117,6 +132,19 @@ class Member(Base):
         BlindIndex("sms_last4_bidx", normalizer=compound(consent_sms=None, phone=last_digits(4)))
     )
 
+
+class Note(Base):
+    """A substring index over row-bound values, in a side table."""
+
+    __tablename__ = "fc_testing_notes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    body_encrypted: Mapped[str | None] = mapped_column(Text)
+    body = encrypted_hybrid(
+        "body_encrypted", bind_row=True, substring=SubstringIndex("fc_testing_note_trigrams")
+    )
+
+
+NOTE_TRIGRAMS = Base.metadata.tables["fc_testing_note_trigrams"]
 
 MEMBER_INDEXES = (
     *("phone_bidx", "phone_last4", "phone_b16", "email_bidx", "email_domain_bidx"),
@@ -490,6 +518,165 @@ def test_index_assertion_refuses_models_without_indexes(db: Engine) -> None:
             assert_indexes_current(session, Patient)
         with pytest.raises(AssertionError, match="not blind-index columns"):
             assert_indexes_current(session, Member, indexes=["phone_encrypted"])
+
+
+NOTES: dict[int, str | None] = {
+    1: "Straße 12, İstanbul",  # folds to more characters than it has
+    2: "Lovelace prefers email",
+    3: "abcabcabcabc",  # three distinct trigrams, each repeated
+    4: "ab",  # too short to have a trigram: no side rows
+    5: None,
+}
+NOTE_WHERE = "fc_testing_note_trigrams (substring index of fc_testing_notes.body_encrypted)"
+
+
+def _notes(session: Session) -> None:
+    session.add_all(Note(id=i, body=body) for i, body in NOTES.items())
+    session.flush()
+
+
+def _side_rows(conn: Any, owner: int) -> set[str]:
+    found = select(NOTE_TRIGRAMS.c.trigram).where(NOTE_TRIGRAMS.c.owner_id == owner)
+    return set(conn.execute(found).scalars())
+
+
+def _not_held(conn: Any, owner: int) -> str:
+    """A trigram value of the same shape as owner's, but none of them."""
+    held = _side_rows(conn, owner)
+    some = min(held)
+    return next(v for v in (some[:-1] + c for c in "0123456789abcdef") if v not in held)
+
+
+def test_index_assertion_passes_for_side_rows_written_through_the_model(
+    db: Engine, fieldcrypt_blind_index_keyring: Keyring
+) -> None:
+    """Side rows of inserted and updated owners pass: each owner row counts once per index."""
+    with Session(db) as session:
+        _notes(session)
+        _members(session)
+        assert len(NOTES) == assert_indexes_current(session, Note)
+        assert len(NOTES) == assert_indexes_current(session, NOTE_TRIGRAMS)
+        assert len(NOTES) == assert_indexes_current(
+            session, Note, indexes=["fc_testing_note_trigrams"]
+        )
+        assert 3 * len(MEMBER_INDEXES) + len(NOTES) == assert_indexes_current(session, Base)
+        note = session.get(Note, 2)
+        assert note is not None
+        note.body = "Lovelace prefers the phone"
+        session.delete(session.get(Note, 3))
+        session.flush()
+        assert len(NOTES) - 1 == assert_indexes_current(session, Note)
+
+
+def _delete_one(conn: Any) -> None:
+    conn.execute(
+        delete(NOTE_TRIGRAMS).where(
+            NOTE_TRIGRAMS.c.owner_id == 2, NOTE_TRIGRAMS.c.trigram == min(_side_rows(conn, 2))
+        )
+    )
+
+
+def _alter_one(conn: Any) -> None:
+    conn.execute(
+        update(NOTE_TRIGRAMS)
+        .where(NOTE_TRIGRAMS.c.owner_id == 2, NOTE_TRIGRAMS.c.trigram == min(_side_rows(conn, 2)))
+        .values(trigram=_not_held(conn, 2))
+    )
+
+
+def _add_one(conn: Any) -> None:
+    conn.execute(insert(NOTE_TRIGRAMS).values(owner_id=2, trigram=_not_held(conn, 2)))
+
+
+def _delete_all(conn: Any) -> None:
+    conn.execute(delete(NOTE_TRIGRAMS).where(NOTE_TRIGRAMS.c.owner_id == 2))
+
+
+def _index_a_short_value(conn: Any) -> None:
+    conn.execute(insert(NOTE_TRIGRAMS).values(owner_id=4, trigram=_not_held(conn, 2)))
+
+
+def _change_the_value_by_core(conn: Any) -> None:
+    stored = encrypted_values(Note, id=2, body="Lovelace prefers letters")
+    conn.execute(
+        update(Note.__table__)
+        .where(Note.__table__.c.id == 2)
+        .values(body_encrypted=stored["body_encrypted"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "owner", "problem"),
+    [
+        (_delete_one, 2, r"not those of the row's value \(1 missing, 0 extra\)"),
+        (_alter_one, 2, r"not those of the row's value \(1 missing, 1 extra\)"),
+        (_add_one, 2, r"not those of the row's value \(0 missing, 1 extra\)"),
+        (_delete_all, 2, "has no side rows for the row's value"),
+        (_index_a_short_value, 4, "nothing to index"),
+        (_change_the_value_by_core, 2, r"not those of the row's value \(\d+ missing"),
+    ],
+    ids=["deleted", "altered", "added", "all-deleted", "short-value", "value-by-core"],
+)
+def test_index_assertion_catches_side_rows_changed_by_core(
+    db: Engine,
+    fieldcrypt_blind_index_keyring: Keyring,
+    corrupt: Any,
+    owner: int,
+    problem: str,
+) -> None:
+    """A side row deleted, altered or added by Core, or a value changed by Core, fails."""
+    with Session(db) as session:
+        _notes(session)
+        session.commit()
+    with db.begin() as conn:
+        corrupt(conn)
+        held = _side_rows(conn, 2)
+    with db.connect() as conn, pytest.raises(AssertionError) as caught:
+        assert_indexes_current(conn, Note)
+    message = str(caught.value)
+    assert re.search(rf"^{re.escape(NOTE_WHERE)} at primary key \({owner},\) .*{problem}", message)
+    for secret in ("Lovelace", "lovelace", "prefers", "email", "letters", *held):
+        assert secret not in message
+
+
+def test_index_assertion_catches_side_rows_of_an_owner_deleted_by_core(
+    db: Engine, fieldcrypt_blind_index_keyring: Keyring
+) -> None:
+    """Side rows that outlive their owner (SQLite enforces no foreign key) fail; elsewhere
+    the foreign key deletes them with it, and the rest pass."""
+    with Session(db) as session:
+        _notes(session)
+        session.commit()
+    with db.begin() as conn:
+        conn.execute(delete(Note.__table__).where(Note.__table__.c.id == 2))
+    with db.connect() as conn:
+        if db.dialect.name != "sqlite":
+            assert len(NOTES) - 1 == assert_indexes_current(conn, Note)
+            return
+        with pytest.raises(AssertionError, match=r"side rows of primary key \(2,\), which no"):
+            assert_indexes_current(conn, Note)
+
+
+def test_index_assertion_fails_for_side_rows_under_a_retired_key(db: Engine) -> None:
+    """Side rows under a key the keyring no longer holds are not current: lookups miss them."""
+    with (
+        temporary_keys(
+            Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index"),
+            purpose="blind-index",
+        ),
+        Session(db) as session,
+    ):
+        _notes(session)
+        session.commit()
+    with (
+        temporary_keys(
+            Keyring({"b2": generate_key("hmac-sha256")}, purpose="blind-index"),
+            purpose="blind-index",
+        ),
+        db.connect() as conn,
+        pytest.raises(AssertionError, match=r"\(1,\) has side rows under an index key"),
+    ):
+        assert_indexes_current(conn, Note)
 
 
 @settings(max_examples=200)
