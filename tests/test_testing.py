@@ -38,6 +38,7 @@ from sa_fieldcrypt import (
     Keyring,
     Scrypt,
     SubstringIndex,
+    casefold,
     compound,
     compound_index,
     email_domain,
@@ -56,6 +57,7 @@ from sa_fieldcrypt.testing import (
     assert_encrypted_at_rest,
     assert_indexes_current,
     boolean_plaintexts,
+    contained_terms,
     date_plaintexts,
     datetime_plaintexts,
     decimal_plaintexts,
@@ -63,7 +65,9 @@ from sa_fieldcrypt.testing import (
     float_plaintexts,
     integer_plaintexts,
     keyrings,
+    note_texts,
     phone_numbers,
+    search_terms,
     temporary_keys,
     time_plaintexts,
     uuid_plaintexts,
@@ -741,3 +745,67 @@ def test_a_stored_spelling_is_found_by_any_other(data: st.DataObject) -> None:
             assert 1 == session.scalar(select(func.count()).where(Member.phone == other))
             assert len(MEMBER_INDEXES) == assert_indexes_current(session, Member)
     engine.dispose()
+
+
+def _folded(normalizer: Any, text: str | None) -> str:
+    return (None if text is None else normalizer(text)) or ""
+
+
+@settings(max_examples=200)
+@given(data=st.data(), normalizer=st.sampled_from([casefold, letters_lower]))
+def test_contained_terms_are_in_the_value_once_normalized(
+    data: st.DataObject, normalizer: Any
+) -> None:
+    """Each contained term has three characters or more once normalized, all in the value's."""
+    value = data.draw(note_texts().filter(lambda v: len(_folded(normalizer, v)) >= 3))
+    term = data.draw(contained_terms(value, normalizer=normalizer))
+    assert len(_folded(normalizer, term)) >= 3
+    assert _folded(normalizer, term) in _folded(normalizer, value)
+
+
+@settings(max_examples=200)
+@given(data=st.data(), normalizer=st.sampled_from([casefold, letters_lower, None]))
+def test_search_terms_are_terms_contains_takes(data: st.DataObject, normalizer: Any) -> None:
+    """Every search term, of any value, short ones too, has three characters once normalized."""
+    term = data.draw(search_terms(data.draw(note_texts()), normalizer=normalizer))
+    assert len(_folded(normalizer or (lambda t: t), term)) >= 3
+
+
+def _repeats_a_trigram(text: str) -> bool:
+    trigrams = [text[i : i + 3] for i in range(len(text) - 2)]
+    return len(set(trigrams)) < len(trigrams)
+
+
+def test_note_texts_reach_what_a_substring_index_must_get_right() -> None:
+    """Notes reach lengthening case folds, short texts, odd white space and repeated trigrams."""
+    quick = settings(max_examples=2000, database=None)
+    find(note_texts(), lambda v: "ß" in v and len(v) > 5, settings=quick)
+    find(note_texts(), lambda v: "İ" in v, settings=quick)
+    find(note_texts(), lambda v: len(v) < 3 and len(_folded(casefold, v)) >= 3, settings=quick)
+    find(note_texts(), lambda v: v != "" and _folded(casefold, v) == "", settings=quick)
+    find(note_texts(), lambda v: any(c in v for c in "\t\n\u00a0\u3000"), settings=quick)
+    find(note_texts(), lambda v: _repeats_a_trigram(_folded(casefold, v)), settings=quick)
+    find(note_texts(), lambda v: "%" in v or "_" in v, settings=quick)
+
+
+def test_search_terms_reach_near_misses_holding_every_trigram() -> None:
+    """Some terms are not in the value although the value holds each of their trigrams."""
+    value = "one abcx, then bcd"  # holds abc and bcd, not abcd
+
+    def near_miss(term: str) -> bool:
+        folded = _folded(casefold, term)
+        trigrams = {folded[i : i + 3] for i in range(len(folded) - 2)}
+        return folded not in value and all(t in value for t in trigrams)
+
+    quick = settings(max_examples=2000, database=None)
+    find(search_terms(value), near_miss, settings=quick)
+    find(search_terms(value), lambda t: _folded(casefold, t) in value, settings=quick)
+    find(contained_terms(value), lambda t: t != t.lower(), settings=quick)
+
+
+def test_contained_terms_refuse_a_value_without_a_term() -> None:
+    """A value under three characters once normalized contains no term contains() takes."""
+    with pytest.raises(ValueError, match="at least 3 characters"):
+        contained_terms("a\u200bb")
+    with pytest.raises(ValueError, match="at least 3 characters"):
+        contained_terms("a-b-", normalizer=letters_lower)
