@@ -201,7 +201,7 @@ def _side_rows_problem(substring: SubstringIndex, value: Any, held: list[str]) -
     if text is None or len(text) < TRIGRAM:
         return (
             "has side rows, but the row's value has nothing to index (NULL, or under "
-            f"{TRIGRAM} characters once normalized)"
+            f"{TRIGRAM} characters once normalized); run `fieldcrypt reindex`"
         )
     key_ids = {v.partition(":")[0] for v in held}
     if len(key_ids) > 1:

@@ -497,10 +497,11 @@ def search_terms(value: str, *, normalizer: Normalizer | None = casefold) -> Sea
     whether the row holding ``value`` matches is for the test to compute
     (``normalize(term) in normalize(value)``). The terms are those of
     :func:`contained_terms` (when ``value`` has any); near misses built from ``value``'s
-    own text: a contained piece with one character changed, dropped or added, and the
-    value's trigrams joined in another order, which a substring index finds every trigram
-    value of but which the value does not contain (the candidates its exact filter must
-    drop); and unrelated text from :func:`note_texts`.
+    own text: a contained piece with one character changed, dropped or added, and two of
+    the value's trigrams that overlap in two characters, joined into four characters the
+    value does not hold (``"abcd"`` of ``"abcx bcd"``): a substring index finds every
+    trigram value of such a term, so only its exact filter drops the row; and unrelated
+    text from :func:`note_texts`.
 
     Args:
         value: the stored text (any: a short one gets near misses and unrelated terms).
