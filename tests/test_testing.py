@@ -592,6 +592,10 @@ def _add_one(conn: Any) -> None:
     conn.execute(insert(NOTE_TRIGRAMS).values(owner_id=2, trigram=_not_held(conn, 2)))
 
 
+def _add_under_another_key(conn: Any) -> None:
+    conn.execute(insert(NOTE_TRIGRAMS).values(owner_id=2, trigram="other:0000"))
+
+
 def _delete_all(conn: Any) -> None:
     conn.execute(delete(NOTE_TRIGRAMS).where(NOTE_TRIGRAMS.c.owner_id == 2))
 
@@ -615,11 +619,15 @@ def _change_the_value_by_core(conn: Any) -> None:
         (_delete_one, 2, r"not those of the row's value \(1 missing, 0 extra\)"),
         (_alter_one, 2, r"not those of the row's value \(1 missing, 1 extra\)"),
         (_add_one, 2, r"not those of the row's value \(0 missing, 1 extra\)"),
+        (_add_under_another_key, 2, "has side rows under 2 index keys"),
         (_delete_all, 2, "has no side rows for the row's value"),
         (_index_a_short_value, 4, "nothing to index"),
         (_change_the_value_by_core, 2, r"not those of the row's value \(\d+ missing"),
     ],
-    ids=["deleted", "altered", "added", "all-deleted", "short-value", "value-by-core"],
+    ids=[
+        *("deleted", "altered", "added", "other-key", "all-deleted", "short-value"),
+        "value-by-core",
+    ],
 )
 def test_index_assertion_catches_side_rows_changed_by_core(
     db: Engine,
