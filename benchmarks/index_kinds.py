@@ -1,6 +1,7 @@
 """Cost of each blind-index kind against a plain indexed column: lookups and inserts.
 
-Run with ``python benchmarks/index_kinds.py`` (``make bench`` runs it too). On SQLite (a file
+Run with ``python benchmarks/index_kinds.py`` (``make bench`` runs it too; ``--rows`` for a
+smaller table, ``--help`` for the options). On SQLite (a file
 database in a temporary directory) and, when it is reachable, on PostgreSQL
 (``FIELDCRYPT_BENCH_POSTGRES_URL``, else ``FIELDCRYPT_TEST_POSTGRES_URL``, else the test
 default), in tables named ``fc_bench_*`` that it creates and drops.
@@ -12,16 +13,22 @@ default), in tables named ``fc_bench_*`` that it creates and drops.
   a compound index (an SMS consent flag with the last four digits; every other row
   consents, and looking up even last fours with consent returns 10 rows), and
   the whole-value index truncated to 16 bits (about 1.5 candidates per value) and to 8 bits
-  (about 390). For each kind: the median time of an ORM ``select(Customer).where(...)`` that
-  loads its rows (decrypting both encrypted attributes of each, and for the truncated ones
-  decrypting every candidate to drop the false positives), in a fresh session, over
+  (about 390), and a substring index of the phone number (``SubstringIndex``, 16 bits: 15
+  trigram values per row in its side table), searched with ``contains()`` for the number's
+  last six characters, such as ``"1-2345"``, a term of typical length that one row holds
+  (some 2,000 side rows hold one of its four trigram values; a term of commoner trigrams,
+  such as ``"(555)"``, reads more of them). For each kind: the median time of an ORM
+  ``select(Customer).where(...)`` that loads its rows (decrypting both encrypted attributes
+  of each, and for the truncated and substring ones decrypting every candidate to drop the
+  false positives), in a fresh session, over
   ``LOOKUPS`` different terms, the kinds taking turns term by term so that a change of load
   weighs on all alike; and its ratio to the plain column's lookup, which returns one
   row. A kind that returns more rows pays for decrypting them: the rows column says how many.
 - Inserts: for each index kind alone, and for none (the encrypted value only), the time per
   row of adding ``INSERT_ROWS`` objects through the ORM in one flush and committing, median
   of ``INSERT_REPEATS`` runs in a fresh table (the kinds taking turns); and its ratio to no
-  index. The plain column's row stores the phone number in plaintext, for scale.
+  index. The plain column's row stores the phone number in plaintext, for scale; the
+  substring index's row writes the phone number's trigram values to its side table too.
 - The slow index (``Scrypt()``, the defaults): the time of one index value against one
   HMAC, and the insert cost of ``SLOW_INSERT_ROWS`` rows (one scrypt each);
   ``benchmarks/slow_index.py`` measures other parameters. It has no lookup row: filling
@@ -33,6 +40,7 @@ Figures are medians of this one run; compare the ratios, not the absolute times.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import platform
@@ -57,6 +65,7 @@ from sa_fieldcrypt import (
     BlindIndex,
     Keyring,
     Scrypt,
+    SubstringIndex,
     compound,
     compound_index,
     email_domain,
@@ -66,7 +75,7 @@ from sa_fieldcrypt import (
     last_digits,
     normalize_phone,
 )
-from sa_fieldcrypt.jobs import find_indexes
+from sa_fieldcrypt.jobs import find_indexes, find_substring_indexes
 
 ROWS = 100_000
 LOOKUPS = 41
@@ -135,6 +144,7 @@ class Customer(Base):
             BlindIndex("phone_b16", normalizer=normalize_phone, bits=16),
             BlindIndex("phone_b8", normalizer=normalize_phone, bits=8),
         ],
+        substring=SubstringIndex("fc_bench_index_kinds_trigrams", bits=16),
     )
     email_encrypted: Mapped[str | None] = mapped_column(Text)
     domain_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
@@ -152,23 +162,36 @@ def last4(i: int) -> str:
     return f"{i % 10_000:04d}"
 
 
-#: Each lookup kind: its label, the rows it returns, and the condition for row ``i``.
-LOOKUP_KINDS: list[tuple[str, int, Callable[[int], Any]]] = [
-    ("plain indexed Text column", 1, lambda i: Customer.plain == phone(i)),
-    ("full-size whole value", 1, lambda i: Customer.phone == phone(i)),
-    ("last four digits", ROWS // 10_000, lambda i: Customer.phone.index("phone_last4") == last4(i)),
-    ("email domain", ROWS // DOMAINS, lambda i: Customer.email.index("domain_bidx") == domain(i)),
-    (
-        "compound (consent, last four)",
-        ROWS // 10_000,
-        lambda i: Customer.sms_last4 == (True, last4(2 * i)),
-    ),
-    ("truncated, 16 bits", 1, lambda i: Customer.phone.index("phone_b16") == phone(i)),
-    ("truncated, 8 bits", 1, lambda i: Customer.phone.index("phone_b8") == phone(i)),
-]
+def lookup_kinds(rows: int) -> list[tuple[str, int, Callable[[int], Any]]]:
+    """Each lookup kind on a table of ``rows`` rows: its label, the rows it returns, and the
+    condition for row ``i``."""
+    return [
+        ("plain indexed Text column", 1, lambda i: Customer.plain == phone(i)),
+        ("full-size whole value", 1, lambda i: Customer.phone == phone(i)),
+        (
+            "last four digits",
+            rows // 10_000,
+            lambda i: Customer.phone.index("phone_last4") == last4(i),
+        ),
+        (
+            "email domain",
+            rows // DOMAINS,
+            lambda i: Customer.email.index("domain_bidx") == domain(i),
+        ),
+        (
+            "compound (consent, last four)",
+            rows // 10_000,
+            lambda i: Customer.sms_last4 == (True, last4(2 * i)),
+        ),
+        ("truncated, 16 bits", 1, lambda i: Customer.phone.index("phone_b16") == phone(i)),
+        ("truncated, 8 bits", 1, lambda i: Customer.phone.index("phone_b8") == phone(i)),
+        # The last six characters hold the row number's last five digits: one row's own.
+        ("substring, 6-character term", 1, lambda i: Customer.phone.contains(phone(i)[-6:])),
+    ]
 
 
 SLOW = "slow (Scrypt() defaults)"
+SUBSTRING = "substring (trigram side table)"
 
 
 def insert_models() -> dict[str, type[Base]]:
@@ -187,6 +210,7 @@ def insert_models() -> dict[str, type[Base]]:
         "truncated, 16 bits": {"index": BlindIndex("bidx", normalizer=normalize_phone, bits=16)},
         "truncated, 8 bits": {"index": BlindIndex("bidx", normalizer=normalize_phone, bits=8)},
         SLOW: {"index": BlindIndex("bidx", normalizer=normalize_phone, slow=Scrypt())},
+        SUBSTRING: {"substring": True},
     }
     models: dict[str, type[Base]] = {}
     for n, (label, spec) in enumerate(kinds.items()):
@@ -201,7 +225,14 @@ def insert_models() -> dict[str, type[Base]]:
             attrs["plain"] = spec["plain"]
         else:  # the baseline's column stays NULL: only the index's cost differs
             attrs["bidx"] = mapped_column(String(BLIND_INDEX_LENGTH), index=True)
-        attrs["phone"] = encrypted_hybrid("phone_encrypted", blind_index=spec.get("index"))
+        substring = (
+            SubstringIndex(f"fc_bench_index_insert_{n}_trigrams", bits=16)
+            if "substring" in spec
+            else None
+        )
+        attrs["phone"] = encrypted_hybrid(
+            "phone_encrypted", blind_index=spec.get("index"), substring=substring
+        )
         attrs["email"] = encrypted_hybrid("email_encrypted", blind_index=spec.get("email_index"))
         if "compound" in spec:
             attrs["sms_last4"] = compound_index(spec["compound"])
@@ -215,21 +246,40 @@ def insert_models() -> dict[str, type[Base]]:
 INSERT_MODELS = insert_models()
 
 
-def fill(engine: Engine) -> None:
-    """Create the lookup table and insert ``ROWS`` rows, in chunks, through Core."""
+def tables_of(model: type[Base]) -> list[sqlalchemy.Table]:
+    """A model's table and the side tables of its substring indexes, in creation order."""
+    own: sqlalchemy.Table = model.__table__  # type: ignore[assignment]
+    return [own, *(s.side for s in find_substring_indexes(model))]
+
+
+def fill(engine: Engine, count: int) -> None:
+    """Create the lookup table and insert ``count`` rows, in chunks, through Core.
+
+    Core runs no mapper events, so the substring index's side rows are written here, from
+    the index's own trigram values.
+    """
     [sms] = [c for c in find_indexes(Customer) if c.compound]
-    Customer.__table__.create(engine)
-    for start in range(0, ROWS, _CHUNK):
+    [trigrams] = find_substring_indexes(Customer)
+    [owner] = trigrams.owner
+    for table in tables_of(Customer):
+        table.create(engine)
+    for start in range(0, count, _CHUNK):
         rows = []
-        for i in range(start, min(start + _CHUNK, ROWS)):
+        side = []
+        for i in range(start, min(start + _CHUNK, count)):
             row = encrypted_values(
                 Customer, id=i, plain=phone(i), consent_sms=consent(i), phone=phone(i)
             )
             row.update(encrypted_values(Customer, email=email(i)))
             row["sms_last4_bidx"] = sms.blind_index.compute((consent(i), phone(i)))
             rows.append(row)
+            side += [
+                {owner.name: i, trigrams.trigram.name: value}
+                for value in sorted(trigrams.substring.trigram_values(phone(i)))
+            ]
         with engine.begin() as conn:
             conn.execute(insert(Customer), rows)
+            conn.execute(insert(trigrams.side), side)
 
 
 @contextmanager
@@ -260,7 +310,7 @@ def lookup_s(engine: Engine, condition: Callable[[int], Any], rows: int, i: int)
     return elapsed
 
 
-def lookup_ms(engine: Engine) -> dict[str, tuple[int, float]]:
+def lookup_ms(engine: Engine, count: int) -> dict[str, tuple[int, float]]:
     """Each kind's rows and median lookup time over ``LOOKUPS`` terms, in milliseconds.
 
     The kinds take turns, term by term, so that a change of load weighs on all of them, in an
@@ -268,25 +318,27 @@ def lookup_ms(engine: Engine) -> dict[str, tuple[int, float]]:
     8-bit index reads 390 rows). Garbage is collected between turns only, since a collection
     before each lookup would leave the processor's caches cold for it.
     """
-    times: dict[str, list[float]] = {label: [] for label, _, _ in LOOKUP_KINDS}
+    kinds = lookup_kinds(count)
+    times: dict[str, list[float]] = {label: [] for label, _, _ in kinds}
     chooser = random.Random(7)
     for turn in range(LOOKUPS + 1):
-        i = chooser.randrange(ROWS)
+        i = chooser.randrange(count)
         gc.collect()
-        for label, rows, condition in chooser.sample(LOOKUP_KINDS, len(LOOKUP_KINDS)):
+        for label, rows, condition in chooser.sample(kinds, len(kinds)):
             elapsed = lookup_s(engine, condition, rows, i)
             if turn:  # the first warms the statement cache
                 times[label].append(elapsed)
-    return {
-        label: (rows, statistics.median(times[label]) * 1000) for label, rows, _ in LOOKUP_KINDS
-    }
+    return {label: (rows, statistics.median(times[label]) * 1000) for label, rows, _ in kinds}
 
 
 def insert_s(engine: Engine, model: type[Base], count: int) -> float:
     """Time of an ORM insert of ``count`` objects into a fresh table, in seconds."""
     table = model.__table__
-    table.drop(engine, checkfirst=True)
-    table.create(engine)
+    tables = tables_of(model)
+    for each in reversed(tables):
+        each.drop(engine, checkfirst=True)
+    for each in tables:
+        each.create(engine)
     with Session(engine) as session:
         objects = []
         for i in range(count):
@@ -299,7 +351,8 @@ def insert_s(engine: Engine, model: type[Base], count: int) -> float:
             session.add_all(objects)
             session.commit()
             elapsed = time.perf_counter() - started
-    table.drop(engine)
+    for each in reversed(tables):
+        each.drop(engine)
     return elapsed
 
 
@@ -316,16 +369,17 @@ def insert_us(engine: Engine) -> dict[str, float]:
     return {label: statistics.median(runs) * 1e6 for label, runs in times.items()}
 
 
-def bench(name: str, engine: Engine) -> None:
-    """Print the lookup and insert tables for one database."""
-    tables = [Customer.__table__, *(m.__table__ for m in INSERT_MODELS.values())]
+def bench(name: str, engine: Engine, count: int) -> None:
+    """Print the lookup and insert tables for one database, on ``count`` rows."""
+    # Side tables first: they refer to their owners.
+    tables = [t for m in (Customer, *INSERT_MODELS.values()) for t in reversed(tables_of(m))]
     for table in tables:
         table.drop(engine, checkfirst=True)
     try:
         started = time.perf_counter()
-        fill(engine)
-        print(f"\n{name}: {ROWS:,} rows written in {time.perf_counter() - started:.0f} s")
-        lookups = lookup_ms(engine)
+        fill(engine, count)
+        print(f"\n{name}: {count:,} rows written in {time.perf_counter() - started:.0f} s")
+        lookups = lookup_ms(engine, count)
         base = lookups["plain indexed Text column"][1]
         print(f"  lookup (median of {LOOKUPS} terms)    rows       ms   ratio")
         for label, (rows, ms) in lookups.items():
@@ -367,7 +421,28 @@ def postgres_engine() -> Engine | None:
     return engine
 
 
+def rows_option(text: str) -> int:
+    """``--rows``: a multiple of 10,000 up to ``ROWS``, so that every lookup kind returns
+    the rows it says (the last four digits repeat every 10,000 rows; the substring term
+    holds five digits of the row number)."""
+    count = int(text)
+    if not 10_000 <= count <= ROWS or count % 10_000:
+        raise argparse.ArgumentTypeError(f"a multiple of 10,000 from 10,000 to {ROWS:,}")
+    return count
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Cost of each blind-index kind against a plain indexed column: lookups "
+        "and inserts, on SQLite and PostgreSQL (tables fc_bench_*)."
+    )
+    parser.add_argument(
+        "--rows",
+        type=rows_option,
+        default=ROWS,
+        help=f"rows of the lookup table (default {ROWS:,}; a multiple of 10,000)",
+    )
+    count = parser.parse_args().rows
     sa_fieldcrypt.configure(keyring=Keyring({"k1": generate_key()}))
     sa_fieldcrypt.configure(
         purpose="blind-index",
@@ -391,11 +466,11 @@ def main() -> None:
         print(f"  {label:<32} {ms:10.3f} ms")
     started = time.perf_counter()
     with sqlite_engine() as engine:
-        bench("SQLite (file)", engine)
+        bench("SQLite (file)", engine, count)
     engine_pg = postgres_engine()
     if engine_pg is not None:
         version = ".".join(map(str, engine_pg.dialect.server_version_info or ()))
-        bench(f"PostgreSQL {version}", engine_pg)
+        bench(f"PostgreSQL {version}", engine_pg, count)
     print(f"\n{time.perf_counter() - started:.0f} s in all")
 
 

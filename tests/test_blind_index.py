@@ -1125,6 +1125,31 @@ def test_substring_index_contains_compares_windows_of_the_terms_length() -> None
         index.contains("ada lovelace", 4, digest, "b9")
 
 
+def test_substring_index_matches_the_side_rows_of_a_value_under_one_active_key() -> None:
+    """matches() is True for a value's own side rows under any active key, None under a
+    retired key, and False for rows missing, extra, mixed across keys or of no value."""
+    first, second = generate_key("hmac-sha256"), generate_key("hmac-sha256")
+    old = Keyring({"b1": first}, purpose="blind-index")
+    ring = Keyring({"b1": first, "b2": second}, primary="b2", purpose="blind-index")
+    gone = Keyring({"b3": second}, purpose="blind-index")
+    # Full size, so that no two trigram values coincide, whatever the keys.
+    before = SubstringIndex("t", keyring=old, name="t", bits=256).trigram_values("Ada Lovelace")
+    index = SubstringIndex("t", keyring=ring, name="t", bits=256)
+    held = index.trigram_values("Ada Lovelace")
+    assert index.matches("ada lovelace", held)
+    assert index.matches("Ada Lovelace", before)  # an older key, which lookups still find
+    assert index.matches("ab", [])
+    assert index.matches(None, [])
+    assert SubstringIndex("t", keyring=gone, name="t").matches("Ada Lovelace", held) is None
+    assert index.matches("Ada Lovelace", held - {min(held)}) is False
+    assert index.matches("Ada Lovelace", held | {"b2:" + "0" * 64}) is False
+    assert index.matches("Ada Lovelace", {*sorted(held)[1:], min(before)}) is False
+    assert index.matches("Ada Lovelace", []) is False
+    assert index.matches("ab", held) is False
+    assert index.matches(None, held) is False
+    assert index.matches("Ada Lovelace!", held) is False
+
+
 @given(st.text(max_size=20))
 def test_casefold_folds_case_and_look_alikes_and_keeps_the_rest(text: str) -> None:
     """casefold() is idempotent and keeps spaces and punctuation of ASCII text."""

@@ -74,6 +74,7 @@ from sa_fieldcrypt import (
     SubstringIndex,
     UnsupportedComparisonError,
     ValueTypeError,
+    casefold,
     compound,
     compound_index,
     email_domain,
@@ -92,6 +93,7 @@ from sa_fieldcrypt import (
 from sa_fieldcrypt.cipher import decrypt, encrypt, inspect_token
 from sa_fieldcrypt.config import current_keyring
 from sa_fieldcrypt.hybrid import INFO_BLIND_INDEX
+from sa_fieldcrypt.testing import assert_indexes_current, note_texts, search_terms
 from sa_fieldcrypt.types import COLUMN_INFO_KEY
 
 
@@ -2392,6 +2394,39 @@ def test_contains_matches_a_plaintext_scan(
         wanted = _letters(title_term)
         expected = sorted(i for i, (_, t) in memos.items() if t and wanted in _letters(t))
         assert expected == _memos(session, Memo.title.contains(title_term))
+
+
+def _holds(normalizer: Any, value: str | None, term: str) -> bool:
+    folded = None if value is None else normalizer(value)
+    return folded is not None and normalizer(term) in folded
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    rows=st.lists(
+        st.tuples(st.none() | note_texts(), st.none() | note_texts(max_size=3)),
+        min_size=1,
+        max_size=12,
+    ),
+    data=st.data(),
+)
+def test_contains_of_free_text_matches_a_plaintext_scan(
+    memo_sqlite: Engine, rows: list[tuple[str | None, str | None]], data: st.DataObject
+) -> None:
+    """On free text (folds that lengthen, repeated trigrams, odd white space, short texts),
+    contains() of terms drawn from a row returns the rows whose normalized text holds them."""
+    memos = dict(enumerate(rows, start=1))
+    _store_memos(memo_sqlite, memos)
+    body = data.draw(st.sampled_from(rows), label="row")[0] or ""
+    term = data.draw(search_terms(body), label="term")
+    title = data.draw(st.sampled_from(rows), label="title row")[1] or ""
+    title_term = data.draw(search_terms(title, normalizer=letters_lower), label="title term")
+    with Session(memo_sqlite) as session:
+        expected = sorted(i for i, (b, _) in memos.items() if _holds(casefold, b, term))
+        assert expected == _memos(session, Memo.body.contains(term))
+        expected = sorted(i for i, (_, t) in memos.items() if _holds(letters_lower, t, title_term))
+        assert expected == _memos(session, Memo.title.contains(title_term))
+        assert 2 * len(rows) == assert_indexes_current(session, Memo)
 
 
 NOTES = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import struct
 import sys
 import uuid
@@ -13,7 +14,19 @@ from typing import Any
 import pytest
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, Integer, String, Text, create_engine, func, select, text
+from sqlalchemy import (
+    Engine,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_fieldcrypt
@@ -24,10 +37,13 @@ from sa_fieldcrypt import (
     EncryptedText,
     Keyring,
     Scrypt,
+    SubstringIndex,
+    casefold,
     compound,
     compound_index,
     email_domain,
     encrypted_hybrid,
+    encrypted_values,
     first_chars,
     generate_key,
     last_digits,
@@ -41,6 +57,7 @@ from sa_fieldcrypt.testing import (
     assert_encrypted_at_rest,
     assert_indexes_current,
     boolean_plaintexts,
+    contained_terms,
     date_plaintexts,
     datetime_plaintexts,
     decimal_plaintexts,
@@ -48,7 +65,9 @@ from sa_fieldcrypt.testing import (
     float_plaintexts,
     integer_plaintexts,
     keyrings,
+    note_texts,
     phone_numbers,
+    search_terms,
     temporary_keys,
     time_plaintexts,
     uuid_plaintexts,
@@ -117,6 +136,19 @@ class Member(Base):
         BlindIndex("sms_last4_bidx", normalizer=compound(consent_sms=None, phone=last_digits(4)))
     )
 
+
+class Note(Base):
+    """A substring index over row-bound values, in a side table."""
+
+    __tablename__ = "fc_testing_notes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    body_encrypted: Mapped[str | None] = mapped_column(Text)
+    body = encrypted_hybrid(
+        "body_encrypted", bind_row=True, substring=SubstringIndex("fc_testing_note_trigrams")
+    )
+
+
+NOTE_TRIGRAMS = Base.metadata.tables["fc_testing_note_trigrams"]
 
 MEMBER_INDEXES = (
     *("phone_bidx", "phone_last4", "phone_b16", "email_bidx", "email_domain_bidx"),
@@ -492,6 +524,173 @@ def test_index_assertion_refuses_models_without_indexes(db: Engine) -> None:
             assert_indexes_current(session, Member, indexes=["phone_encrypted"])
 
 
+NOTES: dict[int, str | None] = {
+    1: "Straße 12, İstanbul",  # folds to more characters than it has
+    2: "Lovelace prefers email",
+    3: "abcabcabcabc",  # three distinct trigrams, each repeated
+    4: "ab",  # too short to have a trigram: no side rows
+    5: None,
+}
+NOTE_WHERE = "fc_testing_note_trigrams (substring index of fc_testing_notes.body_encrypted)"
+
+
+def _notes(session: Session) -> None:
+    session.add_all(Note(id=i, body=body) for i, body in NOTES.items())
+    session.flush()
+
+
+def _side_rows(conn: Any, owner: int) -> set[str]:
+    found = select(NOTE_TRIGRAMS.c.trigram).where(NOTE_TRIGRAMS.c.owner_id == owner)
+    return set(conn.execute(found).scalars())
+
+
+def _not_held(conn: Any, owner: int) -> str:
+    """A trigram value of the same shape as owner's, but none of them."""
+    held = _side_rows(conn, owner)
+    some = min(held)
+    return next(v for v in (some[:-1] + c for c in "0123456789abcdef") if v not in held)
+
+
+def test_index_assertion_passes_for_side_rows_written_through_the_model(
+    db: Engine, fieldcrypt_blind_index_keyring: Keyring
+) -> None:
+    """Side rows of inserted and updated owners pass: each owner row counts once per index."""
+    with Session(db) as session:
+        _notes(session)
+        _members(session)
+        assert len(NOTES) == assert_indexes_current(session, Note)
+        assert len(NOTES) == assert_indexes_current(session, NOTE_TRIGRAMS)
+        assert len(NOTES) == assert_indexes_current(
+            session, Note, indexes=["fc_testing_note_trigrams"]
+        )
+        assert 3 * len(MEMBER_INDEXES) + len(NOTES) == assert_indexes_current(session, Base)
+        note = session.get(Note, 2)
+        assert note is not None
+        note.body = "Lovelace prefers the phone"
+        session.delete(session.get(Note, 3))
+        session.flush()
+        assert len(NOTES) - 1 == assert_indexes_current(session, Note)
+
+
+def _delete_one(conn: Any) -> None:
+    conn.execute(
+        delete(NOTE_TRIGRAMS).where(
+            NOTE_TRIGRAMS.c.owner_id == 2, NOTE_TRIGRAMS.c.trigram == min(_side_rows(conn, 2))
+        )
+    )
+
+
+def _alter_one(conn: Any) -> None:
+    conn.execute(
+        update(NOTE_TRIGRAMS)
+        .where(NOTE_TRIGRAMS.c.owner_id == 2, NOTE_TRIGRAMS.c.trigram == min(_side_rows(conn, 2)))
+        .values(trigram=_not_held(conn, 2))
+    )
+
+
+def _add_one(conn: Any) -> None:
+    conn.execute(insert(NOTE_TRIGRAMS).values(owner_id=2, trigram=_not_held(conn, 2)))
+
+
+def _add_under_another_key(conn: Any) -> None:
+    conn.execute(insert(NOTE_TRIGRAMS).values(owner_id=2, trigram="other:0000"))
+
+
+def _delete_all(conn: Any) -> None:
+    conn.execute(delete(NOTE_TRIGRAMS).where(NOTE_TRIGRAMS.c.owner_id == 2))
+
+
+def _index_a_short_value(conn: Any) -> None:
+    conn.execute(insert(NOTE_TRIGRAMS).values(owner_id=4, trigram=_not_held(conn, 2)))
+
+
+def _change_the_value_by_core(conn: Any) -> None:
+    stored = encrypted_values(Note, id=2, body="Lovelace prefers letters")
+    conn.execute(
+        update(Note.__table__)
+        .where(Note.__table__.c.id == 2)
+        .values(body_encrypted=stored["body_encrypted"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "owner", "problem"),
+    [
+        (_delete_one, 2, r"not those of the row's value \(1 missing, 0 extra\)"),
+        (_alter_one, 2, r"not those of the row's value \(1 missing, 1 extra\)"),
+        (_add_one, 2, r"not those of the row's value \(0 missing, 1 extra\)"),
+        (_add_under_another_key, 2, "has side rows under 2 index keys"),
+        (_delete_all, 2, "has no side rows for the row's value"),
+        (_index_a_short_value, 4, "nothing to index"),
+        (_change_the_value_by_core, 2, r"not those of the row's value \(\d+ missing"),
+    ],
+    ids=[
+        *("deleted", "altered", "added", "other-key", "all-deleted", "short-value"),
+        "value-by-core",
+    ],
+)
+def test_index_assertion_catches_side_rows_changed_by_core(
+    db: Engine,
+    fieldcrypt_blind_index_keyring: Keyring,
+    corrupt: Any,
+    owner: int,
+    problem: str,
+) -> None:
+    """A side row deleted, altered or added by Core, or a value changed by Core, fails."""
+    with Session(db) as session:
+        _notes(session)
+        session.commit()
+    with db.begin() as conn:
+        corrupt(conn)
+        held = _side_rows(conn, 2)
+    with db.connect() as conn, pytest.raises(AssertionError) as caught:
+        assert_indexes_current(conn, Note)
+    message = str(caught.value)
+    assert re.search(rf"^{re.escape(NOTE_WHERE)} at primary key \({owner},\) .*{problem}", message)
+    for secret in ("Lovelace", "lovelace", "prefers", "email", "letters", *held):
+        assert secret not in message
+
+
+def test_index_assertion_catches_side_rows_of_an_owner_deleted_by_core(
+    db: Engine, fieldcrypt_blind_index_keyring: Keyring
+) -> None:
+    """Side rows that outlive their owner (SQLite enforces no foreign key) fail; elsewhere
+    the foreign key deletes them with it, and the rest pass."""
+    with Session(db) as session:
+        _notes(session)
+        session.commit()
+    with db.begin() as conn:
+        conn.execute(delete(Note.__table__).where(Note.__table__.c.id == 2))
+    with db.connect() as conn:
+        if db.dialect.name != "sqlite":
+            assert len(NOTES) - 1 == assert_indexes_current(conn, Note)
+            return
+        with pytest.raises(AssertionError, match=r"side rows of primary key \(2,\), which no"):
+            assert_indexes_current(conn, Note)
+
+
+def test_index_assertion_fails_for_side_rows_under_a_retired_key(db: Engine) -> None:
+    """Side rows under a key the keyring no longer holds are not current: lookups miss them."""
+    with (
+        temporary_keys(
+            Keyring({"b1": generate_key("hmac-sha256")}, purpose="blind-index"),
+            purpose="blind-index",
+        ),
+        Session(db) as session,
+    ):
+        _notes(session)
+        session.commit()
+    with (
+        temporary_keys(
+            Keyring({"b2": generate_key("hmac-sha256")}, purpose="blind-index"),
+            purpose="blind-index",
+        ),
+        db.connect() as conn,
+        pytest.raises(AssertionError, match=r"\(1,\) has side rows under an index key"),
+    ):
+        assert_indexes_current(conn, Note)
+
+
 @settings(max_examples=200)
 @given(data=st.data())
 def test_phone_numbers_are_spellings_that_normalize_phone_folds(data: st.DataObject) -> None:
@@ -554,3 +753,67 @@ def test_a_stored_spelling_is_found_by_any_other(data: st.DataObject) -> None:
             assert 1 == session.scalar(select(func.count()).where(Member.phone == other))
             assert len(MEMBER_INDEXES) == assert_indexes_current(session, Member)
     engine.dispose()
+
+
+def _folded(normalizer: Any, text: str | None) -> str:
+    return (None if text is None else normalizer(text)) or ""
+
+
+@settings(max_examples=200)
+@given(data=st.data(), normalizer=st.sampled_from([casefold, letters_lower]))
+def test_contained_terms_are_in_the_value_once_normalized(
+    data: st.DataObject, normalizer: Any
+) -> None:
+    """Each contained term has three characters or more once normalized, all in the value's."""
+    value = data.draw(note_texts().filter(lambda v: len(_folded(normalizer, v)) >= 3))
+    term = data.draw(contained_terms(value, normalizer=normalizer))
+    assert len(_folded(normalizer, term)) >= 3
+    assert _folded(normalizer, term) in _folded(normalizer, value)
+
+
+@settings(max_examples=200)
+@given(data=st.data(), normalizer=st.sampled_from([casefold, letters_lower, None]))
+def test_search_terms_are_terms_contains_takes(data: st.DataObject, normalizer: Any) -> None:
+    """Every search term, of any value, short ones too, has three characters once normalized."""
+    term = data.draw(search_terms(data.draw(note_texts()), normalizer=normalizer))
+    assert len(_folded(normalizer or (lambda t: t), term)) >= 3
+
+
+def _repeats_a_trigram(text: str) -> bool:
+    trigrams = [text[i : i + 3] for i in range(len(text) - 2)]
+    return len(set(trigrams)) < len(trigrams)
+
+
+def test_note_texts_reach_what_a_substring_index_must_get_right() -> None:
+    """Notes reach lengthening case folds, short texts, odd white space and repeated trigrams."""
+    quick = settings(max_examples=2000, database=None)
+    find(note_texts(), lambda v: "ß" in v and len(v) > 5, settings=quick)
+    find(note_texts(), lambda v: "İ" in v, settings=quick)
+    find(note_texts(), lambda v: len(v) < 3 and len(_folded(casefold, v)) >= 3, settings=quick)
+    find(note_texts(), lambda v: v != "" and _folded(casefold, v) == "", settings=quick)
+    find(note_texts(), lambda v: any(c in v for c in "\t\n\u00a0\u3000"), settings=quick)
+    find(note_texts(), lambda v: _repeats_a_trigram(_folded(casefold, v)), settings=quick)
+    find(note_texts(), lambda v: "%" in v or "_" in v, settings=quick)
+
+
+def test_search_terms_reach_near_misses_holding_every_trigram() -> None:
+    """Some terms are not in the value although the value holds each of their trigrams."""
+    value = "one abcx, then bcd"  # holds abc and bcd, not abcd
+
+    def near_miss(term: str) -> bool:
+        folded = _folded(casefold, term)
+        trigrams = {folded[i : i + 3] for i in range(len(folded) - 2)}
+        return folded not in value and all(t in value for t in trigrams)
+
+    quick = settings(max_examples=2000, database=None)
+    find(search_terms(value), near_miss, settings=quick)
+    find(search_terms(value), lambda t: _folded(casefold, t) in value, settings=quick)
+    find(contained_terms(value), lambda t: t != t.lower(), settings=quick)
+
+
+def test_contained_terms_refuse_a_value_without_a_term() -> None:
+    """A value under three characters once normalized contains no term contains() takes."""
+    with pytest.raises(ValueError, match="at least 3 characters"):
+        contained_terms("a\u200bb")
+    with pytest.raises(ValueError, match="at least 3 characters"):
+        contained_terms("a-b-", normalizer=letters_lower)

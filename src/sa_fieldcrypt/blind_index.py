@@ -57,7 +57,7 @@ import re
 import struct
 import unicodedata
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -1153,6 +1153,30 @@ class SubstringIndex(_KeyedIndex):
             key.id: tuple(sorted({self._hash(key, t) for t in trigrams}))
             for key in self._ordered_keys()
         }
+
+    def matches(self, value: Any, held: Iterable[str]) -> bool | None:
+        """Whether ``held``, an owner row's stored side rows, are exactly those of ``value``.
+
+        They are when they are the trigram values of ``value`` under the one index key they
+        are all under (an older active key counts: lookups find it), or when both are empty.
+        None when they are all under a key id the keyring no longer holds: they cannot be
+        checked, and no lookup finds them until ``fieldcrypt reindex`` rewrites them. False
+        otherwise: rows missing, extra or altered, under several keys, or computed by
+        another normalizer.
+        """
+        stored = tuple(sorted(set(held)))
+        text = self.normalize(value)
+        if not stored:
+            return text is None or len(text) < TRIGRAM
+        key_ids = {v.partition(":")[0] for v in stored}
+        if len(key_ids) != 1:
+            return False
+        (key_id,) = key_ids
+        if key_id not in self.active_keyring().ids:
+            return None
+        if text is None:
+            return False
+        return self.term_values(text).get(key_id, ()) == stored
 
     def digest(self, text: str, key_id: str) -> bytes:
         """Return the full-size HMAC of normalized ``text``: what exact filtering compares.

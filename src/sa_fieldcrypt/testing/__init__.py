@@ -12,7 +12,8 @@
   :func:`integer_plaintexts`, :func:`float_plaintexts`, :func:`decimal_plaintexts`,
   :func:`boolean_plaintexts`, :func:`uuid_plaintexts`), :func:`keyrings`, and spellings
   that the built-in normalizers and transforms fold (:func:`phone_numbers`,
-  :func:`email_addresses`).
+  :func:`email_addresses`); free text for substring indexes and search terms drawn from it
+  (:func:`note_texts`, :func:`contained_terms`, :func:`search_terms`).
 - :class:`FakeSecretManager` (:mod:`~sa_fieldcrypt.testing.secret_manager`, the ``gcp`` extra):
   Google Cloud Secret Manager in process, over real gRPC.
 - :class:`FakeKms` (:mod:`~sa_fieldcrypt.testing.kms`, the ``gcp`` extra): Google Cloud KMS in
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from sa_fieldcrypt.testing.strategies import (
         boolean_plaintexts,
         bytes_plaintexts,
+        contained_terms,
         date_plaintexts,
         datetime_plaintexts,
         decimal_plaintexts,
@@ -52,7 +54,9 @@ if TYPE_CHECKING:
         integer_plaintexts,
         json_plaintexts,
         keyrings,
+        note_texts,
         phone_numbers,
+        search_terms,
         text_plaintexts,
         time_plaintexts,
         uuid_plaintexts,
@@ -65,6 +69,7 @@ __all__ = [
     "assert_indexes_current",
     "boolean_plaintexts",
     "bytes_plaintexts",
+    "contained_terms",
     "date_plaintexts",
     "datetime_plaintexts",
     "decimal_plaintexts",
@@ -73,7 +78,9 @@ __all__ = [
     "integer_plaintexts",
     "json_plaintexts",
     "keyrings",
+    "note_texts",
     "phone_numbers",
+    "search_terms",
     "temporary_keys",
     "text_plaintexts",
     "time_plaintexts",
@@ -87,6 +94,7 @@ _HOMES = {
     "assert_indexes_current": "sa_fieldcrypt.testing.assertions",
     "boolean_plaintexts": "sa_fieldcrypt.testing.strategies",
     "bytes_plaintexts": "sa_fieldcrypt.testing.strategies",
+    "contained_terms": "sa_fieldcrypt.testing.strategies",
     "date_plaintexts": "sa_fieldcrypt.testing.strategies",
     "datetime_plaintexts": "sa_fieldcrypt.testing.strategies",
     "decimal_plaintexts": "sa_fieldcrypt.testing.strategies",
@@ -95,7 +103,9 @@ _HOMES = {
     "integer_plaintexts": "sa_fieldcrypt.testing.strategies",
     "json_plaintexts": "sa_fieldcrypt.testing.strategies",
     "keyrings": "sa_fieldcrypt.testing.strategies",
+    "note_texts": "sa_fieldcrypt.testing.strategies",
     "phone_numbers": "sa_fieldcrypt.testing.strategies",
+    "search_terms": "sa_fieldcrypt.testing.strategies",
     "temporary_keys": "sa_fieldcrypt.testing.keys",
     "text_plaintexts": "sa_fieldcrypt.testing.strategies",
     "time_plaintexts": "sa_fieldcrypt.testing.strategies",

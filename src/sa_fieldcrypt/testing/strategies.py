@@ -14,12 +14,13 @@ Typical usage::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from sa_fieldcrypt.blind_index import TRIGRAM, Normalizer, SubstringIndex, casefold
 from sa_fieldcrypt.keys import PURPOSE_KINDS, KeyKind, Keyring, Purpose, generate_key
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "boolean_plaintexts",
     "bytes_plaintexts",
+    "contained_terms",
     "date_plaintexts",
     "datetime_plaintexts",
     "decimal_plaintexts",
@@ -36,7 +38,9 @@ __all__ = [
     "integer_plaintexts",
     "json_plaintexts",
     "keyrings",
+    "note_texts",
     "phone_numbers",
+    "search_terms",
     "text_plaintexts",
     "time_plaintexts",
     "uuid_plaintexts",
@@ -357,3 +361,196 @@ def email_addresses(address: str | None = None) -> SearchStrategy[str]:
         return f"{draw(pad)}{each(local)}@{domain}{draw(pad)}"
 
     return spell()
+
+
+# Free text for substring indexes. Words share trigrams with each other ("love", "lovelace",
+# "lace"), so that rows share trigram values and lookups have candidates to filter out.
+_NOTE_WORDS = (
+    *("ada", "love", "lace", "lovelace", "Lovelace", "LOVE", "ace", "lace-up", "grace"),
+    *("call", "called", "email", "e-mail", "10:00", "2024", "#42", "n/a"),
+    # Case folding lengthens these: "ß" is "ss", "İ" is "i" and a combining dot, "ﬃ" is "ffi".
+    *("straße", "STRASSE", "Strasse", "İstanbul", "istanbul", "ﬃ", "ﬁle", "ŉ", "ǰ"),
+    # NFKC composes or replaces these: full-width letters, a decomposed é, a Roman numeral.
+    *("\uff4c\uff4f\uff56\uff45", "cafe\u0301", "café", "Ⅻ", "ǆ"),
+    *("пример", "δοκιμή", "例え", "日本語", "\U0001f600ok", "x\U00010400y"),
+    # What a LIKE pattern would treat as wildcards or escapes, and quotes.
+    *("100%", "a_b", "50%_off", "back\\slash", "it's", '"quoted"'),
+)
+_NOTE_SEPARATORS = (" ", " ", " ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", ", ", ". ")
+# Removed by case folding: a term spelled with one inside still matches.
+_NOTE_INVISIBLE = ("\u200b", "\u00ad", "\u2060", "\ufeff")
+_SHORT_NOTES = ("", "a", "ab", "AB", " ", "  a", "ß", "İ", "ﬃ", "ßß", "\u200b", "a\u00adb")
+_FOLDS_BACK = (str.upper, str.swapcase, str.title)
+
+
+def note_texts(*, max_size: int = 12) -> SearchStrategy[str]:
+    """Free text as people write notes, for properties of substring-indexed attributes.
+
+    Each is words (from a small vocabulary, so that values share trigrams and lookups
+    have false positives to drop), runs of a repeated character or pattern (``"aaaaa"``,
+    ``"abcabcabc"``: repeated trigrams), digits, and now and then any characters, joined by
+    spaces, tabs, newlines, no-break or ideographic spaces and punctuation, with leading and
+    trailing white space. They reach what a normalizer must get right: characters that case
+    folding lengthens (``"ß"``, ``"İ"``, ``"ﬃ"``, which alone has a trigram), full-width
+    letters and decomposed accents that NFKC changes, invisible characters that folding
+    removes, astral characters, LIKE wildcards (``%``, ``_``, ``\\``) and quotes; and short
+    texts with no trigram at all, the empty string among them. Never None.
+
+    Args:
+        max_size: the most words and runs a text is made of.
+    """
+    from hypothesis import strategies as st
+
+    runs = st.builds(
+        lambda unit, times: unit * times,
+        st.sampled_from(("a", "ab", "abc", "ß", "Aa", " .")),
+        st.integers(min_value=2, max_value=6),
+    )
+    any_chars = st.text(st.characters(codec="utf-8"), min_size=1, max_size=4)
+    piece = (
+        st.sampled_from(_NOTE_WORDS)
+        | runs
+        | st.from_regex(r"[0-9]{1,6}", fullmatch=True)
+        | any_chars
+    )
+
+    @st.composite
+    def write(draw: st.DrawFn) -> str:
+        pieces = draw(st.lists(piece, min_size=1, max_size=max_size))
+        text = pieces[0]
+        for word in pieces[1:]:
+            text += draw(st.sampled_from(_NOTE_SEPARATORS)) + word
+        if draw(st.integers(0, 4)) == 0 and len(text) > 1:
+            at = draw(st.integers(1, len(text) - 1))
+            text = text[:at] + draw(st.sampled_from(_NOTE_INVISIBLE)) + text[at:]
+        pad = st.sampled_from(("", "", " ", "\n", "\t "))
+        return f"{draw(pad)}{text}{draw(pad)}"
+
+    return st.sampled_from(_SHORT_NOTES) | write()
+
+
+def contained_terms(value: str, *, normalizer: Normalizer | None = casefold) -> SearchStrategy[str]:
+    """Search terms that ``value`` contains, as ``contains()`` compares them.
+
+    Each term, once normalized (by ``normalizer``, the substring index's), has at least
+    three characters (``contains()`` refuses shorter terms) and is part of the normalized
+    ``value``, so ``Model.notes.contains(term)`` must find the row holding ``value``. Terms
+    are pieces of ``value`` as stored, pieces of its normalized text, and those spelled
+    otherwise (upper case, swapped case, an invisible character inside) where the
+    normalizer folds the spelling back; short and long, the whole value too.
+
+    Args:
+        value: the stored text.
+        normalizer: the substring index's normalizer (``SubstringIndex(normalizer=...)``);
+            by default :data:`~sa_fieldcrypt.casefold`, the index's default.
+
+    Raises:
+        ValueError: ``value`` has fewer than three characters once normalized: it contains
+            no term ``contains()`` takes.
+    """
+    from hypothesis import strategies as st
+
+    normalize = _term_normalizer(normalizer)
+    text = normalize(value)
+    if text is None or len(text) < TRIGRAM:
+        raise ValueError(
+            f"contained_terms(value) needs a value of at least {TRIGRAM} characters once "
+            "normalized; draw values with .filter() or use search_terms()"
+        )
+
+    def found(term: str) -> bool:
+        folded = normalize(term)
+        return folded is not None and len(folded) >= TRIGRAM and folded in text
+
+    @st.composite
+    def pick(draw: st.DrawFn) -> str:
+        start = draw(st.integers(0, len(text) - TRIGRAM))
+        longest = len(text) - start
+        length = draw(st.integers(TRIGRAM, min(longest, 8)) | st.just(longest))
+        piece = text[start : start + length]
+        candidates = []
+        if draw(st.booleans()):
+            # A piece of the value as stored: folding may make it longer or shorter.
+            begin = draw(st.integers(0, len(value) - 1))
+            candidates.append(value[begin : begin + draw(st.integers(1, len(value) - begin))])
+        respell = draw(st.sampled_from((None, *_FOLDS_BACK)))
+        if respell is not None:
+            candidates.append(respell(piece))
+        if draw(st.integers(0, 3)) == 0:
+            at = draw(st.integers(1, len(piece) - 1))
+            candidates.append(piece[:at] + draw(st.sampled_from(_NOTE_INVISIBLE)) + piece[at:])
+        # The piece itself last: it is the normalizer's own output, which it keeps.
+        for term in [*candidates, piece]:
+            if found(term):
+                return term
+        from hypothesis import reject
+
+        return reject()  # a normalizer that changes its own output: no term of this value
+
+    return pick()
+
+
+def search_terms(value: str, *, normalizer: Normalizer | None = casefold) -> SearchStrategy[str]:
+    """Search terms for ``contains()`` against ``value``: some it contains, many it nearly does.
+
+    Every term has at least three characters once normalized, so ``contains()`` takes it;
+    whether the row holding ``value`` matches is for the test to compute
+    (``normalize(term) in normalize(value)``). The terms are those of
+    :func:`contained_terms` (when ``value`` has any); near misses built from ``value``'s
+    own text: a contained piece with one character changed, dropped or added, and two of
+    the value's trigrams that overlap in two characters, joined into four characters the
+    value does not hold (``"abcd"`` of ``"abcx bcd"``): a substring index finds every
+    trigram value of such a term, so only its exact filter drops the row; and unrelated
+    text from :func:`note_texts`.
+
+    Args:
+        value: the stored text (any: a short one gets near misses and unrelated terms).
+        normalizer: the substring index's normalizer; by default
+            :data:`~sa_fieldcrypt.casefold`.
+    """
+    from hypothesis import strategies as st
+
+    normalize = _term_normalizer(normalizer)
+    text = normalize(value) or ""
+
+    def takes(term: str) -> bool:
+        folded = normalize(term)
+        return folded is not None and len(folded) >= TRIGRAM
+
+    choices: list[SearchStrategy[str]] = [note_texts(max_size=3).filter(takes)]
+    if len(text) >= TRIGRAM:
+        choices.append(contained_terms(value, normalizer=normalizer))
+
+        @st.composite
+        def near(draw: st.DrawFn) -> str:
+            start = draw(st.integers(0, len(text) - TRIGRAM))
+            length = draw(st.integers(TRIGRAM, min(len(text) - start, 8)))
+            piece = text[start : start + length]
+            at = draw(st.integers(0, len(piece) - 1))
+            other = draw(st.sampled_from(("a", "z", "ß", " ", "%", "0", "é")))
+            edit = draw(st.sampled_from(("change", "drop", "add")))
+            if edit == "change":
+                return piece[:at] + other + piece[at + 1 :]
+            if edit == "drop" and len(piece) > TRIGRAM:
+                return piece[:at] + piece[at + 1 :]
+            return piece[:at] + other + piece[at:]
+
+        choices.append(near().filter(takes))
+        joined = _trigram_joins(text)
+        if joined:
+            choices.append(st.sampled_from(joined).filter(takes))
+    return st.one_of(choices)
+
+
+def _trigram_joins(text: str) -> list[str]:
+    """Four-character terms whose two trigrams ``text`` holds, but which it does not hold."""
+    trigrams = {text[i : i + TRIGRAM] for i in range(len(text) - TRIGRAM + 1)}
+    joins = {a + b[-1] for a in trigrams for b in trigrams if a[1:] == b[:-1]}
+    return sorted(j for j in joins if j not in text)[:50]
+
+
+def _term_normalizer(normalizer: Normalizer | None) -> Callable[[Any], str | None]:
+    # The index's own normalization, None and "" alike: what contains() compares.
+    if normalizer is not None and not callable(normalizer):
+        raise TypeError("normalizer must be callable, or None for the text as it is")
+    return SubstringIndex("terms", normalizer=normalizer).normalize
