@@ -1176,7 +1176,8 @@ class SubstringIndex(_KeyedIndex):
             return None
         if text is None:
             return False
-        return self.term_values(text).get(key_id, ()) == stored
+        key = self._key(key_id)
+        return tuple(sorted({self._hash(key, t) for t in _trigrams(text)})) == stored
 
     def digest(self, text: str, key_id: str) -> bytes:
         """Return the full-size HMAC of normalized ``text``: what exact filtering compares.
