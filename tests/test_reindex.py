@@ -1282,6 +1282,21 @@ def test_substring_rotation_rewrites_side_rows_under_the_new_key(
     assert [3] == _containing(notes, "turing")
 
 
+def test_substring_counts_are_worded_as_owners_with_side_rows(
+    notes: Engine, index_keyring: Keyring
+) -> None:
+    """Retire-key and status name owners with side rows, never "owner's side rowss"."""
+    with Session(notes) as session:
+        session.add_all(Note(id=i, body=b) for i, b in NOTE_BODIES.items())
+        session.commit()
+    _rotate(index_keyring)
+    with pytest.raises(RotationError) as refused:
+        retire_keys(notes, (), ["b1"], indexes=find_substring_indexes(Note))
+    assert "fc_rx_note_trigrams (3 owners with side rows)" in str(refused.value)
+    described = status(notes, indexes=find_substring_indexes(Note)).describe()
+    assert "reindex: the side rows of 3 owners to rewrite (`fieldcrypt reindex`)" in described
+
+
 def test_substring_verify_finds_a_tampered_side_row(notes: Engine, index_keyring: Keyring) -> None:
     """Verify names the owner whose side rows were altered, and passes the others."""
     with Session(notes) as session:

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine, and_, case, func, literal, or_, select
 from sqlalchemy.engine import Connection
@@ -492,10 +492,14 @@ class StatusReport:
                 "they are the column's own"
             )
         if self.indexes or self.substrings:
-            left = sum(i.stale + (i.missing or 0) for i in self.indexes)
-            left += sum(s.older if s.stale is None else s.stale for s in self.substrings)
+            # Index values and owners are not one unit: an owner has many side rows.
+            values = sum(i.stale + (i.missing or 0) for i in self.indexes)
+            owners = sum(s.older if s.stale is None else s.stale for s in self.substrings)
+            left = [plural(values, "index value")] if values else []
+            if owners:
+                left.append(f"the side rows of {plural(owners, 'owner')}")
             lines.append(
-                f"reindex: {plural(left, 'index value')} to rewrite (`fieldcrypt reindex`)"
+                f"reindex: {' and '.join(left)} to rewrite (`fieldcrypt reindex`)"
                 if left
                 else "reindex: every index value is under the writing key"
             )
@@ -1087,13 +1091,13 @@ def retire_keys(
         )
     if keyring.purpose == "blind-index":
         report = status(engine, indexes=indexes)
-        counted = [(i.column, i.rows_by_key, "index value") for i in report.indexes]
-        counted += [(s.index, s.by_key, "owner's side rows") for s in report.substrings]
+        counted = [(i.column, i.rows_by_key, _INDEX_VALUE) for i in report.indexes]
+        counted += [(s.index, s.by_key, _OWNER_WITH_SIDE_ROWS) for s in report.substrings]
         _refuse_used(key_ids, counted, "`fieldcrypt reindex`, then --check")
         return remaining
     report = status(engine, columns, resolve_legacy=resolve_legacy)
-    counted = [(c.column, c.by_key, "row") for c in report.columns]
-    counted += [(c.column, c.legacy_by_key or {}, "legacy token") for c in report.columns]
+    counted = [(c.column, c.by_key, _ROW) for c in report.columns]
+    counted += [(c.column, c.legacy_by_key or {}, _LEGACY_TOKEN) for c in report.columns]
     _refuse_used(key_ids, counted, "`fieldcrypt rotate`, then `fieldcrypt status`")
     # Only a Fernet key can open a legacy token: retiring other keys needs no trial.
     legacy = [
@@ -1111,17 +1115,25 @@ def retire_keys(
     return remaining
 
 
+#: What a counted row is, for :func:`plural`: the noun, and its plural where ``+ "s"`` is wrong.
+_Unit = tuple[str, str | None]
+_ROW: Final[_Unit] = ("row", None)
+_LEGACY_TOKEN: Final[_Unit] = ("legacy token", None)
+_INDEX_VALUE: Final[_Unit] = ("index value", None)
+_OWNER_WITH_SIDE_ROWS: Final[_Unit] = ("owner with side rows", "owners with side rows")
+
+
 def _refuse_used(
-    key_ids: Sequence[str], counted: list[tuple[str, dict[str, int], str]], fix: str
+    key_ids: Sequence[str], counted: list[tuple[str, dict[str, int], _Unit]], fix: str
 ) -> None:
     """Raise naming every column that still holds values under one of ``key_ids``.
 
-    ``counted`` holds ``(column, rows per key id, what a row is)``, such as ``"row"``.
+    ``counted`` holds ``(column, rows per key id, what a row is)``, such as :data:`_ROW`.
     """
     users = []
     for key_id in dict.fromkeys(key_ids):
         holders = [
-            f"{column} ({plural(by_key[key_id], unit)})"
+            f"{column} ({plural(by_key[key_id], *unit)})"
             for column, by_key, unit in counted
             if by_key.get(key_id)
         ]
