@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -1280,6 +1282,33 @@ def test_substring_rotation_rewrites_side_rows_under_the_new_key(
     assert "fc_rx_note_trigrams: 1 owner with side rows under index keys" in str(report_after)
     assert [1] == _containing(notes, "lovelace")
     assert [3] == _containing(notes, "turing")
+
+
+def test_substring_reindex_does_not_resume_a_run_under_other_bits(
+    notes: Engine, keyring: Keyring, tmp_path: Path
+) -> None:
+    """A state file of a run under other bits= is not resumed: every owner is visited again."""
+    state = tmp_path / "reindex.json"
+    _core_notes(notes, keyring)
+    with pytest.raises(Interrupted):
+        reindex(
+            notes,
+            find_substring_indexes(Note),
+            batch_size=2,
+            state=ResumeState(state),
+            listener=Batches(stop_after=1),
+        )
+    (target,) = find_substring_indexes(Note)
+    coarser = copy.copy(target.substring)
+    coarser.bits = 8
+    report = reindex(
+        notes,
+        [dataclasses.replace(target, substring=coarser, source=None)],
+        batch_size=2,
+        state=ResumeState(state),
+    )
+    assert (False, 4, 3) == (report.jobs[0].resumed, report.scanned, report.written)
+    assert {2} == {len(v.partition(":")[2]) for v in _side_rows_of(notes, 1)}  # 8 bits
 
 
 def test_substring_counts_are_worded_as_owners_with_side_rows(

@@ -56,7 +56,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from sa_fieldcrypt.blind_index import IndexValue, parse_index_value
+from sa_fieldcrypt.blind_index import IndexValue, SubstringIndex, parse_index_value
 from sa_fieldcrypt.errors import DecryptionError
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Item, JobFactory, Skip, run_jobs
 from sa_fieldcrypt.jobs.report import Failure, PrimaryKey, RunReport, format_key, word_for
@@ -182,7 +182,9 @@ def substring_job(engine: Engine, target: SubstringColumn) -> BatchJob:
         (target.value,),
         (target.value,),
         transform,
-        resume_key=f"reindex {target.label} under {primary}",
+        # What the side rows are computed with: a state file of a run under others is not
+        # resumed (owners it passed hold trigram values of another size, key or text).
+        resume_key=f"reindex {target.label} under {primary} {_computed_with(substring)}",
         side=_SideRows(target),
     )
 
@@ -228,9 +230,25 @@ def substring_check_job(engine: Engine, target: SubstringColumn) -> BatchJob:
         (target.value,),
         (),
         transform,
-        resume_key=f"verify substring index {target.label}",
+        resume_key=f"verify substring index {target.label} {_computed_with(substring)}",
         side=_SideRows(target),
     )
+
+
+def _computed_with(substring: SubstringIndex) -> str:
+    """The parameters that decide a substring index's trigram values, besides its key.
+
+    A normalizer is named by its ``name`` (a :class:`~sa_fieldcrypt.Transform`'s) or its
+    qualified name: one changed in place under the same name is not told apart.
+    """
+    normalizer = substring.normalizer
+    named = getattr(normalizer, "name", None)
+    if normalizer is None:
+        named = "none"
+    elif not isinstance(named, str):
+        module = getattr(normalizer, "__module__", "")
+        named = f"{module}.{getattr(normalizer, '__qualname__', type(normalizer).__qualname__)}"
+    return f"(name={substring.name}, bits={substring.bits}, normalizer={named})"
 
 
 @dataclass(frozen=True)
