@@ -1257,6 +1257,31 @@ def test_substring_status_counts_owners_per_key(notes: Engine, keyring: Keyring)
     assert "fc_rx_note_trigrams  (substring index; writing index key id 'b1')" in report.describe()
 
 
+def test_substring_status_counts_orphan_side_rows_apart(notes: Engine) -> None:
+    """Side rows of a NULL value or of a deleted row are orphans, not owners under a key."""
+    with Session(notes) as session:
+        session.add_all(Note(id=i, body=b) for i, b in NOTE_BODIES.items())
+        session.commit()
+    with notes.begin() as conn:
+        table = Note.__table__
+        conn.execute(update(table).where(table.c.id == 1).values(body_encrypted=None))
+        if notes.dialect.name == "sqlite":  # which enforces no foreign key unless asked to
+            conn.execute(table.delete().where(table.c.id == 2))
+    deleted = 1 if notes.dialect.name == "sqlite" else 0
+    report = status(notes, indexes=find_substring_indexes(Note))
+    (found,) = report.substrings
+    assert (2 - deleted, {"b1": 2 - deleted}, 1 + deleted) == (
+        found.current,
+        found.by_key,
+        found.orphans,
+    )
+    (line,) = [line for line in report.describe().splitlines() if "orphans" in line]
+    assert ["orphans", str(1 + deleted)] == line.split()[:2]
+    reindex(notes, find_substring_indexes(Note))  # deletes the side rows of the NULL value
+    (after,) = status(notes, indexes=find_substring_indexes(Note)).substrings
+    assert (2 - deleted, deleted) == (after.current, after.orphans)
+
+
 def test_substring_rotation_rewrites_side_rows_under_the_new_key(
     notes: Engine, index_keyring: Keyring
 ) -> None:
