@@ -20,6 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     event,
+    func,
     insert,
     select,
     text,
@@ -54,6 +55,7 @@ from sa_fieldcrypt.jobs import (
     JobReport,
     ResumeState,
     RunListener,
+    Throttle,
     env_key_changes,
     find_columns,
     find_indexes,
@@ -1334,6 +1336,31 @@ def test_substring_reindex_does_not_resume_a_run_under_other_bits(
     )
     assert (False, 4, 3) == (report.jobs[0].resumed, report.scanned, report.written)
     assert {2} == {len(v.partition(":")[2]) for v in _side_rows_of(notes, 1)}  # 8 bits
+
+
+class CountingThrottle(Throttle):
+    """A throttle whose rate never holds a batch back; records every charge."""
+
+    def __init__(self) -> None:
+        super().__init__(max_rate=1e9)
+        self.charged: list[int] = []
+
+    def charge(self, rows: int) -> None:
+        self.charged.append(rows)
+        super().charge(rows)
+
+
+def test_substring_reindex_charges_the_throttle_for_side_rows_too(
+    notes: Engine, keyring: Keyring
+) -> None:
+    """A throttle's rate counts the side rows a substring reindex writes, not only owners."""
+    _core_notes(notes, keyring)
+    throttle = CountingThrottle()
+    report = reindex(notes, find_substring_indexes(Note), batch_size=2, throttle=throttle)
+    with notes.connect() as conn:
+        side_rows = conn.execute(select(func.count()).select_from(NOTE_TRIGRAMS)).scalar_one()
+    assert (3, 29) == (report.written, side_rows)  # 10 + 10 + 9 trigrams
+    assert report.written + side_rows == sum(throttle.charged)
 
 
 def test_substring_counts_are_worded_as_owners_with_side_rows(

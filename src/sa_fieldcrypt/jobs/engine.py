@@ -179,8 +179,12 @@ class SideWrites(Protocol):
         """
         ...
 
-    def write(self, conn: Connection, items: list[Item]) -> None:
-        """Rewrite the side rows of ``items``, rows just written, in the batch's transaction."""
+    def write(self, conn: Connection, items: list[Item]) -> int | None:
+        """Rewrite the side rows of ``items``, rows just written, in the batch's transaction.
+
+        Returns how many side rows it wrote, which a throttle's rate counts with the rows
+        (None: none to count).
+        """
         ...
 
 
@@ -664,6 +668,7 @@ class _Batch:
     failures: list[Failure]
     left: int = 0  # rows still changing after every retry
     unsettled: set[tuple[Any, ...]] = field(default_factory=set)  # their keys
+    side_rows: int = 0  # rows of another table written with them (BatchJob.side)
 
 
 class _Writer:
@@ -862,6 +867,12 @@ class _Walk:
         if self.throttle is not None:
             self.throttle.charge(len(batch.items) if self.job.write else len(batch.keys))
 
+    def _charge_side(self, batch: _Batch) -> None:
+        # Side rows are known once written: a pipelined walk charges them after the next
+        # batch has started, so they hold back the one after it. (A dry run writes none.)
+        if self.throttle is not None and batch.side_rows:
+            self.throttle.charge(batch.side_rows)
+
     def _take_waited(self) -> float:
         waited, self.waited = self.waited, 0.0
         return waited
@@ -890,6 +901,7 @@ class _Walk:
             last = batch.keys[-1]
             self._written(batch, missed)
             self._retry(conn, writer, batch, missed)
+            self._charge_side(batch)
             self._apply(batch)
             if self.options.fail_fast and batch.failures:
                 self.completed = False
@@ -941,6 +953,7 @@ class _Walk:
                             # Taken out first: a listener that raises must not see it twice.
                             done, pending = pending, None
                             written = done.result()
+                            self._charge_side(written)
                             self._apply(written)
                             if self.options.fail_fast and written.failures:
                                 # A row refused at the write; the batch just read is not written.
@@ -956,7 +969,9 @@ class _Walk:
             finally:
                 if pending is not None:
                     # The batch in flight is committed (or fails) before the run reports.
-                    self._apply(pending.result())
+                    written = pending.result()
+                    self._charge_side(written)
+                    self._apply(written)
 
     def _pages(
         self,
@@ -1094,6 +1109,7 @@ class _Walk:
     def _write(
         self, conn: Connection, writer: _Writer | None, batch: _Batch, hook: bool
     ) -> set[tuple[Any, ...]]:
+        batch.side_rows = 0  # of this attempt: one rolled back wrote none
         if hook and self.before_write is not None:
             self.before_write(conn, [k for k, _, _ in batch.items])
         if writer is None:
@@ -1109,7 +1125,8 @@ class _Walk:
         if self.job.side is not None:
             # The owner rows just written are locked until the commit, so an application
             # writing one of them waits, and replaces its side rows after these.
-            self.job.side.write(conn, [i for i in batch.items if i[0] not in missed])
+            side = self.job.side.write(conn, [i for i in batch.items if i[0] not in missed])
+            batch.side_rows = side or 0
         return missed
 
     def _read_and_write(
@@ -1156,6 +1173,7 @@ class _Walk:
             stmt = select(*self.selected).where(*self.base, match)
             retried, missed = self._transaction(conn, self._read_and_write, writer, stmt, False)
             self._written(retried, missed)
+            batch.side_rows += retried.side_rows
             for name, value in retried.counts.items():
                 batch.counts[name] = batch.counts.get(name, 0) + value
             batch.failures.extend(retried.failures)

@@ -273,10 +273,13 @@ class _SideRows:
         # Sorted here: the database's collation may order them otherwise.
         return {k: tuple(sorted(v)) for k, v in held.items()}
 
-    def write(self, conn: Connection, items: list[Item]) -> None:
-        """Replace the side rows of the owners written with their values' trigram values."""
+    def write(self, conn: Connection, items: list[Item]) -> int:
+        """Replace the side rows of the owners written with their values' trigram values.
+
+        Returns the side rows inserted, which a throttle counts with the owners.
+        """
         if not items:
-            return
+            return 0
         target = self.target
         names = [c.name for c in target.owner]
         rows = [
@@ -287,6 +290,7 @@ class _SideRows:
         conn.execute(target.side.delete().where(self._owned_by([k for k, _, _ in items])))
         if rows:
             conn.execute(target.side.insert(), rows)
+        return len(rows)
 
 
 def reindex(
