@@ -1363,6 +1363,26 @@ def test_substring_reindex_charges_the_throttle_for_side_rows_too(
     assert report.written + side_rows == sum(throttle.charged)
 
 
+def test_substring_reindex_computes_each_owners_trigram_values_once(
+    notes: Engine, keyring: Keyring
+) -> None:
+    """The side rows written are those the comparison computed: one decryption per owner."""
+    _core_notes(notes, keyring)
+    (target,) = find_substring_indexes(Note)
+    counting = copy.copy(target.substring)
+    calls: list[int] = []
+
+    def trigram_values(value: Any) -> set[str]:
+        calls.append(1)
+        return target.substring.trigram_values(value)
+
+    counting.trigram_values = trigram_values  # type: ignore[method-assign]
+    report = reindex(notes, [dataclasses.replace(target, substring=counting, source=None)])
+    assert (4, 3) == (report.scanned, report.written)
+    assert 4 == len(calls)
+    assert [1] == _containing(notes, "lovelace")
+
+
 def test_substring_counts_are_worded_as_owners_with_side_rows(
     notes: Engine, index_keyring: Keyring
 ) -> None:

@@ -182,6 +182,8 @@ class SideWrites(Protocol):
     def write(self, conn: Connection, items: list[Item]) -> int | None:
         """Rewrite the side rows of ``items``, rows just written, in the batch's transaction.
 
+        Each item's new values end with what the transform computed for the side rows.
+
         Returns how many side rows it wrote, which a throttle's rate counts with the rows
         (None: none to count).
         """
@@ -232,6 +234,9 @@ class BatchJob:
         side: rows of another table the job rewrites with its own (:class:`SideWrites`):
             ``transform`` is given each row's side state after the values of ``read``, and
             the side rows of every row written are rewritten in its batch's transaction.
+            ``transform`` returns, after the new values of ``write``, one value more: what
+            the side writes for the row (computed once, where the transform runs), which
+            :meth:`SideWrites.write` finds as the last of each item's new values.
     """
 
     label: str
@@ -681,6 +686,8 @@ class _Writer:
         self.pk_names = [c.name for c in pk]
         self.read_names = [c.name for c in job.read]
         self.write_names = [c.name for c in job.write]
+        # A job with side rows gives, after the new values, what its side writes: not ours.
+        self.side_values = job.side is not None
         types: dict[str, TypeEngine[Any]] = {c.name: c.type for c in pk}
         for col in (*job.read, *job.write):
             types.setdefault(col.name, stored_type(col))
@@ -737,6 +744,9 @@ class _Writer:
 
     def write(self, conn: Connection, items: list[Item]) -> set[tuple[Any, ...]]:
         """Write ``(pk, old, new)`` items; return the keys of rows that changed meanwhile."""
+        if self.side_values:
+            width = len(self.write_names)
+            items = [(k, o, n[:width]) for k, o, n in items]
         if self.bulk is not None:
             doc = json.dumps([[*k, *o, *n] for k, o, n in items], default=str)
             result = conn.execute(self.bulk, {"doc": doc})
@@ -1240,7 +1250,8 @@ class _Walk:
         return changes, counts, failures, taken
 
     def _too_long(self, new: tuple[Any, ...]) -> str | None:
-        for col, limit, value in zip(self.job.write, self.limits, new, strict=True):
+        written = new[: len(self.job.write)]  # a side's value after them is not a column's
+        for col, limit, value in zip(self.job.write, self.limits, written, strict=True):
             if limit is not None and isinstance(value, str) and len(value) > limit:
                 return (
                     f"the new value of {col.name} ({plural(len(value), 'character')}) does not "

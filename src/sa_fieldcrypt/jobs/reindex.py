@@ -173,7 +173,9 @@ def substring_job(engine: Engine, target: SubstringColumn) -> BatchJob:
 
     def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> tuple[Any, ...] | None:
         wanted = tuple(sorted(substring.trigram_values(target.plaintext(old[0], key))))
-        return None if wanted == (old[1] or ()) else (old[0],)
+        # The ciphertext as it is, then the side rows' values: written without decrypting
+        # and hashing the value again.
+        return None if wanted == (old[1] or ()) else (old[0], wanted)
 
     primary = substring.active_keyring().primary.id
     return BatchJob(
@@ -276,7 +278,8 @@ class _SideRows:
     def write(self, conn: Connection, items: list[Item]) -> int:
         """Replace the side rows of the owners written with their values' trigram values.
 
-        Returns the side rows inserted, which a throttle counts with the owners.
+        Each item's new values are the ciphertext and the trigram values the transform
+        computed. Returns the side rows inserted, which a throttle counts with the owners.
         """
         if not items:
             return 0
@@ -284,8 +287,8 @@ class _SideRows:
         names = [c.name for c in target.owner]
         rows = [
             {**dict(zip(names, key, strict=True)), target.trigram.name: value}
-            for key, old, _ in items
-            for value in sorted(target.substring.trigram_values(target.plaintext(old[0], key)))
+            for key, _, (_, values) in items
+            for value in values
         ]
         conn.execute(target.side.delete().where(self._owned_by([k for k, _, _ in items])))
         if rows:
