@@ -1427,6 +1427,44 @@ def test_substring_verify_finds_a_tampered_side_row(notes: Engine, index_keyring
     assert "does not match its side rows in fc_rx_note_trigrams" in job.failures[0].reason
 
 
+def test_substring_verify_reads_a_row_and_its_side_rows_in_one_snapshot(notes: Engine) -> None:
+    """A value changed by the application between the two reads of a page is no failure.
+
+    The engine reads under READ COMMITTED here, where each statement sees what is committed
+    when it starts: the page's rows would be older than their side rows.
+    """
+    if notes.dialect.name == "sqlite":
+        pytest.skip("SQLite allows one writer: the application cannot write during a read")
+    with Session(notes) as session:
+        session.add_all(Note(id=i, body=b) for i, b in NOTE_BODIES.items())
+        session.commit()
+    written: list[str] = []
+
+    def application_writes(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        page = "FROM fc_rx_notes" in statement and "ORDER BY" in statement
+        if written or not page:
+            return
+        written.append(statement)
+        with Session(notes) as session:  # after the page, before its side rows are read
+            note = session.get(Note, 1)
+            assert note is not None
+            note.body = "Katherine Johnson"
+            session.commit()
+
+    event.listen(notes, "after_cursor_execute", application_writes)
+    try:
+        report = verify(
+            notes.execution_options(isolation_level="READ COMMITTED"),
+            [],
+            indexes=find_substring_indexes(Note),
+        )
+    finally:
+        event.remove(notes, "after_cursor_execute", application_writes)
+    assert 1 == len(written)
+    assert [] == [f.key for f in report.jobs[0].failures]
+    assert verify(notes, [], indexes=find_substring_indexes(Note)).ok  # the new value's rows
+
+
 def test_cli_substring_reindex_check_exits_1_until_side_rows_are_current(
     notes: Engine, keyring: Keyring
 ) -> None:

@@ -35,7 +35,10 @@ How a run works, and why it is safe with the application running:
   columns do not fire. (Database triggers still do.)
 - A job with ``side`` (:class:`SideWrites`) carries rows of another table along: they are
   read with each page, and those of every row written are rewritten in the same transaction,
-  after the compare and swap that locks the row (a substring index's side rows).
+  after the compare and swap that locks the row (a substring index's side rows). One that
+  writes nothing (a check, a dry run) reads each page and its side rows in one REPEATABLE
+  READ transaction on PostgreSQL and MariaDB/MySQL: one snapshot, so that a row the
+  application changes between the two reads is not seen with the other version's side rows.
 - A row the transform cannot handle (it raises a :class:`~sa_fieldcrypt.FieldCryptError`) is
   reported by label and primary key (never its content) and the run goes on, unless
   ``fail_fast``. Any other exception from the transform or the listener stops the run: its
@@ -846,7 +849,13 @@ class _Walk:
                 self.base = _filters(sql, self.job, self.pk, self.options)
                 if high is not None:
                     self.base.append(sql.not_after(self.pk, high))
-                if writer is None or sql.name == "sqlite":
+                if writer is None and self.job.side is not None and _snapshots(sql):
+                    # Rows and their side rows compared in one snapshot: under READ COMMITTED
+                    # a write committed between the two reads would look like a mismatch.
+                    # It writes nothing, so no write of the application waits for it.
+                    snapshot = conn.execution_options(isolation_level="REPEATABLE READ")
+                    self._one_by_one(snapshot, sql, writer, low)
+                elif writer is None or sql.name == "sqlite":
                     self._one_by_one(self._transactional(conn), sql, writer, low)
                 else:
                     write_conn = self._transactional(stack.enter_context(self.engine.connect()))
@@ -1261,6 +1270,11 @@ class _Walk:
 
     def _failure(self, key: tuple[Any, ...], reason: str) -> Failure:
         return Failure(self.job.label, tuple(zip(self.pk_names, key, strict=True)), reason)
+
+
+def _snapshots(sql: DialectSql) -> bool:
+    """Whether a REPEATABLE READ transaction reads every statement from one snapshot there."""
+    return sql.name == "postgresql" or sql.mysql
 
 
 def _primary_key(job: BatchJob) -> tuple[Column[Any], ...]:
