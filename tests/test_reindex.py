@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    create_engine,
     event,
     func,
     insert,
@@ -65,6 +66,8 @@ from sa_fieldcrypt.jobs import (
     status,
     verify,
 )
+from sa_fieldcrypt.jobs.reindex import substring_job
+from sa_fieldcrypt.jobs.targets import SubstringColumn, jobs_per_target
 
 
 class Base(DeclarativeBase):
@@ -1507,6 +1510,38 @@ def test_substring_reindex_in_worker_processes(notes: Engine, keyring: Keyring) 
     assert [17] == _containing(notes, "e 017")
     again = reindex(notes, find_substring_indexes("test_reindex:Note"), transform_process=True)
     assert (40, 0) == (again.scanned, again.written)
+
+
+def test_a_job_finds_its_substring_index_again_not_a_column_of_the_same_label(
+    index_keyring: Keyring,
+) -> None:
+    """A side table core.x and a column x of a table core share a label; kinds tell them apart."""
+    (target,) = find_substring_indexes("twins_support:AuditBase")
+    assert [target.label] == [c.label for c in find_columns("twins_support:Audit")]
+    found: list[Any] = []
+    (job,) = jobs_per_target(create_engine("sqlite://"), [target], _found_again(found), 1)
+    job(create_engine("sqlite://"))
+    assert [SubstringColumn] == [type(t) for t in found]
+    assert target.side is found[0].side
+
+
+def test_a_label_of_two_databases_models_is_refused_not_shadowed(index_keyring: Keyring) -> None:
+    """Two MetaData with one side table name: the job says so instead of taking the first."""
+    main, archived = [
+        t for t in find_substring_indexes("twins_support") if t.label == "fc_twin_note_trigrams"
+    ]
+    assert main.side is not archived.side
+    (job,) = jobs_per_target(create_engine("sqlite://"), [archived], _found_again([]), 1)
+    with pytest.raises(ConfigurationError, match="2 targets named fc_twin_note_trigrams"):
+        job(create_engine("sqlite://"))
+
+
+def _found_again(found: list[Any]) -> Any:
+    def build(engine: Engine, target: Any) -> Any:
+        found.append(target)
+        return substring_job(engine, target)
+
+    return build
 
 
 def test_substring_reindex_composite_owner_keys(notes: Engine) -> None:

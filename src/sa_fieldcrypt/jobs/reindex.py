@@ -344,7 +344,8 @@ def reindex(
 
 
 def _build_again(found: tuple[tuple[Source, str], ...], engine: Engine) -> BatchJob:
-    return reindex_job(engine, [find_again(source, label, engine) for source, label in found])
+    again = [find_again(source, label, engine, kind=IndexedColumn) for source, label in found]
+    return reindex_job(engine, again)
 
 
 # -- unique-constraint conflicts ------------------------------------------------------------
