@@ -6,8 +6,10 @@ import hashlib
 import math
 import pickle
 import re
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -2496,6 +2498,62 @@ def test_the_side_table_follows_insert_update_and_delete(memo_db: Engine) -> Non
         session.delete(memo)
         session.commit()
         assert set() == stored(memo_id)
+
+
+def _waits_for_a_lock(engine: Engine, backend: int) -> bool:
+    """Whether the database session ``backend`` is waiting for a row lock now."""
+    if engine.dialect.name == "postgresql":
+        query = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :id"
+    else:
+        query = (
+            "SELECT trx_state = 'LOCK WAIT' FROM information_schema.innodb_trx "
+            "WHERE trx_mysql_thread_id = :id"
+        )
+    with engine.connect() as conn:
+        return bool(conn.execute(text(query), {"id": backend}).scalar())
+
+
+def test_a_delete_locks_the_owner_before_its_side_rows(memo_db: Engine) -> None:
+    """A delete waits for a writer holding the owner row, holding no side row meanwhile.
+
+    A reindex batch locks the owner row (its compare and swap) and then replaces the side
+    rows: a delete that took the side rows first would deadlock with it.
+    """
+    if memo_db.dialect.name == "sqlite":
+        pytest.skip("SQLite locks the whole database: one writer at a time")
+    _store_memos(memo_db, {1: ("to be deleted", "gone soon"), 2: ("stays", None)})
+    backend_sql = "SELECT pg_backend_pid()" if memo_db.dialect.name == "postgresql" else None
+    backend_sql = backend_sql or "SELECT connection_id()"
+    memos = Memo.__table__
+    with (
+        memo_db.connect() as application,
+        Session(application) as session,
+        memo_db.connect() as batch,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        backend = int(application.exec_driver_sql(backend_sql).scalar_one())
+        memo = session.get(Memo, 1)
+        assert memo is not None
+        session.rollback()  # it holds no lock now
+        with batch.begin():
+            # As a reindex batch's compare and swap: the owner row is locked until the commit.
+            batch.execute(
+                update(memos).where(memos.c.id == 1).values(body_encrypted=memos.c.body_encrypted)
+            )
+            session.delete(memo)
+            deleting = pool.submit(session.commit)
+            for _ in range(3000):
+                if deleting.done() or _waits_for_a_lock(memo_db, backend):
+                    break
+                threading.Event().wait(0.01)
+            assert not deleting.done()  # it waits for the owner row
+            # The batch replaces the side rows: it must not wait for the delete.
+            batch.execute(BODY_TRIGRAMS.delete().where(BODY_TRIGRAMS.c.owner_id == 1))
+        deleting.result()
+    with memo_db.connect() as conn:
+        assert [2] == conn.execute(select(memos.c.id)).scalars().all()
+        owners = conn.execute(select(BODY_TRIGRAMS.c.owner_id).distinct()).scalars().all()
+        assert [2] == owners
 
 
 def test_a_primary_key_used_again_gets_only_its_own_side_rows(memo_db: Engine) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -17,7 +19,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    create_engine,
     event,
+    func,
     insert,
     select,
     text,
@@ -52,6 +56,7 @@ from sa_fieldcrypt.jobs import (
     JobReport,
     ResumeState,
     RunListener,
+    Throttle,
     env_key_changes,
     find_columns,
     find_indexes,
@@ -61,6 +66,8 @@ from sa_fieldcrypt.jobs import (
     status,
     verify,
 )
+from sa_fieldcrypt.jobs.reindex import substring_job
+from sa_fieldcrypt.jobs.targets import SubstringColumn, jobs_per_target
 
 
 class Base(DeclarativeBase):
@@ -1255,6 +1262,31 @@ def test_substring_status_counts_owners_per_key(notes: Engine, keyring: Keyring)
     assert "fc_rx_note_trigrams  (substring index; writing index key id 'b1')" in report.describe()
 
 
+def test_substring_status_counts_orphan_side_rows_apart(notes: Engine) -> None:
+    """Side rows of a NULL value or of a deleted row are orphans, not owners under a key."""
+    with Session(notes) as session:
+        session.add_all(Note(id=i, body=b) for i, b in NOTE_BODIES.items())
+        session.commit()
+    with notes.begin() as conn:
+        table = Note.__table__
+        conn.execute(update(table).where(table.c.id == 1).values(body_encrypted=None))
+        if notes.dialect.name == "sqlite":  # which enforces no foreign key unless asked to
+            conn.execute(table.delete().where(table.c.id == 2))
+    deleted = 1 if notes.dialect.name == "sqlite" else 0
+    report = status(notes, indexes=find_substring_indexes(Note))
+    (found,) = report.substrings
+    assert (2 - deleted, {"b1": 2 - deleted}, 1 + deleted) == (
+        found.current,
+        found.by_key,
+        found.orphans,
+    )
+    (line,) = [line for line in report.describe().splitlines() if "orphans" in line]
+    assert ["orphans", str(1 + deleted)] == line.split()[:2]
+    reindex(notes, find_substring_indexes(Note))  # deletes the side rows of the NULL value
+    (after,) = status(notes, indexes=find_substring_indexes(Note)).substrings
+    assert (2 - deleted, deleted) == (after.current, after.orphans)
+
+
 def test_substring_rotation_rewrites_side_rows_under_the_new_key(
     notes: Engine, index_keyring: Keyring
 ) -> None:
@@ -1280,6 +1312,93 @@ def test_substring_rotation_rewrites_side_rows_under_the_new_key(
     assert "fc_rx_note_trigrams: 1 owner with side rows under index keys" in str(report_after)
     assert [1] == _containing(notes, "lovelace")
     assert [3] == _containing(notes, "turing")
+
+
+def test_substring_reindex_does_not_resume_a_run_under_other_bits(
+    notes: Engine, keyring: Keyring, tmp_path: Path
+) -> None:
+    """A state file of a run under other bits= is not resumed: every owner is visited again."""
+    state = tmp_path / "reindex.json"
+    _core_notes(notes, keyring)
+    with pytest.raises(Interrupted):
+        reindex(
+            notes,
+            find_substring_indexes(Note),
+            batch_size=2,
+            state=ResumeState(state),
+            listener=Batches(stop_after=1),
+        )
+    (target,) = find_substring_indexes(Note)
+    coarser = copy.copy(target.substring)
+    coarser.bits = 8
+    report = reindex(
+        notes,
+        [dataclasses.replace(target, substring=coarser, source=None)],
+        batch_size=2,
+        state=ResumeState(state),
+    )
+    assert (False, 4, 3) == (report.jobs[0].resumed, report.scanned, report.written)
+    assert {2} == {len(v.partition(":")[2]) for v in _side_rows_of(notes, 1)}  # 8 bits
+
+
+class CountingThrottle(Throttle):
+    """A throttle whose rate never holds a batch back; records every charge."""
+
+    def __init__(self) -> None:
+        super().__init__(max_rate=1e9)
+        self.charged: list[int] = []
+
+    def charge(self, rows: int) -> None:
+        self.charged.append(rows)
+        super().charge(rows)
+
+
+def test_substring_reindex_charges_the_throttle_for_side_rows_too(
+    notes: Engine, keyring: Keyring
+) -> None:
+    """A throttle's rate counts the side rows a substring reindex writes, not only owners."""
+    _core_notes(notes, keyring)
+    throttle = CountingThrottle()
+    report = reindex(notes, find_substring_indexes(Note), batch_size=2, throttle=throttle)
+    with notes.connect() as conn:
+        side_rows = conn.execute(select(func.count()).select_from(NOTE_TRIGRAMS)).scalar_one()
+    assert (3, 29) == (report.written, side_rows)  # 10 + 10 + 9 trigrams
+    assert report.written + side_rows == sum(throttle.charged)
+
+
+def test_substring_reindex_computes_each_owners_trigram_values_once(
+    notes: Engine, keyring: Keyring
+) -> None:
+    """The side rows written are those the comparison computed: one decryption per owner."""
+    _core_notes(notes, keyring)
+    (target,) = find_substring_indexes(Note)
+    counting = copy.copy(target.substring)
+    calls: list[int] = []
+
+    def trigram_values(value: Any) -> set[str]:
+        calls.append(1)
+        return target.substring.trigram_values(value)
+
+    counting.trigram_values = trigram_values  # type: ignore[method-assign]
+    report = reindex(notes, [dataclasses.replace(target, substring=counting, source=None)])
+    assert (4, 3) == (report.scanned, report.written)
+    assert 4 == len(calls)
+    assert [1] == _containing(notes, "lovelace")
+
+
+def test_substring_counts_are_worded_as_owners_with_side_rows(
+    notes: Engine, index_keyring: Keyring
+) -> None:
+    """Retire-key and status name owners with side rows, never "owner's side rowss"."""
+    with Session(notes) as session:
+        session.add_all(Note(id=i, body=b) for i, b in NOTE_BODIES.items())
+        session.commit()
+    _rotate(index_keyring)
+    with pytest.raises(RotationError) as refused:
+        retire_keys(notes, (), ["b1"], indexes=find_substring_indexes(Note))
+    assert "fc_rx_note_trigrams (3 owners with side rows)" in str(refused.value)
+    described = status(notes, indexes=find_substring_indexes(Note)).describe()
+    assert "reindex: the side rows of 3 owners to rewrite (`fieldcrypt reindex`)" in described
 
 
 def test_substring_verify_finds_a_tampered_side_row(notes: Engine, index_keyring: Keyring) -> None:
@@ -1309,6 +1428,44 @@ def test_substring_verify_finds_a_tampered_side_row(notes: Engine, index_keyring
     (job,) = report.jobs
     assert [(3,)] == [f.key for f in job.failures]
     assert "does not match its side rows in fc_rx_note_trigrams" in job.failures[0].reason
+
+
+def test_substring_verify_reads_a_row_and_its_side_rows_in_one_snapshot(notes: Engine) -> None:
+    """A value changed by the application between the two reads of a page is no failure.
+
+    The engine reads under READ COMMITTED here, where each statement sees what is committed
+    when it starts: the page's rows would be older than their side rows.
+    """
+    if notes.dialect.name == "sqlite":
+        pytest.skip("SQLite allows one writer: the application cannot write during a read")
+    with Session(notes) as session:
+        session.add_all(Note(id=i, body=b) for i, b in NOTE_BODIES.items())
+        session.commit()
+    written: list[str] = []
+
+    def application_writes(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        page = "FROM fc_rx_notes" in statement and "ORDER BY" in statement
+        if written or not page:
+            return
+        written.append(statement)
+        with Session(notes) as session:  # after the page, before its side rows are read
+            note = session.get(Note, 1)
+            assert note is not None
+            note.body = "Katherine Johnson"
+            session.commit()
+
+    event.listen(notes, "after_cursor_execute", application_writes)
+    try:
+        report = verify(
+            notes.execution_options(isolation_level="READ COMMITTED"),
+            [],
+            indexes=find_substring_indexes(Note),
+        )
+    finally:
+        event.remove(notes, "after_cursor_execute", application_writes)
+    assert 1 == len(written)
+    assert [] == [f.key for f in report.jobs[0].failures]
+    assert verify(notes, [], indexes=find_substring_indexes(Note)).ok  # the new value's rows
 
 
 def test_cli_substring_reindex_check_exits_1_until_side_rows_are_current(
@@ -1353,6 +1510,38 @@ def test_substring_reindex_in_worker_processes(notes: Engine, keyring: Keyring) 
     assert [17] == _containing(notes, "e 017")
     again = reindex(notes, find_substring_indexes("test_reindex:Note"), transform_process=True)
     assert (40, 0) == (again.scanned, again.written)
+
+
+def test_a_job_finds_its_substring_index_again_not_a_column_of_the_same_label(
+    index_keyring: Keyring,
+) -> None:
+    """A side table core.x and a column x of a table core share a label; kinds tell them apart."""
+    (target,) = find_substring_indexes("twins_support:AuditBase")
+    assert [target.label] == [c.label for c in find_columns("twins_support:Audit")]
+    found: list[Any] = []
+    (job,) = jobs_per_target(create_engine("sqlite://"), [target], _found_again(found), 1)
+    job(create_engine("sqlite://"))
+    assert [SubstringColumn] == [type(t) for t in found]
+    assert target.side is found[0].side
+
+
+def test_a_label_of_two_databases_models_is_refused_not_shadowed(index_keyring: Keyring) -> None:
+    """Two MetaData with one side table name: the job says so instead of taking the first."""
+    main, archived = [
+        t for t in find_substring_indexes("twins_support") if t.label == "fc_twin_note_trigrams"
+    ]
+    assert main.side is not archived.side
+    (job,) = jobs_per_target(create_engine("sqlite://"), [archived], _found_again([]), 1)
+    with pytest.raises(ConfigurationError, match="2 targets named fc_twin_note_trigrams"):
+        job(create_engine("sqlite://"))
+
+
+def _found_again(found: list[Any]) -> Any:
+    def build(engine: Engine, target: Any) -> Any:
+        found.append(target)
+        return substring_job(engine, target)
+
+    return build
 
 
 def test_substring_reindex_composite_owner_keys(notes: Engine) -> None:

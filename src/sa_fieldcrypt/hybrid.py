@@ -605,7 +605,15 @@ class _BoundSubstring:
 
     def deleting(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         """Before the owner's DELETE: delete its trigram values (SQLite enforces no FK)."""
-        self._delete(connection, self._owner(target))
+        owner = self._owner(target)
+        if connection.dialect.name != "sqlite":
+            # The owner row's lock first, then its side rows', as every other writer takes
+            # them (a flush's UPDATE, a reindex batch): the other order can deadlock.
+            (constraint,) = self.table.foreign_key_constraints
+            keys = [(fk.column, owner[fk.parent.name]) for fk in constraint.elements]
+            locked = select(*(c for c, _ in keys)).where(*(c == v for c, v in keys))
+            connection.execute(locked.with_for_update())
+        self._delete(connection, owner)
 
 
 #: The side table's column of trigram values; the others are the owner's primary key.

@@ -35,7 +35,10 @@ How a run works, and why it is safe with the application running:
   columns do not fire. (Database triggers still do.)
 - A job with ``side`` (:class:`SideWrites`) carries rows of another table along: they are
   read with each page, and those of every row written are rewritten in the same transaction,
-  after the compare and swap that locks the row (a substring index's side rows).
+  after the compare and swap that locks the row (a substring index's side rows). One that
+  writes nothing (a check, a dry run) reads each page and its side rows in one REPEATABLE
+  READ transaction on PostgreSQL and MariaDB/MySQL: one snapshot, so that a row the
+  application changes between the two reads is not seen with the other version's side rows.
 - A row the transform cannot handle (it raises a :class:`~sa_fieldcrypt.FieldCryptError`) is
   reported by label and primary key (never its content) and the run goes on, unless
   ``fail_fast``. Any other exception from the transform or the listener stops the run: its
@@ -179,8 +182,14 @@ class SideWrites(Protocol):
         """
         ...
 
-    def write(self, conn: Connection, items: list[Item]) -> None:
-        """Rewrite the side rows of ``items``, rows just written, in the batch's transaction."""
+    def write(self, conn: Connection, items: list[Item]) -> int | None:
+        """Rewrite the side rows of ``items``, rows just written, in the batch's transaction.
+
+        Each item's new values end with what the transform computed for the side rows.
+
+        Returns how many side rows it wrote, which a throttle's rate counts with the rows
+        (None: none to count).
+        """
         ...
 
 
@@ -228,6 +237,9 @@ class BatchJob:
         side: rows of another table the job rewrites with its own (:class:`SideWrites`):
             ``transform`` is given each row's side state after the values of ``read``, and
             the side rows of every row written are rewritten in its batch's transaction.
+            ``transform`` returns, after the new values of ``write``, one value more: what
+            the side writes for the row (computed once, where the transform runs), which
+            :meth:`SideWrites.write` finds as the last of each item's new values.
     """
 
     label: str
@@ -664,6 +676,7 @@ class _Batch:
     failures: list[Failure]
     left: int = 0  # rows still changing after every retry
     unsettled: set[tuple[Any, ...]] = field(default_factory=set)  # their keys
+    side_rows: int = 0  # rows of another table written with them (BatchJob.side)
 
 
 class _Writer:
@@ -676,6 +689,8 @@ class _Writer:
         self.pk_names = [c.name for c in pk]
         self.read_names = [c.name for c in job.read]
         self.write_names = [c.name for c in job.write]
+        # A job with side rows gives, after the new values, what its side writes: not ours.
+        self.side_values = job.side is not None
         types: dict[str, TypeEngine[Any]] = {c.name: c.type for c in pk}
         for col in (*job.read, *job.write):
             types.setdefault(col.name, stored_type(col))
@@ -732,6 +747,9 @@ class _Writer:
 
     def write(self, conn: Connection, items: list[Item]) -> set[tuple[Any, ...]]:
         """Write ``(pk, old, new)`` items; return the keys of rows that changed meanwhile."""
+        if self.side_values:
+            width = len(self.write_names)
+            items = [(k, o, n[:width]) for k, o, n in items]
         if self.bulk is not None:
             doc = json.dumps([[*k, *o, *n] for k, o, n in items], default=str)
             result = conn.execute(self.bulk, {"doc": doc})
@@ -831,7 +849,13 @@ class _Walk:
                 self.base = _filters(sql, self.job, self.pk, self.options)
                 if high is not None:
                     self.base.append(sql.not_after(self.pk, high))
-                if writer is None or sql.name == "sqlite":
+                if writer is None and self.job.side is not None and _snapshots(sql):
+                    # Rows and their side rows compared in one snapshot: under READ COMMITTED
+                    # a write committed between the two reads would look like a mismatch.
+                    # It writes nothing, so no write of the application waits for it.
+                    snapshot = conn.execution_options(isolation_level="REPEATABLE READ")
+                    self._one_by_one(snapshot, sql, writer, low)
+                elif writer is None or sql.name == "sqlite":
                     self._one_by_one(self._transactional(conn), sql, writer, low)
                 else:
                     write_conn = self._transactional(stack.enter_context(self.engine.connect()))
@@ -862,6 +886,12 @@ class _Walk:
         if self.throttle is not None:
             self.throttle.charge(len(batch.items) if self.job.write else len(batch.keys))
 
+    def _charge_side(self, batch: _Batch) -> None:
+        # Side rows are known once written: a pipelined walk charges them after the next
+        # batch has started, so they hold back the one after it. (A dry run writes none.)
+        if self.throttle is not None and batch.side_rows:
+            self.throttle.charge(batch.side_rows)
+
     def _take_waited(self) -> float:
         waited, self.waited = self.waited, 0.0
         return waited
@@ -890,6 +920,7 @@ class _Walk:
             last = batch.keys[-1]
             self._written(batch, missed)
             self._retry(conn, writer, batch, missed)
+            self._charge_side(batch)
             self._apply(batch)
             if self.options.fail_fast and batch.failures:
                 self.completed = False
@@ -941,6 +972,7 @@ class _Walk:
                             # Taken out first: a listener that raises must not see it twice.
                             done, pending = pending, None
                             written = done.result()
+                            self._charge_side(written)
                             self._apply(written)
                             if self.options.fail_fast and written.failures:
                                 # A row refused at the write; the batch just read is not written.
@@ -956,7 +988,9 @@ class _Walk:
             finally:
                 if pending is not None:
                     # The batch in flight is committed (or fails) before the run reports.
-                    self._apply(pending.result())
+                    written = pending.result()
+                    self._charge_side(written)
+                    self._apply(written)
 
     def _pages(
         self,
@@ -1094,6 +1128,7 @@ class _Walk:
     def _write(
         self, conn: Connection, writer: _Writer | None, batch: _Batch, hook: bool
     ) -> set[tuple[Any, ...]]:
+        batch.side_rows = 0  # of this attempt: one rolled back wrote none
         if hook and self.before_write is not None:
             self.before_write(conn, [k for k, _, _ in batch.items])
         if writer is None:
@@ -1109,7 +1144,8 @@ class _Walk:
         if self.job.side is not None:
             # The owner rows just written are locked until the commit, so an application
             # writing one of them waits, and replaces its side rows after these.
-            self.job.side.write(conn, [i for i in batch.items if i[0] not in missed])
+            side = self.job.side.write(conn, [i for i in batch.items if i[0] not in missed])
+            batch.side_rows = side or 0
         return missed
 
     def _read_and_write(
@@ -1156,6 +1192,7 @@ class _Walk:
             stmt = select(*self.selected).where(*self.base, match)
             retried, missed = self._transaction(conn, self._read_and_write, writer, stmt, False)
             self._written(retried, missed)
+            batch.side_rows += retried.side_rows
             for name, value in retried.counts.items():
                 batch.counts[name] = batch.counts.get(name, 0) + value
             batch.failures.extend(retried.failures)
@@ -1222,7 +1259,8 @@ class _Walk:
         return changes, counts, failures, taken
 
     def _too_long(self, new: tuple[Any, ...]) -> str | None:
-        for col, limit, value in zip(self.job.write, self.limits, new, strict=True):
+        written = new[: len(self.job.write)]  # a side's value after them is not a column's
+        for col, limit, value in zip(self.job.write, self.limits, written, strict=True):
             if limit is not None and isinstance(value, str) and len(value) > limit:
                 return (
                     f"the new value of {col.name} ({plural(len(value), 'character')}) does not "
@@ -1232,6 +1270,11 @@ class _Walk:
 
     def _failure(self, key: tuple[Any, ...], reason: str) -> Failure:
         return Failure(self.job.label, tuple(zip(self.pk_names, key, strict=True)), reason)
+
+
+def _snapshots(sql: DialectSql) -> bool:
+    """Whether a REPEATABLE READ transaction reads every statement from one snapshot there."""
+    return sql.name == "postgresql" or sql.mysql
 
 
 def _primary_key(job: BatchJob) -> tuple[Column[Any], ...]:

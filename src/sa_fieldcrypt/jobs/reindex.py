@@ -56,7 +56,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from sa_fieldcrypt.blind_index import IndexValue, parse_index_value
+from sa_fieldcrypt.blind_index import IndexValue, SubstringIndex, parse_index_value
 from sa_fieldcrypt.errors import DecryptionError
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Item, JobFactory, Skip, run_jobs
 from sa_fieldcrypt.jobs.report import Failure, PrimaryKey, RunReport, format_key, word_for
@@ -173,7 +173,9 @@ def substring_job(engine: Engine, target: SubstringColumn) -> BatchJob:
 
     def transform(key: tuple[Any, ...], old: tuple[Any, ...]) -> tuple[Any, ...] | None:
         wanted = tuple(sorted(substring.trigram_values(target.plaintext(old[0], key))))
-        return None if wanted == (old[1] or ()) else (old[0],)
+        # The ciphertext as it is, then the side rows' values: written without decrypting
+        # and hashing the value again.
+        return None if wanted == (old[1] or ()) else (old[0], wanted)
 
     primary = substring.active_keyring().primary.id
     return BatchJob(
@@ -182,7 +184,9 @@ def substring_job(engine: Engine, target: SubstringColumn) -> BatchJob:
         (target.value,),
         (target.value,),
         transform,
-        resume_key=f"reindex {target.label} under {primary}",
+        # What the side rows are computed with: a state file of a run under others is not
+        # resumed (owners it passed hold trigram values of another size, key or text).
+        resume_key=f"reindex {target.label} under {primary} {_computed_with(substring)}",
         side=_SideRows(target),
     )
 
@@ -224,9 +228,25 @@ def substring_check_job(engine: Engine, target: SubstringColumn) -> BatchJob:
         (target.value,),
         (),
         transform,
-        resume_key=f"verify substring index {target.label}",
+        resume_key=f"verify substring index {target.label} {_computed_with(substring)}",
         side=_SideRows(target),
     )
+
+
+def _computed_with(substring: SubstringIndex) -> str:
+    """The parameters that decide a substring index's trigram values, besides its key.
+
+    A normalizer is named by its ``name`` (a :class:`~sa_fieldcrypt.Transform`'s) or its
+    qualified name: one changed in place under the same name is not told apart.
+    """
+    normalizer = substring.normalizer
+    named = getattr(normalizer, "name", None)
+    if normalizer is None:
+        named = "none"
+    elif not isinstance(named, str):
+        module = getattr(normalizer, "__module__", "")
+        named = f"{module}.{getattr(normalizer, '__qualname__', type(normalizer).__qualname__)}"
+    return f"(name={substring.name}, bits={substring.bits}, normalizer={named})"
 
 
 @dataclass(frozen=True)
@@ -251,20 +271,25 @@ class _SideRows:
         # Sorted here: the database's collation may order them otherwise.
         return {k: tuple(sorted(v)) for k, v in held.items()}
 
-    def write(self, conn: Connection, items: list[Item]) -> None:
-        """Replace the side rows of the owners written with their values' trigram values."""
+    def write(self, conn: Connection, items: list[Item]) -> int:
+        """Replace the side rows of the owners written with their values' trigram values.
+
+        Each item's new values are the ciphertext and the trigram values the transform
+        computed. Returns the side rows inserted, which a throttle counts with the owners.
+        """
         if not items:
-            return
+            return 0
         target = self.target
         names = [c.name for c in target.owner]
         rows = [
             {**dict(zip(names, key, strict=True)), target.trigram.name: value}
-            for key, old, _ in items
-            for value in sorted(target.substring.trigram_values(target.plaintext(old[0], key)))
+            for key, _, (_, values) in items
+            for value in values
         ]
         conn.execute(target.side.delete().where(self._owned_by([k for k, _, _ in items])))
         if rows:
             conn.execute(target.side.insert(), rows)
+        return len(rows)
 
 
 def reindex(
@@ -315,7 +340,8 @@ def reindex(
 
 
 def _build_again(found: tuple[tuple[Source, str], ...], engine: Engine) -> BatchJob:
-    return reindex_job(engine, [find_again(source, label, engine) for source, label in found])
+    again = [find_again(source, label, engine, kind=IndexedColumn) for source, label in found]
+    return reindex_job(engine, again)
 
 
 # -- unique-constraint conflicts ------------------------------------------------------------

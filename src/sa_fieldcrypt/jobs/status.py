@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine, and_, case, func, literal, or_, select
 from sqlalchemy.engine import Connection
@@ -302,6 +302,11 @@ class SubstringStatus:
             trigram, values the normalizer does not index, or rows written without the ORM.
         retired: of ``older``, owners with side rows under a key id that is no longer
             active: lookups miss those rows.
+        orphans: primary keys with side rows but no owner row with a value (the row was
+            deleted where foreign keys are not enforced, or its value set to NULL without the
+            ORM); counted in none of the above. Lookups never return them; reindex deletes
+            those of owners whose value is NULL, and those of deleted rows are left for the
+            owner's next insert (or a DELETE) to replace.
         stale: owners whose side rows are not those of their decrypted value under the
             writing key (missing, stale, under an older key), or whose value does not
             decrypt; counted only when asked (it decrypts every value), else None.
@@ -316,6 +321,7 @@ class SubstringStatus:
     no_side_rows: int
     stale: int | None = None
     retired: int = 0
+    orphans: int = 0
 
     @property
     def done(self) -> bool:
@@ -492,10 +498,14 @@ class StatusReport:
                 "they are the column's own"
             )
         if self.indexes or self.substrings:
-            left = sum(i.stale + (i.missing or 0) for i in self.indexes)
-            left += sum(s.older if s.stale is None else s.stale for s in self.substrings)
+            # Index values and owners are not one unit: an owner has many side rows.
+            values = sum(i.stale + (i.missing or 0) for i in self.indexes)
+            owners = sum(s.older if s.stale is None else s.stale for s in self.substrings)
+            left = [plural(values, "index value")] if values else []
+            if owners:
+                left.append(f"the side rows of {plural(owners, 'owner')}")
             lines.append(
-                f"reindex: {plural(left, 'index value')} to rewrite (`fieldcrypt reindex`)"
+                f"reindex: {' and '.join(left)} to rewrite (`fieldcrypt reindex`)"
                 if left
                 else "reindex: every index value is under the writing key"
             )
@@ -614,6 +624,11 @@ def _describe_substring(found: SubstringStatus) -> list[str]:
     if found.retired:
         lines.append(f"  {'  of which retired keys':<28} {found.retired:>12,}  lookups miss these")
     lines.append(f"  {'no side rows':<28} {found.no_side_rows:>12,}")
+    if found.orphans:
+        lines.append(
+            f"  {'orphans':<28} {found.orphans:>12,}  side rows of no row with a value "
+            "(deleted, or set to NULL): in no count above"
+        )
     if found.stale is not None:
         lines.append(f"  {'stale or missing':<28} {found.stale:>12,}  reindex writes these")
     return lines
@@ -982,6 +997,18 @@ def _substring_status(
     primary = keyring.primary.id
     key_ids = (primary, *(i for i in keyring.ids if i != primary))
     owner, trigram = target.owner, target.trigram
+    pk = list(target.table.primary_key.columns)
+    owned = [o == p for o, p in zip(owner, pk, strict=True)]
+    # Side rows count for an owner only when that owner exists and has a value: others
+    # (left by a delete where foreign keys are not enforced, or by a value set to NULL by
+    # Core) are orphans, which no lookup returns and no key needs.
+    has_owner = (
+        select(literal(1))
+        .select_from(target.table)
+        .where(*owned, target.value.is_not(None))
+        .correlate(target.side)
+        .exists()
+    )
     # One row per owner: whether it has side rows under each active key, and under others.
     under = [sql.has_prefix(trigram, f"{kid}:") for kid in key_ids]
     flags = [func.max(case((u, 1), else_=0)) for u in under]
@@ -993,6 +1020,7 @@ def _substring_status(
             not_primary.label("other"),
             retired.label("retired"),
         )
+        .where(has_owner)
         .group_by(*owner)
         .subquery()
     )
@@ -1005,13 +1033,9 @@ def _substring_status(
             *(func.coalesce(func.sum(c[f"k{i}"]), 0) for i in range(len(key_ids))),
         )
     ).one()
-    pk = list(target.table.primary_key.columns)
-    has_side = (
-        select(literal(1))
-        .where(*(o == p for o, p in zip(owner, pk, strict=True)))
-        .correlate(target.table)
-        .exists()
-    )
+    orphaned = select(*owner).where(~has_owner).group_by(*owner).subquery()
+    orphans = conn.execute(select(func.count()).select_from(orphaned)).scalar_one()
+    has_side = select(literal(1)).where(*owned).correlate(target.table).exists()
     no_side = conn.execute(
         select(func.count()).select_from(target.table).where(target.value.is_not(None), ~has_side)
     ).scalar_one()
@@ -1025,6 +1049,7 @@ def _substring_status(
         by_key=dict(zip(key_ids, (int(n) for n in row[3:]), strict=True)),
         no_side_rows=int(no_side),
         retired=int(row[2]),
+        orphans=int(orphans),
     )
 
 
@@ -1087,13 +1112,13 @@ def retire_keys(
         )
     if keyring.purpose == "blind-index":
         report = status(engine, indexes=indexes)
-        counted = [(i.column, i.rows_by_key, "index value") for i in report.indexes]
-        counted += [(s.index, s.by_key, "owner's side rows") for s in report.substrings]
+        counted = [(i.column, i.rows_by_key, _INDEX_VALUE) for i in report.indexes]
+        counted += [(s.index, s.by_key, _OWNER_WITH_SIDE_ROWS) for s in report.substrings]
         _refuse_used(key_ids, counted, "`fieldcrypt reindex`, then --check")
         return remaining
     report = status(engine, columns, resolve_legacy=resolve_legacy)
-    counted = [(c.column, c.by_key, "row") for c in report.columns]
-    counted += [(c.column, c.legacy_by_key or {}, "legacy token") for c in report.columns]
+    counted = [(c.column, c.by_key, _ROW) for c in report.columns]
+    counted += [(c.column, c.legacy_by_key or {}, _LEGACY_TOKEN) for c in report.columns]
     _refuse_used(key_ids, counted, "`fieldcrypt rotate`, then `fieldcrypt status`")
     # Only a Fernet key can open a legacy token: retiring other keys needs no trial.
     legacy = [
@@ -1111,17 +1136,25 @@ def retire_keys(
     return remaining
 
 
+#: What a counted row is, for :func:`plural`: the noun, and its plural where ``+ "s"`` is wrong.
+_Unit = tuple[str, str | None]
+_ROW: Final[_Unit] = ("row", None)
+_LEGACY_TOKEN: Final[_Unit] = ("legacy token", None)
+_INDEX_VALUE: Final[_Unit] = ("index value", None)
+_OWNER_WITH_SIDE_ROWS: Final[_Unit] = ("owner with side rows", "owners with side rows")
+
+
 def _refuse_used(
-    key_ids: Sequence[str], counted: list[tuple[str, dict[str, int], str]], fix: str
+    key_ids: Sequence[str], counted: list[tuple[str, dict[str, int], _Unit]], fix: str
 ) -> None:
     """Raise naming every column that still holds values under one of ``key_ids``.
 
-    ``counted`` holds ``(column, rows per key id, what a row is)``, such as ``"row"``.
+    ``counted`` holds ``(column, rows per key id, what a row is)``, such as :data:`_ROW`.
     """
     users = []
     for key_id in dict.fromkeys(key_ids):
         holders = [
-            f"{column} ({plural(by_key[key_id], unit)})"
+            f"{column} ({plural(by_key[key_id], *unit)})"
             for column, by_key, unit in counted
             if by_key.get(key_id)
         ]

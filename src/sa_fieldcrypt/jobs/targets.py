@@ -422,36 +422,63 @@ def jobs_per_target(
         if workers == 1 and target.source is None:
             jobs.append(build(engine, target))
         else:
-            jobs.append(functools.partial(_build_again, build, *portable(target)))
+            found = functools.partial(_build_again, build, type(target), *portable(target))
+            jobs.append(found)
     return jobs
 
 
 def _build_again(
-    build: Callable[[Engine, Any], BatchJob], source: Source, label: str, engine: Engine
+    build: Callable[[Engine, Any], BatchJob],
+    kind: type[_Target],
+    source: Source,
+    label: str,
+    engine: Engine,
 ) -> BatchJob:
-    return build(engine, find_again(source, label, engine))
+    return build(engine, find_again(source, label, engine, kind=kind))
 
 
-def find_again(source: Source, label: str, engine: Engine) -> Any:
+def find_again(
+    source: Source,
+    label: str,
+    engine: Engine,
+    *,
+    kind: type[EncryptedColumn | IndexedColumn | SubstringColumn] | None = None,
+) -> Any:
     """Find the target called ``label`` (a column or an index column) from its source again.
 
     Worker processes build their own jobs with it, from what :func:`portable` gave.
 
+    Args:
+        source: where the target was found.
+        label: its label.
+        engine: the database, for a reflected column.
+        kind: the kind of target (:class:`EncryptedColumn`, :class:`IndexedColumn` or
+            :class:`SubstringColumn`): a target of another kind with the same label (a side
+            table ``core.notes_trigrams`` and a column ``notes_trigrams`` of a table
+            ``core``) is not it. By default any kind.
+
     Raises:
         RotationError: the models no longer define it.
+        ConfigurationError: the models define several of that kind with that label (tables
+            of one name in several ``MetaData``): name one of them (``module:Base``).
     """
-    kind, spec = source
-    if kind == "table":
+    source_kind, spec = source
+    if source_kind == "table":
         table_name, _, column_name = label.rpartition(".")
         return reflect_column(engine, table_name, column_name)
     targets: list[Any] = [
-        *find_columns(spec),
-        *find_indexes(spec, required=False),
-        *find_substring_indexes(spec),
+        *(find_columns(spec) if kind in (None, EncryptedColumn) else ()),
+        *(find_indexes(spec, required=False) if kind in (None, IndexedColumn) else ()),
+        *(find_substring_indexes(spec) if kind in (None, SubstringColumn) else ()),
     ]
-    for target in targets:
-        if target.label == label:
-            return target
+    found = [t for t in targets if t.label == label]
+    if len(found) > 1:
+        raise ConfigurationError(
+            f"the models {spec!r} define {len(found)} targets named {label} (tables of one "
+            "name in several MetaData): name the models of one database (module:Base)"
+        )
+    if found:
+        return found[0]
     raise RotationError(f"{label} is no longer in the models {spec!r}")
 
 

@@ -98,7 +98,8 @@ class Throttle:
     """What holds a run's batches back: a row rate, replica lag and a pause file.
 
     Args:
-        max_rate: rows written per second at most (per run; split among workers).
+        max_rate: rows written per second at most (per run; split among workers), side rows
+            included (a substring index's, :class:`~sa_fieldcrypt.jobs.SideWrites`).
         max_replica_lag: seconds of replica lag above which the run pauses.
         replicas: the lag sources to watch; with ``max_replica_lag`` and none given, the
             run's own database is watched as a PostgreSQL primary (:func:`primary_lag`).
