@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import URL, Engine, create_engine, make_url, text
+from sqlalchemy import URL, Connection, Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from sa_fieldcrypt import Keyring
@@ -59,6 +61,34 @@ def server_url(name: str) -> str:
             pytest.fail(f"{message}; CI requires it", pytrace=False)
         pytest.skip(f"{message}; start it or set FIELDCRYPT_TEST_{name.upper()}_URL")
     return _created[name].render_as_string(hide_password=False)
+
+
+def backend_id(conn: Connection) -> int:
+    """The server's id of the database session ``conn`` is (PostgreSQL or MariaDB)."""
+    if conn.dialect.name == "postgresql":
+        return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+    return int(conn.exec_driver_sql("SELECT connection_id()").scalar_one())
+
+
+def waits_for_a_lock(engine: Engine, backend: int) -> bool:
+    """Whether the database session ``backend`` is waiting for a row lock now."""
+    if engine.dialect.name == "postgresql":
+        query = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :id"
+    else:
+        query = (
+            "SELECT trx_state = 'LOCK WAIT' FROM information_schema.innodb_trx "
+            "WHERE trx_mysql_thread_id = :id"
+        )
+    with engine.connect() as conn:
+        return bool(conn.execute(text(query), {"id": backend}).scalar())
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail if it does not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {timeout:g} s"
+        threading.Event().wait(0.01)
 
 
 def scratch_database_url(name: str, suffix: str) -> str:

@@ -6,7 +6,6 @@ import hashlib
 import math
 import pickle
 import re
-import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +54,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.attributes import flag_modified
 
 import sa_fieldcrypt
+from conftest import backend_id, wait_until, waits_for_a_lock
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
@@ -2500,19 +2500,6 @@ def test_the_side_table_follows_insert_update_and_delete(memo_db: Engine) -> Non
         assert set() == stored(memo_id)
 
 
-def _waits_for_a_lock(engine: Engine, backend: int) -> bool:
-    """Whether the database session ``backend`` is waiting for a row lock now."""
-    if engine.dialect.name == "postgresql":
-        query = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :id"
-    else:
-        query = (
-            "SELECT trx_state = 'LOCK WAIT' FROM information_schema.innodb_trx "
-            "WHERE trx_mysql_thread_id = :id"
-        )
-    with engine.connect() as conn:
-        return bool(conn.execute(text(query), {"id": backend}).scalar())
-
-
 def test_a_delete_locks_the_owner_before_its_side_rows(memo_db: Engine) -> None:
     """A delete waits for a writer holding the owner row, holding no side row meanwhile.
 
@@ -2522,8 +2509,6 @@ def test_a_delete_locks_the_owner_before_its_side_rows(memo_db: Engine) -> None:
     if memo_db.dialect.name == "sqlite":
         pytest.skip("SQLite locks the whole database: one writer at a time")
     _store_memos(memo_db, {1: ("to be deleted", "gone soon"), 2: ("stays", None)})
-    backend_sql = "SELECT pg_backend_pid()" if memo_db.dialect.name == "postgresql" else None
-    backend_sql = backend_sql or "SELECT connection_id()"
     memos = Memo.__table__
     with (
         memo_db.connect() as application,
@@ -2531,7 +2516,7 @@ def test_a_delete_locks_the_owner_before_its_side_rows(memo_db: Engine) -> None:
         memo_db.connect() as batch,
         ThreadPoolExecutor(1) as pool,
     ):
-        backend = int(application.exec_driver_sql(backend_sql).scalar_one())
+        backend = backend_id(application)
         memo = session.get(Memo, 1)
         assert memo is not None
         session.rollback()  # it holds no lock now
@@ -2542,10 +2527,7 @@ def test_a_delete_locks_the_owner_before_its_side_rows(memo_db: Engine) -> None:
             )
             session.delete(memo)
             deleting = pool.submit(session.commit)
-            for _ in range(3000):
-                if deleting.done() or _waits_for_a_lock(memo_db, backend):
-                    break
-                threading.Event().wait(0.01)
+            wait_until(lambda: deleting.done() or waits_for_a_lock(memo_db, backend))
             assert not deleting.done()  # it waits for the owner row
             # The batch replaces the side rows: it must not wait for the delete.
             batch.execute(BODY_TRIGRAMS.delete().where(BODY_TRIGRAMS.c.owner_id == 1))

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from conftest import backend_id, wait_until, waits_for_a_lock
 from sa_fieldcrypt import ConfigurationError, DecryptionError, RotationError
 from sa_fieldcrypt.jobs import BatchJob, Throttle, run_job
 
@@ -90,11 +91,17 @@ def test_compare_and_swap_is_exact_under_caseless_collations(
     assert changed == stored
 
 
-def test_a_row_written_and_changed_at_once_is_counted_written(engine: Engine) -> None:
+@pytest.mark.parametrize("isolation", ["default", "AUTOCOMMIT"])
+def test_a_row_written_and_changed_at_once_is_counted_written(
+    engine: Engine, isolation: str
+) -> None:
     """A batch in which one row changed before the write and another changes the moment
-    after it: the first is counted concurrent, the second written (and its new value kept)."""
+    after it: the first is counted concurrent, the second written (and its new value kept),
+    on an engine in transactions or in AUTOCOMMIT."""
     if engine.dialect.name == "sqlite":
         pytest.skip("SQLite has one writer at a time: no row changes during a batch's write")
+    if isolation != "default":
+        engine = engine.execution_options(isolation_level=isolation)
     metadata = MetaData()
     table = Table(
         "fc_batch_racing",
@@ -106,16 +113,19 @@ def test_a_row_written_and_changed_at_once_is_counted_written(engine: Engine) ->
     metadata.create_all(engine)
     late: list[threading.Thread] = []
     changed_first: list[bool] = []
+    backend: list[int] = []
 
     def meanwhile(conn: Connection, keys: list[tuple[Any, ...]]) -> None:
         _in_another_transaction(engine, conn, update(table).where(table.c.id == 1).values(v="a"))
         changed_first.append(True)
 
     def change_row_2() -> None:
-        with engine.begin() as other:
+        with engine.connect() as other:
+            backend.append(backend_id(other))
             other.execute(update(table).where(table.c.id == 2).values(v="b"))
+            other.commit()
 
-    @event.listens_for(engine, "after_cursor_execute")
+    @event.listens_for(engine.engine, "after_cursor_execute")
     def right_after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if late or not changed_first or not statement.lstrip().upper().startswith("UPDATE"):
             return
@@ -123,7 +133,11 @@ def test_a_row_written_and_changed_at_once_is_counted_written(engine: Engine) ->
         # server that holds the batch's row locks, once the batch is committed.
         late.append(threading.Thread(target=change_row_2))
         late[0].start()
-        late[0].join(timeout=1.0)
+        wait_until(
+            lambda: (
+                not late[0].is_alive() or (bool(backend) and waits_for_a_lock(engine, backend[0]))
+            )
+        )
 
     try:
         with engine.begin() as conn:
@@ -136,7 +150,7 @@ def test_a_row_written_and_changed_at_once_is_counted_written(engine: Engine) ->
         assert (3, 1) == (report.written, report.concurrent)
         assert {1: "a", 2: "b", 3: "new", 4: "new"} == stored
     finally:
-        event.remove(engine, "after_cursor_execute", right_after)
+        event.remove(engine.engine, "after_cursor_execute", right_after)
         metadata.drop_all(engine)
 
 

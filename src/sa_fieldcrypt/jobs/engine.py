@@ -138,6 +138,9 @@ DEFAULT_BATCH_SIZE: Final = 1000
 _CAS_RETRIES: Final = 3
 #: Times a batch is retried after a deadlock or serialization failure.
 _TRANSIENT_RETRIES: Final = 5
+#: Isolation levels whose reads see a snapshot taken at the transaction's first read.
+_SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
+
 #: Times a batch is written again after a unique-constraint conflict that no row explains.
 _CONFLICT_RETRIES: Final = 3
 
@@ -777,21 +780,21 @@ class _Writer:
         # Some rows were not written, or the driver cannot count them: read back what is there
         # now, in the same transaction. A row was written by this statement if it holds the
         # new values and still holds what was read in the other columns read (a deterministic
-        # new value, such as a blind index, may also have been written by someone else). The
-        # read locks, so that InnoDB reads what is committed now, not the transaction's
-        # snapshot.
+        # new value, such as a blind index, may also have been written by someone else).
+        # Under InnoDB's REPEATABLE READ the read locks, to read what is committed now rather
+        # than a snapshot an earlier read of the transaction took; the UPDATE holds locks on
+        # the rows it scanned already, so it waits for no one. Elsewhere each statement reads
+        # what is committed when it starts, and a plain read waits for no lock.
         pk = [self.lite.c[n] for n in self.pk_names]
         written = [self.lite.c[n] for n in self.write_names]
         only_read = [(i, n) for i, n in enumerate(self.read_names) if n not in self.write_names]
         checked = [self.lite.c[n] for _, n in only_read]
         keys = [k for k, _, _ in items]
         match = pk[0].in_([k[0] for k in keys]) if len(pk) == 1 else tuple_(*pk).in_(keys)
-        now = {
-            tuple(row[: len(pk)]): tuple(row[len(pk) :])
-            for row in conn.execute(
-                select(*pk, *written, *checked).where(match).with_for_update(read=True)
-            )
-        }
+        query = select(*pk, *written, *checked).where(match)
+        if self.sql.mysql and conn.get_isolation_level() in _SNAPSHOT_LEVELS:
+            query = query.with_for_update(read=True)
+        now = {tuple(row[: len(pk)]): tuple(row[len(pk) :]) for row in conn.execute(query)}
         return {k for k, old, new in items if now.get(k) != (*new, *(old[i] for i, _ in only_read))}
 
 
@@ -856,19 +859,21 @@ class _Walk:
                     snapshot = conn.execution_options(isolation_level="REPEATABLE READ")
                     self._one_by_one(snapshot, sql, writer, low)
                 elif writer is None or sql.name == "sqlite":
-                    self._one_by_one(self._transactional(conn), sql, writer, low)
+                    self._one_by_one(self._transactional(conn, writer), sql, writer, low)
                 else:
-                    write_conn = self._transactional(stack.enter_context(self.engine.connect()))
+                    write_conn = stack.enter_context(self.engine.connect())
+                    write_conn = self._transactional(write_conn, writer)
                     self._pipelined(conn, write_conn, sql, writer, low, self.transform)
         except SQLAlchemyError as exc:
             raise _database_error(self.job.label, exc) from exc
         self.progress.ended(self.completed, self._take_waited())
         return self.completed
 
-    def _transactional(self, conn: Connection) -> Connection:
-        """``conn``, in real transactions where the job writes side rows, even on an
-        AUTOCOMMIT engine: a row and its side rows are committed together or not at all."""
-        if self.job.side is None:
+    def _transactional(self, conn: Connection, writer: _Writer | None) -> Connection:
+        """``conn``, in real transactions where the job writes, even on an AUTOCOMMIT
+        engine: a row and its side rows are committed together or not at all, and the rows
+        a batch did not write are read back before its row locks are released."""
+        if self.job.side is None and writer is None:
             return conn
         # Set whatever the engine says: its AUTOCOMMIT is not what get_isolation_level() reads.
         return conn.execution_options(isolation_level=conn.default_isolation_level)
@@ -944,7 +949,7 @@ class _Walk:
             # wrote: without BEGIN and COMMIT it is one round trip, and each round trip costs
             # the writer a wait for the GIL, which the crypto holds. (Without RETURNING, rows
             # it did not write are read back in its transaction, before anyone else can
-            # change the rows it did write.)
+            # change the rows it did write: see _transactional.)
             write_conn = write_conn.execution_options(isolation_level="AUTOCOMMIT")
 
         def write(batch: _Batch) -> _Batch:
