@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Index, Integer, String, Text, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, load_only, mapped_column
 
 from conftest import server_url
 from sa_fieldcrypt import (
@@ -220,6 +220,34 @@ def test_async_truncated_lookups_return_exact_matches(
                 tiny = Caller.phone.index("phone_last4_tiny") == "0000"
                 with pytest.raises(UnsupportedComparisonError):
                     await session.scalars(select(Caller.id).where(tiny))
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
+def test_async_reads_of_a_part_load_no_index_column(
+    async_url: str, fieldcrypt_keyring: Keyring, fieldcrypt_blind_index_keyring: Keyring
+) -> None:
+    """A hybrid read from a row loaded without its index columns (load_only) loads none of
+    them to check it: under AsyncSession that load would fail."""
+
+    async def main() -> None:
+        engine = create_async_engine(async_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+                await conn.run_sync(Base.metadata.create_all)
+            sessions = async_sessionmaker(engine, expire_on_commit=False)
+            async with sessions() as session:
+                session.add(Caller(id=1, phone="+1 555 010 0000", consent_sms=True))
+                await session.commit()
+            async with sessions() as session:
+                only = load_only(Caller.id, Caller.phone_encrypted)
+                caller = (await session.scalars(select(Caller).options(only))).one()
+                assert "+1 555 010 0000" == caller.phone
             async with engine.begin() as conn:
                 await conn.run_sync(Base.metadata.drop_all)
         finally:

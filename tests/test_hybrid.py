@@ -44,7 +44,9 @@ from sqlalchemy.orm import (
     Mapped,
     Session,
     aliased,
+    defer,
     joinedload,
+    load_only,
     mapped_column,
     relationship,
     selectinload,
@@ -2110,6 +2112,70 @@ def test_check_index_false_reads_a_compound_index_swapped_in(search_db: Engine) 
         lax = session.get(LaxPerson, 1)
         assert lax is not None
         assert ("Ada", "Lovelace") == (lax.first_name, lax.last_name)
+
+
+def test_a_part_read_without_its_indexes_loaded_loads_nothing(search_db: Engine) -> None:
+    """Columns a query left out (load_only, defer) are not loaded to check an index: that
+    would be a query per row, and fails on a detached row or under raiseload."""
+    _store_people(search_db, {1: ADA, 2: GRACE})
+    # Stale, so that a check that ran would raise.
+    _copy_stored(search_db, "initial_surname_bidx", from_id=2, to_id=1)
+    with Session(search_db) as session:
+        only = load_only(Person.id, Person.first_encrypted, Person._last_name)
+        ada = session.scalars(select(Person).where(Person.id == 1).options(only)).one()
+        session.expunge(ada)
+        assert ("Ada", "Lovelace") == (ada.first_name, ada.last_name)
+    with Session(search_db) as session:
+        deferred = defer(Person.initial_surname_bidx, raiseload=True)
+        ada = session.scalars(select(Person).where(Person.id == 1).options(deferred)).one()
+        assert ("Ada", "Lovelace") == (ada.first_name, ada.last_name)
+    with Session(search_db) as session:
+        ada = session.get(Person, 1)
+        assert ada is not None
+        with pytest.raises(DecryptionError, match=r"compound index Person\.initial_surname"):
+            _ = ada.first_name
+
+
+def test_a_stale_compound_index_does_not_stop_another_from_being_flushed(
+    search_db: Engine,
+) -> None:
+    """A change to a plain part of one compound index is flushed although another compound
+    index sharing a hybrid part is stale; reading that part still reports the stale one."""
+
+    class Sharing(DeclarativeBase):
+        pass
+
+    class Member(Sharing):
+        __tablename__ = "fc_hyb_people"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+        first_encrypted: Mapped[str | None] = mapped_column(Text)
+        first_name = encrypted_hybrid("first_encrypted")
+        _last_name: Mapped[str | None] = mapped_column("last_encrypted", EncryptedText())
+        last_name = encrypted_hybrid("_last_name")
+        consent_sms: Mapped[bool] = mapped_column(default=False)
+        initial_surname_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        sms_last4_bidx: Mapped[str | None] = mapped_column(String(BLIND_INDEX_LENGTH))
+        initial_surname = compound_index(
+            BlindIndex(
+                "initial_surname_bidx",
+                normalizer=compound(first_name=first_chars(1), last_name=letters_lower),
+            )
+        )
+        texting_name = compound_index(
+            BlindIndex("sms_last4_bidx", normalizer=compound(consent_sms=None, first_name=None))
+        )
+
+    _store_people(search_db, {1: ADA, 2: GRACE})
+    _copy_stored(search_db, "initial_surname_bidx", from_id=2, to_id=1)
+    with Session(search_db) as session:
+        member = session.get(Member, 1)
+        assert member is not None
+        member.consent_sms = not member.consent_sms
+        session.commit()
+        found = select(Member.id).where(Member.texting_name == (member.consent_sms, "Ada"))
+        assert [1] == session.scalars(found).all()
+        with pytest.raises(DecryptionError, match=r"compound index Member\.initial_surname"):
+            _ = member.first_name
 
 
 def test_a_slow_index_needs_room_for_its_cost_label() -> None:

@@ -317,6 +317,7 @@ class _Binding:
         one, under the key id it names: a token copied in from another row decrypts, but
         its index says which row it came from. So must every compound index that reads the
         attribute equal the index of the row's parts (see :meth:`_CompoundBinding.check`).
+        An index column the query did not load (``load_only``, ``defer``) is not checked.
 
         Raises:
             DecryptionError: the value does not decrypt, or does not match the row's index
@@ -337,8 +338,11 @@ class _Binding:
             return cached.value if pending else None
         index: tuple[str | None, ...] | None = None
         if check and self.check_index and self.indexes:
-            # None: not indexed yet, nothing to check.
-            index = tuple(getattr(instance, bound.key) for bound in self.indexes)
+            # None: not indexed yet, nothing to check. An index column the query did not load
+            # (load_only, defer) is not loaded for the check either: that would be a query
+            # per row, or fail (a detached row, raiseload, AsyncSession).
+            loaded = instance.__dict__
+            index = tuple(loaded.get(bound.key) for bound in self.indexes)
             if all(v is None for v in index):
                 index = None
         if (
@@ -1428,10 +1432,11 @@ class _CompoundBinding:
         attacker with write access who copies an index value, or a part's token, in from
         another row makes the parts disagree with the index. Not checked: a new object or one
         with a part (or the index) assigned and not flushed yet, whose index the flush
-        computes; a row whose index is NULL (not computed yet); an index value under a key
-        the keyring no longer holds, or of other cost parameters (see
-        :meth:`~sa_fieldcrypt.BlindIndex.matches`). An index under an older key the keyring
-        still holds is checked under that key.
+        computes; a row loaded without the index column or one of the parts' columns
+        (``load_only``, ``defer``): the check loads nothing; a row whose index is NULL (not
+        computed yet); an index value under a key the keyring no longer holds, or of other
+        cost parameters (see :meth:`~sa_fieldcrypt.BlindIndex.matches`). An index under an
+        older key the keyring still holds is checked under that key.
 
         Raises:
             DecryptionError: the parts do not match the row's compound index.
@@ -1439,7 +1444,10 @@ class _CompoundBinding:
         if not self.check_index:
             return
         state = instance_state(instance)
-        if state.key is None:
+        loaded = instance.__dict__
+        if state.key is None or any(k not in loaded for k in (self.bound.key, *self.watched)):
+            # Loading a column the query did not load would be a query per row, or fail (a
+            # detached row, raiseload, AsyncSession).
             return
         index = getattr(instance, self.bound.key)
         if index is None:
@@ -1476,7 +1484,9 @@ class _CompoundBinding:
                 if isinstance(prop := mapper.attrs.get(attr), ColumnProperty)
             ]
             _fill_defaults(target, plain, "a compound index needs")
-        index = self.bound.blind_index.compute(self.values(target))
+        # Unchecked, as the hybrid's own index is computed: a stale index of another compound
+        # sharing a part must not stop this flush.
+        index = self.bound.blind_index.compute(self.values(target, check=False))
         if state.dict.get(self.bound.key) != index:
             setattr(target, self.bound.key, index)
 
@@ -1583,7 +1593,8 @@ class CompoundIndex:
             tuple(parts),
             tuple(watched),
             self._check_index,
-            f"_sa_fieldcrypt_checked_{self.__name__}",
+            # No attribute name holds a colon: no hybrid's cache key can be this one.
+            f"_sa_fieldcrypt_compound:{self.__name__}",
         )
         for reader in parts:
             if reader is not None and all(c is not binding for c in reader.compounds):
