@@ -1683,15 +1683,19 @@ def _initial_surname(first: str | None, last: str | None) -> tuple[str, str] | N
     return None if initial is None or surname is None else (initial, surname)
 
 
+#: A person's parts, as the property tests draw them.
+FOLK = st.tuples(
+    st.sampled_from(FIRST_NAMES),
+    st.sampled_from([*SURNAMES, None]),
+    st.booleans(),
+    st.one_of(st.none(), st.from_regex(PHONE_SHAPES, fullmatch=True)),
+)
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     rows=st.lists(
-        st.tuples(
-            st.sampled_from(FIRST_NAMES),
-            st.sampled_from([*SURNAMES, None]),
-            st.booleans(),
-            st.one_of(st.none(), st.from_regex(PHONE_SHAPES, fullmatch=True)),
-        ),
+        FOLK,
         max_size=40,
     ),
     data=st.data(),
@@ -1896,12 +1900,7 @@ def _parts(person: Person) -> Folk:
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     rows=st.lists(
-        st.tuples(
-            st.sampled_from(FIRST_NAMES),
-            st.sampled_from([*SURNAMES, None]),
-            st.booleans(),
-            st.one_of(st.none(), st.from_regex(PHONE_SHAPES, fullmatch=True)),
-        ),
+        FOLK,
         max_size=20,
     )
 )
