@@ -464,7 +464,7 @@ def test_lookups_work_through_aliases(db: Engine) -> None:
     assert [(1, 2)] == [tuple(p) for p in pairs]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(value=st.text(min_size=1), data=st.data())
 def test_lookup_finds_the_row_for_any_equivalent_text(
     db: Engine, value: str, data: st.DataObject
@@ -492,7 +492,7 @@ def test_lookup_finds_the_row_for_any_equivalent_text(
             assert [] == _ids(session, Customer.email_bidx == stored.alt_email_bidx)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     plus=st.booleans(),
     digits=st.lists(st.text("0123456789", min_size=1, max_size=4), min_size=1, max_size=5),
