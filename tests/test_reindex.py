@@ -246,6 +246,32 @@ def test_interrupted_run_resumes_from_its_state_file(
     assert not state.exists()  # the run is over: the next one starts afresh
 
 
+def test_state_of_a_run_under_another_normalizer_is_ignored(
+    db: Engine, index_keyring: Keyring, tmp_path: Path
+) -> None:
+    """A state file of a run whose index had another normalizer (or size) is not resumed:
+    the rows it passed hold values the new one does not compute."""
+    state = tmp_path / "reindex.json"
+    _add_customers(db, 9)
+    _rotate(index_keyring)
+    with pytest.raises(Interrupted):
+        reindex(
+            db,
+            find_indexes(Customer),
+            batch_size=3,
+            state=ResumeState(state),
+            listener=Batches(stop_after=2),
+        )
+    targets = find_indexes(Customer)
+    changed = []
+    for target in targets:
+        index = copy.copy(target.blind_index)
+        index.normalizer = lambda value: None if value is None else value.strip()
+        changed.append(dataclasses.replace(target, blind_index=index, source=None))
+    report = reindex(db, changed, batch_size=3, state=ResumeState(state))
+    assert (False, 9) == (report.jobs[0].resumed, report.scanned)
+
+
 def test_state_of_another_rotation_is_ignored(
     db: Engine, index_keyring: Keyring, tmp_path: Path
 ) -> None:

@@ -56,7 +56,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from sa_fieldcrypt.blind_index import IndexValue, SubstringIndex, parse_index_value
+from sa_fieldcrypt.blind_index import BlindIndex, IndexValue, SubstringIndex, parse_index_value
 from sa_fieldcrypt.errors import DecryptionError
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Item, JobFactory, Skip, run_jobs
 from sa_fieldcrypt.jobs.report import Failure, PrimaryKey, RunReport, format_key, word_for
@@ -113,9 +113,11 @@ def reindex_job(
         where = or_(
             *(and_(c.index.is_(None), *(v.is_not(None) for v in c.values)) for c in columns)
         )
-    # The writing key and cost parameters: a state file of a run under others is not resumed.
+    # The writing key, cost parameters, size and normalizer: a state file of a run under
+    # others is not resumed (the rows it passed hold index values computed otherwise).
     keys = ", ".join(
         f"{c.blind_index.name}={c.blind_index.active_keyring().primary.id}{c.blind_index.cost}"
+        f" {_computed_with(c.blind_index)}"
         for c in columns
     )
     return BatchJob(
@@ -233,20 +235,21 @@ def substring_check_job(engine: Engine, target: SubstringColumn) -> BatchJob:
     )
 
 
-def _computed_with(substring: SubstringIndex) -> str:
-    """The parameters that decide a substring index's trigram values, besides its key.
+def _computed_with(index: BlindIndex | SubstringIndex) -> str:
+    """The parameters that decide an index's values (a substring index's trigram values),
+    besides its key and cost parameters.
 
     A normalizer is named by its ``name`` (a :class:`~sa_fieldcrypt.Transform`'s) or its
     qualified name: one changed in place under the same name is not told apart.
     """
-    normalizer = substring.normalizer
+    normalizer = index.normalizer
     named = getattr(normalizer, "name", None)
     if normalizer is None:
         named = "none"
     elif not isinstance(named, str):
         module = getattr(normalizer, "__module__", "")
         named = f"{module}.{getattr(normalizer, '__qualname__', type(normalizer).__qualname__)}"
-    return f"(name={substring.name}, bits={substring.bits}, normalizer={named})"
+    return f"(name={index.name}, bits={index.bits}, normalizer={named})"
 
 
 @dataclass(frozen=True)
