@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Index, Integer, String, Text, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, load_only, mapped_column
 
 from conftest import server_url
@@ -102,6 +108,26 @@ async def _scenario(engine: AsyncEngine) -> None:
         await conn.run_sync(Base.metadata.drop_all)
 
 
+def _with_tables(
+    async_url: str, scenario: Callable[[async_sessionmaker[AsyncSession]], Awaitable[None]]
+) -> None:
+    """Run ``scenario`` with sessions on new tables of the models, dropped after it."""
+
+    async def main() -> None:
+        engine = create_async_engine(async_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+                await conn.run_sync(Base.metadata.create_all)
+            await scenario(async_sessionmaker(engine, expire_on_commit=False))
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
 def test_async_round_trip(async_url: str, fieldcrypt_keyring: Keyring) -> None:
     """AsyncSession writes tokens and reads plaintext back, NULLs and "" included."""
 
@@ -126,42 +152,28 @@ def test_async_hybrids_and_blind_index_queries(
 ) -> None:
     """Hybrid attributes, lookups through blind indexes and the unique index work async."""
 
-    async def main() -> None:
-        engine = create_async_engine(async_url)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.drop_all)
-                await conn.run_sync(Base.metadata.create_all)
-            sessions = async_sessionmaker(engine, expire_on_commit=False)
-            async with sessions() as session:
-                session.add(Guest(id=1, email="Ada@Example.com", phone="+1 (555) 010-0000"))
+    async def scenario(sessions: async_sessionmaker[AsyncSession]) -> None:
+        async with sessions() as session:
+            session.add(Guest(id=1, email="Ada@Example.com", phone="+1 (555) 010-0000"))
+            await session.commit()
+        async with sessions() as session:
+            by_email = await session.scalar(select(Guest).where(Guest.email == "  ada@example.COM"))
+            assert by_email is not None
+            assert ("Ada@Example.com", "+1 (555) 010-0000") == (by_email.email, by_email.phone)
+            by_phone = await session.scalars(
+                select(Guest.id).where(Guest.phone.in_(["+15550100000", "+1999"]))
+            )
+            assert [1] == by_phone.all()
+            by_email.email = "grace@example.com"
+            await session.commit()
+            moved = await session.scalar(select(Guest.id).where(Guest.email == "GRACE@example.com"))
+            assert 1 == moved
+        async with sessions() as session:
+            session.add(Guest(id=2, email=" grace@EXAMPLE.com"))
+            with pytest.raises(IntegrityError):
                 await session.commit()
-            async with sessions() as session:
-                by_email = await session.scalar(
-                    select(Guest).where(Guest.email == "  ada@example.COM")
-                )
-                assert by_email is not None
-                assert ("Ada@Example.com", "+1 (555) 010-0000") == (by_email.email, by_email.phone)
-                by_phone = await session.scalars(
-                    select(Guest.id).where(Guest.phone.in_(["+15550100000", "+1999"]))
-                )
-                assert [1] == by_phone.all()
-                by_email.email = "grace@example.com"
-                await session.commit()
-                moved = await session.scalar(
-                    select(Guest.id).where(Guest.email == "GRACE@example.com")
-                )
-                assert 1 == moved
-            async with sessions() as session:
-                session.add(Guest(id=2, email=" grace@EXAMPLE.com"))
-                with pytest.raises(IntegrityError):
-                    await session.commit()
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.drop_all)
-        finally:
-            await engine.dispose()
 
-    asyncio.run(main())
+    _with_tables(async_url, scenario)
 
 
 class Caller(Base):
@@ -196,36 +208,26 @@ def test_async_truncated_lookups_return_exact_matches(
     expected = sorted(i for i, p in phones.items() if p.endswith("0000"))
     texting = sorted(i for i in expected if i % 2)
 
-    async def main() -> None:
-        engine = create_async_engine(async_url)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.drop_all)
-                await conn.run_sync(Base.metadata.create_all)
-            sessions = async_sessionmaker(engine, expire_on_commit=False)
-            async with sessions() as session:
-                session.add_all(
-                    Caller(id=i, phone=p, consent_sms=bool(i % 2)) for i, p in phones.items()
-                )
-                await session.commit()
-            async with sessions() as session:
-                for index in ("phone_last4", "phone_last4_tiny"):
-                    condition = Caller.phone.index(index) == "0000"
-                    found = await session.scalars(select(Caller).where(condition))
-                    assert expected == sorted(c.id for c in found)
-                    rows = await session.execute(select(Caller).where(condition))
-                    assert expected == sorted(c.id for (c,) in rows)
-                consenting = select(Caller).where(Caller.sms_last4 == (True, "0000"))
-                assert texting == sorted(c.id for c in await session.scalars(consenting))
-                tiny = Caller.phone.index("phone_last4_tiny") == "0000"
-                with pytest.raises(UnsupportedComparisonError):
-                    await session.scalars(select(Caller.id).where(tiny))
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.drop_all)
-        finally:
-            await engine.dispose()
+    async def scenario(sessions: async_sessionmaker[AsyncSession]) -> None:
+        async with sessions() as session:
+            session.add_all(
+                Caller(id=i, phone=p, consent_sms=bool(i % 2)) for i, p in phones.items()
+            )
+            await session.commit()
+        async with sessions() as session:
+            for index in ("phone_last4", "phone_last4_tiny"):
+                condition = Caller.phone.index(index) == "0000"
+                found = await session.scalars(select(Caller).where(condition))
+                assert expected == sorted(c.id for c in found)
+                rows = await session.execute(select(Caller).where(condition))
+                assert expected == sorted(c.id for (c,) in rows)
+            consenting = select(Caller).where(Caller.sms_last4 == (True, "0000"))
+            assert texting == sorted(c.id for c in await session.scalars(consenting))
+            tiny = Caller.phone.index("phone_last4_tiny") == "0000"
+            with pytest.raises(UnsupportedComparisonError):
+                await session.scalars(select(Caller.id).where(tiny))
 
-    asyncio.run(main())
+    _with_tables(async_url, scenario)
 
 
 def test_async_reads_of_a_part_load_no_index_column(
@@ -234,26 +236,16 @@ def test_async_reads_of_a_part_load_no_index_column(
     """A hybrid read from a row loaded without its index columns (load_only) loads none of
     them to check it: under AsyncSession that load would fail."""
 
-    async def main() -> None:
-        engine = create_async_engine(async_url)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.drop_all)
-                await conn.run_sync(Base.metadata.create_all)
-            sessions = async_sessionmaker(engine, expire_on_commit=False)
-            async with sessions() as session:
-                session.add(Caller(id=1, phone="+1 555 010 0000", consent_sms=True))
-                await session.commit()
-            async with sessions() as session:
-                only = load_only(Caller.id, Caller.phone_encrypted)
-                caller = (await session.scalars(select(Caller).options(only))).one()
-                assert "+1 555 010 0000" == caller.phone
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.drop_all)
-        finally:
-            await engine.dispose()
+    async def scenario(sessions: async_sessionmaker[AsyncSession]) -> None:
+        async with sessions() as session:
+            session.add(Caller(id=1, phone="+1 555 010 0000", consent_sms=True))
+            await session.commit()
+        async with sessions() as session:
+            only = load_only(Caller.id, Caller.phone_encrypted)
+            caller = (await session.scalars(select(Caller).options(only))).one()
+            assert "+1 555 010 0000" == caller.phone
 
-    asyncio.run(main())
+    _with_tables(async_url, scenario)
 
 
 class Memo(Base):
@@ -279,34 +271,24 @@ def test_async_contains_returns_exact_matches(
     def expected(term: str) -> list[int]:
         return sorted(i for i, b in bodies.items() if term.lower() in b.lower())
 
-    async def main() -> None:
-        engine = create_async_engine(async_url)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.drop_all)
-                await conn.run_sync(Base.metadata.create_all)
-            sessions = async_sessionmaker(engine, expire_on_commit=False)
-            async with sessions() as session:
-                session.add_all(Memo(id=i, body=b) for i, b in bodies.items())
-                await session.commit()
-            async with sessions() as session:
-                for term in ("lovelace", "GRACE", "note 1", "zzz"):
-                    found = await session.scalars(select(Memo).where(Memo.body.contains(term)))
-                    assert expected(term) == sorted(m.id for m in found)
-                memo = await session.get(Memo, 1)
-                assert memo is not None
-                memo.body = "now about Lovelace"
-                bodies[1] = memo.body
-                await session.delete(await session.get(Memo, 0))
-                del bodies[0]
-                await session.commit()
-                found = await session.scalars(select(Memo).where(Memo.body.contains("lovelace")))
-                assert expected("lovelace") == sorted(m.id for m in found)
-                with pytest.raises(UnsupportedComparisonError):
-                    await session.scalars(select(Memo.id).where(Memo.body.contains("grace")))
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.drop_all)
-        finally:
-            await engine.dispose()
+    async def scenario(sessions: async_sessionmaker[AsyncSession]) -> None:
+        async with sessions() as session:
+            session.add_all(Memo(id=i, body=b) for i, b in bodies.items())
+            await session.commit()
+        async with sessions() as session:
+            for term in ("lovelace", "GRACE", "note 1", "zzz"):
+                found = await session.scalars(select(Memo).where(Memo.body.contains(term)))
+                assert expected(term) == sorted(m.id for m in found)
+            memo = await session.get(Memo, 1)
+            assert memo is not None
+            memo.body = "now about Lovelace"
+            bodies[1] = memo.body
+            await session.delete(await session.get(Memo, 0))
+            del bodies[0]
+            await session.commit()
+            found = await session.scalars(select(Memo).where(Memo.body.contains("lovelace")))
+            assert expected("lovelace") == sorted(m.id for m in found)
+            with pytest.raises(UnsupportedComparisonError):
+                await session.scalars(select(Memo.id).where(Memo.body.contains("grace")))
 
-    asyncio.run(main())
+    _with_tables(async_url, scenario)

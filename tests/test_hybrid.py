@@ -962,13 +962,8 @@ def test_a_value_swapped_in_from_another_row_is_refused(
     assert alice not in message
 
 
-def test_the_index_check_costs_one_hmac_per_stored_value(
-    db: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Reading the attribute again checks nothing again; a changed stored value is checked anew."""
-    with Session(db) as session:
-        session.add(Customer(id=1, station_id=1, email="ada@example.com"))
-        session.commit()
+def _count_index_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The stored index values checked from now on, one per HMAC (``BlindIndex.matches``)."""
     calls: list[str] = []
     original = BlindIndex.matches
 
@@ -977,6 +972,17 @@ def test_the_index_check_costs_one_hmac_per_stored_value(
         return original(self, value, stored)
 
     monkeypatch.setattr(BlindIndex, "matches", counting)
+    return calls
+
+
+def test_the_index_check_costs_one_hmac_per_stored_value(
+    db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the attribute again checks nothing again; a changed stored value is checked anew."""
+    with Session(db) as session:
+        session.add(Customer(id=1, station_id=1, email="ada@example.com"))
+        session.commit()
+    calls = _count_index_checks(monkeypatch)
     with Session(db) as session:
         customer = session.get(Customer, 1)
         assert ["ada@example.com"] * 3 == [customer.email for _ in range(3)]
@@ -2063,14 +2069,7 @@ def test_the_compound_check_costs_one_hmac_per_stored_state(
 ) -> None:
     """Reading the parts again checks nothing again; a flushed change is checked anew."""
     _store_people(search_db, {1: ADA})
-    calls: list[str] = []
-    original = BlindIndex.matches
-
-    def counting(self: BlindIndex, value: Any, stored: str) -> bool | None:
-        calls.append(stored)
-        return original(self, value, stored)
-
-    monkeypatch.setattr(BlindIndex, "matches", counting)
+    calls = _count_index_checks(monkeypatch)
     with Session(search_db) as session:
         person = session.get(Person, 1)
         assert person is not None

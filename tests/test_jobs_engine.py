@@ -59,6 +59,19 @@ def caseless(engine: Engine) -> Iterator[Table]:
         conn.execute(text(f"DROP TABLE {TABLE}"))
 
 
+def _new_values_table(engine: Engine, name: str) -> Table:
+    """A new table ``name`` of integer keys and short text values; drop it with ``drop()``."""
+    table = Table(
+        name,
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("v", String(40)),
+    )
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    return table
+
+
 def _in_another_transaction(engine: Engine, conn: Connection, statement: Any) -> None:
     if engine.dialect.name == "sqlite":
         # One writer at a time: the engine's own connection stands in for the application.
@@ -102,15 +115,7 @@ def test_a_row_written_and_changed_at_once_is_counted_written(
         pytest.skip("SQLite has one writer at a time: no row changes during a batch's write")
     if isolation != "default":
         engine = engine.execution_options(isolation_level=isolation)
-    metadata = MetaData()
-    table = Table(
-        "fc_batch_racing",
-        metadata,
-        Column("id", Integer, primary_key=True, autoincrement=False),
-        Column("v", String(40)),
-    )
-    metadata.drop_all(engine)
-    metadata.create_all(engine)
+    table = _new_values_table(engine, "fc_batch_racing")
     late: list[threading.Thread] = []
     changed_first: list[bool] = []
     backend: list[int] = []
@@ -151,7 +156,7 @@ def test_a_row_written_and_changed_at_once_is_counted_written(
         assert {1: "a", 2: "b", 3: "new", 4: "new"} == stored
     finally:
         event.remove(engine.engine, "after_cursor_execute", right_after)
-        metadata.drop_all(engine)
+        table.drop(engine)
 
 
 def test_compare_and_swap_on_a_number_column(engine: Engine) -> None:
@@ -181,15 +186,7 @@ def test_compare_and_swap_on_a_number_column(engine: Engine) -> None:
 
 def test_rows_inserted_ahead_of_the_cursor_are_visited(engine: Engine) -> None:
     """Keyset paging sees a row inserted during the run after the current batch."""
-    metadata = MetaData()
-    table = Table(
-        "fc_batch_growing",
-        metadata,
-        Column("id", Integer, primary_key=True, autoincrement=False),
-        Column("v", String(40)),
-    )
-    metadata.drop_all(engine)
-    metadata.create_all(engine)
+    table = _new_values_table(engine, "fc_batch_growing")
     try:
         with engine.begin() as conn:
             conn.execute(insert(table), [{"id": i, "v": "old"} for i in range(10)])
@@ -211,7 +208,7 @@ def test_rows_inserted_ahead_of_the_cursor_are_visited(engine: Engine) -> None:
         with engine.connect() as conn:
             assert ["new"] == list(conn.execute(select(table.c.v).distinct()).scalars())
     finally:
-        metadata.drop_all(engine)
+        table.drop(engine)
 
 
 def _exploding_job(engine: Engine) -> BatchJob:
