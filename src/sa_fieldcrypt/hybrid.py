@@ -1443,20 +1443,24 @@ class _CompoundBinding:
         """
         if not self.check_index:
             return
-        state = instance_state(instance)
         loaded = instance.__dict__
-        if state.key is None or any(k not in loaded for k in (self.bound.key, *self.watched)):
-            # Loading a column the query did not load would be a query per row, or fail (a
-            # detached row, raiseload, AsyncSession).
+        try:
+            stored = (loaded[self.bound.key], *[loaded[key] for key in self.watched])
+        except KeyError:
+            # A column the query did not load: loading it would be a query per row, or fail
+            # (a detached row, raiseload, AsyncSession).
             return
-        index = getattr(instance, self.bound.key)
+        index = stored[0]
         if index is None:
             return
-        stored = (index, *(getattr(instance, key) for key in self.watched))
-        if any(state.attrs[key].history.has_changes() for key in (self.bound.key, *self.watched)):
-            return
-        checked = instance.__dict__.get(self.cache_key)
+        # The cache first: it is the common case, and cheaper than the attributes' history.
+        checked = loaded.get(self.cache_key)
         if isinstance(checked, _Checked) and checked.stored == stored:
+            return
+        state = instance_state(instance)
+        if state.key is None or any(
+            state.attrs[key].history.has_changes() for key in (self.bound.key, *self.watched)
+        ):
             return
         if self.bound.blind_index.matches(self.values(instance, check=False), index) is False:
             raise DecryptionError(
