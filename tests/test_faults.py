@@ -507,6 +507,7 @@ class Dropped:
     before: dict[int, str]  # every stored value before the run
     locked: int  # the row whose lock held the batch in flight
     written: list[int]  # rows the batch had written when its connection was terminated
+    waited: str  # what its statement waited for, and its transaction id, for a failure
 
 
 def _drop_connection_mid_batch(
@@ -521,10 +522,12 @@ def _drop_connection_mid_batch(
     with engine.connect() as conn:
         before = dict(conn.execute(select(RAW.c.id, RAW.c.email)).all())
     url = _url(engine, APPLICATION_NAME)
+    # Blocked by the locker, not by anyone else: a statement can also wait a moment for a
+    # lock on the whole table (autovacuum truncating it), before it has written any row.
     waiting = text(
-        "SELECT pid, query, backend_xid::text FROM pg_stat_activity "
+        "SELECT pid, query, backend_xid::text, wait_event FROM pg_stat_activity "
         "WHERE application_name = :name AND datname = current_database() "
-        "AND wait_event_type = 'Lock'"
+        "AND :locker = ANY(pg_blocking_pids(pid))"
     )
     # Rows a transaction has updated, and not yet committed, carry its id as xmax.
     xmax = cast(literal_column("xmax"), Text())
@@ -532,6 +535,7 @@ def _drop_connection_mid_batch(
         # pg_stat_activity is read once per transaction: poll outside of one.
         admin = admin.execution_options(isolation_level="AUTOCOMMIT")
         locker.execute(select(RAW.c.id).where(RAW.c.id == locked).with_for_update())
+        locker_pid = locker.execute(select(func.pg_backend_pid())).scalar_one()
         child = children.fieldcrypt(
             "rotate",
             "--db",
@@ -543,17 +547,19 @@ def _drop_connection_mid_batch(
             str(BATCH_SIZE),
         )
         deadline = time.monotonic() + TIMEOUT
-        while not (found := admin.execute(waiting, {"name": APPLICATION_NAME}).all()):
+        while not (
+            found := admin.execute(waiting, {"name": APPLICATION_NAME, "locker": locker_pid}).all()
+        ):
             assert child.process.poll() is None, child.output
             assert time.monotonic() < deadline, "the rotation never reached the locked row"
             time.sleep(0.02)
-        ((pid, query, xid),) = found
+        ((pid, query, xid, event),) = found
         assert query.lstrip().upper().startswith("UPDATE")
         updated = select(RAW.c.id).where(xmax == xid).order_by(RAW.c.id)
         written = list(admin.execute(updated).scalars())
         assert admin.execute(select(func.pg_terminate_backend(pid))).scalar_one()
         locker.rollback()
-    return Dropped(child, before, locked, written)
+    return Dropped(child, before, locked, written, f"{event} in transaction {xid}")
 
 
 def _assert_reported(dropped: Dropped, keys: Keys) -> None:
@@ -592,7 +598,7 @@ def test_connection_dropped_mid_batch_rolls_back_and_is_reported(
     assert [] == half_done
     assert len(pending) - len(rotated) == rows.pending
     # The batch had begun: rows of it were written, uncommitted, when it was stopped.
-    assert [] != dropped.written
+    assert [] != dropped.written, dropped.waited
     assert set(dropped.written) < set(in_flight)
     print(
         f"\nconnection dropped with {len(dropped.written)} rows of a batch written: "
@@ -618,5 +624,5 @@ def test_worker_connection_dropped_mid_batch_stops_the_run(
     assert {i: dropped.before[i] for i in held} == {i: after[i] for i in held}
     # The batch had begun: rows of it were written, uncommitted, when it was stopped (if none
     # were, its rows before the locked one were committed one by one, or it had not begun).
-    assert [] != dropped.written
+    assert [] != dropped.written, dropped.waited
     _rerun_converges(engine, keys, children)
