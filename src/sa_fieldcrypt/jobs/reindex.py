@@ -50,7 +50,6 @@ from sqlalchemy import (
     and_,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -258,21 +257,9 @@ class _SideRows:
 
     target: SubstringColumn
 
-    def _owned_by(self, keys: list[tuple[Any, ...]]) -> Any:
-        owner = self.target.owner
-        if len(owner) == 1:
-            return owner[0].in_([k[0] for k in keys])
-        return tuple_(*owner).in_(keys)
-
     def read(self, conn: Connection, keys: list[tuple[Any, ...]]) -> Mapping[tuple[Any, ...], Any]:
         """Each owner's stored trigram values, sorted."""
-        owner, trigram = self.target.owner, self.target.trigram
-        stmt = select(*owner, trigram).where(self._owned_by(keys))
-        held: dict[tuple[Any, ...], list[str]] = {}
-        for row in conn.execute(stmt):
-            held.setdefault(tuple(row[:-1]), []).append(row[-1])
-        # Sorted here: the database's collation may order them otherwise.
-        return {k: tuple(sorted(v)) for k, v in held.items()}
+        return self.target.side_rows(conn, keys)
 
     def write(self, conn: Connection, items: list[Item]) -> int:
         """Replace the side rows of the owners written with their values' trigram values.
@@ -289,7 +276,7 @@ class _SideRows:
             for key, _, (_, values) in items
             for value in values
         ]
-        conn.execute(target.side.delete().where(self._owned_by([k for k, _, _ in items])))
+        conn.execute(target.side.delete().where(target.owned_by([k for k, _, _ in items])))
         if rows:
             conn.execute(target.side.insert(), rows)
         return len(rows)

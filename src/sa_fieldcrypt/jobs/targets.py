@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Column, Engine, MetaData, Table
+from sqlalchemy import Column, ColumnElement, Connection, Engine, MetaData, Table, select, tuple_
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import NoSuchTableError
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, Session
 
 from sa_fieldcrypt.blind_index import BlindIndex, Compound, SubstringIndex
 from sa_fieldcrypt.errors import ConfigurationError, RotationError
@@ -219,6 +219,29 @@ class SubstringColumn:
         if stored is None:
             return None
         return self.codec.from_stored(stored, key if self.codec.row_bound else None)
+
+    def owned_by(self, keys: Sequence[tuple[Any, ...]]) -> ColumnElement[bool]:
+        """The condition on side rows that they belong to one of the owners ``keys``."""
+        owner = self.owner
+        if len(owner) == 1:
+            return owner[0].in_([k[0] for k in keys])
+        return tuple_(*owner).in_(keys)
+
+    def side_rows(
+        self, bind: Connection | Session, keys: Sequence[tuple[Any, ...]] | None = None
+    ) -> dict[tuple[Any, ...], tuple[str, ...]]:
+        """The stored trigram values of each owner of ``keys`` (of every owner: None), sorted.
+
+        Owners without side rows are not in it; owners whose row is gone are, when asked for.
+        """
+        stmt = select(*self.owner, self.trigram)
+        if keys is not None:
+            stmt = stmt.where(self.owned_by(keys))
+        held: dict[tuple[Any, ...], list[str]] = {}
+        for row in bind.execute(stmt):
+            held.setdefault(tuple(row[:-1]), []).append(row[-1])
+        # Sorted here: the database's collation may order them otherwise.
+        return {k: tuple(sorted(v)) for k, v in held.items()}
 
     def __repr__(self) -> str:
         return f"SubstringColumn({self.label!r}, {self.substring!r})"

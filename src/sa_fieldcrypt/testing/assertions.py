@@ -13,7 +13,7 @@ Typical usage::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Text, select, type_coerce
@@ -158,16 +158,14 @@ def assert_indexes_current(
 
 def _check_side_rows(bind: Session | Connection, target: SubstringColumn) -> int:
     """Check every owner row's side rows against its value; return the owners checked."""
-    held: dict[tuple[Any, ...], list[str]] = {}
-    for *owner, value in bind.execute(select(*target.owner, target.trigram)):
-        held.setdefault(tuple(owner), []).append(value)
+    held = target.side_rows(bind)
     owners = target.table
     where = f"{target.label} (substring index of {owners.fullname}.{target.value.name})"
     checked = 0
     for stored, *owner in bind.execute(select(stored_text(target.value), *owners.primary_key)):
         key = tuple(owner)
         value = target.plaintext(stored, key)
-        problem = _side_rows_problem(target.substring, value, held.pop(key, []))
+        problem = _side_rows_problem(target.substring, value, held.pop(key, ()))
         if problem is not None:
             raise AssertionError(f"{where} at primary key {key!r} {problem}")
         checked += 1
@@ -182,7 +180,7 @@ def _check_side_rows(bind: Session | Connection, target: SubstringColumn) -> int
     return checked
 
 
-def _side_rows_problem(substring: SubstringIndex, value: Any, held: list[str]) -> str | None:
+def _side_rows_problem(substring: SubstringIndex, value: Any, held: Sequence[str]) -> str | None:
     """Why ``held`` are not the current side rows of ``value``; None when they are."""
     verdict = substring.matches(value, held)
     if verdict:
