@@ -5,7 +5,8 @@ database), or ``python benchmarks/rotation.py --databases mariadb --rows 100000 
 It needs the servers: ``FIELDCRYPT_BENCH_POSTGRES_URL`` (else ``FIELDCRYPT_TEST_POSTGRES_URL``,
 else the test default) and ``FIELDCRYPT_BENCH_MARIADB_URL`` (else
 ``FIELDCRYPT_TEST_MARIADB_URL``, else the test default). The benchmark owns the tables
-``fc_bench_rotation*`` there.
+``fc_bench_rotation*`` there, and runs alone on a server: a second run started while one is
+under way stops at once, saying so.
 
 Then reindexes a PostgreSQL table of ``--reindex-rows`` rows (1,000,000 by default) under a new
 blind-index key with 1 and with 2 workers: the speedup shows whether the worker processes pay.
@@ -44,7 +45,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import cryptography
@@ -84,6 +85,30 @@ def server_url(database: str) -> str:
 def is_mysql(engine: Engine) -> bool:
     """Whether ``engine`` is a MariaDB (or MySQL) server."""
     return engine.dialect.name in ("mysql", "mariadb")
+
+
+@contextmanager
+def sole_run(database: str, url: str) -> Iterator[None]:
+    """Hold the benchmark's lock on the ``database`` server: two runs at once would rewrite
+    each other's tables (one crashes on a half-rotated table, the other reports it
+    incomplete), and each would time the other's load."""
+    engine = create_engine(url, hide_parameters=True)
+    with engine.connect() as conn:
+        if is_mysql(engine):
+            taken = conn.execute(text("SELECT GET_LOCK(:name, 0)"), {"name": TABLE}).scalar()
+        else:
+            taken = conn.execute(
+                text("SELECT pg_try_advisory_lock(hashtext(:name))"), {"name": TABLE}
+            ).scalar()
+        conn.commit()
+        if not taken:
+            sys.exit(
+                f"another run of this benchmark is using the {TABLE}* tables on {database}; "
+                "wait for it to end, then run again"
+            )
+        # Session locks: they end with this connection, so a killed run leaves none behind.
+        yield
+    engine.dispose()
 
 
 def make_source(engine: Engine, rows: int, old: Keyring) -> str:
@@ -451,6 +476,14 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown databases: {', '.join(sorted(unknown))}")
 
+    with ExitStack() as stack:
+        for database in databases:
+            stack.enter_context(sole_run(database, server_url(database)))
+        run(args, databases, worker_counts)
+
+
+def run(args: argparse.Namespace, databases: list[str], worker_counts: list[int]) -> None:
+    """Every measurement ``args`` asks for, on ``databases``."""
     # Fixed keys: the source tables are reused between runs of the benchmark.
     old_key = "wPA1iwhKLxcSoQOnOkL9vLK9Ttq1Ki3lTqFj2zS0Qnc="
     new_key = generate_key()
