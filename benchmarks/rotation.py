@@ -52,6 +52,7 @@ import cryptography
 import sqlalchemy
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine, MetaData, Table, create_engine, inspect, text
+from sqlalchemy.orm import Session
 
 import sa_fieldcrypt
 from sa_fieldcrypt import Keyring, generate_key, jobs
@@ -322,6 +323,125 @@ def bench_reindex(url: str, engine: Engine, rows: int, batch_size: int, keys: st
     print(f"  speedup with 2 workers: {rates[2] / rates[1]:4.2f}x")
 
 
+# Words for the notes: each note is about 120 characters, about 100 distinct trigrams.
+WORDS = [
+    "guest",
+    "arrived",
+    "early",
+    "asked",
+    "quiet",
+    "room",
+    "allergic",
+    "peanuts",
+    "prefers",
+    "window",
+    "seat",
+    "late",
+    "checkout",
+    "invoice",
+    "company",
+    "address",
+    "parking",
+    "spot",
+    "wheelchair",
+    "access",
+    "birthday",
+    "surprise",
+    "vegetarian",
+    "breakfast",
+    "airport",
+    "shuttle",
+    "flight",
+    "delayed",
+    "luggage",
+    "stored",
+    "extra",
+    "towels",
+]
+
+
+def note_of(i: int) -> str:
+    """A note of realistic length, different for every row."""
+    words = [WORDS[(i * 7 + k * 13 + (i >> k)) % len(WORDS)] for k in range(16)]
+    return f"{' '.join(words)} #{i}"
+
+
+def substring_child(url: str, batch_size: int) -> None:
+    """The measured process: reindex the notes' side rows; print seconds and peak RSS."""
+    import reindex_models
+
+    engine = create_engine(url, hide_parameters=True)
+    targets = jobs.find_substring_indexes(reindex_models)
+    start = time.perf_counter()
+    report = jobs.reindex(engine, targets, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    if not report.ok:
+        raise SystemExit(f"reindex reported failures: {report.to_dict()['total']}")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        json.dumps({"seconds": seconds, "written": report.written, "rss_mb": own.ru_maxrss / 1024})
+    )
+
+
+def bench_substring_reindex(
+    database: str, url: str, rows: int, batch_sizes: list[int], keys: str
+) -> None:
+    """Fill a notes table of ``rows`` owners through the ORM, then reindex its side rows
+    under a new index key with each batch size: owners and side rows per second."""
+    import reindex_models
+
+    engine = create_engine(url, hide_parameters=True)
+    note = reindex_models.BenchNote
+    tables = [reindex_models.Base.metadata.tables[n] for n in (note.__tablename__,)]
+    side = jobs.find_substring_indexes(reindex_models)[0].side
+    index_keys = [f"s{i}:{generate_key('hmac-sha256')}" for i in range(len(batch_sizes) + 1)]
+    side.drop(engine, checkfirst=True)
+    reindex_models.Base.metadata.create_all(engine, tables=[*tables, side])
+    sa_fieldcrypt.configure(
+        keyring=Keyring.parse(index_keys[0], purpose="blind-index"), purpose="blind-index"
+    )
+    print(f"\n{database}: writing {rows:,} notes through the ORM ...", flush=True)
+    with Session(engine) as session:
+        for low in range(1, rows + 1, 2000):
+            session.add_all(
+                note(id=i, notes=note_of(i)) for i in range(low, min(low + 2000, rows + 1))
+            )
+            session.commit()
+    sa_fieldcrypt.configure(purpose="blind-index")
+    with engine.connect() as conn:
+        side_rows = conn.execute(text(f"SELECT count(*) FROM {side.name}")).scalar_one()
+    print(
+        f"substring reindex of {rows:,} notes, {side_rows:,} side rows, under a new index key "
+        "(every owner's side rows rewritten):"
+    )
+    for writing, batch_size in enumerate(batch_sizes, start=1):
+        env = {
+            "FIELDCRYPT_KEYS": keys,
+            "FIELDCRYPT_BLIND_INDEX_KEYS": f"{index_keys[writing]},{index_keys[writing - 1]}",
+        }
+        args = [sys.executable, __file__, "--child-substring", "--url", url]
+        out = subprocess.run(
+            [*args, "--batch-size", str(batch_size)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise SystemExit(f"substring reindex failed:\n{out.stderr}")
+        measured = json.loads(out.stdout.strip().splitlines()[-1])
+        if measured["written"] != rows:
+            raise SystemExit(f"substring reindex wrote {measured['written']} of {rows} owners")
+        seconds = measured["seconds"]
+        print(
+            f"  batch size {batch_size:>5}: {seconds:7.1f} s, {rows / seconds:8,.0f} owners/s, "
+            f"{side_rows / seconds:9,.0f} side rows/s, peak RSS {measured['rss_mb']:4.0f} MB",
+            flush=True,
+        )
+    side.drop(engine)
+    reindex_models.Base.metadata.drop_all(engine, tables=tables)
+
+
 def check_done(engine: Engine, rows: int) -> None:
     """Every row is under the new primary key."""
     column = jobs.reflect_column(engine, TABLE, "email")
@@ -460,9 +580,16 @@ def main() -> None:
         default=300_000,
         help="rows to rewrite without crypto, to measure the write ceiling (0: none)",
     )
+    parser.add_argument(
+        "--substring-rows",
+        type=int,
+        default=20_000,
+        help="notes whose substring index to reindex, on each database (0: none)",
+    )
     parser.add_argument("--url", help=argparse.SUPPRESS)  # a child's server
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-reindex", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-substring", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",")]
     if args.child:
@@ -470,6 +597,9 @@ def main() -> None:
         return
     if args.child_reindex:
         reindex_child(args.url, worker_counts[0], args.batch_size)
+        return
+    if args.child_substring:
+        substring_child(args.url, args.batch_size)
         return
     databases = [d.strip() for d in args.databases.split(",") if d.strip()]
     unknown = set(databases) - set(SERVERS)
@@ -515,6 +645,12 @@ def run(args: argparse.Namespace, databases: list[str], worker_counts: list[int]
         engine = create_engine(url, hide_parameters=True)
         make_source(engine, args.reindex_rows, old)
         bench_reindex(url, engine, args.reindex_rows, args.batch_size, keys)
+    if args.substring_rows:
+        batch_sizes = sorted({args.batch_size, max(1, args.batch_size // 10)}, reverse=True)
+        for database in databases:
+            bench_substring_reindex(
+                database, server_url(database), args.substring_rows, batch_sizes, keys
+            )
 
 
 if __name__ == "__main__":
