@@ -57,7 +57,7 @@ import re
 import struct
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -1140,19 +1140,14 @@ class SubstringIndex(_KeyedIndex):
         text = self.normalize(value)
         if text is None:
             return set()
-        key = self.active_keyring().primary
-        return {self._hash(key, t) for t in _trigrams(text)}
+        return self._values(self.active_keyring().primary, text)
 
     def term_values(self, text: str) -> dict[str, tuple[str, ...]]:
         """Return, per active key id (primary first), the distinct trigram values of ``text``.
 
         ``text`` is a normalized term of at least :data:`TRIGRAM` characters.
         """
-        trigrams = sorted(set(_trigrams(text)))
-        return {
-            key.id: tuple(sorted({self._hash(key, t) for t in trigrams}))
-            for key in self._ordered_keys()
-        }
+        return {key.id: tuple(sorted(self._values(key, text))) for key in self._ordered_keys()}
 
     def matches(self, value: Any, held: Iterable[str]) -> bool | None:
         """Whether ``held``, an owner row's stored side rows, are exactly those of ``value``.
@@ -1176,8 +1171,7 @@ class SubstringIndex(_KeyedIndex):
             return None
         if text is None:
             return False
-        key = self._key(key_id)
-        return tuple(sorted({self._hash(key, t) for t in _trigrams(text)})) == stored
+        return tuple(sorted(self._values(self._key(key_id), text))) == stored
 
     def digest(self, text: str, key_id: str) -> bytes:
         """Return the full-size HMAC of normalized ``text``: what exact filtering compares.
@@ -1185,7 +1179,8 @@ class SubstringIndex(_KeyedIndex):
         Raises:
             ConfigurationError: the keyring holds no key ``key_id``.
         """
-        return self._mac(self._key(key_id), text)
+        (mac,) = self._macs(self._key(key_id), [text])
+        return mac
 
     def contains(self, text: str, length: int, digest: bytes, key_id: str) -> bool:
         """Whether normalized ``text`` has a substring of ``length`` characters whose HMAC
@@ -1194,19 +1189,23 @@ class SubstringIndex(_KeyedIndex):
         Raises:
             ConfigurationError: the keyring holds no key ``key_id``.
         """
-        derived = self._derived(self._key(key_id), _HKDF_SUBSTRING_INFO_PREFIX)
+        windows = (text[i : i + length] for i in range(len(text) - length + 1))
         found = False
-        for i in range(len(text) - length + 1):
-            window = text[i : i + length].encode("utf-8", "surrogatepass")
-            found |= hmac.compare_digest(hmac.digest(derived, window, "sha256"), digest)
+        for mac in self._macs(self._key(key_id), windows):
+            found |= hmac.compare_digest(mac, digest)
         return found
 
-    def _mac(self, key: Key, text: str) -> bytes:
+    def _macs(self, key: Key, texts: Iterable[str]) -> Iterator[bytes]:
+        # The full-size HMAC of each text under the index's substring key, derived once: the
+        # hot path of every write, reindex and exact filter.
         derived = self._derived(key, _HKDF_SUBSTRING_INFO_PREFIX)
-        return hmac.digest(derived, text.encode("utf-8", "surrogatepass"), "sha256")
+        for text in texts:
+            yield hmac.digest(derived, text.encode("utf-8", "surrogatepass"), "sha256")
 
-    def _hash(self, key: Key, trigram: str) -> str:
-        return f"{key.id}:{self._truncated(self._mac(key, trigram))}"
+    def _values(self, key: Key, text: str) -> set[str]:
+        # Each distinct trigram hashed once.
+        prefix = f"{key.id}:"
+        return {prefix + self._truncated(mac) for mac in self._macs(key, set(_trigrams(text)))}
 
     def __repr__(self) -> str:
         return f"SubstringIndex({self.table!r}, name={self.name!r}, bits={self.bits})"
