@@ -395,7 +395,8 @@ def bench_substring_reindex(
     tables = [reindex_models.Base.metadata.tables[n] for n in (note.__tablename__,)]
     side = jobs.find_substring_indexes(reindex_models)[0].side
     index_keys = [f"s{i}:{generate_key('hmac-sha256')}" for i in range(len(batch_sizes) + 1)]
-    side.drop(engine, checkfirst=True)
+    # A run stopped before its end left them.
+    reindex_models.Base.metadata.drop_all(engine, tables=[*tables, side])
     reindex_models.Base.metadata.create_all(engine, tables=[*tables, side])
     sa_fieldcrypt.configure(
         keyring=Keyring.parse(index_keys[0], purpose="blind-index"), purpose="blind-index"
@@ -438,8 +439,7 @@ def bench_substring_reindex(
             f"{side_rows / seconds:9,.0f} side rows/s, peak RSS {measured['rss_mb']:4.0f} MB",
             flush=True,
         )
-    side.drop(engine)
-    reindex_models.Base.metadata.drop_all(engine, tables=tables)
+    reindex_models.Base.metadata.drop_all(engine, tables=[*tables, side])
 
 
 def check_done(engine: Engine, rows: int) -> None:
