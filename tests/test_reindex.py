@@ -68,6 +68,7 @@ from sa_fieldcrypt.jobs import (
 )
 from sa_fieldcrypt.jobs.reindex import substring_job
 from sa_fieldcrypt.jobs.targets import SubstringColumn, jobs_per_target
+from sa_fieldcrypt.testing import assert_indexes_current
 
 
 class Base(DeclarativeBase):
@@ -1131,6 +1132,15 @@ class Memo(NoteBase):
     text = encrypted_hybrid("_text", substring=SubstringIndex("fc_rx_memo_trigrams", bits=8))
 
 
+class Voucher(NoteBase):
+    """A substring index whose owner's primary key is text."""
+
+    __tablename__ = "fc_rx_vouchers"
+    code: Mapped[str] = mapped_column(String(20), primary_key=True)
+    _terms: Mapped[str | None] = mapped_column("terms", EncryptedText())
+    terms = encrypted_hybrid("_terms", substring=SubstringIndex("fc_rx_voucher_trigrams"))
+
+
 NOTE_TRIGRAMS = NoteBase.metadata.tables["fc_rx_note_trigrams"]
 NOTE_BODIES = {1: "Ada Lovelace", 2: "Grace Hopper", 3: "Alan Turing", 4: "ab"}
 
@@ -1186,6 +1196,22 @@ def test_substring_reindex_fills_side_rows_of_core_rows(notes: Engine, keyring: 
     assert (4, 0, 4) == (again.scanned, again.written, again.unchanged)
     written = ("UPDATE", "DELETE", "INSERT")
     assert not [s for s in statements if s.lstrip().upper().startswith(written)]
+
+
+def test_substring_reindex_writes_side_rows_of_owners_keyed_by_text(notes: Engine) -> None:
+    """Owners whose primary key is text get exactly their values' side rows, found again."""
+    terms = {"SPRING-24": "ten percent off spa treatments", "A&B 'x'": "free late checkout"}
+    with notes.begin() as conn:
+        conn.execute(
+            insert(Voucher.__table__),
+            [{"code": c, "terms": t} for c, t in terms.items()],
+        )
+    report = reindex(notes, find_substring_indexes(Voucher))
+    assert (2, 2) == (report.scanned, report.written)
+    with Session(notes) as session:
+        assert 2 == assert_indexes_current(session, Voucher)
+        found = session.scalars(select(Voucher).where(Voucher.terms.contains("late check")))
+        assert ["A&B 'x'"] == [v.code for v in found]
 
 
 def test_substring_reindex_replaces_stale_side_rows(notes: Engine, keyring: Keyring) -> None:

@@ -38,8 +38,9 @@ run's) and its side rows are replaced, in the batch's transaction.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -48,6 +49,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     and_,
+    insert,
     or_,
     select,
     update,
@@ -59,6 +61,7 @@ from sa_fieldcrypt.blind_index import BlindIndex, IndexValue, SubstringIndex, pa
 from sa_fieldcrypt.errors import DecryptionError
 from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Item, JobFactory, Skip, run_jobs
 from sa_fieldcrypt.jobs.report import Failure, PrimaryKey, RunReport, format_key, word_for
+from sa_fieldcrypt.jobs.sql import DialectSql
 from sa_fieldcrypt.jobs.targets import (
     IndexedColumn,
     Source,
@@ -256,6 +259,8 @@ class _SideRows:
     """The side rows of a substring index's owners, read and rewritten by the engine."""
 
     target: SubstringColumn
+    # The bulk INSERT of each database the job ran on (None: one without JSON tables).
+    _inserts: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def read(self, conn: Connection, keys: list[tuple[Any, ...]]) -> Mapping[tuple[Any, ...], Any]:
         """Each owner's stored trigram values, sorted."""
@@ -270,16 +275,34 @@ class _SideRows:
         if not items:
             return 0
         target = self.target
-        names = [c.name for c in target.owner]
-        rows = [
-            {**dict(zip(names, key, strict=True)), target.trigram.name: value}
-            for key, _, (_, values) in items
-            for value in values
-        ]
         conn.execute(target.side.delete().where(target.owned_by([k for k, _, _ in items])))
-        if rows:
-            conn.execute(target.side.insert(), rows)
+        rows = [[*key, value] for key, _, (_, values) in items for value in values]
+        if not rows:
+            return 0
+        bulk = self._bulk_insert(conn)
+        if bulk is not None:
+            conn.execute(bulk, {"doc": json.dumps(rows, default=str)})
+        else:
+            names = [*(c.name for c in target.owner), target.trigram.name]
+            conn.execute(target.side.insert(), [dict(zip(names, r, strict=True)) for r in rows])
         return len(rows)
+
+    def _bulk_insert(self, conn: Connection) -> Any:
+        # A batch's side rows (a hundred per owner for a short note) as one JSON parameter:
+        # on PostgreSQL three times the rows per second of a multi-row INSERT, whose
+        # parameters the driver sends one by one.
+        name = conn.dialect.name
+        if name not in self._inserts:
+            columns = [*self.target.owner, self.target.trigram]
+            rows = DialectSql.connected(conn).json_rows(
+                conn.dialect, [c.type for c in columns], keys=len(self.target.owner)
+            )
+            self._inserts[name] = (
+                None
+                if rows is None
+                else insert(self.target.side).from_select(columns, select(*rows))
+            )
+        return self._inserts[name]
 
 
 def reindex(
