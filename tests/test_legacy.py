@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -163,7 +164,9 @@ def test_bare_tokens_decode_once_and_decrypt_with_the_signing_key_only(
     real_decode = base64.urlsafe_b64decode
 
     def counting_decode(text: Any) -> bytes:
-        decodes.append(text)
+        # Ours only: whether Fernet decodes in Python (and so here) depends on its version.
+        if sys._getframe(1).f_globals.get("__name__", "").startswith("sa_fieldcrypt."):
+            decodes.append(text)
         return real_decode(text)
 
     monkeypatch.setattr("sa_fieldcrypt.legacy.base64.urlsafe_b64decode", counting_decode)
@@ -175,9 +178,9 @@ def test_bare_tokens_decode_once_and_decrypt_with_the_signing_key_only(
         assert b"old value" == column.decrypt_token(token)
         assert [f"k{i}"] == decrypted
         counts.add(sum(text in (token, token.encode()) for text in decodes))
-    # Once for the keys' signature checks, once by the signing key's Fernet: whichever key
-    # signed it, however many were tried before.
-    assert {2} == counts
+    # Once for all the keys' signature checks, whichever key signed it, however many were
+    # tried before.
+    assert {1} == counts
 
 
 def test_bare_tokens_ignore_aead_keys() -> None:
