@@ -21,10 +21,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    and_,
     create_engine,
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -1315,21 +1317,26 @@ def test_substring_status_counts_orphan_side_rows_apart(notes: Engine) -> None:
     assert (2 - deleted, 0, True) == (after.current, after.orphans, after.done)
 
 
-def _delete_behind_the_foreign_key(engine: Engine, ids: list[int]) -> None:
-    """Delete notes as a database that does not enforce the side table's foreign key would."""
-    notes = Note.__table__
+def _behind_the_foreign_key(engine: Engine, statement: Any) -> None:
+    """Run ``statement`` as a database that does not enforce the side table's foreign key."""
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
         elif engine.dialect.name != "sqlite":  # SQLite enforces no foreign key unless asked to
             conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")
         try:
-            conn.execute(notes.delete().where(notes.c.id.in_(ids)))
+            conn.execute(statement)
             conn.commit()
         finally:
             if engine.dialect.name not in ("postgresql", "sqlite"):
                 conn.exec_driver_sql("SET SESSION foreign_key_checks = 1")
-    assert all(_side_rows_of(engine, i) for i in ids)  # left behind
+
+
+def _delete_behind_the_foreign_key(engine: Engine, ids: list[int]) -> None:
+    """Delete notes, leaving their side rows behind."""
+    notes = Note.__table__
+    _behind_the_foreign_key(engine, notes.delete().where(notes.c.id.in_(ids)))
+    assert all(_side_rows_of(engine, i) for i in ids)
 
 
 def _side_row_count(engine: Engine) -> int:
@@ -1584,6 +1591,16 @@ def test_substring_reindex_charges_the_throttle_for_side_rows_too(
     assert report.written + side_rows == sum(throttle.charged)
 
 
+def test_the_side_rows_of_deleted_owners_are_charged_to_the_throttle(notes: Engine) -> None:
+    """A throttle's rate counts the side rows a reindex deletes for owners that are gone."""
+    _orm_notes(notes)
+    _delete_behind_the_foreign_key(notes, [1, 3])
+    left = len(_side_rows_of(notes, 1)) + len(_side_rows_of(notes, 3))
+    throttle = CountingThrottle()
+    report = reindex(notes, find_substring_indexes(Note), batch_size=1, throttle=throttle)
+    assert (0, left, left) == (report.written, report.orphans, sum(throttle.charged))
+
+
 def test_substring_reindex_computes_each_owners_trigram_values_once(
     notes: Engine, keyring: Keyring
 ) -> None:
@@ -1812,3 +1829,31 @@ def test_substring_reindex_composite_owner_keys(notes: Engine) -> None:
         hits = session.scalars(select(Memo).where(Memo.text.contains("by core")))
         assert [(2, 1)] == [(m.tenant, m.id) for m in hits]
         assert [] == session.scalars(select(Memo).where(Memo.text.contains("2-1"))).all()
+
+
+def test_reindex_deletes_the_side_rows_of_deleted_owners_of_composite_keys(notes: Engine) -> None:
+    """Owners of a composite key that are gone lose their side rows, paged by tuple; no others."""
+    with Session(notes) as session:
+        session.add_all(Memo(tenant=t, id=i, text=f"memo {t}-{i}") for t in (1, 2) for i in (1, 2))
+        session.commit()
+    memo = Memo.__table__
+    side = NoteBase.metadata.tables["fc_rx_memo_trigrams"]
+
+    def owners() -> list[tuple[int, int]]:
+        with notes.connect() as conn:
+            rows = conn.execute(select(side.c.owner_tenant, side.c.owner_id).distinct()).all()
+        return sorted((t, i) for t, i in rows)
+
+    gone = or_(and_(memo.c.tenant == 1, memo.c.id == 2), and_(memo.c.tenant == 2, memo.c.id == 1))
+    theirs = or_(
+        and_(side.c.owner_tenant == 1, side.c.owner_id == 2),
+        and_(side.c.owner_tenant == 2, side.c.owner_id == 1),
+    )
+    with notes.connect() as conn:
+        left = conn.execute(select(func.count()).select_from(side).where(theirs)).scalar_one()
+    _behind_the_foreign_key(notes, memo.delete().where(gone))
+    assert [(1, 1), (1, 2), (2, 1), (2, 2)] == owners()
+    report = reindex(notes, find_substring_indexes(Memo), batch_size=1)
+    assert (2, 0, left) == (report.scanned, report.written, report.orphans)
+    assert [(1, 1), (2, 2)] == owners()
+    assert 0 == reindex(notes, find_substring_indexes(Memo)).orphans
