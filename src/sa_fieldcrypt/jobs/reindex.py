@@ -414,9 +414,10 @@ def _sweep_orphans(
             batch_size = min(batch_size, watched.max_batch or batch_size)
         with engine.connect() as conn:
             sql = DialectSql(conn.dialect.name)
-            # Gap locks, which keep an owner from being inserted until the batch commits,
-            # exist only under REPEATABLE READ on InnoDB (see _sweep_batch). Elsewhere a real
-            # transaction too, on an AUTOCOMMIT engine.
+            # InnoDB's locking reads hold gap locks, which keep an absent owner from being
+            # inserted until the batch commits (see _sweep_batch), only under REPEATABLE
+            # READ. Elsewhere the connection's own level: a real transaction all the same,
+            # on an AUTOCOMMIT engine too.
             level = "REPEATABLE READ" if sql.mysql else conn.default_isolation_level
             conn = conn.execution_options(isolation_level=level)
             after: tuple[Any, ...] | None = None
@@ -441,8 +442,8 @@ def _sweep_orphans(
     except SQLAlchemyError as exc:
         raise RotationError(
             f"{target.label}: database error while deleting the side rows of owners that are "
-            f"gone ({driver_message(exc)}); the owners' side rows were rewritten, rerun to "
-            "delete the rest"
+            f"gone ({driver_message(exc)}); what was committed stays, rerun to delete the "
+            "rest"
         ) from exc
     finally:
         report.elapsed += time.monotonic() - started

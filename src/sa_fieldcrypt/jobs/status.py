@@ -326,8 +326,11 @@ class SubstringStatus:
 
     @property
     def done(self) -> bool:
-        """Every owner's side rows are under the writing key (and current, when counted), and
-        no side rows are left of owners that are gone or have no value (``orphans``)."""
+        """Nothing is left for reindex: side rows are current and none are ``orphans``.
+
+        Current: every owner's side rows are under the writing key (and are its value's,
+        when ``stale`` was counted).
+        """
         return self.older == 0 and not self.stale and self.orphans == 0
 
     def to_dict(self) -> dict[str, Any]:
