@@ -71,3 +71,14 @@ def test_a_report_carries_its_times_and_rate() -> None:
         run.to_dict()["total"][k]
         for k in ("elapsed_seconds", "throttled_seconds", "rows_per_second")
     )
+
+
+def test_orphans_are_counted_per_job_totalled_and_in_json() -> None:
+    """Side rows deleted because their owner is gone are a count of each job and of the run."""
+    run = RunReport([JobReport("t_trigrams", orphans=3), JobReport("u_trigrams", orphans=2)])
+    data = json.loads(json.dumps(run.to_dict()))
+    assert (5, 5, [3, 2]) == (
+        run.orphans,
+        data["total"]["orphans"],
+        [job["orphans"] for job in data["jobs"]],
+    )

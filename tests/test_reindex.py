@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    and_,
     create_engine,
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -31,6 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import rotation_support
 import sa_fieldcrypt
+from conftest import wait_until
 from sa_fieldcrypt import (
     BLIND_INDEX_LENGTH,
     BlindIndex,
@@ -1329,11 +1334,208 @@ def test_substring_status_counts_orphan_side_rows_apart(notes: Engine) -> None:
         found.by_key,
         found.orphans,
     )
+    assert not found.done
     (line,) = [line for line in report.describe().splitlines() if "orphans" in line]
     assert ["orphans", str(1 + deleted)] == line.split()[:2]
-    reindex(notes, find_substring_indexes(Note))  # deletes the side rows of the NULL value
+    assert line.endswith("reindex deletes these")
+    reindex(notes, find_substring_indexes(Note))  # those of the NULL value, then the deleted row's
     (after,) = status(notes, indexes=find_substring_indexes(Note)).substrings
-    assert (2 - deleted, deleted) == (after.current, after.orphans)
+    assert (2 - deleted, 0, True) == (after.current, after.orphans, after.done)
+
+
+def _behind_the_foreign_key(engine: Engine, statement: Any) -> None:
+    """Run ``statement`` as a database that does not enforce the side table's foreign key."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        elif engine.dialect.name != "sqlite":  # SQLite enforces no foreign key unless asked to
+            conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")
+        try:
+            conn.execute(statement)
+            conn.commit()
+        finally:
+            if engine.dialect.name not in ("postgresql", "sqlite"):
+                conn.exec_driver_sql("SET SESSION foreign_key_checks = 1")
+
+
+def _delete_behind_the_foreign_key(engine: Engine, ids: list[int]) -> None:
+    """Delete notes, leaving their side rows behind."""
+    notes = Note.__table__
+    _behind_the_foreign_key(engine, notes.delete().where(notes.c.id.in_(ids)))
+    assert all(_side_rows_of(engine, i) for i in ids)
+
+
+def _side_row_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(NOTE_TRIGRAMS)).scalar_one())
+
+
+def _orm_notes(engine: Engine) -> None:
+    with Session(engine) as session:
+        session.add_all(Note(id=i, body=b) for i, b in NOTE_BODIES.items())
+        session.commit()
+
+
+def test_reindex_deletes_the_side_rows_of_deleted_owners(notes: Engine) -> None:
+    """A dry run counts the side rows of deleted rows; reindex deletes them, and only them."""
+    _orm_notes(notes)
+    _delete_behind_the_foreign_key(notes, [1, 3])
+    left = len(_side_rows_of(notes, 1)) + len(_side_rows_of(notes, 3))
+    kept = _side_rows_of(notes, 2)
+    (before,) = status(notes, indexes=find_substring_indexes(Note)).substrings
+    assert (2, False) == (before.orphans, before.done)
+    total = _side_row_count(notes)
+    dry = reindex(notes, find_substring_indexes(Note), dry_run=True)
+    assert (left, 0) == (dry.orphans, dry.written)
+    assert left == dry.to_dict()["total"]["orphans"]
+    assert total == _side_row_count(notes)  # nothing deleted
+    report = reindex(notes, find_substring_indexes(Note), batch_size=1)
+    assert (2, 0, left) == (report.scanned, report.written, report.jobs[0].orphans)
+    assert (set(), set(), kept) == (
+        _side_rows_of(notes, 1),
+        _side_rows_of(notes, 3),
+        _side_rows_of(notes, 2),
+    )
+    assert [2] == _containing(notes, "hopper")
+    again = reindex(notes, find_substring_indexes(Note))
+    assert (0, 0) == (again.orphans, again.written)
+    found = status(notes, indexes=find_substring_indexes(Note))
+    (after,) = found.substrings
+    assert (0, True, True) == (after.orphans, after.done, found.reindexed)
+
+
+def test_a_shard_or_a_stopped_reindex_leaves_the_side_rows_of_deleted_owners(
+    notes: Engine,
+) -> None:
+    """Only a whole run, not a shard nor one stopped early, deletes the side rows of gone rows."""
+    _orm_notes(notes)
+    _delete_behind_the_foreign_key(notes, [1])
+    left = len(_side_rows_of(notes, 1))
+    sharded = reindex(notes, find_substring_indexes(Note), shard=(1, 1))
+    assert (3, 0) == (sharded.scanned, sharded.orphans)
+    assert left == len(_side_rows_of(notes, 1))
+    notes_table = Note.__table__
+    with notes.begin() as conn:
+        conn.execute(
+            update(notes_table).where(notes_table.c.id == 2).values(body_encrypted="fc1:k1:garbage")
+        )
+    stopped = reindex(notes, find_substring_indexes(Note), fail_fast=True)
+    assert (1, False, 0) == (stopped.failed, stopped.ok, stopped.orphans)
+    assert left == len(_side_rows_of(notes, 1))
+    # A run that visited every owner deletes them, though one owner failed.
+    whole = reindex(notes, find_substring_indexes(Note))
+    assert (1, True, left) == (whole.failed, whole.jobs[0].completed, whole.orphans)
+    assert set() == _side_rows_of(notes, 1)
+
+
+def _text_apart_from(engine: Engine, owner: int) -> str:
+    """A note text none of whose trigram values ``owner``'s side rows hold.
+
+    The new row's side rows must not collide with the old ones under the side table's
+    primary key, which a truncated trigram value of another text may.
+    """
+    (target,) = find_substring_indexes(Note)
+    held = _side_rows_of(engine, owner)
+    for candidate in ("Barbara Liskov", "Katherine Johnson", "Edsger Dijkstra"):
+        if not target.substring.trigram_values(candidate) & held:
+            return candidate
+    raise AssertionError("every candidate text shares a trigram value with the old rows")
+
+
+def _first_sweep_page(statement: str) -> bool:
+    return statement.lstrip().upper().startswith("SELECT DISTINCT") and (
+        "fc_rx_note_trigrams" in statement
+    )
+
+
+def test_reindex_keeps_the_side_rows_of_an_owner_inserted_during_its_sweep(
+    notes: Engine,
+) -> None:
+    """A row inserted, with its side rows, after the sweep found its key gone keeps them."""
+    if notes.dialect.name == "sqlite":
+        pytest.skip("SQLite allows one writer: the application cannot write during a batch")
+    _orm_notes(notes)
+    _delete_behind_the_foreign_key(notes, [2])
+    new = _text_apart_from(notes, 2)
+    inserted: list[str] = []
+
+    def application_inserts(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if inserted or not _first_sweep_page(statement):
+            return
+        inserted.append(statement)
+        with Session(notes) as session:  # the key the sweep just found gone, used again
+            session.add(Note(id=2, body=new))
+            session.commit()
+
+    event.listen(notes, "after_cursor_execute", application_inserts)
+    try:
+        report = reindex(notes, find_substring_indexes(Note))
+    finally:
+        event.remove(notes, "after_cursor_execute", application_inserts)
+    assert (1, 0) == (len(inserted), report.orphans)
+    (target,) = find_substring_indexes(Note)
+    assert target.substring.trigram_values(new) <= _side_rows_of(notes, 2)
+    assert [2] == _containing(notes, new.split()[1])
+
+
+def _a_session_waits_for_a_lock(engine: Engine) -> bool:
+    """Whether a session of this test's database waits for a row lock now."""
+    if engine.dialect.name == "postgresql":
+        query = (
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    else:
+        query = (
+            "SELECT count(*) FROM information_schema.innodb_trx t "
+            "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+            "WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()"
+        )
+    with engine.connect() as conn:
+        return bool(conn.execute(text(query)).scalar())
+
+
+def test_reindex_keeps_the_side_rows_of_an_owner_being_inserted(notes: Engine) -> None:
+    """Side rows an uncommitted transaction inserts with their owner survive the sweep.
+
+    The key was gone when the sweep read it; the application inserts the row and its side
+    rows in one transaction, which commits only while (or after) the sweep deletes.
+    """
+    if notes.dialect.name == "sqlite":
+        pytest.skip("SQLite allows one writer: the application cannot write during a batch")
+    _orm_notes(notes)
+    _delete_behind_the_foreign_key(notes, [2])
+    old = _side_rows_of(notes, 2)
+    new = _text_apart_from(notes, 2)
+    flushed = threading.Event()
+    with Session(notes) as application, ThreadPoolExecutor(1) as pool:
+
+        def application_inserts(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if flushed.is_set() or not _first_sweep_page(statement):
+                return
+            application.add(Note(id=2, body=new))
+            application.flush()  # the row and its side rows, not committed
+            flushed.set()
+
+        event.listen(notes, "after_cursor_execute", application_inserts)
+        try:
+            sweeping = pool.submit(reindex, notes, find_substring_indexes(Note))
+            wait_until(lambda: sweeping.done() or flushed.is_set())
+            # MariaDB's sweep waits for the row's lock; PostgreSQL's does not see the rows.
+            wait_until(lambda: sweeping.done() or _a_session_waits_for_a_lock(notes))
+            application.commit()
+            report = sweeping.result()
+        finally:
+            event.remove(notes, "after_cursor_execute", application_inserts)
+    (target,) = find_substring_indexes(Note)
+    wanted = target.substring.trigram_values(new)
+    if notes.dialect.name == "postgresql":
+        # Its snapshot saw the old rows, which were no one's, and not the new ones.
+        assert (len(old), wanted) == (report.orphans, _side_rows_of(notes, 2))
+    else:
+        # Its locking read of the owner waited for the insert, then found the row there.
+        assert (0, old | wanted) == (report.orphans, _side_rows_of(notes, 2))
+    assert [2] == _containing(notes, new.split()[1])
 
 
 def test_substring_rotation_rewrites_side_rows_under_the_new_key(
@@ -1413,6 +1615,16 @@ def test_substring_reindex_charges_the_throttle_for_side_rows_too(
         side_rows = conn.execute(select(func.count()).select_from(NOTE_TRIGRAMS)).scalar_one()
     assert (3, 29) == (report.written, side_rows)  # 10 + 10 + 9 trigrams
     assert report.written + side_rows == sum(throttle.charged)
+
+
+def test_the_side_rows_of_deleted_owners_are_charged_to_the_throttle(notes: Engine) -> None:
+    """A throttle's rate counts the side rows a reindex deletes for owners that are gone."""
+    _orm_notes(notes)
+    _delete_behind_the_foreign_key(notes, [1, 3])
+    left = len(_side_rows_of(notes, 1)) + len(_side_rows_of(notes, 3))
+    throttle = CountingThrottle()
+    report = reindex(notes, find_substring_indexes(Note), batch_size=1, throttle=throttle)
+    assert (0, left, left) == (report.written, report.orphans, sum(throttle.charged))
 
 
 def test_substring_reindex_computes_each_owners_trigram_values_once(
@@ -1542,6 +1754,38 @@ def test_cli_substring_reindex_check_exits_1_until_side_rows_are_current(
     assert "reindex: every index value is under the writing key" in shown.stdout
 
 
+def test_cli_reindex_check_exits_1_while_side_rows_of_deleted_rows_remain(notes: Engine) -> None:
+    """--check and --dry-run count the side rows of deleted rows; reindex deletes them."""
+    _orm_notes(notes)
+    _delete_behind_the_foreign_key(notes, [1])
+    left = len(_side_rows_of(notes, 1))
+    url = notes.url.render_as_string(hide_password=False)
+    args = ["reindex", "--db", url, "--models", "test_reindex:Note"]
+    checked = CliRunner().invoke(cli, [*args, "--check", "--json"])
+    assert 1 == checked.exit_code, checked.output
+    (found,) = json.loads(checked.stdout)["substrings"]
+    assert (1, 0, False) == (found["orphans"], found["stale"], found["done"])
+    dry = CliRunner().invoke(cli, [*args, "--dry-run", "--json"])
+    assert 0 == dry.exit_code, dry.output
+    shown = json.loads(dry.stdout)
+    assert (left, left) == (shown["jobs"][0]["orphans"], shown["total"]["orphans"])
+    dry_text = CliRunner().invoke(cli, [*args, "--dry-run"])
+    assert f"orphan side rows to delete {left}" in dry_text.stdout
+    assert left == len(_side_rows_of(notes, 1))
+    told = CliRunner().invoke(cli, [*args, "--check"])
+    assert 1 == told.exit_code, told.output
+    assert "reindex deletes these" in told.stdout
+    assert "reindex: the orphan side rows of 1 primary key to delete" in told.stdout
+    run = CliRunner().invoke(cli, args)
+    assert 0 == run.exit_code, run.output
+    assert "fc_rx_note_trigrams: scanned 3, reindexed 0, up to date 3, " in run.stdout
+    assert f"orphan side rows deleted {left}" in run.stdout
+    assert set() == _side_rows_of(notes, 1)
+    after = CliRunner().invoke(cli, [*args, "--check"])
+    assert 0 == after.exit_code, after.output
+    assert "reindex: every index value is under the writing key" in after.stdout
+
+
 def test_substring_reindex_in_worker_processes(notes: Engine, keyring: Keyring) -> None:
     """Worker processes find the substring index again by name and split the owners."""
     if notes.dialect.name == "sqlite":
@@ -1611,3 +1855,31 @@ def test_substring_reindex_composite_owner_keys(notes: Engine) -> None:
         hits = session.scalars(select(Memo).where(Memo.text.contains("by core")))
         assert [(2, 1)] == [(m.tenant, m.id) for m in hits]
         assert [] == session.scalars(select(Memo).where(Memo.text.contains("2-1"))).all()
+
+
+def test_reindex_deletes_the_side_rows_of_deleted_owners_of_composite_keys(notes: Engine) -> None:
+    """Owners of a composite key that are gone lose their side rows, paged by tuple; no others."""
+    with Session(notes) as session:
+        session.add_all(Memo(tenant=t, id=i, text=f"memo {t}-{i}") for t in (1, 2) for i in (1, 2))
+        session.commit()
+    memo = Memo.__table__
+    side = NoteBase.metadata.tables["fc_rx_memo_trigrams"]
+
+    def owners() -> list[tuple[int, int]]:
+        with notes.connect() as conn:
+            rows = conn.execute(select(side.c.owner_tenant, side.c.owner_id).distinct()).all()
+        return sorted((t, i) for t, i in rows)
+
+    gone = or_(and_(memo.c.tenant == 1, memo.c.id == 2), and_(memo.c.tenant == 2, memo.c.id == 1))
+    theirs = or_(
+        and_(side.c.owner_tenant == 1, side.c.owner_id == 2),
+        and_(side.c.owner_tenant == 2, side.c.owner_id == 1),
+    )
+    with notes.connect() as conn:
+        left = conn.execute(select(func.count()).select_from(side).where(theirs)).scalar_one()
+    _behind_the_foreign_key(notes, memo.delete().where(gone))
+    assert [(1, 1), (1, 2), (2, 1), (2, 2)] == owners()
+    report = reindex(notes, find_substring_indexes(Memo), batch_size=1)
+    assert (2, 0, left) == (report.scanned, report.written, report.orphans)
+    assert [(1, 1), (2, 2)] == owners()
+    assert 0 == reindex(notes, find_substring_indexes(Memo)).orphans

@@ -856,6 +856,9 @@ def _summary(report: JobReport, action: str) -> str:
         parts.append(f"{skipped} {report.skipped:,}")
     if written:
         parts.append(f"changed concurrently {report.concurrent:,}")
+    if report.orphans:
+        deleted = "to delete" if report.dry_run else "deleted"
+        parts.append(f"orphan side rows {deleted} {report.orphans:,}")
     parts.append(f"failed {report.failed:,}")
     notes = " (resumed from the state file)" if report.resumed else ""
     notes += "" if report.completed else " (stopped at the first failure)"
@@ -990,16 +993,20 @@ def verify(target: _Target, run: dict[str, Any], as_json: bool) -> None:
 @click.option(
     "--check",
     is_flag=True,
-    help="Change nothing; exit 1 while any row lacks its index or is not under the writing key.",
+    help="Change nothing; exit 1 while any row lacks its index or is not under the writing key, "
+    "or side rows of deleted rows remain.",
 )
 def reindex_command(target: _Target, run: dict[str, Any], as_json: bool, check: bool) -> None:
     """Recompute blind indexes and substring-index side rows under the writing index key.
 
-    With --check, nothing is written: each index column is counted by index key, the rows
-    with a value but no index value are decrypted to tell the values the normalizer does
-    not index from missing indexes, every owner of a substring index is decrypted to find
-    stale or missing side rows, and the command exits 1 until every row is indexed under the
-    writing key.
+    Once a substring index's owners have all been visited, the side rows of owner rows that
+    are gone (deleted where foreign keys are not enforced) are deleted; a --shard leaves
+    them to a run without one, and --dry-run counts them. With --check, nothing is written:
+    each index column is counted by index key, the rows with a value but no index value are
+    decrypted to tell the values the normalizer does not index from missing indexes, every
+    owner of a substring index is decrypted to find stale or missing side rows, side rows
+    whose owner is gone are counted, and the command exits 1 until every row is indexed
+    under the writing key and no such side rows remain.
     """
     with target.open(indexes=True, columns=False) as (engine, _, indexes):
         if not check:

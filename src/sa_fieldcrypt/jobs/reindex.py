@@ -32,13 +32,17 @@ table (:func:`substring_job`): each page's side rows are read with it, each valu
 and its trigram values computed under the writing index key, and for the owners whose side
 rows differ, the owner row is written with its own ciphertext (compare and swap: it locks
 the row, so an application writing it meanwhile waits, and replaces the side rows after the
-run's) and its side rows are replaced, in the batch's transaction.
+run's) and its side rows are replaced, in the batch's transaction. Once the walk over the
+owners is complete, in a run that is not a shard, the side rows whose owner row is gone
+(deleted where foreign keys are not enforced) are deleted too, in batches of owners: they
+are hashes of values that no longer exist (:attr:`~sa_fieldcrypt.jobs.JobReport.orphans`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -49,19 +53,39 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     and_,
+    func,
     insert,
+    literal,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
 
 from sa_fieldcrypt.blind_index import BlindIndex, IndexValue, SubstringIndex, parse_index_value
-from sa_fieldcrypt.errors import DecryptionError
-from sa_fieldcrypt.jobs.engine import SKIP, BatchJob, Item, JobFactory, Skip, run_jobs
-from sa_fieldcrypt.jobs.report import Failure, PrimaryKey, RunReport, format_key, word_for
-from sa_fieldcrypt.jobs.sql import DialectSql
+from sa_fieldcrypt.errors import DecryptionError, RotationError
+from sa_fieldcrypt.jobs.engine import (
+    DEFAULT_BATCH_SIZE,
+    SKIP,
+    BatchJob,
+    Item,
+    JobFactory,
+    Skip,
+    run_jobs,
+)
+from sa_fieldcrypt.jobs.report import (
+    Failure,
+    JobReport,
+    PrimaryKey,
+    RunListener,
+    RunReport,
+    format_key,
+    word_for,
+)
+from sa_fieldcrypt.jobs.sql import DialectSql, driver_message, is_transient
 from sa_fieldcrypt.jobs.targets import (
     IndexedColumn,
     Source,
@@ -70,6 +94,7 @@ from sa_fieldcrypt.jobs.targets import (
     jobs_per_target,
     portable,
 )
+from sa_fieldcrypt.jobs.throttle import Throttle
 
 __all__ = [
     "index_check_job",
@@ -314,7 +339,11 @@ def reindex(
 ) -> RunReport:
     """Recompute every blind index and substring index of ``indexes`` under the writing key.
 
-    One job per table, and one per substring index (:func:`substring_job`). The other
+    One job per table, and one per substring index (:func:`substring_job`). After a substring
+    index's walk over its owners is complete (not stopped early), in a run that is not a
+    ``shard`` (which sees only its share of the owners), the side rows whose owner row is gone
+    are deleted, ``batch_size`` owners per transaction; a dry run counts them. Their count is
+    the job's :attr:`~sa_fieldcrypt.jobs.JobReport.orphans`. The other
     arguments (``batch_size``, ``dry_run``, ``fail_fast``, ``shard``, ``state``,
     ``listener``, ``before_write``, ``throttle``, ``transform_process``) are those of
     :func:`~sa_fieldcrypt.jobs.run_job`; ``workers`` and ``transform_process`` need indexes
@@ -349,12 +378,179 @@ def reindex(
     jobs += jobs_per_target(engine, substrings, substring_job, workers)
     # A row the application changed meanwhile has the index the application wrote.
     options.setdefault("reread_changed", False)
-    return run_jobs(engine, jobs, workers=workers, **options)
+    run = run_jobs(engine, jobs, workers=workers, **options)
+    if options.get("shard") is None:
+        # The substring jobs come after one job per table; with fail_fast the run may have
+        # stopped before some of them, which have no report.
+        for target, report in zip(substrings, run.jobs[len(by_table) :], strict=False):
+            if report.completed:
+                _sweep_orphans(
+                    engine,
+                    target,
+                    report,
+                    batch_size=options.get("batch_size", DEFAULT_BATCH_SIZE),
+                    dry_run=bool(options.get("dry_run")),
+                    throttle=options.get("throttle"),
+                    listener=options.get("listener") or RunListener(),
+                )
+    return run
 
 
 def _build_again(found: tuple[tuple[Source, str], ...], engine: Engine) -> BatchJob:
     again = [find_again(source, label, engine, kind=IndexedColumn) for source, label in found]
     return reindex_job(engine, again)
+
+
+# -- side rows of owners that are gone ------------------------------------------------------
+
+#: Times a batch of the sweep is retried after a deadlock or a lock wait timeout.
+_SWEEP_RETRIES = 5
+
+
+def _sweep_orphans(
+    engine: Engine,
+    target: SubstringColumn,
+    report: JobReport,
+    *,
+    batch_size: int,
+    dry_run: bool,
+    throttle: Throttle | None,
+    listener: RunListener,
+) -> None:
+    """Delete the side rows of ``target`` whose owner row is gone; count them in ``report``.
+
+    Owners with a NULL value are not swept here: the walk deleted their side rows, under the
+    owner row's lock. In a dry run the side rows are counted and nothing is deleted.
+    """
+    started = time.monotonic()
+    gone = _owner_gone(target)
+    watched = None
+    try:
+        if dry_run:
+            with engine.connect() as conn:
+                counted = select(func.count()).select_from(target.side).where(gone)
+                report.orphans += int(conn.execute(counted).scalar_one())
+            return
+        if throttle is not None:
+            watched = throttle.watching(engine)
+            batch_size = min(batch_size, watched.max_batch or batch_size)
+        with engine.connect() as conn:
+            sql = DialectSql(conn.dialect.name)
+            # InnoDB's locking reads hold gap locks, which keep an absent owner from being
+            # inserted until the batch commits (see _sweep_batch), only under REPEATABLE
+            # READ. Elsewhere the connection's own level: a real transaction all the same,
+            # on an AUTOCOMMIT engine too.
+            level = "REPEATABLE READ" if sql.mysql else conn.default_isolation_level
+            conn = conn.execution_options(isolation_level=level)
+            after: tuple[Any, ...] | None = None
+
+            def resumed(seconds: float) -> None:
+                report.paused_seconds += seconds
+                listener.resumed(target.label, seconds)
+
+            while True:
+                if watched is not None:
+                    report.throttled_seconds += watched.wait(
+                        on_pause=functools.partial(listener.paused, target.label),
+                        on_resume=resumed,
+                    )
+                keys, deleted = _sweep_retried(conn, sql, target, gone, after, batch_size)
+                report.orphans += deleted
+                if watched is not None:
+                    watched.charge(deleted)
+                if len(keys) < batch_size:
+                    return
+                after = keys[-1]
+    except SQLAlchemyError as exc:
+        raise RotationError(
+            f"{target.label}: database error while deleting the side rows of owners that are "
+            f"gone ({driver_message(exc)}); what was committed stays, rerun to delete the "
+            "rest"
+        ) from exc
+    finally:
+        report.elapsed += time.monotonic() - started
+        if watched is not None and watched is not throttle:
+            watched.close()  # the lag source made for the sweep
+
+
+def _owner_gone(target: SubstringColumn) -> ColumnElement[bool]:
+    """The condition on side rows that their owner row does not exist."""
+    pk = list(target.table.primary_key.columns)
+    return ~(
+        select(literal(1))
+        .select_from(target.table)
+        .where(*(o == p for o, p in zip(target.owner, pk, strict=True)))
+        .correlate(target.side)
+        .exists()
+    )
+
+
+def _sweep_retried(
+    conn: Connection,
+    sql: DialectSql,
+    target: SubstringColumn,
+    gone: ColumnElement[bool],
+    after: tuple[Any, ...] | None,
+    size: int,
+) -> tuple[list[tuple[Any, ...]], int]:
+    """One batch of the sweep in its own transaction; retried after a deadlock."""
+    attempt = 0
+    while True:
+        try:
+            with conn.begin():
+                return _sweep_batch(conn, sql, target, gone, after, size)
+        except DBAPIError as exc:
+            if attempt >= _SWEEP_RETRIES or not is_transient(exc):
+                raise
+            # Lock conflicts clear once the other transaction ends; give it a moment.
+            time.sleep(0.05 * 2**attempt)
+            attempt += 1
+
+
+def _sweep_batch(
+    conn: Connection,
+    sql: DialectSql,
+    target: SubstringColumn,
+    gone: ColumnElement[bool],
+    after: tuple[Any, ...] | None,
+    size: int,
+) -> tuple[list[tuple[Any, ...]], int]:
+    """Delete the side rows of the next ``size`` owners after ``after`` that are gone.
+
+    Returns the owner keys found gone (where the next batch starts after) and the side rows
+    deleted.
+    """
+    owner = target.owner
+    where = [gone] if after is None else [gone, sql.after(owner, after)]
+    page = select(*owner).where(*where).distinct().order_by(*owner).limit(size)
+    keys = [tuple(row) for row in conn.execute(page)]
+    if not keys:
+        return keys, 0
+    doomed = keys
+    # An application inserts an owner and its side rows in one transaction (the flush), the
+    # owner first. Its side rows must not be deleted as orphans while that is uncommitted:
+    # - PostgreSQL (any isolation level): the DELETE below checks that the owner is gone in
+    #   the same statement, under one snapshot, which sees both of the transaction's rows or
+    #   neither. Side rows it cannot see it does not delete; those it sees have their owner.
+    # - SQLite: one writer at a time; the DELETE sees only what is committed.
+    # - InnoDB: a DELETE reads the side rows as committed now (a locking read, which waits
+    #   for the inserting transaction), not as of a snapshot; whether its NOT EXISTS reads
+    #   the owners so too depends on the isolation level and binlog format, and a snapshot
+    #   older than the insert's commit would miss the owner. So the owners are read first
+    #   with a locking read under REPEATABLE READ: it waits for an owner being inserted and
+    #   then sees it, and for an absent one holds a gap lock, so that none can be inserted
+    #   until this batch commits; only the keys it does not find are deleted. Owner rows
+    #   first, then side rows: the order every other writer locks them in.
+    if sql.mysql:
+        pk = list(target.table.primary_key.columns)
+        match = pk[0].in_([k[0] for k in keys]) if len(pk) == 1 else tuple_(*pk).in_(keys)
+        locked = select(*pk).where(match).with_for_update(read=True)
+        present = {tuple(row) for row in conn.execute(locked)}
+        doomed = [k for k in keys if k not in present]
+    if not doomed:
+        return keys, 0
+    deleted = conn.execute(target.side.delete().where(target.owned_by(doomed), gone))
+    return keys, max(deleted.rowcount, 0)
 
 
 # -- unique-constraint conflicts ------------------------------------------------------------

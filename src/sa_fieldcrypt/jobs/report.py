@@ -6,7 +6,9 @@ would be), *unchanged* (it needed nothing), *skipped* (left alone on purpose, su
 plaintext without ``encrypt_plaintext``) or *failed* (it could not be handled: named by
 primary key, never by content). *concurrent* counts writes refused because the application
 changed the row between read and write; such a row is read again and counted anew (unless
-the job leaves changed rows to the application, as reindexing does).
+the job leaves changed rows to the application, as reindexing does). *orphans* counts rows of
+another table deleted once the walk is over because the row they belong to is gone (a
+substring index's side rows of deleted owners; in a dry run: that would be).
 
 Messages and reports name rows and counts one way, through :func:`format_key` (``id=7``,
 ``tenant=3, id=01b4...``: values as a person reads them) and :func:`plural` (``1 row``,
@@ -39,7 +41,15 @@ logger = logging.getLogger("sa_fieldcrypt.jobs")
 #: Failures kept in a :class:`JobReport`; every one is still passed to the listener.
 MAX_KEPT_FAILURES: Final = 100
 #: The counters of a :class:`JobReport`, in the order reports show them.
-COUNTS: Final = ("scanned", "written", "unchanged", "skipped", "concurrent", "failed")
+COUNTS: Final = (
+    "scanned",
+    "written",
+    "unchanged",
+    "skipped",
+    "concurrent",
+    "failed",
+    "orphans",
+)
 
 #: A row's primary key as ``((column name, value), ...)``, in the key's column order.
 PrimaryKey = tuple[tuple[str, Any], ...]
@@ -118,6 +128,9 @@ class JobReport:
         skipped: rows left alone on purpose (plaintext, unless encrypting plaintext).
         concurrent: writes refused because someone else changed the row after it was read.
         failed: rows that could not be handled; the first few are in ``failures``.
+        orphans: side rows deleted after the walk because their owner row is gone (a
+            substring index's; in a dry run: that would be). Only a run that visited every
+            owner and is not a shard deletes them.
         dry_run: nothing was written.
         completed: False when the job stopped early (``fail_fast``, or a stop request).
         last_key: the primary key of the last row of the last committed batch (one process).
@@ -136,6 +149,7 @@ class JobReport:
     skipped: int = 0
     concurrent: int = 0
     failed: int = 0
+    orphans: int = 0
     failures: list[Failure] = field(default_factory=list)
     dry_run: bool = False
     completed: bool = True
@@ -228,6 +242,11 @@ class RunReport:
     def failed(self) -> int:
         """Rows that could not be handled, all jobs."""
         return sum(r.failed for r in self.jobs)
+
+    @property
+    def orphans(self) -> int:
+        """Side rows of owners that are gone, deleted (in a dry run: that would be), all jobs."""
+        return sum(r.orphans for r in self.jobs)
 
     @property
     def ok(self) -> bool:

@@ -304,9 +304,10 @@ class SubstringStatus:
             active: lookups miss those rows.
         orphans: primary keys with side rows but no owner row with a value (the row was
             deleted where foreign keys are not enforced, or its value set to NULL without the
-            ORM); counted in none of the above. Lookups never return them; reindex deletes
-            those of owners whose value is NULL, and those of deleted rows are left for the
-            owner's next insert (or a DELETE) to replace.
+            ORM); counted in none of the above. Lookups never return them, but they are
+            hashes of values that are gone: reindex deletes them (those of a NULL value as it
+            visits the owner, those of a deleted row once its walk over the owners is
+            complete, in a run that is not a shard).
         stale: owners whose side rows are not those of their decrypted value under the
             writing key (missing, stale, under an older key), or whose value does not
             decrypt; counted only when asked (it decrypts every value), else None.
@@ -325,8 +326,12 @@ class SubstringStatus:
 
     @property
     def done(self) -> bool:
-        """Every owner's side rows are under the writing key (and current, when counted)."""
-        return self.older == 0 and not self.stale
+        """Nothing is left for reindex: side rows are current and none are ``orphans``.
+
+        Current: every owner's side rows are under the writing key (and are its value's,
+        when ``stale`` was counted).
+        """
+        return self.older == 0 and not self.stale and self.orphans == 0
 
     def to_dict(self) -> dict[str, Any]:
         """The status as plain data, for JSON."""
@@ -504,9 +509,13 @@ class StatusReport:
             left = [plural(values, "index value")] if values else []
             if owners:
                 left.append(f"the side rows of {plural(owners, 'owner')}")
+            todo = [f"{' and '.join(left)} to rewrite"] if left else []
+            orphans = sum(s.orphans for s in self.substrings)
+            if orphans:
+                todo.append(f"the orphan side rows of {plural(orphans, 'primary key')} to delete")
             lines.append(
-                f"reindex: {' and '.join(left)} to rewrite (`fieldcrypt reindex`)"
-                if left
+                f"reindex: {'; '.join(todo)} (`fieldcrypt reindex`)"
+                if todo
                 else "reindex: every index value is under the writing key"
             )
         return "\n".join(lines)
@@ -627,7 +636,7 @@ def _describe_substring(found: SubstringStatus) -> list[str]:
     if found.orphans:
         lines.append(
             f"  {'orphans':<28} {found.orphans:>12,}  side rows of no row with a value "
-            "(deleted, or set to NULL): in no count above"
+            "(deleted, or set to NULL): reindex deletes these"
         )
     if found.stale is not None:
         lines.append(f"  {'stale or missing':<28} {found.stale:>12,}  reindex writes these")
