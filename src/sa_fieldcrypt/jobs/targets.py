@@ -27,7 +27,17 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Column, ColumnElement, Connection, Engine, MetaData, Table, select, tuple_
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    and_,
+    select,
+    tuple_,
+)
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.orm import Mapper, Session
@@ -223,9 +233,17 @@ class SubstringColumn:
     def owned_by(self, keys: Sequence[tuple[Any, ...]]) -> ColumnElement[bool]:
         """The condition on side rows that they belong to one of the owners ``keys``."""
         owner = self.owner
-        if len(owner) == 1:
-            return owner[0].in_([k[0] for k in keys])
-        return tuple_(*owner).in_(keys)
+        if len(owner) > 1:
+            return tuple_(*owner).in_(keys)
+        values = [k[0] for k in keys]
+        match = owner[0].in_(values)
+        if values and all(type(v) is int for v in values):
+            # Bounded by a range too, which the database orders as Python does for integers:
+            # without statistics (a side table just filled or rewritten) PostgreSQL takes a
+            # batch's IN list to match much of the table and scans all of it, per batch (180
+            # ms for 2,000,000 side rows, against 1.5 ms through the primary key).
+            return and_(owner[0] >= min(values), owner[0] <= max(values), match)
+        return match
 
     def side_rows(
         self, bind: Connection | Session, keys: Sequence[tuple[Any, ...]] | None = None
