@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import (
     Column,
     Engine,
@@ -31,6 +34,7 @@ from sqlalchemy.engine import Connection
 from conftest import backend_id, wait_until, waits_for_a_lock
 from sa_fieldcrypt import ConfigurationError, DecryptionError, RotationError
 from sa_fieldcrypt.jobs import BatchJob, Throttle, run_job
+from sa_fieldcrypt.jobs.sql import DialectSql
 
 TABLE = "fc_batch_values"
 
@@ -627,3 +631,28 @@ def test_a_script_without_a_main_guard_runs_its_top_level_once(
     written, script_pid = done.stdout.split()
     (pid,) = _by_whom(_stored(engine, process_table))
     assert ("30", True) == (written, pid not in (str(os.getpid()), script_pid))
+
+
+# -- JSON documents of a batch ---------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(-(2**63), 2**63 - 1), st.text(max_size=40)).map(list),
+        max_size=60,
+    ),
+    limit=st.one_of(st.none(), st.integers(1, 400)),
+)
+def test_json_documents_carry_every_row_in_order_within_the_limit(
+    rows: list[list[Any]], limit: int | None
+) -> None:
+    """A batch's rows are split into JSON documents no longer than the limit (a row longer
+    on its own goes alone), which together hold every row once, in order."""
+    docs = list(DialectSql("mysql", "utf8mb4_bin", limit).json_documents(rows))
+    parsed = [json.loads(doc) for doc in docs]
+    assert rows == [row for doc in parsed for row in doc]
+    if limit is None:
+        assert 1 == len(docs)
+    else:
+        assert all(len(d) <= limit or len(h) <= 1 for d, h in zip(docs, parsed, strict=True))

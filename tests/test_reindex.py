@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import random
+import string
 import threading
 import uuid
 from collections.abc import Iterator
@@ -1217,6 +1219,35 @@ def test_substring_reindex_writes_side_rows_of_owners_keyed_by_text(notes: Engin
         assert 2 == assert_indexes_current(session, Voucher)
         found = session.scalars(select(Voucher).where(Voucher.terms.contains("late check")))
         assert ["A&B 'x'"] == [v.code for v in found]
+
+
+def test_a_substring_reindex_batch_longer_than_a_statement_may_be_is_written(
+    notes: Engine, keyring: Keyring
+) -> None:
+    """A batch of long texts whose side rows, as one JSON document, would be longer than the
+    server's max_allowed_packet is written whole, in several statements."""
+    if notes.dialect.name not in ("mysql", "mariadb"):
+        pytest.skip("only MySQL/MariaDB limit a statement's length (max_allowed_packet)")
+    with notes.connect() as conn:
+        packet = int(conn.execute(text("SELECT @@max_allowed_packet")).scalar_one())
+    if packet > 16 * 2**20:
+        pytest.skip(f"the server takes statements of {packet:,} bytes: too many side rows")
+    # About 3,500 side rows per owner, some 20 characters each as JSON: past the packet.
+    owners = 5 * packet // (4 * 3500 * 20)
+    rng = random.Random(18)  # noqa: S311 - it makes texts, not keys
+    bodies = {i: "".join(rng.choices(string.ascii_lowercase, k=4000)) for i in range(1, owners + 1)}
+    with notes.begin() as conn:
+        conn.execute(
+            insert(Note.__table__),
+            [{"id": i, "body_encrypted": encrypt(keyring, b.encode())} for i, b in bodies.items()],
+        )
+    report = reindex(notes, find_substring_indexes(Note), batch_size=1000)
+    assert (owners, 0) == (report.written, report.failed)
+    with notes.connect() as conn:
+        indexed = select(func.count(NOTE_TRIGRAMS.c.owner_id.distinct()))
+        assert owners == conn.execute(indexed).scalar_one()
+    term = bodies[7][700:720]
+    assert [i for i, b in bodies.items() if term in b] == _containing(notes, term)
 
 
 def test_substring_reindex_replaces_stale_side_rows(notes: Engine, keyring: Keyring) -> None:

@@ -60,7 +60,6 @@ import collections
 import contextlib
 import dataclasses
 import itertools
-import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -754,12 +753,20 @@ class _Writer:
             width = len(self.write_names)
             items = [(k, o, n[:width]) for k, o, n in items]
         if self.bulk is not None:
-            doc = json.dumps([[*k, *o, *n] for k, o, n in items], default=str)
-            result = conn.execute(self.bulk, {"doc": doc})
+            # One statement where the database takes any length (PostgreSQL, whose batch
+            # is then atomic without a transaction); several in the batch's transaction
+            # where it limits a statement's length (MySQL/MariaDB).
+            wrote: set[tuple[Any, ...]] = set()
+            count = 0
+            for doc in self.sql.json_documents([[*k, *o, *n] for k, o, n in items]):
+                result = conn.execute(self.bulk, {"doc": doc})
+                if self.returning:
+                    wrote.update(tuple(row) for row in result)
+                else:
+                    count += result.rowcount
             if self.returning:
-                wrote = {tuple(row) for row in result}
                 return {k for k, _, _ in items if k not in wrote}
-            if result.rowcount == len(items):
+            if count == len(items):
                 return set()
             return self._not_written(conn, items)
         params = [

@@ -41,7 +41,6 @@ are hashes of values that no longer exist (:attr:`~sa_fieldcrypt.jobs.JobReport.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -284,8 +283,11 @@ class _SideRows:
     """The side rows of a substring index's owners, read and rewritten by the engine."""
 
     target: SubstringColumn
-    # The bulk INSERT of each database the job ran on (None: one without JSON tables).
-    _inserts: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The expressions and bulk INSERT of each database the job ran on (the INSERT None: a
+    # database without JSON tables).
+    _inserts: dict[str, tuple[DialectSql, Any]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def read(self, conn: Connection, keys: list[tuple[Any, ...]]) -> Mapping[tuple[Any, ...], Any]:
         """Each owner's stored trigram values, sorted."""
@@ -304,29 +306,30 @@ class _SideRows:
         rows = [[*key, value] for key, _, (_, values) in items for value in values]
         if not rows:
             return 0
-        bulk = self._bulk_insert(conn)
+        sql, bulk = self._bulk_insert(conn)
         if bulk is not None:
-            conn.execute(bulk, {"doc": json.dumps(rows, default=str)})
+            for doc in sql.json_documents(rows):
+                conn.execute(bulk, {"doc": doc})
         else:
             names = [*(c.name for c in target.owner), target.trigram.name]
             conn.execute(target.side.insert(), [dict(zip(names, r, strict=True)) for r in rows])
         return len(rows)
 
-    def _bulk_insert(self, conn: Connection) -> Any:
-        # A batch's side rows (a hundred per owner for a short note) as one JSON parameter:
+    def _bulk_insert(self, conn: Connection) -> tuple[DialectSql, Any]:
+        # A batch's side rows (a hundred per owner for a short note) as JSON parameters:
         # on PostgreSQL three times the rows per second of a multi-row INSERT, whose
         # parameters the driver sends one by one.
         name = conn.dialect.name
         if name not in self._inserts:
+            sql = DialectSql.connected(conn)
             columns = [*self.target.owner, self.target.trigram]
-            rows = DialectSql.connected(conn).json_rows(
-                conn.dialect, [c.type for c in columns], keys=len(self.target.owner)
-            )
-            self._inserts[name] = (
+            rows = sql.json_rows(conn.dialect, [c.type for c in columns], keys=len(columns) - 1)
+            bulk = (
                 None
                 if rows is None
                 else insert(self.target.side).from_select(columns, select(*rows))
             )
+            self._inserts[name] = (sql, bulk)
         return self._inserts[name]
 
 

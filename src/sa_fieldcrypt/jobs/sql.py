@@ -14,8 +14,9 @@ Typical usage::
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -113,21 +114,49 @@ class DialectSql:
         dialect_name: the SQLAlchemy dialect's name.
         binary_collation: MySQL/MariaDB only, the connection's binary collation; exact
             comparisons (:meth:`same`) need it, so build with :meth:`connected` to write.
+        max_document: the longest JSON document :meth:`json_documents` makes, in
+            characters; None for no limit. MySQL/MariaDB refuse a statement longer than
+            ``max_allowed_packet``, which :meth:`connected` reads.
     """
 
-    def __init__(self, dialect_name: str, binary_collation: str | None = None):
+    def __init__(
+        self,
+        dialect_name: str,
+        binary_collation: str | None = None,
+        max_document: int | None = None,
+    ):
         self.name = dialect_name
         self.mysql = dialect_name in ("mysql", "mariadb")
         self.binary_collation = binary_collation
+        self.max_document = max_document
 
     @classmethod
     def connected(cls, conn: Connection) -> DialectSql:
-        """The expressions for ``conn``'s database, including its exact-match collation."""
-        collation = None
+        """The expressions for ``conn``'s database, including its exact-match collation and,
+        on MySQL/MariaDB, the longest statement it takes."""
+        collation = max_document = None
         if conn.dialect.name in ("mysql", "mariadb"):
-            charset = conn.execute(text("SELECT @@character_set_connection")).scalar_one()
+            query = text("SELECT @@character_set_connection, @@max_allowed_packet")
+            charset, packet = conn.execute(query).one()
             collation = f"{charset}_bin"
-        return cls(conn.dialect.name, collation)
+            # A quarter: the driver escapes the document's quotes and backslashes, which
+            # can double it, and the statement around it needs room too.
+            max_document = max(int(packet) // 4, _MIN_DOCUMENT)
+        return cls(conn.dialect.name, collation, max_document)
+
+    def json_documents(self, rows: Sequence[Sequence[Any]]) -> Iterator[str]:
+        """The values of :meth:`json_rows`' parameter ``doc`` that carry ``rows``, in order.
+
+        One document, unless it would be longer than ``max_document``: then as many as
+        keep each within it (a row longer on its own goes alone), one statement each.
+        """
+        doc = json.dumps(rows, default=str)
+        if self.max_document is None or len(doc) <= self.max_document or len(rows) < 2:
+            yield doc
+            return
+        half = len(rows) // 2
+        yield from self.json_documents(rows[:half])
+        yield from self.json_documents(rows[half:])
 
     def json_rows(
         self, dialect: Dialect, types: Sequence[TypeEngine[Any]], *, keys: int
@@ -350,6 +379,8 @@ class DialectSql:
 
 #: Primary-key types that PostgreSQL's JSON rows (:meth:`DialectSql.json_rows`) carry exactly.
 _JSON_KEYS = (int, str, uuid.UUID)
+#: The shortest JSON document split off (max_allowed_packet is at least 1 KiB).
+_MIN_DOCUMENT = 256
 
 
 def _python_type(type_: TypeEngine[Any]) -> type | None:
