@@ -89,7 +89,6 @@ from sqlalchemy import (
     or_,
     select,
     table,
-    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection, Dialect, Row
@@ -104,6 +103,7 @@ from sa_fieldcrypt.jobs.sql import (
     DialectSql,
     driver_message,
     is_transient,
+    keys_in,
     stored_text,
     stored_type,
 )
@@ -123,6 +123,7 @@ __all__ = [
     "SideWrites",
     "Skip",
     "Transform",
+    "in_transaction",
     "parse_shard",
     "run_job",
     "run_jobs",
@@ -397,11 +398,7 @@ def run_job(
     with contextlib.ExitStack() as stack:
         if throttle is not None:
             # On the run's engine, with its connect_args (worker processes connect to its URL).
-            watched = throttle.watching(engine)
-            if watched is not throttle:
-                # The lag source made for this run is closed with it.
-                stack.callback(watched.close)
-            throttle = watched
+            throttle = stack.enter_context(throttle.watching(engine))
         listener = listener or RunListener()
         built = job if isinstance(job, BatchJob) else job(engine)
         pk = _primary_key(built)
@@ -656,8 +653,24 @@ class _Options:
 
     def throttled(self, throttle: Throttle) -> _Options:
         """These options under ``throttle``, batches no larger than its rate allows."""
-        size = min(self.batch_size, throttle.max_batch or self.batch_size)
+        size = throttle.batch_size(self.batch_size)
         return dataclasses.replace(self, throttle=throttle, batch_size=size)
+
+
+def in_transaction(conn: Connection, work: Callable[..., _T], *args: Any) -> _T:
+    """Run ``work(conn, *args)`` in one transaction of ``conn``, again after a deadlock or a
+    lock wait timeout (a few times, waiting longer each time); other errors propagate."""
+    attempt = 0
+    while True:
+        try:
+            with conn.begin():
+                return work(conn, *args)
+        except DBAPIError as exc:
+            if attempt >= _TRANSIENT_RETRIES or not is_transient(exc):
+                raise
+            # Lock conflicts clear once the other transaction ends; give it a moment.
+            time.sleep(0.05 * 2**attempt)
+            attempt += 1
 
 
 class _Conflict(Exception):
@@ -797,7 +810,7 @@ class _Writer:
         only_read = [(i, n) for i, n in enumerate(self.read_names) if n not in self.write_names]
         checked = [self.lite.c[n] for _, n in only_read]
         keys = [k for k, _, _ in items]
-        match = pk[0].in_([k[0] for k in keys]) if len(pk) == 1 else tuple_(*pk).in_(keys)
+        match = keys_in(pk, keys)
         query = select(*pk, *written, *checked).where(match)
         if self.sql.mysql and conn.get_isolation_level() in _SNAPSHOT_LEVELS:
             query = query.with_for_update(read=True)
@@ -1076,19 +1089,11 @@ class _Walk:
         After a unique-constraint conflict the job names the rows that collide, and the work
         is done again without them (or, when none collides any more, as it was).
         """
-        attempt = 0
         while True:
             try:
-                with conn.begin():
-                    return work(conn, *args)
+                return in_transaction(conn, work, *args)
             except _Conflict as conflict:
                 self._explain(conflict)
-            except DBAPIError as exc:
-                if attempt >= _TRANSIENT_RETRIES or not is_transient(exc):
-                    raise
-                # Lock conflicts clear once the other transaction ends; give it a moment.
-                time.sleep(0.05 * 2**attempt)
-                attempt += 1
 
     def _explain(self, conflict: _Conflict) -> None:
         """Note the rows of a refused batch that collide; raise if the job cannot tell them."""
@@ -1196,11 +1201,7 @@ class _Walk:
             if not missed:
                 return
             keys = sorted(missed)
-            match = (
-                self.pk[0].in_([k[0] for k in keys])
-                if len(self.pk) == 1
-                else tuple_(*self.pk).in_(keys)
-            )
+            match = keys_in(self.pk, keys)
             stmt = select(*self.selected).where(*self.base, match)
             retried, missed = self._transaction(conn, self._read_and_write, writer, stmt, False)
             self._written(retried, missed)

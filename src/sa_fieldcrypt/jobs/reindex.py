@@ -40,6 +40,7 @@ are hashes of values that no longer exist (:attr:`~sa_fieldcrypt.jobs.JobReport.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,14 +55,12 @@ from sqlalchemy import (
     and_,
     func,
     insert,
-    literal,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from sa_fieldcrypt.blind_index import BlindIndex, IndexValue, SubstringIndex, parse_index_value
@@ -73,6 +72,7 @@ from sa_fieldcrypt.jobs.engine import (
     Item,
     JobFactory,
     Skip,
+    in_transaction,
     run_jobs,
 )
 from sa_fieldcrypt.jobs.report import (
@@ -84,7 +84,7 @@ from sa_fieldcrypt.jobs.report import (
     format_key,
     word_for,
 )
-from sa_fieldcrypt.jobs.sql import DialectSql, driver_message, is_transient
+from sa_fieldcrypt.jobs.sql import DialectSql, driver_message, keys_in
 from sa_fieldcrypt.jobs.targets import (
     IndexedColumn,
     Source,
@@ -406,9 +406,6 @@ def _build_again(found: tuple[tuple[Source, str], ...], engine: Engine) -> Batch
 
 # -- side rows of owners that are gone ------------------------------------------------------
 
-#: Times a batch of the sweep is retried after a deadlock or a lock wait timeout.
-_SWEEP_RETRIES = 5
-
 
 def _sweep_orphans(
     engine: Engine,
@@ -426,18 +423,18 @@ def _sweep_orphans(
     owner row's lock. In a dry run the side rows are counted and nothing is deleted.
     """
     started = time.monotonic()
-    gone = _owner_gone(target)
-    watched = None
+    gone = ~target.has_owner()
     try:
         if dry_run:
             with engine.connect() as conn:
                 counted = select(func.count()).select_from(target.side).where(gone)
                 report.orphans += int(conn.execute(counted).scalar_one())
             return
-        if throttle is not None:
-            watched = throttle.watching(engine)
-            batch_size = min(batch_size, watched.max_batch or batch_size)
-        with engine.connect() as conn:
+        with contextlib.ExitStack() as stack:
+            watched = None if throttle is None else stack.enter_context(throttle.watching(engine))
+            if watched is not None:
+                batch_size = watched.batch_size(batch_size)
+            conn = stack.enter_context(engine.connect())
             sql = DialectSql(conn.dialect.name)
             # InnoDB's locking reads hold gap locks, which keep an absent owner from being
             # inserted until the batch commits (see _sweep_batch), only under REPEATABLE
@@ -457,7 +454,9 @@ def _sweep_orphans(
                         on_pause=functools.partial(listener.paused, target.label),
                         on_resume=resumed,
                     )
-                keys, deleted = _sweep_retried(conn, sql, target, gone, after, batch_size)
+                keys, deleted = in_transaction(
+                    conn, _sweep_batch, sql, target, gone, after, batch_size
+                )
                 report.orphans += deleted
                 if watched is not None:
                     watched.charge(deleted)
@@ -467,47 +466,12 @@ def _sweep_orphans(
     except SQLAlchemyError as exc:
         raise RotationError(
             f"{target.label}: database error while deleting the side rows of owners that are "
-            f"gone ({driver_message(exc)}); what was committed stays, rerun to delete the "
-            "rest"
+            f"gone ({driver_message(exc)}); the side rows of every owner were rewritten and "
+            "what was deleted stays deleted: rerun to delete the rest (it reads every owner "
+            "again)"
         ) from exc
     finally:
         report.elapsed += time.monotonic() - started
-        if watched is not None and watched is not throttle:
-            watched.close()  # the lag source made for the sweep
-
-
-def _owner_gone(target: SubstringColumn) -> ColumnElement[bool]:
-    """The condition on side rows that their owner row does not exist."""
-    pk = list(target.table.primary_key.columns)
-    return ~(
-        select(literal(1))
-        .select_from(target.table)
-        .where(*(o == p for o, p in zip(target.owner, pk, strict=True)))
-        .correlate(target.side)
-        .exists()
-    )
-
-
-def _sweep_retried(
-    conn: Connection,
-    sql: DialectSql,
-    target: SubstringColumn,
-    gone: ColumnElement[bool],
-    after: tuple[Any, ...] | None,
-    size: int,
-) -> tuple[list[tuple[Any, ...]], int]:
-    """One batch of the sweep in its own transaction; retried after a deadlock."""
-    attempt = 0
-    while True:
-        try:
-            with conn.begin():
-                return _sweep_batch(conn, sql, target, gone, after, size)
-        except DBAPIError as exc:
-            if attempt >= _SWEEP_RETRIES or not is_transient(exc):
-                raise
-            # Lock conflicts clear once the other transaction ends; give it a moment.
-            time.sleep(0.05 * 2**attempt)
-            attempt += 1
 
 
 def _sweep_batch(
@@ -546,7 +510,7 @@ def _sweep_batch(
     #   first, then side rows: the order every other writer locks them in.
     if sql.mysql:
         pk = list(target.table.primary_key.columns)
-        match = pk[0].in_([k[0] for k in keys]) if len(pk) == 1 else tuple_(*pk).in_(keys)
+        match = keys_in(pk, keys)
         locked = select(*pk).where(match).with_for_update(read=True)
         present = {tuple(row) for row in conn.execute(locked)}
         doomed = [k for k in keys if k not in present]

@@ -102,6 +102,25 @@ def is_transient(exc: DBAPIError) -> bool:
     return "database is locked" in str(orig)
 
 
+def keys_in(
+    columns: Sequence[ColumnElement[Any]], keys: Sequence[tuple[Any, ...]]
+) -> ColumnElement[bool]:
+    """The condition that ``columns`` hold one of ``keys`` (tuples, in the columns' order)."""
+    if len(columns) > 1:
+        return tuple_(*columns).in_(keys)
+    (column,) = columns
+    values = [k[0] for k in keys]
+    match = column.in_(values)
+    if values and all(type(v) is int for v in values):
+        # Bounded by a range too, which the database orders as Python does for integers:
+        # without statistics (a table just filled or rewritten) PostgreSQL takes a batch's
+        # IN list on a column that is not unique on its own to match much of the table and
+        # scans all of it, per batch (180 ms for 2,000,000 side rows, against 1.5 ms
+        # through the primary key).
+        return and_(column >= min(values), column <= max(values), match)
+    return match
+
+
 def _like_prefix(prefix: str) -> str:
     # '_' and '%' are wildcards and key ids may contain '_'; '/' escapes them.
     return prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"

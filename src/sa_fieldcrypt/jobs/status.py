@@ -1011,13 +1011,7 @@ def _substring_status(
     # Side rows count for an owner only when that owner exists and has a value: others
     # (left by a delete where foreign keys are not enforced, or by a value set to NULL by
     # Core) are orphans, which no lookup returns and no key needs.
-    has_owner = (
-        select(literal(1))
-        .select_from(target.table)
-        .where(*owned, target.value.is_not(None))
-        .correlate(target.side)
-        .exists()
-    )
+    has_owner = target.has_owner(with_value=True)
     # One row per owner: whether it has side rows under each active key, and under others.
     under = [sql.has_prefix(trigram, f"{kid}:") for kid in key_ids]
     flags = [func.max(case((u, 1), else_=0)) for u in under]

@@ -34,9 +34,8 @@ from sqlalchemy import (
     Engine,
     MetaData,
     Table,
-    and_,
+    literal,
     select,
-    tuple_,
 )
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import NoSuchTableError
@@ -51,6 +50,7 @@ from sa_fieldcrypt.hybrid import (
     bind_hybrids,
     substring_index_of,
 )
+from sa_fieldcrypt.jobs.sql import keys_in
 from sa_fieldcrypt.types import COLUMN_INFO_KEY, EncryptedText, EncryptedType, column_codec
 
 if TYPE_CHECKING:
@@ -232,18 +232,18 @@ class SubstringColumn:
 
     def owned_by(self, keys: Sequence[tuple[Any, ...]]) -> ColumnElement[bool]:
         """The condition on side rows that they belong to one of the owners ``keys``."""
-        owner = self.owner
-        if len(owner) > 1:
-            return tuple_(*owner).in_(keys)
-        values = [k[0] for k in keys]
-        match = owner[0].in_(values)
-        if values and all(type(v) is int for v in values):
-            # Bounded by a range too, which the database orders as Python does for integers:
-            # without statistics (a side table just filled or rewritten) PostgreSQL takes a
-            # batch's IN list to match much of the table and scans all of it, per batch (180
-            # ms for 2,000,000 side rows, against 1.5 ms through the primary key).
-            return and_(owner[0] >= min(values), owner[0] <= max(values), match)
-        return match
+        return keys_in(self.owner, keys)
+
+    def has_owner(self, *, with_value: bool = False) -> ColumnElement[bool]:
+        """The condition on side rows that their owner row exists (and, ``with_value``,
+        holds a value: not NULL)."""
+        pk = list(self.table.primary_key.columns)
+        where = [o == p for o, p in zip(self.owner, pk, strict=True)]
+        if with_value:
+            where.append(self.value.is_not(None))
+        return (
+            select(literal(1)).select_from(self.table).where(*where).correlate(self.side).exists()
+        )
 
     def side_rows(
         self, bind: Connection | Session, keys: Sequence[tuple[Any, ...]] | None = None

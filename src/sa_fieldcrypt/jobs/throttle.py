@@ -49,12 +49,13 @@ Lag is measured per database:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
 from sqlalchemy import Engine, create_engine, make_url, text
@@ -158,18 +159,28 @@ class Throttle:
             part.max_rate = self.max_rate / parts
         return part
 
-    def watching(self, url: str | URL | Engine) -> Throttle:
-        """This throttle, watching the database at ``url`` as a primary if no replica is named.
+    def batch_size(self, wanted: int) -> int:
+        """``wanted``, or fewer rows where the rate allows no more (:attr:`max_batch`)."""
+        return min(wanted, self.max_batch or wanted)
+
+    @contextlib.contextmanager
+    def watching(self, url: str | URL | Engine) -> Iterator[Throttle]:
+        """This throttle, watching the database at ``url`` as a primary if no replica is
+        named, for the ``with`` block; the lag source made for it is closed after.
 
         Raises:
             ConfigurationError: a lag limit without replicas on a database that is not
                 PostgreSQL (only PostgreSQL primaries know their replicas' lag).
         """
         if self.max_replica_lag is None or self.replicas:
-            return self
+            yield self
+            return
         watched = copy.copy(self)
         watched.replicas = (primary_lag(url),)
-        return watched
+        try:
+            yield watched
+        finally:
+            watched.close()
 
     def wait(
         self,
