@@ -437,6 +437,32 @@ def test_rotate_converges_to_the_primary_key(
     assert expected == _decrypted(engine, table)
 
 
+def test_a_batch_longer_than_a_statement_may_be_is_rotated(
+    mariadb_engine: Engine, ring: Keyring
+) -> None:
+    """A batch whose old and new tokens, as one JSON document, would be longer than the
+    server's max_allowed_packet is rotated whole, in several statements."""
+    engine = mariadb_engine
+    with engine.connect() as conn:
+        packet = int(conn.execute(text("SELECT @@max_allowed_packet")).scalar_one())
+    if packet > 16 * 2**20:
+        pytest.skip(f"the server takes statements of {packet:,} bytes: too many rows")
+    table = _make_table(engine)
+    # Each row carries its old and its new token, each about 4/3 of its value: past the packet.
+    size = 20_000
+    rows = 5 * packet // (4 * 2 * size)
+    values = {i: f"{i:05d}" + "x" * size for i in range(rows)}
+    with engine.begin() as conn:
+        conn.execute(
+            table.insert(), [{"id": i, "email": _under(ring, "k1", v)} for i, v in values.items()]
+        )
+    report = jobs.rotate(engine, [_column(engine)], batch_size=1000)
+    assert (rows, 0) == (report.written, report.failed)
+    found = jobs.status(engine, [_column(engine)]).columns[0]
+    assert ({"k3": rows}, 0) == (found.by_key, found.pending)
+    assert values == _decrypted(engine, table)
+
+
 def test_rerun_skips_finished_rows_in_sql(mixed: tuple[Engine, Table, dict[int, Any]]) -> None:
     """Rows under the primary key are not even read: a broken one is not reported by rotate."""
     engine, table, _ = mixed
