@@ -188,6 +188,22 @@ def _crypto_rate(job: tuple[str, str, list[bytes]]) -> float:
     return len(bare) / statistics.median(runs)
 
 
+def measured_child(
+    mode: str, url: str, workers: int, batch_size: int, env: dict[str, str], *options: str
+) -> dict[str, Any]:
+    """Run this script as the child ``mode`` (``--child``, ``--child-reindex``, ...) in a
+    fresh process, so its peak RSS is its own; return what it printed last, as JSON."""
+    args = [sys.executable, __file__, mode, "--url", url, "--workers", str(workers)]
+    args += ["--batch-size", str(batch_size), *options]
+    out = subprocess.run(
+        args, env={**os.environ, **env}, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{out.stderr}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 def run_child(
     url: str,
     workers: int,
@@ -195,20 +211,13 @@ def run_child(
     keys: str,
     profile: str | None = None,
     in_process: bool = False,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Rotate the table in a fresh process; return its timing and peak RSS."""
-    env = {**os.environ, "FIELDCRYPT_KEYS": keys}
-    args = [sys.executable, __file__, "--child", "--url", url, "--workers", str(workers)]
-    args += ["--batch-size", str(batch_size)]
-    if in_process:
-        args.append("--in-process")
+    options = ["--in-process"] if in_process else []
     if profile is not None:
-        args += ["--profile", profile]
-    out = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"rotation failed:\n{out.stderr}")
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+        options += ["--profile", profile]
+    env = {"FIELDCRYPT_KEYS": keys}
+    return measured_child("--child", url, workers, batch_size, env, *options)
 
 
 @contextmanager
@@ -280,14 +289,7 @@ def child(
 
 def run_reindex_child(url: str, workers: int, batch_size: int, env: dict[str, str]) -> float:
     """Reindex the table in a fresh process; return its seconds."""
-    args = [sys.executable, __file__, "--child-reindex", "--url", url, "--workers", str(workers)]
-    args += ["--batch-size", str(batch_size)]
-    out = subprocess.run(
-        args, env={**os.environ, **env}, capture_output=True, text=True, check=False
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"reindex failed:\n{out.stderr}")
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+    return float(measured_child("--child-reindex", url, workers, batch_size, env)["seconds"])
 
 
 def reindex_child(url: str, worker_count: int, batch_size: int) -> None:
@@ -420,17 +422,7 @@ def bench_substring_reindex(
             "FIELDCRYPT_KEYS": keys,
             "FIELDCRYPT_BLIND_INDEX_KEYS": f"{index_keys[writing]},{index_keys[writing - 1]}",
         }
-        args = [sys.executable, __file__, "--child-substring", "--url", url]
-        out = subprocess.run(
-            [*args, "--batch-size", str(batch_size)],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if out.returncode != 0:
-            raise SystemExit(f"substring reindex failed:\n{out.stderr}")
-        measured = json.loads(out.stdout.strip().splitlines()[-1])
+        measured = measured_child("--child-substring", url, 1, batch_size, env)
         if measured["written"] != rows:
             raise SystemExit(f"substring reindex wrote {measured['written']} of {rows} owners")
         seconds = measured["seconds"]

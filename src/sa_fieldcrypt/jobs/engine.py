@@ -185,10 +185,11 @@ class SideWrites(Protocol):
         """
         ...
 
-    def write(self, conn: Connection, items: list[Item]) -> int | None:
+    def write(self, conn: Connection, sql: DialectSql, items: list[Item]) -> int | None:
         """Rewrite the side rows of ``items``, rows just written, in the batch's transaction.
 
-        Each item's new values end with what the transform computed for the side rows.
+        Each item's new values end with what the transform computed for the side rows;
+        ``sql`` is the connection's (:meth:`DialectSql.connected`), as the rows were written.
 
         Returns how many side rows it wrote, which a throttle's rate counts with the rows
         (None: none to count).
@@ -1161,7 +1162,8 @@ class _Walk:
         if self.job.side is not None:
             # The owner rows just written are locked until the commit, so an application
             # writing one of them waits, and replaces its side rows after these.
-            side = self.job.side.write(conn, [i for i in batch.items if i[0] not in missed])
+            written = [i for i in batch.items if i[0] not in missed]
+            side = self.job.side.write(conn, writer.sql, written)
             batch.side_rows = side or 0
         return missed
 

@@ -44,7 +44,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -283,17 +283,12 @@ class _SideRows:
     """The side rows of a substring index's owners, read and rewritten by the engine."""
 
     target: SubstringColumn
-    # The expressions and bulk INSERT of each database the job ran on (the INSERT None: a
-    # database without JSON tables).
-    _inserts: dict[str, tuple[DialectSql, Any]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
 
     def read(self, conn: Connection, keys: list[tuple[Any, ...]]) -> Mapping[tuple[Any, ...], Any]:
         """Each owner's stored trigram values, sorted."""
         return self.target.side_rows(conn, keys)
 
-    def write(self, conn: Connection, items: list[Item]) -> int:
+    def write(self, conn: Connection, sql: DialectSql, items: list[Item]) -> int:
         """Replace the side rows of the owners written with their values' trigram values.
 
         Each item's new values are the ciphertext and the trigram values the transform
@@ -306,31 +301,19 @@ class _SideRows:
         rows = [[*key, value] for key, _, (_, values) in items for value in values]
         if not rows:
             return 0
-        sql, bulk = self._bulk_insert(conn)
-        if bulk is not None:
+        # A batch's side rows (a hundred per owner for a short note) as JSON parameters: on
+        # PostgreSQL three times the rows per second of a multi-row INSERT, whose parameters
+        # the driver sends one by one.
+        columns = [*target.owner, target.trigram]
+        json_rows = sql.json_rows(conn.dialect, [c.type for c in columns], keys=len(columns) - 1)
+        if json_rows is not None:
+            bulk = insert(target.side).from_select(columns, select(*json_rows))
             for doc in sql.json_documents(rows):
                 conn.execute(bulk, {"doc": doc})
         else:
-            names = [*(c.name for c in target.owner), target.trigram.name]
+            names = [c.name for c in columns]
             conn.execute(target.side.insert(), [dict(zip(names, r, strict=True)) for r in rows])
         return len(rows)
-
-    def _bulk_insert(self, conn: Connection) -> tuple[DialectSql, Any]:
-        # A batch's side rows (a hundred per owner for a short note) as JSON parameters:
-        # on PostgreSQL three times the rows per second of a multi-row INSERT, whose
-        # parameters the driver sends one by one.
-        name = conn.dialect.name
-        if name not in self._inserts:
-            sql = DialectSql.connected(conn)
-            columns = [*self.target.owner, self.target.trigram]
-            rows = sql.json_rows(conn.dialect, [c.type for c in columns], keys=len(columns) - 1)
-            bulk = (
-                None
-                if rows is None
-                else insert(self.target.side).from_select(columns, select(*rows))
-            )
-            self._inserts[name] = (sql, bulk)
-        return self._inserts[name]
 
 
 def reindex(
